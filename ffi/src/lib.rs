@@ -1,0 +1,1 @@
+//! tcpx: the std layer — ncclNet plugin loader, engine (Session/Transfer), CUDA layer and C API.

@@ -1,0 +1,1 @@
+//! tcpx-nixl: will hold the NIXL backend plugin `TCPX` (C++ ABI shim + Rust backend).

@@ -1,0 +1,1 @@
+//! tcpx-sock: will hold `tcpxsock`, our TCP ncclNet plugin emulating the TCPX receive path.
