@@ -9,7 +9,10 @@ use core::ffi::{c_char, c_int, c_ulong, c_void};
 
 use static_assertions::{assert_eq_size, const_assert_eq};
 
+pub mod v10;
 pub mod v7;
+pub mod v8;
+pub mod v9;
 
 /// `ncclResult_t`.
 pub type NcclResult = c_int;

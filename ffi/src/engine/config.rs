@@ -1,0 +1,145 @@
+//! Engine configuration: fixed capacities and tunables, read once from the environment.
+//!
+//! Every capacity the hot path relies on is chosen here, before a `Session` exists, so that
+//! `post`/`poll`/`release` never have to grow anything.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tcpx_core::unpack::MAX_RECV_BYTES;
+
+use crate::error::Error;
+
+/// Most channels a session may open (one listen handle per channel travels in `ConnInfo`).
+pub const MAX_CHANNELS: usize = 16;
+/// Most in-flight chunks per channel window (TCPX allows 16 outstanding requests per comm).
+pub const MAX_WINDOW: usize = 16;
+
+/// Engine tunables and capacities.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// ncclNet plugin to load; `None` = the built-in `tcpxsock`.
+    pub plugin: Option<PathBuf>,
+    /// Index of the plugin device (NIC) to use.
+    pub device: i32,
+    /// Channels (send comm + recv comm pairs) per session.
+    pub channels: usize,
+    /// Bytes per chunk (one ncclNet request), at most 4 MiB.
+    pub chunk_bytes: u32,
+    /// In-flight chunks per channel and direction.
+    pub window: usize,
+    /// Transfers that may exist at once per session.
+    pub max_transfers: usize,
+    /// Segments per transfer.
+    pub max_segments: usize,
+    /// Bound on the connect/accept handshake and on waiting for a silent peer.
+    pub timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            plugin: None,
+            device: 0,
+            channels: 2,
+            chunk_bytes: 512 * 1024,
+            window: MAX_WINDOW,
+            max_transfers: 64,
+            max_segments: 1024,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults overridden by `TCPX_PLUGIN`, `TCPX_DEVICE`, `TCPX_CHANNELS`,
+    /// `TCPX_CHUNK_BYTES`, `TCPX_WINDOW`, `TCPX_TIMEOUT_MS`.
+    pub fn from_env() -> Result<Config, Error> {
+        Config::default().with_vars(|k| std::env::var(k).ok())
+    }
+
+    /// Applies overrides looked up by `get` (env names; NIXL passes its custom params here).
+    pub fn with_vars(mut self, get: impl Fn(&str) -> Option<String>) -> Result<Config, Error> {
+        if let Some(p) = get("TCPX_PLUGIN").filter(|p| !p.is_empty()) {
+            self.plugin = Some(PathBuf::from(p));
+        }
+        if let Some(v) = get("TCPX_DEVICE") {
+            self.device = parse("TCPX_DEVICE", &v)?;
+        }
+        if let Some(v) = get("TCPX_CHANNELS") {
+            self.channels = parse("TCPX_CHANNELS", &v)?;
+        }
+        if let Some(v) = get("TCPX_CHUNK_BYTES") {
+            self.chunk_bytes = parse("TCPX_CHUNK_BYTES", &v)?;
+        }
+        if let Some(v) = get("TCPX_WINDOW") {
+            self.window = parse("TCPX_WINDOW", &v)?;
+        }
+        if let Some(v) = get("TCPX_TIMEOUT_MS") {
+            self.timeout = Duration::from_millis(parse("TCPX_TIMEOUT_MS", &v)?);
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// Rejects values the engine or TCPX cannot honour.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |what: &str, why: String| Err(Error::Config(format!("{what}: {why}")));
+        if self.channels == 0 || self.channels > MAX_CHANNELS {
+            return bad("channels", format!("{} not in 1..={MAX_CHANNELS}", self.channels));
+        }
+        if self.chunk_bytes == 0 || self.chunk_bytes as usize > MAX_RECV_BYTES {
+            return bad(
+                "chunk_bytes",
+                format!("{} not in 1..={MAX_RECV_BYTES}", self.chunk_bytes),
+            );
+        }
+        if self.window == 0 || self.window > MAX_WINDOW {
+            return bad("window", format!("{} not in 1..={MAX_WINDOW}", self.window));
+        }
+        if self.max_transfers == 0 || self.max_transfers > 4096 {
+            return bad("max_transfers", format!("{} not in 1..=4096", self.max_transfers));
+        }
+        if self.max_segments == 0 || self.max_segments > tcpx_core::plan::MAX_SEGMENTS {
+            return bad(
+                "max_segments",
+                format!("{} not in 1..={}", self.max_segments, tcpx_core::plan::MAX_SEGMENTS),
+            );
+        }
+        if self.timeout.is_zero() {
+            return bad("timeout", "must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+fn parse<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, Error> {
+    v.trim()
+        .parse()
+        .map_err(|_| Error::Config(format!("{name}={v:?} is not a valid number")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars<'a>(kv: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| kv.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn overrides_apply_and_bad_values_are_named() {
+        let c = Config::default()
+            .with_vars(vars(&[("TCPX_CHANNELS", "4"), ("TCPX_CHUNK_BYTES", "1048576")]))
+            .unwrap();
+        assert_eq!((c.channels, c.chunk_bytes), (4, 1 << 20));
+        let e = Config::default().with_vars(vars(&[("TCPX_CHANNELS", "x")])).unwrap_err();
+        assert!(e.to_string().contains("TCPX_CHANNELS"), "{e}");
+        let e = Config::default()
+            .with_vars(vars(&[("TCPX_CHUNK_BYTES", "8388608")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("chunk_bytes"), "{e}");
+        let e = Config::default().with_vars(vars(&[("TCPX_WINDOW", "17")])).unwrap_err();
+        assert!(e.to_string().contains("window"), "{e}");
+    }
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the tests need (crates.io, PyPI, Debian), builds
+# everything, and runs every test that this machine can run. GPU tests print SKIP without a
+# CUDA driver; set REQUIRE_GPU=1 to turn a skip into a failure.
+#
+#   scripts/test.sh            # everything
+#   FUZZ_SECONDS=0 scripts/test.sh   # skip the fuzz smoke run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+FUZZ_SECONDS=${FUZZ_SECONDS:-8}
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain: nvcc wheels (the unpack kernel always compiles), NIXL venv, cargo-fuzz"
+bash scripts/install-nvcc.sh
+export KERNELS_REQUIRE_NVCC=1
+bash scripts/nixl-venv.sh
+if [ "$FUZZ_SECONDS" != 0 ] && ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    cargo install --locked cargo-fuzz
+fi
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "build (plugins land in target/plugins)"
+cargo build --workspace --all-targets
+bash scripts/collect-plugins.sh debug
+
+step "cargo test"
+cargo test --workspace
+
+step "NIXL tests (real nixl-cu12 wheel)"
+TCPX_PLUGIN_DIR="$root/target/plugins" .venv/bin/python -m pytest -q tests/nixl
+
+if [ "$FUZZ_SECONDS" != 0 ]; then
+    step "fuzz smoke (${FUZZ_SECONDS}s per target)"
+    bash scripts/fuzz-smoke.sh "$FUZZ_SECONDS"
+fi
+
+step "benches compile"
+cargo bench --workspace --no-run
+
+step "all tests passed"
