@@ -119,9 +119,7 @@ impl<T, const N: usize> Window<T, N> {
     }
 
     /// Entries oldest first, with their sequence numbers (for diagnostics and scans).
-    pub fn iter(
-        &self,
-    ) -> impl DoubleEndedIterator<Item = (u64, &T)> + ExactSizeIterator + Clone + '_ {
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (u64, &T)> + ExactSizeIterator + '_ {
         let base = self.head_seq;
         self.entries
             .iter()

@@ -1,1 +1,12 @@
 //! tcpx: the std layer — ncclNet plugin loader, engine (Session/Transfer), CUDA layer and C API.
+//!
+//! `net` loads any ncclNet plugin (v7 … v10) behind one interface, `log` is the crate's
+//! logger (plugin lines included), `error` its one error type, `cli` the `tcpx` subcommands.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod cli;
+pub mod error;
+pub mod log;
+pub mod net;
+
+pub use error::{Error, Result};

@@ -229,7 +229,9 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Error::Truncated { need, have } => write!(f, "truncated: need {need} bytes, have {have}"),
+            Error::Truncated { need, have } => {
+                write!(f, "truncated: need {need} bytes, have {have}")
+            }
             Error::TrailingBytes { declared, have } => {
                 write!(f, "{have} bytes for a {declared}-byte frame")
             }
@@ -330,12 +332,12 @@ pub fn peek_frame(buf: &[u8]) -> Result<Option<usize>, Error> {
     header_fields(buf).map(|(_, len)| Some(len))
 }
 
-/// Splits one whole frame off the front of a stream buffer: `Ok(Some((frame, rest)))` once it
-/// is all there, `Ok(None)` while more bytes are needed.
-pub fn split_frame(buf: &[u8]) -> Result<Option<(&[u8], &[u8])>, Error> {
+/// The whole frame at the front of a stream buffer once all of it is there (`Ok(None)` while
+/// more bytes are needed); the next frame starts at `frame.len()`.
+pub fn next_frame(buf: &[u8]) -> Result<Option<&[u8]>, Error> {
     match peek_frame(buf)? {
-        Some(n) if n <= buf.len() => Ok(Some(buf.split_at(n))),
-        _ => Ok(None),
+        Some(n) => Ok(buf.get(..n)),
+        None => Ok(None),
     }
 }
 
@@ -527,3 +529,12 @@ impl<'a> Message<'a> {
         }
     }
 }
+
+// The largest legal frame of every kind must fit MAX_FRAME, so emit never builds a frame a
+// reader would refuse and `len` always fits its u32.
+static_assertions::const_assert!(40 + MAX_NAME <= MAX_FRAME);
+static_assertions::const_assert!(16 + MAX_CHANNELS * crate::abi::HANDLE_MAX_SIZE <= MAX_FRAME);
+static_assertions::const_assert!(32 + MAX_SEGMENTS * 32 + MAX_NOTIF <= MAX_FRAME);
+static_assertions::const_assert!(28 + MAX_ERROR_TEXT <= MAX_FRAME);
+static_assertions::const_assert!(MAX_FRAME <= u32::MAX as usize);
+static_assertions::const_assert!(MAX_NAME <= u16::MAX as usize);

@@ -1,40 +1,112 @@
-//! tcpx-sock: `tcpxsock`, our TCP ncclNet plugin emulating the TCPX receive path.
+//! tcpx-sock: `tcpxsock`, our ncclNet v7 plugin over plain TCP, with a faithful emulation
+//! of the GPUDirect-TCPX receive path ("TCPX mode").
 //!
-//! Exports the v7 table as the C data symbol `ncclNetPlugin_v7`.
+//! Built as a cdylib it exports the C data symbol `ncclNetPlugin_v7`, loadable by NCCL and
+//! by our engine; as an rlib the same table is called in-process (the engine's embedded
+//! default). Per comm: one non-blocking control socket driven on the caller's thread
+//! (request headers, payloads ≤ 64 KiB inline) and `TCPX_SOCK_NSOCKS` data sockets, each
+//! served by a helper thread that moves its share of every request's 512 KiB chunks.
+//!
+//! In TCPX mode (`TCPX_SOCK_UNPACK=1` or [`Config::unpack`]) the recv side reports device
+//! type UNPACK v7, lands payload in 4 KiB bounce pages from a per-comm pool, writes one
+//! `LoadMeta` per fragment into slot `k % 16` of a `NetUnpackMeta` table, publishes
+//! `cnt[slot]` before `test` says done and keeps pages until `irecvConsumed`. TCPX's rules
+//! are enforced with its error codes: 16 requests per comm, `test` on the oldest only,
+//! order-only matching, `n == 1`, in-order `irecvConsumed`. See README.md.
 
-use core::ffi::{c_char, c_int, c_void};
+#![deny(unsafe_op_in_unsafe_fn)]
 
-use tcpx_core::abi::v7::{Net, Properties};
-use tcpx_core::abi::{result, DevHandle, Logger, NcclResult};
+use core::ffi::{c_char, c_void};
+use std::ffi::CString;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-unsafe extern "C" fn stub_init(_l: Logger) -> NcclResult { result::INTERNAL_ERROR }
-unsafe extern "C" fn stub_devices(_n: *mut c_int) -> NcclResult { result::INTERNAL_ERROR }
-unsafe extern "C" fn stub_props(_d: c_int, _p: *mut Properties) -> NcclResult { result::INTERNAL_ERROR }
-unsafe extern "C" fn stub_listen(_d: c_int, _h: *mut c_void, _l: *mut *mut c_void) -> NcclResult { result::INTERNAL_ERROR }
-unsafe extern "C" fn stub_connect(_d: c_int, _h: *mut c_void, _s: *mut *mut c_void, _x: *mut *mut DevHandle) -> NcclResult { result::INTERNAL_ERROR }
-unsafe extern "C" fn stub_accept(_l: *mut c_void, _r: *mut *mut c_void, _x: *mut *mut DevHandle) -> NcclResult { result::INTERNAL_ERROR }
-unsafe extern "C" fn stub_close(_c: *mut c_void) -> NcclResult { result::INTERNAL_ERROR }
+use tcpx_core::abi::v7::Net;
+use tcpx_core::abi::{log_level, Logger, LOG_SUBSYS_NET};
 
-/// The plugin table, exported with C linkage.
+mod comm;
+pub mod config;
+pub mod dev;
+pub mod error;
+mod ffi;
+pub mod mem;
+mod sys;
+pub mod wire;
+mod worker;
+
+pub use comm::{RecvComm, UnpackView};
+pub use config::{configure, Config};
+pub use error::Error;
+pub use mem::{set_mapped_allocator, HostAllocator, MappedAllocator, MappedRegion};
+pub use worker::MAX_REQUESTS;
+
+/// The plugin's name field.
+pub const NAME: &core::ffi::CStr = c"tcpxsock";
+
+/// The plugin table, exported with C linkage for NCCL-style loaders.
 #[no_mangle]
 pub static ncclNetPlugin_v7: Net = Net {
-    name: c"tcpxsock".as_ptr() as *const c_char,
-    init: Some(stub_init),
-    devices: Some(stub_devices),
-    get_properties: Some(stub_props),
-    listen: Some(stub_listen),
-    connect: Some(stub_connect),
-    accept: Some(stub_accept),
-    reg_mr: None,
+    name: NAME.as_ptr() as *const c_char,
+    init: Some(ffi::init),
+    devices: Some(ffi::devices),
+    get_properties: Some(ffi::get_properties),
+    listen: Some(ffi::listen),
+    connect: Some(ffi::connect),
+    accept: Some(ffi::accept),
+    reg_mr: Some(ffi::reg_mr),
+    // Like TCPX: no dma-buf registration.
     reg_mr_dma_buf: None,
-    dereg_mr: None,
-    isend: None,
-    irecv: None,
-    iflush: None,
-    test: None,
-    close_send: Some(stub_close),
-    close_recv: Some(stub_close),
-    close_listen: Some(stub_close),
-    get_device_mr: None,
-    irecv_consumed: None,
+    dereg_mr: Some(ffi::dereg_mr),
+    isend: Some(ffi::isend),
+    irecv: Some(ffi::irecv),
+    iflush: Some(ffi::iflush),
+    test: Some(ffi::test),
+    close_send: Some(ffi::close_send),
+    close_recv: Some(ffi::close_recv),
+    close_listen: Some(ffi::close_listen),
+    get_device_mr: Some(ffi::get_device_mr),
+    irecv_consumed: Some(ffi::irecv_consumed),
 };
+
+/// The table, for in-process callers.
+pub fn table() -> &'static Net {
+    &ncclNetPlugin_v7
+}
+
+/// Host views of a recv comm's meta table and bounce region; `None` in host mode.
+///
+/// # Safety
+/// `recv_comm` is a live recv comm returned by this plugin's `accept`.
+pub unsafe fn recv_unpack_view(recv_comm: *mut c_void) -> Option<UnpackView> {
+    // SAFETY: per the contract, the pointer is a live RecvComm.
+    unsafe { recv_comm.cast::<RecvComm>().as_ref() }?.unpack_view()
+}
+
+static LOGGER: AtomicUsize = AtomicUsize::new(0);
+
+fn set_logger(l: Logger) {
+    LOGGER.store(l.map_or(0, |f| f as usize), Ordering::Release);
+}
+
+/// Sends a warning to NCCL's logger, if one was given to `init`.
+pub(crate) fn log_warn(msg: &str) {
+    let raw = LOGGER.load(Ordering::Acquire);
+    if raw == 0 {
+        return;
+    }
+    let Ok(c) = CString::new(msg) else { return };
+    // SAFETY: `raw` was stored from a non-NULL logger of exactly this type.
+    let f: Logger = unsafe { core::mem::transmute::<usize, Logger>(raw) };
+    if let Some(f) = f {
+        // SAFETY: NCCL's logger is printf-like; "%s" consumes exactly the one C string.
+        unsafe {
+            f(
+                log_level::WARN,
+                LOG_SUBSYS_NET,
+                c"tcpxsock".as_ptr(),
+                0,
+                c"%s".as_ptr(),
+                c.as_ptr(),
+            )
+        };
+    }
+}

@@ -1,0 +1,245 @@
+//! `tcpx probe`: load an ncclNet plugin, initialise it and list its devices, in the
+//! spirit of `ibv_devinfo`; `--json` prints the same facts as one JSON object.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use super::json::{self, Object};
+use crate::error::{Error, Result};
+use crate::net::{AbiVersion, DeviceProps, Net};
+
+/// Parsed `probe` options.
+#[derive(Debug, Default, PartialEq)]
+struct Options {
+    plugin: Option<PathBuf>,
+    json: bool,
+    abi: Option<AbiVersion>,
+}
+
+fn parse(args: &[String]) -> std::result::Result<Options, String> {
+    let mut o = Options::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (a.as_str(), None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match flag {
+            "--plugin" => o.plugin = Some(PathBuf::from(value("--plugin")?)),
+            "--abi" => {
+                let v = value("--abi")?;
+                o.abi = Some(
+                    AbiVersion::parse(&v)
+                        .ok_or_else(|| format!("--abi {v:?}: use 7, 8, 9 or 10"))?,
+                );
+            }
+            "--json" => o.json = true,
+            _ => return Err(format!("unknown option {a:?}")),
+        }
+    }
+    Ok(o)
+}
+
+/// Everything `probe` found.
+struct Report {
+    source: String,
+    net: Net,
+    devices: Vec<DeviceProps>,
+}
+
+fn probe(o: &Options) -> Result<Report> {
+    let net = match &o.plugin {
+        Some(p) => Net::load_with(p, o.abi)?,
+        None => {
+            let net = Net::from_env(o.abi)?;
+            if let Some(v) = o.abi.filter(|&v| v != net.abi()) {
+                return Err(Error::Config(format!(
+                    "the embedded plugin exports {} only, not {}",
+                    net.abi().symbol(),
+                    v.symbol()
+                )));
+            }
+            net
+        }
+    };
+    net.init()?;
+    let n = net.devices()?;
+    let devices = (0..n).map(|d| net.properties(d)).collect::<Result<_>>()?;
+    Ok(Report {
+        source: net.source().to_string(),
+        net,
+        devices,
+    })
+}
+
+/// Runs `tcpx probe`; returns the exit code.
+pub fn main(args: &[String]) -> i32 {
+    let o = match parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!(
+                "tcpx probe: {e}\nusage: tcpx probe [--plugin PATH] [--json] [--abi 7|8|9|10]"
+            );
+            return 2;
+        }
+    };
+    match probe(&o) {
+        Ok(r) => {
+            print!("{}", if o.json { to_json(&r) } else { to_text(&r) });
+            0
+        }
+        Err(e) => {
+            eprintln!("tcpx probe: error: {e}");
+            1
+        }
+    }
+}
+
+fn to_text(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "plugin:         {}", r.source);
+    let _ = writeln!(
+        s,
+        "abi:            {} ({})",
+        r.net.abi(),
+        r.net.abi().symbol()
+    );
+    let _ = writeln!(s, "name:           {}", r.net.name());
+    let _ = writeln!(s, "devices:        {}", r.devices.len());
+    for (i, d) in r.devices.iter().enumerate() {
+        let _ = writeln!(s, "\ndev {i}");
+        let _ = writeln!(s, "\tname:           {}", d.name);
+        let _ = writeln!(
+            s,
+            "\tpci_path:       {}",
+            d.pci_path.as_deref().unwrap_or("(none)")
+        );
+        let _ = writeln!(s, "\tguid:           {:#018x}", d.guid);
+        let _ = writeln!(s, "\tspeed:          {} Mbps", d.speed_mbps);
+        let _ = writeln!(s, "\tport:           {}", d.port);
+        let _ = writeln!(s, "\tlatency:        {} us", d.latency_us);
+        let _ = writeln!(s, "\tptr_support:    {}", d.ptr_support);
+        let _ = writeln!(s, "\tmax_comms:      {}", d.max_comms);
+        let _ = writeln!(s, "\tmax_recvs:      {}", d.max_recvs);
+        let _ = writeln!(s, "\treg_is_global:  {}", yes_no(d.reg_is_global));
+        let _ = writeln!(s, "\tforce_flush:    {}", yes_no(d.force_flush));
+        let _ = writeln!(
+            s,
+            "\tdevice_type:    {} (version {:#x})",
+            d.device_type.as_str(),
+            d.device_version
+        );
+        if !d.vdevs.is_empty() {
+            let _ = writeln!(s, "\tvdevs:          {:?}", d.vdevs);
+        }
+        if let Some(b) = d.max_p2p_bytes {
+            let _ = writeln!(s, "\tmax_p2p_bytes:  {b}");
+        }
+        if let Some(b) = d.max_coll_bytes {
+            let _ = writeln!(s, "\tmax_coll_bytes: {b}");
+        }
+    }
+    s
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn to_json(r: &Report) -> String {
+    let mut s = String::new();
+    Object::new(&mut s)
+        .str("plugin", &r.source)
+        .raw("abi", r.net.abi().number())
+        .str("symbol", r.net.abi().symbol())
+        .str("name", r.net.name())
+        .with("devices", |out| {
+            out.push('[');
+            for (i, d) in r.devices.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                device_json(out, i, d);
+            }
+            out.push(']');
+        })
+        .end();
+    s.push('\n');
+    s
+}
+
+fn device_json(out: &mut String, index: usize, d: &DeviceProps) {
+    let latency = if d.latency_us.is_finite() {
+        d.latency_us.to_string()
+    } else {
+        "null".to_string()
+    };
+    let opt = |v: Option<usize>| v.map_or("null".to_string(), |v| v.to_string());
+    Object::new(out)
+        .raw("index", index)
+        .str("name", &d.name)
+        .opt_str("pci_path", d.pci_path.as_deref())
+        .raw("guid", d.guid)
+        .raw("speed_mbps", d.speed_mbps)
+        .raw("port", d.port)
+        .raw("latency_us", latency)
+        .with("ptr_support", |o| {
+            o.push('[');
+            for (i, n) in d.ptr_support.names().enumerate() {
+                if i > 0 {
+                    o.push(',');
+                }
+                json::string(o, n);
+            }
+            o.push(']');
+        })
+        .raw("max_comms", d.max_comms)
+        .raw("max_recvs", d.max_recvs)
+        .bool("reg_is_global", d.reg_is_global)
+        .bool("force_flush", d.force_flush)
+        .str("device_type", d.device_type.as_str())
+        .raw("device_version", d.device_version)
+        .raw("vdevs", format!("{:?}", d.vdevs))
+        .raw("max_p2p_bytes", opt(d.max_p2p_bytes))
+        .raw("max_coll_bytes", opt(d.max_coll_bytes))
+        .end();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_options() {
+        let o = parse(&args(&["--plugin", "/x.so", "--json", "--abi=v9"])).unwrap();
+        assert_eq!(
+            o,
+            Options {
+                plugin: Some(PathBuf::from("/x.so")),
+                json: true,
+                abi: Some(AbiVersion::V9)
+            }
+        );
+        assert!(parse(&args(&["--abi", "6"])).unwrap_err().contains("--abi"));
+        assert!(parse(&args(&["--plugin"]))
+            .unwrap_err()
+            .contains("needs a value"));
+        assert!(parse(&args(&["--bogus"]))
+            .unwrap_err()
+            .contains("unknown option"));
+    }
+}

@@ -1,0 +1,726 @@
+//! RAII wrappers over plugin comms, registrations and requests, and the calls that use them.
+//!
+//! A comm is closed, and a registration deregistered, when its last user is dropped:
+//! registrations and requests hold their comm, and everything holds the plugin library.
+//! The hot-path calls (`isend`, `irecv`, `test`, `irecv_consumed`) never allocate.
+
+use std::cell::Cell;
+use std::ffi::{c_int, c_void};
+use std::fmt;
+use std::marker::PhantomData;
+use std::ptr::{self, NonNull};
+use std::sync::Arc;
+
+use tcpx_core::abi::{v10, DevHandle, HANDLE_MAX_SIZE, PTR_CUDA, PTR_HOST};
+
+use super::table::{Connect, Irecv, Isend, RecvArgs, RegMr, MAX_RECVS};
+use super::{dev_index, Net, Plugin};
+use crate::error::{Error, Result};
+
+/// The opaque bytes a listener publishes and a connector consumes (exchanged out of band).
+///
+/// `connect` may keep state in it between retries, so retry with the same value.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ConnectHandle(pub [u8; HANDLE_MAX_SIZE]);
+
+impl ConnectHandle {
+    /// The raw bytes, to send to the peer.
+    pub fn as_bytes(&self) -> &[u8; HANDLE_MAX_SIZE] {
+        &self.0
+    }
+    /// Rebuilds a handle received from the peer.
+    pub fn from_bytes(bytes: [u8; HANDLE_MAX_SIZE]) -> Self {
+        ConnectHandle(bytes)
+    }
+}
+
+impl Default for ConnectHandle {
+    fn default() -> Self {
+        ConnectHandle([0; HANDLE_MAX_SIZE])
+    }
+}
+
+impl fmt::Debug for ConnectHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let used = self.0.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        write!(f, "ConnectHandle({used} bytes)")
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Listen,
+    Send,
+    Recv,
+}
+
+/// A plugin comm pointer and what closes it. Shared by the comm, its registrations and
+/// its requests; closed when the last of them goes.
+pub struct CommInner {
+    plugin: Arc<Plugin>,
+    ptr: NonNull<c_void>,
+    kind: Kind,
+    dev_handle: Option<DevHandle>,
+    closed: bool,
+}
+
+// SAFETY: the comm pointer is an opaque token owned by the plugin; the public wrappers are
+// `!Sync`, so a comm is driven by one thread at a time, which is what plugins expect.
+unsafe impl Send for CommInner {}
+// SAFETY: shared references only read the pointer value; calls go through `!Sync` wrappers.
+unsafe impl Sync for CommInner {}
+
+impl CommInner {
+    fn new(
+        plugin: &Arc<Plugin>,
+        ptr: NonNull<c_void>,
+        kind: Kind,
+        dev: *mut DevHandle,
+    ) -> Arc<Self> {
+        // SAFETY: a non-NULL device handle from connect/accept lives as long as the comm.
+        let dev_handle = unsafe { dev.as_ref() }.copied();
+        Arc::new(CommInner {
+            plugin: Arc::clone(plugin),
+            ptr,
+            kind,
+            dev_handle,
+            closed: false,
+        })
+    }
+
+    fn close(&mut self) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
+        let t = &self.plugin.table;
+        let (f, name) = match self.kind {
+            Kind::Listen => (t.close_listen, "closeListen"),
+            Kind::Send => (t.close_send, "closeSend"),
+            Kind::Recv => (t.close_recv, "closeRecv"),
+        };
+        let f = f.ok_or_else(|| self.plugin.missing(name))?;
+        // SAFETY: the comm came from this plugin and is closed exactly once.
+        self.plugin.check(name, unsafe { f(self.ptr.as_ptr()) })
+    }
+}
+
+impl Drop for CommInner {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            crate::log_warn!("net", "{e}");
+        }
+    }
+}
+
+/// Marker making the public wrappers `Send` but not `Sync`.
+type NotSync = PhantomData<Cell<()>>;
+
+mod private {
+    /// Keeps [`super::Comm`] implementable only here.
+    pub trait Sealed {
+        fn inner(&self) -> &std::sync::Arc<super::CommInner>;
+    }
+}
+
+/// A send or receive comm: what memory can be registered on.
+pub trait Comm: private::Sealed {
+    /// The device offload handle the plugin attached, if any (UNPACK on TCPX receives).
+    fn dev_handle(&self) -> Option<&DevHandle> {
+        self.inner().dev_handle.as_ref()
+    }
+}
+
+/// A listening endpoint; accepts the peer that connects to its [`ConnectHandle`].
+pub struct ListenComm {
+    inner: Arc<CommInner>,
+    handle: ConnectHandle,
+    _not_sync: NotSync,
+}
+
+impl ListenComm {
+    /// The handle to give the peer.
+    pub fn handle(&self) -> &ConnectHandle {
+        &self.handle
+    }
+}
+
+/// The sending end of a connection.
+pub struct SendComm {
+    inner: Arc<CommInner>,
+    _not_sync: NotSync,
+}
+
+/// The receiving end of a connection.
+pub struct RecvComm {
+    inner: Arc<CommInner>,
+    _not_sync: NotSync,
+}
+
+impl private::Sealed for SendComm {
+    fn inner(&self) -> &Arc<CommInner> {
+        &self.inner
+    }
+}
+impl Comm for SendComm {}
+impl private::Sealed for RecvComm {
+    fn inner(&self) -> &Arc<CommInner> {
+        &self.inner
+    }
+}
+impl Comm for RecvComm {}
+
+impl fmt::Debug for ListenComm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ListenComm({:p})", self.inner.ptr)
+    }
+}
+impl fmt::Debug for SendComm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SendComm({:p})", self.inner.ptr)
+    }
+}
+impl fmt::Debug for RecvComm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RecvComm({:p})", self.inner.ptr)
+    }
+}
+
+/// Memory registered on one comm; deregistered on drop (the comm stays open until then).
+pub struct MemReg {
+    comm: Arc<CommInner>,
+    mhandle: *mut c_void,
+    deregistered: bool,
+    _not_sync: NotSync,
+}
+
+// SAFETY: `mhandle` is an opaque plugin token; see `CommInner` for the threading rule.
+unsafe impl Send for MemReg {}
+
+impl MemReg {
+    /// The plugin's memory handle (for device code via `get_device_mr`, or logging).
+    pub fn mhandle(&self) -> *mut c_void {
+        self.mhandle
+    }
+
+    fn dereg(&mut self) -> Result<()> {
+        if self.deregistered {
+            return Ok(());
+        }
+        self.deregistered = true;
+        let p = &self.comm.plugin;
+        let f = p.table.dereg_mr.ok_or_else(|| p.missing("deregMr"))?;
+        // SAFETY: the handle was registered on this comm, which is still open.
+        p.check("deregMr", unsafe {
+            f(self.comm.ptr.as_ptr(), self.mhandle)
+        })
+    }
+}
+
+impl Drop for MemReg {
+    fn drop(&mut self) {
+        if let Err(e) = self.dereg() {
+            crate::log_warn!("net", "{e}");
+        }
+    }
+}
+
+impl fmt::Debug for MemReg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MemReg({:p} on {:p})", self.mhandle, self.comm.ptr)
+    }
+}
+
+/// Which memory a registration covers (`regMr`'s `type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemKind {
+    Host,
+    Cuda,
+}
+
+impl MemKind {
+    fn ptr_type(self) -> c_int {
+        match self {
+            MemKind::Host => PTR_HOST,
+            MemKind::Cuda => PTR_CUDA,
+        }
+    }
+}
+
+/// One receive of a grouped `irecv` (or one range of an `iflush`).
+#[derive(Debug, Clone, Copy)]
+pub struct RecvBuf<'a> {
+    pub data: *mut c_void,
+    pub size: usize,
+    /// Ignored by TCPX, which matches by posting order.
+    pub tag: i32,
+    pub mr: &'a MemReg,
+}
+
+/// An in-flight plugin request. Poll it with [`Net::test`]; once done, drop it (or hand a
+/// receive to [`Net::irecv_consumed`]). Holds its comm open.
+pub struct Request {
+    comm: Arc<CommInner>,
+    ptr: NonNull<c_void>,
+    n: u8,
+    done: bool,
+    sizes: [c_int; MAX_RECVS],
+    _not_sync: NotSync,
+}
+
+// SAFETY: the request pointer is an opaque plugin token; see `CommInner`.
+unsafe impl Send for Request {}
+
+impl Request {
+    fn new(comm: &Arc<CommInner>, ptr: *mut c_void, n: usize) -> Option<Request> {
+        NonNull::new(ptr).map(|ptr| Request {
+            comm: Arc::clone(comm),
+            ptr,
+            n: n as u8,
+            done: false,
+            sizes: [0; MAX_RECVS],
+            _not_sync: PhantomData,
+        })
+    }
+
+    /// Whether `test` has reported completion.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Number of grouped buffers (1 for a send).
+    pub fn len(&self) -> usize {
+        usize::from(self.n)
+    }
+
+    /// Always false: a request covers at least one buffer.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Bytes moved by buffer `i`, once done.
+    pub fn size(&self, i: usize) -> Option<usize> {
+        if self.done && i < self.len() {
+            usize::try_from(self.sizes[i]).ok()
+        } else {
+            None
+        }
+    }
+
+    /// The plugin's request pointer.
+    pub fn as_ptr(&self) -> *mut c_void {
+        self.ptr.as_ptr()
+    }
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Request({:p}, done: {})", self.ptr, self.done)
+    }
+}
+
+impl Net {
+    #[inline]
+    fn owns(&self, comm: &CommInner) -> Result<()> {
+        if Arc::ptr_eq(&comm.plugin, &self.plugin) {
+            Ok(())
+        } else {
+            Err(Error::Invalid("comm belongs to another plugin instance"))
+        }
+    }
+
+    /// Starts listening on device `dev`.
+    pub fn listen(&self, dev: usize) -> Result<ListenComm> {
+        let p = &self.plugin;
+        let f = p.table.listen.ok_or_else(|| p.missing("listen"))?;
+        let mut handle = ConnectHandle::default();
+        let mut comm = ptr::null_mut();
+        // SAFETY: `handle` has the 128 bytes the ABI allows; `comm` is an out-pointer.
+        let code = unsafe { f(dev_index(dev)?, handle.0.as_mut_ptr().cast(), &mut comm) };
+        p.check("listen", code)?;
+        let comm =
+            NonNull::new(comm).ok_or(Error::Invalid("listen succeeded without a listen comm"))?;
+        Ok(ListenComm {
+            inner: CommInner::new(p, comm, Kind::Listen, ptr::null_mut()),
+            handle,
+            _not_sync: PhantomData,
+        })
+    }
+
+    /// One non-blocking connect attempt to the peer's `handle`; `Ok(None)` = call again
+    /// (with the same `handle`, where the plugin may keep its progress).
+    pub fn connect(&self, dev: usize, handle: &mut ConnectHandle) -> Result<Option<SendComm>> {
+        let p = &self.plugin;
+        let f = p
+            .table
+            .connect
+            .as_ref()
+            .ok_or_else(|| p.missing("connect"))?;
+        let d = dev_index(dev)?;
+        let mut comm = ptr::null_mut();
+        let mut dev_handle: *mut DevHandle = ptr::null_mut();
+        let h = handle.0.as_mut_ptr().cast();
+        // SAFETY: out-pointers valid for the call; the handle buffer is HANDLE_MAX_SIZE bytes.
+        let code = unsafe {
+            match f {
+                Connect::V7(f) => f(d, h, &mut comm, &mut dev_handle),
+                Connect::V10(f) => {
+                    let mut config = v10::CommConfig {
+                        traffic_class: v10::TRAFFIC_CLASS_UNDEF,
+                    };
+                    f(d, &mut config, h, &mut comm, &mut dev_handle)
+                }
+            }
+        };
+        p.check("connect", code)?;
+        Ok(NonNull::new(comm).map(|c| SendComm {
+            inner: CommInner::new(p, c, Kind::Send, dev_handle),
+            _not_sync: PhantomData,
+        }))
+    }
+
+    /// One non-blocking accept attempt; `Ok(None)` = the peer is not connected yet.
+    pub fn accept(&self, listen: &mut ListenComm) -> Result<Option<RecvComm>> {
+        self.owns(&listen.inner)?;
+        let p = &self.plugin;
+        let f = p.table.accept.ok_or_else(|| p.missing("accept"))?;
+        let mut comm = ptr::null_mut();
+        let mut dev_handle: *mut DevHandle = ptr::null_mut();
+        // SAFETY: the listen comm is open; out-pointers are valid for the call.
+        let code = unsafe { f(listen.inner.ptr.as_ptr(), &mut comm, &mut dev_handle) };
+        p.check("accept", code)?;
+        Ok(NonNull::new(comm).map(|c| RecvComm {
+            inner: CommInner::new(p, c, Kind::Recv, dev_handle),
+            _not_sync: PhantomData,
+        }))
+    }
+
+    /// Registers `size` bytes at `data` on `comm`.
+    ///
+    /// # Safety
+    /// `data..data+size` is memory of `kind` that stays valid until the registration drops.
+    pub unsafe fn reg_mr(
+        &self,
+        comm: &impl Comm,
+        data: *mut c_void,
+        size: usize,
+        kind: MemKind,
+    ) -> Result<MemReg> {
+        let c = comm.inner();
+        self.owns(c)?;
+        let p = &self.plugin;
+        let f = p.table.reg_mr.as_ref().ok_or_else(|| p.missing("regMr"))?;
+        let mut mhandle = ptr::null_mut();
+        let cp = c.ptr.as_ptr();
+        // SAFETY: the comm is open; the memory contract is the caller's.
+        let code = unsafe {
+            match f {
+                RegMr::Int(f) => f(cp, data, int_size(size)?, kind.ptr_type(), &mut mhandle),
+                RegMr::Size(f) => f(cp, data, size, kind.ptr_type(), &mut mhandle),
+            }
+        };
+        p.check("regMr", code)?;
+        Ok(self.mem_reg(c, mhandle))
+    }
+
+    /// Registers a DMA-BUF range (`fd`, `offset`) mapped at `data` on `comm`.
+    ///
+    /// # Safety
+    /// As for [`Net::reg_mr`]; `fd` is a DMA-BUF file descriptor for that memory.
+    pub unsafe fn reg_mr_dma_buf(
+        &self,
+        comm: &impl Comm,
+        data: *mut c_void,
+        size: usize,
+        kind: MemKind,
+        offset: u64,
+        fd: i32,
+    ) -> Result<MemReg> {
+        let c = comm.inner();
+        self.owns(c)?;
+        let p = &self.plugin;
+        let f = p
+            .table
+            .reg_mr_dma_buf
+            .ok_or_else(|| p.missing("regMrDmaBuf"))?;
+        let mut mhandle = ptr::null_mut();
+        // SAFETY: the comm is open; the memory contract is the caller's.
+        let code = unsafe {
+            f(
+                c.ptr.as_ptr(),
+                data,
+                size,
+                kind.ptr_type(),
+                offset,
+                fd,
+                &mut mhandle,
+            )
+        };
+        p.check("regMrDmaBuf", code)?;
+        Ok(self.mem_reg(c, mhandle))
+    }
+
+    fn mem_reg(&self, comm: &Arc<CommInner>, mhandle: *mut c_void) -> MemReg {
+        MemReg {
+            comm: Arc::clone(comm),
+            mhandle,
+            deregistered: false,
+            _not_sync: PhantomData,
+        }
+    }
+
+    /// Deregisters now, reporting the plugin's answer (dropping does the same silently).
+    pub fn dereg_mr(&self, mut mr: MemReg) -> Result<()> {
+        self.owns(&mr.comm)?;
+        mr.dereg()
+    }
+
+    /// The device-side form of a registration (for plugin device code).
+    pub fn get_device_mr(&self, mr: &MemReg) -> Result<*mut c_void> {
+        self.owns(&mr.comm)?;
+        let p = &self.plugin;
+        let f = p
+            .table
+            .get_device_mr
+            .ok_or_else(|| p.missing("getDeviceMr"))?;
+        let mut dptr = ptr::null_mut();
+        // SAFETY: comm and registration are alive; `dptr` is an out-pointer.
+        p.check("getDeviceMr", unsafe {
+            f(mr.comm.ptr.as_ptr(), mr.mhandle, &mut dptr)
+        })?;
+        Ok(dptr)
+    }
+
+    /// Posts a send of `size` bytes at `data`; `Ok(None)` = the plugin is busy, retry.
+    ///
+    /// # Safety
+    /// `data..data+size` lies inside `mr`'s memory and stays untouched until the request
+    /// completes.
+    #[inline]
+    pub unsafe fn isend(
+        &self,
+        comm: &SendComm,
+        data: *mut c_void,
+        size: usize,
+        tag: i32,
+        mr: &MemReg,
+    ) -> Result<Option<Request>> {
+        let c = &comm.inner;
+        self.owns(c)?;
+        same_comm(c, mr)?;
+        let p = &self.plugin;
+        let f = p.table.isend.as_ref().ok_or_else(|| p.missing("isend"))?;
+        let mut req = ptr::null_mut();
+        let cp = c.ptr.as_ptr();
+        // SAFETY: comm and registration are alive; the buffer contract is the caller's.
+        let code = unsafe {
+            match f {
+                Isend::Int(f) => f(cp, data, int_size(size)?, tag, mr.mhandle, &mut req),
+                Isend::Size(f) => f(cp, data, size, tag, mr.mhandle, &mut req),
+                Isend::Profiled(f) => f(cp, data, size, tag, mr.mhandle, ptr::null_mut(), &mut req),
+            }
+        };
+        p.check("isend", code)?;
+        Ok(Request::new(c, req, 1))
+    }
+
+    /// Posts a grouped receive (1 … `MAX_RECVS` buffers); `Ok(None)` = busy, retry.
+    ///
+    /// # Safety
+    /// Each buffer lies inside its registration and stays untouched until the request
+    /// completes (and, for UNPACK devices, until `irecv_consumed`).
+    #[inline]
+    pub unsafe fn irecv(&self, comm: &RecvComm, bufs: &[RecvBuf<'_>]) -> Result<Option<Request>> {
+        let c = &comm.inner;
+        self.owns(c)?;
+        let mut a = recv_args(c, bufs)?;
+        let p = &self.plugin;
+        let f = p.table.irecv.as_ref().ok_or_else(|| p.missing("irecv"))?;
+        let mut req = ptr::null_mut();
+        let cp = c.ptr.as_ptr();
+        // SAFETY: arrays hold `n` valid entries; the buffer contract is the caller's.
+        let code = unsafe {
+            match f {
+                Irecv::Int(f) => {
+                    let mut sizes = int_sizes(&a)?;
+                    f(
+                        cp,
+                        a.n,
+                        a.data.as_mut_ptr(),
+                        sizes.as_mut_ptr(),
+                        a.tags.as_mut_ptr(),
+                        a.mhandles.as_mut_ptr(),
+                        &mut req,
+                    )
+                }
+                Irecv::Size(f) => f(
+                    cp,
+                    a.n,
+                    a.data.as_mut_ptr(),
+                    a.sizes.as_mut_ptr(),
+                    a.tags.as_mut_ptr(),
+                    a.mhandles.as_mut_ptr(),
+                    &mut req,
+                ),
+                Irecv::Profiled(f) => {
+                    let mut phandles = [ptr::null_mut(); MAX_RECVS];
+                    f(
+                        cp,
+                        a.n,
+                        a.data.as_mut_ptr(),
+                        a.sizes.as_mut_ptr(),
+                        a.tags.as_mut_ptr(),
+                        a.mhandles.as_mut_ptr(),
+                        phandles.as_mut_ptr(),
+                        &mut req,
+                    )
+                }
+            }
+        };
+        p.check("irecv", code)?;
+        Ok(Request::new(c, req, bufs.len()))
+    }
+
+    /// Posts a flush making received CUDA data visible to the GPU; `Ok(None)` = nothing
+    /// to flush or busy (the plugin decides).
+    ///
+    /// # Safety
+    /// As for [`Net::irecv`], for buffers whose receive has completed.
+    pub unsafe fn iflush(&self, comm: &RecvComm, bufs: &[RecvBuf<'_>]) -> Result<Option<Request>> {
+        let c = &comm.inner;
+        self.owns(c)?;
+        let mut a = recv_args(c, bufs)?;
+        let p = &self.plugin;
+        let f = p.table.iflush.ok_or_else(|| p.missing("iflush"))?;
+        let mut sizes = int_sizes(&a)?;
+        let mut req = ptr::null_mut();
+        // SAFETY: arrays hold `n` valid entries; the buffer contract is the caller's.
+        let code = unsafe {
+            f(
+                c.ptr.as_ptr(),
+                a.n,
+                a.data.as_mut_ptr(),
+                sizes.as_mut_ptr(),
+                a.mhandles.as_mut_ptr(),
+                &mut req,
+            )
+        };
+        p.check("iflush", code)?;
+        Ok(Request::new(c, req, bufs.len()))
+    }
+
+    /// Polls `req`: `Some(bytes of the first buffer)` once done, `None` while in flight.
+    /// Other buffers' sizes are then in [`Request::size`].
+    #[inline]
+    pub fn test(&self, req: &mut Request) -> Result<Option<usize>> {
+        self.owns(&req.comm)?;
+        if req.done {
+            return Err(Error::Invalid("test on a request that already completed"));
+        }
+        let p = &self.plugin;
+        let f = p.table.test.ok_or_else(|| p.missing("test"))?;
+        let mut done: c_int = 0;
+        // SAFETY: the request is in flight on an open comm; `sizes` has room for `n`.
+        p.check("test", unsafe {
+            f(req.ptr.as_ptr(), &mut done, req.sizes.as_mut_ptr())
+        })?;
+        if done == 0 {
+            return Ok(None);
+        }
+        req.done = true;
+        Ok(Some(usize::try_from(req.sizes[0]).unwrap_or(0)))
+    }
+
+    /// Tells the plugin the device has consumed a completed receive, so it can recycle the
+    /// bounce pages (TCPX). Must follow posting order.
+    #[inline]
+    pub fn irecv_consumed(&self, comm: &RecvComm, req: Request) -> Result<()> {
+        let c = &comm.inner;
+        self.owns(c)?;
+        if !Arc::ptr_eq(c, &req.comm) {
+            return Err(Error::Invalid("irecv_consumed with another comm's request"));
+        }
+        if !req.done {
+            return Err(Error::Invalid("irecv_consumed before test reported done"));
+        }
+        let p = &self.plugin;
+        let f = p
+            .table
+            .irecv_consumed
+            .ok_or_else(|| p.missing("irecvConsumed"))?;
+        // SAFETY: the request completed on this open comm and is handed back exactly once.
+        p.check("irecvConsumed", unsafe {
+            f(c.ptr.as_ptr(), c_int::from(req.n), req.ptr.as_ptr())
+        })
+    }
+
+    /// Closes a listen comm now, reporting the plugin's answer.
+    pub fn close_listen(&self, comm: ListenComm) -> Result<()> {
+        self.close(comm.inner)
+    }
+
+    /// Closes a send comm now; fails if registrations or requests still hold it.
+    pub fn close_send(&self, comm: SendComm) -> Result<()> {
+        self.close(comm.inner)
+    }
+
+    /// Closes a receive comm now; fails if registrations or requests still hold it.
+    pub fn close_recv(&self, comm: RecvComm) -> Result<()> {
+        self.close(comm.inner)
+    }
+
+    fn close(&self, inner: Arc<CommInner>) -> Result<()> {
+        self.owns(&inner)?;
+        match Arc::try_unwrap(inner) {
+            Ok(mut c) => c.close(),
+            Err(_) => Err(Error::Invalid(
+                "close while registrations or requests still use the comm",
+            )),
+        }
+    }
+}
+
+#[inline]
+fn same_comm(c: &Arc<CommInner>, mr: &MemReg) -> Result<()> {
+    if Arc::ptr_eq(c, &mr.comm) {
+        Ok(())
+    } else {
+        Err(Error::Invalid("memory registered on another comm"))
+    }
+}
+
+#[inline]
+fn int_size(size: usize) -> Result<c_int> {
+    c_int::try_from(size).map_err(|_| Error::Invalid("size exceeds this ABI's int range"))
+}
+
+#[inline]
+fn int_sizes(a: &RecvArgs) -> Result<[c_int; MAX_RECVS]> {
+    let mut out = [0; MAX_RECVS];
+    for (o, &s) in out.iter_mut().zip(&a.sizes[..a.n as usize]) {
+        *o = int_size(s)?;
+    }
+    Ok(out)
+}
+
+#[inline]
+fn recv_args(c: &Arc<CommInner>, bufs: &[RecvBuf<'_>]) -> Result<RecvArgs> {
+    if bufs.is_empty() || bufs.len() > MAX_RECVS {
+        return Err(Error::Invalid("a grouped receive takes 1 to 8 buffers"));
+    }
+    let mut a = RecvArgs {
+        n: bufs.len() as c_int,
+        data: [ptr::null_mut(); MAX_RECVS],
+        sizes: [0; MAX_RECVS],
+        tags: [0; MAX_RECVS],
+        mhandles: [ptr::null_mut(); MAX_RECVS],
+    };
+    for (i, b) in bufs.iter().enumerate() {
+        same_comm(c, b.mr)?;
+        a.data[i] = b.data;
+        a.sizes[i] = b.size;
+        a.tags[i] = b.tag;
+        a.mhandles[i] = b.mr.mhandle;
+    }
+    Ok(a)
+}

@@ -1,0 +1,71 @@
+//! Compiles `src/unpack.cu` with nvcc into one fatbin (SASS sm_80 + sm_90, PTX compute_90) that
+//! the crate embeds. nvcc comes from `$NVCC`, else `<workspace>/.tools/nvcc/nvidia/cu13/bin/nvcc`
+//! (scripts/install-nvcc.sh), else `nvcc` on PATH. Without one the blob is empty, the crate is
+//! built with `cfg(tcpx_no_kernels)`, and loading the kernels fails at run time with
+//! `KernelsNotBuilt`; `KERNELS_REQUIRE_NVCC=1` makes a missing nvcc a build error instead.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SOURCE: &str = "src/unpack.cu";
+const FATBIN: &str = "unpack.fatbin";
+
+fn main() {
+    println!("cargo::rustc-check-cfg=cfg(tcpx_no_kernels)");
+    println!("cargo::rerun-if-changed={SOURCE}");
+    println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rerun-if-env-changed=NVCC");
+    println!("cargo::rerun-if-env-changed=NVCC_CCBIN");
+    println!("cargo::rerun-if-env-changed=KERNELS_REQUIRE_NVCC");
+
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR")).join(FATBIN);
+    let require = env::var("KERNELS_REQUIRE_NVCC").is_ok_and(|v| v == "1");
+
+    let Some(nvcc) = find_nvcc(&manifest) else {
+        let msg = "nvcc not found (set NVCC or run scripts/install-nvcc.sh): \
+                   tcpx-kernels is built without its CUDA kernels";
+        if require {
+            panic!("KERNELS_REQUIRE_NVCC=1: {msg}");
+        }
+        println!("cargo::warning={msg}");
+        println!("cargo::rustc-cfg=tcpx_no_kernels");
+        std::fs::write(&out, []).expect("write empty fatbin");
+        return;
+    };
+    // Rebuild when the compiler found is replaced (a re-install, another version).
+    println!("cargo::rerun-if-changed={}", nvcc.display());
+
+    let status = Command::new(&nvcc)
+        .current_dir(&manifest)
+        .args(["--fatbin", "-O3", "-std=c++17", "-Xptxas", "-warn-spills"])
+        .args(["-gencode", "arch=compute_80,code=sm_80"])
+        .args(["-gencode", "arch=compute_90,code=sm_90"])
+        .args(["-gencode", "arch=compute_90,code=compute_90"])
+        .arg("-o")
+        .arg(&out)
+        .arg(SOURCE)
+        .status()
+        .unwrap_or_else(|e| panic!("running {}: {e}", nvcc.display()));
+    // A kernel that fails to compile is a bug, never a reason to build without kernels.
+    assert!(
+        status.success(),
+        "{} failed on {SOURCE}: {status}",
+        nvcc.display()
+    );
+}
+
+fn find_nvcc(manifest: &Path) -> Option<PathBuf> {
+    if let Some(p) = env::var_os("NVCC").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let tools = manifest.join("../.tools/nvcc/nvidia/cu13/bin/nvcc");
+    if tools.is_file() {
+        return Some(tools);
+    }
+    let path = env::var_os("PATH")?;
+    env::split_paths(&path)
+        .map(|dir| dir.join("nvcc"))
+        .find(|p| p.is_file())
+}

@@ -1,0 +1,371 @@
+//! Unpack kernel throughput and latency next to the CUDA copy of the same bytes.
+//!
+//! Device-memory bounce vs `cuMemcpyDtoDAsync`, pinned mapped host bounce vs `cuMemcpyHtoDAsync`
+//! from the same pinned memory; 4 KiB pages in shuffled order, one 4 MiB slot per launch and 16
+//! slots (64 MiB) per batched launch, timed with CUDA events over many back-to-back launches; and
+//! launch-to-event-completion latency of one 512 KiB chunk. Prints a table and writes JSON
+//! (`--json PATH`, default `unpack_bench.json`).
+//!
+//! Run: `cargo run --release -p tcpx-kernels --example unpack_bench -- --json out.json`
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cudarc::driver::sys::{self, CUdeviceptr, CUevent_flags};
+use cudarc::driver::{result, CudaContext, CudaStream};
+use tcpx_core::unpack::{unpack_cpu, LoadMeta, NetUnpackMeta, PAGE_SIZE, SLOTS};
+use tcpx_kernels::mem::{DeviceBuffer, MappedHostBuffer};
+use tcpx_kernels::{gpu_available, Kernels, UnpackJob};
+
+type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+const SLOT_BYTES: usize = 4 << 20;
+const PAGES: usize = SLOT_BYTES / PAGE_SIZE;
+const TOTAL: usize = SLOTS * SLOT_BYTES;
+const CHUNK_BYTES: usize = 512 << 10;
+const LATENCY_ITERS: usize = 1000;
+const REPS: usize = 7;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, (self.next() % (i as u64 + 1)) as usize);
+        }
+    }
+}
+
+/// Slot `slot` takes `pages` shuffled pages of bounce region `slot`, listed in shuffled order.
+fn publish_pages(meta: &mut NetUnpackMeta, rng: &mut Rng, slot: usize, pages: usize) {
+    let mut src: Vec<usize> = (0..pages).collect();
+    rng.shuffle(&mut src);
+    let mut entries: Vec<LoadMeta> = src
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| LoadMeta {
+            src_off: (slot * SLOT_BYTES + p * PAGE_SIZE) as u32,
+            len: PAGE_SIZE as u32,
+            dst_off: (i * PAGE_SIZE) as u64,
+        })
+        .collect();
+    rng.shuffle(&mut entries);
+    meta.mem[slot][..pages].copy_from_slice(&entries);
+    meta.cnt[slot] = pages as u64;
+}
+
+fn table(buf: &mut MappedHostBuffer) -> &mut NetUnpackMeta {
+    // SAFETY: the buffer is page-aligned, exactly size_of::<NetUnpackMeta>() bytes, initialised
+    // (zeroed), and NetUnpackMeta is plain old data valid for any bytes.
+    unsafe { &mut *buf.host_ptr().cast::<NetUnpackMeta>() }
+}
+
+/// Median seconds per call of `f` over REPS timed runs of `iters` back-to-back calls.
+fn time_per_call(
+    ctx: &Arc<CudaContext>,
+    stream: &CudaStream,
+    iters: usize,
+    mut f: impl FnMut() -> BoxResult<()>,
+) -> BoxResult<f64> {
+    let start = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+    let end = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+    for _ in 0..iters.min(20) {
+        f()?;
+    }
+    stream.synchronize()?;
+    let mut runs = Vec::with_capacity(REPS);
+    for _ in 0..REPS {
+        start.record(stream)?;
+        for _ in 0..iters {
+            f()?;
+        }
+        end.record(stream)?;
+        runs.push(start.elapsed_ms(&end)? as f64 * 1e-3 / iters as f64);
+    }
+    runs.sort_by(f64::total_cmp);
+    Ok(runs[REPS / 2])
+}
+
+/// Median and p99 seconds from enqueueing `f` to its completion event observed by polling.
+fn latency(
+    ctx: &Arc<CudaContext>,
+    stream: &CudaStream,
+    mut f: impl FnMut() -> BoxResult<()>,
+) -> BoxResult<(f64, f64)> {
+    let done = ctx.new_event(None)?;
+    let mut samples = Vec::with_capacity(LATENCY_ITERS);
+    for i in 0..LATENCY_ITERS + 50 {
+        let t0 = Instant::now();
+        f()?;
+        done.record(stream)?;
+        while !done.try_is_complete()? {
+            std::hint::spin_loop();
+        }
+        if i >= 50 {
+            samples.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    let p99 = samples[(samples.len() * 99).div_ceil(100) - 1];
+    Ok((samples[samples.len() / 2], p99))
+}
+
+struct Row {
+    case: String,
+    bytes: usize,
+    unpack_s: f64,
+    copy: &'static str,
+    copy_s: f64,
+}
+
+fn gbps(bytes: usize, s: f64) -> f64 {
+    bytes as f64 / s / 1e9
+}
+
+fn main() -> BoxResult<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let json_path = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| "unpack_bench.json".into());
+    gpu_available()?;
+    let ctx = CudaContext::new(0)?;
+    let gpu = ctx.name()?;
+    let mut k = Kernels::load(&ctx)?;
+    let stream = ctx.new_stream()?;
+    let s = stream.cu_stream();
+
+    let mut rng = Rng(42);
+    let mut meta_buf = MappedHostBuffer::new(&ctx, size_of::<NetUnpackMeta>())?;
+    for slot in 0..SLOTS {
+        publish_pages(table(&mut meta_buf), &mut rng, slot, PAGES);
+    }
+    // A second table whose slot 0 is one 512 KiB chunk, for the latency runs.
+    let mut chunk_meta_buf = MappedHostBuffer::new(&ctx, size_of::<NetUnpackMeta>())?;
+    publish_pages(
+        table(&mut chunk_meta_buf),
+        &mut rng,
+        0,
+        CHUNK_BYTES / PAGE_SIZE,
+    );
+    let meta = meta_buf.dev_ptr();
+    let chunk_meta = chunk_meta_buf.dev_ptr();
+
+    let content: Vec<u8> = (0..TOTAL).map(|_| rng.next() as u8).collect();
+    let mut dev_bounce = DeviceBuffer::new(&ctx, TOTAL)?;
+    dev_bounce.write(0, &content)?;
+    let mut host_bounce = MappedHostBuffer::new(&ctx, TOTAL)?;
+    host_bounce.as_mut_slice().copy_from_slice(&content);
+    let mut dst = DeviceBuffer::new(&ctx, TOTAL)?;
+    let dst_ptr = dst.ptr();
+
+    let jobs = |bounce: CUdeviceptr| -> Vec<UnpackJob> {
+        (0..SLOTS)
+            .map(|slot| {
+                UnpackJob::new(
+                    meta,
+                    bounce,
+                    slot as u32,
+                    dst_ptr + (slot * SLOT_BYTES) as u64,
+                )
+            })
+            .collect()
+    };
+    let dev_jobs = jobs(dev_bounce.ptr());
+    let host_jobs = jobs(host_bounce.dev_ptr());
+
+    // Correctness of what is timed: both bounce kinds against the CPU oracle.
+    let mut expected = vec![0u8; TOTAL];
+    for slot in 0..SLOTS {
+        let entries = table(&mut meta_buf)
+            .slot_entries(slot)
+            .map_err(|e| format!("{e:?}"))?;
+        unpack_cpu(
+            entries,
+            &content,
+            &mut expected[slot * SLOT_BYTES..(slot + 1) * SLOT_BYTES],
+        )
+        .map_err(|e| format!("{e:?}"))?;
+    }
+    for js in [&dev_jobs, &host_jobs] {
+        dst.fill(0)?;
+        // SAFETY: table, bounce and dst are live and hold every fragment; slots write disjoint
+        // 4 MiB destination regions.
+        unsafe { k.launch_unpack_batch(&stream, js)? };
+        stream.synchronize()?;
+        let mut got = vec![0u8; TOTAL];
+        dst.read(0, &mut got)?;
+        if got != expected {
+            return Err("unpack result differs from the CPU oracle".into());
+        }
+    }
+    println!("verified: 16 slots x 4 MiB, device and mapped bounce, match the CPU oracle");
+
+    let unpack_one = |k: &Kernels, bounce: CUdeviceptr| -> BoxResult<()> {
+        // SAFETY: as above (slot 0 writes dst[..4 MiB]).
+        unsafe { k.launch_unpack(&stream, meta, bounce, 0, dst_ptr)? };
+        Ok(())
+    };
+    let dtod = |n: usize| -> BoxResult<()> {
+        // SAFETY: both ranges lie inside live device allocations of TOTAL bytes.
+        unsafe { result::memcpy_dtod_async(dst_ptr, dev_bounce.ptr(), n, s)? };
+        Ok(())
+    };
+    let htod = |n: usize| -> BoxResult<()> {
+        // SAFETY: the source is live pinned memory of TOTAL bytes, the destination live device
+        // memory of TOTAL bytes.
+        unsafe { sys::cuMemcpyHtoDAsync_v2(dst_ptr, host_bounce.host_ptr().cast(), n, s) }
+            .result()?;
+        Ok(())
+    };
+
+    let mut rows = Vec::new();
+    let mut sweep = Vec::new();
+    for blocks in [64u32, 128, 256] {
+        k.set_blocks_per_slot(blocks);
+        let one = time_per_call(&ctx, &stream, 400, || unpack_one(&k, dev_bounce.ptr()))?;
+        let all = time_per_call(&ctx, &stream, 60, || {
+            // SAFETY: as above.
+            unsafe { k.launch_unpack_batch(&stream, &dev_jobs)? };
+            Ok(())
+        })?;
+        sweep.push((blocks, gbps(SLOT_BYTES, one), gbps(TOTAL, all)));
+    }
+    k.set_blocks_per_slot(tcpx_kernels::DEFAULT_BLOCKS_PER_SLOT);
+
+    rows.push(Row {
+        case: "device bounce, 1 slot/launch".into(),
+        bytes: SLOT_BYTES,
+        unpack_s: time_per_call(&ctx, &stream, 400, || unpack_one(&k, dev_bounce.ptr()))?,
+        copy: "cuMemcpyDtoDAsync",
+        copy_s: time_per_call(&ctx, &stream, 400, || dtod(SLOT_BYTES))?,
+    });
+    rows.push(Row {
+        case: "device bounce, 16 slots/launch".into(),
+        bytes: TOTAL,
+        unpack_s: time_per_call(&ctx, &stream, 60, || {
+            // SAFETY: as above.
+            unsafe { k.launch_unpack_batch(&stream, &dev_jobs)? };
+            Ok(())
+        })?,
+        copy: "cuMemcpyDtoDAsync",
+        copy_s: time_per_call(&ctx, &stream, 60, || dtod(TOTAL))?,
+    });
+    rows.push(Row {
+        case: "mapped host bounce, 1 slot/launch".into(),
+        bytes: SLOT_BYTES,
+        unpack_s: time_per_call(&ctx, &stream, 40, || unpack_one(&k, host_bounce.dev_ptr()))?,
+        copy: "cuMemcpyHtoDAsync",
+        copy_s: time_per_call(&ctx, &stream, 40, || htod(SLOT_BYTES))?,
+    });
+    rows.push(Row {
+        case: "mapped host bounce, 16 slots/launch".into(),
+        bytes: TOTAL,
+        unpack_s: time_per_call(&ctx, &stream, 6, || {
+            // SAFETY: as above.
+            unsafe { k.launch_unpack_batch(&stream, &host_jobs)? };
+            Ok(())
+        })?,
+        copy: "cuMemcpyHtoDAsync",
+        copy_s: time_per_call(&ctx, &stream, 6, || htod(TOTAL))?,
+    });
+
+    let chunk = |k: &Kernels, bounce: CUdeviceptr| -> BoxResult<()> {
+        // SAFETY: the chunk table's slot 0 reads bounce[..512 KiB] and writes dst[..512 KiB].
+        unsafe { k.launch_unpack(&stream, chunk_meta, bounce, 0, dst_ptr)? };
+        Ok(())
+    };
+    let lat = [
+        (
+            "unpack 512 KiB, device bounce",
+            latency(&ctx, &stream, || chunk(&k, dev_bounce.ptr()))?,
+        ),
+        (
+            "cuMemcpyDtoDAsync 512 KiB",
+            latency(&ctx, &stream, || dtod(CHUNK_BYTES))?,
+        ),
+        (
+            "unpack 512 KiB, mapped host bounce",
+            latency(&ctx, &stream, || chunk(&k, host_bounce.dev_ptr()))?,
+        ),
+        (
+            "cuMemcpyHtoDAsync 512 KiB",
+            latency(&ctx, &stream, || htod(CHUNK_BYTES))?,
+        ),
+    ];
+
+    println!("GPU: {gpu}");
+    println!(
+        "{:<38} {:>9} {:>12} {:>20} {:>10} {:>7}",
+        "case", "bytes", "unpack GB/s", "copy", "copy GB/s", "ratio"
+    );
+    for r in &rows {
+        println!(
+            "{:<38} {:>9} {:>12.1} {:>20} {:>10.1} {:>7.3}",
+            r.case,
+            r.bytes,
+            gbps(r.bytes, r.unpack_s),
+            r.copy,
+            gbps(r.bytes, r.copy_s),
+            r.copy_s / r.unpack_s
+        );
+    }
+    println!("blocks/slot sweep (device bounce): blocks, 4 MiB GB/s, 64 MiB batched GB/s");
+    for (b, one, all) in &sweep {
+        println!("  {b:>4} {one:>10.1} {all:>10.1}");
+    }
+    println!("latency, enqueue to event seen complete ({LATENCY_ITERS} iterations):");
+    for (name, (med, p99)) in &lat {
+        println!(
+            "  {name:<38} median {:>7.2} us  p99 {:>7.2} us",
+            med * 1e6,
+            p99 * 1e6
+        );
+    }
+
+    let mut json = String::new();
+    write!(json, "{{\"gpu\":\"{gpu}\",\"rows\":[")?;
+    for (i, r) in rows.iter().enumerate() {
+        write!(
+            json,
+            "{}{{\"case\":\"{}\",\"bytes\":{},\"unpack_gbps\":{:.3},\"copy\":\"{}\",\"copy_gbps\":{:.3},\"ratio\":{:.4}}}",
+            if i > 0 { "," } else { "" },
+            r.case,
+            r.bytes,
+            gbps(r.bytes, r.unpack_s),
+            r.copy,
+            gbps(r.bytes, r.copy_s),
+            r.copy_s / r.unpack_s
+        )?;
+    }
+    write!(json, "],\"sweep\":[")?;
+    for (i, (b, one, all)) in sweep.iter().enumerate() {
+        write!(
+            json,
+            "{}{{\"blocks_per_slot\":{b},\"slot_gbps\":{one:.3},\"batch16_gbps\":{all:.3}}}",
+            if i > 0 { "," } else { "" }
+        )?;
+    }
+    write!(json, "],\"latency_us\":[")?;
+    for (i, (name, (med, p99))) in lat.iter().enumerate() {
+        write!(
+            json,
+            "{}{{\"case\":\"{name}\",\"median\":{:.3},\"p99\":{:.3}}}",
+            if i > 0 { "," } else { "" },
+            med * 1e6,
+            p99 * 1e6
+        )?;
+    }
+    json.push_str("]}\n");
+    std::fs::write(&json_path, json)?;
+    println!("wrote {json_path}");
+    Ok(())
+}

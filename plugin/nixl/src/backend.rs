@@ -1,0 +1,648 @@
+//! The TCPX backend behind one NIXL engine: configuration, control listener, metadata table,
+//! peers, requests and notifications.
+//!
+//! Every method takes `&self`: NIXL's RW sync mode runs the data-path methods concurrently, so
+//! state sits behind locks (never held across a call into NIXL). Transfers an agent makes to
+//! itself are served here with memcpy; transfers to other agents go to [`RemotePath`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use tcpx_core::wire::{MemKind, MAX_NAME, MAX_NOTIF};
+
+use crate::blob;
+use crate::config::Config;
+use crate::control::Control;
+use crate::error::{Arg, Error, Status};
+use crate::registry::{random_key, MdId, MemTable, Region, Span};
+use crate::remote::{PeerInfo, RemotePath, RemoteXfer};
+use crate::xfer::{self, Desc, Op};
+
+/// The value NIXL holds as an `nixlBackendReqH*`: never 0.
+pub type ReqId = usize;
+
+/// NIXL's `nixl_mem_t` value for host memory.
+pub const MEM_DRAM: i32 = 0;
+/// NIXL's `nixl_mem_t` value for GPU memory.
+pub const MEM_VRAM: i32 = 1;
+
+/// Whether this build serves VRAM; the hook CUDA support will flip.
+pub fn vram_supported() -> bool {
+    false
+}
+
+fn mem_kind(mem: i32) -> Result<MemKind, Error> {
+    match mem {
+        MEM_DRAM => Ok(MemKind::Dram),
+        MEM_VRAM if vram_supported() => Ok(MemKind::Vram),
+        other => Err(Error::UnsupportedMem(other)),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic is caught at the FFI boundary; the state it interrupted is still consistent
+    // (every update is a single insert or remove), so keep serving.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One transfer request as `prepXfer` / `postXfer` see it.
+#[derive(Debug, Clone, Copy)]
+pub struct XferArgs<'a> {
+    /// READ or WRITE.
+    pub op: Op,
+    /// Our side.
+    pub local: &'a [Desc],
+    /// `nixl_mem_t` of the local list.
+    pub local_mem: i32,
+    /// The target side.
+    pub remote: &'a [Desc],
+    /// `nixl_mem_t` of the remote list.
+    pub remote_mem: i32,
+    /// Target agent (may be ourselves).
+    pub agent: &'a str,
+    /// Notification to deliver to the target when the transfer completes.
+    pub notif: Option<&'a [u8]>,
+}
+
+#[derive(Debug)]
+struct Peer {
+    info: PeerInfo,
+    /// The blob as loaded, to tell a repeated load from a conflicting one.
+    raw: Vec<u8>,
+    connected: bool,
+}
+
+#[derive(Debug)]
+enum Route {
+    /// A transfer to ourselves; done synchronously by `postXfer`.
+    Own { posted: bool },
+    /// A transfer to another agent, driven by the engine.
+    Remote(RemoteXfer),
+}
+
+#[derive(Debug)]
+struct Request {
+    op: Op,
+    agent: String,
+    route: Route,
+}
+
+#[derive(Debug, Default)]
+struct Requests {
+    last: ReqId,
+    map: HashMap<ReqId, Request>,
+}
+
+/// The backend of one NIXL engine.
+#[derive(Debug)]
+pub struct Backend {
+    agent: String,
+    config: Config,
+    control: Control,
+    conn_info: Vec<u8>,
+    mem: RwLock<MemTable>,
+    peers: Mutex<HashMap<String, Peer>>,
+    requests: Mutex<Requests>,
+    notifs: Mutex<VecDeque<(String, Vec<u8>)>>,
+    remote: RemotePath,
+}
+
+impl Backend {
+    /// Creates the backend for agent `agent` from NIXL's custom parameters; binds the control
+    /// listener.
+    pub fn new<'a>(
+        agent: &str,
+        params: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, Error> {
+        if agent.is_empty() || agent.len() > MAX_NAME {
+            return Err(Error::invalid(
+                Arg::Agent,
+                format!("agent name must be 1..={MAX_NAME} bytes, got {}", agent.len()),
+            ));
+        }
+        let config = Config::from_params(params)?;
+        let control = Control::bind(config.listen_addr)?;
+        let conn_info = blob::encode_conn_info(agent, control.advertised(), config.channels)?;
+        Ok(Self {
+            agent: agent.to_owned(),
+            remote: RemotePath::new(&config),
+            config,
+            control,
+            conn_info,
+            mem: RwLock::new(MemTable::default()),
+            peers: Mutex::new(HashMap::new()),
+            requests: Mutex::new(Requests::default()),
+            notifs: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// Our agent name.
+    pub fn agent(&self) -> &str {
+        &self.agent
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The control listener peers reach us on.
+    pub fn control(&self) -> &Control {
+        &self.control
+    }
+
+    /// Transfers to other agents are offered (they fail until the engine lands).
+    pub fn supports_remote(&self) -> bool {
+        true
+    }
+
+    /// Transfers to ourselves are offered.
+    pub fn supports_local(&self) -> bool {
+        true
+    }
+
+    /// Notifications are offered (NIXL requires them with remote support).
+    pub fn supports_notif(&self) -> bool {
+        true
+    }
+
+    /// `registerMem`: records one contiguous local region under a fresh random key.
+    pub fn register_mem(&self, desc: &Desc, mem: i32) -> Result<MdId, Error> {
+        let mem = mem_kind(mem)?;
+        if desc.len == 0 || desc.addr == 0 {
+            return Err(Error::invalid(
+                Arg::Descs,
+                format!("cannot register [{:#x}, +{})", desc.addr, desc.len),
+            ));
+        }
+        let span = Span::new(desc.addr, desc.len)
+            .ok_or_else(|| Error::invalid(Arg::Descs, "region wraps around the address space"))?;
+        let device = match mem {
+            MemKind::Dram => 0,
+            MemKind::Vram => u32::try_from(desc.dev_id)
+                .map_err(|_| Error::invalid(Arg::Descs, "device id out of range"))?,
+        };
+        Ok(write(&self.mem).register(Region {
+            span,
+            mem,
+            device,
+            key: random_key(),
+        }))
+    }
+
+    /// `deregisterMem`.
+    pub fn deregister_mem(&self, md: MdId) -> Result<(), Error> {
+        write(&self.mem).deregister(md).map(drop)
+    }
+
+    /// `getPublicData`: the region token peers load with `loadRemoteMD`.
+    pub fn public_data(&self, md: MdId) -> Result<Vec<u8>, Error> {
+        let token = read(&self.mem).token(md)?;
+        blob::encode_token(&token)
+    }
+
+    /// `loadRemoteMD`: validates a peer's region token against the descriptor NIXL pairs it
+    /// with.
+    pub fn load_remote_md(
+        &self,
+        desc: &Desc,
+        token: &[u8],
+        mem: i32,
+        agent: &str,
+    ) -> Result<MdId, Error> {
+        if agent == self.agent {
+            return Err(Error::invalid(Arg::Agent, "remote metadata from ourselves"));
+        }
+        if !lock(&self.peers).contains_key(agent) {
+            return Err(Error::UnknownAgent(agent.to_owned()));
+        }
+        let kind = mem_kind(mem)?;
+        let token = blob::decode_token(token)?;
+        if token.mem != kind {
+            return Err(Error::Mismatch(format!(
+                "token of {:?} memory loaded as {kind:?}",
+                token.mem
+            )));
+        }
+        let span = Span {
+            base: token.base,
+            len: token.len,
+        };
+        if !span.contains(desc.addr, desc.len) {
+            return Err(Error::Mismatch(format!(
+                "descriptor [{:#x}, +{}) not inside token [{:#x}, +{})",
+                desc.addr, desc.len, token.base, token.len
+            )));
+        }
+        Ok(write(&self.mem).load_remote(agent, token))
+    }
+
+    /// `loadLocalMD`: the target-side handle for transfers to ourselves.
+    pub fn load_local_md(&self, md: MdId) -> Result<MdId, Error> {
+        write(&self.mem).load_local(md)
+    }
+
+    /// `unloadMD`.
+    pub fn unload_md(&self, md: MdId) -> Result<(), Error> {
+        write(&self.mem).unload(md)
+    }
+
+    /// `getConnInfo`: version, control address, channels and agent name.
+    pub fn conn_info(&self) -> &[u8] {
+        &self.conn_info
+    }
+
+    /// `loadRemoteConnInfo`: a repeated identical load is accepted, a conflicting one is not.
+    pub fn load_remote_conn_info(&self, agent: &str, info: &[u8]) -> Result<(), Error> {
+        if agent.is_empty() || agent == self.agent {
+            return Err(Error::invalid(
+                Arg::Agent,
+                format!("cannot load connection info for {agent:?}"),
+            ));
+        }
+        let (peer, name) = blob::decode_conn_info(info)?;
+        if name != agent {
+            return Err(Error::Mismatch(format!(
+                "connection info of {name:?} loaded for agent {agent:?}"
+            )));
+        }
+        let mut peers = lock(&self.peers);
+        if let Some(known) = peers.get(agent) {
+            return if known.raw == info {
+                Ok(())
+            } else {
+                Err(Error::AgentAlreadyLoaded(agent.to_owned()))
+            };
+        }
+        peers.insert(
+            agent.to_owned(),
+            Peer {
+                info: peer,
+                raw: info.to_vec(),
+                connected: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// `connect`: ourselves always; a peer once its connection info is loaded.
+    pub fn connect(&self, agent: &str) -> Result<(), Error> {
+        if agent == self.agent {
+            return Ok(());
+        }
+        let mut peers = lock(&self.peers);
+        let peer = peers
+            .get_mut(agent)
+            .ok_or_else(|| Error::UnknownAgent(agent.to_owned()))?;
+        self.remote.connect(agent, &peer.info)?;
+        peer.connected = true;
+        Ok(())
+    }
+
+    /// `disconnect`: forgets the peer (NIXL has unloaded its metadata first).
+    pub fn disconnect(&self, agent: &str) -> Result<(), Error> {
+        if agent == self.agent {
+            return Ok(());
+        }
+        lock(&self.peers)
+            .remove(agent)
+            .ok_or_else(|| Error::UnknownAgent(agent.to_owned()))?;
+        self.remote.disconnect(agent);
+        Ok(())
+    }
+
+    /// Whether `agent` is a loaded peer that `connect` was called for.
+    pub fn is_connected(&self, agent: &str) -> bool {
+        lock(&self.peers).get(agent).is_some_and(|p| p.connected)
+    }
+
+    fn peer_info(&self, agent: &str) -> Result<PeerInfo, Error> {
+        lock(&self.peers)
+            .get(agent)
+            .map(|p| p.info.clone())
+            .ok_or_else(|| Error::UnknownAgent(agent.to_owned()))
+    }
+
+    fn check_args(&self, a: &XferArgs<'_>) -> Result<(), Error> {
+        mem_kind(a.local_mem)?;
+        mem_kind(a.remote_mem)?;
+        if let Some(n) = a.notif {
+            if n.len() > MAX_NOTIF {
+                return Err(Error::invalid(
+                    Arg::Notif,
+                    format!("{} bytes, at most {MAX_NOTIF}", n.len()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `prepXfer`: validates the request completely and returns its handle.
+    pub fn prep_xfer(&self, a: &XferArgs<'_>) -> Result<ReqId, Error> {
+        self.check_args(a)?;
+        let route = if a.agent == self.agent {
+            xfer::plan(&read(&self.mem), &self.agent, a.agent, a.local, a.remote)?;
+            Route::Own { posted: false }
+        } else {
+            let peer = self.peer_info(a.agent)?;
+            let segments = xfer::plan(&read(&self.mem), &self.agent, a.agent, a.local, a.remote)?;
+            Route::Remote(self.remote.prepare(a.op, a.agent, &peer, &segments)?)
+        };
+        let mut reqs = lock(&self.requests);
+        reqs.last += 1;
+        let id = reqs.last;
+        reqs.map.insert(
+            id,
+            Request {
+                op: a.op,
+                agent: a.agent.to_owned(),
+                route,
+            },
+        );
+        Ok(id)
+    }
+
+    /// `postXfer`: starts (for ourselves: performs) a prepared request; `*handle == 0` prepares
+    /// first. May be called again on a completed request to repeat it.
+    pub fn post_xfer(&self, a: &XferArgs<'_>, handle: &mut ReqId) -> Result<Status, Error> {
+        self.check_args(a)?;
+        if *handle == 0 {
+            *handle = self.prep_xfer(a)?;
+        }
+        let mut reqs = lock(&self.requests);
+        let req = reqs.map.get_mut(handle).ok_or_else(|| {
+            Error::invalid(Arg::Request, format!("unknown request handle {:#x}", *handle))
+        })?;
+        if req.op != a.op || req.agent != a.agent {
+            return Err(Error::invalid(
+                Arg::Request,
+                "request was prepared for another operation or agent",
+            ));
+        }
+        match &mut req.route {
+            Route::Own { posted } => {
+                // Revalidate under the table's read lock and copy while holding it, so no
+                // registration can be dropped between the check and the copy.
+                let table = read(&self.mem);
+                let segments = xfer::plan(&table, &self.agent, a.agent, a.local, a.remote)?;
+                // SAFETY: every segment was just checked to lie inside a live registration of
+                // host memory (only DRAM reaches here), and the read guard keeps them live.
+                unsafe { xfer::copy_own(a.op, &segments)? };
+                drop(table);
+                *posted = true;
+                if let Some(msg) = a.notif {
+                    lock(&self.notifs).push_back((self.agent.clone(), msg.to_vec()));
+                }
+                Ok(Status::Success)
+            }
+            Route::Remote(x) => self.remote.post(x, a.notif),
+        }
+    }
+
+    /// `checkXfer`.
+    pub fn check_xfer(&self, handle: ReqId) -> Result<Status, Error> {
+        let mut reqs = lock(&self.requests);
+        let req = reqs.map.get_mut(&handle).ok_or_else(|| {
+            Error::invalid(Arg::Request, format!("unknown request handle {handle:#x}"))
+        })?;
+        match &mut req.route {
+            Route::Own { posted: true } => Ok(Status::Success),
+            Route::Own { posted: false } => Err(Error::NotPosted),
+            Route::Remote(x) => self.remote.check(x),
+        }
+    }
+
+    /// `releaseReqH`: never blocks; an in-flight remote transfer is aborted.
+    pub fn release_req(&self, handle: ReqId) -> Result<(), Error> {
+        let req = lock(&self.requests).map.remove(&handle).ok_or_else(|| {
+            Error::invalid(Arg::Request, format!("unknown request handle {handle:#x}"))
+        })?;
+        if let Route::Remote(x) = req.route {
+            self.remote.abort(x);
+        }
+        Ok(())
+    }
+
+    /// `getNotifs`: hands each queued `(sender, message)` to `sink` in arrival order; one the
+    /// sink refuses stays queued.
+    pub fn take_notifs(&self, mut sink: impl FnMut(&str, &[u8]) -> bool) -> Result<(), Error> {
+        let mut q = lock(&self.notifs);
+        while let Some((from, msg)) = q.front() {
+            if !sink(from, msg) {
+                return Err(Error::Output("a notification"));
+            }
+            q.pop_front();
+        }
+        Ok(())
+    }
+
+    /// `genNotif`: a notification not tied to a transfer.
+    pub fn gen_notif(&self, agent: &str, msg: &[u8]) -> Result<(), Error> {
+        if msg.len() > MAX_NOTIF {
+            return Err(Error::invalid(
+                Arg::Notif,
+                format!("{} bytes, at most {MAX_NOTIF}", msg.len()),
+            ));
+        }
+        if agent == self.agent {
+            lock(&self.notifs).push_back((self.agent.clone(), msg.to_vec()));
+            return Ok(());
+        }
+        let peer = self.peer_info(agent)?;
+        self.remote.notify(agent, &peer, msg)
+    }
+
+    /// Live metadata handles (for leak checks).
+    pub fn live_metadata(&self) -> usize {
+        read(&self.mem).len()
+    }
+
+    /// Live request handles (for leak checks).
+    pub fn live_requests(&self) -> usize {
+        lock(&self.requests).map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(name: &str) -> Backend {
+        Backend::new(name, [("listen_addr", "127.0.0.1:0")]).unwrap()
+    }
+
+    fn d(addr: u64, len: u64, md: MdId) -> Desc {
+        Desc {
+            addr,
+            len,
+            dev_id: 0,
+            md,
+        }
+    }
+
+    fn args<'a>(op: Op, l: &'a [Desc], r: &'a [Desc], agent: &'a str) -> XferArgs<'a> {
+        XferArgs {
+            op,
+            local: l,
+            local_mem: MEM_DRAM,
+            remote: r,
+            remote_mem: MEM_DRAM,
+            agent,
+            notif: None,
+        }
+    }
+
+    #[test]
+    fn creation_validates_name_and_params() {
+        assert!(Backend::new("", []).is_err());
+        assert!(Backend::new(&"x".repeat(MAX_NAME + 1), []).is_err());
+        let e = Backend::new("a", [("window", "0")]).unwrap_err();
+        assert_eq!(e.status(), Status::InvalidParam);
+    }
+
+    #[test]
+    fn conn_info_names_a_reachable_listener() {
+        let b = backend("a");
+        let (peer, name) = blob::decode_conn_info(b.conn_info()).unwrap();
+        assert_eq!(name, "a");
+        assert_eq!(peer.addr, b.control().advertised());
+        assert_eq!(peer.channels, 2);
+        std::net::TcpStream::connect(peer.addr).unwrap();
+    }
+
+    #[test]
+    fn self_write_read_and_notif() {
+        let b = backend("a");
+        let mut src = vec![0u8; 4096];
+        let mut dst = vec![0u8; 4096];
+        src.iter_mut().enumerate().for_each(|(i, x)| *x = (i % 251) as u8);
+        let s = src.as_mut_ptr() as u64;
+        let t = dst.as_mut_ptr() as u64;
+        let ms = b.register_mem(&d(s, 4096, 0), MEM_DRAM).unwrap();
+        let mt = b.register_mem(&d(t, 4096, 0), MEM_DRAM).unwrap();
+        let at = b.load_local_md(mt).unwrap();
+        b.connect("a").unwrap();
+
+        let (l, r) = ([d(s, 4096, ms)], [d(t, 4096, at)]);
+        let mut a = args(Op::Write, &l, &r, "a");
+        a.notif = Some(b"done");
+        let mut h = b.prep_xfer(&a).unwrap();
+        assert_eq!(b.check_xfer(h).unwrap_err().status(), Status::NotPosted);
+        assert_eq!(b.post_xfer(&a, &mut h).unwrap(), Status::Success);
+        assert_eq!(b.check_xfer(h).unwrap(), Status::Success);
+        b.release_req(h).unwrap();
+        assert_eq!(dst, src);
+        let mut got = Vec::new();
+        b.take_notifs(|from, m| {
+            got.push((from.to_owned(), m.to_vec()));
+            true
+        })
+        .unwrap();
+        assert_eq!(got, [("a".to_owned(), b"done".to_vec())]);
+
+        dst[100..200].fill(7);
+        let (l, r) = ([d(s + 100, 100, ms)], [d(t + 100, 100, at)]);
+        let mut h = 0;
+        assert_eq!(
+            b.post_xfer(&args(Op::Read, &l, &r, "a"), &mut h).unwrap(),
+            Status::Success
+        );
+        assert_eq!(&src[100..200], &[7u8; 100][..]);
+        b.release_req(h).unwrap();
+        assert_eq!(b.live_requests(), 0);
+
+        b.deregister_mem(ms).unwrap();
+        b.deregister_mem(mt).unwrap();
+        b.unload_md(at).unwrap();
+        assert_eq!(b.live_metadata(), 0);
+    }
+
+    #[test]
+    fn bad_transfers_are_rejected_before_anything_moves() {
+        let b = backend("a");
+        let mut buf = vec![1u8; 256];
+        let p = buf.as_mut_ptr() as u64;
+        let m = b.register_mem(&d(p, 256, 0), MEM_DRAM).unwrap();
+        let al = b.load_local_md(m).unwrap();
+        let st = |r: Result<ReqId, Error>| r.unwrap_err().status();
+        let (l, r) = ([d(p, 128, m)], [d(p + 128, 129, al)]);
+        assert_eq!(st(b.prep_xfer(&args(Op::Write, &l, &r, "a"))), Status::InvalidParam);
+        let (l, r) = ([d(p, 128, m)], [d(p + 200, 128, al)]);
+        assert_eq!(st(b.prep_xfer(&args(Op::Write, &l, &r, "a"))), Status::InvalidParam);
+        let (l, r) = ([d(p, 128, m)], [d(p + 128, 128, al)]);
+        assert_eq!(st(b.prep_xfer(&args(Op::Write, &l, &r, "nobody"))), Status::NotFound);
+        let mut vram = args(Op::Write, &l, &r, "a");
+        vram.remote_mem = MEM_VRAM;
+        assert_eq!(st(b.prep_xfer(&vram)), Status::NotSupported);
+        assert_eq!(b.check_xfer(12345).unwrap_err().status(), Status::InvalidParam);
+        assert_eq!(b.release_req(12345).unwrap_err().status(), Status::InvalidParam);
+        assert!(buf.iter().all(|&x| x == 1));
+        assert_eq!(b.live_requests(), 0);
+        buf[0] = 2; // keep `buf` alive and mutable past the registrations
+    }
+
+    #[test]
+    fn peers_load_metadata_and_remote_data_waits_for_the_engine() {
+        let a = backend("a");
+        let b = backend("b");
+        let mut buf = vec![0u8; 64];
+        let p = buf.as_mut_ptr() as u64;
+        let mb = b.register_mem(&d(p, 64, 0), MEM_DRAM).unwrap();
+        let ma = a.register_mem(&d(p, 64, 0), MEM_DRAM).unwrap();
+        let token = b.public_data(mb).unwrap();
+
+        assert_eq!(
+            a.load_remote_md(&d(p, 64, 0), &token, MEM_DRAM, "b").unwrap_err().status(),
+            Status::NotFound
+        );
+        assert_eq!(a.connect("b").unwrap_err().status(), Status::NotFound);
+        a.load_remote_conn_info("b", b.conn_info()).unwrap();
+        a.load_remote_conn_info("b", b.conn_info()).unwrap();
+        assert_eq!(
+            a.load_remote_conn_info("c", b.conn_info()).unwrap_err().status(),
+            Status::Mismatch
+        );
+        a.connect("b").unwrap();
+        assert!(a.is_connected("b"));
+        assert_eq!(
+            a.load_remote_md(&d(p, 65, 0), &token, MEM_DRAM, "b").unwrap_err().status(),
+            Status::Mismatch
+        );
+        assert_eq!(
+            a.load_remote_md(&d(p, 64, 0), b"junk", MEM_DRAM, "b").unwrap_err().status(),
+            Status::InvalidParam
+        );
+        let rb = a.load_remote_md(&d(p, 64, 0), &token, MEM_DRAM, "b").unwrap();
+
+        let (l, r) = ([d(p, 64, ma)], [d(p, 64, rb)]);
+        let e = a.prep_xfer(&args(Op::Write, &l, &r, "b")).unwrap_err();
+        assert_eq!(e.status(), Status::NotSupported);
+        let (l, r) = ([d(p, 64, ma)], [d(p + 1, 64, rb)]);
+        let e = a.prep_xfer(&args(Op::Write, &l, &r, "b")).unwrap_err();
+        assert_eq!(e.status(), Status::InvalidParam, "range is checked first");
+
+        a.unload_md(rb).unwrap();
+        a.disconnect("b").unwrap();
+        assert_eq!(a.disconnect("b").unwrap_err().status(), Status::NotFound);
+        buf[0] = 1;
+    }
+
+    #[test]
+    fn only_dram_registers() {
+        let b = backend("a");
+        let e = b.register_mem(&d(0x1000, 16, 0), MEM_VRAM).unwrap_err();
+        assert_eq!(e.status(), Status::NotSupported);
+        assert_eq!(
+            b.register_mem(&d(0x1000, 0, 0), MEM_DRAM).unwrap_err().status(),
+            Status::InvalidParam
+        );
+    }
+}

@@ -1,0 +1,96 @@
+//! The two metadata blobs NIXL carries between agents for us, in tcpx's wire format
+//! (`tcpx_core::wire`): the region token (`getPublicData` / `loadRemoteMD`) and the
+//! connection info (`getConnInfo` / `loadRemoteConnInfo`).
+
+use std::net::SocketAddr;
+
+use tcpx_core::wire::{self, ConnInfo, RegionToken};
+
+use crate::error::Error;
+use crate::remote::PeerInfo;
+
+/// Serialises a region token.
+pub fn encode_token(token: &RegionToken) -> Result<Vec<u8>, Error> {
+    let mut buf = vec![0u8; token.buffer_len()];
+    token.emit(&mut buf).map_err(|err| Error::Wire {
+        what: "region token",
+        err,
+    })?;
+    Ok(buf)
+}
+
+/// Parses and validates a region token.
+pub fn decode_token(bytes: &[u8]) -> Result<RegionToken, Error> {
+    RegionToken::parse(bytes).map_err(|err| Error::Wire {
+        what: "region token",
+        err,
+    })
+}
+
+/// Serialises our connection info.
+pub fn encode_conn_info(agent: &str, addr: SocketAddr, channels: u16) -> Result<Vec<u8>, Error> {
+    let info = ConnInfo {
+        protocol: wire::VERSION,
+        addr,
+        channels,
+        name: agent,
+    };
+    let mut buf = vec![0u8; info.buffer_len()];
+    info.emit(&mut buf).map_err(|err| Error::Wire {
+        what: "connection info",
+        err,
+    })?;
+    Ok(buf)
+}
+
+/// Parses a peer's connection info; returns it with the agent name it carries.
+pub fn decode_conn_info(bytes: &[u8]) -> Result<(PeerInfo, &str), Error> {
+    let info = ConnInfo::parse(bytes).map_err(|err| Error::Wire {
+        what: "connection info",
+        err,
+    })?;
+    Ok((
+        PeerInfo {
+            protocol: info.protocol,
+            addr: info.addr,
+            channels: info.channels,
+        },
+        info.name,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tcpx_core::wire::MemKind;
+
+    #[test]
+    fn token_round_trips_and_rejects_damage() {
+        let t = RegionToken {
+            base: 0x7f00_0000_1000,
+            len: 4096,
+            mem: MemKind::Dram,
+            device: 0,
+            region: 5,
+            key: 0xdead_beef_cafe_f00d,
+        };
+        let bytes = encode_token(&t).unwrap();
+        assert_eq!(decode_token(&bytes).unwrap(), t);
+        assert!(decode_token(&bytes[..bytes.len() - 1]).is_err());
+        let mut bad = bytes.clone();
+        bad[0] ^= 0xff;
+        assert!(decode_token(&bad).is_err());
+    }
+
+    #[test]
+    fn conn_info_round_trips() {
+        let addr: SocketAddr = "10.1.2.3:4567".parse().unwrap();
+        let bytes = encode_conn_info("agent-a", addr, 2).unwrap();
+        let (peer, name) = decode_conn_info(&bytes).unwrap();
+        assert_eq!(name, "agent-a");
+        assert_eq!(peer.addr, addr);
+        assert_eq!(peer.channels, 2);
+        assert_eq!(peer.protocol, wire::VERSION);
+        assert!(decode_conn_info(b"not a blob").is_err());
+    }
+}

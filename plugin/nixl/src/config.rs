@@ -1,0 +1,183 @@
+//! Backend parameters: the options NIXL shows users (`get_backend_options`) and their
+//! validation when an engine is created.
+//!
+//! A value that does not parse or lies outside its range fails creation with a message that
+//! names the parameter; so does an unknown key, because a misspelt option would otherwise be
+//! silently ignored.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tcpx_core::wire::MAX_CHANNELS;
+use tcpx_core::window::{MAX_WINDOW, TCPX_WINDOW};
+
+use crate::error::Error;
+
+/// Option names and defaults, in the order `get_backend_options` reports them.
+pub const OPTIONS: [(&str, &str); 6] = [
+    ("channels", "2"),
+    ("chunk_bytes", "524288"),
+    ("window", "16"),
+    ("plugin_path", ""),
+    ("listen_addr", ""),
+    ("timeout_ms", "10000"),
+];
+
+/// Smallest and largest accepted chunk size.
+const CHUNK_BYTES: (u64, u64) = (4096, 64 << 20);
+/// Largest accepted timeout: one hour.
+const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// Validated backend configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Data channels (ncclNet comms) per peer and direction.
+    pub channels: u16,
+    /// Bytes per chunk on a channel.
+    pub chunk_bytes: u32,
+    /// Chunks in flight per channel.
+    pub window: u16,
+    /// ncclNet plugin to load; `None` = the built-in tcpxsock.
+    pub plugin_path: Option<PathBuf>,
+    /// Where the control listener binds; an unspecified IP means "pick one to advertise".
+    pub listen_addr: SocketAddr,
+    /// Bound on waiting for a peer before a transfer fails.
+    pub timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            channels: 2,
+            chunk_bytes: 524_288,
+            window: TCPX_WINDOW as u16,
+            plugin_path: None,
+            listen_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+            timeout: Duration::from_millis(10_000),
+        }
+    }
+}
+
+fn bad(key: &str, reason: impl Into<String>) -> Error {
+    Error::Config {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn number(key: &str, value: &str, min: u64, max: u64) -> Result<u64, Error> {
+    let v: u64 = value
+        .trim()
+        .parse()
+        .map_err(|_| bad(key, format!("{value:?} is not an unsigned integer")))?;
+    if !(min..=max).contains(&v) {
+        return Err(bad(key, format!("{v} is outside {min}..={max}")));
+    }
+    Ok(v)
+}
+
+/// `""` = any address and port; `ip` = that address, any port; `ip:port` / `[ip6]:port`.
+fn listen_addr(key: &str, value: &str) -> Result<SocketAddr, Error> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(Config::default().listen_addr);
+    }
+    if let Ok(sa) = value.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    value
+        .parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 0))
+        .map_err(|_| bad(key, format!("{value:?} is not ip, ip:port or [ip6]:port")))
+}
+
+impl Config {
+    /// Validates NIXL's custom parameters; keys left out keep their defaults.
+    pub fn from_params<'a>(
+        params: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, Error> {
+        let mut c = Config::default();
+        for (key, value) in params {
+            match key {
+                "channels" => c.channels = number(key, value, 1, MAX_CHANNELS as u64)? as u16,
+                "chunk_bytes" => {
+                    c.chunk_bytes = number(key, value, CHUNK_BYTES.0, CHUNK_BYTES.1)? as u32
+                }
+                "window" => c.window = number(key, value, 1, MAX_WINDOW as u64)? as u16,
+                "timeout_ms" => {
+                    c.timeout = Duration::from_millis(number(key, value, 1, MAX_TIMEOUT_MS)?)
+                }
+                "listen_addr" => c.listen_addr = listen_addr(key, value)?,
+                "plugin_path" => {
+                    c.plugin_path = if value.is_empty() {
+                        None
+                    } else {
+                        let p = PathBuf::from(value);
+                        if !p.is_file() {
+                            return Err(bad(key, format!("{value:?} is not a file")));
+                        }
+                        Some(p)
+                    }
+                }
+                other => {
+                    let known: Vec<&str> = OPTIONS.iter().map(|(k, _)| *k).collect();
+                    return Err(bad(other, format!("unknown option; known: {known:?}")));
+                }
+            }
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_to_default_config() {
+        assert_eq!(Config::from_params(OPTIONS).unwrap(), Config::default());
+        assert_eq!(Config::from_params([]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn values_are_applied() {
+        let c = Config::from_params([
+            ("channels", "4"),
+            ("chunk_bytes", "1048576"),
+            ("window", "8"),
+            ("listen_addr", "127.0.0.1:0"),
+            ("timeout_ms", "50"),
+        ])
+        .unwrap();
+        assert_eq!(c.channels, 4);
+        assert_eq!(c.chunk_bytes, 1 << 20);
+        assert_eq!(c.window, 8);
+        assert_eq!(c.listen_addr, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(c.timeout, Duration::from_millis(50));
+        let ip_only = Config::from_params([("listen_addr", "::1")]).unwrap();
+        assert_eq!(ip_only.listen_addr, "[::1]:0".parse().unwrap());
+    }
+
+    #[test]
+    fn bad_values_name_the_parameter() {
+        for (k, v) in [
+            ("channels", "0"),
+            ("channels", "17"),
+            ("channels", "two"),
+            ("chunk_bytes", "1"),
+            ("window", "65"),
+            ("timeout_ms", "0"),
+            ("timeout_ms", "-5"),
+            ("listen_addr", "nowhere:1"),
+            ("plugin_path", "/nonexistent/libnccl-net.so"),
+            ("chanels", "2"),
+        ] {
+            let err = Config::from_params([(k, v)]).unwrap_err();
+            assert!(
+                matches!(&err, Error::Config { key, .. } if key == k),
+                "{k}={v} gave {err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Memory metadata the backend hands NIXL as `nixlBackendMD*`: local registrations, aliases of
+//! them for transfers to ourselves, and regions other agents published.
+//!
+//! NIXL never dereferences these pointers, so each is just a non-zero id into one table; a
+//! stale or foreign id is an argument error, never a wild pointer.
+
+use std::collections::HashMap;
+
+use tcpx_core::wire::{MemKind, RegionToken};
+
+use crate::error::{Arg, Error};
+
+/// The value NIXL holds as an `nixlBackendMD*`: never 0.
+pub type MdId = usize;
+
+/// A contiguous byte range `[base, base + len)`, `base + len` not overflowing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// First byte.
+    pub base: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+impl Span {
+    /// A span, or `None` when it would wrap around the address space.
+    pub fn new(base: u64, len: u64) -> Option<Self> {
+        base.checked_add(len).map(|_| Self { base, len })
+    }
+
+    /// Whether `[addr, addr + len)` lies wholly inside this span.
+    pub fn contains(&self, addr: u64, len: u64) -> bool {
+        match addr.checked_add(len) {
+            Some(end) => addr >= self.base && end <= self.base.saturating_add(self.len),
+            None => false,
+        }
+    }
+}
+
+/// One local registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    /// The registered bytes.
+    pub span: Span,
+    /// Host or GPU memory.
+    pub mem: MemKind,
+    /// CUDA device for VRAM (NIXL's `devId`).
+    pub device: u32,
+    /// Random key peers must present when naming this region.
+    pub key: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Md {
+    /// A local registration (`registerMem`).
+    Local(Region),
+    /// `loadLocalMD` of a local registration: the target side of transfers to ourselves.
+    SelfAlias(MdId),
+    /// A region another agent published (`loadRemoteMD`).
+    Remote { agent: String, token: RegionToken },
+}
+
+/// All metadata ids handed out and not yet released.
+#[derive(Debug, Default)]
+pub struct MemTable {
+    last: MdId,
+    mds: HashMap<MdId, Md>,
+}
+
+/// Where the target side of one descriptor lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Our own memory (transfers to ourselves).
+    Own(Span),
+    /// Another agent's published region.
+    Peer(RegionToken),
+}
+
+impl MemTable {
+    fn insert(&mut self, md: Md) -> MdId {
+        self.last += 1;
+        self.mds.insert(self.last, md);
+        self.last
+    }
+
+    fn get(&self, id: MdId) -> Result<&Md, Error> {
+        self.mds
+            .get(&id)
+            .ok_or_else(|| Error::invalid(Arg::Metadata, format!("unknown metadata handle {id:#x}")))
+    }
+
+    /// Records a local registration.
+    pub fn register(&mut self, region: Region) -> MdId {
+        self.insert(Md::Local(region))
+    }
+
+    /// Drops a local registration; aliases of it stop resolving.
+    pub fn deregister(&mut self, id: MdId) -> Result<Region, Error> {
+        match self.get(id)? {
+            Md::Local(r) => {
+                let r = *r;
+                self.mds.remove(&id);
+                Ok(r)
+            }
+            _ => Err(Error::invalid(
+                Arg::Metadata,
+                format!("{id:#x} is not a local registration"),
+            )),
+        }
+    }
+
+    /// A local registration by id.
+    pub fn local(&self, id: MdId) -> Result<&Region, Error> {
+        match self.get(id)? {
+            Md::Local(r) => Ok(r),
+            _ => Err(Error::invalid(
+                Arg::Metadata,
+                format!("{id:#x} is not a local registration"),
+            )),
+        }
+    }
+
+    /// The token peers use to name local registration `id`.
+    pub fn token(&self, id: MdId) -> Result<RegionToken, Error> {
+        let r = self.local(id)?;
+        Ok(RegionToken {
+            base: r.span.base,
+            len: r.span.len,
+            mem: r.mem,
+            device: r.device,
+            region: id as u64,
+            key: r.key,
+        })
+    }
+
+    /// Makes a target-side handle for a local registration (transfers to ourselves).
+    pub fn load_local(&mut self, id: MdId) -> Result<MdId, Error> {
+        self.local(id)?;
+        Ok(self.insert(Md::SelfAlias(id)))
+    }
+
+    /// Records a region `agent` published.
+    pub fn load_remote(&mut self, agent: &str, token: RegionToken) -> MdId {
+        self.insert(Md::Remote {
+            agent: agent.to_owned(),
+            token,
+        })
+    }
+
+    /// Releases a handle from [`MemTable::load_local`] or [`MemTable::load_remote`].
+    pub fn unload(&mut self, id: MdId) -> Result<(), Error> {
+        match self.get(id)? {
+            Md::SelfAlias(_) | Md::Remote { .. } => {
+                self.mds.remove(&id);
+                Ok(())
+            }
+            Md::Local(_) => Err(Error::invalid(
+                Arg::Metadata,
+                format!("{id:#x} is a local registration: deregister it instead"),
+            )),
+        }
+    }
+
+    /// Resolves the target-side handle of a descriptor addressed to `agent`; `own` is our
+    /// agent name.
+    pub fn target(&self, id: MdId, agent: &str, own: &str) -> Result<Target, Error> {
+        match (self.get(id)?, agent == own) {
+            (Md::SelfAlias(local), true) => Ok(Target::Own(
+                self.local(*local)
+                    .map_err(|_| {
+                        Error::invalid(Arg::Metadata, format!("{id:#x}: its registration is gone"))
+                    })?
+                    .span,
+            )),
+            (Md::Local(r), true) => Ok(Target::Own(r.span)),
+            (Md::Remote { agent: owner, token }, false) if owner == agent => {
+                Ok(Target::Peer(*token))
+            }
+            _ => Err(Error::invalid(
+                Arg::Metadata,
+                format!("{id:#x} does not name memory of agent {agent:?}"),
+            )),
+        }
+    }
+
+    /// Number of live handles (for tests and leak checks).
+    pub fn len(&self) -> usize {
+        self.mds.len()
+    }
+
+    /// Whether no handle is live.
+    pub fn is_empty(&self) -> bool {
+        self.mds.is_empty()
+    }
+}
+
+/// A 64-bit key from the OS's random source (falling back to std's randomly seeded hasher).
+pub fn random_key() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok()
+    {
+        return u64::from_le_bytes(b);
+    }
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(base: u64, len: u64) -> Region {
+        Region {
+            span: Span::new(base, len).unwrap(),
+            mem: MemKind::Dram,
+            device: 0,
+            key: 7,
+        }
+    }
+
+    #[test]
+    fn span_containment_is_inclusive_and_overflow_safe() {
+        let s = Span::new(100, 50).unwrap();
+        assert!(s.contains(100, 50));
+        assert!(s.contains(149, 1));
+        assert!(s.contains(120, 0));
+        assert!(!s.contains(99, 1));
+        assert!(!s.contains(149, 2));
+        assert!(!s.contains(u64::MAX, 2));
+        assert!(Span::new(u64::MAX, 1).is_none());
+    }
+
+    #[test]
+    fn token_carries_the_registration() {
+        let mut t = MemTable::default();
+        let id = t.register(region(0x1000, 64));
+        let tok = t.token(id).unwrap();
+        assert_eq!((tok.base, tok.len, tok.key), (0x1000, 64, 7));
+        assert_eq!(tok.region, id as u64);
+    }
+
+    #[test]
+    fn aliases_resolve_only_for_self_and_die_with_the_registration() {
+        let mut t = MemTable::default();
+        let id = t.register(region(0x1000, 64));
+        let alias = t.load_local(id).unwrap();
+        assert_eq!(
+            t.target(alias, "me", "me").unwrap(),
+            Target::Own(Span::new(0x1000, 64).unwrap())
+        );
+        assert!(t.target(alias, "peer", "me").is_err());
+        t.deregister(id).unwrap();
+        assert!(t.target(alias, "me", "me").is_err());
+        t.unload(alias).unwrap();
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn remote_regions_resolve_only_for_their_owner() {
+        let mut t = MemTable::default();
+        let tok = RegionToken {
+            base: 0x2000,
+            len: 8,
+            mem: MemKind::Dram,
+            device: 0,
+            region: 3,
+            key: 9,
+        };
+        let id = t.load_remote("b", tok);
+        assert_eq!(t.target(id, "b", "me").unwrap(), Target::Peer(tok));
+        assert!(t.target(id, "c", "me").is_err());
+        assert!(t.deregister(id).is_err(), "remote handles are unloaded, not deregistered");
+        t.unload(id).unwrap();
+        assert!(t.unload(id).is_err());
+    }
+
+    #[test]
+    fn random_keys_differ() {
+        assert_ne!(random_key(), random_key());
+    }
+}

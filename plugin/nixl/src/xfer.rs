@@ -1,0 +1,252 @@
+//! Transfer requests: checking a NIXL descriptor-list pair against the metadata table, turning
+//! it into segments, and moving bytes for transfers an agent makes to itself.
+//!
+//! Every byte a transfer touches is checked to lie inside a registration (ours) or a published
+//! region (the peer's) before anything moves; nothing is ever truncated to fit.
+
+use tcpx_core::wire::RegionToken;
+
+use crate::error::{Arg, Error};
+use crate::registry::{MdId, MemTable, Span, Target};
+
+/// One descriptor as the shim flattens it (C `TcpxDesc`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Desc {
+    /// Start address (in the owner's address space).
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// NIXL device id (CUDA ordinal for VRAM).
+    pub dev_id: u64,
+    /// Metadata handle the descriptor was matched to; 0 if none.
+    pub md: MdId,
+}
+
+/// Direction of a transfer, from the initiator's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Remote -> local.
+    Read,
+    /// Local -> remote.
+    Write,
+}
+
+impl Op {
+    /// Decodes NIXL's `nixl_xfer_op_t`.
+    pub fn from_raw(v: i32) -> Result<Self, Error> {
+        match v {
+            0 => Ok(Op::Read),
+            1 => Ok(Op::Write),
+            other => Err(Error::invalid(Arg::Op, format!("{other} is neither READ nor WRITE"))),
+        }
+    }
+}
+
+/// Where the other end of a segment lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Far {
+    /// Our own memory at this address.
+    Own(u64),
+    /// A peer's region: its token (for region id and key) and the address inside it.
+    Peer {
+        /// The region's published token.
+        token: RegionToken,
+        /// Start address in the peer's address space.
+        addr: u64,
+    },
+}
+
+/// One validated piece of a transfer: `len` bytes between local `local` and `far`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Start address in our memory.
+    pub local: u64,
+    /// The other end.
+    pub far: Far,
+    /// Bytes.
+    pub len: u64,
+}
+
+/// Checks a descriptor-list pair and resolves it into segments.
+///
+/// Lists must be non-empty, of equal count and pairwise equal lengths; each local descriptor
+/// must lie in the local registration it names, each remote descriptor in the region (ours for
+/// `agent == own`, else `agent`'s) its handle names.
+pub fn plan(
+    table: &MemTable,
+    own: &str,
+    agent: &str,
+    local: &[Desc],
+    remote: &[Desc],
+) -> Result<Vec<Segment>, Error> {
+    if local.is_empty() {
+        return Err(Error::invalid(Arg::Descs, "empty descriptor list"));
+    }
+    if local.len() != remote.len() {
+        return Err(Error::invalid(
+            Arg::Descs,
+            format!("{} local vs {} remote descriptors", local.len(), remote.len()),
+        ));
+    }
+    let mut out = Vec::with_capacity(local.len());
+    for (i, (l, r)) in local.iter().zip(remote).enumerate() {
+        if l.len != r.len {
+            return Err(Error::invalid(
+                Arg::Descs,
+                format!("descriptor {i}: local length {} vs remote {}", l.len, r.len),
+            ));
+        }
+        let region = table.local(l.md)?;
+        if !region.span.contains(l.addr, l.len) {
+            return Err(Error::OutOfRange {
+                index: i,
+                addr: l.addr,
+                len: l.len,
+            });
+        }
+        let (span, far) = match table.target(r.md, agent, own)? {
+            Target::Own(span) => (span, Far::Own(r.addr)),
+            Target::Peer(token) => (
+                Span {
+                    base: token.base,
+                    len: token.len,
+                },
+                Far::Peer {
+                    token,
+                    addr: r.addr,
+                },
+            ),
+        };
+        if !span.contains(r.addr, r.len) {
+            return Err(Error::OutOfRange {
+                index: i,
+                addr: r.addr,
+                len: r.len,
+            });
+        }
+        out.push(Segment {
+            local: l.addr,
+            far,
+            len: l.len,
+        });
+    }
+    Ok(out)
+}
+
+/// Performs a transfer to ourselves: every segment must be [`Far::Own`].
+///
+/// # Safety
+/// Every segment's ranges must be valid, live host memory for the duration of the call (the
+/// caller holds the metadata table so no registration can be dropped meanwhile, and NIXL's
+/// contract is that registered memory stays allocated while registered).
+pub unsafe fn copy_own(op: Op, segments: &[Segment]) -> Result<(), Error> {
+    for s in segments {
+        let Far::Own(far) = s.far else {
+            return Err(Error::invalid(Arg::Descs, "peer segment in a transfer to ourselves"));
+        };
+        let (src, dst) = match op {
+            Op::Write => (s.local, far),
+            Op::Read => (far, s.local),
+        };
+        let len = usize::try_from(s.len)
+            .map_err(|_| Error::invalid(Arg::Descs, "length exceeds the address space"))?;
+        // SAFETY: the caller guarantees both ranges are live registered host memory; `copy`
+        // (memmove) is correct even when source and destination overlap.
+        unsafe { std::ptr::copy(src as usize as *const u8, dst as usize as *mut u8, len) };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Region;
+    use tcpx_core::wire::MemKind;
+
+    fn table_with(base: u64, len: u64) -> (MemTable, MdId, MdId) {
+        let mut t = MemTable::default();
+        let id = t.register(Region {
+            span: Span::new(base, len).unwrap(),
+            mem: MemKind::Dram,
+            device: 0,
+            key: 1,
+        });
+        let alias = t.load_local(id).unwrap();
+        (t, id, alias)
+    }
+
+    fn d(addr: u64, len: u64, md: MdId) -> Desc {
+        Desc {
+            addr,
+            len,
+            dev_id: 0,
+            md,
+        }
+    }
+
+    #[test]
+    fn self_transfer_plans_and_checks_every_rule() {
+        let (t, id, alias) = table_with(0x1000, 0x100);
+        let segs = plan(&t, "me", "me", &[d(0x1000, 16, id)], &[d(0x1080, 16, alias)]).unwrap();
+        assert_eq!(
+            segs,
+            [Segment {
+                local: 0x1000,
+                far: Far::Own(0x1080),
+                len: 16
+            }]
+        );
+        let err = |r: Result<Vec<Segment>, Error>| r.unwrap_err().status();
+        use crate::error::Status::InvalidParam;
+        assert_eq!(err(plan(&t, "me", "me", &[], &[])), InvalidParam);
+        assert_eq!(
+            err(plan(&t, "me", "me", &[d(0x1000, 16, id)], &[])),
+            InvalidParam
+        );
+        assert_eq!(
+            err(plan(&t, "me", "me", &[d(0x1000, 16, id)], &[d(0x1080, 8, alias)])),
+            InvalidParam
+        );
+        assert_eq!(
+            err(plan(&t, "me", "me", &[d(0x10f8, 16, id)], &[d(0x1000, 16, alias)])),
+            InvalidParam
+        );
+        assert_eq!(
+            err(plan(&t, "me", "me", &[d(0x1000, 16, id)], &[d(0x10f8, 16, alias)])),
+            InvalidParam
+        );
+        assert_eq!(
+            err(plan(&t, "me", "me", &[d(0x1000, 16, 999)], &[d(0x1000, 16, alias)])),
+            InvalidParam
+        );
+    }
+
+    #[test]
+    fn copy_own_moves_bytes_in_the_requested_direction() {
+        let mut buf = [0u8; 64];
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let base = buf.as_mut_ptr() as u64;
+        let seg = Segment {
+            local: base,
+            far: Far::Own(base + 32),
+            len: 8,
+        };
+        // SAFETY: both ranges lie inside `buf`, which outlives the calls.
+        unsafe { copy_own(Op::Write, &[seg]).unwrap() };
+        assert_eq!(&buf[32..40], &[0, 1, 2, 3, 4, 5, 6, 7]);
+        buf[32..40].copy_from_slice(&[9; 8]);
+        // SAFETY: as above.
+        unsafe { copy_own(Op::Read, &[seg]).unwrap() };
+        assert_eq!(&buf[0..8], &[9; 8]);
+    }
+
+    #[test]
+    fn op_decodes_only_nixl_values() {
+        assert_eq!(Op::from_raw(0).unwrap(), Op::Read);
+        assert_eq!(Op::from_raw(1).unwrap(), Op::Write);
+        assert!(Op::from_raw(2).is_err());
+    }
+}

@@ -1,0 +1,965 @@
+//! Comms: listen/connect/accept state machines and the send/recv request paths.
+//!
+//! Each comm has one non-blocking control socket, driven on the caller's thread inside
+//! `isend`/`irecv`/`test` (headers and small inline payloads), plus `nsocks` blocking data
+//! sockets served by helper threads (see [`crate::worker`]).
+
+use core::ffi::c_void;
+use std::io::IoSlice;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tcpx_core::abi::{DevHandle, NET_DEVICE_UNPACK, NET_UNPACK_VERSION};
+use tcpx_core::unpack::{
+    slot_of, LoadMeta, NetUnpackMeta, UnpackDevHandle, MAX_RECV_BYTES, PAGE_SIZE,
+};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::mem::{OwnedRegion, PagePool};
+use crate::wire::{self, Handle, Hello, HDR_LEN, HELLO_LEN};
+use crate::worker::{self, Job, JobKind, Shared, MAX_REQUESTS};
+use crate::{dev, sys};
+
+/// How long `close` waits for helper threads before giving up on them.
+const CLOSE_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Control-socket read-ahead buffer: coalesces headers and small payloads into one recv.
+const STAGE_BYTES: usize = 64 << 10;
+/// Fragments (pages) per request in TCPX mode.
+const PAGES_PER_REQ: usize = MAX_RECV_BYTES / PAGE_SIZE;
+/// Tags `Request`s so a stray pointer is caught before it is used.
+const REQ_MAGIC: u32 = 0x5251_5854;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn sys_err(ctx: &'static str, e: std::io::Error) -> Error {
+    Error::from_errno(ctx, e.raw_os_error().unwrap_or(0))
+}
+
+/// Which comm a [`Request`] belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum ReqKind {
+    Send = 1,
+    Recv = 2,
+}
+
+/// The object behind a `request` pointer: one of the 16 preallocated slots of a comm.
+#[repr(C)]
+pub struct Request {
+    magic: u32,
+    kind: ReqKind,
+    idx: u8,
+    owner: *const c_void,
+}
+
+impl Request {
+    fn new(kind: ReqKind, idx: usize) -> Self {
+        Request {
+            magic: REQ_MAGIC,
+            kind,
+            idx: idx as u8,
+            owner: core::ptr::null(),
+        }
+    }
+
+    /// Tests this request (the body of the v7 `test`).
+    ///
+    /// # Safety
+    /// `self` was handed out by `isend`/`irecv` of a comm that is still open.
+    pub(crate) unsafe fn test(&self) -> Result<Option<usize>> {
+        if self.magic != REQ_MAGIC || self.owner.is_null() {
+            return Err(Error::InvalidArgument("not a tcpxsock request"));
+        }
+        match self.kind {
+            // SAFETY: the owner of a send request is the live SendComm that issued it.
+            ReqKind::Send => unsafe { &*(self.owner as *const SendComm) }.test(self.idx as usize),
+            // SAFETY: as above, for a RecvComm.
+            ReqKind::Recv => unsafe { &*(self.owner as *const RecvComm) }.test(self.idx as usize),
+        }
+    }
+
+    /// The owning recv comm, if this is a receive request.
+    pub(crate) fn recv_owner(&self) -> Option<*const RecvComm> {
+        (self.magic == REQ_MAGIC && self.kind == ReqKind::Recv).then_some(self.owner.cast())
+    }
+
+    pub(crate) fn index(&self) -> usize {
+        self.idx as usize
+    }
+}
+
+/* ---------------------------------- listen / accept ---------------------------------- */
+
+struct Pending {
+    sock: TcpStream,
+    buf: [u8; HELLO_LEN],
+    got: usize,
+}
+
+struct Group {
+    conn_id: u64,
+    hello: Hello,
+    socks: Vec<Option<TcpStream>>,
+}
+
+/// A listening endpoint; accepts connections non-blockingly and groups them into comms.
+pub struct ListenComm {
+    listener: TcpListener,
+    nonce: u64,
+    cfg: Config,
+    pending: Vec<Pending>,
+    groups: Vec<Group>,
+}
+
+impl ListenComm {
+    /// Binds to device `dev`'s address on an ephemeral port and fills `handle`.
+    pub(crate) fn new(dev: i32, handle: &mut [u8]) -> Result<Box<Self>> {
+        let d = dev::get(dev)?;
+        let listener =
+            TcpListener::bind(SocketAddr::new(d.addr, 0)).map_err(|e| sys_err("bind", e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| sys_err("listen nonblocking", e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| sys_err("getsockname", e))?;
+        let nonce = sys::random_u64();
+        Handle { addr, nonce }.emit(handle);
+        Ok(Box::new(ListenComm {
+            listener,
+            nonce,
+            cfg: crate::config::current(),
+            pending: Vec::new(),
+            groups: Vec::new(),
+        }))
+    }
+
+    /// One non-blocking accept step; `Some` once every socket of a peer comm arrived.
+    pub(crate) fn accept(&mut self) -> Result<Option<Box<RecvComm>>> {
+        loop {
+            match self.listener.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(true)
+                        .map_err(|e| sys_err("accept nonblocking", e))?;
+                    self.pending.push(Pending {
+                        sock: s,
+                        buf: [0; HELLO_LEN],
+                        got: 0,
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(sys_err("accept", e)),
+            }
+        }
+        let mut i = 0;
+        while i < self.pending.len() {
+            let p = &mut self.pending[i];
+            let step = sys::recv_nb(p.sock.as_raw_fd(), &mut p.buf[p.got..]);
+            match step {
+                Ok(Some(n)) => p.got += n,
+                Ok(None) => {}
+                // A stray or vanished connection is dropped; it is no error of ours.
+                Err(_) => {
+                    self.pending.swap_remove(i);
+                    continue;
+                }
+            }
+            if self.pending[i].got < HELLO_LEN {
+                i += 1;
+                continue;
+            }
+            let p = self.pending.swap_remove(i);
+            let Some(h) = Hello::parse(&p.buf).filter(|h| h.nonce == self.nonce) else {
+                crate::log_warn("tcpxsock: rejected a connection with a bad hello");
+                continue;
+            };
+            let gi = match self.groups.iter().position(|g| g.conn_id == h.conn_id) {
+                Some(gi) => gi,
+                None => {
+                    self.groups.push(Group {
+                        conn_id: h.conn_id,
+                        hello: h,
+                        socks: (0..=h.nsocks).map(|_| None).collect(),
+                    });
+                    self.groups.len() - 1
+                }
+            };
+            let g = &mut self.groups[gi];
+            if h.nsocks != g.hello.nsocks
+                || h.chunk_bytes != g.hello.chunk_bytes
+                || g.socks[h.index as usize].is_some()
+            {
+                crate::log_warn("tcpxsock: rejected an inconsistent hello");
+                continue;
+            }
+            g.socks[h.index as usize] = Some(p.sock);
+        }
+        if let Some(gi) = self
+            .groups
+            .iter()
+            .position(|g| g.socks.iter().all(Option::is_some))
+        {
+            let g = self.groups.swap_remove(gi);
+            let socks: Vec<TcpStream> = g.socks.into_iter().flatten().collect();
+            return RecvComm::new(socks, &g.hello, &self.cfg).map(Some);
+        }
+        Ok(None)
+    }
+}
+
+/* -------------------------------------- connect -------------------------------------- */
+
+/// A connect in progress; lives in the caller's handle between `connect` calls.
+pub(crate) struct Connecting {
+    socks: Vec<TcpStream>,
+    connected: Vec<bool>,
+    sent: Vec<usize>,
+    hellos: Vec<[u8; HELLO_LEN]>,
+    cfg: Config,
+}
+
+impl Connecting {
+    /// Starts every socket's non-blocking connect.
+    pub(crate) fn start(handle: &Handle) -> Result<Box<Self>> {
+        let cfg = crate::config::current();
+        let conn_id = sys::random_u64();
+        let n = cfg.nsocks;
+        let mut socks = Vec::with_capacity(n + 1);
+        let mut hellos = Vec::with_capacity(n + 1);
+        for i in 0..=n {
+            socks.push(sys::connect_start(handle.addr)?);
+            hellos.push(
+                Hello {
+                    index: i as u8,
+                    nsocks: n as u8,
+                    nonce: handle.nonce,
+                    conn_id,
+                    chunk_bytes: cfg.chunk_bytes as u32,
+                }
+                .emit(),
+            );
+        }
+        Ok(Box::new(Connecting {
+            connected: vec![false; n + 1],
+            sent: vec![0; n + 1],
+            socks,
+            hellos,
+            cfg,
+        }))
+    }
+
+    /// One step; true once every socket is connected and has sent its hello.
+    pub(crate) fn step(&mut self) -> Result<bool> {
+        let mut all = true;
+        for i in 0..self.socks.len() {
+            if !self.connected[i] {
+                self.connected[i] = sys::connect_done(&self.socks[i])?;
+            }
+            if self.connected[i] && self.sent[i] < HELLO_LEN {
+                let b = &self.hellos[i][self.sent[i]..];
+                if let Some(n) = sys::send_nb(self.socks[i].as_raw_fd(), &[IoSlice::new(b)])? {
+                    self.sent[i] += n;
+                }
+            }
+            all &= self.sent[i] == HELLO_LEN;
+        }
+        Ok(all)
+    }
+
+    /// Turns a finished connect into a send comm.
+    pub(crate) fn finish(self: Box<Self>) -> Result<Box<SendComm>> {
+        SendComm::new(self.socks, &self.cfg)
+    }
+}
+
+/* ------------------------------------- comm core ------------------------------------- */
+
+/// Sockets and helper threads common to both directions.
+struct Core {
+    shared: Arc<Shared>,
+    ctrl: TcpStream,
+    /// Duplicates of the data sockets, kept to wake blocked helpers at close.
+    data: Vec<TcpStream>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Core {
+    fn new(mut socks: Vec<TcpStream>, chunk_bytes: usize, cfg: &Config) -> Result<Self> {
+        let ctrl = socks.remove(0);
+        sys::tune(&ctrl, cfg.sock_buf_bytes)?;
+        ctrl.set_nonblocking(true)
+            .map_err(|e| sys_err("ctrl nonblocking", e))?;
+        let shared = Shared::new(socks.len(), chunk_bytes);
+        let mut core = Core {
+            shared: shared.clone(),
+            ctrl,
+            data: Vec::with_capacity(socks.len()),
+            threads: Vec::with_capacity(socks.len()),
+        };
+        for (i, s) in socks.into_iter().enumerate() {
+            sys::tune(&s, cfg.sock_buf_bytes)?;
+            s.set_nonblocking(false)
+                .map_err(|e| sys_err("data blocking", e))?;
+            core.data
+                .push(s.try_clone().map_err(|e| sys_err("dup data socket", e))?);
+            core.threads.push(worker::spawn(shared.clone(), i, s)?);
+        }
+        Ok(core)
+    }
+
+    /// Stops the helpers. Returns false if some did not exit in time; the caller must then
+    /// leak everything they might still touch instead of freeing it.
+    fn shutdown(&mut self) -> bool {
+        self.shared.closing.store(true, Ordering::Release);
+        sys::shutdown(&self.ctrl);
+        for s in &self.data {
+            sys::shutdown(s);
+        }
+        self.shared.wake_all();
+        let all = self
+            .shared
+            .wait_exited(self.threads.len(), CLOSE_JOIN_TIMEOUT);
+        for t in self.threads.drain(..) {
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+        all
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        // Comms dropped without close (setup failures) still stop their helpers.
+        if !self.threads.is_empty() {
+            self.shutdown();
+        }
+    }
+}
+
+/* ---------------------------------------- send --------------------------------------- */
+
+#[derive(Clone, Copy)]
+struct SendSlot {
+    ptr: *const u8,
+    size: usize,
+    hdr: [u8; HDR_LEN],
+    inline: bool,
+}
+
+struct SendState {
+    posted: u64,
+    tested: u64,
+    /// Next request whose control bytes are still to be written.
+    ctrl_seq: u64,
+    /// Bytes of that request's control message already written.
+    ctrl_off: usize,
+    chunk_ctr: u64,
+    slots: [SendSlot; MAX_REQUESTS],
+    err: Option<Error>,
+}
+
+// SAFETY: the raw pointers are the caller's buffers, only dereferenced by helpers while
+// the request is in flight; the state itself moves between threads under the mutex.
+unsafe impl Send for SendState {}
+
+/// A connected sending endpoint.
+pub struct SendComm {
+    core: Core,
+    inline_bytes: usize,
+    st: Mutex<SendState>,
+    reqs: [Request; MAX_REQUESTS],
+}
+
+impl SendComm {
+    fn new(socks: Vec<TcpStream>, cfg: &Config) -> Result<Box<Self>> {
+        let core = Core::new(socks, cfg.chunk_bytes, cfg)?;
+        let mut c = Box::new(SendComm {
+            core,
+            inline_bytes: cfg.inline_bytes,
+            st: Mutex::new(SendState {
+                posted: 0,
+                tested: 0,
+                ctrl_seq: 0,
+                ctrl_off: 0,
+                chunk_ctr: 0,
+                slots: [SendSlot {
+                    ptr: core::ptr::null(),
+                    size: 0,
+                    hdr: [0; HDR_LEN],
+                    inline: false,
+                }; MAX_REQUESTS],
+                err: None,
+            }),
+            reqs: core::array::from_fn(|i| Request::new(ReqKind::Send, i)),
+        });
+        let me = &*c as *const SendComm as *const c_void;
+        for r in &mut c.reqs {
+            r.owner = me;
+        }
+        Ok(c)
+    }
+
+    /// Posts a send of `size` bytes at `data`.
+    pub(crate) fn isend(&self, data: *const u8, size: usize) -> Result<*const Request> {
+        let mut st = lock(&self.st);
+        if let Some(e) = st.err.or_else(|| self.core.shared.error()) {
+            return Err(e);
+        }
+        if st.posted - st.tested >= MAX_REQUESTS as u64 {
+            return Err(Error::Internal("more than 16 outstanding requests"));
+        }
+        if size > 0 && data.is_null() {
+            return Err(Error::InvalidArgument("NULL send buffer"));
+        }
+        let seq = st.posted;
+        let idx = (seq % MAX_REQUESTS as u64) as usize;
+        let inline = size <= self.inline_bytes;
+        st.slots[idx] = SendSlot {
+            ptr: data,
+            size,
+            hdr: wire::emit_header(size as u32, inline, seq),
+            inline,
+        };
+        if inline {
+            self.core.shared.remaining[idx].store(0, Ordering::Relaxed);
+        } else {
+            let used = self.core.shared.dispatch(Job {
+                kind: JobKind::Send,
+                req: idx,
+                base: data as *mut u8,
+                size,
+                chunk_base: st.chunk_ctr,
+            })?;
+            st.chunk_ctr += used;
+        }
+        st.posted += 1;
+        self.progress(&mut st);
+        Ok(&self.reqs[idx])
+    }
+
+    /// Writes pending control bytes without blocking; errors stick to the comm.
+    fn progress(&self, st: &mut SendState) {
+        if st.err.is_some() {
+            return;
+        }
+        let fd = self.core.ctrl.as_raw_fd();
+        while st.ctrl_seq < st.posted {
+            let s = st.slots[(st.ctrl_seq % MAX_REQUESTS as u64) as usize];
+            let plen = if s.inline { s.size } else { 0 };
+            let payload: &[u8] = if plen == 0 {
+                &[]
+            } else {
+                // SAFETY: the caller keeps the send buffer alive until `test` says done.
+                unsafe { core::slice::from_raw_parts(s.ptr, plen) }
+            };
+            let off = st.ctrl_off;
+            let r = if off < HDR_LEN {
+                sys::send_nb(fd, &[IoSlice::new(&s.hdr[off..]), IoSlice::new(payload)])
+            } else {
+                sys::send_nb(fd, &[IoSlice::new(&payload[off - HDR_LEN..])])
+            };
+            match r {
+                Ok(Some(n)) => {
+                    st.ctrl_off += n;
+                    if st.ctrl_off == HDR_LEN + plen {
+                        st.ctrl_seq += 1;
+                        st.ctrl_off = 0;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    st.err = Some(e);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn test(&self, idx: usize) -> Result<Option<usize>> {
+        let mut st = lock(&self.st);
+        if st.tested >= st.posted || (st.tested % MAX_REQUESTS as u64) as usize != idx {
+            return Err(Error::Internal("test on a request that is not the oldest"));
+        }
+        self.progress(&mut st);
+        let done =
+            st.ctrl_seq > st.tested && self.core.shared.remaining[idx].load(Ordering::Acquire) == 0;
+        if done {
+            st.tested += 1;
+            return Ok(Some(st.slots[idx].size));
+        }
+        match st.err.or_else(|| self.core.shared.error()) {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
+
+    /// Closes the comm; requests in flight are abandoned.
+    pub(crate) fn close(mut self: Box<Self>) {
+        if !self.core.shutdown() {
+            // A helper may still read the comm: leak rather than free under it.
+            core::mem::forget(self);
+        }
+    }
+}
+
+/* ---------------------------------------- recv --------------------------------------- */
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RxPhase {
+    /// Waiting for the next request's header.
+    Header,
+    /// Header read; waiting for bounce pages (TCPX mode) before dispatch.
+    Pages,
+    /// Reading an inline payload; `off` bytes landed.
+    Inline { off: usize },
+}
+
+struct RecvSlot {
+    ptr: *mut u8,
+    cap: usize,
+    size: usize,
+    inline: bool,
+    /// Header read and payload either landed inline or handed to the helpers.
+    ctrl_done: bool,
+    /// Bounce pages of this request, in fragment order (TCPX mode).
+    pages: Box<[u32]>,
+    npages: usize,
+}
+
+/// TCPX-mode state of a recv comm.
+struct Unpack {
+    meta: OwnedRegion,
+    bounce: OwnedRegion,
+    dev: *mut DevHandle,
+    handle: *mut UnpackDevHandle,
+}
+
+struct RecvState {
+    posted: u64,
+    tested: u64,
+    consumed: u64,
+    rx_seq: u64,
+    rx: RxPhase,
+    stage: Box<[u8]>,
+    st_lo: usize,
+    st_hi: usize,
+    chunk_ctr: u64,
+    slots: [RecvSlot; MAX_REQUESTS],
+    /// Free bounce pages (TCPX mode).
+    pool: Option<PagePool>,
+    err: Option<Error>,
+}
+
+// SAFETY: see SendState; raw pointers are user buffers handed to helpers under the protocol.
+unsafe impl Send for RecvState {}
+
+/// A connected receiving endpoint.
+pub struct RecvComm {
+    core: Core,
+    unpack: Option<Unpack>,
+    st: Mutex<RecvState>,
+    reqs: [Request; MAX_REQUESTS],
+}
+
+// SAFETY: the raw pointers in `unpack` are owned allocations of this comm.
+unsafe impl Send for RecvComm {}
+// SAFETY: all mutable state is behind `st`; the unpack regions are written under it too.
+unsafe impl Sync for RecvComm {}
+
+/// Host views of a recv comm's TCPX-mode memory, for in-process tests and tools.
+#[derive(Debug, Clone, Copy)]
+pub struct UnpackView {
+    /// The meta table (host address).
+    pub meta: *const NetUnpackMeta,
+    /// Base of the bounce region (host address).
+    pub bounce: *const u8,
+    /// Length of the bounce region.
+    pub bounce_len: usize,
+}
+
+impl RecvComm {
+    fn new(socks: Vec<TcpStream>, hello: &Hello, cfg: &Config) -> Result<Box<Self>> {
+        let core = Core::new(socks, hello.chunk_bytes as usize, cfg)?;
+        let unpack = if cfg.unpack {
+            let meta = OwnedRegion::new(core::mem::size_of::<NetUnpackMeta>())?;
+            let bounce = OwnedRegion::new(cfg.bounce_bytes)?;
+            let handle = Box::into_raw(Box::new(UnpackDevHandle {
+                meta: meta.region.device.cast(),
+                bounce_buf: bounce.region.device,
+                head: u64::MAX,
+            }));
+            let dev = Box::into_raw(Box::new(DevHandle {
+                net_device_type: NET_DEVICE_UNPACK,
+                net_device_version: NET_UNPACK_VERSION,
+                handle: handle.cast(),
+                size: 0,
+                needs_proxy_progress: 1,
+            }));
+            Some(Unpack {
+                meta,
+                bounce,
+                dev,
+                handle,
+            })
+        } else {
+            None
+        };
+        let npages = if unpack.is_some() { PAGES_PER_REQ } else { 0 };
+        let pool = unpack
+            .as_ref()
+            .map(|_| PagePool::new(cfg.bounce_bytes / PAGE_SIZE, cfg.shuffle, hello.conn_id));
+        let mut c = Box::new(RecvComm {
+            core,
+            unpack,
+            st: Mutex::new(RecvState {
+                posted: 0,
+                tested: 0,
+                consumed: 0,
+                rx_seq: 0,
+                rx: RxPhase::Header,
+                stage: vec![0u8; STAGE_BYTES].into_boxed_slice(),
+                st_lo: 0,
+                st_hi: 0,
+                chunk_ctr: 0,
+                slots: core::array::from_fn(|_| RecvSlot {
+                    ptr: core::ptr::null_mut(),
+                    cap: 0,
+                    size: 0,
+                    inline: false,
+                    ctrl_done: false,
+                    pages: vec![0u32; npages].into_boxed_slice(),
+                    npages: 0,
+                }),
+                pool,
+                err: None,
+            }),
+            reqs: core::array::from_fn(|i| Request::new(ReqKind::Recv, i)),
+        });
+        let me = &*c as *const RecvComm as *const c_void;
+        for r in &mut c.reqs {
+            r.owner = me;
+        }
+        Ok(c)
+    }
+
+    /// The device handle to give back from `accept` (NULL in host mode).
+    pub(crate) fn dev_handle(&self) -> *mut DevHandle {
+        self.unpack
+            .as_ref()
+            .map_or(core::ptr::null_mut(), |u| u.dev)
+    }
+
+    /// Host views of the meta table and bounce region (TCPX mode only).
+    pub fn unpack_view(&self) -> Option<UnpackView> {
+        self.unpack.as_ref().map(|u| UnpackView {
+            meta: u.meta.region.host.cast(),
+            bounce: u.bounce.region.host,
+            bounce_len: u.bounce.region.len,
+        })
+    }
+
+    /// Posts a receive of up to `cap` bytes into `data` (ignored in TCPX mode).
+    pub(crate) fn irecv(&self, data: *mut u8, cap: usize) -> Result<*const Request> {
+        let mut st = lock(&self.st);
+        if let Some(e) = st.err.or_else(|| self.core.shared.error()) {
+            return Err(e);
+        }
+        if st.posted - st.consumed >= MAX_REQUESTS as u64 {
+            return Err(Error::Internal("more than 16 outstanding requests"));
+        }
+        if self.unpack.is_some() && cap > MAX_RECV_BYTES {
+            return Err(Error::Internal("TCPX receives are limited to 4 MiB"));
+        }
+        if self.unpack.is_none() && cap > 0 && data.is_null() {
+            return Err(Error::InvalidArgument("NULL receive buffer"));
+        }
+        let idx = (st.posted % MAX_REQUESTS as u64) as usize;
+        let s = &mut st.slots[idx];
+        s.ptr = data;
+        s.cap = cap;
+        s.size = 0;
+        s.inline = false;
+        s.ctrl_done = false;
+        s.npages = 0;
+        st.posted += 1;
+        self.progress(&mut st);
+        Ok(&self.reqs[idx])
+    }
+
+    /// Makes sure `need` bytes sit in the stage; false if the socket has no more yet.
+    fn fill(&self, st: &mut RecvState, need: usize) -> Result<bool> {
+        while st.st_hi - st.st_lo < need {
+            if st.st_lo > 0 {
+                let (lo, hi) = (st.st_lo, st.st_hi);
+                st.stage.copy_within(lo..hi, 0);
+                st.st_hi -= lo;
+                st.st_lo = 0;
+            }
+            let hi = st.st_hi;
+            match sys::recv_nb(self.core.ctrl.as_raw_fd(), &mut st.stage[hi..])? {
+                Some(n) => st.st_hi += n,
+                None => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Advances the control stream as far as it goes without blocking.
+    fn progress(&self, st: &mut RecvState) {
+        if st.err.is_none() {
+            if let Err(e) = self.progress_inner(st) {
+                st.err = Some(e);
+            }
+        }
+    }
+
+    fn progress_inner(&self, st: &mut RecvState) -> Result<()> {
+        while st.rx_seq < st.posted {
+            let idx = (st.rx_seq % MAX_REQUESTS as u64) as usize;
+            match st.rx {
+                RxPhase::Header => {
+                    if !self.fill(st, HDR_LEN)? {
+                        return Ok(());
+                    }
+                    let (size, inline, seq) = wire::parse_header(&st.stage[st.st_lo..]);
+                    st.st_lo += HDR_LEN;
+                    if seq != st.rx_seq as u32 {
+                        return Err(Error::Remote("control stream out of sequence"));
+                    }
+                    let s = &mut st.slots[idx];
+                    if size as usize > s.cap {
+                        return Err(Error::Internal("peer sent more bytes than posted"));
+                    }
+                    s.size = size as usize;
+                    s.inline = inline;
+                    st.rx = RxPhase::Pages;
+                }
+                RxPhase::Pages => {
+                    if !self.reserve_pages(st, idx) {
+                        // Pool exhausted: the request waits for irecvConsumed.
+                        return Ok(());
+                    }
+                    if st.slots[idx].inline {
+                        self.core.shared.remaining[idx].store(0, Ordering::Relaxed);
+                        st.rx = RxPhase::Inline { off: 0 };
+                    } else {
+                        self.dispatch(st, idx)?;
+                        st.slots[idx].ctrl_done = true;
+                        st.rx_seq += 1;
+                        st.rx = RxPhase::Header;
+                    }
+                }
+                RxPhase::Inline { off } => {
+                    let off = self.read_inline(st, idx, off)?;
+                    if off < st.slots[idx].size {
+                        st.rx = RxPhase::Inline { off };
+                        return Ok(());
+                    }
+                    st.slots[idx].ctrl_done = true;
+                    st.rx_seq += 1;
+                    st.rx = RxPhase::Header;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// TCPX mode: takes the request's pages and writes its fragment list into its slot.
+    fn reserve_pages(&self, st: &mut RecvState, idx: usize) -> bool {
+        let Some(u) = self.unpack.as_ref() else {
+            return true;
+        };
+        let RecvState {
+            slots,
+            pool,
+            rx_seq,
+            ..
+        } = st;
+        let Some(pool) = pool.as_mut() else {
+            return true;
+        };
+        let s = &mut slots[idx];
+        let n = s.size.div_ceil(PAGE_SIZE);
+        if !pool.take(&mut s.pages[..n]) {
+            return false;
+        }
+        s.npages = n;
+        let slot = slot_of(*rx_seq);
+        let meta = u.meta.region.host.cast::<NetUnpackMeta>();
+        for (i, &p) in s.pages[..n].iter().enumerate() {
+            let e = LoadMeta {
+                src_off: p * PAGE_SIZE as u32,
+                len: PAGE_SIZE.min(s.size - i * PAGE_SIZE) as u32,
+                dst_off: (i * PAGE_SIZE) as u64,
+            };
+            // SAFETY: `meta` is this comm's table; slot < 16 and i < 1024 < 2048 entries.
+            unsafe { core::ptr::addr_of_mut!((*meta).mem[slot][i]).write_volatile(e) };
+        }
+        true
+    }
+
+    fn dispatch(&self, st: &mut RecvState, idx: usize) -> Result<()> {
+        let s = &st.slots[idx];
+        let kind = match &self.unpack {
+            Some(u) => JobKind::RecvPages {
+                pages: s.pages.as_ptr(),
+                bounce: u.bounce.region.host,
+            },
+            None => JobKind::RecvHost,
+        };
+        let used = self.core.shared.dispatch(Job {
+            kind,
+            req: idx,
+            base: s.ptr,
+            size: s.size,
+            chunk_base: st.chunk_ctr,
+        })?;
+        st.chunk_ctr += used;
+        Ok(())
+    }
+
+    /// Moves inline payload bytes from the stage (and, in host mode, straight from the
+    /// socket) into the request; returns the new offset.
+    fn read_inline(&self, st: &mut RecvState, idx: usize, mut off: usize) -> Result<usize> {
+        let size = st.slots[idx].size;
+        while off < size {
+            let avail = st.st_hi - st.st_lo;
+            if avail == 0 {
+                if self.unpack.is_none() && size - off >= STAGE_BYTES / 2 {
+                    // Large remainder: straight into the user buffer, no staging copy.
+                    // SAFETY: `ptr..ptr+cap` is the posted buffer and off < size <= cap.
+                    let dst = unsafe {
+                        core::slice::from_raw_parts_mut(st.slots[idx].ptr.add(off), size - off)
+                    };
+                    match sys::recv_nb(self.core.ctrl.as_raw_fd(), dst)? {
+                        Some(n) => off += n,
+                        None => return Ok(off),
+                    }
+                    continue;
+                }
+                if !self.fill(st, 1)? {
+                    return Ok(off);
+                }
+                continue;
+            }
+            let n = avail.min(size - off);
+            let lo = st.st_lo;
+            self.place(st, idx, off, lo, n);
+            st.st_lo += n;
+            off += n;
+        }
+        Ok(off)
+    }
+
+    /// Copies `n` staged bytes at `lo` to request position `off`.
+    fn place(&self, st: &RecvState, idx: usize, off: usize, lo: usize, n: usize) {
+        let s = &st.slots[idx];
+        let src = &st.stage[lo..lo + n];
+        match &self.unpack {
+            None => {
+                // SAFETY: off + n <= size <= cap of the posted buffer.
+                unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), s.ptr.add(off), n) };
+            }
+            Some(u) => {
+                let mut done = 0;
+                while done < n {
+                    let pos = off + done;
+                    let page = s.pages[pos / PAGE_SIZE] as usize;
+                    let in_page = pos % PAGE_SIZE;
+                    let k = (PAGE_SIZE - in_page).min(n - done);
+                    // SAFETY: the page belongs to this request and lies in the bounce region.
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(
+                            src.as_ptr().add(done),
+                            u.bounce.region.host.add(page * PAGE_SIZE + in_page),
+                            k,
+                        )
+                    };
+                    done += k;
+                }
+            }
+        }
+    }
+
+    fn test(&self, idx: usize) -> Result<Option<usize>> {
+        let mut st = lock(&self.st);
+        if st.tested >= st.posted || (st.tested % MAX_REQUESTS as u64) as usize != idx {
+            return Err(Error::Internal("test on a request that is not the oldest"));
+        }
+        self.progress(&mut st);
+        let s = &st.slots[idx];
+        let done = s.ctrl_done && self.core.shared.remaining[idx].load(Ordering::Acquire) == 0;
+        if done {
+            let size = s.size;
+            if let Some(u) = &self.unpack {
+                let meta = u.meta.region.host.cast::<NetUnpackMeta>();
+                // Entries (ours and the helpers', via the Acquire above) before the count.
+                fence(Ordering::Release);
+                // SAFETY: `meta` is this comm's table; the slot index is < 16.
+                unsafe {
+                    core::ptr::addr_of_mut!((*meta).cnt[slot_of(st.tested)])
+                        .write_volatile(s.npages as u64)
+                };
+            }
+            st.tested += 1;
+            if self.unpack.is_none() {
+                st.consumed = st.tested;
+            }
+            return Ok(Some(size));
+        }
+        match st.err.or_else(|| self.core.shared.error()) {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
+
+    /// Releases the oldest completed request's pages (TCPX's in-order `irecvConsumed`).
+    pub(crate) fn consumed(&self, idx: usize) -> Result<()> {
+        let mut st = lock(&self.st);
+        if self.unpack.is_none() {
+            // Host mode frees requests at test; nothing is held.
+            return Ok(());
+        }
+        if st.consumed >= st.tested || (st.consumed % MAX_REQUESTS as u64) as usize != idx {
+            return Err(Error::Internal(
+                "irecvConsumed out of order or before test reported done",
+            ));
+        }
+        let RecvState { slots, pool, .. } = &mut *st;
+        if let Some(pool) = pool.as_mut() {
+            pool.give(&slots[idx].pages[..slots[idx].npages]);
+        }
+        slots[idx].npages = 0;
+        st.consumed += 1;
+        // Pages freed: a request waiting for the pool may go on.
+        self.progress(&mut st);
+        Ok(())
+    }
+
+    /// Closes the comm; requests in flight are abandoned, their pages freed with the region.
+    pub(crate) fn close(mut self: Box<Self>) {
+        if !self.core.shutdown() {
+            // A helper may still write pages: leak rather than free under it.
+            core::mem::forget(self);
+        }
+    }
+}
+
+impl Drop for Unpack {
+    fn drop(&mut self) {
+        // SAFETY: both came from Box::into_raw in RecvComm::new and are freed once.
+        unsafe {
+            drop(Box::from_raw(self.dev));
+            drop(Box::from_raw(self.handle));
+        }
+    }
+}

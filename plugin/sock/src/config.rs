@@ -1,0 +1,152 @@
+//! Plugin configuration: read once from `TCPX_SOCK_*` env at `init`, or set from Rust.
+//!
+//! In-process users (tests, the engine's embedded default) call [`configure`] before `init`
+//! so they do not depend on the process environment.
+
+use std::sync::RwLock;
+
+use tcpx_core::unpack::{MAX_RECV_BYTES, PAGE_SIZE};
+
+/// Default data sockets per comm (Google's TCPX settings: 4 sockets × 1 thread).
+pub const DEFAULT_NSOCKS: usize = 4;
+/// Default chunk size per data socket turn (GCP's `NCCL_DYNAMIC_CHUNK_SIZE`).
+pub const DEFAULT_CHUNK_BYTES: usize = 512 << 10;
+/// Default largest payload sent inline on the control socket.
+pub const DEFAULT_INLINE_BYTES: usize = 64 << 10;
+/// Default bounce region per recv comm in TCPX mode.
+pub const DEFAULT_BOUNCE_BYTES: usize = 64 << 20;
+/// Most data sockets per comm.
+pub const MAX_NSOCKS: usize = 16;
+/// Largest bounce region: every `src_off` must fit in 32 bits.
+pub const MAX_BOUNCE_BYTES: usize = 4 << 30;
+
+/// Everything that can be tuned; see the crate README for the env names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Interface selection in `NCCL_SOCKET_IFNAME` syntax; `None` = default choice.
+    pub ifname: Option<String>,
+    /// Data sockets (and helper threads) per comm.
+    pub nsocks: usize,
+    /// Bytes per chunk; a multiple of the 4 KiB page.
+    pub chunk_bytes: usize,
+    /// Payloads up to this size travel inline on the control socket.
+    pub inline_bytes: usize,
+    /// TCPX mode: device type UNPACK, receives land in bounce pages.
+    pub unpack: bool,
+    /// Bounce region per recv comm in TCPX mode (4 MiB … 4 GiB, page multiple).
+    pub bounce_bytes: usize,
+    /// Hand out bounce pages in a shuffled order so fragments are non-contiguous.
+    pub shuffle: bool,
+    /// `SO_SNDBUF`/`SO_RCVBUF` for every socket; 0 keeps kernel autotuning.
+    pub sock_buf_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ifname: None,
+            nsocks: DEFAULT_NSOCKS,
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+            inline_bytes: DEFAULT_INLINE_BYTES,
+            unpack: false,
+            bounce_bytes: DEFAULT_BOUNCE_BYTES,
+            shuffle: false,
+            sock_buf_bytes: 0,
+        }
+    }
+}
+
+fn env_usize(name: &str) -> Option<usize> {
+    let v = std::env::var(name).ok()?;
+    let v = v.trim();
+    let (digits, mult) = match v.as_bytes().last()? {
+        b'k' | b'K' => (&v[..v.len() - 1], 1usize << 10),
+        b'm' | b'M' => (&v[..v.len() - 1], 1 << 20),
+        b'g' | b'G' => (&v[..v.len() - 1], 1 << 30),
+        _ => (v, 1),
+    };
+    digits.parse::<usize>().ok()?.checked_mul(mult)
+}
+
+fn env_bool(name: &str) -> Option<bool> {
+    let v = std::env::var(name).ok()?;
+    Some(matches!(v.trim(), "1" | "true" | "yes" | "on"))
+}
+
+impl Config {
+    /// Reads `TCPX_SOCK_*`; unset or unparsable values keep their defaults.
+    pub fn from_env() -> Self {
+        let mut c = Config::default();
+        c.ifname = std::env::var("TCPX_SOCK_IFNAME")
+            .ok()
+            .filter(|s| !s.is_empty());
+        if let Some(v) = env_usize("TCPX_SOCK_NSOCKS") {
+            c.nsocks = v;
+        }
+        if let Some(v) = env_usize("TCPX_SOCK_CHUNK_BYTES") {
+            c.chunk_bytes = v;
+        }
+        if let Some(v) = env_usize("TCPX_SOCK_INLINE_BYTES") {
+            c.inline_bytes = v;
+        }
+        if let Some(v) = env_bool("TCPX_SOCK_UNPACK") {
+            c.unpack = v;
+        }
+        if let Some(v) = env_usize("TCPX_SOCK_BOUNCE_BYTES") {
+            c.bounce_bytes = v;
+        }
+        if let Some(v) = env_bool("TCPX_SOCK_SHUFFLE") {
+            c.shuffle = v;
+        }
+        if let Some(v) = env_usize("TCPX_SOCK_BUF_BYTES") {
+            c.sock_buf_bytes = v;
+        }
+        c.normalized()
+    }
+
+    /// Clamps every field into its legal range (chunk and bounce sizes to whole pages).
+    pub fn normalized(mut self) -> Self {
+        self.nsocks = self.nsocks.clamp(1, MAX_NSOCKS);
+        let page_round = |v: usize| v.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        self.chunk_bytes = page_round(self.chunk_bytes.clamp(PAGE_SIZE, 1 << 30));
+        self.inline_bytes = self.inline_bytes.min(1 << 20);
+        // A whole 4 MiB receive must fit, or the oldest request could never complete.
+        self.bounce_bytes = page_round(self.bounce_bytes.clamp(MAX_RECV_BYTES, MAX_BOUNCE_BYTES));
+        self
+    }
+}
+
+static OVERRIDE: RwLock<Option<Config>> = RwLock::new(None);
+
+/// Sets the configuration used by the next `init` (and by later listen/connect calls)
+/// instead of the environment. For in-process users and tests.
+pub fn configure(cfg: Config) {
+    *OVERRIDE.write().unwrap_or_else(|e| e.into_inner()) = Some(cfg.normalized());
+}
+
+/// The configuration in force: the [`configure`]d one, else the environment's.
+pub fn current() -> Config {
+    if let Some(c) = OVERRIDE.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        return c.clone();
+    }
+    Config::from_env()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_out_of_range_values() {
+        let c = Config {
+            nsocks: 0,
+            chunk_bytes: 5000,
+            bounce_bytes: 1,
+            ..Config::default()
+        }
+        .normalized();
+        assert_eq!(c.nsocks, 1);
+        assert_eq!(c.chunk_bytes, 8192);
+        assert_eq!(c.bounce_bytes, MAX_RECV_BYTES);
+    }
+}

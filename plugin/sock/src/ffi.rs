@@ -1,0 +1,349 @@
+//! The `extern "C"` functions of the v7 table: argument checks, panic containment and the
+//! one mapping from [`Error`] to `ncclResult_t`. All behaviour lives in [`crate::comm`].
+
+use core::ffi::{c_int, c_void};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use tcpx_core::abi::v7::Properties;
+use tcpx_core::abi::{result, DevHandle, Logger, NcclResult, HANDLE_MAX_SIZE, PTR_HOST};
+use tcpx_core::abi::{NET_DEVICE_HOST, NET_DEVICE_UNPACK, NET_UNPACK_VERSION};
+
+use crate::comm::{Connecting, ListenComm, RecvComm, Request, SendComm};
+use crate::error::{Error, Result};
+use crate::wire::{Handle, HANDLE_STAGE_OFF};
+use crate::{config, dev};
+
+/// Runs `f`, turning errors into their code and panics into `ncclInternalError`.
+fn guard(f: impl FnOnce() -> Result<()>) -> NcclResult {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => result::SUCCESS,
+        Ok(Err(e)) => {
+            crate::log_warn(&format!("tcpxsock: {e}"));
+            e.code()
+        }
+        Err(_) => {
+            crate::log_warn("tcpxsock: internal panic");
+            result::INTERNAL_ERROR
+        }
+    }
+}
+
+fn out<T>(p: *mut T, what: &'static str) -> Result<&'static mut T> {
+    // SAFETY: NCCL passes valid out-pointers; NULL is rejected here.
+    unsafe { p.as_mut() }.ok_or(Error::InvalidArgument(what))
+}
+
+fn opt_out<T>(p: *mut T) -> Option<&'static mut T> {
+    // SAFETY: NCCL passes valid or NULL out-pointers.
+    unsafe { p.as_mut() }
+}
+
+fn size_arg(size: c_int) -> Result<usize> {
+    usize::try_from(size).map_err(|_| Error::InvalidArgument("negative size"))
+}
+
+/// A registered region. Registration is bookkeeping only on the TCP path.
+struct Mr {
+    _kind: c_int,
+}
+
+pub(crate) unsafe extern "C" fn init(logger: Logger) -> NcclResult {
+    guard(|| {
+        crate::set_logger(logger);
+        let cfg = config::current();
+        let devs = dev::discover(cfg.ifname.as_deref())?;
+        if devs.is_empty() {
+            return Err(Error::Internal(
+                "no network interface matches TCPX_SOCK_IFNAME",
+            ));
+        }
+        dev::install(devs);
+        Ok(())
+    })
+}
+
+pub(crate) unsafe extern "C" fn devices(ndev: *mut c_int) -> NcclResult {
+    guard(|| {
+        *out(ndev, "ndev")? = dev::count() as c_int;
+        Ok(())
+    })
+}
+
+pub(crate) unsafe extern "C" fn get_properties(d: c_int, props: *mut Properties) -> NcclResult {
+    guard(|| {
+        let p = out(props, "props")?;
+        let dv = dev::get(d)?;
+        let unpack = config::current().unpack;
+        *p = Properties {
+            name: dv.name.as_ptr().cast_mut(),
+            pci_path: dv
+                .pci_path
+                .as_ref()
+                .map_or(core::ptr::null_mut(), |c| c.as_ptr().cast_mut()),
+            guid: d as u64,
+            // CUDA joins this mask when the GPU issue lands (staging through pinned memory).
+            ptr_support: PTR_HOST,
+            speed: dv.speed_mbps,
+            port: 0,
+            latency: 0.0,
+            max_comms: 65536,
+            max_recvs: 1,
+            net_device_type: if unpack {
+                NET_DEVICE_UNPACK
+            } else {
+                NET_DEVICE_HOST
+            },
+            net_device_version: if unpack { NET_UNPACK_VERSION } else { 0 },
+        };
+        Ok(())
+    })
+}
+
+fn handle_bytes<'a>(handle: *mut c_void) -> Result<&'a mut [u8]> {
+    if handle.is_null() {
+        return Err(Error::InvalidArgument("NULL handle"));
+    }
+    // SAFETY: NCCL's handles are NCCL_NET_HANDLE_MAXSIZE (128) bytes.
+    Ok(unsafe { core::slice::from_raw_parts_mut(handle.cast::<u8>(), HANDLE_MAX_SIZE) })
+}
+
+pub(crate) unsafe extern "C" fn listen(
+    d: c_int,
+    handle: *mut c_void,
+    listen_comm: *mut *mut c_void,
+) -> NcclResult {
+    guard(|| {
+        let slot = out(listen_comm, "listenComm")?;
+        let l = ListenComm::new(d, handle_bytes(handle)?)?;
+        *slot = Box::into_raw(l).cast();
+        Ok(())
+    })
+}
+
+pub(crate) unsafe extern "C" fn connect(
+    _dev: c_int,
+    handle: *mut c_void,
+    send_comm: *mut *mut c_void,
+    send_dev_comm: *mut *mut DevHandle,
+) -> NcclResult {
+    guard(|| {
+        let slot = out(send_comm, "sendComm")?;
+        *slot = core::ptr::null_mut();
+        if let Some(d) = opt_out(send_dev_comm) {
+            *d = core::ptr::null_mut();
+        }
+        let hb = handle_bytes(handle)?;
+        let h = Handle::parse(hb).ok_or(Error::InvalidArgument("not a tcpxsock handle"))?;
+        let stage_field = &mut hb[HANDLE_STAGE_OFF..HANDLE_STAGE_OFF + 8];
+        let raw = u64::from_le_bytes(stage_field.try_into().expect("8 bytes")) as usize;
+        // The connect in progress lives in the caller's handle between calls.
+        let mut stage = if raw == 0 {
+            Connecting::start(&h)?
+        } else {
+            // SAFETY: a non-zero stage was stored by an earlier call with this handle.
+            unsafe { Box::from_raw(raw as *mut Connecting) }
+        };
+        match stage.step() {
+            Ok(true) => {
+                stage_field.fill(0);
+                *slot = Box::into_raw(stage.finish()?).cast();
+                Ok(())
+            }
+            Ok(false) => {
+                let p = Box::into_raw(stage) as usize as u64;
+                stage_field.copy_from_slice(&p.to_le_bytes());
+                Ok(())
+            }
+            Err(e) => {
+                stage_field.fill(0);
+                Err(e)
+            }
+        }
+    })
+}
+
+pub(crate) unsafe extern "C" fn accept(
+    listen_comm: *mut c_void,
+    recv_comm: *mut *mut c_void,
+    recv_dev_comm: *mut *mut DevHandle,
+) -> NcclResult {
+    guard(|| {
+        let slot = out(recv_comm, "recvComm")?;
+        *slot = core::ptr::null_mut();
+        let l = out(listen_comm.cast::<ListenComm>(), "listenComm")?;
+        if let Some(c) = l.accept()? {
+            if let Some(d) = opt_out(recv_dev_comm) {
+                *d = c.dev_handle();
+            }
+            *slot = Box::into_raw(c).cast();
+        }
+        Ok(())
+    })
+}
+
+pub(crate) unsafe extern "C" fn reg_mr(
+    _comm: *mut c_void,
+    _data: *mut c_void,
+    _size: c_int,
+    kind: c_int,
+    mhandle: *mut *mut c_void,
+) -> NcclResult {
+    guard(|| {
+        let slot = out(mhandle, "mhandle")?;
+        if kind != PTR_HOST {
+            // Hook for the GPU issue: CUDA buffers will be staged through pinned memory.
+            return Err(Error::Internal(
+                "only host memory is supported in this build",
+            ));
+        }
+        *slot = Box::into_raw(Box::new(Mr { _kind: kind })).cast();
+        Ok(())
+    })
+}
+
+pub(crate) unsafe extern "C" fn dereg_mr(_comm: *mut c_void, mhandle: *mut c_void) -> NcclResult {
+    guard(|| {
+        if !mhandle.is_null() {
+            // SAFETY: non-NULL mhandles come from reg_mr's Box::into_raw.
+            drop(unsafe { Box::from_raw(mhandle.cast::<Mr>()) });
+        }
+        Ok(())
+    })
+}
+
+pub(crate) unsafe extern "C" fn isend(
+    send_comm: *mut c_void,
+    data: *mut c_void,
+    size: c_int,
+    _tag: c_int,
+    _mhandle: *mut c_void,
+    request: *mut *mut c_void,
+) -> NcclResult {
+    guard(|| {
+        let slot = out(request, "request")?;
+        *slot = core::ptr::null_mut();
+        let c = out(send_comm.cast::<SendComm>(), "sendComm")?;
+        *slot = c.isend(data.cast(), size_arg(size)?)?.cast_mut().cast();
+        Ok(())
+    })
+}
+
+pub(crate) unsafe extern "C" fn irecv(
+    recv_comm: *mut c_void,
+    n: c_int,
+    data: *mut *mut c_void,
+    sizes: *mut c_int,
+    _tags: *mut c_int,
+    _mhandles: *mut *mut c_void,
+    request: *mut *mut c_void,
+) -> NcclResult {
+    guard(|| {
+        let slot = out(request, "request")?;
+        *slot = core::ptr::null_mut();
+        if n != 1 {
+            return Err(Error::Internal(
+                "irecv supports exactly one buffer (maxRecvs 1)",
+            ));
+        }
+        let c = out(recv_comm.cast::<RecvComm>(), "recvComm")?;
+        let buf = opt_out(data).map_or(core::ptr::null_mut(), |d| *d);
+        let size = size_arg(*out(sizes, "sizes")?)?;
+        *slot = c.irecv(buf.cast(), size)?.cast_mut().cast();
+        Ok(())
+    })
+}
+
+pub(crate) unsafe extern "C" fn iflush(
+    _recv_comm: *mut c_void,
+    _n: c_int,
+    _data: *mut *mut c_void,
+    _sizes: *mut c_int,
+    _mhandles: *mut *mut c_void,
+    request: *mut *mut c_void,
+) -> NcclResult {
+    // Host receives need no flush: a NULL request tells NCCL there is nothing to wait for.
+    guard(|| {
+        *out(request, "request")? = core::ptr::null_mut();
+        Ok(())
+    })
+}
+
+pub(crate) unsafe extern "C" fn test(
+    request: *mut c_void,
+    done: *mut c_int,
+    sizes: *mut c_int,
+) -> NcclResult {
+    guard(|| {
+        let d = out(done, "done")?;
+        *d = 0;
+        let r = out(request.cast::<Request>(), "request")?;
+        // SAFETY: requests are only handed out by open comms.
+        if let Some(n) = unsafe { r.test() }? {
+            *d = 1;
+            if let Some(s) = opt_out(sizes) {
+                *s = n as c_int;
+            }
+        }
+        Ok(())
+    })
+}
+
+pub(crate) unsafe extern "C" fn close_send(comm: *mut c_void) -> NcclResult {
+    guard(|| {
+        if !comm.is_null() {
+            // SAFETY: send comms come from connect's Box::into_raw; closed once.
+            unsafe { Box::from_raw(comm.cast::<SendComm>()) }.close();
+        }
+        Ok(())
+    })
+}
+
+pub(crate) unsafe extern "C" fn close_recv(comm: *mut c_void) -> NcclResult {
+    guard(|| {
+        if !comm.is_null() {
+            // SAFETY: recv comms come from accept's Box::into_raw; closed once.
+            unsafe { Box::from_raw(comm.cast::<RecvComm>()) }.close();
+        }
+        Ok(())
+    })
+}
+
+pub(crate) unsafe extern "C" fn close_listen(comm: *mut c_void) -> NcclResult {
+    guard(|| {
+        if !comm.is_null() {
+            // SAFETY: listen comms come from listen's Box::into_raw; closed once.
+            drop(unsafe { Box::from_raw(comm.cast::<ListenComm>()) });
+        }
+        Ok(())
+    })
+}
+
+pub(crate) unsafe extern "C" fn get_device_mr(
+    _comm: *mut c_void,
+    _mhandle: *mut c_void,
+    dptr: *mut *mut c_void,
+) -> NcclResult {
+    // No device-side memory registration on the TCP path.
+    guard(|| {
+        *out(dptr, "dptr")? = core::ptr::null_mut();
+        Ok(())
+    })
+}
+
+pub(crate) unsafe extern "C" fn irecv_consumed(
+    recv_comm: *mut c_void,
+    n: c_int,
+    request: *mut c_void,
+) -> NcclResult {
+    guard(|| {
+        if n != 1 {
+            return Err(Error::Internal("irecvConsumed supports exactly one buffer"));
+        }
+        let c = out(recv_comm.cast::<RecvComm>(), "recvComm")?;
+        let r = out(request.cast::<Request>(), "request")?;
+        match r.recv_owner() {
+            Some(o) if core::ptr::eq(o, c) => c.consumed(r.index()),
+            _ => Err(Error::Internal("irecvConsumed with a foreign request")),
+        }
+    })
+}

@@ -1,0 +1,183 @@
+//! Memory for TCPX mode: the pluggable allocator of device-visible host regions (meta table,
+//! bounce region) and the bounce page pool.
+//!
+//! Today regions are ordinary page-aligned host memory. The GPU issue installs a
+//! [`MappedAllocator`] that returns pinned, device-mapped memory (or device memory) and its
+//! device alias; the plugin writes through `host` and publishes `device` in the dev handle.
+
+use core::ffi::c_void;
+use std::alloc::Layout;
+use std::collections::VecDeque;
+use std::sync::RwLock;
+
+use tcpx_core::unpack::PAGE_SIZE;
+
+use crate::error::{Error, Result};
+
+/// A zeroed region visible to the CPU at `host` and to the consumer (GPU) at `device`.
+#[derive(Debug, Clone, Copy)]
+pub struct MappedRegion {
+    /// CPU address the plugin writes through.
+    pub host: *mut u8,
+    /// Address published to the consumer in the device handle (equal to `host` for host memory).
+    pub device: *mut c_void,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+/// Source of device-visible regions. Implementations must return zeroed, 4 KiB-aligned
+/// memory that stays valid until [`MappedAllocator::free`].
+pub trait MappedAllocator: Send + Sync {
+    /// Allocates `len` zeroed bytes.
+    fn alloc(&self, len: usize) -> Result<MappedRegion>;
+    /// Releases a region.
+    ///
+    /// # Safety
+    /// `region` came from `alloc` of this allocator and is freed once, with no user left.
+    unsafe fn free(&self, region: MappedRegion);
+}
+
+/// The default allocator: plain page-aligned host memory; device alias = host address.
+#[derive(Debug, Default)]
+pub struct HostAllocator;
+
+impl MappedAllocator for HostAllocator {
+    fn alloc(&self, len: usize) -> Result<MappedRegion> {
+        let layout = Layout::from_size_align(len.max(1), PAGE_SIZE)
+            .map_err(|_| Error::InvalidArgument("region size"))?;
+        // SAFETY: the layout has non-zero size.
+        let host = unsafe { std::alloc::alloc_zeroed(layout) };
+        if host.is_null() {
+            return Err(Error::System("bounce allocation", libc::ENOMEM));
+        }
+        Ok(MappedRegion {
+            host,
+            device: host.cast(),
+            len,
+        })
+    }
+
+    unsafe fn free(&self, region: MappedRegion) {
+        let layout = Layout::from_size_align(region.len.max(1), PAGE_SIZE)
+            .expect("layout was valid at alloc");
+        // SAFETY: per the contract, `host` came from alloc_zeroed with this layout.
+        unsafe { std::alloc::dealloc(region.host, layout) };
+    }
+}
+
+static HOST_ALLOCATOR: HostAllocator = HostAllocator;
+static ALLOCATOR: RwLock<&'static dyn MappedAllocator> = RwLock::new(&HOST_ALLOCATOR);
+
+/// Installs the allocator used for meta tables and bounce regions of comms accepted later.
+pub fn set_mapped_allocator(a: &'static dyn MappedAllocator) {
+    *ALLOCATOR.write().unwrap_or_else(|e| e.into_inner()) = a;
+}
+
+/// A region that returns itself to its allocator on drop.
+pub(crate) struct OwnedRegion {
+    pub(crate) region: MappedRegion,
+    alloc: &'static dyn MappedAllocator,
+}
+
+// SAFETY: the region is plain memory owned by this value; raw pointers do not tie it to a thread.
+unsafe impl Send for OwnedRegion {}
+// SAFETY: shared access only hands out the pointers; writers coordinate through the comm.
+unsafe impl Sync for OwnedRegion {}
+
+impl OwnedRegion {
+    /// Allocates from the installed allocator.
+    pub(crate) fn new(len: usize) -> Result<Self> {
+        let alloc = *ALLOCATOR.read().unwrap_or_else(|e| e.into_inner());
+        let region = alloc.alloc(len)?;
+        if region.host.is_null() || region.len < len || region.host as usize % PAGE_SIZE != 0 {
+            return Err(Error::Internal("allocator returned an unusable region"));
+        }
+        Ok(OwnedRegion { region, alloc })
+    }
+}
+
+impl Drop for OwnedRegion {
+    fn drop(&mut self) {
+        // SAFETY: the region came from `self.alloc` and this is its only owner.
+        unsafe { self.alloc.free(self.region) };
+    }
+}
+
+/// Free bounce pages, by index. FIFO so released pages go to the back (more scattering).
+pub(crate) struct PagePool {
+    free: VecDeque<u32>,
+}
+
+impl PagePool {
+    /// A pool of `npages` pages, optionally in a shuffled order derived from `seed`.
+    pub(crate) fn new(npages: usize, shuffle: bool, seed: u64) -> Self {
+        let mut v: Vec<u32> = (0..npages as u32).collect();
+        if shuffle {
+            let mut s = seed | 1;
+            for i in (1..v.len()).rev() {
+                // xorshift64: deterministic per comm, no dependency needed.
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                v.swap(i, (s % (i as u64 + 1)) as usize);
+            }
+        }
+        // Capacity equals the page count, so pushes never reallocate.
+        let mut free = VecDeque::with_capacity(npages);
+        free.extend(v);
+        PagePool { free }
+    }
+
+    /// Pages currently free.
+    #[cfg(test)]
+    pub(crate) fn available(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Fills `out` with free pages; all or nothing.
+    pub(crate) fn take(&mut self, out: &mut [u32]) -> bool {
+        if out.len() > self.free.len() {
+            return false;
+        }
+        for o in out.iter_mut() {
+            *o = self.free.pop_front().expect("length checked");
+        }
+        true
+    }
+
+    /// Returns pages to the pool.
+    pub(crate) fn give(&mut self, pages: &[u32]) {
+        debug_assert!(self.free.len() + pages.len() <= self.free.capacity());
+        self.free.extend(pages.iter().copied());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_is_a_permutation_and_refuses_overdraw() {
+        let mut p = PagePool::new(64, true, 42);
+        let mut a = [0u32; 60];
+        assert!(p.take(&mut a));
+        let mut b = [0u32; 5];
+        assert!(!p.take(&mut b), "only 4 left");
+        let mut sorted = a.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 60);
+        assert!(a.windows(2).any(|w| w[1] != w[0] + 1), "shuffled");
+        p.give(&a);
+        assert_eq!(p.available(), 64);
+    }
+
+    #[test]
+    fn host_allocator_gives_zeroed_aligned_memory() {
+        let r = OwnedRegion::new(3 * PAGE_SIZE).unwrap();
+        assert_eq!(r.region.host as usize % PAGE_SIZE, 0);
+        // SAFETY: the region is 3 pages long and zeroed by the allocator.
+        let s = unsafe { core::slice::from_raw_parts(r.region.host, 3 * PAGE_SIZE) };
+        assert!(s.iter().all(|b| *b == 0));
+    }
+}

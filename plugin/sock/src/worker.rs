@@ -1,0 +1,289 @@
+//! Helper threads: one per data socket, each moving its share of every request's chunks.
+//!
+//! Both ends assign chunk `j` of the comm's lifetime to socket `j % nsocks`, so a request's
+//! chunks can be split without per-chunk headers: each socket carries its chunks in request
+//! order and the receiver derives the same split from the size it read on the control socket.
+
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tcpx_core::unpack::PAGE_SIZE;
+
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// Outstanding requests per comm (TCPX's limit).
+pub const MAX_REQUESTS: usize = 16;
+/// Jobs a lane can hold; a request puts at most one job on each lane.
+const LANE_CAP: usize = 2 * MAX_REQUESTS;
+/// Fragments handed to one `recvmsg` in TCPX mode.
+const IOV_BATCH: usize = 64;
+
+/// What a helper thread does with its chunks of one request.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum JobKind {
+    /// Send from `base`.
+    Send,
+    /// Receive into `base` (host mode).
+    RecvHost,
+    /// Receive into bounce pages listed at `pages` (TCPX mode).
+    RecvPages { pages: *const u32, bounce: *mut u8 },
+}
+
+/// One request's share for one lane.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Job {
+    pub kind: JobKind,
+    /// Request slot whose `remaining` counter this job decrements.
+    pub req: usize,
+    /// Start of the request's buffer (unused for `RecvPages`).
+    pub base: *mut u8,
+    /// Bytes in the request.
+    pub size: usize,
+    /// Comm-lifetime index of the request's first chunk.
+    pub chunk_base: u64,
+}
+
+// SAFETY: a job's pointers reference memory the comm keeps alive until the job's request
+// completes (user buffers by NCCL's contract, pages and bounce by the comm).
+unsafe impl Send for Job {}
+
+struct LaneQueue {
+    jobs: [Option<Job>; LANE_CAP],
+    head: usize,
+    len: usize,
+}
+
+/// The work queue of one helper thread: a fixed ring, so posting never allocates.
+pub(crate) struct Lane {
+    q: Mutex<LaneQueue>,
+    cv: Condvar,
+}
+
+/// State shared by the caller's thread and the helper threads of one comm.
+pub(crate) struct Shared {
+    pub closing: AtomicBool,
+    has_error: AtomicBool,
+    error: Mutex<Option<Error>>,
+    /// Per request slot: lanes that still have to finish their job.
+    pub remaining: [AtomicU32; MAX_REQUESTS],
+    pub lanes: Vec<Lane>,
+    pub chunk_bytes: usize,
+    exited: Mutex<usize>,
+    exited_cv: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means a helper panicked; the data is still consistent enough
+    // to report errors and shut down.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn new(nsocks: usize, chunk_bytes: usize) -> Arc<Self> {
+        Arc::new(Shared {
+            closing: AtomicBool::new(false),
+            has_error: AtomicBool::new(false),
+            error: Mutex::new(None),
+            remaining: Default::default(),
+            lanes: (0..nsocks)
+                .map(|_| Lane {
+                    q: Mutex::new(LaneQueue {
+                        jobs: [None; LANE_CAP],
+                        head: 0,
+                        len: 0,
+                    }),
+                    cv: Condvar::new(),
+                })
+                .collect(),
+            chunk_bytes,
+            exited: Mutex::new(0),
+            exited_cv: Condvar::new(),
+        })
+    }
+
+    /// The first error a helper thread hit, if any.
+    pub(crate) fn error(&self) -> Option<Error> {
+        if !self.has_error.load(Ordering::Acquire) {
+            return None;
+        }
+        *lock(&self.error)
+    }
+
+    fn set_error(&self, e: Error) {
+        let mut g = lock(&self.error);
+        if g.is_none() {
+            *g = Some(e);
+        }
+        self.has_error.store(true, Ordering::Release);
+    }
+
+    /// Splits a request over the lanes; sets `remaining[req]` to the number of lanes used.
+    /// Returns the number of chunks consumed from the comm's chunk counter.
+    pub(crate) fn dispatch(&self, job: Job) -> Result<u64> {
+        let n = self.lanes.len() as u64;
+        let nchunks = job.size.div_ceil(self.chunk_bytes) as u64;
+        let used = nchunks.min(n);
+        self.remaining[job.req].store(used as u32, Ordering::Relaxed);
+        for k in 0..used {
+            let lane = &self.lanes[((job.chunk_base + k) % n) as usize];
+            let mut q = lock(&lane.q);
+            if q.len == LANE_CAP {
+                return Err(Error::Internal("helper queue overflow"));
+            }
+            let at = (q.head + q.len) % LANE_CAP;
+            q.jobs[at] = Some(job);
+            q.len += 1;
+            drop(q);
+            lane.cv.notify_one();
+        }
+        Ok(nchunks)
+    }
+
+    /// Wakes every helper (at close).
+    pub(crate) fn wake_all(&self) {
+        for l in &self.lanes {
+            // Taking the lock orders the wakeup after a helper's closing check.
+            drop(lock(&l.q));
+            l.cv.notify_all();
+        }
+    }
+
+    /// Waits until `n` helpers have exited or `timeout` passed; true if all exited.
+    pub(crate) fn wait_exited(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut g = lock(&self.exited);
+        while *g < n {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = self
+                .exited_cv
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+/// Counts a helper's exit even if it unwinds.
+struct ExitGuard(Arc<Shared>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        *lock(&self.0.exited) += 1;
+        self.0.exited_cv.notify_all();
+    }
+}
+
+/// Starts the helper thread of lane `me` on `sock`.
+pub(crate) fn spawn(shared: Arc<Shared>, me: usize, sock: TcpStream) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("tcpxsock-{me}"))
+        .spawn(move || {
+            let _guard = ExitGuard(shared.clone());
+            let r =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&shared, me, &sock)));
+            let err = match r {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(_) => Some(Error::Internal("helper thread panicked")),
+            };
+            if let Some(e) = err {
+                if !shared.closing.load(Ordering::Acquire) {
+                    shared.set_error(e);
+                }
+            }
+        })
+        .map_err(|e| Error::System("spawn helper thread", e.raw_os_error().unwrap_or(0)))
+}
+
+fn next_job(shared: &Shared, me: usize) -> Option<Job> {
+    let lane = &shared.lanes[me];
+    let mut q = lock(&lane.q);
+    loop {
+        if shared.closing.load(Ordering::Acquire) {
+            return None;
+        }
+        if q.len > 0 {
+            let h = q.head;
+            let j = q.jobs[h].take();
+            q.head = (q.head + 1) % LANE_CAP;
+            q.len -= 1;
+            return j;
+        }
+        // The timeout only bounds how long a missed wakeup could delay shutdown.
+        q = lane
+            .cv
+            .wait_timeout(q, Duration::from_millis(200))
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}
+
+fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
+    let fd = sock.as_raw_fd();
+    let n = shared.lanes.len() as u64;
+    let cb = shared.chunk_bytes;
+    while let Some(job) = next_job(shared, me) {
+        let nchunks = job.size.div_ceil(cb) as u64;
+        // First chunk of this request that belongs to lane `me`.
+        let first = (me as u64 + n - job.chunk_base % n) % n;
+        let mut j = first;
+        while j < nchunks {
+            let off = j as usize * cb;
+            let len = cb.min(job.size - off);
+            match job.kind {
+                // SAFETY: `base..base+size` is the caller's live send buffer.
+                JobKind::Send => unsafe { sys::send_all(fd, job.base.add(off), len)? },
+                JobKind::RecvHost => {
+                    let mut iov = [libc::iovec {
+                        // SAFETY: `off < size`, within the caller's receive buffer.
+                        iov_base: unsafe { job.base.add(off) }.cast(),
+                        iov_len: len,
+                    }];
+                    // SAFETY: the iovec lies inside the caller's live receive buffer.
+                    unsafe { sys::recv_all_iov(fd, &mut iov)? };
+                }
+                JobKind::RecvPages { pages, bounce } => recv_pages(fd, pages, bounce, off, len)?,
+            }
+            j += n;
+        }
+        shared.remaining[job.req].fetch_sub(1, Ordering::Release);
+    }
+    Ok(())
+}
+
+/// Receives request bytes `off..off+len` into their bounce pages, one fragment per page.
+fn recv_pages(fd: i32, pages: *const u32, bounce: *mut u8, off: usize, len: usize) -> Result<()> {
+    let mut iov = [libc::iovec {
+        iov_base: core::ptr::null_mut(),
+        iov_len: 0,
+    }; IOV_BATCH];
+    let mut pos = off;
+    let end = off + len;
+    while pos < end {
+        let mut k = 0;
+        while k < IOV_BATCH && pos < end {
+            let frag = PAGE_SIZE.min(end - pos);
+            // SAFETY: the page list of the request covers every fragment of its size.
+            let page = unsafe { *pages.add(pos / PAGE_SIZE) } as usize;
+            iov[k] = libc::iovec {
+                // SAFETY: page indices come from the pool and lie inside the bounce region.
+                iov_base: unsafe { bounce.add(page * PAGE_SIZE) }.cast(),
+                iov_len: frag,
+            };
+            k += 1;
+            pos += frag;
+        }
+        // SAFETY: each iovec is one reserved bounce page, owned by this request until consumed.
+        unsafe { sys::recv_all_iov(fd, &mut iov[..k])? };
+    }
+    Ok(())
+}
