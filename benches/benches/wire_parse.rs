@@ -12,7 +12,14 @@ use tcpx_core::wire::{
 
 fn segments(n: u64) -> Vec<Segment> {
     (0..n)
-        .map(|i| Segment::new(i % 4, 0x5eed ^ i, 0x7f00_0000_0000 + i * (512 << 10), 512 << 10))
+        .map(|i| {
+            Segment::new(
+                i % 4,
+                0x5eed ^ i,
+                0x7f00_0000_0000 + i * (512 << 10),
+                512 << 10,
+            )
+        })
         .collect()
 }
 
@@ -106,7 +113,11 @@ fn parse_each_kind(c: &mut Criterion) {
     }
     // The per-kind parser without the dispatch, plus a walk over the segments as the target
     // does when validating them against its registrations.
-    let wa = &frames.iter().find(|f| f.0 == "write_announce_64seg").unwrap().1;
+    let wa = &frames
+        .iter()
+        .find(|f| f.0 == "write_announce_64seg")
+        .unwrap()
+        .1;
     g.bench_function("write_announce_64seg/direct+walk", |b| {
         b.iter(|| {
             let w = WriteAnnounce::parse(black_box(wa)).unwrap();

@@ -305,15 +305,30 @@ pub struct RecvWindow<T, const N: usize> {
     entries: Window<RecvEntry<T>, N>,
     /// Seq of the oldest `Posted` entry; everything older is past `NetDone`.
     on_net: u64,
-    /// Device entries in `NetDone` (waiting for a launch).
-    to_launch: usize,
-    /// Device entries in `Unpacking`.
-    unpacking: usize,
+    /// Bit `i`: the entry `i` places behind the head is a device chunk in `NetDone`
+    /// (waiting for a launch). Relative to the head, so retiring it is a shift.
+    to_launch: u64,
+    /// Bit `i`: the entry `i` places behind the head is `Unpacking`.
+    unpacking: u64,
+}
+
+/// Yield the set bits of `mask`, lowest first.
+fn bits(mut mask: u64) -> impl Iterator<Item = u64> {
+    core::iter::from_fn(move || {
+        if mask == 0 {
+            return None;
+        }
+        let i = mask.trailing_zeros();
+        mask &= mask - 1;
+        Some(u64::from(i))
+    })
 }
 
 impl<T, const N: usize> RecvWindow<T, N> {
-    /// An empty window; the first post gets sequence number 0.
+    /// An empty window; the first post gets sequence number 0. `N` must be in `1..=64`.
     pub const fn new() -> Self {
+        // The unpack bookkeeping is one bit per entry in a u64.
+        const { assert!(N >= 1 && N <= 64, "RecvWindow supports 1..=64 entries") };
         Self {
             entries: Window::new(),
             on_net: 0,
@@ -362,16 +377,18 @@ impl<T, const N: usize> RecvWindow<T, N> {
         if let Some((seq, _)) = self.consumable() {
             return RecvAction::Consume { seq };
         }
-        if let Some((seq, _)) = self.pending_launches().next() {
+        if self.to_launch != 0 {
+            let seq = self.entries.head_seq() + u64::from(self.to_launch.trailing_zeros());
             return RecvAction::LaunchUnpack {
                 seq,
                 slot: slot_of(seq),
             };
         }
-        if let Some((seq, _)) = self.test_target() {
-            return RecvAction::Test { seq };
+        if self.on_net < self.entries.next_seq() {
+            return RecvAction::Test { seq: self.on_net };
         }
-        if let Some((seq, _)) = self.unpacking().next() {
+        if self.unpacking != 0 {
+            let seq = self.entries.head_seq() + u64::from(self.unpacking.trailing_zeros());
             return RecvAction::AwaitUnpack { seq };
         }
         RecvAction::Idle
@@ -394,22 +411,23 @@ impl<T, const N: usize> RecvWindow<T, N> {
 
     /// Device chunks whose data arrived and whose unpack is not launched yet, oldest first.
     pub fn pending_launches(&self) -> impl Iterator<Item = (u64, &T)> + '_ {
-        let n = if self.to_launch == 0 { 0 } else { self.len() };
-        self.entries
-            .iter()
-            .take(n)
-            .filter(|(_, e)| e.state() == RecvState::NetDone && e.memory() == Memory::Device)
-            .map(|(s, e)| (s, &e.payload))
+        self.entries_at(self.to_launch)
     }
 
     /// Device chunks being unpacked, oldest first.
     pub fn unpacking(&self) -> impl Iterator<Item = (u64, &T)> + '_ {
-        let n = if self.unpacking == 0 { 0 } else { self.len() };
-        self.entries
-            .iter()
-            .take(n)
-            .filter(|(_, e)| e.state() == RecvState::Unpacking)
-            .map(|(s, e)| (s, &e.payload))
+        self.entries_at(self.unpacking)
+    }
+
+    /// Payloads of the entries whose bits are set in `mask` (relative to the head).
+    fn entries_at(&self, mask: u64) -> impl Iterator<Item = (u64, &T)> + '_ {
+        let head = self.entries.head_seq();
+        bits(mask).filter_map(move |i| self.entries.get(head + i).map(|e| (head + i, &e.payload)))
+    }
+
+    /// The bit of entry `seq` (in flight) in the head-relative masks.
+    fn bit(&self, seq: u64) -> u64 {
+        1 << (seq - self.entries.head_seq())
     }
 
     /// The head entry.
@@ -454,7 +472,7 @@ impl<T, const N: usize> RecvWindow<T, N> {
         // on_net always points at a Posted entry when it is in flight.
         let _ = e.chunk.apply(RecvEvent::NetDone);
         if e.memory() == Memory::Device {
-            self.to_launch += 1;
+            self.to_launch |= self.bit(seq);
         }
         self.on_net += 1;
         Ok(self.poll())
@@ -463,15 +481,16 @@ impl<T, const N: usize> RecvWindow<T, N> {
     /// The unpack of device chunk `seq` was launched.
     pub fn unpack_launched(&mut self, seq: u64) -> Result<RecvAction, ChunkError> {
         self.step(seq, RecvEvent::UnpackLaunched)?;
-        self.to_launch -= 1;
-        self.unpacking += 1;
+        let bit = self.bit(seq);
+        self.to_launch &= !bit;
+        self.unpacking |= bit;
         Ok(self.poll())
     }
 
     /// The unpack of device chunk `seq` completed.
     pub fn unpack_done(&mut self, seq: u64) -> Result<RecvAction, ChunkError> {
         self.step(seq, RecvEvent::UnpackDone)?;
-        self.unpacking -= 1;
+        self.unpacking &= !self.bit(seq);
         Ok(self.poll())
     }
 
@@ -495,6 +514,9 @@ impl<T, const N: usize> RecvWindow<T, N> {
         // Checked above: Consumed then Retire are legal.
         let _ = e.chunk.apply(RecvEvent::Consumed);
         let _ = e.chunk.apply(RecvEvent::Retire);
+        // The head's bits were clear (it was consumable); everyone moves one place up.
+        self.to_launch >>= 1;
+        self.unpacking >>= 1;
         Ok((seq, e.payload))
     }
 
@@ -853,6 +875,38 @@ mod tests {
     }
 
     #[test]
+    fn recv_window_of_64_tracks_every_entry() {
+        let mut w: RecvWindow<u64, 64> = RecvWindow::new();
+        for round in 0..3u64 {
+            for i in 0..64 {
+                w.post(1, Memory::Device, round * 64 + i).unwrap();
+            }
+            assert!(w.is_full());
+            for _ in 0..64 {
+                w.net_done(1).unwrap();
+            }
+            assert_eq!(w.pending_launches().count(), 64);
+            // Launch and finish youngest first: nothing is consumable until the head is.
+            for seq in (round * 64..round * 64 + 64).rev() {
+                w.unpack_launched(seq).unwrap();
+            }
+            assert_eq!(w.unpacking().count(), 64);
+            for seq in (round * 64 + 1..round * 64 + 64).rev() {
+                assert_eq!(
+                    w.unpack_done(seq),
+                    Ok(RecvAction::AwaitUnpack { seq: round * 64 })
+                );
+            }
+            w.unpack_done(round * 64).unwrap();
+            for seq in round * 64..round * 64 + 64 {
+                assert_eq!(w.poll(), RecvAction::Consume { seq });
+                assert_eq!(w.consume(), Ok((seq, seq)));
+            }
+            assert_eq!(w.poll(), RecvAction::Idle);
+        }
+    }
+
+    #[test]
     fn send_window_in_order() {
         let mut w: SendWindow<u32, 2> = SendWindow::new();
         assert_eq!(w.poll(), SendAction::Idle);
@@ -944,7 +998,7 @@ mod tests {
     fn check_invariants(w: &RecvWindow<u64, 4>) -> Result<(), TestCaseError> {
         prop_assert!(w.len() <= 4);
         let mut seen_posted = false;
-        let (mut launch, mut unpacking) = (0, 0);
+        let (mut launch, mut unpacking) = (Vec::new(), Vec::new());
         for (seq, e) in w.iter() {
             prop_assert_eq!(*e.payload(), seq, "payload travels with its seq");
             prop_assert!(!matches!(e.state(), RecvState::Free | RecvState::Consumed));
@@ -960,11 +1014,18 @@ mod tests {
             } else {
                 prop_assert!(!seen_posted);
             }
-            launch += usize::from(e.state() == RecvState::NetDone && e.memory() == Memory::Device);
-            unpacking += usize::from(e.state() == RecvState::Unpacking);
+            if e.state() == RecvState::NetDone && e.memory() == Memory::Device {
+                launch.push(seq);
+            }
+            if e.state() == RecvState::Unpacking {
+                unpacking.push(seq);
+            }
         }
-        prop_assert_eq!(w.pending_launches().count(), launch);
-        prop_assert_eq!(w.unpacking().count(), unpacking);
+        // The bookkeeping masks agree with the states.
+        let got: Vec<u64> = w.pending_launches().map(|(s, _)| s).collect();
+        prop_assert_eq!(got, launch);
+        let got: Vec<u64> = w.unpacking().map(|(s, _)| s).collect();
+        prop_assert_eq!(got, unpacking);
         Ok(())
     }
 

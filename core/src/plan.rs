@@ -267,12 +267,13 @@ impl<'a> Plan<'a> {
         Chunks {
             segments: self.segments,
             chunk_bytes: u64::from(self.cfg.chunk_bytes),
-            channels: u64::from(self.cfg.channels),
-            first_channel: u64::from(self.cfg.first_channel),
+            channels: self.cfg.channels,
+            first_channel: self.cfg.first_channel,
             segment: 0,
             offset: 0,
-            index: 0,
-            step: 1,
+            channel: self.cfg.first_channel,
+            seq: 0,
+            one_channel: false,
             remaining: self.chunk_count,
         }
     }
@@ -281,7 +282,8 @@ impl<'a> Plan<'a> {
     /// Skips other channels' chunks arithmetically, so it is O(segments + own chunks).
     pub fn channel_chunks(&self, channel: u8) -> Chunks<'a> {
         let mut it = self.chunks();
-        it.step = u64::from(self.cfg.channels);
+        it.one_channel = true;
+        it.channel = channel;
         it.remaining = self.chunks_on(channel);
         if it.remaining > 0 {
             it.skip_chunks(self.distance(channel));
@@ -309,23 +311,23 @@ impl<'a> IntoIterator for &Plan<'a> {
 pub struct Chunks<'a> {
     segments: &'a [Segment],
     chunk_bytes: u64,
-    channels: u64,
-    first_channel: u64,
+    channels: u8,
+    first_channel: u8,
     /// Position of the next chunk: segment index and offset inside it.
     segment: usize,
     offset: u64,
-    /// Global index of the next chunk.
-    index: u64,
-    /// Global chunks between two yielded ones (1, or `channels` for one channel).
-    step: u64,
+    /// Channel and per-channel seq of the next chunk, kept incrementally (no division).
+    channel: u8,
+    seq: u64,
+    /// Yield only `channel`'s chunks (skip `channels - 1` between two).
+    one_channel: bool,
     /// Chunks still to yield.
     remaining: u64,
 }
 
 impl Chunks<'_> {
-    /// Move the position forward by `k` global chunks.
+    /// Move the position forward by `k` chunks (of any channel).
     fn skip_chunks(&mut self, mut k: u64) {
-        self.index += k;
         while let Some(s) = self.segments.get(self.segment) {
             let left = (s.len - self.offset).div_ceil(self.chunk_bytes);
             if k < left {
@@ -342,6 +344,7 @@ impl Chunks<'_> {
 impl Iterator for Chunks<'_> {
     type Item = Chunk;
 
+    #[inline]
     fn next(&mut self) -> Option<Chunk> {
         if self.remaining == 0 {
             return None;
@@ -360,15 +363,25 @@ impl Iterator for Chunks<'_> {
             remote_offset: s.remote_offset + self.offset,
             // len <= chunk_bytes, a u32.
             len: len as u32,
-            channel: ((self.first_channel + self.index) % self.channels) as u8,
-            seq: self.index / self.channels,
+            channel: self.channel,
+            seq: self.seq,
         };
         self.remaining -= 1;
-        if self.step == 1 {
-            self.index += 1;
+        if self.one_channel {
+            self.seq += 1;
+            if self.remaining > 0 {
+                self.skip_chunks(u64::from(self.channels));
+            }
+        } else {
             self.offset += len;
-        } else if self.remaining > 0 {
-            self.skip_chunks(self.step);
+            self.channel += 1;
+            if self.channel == self.channels {
+                self.channel = 0;
+            }
+            // A new round starts when the round-robin is back at the first channel.
+            if self.channel == self.first_channel {
+                self.seq += 1;
+            }
         }
         Some(chunk)
     }
@@ -382,6 +395,70 @@ impl Iterator for Chunks<'_> {
 }
 
 impl FusedIterator for Chunks<'_> {}
+
+/// A [`Chunks`] position without the borrow of the segments, so it can be stored beside
+/// them (the engine keeps one per transfer and channel). Resume it with the same segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    chunk_bytes: u64,
+    channels: u8,
+    first_channel: u8,
+    segment: usize,
+    offset: u64,
+    channel: u8,
+    seq: u64,
+    one_channel: bool,
+    remaining: u64,
+}
+
+impl<'a> Chunks<'a> {
+    /// Drops the borrow of the segments, keeping the position.
+    pub fn detach(self) -> Cursor {
+        Cursor {
+            chunk_bytes: self.chunk_bytes,
+            channels: self.channels,
+            first_channel: self.first_channel,
+            segment: self.segment,
+            offset: self.offset,
+            channel: self.channel,
+            seq: self.seq,
+            one_channel: self.one_channel,
+            remaining: self.remaining,
+        }
+    }
+}
+
+impl Cursor {
+    /// Resumes iteration over `segments`, which must be the planned ones.
+    pub fn attach(self, segments: &[Segment]) -> Chunks<'_> {
+        Chunks {
+            segments,
+            chunk_bytes: self.chunk_bytes,
+            channels: self.channels,
+            first_channel: self.first_channel,
+            segment: self.segment,
+            offset: self.offset,
+            channel: self.channel,
+            seq: self.seq,
+            one_channel: self.one_channel,
+            remaining: self.remaining,
+        }
+    }
+
+    /// The next chunk, advancing the cursor.
+    #[inline]
+    pub fn next(&mut self, segments: &[Segment]) -> Option<Chunk> {
+        let mut it = self.attach(segments);
+        let chunk = it.next();
+        *self = it.detach();
+        chunk
+    }
+
+    /// Chunks still to come.
+    pub const fn remaining(&self) -> u64 {
+        self.remaining
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -52,6 +52,10 @@ pub enum Error {
     Timeout(&'static str),
     /// An OS-level I/O failure, with what was being done.
     Io(&'static str, std::io::Error),
+    /// A feature this build or this plugin does not offer.
+    Unsupported(&'static str),
+    /// The session stopped working after a failure (the original error, as text).
+    Broken(String),
 }
 
 impl Error {
@@ -110,6 +114,8 @@ impl fmt::Display for Error {
             Error::Protocol(what) => write!(f, "protocol: {what}"),
             Error::Timeout(what) => write!(f, "timeout: {what}"),
             Error::Io(what, e) => write!(f, "{what}: {e}"),
+            Error::Unsupported(what) => write!(f, "unsupported: {what}"),
+            Error::Broken(why) => write!(f, "session broken: {why}"),
         }
     }
 }

@@ -5,8 +5,10 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod cli;
+pub mod engine;
 pub mod error;
 pub mod log;
 pub mod net;
 
+pub use engine::{Config, Direction, MemId, Memory, Progress, Segment, Session, XferId};
 pub use error::{Error, Result};

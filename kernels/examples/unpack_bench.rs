@@ -283,7 +283,19 @@ fn main() -> BoxResult<()> {
         unsafe { k.launch_unpack(&stream, chunk_meta, bounce, 0, dst_ptr)? };
         Ok(())
     };
+    let empty_slot = 7;
+    table(&mut meta_buf).cnt[empty_slot] = 0;
     let lat = [
+        (
+            "unpack empty slot",
+            latency(&ctx, &stream, || {
+                // SAFETY: an empty slot reads only the table.
+                unsafe {
+                    k.launch_unpack(&stream, meta, dev_bounce.ptr(), empty_slot as u32, dst_ptr)?
+                };
+                Ok(())
+            })?,
+        ),
         (
             "unpack 512 KiB, device bounce",
             latency(&ctx, &stream, || chunk(&k, dev_bounce.ptr()))?,
@@ -302,7 +314,48 @@ fn main() -> BoxResult<()> {
         ),
     ];
 
+    table(&mut meta_buf).cnt[empty_slot] = PAGES as u64;
+
+    // Experiment: how the kernel reads the table (see unpack.cu, META_*).
+    let mut variants = Vec::new();
+    for suffix in ["", "_nc", "_volatile", "_hint"] {
+        let mut kv = Kernels::load_variant(&ctx, suffix)?;
+        kv.set_count_hint(PAGES as u64);
+        let one = time_per_call(&ctx, &stream, 400, || unpack_one(&kv, dev_bounce.ptr()))?;
+        let hinted = |js: &[UnpackJob]| -> Vec<UnpackJob> {
+            js.iter().map(|j| j.with_count_hint(PAGES as u32)).collect()
+        };
+        let (dj, hj) = (hinted(&dev_jobs), hinted(&host_jobs));
+        let all = time_per_call(&ctx, &stream, 60, || {
+            // SAFETY: as above.
+            unsafe { kv.launch_unpack_batch(&stream, &dj)? };
+            Ok(())
+        })?;
+        let mapped = time_per_call(&ctx, &stream, 6, || {
+            // SAFETY: as above.
+            unsafe { kv.launch_unpack_batch(&stream, &hj)? };
+            Ok(())
+        })?;
+        kv.set_count_hint((CHUNK_BYTES / PAGE_SIZE) as u64);
+        let (lat_med, _) = latency(&ctx, &stream, || chunk(&kv, dev_bounce.ptr()))?;
+        variants.push((
+            suffix,
+            gbps(SLOT_BYTES, one),
+            gbps(TOTAL, all),
+            gbps(TOTAL, mapped),
+            lat_med,
+        ));
+    }
+
     println!("GPU: {gpu}");
+    println!("table-read variants: 4 MiB dev GB/s, 64 MiB dev GB/s, 64 MiB mapped GB/s, 512 KiB latency us");
+    for (v, a, b, c, l) in &variants {
+        println!(
+            "  {:<10} {a:>8.1} {b:>8.1} {c:>8.1} {:>8.2}",
+            if v.is_empty() { "relaxed" } else { v },
+            l * 1e6
+        );
+    }
     println!(
         "{:<38} {:>9} {:>12} {:>20} {:>10} {:>7}",
         "case", "bytes", "unpack GB/s", "copy", "copy GB/s", "ratio"

@@ -137,6 +137,13 @@ pub struct UnpackJob {
 }
 
 impl UnpackJob {
+    /// Count for the `_hint` experiment kernels.
+    #[doc(hidden)]
+    pub const fn with_count_hint(mut self, count: u32) -> Self {
+        self.reserved = count;
+        self
+    }
+
     /// A job applying `slot` of `meta` from `bounce` into `dst`.
     pub const fn new(meta: CUdeviceptr, bounce: CUdeviceptr, slot: u32, dst: CUdeviceptr) -> Self {
         UnpackJob {
@@ -167,11 +174,18 @@ pub struct Kernels {
     slot_fn: CudaFunction,
     batch_fn: CudaFunction,
     blocks_per_slot: u32,
+    count_hint: u64,
 }
 
 impl Kernels {
     /// Loads the embedded fatbin into `ctx`.
     pub fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
+        Self::load_variant(ctx, "")
+    }
+
+    /// Loads the kernels whose names end in `suffix` (benchmark experiments only).
+    #[doc(hidden)]
+    pub fn load_variant(ctx: &Arc<CudaContext>, suffix: &str) -> Result<Self> {
         if !kernels_built() {
             return Err(Error::KernelsNotBuilt);
         }
@@ -179,17 +193,24 @@ impl Kernels {
             .load_module(cudarc::nvrtc::Ptx::from_binary(FATBIN.to_vec()))
             .context("loading the unpack fatbin (cuModuleLoadData)")?;
         let slot_fn = module
-            .load_function(SLOT_KERNEL)
+            .load_function(&format!("{SLOT_KERNEL}{suffix}"))
             .context("cuModuleGetFunction(tcpx_unpack_slot)")?;
         let batch_fn = module
-            .load_function(BATCH_KERNEL)
+            .load_function(&format!("{BATCH_KERNEL}{suffix}"))
             .context("cuModuleGetFunction(tcpx_unpack_batch)")?;
         Ok(Kernels {
             ctx: ctx.clone(),
             slot_fn,
             batch_fn,
             blocks_per_slot: DEFAULT_BLOCKS_PER_SLOT,
+            count_hint: 0,
         })
+    }
+
+    /// Count passed to the `_hint` experiment kernels.
+    #[doc(hidden)]
+    pub fn set_count_hint(&mut self, count: u64) {
+        self.count_hint = count;
     }
 
     /// The context the kernels live in.
@@ -235,14 +256,16 @@ impl Kernels {
     ) -> Result<()> {
         self.check_stream(stream)?;
         let (mut meta, mut bounce, mut slot, mut dst) = (meta, bounce, slot, dst);
-        let mut params: [*mut c_void; 4] = [
+        let mut hint = self.count_hint;
+        let mut params: [*mut c_void; 5] = [
             (&raw mut meta).cast(),
             (&raw mut bounce).cast(),
             (&raw mut slot).cast(),
             (&raw mut dst).cast(),
+            (&raw mut hint).cast(),
         ];
         // SAFETY: the parameters match `tcpx_unpack_slot(const NetUnpackMeta*, const uint8_t*,
-        // uint32_t, uint8_t*)` in order and size and outlive the call (the driver copies them);
+        // uint32_t, uint8_t*, uint64_t)` in order and size and outlive the call (the driver copies them);
         // the memory contract is the caller's (see above).
         unsafe {
             result::launch_kernel(

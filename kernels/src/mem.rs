@@ -65,22 +65,34 @@ impl DeviceBuffer {
         self.len == 0
     }
 
-    /// Sets every byte to `byte` (synchronous).
+    /// Sets every byte to `byte`; complete on return.
     pub fn fill(&mut self, byte: u8) -> Result<()> {
         self.ctx.bind_to_thread().context("cuCtxSetCurrent")?;
         // SAFETY: the range is exactly this allocation.
-        unsafe { result::memset_d8_sync(self.ptr, byte, self.len) }.context("cuMemsetD8")
+        unsafe { result::memset_d8_sync(self.ptr, byte, self.len) }.context("cuMemsetD8")?;
+        // cuMemsetD8 may return before the device is written; work on non-blocking streams is
+        // not ordered after it, so finish it here.
+        self.ctx
+            .synchronize()
+            .context("cuCtxSynchronize after cuMemsetD8")
     }
 
-    /// Copies `src` to `offset` (synchronous).
+    /// Copies `src` to `offset`; complete on return.
     pub fn write(&mut self, offset: usize, src: &[u8]) -> Result<()> {
         check_range("DeviceBuffer::write", offset, src.len(), self.len)?;
         self.ctx.bind_to_thread().context("cuCtxSetCurrent")?;
         // SAFETY: the destination range was checked against this allocation.
-        unsafe { result::memcpy_htod_sync(self.ptr + offset as u64, src) }.context("cuMemcpyHtoD")
+        unsafe { result::memcpy_htod_sync(self.ptr + offset as u64, src) }
+            .context("cuMemcpyHtoD")?;
+        // From pageable memory cuMemcpyHtoD may return before the DMA lands; work on
+        // non-blocking streams is not ordered after it, so finish it here.
+        self.ctx
+            .synchronize()
+            .context("cuCtxSynchronize after cuMemcpyHtoD")
     }
 
-    /// Copies bytes from `offset` into `dst` (synchronous).
+    /// Copies bytes from `offset` into `dst`; complete on return. Work queued on other streams is
+    /// not waited for: synchronize them first.
     pub fn read(&self, offset: usize, dst: &mut [u8]) -> Result<()> {
         check_range("DeviceBuffer::read", offset, dst.len(), self.len)?;
         self.ctx.bind_to_thread().context("cuCtxSetCurrent")?;

@@ -48,18 +48,40 @@ static_assert(sizeof(NetUnpackMeta) == 524416, "netUnpackMeta size");
 static_assert(sizeof(UnpackJob) == 32, "UnpackJob size");
 static_assert(sizeof(UnpackBatch) == 1024, "UnpackBatch size");
 
-// The table is written by the host (or NIC plugin) between launches: read it uncached.
-__device__ __forceinline__ uint4 load_volatile_u4(const void* p) {
+// How the table is read. The table is written by the host (or the NIC plugin) between launches;
+// a launch boundary makes those writes visible, so no read needs to bypass caches.
+#define META_RELAXED 0  // ld.relaxed.gpu
+#define META_NC 1       // ld.global.nc (read-only path)
+#define META_VOLATILE 2 // ld.volatile
+#define META_HINT 3     // count from the launch, entries via ld.global.nc
+
+template <int MODE>
+__device__ __forceinline__ uint4 load_entry(const void* p) {
     uint4 v;
-    asm volatile("ld.volatile.global.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
+    if (MODE == META_RELAXED) {
+        asm volatile("ld.relaxed.gpu.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                     : "l"(p));
+    } else if (MODE == META_VOLATILE) {
+        asm volatile("ld.volatile.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                     : "l"(p));
+    } else {
+        v = __ldg(reinterpret_cast<const uint4*>(p));
+    }
     return v;
 }
 
-__device__ __forceinline__ uint64_t load_volatile_u64(const void* p) {
+template <int MODE>
+__device__ __forceinline__ uint64_t load_count(const uint64_t* p) {
     uint64_t v;
-    asm volatile("ld.volatile.global.u64 %0, [%1];" : "=l"(v) : "l"(p));
+    if (MODE == META_RELAXED) {
+        asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p));
+    } else if (MODE == META_VOLATILE) {
+        asm volatile("ld.volatile.global.u64 %0, [%1];" : "=l"(v) : "l"(p));
+    } else {
+        v = __ldg(reinterpret_cast<const unsigned long long*>(p));
+    }
     return v;
 }
 
@@ -160,8 +182,9 @@ __device__ __forceinline__ void copy_fragment(const uint8_t* s, uint8_t* d, uint
 }
 
 // Applies one slot; the block takes tiles blockIdx.x, blockIdx.x + gridDim.x, ... of it.
+template <int MODE>
 __device__ __forceinline__ void unpack_slot(const NetUnpackMeta* meta, const uint8_t* bounce,
-                                            uint32_t slot, uint8_t* dst) {
+                                            uint32_t slot, uint8_t* dst, uint64_t hint) {
     __shared__ uint4 stage[UNPACK_WARPS];
     __shared__ uint64_t count;
     slot %= UNPACK_SLOTS;
@@ -174,9 +197,9 @@ __device__ __forceinline__ void unpack_slot(const NetUnpackMeta* meta, const uin
         if (first >= UNPACK_ENTRIES) break;
         // The first tile's entries and the count are independent reads: issue them together so a
         // mapped-host table costs one round trip, not two.
-        if (threadIdx.x < UNPACK_WARPS) stage[threadIdx.x] = load_volatile_u4(&list[first + threadIdx.x]);
+        if (threadIdx.x < UNPACK_WARPS) stage[threadIdx.x] = load_entry<MODE>(&list[first + threadIdx.x]);
         if (tile == blockIdx.x && threadIdx.x == UNPACK_WARPS) {
-            const uint64_t c = load_volatile_u64(&meta->cnt[slot]);
+            const uint64_t c = MODE == META_HINT ? hint : load_count<MODE>(&meta->cnt[slot]);
             // A count beyond the table's capacity is clamped: never read outside the table.
             count = c > UNPACK_ENTRIES ? UNPACK_ENTRIES : c;
         }
@@ -192,15 +215,19 @@ __device__ __forceinline__ void unpack_slot(const NetUnpackMeta* meta, const uin
     }
 }
 
-extern "C" __global__ void __launch_bounds__(UNPACK_THREADS)
-tcpx_unpack_slot(const NetUnpackMeta* meta, const uint8_t* bounce, uint32_t slot, uint8_t* dst) {
-    unpack_slot(meta, bounce, slot, dst);
-}
+#define UNPACK_ENTRY_POINTS(SUFFIX, MODE)                                                     \
+    extern "C" __global__ void __launch_bounds__(UNPACK_THREADS)                               \
+        tcpx_unpack_slot##SUFFIX(const NetUnpackMeta* meta, const uint8_t* bounce, uint32_t slot, \
+                                 uint8_t* dst, uint64_t hint) {                                \
+        unpack_slot<MODE>(meta, bounce, slot, dst, hint);                                      \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(UNPACK_THREADS)                               \
+        tcpx_unpack_batch##SUFFIX(const __grid_constant__ UnpackBatch batch) {                 \
+        const UnpackJob& job = batch.jobs[blockIdx.y];                                         \
+        unpack_slot<MODE>(job.meta, job.bounce, job.slot, job.dst, job.reserved);              \
+    }
 
-// gridDim.y jobs, gridDim.x blocks each; the descriptors travel in the launch parameters, so the
-// host can reuse its copy as soon as the launch call returns.
-extern "C" __global__ void __launch_bounds__(UNPACK_THREADS)
-tcpx_unpack_batch(const __grid_constant__ UnpackBatch batch) {
-    const UnpackJob& job = batch.jobs[blockIdx.y];
-    unpack_slot(job.meta, job.bounce, job.slot, job.dst);
-}
+UNPACK_ENTRY_POINTS(, META_RELAXED)
+UNPACK_ENTRY_POINTS(_nc, META_NC)
+UNPACK_ENTRY_POINTS(_volatile, META_VOLATILE)
+UNPACK_ENTRY_POINTS(_hint, META_HINT)

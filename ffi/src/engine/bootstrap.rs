@@ -20,7 +20,9 @@ pub fn accept_exchange(
     timeout: Duration,
 ) -> Result<Vec<u8>, Error> {
     let deadline = Instant::now() + timeout;
-    listener.set_nonblocking(true).map_err(io("bootstrap listen"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(io("bootstrap listen"))?;
     let stream = loop {
         match listener.accept() {
             Ok((s, _)) => break s,
@@ -33,7 +35,9 @@ pub fn accept_exchange(
             Err(e) => return Err(io("bootstrap accept")(e)),
         }
     };
-    stream.set_nonblocking(false).map_err(io("bootstrap accept"))?;
+    stream
+        .set_nonblocking(false)
+        .map_err(io("bootstrap accept"))?;
     exchange(stream, ours, deadline)
 }
 
@@ -48,9 +52,9 @@ pub fn connect_exchange(
         .to_socket_addrs()
         .map_err(io("bootstrap resolve"))?
         .collect();
-    let addr = *addrs
-        .first()
-        .ok_or(Error::Config("bootstrap: address resolves to nothing".into()))?;
+    let addr = *addrs.first().ok_or(Error::Config(
+        "bootstrap: address resolves to nothing".into(),
+    ))?;
     let stream = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {

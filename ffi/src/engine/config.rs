@@ -86,7 +86,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |what: &str, why: String| Err(Error::Config(format!("{what}: {why}")));
         if self.channels == 0 || self.channels > MAX_CHANNELS {
-            return bad("channels", format!("{} not in 1..={MAX_CHANNELS}", self.channels));
+            return bad(
+                "channels",
+                format!("{} not in 1..={MAX_CHANNELS}", self.channels),
+            );
         }
         if self.chunk_bytes == 0 || self.chunk_bytes as usize > MAX_RECV_BYTES {
             return bad(
@@ -98,12 +101,19 @@ impl Config {
             return bad("window", format!("{} not in 1..={MAX_WINDOW}", self.window));
         }
         if self.max_transfers == 0 || self.max_transfers > 4096 {
-            return bad("max_transfers", format!("{} not in 1..=4096", self.max_transfers));
+            return bad(
+                "max_transfers",
+                format!("{} not in 1..=4096", self.max_transfers),
+            );
         }
         if self.max_segments == 0 || self.max_segments > tcpx_core::plan::MAX_SEGMENTS {
             return bad(
                 "max_segments",
-                format!("{} not in 1..={}", self.max_segments, tcpx_core::plan::MAX_SEGMENTS),
+                format!(
+                    "{} not in 1..={}",
+                    self.max_segments,
+                    tcpx_core::plan::MAX_SEGMENTS
+                ),
             );
         }
         if self.timeout.is_zero() {
@@ -130,16 +140,23 @@ mod tests {
     #[test]
     fn overrides_apply_and_bad_values_are_named() {
         let c = Config::default()
-            .with_vars(vars(&[("TCPX_CHANNELS", "4"), ("TCPX_CHUNK_BYTES", "1048576")]))
+            .with_vars(vars(&[
+                ("TCPX_CHANNELS", "4"),
+                ("TCPX_CHUNK_BYTES", "1048576"),
+            ]))
             .unwrap();
         assert_eq!((c.channels, c.chunk_bytes), (4, 1 << 20));
-        let e = Config::default().with_vars(vars(&[("TCPX_CHANNELS", "x")])).unwrap_err();
+        let e = Config::default()
+            .with_vars(vars(&[("TCPX_CHANNELS", "x")]))
+            .unwrap_err();
         assert!(e.to_string().contains("TCPX_CHANNELS"), "{e}");
         let e = Config::default()
             .with_vars(vars(&[("TCPX_CHUNK_BYTES", "8388608")]))
             .unwrap_err();
         assert!(e.to_string().contains("chunk_bytes"), "{e}");
-        let e = Config::default().with_vars(vars(&[("TCPX_WINDOW", "17")])).unwrap_err();
+        let e = Config::default()
+            .with_vars(vars(&[("TCPX_WINDOW", "17")]))
+            .unwrap_err();
         assert!(e.to_string().contains("window"), "{e}");
     }
 }

@@ -654,6 +654,12 @@ impl Net {
         })
     }
 
+    /// Whether the plugin implements `irecvConsumed` (TCPX-style plugins do; others
+    /// complete a receive at `test`).
+    pub fn has_irecv_consumed(&self) -> bool {
+        self.plugin.table.irecv_consumed.is_some()
+    }
+
     /// Closes a listen comm now, reporting the plugin's answer.
     pub fn close_listen(&self, comm: ListenComm) -> Result<()> {
         self.close(comm.inner)

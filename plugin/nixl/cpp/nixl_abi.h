@@ -210,6 +210,11 @@ class EngineBase {
     std::mutex telemetry_mutex_;
 
   protected:
+    // Adds a parameter to what libnixl reports for this engine; an existing key is kept.
+    bool set_init_param(const std::string& key, const std::string& value) {
+        return custom_params_.emplace(key, value).second;
+    }
+
     bool init_err_ = false;
     const std::string local_agent_;
     const bool enable_telemetry_;

@@ -18,6 +18,12 @@
 #define TCPX_NIXL_VERSION "0.0.0"
 #endif
 
+// The Rust side (src/ffi.rs) asserts the same sizes and offsets.
+static_assert(sizeof(TcpxDesc) == 32 && offsetof(TcpxDesc, md) == 24);
+static_assert(sizeof(TcpxStr) == 16);
+static_assert(sizeof(TcpxParam) == 32 && offsetof(TcpxParam, value) == 16);
+static_assert(sizeof(TcpxXferOpts) == 24 && offsetof(TcpxXferOpts, notif) == 8);
+
 namespace tcpx::nixl {
 namespace {
 
@@ -117,6 +123,10 @@ class TcpxEngine final : public EngineBase {
         backend_ = tcpx_nixl_backend_create(view(p->local_agent), params.data(), params.size());
         // libnixl checks this flag right after construction and destroys the engine.
         init_err_ = backend_ == nullptr;
+        if (backend_ != nullptr) {
+            // Users see the effective settings (defaults included) via getBackendParams.
+            tcpx_nixl_backend_params(backend_, add_param, this);
+        }
     }
 
     ~TcpxEngine() override {
@@ -246,6 +256,16 @@ class TcpxEngine final : public EngineBase {
     }
 
   private:
+    static bool add_param(void* ctx, TcpxStr key, TcpxStr value) noexcept {
+        try {
+            static_cast<TcpxEngine*>(ctx)->set_init_param(owned(key), owned(value));
+            return true;
+        } catch (...) {
+            report("backend params");
+            return false;
+        }
+    }
+
     using XferFn = int32_t (*)(const TcpxBackend*, int32_t, const TcpxDesc*, size_t, int32_t,
                                const TcpxDesc*, size_t, int32_t, TcpxStr, const TcpxXferOpts*,
                                uintptr_t*);

@@ -59,6 +59,8 @@ bool tcpx_nixl_vram_supported(void);
 // Lifetime. Returns NULL (after logging why) when the parameters are rejected.
 TcpxBackend* tcpx_nixl_backend_create(TcpxStr agent, const TcpxParam* params, size_t n_params);
 void tcpx_nixl_backend_destroy(TcpxBackend* be);
+// The effective configuration as (option, value) pairs, for libnixl's getBackendParams.
+int32_t tcpx_nixl_backend_params(const TcpxBackend* be, TcpxPairSink sink, void* ctx);
 
 // Capabilities.
 bool tcpx_nixl_supports_remote(const TcpxBackend* be);

@@ -115,6 +115,12 @@ pub struct Backend {
     remote: RemotePath,
 }
 
+// libnixl calls the data-path methods from several threads at once (RW sync mode).
+const _: () = {
+    const fn shared_across_threads<T: Send + Sync>() {}
+    shared_across_threads::<Backend>()
+};
+
 impl Backend {
     /// Creates the backend for agent `agent` from NIXL's custom parameters; binds the control
     /// listener.
@@ -125,7 +131,10 @@ impl Backend {
         if agent.is_empty() || agent.len() > MAX_NAME {
             return Err(Error::invalid(
                 Arg::Agent,
-                format!("agent name must be 1..={MAX_NAME} bytes, got {}", agent.len()),
+                format!(
+                    "agent name must be 1..={MAX_NAME} bytes, got {}",
+                    agent.len()
+                ),
             ));
         }
         let config = Config::from_params(params)?;
@@ -377,9 +386,10 @@ impl Backend {
         if *handle == 0 {
             *handle = self.prep_xfer(a)?;
         }
+        let id = *handle;
         let mut reqs = lock(&self.requests);
-        let req = reqs.map.get_mut(handle).ok_or_else(|| {
-            Error::invalid(Arg::Request, format!("unknown request handle {:#x}", *handle))
+        let req = reqs.map.get_mut(&id).ok_or_else(|| {
+            Error::invalid(Arg::Request, format!("unknown request handle {id:#x}"))
         })?;
         if req.op != a.op || req.agent != a.agent {
             return Err(Error::invalid(
@@ -387,24 +397,33 @@ impl Backend {
                 "request was prepared for another operation or agent",
             ));
         }
-        match &mut req.route {
-            Route::Own { posted } => {
-                // Revalidate under the table's read lock and copy while holding it, so no
-                // registration can be dropped between the check and the copy.
-                let table = read(&self.mem);
-                let segments = xfer::plan(&table, &self.agent, a.agent, a.local, a.remote)?;
-                // SAFETY: every segment was just checked to lie inside a live registration of
-                // host memory (only DRAM reaches here), and the read guard keeps them live.
-                unsafe { xfer::copy_own(a.op, &segments)? };
-                drop(table);
-                *posted = true;
-                if let Some(msg) = a.notif {
-                    lock(&self.notifs).push_back((self.agent.clone(), msg.to_vec()));
-                }
-                Ok(Status::Success)
-            }
-            Route::Remote(x) => self.remote.post(x, a.notif),
+        if let Route::Remote(x) = &mut req.route {
+            return self.remote.post(x, a.notif);
         }
+        // Copy without the request table locked, so transfers to ourselves run in parallel
+        // under NIXL's RW sync mode.
+        drop(reqs);
+        {
+            // Revalidate under the metadata table's read lock and copy while holding it, so no
+            // registration can be dropped between the check and the copy.
+            let table = read(&self.mem);
+            let segments = xfer::plan(&table, &self.agent, a.agent, a.local, a.remote)?;
+            // SAFETY: every segment was just checked to lie inside a live registration of
+            // host memory (only DRAM reaches here), and the read guard keeps them live.
+            unsafe { xfer::copy_own(a.op, &segments)? };
+        }
+        // A request released meanwhile (abort) has nothing left to mark.
+        if let Some(Request {
+            route: Route::Own { posted },
+            ..
+        }) = lock(&self.requests).map.get_mut(&id)
+        {
+            *posted = true;
+        }
+        if let Some(msg) = a.notif {
+            lock(&self.notifs).push_back((self.agent.clone(), msg.to_vec()));
+        }
+        Ok(Status::Success)
     }
 
     /// `checkXfer`.
@@ -523,7 +542,9 @@ mod tests {
         let b = backend("a");
         let mut src = vec![0u8; 4096];
         let mut dst = vec![0u8; 4096];
-        src.iter_mut().enumerate().for_each(|(i, x)| *x = (i % 251) as u8);
+        src.iter_mut()
+            .enumerate()
+            .for_each(|(i, x)| *x = (i % 251) as u8);
         let s = src.as_mut_ptr() as u64;
         let t = dst.as_mut_ptr() as u64;
         let ms = b.register_mem(&d(s, 4096, 0), MEM_DRAM).unwrap();
@@ -574,16 +595,31 @@ mod tests {
         let al = b.load_local_md(m).unwrap();
         let st = |r: Result<ReqId, Error>| r.unwrap_err().status();
         let (l, r) = ([d(p, 128, m)], [d(p + 128, 129, al)]);
-        assert_eq!(st(b.prep_xfer(&args(Op::Write, &l, &r, "a"))), Status::InvalidParam);
+        assert_eq!(
+            st(b.prep_xfer(&args(Op::Write, &l, &r, "a"))),
+            Status::InvalidParam
+        );
         let (l, r) = ([d(p, 128, m)], [d(p + 200, 128, al)]);
-        assert_eq!(st(b.prep_xfer(&args(Op::Write, &l, &r, "a"))), Status::InvalidParam);
+        assert_eq!(
+            st(b.prep_xfer(&args(Op::Write, &l, &r, "a"))),
+            Status::InvalidParam
+        );
         let (l, r) = ([d(p, 128, m)], [d(p + 128, 128, al)]);
-        assert_eq!(st(b.prep_xfer(&args(Op::Write, &l, &r, "nobody"))), Status::NotFound);
+        assert_eq!(
+            st(b.prep_xfer(&args(Op::Write, &l, &r, "nobody"))),
+            Status::NotFound
+        );
         let mut vram = args(Op::Write, &l, &r, "a");
         vram.remote_mem = MEM_VRAM;
         assert_eq!(st(b.prep_xfer(&vram)), Status::NotSupported);
-        assert_eq!(b.check_xfer(12345).unwrap_err().status(), Status::InvalidParam);
-        assert_eq!(b.release_req(12345).unwrap_err().status(), Status::InvalidParam);
+        assert_eq!(
+            b.check_xfer(12345).unwrap_err().status(),
+            Status::InvalidParam
+        );
+        assert_eq!(
+            b.release_req(12345).unwrap_err().status(),
+            Status::InvalidParam
+        );
         assert!(buf.iter().all(|&x| x == 1));
         assert_eq!(b.live_requests(), 0);
         buf[0] = 2; // keep `buf` alive and mutable past the registrations
@@ -600,27 +636,37 @@ mod tests {
         let token = b.public_data(mb).unwrap();
 
         assert_eq!(
-            a.load_remote_md(&d(p, 64, 0), &token, MEM_DRAM, "b").unwrap_err().status(),
+            a.load_remote_md(&d(p, 64, 0), &token, MEM_DRAM, "b")
+                .unwrap_err()
+                .status(),
             Status::NotFound
         );
         assert_eq!(a.connect("b").unwrap_err().status(), Status::NotFound);
         a.load_remote_conn_info("b", b.conn_info()).unwrap();
         a.load_remote_conn_info("b", b.conn_info()).unwrap();
         assert_eq!(
-            a.load_remote_conn_info("c", b.conn_info()).unwrap_err().status(),
+            a.load_remote_conn_info("c", b.conn_info())
+                .unwrap_err()
+                .status(),
             Status::Mismatch
         );
         a.connect("b").unwrap();
         assert!(a.is_connected("b"));
         assert_eq!(
-            a.load_remote_md(&d(p, 65, 0), &token, MEM_DRAM, "b").unwrap_err().status(),
+            a.load_remote_md(&d(p, 65, 0), &token, MEM_DRAM, "b")
+                .unwrap_err()
+                .status(),
             Status::Mismatch
         );
         assert_eq!(
-            a.load_remote_md(&d(p, 64, 0), b"junk", MEM_DRAM, "b").unwrap_err().status(),
+            a.load_remote_md(&d(p, 64, 0), b"junk", MEM_DRAM, "b")
+                .unwrap_err()
+                .status(),
             Status::InvalidParam
         );
-        let rb = a.load_remote_md(&d(p, 64, 0), &token, MEM_DRAM, "b").unwrap();
+        let rb = a
+            .load_remote_md(&d(p, 64, 0), &token, MEM_DRAM, "b")
+            .unwrap();
 
         let (l, r) = ([d(p, 64, ma)], [d(p, 64, rb)]);
         let e = a.prep_xfer(&args(Op::Write, &l, &r, "b")).unwrap_err();
@@ -636,12 +682,52 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_self_transfers_each_land_whole() {
+        let b = backend("a");
+        const N: usize = 4;
+        const LEN: usize = 64 * 1024;
+        let mut src = vec![0u8; N * LEN];
+        let mut dst = vec![0u8; N * LEN];
+        for (i, x) in src.iter_mut().enumerate() {
+            *x = (i / LEN + 1) as u8;
+        }
+        let (s, t) = (src.as_mut_ptr() as u64, dst.as_mut_ptr() as u64);
+        let ms = b
+            .register_mem(&d(s, (N * LEN) as u64, 0), MEM_DRAM)
+            .unwrap();
+        let mt = b
+            .register_mem(&d(t, (N * LEN) as u64, 0), MEM_DRAM)
+            .unwrap();
+        let at = b.load_local_md(mt).unwrap();
+        std::thread::scope(|scope| {
+            for i in 0..N {
+                let b = &b;
+                scope.spawn(move || {
+                    let off = (i * LEN) as u64;
+                    let l = [d(s + off, LEN as u64, ms)];
+                    let r = [d(t + off, LEN as u64, at)];
+                    let a = args(Op::Write, &l, &r, "a");
+                    let mut h = b.prep_xfer(&a).unwrap();
+                    for _ in 0..20 {
+                        assert_eq!(b.post_xfer(&a, &mut h).unwrap(), Status::Success);
+                    }
+                    b.release_req(h).unwrap();
+                });
+            }
+        });
+        assert_eq!(dst, src);
+        assert_eq!(b.live_requests(), 0);
+    }
+
+    #[test]
     fn only_dram_registers() {
         let b = backend("a");
         let e = b.register_mem(&d(0x1000, 16, 0), MEM_VRAM).unwrap_err();
         assert_eq!(e.status(), Status::NotSupported);
         assert_eq!(
-            b.register_mem(&d(0x1000, 0, 0), MEM_DRAM).unwrap_err().status(),
+            b.register_mem(&d(0x1000, 0, 0), MEM_DRAM)
+                .unwrap_err()
+                .status(),
             Status::InvalidParam
         );
     }

@@ -9,8 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tcpx_core::wire::MAX_CHANNELS;
 use tcpx_core::window::{MAX_WINDOW, TCPX_WINDOW};
+use tcpx_core::wire::MAX_CHANNELS;
 
 use crate::error::Error;
 
@@ -130,6 +130,26 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The settings as option strings (the keys of [`OPTIONS`]), with `listen_addr` replaced by
+    /// the address actually bound.
+    pub fn to_params(&self, bound: SocketAddr) -> Vec<(&'static str, String)> {
+        let path = self
+            .plugin_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        vec![
+            ("channels", self.channels.to_string()),
+            ("chunk_bytes", self.chunk_bytes.to_string()),
+            ("window", self.window.to_string()),
+            ("plugin_path", path),
+            ("listen_addr", bound.to_string()),
+            ("timeout_ms", self.timeout.as_millis().to_string()),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +177,25 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_millis(50));
         let ip_only = Config::from_params([("listen_addr", "::1")]).unwrap();
         assert_eq!(ip_only.listen_addr, "[::1]:0".parse().unwrap());
+    }
+
+    #[test]
+    fn reported_params_parse_back_to_the_same_config() {
+        let c = Config::from_params([("channels", "3"), ("timeout_ms", "7")]).unwrap();
+        let bound: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let p = c.to_params(bound);
+        let keys: Vec<&str> = p.iter().map(|(k, _)| *k).collect();
+        let want: Vec<&str> = OPTIONS.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, want);
+        let again = Config::from_params(p.iter().map(|(k, v)| (*k, v.as_str()))).unwrap();
+        assert_eq!(again.listen_addr, bound);
+        assert_eq!(
+            Config {
+                listen_addr: c.listen_addr,
+                ..again
+            },
+            c
+        );
     }
 
     #[test]

@@ -151,7 +151,10 @@ impl fmt::Display for Error {
             Error::Invalid { arg, reason } => write!(f, "bad {arg:?} argument: {reason}"),
             Error::UnknownAgent(a) => write!(f, "unknown agent {a:?} (no connection info loaded)"),
             Error::AgentAlreadyLoaded(a) => {
-                write!(f, "agent {a:?} already has different connection info loaded")
+                write!(
+                    f,
+                    "agent {a:?} already has different connection info loaded"
+                )
             }
             Error::Mismatch(what) => write!(f, "mismatch: {what}"),
             Error::OutOfRange { index, addr, len } => write!(
@@ -190,10 +193,7 @@ mod tests {
             Error::invalid(Arg::Descs, "x").status(),
             Status::InvalidParam
         );
-        assert_eq!(
-            Error::UnknownAgent("b".into()).status(),
-            Status::NotFound
-        );
+        assert_eq!(Error::UnknownAgent("b".into()).status(), Status::NotFound);
         assert_eq!(
             Error::OutOfRange {
                 index: 0,
@@ -203,9 +203,6 @@ mod tests {
             .status(),
             Status::InvalidParam
         );
-        assert_eq!(
-            Error::NotSupported("remote").status(),
-            Status::NotSupported
-        );
+        assert_eq!(Error::NotSupported("remote").status(), Status::NotSupported);
     }
 }

@@ -53,6 +53,20 @@ pub struct TcpxXferOpts {
     pub notif: TcpxStr,
 }
 
+// The C side (cpp/tcpx_nixl.h, shim.cc) asserts the same sizes and offsets.
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    assert!(size_of::<Desc>() == 32);
+    assert!(offset_of!(Desc, len) == 8);
+    assert!(offset_of!(Desc, dev_id) == 16);
+    assert!(offset_of!(Desc, md) == 24);
+    assert!(size_of::<TcpxStr>() == 16);
+    assert!(size_of::<TcpxParam>() == 32);
+    assert!(offset_of!(TcpxParam, value) == 16);
+    assert!(size_of::<TcpxXferOpts>() == 24);
+    assert!(offset_of!(TcpxXferOpts, notif) == 8);
+};
+
 /// C `TcpxBytesSink`: copies bytes into a C++ string.
 pub type BytesSink = Option<unsafe extern "C" fn(*mut c_void, *const u8, usize) -> bool>;
 /// C `TcpxPairSink`: appends a pair of byte strings.
@@ -95,7 +109,10 @@ unsafe fn bytes<'a>(s: TcpxStr) -> Result<&'a [u8], Error> {
         return Ok(&[]);
     }
     if s.ptr.is_null() {
-        return Err(Error::invalid(Arg::Bytes, "null pointer with non-zero length"));
+        return Err(Error::invalid(
+            Arg::Bytes,
+            "null pointer with non-zero length",
+        ));
     }
     // SAFETY: non-null and, per the caller's contract, `len` readable bytes for `'a`.
     Ok(unsafe { std::slice::from_raw_parts(s.ptr, s.len) })
@@ -257,6 +274,38 @@ pub unsafe extern "C" fn tcpx_nixl_backend_destroy(be: *mut Backend) {
     guard_value("destroy_engine", (), || {
         // SAFETY: `be` came from `Box::into_raw` in create and is destroyed exactly once.
         drop(unsafe { Box::from_raw(be) })
+    })
+}
+
+/// Reports the effective configuration through `sink`.
+///
+/// # Safety
+/// `be` live or null; `sink` callable with `ctx`.
+#[no_mangle]
+pub unsafe extern "C" fn tcpx_nixl_backend_params(
+    be: *const Backend,
+    sink: PairSink,
+    ctx: *mut c_void,
+) -> i32 {
+    guard("getBackendParams", || {
+        // SAFETY: per this function's contract.
+        let b = unsafe { backend(be) }?;
+        let sink = sink.ok_or(Error::Output("backend params"))?;
+        let bound = b
+            .control()
+            .listener()
+            .local_addr()
+            .map_err(|err| Error::Io {
+                what: "reading the control listener's address",
+                err,
+            })?;
+        for (k, v) in b.config().to_params(bound) {
+            // SAFETY: the shim's sink copies both strings before returning.
+            if !unsafe { sink(ctx, TcpxStr::of(k.as_bytes()), TcpxStr::of(v.as_bytes())) } {
+                return Err(Error::Output("backend params"));
+            }
+        }
+        Ok(Status::Success)
     })
 }
 
@@ -690,8 +739,10 @@ mod tests {
         let mut out: Vec<(String, String)> = Vec::new();
         // SAFETY: `collect` matches the sink contract and `out` outlives the call.
         unsafe { tcpx_nixl_backend_options(Some(collect), &mut out as *mut _ as *mut c_void) };
-        let want: Vec<(String, String)> =
-            OPTIONS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let want: Vec<(String, String)> = OPTIONS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         assert_eq!(out, want);
     }
 

@@ -84,9 +84,9 @@ impl MemTable {
     }
 
     fn get(&self, id: MdId) -> Result<&Md, Error> {
-        self.mds
-            .get(&id)
-            .ok_or_else(|| Error::invalid(Arg::Metadata, format!("unknown metadata handle {id:#x}")))
+        self.mds.get(&id).ok_or_else(|| {
+            Error::invalid(Arg::Metadata, format!("unknown metadata handle {id:#x}"))
+        })
     }
 
     /// Records a local registration.
@@ -173,9 +173,13 @@ impl MemTable {
                     .span,
             )),
             (Md::Local(r), true) => Ok(Target::Own(r.span)),
-            (Md::Remote { agent: owner, token }, false) if owner == agent => {
-                Ok(Target::Peer(*token))
-            }
+            (
+                Md::Remote {
+                    agent: owner,
+                    token,
+                },
+                false,
+            ) if owner == agent => Ok(Target::Peer(*token)),
             _ => Err(Error::invalid(
                 Arg::Metadata,
                 format!("{id:#x} does not name memory of agent {agent:?}"),
@@ -274,7 +278,10 @@ mod tests {
         let id = t.load_remote("b", tok);
         assert_eq!(t.target(id, "b", "me").unwrap(), Target::Peer(tok));
         assert!(t.target(id, "c", "me").is_err());
-        assert!(t.deregister(id).is_err(), "remote handles are unloaded, not deregistered");
+        assert!(
+            t.deregister(id).is_err(),
+            "remote handles are unloaded, not deregistered"
+        );
         t.unload(id).unwrap();
         assert!(t.unload(id).is_err());
     }

@@ -38,7 +38,10 @@ impl Op {
         match v {
             0 => Ok(Op::Read),
             1 => Ok(Op::Write),
-            other => Err(Error::invalid(Arg::Op, format!("{other} is neither READ nor WRITE"))),
+            other => Err(Error::invalid(
+                Arg::Op,
+                format!("{other} is neither READ nor WRITE"),
+            )),
         }
     }
 }
@@ -86,7 +89,11 @@ pub fn plan(
     if local.len() != remote.len() {
         return Err(Error::invalid(
             Arg::Descs,
-            format!("{} local vs {} remote descriptors", local.len(), remote.len()),
+            format!(
+                "{} local vs {} remote descriptors",
+                local.len(),
+                remote.len()
+            ),
         ));
     }
     let mut out = Vec::with_capacity(local.len());
@@ -143,7 +150,10 @@ pub fn plan(
 pub unsafe fn copy_own(op: Op, segments: &[Segment]) -> Result<(), Error> {
     for s in segments {
         let Far::Own(far) = s.far else {
-            return Err(Error::invalid(Arg::Descs, "peer segment in a transfer to ourselves"));
+            return Err(Error::invalid(
+                Arg::Descs,
+                "peer segment in a transfer to ourselves",
+            ));
         };
         let (src, dst) = match op {
             Op::Write => (s.local, far),
@@ -188,7 +198,14 @@ mod tests {
     #[test]
     fn self_transfer_plans_and_checks_every_rule() {
         let (t, id, alias) = table_with(0x1000, 0x100);
-        let segs = plan(&t, "me", "me", &[d(0x1000, 16, id)], &[d(0x1080, 16, alias)]).unwrap();
+        let segs = plan(
+            &t,
+            "me",
+            "me",
+            &[d(0x1000, 16, id)],
+            &[d(0x1080, 16, alias)],
+        )
+        .unwrap();
         assert_eq!(
             segs,
             [Segment {
@@ -205,19 +222,43 @@ mod tests {
             InvalidParam
         );
         assert_eq!(
-            err(plan(&t, "me", "me", &[d(0x1000, 16, id)], &[d(0x1080, 8, alias)])),
+            err(plan(
+                &t,
+                "me",
+                "me",
+                &[d(0x1000, 16, id)],
+                &[d(0x1080, 8, alias)]
+            )),
             InvalidParam
         );
         assert_eq!(
-            err(plan(&t, "me", "me", &[d(0x10f8, 16, id)], &[d(0x1000, 16, alias)])),
+            err(plan(
+                &t,
+                "me",
+                "me",
+                &[d(0x10f8, 16, id)],
+                &[d(0x1000, 16, alias)]
+            )),
             InvalidParam
         );
         assert_eq!(
-            err(plan(&t, "me", "me", &[d(0x1000, 16, id)], &[d(0x10f8, 16, alias)])),
+            err(plan(
+                &t,
+                "me",
+                "me",
+                &[d(0x1000, 16, id)],
+                &[d(0x10f8, 16, alias)]
+            )),
             InvalidParam
         );
         assert_eq!(
-            err(plan(&t, "me", "me", &[d(0x1000, 16, 999)], &[d(0x1000, 16, alias)])),
+            err(plan(
+                &t,
+                "me",
+                "me",
+                &[d(0x1000, 16, 999)],
+                &[d(0x1000, 16, alias)]
+            )),
             InvalidParam
         );
     }

@@ -275,7 +275,7 @@ impl Connecting {
     }
 
     /// Turns a finished connect into a send comm.
-    pub(crate) fn finish(self: Box<Self>) -> Result<Box<SendComm>> {
+    pub(crate) fn finish(self) -> Result<Box<SendComm>> {
         SendComm::new(self.socks, &self.cfg)
     }
 }

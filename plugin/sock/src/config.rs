@@ -76,10 +76,12 @@ fn env_bool(name: &str) -> Option<bool> {
 impl Config {
     /// Reads `TCPX_SOCK_*`; unset or unparsable values keep their defaults.
     pub fn from_env() -> Self {
-        let mut c = Config::default();
-        c.ifname = std::env::var("TCPX_SOCK_IFNAME")
-            .ok()
-            .filter(|s| !s.is_empty());
+        let mut c = Config {
+            ifname: std::env::var("TCPX_SOCK_IFNAME")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            ..Config::default()
+        };
         if let Some(v) = env_usize("TCPX_SOCK_NSOCKS") {
             c.nsocks = v;
         }

@@ -28,12 +28,14 @@ fn guard(f: impl FnOnce() -> Result<()>) -> NcclResult {
     }
 }
 
-fn out<T>(p: *mut T, what: &'static str) -> Result<&'static mut T> {
+// The &'static str is only the error context; the borrow comes from the raw pointer.
+#[allow(clippy::mut_from_ref)]
+fn out<'a, T>(p: *mut T, what: &'static str) -> Result<&'a mut T> {
     // SAFETY: NCCL passes valid out-pointers; NULL is rejected here.
     unsafe { p.as_mut() }.ok_or(Error::InvalidArgument(what))
 }
 
-fn opt_out<T>(p: *mut T) -> Option<&'static mut T> {
+fn opt_out<'a, T>(p: *mut T) -> Option<&'a mut T> {
     // SAFETY: NCCL passes valid or NULL out-pointers.
     unsafe { p.as_mut() }
 }

@@ -1,0 +1,1 @@
+//! C API of the tcpx engine (being written).

@@ -1,0 +1,16 @@
+//! The engine: a [`Session`] of C channels to one peer, [`Transfer`]s planned into chunks,
+//! and polling progress that never allocates after setup.
+//!
+//! `tcpx-core` decides (plan, windows, chunk state machines); this module performs the
+//! ncclNet calls those decisions ask for. See ARCHITECTURE.md for the data path.
+
+pub mod bootstrap;
+pub mod config;
+mod registry;
+mod session;
+mod transfer;
+
+pub use config::Config;
+pub use registry::{MemId, Memory};
+pub use session::{Listener, Rendezvous, Session};
+pub use transfer::{Direction, Progress, Segment, XferId};

@@ -1,0 +1,613 @@
+//! `Session`: C channels (a send comm and a recv comm each) to one peer, the memory
+//! registry, transfer slots, and the polling loop that drives the channel windows.
+//!
+//! The handshake is symmetric: both sides `listen`, swap `ConnInfo` out of band, then each
+//! connects to the peer's handles while accepting the peer's connects. After setup, `post`,
+//! `poll` and `release` touch no allocator: every queue and table was sized from `Config`.
+
+use std::collections::VecDeque;
+use std::ffi::c_void;
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use tcpx_core::chunk::{Memory as ChunkMemory, RecvAction, RecvWindow, SendWindow};
+use tcpx_core::plan::{self, Plan, PlanConfig};
+use tcpx_core::wire::{ListenHandle, ListenHandles};
+
+use super::bootstrap;
+use super::config::{Config, MAX_WINDOW};
+use super::registry::{MemId, Memory, Region, Registry};
+use super::transfer::{Direction, Progress, Segment, Slot, State, XferId};
+use crate::error::{Error, Result};
+use crate::net::{ConnectHandle, ListenComm, MemKind, Net, RecvBuf, RecvComm, Request, SendComm};
+
+/// A chunk on the network, send side.
+struct TxChunk {
+    req: Request,
+    xfer: u32,
+    region: u32,
+}
+
+/// A chunk on the network, receive side.
+struct RxChunk {
+    req: Request,
+    xfer: u32,
+    region: u32,
+}
+
+struct Channel {
+    send: SendComm,
+    recv: RecvComm,
+    tx: SendWindow<TxChunk, MAX_WINDOW>,
+    rx: RecvWindow<RxChunk, MAX_WINDOW>,
+    /// Transfers (slot indices) with chunks still to post on this channel, oldest first.
+    tx_queue: VecDeque<u32>,
+    rx_queue: VecDeque<u32>,
+}
+
+/// The first half of the handshake: listen comms exist, `conn_info` can travel.
+pub struct Listener {
+    net: Net,
+    cfg: Config,
+    listens: Vec<ListenComm>,
+    info: Vec<u8>,
+}
+
+impl Listener {
+    /// Bytes to hand to the peer (a `ListenHandles` frame: one handle per channel).
+    pub fn conn_info(&self) -> &[u8] {
+        &self.info
+    }
+
+    /// Connects to the peer's handles while accepting its connects; bounded by
+    /// `Config::timeout`. The peer must do the same concurrently.
+    pub fn connect(mut self, peer_info: &[u8]) -> Result<Session> {
+        let peer = ListenHandles::parse(peer_info)
+            .map_err(|e| Error::Protocol(format!("peer ConnInfo: {e}")))?;
+        let c = self.cfg.channels;
+        if peer.handles.len() != c {
+            return Err(Error::Config(format!(
+                "peer uses {} channels, this side {c}: both must be configured alike",
+                peer.handles.len()
+            )));
+        }
+        let mut handles: Vec<ConnectHandle> = peer
+            .handles
+            .iter()
+            .map(|h| ConnectHandle::from_bytes(*h))
+            .collect();
+        let mut sends: Vec<Option<SendComm>> = (0..c).map(|_| None).collect();
+        let mut recvs: Vec<Option<RecvComm>> = (0..c).map(|_| None).collect();
+        let deadline = Instant::now() + self.cfg.timeout;
+        let dev = self.cfg.device as usize;
+        loop {
+            let mut missing = 0;
+            for i in 0..c {
+                if sends[i].is_none() {
+                    sends[i] = self.net.connect(dev, &mut handles[i])?;
+                }
+                if recvs[i].is_none() {
+                    recvs[i] = self.net.accept(&mut self.listens[i])?;
+                }
+                missing += usize::from(sends[i].is_none()) + usize::from(recvs[i].is_none());
+            }
+            if missing == 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(
+                    "session handshake: the peer did not connect/accept in time",
+                ));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let channels = sends
+            .into_iter()
+            .zip(recvs)
+            .map(|(s, r)| Channel {
+                send: s.expect("connected"),
+                recv: r.expect("accepted"),
+                tx: SendWindow::new(),
+                rx: RecvWindow::new(),
+                tx_queue: VecDeque::with_capacity(self.cfg.max_transfers),
+                rx_queue: VecDeque::with_capacity(self.cfg.max_transfers),
+            })
+            .collect();
+        let slots = (0..self.cfg.max_transfers)
+            .map(|_| Slot::new(self.cfg.max_segments, c))
+            .collect();
+        let free = (0..self.cfg.max_transfers as u32).rev().collect();
+        Ok(Session {
+            consumed_needed: self.net.has_irecv_consumed(),
+            net: self.net,
+            cfg: self.cfg,
+            channels,
+            registry: Registry::default(),
+            slots,
+            free,
+            next_first: [0; 2],
+            broken: None,
+            _listens: self.listens,
+        })
+    }
+}
+
+/// A connection of `C` channels to one peer.
+pub struct Session {
+    net: Net,
+    cfg: Config,
+    channels: Vec<Channel>,
+    registry: Registry,
+    slots: Vec<Slot>,
+    /// Free slot indices (a stack with capacity `max_transfers`).
+    free: Vec<u32>,
+    /// Round-robin start of the next plan, per direction (send, recv). Both peers advance
+    /// theirs identically, so their plans stay mirror images.
+    next_first: [u8; 2],
+    /// Set when a plugin call failed: the comms' state is unknown, nothing more is posted.
+    broken: Option<String>,
+    /// Whether the plugin wants `irecvConsumed` after every completed receive.
+    consumed_needed: bool,
+    _listens: Vec<ListenComm>,
+}
+
+impl Session {
+    /// Opens the net named by `cfg` (its plugin, or the embedded `tcpxsock`).
+    pub fn open_net(cfg: &Config) -> Result<Net> {
+        let net = match &cfg.plugin {
+            Some(p) => Net::load(p)?,
+            None => Net::embedded(),
+        };
+        net.init()?;
+        let n = net.devices()?;
+        if cfg.device < 0 || cfg.device as usize >= n {
+            return Err(Error::Config(format!(
+                "device {} does not exist: the plugin has {n}",
+                cfg.device
+            )));
+        }
+        Ok(net)
+    }
+
+    /// First half of the handshake: one listen comm per channel.
+    pub fn listen(net: Net, cfg: Config) -> Result<Listener> {
+        cfg.validate()?;
+        let listens = (0..cfg.channels)
+            .map(|_| net.listen(cfg.device as usize))
+            .collect::<Result<Vec<_>>>()?;
+        let handles: Vec<ListenHandle> = listens.iter().map(|l| *l.handle().as_bytes()).collect();
+        let msg = ListenHandles { handles: &handles };
+        let mut info = vec![0u8; msg.buffer_len()];
+        msg.emit(&mut info)
+            .map_err(|e| Error::Protocol(format!("ConnInfo: {e}")))?;
+        Ok(Listener {
+            net,
+            cfg,
+            listens,
+            info,
+        })
+    }
+
+    /// Whole handshake with the `ConnInfo` carried by the TCP bootstrap: the side with
+    /// `accept_on` waits for the peer, the other connects to `peer`.
+    pub fn establish(net: Net, cfg: Config, rendezvous: Rendezvous<'_>) -> Result<Session> {
+        let timeout = cfg.timeout;
+        let l = Session::listen(net, cfg)?;
+        let peer = match rendezvous {
+            Rendezvous::Accept(tcp) => bootstrap::accept_exchange(tcp, l.conn_info(), timeout)?,
+            Rendezvous::Connect(addr) => bootstrap::connect_exchange(addr, l.conn_info(), timeout)?,
+        };
+        l.connect(&peer)
+    }
+
+    /// The configuration this session runs with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The loaded net.
+    pub fn net(&self) -> &Net {
+        &self.net
+    }
+
+    /// Why the session stopped working, if it did.
+    pub fn broken(&self) -> Option<&str> {
+        self.broken.as_deref()
+    }
+
+    /// Registers `len` bytes at `ptr` on every comm of the session.
+    ///
+    /// # Safety
+    /// `ptr..ptr+len` is valid memory of the stated kind and stays valid (and is not freed)
+    /// until `deregister` returns.
+    pub unsafe fn register(
+        &mut self,
+        ptr: *mut c_void,
+        len: usize,
+        memory: Memory,
+    ) -> Result<MemId> {
+        if ptr.is_null() || len == 0 {
+            return Err(Error::Invalid("register: null pointer or zero length"));
+        }
+        let kind = match memory {
+            Memory::Host => MemKind::Host,
+            Memory::Cuda { .. } => return Err(Error::Unsupported(
+                "device memory needs the GPU unpack path, which is not built into this engine yet",
+            )),
+        };
+        let mut regs = Vec::with_capacity(self.channels.len());
+        for ch in &self.channels {
+            // SAFETY: the caller guarantees the memory; the comms are open.
+            let s = unsafe { self.net.reg_mr(&ch.send, ptr, len, kind)? };
+            // SAFETY: as above.
+            let r = unsafe { self.net.reg_mr(&ch.recv, ptr, len, kind)? };
+            regs.push((s, r));
+        }
+        Ok(self.registry.insert(Region {
+            base: ptr.cast(),
+            len: len as u64,
+            memory,
+            regs,
+            in_flight: 0,
+        }))
+    }
+
+    /// Releases a registration. Fails while chunks on it are in flight.
+    pub fn deregister(&mut self, id: MemId) -> Result<()> {
+        let region = self.registry.remove(id)?;
+        for (s, r) in region.regs {
+            self.net.dereg_mr(s)?;
+            self.net.dereg_mr(r)?;
+        }
+        Ok(())
+    }
+
+    /// Validates, plans and queues a transfer; chunks go out on the following polls.
+    pub fn post(&mut self, dir: Direction, segments: &[Segment]) -> Result<XferId> {
+        if let Some(why) = &self.broken {
+            return Err(Error::Broken(why.clone()));
+        }
+        if segments.len() > self.cfg.max_segments {
+            return Err(Error::Invalid(
+                "post: more segments than Config::max_segments",
+            ));
+        }
+        for s in segments {
+            let r = self.registry.get(s.mem)?;
+            match s.offset.checked_add(s.len) {
+                Some(end) if end <= r.len => {}
+                _ => return Err(Error::Invalid("post: a segment lies outside its region")),
+            }
+        }
+        let index = self.free.pop().ok_or(Error::Invalid(
+            "post: Config::max_transfers transfers are already live; release some",
+        ))?;
+        let d = dir as usize;
+        let cfg = PlanConfig::new(self.cfg.chunk_bytes, self.cfg.channels as u8)
+            .with_first_channel(self.next_first[d]);
+        let slot = &mut self.slots[index as usize];
+        slot.segments.clear();
+        slot.regions.clear();
+        for s in segments {
+            slot.segments.push(plan::Segment {
+                local_offset: s.offset,
+                remote_offset: s.remote_offset,
+                len: s.len,
+            });
+            slot.regions.push(s.mem.index);
+        }
+        let p = match Plan::new(&slot.segments, cfg) {
+            Ok(p) => p,
+            Err(_) => {
+                self.free.push(index);
+                return Err(Error::Invalid("post: the segments cannot be planned"));
+            }
+        };
+        self.next_first[d] = p.next_first_channel();
+        slot.gen = slot.gen.wrapping_add(1);
+        slot.state = if p.chunk_count() == 0 {
+            State::Done
+        } else {
+            State::Active
+        };
+        slot.abandoned = false;
+        slot.dir = dir;
+        slot.plan_cfg = cfg;
+        slot.chunks_left = p.chunk_count();
+        slot.bytes_total = p.total_bytes();
+        slot.bytes_done = 0;
+        for (c, ch) in self.channels.iter_mut().enumerate() {
+            let on = p.chunks_on(c as u8);
+            slot.cursors[c] = (on > 0).then(|| p.channel_chunks(c as u8).detach());
+            if on > 0 {
+                match dir {
+                    Direction::Send => ch.tx_queue.push_back(index),
+                    Direction::Recv => ch.rx_queue.push_back(index),
+                }
+            }
+        }
+        Ok(XferId {
+            index,
+            gen: slot.gen,
+        })
+    }
+
+    /// Drives every channel once, then reports on `id`.
+    pub fn poll(&mut self, id: XferId) -> Result<Progress> {
+        self.progress()?;
+        self.status(id)
+    }
+
+    /// Where `id` stands, without driving anything.
+    pub fn status(&self, id: XferId) -> Result<Progress> {
+        let slot = self.slot(id)?;
+        if slot.state == State::Failed {
+            if let Some(why) = &self.broken {
+                return Err(Error::Broken(why.clone()));
+            }
+        }
+        slot.progress()
+    }
+
+    /// Forgets a transfer. One still in flight is abandoned: its chunks finish into memory
+    /// (they cannot be recalled from the network) and its slot is reused afterwards.
+    pub fn release(&mut self, id: XferId) -> Result<()> {
+        let broken = self.broken.is_some();
+        let slot = self.slot_mut(id)?;
+        match slot.state {
+            State::Active if !broken => slot.abandoned = true,
+            _ => {
+                slot.state = State::Free;
+                self.free.push(id.index);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drives every channel: posts what the windows allow, tests heads, retires chunks.
+    /// Returns whether anything moved.
+    pub fn progress(&mut self) -> Result<bool> {
+        if let Some(why) = &self.broken {
+            return Err(Error::Broken(why.clone()));
+        }
+        let mut moved = false;
+        for c in 0..self.channels.len() {
+            match self.drive(c) {
+                Ok(m) => moved |= m,
+                Err(e) => {
+                    self.fail(&e);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    fn drive(&mut self, c: usize) -> Result<bool> {
+        let mut moved = self.post_sends(c)?;
+        moved |= self.post_recvs(c)?;
+        moved |= self.complete_sends(c)?;
+        moved |= self.complete_recvs(c)?;
+        Ok(moved)
+    }
+
+    fn post_sends(&mut self, c: usize) -> Result<bool> {
+        let mut moved = false;
+        let ch = &mut self.channels[c];
+        while ch.tx.len() < self.cfg.window {
+            let Some(&x) = ch.tx_queue.front() else { break };
+            let slot = &mut self.slots[x as usize];
+            let Some(mut cur) = slot.cursors[c] else {
+                ch.tx_queue.pop_front();
+                continue;
+            };
+            let Some(chunk) = cur.next(&slot.segments) else {
+                slot.cursors[c] = None;
+                ch.tx_queue.pop_front();
+                continue;
+            };
+            let ri = slot.regions[chunk.segment as usize];
+            let region = self.registry.by_index(ri);
+            // SAFETY: bounds were checked at post; the region stays registered while
+            // `in_flight` > 0; the caller keeps the memory valid while registered.
+            let data = unsafe { region.base.add(chunk.local_offset as usize) };
+            // SAFETY: as above.
+            let req = unsafe {
+                self.net.isend(
+                    &ch.send,
+                    data.cast(),
+                    chunk.len as usize,
+                    0,
+                    &region.regs[c].0,
+                )?
+            };
+            let Some(req) = req else { break };
+            region.in_flight += 1;
+            slot.cursors[c] = Some(cur);
+            let posted = ch.tx.post(
+                chunk.len,
+                TxChunk {
+                    req,
+                    xfer: x,
+                    region: ri,
+                },
+            );
+            debug_assert!(posted.is_ok(), "window length was checked");
+            moved = true;
+        }
+        Ok(moved)
+    }
+
+    fn post_recvs(&mut self, c: usize) -> Result<bool> {
+        let mut moved = false;
+        let ch = &mut self.channels[c];
+        while ch.rx.len() < self.cfg.window {
+            let Some(&x) = ch.rx_queue.front() else { break };
+            let slot = &mut self.slots[x as usize];
+            let Some(mut cur) = slot.cursors[c] else {
+                ch.rx_queue.pop_front();
+                continue;
+            };
+            let Some(chunk) = cur.next(&slot.segments) else {
+                slot.cursors[c] = None;
+                ch.rx_queue.pop_front();
+                continue;
+            };
+            let ri = slot.regions[chunk.segment as usize];
+            let region = self.registry.by_index(ri);
+            // SAFETY: see post_sends.
+            let data = unsafe { region.base.add(chunk.local_offset as usize) };
+            let buf = RecvBuf {
+                data: data.cast(),
+                size: chunk.len as usize,
+                tag: 0,
+                mr: &region.regs[c].1,
+            };
+            // SAFETY: see post_sends.
+            let req = unsafe { self.net.irecv(&ch.recv, std::slice::from_ref(&buf))? };
+            let Some(req) = req else { break };
+            region.in_flight += 1;
+            slot.cursors[c] = Some(cur);
+            let memory = match region.memory {
+                Memory::Host => ChunkMemory::Host,
+                Memory::Cuda { .. } => ChunkMemory::Device,
+            };
+            let posted = ch.rx.post(
+                chunk.len,
+                memory,
+                RxChunk {
+                    req,
+                    xfer: x,
+                    region: ri,
+                },
+            );
+            debug_assert!(posted.is_ok(), "window length was checked");
+            moved = true;
+        }
+        Ok(moved)
+    }
+
+    fn complete_sends(&mut self, c: usize) -> Result<bool> {
+        let mut moved = false;
+        loop {
+            let ch = &mut self.channels[c];
+            let Some((_, head)) = ch.tx.head_payload_mut() else {
+                break;
+            };
+            let Some(size) = self.net.test(&mut head.req)? else {
+                break;
+            };
+            let (_, done) = ch.tx.net_done(size).map_err(chunk_err)?;
+            self.retire(done.xfer, done.region, size as u64);
+            moved = true;
+        }
+        Ok(moved)
+    }
+
+    fn complete_recvs(&mut self, c: usize) -> Result<bool> {
+        let mut moved = false;
+        loop {
+            let ch = &mut self.channels[c];
+            match ch.rx.poll() {
+                RecvAction::Test { seq } => {
+                    let head = ch
+                        .rx
+                        .payload_mut(seq)
+                        .expect("the window names a live chunk");
+                    let Some(size) = self.net.test(&mut head.req)? else {
+                        break;
+                    };
+                    ch.rx.net_done(size).map_err(chunk_err)?;
+                }
+                RecvAction::Consume { .. } => {
+                    let (_, done) = ch.rx.consume().map_err(chunk_err)?;
+                    let len = done.req.size(0).unwrap_or(0) as u64;
+                    if self.consumed_needed {
+                        self.net.irecv_consumed(&ch.recv, done.req)?;
+                    }
+                    self.retire(done.xfer, done.region, len);
+                    moved = true;
+                }
+                // Device chunks are rejected at `register` until the GPU path exists.
+                RecvAction::LaunchUnpack { .. } | RecvAction::AwaitUnpack { .. } => break,
+                RecvAction::Idle => break,
+            }
+        }
+        Ok(moved)
+    }
+
+    fn retire(&mut self, xfer: u32, region: u32, bytes: u64) {
+        self.registry.by_index(region).in_flight -= 1;
+        let slot = &mut self.slots[xfer as usize];
+        slot.bytes_done += bytes;
+        slot.chunks_left -= 1;
+        if slot.chunks_left == 0 && slot.state == State::Active {
+            slot.state = State::Done;
+            if slot.abandoned {
+                slot.state = State::Free;
+                self.free.push(xfer);
+            }
+        }
+    }
+
+    /// A plugin call failed: nothing more is posted; live transfers fail.
+    fn fail(&mut self, e: &Error) {
+        crate::log_error!("engine", "session broken: {e}");
+        self.broken = Some(e.to_string());
+        for ch in &mut self.channels {
+            ch.tx_queue.clear();
+            ch.rx_queue.clear();
+        }
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if slot.state == State::Active {
+                slot.state = if slot.abandoned {
+                    self.free.push(i as u32);
+                    State::Free
+                } else {
+                    State::Failed
+                };
+            }
+        }
+    }
+
+    fn slot(&self, id: XferId) -> Result<&Slot> {
+        match self.slots.get(id.index as usize) {
+            Some(s) if s.gen == id.gen && s.state != State::Free => Ok(s),
+            _ => Err(Error::Invalid("unknown or released transfer id")),
+        }
+    }
+
+    fn slot_mut(&mut self, id: XferId) -> Result<&mut Slot> {
+        match self.slots.get_mut(id.index as usize) {
+            Some(s) if s.gen == id.gen && s.state != State::Free => Ok(s),
+            _ => Err(Error::Invalid("unknown or released transfer id")),
+        }
+    }
+
+    /// Drives until `id` is done (or fails), at most `timeout`. For tools and tests; a
+    /// polling application calls [`Session::poll`] from its own loop.
+    pub fn wait(&mut self, id: XferId, timeout: Duration) -> Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Progress::Done { bytes } = self.poll(id)? {
+                return Ok(bytes);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout("transfer did not complete in time"));
+            }
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// How [`Session::establish`] meets its peer.
+pub enum Rendezvous<'a> {
+    /// Wait for the peer on this TCP listener.
+    Accept(&'a TcpListener),
+    /// Reach the peer's bootstrap listener.
+    Connect(SocketAddr),
+}
+
+fn chunk_err(e: tcpx_core::chunk::ChunkError) -> Error {
+    Error::Protocol(format!("chunk state machine: {e}"))
+}

@@ -1,0 +1,327 @@
+//! The engine end to end over the embedded `tcpxsock` on loopback, both sessions in one
+//! process (threads): data integrity, both directions, bad arguments, handshake timeout.
+
+use std::net::TcpListener;
+use std::thread;
+use std::time::Duration;
+
+use tcpx::engine::{Config, Direction, Memory, Progress, Rendezvous, Segment, Session};
+use tcpx::Error;
+
+fn loopback_only() {
+    tcpx_sock::config::configure(tcpx_sock::config::Config {
+        ifname: Some("lo".into()),
+        ..Default::default()
+    });
+}
+
+fn cfg() -> Config {
+    Config {
+        channels: 3,
+        chunk_bytes: 256 * 1024,
+        timeout: Duration::from_secs(20),
+        ..Config::default()
+    }
+}
+
+/// Two connected sessions built on two threads.
+fn pair(cfg: Config) -> (Session, Session) {
+    loopback_only();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let c2 = cfg.clone();
+    let t = thread::spawn(move || {
+        let net = Session::open_net(&c2).unwrap();
+        Session::establish(net, c2, Rendezvous::Connect(addr)).unwrap()
+    });
+    let net = Session::open_net(&cfg).unwrap();
+    let a = Session::establish(net, cfg, Rendezvous::Accept(&l)).unwrap();
+    (a, t.join().unwrap())
+}
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Segments over one region: odd sizes that cross chunk boundaries, one empty.
+fn segments(mem: tcpx::MemId, lens: &[u64]) -> Vec<Segment> {
+    let mut off = 0;
+    lens.iter()
+        .map(|&len| {
+            let s = Segment {
+                mem,
+                offset: off,
+                remote_offset: off,
+                len,
+            };
+            off += len + 7;
+            s
+        })
+        .collect()
+}
+
+fn drive_both(a: &mut Session, ax: tcpx::XferId, b: &mut Session, bx: tcpx::XferId) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (mut ad, mut bd) = (false, false);
+    while !(ad && bd) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "transfer did not finish"
+        );
+        if !ad {
+            ad = matches!(a.poll(ax).unwrap(), Progress::Done { .. });
+        }
+        if !bd {
+            bd = matches!(b.poll(bx).unwrap(), Progress::Done { .. });
+        }
+    }
+}
+
+#[test]
+fn many_segments_cross_chunk_boundaries() {
+    let (mut a, mut b) = pair(cfg());
+    let lens = [
+        1u64,
+        4095,
+        4096,
+        4097,
+        256 * 1024,
+        256 * 1024 + 1,
+        0,
+        3 << 20,
+        777_777,
+    ];
+    let total: usize = lens.iter().map(|&l| l as usize + 7).sum();
+    let mut src = pattern(total, 1);
+    let mut dst = vec![0u8; total];
+    // SAFETY: both buffers outlive the sessions' use of them (deregistered below).
+    let (sm, dm) = unsafe {
+        (
+            a.register(src.as_mut_ptr().cast(), src.len(), Memory::Host)
+                .unwrap(),
+            b.register(dst.as_mut_ptr().cast(), dst.len(), Memory::Host)
+                .unwrap(),
+        )
+    };
+    for round in 0..3 {
+        dst.iter_mut().for_each(|x| *x = 0);
+        let ax = a.post(Direction::Send, &segments(sm, &lens)).unwrap();
+        let bx = b.post(Direction::Recv, &segments(dm, &lens)).unwrap();
+        drive_both(&mut a, ax, &mut b, bx);
+        for s in segments(dm, &lens) {
+            let r = s.offset as usize..(s.offset + s.len) as usize;
+            assert_eq!(
+                dst[r.clone()],
+                src[r],
+                "round {round}, segment at {}",
+                s.offset
+            );
+        }
+        // The 7-byte gaps between segments were never written.
+        for s in segments(dm, &lens) {
+            let gap = (s.offset + s.len) as usize..(s.offset + s.len + 7) as usize;
+            assert!(
+                dst[gap].iter().all(|&x| x == 0),
+                "gap after {} written",
+                s.offset
+            );
+        }
+        assert_eq!(
+            a.status(ax).unwrap(),
+            Progress::Done {
+                bytes: lens.iter().sum()
+            }
+        );
+        a.release(ax).unwrap();
+        b.release(bx).unwrap();
+        assert!(a.status(ax).is_err(), "a released id is stale");
+    }
+    a.deregister(sm).unwrap();
+    b.deregister(dm).unwrap();
+}
+
+#[test]
+fn both_directions_at_once() {
+    let (mut a, mut b) = pair(cfg());
+    let n = 5 << 20;
+    let (mut a_src, mut a_dst) = (pattern(n, 2), vec![0u8; n]);
+    let (mut b_src, mut b_dst) = (pattern(n, 3), vec![0u8; n]);
+    // SAFETY: buffers outlive the transfers.
+    let (as_, ad, bs, bd) = unsafe {
+        (
+            a.register(a_src.as_mut_ptr().cast(), n, Memory::Host)
+                .unwrap(),
+            a.register(a_dst.as_mut_ptr().cast(), n, Memory::Host)
+                .unwrap(),
+            b.register(b_src.as_mut_ptr().cast(), n, Memory::Host)
+                .unwrap(),
+            b.register(b_dst.as_mut_ptr().cast(), n, Memory::Host)
+                .unwrap(),
+        )
+    };
+    let seg = |mem| {
+        [Segment {
+            mem,
+            offset: 0,
+            remote_offset: 0,
+            len: n as u64,
+        }]
+    };
+    let a1 = a.post(Direction::Send, &seg(as_)).unwrap();
+    let a2 = a.post(Direction::Recv, &seg(ad)).unwrap();
+    let b1 = b.post(Direction::Recv, &seg(bd)).unwrap();
+    let b2 = b.post(Direction::Send, &seg(bs)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = [a.poll(a1), a.poll(a2), b.poll(b1), b.poll(b2)]
+            .into_iter()
+            .all(|p| matches!(p.unwrap(), Progress::Done { .. }));
+        if done {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out");
+    }
+    assert!(a_dst == b_src, "b -> a corrupted");
+    assert!(b_dst == a_src, "a -> b corrupted");
+}
+
+#[test]
+fn bad_arguments_change_nothing() {
+    let (mut a, _b) = pair(cfg());
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: buf outlives the registration.
+    let m = unsafe {
+        a.register(buf.as_mut_ptr().cast(), 4096, Memory::Host)
+            .unwrap()
+    };
+    let out = [Segment {
+        mem: m,
+        offset: 4000,
+        remote_offset: 0,
+        len: 97,
+    }];
+    assert!(matches!(
+        a.post(Direction::Send, &out),
+        Err(Error::Invalid(_))
+    ));
+    let wrap = [Segment {
+        mem: m,
+        offset: u64::MAX,
+        remote_offset: 0,
+        len: 2,
+    }];
+    assert!(matches!(
+        a.post(Direction::Send, &wrap),
+        Err(Error::Invalid(_))
+    ));
+    // SAFETY: rejected before any use.
+    let e = unsafe { a.register(std::ptr::null_mut(), 1, Memory::Host) };
+    assert!(matches!(e, Err(Error::Invalid(_))));
+    // SAFETY: rejected before any use.
+    let e = unsafe { a.register(buf.as_mut_ptr().cast(), 4096, Memory::Cuda { device: 0 }) };
+    assert!(matches!(e, Err(Error::Unsupported(_))), "{e:?}");
+    a.deregister(m).unwrap();
+    let stale = [Segment {
+        mem: m,
+        offset: 0,
+        remote_offset: 0,
+        len: 1,
+    }];
+    assert!(matches!(
+        a.post(Direction::Send, &stale),
+        Err(Error::Invalid(_))
+    ));
+    assert!(
+        a.broken().is_none(),
+        "argument errors must not break the session"
+    );
+    // The session still works: an empty transfer completes at once.
+    let x = a.post(Direction::Send, &[]).unwrap();
+    assert_eq!(a.poll(x).unwrap(), Progress::Done { bytes: 0 });
+}
+
+#[test]
+fn in_flight_region_cannot_be_deregistered_and_release_abandons() {
+    let (mut a, mut b) = pair(cfg());
+    let n = 2 << 20;
+    let mut src = pattern(n, 4);
+    let mut dst = vec![0u8; n];
+    // SAFETY: buffers outlive the transfers.
+    let (sm, dm) = unsafe {
+        (
+            a.register(src.as_mut_ptr().cast(), n, Memory::Host)
+                .unwrap(),
+            b.register(dst.as_mut_ptr().cast(), n, Memory::Host)
+                .unwrap(),
+        )
+    };
+    let seg = |mem| {
+        [Segment {
+            mem,
+            offset: 0,
+            remote_offset: 0,
+            len: n as u64,
+        }]
+    };
+    let ax = a.post(Direction::Send, &seg(sm)).unwrap();
+    a.progress().unwrap();
+    assert!(a.deregister(sm).is_err(), "chunks are in flight");
+    a.release(ax).unwrap();
+    let bx = b.post(Direction::Recv, &seg(dm)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !matches!(b.poll(bx).unwrap(), Progress::Done { .. }) {
+        a.progress().unwrap();
+        assert!(std::time::Instant::now() < deadline);
+    }
+    while a.deregister(sm).is_err() {
+        a.progress().unwrap();
+        assert!(std::time::Instant::now() < deadline);
+    }
+    assert!(dst == src);
+}
+
+#[test]
+fn handshake_times_out_without_peer() {
+    loopback_only();
+    let c = Config {
+        timeout: Duration::from_millis(300),
+        ..cfg()
+    };
+    let net = Session::open_net(&c).unwrap();
+    // A peer that listens but never connects or accepts.
+    let silent = Session::listen(net.clone(), c.clone()).unwrap();
+    let me = Session::listen(net, c).unwrap();
+    let e = me.connect(silent.conn_info()).err().expect("must time out");
+    assert!(matches!(e, Error::Timeout(_)), "{e}");
+}
+
+#[test]
+fn channel_count_mismatch_is_a_clear_error() {
+    loopback_only();
+    let net = Session::open_net(&cfg()).unwrap();
+    let two = Session::listen(
+        net.clone(),
+        Config {
+            channels: 2,
+            ..cfg()
+        },
+    )
+    .unwrap();
+    let three = Session::listen(net, cfg()).unwrap();
+    let e = three.connect(two.conn_info()).err().expect("must fail");
+    assert!(e.to_string().contains("channels"), "{e}");
+    let e = Session::listen(Session::open_net(&cfg()).unwrap(), cfg())
+        .unwrap()
+        .connect(b"garbage")
+        .err()
+        .expect("must fail");
+    assert!(matches!(e, Error::Protocol(_)), "{e}");
+}
