@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use tcpx_core::chunk::{Memory, RecvWindow, SendWindow};
+use tcpx_core::chunk::{Memory, RecvAction, RecvWindow, SendWindow};
 use tcpx_core::window::TCPX_WINDOW;
 
 /// Stand-in for the engine's per-chunk record (request pointer, destination, event index).
@@ -19,10 +19,16 @@ fn recv_host(c: &mut Criterion) {
     c.bench_function("recv_lifecycle/host", |b| {
         b.iter(|| {
             let len = black_box(512 << 10);
-            let seq = w.post(len, Memory::Host, Req { request: 1, dst: 2 }).ok();
-            black_box(w.net_done(len as usize).ok());
-            let (done, req) = w.consume().ok().unwrap_or((0, Req { request: 0, dst: 0 }));
-            black_box((seq, done, req.request, req.dst));
+            // Match on each action as the engine would, instead of spilling it to memory.
+            let mut ok = w
+                .post(len, Memory::Host, Req { request: 1, dst: 2 })
+                .is_ok();
+            ok &= matches!(w.net_done(len as usize), Ok(RecvAction::Consume { .. }));
+            let req = match w.consume() {
+                Ok((_, req)) => req,
+                Err(_) => Req { request: 0, dst: 0 },
+            };
+            black_box((ok, req.request, req.dst));
         })
     });
 }
@@ -35,11 +41,17 @@ fn recv_device(c: &mut Criterion) {
             let seq = w
                 .post(len, Memory::Device, Req { request: 1, dst: 2 })
                 .unwrap_or(0);
-            black_box(w.net_done(len as usize).ok());
-            black_box(w.unpack_launched(seq).ok());
-            black_box(w.unpack_done(seq).ok());
-            let (done, req) = w.consume().ok().unwrap_or((0, Req { request: 0, dst: 0 }));
-            black_box((done, req.request, req.dst));
+            let mut ok = matches!(
+                w.net_done(len as usize),
+                Ok(RecvAction::LaunchUnpack { .. })
+            );
+            ok &= matches!(w.unpack_launched(seq), Ok(RecvAction::AwaitUnpack { .. }));
+            ok &= matches!(w.unpack_done(seq), Ok(RecvAction::Consume { .. }));
+            let req = match w.consume() {
+                Ok((_, req)) => req,
+                Err(_) => Req { request: 0, dst: 0 },
+            };
+            black_box((ok, req.request, req.dst));
         })
     });
 }
@@ -49,12 +61,12 @@ fn send(c: &mut Criterion) {
     c.bench_function("send_lifecycle", |b| {
         b.iter(|| {
             let len = black_box(512 << 10);
-            let seq = w.post(len, Req { request: 1, dst: 2 }).ok();
-            let (done, req) = w
-                .net_done(len as usize)
-                .ok()
-                .unwrap_or((0, Req { request: 0, dst: 0 }));
-            black_box((seq, done, req.request, req.dst));
+            let ok = w.post(len, Req { request: 1, dst: 2 }).is_ok();
+            let req = match w.net_done(len as usize) {
+                Ok((_, req)) => req,
+                Err(_) => Req { request: 0, dst: 0 },
+            };
+            black_box((ok, req.request, req.dst));
         })
     });
 }

@@ -138,6 +138,7 @@ impl core::fmt::Display for ChunkError {
 }
 
 /// The receive transition table: the next state, or `None` if `event` is illegal.
+#[inline]
 pub const fn recv_next(from: RecvState, memory: Memory, event: RecvEvent) -> Option<RecvState> {
     use Memory::{Device, Host};
     use RecvEvent as E;
@@ -154,6 +155,7 @@ pub const fn recv_next(from: RecvState, memory: Memory, event: RecvEvent) -> Opt
 }
 
 /// The send transition table: the next state, or `None` if `event` is illegal.
+#[inline]
 pub const fn send_next(from: SendState, event: SendEvent) -> Option<SendState> {
     match (from, event) {
         (SendState::Free, SendEvent::Post) => Some(SendState::Posted),
@@ -190,11 +192,13 @@ impl RecvChunk {
     }
 
     /// Whether `irecvConsumed` may be called now (data is in the destination).
+    #[inline]
     pub const fn is_consumable(&self) -> bool {
         recv_next(self.state, self.memory, RecvEvent::Consumed).is_some()
     }
 
     /// Apply `event`; on error the state is unchanged.
+    #[inline]
     pub fn apply(&mut self, event: RecvEvent) -> Result<RecvState, Illegal<RecvState, RecvEvent>> {
         match recv_next(self.state, self.memory, event) {
             Some(next) => {
@@ -229,6 +233,7 @@ impl SendChunk {
     }
 
     /// Apply `event`; on error the state is unchanged.
+    #[inline]
     pub fn apply(&mut self, event: SendEvent) -> Result<SendState, Illegal<SendState, SendEvent>> {
         match send_next(self.state, event) {
             Some(next) => {

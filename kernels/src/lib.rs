@@ -27,9 +27,15 @@ pub const ENTRIES_PER_BLOCK: u32 = BLOCK_THREADS / 32;
 pub const MAX_BATCH_JOBS: usize = 32;
 /// Blocks per slot that cover a full table slot with one fragment per warp.
 pub const MAX_BLOCKS_PER_SLOT: u32 = ENTRIES_PER_SLOT as u32 / ENTRIES_PER_BLOCK;
-/// Default blocks per slot: one warp per page of a full 4 MiB receive of 4 KiB pages; slots with
-/// more fragments are still applied completely (blocks loop over the rest).
-pub const DEFAULT_BLOCKS_PER_SLOT: u32 = 128;
+/// Default blocks per slot when the count is read on the device. Each block reads `cnt` from the
+/// table, and those reads of one host address are served one after another, so fewer blocks (each
+/// looping over more fragments) win: 64 was the best of 64/128/256 measured on H200.
+pub const DEFAULT_BLOCKS_PER_SLOT: u32 = 64;
+/// Default cap on the blocks of one batched launch (spread over its jobs): a few waves of resident
+/// blocks, so blocks loop over tiles and overlap each tile's table read with the previous copy.
+pub const DEFAULT_MAX_BLOCKS_PER_LAUNCH: u32 = 1024;
+/// A job count that means "read `cnt[slot]` from the table on the device".
+pub const COUNT_FROM_TABLE: u32 = u32::MAX;
 
 const SLOT_KERNEL: &str = "tcpx_unpack_slot";
 const BATCH_KERNEL: &str = "tcpx_unpack_batch";
@@ -133,26 +139,39 @@ pub struct UnpackJob {
     pub dst: CUdeviceptr,
     /// Table slot to apply (taken modulo [`SLOTS`]).
     pub slot: u32,
-    reserved: u32,
+    /// Fragments to apply (entries `0..count` of the slot), or [`COUNT_FROM_TABLE`].
+    pub count: u32,
 }
 
 impl UnpackJob {
-    /// Count for the `_hint` experiment kernels.
-    #[doc(hidden)]
-    pub const fn with_count_hint(mut self, count: u32) -> Self {
-        self.reserved = count;
-        self
-    }
-
-    /// A job applying `slot` of `meta` from `bounce` into `dst`.
+    /// A job applying `slot` of `meta` from `bounce` into `dst`, its count read on the device.
     pub const fn new(meta: CUdeviceptr, bounce: CUdeviceptr, slot: u32, dst: CUdeviceptr) -> Self {
         UnpackJob {
             meta,
             bounce,
             dst,
             slot,
-            reserved: 0,
+            count: COUNT_FROM_TABLE,
         }
+    }
+
+    /// The same job with its fragment count given by the host (the fast path).
+    pub const fn with_count(self, count: u32) -> Self {
+        UnpackJob { count, ..self }
+    }
+
+    /// Blocks that cover this job with one fragment per warp, or `table_blocks` when the count
+    /// is read on the device; 0 when there is nothing to do.
+    const fn blocks(&self, table_blocks: u32) -> u32 {
+        if self.count == COUNT_FROM_TABLE {
+            return table_blocks;
+        }
+        let count = if self.count < ENTRIES_PER_SLOT as u32 {
+            self.count
+        } else {
+            ENTRIES_PER_SLOT as u32
+        };
+        count.div_ceil(ENTRIES_PER_BLOCK)
     }
 }
 
@@ -174,18 +193,12 @@ pub struct Kernels {
     slot_fn: CudaFunction,
     batch_fn: CudaFunction,
     blocks_per_slot: u32,
-    count_hint: u64,
+    max_blocks_per_launch: u32,
 }
 
 impl Kernels {
     /// Loads the embedded fatbin into `ctx`.
     pub fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
-        Self::load_variant(ctx, "")
-    }
-
-    /// Loads the kernels whose names end in `suffix` (benchmark experiments only).
-    #[doc(hidden)]
-    pub fn load_variant(ctx: &Arc<CudaContext>, suffix: &str) -> Result<Self> {
         if !kernels_built() {
             return Err(Error::KernelsNotBuilt);
         }
@@ -193,24 +206,18 @@ impl Kernels {
             .load_module(cudarc::nvrtc::Ptx::from_binary(FATBIN.to_vec()))
             .context("loading the unpack fatbin (cuModuleLoadData)")?;
         let slot_fn = module
-            .load_function(&format!("{SLOT_KERNEL}{suffix}"))
+            .load_function(SLOT_KERNEL)
             .context("cuModuleGetFunction(tcpx_unpack_slot)")?;
         let batch_fn = module
-            .load_function(&format!("{BATCH_KERNEL}{suffix}"))
+            .load_function(BATCH_KERNEL)
             .context("cuModuleGetFunction(tcpx_unpack_batch)")?;
         Ok(Kernels {
             ctx: ctx.clone(),
             slot_fn,
             batch_fn,
             blocks_per_slot: DEFAULT_BLOCKS_PER_SLOT,
-            count_hint: 0,
+            max_blocks_per_launch: DEFAULT_MAX_BLOCKS_PER_LAUNCH,
         })
-    }
-
-    /// Count passed to the `_hint` experiment kernels.
-    #[doc(hidden)]
-    pub fn set_count_hint(&mut self, count: u64) {
-        self.count_hint = count;
     }
 
     /// The context the kernels live in.
@@ -218,15 +225,26 @@ impl Kernels {
         &self.ctx
     }
 
-    /// Blocks launched per slot.
+    /// Blocks launched per slot whose count is read on the device.
     pub fn blocks_per_slot(&self) -> u32 {
         self.blocks_per_slot
     }
 
-    /// Sets the blocks launched per slot, clamped to `1..=MAX_BLOCKS_PER_SLOT`. Any value is
-    /// correct; it only trades idle blocks on small slots against parallelism on large ones.
+    /// Sets the blocks per slot whose count is read on the device, clamped to
+    /// `1..=MAX_BLOCKS_PER_SLOT`. Any value is correct; it only tunes speed. (With a count given
+    /// by the host, the grid is sized to the count: one fragment per warp.)
     pub fn set_blocks_per_slot(&mut self, blocks: u32) {
         self.blocks_per_slot = blocks.clamp(1, MAX_BLOCKS_PER_SLOT);
+    }
+
+    /// Cap on the blocks of one batched launch, spread evenly over its jobs.
+    pub fn max_blocks_per_launch(&self) -> u32 {
+        self.max_blocks_per_launch
+    }
+
+    /// Sets the cap on the blocks of one batched launch (at least 1). Any value is correct.
+    pub fn set_max_blocks_per_launch(&mut self, blocks: u32) {
+        self.max_blocks_per_launch = blocks.max(1);
     }
 
     fn check_stream(&self, stream: &CudaStream) -> Result<()> {
@@ -237,11 +255,13 @@ impl Kernels {
     }
 
     /// Enqueues on `stream` the copy of every fragment of `slot` from `bounce + src_off` to
-    /// `dst + dst_off`. Returns once enqueued; record an event after it to learn completion.
+    /// `dst + dst_off`, the fragment count read from `cnt[slot]` on the device. Returns once
+    /// enqueued; record an event after it to learn completion. Prefer
+    /// [`Kernels::launch_unpack_counted`] when the host can read the count: it is faster.
     ///
     /// # Safety
     /// When the kernel runs: `meta` is a device-visible [`NetUnpackMeta`] (16-byte aligned) whose
-    /// slot `slot % 16` holds `cnt` published entries; every entry's source bytes lie in the
+    /// slot `slot % 16` holds its published entries; every entry's source bytes lie in the
     /// allocation at `bounce` and its destination bytes in the allocation at `dst`; destinations
     /// of one slot do not overlap each other nor any source; nothing else writes them meanwhile.
     /// The kernel may read the rest of an aligned 4-byte word holding a source byte, never a byte
@@ -254,23 +274,53 @@ impl Kernels {
         slot: u32,
         dst: CUdeviceptr,
     ) -> Result<()> {
+        // SAFETY: the caller's contract is this function's.
+        unsafe { self.launch_job(stream, &UnpackJob::new(meta, bounce, slot, dst)) }
+    }
+
+    /// As [`Kernels::launch_unpack`], applying entries `0..count` of the slot (the host read
+    /// `cnt[slot]` itself, e.g. from the mapped table). Nothing is enqueued when `count` is 0.
+    ///
+    /// # Safety
+    /// As [`Kernels::launch_unpack`], for the first `count` entries of the slot.
+    pub unsafe fn launch_unpack_counted(
+        &self,
+        stream: &CudaStream,
+        meta: CUdeviceptr,
+        bounce: CUdeviceptr,
+        slot: u32,
+        count: u32,
+        dst: CUdeviceptr,
+    ) -> Result<()> {
+        let job = UnpackJob::new(meta, bounce, slot, dst).with_count(count);
+        // SAFETY: the caller's contract is this function's.
+        unsafe { self.launch_job(stream, &job) }
+    }
+
+    /// # Safety
+    /// See [`Kernels::launch_unpack`].
+    unsafe fn launch_job(&self, stream: &CudaStream, job: &UnpackJob) -> Result<()> {
         self.check_stream(stream)?;
-        let (mut meta, mut bounce, mut slot, mut dst) = (meta, bounce, slot, dst);
-        let mut hint = self.count_hint;
+        let blocks = job.blocks(self.blocks_per_slot);
+        if blocks == 0 {
+            return Ok(());
+        }
+        let (mut meta, mut bounce, mut slot, mut count, mut dst) =
+            (job.meta, job.bounce, job.slot, job.count, job.dst);
         let mut params: [*mut c_void; 5] = [
             (&raw mut meta).cast(),
             (&raw mut bounce).cast(),
             (&raw mut slot).cast(),
+            (&raw mut count).cast(),
             (&raw mut dst).cast(),
-            (&raw mut hint).cast(),
         ];
         // SAFETY: the parameters match `tcpx_unpack_slot(const NetUnpackMeta*, const uint8_t*,
-        // uint32_t, uint8_t*, uint64_t)` in order and size and outlive the call (the driver copies them);
-        // the memory contract is the caller's (see above).
+        // uint32_t slot, uint32_t count, uint8_t*)` in order and size and outlive the call (the
+        // driver copies them); the memory contract is the caller's.
         unsafe {
             result::launch_kernel(
                 self.slot_fn.cu_function(),
-                (self.blocks_per_slot, 1, 1),
+                (blocks, 1, 1),
                 (BLOCK_THREADS, 1, 1),
                 0,
                 stream.cu_stream(),
@@ -280,9 +330,10 @@ impl Kernels {
         .context("cuLaunchKernel(tcpx_unpack_slot)")
     }
 
-    /// Enqueues every job of `jobs` on `stream`: one launch per [`MAX_BATCH_JOBS`] jobs, no
-    /// launch for an empty list. The descriptors travel in the launch parameters, so `jobs` may
-    /// be reused as soon as this returns.
+    /// Enqueues every job of `jobs` on `stream`: one launch per [`MAX_BATCH_JOBS`] jobs, none for
+    /// an empty list or jobs whose given counts are all 0. Jobs may mix given counts and
+    /// [`COUNT_FROM_TABLE`], tables, bounce regions and destinations. The descriptors travel in
+    /// the launch parameters, so `jobs` may be reused as soon as this returns.
     ///
     /// # Safety
     /// Each job must satisfy the contract of [`Kernels::launch_unpack`], and no two jobs may
@@ -294,6 +345,17 @@ impl Kernels {
     ) -> Result<()> {
         self.check_stream(stream)?;
         for chunk in jobs.chunks(MAX_BATCH_JOBS) {
+            let needed = chunk
+                .iter()
+                .map(|j| j.blocks(self.blocks_per_slot))
+                .max()
+                .unwrap_or(0);
+            if needed == 0 {
+                continue;
+            }
+            // Blocks loop over tiles, so a cap below `needed` is still complete.
+            let cap = (self.max_blocks_per_launch / chunk.len() as u32).max(1);
+            let blocks = needed.min(cap);
             let mut batch = UnpackBatch {
                 jobs: [UnpackJob::default(); MAX_BATCH_JOBS],
             };
@@ -305,7 +367,7 @@ impl Kernels {
             unsafe {
                 result::launch_kernel(
                     self.batch_fn.cu_function(),
-                    (self.blocks_per_slot, chunk.len() as u32, 1),
+                    (blocks, chunk.len() as u32, 1),
                     (BLOCK_THREADS, 1, 1),
                     0,
                     stream.cu_stream(),

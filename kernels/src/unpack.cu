@@ -2,11 +2,15 @@
 // netUnpackMeta table, copying each fragment from the bounce region to its destination.
 //
 // Work split: a block of UNPACK_WARPS warps takes a tile of UNPACK_WARPS consecutive entries of
-// a slot; one thread per entry stages the tile (16 B each, one PCIe read for the whole tile when
-// the table is in mapped host memory) and the slot's count in shared memory, then each warp copies
-// one fragment, 16 bytes per lane per step when the relative alignment allows. Tiles beyond the
-// grid are taken in a grid-stride loop, so any grid size is correct; the grid size only tunes speed.
-// The count is read on the device, so the host never needs to know it.
+// a slot; one thread per entry stages the tile in shared memory (16 B each: one PCIe read for the
+// whole tile when the table is in mapped host memory), then each warp copies one fragment, 16 bytes
+// per lane per step when the relative alignment allows. Blocks take tiles in a grid-stride loop and
+// prefetch their next tile while copying, so any grid size is correct; it only tunes speed.
+//
+// The fragment count comes from the launch when the host knows it, else from cnt[slot] in the
+// table. Every block must then read cnt itself, and reads of one host-memory address from many SMs
+// are served one after another (measured: ~0.2 us each on H200), so the table-read mode is slower
+// and should use few blocks.
 
 #include <stdint.h>
 
@@ -15,6 +19,8 @@
 #define UNPACK_WARPS 8u
 #define UNPACK_THREADS (UNPACK_WARPS * 32u)
 #define UNPACK_MAX_JOBS 32u
+// A job count meaning "read cnt[slot] from the table".
+#define UNPACK_COUNT_FROM_TABLE 0xFFFFFFFFu
 // Loads each lane keeps in flight per step; 8 x 16 B x 32 lanes = one 4 KiB page per warp step.
 #define UNPACK_UNROLL 8u
 
@@ -35,7 +41,7 @@ struct UnpackJob {
     const uint8_t* bounce;
     uint8_t* dst;
     uint32_t slot;
-    uint32_t reserved;
+    uint32_t count;  // fragments, or UNPACK_COUNT_FROM_TABLE
 };
 
 struct UnpackBatch {
@@ -48,40 +54,15 @@ static_assert(sizeof(NetUnpackMeta) == 524416, "netUnpackMeta size");
 static_assert(sizeof(UnpackJob) == 32, "UnpackJob size");
 static_assert(sizeof(UnpackBatch) == 1024, "UnpackBatch size");
 
-// How the table is read. The table is written by the host (or the NIC plugin) between launches;
-// a launch boundary makes those writes visible, so no read needs to bypass caches.
-#define META_RELAXED 0  // ld.relaxed.gpu
-#define META_NC 1       // ld.global.nc (read-only path)
-#define META_VOLATILE 2 // ld.volatile
-#define META_HINT 3     // count from the launch, entries via ld.global.nc
-
-template <int MODE>
-__device__ __forceinline__ uint4 load_entry(const void* p) {
-    uint4 v;
-    if (MODE == META_RELAXED) {
-        asm volatile("ld.relaxed.gpu.global.v4.u32 {%0, %1, %2, %3}, [%4];"
-                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                     : "l"(p));
-    } else if (MODE == META_VOLATILE) {
-        asm volatile("ld.volatile.global.v4.u32 {%0, %1, %2, %3}, [%4];"
-                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                     : "l"(p));
-    } else {
-        v = __ldg(reinterpret_cast<const uint4*>(p));
-    }
-    return v;
+// The table is written by the host (or the NIC plugin) between launches; a launch boundary makes
+// those writes visible. Entries go through the read-only path; the count is read like NCCL does.
+__device__ __forceinline__ uint4 load_entry(const LoadMeta* p) {
+    return __ldg(reinterpret_cast<const uint4*>(p));
 }
 
-template <int MODE>
 __device__ __forceinline__ uint64_t load_count(const uint64_t* p) {
     uint64_t v;
-    if (MODE == META_RELAXED) {
-        asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p));
-    } else if (MODE == META_VOLATILE) {
-        asm volatile("ld.volatile.global.u64 %0, [%1];" : "=l"(v) : "l"(p));
-    } else {
-        v = __ldg(reinterpret_cast<const unsigned long long*>(p));
-    }
+    asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p));
     return v;
 }
 
@@ -182,52 +163,58 @@ __device__ __forceinline__ void copy_fragment(const uint8_t* s, uint8_t* d, uint
 }
 
 // Applies one slot; the block takes tiles blockIdx.x, blockIdx.x + gridDim.x, ... of it.
-template <int MODE>
 __device__ __forceinline__ void unpack_slot(const NetUnpackMeta* meta, const uint8_t* bounce,
-                                            uint32_t slot, uint8_t* dst, uint64_t hint) {
+                                            uint32_t slot, uint8_t* dst, uint32_t count) {
     __shared__ uint4 stage[UNPACK_WARPS];
-    __shared__ uint64_t count;
+    __shared__ uint32_t table_count;
     slot %= UNPACK_SLOTS;
     const LoadMeta* list = meta->mem[slot];
     const uint32_t warp = threadIdx.x / 32u;
     const uint32_t lane = threadIdx.x % 32u;
+    const bool known = count != UNPACK_COUNT_FROM_TABLE;
+    // With an unknown count, the table's capacity bounds the tiles until cnt arrives. A count
+    // beyond the capacity is clamped: never read outside the table.
+    uint32_t cnt = known && count < UNPACK_ENTRIES ? count : UNPACK_ENTRIES;
+    uint32_t first = blockIdx.x * UNPACK_WARPS;
+    if (first >= cnt) return;  // uniform; a block with nothing to do reads nothing
 
-    for (uint32_t tile = blockIdx.x;; tile += gridDim.x) {
-        const uint32_t first = tile * UNPACK_WARPS;
-        if (first >= UNPACK_ENTRIES) break;
-        // The first tile's entries and the count are independent reads: issue them together so a
-        // mapped-host table costs one round trip, not two.
-        if (threadIdx.x < UNPACK_WARPS) stage[threadIdx.x] = load_entry<MODE>(&list[first + threadIdx.x]);
-        if (tile == blockIdx.x && threadIdx.x == UNPACK_WARPS) {
-            const uint64_t c = MODE == META_HINT ? hint : load_count<MODE>(&meta->cnt[slot]);
-            // A count beyond the table's capacity is clamped: never read outside the table.
-            count = c > UNPACK_ENTRIES ? UNPACK_ENTRIES : c;
-        }
+    // The first tile's entries and the count are independent reads: issue them together.
+    uint4 pending = make_uint4(0u, 0u, 0u, 0u);
+    if (threadIdx.x < UNPACK_WARPS) pending = load_entry(&list[first + threadIdx.x]);
+    if (!known && threadIdx.x == UNPACK_WARPS) {
+        const uint64_t c = load_count(&meta->cnt[slot]);
+        table_count = c > UNPACK_ENTRIES ? UNPACK_ENTRIES : (uint32_t)c;
+    }
+    for (;;) {
+        if (threadIdx.x < UNPACK_WARPS) stage[threadIdx.x] = pending;
         __syncthreads();
-        const uint32_t cnt = (uint32_t)count;
-        if (first >= cnt) break;  // uniform across the block
+        if (!known) cnt = table_count;
+        if (first >= cnt) break;  // uniform
+        const uint32_t next = first + gridDim.x * UNPACK_WARPS;
+        // Prefetch the next tile so its table read overlaps this tile's copy. next is a multiple
+        // of UNPACK_WARPS below cnt <= UNPACK_ENTRIES, so the whole tile lies inside the table.
+        if (threadIdx.x < UNPACK_WARPS && next < cnt) pending = load_entry(&list[next + threadIdx.x]);
         if (first + warp < cnt) {
             const uint4 e = stage[warp];
             const uint64_t dst_off = ((uint64_t)e.w << 32) | e.z;
             copy_fragment(bounce + e.x, dst + dst_off, e.y, lane);
         }
-        __syncthreads();  // the next tile overwrites stage
+        first = next;
+        if (first >= cnt) break;  // uniform
+        __syncthreads();  // stage is overwritten next
     }
 }
 
-#define UNPACK_ENTRY_POINTS(SUFFIX, MODE)                                                     \
-    extern "C" __global__ void __launch_bounds__(UNPACK_THREADS)                               \
-        tcpx_unpack_slot##SUFFIX(const NetUnpackMeta* meta, const uint8_t* bounce, uint32_t slot, \
-                                 uint8_t* dst, uint64_t hint) {                                \
-        unpack_slot<MODE>(meta, bounce, slot, dst, hint);                                      \
-    }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(UNPACK_THREADS)                               \
-        tcpx_unpack_batch##SUFFIX(const __grid_constant__ UnpackBatch batch) {                 \
-        const UnpackJob& job = batch.jobs[blockIdx.y];                                         \
-        unpack_slot<MODE>(job.meta, job.bounce, job.slot, job.dst, job.reserved);              \
-    }
+extern "C" __global__ void __launch_bounds__(UNPACK_THREADS)
+tcpx_unpack_slot(const NetUnpackMeta* meta, const uint8_t* bounce, uint32_t slot, uint32_t count,
+                 uint8_t* dst) {
+    unpack_slot(meta, bounce, slot, dst, count);
+}
 
-UNPACK_ENTRY_POINTS(, META_RELAXED)
-UNPACK_ENTRY_POINTS(_nc, META_NC)
-UNPACK_ENTRY_POINTS(_volatile, META_VOLATILE)
-UNPACK_ENTRY_POINTS(_hint, META_HINT)
+// gridDim.y jobs, gridDim.x blocks each; the descriptors travel in the launch parameters, so the
+// host can reuse its copy as soon as the launch call returns.
+extern "C" __global__ void __launch_bounds__(UNPACK_THREADS)
+tcpx_unpack_batch(const __grid_constant__ UnpackBatch batch) {
+    const UnpackJob& job = batch.jobs[blockIdx.y];
+    unpack_slot(job.meta, job.bounce, job.slot, job.dst, job.count);
+}

@@ -154,13 +154,19 @@ struct Job {
     dst_align: usize,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Launch {
-    /// One `launch_unpack` per job.
+    /// One `launch_unpack` per job (count read on the device).
     Single,
-    /// One `launch_unpack_batch` for all jobs.
+    /// One `launch_unpack_counted` per job (count given by the host).
+    SingleCounted,
+    /// `launch_unpack_batch` for all jobs, counts read on the device.
     Batch,
+    /// `launch_unpack_batch`, every other job with its count given by the host.
+    BatchMixed,
 }
+
+const SINGLE: [Launch; 2] = [Launch::Single, Launch::SingleCounted];
 
 /// Runs `jobs` on the GPU and checks the destination buffer, canaries included, byte for byte
 /// against the CPU oracle applied to the same initial contents.
@@ -197,21 +203,45 @@ fn check(g: &Gpu, kind: BounceKind, bounce: &[u8], jobs: &[Job], launch: Launch,
             )
         })
         .collect();
+    // SAFETY (all launches): table, bounce and dst are live allocations that hold every fragment
+    // (checked by unpack_cpu below); destinations are disjoint.
     match launch {
         Launch::Single => {
             for d in &descs {
-                // SAFETY: table, bounce and dst are live allocations that hold every fragment
-                // (checked by unpack_cpu below); destinations are disjoint.
                 unsafe {
                     g.kernels
                         .launch_unpack(&g.stream, d.meta, d.bounce, d.slot, d.dst)
-                        .expect("launch_unpack");
                 }
+                .expect("launch_unpack");
+            }
+        }
+        Launch::SingleCounted => {
+            for (d, j) in descs.iter().zip(jobs) {
+                let n = j.entries.len() as u32;
+                unsafe {
+                    g.kernels
+                        .launch_unpack_counted(&g.stream, d.meta, d.bounce, d.slot, n, d.dst)
+                }
+                .expect("launch_unpack_counted");
             }
         }
         Launch::Batch => {
-            // SAFETY: as above.
             unsafe { g.kernels.launch_unpack_batch(&g.stream, &descs) }.expect("launch batch");
+        }
+        Launch::BatchMixed => {
+            let mixed: Vec<UnpackJob> = descs
+                .iter()
+                .zip(jobs)
+                .enumerate()
+                .map(|(i, (d, j))| {
+                    if i % 2 == 0 {
+                        d.with_count(j.entries.len() as u32)
+                    } else {
+                        *d
+                    }
+                })
+                .collect();
+            unsafe { g.kernels.launch_unpack_batch(&g.stream, &mixed) }.expect("launch batch");
         }
     }
     g.stream.synchronize().expect("kernel run");
@@ -227,7 +257,7 @@ fn check(g: &Gpu, kind: BounceKind, bounce: &[u8], jobs: &[Job], launch: Launch,
     if let Some(i) = (0..total).find(|&i| got[i] != expected[i]) {
         let job = offsets.iter().rposition(|&o| o <= i);
         panic!(
-            "{kind:?} seed {seed:#x}: byte {i} is {:#04x}, expected {:#04x} (job {job:?}, {} of its \
+            "{kind:?} {launch:?} seed {seed:#x}: byte {i} is {:#04x}, expected {:#04x} (job {job:?}, {} of its \
              region; canary bytes lie before each region and after its {} bytes)",
             got[i],
             expected[i],
@@ -298,7 +328,7 @@ fn random_fragments_match_cpu() {
                 dst_len,
                 dst_align: rng.range(0, 15) as usize,
             };
-            check(&g, kind, &bounce, &[job], Launch::Single, seed);
+            check(&g, kind, &bounce, &[job], SINGLE[seed as usize % 2], seed);
         }
     }
 }
@@ -340,7 +370,7 @@ fn every_alignment_pair_and_length() {
                 dst_len: pos as usize,
                 dst_align: 0,
             };
-            check(&g, kind, &bounce, &[job], Launch::Single, i as u64);
+            check(&g, kind, &bounce, &[job], SINGLE[i % 2], i as u64);
         }
     }
 }
@@ -373,7 +403,9 @@ fn fragments_at_the_end_of_the_bounce_region() {
             dst_len: pos as usize,
             dst_align: 0,
         };
-        check(&g, kind, &bounce, &[job], Launch::Single, 77);
+        for launch in SINGLE {
+            check(&g, kind, &bounce, std::slice::from_ref(&job), launch, 77);
+        }
     }
 }
 
@@ -391,8 +423,14 @@ fn empty_slot_writes_nothing() {
             dst_len: 4 * PAGE_SIZE,
             dst_align: 0,
         }];
-        check(&g, kind, &bounce, &jobs, Launch::Single, 5);
-        check(&g, kind, &bounce, &jobs, Launch::Batch, 6);
+        for launch in [
+            Launch::Single,
+            Launch::SingleCounted,
+            Launch::Batch,
+            Launch::BatchMixed,
+        ] {
+            check(&g, kind, &bounce, &jobs, launch, 5);
+        }
     }
 }
 
@@ -413,7 +451,7 @@ fn full_slot_of_pages() {
         }
         rng.shuffle(&mut entries);
         // Aligned: the 16-byte path; misaligned by 7: the shifted path.
-        for dst_align in [0, 7] {
+        for (dst_align, launch) in [0, 7].into_iter().zip(SINGLE) {
             let job = Job {
                 table: 0,
                 slot: 15,
@@ -421,7 +459,9 @@ fn full_slot_of_pages() {
                 dst_len: pages * PAGE_SIZE,
                 dst_align,
             };
-            check(&g, kind, &bounce, &[job], Launch::Single, 11);
+            check(&g, kind, &bounce, std::slice::from_ref(&job), launch, 11);
+            let other = [Launch::SingleCounted, Launch::Single][dst_align.min(1)];
+            check(&g, kind, &bounce, &[job], other, 12);
         }
     }
 }
@@ -461,7 +501,9 @@ fn slot_with_the_most_entries() {
                 dst_len: pos as usize,
                 dst_align: 0,
             };
-            check(&g, kind, &bounce, &[job], Launch::Single, 21);
+            for launch in SINGLE {
+                check(&g, kind, &bounce, std::slice::from_ref(&job), launch, 21);
+            }
         }
     }
 }
@@ -475,8 +517,13 @@ fn batch_over_several_tables_matches_cpu() {
     // some full pages, some random fragments.
     let bounce_len = 8 << 20;
     for kind in KINDS {
-        for (seed, blocks) in [(31u64, 128u32), (32, 7)] {
+        for (seed, blocks, cap, launch) in [
+            (31u64, 64u32, 1024u32, Launch::Batch),
+            (32, 7, 1024, Launch::BatchMixed),
+            (33, 64, 48, Launch::BatchMixed),
+        ] {
             g.kernels.set_blocks_per_slot(blocks);
+            g.kernels.set_max_blocks_per_launch(cap);
             let mut rng = Rng(seed);
             let bounce = rng.bytes(bounce_len);
             let mut jobs = Vec::new();
@@ -507,7 +554,7 @@ fn batch_over_several_tables_matches_cpu() {
                 }
             }
             rng.shuffle(&mut jobs);
-            check(&g, kind, &bounce, &jobs, Launch::Batch, seed);
+            check(&g, kind, &bounce, &jobs, launch, seed);
         }
     }
 }
