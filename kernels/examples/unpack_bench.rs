@@ -209,9 +209,24 @@ fn main() -> BoxResult<()> {
     }
     println!("verified: 16 slots x 4 MiB, device and mapped bounce, match the CPU oracle");
 
-    let unpack_one = |k: &Kernels, bounce: CUdeviceptr| -> BoxResult<()> {
+    let pages = PAGES as u32;
+    let unpack_one = |k: &Kernels, bounce: CUdeviceptr, counted: bool| -> BoxResult<()> {
         // SAFETY: as above (slot 0 writes dst[..4 MiB]).
-        unsafe { k.launch_unpack(&stream, meta, bounce, 0, dst_ptr)? };
+        unsafe {
+            if counted {
+                k.launch_unpack_counted(&stream, meta, bounce, 0, pages, dst_ptr)?
+            } else {
+                k.launch_unpack(&stream, meta, bounce, 0, dst_ptr)?
+            }
+        };
+        Ok(())
+    };
+    let counted_jobs =
+        |js: &[UnpackJob]| -> Vec<UnpackJob> { js.iter().map(|j| j.with_count(pages)).collect() };
+    let (dev_jobs_n, host_jobs_n) = (counted_jobs(&dev_jobs), counted_jobs(&host_jobs));
+    let unpack_all = |k: &Kernels, js: &[UnpackJob]| -> BoxResult<()> {
+        // SAFETY: as above.
+        unsafe { k.launch_unpack_batch(&stream, js)? };
         Ok(())
     };
     let dtod = |n: usize| -> BoxResult<()> {
@@ -227,67 +242,89 @@ fn main() -> BoxResult<()> {
         Ok(())
     };
 
-    let mut rows = Vec::new();
-    let mut sweep = Vec::new();
-    for blocks in [64u32, 128, 256] {
+    // Tuning sweeps (device bounce): blocks per slot when the count is read on the device, and
+    // the cap on blocks per batched launch when counts are given.
+    let mut sweep_table = Vec::new();
+    for blocks in [16u32, 32, 64, 128] {
         k.set_blocks_per_slot(blocks);
-        let one = time_per_call(&ctx, &stream, 400, || unpack_one(&k, dev_bounce.ptr()))?;
-        let all = time_per_call(&ctx, &stream, 60, || {
-            // SAFETY: as above.
-            unsafe { k.launch_unpack_batch(&stream, &dev_jobs)? };
-            Ok(())
+        let one = time_per_call(&ctx, &stream, 400, || {
+            unpack_one(&k, dev_bounce.ptr(), false)
         })?;
-        sweep.push((blocks, gbps(SLOT_BYTES, one), gbps(TOTAL, all)));
+        let all = time_per_call(&ctx, &stream, 60, || unpack_all(&k, &dev_jobs))?;
+        sweep_table.push((blocks, gbps(SLOT_BYTES, one), gbps(TOTAL, all)));
     }
     k.set_blocks_per_slot(tcpx_kernels::DEFAULT_BLOCKS_PER_SLOT);
+    let mut sweep_cap = Vec::new();
+    for cap in [264u32, 528, 1024, 2048, 4096] {
+        k.set_max_blocks_per_launch(cap);
+        let all = time_per_call(&ctx, &stream, 60, || unpack_all(&k, &dev_jobs_n))?;
+        let mapped = time_per_call(&ctx, &stream, 6, || unpack_all(&k, &host_jobs_n))?;
+        sweep_cap.push((cap, gbps(TOTAL, all), gbps(TOTAL, mapped)));
+    }
+    k.set_max_blocks_per_launch(tcpx_kernels::DEFAULT_MAX_BLOCKS_PER_LAUNCH);
 
-    rows.push(Row {
-        case: "device bounce, 1 slot/launch".into(),
-        bytes: SLOT_BYTES,
-        unpack_s: time_per_call(&ctx, &stream, 400, || unpack_one(&k, dev_bounce.ptr()))?,
-        copy: "cuMemcpyDtoDAsync",
-        copy_s: time_per_call(&ctx, &stream, 400, || dtod(SLOT_BYTES))?,
-    });
-    rows.push(Row {
-        case: "device bounce, 16 slots/launch".into(),
-        bytes: TOTAL,
-        unpack_s: time_per_call(&ctx, &stream, 60, || {
-            // SAFETY: as above.
-            unsafe { k.launch_unpack_batch(&stream, &dev_jobs)? };
-            Ok(())
-        })?,
-        copy: "cuMemcpyDtoDAsync",
-        copy_s: time_per_call(&ctx, &stream, 60, || dtod(TOTAL))?,
-    });
-    rows.push(Row {
-        case: "mapped host bounce, 1 slot/launch".into(),
-        bytes: SLOT_BYTES,
-        unpack_s: time_per_call(&ctx, &stream, 40, || unpack_one(&k, host_bounce.dev_ptr()))?,
-        copy: "cuMemcpyHtoDAsync",
-        copy_s: time_per_call(&ctx, &stream, 40, || htod(SLOT_BYTES))?,
-    });
-    rows.push(Row {
-        case: "mapped host bounce, 16 slots/launch".into(),
-        bytes: TOTAL,
-        unpack_s: time_per_call(&ctx, &stream, 6, || {
-            // SAFETY: as above.
-            unsafe { k.launch_unpack_batch(&stream, &host_jobs)? };
-            Ok(())
-        })?,
-        copy: "cuMemcpyHtoDAsync",
-        copy_s: time_per_call(&ctx, &stream, 6, || htod(TOTAL))?,
-    });
+    let mut rows = Vec::new();
+    let dtod_one = time_per_call(&ctx, &stream, 400, || dtod(SLOT_BYTES))?;
+    let dtod_all = time_per_call(&ctx, &stream, 60, || dtod(TOTAL))?;
+    let htod_one = time_per_call(&ctx, &stream, 40, || htod(SLOT_BYTES))?;
+    let htod_all = time_per_call(&ctx, &stream, 6, || htod(TOTAL))?;
+    for (counted, mode) in [(true, "count given"), (false, "count from table")] {
+        let (dj, hj) = if counted {
+            (&dev_jobs_n, &host_jobs_n)
+        } else {
+            (&dev_jobs, &host_jobs)
+        };
+        rows.push(Row {
+            case: format!("device bounce, 1 slot/launch, {mode}"),
+            bytes: SLOT_BYTES,
+            unpack_s: time_per_call(&ctx, &stream, 400, || {
+                unpack_one(&k, dev_bounce.ptr(), counted)
+            })?,
+            copy: "cuMemcpyDtoDAsync",
+            copy_s: dtod_one,
+        });
+        rows.push(Row {
+            case: format!("device bounce, 16 slots/launch, {mode}"),
+            bytes: TOTAL,
+            unpack_s: time_per_call(&ctx, &stream, 60, || unpack_all(&k, dj))?,
+            copy: "cuMemcpyDtoDAsync",
+            copy_s: dtod_all,
+        });
+        rows.push(Row {
+            case: format!("mapped host bounce, 1 slot/launch, {mode}"),
+            bytes: SLOT_BYTES,
+            unpack_s: time_per_call(&ctx, &stream, 40, || {
+                unpack_one(&k, host_bounce.dev_ptr(), counted)
+            })?,
+            copy: "cuMemcpyHtoDAsync",
+            copy_s: htod_one,
+        });
+        rows.push(Row {
+            case: format!("mapped host bounce, 16 slots/launch, {mode}"),
+            bytes: TOTAL,
+            unpack_s: time_per_call(&ctx, &stream, 6, || unpack_all(&k, hj))?,
+            copy: "cuMemcpyHtoDAsync",
+            copy_s: htod_all,
+        });
+    }
 
-    let chunk = |k: &Kernels, bounce: CUdeviceptr| -> BoxResult<()> {
+    let chunk_pages = (CHUNK_BYTES / PAGE_SIZE) as u32;
+    let chunk = |k: &Kernels, bounce: CUdeviceptr, counted: bool| -> BoxResult<()> {
         // SAFETY: the chunk table's slot 0 reads bounce[..512 KiB] and writes dst[..512 KiB].
-        unsafe { k.launch_unpack(&stream, chunk_meta, bounce, 0, dst_ptr)? };
+        unsafe {
+            if counted {
+                k.launch_unpack_counted(&stream, chunk_meta, bounce, 0, chunk_pages, dst_ptr)?
+            } else {
+                k.launch_unpack(&stream, chunk_meta, bounce, 0, dst_ptr)?
+            }
+        };
         Ok(())
     };
     let empty_slot = 7;
     table(&mut meta_buf).cnt[empty_slot] = 0;
     let lat = [
         (
-            "unpack empty slot",
+            "unpack empty slot, count from table",
             latency(&ctx, &stream, || {
                 // SAFETY: an empty slot reads only the table.
                 unsafe {
@@ -297,72 +334,36 @@ fn main() -> BoxResult<()> {
             })?,
         ),
         (
-            "unpack 512 KiB, device bounce",
-            latency(&ctx, &stream, || chunk(&k, dev_bounce.ptr()))?,
+            "unpack 512 KiB, device, count given",
+            latency(&ctx, &stream, || chunk(&k, dev_bounce.ptr(), true))?,
+        ),
+        (
+            "unpack 512 KiB, device, count from table",
+            latency(&ctx, &stream, || chunk(&k, dev_bounce.ptr(), false))?,
         ),
         (
             "cuMemcpyDtoDAsync 512 KiB",
             latency(&ctx, &stream, || dtod(CHUNK_BYTES))?,
         ),
         (
-            "unpack 512 KiB, mapped host bounce",
-            latency(&ctx, &stream, || chunk(&k, host_bounce.dev_ptr()))?,
+            "unpack 512 KiB, mapped, count given",
+            latency(&ctx, &stream, || chunk(&k, host_bounce.dev_ptr(), true))?,
         ),
         (
             "cuMemcpyHtoDAsync 512 KiB",
             latency(&ctx, &stream, || htod(CHUNK_BYTES))?,
         ),
     ];
-
     table(&mut meta_buf).cnt[empty_slot] = PAGES as u64;
 
-    // Experiment: how the kernel reads the table (see unpack.cu, META_*).
-    let mut variants = Vec::new();
-    for suffix in ["", "_nc", "_volatile", "_hint"] {
-        let mut kv = Kernels::load_variant(&ctx, suffix)?;
-        kv.set_count_hint(PAGES as u64);
-        let one = time_per_call(&ctx, &stream, 400, || unpack_one(&kv, dev_bounce.ptr()))?;
-        let hinted = |js: &[UnpackJob]| -> Vec<UnpackJob> {
-            js.iter().map(|j| j.with_count_hint(PAGES as u32)).collect()
-        };
-        let (dj, hj) = (hinted(&dev_jobs), hinted(&host_jobs));
-        let all = time_per_call(&ctx, &stream, 60, || {
-            // SAFETY: as above.
-            unsafe { kv.launch_unpack_batch(&stream, &dj)? };
-            Ok(())
-        })?;
-        let mapped = time_per_call(&ctx, &stream, 6, || {
-            // SAFETY: as above.
-            unsafe { kv.launch_unpack_batch(&stream, &hj)? };
-            Ok(())
-        })?;
-        kv.set_count_hint((CHUNK_BYTES / PAGE_SIZE) as u64);
-        let (lat_med, _) = latency(&ctx, &stream, || chunk(&kv, dev_bounce.ptr()))?;
-        variants.push((
-            suffix,
-            gbps(SLOT_BYTES, one),
-            gbps(TOTAL, all),
-            gbps(TOTAL, mapped),
-            lat_med,
-        ));
-    }
-
     println!("GPU: {gpu}");
-    println!("table-read variants: 4 MiB dev GB/s, 64 MiB dev GB/s, 64 MiB mapped GB/s, 512 KiB latency us");
-    for (v, a, b, c, l) in &variants {
-        println!(
-            "  {:<10} {a:>8.1} {b:>8.1} {c:>8.1} {:>8.2}",
-            if v.is_empty() { "relaxed" } else { v },
-            l * 1e6
-        );
-    }
     println!(
-        "{:<38} {:>9} {:>12} {:>20} {:>10} {:>7}",
+        "{:<52} {:>9} {:>12} {:>18} {:>10} {:>7}",
         "case", "bytes", "unpack GB/s", "copy", "copy GB/s", "ratio"
     );
     for r in &rows {
         println!(
-            "{:<38} {:>9} {:>12.1} {:>20} {:>10.1} {:>7.3}",
+            "{:<52} {:>9} {:>12.1} {:>18} {:>10.1} {:>7.3}",
             r.case,
             r.bytes,
             gbps(r.bytes, r.unpack_s),
@@ -371,14 +372,20 @@ fn main() -> BoxResult<()> {
             r.copy_s / r.unpack_s
         );
     }
-    println!("blocks/slot sweep (device bounce): blocks, 4 MiB GB/s, 64 MiB batched GB/s");
-    for (b, one, all) in &sweep {
-        println!("  {b:>4} {one:>10.1} {all:>10.1}");
+    println!(
+        "sweep, count from table (device bounce): blocks/slot, 4 MiB GB/s, 64 MiB batched GB/s"
+    );
+    for (b, one, all) in &sweep_table {
+        println!("  {b:>5} {one:>10.1} {all:>10.1}");
+    }
+    println!("sweep, counts given: max blocks/launch, 64 MiB batched GB/s device, mapped");
+    for (c, all, mapped) in &sweep_cap {
+        println!("  {c:>5} {all:>10.1} {mapped:>10.1}");
     }
     println!("latency, enqueue to event seen complete ({LATENCY_ITERS} iterations):");
     for (name, (med, p99)) in &lat {
         println!(
-            "  {name:<38} median {:>7.2} us  p99 {:>7.2} us",
+            "  {name:<42} median {:>7.2} us  p99 {:>7.2} us",
             med * 1e6,
             p99 * 1e6
         );
@@ -399,11 +406,19 @@ fn main() -> BoxResult<()> {
             r.copy_s / r.unpack_s
         )?;
     }
-    write!(json, "],\"sweep\":[")?;
-    for (i, (b, one, all)) in sweep.iter().enumerate() {
+    write!(json, "],\"sweep_table_blocks\":[")?;
+    for (i, (b, one, all)) in sweep_table.iter().enumerate() {
         write!(
             json,
             "{}{{\"blocks_per_slot\":{b},\"slot_gbps\":{one:.3},\"batch16_gbps\":{all:.3}}}",
+            if i > 0 { "," } else { "" }
+        )?;
+    }
+    write!(json, "],\"sweep_max_blocks\":[")?;
+    for (i, (c, all, mapped)) in sweep_cap.iter().enumerate() {
+        write!(
+            json,
+            "{}{{\"max_blocks_per_launch\":{c},\"batch16_dev_gbps\":{all:.3},\"batch16_mapped_gbps\":{mapped:.3}}}",
             if i > 0 { "," } else { "" }
         )?;
     }

@@ -29,8 +29,9 @@ pub const MAX_BATCH_JOBS: usize = 32;
 pub const MAX_BLOCKS_PER_SLOT: u32 = ENTRIES_PER_SLOT as u32 / ENTRIES_PER_BLOCK;
 /// Default blocks per slot when the count is read on the device. Each block reads `cnt` from the
 /// table, and those reads of one host address are served one after another, so fewer blocks (each
-/// looping over more fragments) win: 64 was the best of 64/128/256 measured on H200.
-pub const DEFAULT_BLOCKS_PER_SLOT: u32 = 64;
+/// looping over more fragments) win: 32 was the best for one 4 MiB slot of 16/32/64/128
+/// measured on H200 (16 for 16-slot batches); see README.md.
+pub const DEFAULT_BLOCKS_PER_SLOT: u32 = 32;
 /// Default cap on the blocks of one batched launch (spread over its jobs): a few waves of resident
 /// blocks, so blocks loop over tiles and overlap each tile's table read with the previous copy.
 pub const DEFAULT_MAX_BLOCKS_PER_LAUNCH: u32 = 1024;

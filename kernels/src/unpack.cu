@@ -9,8 +9,8 @@
 //
 // The fragment count comes from the launch when the host knows it, else from cnt[slot] in the
 // table. Every block must then read cnt itself, and reads of one host-memory address from many SMs
-// are served one after another (measured: ~0.2 us each on H200), so the table-read mode is slower
-// and should use few blocks.
+// are served one after another (on H200 a 4 MiB slot ran at 350 GB/s this way, 860 GB/s with the
+// count given), so the table-read mode is slower and should use few blocks.
 
 #include <stdint.h>
 

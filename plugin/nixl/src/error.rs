@@ -41,6 +41,31 @@ pub enum Status {
     NoTelemetry = -12,
 }
 
+impl Status {
+    /// A peer's status code from the wire: a negative `nixl_status_t`, anything else is
+    /// reported as `Backend` (the peer failed in a way NIXL has no name for).
+    pub fn from_wire(v: i32) -> Status {
+        use Status::*;
+        [
+            NotPosted,
+            InvalidParam,
+            Backend,
+            NotFound,
+            Mismatch,
+            NotAllowed,
+            RepostActive,
+            Unknown,
+            NotSupported,
+            RemoteDisconnect,
+            Canceled,
+            NoTelemetry,
+        ]
+        .into_iter()
+        .find(|s| *s as i32 == v)
+        .unwrap_or(Backend)
+    }
+}
+
 /// Which caller-supplied thing an argument error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arg {
@@ -116,6 +141,20 @@ pub enum Error {
     Output(&'static str),
     /// A call on an engine whose backend failed to initialise.
     NoBackend,
+    /// The tcpx engine failed (handshake, registration, post).
+    Engine(tcpx::Error),
+    /// The peer's control stream or data session is gone.
+    Disconnected(String),
+    /// The peer refused or failed the transfer; `status` is the negative `nixl_status_t` it
+    /// sent (a rejected range is `InvalidParam`).
+    Remote {
+        /// Status reported by the peer.
+        status: Status,
+        /// What the peer said.
+        reason: String,
+    },
+    /// `postXfer` on a request still in flight.
+    RepostActive,
 }
 
 impl Error {
@@ -139,7 +178,12 @@ impl Error {
             Error::Mismatch(_) => Status::Mismatch,
             Error::UnsupportedMem(_) | Error::NotSupported(_) => Status::NotSupported,
             Error::NotPosted => Status::NotPosted,
-            Error::Io { .. } | Error::Output(_) | Error::NoBackend => Status::Backend,
+            Error::Io { .. } | Error::Output(_) | Error::NoBackend | Error::Engine(_) => {
+                Status::Backend
+            }
+            Error::Disconnected(_) => Status::RemoteDisconnect,
+            Error::Remote { status, .. } => *status,
+            Error::RepostActive => Status::RepostActive,
         }
     }
 }
@@ -168,6 +212,12 @@ impl fmt::Display for Error {
             Error::Io { what, err } => write!(f, "{what}: {err}"),
             Error::Output(what) => write!(f, "could not hand {what} back to NIXL"),
             Error::NoBackend => write!(f, "the backend failed to initialise"),
+            Error::Engine(e) => write!(f, "tcpx engine: {e}"),
+            Error::Disconnected(why) => write!(f, "peer disconnected: {why}"),
+            Error::Remote { status, reason } => {
+                write!(f, "peer failed the transfer ({status:?}): {reason}")
+            }
+            Error::RepostActive => write!(f, "request is still in flight"),
         }
     }
 }

@@ -120,6 +120,14 @@ impl MemTable {
         }
     }
 
+    /// Every local registration (new peer sessions register them all).
+    pub fn locals(&self) -> impl Iterator<Item = (MdId, &Region)> {
+        self.mds.iter().filter_map(|(id, md)| match md {
+            Md::Local(r) => Some((*id, r)),
+            _ => None,
+        })
+    }
+
     /// The token peers use to name local registration `id`.
     pub fn token(&self, id: MdId) -> Result<RegionToken, Error> {
         let r = self.local(id)?;

@@ -65,6 +65,10 @@ pub enum Far {
 pub struct Segment {
     /// Start address in our memory.
     pub local: u64,
+    /// The local registration `local` lies in (the engine registers per registration).
+    pub md: MdId,
+    /// `local`'s offset inside that registration.
+    pub offset: u64,
     /// The other end.
     pub far: Far,
     /// Bytes.
@@ -134,6 +138,8 @@ pub fn plan(
         }
         out.push(Segment {
             local: l.addr,
+            md: l.md,
+            offset: l.addr - region.span.base,
             far,
             len: l.len,
         });
@@ -210,6 +216,8 @@ mod tests {
             segs,
             [Segment {
                 local: 0x1000,
+                md: id,
+                offset: 0,
                 far: Far::Own(0x1080),
                 len: 16
             }]
@@ -272,6 +280,8 @@ mod tests {
         let base = buf.as_mut_ptr() as u64;
         let seg = Segment {
             local: base,
+            md: 1,
+            offset: 0,
             far: Far::Own(base + 32),
             len: 8,
         };
