@@ -1,15 +1,36 @@
-//! Transfers and notifications between different agents: the seam where the tcpx engine
-//! (Session/Transfer over ncclNet, DESIGN.md §6) plugs in.
+//! Transfers and notifications between different agents over the tcpx engine (DESIGN.md §6).
 //!
-//! The backend has already validated every segment against the peer's published regions when
-//! it calls in here. Until the engine lands, the operations that need it report
-//! `NIXL_ERR_NOT_SUPPORTED`; bookkeeping that does not (connect, abort) succeeds.
+//! Each agent opens one control stream + engine `Session` per peer it initiates transfers to
+//! (a [`Conn`] with `initiator == true`) and serves the ones peers open to it. One backend
+//! thread per agent accepts control streams, reads every stream's frames and drives every
+//! session; the initiator side also progresses from `checkXfer`.
+//!
+//! Sender announces: on a conn, the initiator's sends (WRITE data) are posted in the order of
+//! its `WriteAnnounce`s, the target's sends (READ data) in the order of its `ReadAnnounce`s,
+//! and each side posts its receives strictly in the order it reads those announces. A failure
+//! that could break that pairing (a refused WRITE whose data is already on the wire, a
+//! receive that cannot be posted) closes the conn; the next use reconnects.
 
-use std::net::SocketAddr;
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tcpx::engine::{
+    Config as EngineConfig, Direction, MemId, Memory, Progress, Segment as ESeg, Session, XferId,
+};
+use tcpx_core::wire::{
+    self, Ack, ErrorMsg, Hello, Message, Notif, ReadAnnounce, ReadRequest, Segment as WireSegment,
+    WriteAnnounce, HEADER_LEN,
+};
 
 use crate::config::Config;
 use crate::error::{Error, Status};
-use crate::xfer::{Op, Segment};
+use crate::registry::{MdId, MemTable, Region};
+use crate::xfer::{Far, Op, Segment};
 
 /// What a peer's `getConnInfo` blob told us.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,65 +43,937 @@ pub struct PeerInfo {
     pub channels: u16,
 }
 
-/// A prepared transfer to another agent, as the engine will hold it.
-#[derive(Debug)]
-pub struct RemoteXfer {
-    /// Not yet used: the engine's transfer state goes here.
-    _private: (),
+/// The backend's notification queue, shared with the backend thread.
+pub type Notifs = Arc<Mutex<VecDeque<(String, Vec<u8>)>>>;
+/// The backend's metadata table, shared with the backend thread (target-side validation).
+pub type Mem = Arc<RwLock<MemTable>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update under these locks is a single insert/remove/assignment: state stays usable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The engine-backed data path to other agents.
-#[derive(Debug)]
-pub struct RemotePath {
-    /// Settings the engine will be created with.
-    _config: Config,
+/// The engine side of a conn: the session and which engine region each registration is.
+struct Engine {
+    session: Session,
+    mems: HashMap<MdId, MemId>,
 }
 
-/// Why remote operations fail in this build.
-const NEEDS_ENGINE: &str = "moving data to or from another agent (needs the tcpx engine)";
+/// A target-side engine transfer in flight.
+struct Job {
+    id: XferId,
+    wire: u64,
+    /// `Some` for a WRITE (Ack + notif due when it lands), `None` for READ data we send.
+    write: Option<Option<Vec<u8>>>,
+}
 
-impl RemotePath {
-    /// A data path with the backend's settings; opens nothing until a peer is used.
-    pub fn new(config: &Config) -> Self {
-        Self {
-            _config: config.clone(),
+/// One control stream and its data session with one peer.
+struct Conn {
+    peer: String,
+    initiator: bool,
+    /// Non-blocking; read only by the backend thread.
+    stream: TcpStream,
+    /// Writer (a clone of `stream`). Held across "post sends + write their announce" so the
+    /// two orders cannot diverge.
+    tx: Mutex<TcpStream>,
+    engine: Mutex<Engine>,
+    rbuf: Mutex<Vec<u8>>,
+    dead: Mutex<Option<String>>,
+    /// Initiator: flights waiting for their Ack / ReadAnnounce / ErrorMsg, by wire id.
+    pending: Mutex<HashMap<u64, Arc<Mutex<Flight>>>>,
+    /// Target: engine transfers in flight.
+    jobs: Mutex<Vec<Job>>,
+    timeout: Duration,
+}
+
+impl Conn {
+    fn dead(&self) -> Option<String> {
+        lock(&self.dead).clone()
+    }
+
+    fn kill(&self, why: &str) {
+        let mut d = lock(&self.dead);
+        if d.is_none() {
+            crate::log!("peer {:?}: closing connection: {why}", self.peer);
+            *d = Some(why.to_owned());
+            let _ = self.stream.shutdown(Shutdown::Both);
         }
     }
 
-    /// `connect`: data comms are created lazily (DESIGN.md §6), so nothing happens yet.
-    pub fn connect(&self, _agent: &str, _peer: &PeerInfo) -> Result<(), Error> {
+    /// Writes one whole frame; bounded by the timeout even on a non-blocking socket.
+    fn send_on(&self, tx: &mut TcpStream, msg: &Message<'_>) -> Result<(), Error> {
+        if let Some(why) = self.dead() {
+            return Err(Error::Disconnected(why));
+        }
+        let buf = frame(msg)?;
+        let deadline = Instant::now() + self.timeout;
+        let mut off = 0;
+        while off < buf.len() {
+            match tx.write(&buf[off..]) {
+                Ok(0) => break,
+                Ok(n) => off += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                Err(e) => {
+                    let why = format!("control write: {e}");
+                    self.kill(&why);
+                    return Err(Error::Disconnected(why));
+                }
+            }
+        }
+        if off < buf.len() {
+            self.kill("control write: stream closed");
+            return Err(Error::Disconnected("control write: stream closed".into()));
+        }
         Ok(())
     }
 
-    /// `disconnect`: closes the peer's comms once there are any.
-    pub fn disconnect(&self, _agent: &str) {}
+    fn send(&self, msg: &Message<'_>) -> Result<(), Error> {
+        let mut tx = lock(&self.tx);
+        self.send_on(&mut tx, msg)
+    }
+}
+
+fn frame(msg: &Message<'_>) -> Result<Vec<u8>, Error> {
+    let mut buf = vec![0u8; msg.buffer_len()];
+    msg.emit(&mut buf).map_err(|err| Error::Wire {
+        what: "control message",
+        err,
+    })?;
+    Ok(buf)
+}
+
+/// Reads one frame from a blocking stream (handshake only; read timeout set by the caller).
+fn read_frame(s: &mut TcpStream) -> Result<Vec<u8>, Error> {
+    let io = |err| Error::Io {
+        what: "control handshake read",
+        err,
+    };
+    let mut buf = vec![0u8; HEADER_LEN];
+    s.read_exact(&mut buf).map_err(io)?;
+    let wire = |err| Error::Wire {
+        what: "handshake frame",
+        err,
+    };
+    let len = wire::peek_frame(&buf).map_err(wire)?.unwrap_or(HEADER_LEN);
+    buf.resize(len, 0);
+    s.read_exact(&mut buf[HEADER_LEN..]).map_err(io)?;
+    Ok(buf)
+}
+
+/// An initiator-side transfer once posted.
+struct Flight {
+    op: Op,
+    conn: Arc<Conn>,
+    /// Local engine segments (READ: posted when the ReadAnnounce arrives).
+    segs: Vec<ESeg>,
+    engine: Option<XferId>,
+    /// WRITE: Ack 0 received. READ: unused.
+    acked: bool,
+    /// The engine part completed.
+    moved: bool,
+    done: bool,
+    released: bool,
+    failed: Option<(Status, String)>,
+    /// READ: notification to send once the data is in.
+    notif: Option<Vec<u8>>,
+}
+
+/// A prepared transfer to another agent.
+#[derive(Debug)]
+pub struct RemoteXfer {
+    op: Op,
+    segments: Vec<Segment>,
+    flight: Option<Arc<Mutex<Flight>>>,
+}
+
+impl std::fmt::Debug for Flight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flight")
+            .field("op", &self.op)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    agent: String,
+    engine_cfg: EngineConfig,
+    timeout: Duration,
+    mem: Mem,
+    notifs: Notifs,
+    stop: AtomicBool,
+    /// Conns we opened, by peer: our transfers to that peer go there.
+    outgoing: Mutex<HashMap<String, Arc<Conn>>>,
+    /// Every live conn, both roles, serviced by the backend thread.
+    conns: Mutex<Vec<Arc<Conn>>>,
+    /// Serialises opening outgoing conns (the handshake blocks up to the timeout).
+    connecting: Mutex<()>,
+    next_wire: AtomicU64,
+}
+
+/// The engine-backed data path to other agents, with its backend thread.
+pub struct RemotePath {
+    shared: Arc<Shared>,
+    thread: Option<(JoinHandle<()>, mpsc::Receiver<()>)>,
+}
+
+impl std::fmt::Debug for RemotePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemotePath")
+            .field("agent", &self.shared.agent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemotePath {
+    /// Starts the backend thread, which accepts peers on `listener`.
+    pub fn new(
+        agent: &str,
+        config: &Config,
+        listener: TcpListener,
+        mem: Mem,
+        notifs: Notifs,
+    ) -> Result<Self, Error> {
+        let engine_cfg = EngineConfig {
+            plugin: config.plugin_path.clone(),
+            channels: config.channels.into(),
+            chunk_bytes: config.chunk_bytes,
+            window: config.window.into(),
+            timeout: config.timeout,
+            ..EngineConfig::default()
+        };
+        engine_cfg.validate().map_err(Error::Engine)?;
+        listener.set_nonblocking(true).map_err(|err| Error::Io {
+            what: "control listener",
+            err,
+        })?;
+        let shared = Arc::new(Shared {
+            agent: agent.to_owned(),
+            engine_cfg,
+            timeout: config.timeout,
+            mem,
+            notifs,
+            stop: AtomicBool::new(false),
+            outgoing: Mutex::new(HashMap::new()),
+            conns: Mutex::new(Vec::new()),
+            connecting: Mutex::new(()),
+            next_wire: AtomicU64::new(1),
+        });
+        let (done_tx, done_rx) = mpsc::channel();
+        let s = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("tcpx-nixl".into())
+            .spawn(move || {
+                run(&s, &listener);
+                let _ = done_tx.send(());
+            })
+            .map_err(|err| Error::Io {
+                what: "starting the backend thread",
+                err,
+            })?;
+        Ok(Self {
+            shared,
+            thread: Some((handle, done_rx)),
+        })
+    }
+
+    /// `connect`: opens our conn to the peer now rather than at the first transfer.
+    pub fn connect(&self, agent: &str, peer: &PeerInfo) -> Result<(), Error> {
+        self.shared.outgoing(agent, peer).map(drop)
+    }
+
+    /// `disconnect`: closes every conn with the peer (both roles).
+    pub fn disconnect(&self, agent: &str) {
+        lock(&self.shared.outgoing).remove(agent);
+        for c in lock(&self.shared.conns).iter() {
+            if c.peer == agent {
+                c.kill("disconnect");
+            }
+        }
+    }
+
+    /// A new local registration: registers it on every live session.
+    pub fn register(&self, md: MdId, region: &Region) {
+        for c in lock(&self.shared.conns).iter() {
+            register_on(&mut lock(&c.engine), md, region);
+        }
+    }
+
+    /// A registration going away: releases it on every session.
+    pub fn deregister(&self, md: MdId) {
+        for c in lock(&self.shared.conns).iter() {
+            let mut e = lock(&c.engine);
+            if let Some(id) = e.mems.remove(&md) {
+                if let Err(err) = e.session.deregister(id) {
+                    crate::log!("peer {:?}: deregistering {md:#x}: {err}", c.peer);
+                }
+            }
+        }
+    }
 
     /// `prepXfer` towards `agent`, with segments already validated.
     pub fn prepare(
         &self,
-        _op: Op,
+        op: Op,
         _agent: &str,
         _peer: &PeerInfo,
-        _segments: &[Segment],
+        segments: &[Segment],
     ) -> Result<RemoteXfer, Error> {
-        Err(Error::NotSupported(NEEDS_ENGINE))
+        if segments.len() > self.shared.engine_cfg.max_segments {
+            return Err(Error::invalid(
+                crate::error::Arg::Descs,
+                format!(
+                    "{} descriptors, at most {}",
+                    segments.len(),
+                    self.shared.engine_cfg.max_segments
+                ),
+            ));
+        }
+        Ok(RemoteXfer {
+            op,
+            segments: segments.to_vec(),
+            flight: None,
+        })
     }
 
     /// `postXfer` of a prepared transfer; `notif` is delivered to the peer on completion.
-    pub fn post(&self, _xfer: &mut RemoteXfer, _notif: Option<&[u8]>) -> Result<Status, Error> {
-        Err(Error::NotSupported(NEEDS_ENGINE))
+    pub fn post(
+        &self,
+        agent: &str,
+        peer: &PeerInfo,
+        x: &mut RemoteXfer,
+        notif: Option<&[u8]>,
+    ) -> Result<Status, Error> {
+        if let Some(f) = &x.flight {
+            let f = lock(f);
+            if !f.done && f.failed.is_none() {
+                return Err(Error::RepostActive);
+            }
+        }
+        x.flight = None;
+        let conn = self.shared.outgoing(agent, peer)?;
+        let segs = {
+            let e = lock(&conn.engine);
+            x.segments
+                .iter()
+                .map(|s| {
+                    let mem = *e.mems.get(&s.md).ok_or_else(|| {
+                        Error::invalid(crate::error::Arg::Metadata, "registration is gone")
+                    })?;
+                    Ok(ESeg {
+                        mem,
+                        offset: s.offset,
+                        remote_offset: 0,
+                        len: s.len,
+                    })
+                })
+                .collect::<Result<Vec<_>, Error>>()?
+        };
+        let wire_segs: Vec<WireSegment> = x
+            .segments
+            .iter()
+            .map(|s| match s.far {
+                Far::Peer { token, addr } => WireSegment::new(token.region, token.key, addr, s.len),
+                Far::Own(addr) => WireSegment::new(0, 0, addr, s.len),
+            })
+            .collect();
+        let wire_id = self.shared.next_wire.fetch_add(1, Ordering::Relaxed);
+        let flight = Arc::new(Mutex::new(Flight {
+            op: x.op,
+            conn: conn.clone(),
+            segs,
+            engine: None,
+            acked: false,
+            moved: false,
+            done: false,
+            released: false,
+            failed: None,
+            notif: None,
+        }));
+        let mut tx = lock(&conn.tx);
+        lock(&conn.pending).insert(wire_id, flight.clone());
+        let sent = match x.op {
+            Op::Write => {
+                let mut f = lock(&flight);
+                let posted = lock(&conn.engine)
+                    .session
+                    .post(Direction::Send, &f.segs)
+                    .map_err(Error::Engine);
+                match posted {
+                    Ok(id) => {
+                        f.engine = Some(id);
+                        drop(f);
+                        conn.send_on(
+                            &mut tx,
+                            &Message::WriteAnnounce(WriteAnnounce {
+                                xfer: wire_id,
+                                segments: &wire_segs,
+                                notif,
+                            }),
+                        )
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Op::Read => {
+                lock(&flight).notif = notif.map(<[u8]>::to_vec);
+                conn.send_on(
+                    &mut tx,
+                    &Message::ReadRequest(ReadRequest {
+                        xfer: wire_id,
+                        segments: &wire_segs,
+                    }),
+                )
+            }
+        };
+        drop(tx);
+        if let Err(e) = sent {
+            lock(&conn.pending).remove(&wire_id);
+            return Err(e);
+        }
+        x.flight = Some(flight);
+        Ok(Status::InProgress)
     }
 
     /// `checkXfer` of a posted transfer.
-    pub fn check(&self, _xfer: &mut RemoteXfer) -> Result<Status, Error> {
-        Err(Error::NotSupported(NEEDS_ENGINE))
+    pub fn check(&self, x: &mut RemoteXfer) -> Result<Status, Error> {
+        let Some(fl) = &x.flight else {
+            return Err(Error::NotPosted);
+        };
+        let mut f = lock(fl);
+        if let Some((status, reason)) = &f.failed {
+            return Err(Error::Remote {
+                status: *status,
+                reason: reason.clone(),
+            });
+        }
+        if f.done {
+            return Ok(Status::Success);
+        }
+        if let Some(why) = f.conn.dead() {
+            f.failed = Some((Status::RemoteDisconnect, why.clone()));
+            return Err(Error::Disconnected(why));
+        }
+        if let Some(id) = f.engine {
+            let conn = f.conn.clone();
+            let mut e = lock(&conn.engine);
+            match e.session.poll(id) {
+                Ok(Progress::Done { .. }) => {
+                    let _ = e.session.release(id);
+                    f.engine = None;
+                    f.moved = true;
+                }
+                Ok(Progress::Pending { .. }) => {}
+                Err(err) => {
+                    drop(e);
+                    let why = format!("data session: {err}");
+                    conn.kill(&why);
+                    f.failed = Some((Status::RemoteDisconnect, why.clone()));
+                    return Err(Error::Disconnected(why));
+                }
+            }
+        }
+        let finished = match f.op {
+            Op::Write => f.moved && f.acked,
+            Op::Read => f.moved,
+        };
+        if !finished {
+            return Ok(Status::InProgress);
+        }
+        f.done = true;
+        let notif = f.notif.clone();
+        let conn = f.conn.clone();
+        // Never write to the stream with the flight locked (post holds tx, then the flight).
+        drop(f);
+        if let Some(msg) = notif {
+            conn.send(&Message::Notif(Notif { msg: &msg }))?;
+        }
+        Ok(Status::Success)
     }
 
-    /// `releaseReqH`: aborts without blocking if still in flight.
-    pub fn abort(&self, _xfer: RemoteXfer) {}
+    /// `releaseReqH`: abandons an in-flight transfer without blocking.
+    pub fn abort(&self, x: RemoteXfer) {
+        if let Some(fl) = x.flight {
+            let mut f = lock(&fl);
+            f.released = true;
+            if let Some(id) = f.engine.take() {
+                let conn = f.conn.clone();
+                let _ = lock(&conn.engine).session.release(id);
+            }
+        }
+    }
 
     /// `genNotif` towards another agent.
-    pub fn notify(&self, _agent: &str, _peer: &PeerInfo, _msg: &[u8]) -> Result<(), Error> {
-        Err(Error::NotSupported(NEEDS_ENGINE))
+    pub fn notify(&self, agent: &str, peer: &PeerInfo, msg: &[u8]) -> Result<(), Error> {
+        let conn = self.shared.outgoing(agent, peer)?;
+        conn.send(&Message::Notif(Notif { msg }))
+    }
+}
+
+impl Drop for RemotePath {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some((handle, done)) = self.thread.take() {
+            // The loop checks `stop` every pass; a pass is bounded by the control write
+            // timeout, so waiting that long (plus slack) is enough. Past it, detach.
+            match done.recv_timeout(self.shared.timeout + Duration::from_secs(1)) {
+                Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = handle.join();
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    crate::log!("backend thread did not stop in time; detaching it");
+                }
+            }
+        }
+        lock(&self.shared.outgoing).clear();
+        for c in lock(&self.shared.conns).drain(..) {
+            c.kill("agent destroyed");
+        }
+    }
+}
+
+/// Registers one local region on a session.
+fn register_on(e: &mut Engine, md: MdId, region: &Region) {
+    if e.mems.contains_key(&md) {
+        return;
+    }
+    let Ok(len) = usize::try_from(region.span.len) else {
+        return;
+    };
+    // SAFETY: NIXL keeps registered memory allocated until `deregisterMem`, which removes it
+    // from every session (RemotePath::deregister) before returning.
+    let r = unsafe {
+        e.session
+            .register(region.span.base as usize as *mut _, len, Memory::Host)
+    };
+    match r {
+        Ok(id) => {
+            e.mems.insert(md, id);
+        }
+        Err(err) => crate::log!("registering {md:#x} on a peer session: {err}"),
+    }
+}
+
+impl Shared {
+    /// Our conn to `agent`, opened (handshake) if there is none or it died.
+    fn outgoing(&self, agent: &str, peer: &PeerInfo) -> Result<Arc<Conn>, Error> {
+        let live = |s: &Self| {
+            lock(&s.outgoing)
+                .get(agent)
+                .filter(|c| c.dead().is_none())
+                .cloned()
+        };
+        if let Some(c) = live(self) {
+            return Ok(c);
+        }
+        let _g = lock(&self.connecting);
+        if let Some(c) = live(self) {
+            return Ok(c);
+        }
+        let conn = self.open(agent, peer)?;
+        self.adopt(conn.clone());
+        lock(&self.outgoing).insert(agent.to_owned(), conn.clone());
+        Ok(conn)
+    }
+
+    /// Initiator handshake: Hello + our ListenHandles, their ListenHandles, engine connect.
+    fn open(&self, agent: &str, peer: &PeerInfo) -> Result<Arc<Conn>, Error> {
+        let io = |what| move |err| Error::Io { what, err };
+        let mut s = TcpStream::connect_timeout(&peer.addr, self.timeout)
+            .map_err(|e| Error::Disconnected(format!("connecting to {}: {e}", peer.addr)))?;
+        s.set_read_timeout(Some(self.timeout))
+            .map_err(io("control stream"))?;
+        s.set_write_timeout(Some(self.timeout))
+            .map_err(io("control stream"))?;
+        let _ = s.set_nodelay(true);
+        let net = Session::open_net(&self.engine_cfg).map_err(Error::Engine)?;
+        let l = Session::listen(net, self.engine_cfg.clone()).map_err(Error::Engine)?;
+        let hello = frame(&Message::Hello(Hello {
+            channels: self.engine_cfg.channels as u16,
+            name: &self.agent,
+        }))?;
+        s.write_all(&hello)
+            .and_then(|_| s.write_all(l.conn_info()))
+            .map_err(io("sending Hello"))?;
+        let theirs = read_frame(&mut s)?;
+        let session = l.connect(&theirs).map_err(Error::Engine)?;
+        self.conn(agent.to_owned(), true, s, session)
+    }
+
+    fn conn(
+        &self,
+        peer: String,
+        initiator: bool,
+        s: TcpStream,
+        session: Session,
+    ) -> Result<Arc<Conn>, Error> {
+        let io = |err| Error::Io {
+            what: "control stream",
+            err,
+        };
+        s.set_nonblocking(true).map_err(io)?;
+        let tx = s.try_clone().map_err(io)?;
+        Ok(Arc::new(Conn {
+            peer,
+            initiator,
+            stream: s,
+            tx: Mutex::new(tx),
+            engine: Mutex::new(Engine {
+                session,
+                mems: HashMap::new(),
+            }),
+            rbuf: Mutex::new(Vec::new()),
+            dead: Mutex::new(None),
+            pending: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(Vec::new()),
+            timeout: self.timeout,
+        }))
+    }
+
+    /// Registers every local region on the conn's session and makes it serviced. Holding the
+    /// table's read lock keeps a concurrent `registerMem` from missing the new session.
+    fn adopt(&self, c: Arc<Conn>) {
+        let table = self.mem.read().unwrap_or_else(PoisonError::into_inner);
+        {
+            let mut e = lock(&c.engine);
+            for (md, region) in table.locals() {
+                register_on(&mut e, md, region);
+            }
+        }
+        lock(&self.conns).push(c);
+    }
+
+    /// Target handshake for a stream a peer opened (runs on its own thread: it blocks).
+    fn accept(&self, mut s: TcpStream) -> Result<(), Error> {
+        let io = |err| Error::Io {
+            what: "control handshake",
+            err,
+        };
+        s.set_nonblocking(false).map_err(io)?;
+        s.set_read_timeout(Some(self.timeout)).map_err(io)?;
+        s.set_write_timeout(Some(self.timeout)).map_err(io)?;
+        let _ = s.set_nodelay(true);
+        let hello = read_frame(&mut s)?;
+        let name = match wire::parse(&hello) {
+            Ok(Message::Hello(h)) => h.name.to_owned(),
+            _ => {
+                return Err(Error::Mismatch(
+                    "control stream did not open with Hello".into(),
+                ))
+            }
+        };
+        let theirs = read_frame(&mut s)?;
+        let net = Session::open_net(&self.engine_cfg).map_err(Error::Engine)?;
+        let l = Session::listen(net, self.engine_cfg.clone()).map_err(Error::Engine)?;
+        s.write_all(l.conn_info()).map_err(io)?;
+        let session = l.connect(&theirs).map_err(Error::Engine)?;
+        let c = self.conn(name, false, s, session)?;
+        if self.stop.load(Ordering::Relaxed) {
+            c.kill("agent destroyed");
+            return Ok(());
+        }
+        self.adopt(c);
+        Ok(())
+    }
+
+    /// One pass over a conn: read frames, drive the session, finish target jobs.
+    fn service(&self, c: &Arc<Conn>) -> bool {
+        if c.dead().is_some() {
+            return false;
+        }
+        let mut moved = false;
+        {
+            let mut rbuf = lock(&c.rbuf);
+            let mut tmp = [0u8; 16 * 1024];
+            loop {
+                match (&c.stream).read(&mut tmp) {
+                    Ok(0) => {
+                        c.kill("peer closed the control stream");
+                        return true;
+                    }
+                    Ok(n) => rbuf.extend_from_slice(&tmp[..n]),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        c.kill(&format!("control read: {e}"));
+                        return true;
+                    }
+                }
+            }
+            let mut off = 0;
+            loop {
+                match wire::next_frame(&rbuf[off..]) {
+                    Ok(Some(f)) => {
+                        let n = f.len();
+                        if let Err(e) = self.handle(c, f) {
+                            c.kill(&e.to_string());
+                            return true;
+                        }
+                        off += n;
+                        moved = true;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        c.kill(&format!("bad control frame: {e}"));
+                        return true;
+                    }
+                }
+            }
+            rbuf.drain(..off);
+        }
+        match lock(&c.engine).session.progress() {
+            Ok(m) => moved |= m,
+            Err(e) => {
+                c.kill(&format!("data session: {e}"));
+                return true;
+            }
+        }
+        moved | self.finish_jobs(c)
+    }
+
+    /// Target side: completed engine transfers get their notif queued and their Ack sent.
+    fn finish_jobs(&self, c: &Arc<Conn>) -> bool {
+        let mut finished = Vec::new();
+        {
+            let mut jobs = lock(&c.jobs);
+            if jobs.is_empty() {
+                return false;
+            }
+            let mut e = lock(&c.engine);
+            let mut i = 0;
+            while i < jobs.len() {
+                match e.session.status(jobs[i].id) {
+                    Ok(Progress::Done { .. }) => {
+                        let _ = e.session.release(jobs[i].id);
+                        finished.push(jobs.swap_remove(i));
+                    }
+                    Ok(Progress::Pending { .. }) => i += 1,
+                    Err(err) => {
+                        drop(e);
+                        c.kill(&format!("data session: {err}"));
+                        return true;
+                    }
+                }
+            }
+        }
+        // `swap_remove` reorders; Acks and notifs go out in announce order.
+        finished.sort_by_key(|j| j.wire);
+        let any = !finished.is_empty();
+        for j in finished {
+            if let Some(notif) = j.write {
+                // The data is in place: only now may the application see the notif.
+                if let Some(msg) = notif {
+                    lock(&self.notifs).push_back((c.peer.clone(), msg));
+                }
+                if c.send(&Message::Ack(Ack {
+                    xfer: j.wire,
+                    status: 0,
+                }))
+                .is_err()
+                {
+                    return true;
+                }
+            }
+        }
+        any
+    }
+
+    /// Checks announced target ranges against our registrations; returns engine segments.
+    fn resolve(&self, c: &Conn, segs: &[WireSegment]) -> Result<Vec<ESeg>, (Status, String)> {
+        let mut out = Vec::with_capacity(segs.len());
+        {
+            let table = self.mem.read().unwrap_or_else(PoisonError::into_inner);
+            for (i, s) in segs.iter().enumerate() {
+                let bad = |why: &str| (Status::InvalidParam, format!("segment {i}: {why}"));
+                let md = usize::try_from(s.region()).map_err(|_| bad("unknown region"))?;
+                let r = table.local(md).map_err(|_| bad("unknown region"))?;
+                if r.key != s.key() {
+                    return Err(bad("wrong key"));
+                }
+                if !r.span.contains(s.addr(), s.len()) {
+                    return Err(bad("range outside the registration"));
+                }
+                out.push((md, s.addr() - r.span.base, s.len()));
+            }
+        }
+        let e = lock(&c.engine);
+        out.into_iter()
+            .map(|(md, offset, len)| {
+                let mem = *e.mems.get(&md).ok_or((
+                    Status::Backend,
+                    format!("region {md:#x} is not registered on this session"),
+                ))?;
+                Ok(ESeg {
+                    mem,
+                    offset,
+                    remote_offset: 0,
+                    len,
+                })
+            })
+            .collect()
+    }
+
+    /// Acts on one control frame. An `Err` closes the conn.
+    fn handle(&self, c: &Arc<Conn>, buf: &[u8]) -> Result<(), Error> {
+        let msg = wire::parse(buf).map_err(|err| Error::Wire {
+            what: "control frame",
+            err,
+        })?;
+        match (c.initiator, msg) {
+            (false, Message::WriteAnnounce(w)) => {
+                let segs = match self.resolve(c, w.segments) {
+                    Ok(s) => s,
+                    Err((status, why)) => {
+                        crate::log!("refusing WRITE {} from {:?}: {why}", w.xfer, c.peer);
+                        c.send(&Message::Ack(Ack {
+                            xfer: w.xfer,
+                            status: status as i32,
+                        }))?;
+                        // Its data is already on the wire with nothing to receive it: the
+                        // session's pairing is lost.
+                        return Err(Error::Disconnected(format!("refused WRITE: {why}")));
+                    }
+                };
+                let id = lock(&c.engine)
+                    .session
+                    .post(Direction::Recv, &segs)
+                    .map_err(Error::Engine)?;
+                lock(&c.jobs).push(Job {
+                    id,
+                    wire: w.xfer,
+                    write: Some(w.notif.map(<[u8]>::to_vec)),
+                });
+            }
+            (false, Message::ReadRequest(r)) => match self.resolve(c, r.segments) {
+                Err((status, why)) => {
+                    crate::log!("refusing READ {} from {:?}: {why}", r.xfer, c.peer);
+                    // Nothing was posted on either side: the conn stays usable.
+                    c.send(&Message::Error(ErrorMsg {
+                        code: (status as i32).unsigned_abs(),
+                        xfer: r.xfer,
+                        text: &why[..why.len().min(wire::MAX_ERROR_TEXT)],
+                    }))?;
+                }
+                Ok(segs) => {
+                    let mut tx = lock(&c.tx);
+                    c.send_on(
+                        &mut tx,
+                        &Message::ReadAnnounce(ReadAnnounce { xfer: r.xfer }),
+                    )?;
+                    let id = lock(&c.engine)
+                        .session
+                        .post(Direction::Send, &segs)
+                        .map_err(Error::Engine)?;
+                    drop(tx);
+                    lock(&c.jobs).push(Job {
+                        id,
+                        wire: r.xfer,
+                        write: None,
+                    });
+                }
+            },
+            (false, Message::Notif(n)) => {
+                lock(&self.notifs).push_back((c.peer.clone(), n.msg.to_vec()));
+            }
+            (true, Message::Ack(a)) => {
+                let f = lock(&c.pending).remove(&a.xfer);
+                let f = f.ok_or_else(|| Error::Mismatch(format!("Ack for unknown {}", a.xfer)))?;
+                let mut f = lock(&f);
+                if a.status == 0 {
+                    f.acked = true;
+                } else {
+                    f.failed = Some((
+                        Status::from_wire(a.status),
+                        format!("peer refused the WRITE ({})", a.status),
+                    ));
+                }
+            }
+            (true, Message::ReadAnnounce(r)) => {
+                let f = lock(&c.pending).remove(&r.xfer);
+                let f = f.ok_or_else(|| {
+                    Error::Mismatch(format!("ReadAnnounce for unknown {}", r.xfer))
+                })?;
+                let mut f = lock(&f);
+                // Even a released READ must post its receives: the peer's data is coming and
+                // later transfers pair by order.
+                let id = lock(&c.engine)
+                    .session
+                    .post(Direction::Recv, &f.segs)
+                    .map_err(Error::Engine)?;
+                if f.released {
+                    let _ = lock(&c.engine).session.release(id);
+                } else {
+                    f.engine = Some(id);
+                }
+            }
+            (true, Message::Error(m)) => {
+                if let Some(f) = lock(&c.pending).remove(&m.xfer) {
+                    lock(&f).failed = Some((
+                        Status::from_wire(-(m.code.min(i32::MAX as u32) as i32)),
+                        m.text.to_owned(),
+                    ));
+                } else {
+                    crate::log!("peer {:?}: error: {}", c.peer, m.text);
+                }
+            }
+            (_, m) => {
+                return Err(Error::Mismatch(format!(
+                    "unexpected {:?} on a {} stream",
+                    m.kind(),
+                    if c.initiator { "initiator" } else { "target" }
+                )))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The backend thread: accepts peers, services every conn, backs off when idle.
+fn run(shared: &Arc<Shared>, listener: &TcpListener) {
+    let mut idle = 0u32;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let mut moved = false;
+        match listener.accept() {
+            Ok((s, _)) => {
+                moved = true;
+                let sh = shared.clone();
+                // The handshake blocks until the peer's engine connects (bounded by the
+                // timeout), so it must not stall the other conns.
+                let spawned = std::thread::Builder::new()
+                    .name("tcpx-nixl-accept".into())
+                    .spawn(move || {
+                        if let Err(e) = sh.accept(s) {
+                            crate::log!("accepting a peer: {e}");
+                        }
+                    });
+                if let Err(e) = spawned {
+                    crate::log!("accepting a peer: {e}");
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => crate::log!("control accept: {e}"),
+        }
+        let conns: Vec<Arc<Conn>> = lock(&shared.conns).clone();
+        for c in &conns {
+            moved |= shared.service(c);
+        }
+        if conns.iter().any(|c| c.dead().is_some()) {
+            lock(&shared.conns).retain(|c| c.dead().is_none());
+            lock(&shared.outgoing).retain(|_, c| c.dead().is_none());
+        }
+        if moved {
+            idle = 0;
+        } else {
+            idle = idle.saturating_add(1);
+            // Spin briefly for latency, then sleep so an idle agent costs no CPU.
+            if idle < 64 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(if idle < 2000 { 50 } else { 1000 }));
+            }
+        }
     }
 }

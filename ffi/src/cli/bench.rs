@@ -1,0 +1,1467 @@
+//! `tcpx bench`: GB/s and p50/p99 latency of engine transfers, per size, in one process
+//! (`--loopback`, both sessions here) or between two hosts (`--listen` / `--connect`).
+//!
+//! `--baseline` adds a plain TCP ping-pong and `iperf3` over 127.0.0.1 so the ratios printed
+//! next to ours are measured on the same machine, in the same run, under the same load.
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::json::Object;
+use crate::engine::{Config, Direction, MemId, Memory, Progress, Rendezvous, Segment, Session};
+use crate::net::Net;
+use crate::XferId;
+
+const USAGE: &str = "usage: tcpx bench (--loopback | --listen PORT | --connect HOST:PORT) \
+[--size N[,N...]] [--iters N] [--channels N] [--chunk N] [--window N] [--segments N] \
+[--plugin PATH] [--poller single|threads] [--baseline] [--reverse] [--verify] [--json]";
+
+/// The sweep when `--size` is absent.
+const DEFAULT_SIZES: [u64; 7] = [
+    4 << 10,
+    64 << 10,
+    1 << 20,
+    4 << 20,
+    16 << 20,
+    64 << 20,
+    256 << 20,
+];
+/// Most sizes per run: the two-host plan message carries them in fixed slots.
+const MAX_SIZES: usize = 8;
+/// Largest transfer: both endpoints (and the baseline) hold a buffer this big.
+const MAX_SIZE: u64 = 4 << 30;
+/// Adaptive iteration count aims at this much measured time per size.
+const TARGET_TIME: Duration = Duration::from_millis(750);
+const MIN_ITERS: usize = 5;
+const MAX_ITERS: usize = 100_000;
+/// Warm-up traffic per size (TCP windows, page faults, caches), spread over 2..=200 iterations.
+const WARMUP_BYTES: u64 = 64 << 20;
+/// A single transfer taking longer than this means the peer or the session is stuck.
+const MIN_TRANSFER_TIMEOUT: Duration = Duration::from_secs(30);
+
+type BenchResult<T> = std::result::Result<T, String>;
+
+fn err(what: &str) -> impl Fn(crate::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Mode {
+    Loopback,
+    Listen(u16),
+    Connect(String),
+}
+
+/// How loopback mode drives its two sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Poller {
+    /// One thread alternates between both sessions: no cross-thread wake-ups, and on a
+    /// small machine the plugin's helper threads keep the other cores.
+    Single,
+    /// One thread per session, iterations started together by a spin barrier.
+    Threads,
+}
+
+impl Poller {
+    fn name(self) -> &'static str {
+        match self {
+            Poller::Single => "single",
+            Poller::Threads => "threads",
+        }
+    }
+}
+
+/// Parsed `bench` options.
+#[derive(Debug, Clone, PartialEq)]
+struct Options {
+    mode: Mode,
+    sizes: Vec<u64>,
+    iters: Option<usize>,
+    segments: usize,
+    channels: Option<usize>,
+    chunk: Option<u32>,
+    window: Option<usize>,
+    plugin: Option<PathBuf>,
+    poller: Poller,
+    baseline: bool,
+    reverse: bool,
+    verify: bool,
+    json: bool,
+}
+
+/// Parses `4096`, `4K`, `64M`, `1G` (binary multiples).
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, mult) = match s.as_bytes().last()? {
+        b'k' | b'K' => (&s[..s.len() - 1], 1u64 << 10),
+        b'm' | b'M' => (&s[..s.len() - 1], 1 << 20),
+        b'g' | b'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(mult)
+        .filter(|&v| v > 0)
+}
+
+fn parse(args: &[String]) -> BenchResult<Options> {
+    let mut mode = None;
+    let mut o = Options {
+        mode: Mode::Loopback,
+        sizes: Vec::new(),
+        iters: None,
+        segments: 1,
+        channels: None,
+        chunk: None,
+        window: None,
+        plugin: None,
+        poller: Poller::Single,
+        baseline: false,
+        reverse: false,
+        verify: false,
+        json: false,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (a.as_str(), None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        let count = |name: &str, v: String| {
+            v.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("{name} {v:?}: expected a positive integer"))
+        };
+        let mut set_mode = |m: Mode| match mode.replace(m) {
+            None => Ok(()),
+            Some(_) => Err("use one of --loopback, --listen, --connect".to_string()),
+        };
+        match flag {
+            "--loopback" => set_mode(Mode::Loopback)?,
+            "--listen" => {
+                let v = value("--listen")?;
+                let port = v
+                    .trim()
+                    .parse::<u16>()
+                    .map_err(|_| format!("--listen {v:?}: expected a TCP port"))?;
+                set_mode(Mode::Listen(port))?;
+            }
+            "--connect" => {
+                let v = value("--connect")?;
+                if !v.contains(':') {
+                    return Err(format!("--connect {v:?}: expected HOST:PORT"));
+                }
+                set_mode(Mode::Connect(v))?;
+            }
+            "--size" => {
+                let v = value("--size")?;
+                o.sizes = v
+                    .split(',')
+                    .map(|s| {
+                        parse_size(s)
+                            .filter(|&n| n <= MAX_SIZE)
+                            .ok_or_else(|| format!("--size {s:?}: expected 1..=4G (K/M/G suffixes)"))
+                    })
+                    .collect::<BenchResult<_>>()?;
+                if o.sizes.len() > MAX_SIZES {
+                    return Err(format!("--size: at most {MAX_SIZES} sizes"));
+                }
+            }
+            "--iters" => o.iters = Some(count("--iters", value("--iters")?)?),
+            "--segments" => o.segments = count("--segments", value("--segments")?)?,
+            "--channels" => o.channels = Some(count("--channels", value("--channels")?)?),
+            "--window" => o.window = Some(count("--window", value("--window")?)?),
+            "--chunk" => {
+                let v = value("--chunk")?;
+                let n = parse_size(&v)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| format!("--chunk {v:?}: expected a size such as 512K"))?;
+                o.chunk = Some(n);
+            }
+            "--plugin" => o.plugin = Some(PathBuf::from(value("--plugin")?)),
+            "--poller" => {
+                o.poller = match value("--poller")?.as_str() {
+                    "single" => Poller::Single,
+                    "threads" => Poller::Threads,
+                    v => return Err(format!("--poller {v:?}: use single or threads")),
+                }
+            }
+            "--baseline" => o.baseline = true,
+            "--reverse" => o.reverse = true,
+            "--verify" => o.verify = true,
+            "--json" => o.json = true,
+            _ => return Err(format!("unknown option {a:?}")),
+        }
+    }
+    o.mode = mode.ok_or("say where the peer is: --loopback, --listen PORT or --connect HOST:PORT")?;
+    if o.mode == Mode::Loopback && o.reverse {
+        return Err("--reverse needs --listen/--connect (in loopback both ends are here)".into());
+    }
+    if o.mode != Mode::Loopback && o.baseline {
+        return Err("--baseline runs on 127.0.0.1 only: use it with --loopback".into());
+    }
+    if o.sizes.is_empty() {
+        o.sizes = DEFAULT_SIZES.to_vec();
+    }
+    if let Some(&s) = o.sizes.iter().find(|&&s| (o.segments as u64) > s) {
+        return Err(format!("--segments {} exceeds the {s}-byte size", o.segments));
+    }
+    Ok(o)
+}
+
+/// Engine configuration: `TCPX_*` environment, then the command line on top.
+fn engine_config(o: &Options) -> BenchResult<Config> {
+    let mut c = Config::from_env().map_err(|e| e.to_string())?;
+    if let Some(p) = &o.plugin {
+        c.plugin = Some(p.clone());
+    }
+    if let Some(n) = o.channels {
+        c.channels = n;
+    }
+    if let Some(n) = o.chunk {
+        c.chunk_bytes = n;
+    }
+    if let Some(n) = o.window {
+        c.window = n;
+    }
+    if o.segments > c.max_segments {
+        c.max_segments = o.segments;
+    }
+    c.validate().map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+/// Runs `tcpx bench`; returns the exit code.
+pub fn main(args: &[String]) -> i32 {
+    let o = match parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("tcpx bench: {e}\n{USAGE}");
+            return 2;
+        }
+    };
+    let cfg = match engine_config(&o) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tcpx bench: {e}\n{USAGE}");
+            return 2;
+        }
+    };
+    let result = match &o.mode {
+        Mode::Loopback => loopback(&o, cfg),
+        Mode::Listen(_) | Mode::Connect(_) => two_hosts(&o, cfg),
+    };
+    match result {
+        Ok(report) => {
+            print!(
+                "{}",
+                if o.json {
+                    report.to_json()
+                } else {
+                    report.to_text()
+                }
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("tcpx bench: error: {e}");
+            1
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Measurement results
+
+/// One size's measurement.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    bytes: u64,
+    iters: usize,
+    p50: Duration,
+    p99: Duration,
+    total: Duration,
+}
+
+impl Row {
+    /// Sorts `times` in place and summarises them.
+    fn from_times(bytes: u64, times: &mut [Duration]) -> Row {
+        times.sort_unstable();
+        Row {
+            bytes,
+            iters: times.len(),
+            p50: percentile(times, 50),
+            p99: percentile(times, 99),
+            total: times.iter().sum(),
+        }
+    }
+
+    fn gbps(&self) -> f64 {
+        self.bytes as f64 / secs(self.p50) / 1e9
+    }
+
+    fn gbps_aggregate(&self) -> f64 {
+        (self.bytes as f64 * self.iters as f64) / secs(self.total) / 1e9
+    }
+}
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (p * sorted.len()).div_ceil(100).max(1);
+    sorted[rank - 1]
+}
+
+/// Seconds, never zero (a timer tick below 1 ns would make GB/s infinite).
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64().max(1e-9)
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Everything a run prints.
+struct Report {
+    header: Vec<(&'static str, String)>,
+    timing: &'static str,
+    plugin_name: String,
+    rows: Vec<Row>,
+    tcp: Vec<Row>,
+    iperf3: Vec<(u32, BenchResult<f64>)>,
+}
+
+fn size_label(n: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (u, name) in UNITS {
+        if n >= u && n % u == 0 {
+            return format!("{} {name}", n / u);
+        }
+    }
+    format!("{n} B")
+}
+
+fn table(out: &mut String, rows: &[Row]) {
+    let _ = writeln!(
+        out,
+        "{:>9} {:>11} {:>7} {:>10} {:>10} {:>11} {:>11}",
+        "size", "bytes", "iters", "GB/s p50", "GB/s agg", "p50 µs", "p99 µs"
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:>9} {:>11} {:>7} {:>10.3} {:>10.3} {:>11.1} {:>11.1}",
+            size_label(r.bytes),
+            r.bytes,
+            r.iters,
+            r.gbps(),
+            r.gbps_aggregate(),
+            us(r.p50),
+            us(r.p99)
+        );
+    }
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        f64::NAN
+    }
+}
+
+impl Report {
+    fn iperf(&self, streams: u32) -> Option<f64> {
+        self.iperf3
+            .iter()
+            .find(|(s, _)| *s == streams)
+            .and_then(|(_, r)| r.as_ref().ok().copied())
+    }
+
+    fn to_text(&self) -> String {
+        let mut s = String::new();
+        let cfg: Vec<String> = self.header.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(s, "tcpx bench: {}", cfg.join(", "));
+        let _ = writeln!(s, "GB/s = 10^9 bytes/s; {}\n", self.timing);
+        table(&mut s, &self.rows);
+        if !self.tcp.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nbaseline: plain TCP over 127.0.0.1 (1 stream, TCP_NODELAY, blocking \
+write_all/read_exact, 1-byte reply per iteration; time = write start to read done)"
+            );
+            table(&mut s, &self.tcp);
+        }
+        for (streams, r) in &self.iperf3 {
+            match r {
+                Ok(g) => {
+                    let _ = writeln!(s, "baseline: iperf3 -c 127.0.0.1 -P {streams}: {g:.3} GB/s");
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "baseline: iperf3 -P {streams} skipped: {e}");
+                }
+            }
+        }
+        if !self.tcp.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nratios, {} / baseline (GB/s: higher is better; p50: lower is better)",
+                self.plugin_name
+            );
+            let _ = writeln!(
+                s,
+                "{:>9} {:>12} {:>12} {:>16} {:>16}",
+                "size", "GB/s vs tcp", "p50 vs tcp", "GB/s vs iperf1", "GB/s vs iperf4"
+            );
+            let (p1, p4) = (self.iperf(1), self.iperf(4));
+            let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}x"));
+            for (r, t) in self.rows.iter().zip(&self.tcp) {
+                let _ = writeln!(
+                    s,
+                    "{:>9} {:>12} {:>12} {:>16} {:>16}",
+                    size_label(r.bytes),
+                    cell(Some(ratio(r.gbps(), t.gbps()))),
+                    cell(Some(ratio(us(r.p50), us(t.p50)))),
+                    cell(p1.map(|b| ratio(r.gbps(), b))),
+                    cell(p4.map(|b| ratio(r.gbps(), b))),
+                );
+            }
+        }
+        s
+    }
+
+    fn to_json(&self) -> String {
+        fn num(v: f64) -> String {
+            if v.is_finite() {
+                format!("{v:.6}")
+            } else {
+                "null".into()
+            }
+        }
+        fn rows_json(out: &mut String, rows: &[Row]) {
+            out.push('[');
+            for (i, r) in rows.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                Object::new(out)
+                    .raw("bytes", r.bytes)
+                    .raw("iters", r.iters)
+                    .raw("gbps", num(r.gbps()))
+                    .raw("gbps_aggregate", num(r.gbps_aggregate()))
+                    .raw("p50_us", num(us(r.p50)))
+                    .raw("p99_us", num(us(r.p99)))
+                    .end();
+            }
+            out.push(']');
+        }
+        let mut s = String::new();
+        let mut o = Object::new(&mut s);
+        for (k, v) in &self.header {
+            match v.parse::<u64>() {
+                Ok(n) => o.raw(k, n),
+                Err(_) => o.str(k, v),
+            };
+        }
+        o.str("timing", self.timing)
+            .with("rows", |out| rows_json(out, &self.rows));
+        if !self.tcp.is_empty() {
+            o.with("baseline_tcp", |out| rows_json(out, &self.tcp));
+            o.with("baseline_iperf3", |out| {
+                out.push('[');
+                for (i, (streams, r)) in self.iperf3.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    let mut b = Object::new(out);
+                    b.raw("streams", streams);
+                    match r {
+                        Ok(g) => b.raw("gbps", num(*g)),
+                        Err(e) => b.raw("gbps", "null").str("skipped", e),
+                    };
+                    b.end();
+                }
+                out.push(']');
+            });
+        }
+        o.end();
+        s.push('\n');
+        s
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Buffers and pattern
+
+/// Position-derived pattern, so a receiver (here or on another host) can check any prefix
+/// without holding a copy of what was sent.
+fn pattern_word(i: u64) -> u64 {
+    (i ^ 0x7463_7078_6265_6e63)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .rotate_left(29)
+        ^ i
+}
+
+fn fill_pattern(buf: &mut [u8]) {
+    for (i, c) in buf.chunks_mut(8).enumerate() {
+        c.copy_from_slice(&pattern_word(i as u64).to_le_bytes()[..c.len()]);
+    }
+}
+
+/// First mismatching offset and the number of wrong bytes, if any.
+fn check_pattern(buf: &[u8]) -> Option<(usize, u8, u8, usize)> {
+    let mut first = None;
+    let mut bad = 0;
+    for (i, c) in buf.chunks(8).enumerate() {
+        let want = pattern_word(i as u64).to_le_bytes();
+        if c != &want[..c.len()] {
+            for (j, (&g, &w)) in c.iter().zip(&want).enumerate() {
+                if g != w {
+                    first.get_or_insert((i * 8 + j, g, w));
+                    bad += 1;
+                }
+            }
+        }
+    }
+    first.map(|(at, got, want)| (at, got, want, bad))
+}
+
+fn verify_failed(size: u64, (at, got, want, bad): (usize, u8, u8, usize)) -> String {
+    format!(
+        "VERIFY FAILED for {}: {bad} of {size} bytes differ, first at offset {at} \
+(got {got:#04x}, expected {want:#04x})",
+        size_label(size)
+    )
+}
+
+/// One side's registered memory and the segments of the current size.
+struct Endpoint {
+    // Declared first so it drops (closing comms) before the memory it registered.
+    session: Session,
+    buf: Vec<u8>,
+    mem: MemId,
+    segs: Vec<Segment>,
+    /// Two-host control messages: `[0, CTRL)` outgoing, `[CTRL, 2*CTRL)` incoming.
+    ctrl: Vec<u8>,
+    ctrl_mem: MemId,
+}
+
+const CTRL: usize = 128;
+
+impl Endpoint {
+    fn new(mut session: Session, len: u64, segments: usize) -> BenchResult<Endpoint> {
+        let len = usize::try_from(len).map_err(|_| "size does not fit in memory".to_string())?;
+        let mut buf = vec![0u8; len];
+        let mut ctrl = vec![0u8; 2 * CTRL];
+        // SAFETY: both Vecs live in the Endpoint, are never resized, and are deregistered in
+        // `close` before they drop (on error paths the session drops first, closing comms).
+        let (mem, ctrl_mem) = unsafe {
+            (
+                session
+                    .register(buf.as_mut_ptr().cast(), len, Memory::Host)
+                    .map_err(err("register"))?,
+                session
+                    .register(ctrl.as_mut_ptr().cast(), ctrl.len(), Memory::Host)
+                    .map_err(err("register"))?,
+            )
+        };
+        Ok(Endpoint {
+            session,
+            buf,
+            mem,
+            segs: Vec::with_capacity(segments),
+            ctrl,
+            ctrl_mem,
+        })
+    }
+
+    /// `size` bytes in `n` equal segments (the last takes the remainder).
+    fn set_size(&mut self, size: u64, n: usize) {
+        self.segs.clear();
+        let each = size / n as u64;
+        for k in 0..n as u64 {
+            let offset = k * each;
+            let len = if k + 1 == n as u64 {
+                size - offset
+            } else {
+                each
+            };
+            self.segs.push(Segment {
+                mem: self.mem,
+                offset,
+                remote_offset: offset,
+                len,
+            });
+        }
+    }
+
+    fn transfer_timeout(&self) -> Duration {
+        self.session.config().timeout.max(MIN_TRANSFER_TIMEOUT)
+    }
+
+    /// Deregisters the buffers; the session stays usable.
+    fn close(mut self) -> BenchResult<Session> {
+        self.session.deregister(self.mem).map_err(err("deregister"))?;
+        self.session
+            .deregister(self.ctrl_mem)
+            .map_err(err("deregister"))?;
+        Ok(self.session)
+    }
+}
+
+/// Drives `s` until every id is done; never allocates.
+fn wait_all(s: &mut Session, ids: &[XferId], timeout: Duration) -> BenchResult<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let moved = s.progress().map_err(err("progress"))?;
+        let mut done = true;
+        for &id in ids {
+            done &= matches!(s.status(id), Ok(Progress::Done { .. }));
+        }
+        if done {
+            for &id in ids {
+                s.release(id).map_err(err("release"))?;
+            }
+            return Ok(());
+        }
+        if !moved {
+            if Instant::now() >= deadline {
+                return Err("a transfer did not complete in time (is the peer alive?)".into());
+            }
+            // The plugin's helper threads do the copying; give them the core.
+            thread::yield_now();
+        }
+    }
+}
+
+/// Iteration counts: fixed warm-up by size (both peers must agree without talking), then
+/// enough measured iterations for about `TARGET_TIME`.
+fn warmups(size: u64, fixed: Option<usize>) -> usize {
+    if fixed.is_some() {
+        return 1;
+    }
+    (WARMUP_BYTES / size).clamp(2, 200) as usize
+}
+
+fn adaptive_iters(warm: &[Duration], fixed: Option<usize>) -> usize {
+    if let Some(n) = fixed {
+        return n;
+    }
+    let mean = secs(warm.iter().sum::<Duration>()) / warm.len().max(1) as f64;
+    ((TARGET_TIME.as_secs_f64() / mean).ceil() as usize).clamp(MIN_ITERS, MAX_ITERS)
+}
+
+/// `\r[3/7] 4 MiB …` on stderr, only when someone watches it.
+struct Ticker {
+    tty: bool,
+    total: usize,
+}
+
+impl Ticker {
+    fn new(total: usize) -> Ticker {
+        Ticker {
+            tty: std::io::stderr().is_terminal(),
+            total,
+        }
+    }
+
+    fn show(&self, i: usize, size: u64, what: &str) {
+        if self.tty {
+            eprint!("\r[{}/{}] {} {what}…\x1b[K", i + 1, self.total, size_label(size));
+        }
+    }
+
+    fn clear(&self) {
+        if self.tty {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Loopback: both sessions in this process
+
+fn loopback(o: &Options, cfg: Config) -> BenchResult<Report> {
+    if cfg.plugin.is_none() {
+        // The embedded tcpxsock would pick a real NIC by default; loopback means `lo`.
+        tcpx_sock::config::configure(tcpx_sock::config::Config {
+            ifname: Some("lo".into()),
+            ..tcpx_sock::config::Config::from_env()
+        });
+    }
+    let net = Session::open_net(&cfg).map_err(err("open plugin"))?;
+    let (a, b) = pair(&net, &cfg)?;
+    let max = *o.sizes.iter().max().expect("at least one size");
+    let mut tx = Endpoint::new(a, max, o.segments)?;
+    let mut rx = Endpoint::new(b, max, o.segments)?;
+    fill_pattern(&mut tx.buf);
+
+    let ticker = Ticker::new(o.sizes.len());
+    let mut rows = Vec::with_capacity(o.sizes.len());
+    for (i, &size) in o.sizes.iter().enumerate() {
+        ticker.show(i, size, "tcpx");
+        tx.set_size(size, o.segments);
+        rx.set_size(size, o.segments);
+        let mut warm = vec![Duration::ZERO; warmups(size, o.iters)];
+        measure(o.poller, &mut tx, &mut rx, &mut warm)?;
+        let mut times = vec![Duration::ZERO; adaptive_iters(&warm, o.iters)];
+        measure(o.poller, &mut tx, &mut rx, &mut times)?;
+        rows.push(Row::from_times(size, &mut times));
+        if o.verify {
+            // An untimed extra transfer into a zeroed buffer: every byte must be rewritten.
+            rx.buf[..size as usize].fill(0);
+            measure(o.poller, &mut tx, &mut rx, &mut [Duration::ZERO])?;
+            if let Some(bad) = check_pattern(&rx.buf[..size as usize]) {
+                ticker.clear();
+                return Err(verify_failed(size, bad));
+            }
+        }
+    }
+    let (mut tcp, mut iperf3) = (Vec::new(), Vec::new());
+    if o.baseline {
+        // The engine's buffers double as the baseline's: no extra gigabytes resident.
+        for (i, &size) in o.sizes.iter().enumerate() {
+            ticker.show(i, size, "tcp ping-pong");
+            let n = size as usize;
+            tcp.push(tcp_pingpong(&tx.buf[..n], &mut rx.buf[..n], o.iters)?);
+        }
+        for streams in [1, 4] {
+            ticker.show(o.sizes.len() - 1, max, &format!("iperf3 -P {streams}"));
+            iperf3.push((streams, run_iperf3(streams)));
+        }
+    }
+    ticker.clear();
+    tx.close()?;
+    rx.close()?;
+    let mut header = config_header(&net, &cfg, o.segments);
+    header.insert(0, ("mode", "loopback".into()));
+    header.push(("poller", o.poller.name().into()));
+    Ok(Report {
+        header,
+        timing: "time = post on both sides to done on both sides",
+        plugin_name: net.name().to_string(),
+        rows,
+        tcp,
+        iperf3,
+    })
+}
+
+fn config_header(net: &Net, cfg: &Config, segments: usize) -> Vec<(&'static str, String)> {
+    let mut h = vec![
+        ("plugin", net.name().to_string()),
+        ("source", net.source().to_string()),
+    ];
+    if cfg.plugin.is_none() {
+        let ifname = tcpx_sock::config::current().ifname;
+        h.push(("ifname", ifname.unwrap_or_else(|| "(default)".into())));
+    }
+    h.extend([
+        ("channels", cfg.channels.to_string()),
+        ("chunk_bytes", cfg.chunk_bytes.to_string()),
+        ("window", cfg.window.to_string()),
+        ("segments", segments.to_string()),
+    ]);
+    h
+}
+
+/// Two connected sessions; `ConnInfo` swapped in memory, connect/accept on two threads
+/// because each side's handshake only finishes while the other's runs.
+fn pair(net: &Net, cfg: &Config) -> BenchResult<(Session, Session)> {
+    let la = Session::listen(net.clone(), cfg.clone()).map_err(err("listen"))?;
+    let lb = Session::listen(net.clone(), cfg.clone()).map_err(err("listen"))?;
+    let (ia, ib) = (la.conn_info().to_vec(), lb.conn_info().to_vec());
+    thread::scope(|s| {
+        let h = s.spawn(move || lb.connect(&ia));
+        let a = la.connect(&ib).map_err(err("handshake"));
+        let b = h
+            .join()
+            .map_err(|_| "handshake thread panicked".to_string())?
+            .map_err(err("handshake"));
+        Ok((a?, b?))
+    })
+}
+
+/// Fills `times` with one transfer each, sender `tx` to receiver `rx`.
+fn measure(
+    poller: Poller,
+    tx: &mut Endpoint,
+    rx: &mut Endpoint,
+    times: &mut [Duration],
+) -> BenchResult<()> {
+    match poller {
+        Poller::Single => measure_single(tx, rx, times),
+        Poller::Threads => measure_threads(tx, rx, times),
+    }
+}
+
+fn measure_single(tx: &mut Endpoint, rx: &mut Endpoint, times: &mut [Duration]) -> BenchResult<()> {
+    let timeout = tx.transfer_timeout();
+    for t in times.iter_mut() {
+        let t0 = Instant::now();
+        let r = rx
+            .session
+            .post(Direction::Recv, &rx.segs)
+            .map_err(err("post"))?;
+        let s = tx
+            .session
+            .post(Direction::Send, &tx.segs)
+            .map_err(err("post"))?;
+        let deadline = t0 + timeout;
+        let (mut rd, mut sd) = (false, false);
+        while !(rd && sd) {
+            let mut moved = false;
+            if !rd {
+                moved |= rx.session.progress().map_err(err("progress"))?;
+                rd = matches!(rx.session.status(r), Ok(Progress::Done { .. }));
+            }
+            if !sd {
+                moved |= tx.session.progress().map_err(err("progress"))?;
+                sd = matches!(tx.session.status(s), Ok(Progress::Done { .. }));
+            }
+            if !moved && !(rd && sd) {
+                if Instant::now() >= deadline {
+                    return Err("a transfer did not complete in time".into());
+                }
+                thread::yield_now();
+            }
+        }
+        *t = t0.elapsed();
+        rx.session.release(r).map_err(err("release"))?;
+        tx.session.release(s).map_err(err("release"))?;
+    }
+    Ok(())
+}
+
+/// A two-party barrier that spins (yielding) instead of sleeping, so the second thread
+/// starts within a scheduler slice rather than a futex wake-up, and that a failing side can
+/// open for good so its partner does not wait forever.
+struct SpinBarrier {
+    arrived: AtomicUsize,
+    abort: AtomicBool,
+}
+
+impl SpinBarrier {
+    /// Waits for the partner's arrival number `round`; false once aborted.
+    fn wait(&self, round: usize) -> bool {
+        self.arrived.fetch_add(1, Ordering::AcqRel);
+        while self.arrived.load(Ordering::Acquire) < 2 * (round + 1) {
+            if self.abort.load(Ordering::Acquire) {
+                return false;
+            }
+            thread::yield_now();
+        }
+        !self.abort.load(Ordering::Acquire)
+    }
+}
+
+fn measure_threads(
+    tx: &mut Endpoint,
+    rx: &mut Endpoint,
+    times: &mut [Duration],
+) -> BenchResult<()> {
+    let timeout = tx.transfer_timeout();
+    let now = Instant::now();
+    let mut tx_marks = vec![(now, now); times.len()];
+    let mut rx_marks = vec![(now, now); times.len()];
+    let barrier = SpinBarrier {
+        arrived: AtomicUsize::new(0),
+        abort: AtomicBool::new(false),
+    };
+    let side = |s: &mut Session, dir, segs: &[Segment], marks: &mut [(Instant, Instant)]| {
+        let r = (|| {
+            for (round, m) in marks.iter_mut().enumerate() {
+                if !barrier.wait(round) {
+                    return Err("the other side failed".to_string());
+                }
+                let t0 = Instant::now();
+                let id = s.post(dir, segs).map_err(err("post"))?;
+                wait_all(s, &[id], timeout)?;
+                *m = (t0, Instant::now());
+            }
+            Ok(())
+        })();
+        if r.is_err() {
+            barrier.abort.store(true, Ordering::Release);
+        }
+        r
+    };
+    let (a, b) = thread::scope(|sc| {
+        let h = sc.spawn(|| side(&mut rx.session, Direction::Recv, &rx.segs, &mut rx_marks));
+        let a = side(&mut tx.session, Direction::Send, &tx.segs, &mut tx_marks);
+        let b = h
+            .join()
+            .unwrap_or_else(|_| Err("receiver thread panicked".into()));
+        (a, b)
+    });
+    a.and(b)?;
+    for ((t, s), r) in times.iter_mut().zip(&tx_marks).zip(&rx_marks) {
+        *t = s.1.max(r.1) - s.0.min(r.0);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Baselines
+
+/// Plain TCP between two threads: the sender writes `src`, the receiver reads it all and
+/// replies one byte before the next iteration. Timed like ours: from the sender's write
+/// start to the receiver's last byte (the reply is outside the timed span; it only keeps the
+/// iterations apart, as the engine's barrier does).
+fn tcp_pingpong(src: &[u8], dst: &mut [u8], fixed: Option<usize>) -> BenchResult<Row> {
+    let io = |what: &'static str| move |e: std::io::Error| format!("tcp baseline: {what}: {e}");
+    let l = TcpListener::bind("127.0.0.1:0").map_err(io("bind"))?;
+    let tx = TcpStream::connect(l.local_addr().map_err(io("bind"))?).map_err(io("connect"))?;
+    let (rx, _) = l.accept().map_err(io("accept"))?;
+    for s in [&tx, &rx] {
+        s.set_nodelay(true).map_err(io("TCP_NODELAY"))?;
+        s.set_read_timeout(Some(MIN_TRANSFER_TIMEOUT))
+            .map_err(io("timeout"))?;
+    }
+    let mut run = |times: &mut [Duration]| -> BenchResult<()> {
+        let now = Instant::now();
+        let mut starts = vec![now; times.len()];
+        let mut ends = vec![now; times.len()];
+        let (a, b) = thread::scope(|sc| {
+            let h = sc.spawn(|| -> std::io::Result<()> {
+                for e in ends.iter_mut() {
+                    (&rx).read_exact(dst)?;
+                    *e = Instant::now();
+                    (&rx).write_all(&[1])?;
+                }
+                Ok(())
+            });
+            let a = (|| -> std::io::Result<()> {
+                let mut one = [0u8; 1];
+                for st in starts.iter_mut() {
+                    *st = Instant::now();
+                    (&tx).write_all(src)?;
+                    (&tx).read_exact(&mut one)?;
+                }
+                Ok(())
+            })();
+            if a.is_err() {
+                // Wakes the receiver out of its blocking read.
+                let _ = tx.shutdown(Shutdown::Both);
+            }
+            (a, h.join())
+        });
+        a.map_err(io("send"))?;
+        b.map_err(|_| "tcp baseline: receiver panicked".to_string())?
+            .map_err(io("receive"))?;
+        for ((t, s), e) in times.iter_mut().zip(&starts).zip(&ends) {
+            *t = *e - *s;
+        }
+        Ok(())
+    };
+    let size = src.len() as u64;
+    let mut warm = vec![Duration::ZERO; warmups(size, fixed)];
+    run(&mut warm)?;
+    let mut times = vec![Duration::ZERO; adaptive_iters(&warm, fixed)];
+    run(&mut times)?;
+    Ok(Row::from_times(size, &mut times))
+}
+
+/// `iperf3 -c 127.0.0.1 -P streams` against a one-shot server of ours; GB/s received.
+fn run_iperf3(streams: u32) -> BenchResult<f64> {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port: {e}"))?
+        .port()
+        .to_string();
+    let mut server = match Command::new("iperf3")
+        .args(["-s", "-1", "-B", "127.0.0.1", "-p", &port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err("iperf3 is not on PATH (apt-get install iperf3)".into())
+        }
+        Err(e) => return Err(format!("cannot start iperf3: {e}")),
+    };
+    let mut result = Err("the iperf3 client never reached the server".to_string());
+    // The server needs a moment to listen; a refused client exits at once, so retry.
+    for _ in 0..20 {
+        thread::sleep(Duration::from_millis(100));
+        let out = Command::new("iperf3")
+            .args(["-c", "127.0.0.1", "-p", &port, "-t", "2", "--json"])
+            .args(["-P", &streams.to_string()])
+            .stderr(Stdio::null())
+            .output();
+        match out {
+            Ok(out) if out.status.success() => {
+                result = parse_iperf3(&String::from_utf8_lossy(&out.stdout))
+                    .map(|bps| bps / 8e9)
+                    .ok_or_else(|| "iperf3 --json had no end.sum_received".to_string());
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                result = Err(format!("cannot run the iperf3 client: {e}"));
+                break;
+            }
+        }
+        if matches!(server.try_wait(), Ok(Some(_))) {
+            result = Err("the iperf3 server exited early".into());
+            break;
+        }
+    }
+    if matches!(server.try_wait(), Ok(None)) {
+        let _ = server.kill();
+    }
+    let _ = server.wait();
+    result
+}
+
+/// `end.sum_received.bits_per_second` from iperf3's JSON, without a JSON parser: the key
+/// `sum_received` appears once, in `end`, and its first `bits_per_second` is the total.
+fn parse_iperf3(json: &str) -> Option<f64> {
+    let rest = &json[json.find("\"sum_received\"")?..];
+    let rest = &rest[rest.find("\"bits_per_second\"")? + "\"bits_per_second\"".len()..];
+    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-')))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+// ---------------------------------------------------------------------------------------
+// Two hosts: one session per process, the listener's options rule
+
+const PLAN_MAGIC: u64 = 0x6e61_6c70_7863_7074; // "tpcxplan"
+const PLAN_VERSION: u64 = 1;
+const SIZE_MAGIC: u64 = 0x657a_6973_7863_7074;
+const STATS_MAGIC: u64 = 0x7374_6174_7863_7074;
+const VERIFY_MAGIC: u64 = 0x6966_7276_7863_7074;
+const FLAG_REVERSE: u64 = 1;
+const FLAG_VERIFY: u64 = 2;
+
+type Words = [u64; CTRL / 8];
+
+fn ctrl_send(ep: &mut Endpoint, words: &Words) -> BenchResult<()> {
+    for (c, w) in ep.ctrl[..CTRL].chunks_mut(8).zip(words) {
+        c.copy_from_slice(&w.to_le_bytes());
+    }
+    let seg = Segment {
+        mem: ep.ctrl_mem,
+        offset: 0,
+        remote_offset: CTRL as u64,
+        len: CTRL as u64,
+    };
+    let id = ep
+        .session
+        .post(Direction::Send, &[seg])
+        .map_err(err("post"))?;
+    let timeout = ep.transfer_timeout();
+    wait_all(&mut ep.session, &[id], timeout)
+}
+
+fn ctrl_recv(ep: &mut Endpoint) -> BenchResult<Words> {
+    let seg = Segment {
+        mem: ep.ctrl_mem,
+        offset: CTRL as u64,
+        remote_offset: 0,
+        len: CTRL as u64,
+    };
+    let id = ep
+        .session
+        .post(Direction::Recv, &[seg])
+        .map_err(err("post"))?;
+    let timeout = ep.transfer_timeout();
+    wait_all(&mut ep.session, &[id], timeout)?;
+    let mut w = [0u64; CTRL / 8];
+    for (w, c) in w.iter_mut().zip(ep.ctrl[CTRL..].chunks(8)) {
+        *w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+    }
+    Ok(w)
+}
+
+fn expect(w: &Words, magic: u64, what: &str) -> BenchResult<()> {
+    if w[0] != magic {
+        return Err(format!(
+            "peer sent something else than its {what}: are both sides the same tcpx version?"
+        ));
+    }
+    Ok(())
+}
+
+/// What the listener tells the connector before anything is measured.
+#[derive(Debug, Clone, PartialEq)]
+struct Plan {
+    reverse: bool,
+    verify: bool,
+    segments: usize,
+    iters: Option<usize>,
+    chunk: u32,
+    sizes: Vec<u64>,
+}
+
+impl Plan {
+    fn to_words(&self) -> Words {
+        let mut w = [0u64; CTRL / 8];
+        w[0] = PLAN_MAGIC;
+        w[1] = PLAN_VERSION;
+        w[2] = u64::from(self.reverse) * FLAG_REVERSE | u64::from(self.verify) * FLAG_VERIFY;
+        w[3] = self.segments as u64;
+        w[4] = self.iters.unwrap_or(0) as u64;
+        w[5] = u64::from(self.chunk);
+        w[6] = self.sizes.len() as u64;
+        w[7..7 + self.sizes.len()].copy_from_slice(&self.sizes);
+        w
+    }
+
+    fn from_words(w: &Words) -> BenchResult<Plan> {
+        expect(w, PLAN_MAGIC, "plan")?;
+        if w[1] != PLAN_VERSION {
+            return Err(format!("peer's bench plan version {} (this is {PLAN_VERSION})", w[1]));
+        }
+        let n = w[6] as usize;
+        if n == 0 || n > MAX_SIZES || w[7..7 + n].iter().any(|&s| s == 0 || s > MAX_SIZE) {
+            return Err("peer's bench plan has bad sizes".into());
+        }
+        let segments = w[3] as usize;
+        if segments == 0 || w[7..7 + n].iter().any(|&s| s < segments as u64) {
+            return Err("peer's bench plan has bad segments".into());
+        }
+        Ok(Plan {
+            reverse: w[2] & FLAG_REVERSE != 0,
+            verify: w[2] & FLAG_VERIFY != 0,
+            segments,
+            iters: (w[4] > 0).then_some(w[4] as usize),
+            chunk: w[5] as u32,
+            sizes: w[7..7 + n].to_vec(),
+        })
+    }
+}
+
+fn two_hosts(o: &Options, cfg: Config) -> BenchResult<Report> {
+    let net = Session::open_net(&cfg).map_err(err("open plugin"))?;
+    let listening = matches!(o.mode, Mode::Listen(_));
+    let session = match &o.mode {
+        Mode::Listen(port) => {
+            let l = TcpListener::bind(("0.0.0.0", *port))
+                .map_err(|e| format!("bind port {port}: {e}"))?;
+            Session::establish(net.clone(), cfg.clone(), Rendezvous::Accept(&l))
+        }
+        Mode::Connect(addr) => {
+            let a = addr
+                .to_socket_addrs()
+                .map_err(|e| format!("{addr}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("{addr} resolves to nothing"))?;
+            Session::establish(net.clone(), cfg.clone(), Rendezvous::Connect(a))
+        }
+        Mode::Loopback => unreachable!("loopback has its own driver"),
+    }
+    .map_err(err("handshake"))?;
+
+    // The plan travels first, over the session itself, before any buffer size is known.
+    let mut ep = Endpoint::new(session, 1, 1)?;
+    let plan = if listening {
+        let plan = Plan {
+            reverse: o.reverse,
+            verify: o.verify,
+            segments: o.segments,
+            iters: o.iters,
+            chunk: cfg.chunk_bytes,
+            sizes: o.sizes.clone(),
+        };
+        ctrl_send(&mut ep, &plan.to_words())?;
+        plan
+    } else {
+        let plan = Plan::from_words(&ctrl_recv(&mut ep)?)?;
+        if plan.chunk != cfg.chunk_bytes {
+            return Err(format!(
+                "the listener uses --chunk {}, this side {}: both must match",
+                plan.chunk, cfg.chunk_bytes
+            ));
+        }
+        plan
+    };
+    let session = ep.close()?;
+    let sender = listening == plan.reverse;
+    let max = *plan.sizes.iter().max().expect("plan has sizes");
+    let mut ep = Endpoint::new(session, max, plan.segments)?;
+    if sender {
+        fill_pattern(&mut ep.buf);
+    }
+
+    let ticker = Ticker::new(plan.sizes.len());
+    let mut rows = Vec::with_capacity(plan.sizes.len());
+    for (i, &size) in plan.sizes.iter().enumerate() {
+        ticker.show(i, size, if sender { "sending" } else { "receiving" });
+        ep.set_size(size, plan.segments);
+        let row = if sender {
+            send_size(&mut ep, &plan, size)
+        } else {
+            recv_size(&mut ep, &plan, size)
+        };
+        match row {
+            Ok(r) => rows.push(r),
+            Err(e) => {
+                ticker.clear();
+                return Err(e);
+            }
+        }
+    }
+    ticker.clear();
+    ep.close()?;
+    let mut header = config_header(&net, &cfg, plan.segments);
+    header.insert(0, ("mode", if listening { "listen" } else { "connect" }.into()));
+    header.insert(1, ("role", if sender { "sender" } else { "receiver" }.into()));
+    Ok(Report {
+        header,
+        timing: "time = sender's post to the receiver's 8-byte ack (one small message more than the transfer)",
+        plugin_name: net.name().to_string(),
+        rows,
+        tcp: Vec::new(),
+        iperf3: Vec::new(),
+    })
+}
+
+/// One iteration on the sending host: data out, the receiver's ack back.
+fn send_iter(ep: &mut Endpoint, timeout: Duration) -> BenchResult<Duration> {
+    let ack = Segment {
+        mem: ep.ctrl_mem,
+        offset: CTRL as u64,
+        remote_offset: 0,
+        len: 8,
+    };
+    let t0 = Instant::now();
+    let a = ep
+        .session
+        .post(Direction::Recv, &[ack])
+        .map_err(err("post"))?;
+    let d = ep
+        .session
+        .post(Direction::Send, &ep.segs)
+        .map_err(err("post"))?;
+    wait_all(&mut ep.session, &[d, a], timeout)?;
+    Ok(t0.elapsed())
+}
+
+/// One iteration on the receiving host: data in, then the ack that lets the sender go on.
+fn recv_iter(ep: &mut Endpoint, timeout: Duration) -> BenchResult<()> {
+    let ack = Segment {
+        mem: ep.ctrl_mem,
+        offset: 0,
+        remote_offset: CTRL as u64,
+        len: 8,
+    };
+    let d = ep
+        .session
+        .post(Direction::Recv, &ep.segs)
+        .map_err(err("post"))?;
+    wait_all(&mut ep.session, &[d], timeout)?;
+    let a = ep
+        .session
+        .post(Direction::Send, &[ack])
+        .map_err(err("post"))?;
+    wait_all(&mut ep.session, &[a], timeout)
+}
+
+fn send_size(ep: &mut Endpoint, plan: &Plan, size: u64) -> BenchResult<Row> {
+    let timeout = ep.transfer_timeout();
+    let mut warm = vec![Duration::ZERO; warmups(size, plan.iters)];
+    for t in warm.iter_mut() {
+        *t = send_iter(ep, timeout)?;
+    }
+    let iters = adaptive_iters(&warm, plan.iters);
+    let mut w = [0u64; CTRL / 8];
+    (w[0], w[1], w[2]) = (SIZE_MAGIC, size, iters as u64);
+    ctrl_send(ep, &w)?;
+    let mut times = vec![Duration::ZERO; iters];
+    for t in times.iter_mut() {
+        *t = send_iter(ep, timeout)?;
+    }
+    let row = Row::from_times(size, &mut times);
+    let mut w = [0u64; CTRL / 8];
+    w[0] = STATS_MAGIC;
+    w[1] = row.p50.as_nanos() as u64;
+    w[2] = row.p99.as_nanos() as u64;
+    w[3] = row.total.as_nanos() as u64;
+    ctrl_send(ep, &w)?;
+    if plan.verify {
+        send_iter(ep, timeout)?;
+        let v = ctrl_recv(ep)?;
+        expect(&v, VERIFY_MAGIC, "verify result")?;
+        if v[1] != 0 {
+            return Err(format!(
+                "the receiver reports {}",
+                verify_failed(size, (v[2] as usize, v[3] as u8, v[4] as u8, v[5] as usize))
+            ));
+        }
+    }
+    Ok(row)
+}
+
+fn recv_size(ep: &mut Endpoint, plan: &Plan, size: u64) -> BenchResult<Row> {
+    let timeout = ep.transfer_timeout();
+    for _ in 0..warmups(size, plan.iters) {
+        recv_iter(ep, timeout)?;
+    }
+    let w = ctrl_recv(ep)?;
+    expect(&w, SIZE_MAGIC, "size")?;
+    if w[1] != size {
+        return Err(format!("peer measures {} bytes, this side {size}", w[1]));
+    }
+    let iters = w[2] as usize;
+    if iters == 0 || iters > MAX_ITERS.max(plan.iters.unwrap_or(0)) {
+        return Err(format!("peer asks for {iters} iterations"));
+    }
+    for _ in 0..iters {
+        recv_iter(ep, timeout)?;
+    }
+    let s = ctrl_recv(ep)?;
+    expect(&s, STATS_MAGIC, "statistics")?;
+    let row = Row {
+        bytes: size,
+        iters,
+        p50: Duration::from_nanos(s[1]),
+        p99: Duration::from_nanos(s[2]),
+        total: Duration::from_nanos(s[3]),
+    };
+    if plan.verify {
+        let n = size as usize;
+        ep.buf[..n].fill(0);
+        recv_iter(ep, timeout)?;
+        let bad = check_pattern(&ep.buf[..n]);
+        let mut v = [0u64; CTRL / 8];
+        v[0] = VERIFY_MAGIC;
+        if let Some((at, got, want, count)) = bad {
+            (v[1], v[2], v[3], v[4], v[5]) = (1, at as u64, got.into(), want.into(), count as u64);
+        }
+        ctrl_send(ep, &v)?;
+        if let Some(bad) = bad {
+            return Err(verify_failed(size, bad));
+        }
+    }
+    Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_sizes_and_options() {
+        assert_eq!(parse_size("4K"), Some(4096));
+        assert_eq!(parse_size("64m"), Some(64 << 20));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("1000"), Some(1000));
+        for bad in ["", "0", "K", "-1", "1.5M", "1T"] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
+        let o = parse(&args(&[
+            "--loopback",
+            "--size=64K,1M",
+            "--iters",
+            "3",
+            "--chunk",
+            "1M",
+            "--verify",
+        ]))
+        .unwrap();
+        assert_eq!(o.sizes, vec![64 << 10, 1 << 20]);
+        assert_eq!((o.iters, o.chunk, o.verify), (Some(3), Some(1 << 20), true));
+        let o = parse(&args(&["--connect", "h:1", "--reverse"])).unwrap();
+        assert_eq!((o.mode, o.sizes.len()), (Mode::Connect("h:1".into()), 7));
+        for (bad, why) in [
+            (&["--size", "4K"][..], "--loopback"),
+            (&["--loopback", "--listen", "1"], "one of"),
+            (&["--loopback", "--iters", "0"], "positive"),
+            (&["--loopback", "--reverse"], "--reverse"),
+            (&["--listen", "1", "--baseline"], "--baseline"),
+            (&["--loopback", "--size", "4K", "--segments", "5000"], "exceeds"),
+            (&["--loopback", "--poller", "x"], "--poller"),
+            (&["--loopback", "--bogus"], "unknown option"),
+        ] {
+            let e = parse(&args(bad)).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let mut t: Vec<Duration> = (1..=100).rev().map(Duration::from_micros).collect();
+        let r = Row::from_times(1000, &mut t);
+        assert_eq!((r.p50, r.p99), (Duration::from_micros(50), Duration::from_micros(99)));
+        assert_eq!(r.total, Duration::from_micros(5050));
+        let mut one = [Duration::from_micros(7)];
+        let r = Row::from_times(1, &mut one);
+        assert_eq!((r.p50, r.p99), (Duration::from_micros(7), Duration::from_micros(7)));
+    }
+
+    #[test]
+    fn pattern_check_finds_the_first_difference() {
+        let mut b = vec![0u8; 1001];
+        fill_pattern(&mut b);
+        assert_eq!(check_pattern(&b), None);
+        let want = b[333];
+        b[333] ^= 0xff;
+        b[1000] ^= 1;
+        assert_eq!(check_pattern(&b), Some((333, want ^ 0xff, want, 2)));
+    }
+
+    #[test]
+    fn plan_round_trips_and_rejects_garbage() {
+        let p = Plan {
+            reverse: true,
+            verify: false,
+            segments: 3,
+            iters: None,
+            chunk: 1 << 19,
+            sizes: DEFAULT_SIZES.to_vec(),
+        };
+        assert_eq!(Plan::from_words(&p.to_words()).unwrap(), p);
+        let mut w = p.to_words();
+        w[6] = 9;
+        assert!(Plan::from_words(&w).is_err());
+        w[0] = 0;
+        assert!(Plan::from_words(&w).unwrap_err().contains("plan"));
+    }
+
+    #[test]
+    fn iperf3_json_total_is_found() {
+        let j = r#"{"intervals":[{"sum":{"bits_per_second":1}}],"end":{"sum_sent":{"bits_per_second":2.5e10},
+            "sum_received": {"start":0,"bits_per_second": 2.25e10,"sender":true}}}"#;
+        assert_eq!(parse_iperf3(j), Some(2.25e10));
+        assert_eq!(parse_iperf3("{}"), None);
+    }
+
+    #[test]
+    fn labels_and_adaptive_counts() {
+        assert_eq!(size_label(4096), "4 KiB");
+        assert_eq!(size_label(256 << 20), "256 MiB");
+        assert_eq!(size_label(1000), "1000 B");
+        assert_eq!(warmups(4096, None), 200);
+        assert_eq!(warmups(256 << 20, None), 2);
+        let warm = [Duration::from_millis(1); 4];
+        assert_eq!(adaptive_iters(&warm, None), 750);
+        assert_eq!(adaptive_iters(&[Duration::from_secs(1)], None), MIN_ITERS);
+        assert_eq!(adaptive_iters(&[Duration::from_nanos(1)], None), MAX_ITERS);
+        assert_eq!(adaptive_iters(&warm, Some(3)), 3);
+    }
+}
