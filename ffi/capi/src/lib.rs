@@ -31,7 +31,7 @@ pub const TCPX_ERR_TIMEOUT: c_int = -2;
 pub const TCPX_ERR_PLUGIN: c_int = -3;
 /// The session stopped working after an earlier failure; destroy it.
 pub const TCPX_ERR_BROKEN: c_int = -4;
-/// A feature this build or plugin does not offer (for now: CUDA memory).
+/// A feature this build or plugin does not offer (e.g. CUDA memory on a host-only plugin).
 pub const TCPX_ERR_UNSUPPORTED: c_int = -5;
 /// A configuration value out of range (struct field or environment variable).
 pub const TCPX_ERR_CONFIG: c_int = -6;
@@ -41,6 +41,8 @@ pub const TCPX_ERR_PROTOCOL: c_int = -7;
 pub const TCPX_ERR_IO: c_int = -8;
 /// A bug inside the library panicked; the call was abandoned (see `tcpx_last_error`).
 pub const TCPX_ERR_PANIC: c_int = -9;
+/// A CUDA failure (driver, context, unpack kernel, event).
+pub const TCPX_ERR_GPU: c_int = -10;
 
 /// `kind` of `tcpx_register`: ordinary host memory.
 pub const TCPX_MEM_HOST: c_int = 0;
@@ -137,6 +139,7 @@ pub fn status_of(e: &Error) -> c_int {
         Error::Config(_) => TCPX_ERR_CONFIG,
         Error::Protocol(_) => TCPX_ERR_PROTOCOL,
         Error::Io(..) => TCPX_ERR_IO,
+        Error::Gpu(_) => TCPX_ERR_GPU,
     }
 }
 
@@ -588,6 +591,7 @@ pub extern "C" fn tcpx_strerror(code: c_int) -> *const c_char {
         TCPX_ERR_PROTOCOL => c"protocol violation by the peer",
         TCPX_ERR_IO => c"I/O error",
         TCPX_ERR_PANIC => c"internal error (panic) in libtcpx_p2p",
+        TCPX_ERR_GPU => c"CUDA failure",
         c if c > 0 => c"not an error (positive status)",
         _ => c"unknown status code",
     };
@@ -688,6 +692,7 @@ mod tests {
             TCPX_ERR_PROTOCOL,
             TCPX_ERR_IO,
             TCPX_ERR_PANIC,
+            TCPX_ERR_GPU,
             -1000,
         ];
         let texts: Vec<String> = codes
