@@ -607,6 +607,24 @@ mod tests {
     }
 
     #[test]
+    fn cursor_resumes_where_it_stopped() {
+        let segs = [seg(0, 0, 1000), seg(5000, 9000, 0), seg(3000, 100, 777)];
+        let plan = Plan::new(&segs, PlanConfig::new(128, 3).with_first_channel(2)).unwrap();
+        for ch in 0..3 {
+            let mut cur = plan.channel_chunks(ch).detach();
+            let mut got = Vec::new();
+            while let Some(c) = cur.next(&segs) {
+                got.push(c);
+                assert_eq!(cur.remaining(), plan.chunks_on(ch) - got.len() as u64);
+            }
+            assert!(plan.channel_chunks(ch).eq(got.iter().copied()));
+        }
+        let mut all = plan.chunks();
+        all.next();
+        assert!(all.clone().eq(all.detach().attach(&segs)));
+    }
+
+    #[test]
     fn empty_and_all_zero_plans() {
         let plan = Plan::new(&[], PlanConfig::default()).unwrap();
         assert_eq!((plan.total_bytes(), plan.chunk_count()), (0, 0));

@@ -56,6 +56,8 @@ pub enum Error {
     Unsupported(&'static str),
     /// The session stopped working after a failure (the original error, as text).
     Broken(String),
+    /// A CUDA failure (context, kernel load, launch, event), with what was being done.
+    Gpu(String),
 }
 
 impl Error {
@@ -116,6 +118,7 @@ impl fmt::Display for Error {
             Error::Io(what, e) => write!(f, "{what}: {e}"),
             Error::Unsupported(what) => write!(f, "unsupported: {what}"),
             Error::Broken(why) => write!(f, "session broken: {why}"),
+            Error::Gpu(what) => write!(f, "GPU: {what}"),
         }
     }
 }

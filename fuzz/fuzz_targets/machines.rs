@@ -104,7 +104,11 @@ fn consume(w: &mut RecvWindow<u64, TCPX_WINDOW>, consumed: &mut u64) {
     let before = w.clone();
     match w.consume() {
         Ok((seq, payload)) => {
-            assert_eq!((seq, payload), (*consumed, *consumed), "consumed out of order");
+            assert_eq!(
+                (seq, payload),
+                (*consumed, *consumed),
+                "consumed out of order"
+            );
             *consumed += 1;
         }
         Err(_) => assert_eq!(*w, before, "rejected consume changed the window"),

@@ -3,6 +3,24 @@
 //! Every message is one little-endian frame that starts with a [`Header`]; parsing checks it
 //! and every count against a fixed maximum, then hands out borrowed, validated views. Emitting
 //! writes into a caller's buffer. Nothing here allocates, panics or reads past its input.
+//!
+//! # Layout (little-endian, no padding, byte offsets)
+//!
+//! | kind | fixed part after the 12-byte header | then |
+//! |---|---|---|
+//! | 1 `ConnInfo` (40) | protocol u16 @12, channels u16 @14, family u8 @16 (4/6), 0 u8, port u16 @18, addr [u8;16] @20, name_len u16 @36, 0 u16 | name |
+//! | 2 `RegionToken` (52) | base u64 @12, len u64 @20, region u64 @28, key u64 @36, device u32 @44, mem u16 @48, 0 u16 | — |
+//! | 3 `Hello` (16) | channels u16 @12, name_len u16 @14 | name |
+//! | 4 `ListenHandles` (16) | count u16 @12, 0 u16 | count × 128-byte handle |
+//! | 5 `WriteAnnounce` (32) | xfer u64 @12, count u32 @20, notif_len u32 @24, flags u32 @28 | count × [`Segment`], notif |
+//! | 6 `ReadRequest` (24) | xfer u64 @12, count u32 @20 | count × [`Segment`] |
+//! | 7 `ReadAnnounce` (20) | xfer u64 @12 | — |
+//! | 8 `Ack` (24) | xfer u64 @12, status i32 @20 | — |
+//! | 9 `Notif` (16) | msg_len u32 @12 | msg |
+//! | 10 `Error` (28) | code u32 @12, text_len u32 @16, xfer u64 @20 | text |
+//!
+//! [`Segment`] (32): region u64, key u64, addr u64, len u64. Reserved fields must be zero, so
+//! every accepted frame re-emits to the same bytes.
 
 use core::fmt;
 
@@ -538,3 +556,7 @@ static_assertions::const_assert!(32 + MAX_SEGMENTS * 32 + MAX_NOTIF <= MAX_FRAME
 static_assertions::const_assert!(28 + MAX_ERROR_TEXT <= MAX_FRAME);
 static_assertions::const_assert!(MAX_FRAME <= u32::MAX as usize);
 static_assertions::const_assert!(MAX_NAME <= u16::MAX as usize);
+// A transfer the planner accepts must fit one announce, and the handshake must carry a handle
+// for every channel the planner can use.
+static_assertions::const_assert_eq!(MAX_SEGMENTS, crate::plan::MAX_SEGMENTS);
+static_assertions::const_assert_eq!(MAX_CHANNELS, crate::plan::MAX_CHANNELS as usize);

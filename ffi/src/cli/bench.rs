@@ -173,9 +173,9 @@ fn parse(args: &[String]) -> BenchResult<Options> {
                 o.sizes = v
                     .split(',')
                     .map(|s| {
-                        parse_size(s)
-                            .filter(|&n| n <= MAX_SIZE)
-                            .ok_or_else(|| format!("--size {s:?}: expected 1..=4G (K/M/G suffixes)"))
+                        parse_size(s).filter(|&n| n <= MAX_SIZE).ok_or_else(|| {
+                            format!("--size {s:?}: expected 1..=4G (K/M/G suffixes)")
+                        })
                     })
                     .collect::<BenchResult<_>>()?;
                 if o.sizes.len() > MAX_SIZES {
@@ -208,7 +208,8 @@ fn parse(args: &[String]) -> BenchResult<Options> {
             _ => return Err(format!("unknown option {a:?}")),
         }
     }
-    o.mode = mode.ok_or("say where the peer is: --loopback, --listen PORT or --connect HOST:PORT")?;
+    o.mode =
+        mode.ok_or("say where the peer is: --loopback, --listen PORT or --connect HOST:PORT")?;
     if o.mode == Mode::Loopback && o.reverse {
         return Err("--reverse needs --listen/--connect (in loopback both ends are here)".into());
     }
@@ -219,7 +220,10 @@ fn parse(args: &[String]) -> BenchResult<Options> {
         o.sizes = DEFAULT_SIZES.to_vec();
     }
     if let Some(&s) = o.sizes.iter().find(|&&s| (o.segments as u64) > s) {
-        return Err(format!("--segments {} exceeds the {s}-byte size", o.segments));
+        return Err(format!(
+            "--segments {} exceeds the {s}-byte size",
+            o.segments
+        ));
     }
     Ok(o)
 }
@@ -397,7 +401,11 @@ impl Report {
 
     fn to_text(&self) -> String {
         let mut s = String::new();
-        let cfg: Vec<String> = self.header.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let cfg: Vec<String> = self
+            .header
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
         let _ = writeln!(s, "tcpx bench: {}", cfg.join(", "));
         let _ = writeln!(s, "GB/s = 10^9 bytes/s; {}\n", self.timing);
         table(&mut s, &self.rows);
@@ -618,7 +626,9 @@ impl Endpoint {
 
     /// Deregisters the buffers; the session stays usable.
     fn close(mut self) -> BenchResult<Session> {
-        self.session.deregister(self.mem).map_err(err("deregister"))?;
+        self.session
+            .deregister(self.mem)
+            .map_err(err("deregister"))?;
         self.session
             .deregister(self.ctrl_mem)
             .map_err(err("deregister"))?;
@@ -684,7 +694,12 @@ impl Ticker {
 
     fn show(&self, i: usize, size: u64, what: &str) {
         if self.tty {
-            eprint!("\r[{}/{}] {} {what}…\x1b[K", i + 1, self.total, size_label(size));
+            eprint!(
+                "\r[{}/{}] {} {what}…\x1b[K",
+                i + 1,
+                self.total,
+                size_label(size)
+            );
         }
     }
 
@@ -835,7 +850,10 @@ fn measure_single(tx: &mut Endpoint, rx: &mut Endpoint, times: &mut [Duration]) 
                 moved |= tx.session.progress().map_err(err("progress"))?;
                 sd = matches!(tx.session.status(s), Ok(Progress::Done { .. }));
             }
-            if !moved && !(rd && sd) {
+            if rd && sd {
+                break;
+            }
+            if !moved {
                 if Instant::now() >= deadline {
                     return Err("a transfer did not complete in time".into());
                 }
@@ -1119,7 +1137,7 @@ impl Plan {
         let mut w = [0u64; CTRL / 8];
         w[0] = PLAN_MAGIC;
         w[1] = PLAN_VERSION;
-        w[2] = u64::from(self.reverse) * FLAG_REVERSE | u64::from(self.verify) * FLAG_VERIFY;
+        w[2] = (u64::from(self.reverse) * FLAG_REVERSE) | (u64::from(self.verify) * FLAG_VERIFY);
         w[3] = self.segments as u64;
         w[4] = self.iters.unwrap_or(0) as u64;
         w[5] = u64::from(self.chunk);
@@ -1131,7 +1149,10 @@ impl Plan {
     fn from_words(w: &Words) -> BenchResult<Plan> {
         expect(w, PLAN_MAGIC, "plan")?;
         if w[1] != PLAN_VERSION {
-            return Err(format!("peer's bench plan version {} (this is {PLAN_VERSION})", w[1]));
+            return Err(format!(
+                "peer's bench plan version {} (this is {PLAN_VERSION})",
+                w[1]
+            ));
         }
         let n = w[6] as usize;
         if n == 0 || n > MAX_SIZES || w[7..7 + n].iter().any(|&s| s == 0 || s > MAX_SIZE) {
@@ -1225,11 +1246,18 @@ fn two_hosts(o: &Options, cfg: Config) -> BenchResult<Report> {
     ticker.clear();
     ep.close()?;
     let mut header = config_header(&net, &cfg, plan.segments);
-    header.insert(0, ("mode", if listening { "listen" } else { "connect" }.into()));
-    header.insert(1, ("role", if sender { "sender" } else { "receiver" }.into()));
+    header.insert(
+        0,
+        ("mode", if listening { "listen" } else { "connect" }.into()),
+    );
+    header.insert(
+        1,
+        ("role", if sender { "sender" } else { "receiver" }.into()),
+    );
     Ok(Report {
         header,
-        timing: "time = sender's post to the receiver's 8-byte ack (one small message more than the transfer)",
+        timing: "time = sender's post to the receiver's 8-byte ack \
+(one small message more than the transfer)",
         plugin_name: net.name().to_string(),
         rows,
         tcp: Vec::new(),
@@ -1394,7 +1422,10 @@ mod tests {
             (&["--loopback", "--iters", "0"], "positive"),
             (&["--loopback", "--reverse"], "--reverse"),
             (&["--listen", "1", "--baseline"], "--baseline"),
-            (&["--loopback", "--size", "4K", "--segments", "5000"], "exceeds"),
+            (
+                &["--loopback", "--size", "4K", "--segments", "5000"],
+                "exceeds",
+            ),
             (&["--loopback", "--poller", "x"], "--poller"),
             (&["--loopback", "--bogus"], "unknown option"),
         ] {
@@ -1407,11 +1438,17 @@ mod tests {
     fn percentiles_are_nearest_rank() {
         let mut t: Vec<Duration> = (1..=100).rev().map(Duration::from_micros).collect();
         let r = Row::from_times(1000, &mut t);
-        assert_eq!((r.p50, r.p99), (Duration::from_micros(50), Duration::from_micros(99)));
+        assert_eq!(
+            (r.p50, r.p99),
+            (Duration::from_micros(50), Duration::from_micros(99))
+        );
         assert_eq!(r.total, Duration::from_micros(5050));
         let mut one = [Duration::from_micros(7)];
         let r = Row::from_times(1, &mut one);
-        assert_eq!((r.p50, r.p99), (Duration::from_micros(7), Duration::from_micros(7)));
+        assert_eq!(
+            (r.p50, r.p99),
+            (Duration::from_micros(7), Duration::from_micros(7))
+        );
     }
 
     #[test]
@@ -1445,7 +1482,8 @@ mod tests {
 
     #[test]
     fn iperf3_json_total_is_found() {
-        let j = r#"{"intervals":[{"sum":{"bits_per_second":1}}],"end":{"sum_sent":{"bits_per_second":2.5e10},
+        let j = r#"{"intervals":[{"sum":{"bits_per_second":1}}],
+            "end":{"sum_sent":{"bits_per_second":2.5e10},
             "sum_received": {"start":0,"bits_per_second": 2.25e10,"sender":true}}}"#;
         assert_eq!(parse_iperf3(j), Some(2.25e10));
         assert_eq!(parse_iperf3("{}"), None);

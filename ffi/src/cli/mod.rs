@@ -3,6 +3,7 @@
 //! `run` dispatches on the first argument and returns the process exit code; each
 //! subcommand module parses its own flags and prints its own output.
 
+pub mod bench;
 pub mod json;
 pub mod probe;
 
@@ -13,6 +14,24 @@ commands:
   probe [--plugin PATH] [--json] [--abi 7|8|9|10]
         load an ncclNet plugin and list its devices
         (default plugin: $TCPX_PLUGIN, else the embedded tcpxsock)
+  bench (--loopback | --listen PORT | --connect HOST:PORT) [options]
+        transfer sizes between two sessions: GB/s (median, aggregate), p50/p99 latency
+        --loopback           both sessions in this process (embedded tcpxsock on lo)
+        --listen PORT        one endpoint per host; the listener receives (sends with
+        --connect HOST:PORT  --reverse) and its size/iters/segments/verify options rule
+        --size N[,N...]      bytes per transfer, K/M/G suffixes
+                             (default 4K,64K,1M,4M,16M,64M,256M)
+        --iters N            iterations per size (default: ~0.75 s worth, 5..100000)
+        --segments N         split each transfer into N equal segments (default 1)
+        --channels N --chunk N --window N --plugin PATH
+                             engine settings (default: TCPX_* environment)
+        --poller single|threads
+                             loopback: one thread polls both sessions (default), or
+                             one thread each started together per iteration
+        --baseline           loopback: add plain TCP ping-pong and iperf3 -P 1/-P 4
+                             rows, and our ratio to each
+        --verify             check the received bytes after the timed iterations
+        --json               one JSON object (config, rows, baselines)
   help  show this text
 
 environment: TCPX_LOG=error|warn|info|debug|trace (default warn)
@@ -22,6 +41,7 @@ environment: TCPX_LOG=error|warn|info|debug|trace (default warn)
 pub fn run(args: &[String]) -> i32 {
     match args.first().map(String::as_str) {
         Some("probe") => probe::main(&args[1..]),
+        Some("bench") => bench::main(&args[1..]),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
             0

@@ -6,6 +6,7 @@
 
 pub mod bootstrap;
 pub mod config;
+mod gpu;
 mod registry;
 mod session;
 mod transfer;

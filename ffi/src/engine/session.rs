@@ -16,10 +16,13 @@ use tcpx_core::wire::{ListenHandle, ListenHandles};
 
 use super::bootstrap;
 use super::config::{Config, MAX_WINDOW};
+use super::gpu::{Gpu, UnpackSource};
 use super::registry::{MemId, Memory, Region, Registry};
 use super::transfer::{Direction, Progress, Segment, Slot, State, XferId};
 use crate::error::{Error, Result};
-use crate::net::{ConnectHandle, ListenComm, MemKind, Net, RecvBuf, RecvComm, Request, SendComm};
+use crate::net::{
+    Comm, ConnectHandle, ListenComm, MemKind, Net, RecvBuf, RecvComm, Request, SendComm,
+};
 
 /// A chunk on the network, send side.
 struct TxChunk {
@@ -33,6 +36,8 @@ struct RxChunk {
     req: Request,
     xfer: u32,
     region: u32,
+    /// Destination address (device address for device chunks).
+    dst: u64,
 }
 
 struct Channel {
@@ -40,6 +45,8 @@ struct Channel {
     recv: RecvComm,
     tx: SendWindow<TxChunk, MAX_WINDOW>,
     rx: RecvWindow<RxChunk, MAX_WINDOW>,
+    /// Set when the plugin lands device-memory receives in bounce pages (TCPX's UNPACK).
+    unpack: Option<UnpackSource>,
     /// Transfers (slot indices) with chunks still to post on this channel, oldest first.
     tx_queue: VecDeque<u32>,
     rx_queue: VecDeque<u32>,
@@ -104,9 +111,15 @@ impl Listener {
         let channels = sends
             .into_iter()
             .zip(recvs)
-            .map(|(s, r)| Channel {
-                send: s.expect("connected"),
-                recv: r.expect("accepted"),
+            .map(|(s, r)| {
+                let recv = r.expect("accepted");
+                let unpack = unpack_source(&recv);
+                (s.expect("connected"), recv, unpack)
+            })
+            .map(|(send, recv, unpack)| Channel {
+                send,
+                recv,
+                unpack,
                 tx: SendWindow::new(),
                 rx: RecvWindow::new(),
                 tx_queue: VecDeque::with_capacity(self.cfg.max_transfers),
@@ -117,7 +130,10 @@ impl Listener {
             .map(|_| Slot::new(self.cfg.max_segments, c))
             .collect();
         let free = (0..self.cfg.max_transfers as u32).rev().collect();
+        let ptr_support = self.net.properties(dev)?.ptr_support;
         Ok(Session {
+            cuda_ok: ptr_support.cuda(),
+            gpu: None,
             consumed_needed: self.net.has_irecv_consumed(),
             net: self.net,
             cfg: self.cfg,
@@ -148,6 +164,10 @@ pub struct Session {
     broken: Option<String>,
     /// Whether the plugin wants `irecvConsumed` after every completed receive.
     consumed_needed: bool,
+    /// Whether the plugin accepts CUDA pointers.
+    cuda_ok: bool,
+    /// CUDA context, stream, kernels, events: created by the first device registration.
+    gpu: Option<Gpu>,
     _listens: Vec<ListenComm>,
 }
 
@@ -231,9 +251,23 @@ impl Session {
         }
         let kind = match memory {
             Memory::Host => MemKind::Host,
-            Memory::Cuda { .. } => return Err(Error::Unsupported(
-                "device memory needs the GPU unpack path, which is not built into this engine yet",
-            )),
+            Memory::Cuda { device } => {
+                if !self.cuda_ok {
+                    return Err(Error::Unsupported(
+                        "the ncclNet plugin does not accept CUDA pointers on this machine",
+                    ));
+                }
+                match &self.gpu {
+                    Some(g) if g.device() != device => {
+                        return Err(Error::Invalid(
+                            "register: a session drives one GPU; this region is on another",
+                        ))
+                    }
+                    Some(_) => {}
+                    None => self.gpu = Some(Gpu::open(device, self.channels.len())?),
+                }
+                MemKind::Cuda
+            }
         };
         let mut regs = Vec::with_capacity(self.channels.len());
         for ch in &self.channels {
@@ -468,19 +502,17 @@ impl Session {
             let Some(req) = req else { break };
             region.in_flight += 1;
             slot.cursors[c] = Some(cur);
-            let memory = match region.memory {
-                Memory::Host => ChunkMemory::Host,
-                Memory::Cuda { .. } => ChunkMemory::Device,
+            let memory = match (region.memory, ch.unpack) {
+                (Memory::Cuda { .. }, Some(_)) => ChunkMemory::Device,
+                _ => ChunkMemory::Host,
             };
-            let posted = ch.rx.post(
-                chunk.len,
-                memory,
-                RxChunk {
-                    req,
-                    xfer: x,
-                    region: ri,
-                },
-            );
+            let chunk = RxChunk {
+                req,
+                xfer: x,
+                region: ri,
+                dst: data as u64,
+            };
+            let posted = ch.rx.post(buf.size as u32, memory, chunk);
             debug_assert!(posted.is_ok(), "window length was checked");
             moved = true;
         }
@@ -514,10 +546,21 @@ impl Session {
                         .rx
                         .payload_mut(seq)
                         .expect("the window names a live chunk");
-                    let Some(size) = self.net.test(&mut head.req)? else {
+                    if let Some(size) = self.net.test(&mut head.req)? {
+                        ch.rx.net_done(size).map_err(chunk_err)?;
+                        continue;
+                    }
+                    // Nothing new from the network; an unpack may still have finished
+                    // behind it (one stream: the oldest one finishes first).
+                    let Some((useq, _)) = ch.rx.unpacking().next() else {
                         break;
                     };
-                    ch.rx.net_done(size).map_err(chunk_err)?;
+                    let gpu = self.gpu.as_ref().expect("device chunks imply a GPU");
+                    if !gpu.done(c, useq)? {
+                        break;
+                    }
+                    ch.rx.unpack_done(useq).map_err(chunk_err)?;
+                    moved = true;
                 }
                 RecvAction::Consume { .. } => {
                     let (_, done) = ch.rx.consume().map_err(chunk_err)?;
@@ -528,8 +571,29 @@ impl Session {
                     self.retire(done.xfer, done.region, len);
                     moved = true;
                 }
-                // Device chunks are rejected at `register` until the GPU path exists.
-                RecvAction::LaunchUnpack { .. } | RecvAction::AwaitUnpack { .. } => break,
+                RecvAction::LaunchUnpack { seq, slot } => {
+                    let (gpu, src) = match (&self.gpu, &ch.unpack) {
+                        (Some(g), Some(s)) => (g, s),
+                        _ => {
+                            return Err(Error::Invalid(
+                                "device chunk without a GPU or unpack source",
+                            ))
+                        }
+                    };
+                    let e = ch.rx.get(seq).expect("the window names a live chunk");
+                    let count = src.checked_count(slot, e.len())?;
+                    gpu.launch(c, seq, src, slot, count, e.payload().dst)?;
+                    ch.rx.unpack_launched(seq).map_err(chunk_err)?;
+                    moved = true;
+                }
+                RecvAction::AwaitUnpack { seq } => {
+                    let gpu = self.gpu.as_ref().expect("device chunks imply a GPU");
+                    if !gpu.done(c, seq)? {
+                        break;
+                    }
+                    ch.rx.unpack_done(seq).map_err(chunk_err)?;
+                    moved = true;
+                }
                 RecvAction::Idle => break,
             }
         }
@@ -606,6 +670,17 @@ pub enum Rendezvous<'a> {
     Accept(&'a TcpListener),
     /// Reach the peer's bootstrap listener.
     Connect(SocketAddr),
+}
+
+/// The UNPACK source of a recv comm whose plugin offloads receives to bounce pages.
+fn unpack_source(recv: &RecvComm) -> Option<UnpackSource> {
+    let h = recv.dev_handle()?;
+    if h.net_device_type != tcpx_core::abi::NET_DEVICE_UNPACK {
+        return None;
+    }
+    // SAFETY: an UNPACK device handle points at the plugin's `UnpackDevHandle`, alive as
+    // long as the comm.
+    unsafe { UnpackSource::from_handle(h.handle.cast()) }
 }
 
 fn chunk_err(e: tcpx_core::chunk::ChunkError) -> Error {

@@ -6,7 +6,7 @@
 //! itself are served here with memcpy; transfers to other agents go to [`RemotePath`].
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tcpx_core::wire::{MemKind, MAX_NAME, MAX_NOTIF};
 
@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::control::Control;
 use crate::error::{Arg, Error, Status};
 use crate::registry::{random_key, MdId, MemTable, Region, Span};
-use crate::remote::{PeerInfo, RemotePath, RemoteXfer};
+use crate::remote::{Mem, Notifs, PeerInfo, RemotePath, RemoteXfer};
 use crate::xfer::{self, Desc, Op};
 
 /// The value NIXL holds as an `nixlBackendReqH*`: never 0.
@@ -108,10 +108,11 @@ pub struct Backend {
     config: Config,
     control: Control,
     conn_info: Vec<u8>,
-    mem: RwLock<MemTable>,
+    mem: Mem,
     peers: Mutex<HashMap<String, Peer>>,
     requests: Mutex<Requests>,
-    notifs: Mutex<VecDeque<(String, Vec<u8>)>>,
+    notifs: Notifs,
+    /// Engine data path; its drop stops and joins the backend thread.
     remote: RemotePath,
 }
 
@@ -140,16 +141,23 @@ impl Backend {
         let config = Config::from_params(params)?;
         let control = Control::bind(config.listen_addr)?;
         let conn_info = blob::encode_conn_info(agent, control.advertised(), config.channels)?;
+        let mem = Arc::new(RwLock::new(MemTable::default()));
+        let notifs = Arc::new(Mutex::new(VecDeque::new()));
+        let listener = control.listener().try_clone().map_err(|err| Error::Io {
+            what: "sharing the control listener",
+            err,
+        })?;
+        let remote = RemotePath::new(agent, &config, listener, mem.clone(), notifs.clone())?;
         Ok(Self {
             agent: agent.to_owned(),
-            remote: RemotePath::new(&config),
+            remote,
             config,
             control,
             conn_info,
-            mem: RwLock::new(MemTable::default()),
+            mem,
             peers: Mutex::new(HashMap::new()),
             requests: Mutex::new(Requests::default()),
-            notifs: Mutex::new(VecDeque::new()),
+            notifs,
         })
     }
 
@@ -168,7 +176,7 @@ impl Backend {
         &self.control
     }
 
-    /// Transfers to other agents are offered (they fail until the engine lands).
+    /// Transfers to other agents are offered (over the tcpx engine).
     pub fn supports_remote(&self) -> bool {
         true
     }
@@ -199,17 +207,26 @@ impl Backend {
             MemKind::Vram => u32::try_from(desc.dev_id)
                 .map_err(|_| Error::invalid(Arg::Descs, "device id out of range"))?,
         };
-        Ok(write(&self.mem).register(Region {
+        let region = Region {
             span,
             mem,
             device,
             key: random_key(),
-        }))
+        };
+        // Register on the peer sessions under the table's write lock, so a session being
+        // created (which registers everything under the read lock) cannot miss it.
+        let mut table = write(&self.mem);
+        let md = table.register(region);
+        self.remote.register(md, &region);
+        Ok(md)
     }
 
     /// `deregisterMem`.
     pub fn deregister_mem(&self, md: MdId) -> Result<(), Error> {
-        write(&self.mem).deregister(md).map(drop)
+        let mut table = write(&self.mem);
+        table.deregister(md)?;
+        self.remote.deregister(md);
+        Ok(())
     }
 
     /// `getPublicData`: the region token peers load with `loadRemoteMD`.
@@ -398,7 +415,8 @@ impl Backend {
             ));
         }
         if let Route::Remote(x) = &mut req.route {
-            return self.remote.post(x, a.notif);
+            let peer = self.peer_info(a.agent)?;
+            return self.remote.post(a.agent, &peer, x, a.notif);
         }
         // Copy without the request table locked, so transfers to ourselves run in parallel
         // under NIXL's RW sync mode.
@@ -626,7 +644,7 @@ mod tests {
     }
 
     #[test]
-    fn peers_load_metadata_and_remote_data_waits_for_the_engine() {
+    fn peers_load_metadata_and_prepare_remote_transfers() {
         let a = backend("a");
         let b = backend("b");
         let mut buf = vec![0u8; 64];
@@ -669,8 +687,9 @@ mod tests {
             .unwrap();
 
         let (l, r) = ([d(p, 64, ma)], [d(p, 64, rb)]);
-        let e = a.prep_xfer(&args(Op::Write, &l, &r, "b")).unwrap_err();
-        assert_eq!(e.status(), Status::NotSupported);
+        let h = a.prep_xfer(&args(Op::Write, &l, &r, "b")).unwrap();
+        assert_eq!(a.check_xfer(h).unwrap_err().status(), Status::NotPosted);
+        a.release_req(h).unwrap();
         let (l, r) = ([d(p, 64, ma)], [d(p + 1, 64, rb)]);
         let e = a.prep_xfer(&args(Op::Write, &l, &r, "b")).unwrap_err();
         assert_eq!(e.status(), Status::InvalidParam, "range is checked first");
@@ -679,6 +698,135 @@ mod tests {
         a.disconnect("b").unwrap();
         assert_eq!(a.disconnect("b").unwrap_err().status(), Status::NotFound);
         buf[0] = 1;
+    }
+
+    /// Two backends that know each other, their data sessions on loopback.
+    fn linked() -> (Backend, Backend) {
+        tcpx_sock::config::configure(tcpx_sock::config::Config {
+            ifname: Some("lo".into()),
+            ..Default::default()
+        });
+        let params = [("listen_addr", "127.0.0.1:0"), ("timeout_ms", "5000")];
+        let a = Backend::new("a", params).unwrap();
+        let b = Backend::new("b", params).unwrap();
+        a.load_remote_conn_info("b", b.conn_info()).unwrap();
+        b.load_remote_conn_info("a", a.conn_info()).unwrap();
+        (a, b)
+    }
+
+    /// Polls until the request leaves IN_PROG; bounded so a stuck transfer fails the test.
+    fn finish(b: &Backend, h: ReqId) -> Result<Status, Error> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match b.check_xfer(h) {
+                Ok(Status::InProgress) => {}
+                other => return other,
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "transfer never finished"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    fn notifs(b: &Backend) -> Vec<(String, Vec<u8>)> {
+        let mut got = Vec::new();
+        b.take_notifs(|from, m| {
+            got.push((from.to_owned(), m.to_vec()));
+            true
+        })
+        .unwrap();
+        got
+    }
+
+    #[test]
+    fn remote_write_read_refusal_and_dead_peer() {
+        let (a, b) = linked();
+        const N: usize = 1 << 20;
+        let mut src: Vec<u8> = (0..N).map(|i| (i % 253) as u8).collect();
+        let mut dst = vec![0u8; N];
+        let (s, t) = (src.as_mut_ptr() as u64, dst.as_mut_ptr() as u64);
+        let ms = a.register_mem(&d(s, N as u64, 0), MEM_DRAM).unwrap();
+        let mt = b.register_mem(&d(t, N as u64, 0), MEM_DRAM).unwrap();
+        let rt = a
+            .load_remote_md(
+                &d(t, N as u64, 0),
+                &b.public_data(mt).unwrap(),
+                MEM_DRAM,
+                "b",
+            )
+            .unwrap();
+
+        // WRITE with a notification: delivered to b once the data is there.
+        let (l, r) = ([d(s, N as u64, ms)], [d(t, N as u64, rt)]);
+        let mut w = args(Op::Write, &l, &r, "b");
+        w.notif = Some(b"w");
+        let mut h = 0;
+        assert_eq!(a.post_xfer(&w, &mut h).unwrap(), Status::InProgress);
+        assert_eq!(finish(&a, h).unwrap(), Status::Success);
+        assert_eq!(dst, src);
+        assert_eq!(notifs(&b), [("a".to_owned(), b"w".to_vec())]);
+        a.release_req(h).unwrap();
+
+        // READ of a sub-range back into a different place.
+        dst[..4096].fill(0x5a);
+        let (l, r) = ([d(s + 8192, 4096, ms)], [d(t, 4096, rt)]);
+        let mut h = 0;
+        a.post_xfer(&args(Op::Read, &l, &r, "b"), &mut h).unwrap();
+        assert_eq!(finish(&a, h).unwrap(), Status::Success);
+        assert!(src[8192..8192 + 4096].iter().all(|&x| x == 0x5a));
+        a.release_req(h).unwrap();
+
+        // b drops the region a still holds a token for: b refuses. A refused READ leaves the
+        // conn usable; a refused WRITE (its data already sent) closes it, and the next
+        // transfer reconnects.
+        b.deregister_mem(mt).unwrap();
+        let mut h = 0;
+        a.post_xfer(&args(Op::Read, &l, &r, "b"), &mut h).unwrap();
+        assert_eq!(finish(&a, h).unwrap_err().status(), Status::InvalidParam);
+        a.release_req(h).unwrap();
+        let mut h = 0;
+        a.post_xfer(&args(Op::Write, &l, &r, "b"), &mut h).unwrap();
+        let st = finish(&a, h).unwrap_err().status();
+        assert!(
+            matches!(st, Status::InvalidParam | Status::RemoteDisconnect),
+            "{st:?}"
+        );
+        a.release_req(h).unwrap();
+        let mt = b.register_mem(&d(t, N as u64, 0), MEM_DRAM).unwrap();
+        a.unload_md(rt).unwrap();
+        let rt = a
+            .load_remote_md(
+                &d(t, N as u64, 0),
+                &b.public_data(mt).unwrap(),
+                MEM_DRAM,
+                "b",
+            )
+            .unwrap();
+        let (l, r) = ([d(s, N as u64, ms)], [d(t, N as u64, rt)]);
+        dst.fill(0);
+        let mut h = 0;
+        a.post_xfer(&args(Op::Write, &l, &r, "b"), &mut h).unwrap();
+        assert_eq!(finish(&a, h).unwrap(), Status::Success);
+        assert_eq!(dst, src);
+        a.release_req(h).unwrap();
+
+        // b goes away: a's transfers fail with REMOTE_DISCONNECT, none hangs.
+        b.deregister_mem(mt).unwrap();
+        drop(b);
+        let mut h = 0;
+        let st = match a.post_xfer(&args(Op::Write, &l, &r, "b"), &mut h) {
+            Err(e) => e.status(),
+            Ok(_) => finish(&a, h).unwrap_err().status(),
+        };
+        assert_eq!(st, Status::RemoteDisconnect);
+        if h != 0 {
+            a.release_req(h).unwrap();
+        }
+        a.unload_md(rt).unwrap();
+        a.deregister_mem(ms).unwrap();
+        dst[0] = 1;
     }
 
     #[test]

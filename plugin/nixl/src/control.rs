@@ -2,7 +2,7 @@
 //! the `getConnInfo` blob), and the address we advertise for it.
 //!
 //! The listener is bound when the engine is created so the advertised address is real; the
-//! engine's control thread (not yet present) will accept on it.
+//! backend thread (`remote`) accepts peers' control streams on it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, ToSocketAddrs};
 

@@ -179,6 +179,10 @@ struct Flight {
     failed: Option<(Status, String)>,
     /// READ: notification to send once the data is in.
     notif: Option<Vec<u8>>,
+    /// Last observed progress (bytes, engine posted, moved, acked) and when it changed: a
+    /// peer that stops answering without closing fails the transfer after the timeout.
+    seen: (u64, bool, bool, bool),
+    since: Instant,
 }
 
 /// A prepared transfer to another agent.
@@ -217,7 +221,8 @@ struct Shared {
 /// The engine-backed data path to other agents, with its backend thread.
 pub struct RemotePath {
     shared: Arc<Shared>,
-    thread: Option<(JoinHandle<()>, mpsc::Receiver<()>)>,
+    /// In a Mutex only so the backend stays `Sync` (a Receiver is not).
+    thread: Mutex<Option<(JoinHandle<()>, mpsc::Receiver<()>)>>,
 }
 
 impl std::fmt::Debug for RemotePath {
@@ -276,7 +281,7 @@ impl RemotePath {
             })?;
         Ok(Self {
             shared,
-            thread: Some((handle, done_rx)),
+            thread: Mutex::new(Some((handle, done_rx))),
         })
     }
 
@@ -392,6 +397,8 @@ impl RemotePath {
             released: false,
             failed: None,
             notif: None,
+            seen: (0, false, false, false),
+            since: Instant::now(),
         }));
         let mut tx = lock(&conn.tx);
         lock(&conn.pending).insert(wire_id, flight.clone());
@@ -457,16 +464,18 @@ impl RemotePath {
             f.failed = Some((Status::RemoteDisconnect, why.clone()));
             return Err(Error::Disconnected(why));
         }
+        let mut bytes = f.seen.0;
         if let Some(id) = f.engine {
             let conn = f.conn.clone();
             let mut e = lock(&conn.engine);
             match e.session.poll(id) {
-                Ok(Progress::Done { .. }) => {
+                Ok(Progress::Done { bytes: b }) => {
                     let _ = e.session.release(id);
                     f.engine = None;
                     f.moved = true;
+                    bytes = b;
                 }
-                Ok(Progress::Pending { .. }) => {}
+                Ok(Progress::Pending { bytes_done, .. }) => bytes = bytes_done,
                 Err(err) => {
                     drop(e);
                     let why = format!("data session: {err}");
@@ -481,6 +490,17 @@ impl RemotePath {
             Op::Read => f.moved,
         };
         if !finished {
+            let seen = (bytes, f.engine.is_some(), f.moved, f.acked);
+            if seen != f.seen {
+                f.seen = seen;
+                f.since = Instant::now();
+            } else if f.since.elapsed() > f.conn.timeout {
+                let why = format!("no progress from the peer for {:?}", f.conn.timeout);
+                // Where the two sides stand is unknown now: the conn cannot be reused.
+                f.conn.kill(&why);
+                f.failed = Some((Status::RemoteDisconnect, why.clone()));
+                return Err(Error::Disconnected(why));
+            }
             return Ok(Status::InProgress);
         }
         f.done = true;
@@ -516,7 +536,7 @@ impl RemotePath {
 impl Drop for RemotePath {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some((handle, done)) = self.thread.take() {
+        if let Some((handle, done)) = lock(&self.thread).take() {
             // The loop checks `stop` every pass; a pass is bounded by the control write
             // timeout, so waiting that long (plus slack) is enough. Past it, detach.
             match done.recv_timeout(self.shared.timeout + Duration::from_secs(1)) {

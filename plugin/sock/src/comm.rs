@@ -19,6 +19,7 @@ use tcpx_core::unpack::{
 };
 
 use crate::config::Config;
+use crate::cuda::{self, SendStage};
 use crate::error::{Error, Result};
 use crate::mem::{OwnedRegion, PagePool};
 use crate::wire::{self, Handle, Hello, HDR_LEN, HELLO_LEN};
@@ -408,8 +409,14 @@ impl SendComm {
         Ok(c)
     }
 
-    /// Posts a send of `size` bytes at `data`.
-    pub(crate) fn isend(&self, data: *const u8, size: usize) -> Result<*const Request> {
+    /// Posts a send of `size` bytes at `data`; `cuda` = the device ordinal when `data` is a
+    /// CUDA buffer (its bytes are staged through pinned memory by the helpers).
+    pub(crate) fn isend(
+        &self,
+        data: *const u8,
+        size: usize,
+        cuda: Option<usize>,
+    ) -> Result<*const Request> {
         let mut st = lock(&self.st);
         if let Some(e) = st.err.or_else(|| self.core.shared.error()) {
             return Err(e);
@@ -422,7 +429,17 @@ impl SendComm {
         }
         let seq = st.posted;
         let idx = (seq % MAX_REQUESTS as u64) as usize;
-        let inline = size <= self.inline_bytes;
+        // CUDA payloads never go inline: the control path reads the buffer with the CPU. The
+        // header's INLINE flag tells the receiver, so nothing else changes on the wire.
+        let inline = size <= self.inline_bytes && (cuda.is_none() || size == 0);
+        if let (Some(ord), false) = (cuda, inline) {
+            let sh = &self.core.shared;
+            if sh.cuda_stage.get().is_none() {
+                // Once per comm (under the state lock, so no race), never per request.
+                let stage = SendStage::new(ord, sh.lanes.len(), sh.chunk_bytes)?;
+                let _ = sh.cuda_stage.set(stage);
+            }
+        }
         st.slots[idx] = SendSlot {
             ptr: data,
             size,
@@ -433,7 +450,11 @@ impl SendComm {
             self.core.shared.remaining[idx].store(0, Ordering::Relaxed);
         } else {
             let used = self.core.shared.dispatch(Job {
-                kind: JobKind::Send,
+                kind: if cuda.is_some() {
+                    JobKind::SendCuda
+                } else {
+                    JobKind::Send
+                },
                 req: idx,
                 base: data as *mut u8,
                 size,
@@ -513,6 +534,11 @@ impl SendComm {
 
 /* ---------------------------------------- recv --------------------------------------- */
 
+/// Whether the device (and so every recv comm) is UNPACK: CUDA present, or forced.
+pub(crate) fn unpack_device(cfg: &Config) -> bool {
+    cfg.unpack || cuda::present()
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RxPhase {
     /// Waiting for the next request's header.
@@ -530,6 +556,9 @@ struct RecvSlot {
     inline: bool,
     /// Header read and payload either landed inline or handed to the helpers.
     ctrl_done: bool,
+    /// This request lands in bounce pages + LoadMeta (CUDA buffer, or forced by
+    /// `TCPX_SOCK_UNPACK=1`); otherwise straight into `ptr`.
+    bounce: bool,
     /// Bounce pages of this request, in fragment order (TCPX mode).
     pages: Box<[u32]>,
     npages: usize,
@@ -565,7 +594,10 @@ unsafe impl Send for RecvState {}
 /// A connected receiving endpoint.
 pub struct RecvComm {
     core: Core,
+    /// Present when the device is UNPACK (CUDA present or `TCPX_SOCK_UNPACK=1`).
     unpack: Option<Unpack>,
+    /// `TCPX_SOCK_UNPACK=1`: host receives go through bounce pages too (CPU-oracle testing).
+    force_bounce: bool,
     st: Mutex<RecvState>,
     reqs: [Request; MAX_REQUESTS],
 }
@@ -589,7 +621,7 @@ pub struct UnpackView {
 impl RecvComm {
     fn new(socks: Vec<TcpStream>, hello: &Hello, cfg: &Config) -> Result<Box<Self>> {
         let core = Core::new(socks, hello.chunk_bytes as usize, cfg)?;
-        let unpack = if cfg.unpack {
+        let unpack = if unpack_device(cfg) {
             let meta = OwnedRegion::new(core::mem::size_of::<NetUnpackMeta>())?;
             let bounce = OwnedRegion::new(cfg.bounce_bytes)?;
             let handle = Box::into_raw(Box::new(UnpackDevHandle {
@@ -620,6 +652,7 @@ impl RecvComm {
         let mut c = Box::new(RecvComm {
             core,
             unpack,
+            force_bounce: cfg.unpack,
             st: Mutex::new(RecvState {
                 posted: 0,
                 tested: 0,
@@ -636,6 +669,7 @@ impl RecvComm {
                     size: 0,
                     inline: false,
                     ctrl_done: false,
+                    bounce: false,
                     pages: vec![0u32; npages].into_boxed_slice(),
                     npages: 0,
                 }),
@@ -667,8 +701,10 @@ impl RecvComm {
         })
     }
 
-    /// Posts a receive of up to `cap` bytes into `data` (ignored in TCPX mode).
-    pub(crate) fn irecv(&self, data: *mut u8, cap: usize) -> Result<*const Request> {
+    /// Posts a receive of up to `cap` bytes into `data`; `cuda` = `data` is a CUDA buffer.
+    /// CUDA receives (and, with `TCPX_SOCK_UNPACK=1`, all receives) land in bounce pages and
+    /// never touch `data`; host receives land in `data` directly.
+    pub(crate) fn irecv(&self, data: *mut u8, cap: usize, cuda: bool) -> Result<*const Request> {
         let mut st = lock(&self.st);
         if let Some(e) = st.err.or_else(|| self.core.shared.error()) {
             return Err(e);
@@ -676,10 +712,14 @@ impl RecvComm {
         if st.posted - st.consumed >= MAX_REQUESTS as u64 {
             return Err(Error::Internal("more than 16 outstanding requests"));
         }
-        if self.unpack.is_some() && cap > MAX_RECV_BYTES {
+        if cuda && self.unpack.is_none() {
+            return Err(Error::InvalidArgument("CUDA receive on a host-only comm"));
+        }
+        let bounce = cuda || (self.unpack.is_some() && self.force_bounce);
+        if bounce && cap > MAX_RECV_BYTES {
             return Err(Error::Internal("TCPX receives are limited to 4 MiB"));
         }
-        if self.unpack.is_none() && cap > 0 && data.is_null() {
+        if !bounce && cap > 0 && data.is_null() {
             return Err(Error::InvalidArgument("NULL receive buffer"));
         }
         let idx = (st.posted % MAX_REQUESTS as u64) as usize;
@@ -689,6 +729,7 @@ impl RecvComm {
         s.size = 0;
         s.inline = false;
         s.ctrl_done = false;
+        s.bounce = bounce;
         s.npages = 0;
         st.posted += 1;
         self.progress(&mut st);
@@ -788,6 +829,10 @@ impl RecvComm {
             return true;
         };
         let s = &mut slots[idx];
+        if !s.bounce {
+            // Lands in the user buffer; its slot still gets cnt = 0 at test.
+            return true;
+        }
         let n = s.size.div_ceil(PAGE_SIZE);
         if !pool.take(&mut s.pages[..n]) {
             return false;
@@ -809,7 +854,7 @@ impl RecvComm {
 
     fn dispatch(&self, st: &mut RecvState, idx: usize) -> Result<()> {
         let s = &st.slots[idx];
-        let kind = match &self.unpack {
+        let kind = match self.unpack.as_ref().filter(|_| s.bounce) {
             Some(u) => JobKind::RecvPages {
                 pages: s.pages.as_ptr(),
                 bounce: u.bounce.region.host,
@@ -834,7 +879,7 @@ impl RecvComm {
         while off < size {
             let avail = st.st_hi - st.st_lo;
             if avail == 0 {
-                if self.unpack.is_none() && size - off >= STAGE_BYTES / 2 {
+                if !st.slots[idx].bounce && size - off >= STAGE_BYTES / 2 {
                     // Large remainder: straight into the user buffer, no staging copy.
                     // SAFETY: `ptr..ptr+cap` is the posted buffer and off < size <= cap.
                     let dst = unsafe {
@@ -864,7 +909,7 @@ impl RecvComm {
     fn place(&self, st: &RecvState, idx: usize, off: usize, lo: usize, n: usize) {
         let s = &st.slots[idx];
         let src = &st.stage[lo..lo + n];
-        match &self.unpack {
+        match self.unpack.as_ref().filter(|_| s.bounce) {
             None => {
                 // SAFETY: off + n <= size <= cap of the posted buffer.
                 unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), s.ptr.add(off), n) };
@@ -913,6 +958,8 @@ impl RecvComm {
             st.tested += 1;
             if self.unpack.is_none() {
                 st.consumed = st.tested;
+            } else {
+                Self::advance_consumed(&mut st);
             }
             return Ok(Some(size));
         }
@@ -922,11 +969,30 @@ impl RecvComm {
         }
     }
 
+    /// In an UNPACK comm, host receives hold nothing, so they count as consumed as soon as
+    /// they are tested and every older request is consumed; `irecvConsumed` on them is
+    /// accepted but optional (host users of a CUDA box need not call it).
+    fn advance_consumed(st: &mut RecvState) {
+        while st.consumed < st.tested
+            && !st.slots[(st.consumed % MAX_REQUESTS as u64) as usize].bounce
+        {
+            st.consumed += 1;
+        }
+    }
+
     /// Releases the oldest completed request's pages (TCPX's in-order `irecvConsumed`).
     pub(crate) fn consumed(&self, idx: usize) -> Result<()> {
         let mut st = lock(&self.st);
         if self.unpack.is_none() {
             // Host mode frees requests at test; nothing is held.
+            return Ok(());
+        }
+        if !st.slots[idx].bounce {
+            // A host receive: fine once tested (it is released by advance_consumed).
+            let pending = (st.tested..st.posted).any(|q| (q % MAX_REQUESTS as u64) as usize == idx);
+            if pending {
+                return Err(Error::Internal("irecvConsumed before test reported done"));
+            }
             return Ok(());
         }
         if st.consumed >= st.tested || (st.consumed % MAX_REQUESTS as u64) as usize != idx {
@@ -940,6 +1006,7 @@ impl RecvComm {
         }
         slots[idx].npages = 0;
         st.consumed += 1;
+        Self::advance_consumed(&mut st);
         // Pages freed: a request waiting for the pool may go on.
         self.progress(&mut st);
         Ok(())

@@ -19,6 +19,8 @@ pub enum Error {
     System(&'static str, i32),
     /// The peer went away (EOF, reset, broken pipe) or spoke an unexpected protocol.
     Remote(&'static str),
+    /// A CUDA driver call failed with this `CUresult`.
+    Cuda(&'static str, i32),
 }
 
 impl Error {
@@ -29,6 +31,7 @@ impl Error {
             Error::InvalidArgument(_) => result::INVALID_ARGUMENT,
             Error::System(..) => result::SYSTEM_ERROR,
             Error::Remote(_) => result::REMOTE_ERROR,
+            Error::Cuda(..) => result::UNHANDLED_CUDA_ERROR,
         }
     }
 
@@ -52,6 +55,7 @@ impl fmt::Display for Error {
                 write!(f, "{c}: {}", std::io::Error::from_raw_os_error(*e))
             }
             Error::Remote(c) => write!(f, "remote error: {c}"),
+            Error::Cuda(c, r) => write!(f, "{c}: CUresult {r}"),
         }
     }
 }

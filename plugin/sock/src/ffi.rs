@@ -5,13 +5,13 @@ use core::ffi::{c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use tcpx_core::abi::v7::Properties;
-use tcpx_core::abi::{result, DevHandle, Logger, NcclResult, HANDLE_MAX_SIZE, PTR_HOST};
+use tcpx_core::abi::{result, DevHandle, Logger, NcclResult, HANDLE_MAX_SIZE, PTR_CUDA, PTR_HOST};
 use tcpx_core::abi::{NET_DEVICE_HOST, NET_DEVICE_UNPACK, NET_UNPACK_VERSION};
 
-use crate::comm::{Connecting, ListenComm, RecvComm, Request, SendComm};
+use crate::comm::{unpack_device, Connecting, ListenComm, RecvComm, Request, SendComm};
 use crate::error::{Error, Result};
 use crate::wire::{Handle, HANDLE_STAGE_OFF};
-use crate::{config, dev};
+use crate::{config, cuda, dev};
 
 /// Runs `f`, turning errors into their code and panics into `ncclInternalError`.
 fn guard(f: impl FnOnce() -> Result<()>) -> NcclResult {
@@ -44,9 +44,24 @@ fn size_arg(size: c_int) -> Result<usize> {
     usize::try_from(size).map_err(|_| Error::InvalidArgument("negative size"))
 }
 
-/// A registered region. Registration is bookkeeping only on the TCP path.
+/// Tags `Mr`s so a foreign mhandle is caught before its fields are trusted.
+const MR_MAGIC: u32 = 0x524d_5854;
+
+/// A registered region. Registration is bookkeeping only on the TCP path: the type decides
+/// how requests on it travel (CUDA sends are staged, CUDA receives land in bounce pages).
 struct Mr {
-    _kind: c_int,
+    magic: u32,
+    kind: c_int,
+    /// Device of a CUDA region (for the staging context).
+    ordinal: usize,
+}
+
+/// The CUDA device of `mhandle`'s region, or `None` for host / NULL / foreign mhandles.
+fn mr_cuda(mhandle: *mut c_void) -> Option<usize> {
+    // SAFETY: non-NULL mhandles come from reg_mr; the magic rejects anything else that is
+    // readable (NCCL only passes ours).
+    let mr = unsafe { mhandle.cast::<Mr>().as_ref() }?;
+    (mr.magic == MR_MAGIC && mr.kind == PTR_CUDA).then_some(mr.ordinal)
 }
 
 pub(crate) unsafe extern "C" fn init(logger: Logger) -> NcclResult {
@@ -75,7 +90,7 @@ pub(crate) unsafe extern "C" fn get_properties(d: c_int, props: *mut Properties)
     guard(|| {
         let p = out(props, "props")?;
         let dv = dev::get(d)?;
-        let unpack = config::current().unpack;
+        let unpack = unpack_device(&config::current());
         *p = Properties {
             name: dv.name.as_ptr().cast_mut(),
             pci_path: dv
@@ -83,8 +98,12 @@ pub(crate) unsafe extern "C" fn get_properties(d: c_int, props: *mut Properties)
                 .as_ref()
                 .map_or(core::ptr::null_mut(), |c| c.as_ptr().cast_mut()),
             guid: d as u64,
-            // CUDA joins this mask when the GPU issue lands (staging through pinned memory).
-            ptr_support: PTR_HOST,
+            // CUDA sends are staged through pinned memory, CUDA receives land in bounce pages.
+            ptr_support: if cuda::present() {
+                PTR_HOST | PTR_CUDA
+            } else {
+                PTR_HOST
+            },
             speed: dv.speed_mbps,
             port: 0,
             latency: 0.0,
@@ -185,20 +204,32 @@ pub(crate) unsafe extern "C" fn accept(
 
 pub(crate) unsafe extern "C" fn reg_mr(
     _comm: *mut c_void,
-    _data: *mut c_void,
-    _size: c_int,
+    data: *mut c_void,
+    size: c_int,
     kind: c_int,
     mhandle: *mut *mut c_void,
 ) -> NcclResult {
     guard(|| {
         let slot = out(mhandle, "mhandle")?;
-        if kind != PTR_HOST {
-            // Hook for the GPU issue: CUDA buffers will be staged through pinned memory.
-            return Err(Error::Internal(
-                "only host memory is supported in this build",
-            ));
-        }
-        *slot = Box::into_raw(Box::new(Mr { _kind: kind })).cast();
+        *slot = core::ptr::null_mut();
+        let ordinal = match kind {
+            PTR_HOST => 0,
+            PTR_CUDA if !cuda::present() => {
+                // guard() logs the error; NCCL-style callers then fall back to host memory.
+                return Err(Error::InvalidArgument(
+                    "regMr(CUDA): no CUDA driver or device on this host",
+                ));
+            }
+            PTR_CUDA if size == 0 || data.is_null() => 0,
+            PTR_CUDA => cuda::pointer_ordinal(data)?,
+            _ => return Err(Error::InvalidArgument("regMr: unsupported pointer type")),
+        };
+        *slot = Box::into_raw(Box::new(Mr {
+            magic: MR_MAGIC,
+            kind,
+            ordinal,
+        }))
+        .cast();
         Ok(())
     })
 }
@@ -218,14 +249,18 @@ pub(crate) unsafe extern "C" fn isend(
     data: *mut c_void,
     size: c_int,
     _tag: c_int,
-    _mhandle: *mut c_void,
+    mhandle: *mut c_void,
     request: *mut *mut c_void,
 ) -> NcclResult {
     guard(|| {
         let slot = out(request, "request")?;
         *slot = core::ptr::null_mut();
         let c = out(send_comm.cast::<SendComm>(), "sendComm")?;
-        *slot = c.isend(data.cast(), size_arg(size)?)?.cast_mut().cast();
+        let cuda = mr_cuda(mhandle);
+        *slot = c
+            .isend(data.cast(), size_arg(size)?, cuda)?
+            .cast_mut()
+            .cast();
         Ok(())
     })
 }
@@ -236,7 +271,7 @@ pub(crate) unsafe extern "C" fn irecv(
     data: *mut *mut c_void,
     sizes: *mut c_int,
     _tags: *mut c_int,
-    _mhandles: *mut *mut c_void,
+    mhandles: *mut *mut c_void,
     request: *mut *mut c_void,
 ) -> NcclResult {
     guard(|| {
@@ -250,7 +285,8 @@ pub(crate) unsafe extern "C" fn irecv(
         let c = out(recv_comm.cast::<RecvComm>(), "recvComm")?;
         let buf = opt_out(data).map_or(core::ptr::null_mut(), |d| *d);
         let size = size_arg(*out(sizes, "sizes")?)?;
-        *slot = c.irecv(buf.cast(), size)?.cast_mut().cast();
+        let cuda = opt_out(mhandles).is_some_and(|m| mr_cuda(*m).is_some());
+        *slot = c.irecv(buf.cast(), size, cuda)?.cast_mut().cast();
         Ok(())
     })
 }

@@ -25,6 +25,7 @@ use tcpx_core::abi::{log_level, Logger, LOG_SUBSYS_NET};
 
 mod comm;
 pub mod config;
+pub mod cuda;
 pub mod dev;
 pub mod error;
 mod ffi;
@@ -35,6 +36,7 @@ mod worker;
 
 pub use comm::{RecvComm, UnpackView};
 pub use config::{configure, Config};
+pub use cuda::CudaMappedAllocator;
 pub use error::Error;
 pub use mem::{set_mapped_allocator, HostAllocator, MappedAllocator, MappedRegion};
 pub use worker::MAX_REQUESTS;

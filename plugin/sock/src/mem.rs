@@ -1,9 +1,10 @@
 //! Memory for TCPX mode: the pluggable allocator of device-visible host regions (meta table,
 //! bounce region) and the bounce page pool.
 //!
-//! Today regions are ordinary page-aligned host memory. The GPU issue installs a
-//! [`MappedAllocator`] that returns pinned, device-mapped memory (or device memory) and its
-//! device alias; the plugin writes through `host` and publishes `device` in the dev handle.
+//! Which allocator: the one installed with [`set_mapped_allocator`] if any; else, when a CUDA
+//! driver with a device is present, pinned device-mapped host memory
+//! ([`crate::cuda::CudaMappedAllocator`]); else ordinary page-aligned host memory. The plugin
+//! writes through `host` and publishes `device` in the dev handle.
 
 use core::ffi::c_void;
 use std::alloc::Layout;
@@ -66,11 +67,24 @@ impl MappedAllocator for HostAllocator {
 }
 
 static HOST_ALLOCATOR: HostAllocator = HostAllocator;
-static ALLOCATOR: RwLock<&'static dyn MappedAllocator> = RwLock::new(&HOST_ALLOCATOR);
+/// `None` = choose automatically (CUDA if present, else host).
+static ALLOCATOR: RwLock<Option<&'static dyn MappedAllocator>> = RwLock::new(None);
 
-/// Installs the allocator used for meta tables and bounce regions of comms accepted later.
+/// Installs the allocator used for meta tables and bounce regions of comms accepted later,
+/// replacing the automatic choice.
 pub fn set_mapped_allocator(a: &'static dyn MappedAllocator) {
-    *ALLOCATOR.write().unwrap_or_else(|e| e.into_inner()) = a;
+    *ALLOCATOR.write().unwrap_or_else(|e| e.into_inner()) = Some(a);
+}
+
+fn allocator() -> &'static dyn MappedAllocator {
+    if let Some(a) = *ALLOCATOR.read().unwrap_or_else(|e| e.into_inner()) {
+        return a;
+    }
+    if crate::cuda::present() {
+        &crate::cuda::CUDA_ALLOCATOR
+    } else {
+        &HOST_ALLOCATOR
+    }
 }
 
 /// A region that returns itself to its allocator on drop.
@@ -87,7 +101,7 @@ unsafe impl Sync for OwnedRegion {}
 impl OwnedRegion {
     /// Allocates from the installed allocator.
     pub(crate) fn new(len: usize) -> Result<Self> {
-        let alloc = *ALLOCATOR.read().unwrap_or_else(|e| e.into_inner());
+        let alloc = allocator();
         let region = alloc.alloc(len)?;
         if region.host.is_null() || region.len < len || region.host as usize % PAGE_SIZE != 0 {
             return Err(Error::Internal("allocator returned an unusable region"));

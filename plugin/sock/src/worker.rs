@@ -7,12 +7,13 @@
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tcpx_core::unpack::PAGE_SIZE;
 
+use crate::cuda::SendStage;
 use crate::error::{Error, Result};
 use crate::sys;
 
@@ -28,6 +29,9 @@ const IOV_BATCH: usize = 64;
 pub(crate) enum JobKind {
     /// Send from `base`.
     Send,
+    /// Send from CUDA memory at `base` (a device address), chunk by chunk through the lane's
+    /// pinned staging buffer in [`Shared::cuda_stage`].
+    SendCuda,
     /// Receive into `base` (host mode).
     RecvHost,
     /// Receive into bounce pages listed at `pages` (TCPX mode).
@@ -73,6 +77,8 @@ pub(crate) struct Shared {
     pub remaining: [AtomicU32; MAX_REQUESTS],
     pub lanes: Vec<Lane>,
     pub chunk_bytes: usize,
+    /// Staging for CUDA sends (send comms only), made at the comm's first CUDA send.
+    pub cuda_stage: OnceLock<SendStage>,
     exited: Mutex<usize>,
     exited_cv: Condvar,
 }
@@ -101,6 +107,7 @@ impl Shared {
                 })
                 .collect(),
             chunk_bytes,
+            cuda_stage: OnceLock::new(),
             exited: Mutex::new(0),
             exited_cv: Condvar::new(),
         })
@@ -242,6 +249,16 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
             match job.kind {
                 // SAFETY: `base..base+size` is the caller's live send buffer.
                 JobKind::Send => unsafe { sys::send_all(fd, job.base.add(off), len)? },
+                JobKind::SendCuda => {
+                    let stage = shared
+                        .cuda_stage
+                        .get()
+                        .ok_or(Error::Internal("CUDA send without staging"))?;
+                    let src = job.base as u64 + off as u64;
+                    let buf = stage.stage(me, src, len)?;
+                    // SAFETY: `buf` holds the `len` bytes just copied; only this lane uses it.
+                    unsafe { sys::send_all(fd, buf, len)? }
+                }
                 JobKind::RecvHost => {
                     let mut iov = [libc::iovec {
                         // SAFETY: `off < size`, within the caller's receive buffer.

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use std::time::Instant;
-use tcpx_core::abi::{result, NET_DEVICE_HOST, PTR_HOST};
+use tcpx_core::abi::{result, NET_DEVICE_HOST, NET_DEVICE_UNPACK, PTR_CUDA, PTR_HOST};
 
 fn setup() {
     init(false, false, 0);
@@ -30,9 +30,15 @@ fn table_and_properties() {
         "lo"
     );
     assert!(p.pci_path.is_null());
-    assert_eq!(p.ptr_support, PTR_HOST);
     assert_eq!(p.max_recvs, 1);
-    assert_eq!(p.net_device_type, NET_DEVICE_HOST);
+    if tcpx_sock::cuda::present() {
+        // A CUDA box: the device is UNPACK, host buffers still land directly.
+        assert_eq!(p.ptr_support, PTR_HOST | PTR_CUDA);
+        assert_eq!(p.net_device_type, NET_DEVICE_UNPACK);
+    } else {
+        assert_eq!(p.ptr_support, PTR_HOST);
+        assert_eq!(p.net_device_type, NET_DEVICE_HOST);
+    }
     assert!(p.speed > 0 && p.max_comms >= 16);
     assert!(n.reg_mr_dma_buf.is_none());
 }
@@ -41,7 +47,11 @@ fn table_and_properties() {
 fn sizes_round_trip() {
     setup();
     let (s, r, d) = pair();
-    assert!(d.is_null(), "host mode hands out no device handle");
+    assert_eq!(
+        d.is_null(),
+        !tcpx_sock::cuda::present(),
+        "host device: no device handle; CUDA box: UNPACK handle"
+    );
     let mut sizes = SIZES.to_vec();
     sizes.extend(rand_sizes(12, 3 << 20, 7));
     for (i, &len) in sizes.iter().enumerate() {

@@ -1,0 +1,147 @@
+//! The engine's CUDA side: a context and stream per session, one event per window slot, and
+//! the unpack launches that move TCPX bounce fragments into device memory.
+//!
+//! Created at setup (the first device-memory registration); the hot path only launches,
+//! records and queries — no allocation, no blocking.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaEvent, CudaStream};
+use tcpx_core::unpack::{LoadMeta, NetUnpackMeta, UnpackDevHandle, ENTRIES_PER_SLOT, PAGE_SIZE};
+use tcpx_kernels::Kernels;
+
+use super::config::MAX_WINDOW;
+use crate::error::{Error, Result};
+
+/// Where a recv comm's plugin publishes fragments (from its UNPACK device handle).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UnpackSource {
+    /// Device-visible table; also host-readable (pinned, mapped, unified addressing).
+    pub meta: *const NetUnpackMeta,
+    pub bounce: u64,
+}
+
+impl UnpackSource {
+    /// Reads the handle an UNPACK recv comm returned from `accept`.
+    ///
+    /// # Safety
+    /// `handle` points at a live `UnpackDevHandle` owned by the comm.
+    pub unsafe fn from_handle(handle: *const UnpackDevHandle) -> Option<UnpackSource> {
+        if handle.is_null() {
+            return None;
+        }
+        // SAFETY: per the caller's contract.
+        let h = unsafe { *handle };
+        (!h.meta.is_null()).then_some(UnpackSource {
+            meta: h.meta,
+            bounce: h.bounce_buf as u64,
+        })
+    }
+
+    /// The published fragment count of `slot`, checked so the kernel never writes outside
+    /// the chunk's `len` bytes at its destination, whatever the plugin wrote.
+    pub fn checked_count(&self, slot: usize, len: u32) -> Result<u32> {
+        // SAFETY: the table stays mapped while the recv comm lives (the comm outlives the
+        // chunks in its window); the plugin published `cnt[slot]` before `test` said done.
+        let meta = unsafe { &*self.meta };
+        let count = meta.cnt[slot];
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        if count > ENTRIES_PER_SLOT as u64 {
+            return Err(Error::Protocol(format!(
+                "plugin published {count} fragments in slot {slot} (max {ENTRIES_PER_SLOT})"
+            )));
+        }
+        let entries: &[LoadMeta] = &meta.mem[slot][..count as usize];
+        for e in entries {
+            let end = e.dst_off.checked_add(u64::from(e.len));
+            if e.len as usize > PAGE_SIZE || end.is_none_or(|end| end > u64::from(len)) {
+                return Err(Error::Protocol(format!(
+                    "plugin fragment {e:?} in slot {slot} falls outside the {len}-byte chunk"
+                )));
+            }
+        }
+        Ok(count as u32)
+    }
+}
+
+// SAFETY: the pointers name plugin-owned memory that lives as long as the recv comm, which
+// moves with the session.
+unsafe impl Send for UnpackSource {}
+
+pub(crate) struct Gpu {
+    device: i32,
+    stream: Arc<CudaStream>,
+    kernels: Kernels,
+    /// `events[channel][seq % MAX_WINDOW]`: at most MAX_WINDOW chunks are in a window.
+    events: Vec<Vec<CudaEvent>>,
+}
+
+fn cuda(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
+    move |e| Error::Gpu(format!("{what}: {e}"))
+}
+
+impl Gpu {
+    /// Context, stream, kernels and events for `channels` channels on `device`.
+    pub fn open(device: i32, channels: usize) -> Result<Gpu> {
+        tcpx_kernels::gpu_available().map_err(Error::Gpu)?;
+        let ctx = CudaContext::new(device as usize).map_err(cuda("CUDA context"))?;
+        // SAFETY: the engine orders its own work with explicit events.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(cuda("CUDA stream"))?;
+        let kernels = Kernels::load(&ctx).map_err(|e| Error::Gpu(e.to_string()))?;
+        let events = (0..channels)
+            .map(|_| {
+                (0..MAX_WINDOW)
+                    .map(|_| ctx.new_event(None).map_err(cuda("CUDA event")))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Gpu {
+            device,
+            stream,
+            kernels,
+            events,
+        })
+    }
+
+    pub fn device(&self) -> i32 {
+        self.device
+    }
+
+    /// Enqueues the unpack of `count` fragments of `slot` into `dst` and records the event
+    /// of window position `seq`.
+    pub fn launch(
+        &self,
+        channel: usize,
+        seq: u64,
+        src: &UnpackSource,
+        slot: usize,
+        count: u32,
+        dst: u64,
+    ) -> Result<()> {
+        // SAFETY: `checked_count` bounded every fragment to the chunk at `dst`, which lies
+        // in registered device memory; the bounce pages stay untouched until irecvConsumed,
+        // which the engine calls only after this event completes.
+        unsafe {
+            self.kernels.launch_unpack_counted(
+                &self.stream,
+                src.meta as u64,
+                src.bounce,
+                slot as u32,
+                count,
+                dst,
+            )
+        }
+        .map_err(|e| Error::Gpu(e.to_string()))?;
+        self.events[channel][(seq % MAX_WINDOW as u64) as usize]
+            .record(&self.stream)
+            .map_err(cuda("cuEventRecord"))
+    }
+
+    /// Whether the unpack of window position `seq` has completed. Never blocks.
+    pub fn done(&self, channel: usize, seq: u64) -> Result<bool> {
+        self.events[channel][(seq % MAX_WINDOW as u64) as usize]
+            .try_is_complete()
+            .map_err(cuda("cuEventQuery"))
+    }
+}

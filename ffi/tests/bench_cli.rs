@@ -1,0 +1,108 @@
+//! `tcpx bench` run as a process: loopback JSON output, usage errors, and the two-host mode
+//! as two child processes on 127.0.0.1 (the embedded tcpxsock pinned to `lo`).
+
+use std::net::TcpListener;
+use std::process::{Command, Output, Stdio};
+
+fn tcpx() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tcpx"));
+    cmd.env_remove("TCPX_PLUGIN")
+        .env("TCPX_SOCK_IFNAME", "lo")
+        .env("TCPX_TIMEOUT_MS", "30000");
+    cmd
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The number after `"key":` in `json` (enough for our flat, known output).
+fn number_after(json: &str, key: &str) -> Option<f64> {
+    let pat = format!("\"{key}\":");
+    let rest = &json[json.find(&pat)? + pat.len()..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+#[test]
+fn loopback_json_has_the_row() {
+    let out = tcpx()
+        .args(["bench", "--loopback", "--size", "64K", "--iters", "3"])
+        .args(["--verify", "--json"])
+        .output()
+        .expect("run tcpx");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "one JSON object: {stdout}");
+    assert!(stdout.starts_with('{') && stdout.trim_end().ends_with('}'));
+    assert!(stdout.contains(r#""mode":"loopback""#), "{stdout}");
+    assert!(stdout.contains(r#""plugin":"tcpxsock""#), "{stdout}");
+    let rows = &stdout[stdout.find(r#""rows":["#).expect("rows")..];
+    assert_eq!(number_after(rows, "bytes"), Some(65536.0), "{stdout}");
+    assert_eq!(number_after(rows, "iters"), Some(3.0), "{stdout}");
+    let gbps = number_after(rows, "gbps").expect("gbps");
+    assert!(gbps > 0.0, "{stdout}");
+    assert!(number_after(rows, "p99_us").unwrap() >= number_after(rows, "p50_us").unwrap());
+}
+
+#[test]
+fn bad_options_exit_2_with_usage() {
+    for args in [
+        &["bench", "--loopback", "--bogus"][..],
+        &["bench", "--loopback", "--size", "12X"],
+        &["bench", "--size", "4K"],
+        &["bench", "--loopback", "--channels", "99"],
+    ] {
+        let out = tcpx().args(args).output().expect("run tcpx");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("usage: tcpx bench"), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn listen_and_connect_in_two_processes() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+        .to_string();
+    let common = [
+        "--size",
+        "1M",
+        "--iters",
+        "2",
+        "--verify",
+        "--channels",
+        "2",
+    ];
+    let listener = tcpx()
+        .args(["bench", "--listen", &port])
+        .args(common)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn listener");
+    let connector = tcpx()
+        .args(["bench", "--connect", &format!("127.0.0.1:{port}")])
+        .args(common)
+        .output()
+        .expect("run connector");
+    let listener: Output = listener.wait_with_output().expect("listener");
+    for (who, out) in [("listener", &listener), ("connector", &connector)] {
+        assert!(
+            out.status.success(),
+            "{who}: {}\n{}",
+            text(&out.stderr),
+            text(&out.stdout)
+        );
+        let stdout = text(&out.stdout);
+        assert!(
+            stdout.contains("    1 MiB     1048576       2 "),
+            "{who}: {stdout}"
+        );
+    }
+    assert!(text(&listener.stdout).contains("role receiver"));
+    assert!(text(&connector.stdout).contains("role sender"));
+}

@@ -1,0 +1,266 @@
+//! Optional CUDA support, decided at run time.
+//!
+//! The plugin must load and work on boxes without a GPU, so libcuda is opened lazily by
+//! cudarc's `dynamic-loading` and probed with `is_culib_present` before the first driver call
+//! (cudarc panics on a missing library otherwise). The answer is cached for the process.
+//!
+//! Contexts: every driver call runs with the *primary* context of a device current
+//! ([`with_ctx`]); the caller's previous context is restored afterwards so an engine thread
+//! that had its own context current is not disturbed. Primary contexts are retained once per
+//! device (cudarc's `CudaContext::new`) and kept for the process lifetime, so memory made
+//! through them never outlives its context.
+
+use core::ffi::c_void;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{result, sys, CudaContext, DriverError};
+
+use crate::error::{Error, Result};
+use crate::mem::{MappedAllocator, MappedRegion};
+
+fn cuda_err(ctx: &'static str, e: DriverError) -> Error {
+    Error::Cuda(ctx, e.0 as i32)
+}
+
+/// Whether a CUDA driver with at least one device is present. Cached; never panics.
+pub fn present() -> bool {
+    static PRESENT: OnceLock<bool> = OnceLock::new();
+    *PRESENT.get_or_init(|| {
+        std::panic::catch_unwind(|| {
+            // SAFETY: only tries to open libcuda; no driver call is made if it is absent.
+            if !unsafe { sys::is_culib_present() } {
+                return false;
+            }
+            matches!(CudaContext::device_count(), Ok(n) if n >= 1)
+        })
+        .unwrap_or(false)
+    })
+}
+
+/// Primary contexts retained so far, by ordinal; never released (see module docs).
+static CTXS: Mutex<Vec<Option<Arc<CudaContext>>>> = Mutex::new(Vec::new());
+
+/// The retained primary context of device `ordinal`.
+pub(crate) fn context(ordinal: usize) -> Result<Arc<CudaContext>> {
+    if !present() {
+        return Err(Error::InvalidArgument("no CUDA driver or device"));
+    }
+    let mut g = CTXS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(Some(c)) = g.get(ordinal) {
+        return Ok(c.clone());
+    }
+    // CudaContext::new makes the context current on this thread; callers go through
+    // with_ctx, which restores the previous one.
+    let c = CudaContext::new(ordinal).map_err(|e| cuda_err("cuDevicePrimaryCtxRetain", e))?;
+    if g.len() <= ordinal {
+        g.resize(ordinal + 1, None);
+    }
+    g[ordinal] = Some(c.clone());
+    Ok(c)
+}
+
+/// Restores the thread's previous context (possibly none) on drop.
+struct Restore(Option<sys::CUcontext>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if let Some(prev) = self.0 {
+            // SAFETY: `prev` is NULL (unbinds) or was current on this thread a moment ago and
+            // is still alive (its owner cannot destroy it while this thread is in a plugin call).
+            let _ = unsafe { result::ctx::set_current(prev) };
+        }
+    }
+}
+
+/// Runs `f` with the primary context of `ordinal` current, then restores the caller's context.
+pub(crate) fn with_ctx<T>(
+    ordinal: usize,
+    f: impl FnOnce(&Arc<CudaContext>) -> Result<T>,
+) -> Result<T> {
+    let prev = result::ctx::get_current()
+        .map_err(|e| cuda_err("cuCtxGetCurrent", e))?
+        .unwrap_or(core::ptr::null_mut());
+    let c = context(ordinal)?;
+    // `prev` was read before context() may bind, so the caller's thread ends as it began.
+    let _restore = Restore((prev != c.cu_ctx()).then_some(prev));
+    c.bind_to_thread()
+        .map_err(|e| cuda_err("cuCtxSetCurrent", e))?;
+    f(&c)
+}
+
+/// The device a caller means when it names none: the device of the context current on the
+/// calling thread (as NCCL's proxy thread has), else device 0.
+pub(crate) fn home_ordinal() -> usize {
+    if !present() {
+        return 0;
+    }
+    if !matches!(result::ctx::get_current(), Ok(Some(_))) {
+        return 0;
+    }
+    let mut dev: sys::CUdevice = 0;
+    // SAFETY: a context is current; the out pointer is valid.
+    if unsafe { sys::cuCtxGetDevice(&mut dev) }.result().is_err() {
+        return 0;
+    }
+    // CUdevice is a handle, not documented to equal the ordinal: look it up.
+    let n = CudaContext::device_count().unwrap_or(0).max(0) as usize;
+    (0..n)
+        .find(|&i| result::device::get(i as i32).is_ok_and(|d| d == dev))
+        .unwrap_or(0)
+}
+
+/// The device ordinal owning CUDA pointer `p` (a `regMr` of type CUDA).
+pub(crate) fn pointer_ordinal(p: *const c_void) -> Result<usize> {
+    with_ctx(home_ordinal(), |_| {
+        let mut ord: i32 = -1;
+        // SAFETY: the attribute is an int; the out pointer is valid.
+        unsafe {
+            sys::cuPointerGetAttribute(
+                (&mut ord as *mut i32).cast(),
+                sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+                p as sys::CUdeviceptr,
+            )
+        }
+        .result()
+        .map_err(|_| Error::InvalidArgument("regMr(CUDA): not a CUDA pointer"))?;
+        usize::try_from(ord).map_err(|_| Error::InvalidArgument("regMr(CUDA): no device"))
+    })
+}
+
+/// Pinned, device-mapped, NOT write-combined host memory (`cuMemHostAlloc(PORTABLE |
+/// DEVICEMAP)`): the plugin's CPU writes stay fast and the unpack kernel reads over PCIe.
+/// Used for the meta table and bounce region when CUDA is present and no allocator was set.
+#[derive(Debug, Default)]
+pub struct CudaMappedAllocator;
+
+impl MappedAllocator for CudaMappedAllocator {
+    fn alloc(&self, len: usize) -> Result<MappedRegion> {
+        with_ctx(home_ordinal(), |_| {
+            let size = len.max(1);
+            let flags = sys::CU_MEMHOSTALLOC_PORTABLE | sys::CU_MEMHOSTALLOC_DEVICEMAP;
+            // SAFETY: plain allocation; zeroed below before anyone reads it.
+            let host = unsafe { result::malloc_host(size, flags) }
+                .map_err(|e| cuda_err("cuMemHostAlloc", e))?
+                .cast::<u8>();
+            let mut dev: sys::CUdeviceptr = 0;
+            // SAFETY: `host` is a live DEVICEMAP allocation; flags must be 0.
+            let r = unsafe { sys::cuMemHostGetDevicePointer_v2(&mut dev, host.cast(), 0) }.result();
+            if let Err(e) = r {
+                // SAFETY: `host` came from cuMemHostAlloc and is not used after this.
+                let _ = unsafe { result::free_host(host.cast()) };
+                return Err(cuda_err("cuMemHostGetDevicePointer", e));
+            }
+            // SAFETY: `host` points to `size` writable bytes owned by us.
+            unsafe { host.write_bytes(0, size) };
+            // With UVA `dev` usually equals `host`; both are kept, never assumed equal.
+            Ok(MappedRegion {
+                host,
+                device: dev as usize as *mut c_void,
+                len,
+            })
+        })
+    }
+
+    unsafe fn free(&self, region: MappedRegion) {
+        // PORTABLE memory may be freed with any context current.
+        let _ = with_ctx(home_ordinal(), |_| {
+            // SAFETY: per the contract, `host` came from cuMemHostAlloc and is freed once.
+            unsafe { result::free_host(region.host.cast()) }
+                .map_err(|e| cuda_err("cuMemFreeHost", e))
+        });
+    }
+}
+
+/// The built-in allocator used when CUDA is present.
+pub(crate) static CUDA_ALLOCATOR: CudaMappedAllocator = CudaMappedAllocator;
+
+/// One lane's staging buffer for CUDA sends: pinned host memory (not write-combined: the
+/// socket reads it with the CPU) and a private non-blocking stream, so staging copies neither
+/// wait for nor hold up the user's work on the legacy default stream.
+struct LaneStage {
+    host: *mut u8,
+    stream: sys::CUstream,
+}
+
+/// Per-send-comm staging for CUDA sources: one chunk-sized buffer per data socket, made once
+/// (at the comm's first CUDA send) and reused for every chunk of every request.
+pub(crate) struct SendStage {
+    ctx: Arc<CudaContext>,
+    lanes: Vec<LaneStage>,
+    chunk_bytes: usize,
+}
+
+// SAFETY: the buffers and streams are owned by this value; each lane's pair is used only by
+// that lane's helper thread, and the driver objects are not tied to a thread.
+unsafe impl Send for SendStage {}
+// SAFETY: see Send; shared access only reads the handles.
+unsafe impl Sync for SendStage {}
+
+impl SendStage {
+    /// Allocates `nlanes` buffers of `chunk_bytes` in the primary context of `ordinal`.
+    pub(crate) fn new(ordinal: usize, nlanes: usize, chunk_bytes: usize) -> Result<Self> {
+        with_ctx(ordinal, |c| {
+            let mut s = SendStage {
+                ctx: c.clone(),
+                lanes: Vec::with_capacity(nlanes),
+                chunk_bytes,
+            };
+            for _ in 0..nlanes {
+                let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
+                    .map_err(|e| cuda_err("cuStreamCreate", e))?;
+                // SAFETY: plain pinned allocation, only written by DtoH copies before reads.
+                let host = match unsafe {
+                    result::malloc_host(chunk_bytes, sys::CU_MEMHOSTALLOC_PORTABLE)
+                } {
+                    Ok(h) => h.cast::<u8>(),
+                    Err(e) => {
+                        // SAFETY: the stream was just created and is unused.
+                        let _ = unsafe { result::stream::destroy(stream) };
+                        return Err(cuda_err("cuMemHostAlloc", e));
+                    }
+                };
+                s.lanes.push(LaneStage { host, stream });
+            }
+            Ok(s)
+        })
+    }
+
+    /// Copies `len ≤ chunk_bytes` bytes from device address `src` into lane `lane`'s buffer
+    /// and returns it once the copy is complete. Called on that lane's helper thread only.
+    pub(crate) fn stage(&self, lane: usize, src: u64, len: usize) -> Result<*const u8> {
+        let l = &self.lanes[lane];
+        debug_assert!(len <= self.chunk_bytes);
+        // Helper threads are ours: binding without restoring is fine there.
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| cuda_err("cuCtxSetCurrent", e))?;
+        // SAFETY: the buffer holds chunk_bytes >= len bytes and only this lane uses it; the
+        // source is the caller's registered CUDA buffer, alive until the request completes.
+        unsafe {
+            let dst = core::slice::from_raw_parts_mut(l.host, len);
+            result::memcpy_dtoh_async(dst, src, l.stream)
+                .map_err(|e| cuda_err("cuMemcpyDtoHAsync", e))?;
+            result::stream::synchronize(l.stream)
+                .map_err(|e| cuda_err("cuStreamSynchronize", e))?;
+        }
+        Ok(l.host)
+    }
+}
+
+impl Drop for SendStage {
+    fn drop(&mut self) {
+        // Errors cannot be returned from drop; a failed free leaks. May run on the caller's
+        // thread (close), so its context is restored.
+        let _ = with_ctx(self.ctx.ordinal(), |_| {
+            for l in &self.lanes {
+                // SAFETY: created by this value and freed once; no copy is in flight (every
+                // stage() synchronizes before returning, and helpers have exited).
+                unsafe {
+                    let _ = result::stream::destroy(l.stream);
+                    let _ = result::free_host(l.host.cast());
+                }
+            }
+            Ok(())
+        });
+    }
+}
