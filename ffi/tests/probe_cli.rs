@@ -114,3 +114,23 @@ fn errors_exit_non_zero_with_a_clear_message() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--abi \"12\": use 7, 8, 9 or 10"));
 }
+
+/// `tcpx probe` on our own plugin built as a shared object, as NCCL would load it.
+#[test]
+fn probes_the_tcpxsock_shared_object() {
+    // Cargo leaves the dependency's cdylib next to this test binary (target/<profile>/deps).
+    let deps = std::env::current_exe().unwrap();
+    let so = deps.parent().unwrap().join("libtcpx_sock.so");
+    assert!(so.exists(), "{} was not built", so.display());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tcpx"));
+    cmd.args(["probe", "--plugin"]).arg(&so).arg("--json");
+    cmd.env("TCPX_SOCK_IFNAME", "lo");
+    let out = cmd.output().unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains(r#""abi":7"#), "{stdout}");
+    assert!(stdout.contains(r#""name":"tcpxsock""#), "{stdout}");
+    assert!(stdout.contains(r#""name":"lo""#), "{stdout}");
+    assert!(stdout.contains(r#""max_recvs":1"#), "{stdout}");
+    assert!(stdout.contains(r#""HOST""#), "{stdout}");
+}
