@@ -52,6 +52,9 @@ fn bad_options_exit_2_with_usage() {
         &["bench", "--loopback", "--size", "12X"],
         &["bench", "--size", "4K"],
         &["bench", "--loopback", "--channels", "99"],
+        &["bench", "--loopback", "--mem", "gpu"],
+        &["bench", "--loopback", "--mem", "host:cuda:host"],
+        &["bench", "--loopback", "--mem", "cuda", "--gpu", "x"],
     ] {
         let out = tcpx().args(args).output().expect("run tcpx");
         let stderr = text(&out.stderr);
@@ -105,4 +108,65 @@ fn listen_and_connect_in_two_processes() {
     }
     assert!(text(&listener.stdout).contains("role receiver"));
     assert!(text(&connector.stdout).contains("role sender"));
+}
+
+/// Device buffers on both ends: with a GPU the data must arrive intact; without one the run
+/// stops with a CUDA error (exit 1), before any plugin or session work, and never panics.
+#[test]
+fn mem_cuda_runs_with_a_gpu_and_fails_cleanly_without() {
+    let out = tcpx()
+        .args(["bench", "--loopback", "--mem", "cuda", "--size", "1M,3M"])
+        .args(["--iters", "3", "--verify", "--json"])
+        .output()
+        .expect("run tcpx");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    match tcpx_kernels::gpu_available() {
+        Ok(()) => {
+            assert!(out.status.success(), "{stderr}");
+            assert!(stdout.contains(r#""mem":"cuda:cuda""#), "{stdout}");
+            assert!(stdout.contains(r#""gpu":0"#), "{stdout}");
+            let rows = &stdout[stdout.find(r#""rows":["#).expect("rows")..];
+            assert!(number_after(rows, "gbps").expect("gbps") > 0.0, "{stdout}");
+        }
+        Err(why) => {
+            eprintln!("no GPU ({why}): checking the error path");
+            assert_eq!(out.status.code(), Some(1), "{stderr}\n{stdout}");
+            assert!(stderr.contains("CUDA"), "{stderr}");
+            assert!(!stderr.contains("panicked"), "{stderr}");
+            assert!(out.stdout.is_empty(), "{stdout}");
+        }
+    }
+}
+
+/// One CUDA side (either way round) takes the same path: a GPU, or a clean CUDA error.
+#[test]
+fn mem_one_cuda_side() {
+    for mem in ["host:cuda", "cuda:host"] {
+        let out = tcpx()
+            .args(["bench", "--loopback", "--mem", mem, "--size", "1M"])
+            .args(["--iters", "2", "--verify"])
+            .output()
+            .expect("run tcpx");
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        if tcpx_kernels::gpu_available().is_ok() {
+            assert!(out.status.success(), "{mem}: {stderr}");
+            assert!(stdout.contains(&format!("mem {mem}")), "{mem}: {stdout}");
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{mem}: {stderr}");
+            assert!(stderr.contains("CUDA"), "{mem}: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn mem_host_is_the_default_and_says_so() {
+    let out = tcpx()
+        .args(["bench", "--loopback", "--size", "64K", "--iters", "2"])
+        .args(["--mem", "host:host", "--verify"])
+        .output()
+        .expect("run tcpx");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("mode loopback, mem host:host,"), "{stdout}");
+    assert!(!stdout.contains("gpu"), "{stdout}");
 }

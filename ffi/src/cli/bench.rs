@@ -3,6 +3,10 @@
 //!
 //! `--baseline` adds a plain TCP ping-pong and `iperf3` over 127.0.0.1 so the ratios printed
 //! next to ours are measured on the same machine, in the same run, under the same load.
+//!
+//! `--mem SRC:DST` (`host` or `cuda` each) puts the sender's and the receiver's buffers in
+//! host or device memory (`--gpu N`); with a CUDA side `--baseline` also times the matching
+//! `cuMemcpy{HtoD,DtoH,DtoD}` of the same size as a local reference.
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Read, Write};
@@ -10,8 +14,12 @@ use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use cudarc::driver::{result as cu, CudaContext};
+use tcpx_kernels::mem::DeviceBuffer;
 
 use super::json::Object;
 use crate::engine::{Config, Direction, MemId, Memory, Progress, Rendezvous, Segment, Session};
@@ -20,7 +28,11 @@ use crate::XferId;
 
 const USAGE: &str = "usage: tcpx bench (--loopback | --listen PORT | --connect HOST:PORT) \
 [--size N[,N...]] [--iters N] [--channels N] [--chunk N] [--window N] [--segments N] \
-[--plugin PATH] [--poller single|threads] [--baseline] [--reverse] [--verify] [--json]";
+[--plugin PATH] [--poller single|threads] [--mem SRC:DST] [--gpu N] [--baseline] [--reverse] \
+[--verify] [--json]
+  --mem SRC:DST  host or cuda for the sender's (SRC) and receiver's (DST) buffer; default \
+host:host, `--mem cuda` = cuda:cuda. With --listen/--connect each side uses its role's kind.
+  --gpu N        CUDA device of the cuda buffers (default 0)";
 
 /// The sweep when `--size` is absent.
 const DEFAULT_SIZES: [u64; 7] = [
@@ -77,6 +89,38 @@ impl Poller {
     }
 }
 
+/// Where a side's transfer buffer lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MemKind {
+    Host,
+    Cuda,
+}
+
+impl MemKind {
+    fn name(self) -> &'static str {
+        match self {
+            MemKind::Host => "host",
+            MemKind::Cuda => "cuda",
+        }
+    }
+
+    fn parse(s: &str) -> Option<MemKind> {
+        match s.trim() {
+            "host" => Some(MemKind::Host),
+            "cuda" => Some(MemKind::Cuda),
+            _ => None,
+        }
+    }
+}
+
+/// `SRC:DST`, or one kind for both sides.
+fn parse_mem(s: &str) -> Option<(MemKind, MemKind)> {
+    match s.split_once(':') {
+        Some((a, b)) => Some((MemKind::parse(a)?, MemKind::parse(b)?)),
+        None => MemKind::parse(s).map(|k| (k, k)),
+    }
+}
+
 /// Parsed `bench` options.
 #[derive(Debug, Clone, PartialEq)]
 struct Options {
@@ -89,6 +133,9 @@ struct Options {
     window: Option<usize>,
     plugin: Option<PathBuf>,
     poller: Poller,
+    /// (sender's, receiver's) buffer.
+    mem: (MemKind, MemKind),
+    gpu: i32,
     baseline: bool,
     reverse: bool,
     verify: bool,
@@ -123,6 +170,8 @@ fn parse(args: &[String]) -> BenchResult<Options> {
         window: None,
         plugin: None,
         poller: Poller::Single,
+        mem: (MemKind::Host, MemKind::Host),
+        gpu: 0,
         baseline: false,
         reverse: false,
         verify: false,
@@ -200,6 +249,21 @@ fn parse(args: &[String]) -> BenchResult<Options> {
                     "threads" => Poller::Threads,
                     v => return Err(format!("--poller {v:?}: use single or threads")),
                 }
+            }
+            "--mem" => {
+                let v = value("--mem")?;
+                o.mem = parse_mem(&v).ok_or_else(|| {
+                    format!("--mem {v:?}: expected SRC:DST of host or cuda (or one for both)")
+                })?;
+            }
+            "--gpu" => {
+                let v = value("--gpu")?;
+                o.gpu = v
+                    .trim()
+                    .parse::<i32>()
+                    .ok()
+                    .filter(|&n| n >= 0)
+                    .ok_or_else(|| format!("--gpu {v:?}: expected a CUDA device number"))?;
             }
             "--baseline" => o.baseline = true,
             "--reverse" => o.reverse = true,
@@ -350,6 +414,8 @@ struct Report {
     rows: Vec<Row>,
     tcp: Vec<Row>,
     iperf3: Vec<(u32, BenchResult<f64>)>,
+    /// `cuMemcpy*` of the same sizes, when a side is CUDA: (which copy, rows).
+    copy: Option<(&'static str, Vec<Row>)>,
 }
 
 fn size_label(n: u64) -> String {
@@ -417,6 +483,14 @@ write_all/read_exact, 1-byte reply per iteration; time = write start to read don
             );
             table(&mut s, &self.tcp);
         }
+        if let Some((op, rows)) = &self.copy {
+            let _ = writeln!(
+                s,
+                "\nbaseline: {op} in this process (synchronous, whole buffer in one call, \
+host side pageable; time = call start to cuCtxSynchronize done)"
+            );
+            table(&mut s, rows);
+        }
         for (streams, r) in &self.iperf3 {
             match r {
                 Ok(g) => {
@@ -433,15 +507,20 @@ write_all/read_exact, 1-byte reply per iteration; time = write start to read don
                 "\nratios, {} / baseline (GB/s: higher is better; p50: lower is better)",
                 self.plugin_name
             );
-            let _ = writeln!(
+            let copy = self.copy.as_ref().map(|(_, rows)| rows.as_slice());
+            let _ = write!(
                 s,
                 "{:>9} {:>12} {:>12} {:>16} {:>16}",
                 "size", "GB/s vs tcp", "p50 vs tcp", "GB/s vs iperf1", "GB/s vs iperf4"
             );
+            if copy.is_some() {
+                let _ = write!(s, " {:>14}", "GB/s vs copy");
+            }
+            s.push('\n');
             let (p1, p4) = (self.iperf(1), self.iperf(4));
             let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}x"));
-            for (r, t) in self.rows.iter().zip(&self.tcp) {
-                let _ = writeln!(
+            for (i, (r, t)) in self.rows.iter().zip(&self.tcp).enumerate() {
+                let _ = write!(
                     s,
                     "{:>9} {:>12} {:>12} {:>16} {:>16}",
                     size_label(r.bytes),
@@ -450,6 +529,14 @@ write_all/read_exact, 1-byte reply per iteration; time = write start to read don
                     cell(p1.map(|b| ratio(r.gbps(), b))),
                     cell(p4.map(|b| ratio(r.gbps(), b))),
                 );
+                if let Some(c) = copy {
+                    let _ = write!(
+                        s,
+                        " {:>14}",
+                        cell(c.get(i).map(|c| ratio(r.gbps(), c.gbps())))
+                    );
+                }
+                s.push('\n');
             }
         }
         s
@@ -509,6 +596,10 @@ write_all/read_exact, 1-byte reply per iteration; time = write start to read don
                 out.push(']');
             });
         }
+        if let Some((op, rows)) = &self.copy {
+            o.str("baseline_copy_op", op)
+                .with("baseline_copy", |out| rows_json(out, rows));
+        }
         o.end();
         s.push('\n');
         s
@@ -559,11 +650,94 @@ fn verify_failed(size: u64, (at, got, want, bad): (usize, u8, u8, usize)) -> Str
     )
 }
 
+/// The CUDA device the `cuda` buffers live on; opened only when a side asks for one.
+#[derive(Clone)]
+struct Gpu {
+    ctx: Arc<CudaContext>,
+    device: i32,
+}
+
+impl Gpu {
+    /// Probes for a driver and a device before any other CUDA call, so a machine without
+    /// one gets an error rather than a failed `dlopen` panic.
+    fn open(device: i32) -> BenchResult<Gpu> {
+        tcpx_kernels::gpu_available().map_err(|e| format!("--mem cuda: {e}"))?;
+        let ctx = CudaContext::new(device as usize)
+            .map_err(|e| format!("--gpu {device}: CUDA context: {e}"))?;
+        Ok(Gpu { ctx, device })
+    }
+}
+
+fn cuda_err(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+/// A transfer buffer in host or device memory.
+enum Buf {
+    Host(Vec<u8>),
+    Cuda(DeviceBuffer),
+}
+
+impl Buf {
+    fn new(len: usize, gpu: Option<&Gpu>) -> BenchResult<Buf> {
+        Ok(match gpu {
+            None => Buf::Host(vec![0u8; len]),
+            Some(g) => {
+                let mut d = DeviceBuffer::new(&g.ctx, len)
+                    .map_err(|e| format!("{len}-byte device buffer on GPU {}: {e}", g.device))?;
+                d.fill(0).map_err(|e| e.to_string())?;
+                Buf::Cuda(d)
+            }
+        })
+    }
+
+    fn kind(&self) -> MemKind {
+        match self {
+            Buf::Host(_) => MemKind::Host,
+            Buf::Cuda(_) => MemKind::Cuda,
+        }
+    }
+
+    /// The pattern over the whole buffer (device memory: written once from a host copy).
+    fn fill_pattern(&mut self) -> BenchResult<()> {
+        match self {
+            Buf::Host(v) => fill_pattern(v),
+            Buf::Cuda(d) => {
+                let mut v = vec![0u8; d.len()];
+                fill_pattern(&mut v);
+                d.write(0, &v).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Zeroes at least the first `n` bytes.
+    fn zero(&mut self, n: usize) -> BenchResult<()> {
+        match self {
+            Buf::Host(v) => v[..n].fill(0),
+            Buf::Cuda(d) => d.fill(0).map_err(|e| e.to_string())?,
+        }
+        Ok(())
+    }
+
+    /// `check_pattern` over the first `n` bytes (device memory: copied back to host first).
+    fn check(&self, n: usize) -> BenchResult<Option<(usize, u8, u8, usize)>> {
+        Ok(match self {
+            Buf::Host(v) => check_pattern(&v[..n]),
+            Buf::Cuda(d) => {
+                let mut v = vec![0u8; n];
+                d.read(0, &mut v).map_err(|e| e.to_string())?;
+                check_pattern(&v)
+            }
+        })
+    }
+}
+
 /// One side's registered memory and the segments of the current size.
 struct Endpoint {
     // Declared first so it drops (closing comms) before the memory it registered.
     session: Session,
-    buf: Vec<u8>,
+    buf: Buf,
     mem: MemId,
     segs: Vec<Segment>,
     /// Two-host control messages: `[0, CTRL)` outgoing, `[CTRL, 2*CTRL)` incoming.
@@ -574,16 +748,31 @@ struct Endpoint {
 const CTRL: usize = 128;
 
 impl Endpoint {
-    fn new(mut session: Session, len: u64, segments: usize) -> BenchResult<Endpoint> {
+    /// `len` bytes of host memory, or device memory on `gpu`.
+    fn new(
+        mut session: Session,
+        len: u64,
+        segments: usize,
+        gpu: Option<&Gpu>,
+    ) -> BenchResult<Endpoint> {
         let len = usize::try_from(len).map_err(|_| "size does not fit in memory".to_string())?;
-        let mut buf = vec![0u8; len];
+        let mut buf = Buf::new(len, gpu)?;
         let mut ctrl = vec![0u8; 2 * CTRL];
-        // SAFETY: both Vecs live in the Endpoint, are never resized, and are deregistered in
-        // `close` before they drop (on error paths the session drops first, closing comms).
+        let (ptr, memory) = match &mut buf {
+            Buf::Host(v) => (v.as_mut_ptr().cast(), Memory::Host),
+            Buf::Cuda(d) => (
+                d.ptr() as usize as *mut std::ffi::c_void,
+                Memory::Cuda {
+                    device: gpu.expect("device buffers come from a GPU").device,
+                },
+            ),
+        };
+        // SAFETY: both buffers live in the Endpoint, are never resized, and are deregistered
+        // in `close` before they drop (on error paths the session drops first, closing comms).
         let (mem, ctrl_mem) = unsafe {
             (
                 session
-                    .register(buf.as_mut_ptr().cast(), len, Memory::Host)
+                    .register(ptr, len, memory)
                     .map_err(err("register"))?,
                 session
                     .register(ctrl.as_mut_ptr().cast(), ctrl.len(), Memory::Host)
@@ -714,6 +903,13 @@ impl Ticker {
 // Loopback: both sessions in this process
 
 fn loopback(o: &Options, cfg: Config) -> BenchResult<Report> {
+    // Before the plugin and the sessions: without a GPU, fail fast and say so.
+    let gpu = if o.mem.0 == MemKind::Cuda || o.mem.1 == MemKind::Cuda {
+        Some(Gpu::open(o.gpu)?)
+    } else {
+        None
+    };
+    let on = |k: MemKind| gpu.as_ref().filter(|_| k == MemKind::Cuda);
     if cfg.plugin.is_none() {
         // The embedded tcpxsock would pick a real NIC by default; loopback means `lo`.
         tcpx_sock::config::configure(tcpx_sock::config::Config {
@@ -724,9 +920,9 @@ fn loopback(o: &Options, cfg: Config) -> BenchResult<Report> {
     let net = Session::open_net(&cfg).map_err(err("open plugin"))?;
     let (a, b) = pair(&net, &cfg)?;
     let max = *o.sizes.iter().max().expect("at least one size");
-    let mut tx = Endpoint::new(a, max, o.segments)?;
-    let mut rx = Endpoint::new(b, max, o.segments)?;
-    fill_pattern(&mut tx.buf);
+    let mut tx = Endpoint::new(a, max, o.segments, on(o.mem.0))?;
+    let mut rx = Endpoint::new(b, max, o.segments, on(o.mem.1))?;
+    tx.buf.fill_pattern()?;
 
     let ticker = Ticker::new(o.sizes.len());
     let mut rows = Vec::with_capacity(o.sizes.len());
@@ -741,21 +937,49 @@ fn loopback(o: &Options, cfg: Config) -> BenchResult<Report> {
         rows.push(Row::from_times(size, &mut times));
         if o.verify {
             // An untimed extra transfer into a zeroed buffer: every byte must be rewritten.
-            rx.buf[..size as usize].fill(0);
+            rx.buf.zero(size as usize)?;
             measure(o.poller, &mut tx, &mut rx, &mut [Duration::ZERO])?;
-            if let Some(bad) = check_pattern(&rx.buf[..size as usize]) {
+            if let Some(bad) = rx.buf.check(size as usize)? {
                 ticker.clear();
                 return Err(verify_failed(size, bad));
             }
         }
     }
-    let (mut tcp, mut iperf3) = (Vec::new(), Vec::new());
+    let (mut tcp, mut iperf3, mut copy) = (Vec::new(), Vec::new(), None);
     if o.baseline {
-        // The engine's buffers double as the baseline's: no extra gigabytes resident.
+        // The engine's host buffers double as the baseline's: no extra gigabytes resident.
+        // A device side gets a host stand-in (TCP reads and writes host memory only).
+        let mut src_host = Vec::new();
+        let src: &[u8] = match &tx.buf {
+            Buf::Host(v) => v,
+            Buf::Cuda(_) => {
+                src_host = vec![0u8; max as usize];
+                fill_pattern(&mut src_host);
+                &src_host
+            }
+        };
+        let mut dst_host = Vec::new();
+        let dst: &mut [u8] = match &mut rx.buf {
+            Buf::Host(v) => v,
+            Buf::Cuda(_) => {
+                dst_host = vec![0u8; max as usize];
+                &mut dst_host
+            }
+        };
         for (i, &size) in o.sizes.iter().enumerate() {
             ticker.show(i, size, "tcp ping-pong");
             let n = size as usize;
-            tcp.push(tcp_pingpong(&tx.buf[..n], &mut rx.buf[..n], o.iters)?);
+            tcp.push(tcp_pingpong(&src[..n], &mut dst[..n], o.iters)?);
+        }
+        drop((src_host, dst_host));
+        if let Some(g) = &gpu {
+            let op = copy_name(tx.buf.kind(), rx.buf.kind());
+            let mut rows = Vec::with_capacity(o.sizes.len());
+            for (i, &size) in o.sizes.iter().enumerate() {
+                ticker.show(i, size, op);
+                rows.push(copy_row(g, &tx.buf, &mut rx.buf, size, o.iters)?);
+            }
+            copy = Some((op, rows));
         }
         for streams in [1, 4] {
             ticker.show(o.sizes.len() - 1, max, &format!("iperf3 -P {streams}"));
@@ -767,6 +991,10 @@ fn loopback(o: &Options, cfg: Config) -> BenchResult<Report> {
     rx.close()?;
     let mut header = config_header(&net, &cfg, o.segments);
     header.insert(0, ("mode", "loopback".into()));
+    header.insert(1, ("mem", format!("{}:{}", o.mem.0.name(), o.mem.1.name())));
+    if let Some(g) = &gpu {
+        header.insert(2, ("gpu", g.device.to_string()));
+    }
     header.push(("poller", o.poller.name().into()));
     Ok(Report {
         header,
@@ -775,6 +1003,7 @@ fn loopback(o: &Options, cfg: Config) -> BenchResult<Report> {
         rows,
         tcp,
         iperf3,
+        copy,
     })
 }
 
@@ -937,6 +1166,60 @@ fn measure_threads(
 
 // ---------------------------------------------------------------------------------------
 // Baselines
+
+/// The driver copy that moves what a `src` → `dst` transfer moves.
+fn copy_name(src: MemKind, dst: MemKind) -> &'static str {
+    match (src, dst) {
+        (MemKind::Host, MemKind::Cuda) => "cuMemcpyHtoD",
+        (MemKind::Cuda, MemKind::Host) => "cuMemcpyDtoH",
+        (MemKind::Cuda, MemKind::Cuda) => "cuMemcpyDtoD",
+        (MemKind::Host, MemKind::Host) => "memcpy",
+    }
+}
+
+/// `size` bytes `src` → `dst` with the synchronous driver copy, timed to the context's
+/// synchronize; warm-up and iteration counts as for the engine.
+fn copy_row(
+    gpu: &Gpu,
+    src: &Buf,
+    dst: &mut Buf,
+    size: u64,
+    fixed: Option<usize>,
+) -> BenchResult<Row> {
+    let n = size as usize;
+    gpu.ctx
+        .bind_to_thread()
+        .map_err(cuda_err("cuCtxSetCurrent"))?;
+    let mut run = |times: &mut [Duration]| -> BenchResult<()> {
+        for t in times.iter_mut() {
+            let t0 = Instant::now();
+            // SAFETY: every range is the first `n` bytes of a buffer at least `n` long
+            // (sized for the largest transfer); the context owning both allocations is bound.
+            unsafe {
+                match (src, &mut *dst) {
+                    (Buf::Host(s), Buf::Cuda(d)) => cu::memcpy_htod_sync(d.ptr(), &s[..n]),
+                    (Buf::Cuda(s), Buf::Host(d)) => cu::memcpy_dtoh_sync(&mut d[..n], s.ptr()),
+                    (Buf::Cuda(s), Buf::Cuda(d)) => cu::memcpy_dtod_sync(d.ptr(), s.ptr(), n),
+                    (Buf::Host(s), Buf::Host(d)) => {
+                        d[..n].copy_from_slice(&s[..n]);
+                        Ok(())
+                    }
+                }
+            }
+            .map_err(cuda_err("cuMemcpy"))?;
+            gpu.ctx
+                .synchronize()
+                .map_err(cuda_err("cuCtxSynchronize"))?;
+            *t = t0.elapsed();
+        }
+        Ok(())
+    };
+    let mut warm = vec![Duration::ZERO; warmups(size, fixed)];
+    run(&mut warm)?;
+    let mut times = vec![Duration::ZERO; adaptive_iters(&warm, fixed)];
+    run(&mut times)?;
+    Ok(Row::from_times(size, &mut times))
+}
 
 /// Plain TCP between two threads: the sender writes `src`, the receiver reads it all and
 /// replies one byte before the next iteration. Timed like ours: from the sender's write
@@ -1174,6 +1457,13 @@ impl Plan {
 }
 
 fn two_hosts(o: &Options, cfg: Config) -> BenchResult<Report> {
+    // Which role this side plays is the listener's call (--reverse), known after the plan;
+    // when both kinds are cuda the GPU is needed either way, so probe before waiting on a peer.
+    let mut gpu = if o.mem == (MemKind::Cuda, MemKind::Cuda) {
+        Some(Gpu::open(o.gpu)?)
+    } else {
+        None
+    };
     let net = Session::open_net(&cfg).map_err(err("open plugin"))?;
     let listening = matches!(o.mode, Mode::Listen(_));
     let session = match &o.mode {
@@ -1195,7 +1485,7 @@ fn two_hosts(o: &Options, cfg: Config) -> BenchResult<Report> {
     .map_err(err("handshake"))?;
 
     // The plan travels first, over the session itself, before any buffer size is known.
-    let mut ep = Endpoint::new(session, 1, 1)?;
+    let mut ep = Endpoint::new(session, 1, 1, None)?;
     let plan = if listening {
         let plan = Plan {
             reverse: o.reverse,
@@ -1220,9 +1510,14 @@ fn two_hosts(o: &Options, cfg: Config) -> BenchResult<Report> {
     let session = ep.close()?;
     let sender = listening == plan.reverse;
     let max = *plan.sizes.iter().max().expect("plan has sizes");
-    let mut ep = Endpoint::new(session, max, plan.segments)?;
+    let kind = if sender { o.mem.0 } else { o.mem.1 };
+    if kind == MemKind::Cuda && gpu.is_none() {
+        gpu = Some(Gpu::open(o.gpu)?);
+    }
+    let on = gpu.as_ref().filter(|_| kind == MemKind::Cuda);
+    let mut ep = Endpoint::new(session, max, plan.segments, on)?;
     if sender {
-        fill_pattern(&mut ep.buf);
+        ep.buf.fill_pattern()?;
     }
 
     let ticker = Ticker::new(plan.sizes.len());
@@ -1254,6 +1549,10 @@ fn two_hosts(o: &Options, cfg: Config) -> BenchResult<Report> {
         1,
         ("role", if sender { "sender" } else { "receiver" }.into()),
     );
+    header.insert(2, ("mem", kind.name().into()));
+    if let Some(g) = on {
+        header.insert(3, ("gpu", g.device.to_string()));
+    }
     Ok(Report {
         header,
         timing: "time = sender's post to the receiver's 8-byte ack \
@@ -1262,6 +1561,7 @@ fn two_hosts(o: &Options, cfg: Config) -> BenchResult<Report> {
         rows,
         tcp: Vec::new(),
         iperf3: Vec::new(),
+        copy: None,
     })
 }
 
@@ -1369,9 +1669,9 @@ fn recv_size(ep: &mut Endpoint, plan: &Plan, size: u64) -> BenchResult<Row> {
     };
     if plan.verify {
         let n = size as usize;
-        ep.buf[..n].fill(0);
+        ep.buf.zero(n)?;
         recv_iter(ep, timeout)?;
-        let bad = check_pattern(&ep.buf[..n]);
+        let bad = ep.buf.check(n)?;
         let mut v = [0u64; CTRL / 8];
         v[0] = VERIFY_MAGIC;
         if let Some((at, got, want, count)) = bad {
@@ -1416,6 +1716,11 @@ mod tests {
         assert_eq!((o.iters, o.chunk, o.verify), (Some(3), Some(1 << 20), true));
         let o = parse(&args(&["--connect", "h:1", "--reverse"])).unwrap();
         assert_eq!((o.mode, o.sizes.len()), (Mode::Connect("h:1".into()), 7));
+        assert_eq!((o.mem, o.gpu), ((MemKind::Host, MemKind::Host), 0));
+        let o = parse(&args(&["--loopback", "--mem", "host:cuda", "--gpu=3"])).unwrap();
+        assert_eq!((o.mem, o.gpu), ((MemKind::Host, MemKind::Cuda), 3));
+        let o = parse(&args(&["--loopback", "--mem=cuda"])).unwrap();
+        assert_eq!(o.mem, (MemKind::Cuda, MemKind::Cuda));
         for (bad, why) in [
             (&["--size", "4K"][..], "--loopback"),
             (&["--loopback", "--listen", "1"], "one of"),
@@ -1427,6 +1732,11 @@ mod tests {
                 "exceeds",
             ),
             (&["--loopback", "--poller", "x"], "--poller"),
+            (&["--loopback", "--mem", "gpu"], "--mem"),
+            (&["--loopback", "--mem", "host:cuda:host"], "--mem"),
+            (&["--loopback", "--mem", "cuda:"], "--mem"),
+            (&["--loopback", "--mem"], "needs a value"),
+            (&["--loopback", "--gpu", "-1"], "--gpu"),
             (&["--loopback", "--bogus"], "unknown option"),
         ] {
             let e = parse(&args(bad)).unwrap_err();

@@ -16,8 +16,11 @@ use crate::error::{Error, Result};
 /// Where a recv comm's plugin publishes fragments (from its UNPACK device handle).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct UnpackSource {
-    /// Device-visible table; also host-readable (pinned, mapped, unified addressing).
+    /// Device address of the table (what the kernel reads).
     pub meta: *const NetUnpackMeta,
+    /// Host address of the same table (what the engine reads `cnt` from). Equal to `meta`
+    /// under unified addressing; resolved through the driver once a GPU is open.
+    pub meta_host: *const NetUnpackMeta,
     pub bounce: u64,
 }
 
@@ -34,6 +37,7 @@ impl UnpackSource {
         let h = unsafe { *handle };
         (!h.meta.is_null()).then_some(UnpackSource {
             meta: h.meta,
+            meta_host: h.meta,
             bounce: h.bounce_buf as u64,
         })
     }
@@ -43,7 +47,7 @@ impl UnpackSource {
     pub fn checked_count(&self, slot: usize, len: u32) -> Result<u32> {
         // SAFETY: the table stays mapped while the recv comm lives (the comm outlives the
         // chunks in its window); the plugin published `cnt[slot]` before `test` said done.
-        let meta = unsafe { &*self.meta };
+        let meta = unsafe { &*self.meta_host };
         let count = meta.cnt[slot];
         std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
         if count > ENTRIES_PER_SLOT as u64 {
@@ -106,6 +110,26 @@ impl Gpu {
 
     pub fn device(&self) -> i32 {
         self.device
+    }
+
+    /// The host address of mapped host memory known to the device by `dev`; `dev` itself
+    /// when the driver has no host alias for it (plain host memory of a CUDA-less plugin).
+    pub fn host_alias(&self, dev: *const NetUnpackMeta) -> *const NetUnpackMeta {
+        let mut host: *mut std::ffi::c_void = std::ptr::null_mut();
+        let bound = self.stream.context().bind_to_thread().is_ok();
+        // SAFETY: a pure query; `host` is a valid out-pointer of pointer size.
+        let r = unsafe {
+            cudarc::driver::sys::cuPointerGetAttribute(
+                (&mut host as *mut *mut std::ffi::c_void).cast(),
+                cudarc::driver::sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_HOST_POINTER,
+                dev as u64,
+            )
+        };
+        if bound && r == cudarc::driver::sys::CUresult::CUDA_SUCCESS && !host.is_null() {
+            host.cast()
+        } else {
+            dev
+        }
     }
 
     /// Enqueues the unpack of `count` fragments of `slot` into `dst` and records the event

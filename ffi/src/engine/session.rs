@@ -264,7 +264,15 @@ impl Session {
                         ))
                     }
                     Some(_) => {}
-                    None => self.gpu = Some(Gpu::open(device, self.channels.len())?),
+                    None => {
+                        let gpu = Gpu::open(device, self.channels.len())?;
+                        for ch in &mut self.channels {
+                            if let Some(src) = &mut ch.unpack {
+                                src.meta_host = gpu.host_alias(src.meta);
+                            }
+                        }
+                        self.gpu = Some(gpu);
+                    }
                 }
                 MemKind::Cuda
             }

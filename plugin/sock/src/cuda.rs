@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use cudarc::driver::{result, sys, CudaContext, DriverError};
 
 use crate::error::{Error, Result};
+use tcpx_core::unpack::PAGE_SIZE;
+
 use crate::mem::{MappedAllocator, MappedRegion};
 
 fn cuda_err(ctx: &'static str, e: DriverError) -> Error {
@@ -127,47 +129,80 @@ pub(crate) fn pointer_ordinal(p: *const c_void) -> Result<usize> {
     })
 }
 
-/// Pinned, device-mapped, NOT write-combined host memory (`cuMemHostAlloc(PORTABLE |
-/// DEVICEMAP)`): the plugin's CPU writes stay fast and the unpack kernel reads over PCIe.
-/// Used for the meta table and bounce region when CUDA is present and no allocator was set.
+/// Pinned, device-mapped, NOT write-combined host memory: page-aligned anonymous memory
+/// registered with `cuMemHostRegister(PORTABLE | DEVICEMAP)`, so the plugin's CPU writes stay
+/// fast (cached) and the unpack kernel reads over PCIe. `cuMemHostAlloc` is not used because
+/// the driver sub-allocates small requests without 4 KiB alignment (seen on H100: parallel
+/// accepts got unaligned meta tables). Used for the meta table and bounce region when CUDA is
+/// present and no allocator was installed.
 #[derive(Debug, Default)]
 pub struct CudaMappedAllocator;
 
+fn map_len(len: usize) -> usize {
+    len.max(1).div_ceil(PAGE_SIZE) * PAGE_SIZE
+}
+
 impl MappedAllocator for CudaMappedAllocator {
     fn alloc(&self, len: usize) -> Result<MappedRegion> {
-        with_ctx(home_ordinal(), |_| {
-            let size = len.max(1);
-            let flags = sys::CU_MEMHOSTALLOC_PORTABLE | sys::CU_MEMHOSTALLOC_DEVICEMAP;
-            // SAFETY: plain allocation; zeroed below before anyone reads it.
-            let host = unsafe { result::malloc_host(size, flags) }
-                .map_err(|e| cuda_err("cuMemHostAlloc", e))?
-                .cast::<u8>();
+        let size = map_len(len);
+        // SAFETY: a fresh private anonymous mapping (zero-filled, page-aligned).
+        let host = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if host == libc::MAP_FAILED {
+            return Err(Error::System(
+                "mmap for pinned region",
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            ));
+        }
+        let r = with_ctx(home_ordinal(), |_| {
+            let flags = sys::CU_MEMHOSTREGISTER_PORTABLE | sys::CU_MEMHOSTREGISTER_DEVICEMAP;
+            // SAFETY: `host..host+size` is our live mapping.
+            unsafe { sys::cuMemHostRegister_v2(host, size, flags) }
+                .result()
+                .map_err(|e| cuda_err("cuMemHostRegister", e))?;
             let mut dev: sys::CUdeviceptr = 0;
-            // SAFETY: `host` is a live DEVICEMAP allocation; flags must be 0.
-            let r = unsafe { sys::cuMemHostGetDevicePointer_v2(&mut dev, host.cast(), 0) }.result();
+            // SAFETY: `host` is registered with DEVICEMAP; flags must be 0.
+            let r = unsafe { sys::cuMemHostGetDevicePointer_v2(&mut dev, host, 0) }.result();
             if let Err(e) = r {
-                // SAFETY: `host` came from cuMemHostAlloc and is not used after this.
-                let _ = unsafe { result::free_host(host.cast()) };
+                // SAFETY: registered just above, not used after this.
+                let _ = unsafe { sys::cuMemHostUnregister(host) };
                 return Err(cuda_err("cuMemHostGetDevicePointer", e));
             }
-            // SAFETY: `host` points to `size` writable bytes owned by us.
-            unsafe { host.write_bytes(0, size) };
+            Ok(dev)
+        });
+        match r {
             // With UVA `dev` usually equals `host`; both are kept, never assumed equal.
-            Ok(MappedRegion {
-                host,
+            Ok(dev) => Ok(MappedRegion {
+                host: host.cast(),
                 device: dev as usize as *mut c_void,
                 len,
-            })
-        })
+            }),
+            Err(e) => {
+                // SAFETY: our mapping, unused.
+                unsafe { libc::munmap(host, size) };
+                Err(e)
+            }
+        }
     }
 
     unsafe fn free(&self, region: MappedRegion) {
-        // PORTABLE memory may be freed with any context current.
+        // PORTABLE registrations may be dropped with any context current.
         let _ = with_ctx(home_ordinal(), |_| {
-            // SAFETY: per the contract, `host` came from cuMemHostAlloc and is freed once.
-            unsafe { result::free_host(region.host.cast()) }
-                .map_err(|e| cuda_err("cuMemFreeHost", e))
+            // SAFETY: per the contract, `host` was registered by alloc and is released once.
+            unsafe { sys::cuMemHostUnregister(region.host.cast()) }
+                .result()
+                .map_err(|e| cuda_err("cuMemHostUnregister", e))
         });
+        // SAFETY: the mapping made by alloc, with the same rounded length; no user is left.
+        unsafe { libc::munmap(region.host.cast(), map_len(region.len)) };
     }
 }
 

@@ -7,8 +7,9 @@
 //! (request headers, payloads ≤ 64 KiB inline) and `TCPX_SOCK_NSOCKS` data sockets, each
 //! served by a helper thread that moves its share of every request's 512 KiB chunks.
 //!
-//! In TCPX mode (`TCPX_SOCK_UNPACK=1` or [`Config::unpack`]) the recv side reports device
-//! type UNPACK v7, lands payload in 4 KiB bounce pages from a per-comm pool, writes one
+//! The device type is UNPACK v7 when CUDA is present or `TCPX_SOCK_UNPACK=1` /
+//! [`Config::unpack`]. Then receives into CUDA buffers (all receives when forced) land
+//! in 4 KiB bounce pages from a per-comm pool, writes one
 //! `LoadMeta` per fragment into slot `k % 16` of a `NetUnpackMeta` table, publishes
 //! `cnt[slot]` before `test` says done and keeps pages until `irecvConsumed`. TCPX's rules
 //! are enforced with its error codes: 16 requests per comm, `test` on the oldest only,

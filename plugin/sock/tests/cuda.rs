@@ -322,3 +322,27 @@ fn host_receive_on_cuda_box_bypasses_bounce_and_keeps_slots_aligned() {
     close_send(s);
     close_recv(r);
 }
+
+#[test]
+fn pinned_regions_are_page_aligned_and_device_mapped() {
+    use tcpx_sock::MappedAllocator;
+    let Some(_c) = gpu("pinned_regions_are_page_aligned_and_device_mapped") else {
+        return;
+    };
+    // Odd and meta-table sizes, several live at once (the H100 run caught unaligned ones).
+    let sizes = [1usize, 4096, 524_416, 524_416, 4 << 20, 12_345];
+    let a = tcpx_sock::CudaMappedAllocator;
+    let regs: Vec<_> = sizes.iter().map(|&n| a.alloc(n).unwrap()).collect();
+    for r in &regs {
+        assert_eq!(r.host as usize % 4096, 0);
+        assert!(!r.device.is_null());
+        // SAFETY: the region is r.len zeroed bytes.
+        assert!(unsafe { core::slice::from_raw_parts(r.host, r.len) }
+            .iter()
+            .all(|b| *b == 0));
+    }
+    for r in regs {
+        // SAFETY: allocated above, freed once.
+        unsafe { a.free(r) };
+    }
+}
