@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPLY_BOUND_S = 120
@@ -146,13 +147,18 @@ def _serve(name, port, params):
         state["bufs"] = {}
 
     def destroy():
+        """Deregisters everything and drops the agent; checks that it really went away (no
+        reference left anywhere), so its backend was destroyed."""
         agent = state["agent"]
         for array, handle in state["bufs"].values():
             agent.deregister_memory(handle)
         state["bufs"] = {}
         state["agent"] = None
+        ref = weakref.ref(agent)
         del agent
         gc.collect()
+        if ref() is not None:
+            raise RuntimeError("the agent is still referenced; it was not destroyed")
 
     def wait_md(agent, peer, bound):
         deadline = time.monotonic() + bound
@@ -213,6 +219,7 @@ def _serve(name, port, params):
             elif cmd == "metadata":
                 reply(md=base64.b64encode(agent.get_agent_metadata()).decode())
             elif cmd == "destroy":
+                agent = None  # this loop's reference would keep the agent alive
                 destroy()
                 reply(ok=True)
             elif cmd == "create":
@@ -222,6 +229,7 @@ def _serve(name, port, params):
                 reply(error=f"unknown command {cmd!r}")
         except Exception as e:  # reported to the test, which fails with it
             reply(error=f"{type(e).__name__}: {e}")
+    agent = None
     if state["agent"] is not None:
         destroy()
 

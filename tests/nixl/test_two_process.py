@@ -256,13 +256,22 @@ def test_peer_dies_mid_transfer(lone_peer, op, sig):
     peer.kill(sig)
     results = [finish(agent, h, s) for h, s in zip(handles, states)]
     assert "ERR" in results, f"no transfer failed after the peer died: {results}"
-    # Once one failed, later transfers to that peer fail too (never hang).
-    h = agent.initialize_xfer(
-        op, local.descs([(0, 4096)]), remote_descs(agent, far, [(0, 4096)]), peer.name
-    ) if agent.check_remote_metadata(peer.name) else None
-    if h is not None:
-        assert finish(agent, h, post(agent, h)) == "ERR"
+    # Once one failed, a new transfer to that peer fails too (never hangs), as a disconnect:
+    # reconnecting to a dead peer is refused, to a frozen one times out in the handshake.
+    if agent.check_remote_metadata(peer.name):  # NIXL may have dropped the peer already
+        h = agent.initialize_xfer(
+            op, local.descs([(0, 4096)]), remote_descs(agent, far, [(0, 4096)]), peer.name
+        )
         handles.append(h)
+        deadline = time.monotonic() + BOUND_S
+        try:
+            state = agent.transfer(h)
+            while state == "PROC":
+                assert time.monotonic() < deadline, "transfer to a dead peer hung"
+                state = agent.check_xfer_state(h)
+        except errors.nixlRemoteDisconnectError:
+            state = "REMOTE_DISCONNECT"
+        assert state == "REMOTE_DISCONNECT"
     for h in handles:
         agent.release_xfer_handle(h)
     peer.kill(signal.SIGKILL)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaEvent, CudaStream};
 use tcpx_core::unpack::{LoadMeta, NetUnpackMeta, UnpackDevHandle, ENTRIES_PER_SLOT, PAGE_SIZE};
-use tcpx_kernels::Kernels;
+use tcpx_kernels::{Kernels, UnpackJob};
 
 use super::config::MAX_WINDOW;
 use crate::error::{Error, Result};
@@ -132,39 +132,27 @@ impl Gpu {
         }
     }
 
-    /// Enqueues the unpack of `count` fragments of `slot` into `dst` and records the event
-    /// of window position `seq`.
-    pub fn launch(
-        &self,
-        channel: usize,
-        seq: u64,
-        src: &UnpackSource,
-        slot: usize,
-        count: u32,
-        dst: u64,
-    ) -> Result<()> {
-        // SAFETY: `checked_count` bounded every fragment to the chunk at `dst`, which lies
-        // in registered device memory; the bounce pages stay untouched until irecvConsumed,
-        // which the engine calls only after this event completes.
-        unsafe {
-            self.kernels.launch_unpack_counted(
-                &self.stream,
-                src.meta as u64,
-                src.bounce,
-                slot as u32,
-                count,
-                dst,
-            )
-        }
-        .map_err(|e| Error::Gpu(e.to_string()))?;
-        self.events[channel][(seq % MAX_WINDOW as u64) as usize]
+    /// Enqueues every queued unpack in one launch (the kernel takes a batch of jobs, each
+    /// with its own table, bounce region, slot, count and destination).
+    pub fn launch_batch(&self, jobs: &[UnpackJob]) -> Result<()> {
+        // SAFETY: every job's count came from `checked_count`, which bounded its fragments to
+        // the chunk at its destination inside registered device memory; destinations of
+        // distinct chunks do not overlap; bounce pages stay untouched until irecvConsumed,
+        // which follows the event recorded after this launch.
+        unsafe { self.kernels.launch_unpack_batch(&self.stream, jobs) }
+            .map_err(|e| Error::Gpu(e.to_string()))
+    }
+
+    /// Records event `ev` of `channel` after everything enqueued so far.
+    pub fn record(&self, channel: usize, ev: u8) -> Result<()> {
+        self.events[channel][usize::from(ev)]
             .record(&self.stream)
             .map_err(cuda("cuEventRecord"))
     }
 
-    /// Whether the unpack of window position `seq` has completed. Never blocks.
-    pub fn done(&self, channel: usize, seq: u64) -> Result<bool> {
-        self.events[channel][(seq % MAX_WINDOW as u64) as usize]
+    /// Whether event `ev` of `channel` has completed. Never blocks.
+    pub fn done(&self, channel: usize, ev: u8) -> Result<bool> {
+        self.events[channel][usize::from(ev)]
             .try_is_complete()
             .map_err(cuda("cuEventQuery"))
     }

@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::net::{
     Comm, ConnectHandle, ListenComm, MemKind, Net, RecvBuf, RecvComm, Request, SendComm,
 };
+use tcpx_kernels::UnpackJob;
 
 /// A chunk on the network, send side.
 struct TxChunk {
@@ -38,6 +39,9 @@ struct RxChunk {
     region: u32,
     /// Destination address (device address for device chunks).
     dst: u64,
+    /// The channel's event that completes after this chunk's unpack; `None` while the
+    /// unpack is queued for the next batched launch.
+    ev: Option<u8>,
 }
 
 struct Channel {
@@ -134,6 +138,8 @@ impl Listener {
         Ok(Session {
             cuda_ok: ptr_support.cuda(),
             gpu: None,
+            jobs: Vec::with_capacity(c * MAX_WINDOW),
+            queued: Vec::with_capacity(c * MAX_WINDOW),
             consumed_needed: self.net.has_irecv_consumed(),
             net: self.net,
             cfg: self.cfg,
@@ -168,6 +174,11 @@ pub struct Session {
     cuda_ok: bool,
     /// CUDA context, stream, kernels, events: created by the first device registration.
     gpu: Option<Gpu>,
+    /// Unpacks queued by this poll, launched together at its end (capacity: every window
+    /// slot of every channel, so pushing never allocates).
+    jobs: Vec<UnpackJob>,
+    /// (channel, seq) of each queued job.
+    queued: Vec<(usize, u64)>,
     _listens: Vec<ListenComm>,
 }
 
@@ -422,7 +433,38 @@ impl Session {
                 }
             }
         }
+        if let Err(e) = self.launch_unpacks() {
+            self.fail(&e);
+            return Err(e);
+        }
         Ok(moved)
+    }
+
+    /// Launches every unpack this poll queued in one kernel launch, then records one event
+    /// per channel after it. Each chunk remembers its channel's event: the one of the
+    /// channel's newest queued chunk, whose window slot cannot be reused before every older
+    /// chunk (all of this batch) has been consumed.
+    fn launch_unpacks(&mut self) -> Result<()> {
+        if self.jobs.is_empty() {
+            return Ok(());
+        }
+        let gpu = self.gpu.as_ref().expect("queued unpacks imply a GPU");
+        gpu.launch_batch(&self.jobs)?;
+        for (c, ch) in self.channels.iter_mut().enumerate() {
+            let Some(last) = self.queued.iter().filter(|q| q.0 == c).map(|q| q.1).max() else {
+                continue;
+            };
+            let ev = (last % MAX_WINDOW as u64) as u8;
+            gpu.record(c, ev)?;
+            for &(_, seq) in self.queued.iter().filter(|q| q.0 == c) {
+                if let Some(p) = ch.rx.payload_mut(seq) {
+                    p.ev = Some(ev);
+                }
+            }
+        }
+        self.jobs.clear();
+        self.queued.clear();
+        Ok(())
     }
 
     fn drive(&mut self, c: usize) -> Result<bool> {
@@ -519,6 +561,7 @@ impl Session {
                 xfer: x,
                 region: ri,
                 dst: data as u64,
+                ev: None,
             };
             let posted = ch.rx.post(buf.size as u32, memory, chunk);
             debug_assert!(posted.is_ok(), "window length was checked");
@@ -564,7 +607,8 @@ impl Session {
                         break;
                     };
                     let gpu = self.gpu.as_ref().expect("device chunks imply a GPU");
-                    if !gpu.done(c, useq)? {
+                    let ev = ch.rx.get(useq).and_then(|e| e.payload().ev);
+                    if !matches!(ev, Some(ev) if gpu.done(c, ev)?) {
                         break;
                     }
                     ch.rx.unpack_done(useq).map_err(chunk_err)?;
@@ -580,23 +624,25 @@ impl Session {
                     moved = true;
                 }
                 RecvAction::LaunchUnpack { seq, slot } => {
-                    let (gpu, src) = match (&self.gpu, &ch.unpack) {
-                        (Some(g), Some(s)) => (g, s),
-                        _ => {
-                            return Err(Error::Invalid(
-                                "device chunk without a GPU or unpack source",
-                            ))
-                        }
+                    let (Some(src), true) = (&ch.unpack, self.gpu.is_some()) else {
+                        return Err(Error::Invalid(
+                            "device chunk without a GPU or unpack source",
+                        ));
                     };
                     let e = ch.rx.get(seq).expect("the window names a live chunk");
                     let count = src.checked_count(slot, e.len())?;
-                    gpu.launch(c, seq, src, slot, count, e.payload().dst)?;
+                    let job =
+                        UnpackJob::new(src.meta as u64, src.bounce, slot as u32, e.payload().dst)
+                            .with_count(count);
+                    self.jobs.push(job);
+                    self.queued.push((c, seq));
                     ch.rx.unpack_launched(seq).map_err(chunk_err)?;
                     moved = true;
                 }
                 RecvAction::AwaitUnpack { seq } => {
                     let gpu = self.gpu.as_ref().expect("device chunks imply a GPU");
-                    if !gpu.done(c, seq)? {
+                    let ev = ch.rx.get(seq).and_then(|e| e.payload().ev);
+                    if !matches!(ev, Some(ev) if gpu.done(c, ev)?) {
                         break;
                     }
                     ch.rx.unpack_done(seq).map_err(chunk_err)?;
@@ -626,6 +672,8 @@ impl Session {
     fn fail(&mut self, e: &Error) {
         crate::log_error!("engine", "session broken: {e}");
         self.broken = Some(e.to_string());
+        self.jobs.clear();
+        self.queued.clear();
         for ch in &mut self.channels {
             ch.tx_queue.clear();
             ch.rx_queue.clear();

@@ -145,6 +145,28 @@ fn frame(msg: &Message<'_>) -> Result<Vec<u8>, Error> {
     Ok(buf)
 }
 
+/// Turns an I/O failure that means "the peer is not there any more" (timeout, EOF, reset)
+/// into [`Error::Disconnected`]; anything else is left as it is.
+fn peer_gone(e: Error) -> Error {
+    use std::io::ErrorKind::*;
+    match e {
+        Error::Io { what, err }
+            if matches!(
+                err.kind(),
+                WouldBlock
+                    | TimedOut
+                    | UnexpectedEof
+                    | ConnectionReset
+                    | ConnectionAborted
+                    | BrokenPipe
+            ) =>
+        {
+            Error::Disconnected(format!("{what}: {err}"))
+        }
+        other => other,
+    }
+}
+
 /// Reads one frame from a blocking stream (handshake only; read timeout set by the caller).
 fn read_frame(s: &mut TcpStream) -> Result<Vec<u8>, Error> {
     let io = |err| Error::Io {
@@ -615,10 +637,13 @@ impl Shared {
             channels: self.engine_cfg.channels as u16,
             name: &self.agent,
         }))?;
+        // A peer that stops answering (read/write timeout) or goes away during the handshake
+        // is a disconnected peer, like one that fails later: REMOTE_DISCONNECT, not BACKEND.
         s.write_all(&hello)
             .and_then(|_| s.write_all(l.conn_info()))
-            .map_err(io("sending Hello"))?;
-        let theirs = read_frame(&mut s)?;
+            .map_err(io("sending Hello"))
+            .map_err(peer_gone)?;
+        let theirs = read_frame(&mut s).map_err(peer_gone)?;
         let session = l.connect(&theirs).map_err(Error::Engine)?;
         self.conn(agent.to_owned(), true, s, session)
     }
@@ -995,5 +1020,32 @@ fn run(shared: &Arc<Shared>, listener: &TcpListener) {
                 std::thread::sleep(Duration::from_micros(if idle < 2000 { 50 } else { 1000 }));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_io_failures_from_a_vanished_peer_are_disconnects() {
+        use std::io::{Error as IoError, ErrorKind};
+        for kind in [
+            ErrorKind::WouldBlock,
+            ErrorKind::TimedOut,
+            ErrorKind::UnexpectedEof,
+            ErrorKind::ConnectionReset,
+        ] {
+            let e = peer_gone(Error::Io {
+                what: "control handshake read",
+                err: IoError::from(kind),
+            });
+            assert_eq!(e.status(), Status::RemoteDisconnect, "{kind:?}");
+        }
+        let other = peer_gone(Error::Io {
+            what: "control handshake read",
+            err: IoError::from(ErrorKind::PermissionDenied),
+        });
+        assert_eq!(other.status(), Status::Backend);
     }
 }
