@@ -32,6 +32,7 @@ os.environ.setdefault("TCPX_SOCK_IFNAME", "lo")
 
 import numpy as np  # noqa: E402
 from nixl_cu12 import nixl_agent, nixl_agent_config  # noqa: E402
+from cuda_mem import gpu_reason  # noqa: E402
 
 errors = importlib.import_module("nixl_cu12._bindings")
 
@@ -111,8 +112,10 @@ class Registered:
 def test_backend_exists_with_dram_and_default_options():
     agent = make_agent()
     assert agent.get_plugin_params("TCPX") == DEFAULT_OPTIONS
-    assert agent.get_plugin_mem_types("TCPX") == ["DRAM_SEG"]
-    assert agent.get_backend_mem_types("TCPX") == ["DRAM_SEG"]
+    # VRAM is offered exactly when a CUDA device is usable.
+    mems = ["DRAM_SEG"] + (["VRAM_SEG"] if gpu_reason() is None else [])
+    assert agent.get_plugin_mem_types("TCPX") == mems
+    assert agent.get_backend_mem_types("TCPX") == mems
     # The instantiated backend reports its effective settings; listen_addr is the bound
     # control listener.
     params = agent.get_backend_params("TCPX")

@@ -26,9 +26,11 @@ pub const MEM_DRAM: i32 = 0;
 /// NIXL's `nixl_mem_t` value for GPU memory.
 pub const MEM_VRAM: i32 = 1;
 
-/// Whether this build serves VRAM; the hook CUDA support will flip.
+/// Whether this process serves VRAM: a CUDA driver with a device is present (probed once,
+/// without touching CUDA when the driver library is missing).
 pub fn vram_supported() -> bool {
-    false
+    static GPU: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *GPU.get_or_init(|| tcpx_kernels::gpu_available().is_ok())
 }
 
 fn mem_kind(mem: i32) -> Result<MemKind, Error> {
@@ -375,6 +377,10 @@ impl Backend {
     pub fn prep_xfer(&self, a: &XferArgs<'_>) -> Result<ReqId, Error> {
         self.check_args(a)?;
         let route = if a.agent == self.agent {
+            // Transfers to ourselves are CPU copies: device memory would need the GPU.
+            if a.local_mem == MEM_VRAM || a.remote_mem == MEM_VRAM {
+                return Err(Error::UnsupportedMem(MEM_VRAM));
+            }
             xfer::plan(&read(&self.mem), &self.agent, a.agent, a.local, a.remote)?;
             Route::Own { posted: false }
         } else {

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tcpx_core::window::{MAX_WINDOW, TCPX_WINDOW};
+use tcpx_core::window::TCPX_WINDOW;
 use tcpx_core::wire::MAX_CHANNELS;
 
 use crate::error::Error;
@@ -25,7 +25,8 @@ pub const OPTIONS: [(&str, &str); 6] = [
 ];
 
 /// Smallest and largest accepted chunk size.
-const CHUNK_BYTES: (u64, u64) = (4096, 64 << 20);
+/// The engine's chunk range: TCPX receives at most 4 MiB per request.
+const CHUNK_BYTES: (u64, u64) = (4096, tcpx_core::plan::MAX_CHUNK_BYTES as u64);
 /// Largest accepted timeout: one hour.
 const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
@@ -104,7 +105,7 @@ impl Config {
                 "chunk_bytes" => {
                     c.chunk_bytes = number(key, value, CHUNK_BYTES.0, CHUNK_BYTES.1)? as u32
                 }
-                "window" => c.window = number(key, value, 1, MAX_WINDOW as u64)? as u16,
+                "window" => c.window = number(key, value, 1, TCPX_WINDOW as u64)? as u16,
                 "timeout_ms" => {
                     c.timeout = Duration::from_millis(number(key, value, 1, MAX_TIMEOUT_MS)?)
                 }

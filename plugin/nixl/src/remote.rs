@@ -23,8 +23,8 @@ use tcpx::engine::{
     Config as EngineConfig, Direction, MemId, Memory, Progress, Segment as ESeg, Session, XferId,
 };
 use tcpx_core::wire::{
-    self, Ack, ErrorMsg, Hello, Message, Notif, ReadAnnounce, ReadRequest, Segment as WireSegment,
-    WriteAnnounce, HEADER_LEN,
+    self, Ack, ErrorMsg, Hello, MemKind, Message, Notif, ReadAnnounce, ReadRequest,
+    Segment as WireSegment, WriteAnnounce, HEADER_LEN,
 };
 
 use crate::config::Config;
@@ -585,11 +585,17 @@ fn register_on(e: &mut Engine, md: MdId, region: &Region) {
     let Ok(len) = usize::try_from(region.span.len) else {
         return;
     };
+    let memory = match region.mem {
+        MemKind::Dram => Memory::Host,
+        MemKind::Vram => Memory::Cuda {
+            device: region.device as i32,
+        },
+    };
     // SAFETY: NIXL keeps registered memory allocated until `deregisterMem`, which removes it
     // from every session (RemotePath::deregister) before returning.
     let r = unsafe {
         e.session
-            .register(region.span.base as usize as *mut _, len, Memory::Host)
+            .register(region.span.base as usize as *mut _, len, memory)
     };
     match r {
         Ok(id) => {

@@ -1,0 +1,841 @@
+//! Hostile peers against a real `Backend`'s control listener (issue "Faults, hostile input…",
+//! item 4).
+//!
+//! A test client speaks our control protocol over TCP (and, after `Hello`, runs a real engine
+//! session so it can get past the handshake) and sends malformed, lying and abusive input. For
+//! every case: the expected answer where the protocol defines one (`Ack{status<0}` for a
+//! refused WRITE, `ErrorMsg` for a refused READ), then the connection closed; the well-behaved
+//! agent `a` keeps transferring to the same target with data verified; no byte outside the
+//! target's registration changed (pattern canaries around it, `PROT_NONE` guard pages around
+//! those); and the process's fd count back to its baseline.
+//!
+//! The checks run in a child process (`hostile_peers_child`, run by `hostile_peers` with
+//! `--nocapture`) so the fd count is not disturbed by other tests and the backend's log lines
+//! (stderr) can be checked by the parent.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use plugin_TCPX::backend::{XferArgs, MEM_DRAM};
+use plugin_TCPX::xfer::{Desc, Op};
+use plugin_TCPX::{blob, Backend, Status};
+use tcpx::engine::{Config as EngineConfig, Direction, Memory, Segment as ESeg, Session};
+use tcpx_core::wire::{
+    self, Ack, ErrorMsg, Hello, Message, Notif, ReadAnnounce, ReadRequest, Segment, WriteAnnounce,
+    HEADER_LEN, MAGIC, MAX_FRAME, VERSION,
+};
+
+const PAGE: usize = 4096;
+/// Pages of the target registration, between one canary page and one guard page per side.
+const REGION_PAGES: usize = 4;
+const REGION: usize = REGION_PAGES * PAGE;
+const CANARY: u8 = 0xA5;
+/// Target's timeout: bounds the handshake of a silent peer and (with the fix in remote.rs)
+/// a target conn stuck mid-frame or mid-WRITE.
+const TIMEOUT_MS: u64 = 2000;
+/// Every wait in this file gives up after this long (it then fails the test).
+const BOUND: Duration = Duration::from_secs(15);
+
+extern "C" {
+    fn mmap(addr: *mut u8, len: usize, prot: i32, flags: i32, fd: i32, off: i64) -> *mut u8;
+    fn mprotect(addr: *mut u8, len: usize, prot: i32) -> i32;
+    fn munmap(addr: *mut u8, len: usize) -> i32;
+}
+const PROT_NONE: i32 = 0;
+const PROT_RW: i32 = 1 | 2;
+const MAP_PRIVATE_ANON: i32 = 0x02 | 0x20;
+
+/// `[guard][canary][region: REGION_PAGES][canary][guard]`: a write just outside the
+/// registration changes a canary byte, one a page further faults.
+struct Guarded {
+    base: *mut u8,
+    len: usize,
+}
+
+impl Guarded {
+    fn new() -> Self {
+        let len = (REGION_PAGES + 4) * PAGE;
+        // SAFETY: anonymous private mapping; the guard pages are made inaccessible below.
+        let base = unsafe { mmap(std::ptr::null_mut(), len, PROT_RW, MAP_PRIVATE_ANON, -1, 0) };
+        assert!(!base.is_null() && base as isize != -1, "mmap failed");
+        // SAFETY: both ranges are pages of the mapping just made.
+        unsafe {
+            assert_eq!(mprotect(base, PAGE, PROT_NONE), 0);
+            assert_eq!(mprotect(base.add(len - PAGE), PAGE, PROT_NONE), 0);
+            std::ptr::write_bytes(base.add(PAGE), CANARY, len - 2 * PAGE);
+        }
+        Self { base, len }
+    }
+
+    fn region(&self) -> u64 {
+        self.base as u64 + 2 * PAGE as u64
+    }
+
+    fn canaries(&self) -> (&[u8], &[u8]) {
+        // SAFETY: the canary pages are readable and live as long as `self`.
+        unsafe {
+            (
+                std::slice::from_raw_parts(self.base.add(PAGE), PAGE),
+                std::slice::from_raw_parts(self.base.add(2 * PAGE + REGION), PAGE),
+            )
+        }
+    }
+
+    fn region_bytes(&self) -> &[u8] {
+        // SAFETY: readable, live as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.region() as *const u8, REGION) }
+    }
+
+    #[track_caller]
+    fn assert_intact(&self, case: &str) {
+        let (lo, hi) = self.canaries();
+        if let Some(i) = lo.iter().position(|&b| b != CANARY) {
+            panic!("{case}: byte {} before the registration changed", PAGE - i);
+        }
+        if let Some(i) = hi.iter().position(|&b| b != CANARY) {
+            panic!("{case}: byte {i} after the registration changed");
+        }
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`.
+        unsafe { munmap(self.base, self.len) };
+    }
+}
+
+fn d(addr: u64, len: u64, md: usize) -> Desc {
+    Desc {
+        addr,
+        len,
+        dev_id: 0,
+        md,
+    }
+}
+
+fn fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn frame(msg: &Message<'_>) -> Vec<u8> {
+    let mut buf = vec![0u8; msg.buffer_len()];
+    msg.emit(&mut buf).unwrap();
+    buf
+}
+
+fn header(magic: u32, version: u16, kind: u16, len: u32) -> Vec<u8> {
+    let mut h = Vec::with_capacity(HEADER_LEN);
+    h.extend_from_slice(&magic.to_le_bytes());
+    h.extend_from_slice(&version.to_le_bytes());
+    h.extend_from_slice(&kind.to_le_bytes());
+    h.extend_from_slice(&len.to_le_bytes());
+    h
+}
+
+fn hello(name: &str) -> Vec<u8> {
+    frame(&Message::Hello(Hello { channels: 2, name }))
+}
+
+/// Reads one frame; `None` on EOF / reset.
+fn read_one(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; HEADER_LEN];
+    read_all(s, &mut buf)?;
+    let len = wire::peek_frame(&buf).expect("target sent a bad frame").unwrap();
+    buf.resize(len, 0);
+    read_all(s, &mut buf[HEADER_LEN..])?;
+    Some(buf)
+}
+
+fn read_all(s: &mut TcpStream, buf: &mut [u8]) -> Option<()> {
+    let deadline = Instant::now() + BOUND;
+    let mut off = 0;
+    while off < buf.len() {
+        match s.read(&mut buf[off..]) {
+            Ok(0) => return None,
+            Ok(n) => off += n,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                assert!(Instant::now() < deadline, "target neither answered nor closed");
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    Some(())
+}
+
+/// Every frame the target sends until it closes the stream (bounded).
+fn until_closed(s: &mut TcpStream) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    while let Some(f) = read_one(s) {
+        got.push(f);
+        assert!(got.len() < 100_000, "target keeps talking");
+    }
+    got
+}
+
+fn raw(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    s.set_write_timeout(Some(BOUND)).unwrap();
+    s
+}
+
+/// A peer past the handshake: control stream + engine session, a source buffer registered.
+struct Peer {
+    s: TcpStream,
+    sess: Session,
+    src: Vec<u8>,
+    mem: tcpx::engine::MemId,
+}
+
+impl Peer {
+    fn connect(addr: SocketAddr, name: &str) -> Peer {
+        let mut s = raw(addr);
+        let cfg = EngineConfig {
+            timeout: Duration::from_secs(5),
+            ..EngineConfig::default()
+        };
+        let net = Session::open_net(&cfg).unwrap();
+        let l = Session::listen(net, cfg).unwrap();
+        s.write_all(&hello(name)).unwrap();
+        s.write_all(l.conn_info()).unwrap();
+        let theirs = read_one(&mut s).expect("target closed during the handshake");
+        let mut sess = l.connect(&theirs).unwrap();
+        let mut src: Vec<u8> = (0..2 * REGION).map(|i| (i % 241) as u8 ^ 0x3c).collect();
+        // SAFETY: `src` lives in the Peer next to the session and is never reallocated.
+        let mem = unsafe {
+            sess.register(src.as_mut_ptr().cast(), src.len(), Memory::Host)
+                .unwrap()
+        };
+        Peer { s, sess, src, mem }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).unwrap();
+    }
+
+    /// Posts the data sends of a WRITE: `len` bytes from the start of `src`.
+    fn post_data(&mut self, len: u64) -> tcpx::engine::XferId {
+        let seg = ESeg {
+            mem: self.mem,
+            offset: 0,
+            remote_offset: 0,
+            len,
+        };
+        self.sess.post(Direction::Send, &[seg]).unwrap()
+    }
+
+    /// Reads the target's frames until it closes, driving our session meanwhile.
+    fn until_closed(&mut self) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + BOUND;
+        let mut got = Vec::new();
+        self.s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        loop {
+            let _ = self.sess.progress();
+            let mut b = [0u8; HEADER_LEN];
+            match self.s.peek(&mut b) {
+                Ok(0) => return got,
+                Ok(_) => match read_one(&mut self.s) {
+                    Some(f) => got.push(f),
+                    None => return got,
+                },
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => panic!("peek: {e}"),
+            }
+            assert!(Instant::now() < deadline, "target neither answered nor closed");
+        }
+    }
+}
+
+fn write_announce(xfer: u64, segs: &[Segment]) -> Vec<u8> {
+    frame(&Message::WriteAnnounce(WriteAnnounce {
+        xfer,
+        segments: segs,
+        notif: None,
+    }))
+}
+
+fn read_request(xfer: u64, segs: &[Segment]) -> Vec<u8> {
+    frame(&Message::ReadRequest(ReadRequest {
+        xfer,
+        segments: segs,
+    }))
+}
+
+#[track_caller]
+fn assert_refused_write(frames: &[Vec<u8>], xfer: u64) {
+    assert_eq!(frames.len(), 1, "expected exactly one Ack before the close");
+    match wire::parse(&frames[0]).unwrap() {
+        Message::Ack(Ack { xfer: x, status }) => {
+            assert_eq!(x, xfer);
+            assert_eq!(status, Status::InvalidParam as i32);
+        }
+        m => panic!("expected a negative Ack, got {m:?}"),
+    }
+}
+
+/// The world of one test: target `t` with a guarded registration and a plain one, and a
+/// well-behaved agent `a` that keeps writing to and reading from `t`.
+struct World {
+    t: Backend,
+    a: Backend,
+    addr: SocketAddr,
+    guard: Guarded,
+    token: wire::RegionToken,
+    src: Vec<u8>,
+    dst: Vec<u8>,
+    ma: usize,
+    rt: usize,
+    round: u8,
+}
+
+impl World {
+    fn new() -> World {
+        tcpx_sock::config::configure(tcpx_sock::config::Config {
+            ifname: Some("lo".into()),
+            ..Default::default()
+        });
+        let to = TIMEOUT_MS.to_string();
+        let params = [("listen_addr", "127.0.0.1:0"), ("timeout_ms", to.as_str())];
+        let t = Backend::new("t", params).unwrap();
+        let a = Backend::new("a", params).unwrap();
+        a.load_remote_conn_info("t", t.conn_info()).unwrap();
+        let (info, _) = blob::decode_conn_info(t.conn_info()).unwrap();
+        let guard = Guarded::new();
+        let mg = t
+            .register_mem(&d(guard.region(), REGION as u64, 0), MEM_DRAM)
+            .unwrap();
+        let token = blob::decode_token(&t.public_data(mg).unwrap()).unwrap();
+        let mut src = vec![0u8; REGION];
+        let mut dst = vec![0u8; REGION];
+        let ma = a
+            .register_mem(&d(src.as_mut_ptr() as u64, REGION as u64, 0), MEM_DRAM)
+            .unwrap();
+        let mt = t
+            .register_mem(&d(dst.as_mut_ptr() as u64, REGION as u64, 0), MEM_DRAM)
+            .unwrap();
+        let rt = a
+            .load_remote_md(
+                &d(dst.as_mut_ptr() as u64, REGION as u64, 0),
+                &t.public_data(mt).unwrap(),
+                MEM_DRAM,
+                "t",
+            )
+            .unwrap();
+        a.connect("t").unwrap();
+        World {
+            t,
+            a,
+            addr: info.addr,
+            guard,
+            token,
+            src,
+            dst,
+            ma,
+            rt,
+            round: 0,
+        }
+    }
+
+    fn seg(&self, off: u64, len: u64) -> Segment {
+        Segment::new(
+            self.token.region,
+            self.token.key,
+            self.token.base + off,
+            len,
+        )
+    }
+
+    fn finish(&self, h: usize) -> Status {
+        let deadline = Instant::now() + BOUND;
+        loop {
+            match self.a.check_xfer(h) {
+                Ok(Status::InProgress) => {}
+                Ok(s) => return s,
+                Err(e) => panic!("good agent's transfer failed: {e}"),
+            }
+            assert!(Instant::now() < deadline, "good agent's transfer hangs");
+            std::thread::yield_now();
+        }
+    }
+
+    /// `a` writes a fresh pattern into `t` and reads part of it back; both verified.
+    fn good_roundtrip(&mut self, case: &str) {
+        self.round = self.round.wrapping_add(1);
+        let r = self.round;
+        for (i, x) in self.src.iter_mut().enumerate() {
+            *x = (i % 239) as u8 ^ r;
+        }
+        let (s, t) = (self.src.as_ptr() as u64, self.dst.as_ptr() as u64);
+        let (l, rr) = ([d(s, REGION as u64, self.ma)], [d(t, REGION as u64, self.rt)]);
+        let w = XferArgs {
+            op: Op::Write,
+            local: &l,
+            local_mem: MEM_DRAM,
+            remote: &rr,
+            remote_mem: MEM_DRAM,
+            agent: "t",
+            notif: Some(b"good"),
+        };
+        let mut h = 0;
+        self.a.post_xfer(&w, &mut h).unwrap();
+        assert_eq!(self.finish(h), Status::Success, "{case}: good WRITE");
+        self.a.release_req(h).unwrap();
+        assert!(self.dst == self.src, "{case}: good WRITE data differs");
+        // The notification arrives once the data is in; take it (and anything else queued).
+        let mut good = 0;
+        self.t
+            .take_notifs(|from, m| {
+                good += usize::from(from == "a" && m == b"good");
+                true
+            })
+            .unwrap();
+        assert_eq!(good, 1, "{case}: good notif");
+
+        // READ 4 KiB back into the middle of src.
+        self.src[PAGE..2 * PAGE].fill(0);
+        let (l, rr) = ([d(s + PAGE as u64, PAGE as u64, self.ma)], [d(t, PAGE as u64, self.rt)]);
+        let rd = XferArgs {
+            op: Op::Read,
+            local: &l,
+            remote: &rr,
+            notif: None,
+            ..w
+        };
+        let mut h = 0;
+        self.a.post_xfer(&rd, &mut h).unwrap();
+        assert_eq!(self.finish(h), Status::Success, "{case}: good READ");
+        self.a.release_req(h).unwrap();
+        assert!(
+            self.src[PAGE..2 * PAGE] == self.dst[..PAGE],
+            "{case}: good READ data differs"
+        );
+    }
+
+    /// After a hostile connection closed: canaries, fd count, the good agent, backend alive.
+    fn after(&mut self, case: &str, baseline: usize) {
+        self.guard.assert_intact(case);
+        let deadline = Instant::now() + BOUND;
+        while fds() != baseline {
+            assert!(
+                Instant::now() < deadline,
+                "{case}: fd count {} never returned to its baseline {baseline}",
+                fds()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.good_roundtrip(case);
+        self.guard.assert_intact(case);
+        eprintln!("HOSTILE-CASE-OK {case}");
+    }
+}
+
+fn run_cases() {
+    let mut w = World::new();
+    w.good_roundtrip("setup");
+    let baseline = fds();
+    let addr = w.addr;
+    let hostile = "hostile";
+
+    // --- Before / instead of Hello: the handshake thread refuses, the stream is closed. ---
+    let pre: Vec<(&str, Vec<u8>, bool)> = vec![
+        ("truncated header then EOF", header(MAGIC, VERSION, 3, 16)[..6].to_vec(), true),
+        ("wrong magic", header(0x5850_4354 ^ 1, VERSION, 3, 16), false),
+        ("wrong version", header(MAGIC, VERSION + 1, 3, 16), false),
+        ("unknown kind", header(MAGIC, VERSION, 99, 16), false),
+        ("huge declared length", header(MAGIC, VERSION, 3, u32::MAX), false),
+        ("length above MAX_FRAME", header(MAGIC, VERSION, 3, MAX_FRAME as u32 + 1), false),
+        ("length below header", header(MAGIC, VERSION, 3, 4), false),
+        (
+            "truncated Hello body then EOF",
+            hello(hostile)[..HEADER_LEN + 3].to_vec(),
+            true,
+        ),
+        ("Ack instead of Hello", frame(&Message::Ack(Ack { xfer: 1, status: 0 })), false),
+        (
+            "Hello then garbage handles",
+            [hello(hostile), header(MAGIC, VERSION, 4, 16), vec![0; 4]].concat(),
+            false,
+        ),
+        (
+            "Hello then zero listen handles",
+            [hello(hostile), {
+                let mut h = header(MAGIC, VERSION, 4, 16);
+                h.extend_from_slice(&[0; 4]);
+                h
+            }]
+            .concat(),
+            false,
+        ),
+    ];
+    for (case, bytes, eof) in pre {
+        eprintln!("HOSTILE-CASE {case}");
+        let mut s = raw(addr);
+        s.write_all(&bytes).unwrap();
+        if eof {
+            s.shutdown(Shutdown::Write).unwrap();
+        }
+        let got = until_closed(&mut s);
+        assert!(got.is_empty(), "{case}: target answered {got:?}");
+        drop(s);
+        w.after(case, baseline);
+    }
+
+    // Slowloris before Hello: half a header, then silence. The handshake read times out.
+    {
+        let case = "slowloris before Hello";
+        eprintln!("HOSTILE-CASE {case}");
+        let mut s = raw(addr);
+        s.write_all(&header(MAGIC, VERSION, 3, 16)[..6]).unwrap();
+        assert!(until_closed(&mut s).is_empty());
+        w.after(case, baseline);
+    }
+
+    // --- Our own client, well-behaved, as a control: a valid WRITE lands and is Acked. ---
+    {
+        let case = "valid WRITE from the test client";
+        eprintln!("HOSTILE-CASE {case}");
+        let mut p = Peer::connect(addr, hostile);
+        let id = p.post_data(1000);
+        p.send(&write_announce(7, &[w.seg(100, 1000)]));
+        p.s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let deadline = Instant::now() + BOUND;
+        let ack = loop {
+            let _ = p.sess.progress();
+            let mut b = [0u8; 1];
+            match p.s.peek(&mut b) {
+                Ok(0) => panic!("{case}: closed"),
+                Ok(_) => break read_one(&mut p.s).unwrap(),
+                Err(_) => assert!(Instant::now() < deadline, "{case}: no Ack"),
+            }
+        };
+        assert_eq!(
+            wire::parse(&ack).unwrap(),
+            Message::Ack(Ack { xfer: 7, status: 0 })
+        );
+        p.sess.wait(id, BOUND).unwrap();
+        assert!(w.guard.region_bytes()[100..1100] == p.src[..1000], "{case}: data");
+        drop(p);
+        w.after(case, baseline);
+    }
+
+    // --- After a real handshake: bad frames close the stream without an answer. ---
+    let r = w.token.region;
+    let k = w.token.key;
+    let base = w.token.base;
+    let mut huge_count = header(MAGIC, VERSION, 5, 32);
+    huge_count.extend_from_slice(&1u64.to_le_bytes());
+    huge_count.extend_from_slice(&u32::MAX.to_le_bytes()); // count
+    huge_count.extend_from_slice(&[0; 8]);
+    let mut rr_count = header(MAGIC, VERSION, 6, (24 + 2000 * 32) as u32);
+    rr_count.extend_from_slice(&1u64.to_le_bytes());
+    rr_count.extend_from_slice(&2000u32.to_le_bytes());
+    rr_count.resize(24 + 2000 * 32, 0);
+    let mut notif_huge = header(MAGIC, VERSION, 9, 16);
+    notif_huge.extend_from_slice(&u32::MAX.to_le_bytes());
+    let post: Vec<(&str, Vec<u8>)> = vec![
+        ("wrong magic after Hello", header(0, VERSION, 5, 32)),
+        ("wrong version after Hello", header(MAGIC, 0, 5, 32)),
+        ("unknown kind after Hello", header(MAGIC, VERSION, 0xffff, 32)),
+        ("huge declared length after Hello", header(MAGIC, VERSION, 5, u32::MAX)),
+        ("WriteAnnounce with a huge count", huge_count),
+        ("ReadRequest with 2000 segments", rr_count),
+        ("Notif with a huge length field", notif_huge),
+        ("Ack to the target", frame(&Message::Ack(Ack { xfer: 1, status: 0 }))),
+        (
+            "ReadAnnounce to the target",
+            frame(&Message::ReadAnnounce(ReadAnnounce { xfer: 1 })),
+        ),
+        ("second Hello", hello(hostile)),
+        (
+            "Error to the target",
+            frame(&Message::Error(ErrorMsg {
+                code: 1,
+                xfer: 1,
+                text: "x",
+            })),
+        ),
+    ];
+    for (case, bytes) in post {
+        eprintln!("HOSTILE-CASE {case}");
+        let mut p = Peer::connect(addr, hostile);
+        p.send(&bytes);
+        let got = p.until_closed();
+        assert!(got.is_empty(), "{case}: target answered {got:?}");
+        drop(p);
+        w.after(case, baseline);
+    }
+
+    // Truncated frame after Hello, then EOF.
+    {
+        let case = "truncated WriteAnnounce then EOF";
+        eprintln!("HOSTILE-CASE {case}");
+        let mut p = Peer::connect(addr, hostile);
+        let f = write_announce(1, &[w.seg(0, 64)]);
+        p.send(&f[..f.len() - 5]);
+        p.s.shutdown(Shutdown::Write).unwrap();
+        assert!(p.until_closed().is_empty());
+        drop(p);
+        w.after(case, baseline);
+    }
+
+    // --- Refused WRITEs: Ack{status<0}, then the stream is closed. ---
+    let end = REGION as u64;
+    let refused: Vec<(&str, Vec<Segment>)> = vec![
+        ("segment before the registration", vec![Segment::new(r, k, base - 64, 64)]),
+        ("segment after the registration", vec![Segment::new(r, k, base + end, 64)]),
+        ("segment straddling the start", vec![Segment::new(r, k, base - 1, 64)]),
+        ("segment straddling the end", vec![Segment::new(r, k, base + end - 63, 64)]),
+        ("segment one byte too long", vec![Segment::new(r, k, base, end + 1)]),
+        ("segment wrapping the address space", vec![Segment::new(r, k, u64::MAX - 10, 100)]),
+        ("segment of u64::MAX bytes", vec![Segment::new(r, k, base, u64::MAX)]),
+        ("wrong key", vec![Segment::new(r, k ^ 1, base, 64)]),
+        ("unknown region id", vec![Segment::new(r + 1000, k, base, 64)]),
+        ("region id u64::MAX", vec![Segment::new(u64::MAX, k, base, 64)]),
+        (
+            "good segment then a bad one",
+            vec![Segment::new(r, k, base, 64), Segment::new(r, k, base + end, 64)],
+        ),
+        (
+            "1024 segments, the last outside",
+            (0..1024)
+                .map(|i| Segment::new(r, k, base + if i == 1023 { end } else { i * 8 }, 8))
+                .collect(),
+        ),
+    ];
+    for (case, segs) in refused {
+        eprintln!("HOSTILE-CASE {case}");
+        let mut p = Peer::connect(addr, hostile);
+        // Like a real initiator, the data is already on its way when the announce goes out.
+        let len = segs.iter().map(|s| s.len().min(4096)).sum::<u64>().min(4096);
+        let _ = p.post_data(len);
+        p.send(&write_announce(42, &segs));
+        let got = p.until_closed();
+        assert_refused_write(&got, 42);
+        drop(p);
+        w.after(case, baseline);
+    }
+
+    // --- Refused READs: ErrorMsg, and the stream stays usable (a good READ follows). ---
+    {
+        let case = "refused READs then a good READ on the same stream";
+        eprintln!("HOSTILE-CASE {case}");
+        let mut p = Peer::connect(addr, hostile);
+        let bad = [
+            Segment::new(r, k, base + end - 1, 2),
+            Segment::new(r, k ^ 0xff, base, 1),
+            Segment::new(r + 77, k, base, 1),
+            Segment::new(r, k, u64::MAX, 1),
+        ];
+        for (i, s) in bad.iter().enumerate() {
+            p.send(&read_request(100 + i as u64, std::slice::from_ref(s)));
+            p.s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            let f = read_one(&mut p.s).expect("closed after a refused READ");
+            match wire::parse(&f).unwrap() {
+                Message::Error(m) => {
+                    assert_eq!(m.xfer, 100 + i as u64);
+                    assert_eq!(m.code, (Status::InvalidParam as i32).unsigned_abs());
+                }
+                m => panic!("{case}: expected ErrorMsg, got {m:?}"),
+            }
+        }
+        // A valid READ of 3000 bytes from offset 500 of the guarded region.
+        let seg = ESeg {
+            mem: p.mem,
+            offset: REGION as u64,
+            remote_offset: 0,
+            len: 3000,
+        };
+        p.send(&read_request(200, &[w.seg(500, 3000)]));
+        let f = read_one(&mut p.s).expect("closed before ReadAnnounce");
+        assert_eq!(
+            wire::parse(&f).unwrap(),
+            Message::ReadAnnounce(ReadAnnounce { xfer: 200 })
+        );
+        let id = p.sess.post(Direction::Recv, &[seg]).unwrap();
+        p.sess.wait(id, BOUND).unwrap();
+        assert!(
+            p.src[REGION..REGION + 3000] == w.guard.region_bytes()[500..3500],
+            "{case}: READ data"
+        );
+        p.s.shutdown(Shutdown::Write).unwrap();
+        assert!(p.until_closed().is_empty());
+        drop(p);
+        w.after(case, baseline);
+    }
+
+    // --- Announce / data mismatch. ---
+    for (case, announced, sent) in [
+        ("data shorter than announced", 8192u64, 4096u64),
+        ("data longer than announced", 4096, 8192),
+        ("data longer than announced, at the region's end", 4096, 3 * 4096),
+    ] {
+        eprintln!("HOSTILE-CASE {case}");
+        let mut p = Peer::connect(addr, hostile);
+        let _ = p.post_data(sent);
+        let off = REGION as u64 - announced;
+        p.send(&write_announce(9, &[w.seg(off, announced)]));
+        let got = p.until_closed();
+        for f in &got {
+            if let Message::Ack(a) = wire::parse(f).unwrap() {
+                assert_ne!(a.status, 0, "{case}: a mismatched WRITE was acknowledged");
+            }
+        }
+        drop(p);
+        w.after(case, baseline);
+    }
+
+    // Data never comes: the target gives up after its timeout.
+    {
+        let case = "WriteAnnounce whose data never comes";
+        eprintln!("HOSTILE-CASE {case}");
+        let mut p = Peer::connect(addr, hostile);
+        p.send(&write_announce(11, &[w.seg(0, 4096)]));
+        let got = p.until_closed();
+        assert!(got.is_empty(), "{case}: target answered {got:?}");
+        drop(p);
+        w.after(case, baseline);
+    }
+
+    // Slowloris after Hello: half a header, then silence.
+    {
+        let case = "slowloris after Hello";
+        eprintln!("HOSTILE-CASE {case}");
+        let mut p = Peer::connect(addr, hostile);
+        p.send(&write_announce(12, &[w.seg(0, 64)])[..6]);
+        assert!(p.until_closed().is_empty());
+        drop(p);
+        w.after(case, baseline);
+    }
+
+    // --- Floods (bounded). ---
+    {
+        let case = "flood of 10000 Notif frames";
+        eprintln!("HOSTILE-CASE {case}");
+        let mut p = Peer::connect(addr, hostile);
+        let one = frame(&Message::Notif(Notif { msg: b"flood" }));
+        let all: Vec<u8> = (0..10_000).flat_map(|_| one.iter().copied()).collect();
+        p.send(&all);
+        p.s.shutdown(Shutdown::Write).unwrap();
+        assert!(p.until_closed().is_empty());
+        drop(p);
+        let mut n = 0;
+        w.t.take_notifs(|from, m| {
+            n += usize::from(from == hostile && m == b"flood");
+            true
+        })
+        .unwrap();
+        assert_eq!(n, 10_000, "{case}: every notif queued once");
+        w.after(case, baseline);
+    }
+    {
+        // 10,000 refused READs whose ErrorMsg answers the peer never reads: the target must not
+        // stall its other peers on a peer that does not read.
+        let case = "flood of 10000 refused READs, answers never read";
+        eprintln!("HOSTILE-CASE {case}");
+        let mut p = Peer::connect(addr, hostile);
+        let one = read_request(1, &[Segment::new(r, k ^ 1, base, 1)]);
+        let all: Vec<u8> = (0..10_000).flat_map(|_| one.iter().copied()).collect();
+        p.send(&all);
+        // The good agent transfers while the hostile peer sits on its unread answers.
+        w.good_roundtrip(case);
+        drop(p);
+        w.after(case, baseline);
+    }
+    {
+        let case = "flood of 10000 mixed garbage frames";
+        eprintln!("HOSTILE-CASE {case}");
+        let mut p = Peer::connect(addr, hostile);
+        let mut all = Vec::new();
+        for i in 0..10_000u32 {
+            all.extend(frame(&Message::Notif(Notif { msg: &i.to_le_bytes() })));
+        }
+        all.extend(header(MAGIC, VERSION, 0x77, 12));
+        p.send(&all);
+        assert!(p.until_closed().is_empty());
+        drop(p);
+        let mut n = 0;
+        w.t.take_notifs(|from, _| {
+            n += usize::from(from == hostile);
+            true
+        })
+        .unwrap();
+        assert_eq!(n, 10_000, "{case}: frames before the garbage were served");
+        w.after(case, baseline);
+    }
+
+    // Many hostile peers at once, each with a different offence.
+    {
+        let case = "8 hostile peers at once";
+        eprintln!("HOSTILE-CASE {case}");
+        let seg = w.seg(end - 8, 16);
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let mut p = Peer::connect(addr, &format!("h{i}"));
+                    let _ = p.post_data(16);
+                    p.send(&write_announce(i, &[seg]));
+                    assert_refused_write(&p.until_closed(), i);
+                })
+            })
+            .collect();
+        w.good_roundtrip(case);
+        for h in handles {
+            h.join().unwrap();
+        }
+        w.after(case, baseline);
+    }
+
+    w.guard.assert_intact("end");
+    eprintln!("HOSTILE-ALL-DONE");
+}
+
+#[test]
+fn hostile_peers_child() {
+    if std::env::var_os("TCPX_HOSTILE_CHILD").is_none() {
+        return;
+    }
+    run_cases();
+}
+
+#[test]
+fn hostile_peers() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "hostile_peers_child", "--nocapture", "--test-threads=1"])
+        .env("TCPX_HOSTILE_CHILD", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() || std::env::var_os("TCPX_HOSTILE_VERBOSE").is_some() {
+        eprintln!("{err}");
+    }
+    assert!(out.status.success(), "child failed: {}", out.status);
+    assert!(err.contains("HOSTILE-ALL-DONE"));
+    // Each kind of refusal left a log line naming it.
+    for want in [
+        "accepting a peer",
+        "bad magic",
+        "did not open with Hello",
+        "bad control frame",
+        "unexpected",
+        "refusing WRITE",
+        "refusing READ",
+        "wrong key",
+        "unknown region",
+        "range outside the registration",
+        "peer closed the control stream",
+    ] {
+        assert!(
+            err.to_lowercase().contains(&want.to_lowercase()),
+            "no log line containing {want:?}"
+        );
+    }
+    let cases = err.matches("HOSTILE-CASE ").count();
+    let ok = err.matches("HOSTILE-CASE-OK ").count();
+    assert_eq!(cases, ok, "every case ended with its checks passed");
+    assert!(cases >= 40, "{cases} cases ran");
+}

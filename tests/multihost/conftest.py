@@ -1,0 +1,318 @@
+"""Several "hosts" on one machine: network namespaces joined through a bridge, an etcd server
+for NIXL's metadata, and NIXL agents (TCPX backend) running in those namespaces, each driven
+over a pipe (see agent.py).
+
+Topology (K = a per-run subnet number, so parallel runs do not collide):
+
+    ns <run>sw : bridge mhbr (10.78.K.254/24, etcd listens here), ports mhp0..mhpN-1
+    ns <run>h<i>: veth mhv<i> (10.78.K.<i+1>/24) <-> mhp<i> in the switch namespace
+
+Nothing is created in the root namespace: the veth pairs are created inside the switch
+namespace with their peer end placed straight into the host namespace. Faults are injected
+on the switch-side port of a host (`tc qdisc ... netem` on its egress = traffic towards the
+host, `ip link set down` = the cable pulled).
+
+Where `ip netns add` is not permitted (or ip/tc is missing) every test skips with the reason;
+without etcd the tests that need it skip (scripts/multihost.sh installs it).
+
+Environment: TCPX_PLUGIN_DIR (default <repo>/target/plugins) holds libplugin_TCPX.so.
+"""
+
+import json
+import os
+import pathlib
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+HERE = pathlib.Path(__file__).resolve().parent
+PLUGIN_DIR = pathlib.Path(os.environ.get("TCPX_PLUGIN_DIR", REPO / "target" / "plugins"))
+REPLY_BOUND_S = 60
+ETCD_PORT = 2379
+
+
+def run(*args, check=True):
+    """Runs a command; raises with its stderr if it fails (when check)."""
+    p = subprocess.run(list(args), capture_output=True, text=True, timeout=30)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {p.stderr.strip() or p.stdout.strip()}")
+    return p
+
+
+# ------------------------------------------------------------------------------ network
+
+
+class Net:
+    """`hosts` namespaces on one bridge (in its own namespace); removed by `close()`."""
+
+    def __init__(self, hosts=3):
+        pid = os.getpid()
+        self.k = 1 + pid % 250
+        self.prefix = f"mh{pid}"
+        self.switch = f"{self.prefix}sw"
+        self.gateway = f"10.78.{self.k}.254"
+        self.made = []
+        self.hosts = []  # (namespace, veth name, address)
+        try:
+            self._add_ns(self.switch)
+            self.ip(self.switch, "link", "add", "mhbr", "type", "bridge")
+            self.ip(self.switch, "addr", "add", f"{self.gateway}/24", "dev", "mhbr")
+            self.ip(self.switch, "link", "set", "mhbr", "up")
+            for i in range(hosts):
+                ns = f"{self.prefix}h{i}"
+                self._add_ns(ns)
+                veth, port, addr = f"mhv{i}", f"mhp{i}", f"10.78.{self.k}.{i + 1}"
+                self.ip(self.switch, "link", "add", port, "type", "veth",
+                        "peer", "name", veth, "netns", ns)
+                self.ip(self.switch, "link", "set", port, "master", "mhbr")
+                self.ip(self.switch, "link", "set", port, "up")
+                self.ip(ns, "addr", "add", f"{addr}/24", "dev", veth)
+                self.ip(ns, "link", "set", veth, "up")
+                self.hosts.append((ns, veth, addr))
+        except BaseException:
+            self.close()
+            raise
+
+    def _add_ns(self, ns):
+        run("ip", "netns", "add", ns)
+        self.made.append(ns)
+        self.ip(ns, "link", "set", "lo", "up")
+
+    @staticmethod
+    def ip(ns, *args):
+        return run("ip", "-n", ns, *args)
+
+    def port(self, i):
+        return f"mhp{i}"
+
+    def netem(self, i, *spec):
+        """netem on both directions of host i's link (its veth and its switch port)."""
+        ns, veth, _ = self.hosts[i]
+        run("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", veth, "root",
+            "netem", *spec)
+        run("ip", "netns", "exec", self.switch, "tc", "qdisc", "replace", "dev",
+            self.port(i), "root", "netem", *spec)
+
+    def clear_netem(self, i):
+        ns, veth, _ = self.hosts[i]
+        run("ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", veth, "root", check=False)
+        run("ip", "netns", "exec", self.switch, "tc", "qdisc", "del", "dev", self.port(i),
+            "root", check=False)
+
+    def link(self, i, up):
+        """Pulls (or plugs back) host i's cable: its switch port goes down, so the host's
+        veth loses carrier and nothing passes either way."""
+        self.ip(self.switch, "link", "set", self.port(i), "up" if up else "down")
+
+    def kill_leftovers(self):
+        """Kills any process still running in our namespaces (only ours can be there)."""
+        for ns in self.made:
+            p = run("ip", "netns", "pids", ns, check=False)
+            for pid in p.stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+
+    def close(self):
+        self.kill_leftovers()
+        for ns in reversed(self.made):  # deleting a namespace deletes its veth ends
+            run("ip", "netns", "del", ns, check=False)
+        self.made = []
+
+
+def netns_unavailable():
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return f"{tool} not found (apt-get install -y iproute2)"
+    probe = f"mhprobe{os.getpid()}"
+    p = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if p.returncode != 0:
+        return f"ip netns add not permitted here: {p.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+# ------------------------------------------------------------------------------- etcd
+
+
+class Etcd:
+    """Debian's etcd in the switch namespace, on the bridge address; data in a temp dir."""
+
+    def __init__(self, net):
+        self.net = net
+        self.dir = tempfile.mkdtemp(prefix="mh-etcd-")
+        self.url = f"http://{net.gateway}:{ETCD_PORT}"
+        self.log = open(os.path.join(self.dir, "etcd.log"), "w")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", net.switch, "etcd",
+             "--name", "mh", "--data-dir", os.path.join(self.dir, "data"),
+             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+             # peer traffic stays on the switch namespace's own loopback
+             "--listen-peer-urls", "http://127.0.0.1:2380",
+             "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+             "--initial-cluster", "mh=http://127.0.0.1:2380"],
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while self.ctl("endpoint", "health", check=False).returncode != 0:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"etcd did not come up; see {self.log.name}")
+                time.sleep(0.1)
+        except BaseException:
+            self.close()
+            raise
+
+    def ctl(self, *args, check=True):
+        """etcdctl (v3 API) run inside the switch namespace against this server."""
+        return run("ip", "netns", "exec", self.net.switch, "env", "ETCDCTL_API=3",
+                   "etcdctl", "--endpoints", self.url, "--command-timeout=5s", *args,
+                   check=check)
+
+    def keys(self, prefix=""):
+        return self.ctl("get", "--prefix", prefix, "--keys-only").stdout.split()
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------ agents
+
+
+class AgentError(RuntimeError):
+    """The agent answered a command with an error."""
+
+
+class Agent:
+    """An agent.py process in host namespace `i`, bound to that namespace's address."""
+
+    def __init__(self, net, i, name, etcd=None, timeout_ms=3000, params=None):
+        ns, veth, addr = net.hosts[i]
+        self.name, self.host, self.addr = name, i, addr
+        params = {"listen_addr": f"{addr}:0", "timeout_ms": str(timeout_ms), **(params or {})}
+        env = {**os.environ, "NIXL_PLUGIN_DIR": str(PLUGIN_DIR),
+               "TCPX_SOCK_IFNAME": f"={veth}", "PYTHONUNBUFFERED": "1"}
+        env.pop("NIXL_ETCD_ENDPOINTS", None)
+        if etcd is not None:
+            env["NIXL_ETCD_ENDPOINTS"] = etcd.url
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, str(HERE / "agent.py"), name,
+             json.dumps({"params": params})],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1,
+        )
+        self.replies = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.ready = self._reply(REPLY_BOUND_S)
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.replies.put(line)
+        self.replies.put(None)
+
+    def _reply(self, bound):
+        try:
+            line = self.replies.get(timeout=bound)
+        except queue.Empty:
+            raise AssertionError(f"agent {self.name} gave no answer within {bound}s") from None
+        if line is None:
+            raise AssertionError(f"agent {self.name} exited (rc {self.proc.poll()})")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise AgentError(f"{self.name}: {reply['error']}")
+        return reply
+
+    def call(self, cmd, bound=REPLY_BOUND_S, **args):
+        self.proc.stdin.write(json.dumps({"cmd": cmd, **args}) + "\n")
+        self.proc.stdin.flush()
+        return self._reply(bound + 30 if "bound" in args else bound)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def close(self):
+        """Asks the agent to quit; kills it if it does not within a bound. Never raises."""
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                self.proc.stdin.flush()
+            except (BrokenPipeError, OSError):
+                pass
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=20)
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def net():
+    why = netns_unavailable()
+    if why:
+        pytest.skip(f"multi-host tests need network namespaces: {why}")
+    if not (PLUGIN_DIR / "libplugin_TCPX.so").is_file():
+        pytest.fail(f"no libplugin_TCPX.so in {PLUGIN_DIR} (scripts/multihost.sh builds it)")
+    n = Net(hosts=3)
+    try:
+        yield n
+    finally:
+        n.close()
+
+
+@pytest.fixture(scope="session")
+def etcd(net):
+    if shutil.which("etcd") is None or shutil.which("etcdctl") is None:
+        pytest.skip("etcd not installed (apt-get install -y etcd-server etcd-client)")
+    e = Etcd(net)
+    try:
+        yield e
+    finally:
+        e.close()
+
+
+@pytest.fixture
+def agents(net, etcd):
+    """Factory: `agents(host, name)` starts an agent there; all are closed after the test,
+    and the links are restored (netem removed, cables plugged back)."""
+    made = []
+
+    def start(i, name, **kw):
+        a = Agent(net, i, name, etcd=etcd, **kw)
+        made.append(a)
+        return a
+
+    try:
+        yield start
+    finally:
+        for i in range(len(net.hosts)):
+            net.clear_netem(i)
+            net.link(i, True)
+        for a in made:
+            a.close()
+        net.kill_leftovers()
