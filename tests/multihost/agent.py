@@ -14,6 +14,7 @@ Commands (`{"cmd": ..., args}` -> reply; a failure replies `{"error": "..."}`):
     register size seed?          -> id addr len      a zeroed (or patterned) DRAM buffer
     fill id seed?                -> ok               zero it / write pattern(seed)
     digest id len?               -> sha256
+    deregister id                -> ok
     send_md                      -> ok               our metadata to etcd (no address)
     invalidate_md                -> ok               remove it from etcd
     fetch_md peer bound?         -> ok               from etcd, waits until loaded
@@ -135,6 +136,10 @@ def main(name, config):
                 array = bufs[req["id"]][0]
                 n = req.get("len", array.nbytes)
                 reply(sha256=hashlib.sha256(array[:n].tobytes()).hexdigest())
+            elif cmd == "deregister":
+                array, handle = bufs.pop(req["id"])
+                agent.deregister_memory(handle)
+                reply(ok=True)
             elif cmd == "send_md":
                 agent.send_local_metadata()
                 reply(ok=True)

@@ -61,6 +61,7 @@ class Net:
         self.gateway = f"10.78.{self.k}.254"
         self.made = []
         self.hosts = []  # (namespace, veth name, address)
+        self._netem = None
         try:
             self._add_ns(self.switch)
             self.ip(self.switch, "link", "add", "mhbr", "type", "bridge")
@@ -93,19 +94,59 @@ class Net:
     def port(self, i):
         return f"mhp{i}"
 
-    def netem(self, i, *spec):
-        """netem on both directions of host i's link (its veth and its switch port)."""
-        ns, veth, _ = self.hosts[i]
-        run("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", veth, "root",
-            "netem", *spec)
-        run("ip", "netns", "exec", self.switch, "tc", "qdisc", "replace", "dev",
-            self.port(i), "root", "netem", *spec)
+    def _tc(self, i, side, *args, check=True):
+        ns, dev = (self.hosts[i][0], self.hosts[i][1]) if side == "host" else (
+            self.switch, self.port(i))
+        return run("ip", "netns", "exec", ns, "tc", "qdisc", *args[:1], "dev", dev,
+                   *args[1:], check=check)
 
-    def clear_netem(self, i):
+    def netem_available(self):
+        """Whether this kernel has sch_netem (some sandbox kernels are built without it)."""
+        if self._netem is None:
+            p = self._tc(0, "switch", "replace", "root", "netem", "delay", "1ms", check=False)
+            self._netem = p.returncode == 0
+            self._tc(0, "switch", "del", "root", check=False)
+        return self._netem
+
+    def impair(self, i, loss_pct, delay_ms):
+        """Loss and delay on both directions of host i's link. Returns what was applied:
+        netem where the kernel has it; else the loss through nftables (random drop in the
+        host's input and output hooks) and no delay (nothing else in the kernel can delay)."""
+        if self.netem_available():
+            for side in ("host", "switch"):
+                self._tc(i, side, "replace", "root", "netem", "delay", f"{delay_ms}ms",
+                         "loss", f"{loss_pct}%")
+            return {"loss_pct": loss_pct, "delay_ms": delay_ms, "how": "netem"}
+        if shutil.which("nft") is None:
+            return None
         ns, veth, _ = self.hosts[i]
-        run("ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", veth, "root", check=False)
-        run("ip", "netns", "exec", self.switch, "tc", "qdisc", "del", "dev", self.port(i),
-            "root", check=False)
+        rules = (
+            "table inet mhloss {\n"
+            f"  chain in {{ type filter hook input priority 0; iifname \"{veth}\" "
+            f"numgen random mod 100 < {loss_pct} drop; }}\n"
+            f"  chain out {{ type filter hook output priority 0; oifname \"{veth}\" "
+            f"numgen random mod 100 < {loss_pct} drop; }}\n"
+            "}\n"
+        )
+        p = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules,
+                           capture_output=True, text=True, timeout=30)
+        if p.returncode != 0:
+            raise RuntimeError(f"nft: {p.stderr.strip()}")
+        return {"loss_pct": loss_pct, "delay_ms": 0, "how": "nftables (no sch_netem)"}
+
+    def rate(self, i, mbit):
+        """Token-bucket rate limit on both directions of host i's link (so a transfer of a
+        few MiB lasts seconds and can be interrupted in the middle)."""
+        for side in ("host", "switch"):
+            self._tc(i, side, "replace", "root", "tbf", "rate", f"{mbit}mbit",
+                     "burst", "32kbit", "latency", "400ms")
+
+    def clear_impairments(self, i):
+        for side in ("host", "switch"):
+            self._tc(i, side, "del", "root", check=False)
+        if shutil.which("nft"):
+            run("ip", "netns", "exec", self.hosts[i][0], "nft", "delete", "table", "inet",
+                "mhloss", check=False)
 
     def link(self, i, up):
         """Pulls (or plugs back) host i's cable: its switch port goes down, so the host's
@@ -311,7 +352,7 @@ def agents(net, etcd):
         yield start
     finally:
         for i in range(len(net.hosts)):
-            net.clear_netem(i)
+            net.clear_impairments(i)
             net.link(i, True)
         for a in made:
             a.close()
