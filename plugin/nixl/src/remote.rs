@@ -83,6 +83,10 @@ struct Conn {
     pending: Mutex<HashMap<u64, Arc<Mutex<Flight>>>>,
     /// Target: engine transfers in flight.
     jobs: Mutex<Vec<Job>>,
+    /// Since when the backend thread has been waiting on the peer (a partial frame buffered
+    /// or a job in flight) with nothing moving; past `timeout` the conn is closed, so a peer
+    /// that announces data it never sends, or stops mid-frame, cannot hold it forever.
+    stalled: Mutex<Option<Instant>>,
     timeout: Duration,
 }
 
@@ -680,6 +684,7 @@ impl Shared {
             dead: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
             jobs: Mutex::new(Vec::new()),
+            stalled: Mutex::new(None),
             timeout: self.timeout,
         }))
     }
@@ -736,14 +741,18 @@ impl Shared {
             return false;
         }
         let mut moved = false;
+        let partial;
+        // EOF after frames: those frames (a last Notif, say) are still served, then the conn
+        // is closed.
+        let mut eof = false;
         {
             let mut rbuf = lock(&c.rbuf);
             let mut tmp = [0u8; 16 * 1024];
             loop {
                 match (&c.stream).read(&mut tmp) {
                     Ok(0) => {
-                        c.kill("peer closed the control stream");
-                        return true;
+                        eof = true;
+                        break;
                     }
                     Ok(n) => rbuf.extend_from_slice(&tmp[..n]),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -774,6 +783,11 @@ impl Shared {
                 }
             }
             rbuf.drain(..off);
+            partial = !rbuf.is_empty();
+        }
+        if eof {
+            c.kill("peer closed the control stream");
+            return true;
         }
         match lock(&c.engine).session.progress() {
             Ok(m) => moved |= m,
@@ -782,7 +796,28 @@ impl Shared {
                 return true;
             }
         }
-        moved | self.finish_jobs(c)
+        moved |= self.finish_jobs(c);
+        let waiting = partial || !lock(&c.jobs).is_empty();
+        let mut stalled = lock(&c.stalled);
+        match *stalled {
+            _ if moved || !waiting => *stalled = None,
+            None => *stalled = Some(Instant::now()),
+            Some(t) if t.elapsed() > c.timeout => {
+                drop(stalled);
+                let what = if partial {
+                    "a partial frame"
+                } else {
+                    "announced data"
+                };
+                c.kill(&format!(
+                    "no progress from the peer for {:?} ({what})",
+                    c.timeout
+                ));
+                return true;
+            }
+            Some(_) => {}
+        }
+        moved
     }
 
     /// Target side: completed engine transfers get their notif queued and their Ack sent.
