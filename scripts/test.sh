@@ -34,6 +34,9 @@ cargo test --workspace
 step "NIXL tests (real nixl-cu12 wheel)"
 TCPX_PLUGIN_DIR="$root/target/plugins" .venv/bin/python -m pytest -q tests/nixl
 
+step "multi-host NIXL tests (network namespaces, etcd, link and process faults)"
+bash scripts/multihost.sh
+
 if [ "$FUZZ_SECONDS" != 0 ]; then
     step "fuzz smoke (${FUZZ_SECONDS}s per target)"
     bash scripts/fuzz-smoke.sh "$FUZZ_SECONDS"

@@ -51,6 +51,12 @@ def pattern(n, seed):
 
 
 def main(name, config):
+    # Replies go to the original stdout; everything else (NIXL's logs included, even those
+    # printed while importing it) goes to stderr.
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
     import numpy as np
     from nixl_cu12 import nixl_agent, nixl_agent_config
 
@@ -60,9 +66,6 @@ def main(name, config):
         for n in dir(errors)
         if n.startswith("nixl") and n.endswith("Error") and isinstance(getattr(errors, n), type)
     )
-
-    out = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
 
     def reply(**kw):
         out.write(json.dumps(kw) + "\n")

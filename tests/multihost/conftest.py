@@ -8,9 +8,13 @@ Topology (K = a per-run subnet number, so parallel runs do not collide):
     ns <run>h<i>: veth mhv<i> (10.78.K.<i+1>/24) <-> mhp<i> in the switch namespace
 
 Nothing is created in the root namespace: the veth pairs are created inside the switch
-namespace with their peer end placed straight into the host namespace. Faults are injected
-on the switch-side port of a host (`tc qdisc ... netem` on its egress = traffic towards the
-host, `ip link set down` = the cable pulled).
+namespace with their peer end placed straight into the host namespace. Faults on host i's
+link: `impair` = `tc netem` loss + delay on both ends of its veth pair; kernels built without
+sch_netem (like this sandbox's, CONFIG_NET_SCH_NETEM unset) get the loss from nftables
+(`numgen random mod 100 < N drop` in the host's input and output hooks) and no delay, which
+the test prints. `rate` = tbf on both ends (slow link, so a transfer can be caught in the
+middle). `link(i, False)` = the switch-side port down (the cable pulled: the host's veth
+loses carrier, nothing passes either way). All of it is undone after each test.
 
 Where `ip netns add` is not permitted (or ip/tc is missing) every test skips with the reason;
 without etcd the tests that need it skip (scripts/multihost.sh installs it).
@@ -18,10 +22,12 @@ without etcd the tests that need it skip (scripts/multihost.sh installs it).
 Environment: TCPX_PLUGIN_DIR (default <repo>/target/plugins) holds libplugin_TCPX.so.
 """
 
+import base64
 import json
 import os
 import pathlib
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -75,6 +81,10 @@ class Net:
                         "peer", "name", veth, "netns", ns)
                 self.ip(self.switch, "link", "set", port, "master", "mhbr")
                 self.ip(self.switch, "link", "set", port, "up")
+                # One wire-sized packet per skb (no 64 KiB GSO bursts), so a 1 % loss is
+                # 1 % of real packets, as on a wire.
+                self.ip(ns, "link", "set", veth, "gso_max_segs", "1")
+                self.ip(self.switch, "link", "set", port, "gso_max_segs", "1")
                 self.ip(ns, "addr", "add", f"{addr}/24", "dev", veth)
                 self.ip(ns, "link", "set", veth, "up")
                 self.hosts.append((ns, veth, addr))
@@ -123,9 +133,9 @@ class Net:
         rules = (
             "table inet mhloss {\n"
             f"  chain in {{ type filter hook input priority 0; iifname \"{veth}\" "
-            f"numgen random mod 100 < {loss_pct} drop; }}\n"
+            f"numgen random mod 100 < {loss_pct} counter drop; }}\n"
             f"  chain out {{ type filter hook output priority 0; oifname \"{veth}\" "
-            f"numgen random mod 100 < {loss_pct} drop; }}\n"
+            f"numgen random mod 100 < {loss_pct} counter drop; }}\n"
             "}\n"
         )
         p = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules,
@@ -133,6 +143,19 @@ class Net:
         if p.returncode != 0:
             raise RuntimeError(f"nft: {p.stderr.strip()}")
         return {"loss_pct": loss_pct, "delay_ms": 0, "how": "nftables (no sch_netem)"}
+
+    def dropped(self, i):
+        """Packets the impairment of host i dropped so far (netem's or nftables' counters):
+        proof that the fault really was there."""
+        if self.netem_available():
+            ns, veth, _ = self.hosts[i]
+            out = run("ip", "netns", "exec", ns, "tc", "-s", "qdisc", "show", "dev", veth).stdout
+            out += run("ip", "netns", "exec", self.switch, "tc", "-s", "qdisc", "show", "dev",
+                       self.port(i)).stdout
+            return sum(int(x) for x in re.findall(r"dropped (\d+)", out))
+        out = run("ip", "netns", "exec", self.hosts[i][0], "nft", "list", "table", "inet",
+                  "mhloss").stdout
+        return sum(int(x) for x in re.findall(r"counter packets (\d+)", out))
 
     def rate(self, i, mbit):
         """Token-bucket rate limit on both directions of host i's link (so a transfer of a
@@ -153,9 +176,12 @@ class Net:
         veth loses carrier and nothing passes either way."""
         self.ip(self.switch, "link", "set", self.port(i), "up" if up else "down")
 
-    def kill_leftovers(self):
-        """Kills any process still running in our namespaces (only ours can be there)."""
+    def kill_leftovers(self, hosts_only=False):
+        """Kills any process still running in our namespaces (only ours can be there); with
+        hosts_only, spares the switch namespace (etcd)."""
         for ns in self.made:
+            if hosts_only and ns == self.switch:
+                continue
             p = run("ip", "netns", "pids", ns, check=False)
             for pid in p.stdout.split():
                 try:
@@ -218,6 +244,14 @@ class Etcd:
         return run("ip", "netns", "exec", self.net.switch, "env", "ETCDCTL_API=3",
                    "etcdctl", "--endpoints", self.url, "--command-timeout=5s", *args,
                    check=check)
+
+    def revision(self, key_part):
+        """mod_revision of the first key containing key_part (0: none)."""
+        kvs = json.loads(self.ctl("get", "--prefix", "", "-w", "json").stdout).get("kvs", [])
+        for kv in kvs:
+            if key_part in base64.b64decode(kv["key"]).decode():
+                return int(kv["mod_revision"])
+        return 0
 
     def keys(self, prefix=""):
         return self.ctl("get", "--prefix", prefix, "--keys-only").stdout.split()
@@ -356,4 +390,4 @@ def agents(net, etcd):
             net.link(i, True)
         for a in made:
             a.close()
-        net.kill_leftovers()
+        net.kill_leftovers(hosts_only=True)
