@@ -1054,14 +1054,48 @@ fn run(shared: &Arc<Shared>, listener: &TcpListener) {
             idle = 0;
         } else {
             idle = idle.saturating_add(1);
-            // Spin briefly for latency, then sleep so an idle agent costs no CPU.
+            // Spin briefly for latency. Then, with transfers in flight either way (engine
+            // progress is invisible to us), nap briefly; with none, sleep in poll(2) on the control
+            // sockets so an announce wakes the thread at once and an idle agent costs no CPU.
             if idle < 64 {
                 std::thread::yield_now();
+            } else if conns
+                .iter()
+                .any(|c| !lock(&c.jobs).is_empty() || !lock(&c.pending).is_empty())
+            {
+                std::thread::sleep(Duration::from_micros(50));
             } else {
-                std::thread::sleep(Duration::from_micros(if idle < 2000 { 50 } else { 1000 }));
+                wait_readable(listener, &conns, Duration::from_millis(10));
             }
         }
     }
+}
+
+/// Blocks until the listener or a control stream is readable, or `limit` passes.
+fn wait_readable(listener: &TcpListener, conns: &[Arc<Conn>], limit: Duration) {
+    use std::os::fd::AsRawFd;
+    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(conns.len() + 1);
+    fds.push(libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    for c in conns.iter().filter(|c| c.dead().is_none()) {
+        fds.push(libc::pollfd {
+            fd: c.stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+    // SAFETY: `fds` holds valid pollfd entries for descriptors that stay open during the
+    // call (the listener and the conns are borrowed).
+    unsafe {
+        libc::poll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            limit.as_millis() as i32,
+        )
+    };
 }
 
 #[cfg(test)]
