@@ -89,6 +89,18 @@ fn peer_entry() {
             s.wait(x, Duration::from_secs(30)).unwrap();
             println!("SUM {:016x}", fnv(&buf));
         }
+        "both" => {
+            // Receive into `buf` while sending `out` back, both in flight at once.
+            let mut out: Vec<u8> = (0..total).map(|i| (i % 241) as u8 ^ 0x5a).collect();
+            // SAFETY: out outlives the session's use of it.
+            let o =
+                unsafe { s.register(out.as_mut_ptr().cast(), out.len(), Memory::Host) }.unwrap();
+            let rx = s.post(Direction::Recv, &segments(m)).unwrap();
+            let tx = s.post(Direction::Send, &segments(o)).unwrap();
+            s.wait(rx, Duration::from_secs(30)).unwrap();
+            s.wait(tx, Duration::from_secs(30)).unwrap();
+            println!("SUM {:016x}", fnv(&buf));
+        }
         _ => {
             println!("READY");
             std::thread::sleep(Duration::from_secs(60));
@@ -187,4 +199,39 @@ fn killed_peer_is_an_error_not_a_hang() {
         s.post(Direction::Send, &seg).is_err(),
         "a broken session refuses work"
     );
+}
+
+#[test]
+fn two_processes_both_directions_at_once() {
+    loopback_only();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut child = spawn_peer("both", l.local_addr().unwrap());
+    let net = Session::open_net(&cfg()).unwrap();
+    let mut s = Session::establish(net, cfg(), Rendezvous::Accept(&l)).unwrap();
+    let total: u64 = lens().iter().sum();
+    let mut out: Vec<u8> = (0..total)
+        .map(|i| (i % 253) as u8 ^ (i >> 9) as u8)
+        .collect();
+    let mut back = vec![0u8; total as usize];
+    // SAFETY: both buffers outlive the session's use of them.
+    let (o, b) = unsafe {
+        (
+            s.register(out.as_mut_ptr().cast(), out.len(), Memory::Host)
+                .unwrap(),
+            s.register(back.as_mut_ptr().cast(), back.len(), Memory::Host)
+                .unwrap(),
+        )
+    };
+    let tx = s.post(Direction::Send, &segments(o)).unwrap();
+    let rx = s.post(Direction::Recv, &segments(b)).unwrap();
+    s.wait(tx, Duration::from_secs(30)).unwrap();
+    s.wait(rx, Duration::from_secs(30)).unwrap();
+    let expect: Vec<u8> = (0..total).map(|i| (i % 241) as u8 ^ 0x5a).collect();
+    assert_eq!(fnv(&back), fnv(&expect), "peer -> us corrupted");
+    assert_eq!(
+        read_line(&mut child),
+        format!("SUM {:016x}", fnv(&out)),
+        "us -> peer"
+    );
+    assert!(child.wait().unwrap().success());
 }
