@@ -106,7 +106,7 @@ struct Requests {
 /// The backend of one NIXL engine.
 #[derive(Debug)]
 pub struct Backend {
-    agent: String,
+    agent: Arc<str>,
     config: Config,
     control: Control,
     conn_info: Vec<u8>,
@@ -151,7 +151,7 @@ impl Backend {
         })?;
         let remote = RemotePath::new(agent, &config, listener, mem.clone(), notifs.clone())?;
         Ok(Self {
-            agent: agent.to_owned(),
+            agent: agent.into(),
             remote,
             config,
             control,
@@ -246,7 +246,7 @@ impl Backend {
         mem: i32,
         agent: &str,
     ) -> Result<MdId, Error> {
-        if agent == self.agent {
+        if agent == &*self.agent {
             return Err(Error::invalid(Arg::Agent, "remote metadata from ourselves"));
         }
         if !lock(&self.peers).contains_key(agent) {
@@ -290,7 +290,7 @@ impl Backend {
 
     /// `loadRemoteConnInfo`: a repeated identical load is accepted, a conflicting one is not.
     pub fn load_remote_conn_info(&self, agent: &str, info: &[u8]) -> Result<(), Error> {
-        if agent.is_empty() || agent == self.agent {
+        if agent.is_empty() || agent == &*self.agent {
             return Err(Error::invalid(
                 Arg::Agent,
                 format!("cannot load connection info for {agent:?}"),
@@ -323,7 +323,7 @@ impl Backend {
 
     /// `connect`: ourselves always; a peer once its connection info is loaded.
     pub fn connect(&self, agent: &str) -> Result<(), Error> {
-        if agent == self.agent {
+        if agent == &*self.agent {
             return Ok(());
         }
         let mut peers = lock(&self.peers);
@@ -337,7 +337,7 @@ impl Backend {
 
     /// `disconnect`: forgets the peer (NIXL has unloaded its metadata first).
     pub fn disconnect(&self, agent: &str) -> Result<(), Error> {
-        if agent == self.agent {
+        if agent == &*self.agent {
             return Ok(());
         }
         lock(&self.peers)
@@ -376,7 +376,7 @@ impl Backend {
     /// `prepXfer`: validates the request completely and returns its handle.
     pub fn prep_xfer(&self, a: &XferArgs<'_>) -> Result<ReqId, Error> {
         self.check_args(a)?;
-        let route = if a.agent == self.agent {
+        let route = if a.agent == &*self.agent {
             // Transfers to ourselves are CPU copies: device memory would need the GPU.
             if a.local_mem == MEM_VRAM || a.remote_mem == MEM_VRAM {
                 return Err(Error::UnsupportedMem(MEM_VRAM));
@@ -430,11 +430,12 @@ impl Backend {
         {
             // Revalidate under the metadata table's read lock and copy while holding it, so no
             // registration can be dropped between the check and the copy.
+            // The check allocates nothing (no segment list), so reposts stay off the heap.
             let table = read(&self.mem);
-            let segments = xfer::plan(&table, &self.agent, a.agent, a.local, a.remote)?;
-            // SAFETY: every segment was just checked to lie inside a live registration of
-            // host memory (only DRAM reaches here), and the read guard keeps them live.
-            unsafe { xfer::copy_own(a.op, &segments)? };
+            // SAFETY: the function checks every segment to lie inside a live registration of
+            // host memory (only DRAM reaches here) before copying; the read guard keeps them
+            // live.
+            unsafe { xfer::revalidate_and_copy_own(&table, &self.agent, a.op, a.local, a.remote)? };
         }
         // A request released meanwhile (abort) has nothing left to mark.
         if let Some(Request {
@@ -495,7 +496,7 @@ impl Backend {
                 format!("{} bytes, at most {MAX_NOTIF}", msg.len()),
             ));
         }
-        if agent == self.agent {
+        if agent == &*self.agent {
             lock(&self.notifs).push_back((self.agent.clone(), msg.to_vec()));
             return Ok(());
         }
@@ -833,6 +834,53 @@ mod tests {
         a.unload_md(rt).unwrap();
         a.deregister_mem(ms).unwrap();
         dst[0] = 1;
+    }
+
+    /// A prepared request is reposted after its conn died under it: the reused flight moves
+    /// to the new conn (its segments remapped to the new session) and the data lands.
+    #[test]
+    fn repost_after_a_dead_conn_moves_to_the_new_one() {
+        let (a, b) = linked();
+        const N: usize = 256 * 1024;
+        let mut src: Vec<u8> = (0..N).map(|i| (i % 249) as u8).collect();
+        let mut dst = vec![0u8; N];
+        let (s, t) = (src.as_mut_ptr() as u64, dst.as_mut_ptr() as u64);
+        let ms = a.register_mem(&d(s, N as u64, 0), MEM_DRAM).unwrap();
+        let mt = b.register_mem(&d(t, N as u64, 0), MEM_DRAM).unwrap();
+        let token = b.public_data(mt).unwrap();
+        let rt = a
+            .load_remote_md(&d(t, N as u64, 0), &token, MEM_DRAM, "b")
+            .unwrap();
+        for op in [Op::Write, Op::Read] {
+            let (l, r) = ([d(s, N as u64, ms)], [d(t, N as u64, rt)]);
+            let x = args(op, &l, &r, "b");
+            let mut h = a.prep_xfer(&x).unwrap();
+            assert_eq!(a.post_xfer(&x, &mut h).unwrap(), Status::InProgress);
+            assert_eq!(
+                a.post_xfer(&x, &mut h).unwrap_err().status(),
+                Status::RepostActive
+            );
+            // Kill the conn while the transfer may still be in flight: it either finished
+            // first or fails as a disconnect; either way the handle can be posted again.
+            a.remote.disconnect("b");
+            match finish(&a, h) {
+                Ok(st) => assert_eq!(st, Status::Success),
+                Err(e) => assert_eq!(e.status(), Status::RemoteDisconnect),
+            }
+            dst.fill(0);
+            if op == Op::Read {
+                dst.copy_from_slice(&src);
+                src.fill(0);
+            }
+            assert_eq!(a.post_xfer(&x, &mut h).unwrap(), Status::InProgress);
+            assert_eq!(finish(&a, h).unwrap(), Status::Success);
+            assert_eq!(src, dst, "{op:?}");
+            a.release_req(h).unwrap();
+        }
+        a.unload_md(rt).unwrap();
+        a.deregister_mem(ms).unwrap();
+        b.deregister_mem(mt).unwrap();
+        assert_eq!(a.live_requests(), 0);
     }
 
     #[test]

@@ -43,10 +43,17 @@ pub struct PeerInfo {
     pub channels: u16,
 }
 
-/// The backend's notification queue, shared with the backend thread.
-pub type Notifs = Arc<Mutex<VecDeque<(String, Vec<u8>)>>>;
+/// The backend's notification queue, shared with the backend thread: (sender, message). The
+/// sender is a shared name, so queueing a notification allocates only its message.
+pub type Notifs = Arc<Mutex<VecDeque<(Arc<str>, Vec<u8>)>>>;
 /// The backend's metadata table, shared with the backend thread (target-side validation).
 pub type Mem = Arc<RwLock<MemTable>>;
+
+/// Initial capacity of a conn's frame buffers (they grow to the largest frame, at most
+/// `wire::MAX_FRAME`).
+const FRAME_BUF: usize = 4096;
+/// Initial capacity of a conn's transfer tables (in flight at once; they grow past it).
+const TABLE_CAP: usize = 64;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every update under these locks is a single insert/remove/assignment: state stays usable.
@@ -57,6 +64,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Engine {
     session: Session,
     mems: HashMap<MdId, MemId>,
+    /// Target side (backend thread only): the engine segments of the announce being served,
+    /// filled by `resolve` and posted from here. Reused, so serving an announce allocates
+    /// nothing once it has grown to the largest one.
+    resolved: Vec<ESeg>,
 }
 
 /// A target-side engine transfer in flight.
@@ -67,15 +78,25 @@ struct Job {
     write: Option<Option<Vec<u8>>>,
 }
 
+/// The write half of a control stream.
+struct Writer {
+    /// A clone of the conn's stream.
+    stream: TcpStream,
+    /// Every frame is encoded here (it grows to the largest frame sent and is reused), so
+    /// sending an announce, Ack or Notif allocates nothing in steady state.
+    buf: Vec<u8>,
+}
+
 /// One control stream and its data session with one peer.
 struct Conn {
-    peer: String,
+    /// The peer's agent name, shared with the notifications it sends us.
+    peer: Arc<str>,
     initiator: bool,
     /// Non-blocking; read only by the backend thread.
     stream: TcpStream,
-    /// Writer (a clone of `stream`). Held across "post sends + write their announce" so the
-    /// two orders cannot diverge.
-    tx: Mutex<TcpStream>,
+    /// Writer. Held across "post sends + write their announce" so the two orders cannot
+    /// diverge.
+    tx: Mutex<Writer>,
     engine: Mutex<Engine>,
     rbuf: Mutex<Vec<u8>>,
     dead: Mutex<Option<String>>,
@@ -83,6 +104,9 @@ struct Conn {
     pending: Mutex<HashMap<u64, Arc<Mutex<Flight>>>>,
     /// Target: engine transfers in flight.
     jobs: Mutex<Vec<Job>>,
+    /// Target (backend thread only): jobs `finish_jobs` took out of `jobs`, kept to reuse
+    /// the list's storage.
+    finished: Mutex<Vec<Job>>,
     /// Since when the backend thread has been waiting on the peer (a partial frame buffered
     /// or a job in flight) with nothing moving; past `timeout` the conn is closed, so a peer
     /// that announces data it never sends, or stops mid-frame, cannot hold it forever.
@@ -105,15 +129,16 @@ impl Conn {
     }
 
     /// Writes one whole frame; bounded by the timeout even on a non-blocking socket.
-    fn send_on(&self, tx: &mut TcpStream, msg: &Message<'_>) -> Result<(), Error> {
+    fn send_on(&self, tx: &mut Writer, msg: &Message<'_>) -> Result<(), Error> {
         if let Some(why) = self.dead() {
             return Err(Error::Disconnected(why));
         }
-        let buf = frame(msg)?;
+        let Writer { stream, buf } = tx;
+        encode(msg, buf)?;
         let deadline = Instant::now() + self.timeout;
         let mut off = 0;
         while off < buf.len() {
-            match tx.write(&buf[off..]) {
+            match stream.write(&buf[off..]) {
                 Ok(0) => break,
                 Ok(n) => off += n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -141,12 +166,22 @@ impl Conn {
 }
 
 fn frame(msg: &Message<'_>) -> Result<Vec<u8>, Error> {
-    let mut buf = vec![0u8; msg.buffer_len()];
-    msg.emit(&mut buf).map_err(|err| Error::Wire {
+    let mut buf = Vec::new();
+    encode(msg, &mut buf)?;
+    Ok(buf)
+}
+
+/// Encodes one frame into `buf` (replacing its contents); allocates only if `buf` is too
+/// small.
+fn encode(msg: &Message<'_>, buf: &mut Vec<u8>) -> Result<(), Error> {
+    buf.clear();
+    buf.resize(msg.buffer_len(), 0);
+    let n = msg.emit(buf).map_err(|err| Error::Wire {
         what: "control message",
         err,
     })?;
-    Ok(buf)
+    buf.truncate(n);
+    Ok(())
 }
 
 /// Turns an I/O failure that means "the peer is not there any more" (timeout, EOF, reset)
@@ -189,11 +224,16 @@ fn read_frame(s: &mut TcpStream) -> Result<Vec<u8>, Error> {
     Ok(buf)
 }
 
-/// An initiator-side transfer once posted.
+/// An initiator-side transfer once posted. One per prepared request, created by its first
+/// post and reset in place by every repost, so a repost allocates nothing.
 struct Flight {
     op: Op,
+    /// Wire id of the current post. Control messages name transfers by it; one naming an
+    /// earlier post of this request (possible only on a conn that died meanwhile) is stale.
+    wire: u64,
     conn: Arc<Conn>,
-    /// Local engine segments (READ: posted when the ReadAnnounce arrives).
+    /// Local engine segments (READ: posted when the ReadAnnounce arrives); capacity for every
+    /// segment of the request, refilled in place by each post.
     segs: Vec<ESeg>,
     engine: Option<XferId>,
     /// WRITE: Ack 0 received. READ: unused.
@@ -203,20 +243,42 @@ struct Flight {
     done: bool,
     released: bool,
     failed: Option<(Status, String)>,
-    /// READ: notification to send once the data is in.
-    notif: Option<Vec<u8>>,
     /// Last observed progress (bytes, engine posted, moved, acked) and when it changed: a
     /// peer that stops answering without closing fails the transfer after the timeout.
     seen: (u64, bool, bool, bool),
     since: Instant,
 }
 
-/// A prepared transfer to another agent.
+/// Refuses a control message for an earlier post of a reused flight (see [`Flight::wire`]).
+fn stale(f: &Flight, xfer: u64) -> Result<(), Error> {
+    if f.wire == xfer {
+        Ok(())
+    } else {
+        Err(Error::Mismatch(format!(
+            "message for transfer {xfer}, which was reposted as {}",
+            f.wire
+        )))
+    }
+}
+
+/// A prepared transfer to another agent. Everything a post needs is built here once, so
+/// reposts (NIXL's steady state) allocate nothing.
 #[derive(Debug)]
 pub struct RemoteXfer {
     op: Op,
     segments: Vec<Segment>,
+    /// `segments` as the target names them (region id, key, address, length): fixed at
+    /// prepare, each announce or request is encoded from it.
+    wire: Vec<WireSegment>,
+    /// READ: the notification to send once the data is in, when `notify` (the buffer is
+    /// reused by every post).
+    notif: Vec<u8>,
+    notify: bool,
+    /// The latest post's flight, reused by the next post.
     flight: Option<Arc<Mutex<Flight>>>,
+    /// The latest post went out: before the first post, or after a post that failed,
+    /// `checkXfer` says NOT_POSTED.
+    posted: bool,
 }
 
 impl std::fmt::Debug for Flight {
@@ -320,7 +382,7 @@ impl RemotePath {
     pub fn disconnect(&self, agent: &str) {
         lock(&self.shared.outgoing).remove(agent);
         for c in lock(&self.shared.conns).iter() {
-            if c.peer == agent {
+            if *c.peer == *agent {
                 c.kill("disconnect");
             }
         }
@@ -363,10 +425,21 @@ impl RemotePath {
                 ),
             ));
         }
+        let wire = segments
+            .iter()
+            .map(|s| match s.far {
+                Far::Peer { token, addr } => WireSegment::new(token.region, token.key, addr, s.len),
+                Far::Own(addr) => WireSegment::new(0, 0, addr, s.len),
+            })
+            .collect();
         Ok(RemoteXfer {
             op,
             segments: segments.to_vec(),
+            wire,
+            notif: Vec::new(),
+            notify: false,
             flight: None,
+            posted: false,
         })
     }
 
@@ -380,52 +453,80 @@ impl RemotePath {
     ) -> Result<Status, Error> {
         if let Some(f) = &x.flight {
             let f = lock(f);
-            if !f.done && f.failed.is_none() {
+            if x.posted && !f.done && f.failed.is_none() {
                 return Err(Error::RepostActive);
             }
         }
-        x.flight = None;
+        x.posted = false;
+        x.notify = false;
         let conn = self.shared.outgoing(agent, peer)?;
-        let segs = {
-            let e = lock(&conn.engine);
-            x.segments
-                .iter()
-                .map(|s| {
-                    let mem = *e.mems.get(&s.md).ok_or_else(|| {
-                        Error::invalid(crate::error::Arg::Metadata, "registration is gone")
-                    })?;
-                    Ok(ESeg {
-                        mem,
-                        offset: s.offset,
-                        remote_offset: 0,
-                        len: s.len,
-                    })
-                })
-                .collect::<Result<Vec<_>, Error>>()?
-        };
-        let wire_segs: Vec<WireSegment> = x
-            .segments
-            .iter()
-            .map(|s| match s.far {
-                Far::Peer { token, addr } => WireSegment::new(token.region, token.key, addr, s.len),
-                Far::Own(addr) => WireSegment::new(0, 0, addr, s.len),
-            })
-            .collect();
         let wire_id = self.shared.next_wire.fetch_add(1, Ordering::Relaxed);
-        let flight = Arc::new(Mutex::new(Flight {
-            op: x.op,
-            conn: conn.clone(),
-            segs,
-            engine: None,
-            acked: false,
-            moved: false,
-            done: false,
-            released: false,
-            failed: None,
-            notif: None,
-            seen: (0, false, false, false),
-            since: Instant::now(),
-        }));
+        let flight = match &x.flight {
+            Some(fl) => {
+                // The previous post is over (done, failed, or never sent): reset the flight
+                // for this one. An engine transfer the previous post left behind (a failed
+                // one) is abandoned as `releaseReqH` does.
+                let (old_conn, old_wire) = {
+                    let mut f = lock(fl);
+                    if let Some(id) = f.engine.take() {
+                        let _ = lock(&f.conn.engine).session.release(id);
+                    }
+                    f.acked = false;
+                    f.moved = false;
+                    f.done = false;
+                    f.failed = None;
+                    f.seen = (0, false, false, false);
+                    f.since = Instant::now();
+                    (
+                        std::mem::replace(&mut f.conn, conn.clone()),
+                        std::mem::replace(&mut f.wire, wire_id),
+                    )
+                };
+                // A previous post can still be listed only if it failed waiting for its
+                // answer, which means its conn died: drop the entry (the conn is never
+                // serviced again). Not under the flight's lock: the backend thread takes a
+                // conn's table, then a flight. Should that thread already hold the entry, the
+                // flight's new wire id makes it refuse the stale answer.
+                lock(&old_conn.pending).remove(&old_wire);
+                fl.clone()
+            }
+            None => {
+                let fl = Arc::new(Mutex::new(Flight {
+                    op: x.op,
+                    wire: wire_id,
+                    conn: conn.clone(),
+                    segs: Vec::with_capacity(x.segments.len()),
+                    engine: None,
+                    acked: false,
+                    moved: false,
+                    done: false,
+                    released: false,
+                    failed: None,
+                    seen: (0, false, false, false),
+                    since: Instant::now(),
+                }));
+                x.flight = Some(fl.clone());
+                fl
+            }
+        };
+        {
+            // The conn's engine regions of our segments (this conn may be new since the last
+            // post). Lock order: flight, then session.
+            let mut f = lock(&flight);
+            f.segs.clear();
+            let e = lock(&conn.engine);
+            for s in &x.segments {
+                let mem = *e.mems.get(&s.md).ok_or_else(|| {
+                    Error::invalid(crate::error::Arg::Metadata, "registration is gone")
+                })?;
+                f.segs.push(ESeg {
+                    mem,
+                    offset: s.offset,
+                    remote_offset: 0,
+                    len: s.len,
+                });
+            }
+        }
         let mut tx = lock(&conn.tx);
         lock(&conn.pending).insert(wire_id, flight.clone());
         let sent = match x.op {
@@ -443,7 +544,7 @@ impl RemotePath {
                             &mut tx,
                             &Message::WriteAnnounce(WriteAnnounce {
                                 xfer: wire_id,
-                                segments: &wire_segs,
+                                segments: &x.wire,
                                 notif,
                             }),
                         )
@@ -452,12 +553,16 @@ impl RemotePath {
                 }
             }
             Op::Read => {
-                lock(&flight).notif = notif.map(<[u8]>::to_vec);
+                if let Some(msg) = notif {
+                    x.notif.clear();
+                    x.notif.extend_from_slice(msg);
+                    x.notify = true;
+                }
                 conn.send_on(
                     &mut tx,
                     &Message::ReadRequest(ReadRequest {
                         xfer: wire_id,
-                        segments: &wire_segs,
+                        segments: &x.wire,
                     }),
                 )
             }
@@ -467,13 +572,13 @@ impl RemotePath {
             lock(&conn.pending).remove(&wire_id);
             return Err(e);
         }
-        x.flight = Some(flight);
+        x.posted = true;
         Ok(Status::InProgress)
     }
 
     /// `checkXfer` of a posted transfer.
     pub fn check(&self, x: &mut RemoteXfer) -> Result<Status, Error> {
-        let Some(fl) = &x.flight else {
+        let (Some(fl), true) = (&x.flight, x.posted) else {
             return Err(Error::NotPosted);
         };
         let mut f = lock(fl);
@@ -530,12 +635,11 @@ impl RemotePath {
             return Ok(Status::InProgress);
         }
         f.done = true;
-        let notif = f.notif.clone();
         let conn = f.conn.clone();
         // Never write to the stream with the flight locked (post holds tx, then the flight).
         drop(f);
-        if let Some(msg) = notif {
-            conn.send(&Message::Notif(Notif { msg: &msg }))?;
+        if x.notify {
+            conn.send(&Message::Notif(Notif { msg: &x.notif }))?;
         }
         Ok(Status::Success)
     }
@@ -655,12 +759,12 @@ impl Shared {
             .map_err(peer_gone)?;
         let theirs = read_frame(&mut s).map_err(peer_gone)?;
         let session = l.connect(&theirs).map_err(Error::Engine)?;
-        self.conn(agent.to_owned(), true, s, session)
+        self.conn(agent.into(), true, s, session)
     }
 
     fn conn(
         &self,
-        peer: String,
+        peer: Arc<str>,
         initiator: bool,
         s: TcpStream,
         session: Session,
@@ -675,15 +779,22 @@ impl Shared {
             peer,
             initiator,
             stream: s,
-            tx: Mutex::new(tx),
+            tx: Mutex::new(Writer {
+                stream: tx,
+                buf: Vec::with_capacity(FRAME_BUF),
+            }),
             engine: Mutex::new(Engine {
                 session,
                 mems: HashMap::new(),
+                resolved: Vec::with_capacity(TABLE_CAP),
             }),
-            rbuf: Mutex::new(Vec::new()),
+            rbuf: Mutex::new(Vec::with_capacity(FRAME_BUF)),
             dead: Mutex::new(None),
-            pending: Mutex::new(HashMap::new()),
-            jobs: Mutex::new(Vec::new()),
+            // Sized up front (and never shrunk by removals), so reposts insert without
+            // allocating; more transfers in flight at once than this grow it once.
+            pending: Mutex::new(HashMap::with_capacity(TABLE_CAP)),
+            jobs: Mutex::new(Vec::with_capacity(TABLE_CAP)),
+            finished: Mutex::new(Vec::with_capacity(TABLE_CAP)),
             stalled: Mutex::new(None),
             timeout: self.timeout,
         }))
@@ -714,7 +825,7 @@ impl Shared {
         let _ = s.set_nodelay(true);
         let hello = read_frame(&mut s)?;
         let name = match wire::parse(&hello) {
-            Ok(Message::Hello(h)) => h.name.to_owned(),
+            Ok(Message::Hello(h)) => Arc::<str>::from(h.name),
             _ => {
                 return Err(Error::Mismatch(
                     "control stream did not open with Hello".into(),
@@ -822,7 +933,9 @@ impl Shared {
 
     /// Target side: completed engine transfers get their notif queued and their Ack sent.
     fn finish_jobs(&self, c: &Arc<Conn>) -> bool {
-        let mut finished = Vec::new();
+        // Only this thread uses `finished`.
+        let mut finished = lock(&c.finished);
+        finished.clear();
         {
             let mut jobs = lock(&c.jobs);
             if jobs.is_empty() {
@@ -845,10 +958,12 @@ impl Shared {
                 }
             }
         }
-        // `swap_remove` reorders; Acks and notifs go out in announce order.
-        finished.sort_by_key(|j| j.wire);
+        // `swap_remove` reorders; Acks and notifs go out in announce order. Wire ids are
+        // unique, so the unstable sort (which, unlike the stable one, never allocates) is
+        // enough.
+        finished.sort_unstable_by_key(|j| j.wire);
         let any = !finished.is_empty();
-        for j in finished {
+        for j in finished.drain(..) {
             if let Some(notif) = j.write {
                 // The data is in place: only now may the application see the notif.
                 if let Some(msg) = notif {
@@ -867,39 +982,48 @@ impl Shared {
         any
     }
 
-    /// Checks announced target ranges against our registrations; returns engine segments.
-    fn resolve(&self, c: &Conn, segs: &[WireSegment]) -> Result<Vec<ESeg>, (Status, String)> {
-        let mut out = Vec::with_capacity(segs.len());
-        {
-            let table = self.mem.read().unwrap_or_else(PoisonError::into_inner);
-            for (i, s) in segs.iter().enumerate() {
-                let bad = |why: &str| (Status::InvalidParam, format!("segment {i}: {why}"));
-                let md = usize::try_from(s.region()).map_err(|_| bad("unknown region"))?;
-                let r = table.local(md).map_err(|_| bad("unknown region"))?;
-                if r.key != s.key() {
-                    return Err(bad("wrong key"));
-                }
-                if !r.span.contains(s.addr(), s.len()) {
-                    return Err(bad("range outside the registration"));
-                }
-                out.push((md, s.addr() - r.span.base, s.len()));
+    /// Checks announced target ranges against our registrations and leaves their engine
+    /// segments in the session's `resolved` list, for the caller to post under a new lock of
+    /// the session (only this thread touches that list, so it is still there).
+    fn resolve(&self, c: &Conn, segs: &[WireSegment]) -> Result<(), (Status, String)> {
+        // Table, then session: the lock order.
+        let table = self.mem.read().unwrap_or_else(PoisonError::into_inner);
+        // Every range is checked before any is mapped, so a refusal is INVALID_PARAM whatever
+        // the session knows.
+        let region = |i: usize, s: &WireSegment| {
+            let bad = |why: &str| (Status::InvalidParam, format!("segment {i}: {why}"));
+            let md = usize::try_from(s.region()).map_err(|_| bad("unknown region"))?;
+            let r = table.local(md).map_err(|_| bad("unknown region"))?;
+            if r.key != s.key() {
+                return Err(bad("wrong key"));
             }
+            if !r.span.contains(s.addr(), s.len()) {
+                return Err(bad("range outside the registration"));
+            }
+            Ok((md, s.addr() - r.span.base))
+        };
+        for (i, s) in segs.iter().enumerate() {
+            region(i, s)?;
         }
-        let e = lock(&c.engine);
-        out.into_iter()
-            .map(|(md, offset, len)| {
-                let mem = *e.mems.get(&md).ok_or((
+        let mut e = lock(&c.engine);
+        let Engine { mems, resolved, .. } = &mut *e;
+        resolved.clear();
+        for (i, s) in segs.iter().enumerate() {
+            let (md, offset) = region(i, s)?;
+            let mem = *mems.get(&md).ok_or_else(|| {
+                (
                     Status::Backend,
                     format!("region {md:#x} is not registered on this session"),
-                ))?;
-                Ok(ESeg {
-                    mem,
-                    offset,
-                    remote_offset: 0,
-                    len,
-                })
-            })
-            .collect()
+                )
+            })?;
+            resolved.push(ESeg {
+                mem,
+                offset,
+                remote_offset: 0,
+                len: s.len(),
+            });
+        }
+        Ok(())
     }
 
     /// Acts on one control frame. An `Err` closes the conn.
@@ -910,8 +1034,8 @@ impl Shared {
         })?;
         match (c.initiator, msg) {
             (false, Message::WriteAnnounce(w)) => {
-                let segs = match self.resolve(c, w.segments) {
-                    Ok(s) => s,
+                match self.resolve(c, w.segments) {
+                    Ok(()) => {}
                     Err((status, why)) => {
                         crate::log!("refusing WRITE {} from {:?}: {why}", w.xfer, c.peer);
                         c.send(&Message::Ack(Ack {
@@ -922,14 +1046,20 @@ impl Shared {
                         // session's pairing is lost.
                         return Err(Error::Disconnected(format!("refused WRITE: {why}")));
                     }
+                }
+                let id = {
+                    let mut e = lock(&c.engine);
+                    let Engine {
+                        session, resolved, ..
+                    } = &mut *e;
+                    session
+                        .post(Direction::Recv, resolved)
+                        .map_err(Error::Engine)?
                 };
-                let id = lock(&c.engine)
-                    .session
-                    .post(Direction::Recv, &segs)
-                    .map_err(Error::Engine)?;
                 lock(&c.jobs).push(Job {
                     id,
                     wire: w.xfer,
+                    // The one allocation serving a WRITE: the notification the app receives.
                     write: Some(w.notif.map(<[u8]>::to_vec)),
                 });
             }
@@ -943,16 +1073,21 @@ impl Shared {
                         text: &why[..why.len().min(wire::MAX_ERROR_TEXT)],
                     }))?;
                 }
-                Ok(segs) => {
+                Ok(()) => {
                     let mut tx = lock(&c.tx);
                     c.send_on(
                         &mut tx,
                         &Message::ReadAnnounce(ReadAnnounce { xfer: r.xfer }),
                     )?;
-                    let id = lock(&c.engine)
-                        .session
-                        .post(Direction::Send, &segs)
-                        .map_err(Error::Engine)?;
+                    let id = {
+                        let mut e = lock(&c.engine);
+                        let Engine {
+                            session, resolved, ..
+                        } = &mut *e;
+                        session
+                            .post(Direction::Send, resolved)
+                            .map_err(Error::Engine)?
+                    };
                     drop(tx);
                     lock(&c.jobs).push(Job {
                         id,
@@ -962,12 +1097,14 @@ impl Shared {
                 }
             },
             (false, Message::Notif(n)) => {
+                // The allocation is the notification the app receives.
                 lock(&self.notifs).push_back((c.peer.clone(), n.msg.to_vec()));
             }
             (true, Message::Ack(a)) => {
                 let f = lock(&c.pending).remove(&a.xfer);
                 let f = f.ok_or_else(|| Error::Mismatch(format!("Ack for unknown {}", a.xfer)))?;
                 let mut f = lock(&f);
+                stale(&f, a.xfer)?;
                 if a.status == 0 {
                     f.acked = true;
                 } else {
@@ -983,6 +1120,9 @@ impl Shared {
                     Error::Mismatch(format!("ReadAnnounce for unknown {}", r.xfer))
                 })?;
                 let mut f = lock(&f);
+                // A stale one cannot be paired (the flight's segments are the next post's):
+                // the conn closes.
+                stale(&f, r.xfer)?;
                 // Even a released READ must post its receives: the peer's data is coming and
                 // later transfers pair by order.
                 let id = lock(&c.engine)
@@ -996,8 +1136,13 @@ impl Shared {
                 }
             }
             (true, Message::Error(m)) => {
-                if let Some(f) = lock(&c.pending).remove(&m.xfer) {
-                    lock(&f).failed = Some((
+                // The table's lock is released before the flight is taken (`post` takes a
+                // flight, then a table).
+                let f = lock(&c.pending).remove(&m.xfer);
+                if let Some(f) = f {
+                    let mut f = lock(&f);
+                    stale(&f, m.xfer)?;
+                    f.failed = Some((
                         Status::from_wire(-(m.code.min(i32::MAX as u32) as i32)),
                         m.text.to_owned(),
                     ));
@@ -1020,6 +1165,9 @@ impl Shared {
 /// The backend thread: accepts peers, services every conn, backs off when idle.
 fn run(shared: &Arc<Shared>, listener: &TcpListener) {
     let mut idle = 0u32;
+    // Reused every pass, so a busy backend thread does not allocate per pass.
+    let mut conns: Vec<Arc<Conn>> = Vec::new();
+    let mut fds: Vec<libc::pollfd> = Vec::new();
     while !shared.stop.load(Ordering::Relaxed) {
         let mut moved = false;
         match listener.accept() {
@@ -1042,7 +1190,8 @@ fn run(shared: &Arc<Shared>, listener: &TcpListener) {
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
             Err(e) => crate::log!("control accept: {e}"),
         }
-        let conns: Vec<Arc<Conn>> = lock(&shared.conns).clone();
+        conns.clear();
+        conns.extend(lock(&shared.conns).iter().cloned());
         for c in &conns {
             moved |= shared.service(c);
         }
@@ -1065,16 +1214,21 @@ fn run(shared: &Arc<Shared>, listener: &TcpListener) {
             {
                 std::thread::sleep(Duration::from_micros(50));
             } else {
-                wait_readable(listener, &conns, Duration::from_millis(10));
+                wait_readable(listener, &conns, &mut fds, Duration::from_millis(10));
             }
         }
     }
 }
 
 /// Blocks until the listener or a control stream is readable, or `limit` passes.
-fn wait_readable(listener: &TcpListener, conns: &[Arc<Conn>], limit: Duration) {
+fn wait_readable(
+    listener: &TcpListener,
+    conns: &[Arc<Conn>],
+    fds: &mut Vec<libc::pollfd>,
+    limit: Duration,
+) {
     use std::os::fd::AsRawFd;
-    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(conns.len() + 1);
+    fds.clear();
     fds.push(libc::pollfd {
         fd: listener.as_raw_fd(),
         events: libc::POLLIN,

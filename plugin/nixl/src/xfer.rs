@@ -87,6 +87,28 @@ pub fn plan(
     local: &[Desc],
     remote: &[Desc],
 ) -> Result<Vec<Segment>, Error> {
+    let mut out = Vec::with_capacity(local.len());
+    visit(table, own, agent, local, remote, |s| {
+        out.push(s);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// [`plan`] without the `Vec`: checks the pair like [`plan`] and hands each segment to `each`
+/// in order, stopping at the first error (`each`'s or the check's). Allocates nothing unless
+/// `each` does or the check fails, so `postXfer` can revalidate on every repost.
+///
+/// Segments before a bad descriptor have already been handed out: a caller that must not act
+/// on a partly valid request (the copy in `postXfer`) runs one checking pass first.
+pub fn visit(
+    table: &MemTable,
+    own: &str,
+    agent: &str,
+    local: &[Desc],
+    remote: &[Desc],
+    mut each: impl FnMut(Segment) -> Result<(), Error>,
+) -> Result<(), Error> {
     if local.is_empty() {
         return Err(Error::invalid(Arg::Descs, "empty descriptor list"));
     }
@@ -100,7 +122,6 @@ pub fn plan(
             ),
         ));
     }
-    let mut out = Vec::with_capacity(local.len());
     for (i, (l, r)) in local.iter().zip(remote).enumerate() {
         if l.len != r.len {
             return Err(Error::invalid(
@@ -136,15 +157,65 @@ pub fn plan(
                 len: r.len,
             });
         }
-        out.push(Segment {
+        each(Segment {
             local: l.addr,
             md: l.md,
             offset: l.addr - region.span.base,
             far,
             len: l.len,
-        });
+        })?;
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Revalidates a transfer to ourselves against `table` and performs it, allocating nothing:
+/// every descriptor is checked (a first pass) before any byte moves (a second pass over the
+/// same, unchanged table).
+///
+/// # Safety
+/// As [`copy_own`]: the caller holds `table` (a read guard) for the duration of the call.
+pub unsafe fn revalidate_and_copy_own(
+    table: &MemTable,
+    own: &str,
+    op: Op,
+    local: &[Desc],
+    remote: &[Desc],
+) -> Result<(), Error> {
+    visit(table, own, own, local, remote, |s| own_range(&s).map(drop))?;
+    visit(table, own, own, local, remote, |s| {
+        // SAFETY: `s` was just checked (first pass) to lie inside live registrations of
+        // `table`, which the caller holds.
+        unsafe { copy_segment(op, &s) }
+    })
+}
+
+/// A self-transfer segment's far address and length as a host copy needs them.
+fn own_range(s: &Segment) -> Result<(u64, usize), Error> {
+    let Far::Own(far) = s.far else {
+        return Err(Error::invalid(
+            Arg::Descs,
+            "peer segment in a transfer to ourselves",
+        ));
+    };
+    let len = usize::try_from(s.len)
+        .map_err(|_| Error::invalid(Arg::Descs, "length exceeds the address space"))?;
+    Ok((far, len))
+}
+
+/// Copies one [`Far::Own`] segment.
+///
+/// # Safety
+/// As [`copy_own`], for this one segment.
+unsafe fn copy_segment(op: Op, s: &Segment) -> Result<(), Error> {
+    let (far, len) = own_range(s)?;
+    let (src, dst) = match op {
+        Op::Write => (s.local, far),
+        Op::Read => (far, s.local),
+    };
+    // SAFETY: the caller guarantees both ranges are live registered host memory; `copy`
+    // (memmove) is correct even when source and destination overlap.
+    unsafe { std::ptr::copy(src as usize as *const u8, dst as usize as *mut u8, len) };
+    Ok(())
 }
 
 /// Performs a transfer to ourselves: every segment must be [`Far::Own`].
@@ -155,21 +226,8 @@ pub fn plan(
 /// contract is that registered memory stays allocated while registered).
 pub unsafe fn copy_own(op: Op, segments: &[Segment]) -> Result<(), Error> {
     for s in segments {
-        let Far::Own(far) = s.far else {
-            return Err(Error::invalid(
-                Arg::Descs,
-                "peer segment in a transfer to ourselves",
-            ));
-        };
-        let (src, dst) = match op {
-            Op::Write => (s.local, far),
-            Op::Read => (far, s.local),
-        };
-        let len = usize::try_from(s.len)
-            .map_err(|_| Error::invalid(Arg::Descs, "length exceeds the address space"))?;
-        // SAFETY: the caller guarantees both ranges are live registered host memory; `copy`
-        // (memmove) is correct even when source and destination overlap.
-        unsafe { std::ptr::copy(src as usize as *const u8, dst as usize as *mut u8, len) };
+        // SAFETY: forwarded contract.
+        unsafe { copy_segment(op, s) }?;
     }
     Ok(())
 }
