@@ -3,7 +3,8 @@
 backend (UCX_TLS=tcp), side by side.
 
 For each backend a *target* process (this file, `--role target`) creates an agent with
-NIXL's metadata listener and registers one DRAM buffer; this process (the *initiator*)
+NIXL's metadata listener and registers one buffer (`--mem DRAM`, or `VRAM` on GPU 0: UCX then
+runs with UCX_TLS=tcp,cuda_copy); this process (the *initiator*)
 fetches its metadata through the listener, then for every (op, batch, size) prepares one
 transfer of `batch` descriptors of `size` bytes each and reposts it `iters` times, one at a
 time, polling `check_xfer_state` until DONE. Like nixlbench, every transfer carries a
@@ -35,6 +36,7 @@ import threading
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "nixl"))  # cuda_mem: device memory without torch
 NOTIF = b"nixl-bench"
 BOUND_S = 300  # any single wait (metadata, one transfer, a reply) fails past this
 
@@ -64,6 +66,45 @@ def pattern(n, seed):
 
     period = ((np.arange(251, dtype=np.uint32) * 7 + seed) % 251).astype(np.uint8)
     return np.resize(period, n)
+
+
+class Buffer:
+    """The bench's memory: a numpy array (DRAM) or device memory on GPU 0 (VRAM), holding
+    pattern(n, seed)."""
+
+    def __init__(self, mem, n, seed):
+        self.mem, self.n = mem, n
+        host = pattern(n, seed)
+        if mem == "VRAM":
+            from cuda_mem import DeviceBuffer, gpu_reason
+
+            why = gpu_reason()
+            if why is not None:
+                raise SystemExit(f"--mem VRAM: {why}")
+            self.dev = DeviceBuffer(n)
+            self.dev.write(host.tobytes())
+            self.addr = self.dev.addr
+        else:
+            self.host = host
+            self.addr = host.ctypes.data
+
+    def head(self, k):
+        """The first k bytes, on the host."""
+        import numpy as np
+
+        if self.mem == "VRAM":
+            return np.frombuffer(self.dev.read()[:k], dtype=np.uint8)
+        return self.host[:k]
+
+    def zero_head(self, k):
+        if self.mem == "VRAM":
+            self.dev.write(bytes(k))  # writes the first k bytes only
+        else:
+            self.host[:k] = 0
+
+    def free(self):
+        if self.mem == "VRAM":
+            self.dev.free()
 
 
 def backend_params(args, backend):
@@ -100,8 +141,8 @@ def run_target(args):
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # NIXL's own prints must not mix with our replies
     agent = make_agent(args.name, args.port, args.backend, json.loads(args.params))
-    buf = pattern(args.bytes, 5)
-    reg = agent.register_memory([(buf.ctypes.data, buf.nbytes, 0, "")], "DRAM")
+    buf = Buffer(args.mem, args.bytes, 5)
+    reg = agent.register_memory([(buf.addr, buf.n, 0, "")], args.mem)
     quit_ = threading.Event()
 
     expected = [None]
@@ -114,7 +155,7 @@ def run_target(args):
         quit_.set()  # "quit N" or the initiator died (EOF)
 
     threading.Thread(target=stdin_watch, daemon=True).start()
-    out.write(json.dumps({"addr": buf.ctypes.data, "len": buf.nbytes}) + "\n")
+    out.write(json.dumps({"addr": buf.addr, "len": buf.n}) + "\n")
     notifs = 0
     while not quit_.is_set():
         got = agent.get_new_notifs()
@@ -127,6 +168,7 @@ def run_target(args):
         time.sleep(0.001)
     out.write(json.dumps({"notifs": notifs}) + "\n")
     agent.deregister_memory(reg)
+    buf.free()
 
 
 # ------------------------------------------------------------------------------ initiator
@@ -139,7 +181,7 @@ class Target:
         cmd = [
             sys.executable, __file__, "--role", "target", "--backend", backend,
             "--name", self.name, "--port", str(self.port), "--bytes", str(nbytes),
-            "--params", json.dumps(backend_params(args, backend)),
+            "--params", json.dumps(backend_params(args, backend)), "--mem", args.mem,
         ]
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
@@ -195,8 +237,8 @@ def bench_backend(args, backend, env):
         # Both sides hold the same pattern, so WRITEs (same offsets) leave the target's bytes
         # as they were and every READ can be checked against it.
         expect = pattern(max_bytes, 5)
-        local = expect.copy()
-        reg = agent.register_memory([(local.ctypes.data, local.nbytes, 0, "")], "DRAM")
+        local = Buffer(args.mem, max_bytes, 5)
+        reg = agent.register_memory([(local.addr, local.n, 0, "")], args.mem)
         agent.fetch_remote_metadata(target.name, "127.0.0.1", target.port)
         deadline = time.monotonic() + BOUND_S
         while not agent.check_remote_metadata(target.name):
@@ -208,16 +250,17 @@ def bench_backend(args, backend, env):
             for batch in args.batches:
                 for size in args.sizes:
                     ldesc = agent.get_xfer_descs(
-                        [(local.ctypes.data + i * size, size, 0) for i in range(batch)], "DRAM"
+                        [(local.addr + i * size, size, 0) for i in range(batch)], args.mem
                     )
                     rdesc = agent.get_xfer_descs(
-                        [(target.buf["addr"] + i * size, size, 0) for i in range(batch)], "DRAM"
+                        [(target.buf["addr"] + i * size, size, 0) for i in range(batch)],
+                        args.mem,
                     )
                     h = agent.initialize_xfer(op, ldesc, rdesc, target.name, NOTIF)
                     n = iterations(args, size * batch)
                     lat = []
                     if op == "READ":
-                        local[:size] = 0  # the first READ must bring it back
+                        local.zero_head(size)  # the first READ must bring it back
                     for it in range(args.warmup + n):
                         t0 = time.perf_counter()
                         state = agent.transfer(h)
@@ -229,7 +272,7 @@ def bench_backend(args, backend, env):
                         if state != "DONE":
                             raise SystemExit(f"{backend} {op} {size}x{batch}: {state}")
                         if it == 0 and op == "READ":
-                            if not np.array_equal(local[:size], expect[:size]):
+                            if not np.array_equal(local.head(size), expect[:size]):
                                 raise SystemExit(f"{backend} READ {size}: wrong data")
                         if it >= args.warmup:
                             lat.append(t1 - t0)
@@ -237,7 +280,8 @@ def bench_backend(args, backend, env):
                     lat.sort()
                     total = size * batch * len(lat)
                     r = {
-                        "backend": backend, "op": op, "batch": batch, "size": size,
+                        "backend": backend, "mem": args.mem, "op": op, "batch": batch,
+                        "size": size,
                         "iters": len(lat),
                         "gbps": total / sum(lat) / 1e9,
                         "p50_us": lat[len(lat) // 2] * 1e6,
@@ -254,6 +298,7 @@ def bench_backend(args, backend, env):
         agent.remove_remote_agent(target.name)
         agent.deregister_memory(reg)
         del agent
+        local.free()
     finally:
         expected = sum(args.warmup + r["iters"] for r in results)
         notifs = target.close(expected)
@@ -261,7 +306,7 @@ def bench_backend(args, backend, env):
     return results, {"notifs_received": notifs, "notifs_sent": expected}
 
 
-def plugin_env(tcpx_plugin):
+def plugin_env(tcpx_plugin, mem):
     """NIXL_PLUGIN_DIR replaces the wheel's plugin folder, so UCX must be linked in. The
     wheel's UCX plugin finds its libraries (libucp, libnixl_common, ...) through
     RPATH `$ORIGIN/..:$ORIGIN/../../nixl_cu12.libs`, which a link in another folder breaks:
@@ -284,6 +329,8 @@ def plugin_env(tcpx_plugin):
         path.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = ":".join(path)
     env.setdefault("UCX_TLS", "tcp")  # UCX over plain TCP, the like-for-like comparison
+    if mem == "VRAM" and "cuda_copy" not in env["UCX_TLS"]:
+        env["UCX_TLS"] += ",cuda_copy"  # UCX moves device memory only with cuda_copy
     env.setdefault("TCPX_SOCK_IFNAME", "lo")
     return env
 
@@ -331,6 +378,8 @@ def main():
     p.add_argument("--window", type=int, default=16, help="TCPX backend param")
     p.add_argument("--timeout-ms", type=int, default=30000, help="TCPX backend param")
     p.add_argument("--tcpx-plugin", default=str(REPO / "target" / "plugins" / "libplugin_TCPX.so"))
+    p.add_argument("--mem", choices=["DRAM", "VRAM"], default="DRAM",
+                   help="both sides' buffers: host memory, or device memory on GPU 0")
     p.add_argument("--json", help="write the results here")
     # target-only
     p.add_argument("--backend")
@@ -350,7 +399,7 @@ def main():
         raise SystemExit(f"no TCPX plugin at {args.tcpx_plugin}: build it (scripts/bench-nixl.sh)")
 
     if "NIXL_BENCH_PLUGIN_DIR" not in os.environ:
-        env = plugin_env(args.tcpx_plugin)
+        env = plugin_env(args.tcpx_plugin, args.mem)
         os.execve(sys.executable, [sys.executable, __file__] + sys.argv[1:], env)
     env = dict(os.environ)
     pdir = pathlib.Path(env["NIXL_BENCH_PLUGIN_DIR"])
@@ -373,6 +422,7 @@ def main():
             "config": {
                 "backends": args.backends, "ops": args.ops, "sizes": args.sizes,
                 "batches": args.batches, "warmup": args.warmup, "channels": args.channels,
+                "mem": args.mem,
                 "chunk_bytes": args.chunk_bytes, "window": args.window,
                 "UCX_TLS": env["UCX_TLS"], "cpus": os.cpu_count(),
             },

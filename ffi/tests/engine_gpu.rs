@@ -172,3 +172,51 @@ fn vram_to_dram() {
         transfer(&ctx, true, false);
     }
 }
+
+/// Two processes (`tcpx bench --listen` receives, `--connect` sends), each with its own CUDA
+/// context and session: VRAM→VRAM, DRAM→VRAM and VRAM→DRAM with `--verify`, so every
+/// received byte is checked against the sender's pattern after the timed iterations.
+#[test]
+fn two_processes_each_direction_of_device_memory() {
+    use std::process::{Command, Stdio};
+    if gpu().is_none() {
+        return;
+    }
+    for mem in ["cuda:cuda", "host:cuda", "cuda:host"] {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port()
+            .to_string();
+        let common = [
+            "--mem", mem, "--size", "4097,3M", "--iters", "3", "--verify",
+        ];
+        let tcpx = || {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_tcpx"));
+            c.env("TCPX_SOCK_IFNAME", "lo")
+                .env("TCPX_SOCK_SHUFFLE", "1");
+            c
+        };
+        let listener = tcpx()
+            .args(["bench", "--listen", &port])
+            .args(common)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn listener");
+        let connector = tcpx()
+            .args(["bench", "--connect", &format!("127.0.0.1:{port}")])
+            .args(common)
+            .output()
+            .expect("run connector");
+        let listener = listener.wait_with_output().expect("listener");
+        for (who, out) in [("listener", &listener), ("connector", &connector)] {
+            let (stdout, stderr) = (
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+            );
+            assert!(out.status.success(), "{mem} {who}: {stderr}\n{stdout}");
+            assert!(stdout.contains("    3 MiB "), "{mem} {who}: {stdout}");
+        }
+    }
+}

@@ -143,7 +143,7 @@ struct Options {
 }
 
 /// Parses `4096`, `4K`, `64M`, `1G` (binary multiples).
-fn parse_size(s: &str) -> Option<u64> {
+pub(super) fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
     let (digits, mult) = match s.as_bytes().last()? {
         b'k' | b'K' => (&s[..s.len() - 1], 1u64 << 10),
@@ -1280,7 +1280,7 @@ fn tcp_pingpong(src: &[u8], dst: &mut [u8], fixed: Option<usize>) -> BenchResult
 }
 
 /// `iperf3 -c 127.0.0.1 -P streams` against a one-shot server of ours; GB/s received.
-fn run_iperf3(streams: u32) -> BenchResult<f64> {
+pub(super) fn run_iperf3(streams: u32) -> BenchResult<f64> {
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("no free port: {e}"))?

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod json;
 pub mod probe;
+pub mod stream;
 
 const USAGE: &str = "\
 usage: tcpx <command> [options]
@@ -32,6 +33,10 @@ commands:
                              rows, and our ratio to each
         --verify             check the received bytes after the timed iterations
         --json               one JSON object (config, rows, baselines)
+  stream [--size N[,N...]] [--nsocks N[,N...]] [--window N] [--bytes N]
+         [--plugin PATH] [--device N] [--baseline] [--json]
+        messages through the plugin API alone (no engine) on loopback, a full
+        window each side; --baseline adds iperf3 -P <nsocks> and the ratio
   help  show this text
 
 environment: TCPX_LOG=error|warn|info|debug|trace (default warn)
@@ -42,6 +47,7 @@ pub fn run(args: &[String]) -> i32 {
     match args.first().map(String::as_str) {
         Some("probe") => probe::main(&args[1..]),
         Some("bench") => bench::main(&args[1..]),
+        Some("stream") => stream::main(&args[1..]),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
             0

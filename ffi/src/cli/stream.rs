@@ -1,0 +1,551 @@
+//! `tcpx stream`: messages streamed through the ncclNet plugin API alone — one send comm and
+//! one recv comm on loopback, a full window of requests on each side — with no engine in
+//! between. `--baseline` runs `iperf3 -P <data sockets>` on 127.0.0.1 right after each
+//! point, so the ratio compares the transport with plain TCP on the same machine, in the same
+//! command, under the same load.
+//!
+//! The sender and the receiver each run on their own thread (as iperf3's client and server
+//! do). Each window slot owns its own slice of the buffers; after the run the receiver's
+//! buffer must equal the sender's, byte for byte.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::bench::run_iperf3;
+use super::json::Object;
+use crate::net::{ConnectHandle, MemKind, Net, RecvBuf, Request};
+
+const USAGE: &str = "usage: tcpx stream [--size N[,N...]] [--nsocks N[,N...]] [--window N] \
+[--bytes N] [--plugin PATH] [--device N] [--baseline] [--json]
+  --size N[,N...]    bytes per message, K/M/G suffixes, at most 4M (default 512K,4M)
+  --nsocks N[,N...]  data sockets per comm of the embedded tcpxsock (default 1,4);
+                     ignored with --plugin (the plugin's own setting rules)
+  --window N         requests in flight per side, 1..=16 (default 16)
+  --bytes N          bytes streamed per point (default 4G)
+  --plugin PATH      an ncclNet plugin instead of the embedded tcpxsock (on lo)
+  --device N         the plugin's device (default 0)
+  --baseline         iperf3 -c 127.0.0.1 -P <nsocks> after each point, and the ratio
+  --json             one JSON object";
+
+/// The largest message TCPX accepts in one request.
+const MAX_MESSAGE: u64 = 4 << 20;
+/// TCPX allows 16 outstanding requests per comm.
+const MAX_WINDOW: usize = 16;
+/// A point that has not finished in this long means a stuck peer, not a slow machine.
+const POINT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Handshake bound (non-blocking connect/accept retried until both comms exist).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type StreamResult<T> = std::result::Result<T, String>;
+
+#[derive(Debug)]
+struct Options {
+    sizes: Vec<u64>,
+    nsocks: Vec<usize>,
+    window: usize,
+    bytes: u64,
+    plugin: Option<PathBuf>,
+    device: usize,
+    baseline: bool,
+    json: bool,
+}
+
+fn parse(args: &[String]) -> StreamResult<Options> {
+    let mut o = Options {
+        sizes: vec![512 << 10, 4 << 20],
+        nsocks: vec![1, 4],
+        window: MAX_WINDOW,
+        bytes: 4 << 30,
+        plugin: None,
+        device: 0,
+        baseline: false,
+        json: false,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (a.as_str(), None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        let list = |name: &str, v: &str, max: u64| -> StreamResult<Vec<u64>> {
+            v.split(',')
+                .map(|s| {
+                    super::bench::parse_size(s)
+                        .filter(|&n| n <= max)
+                        .ok_or_else(|| format!("{name} {s:?}: expected 1..={max}"))
+                })
+                .collect()
+        };
+        match flag {
+            "--size" => o.sizes = list("--size", &value("--size")?, MAX_MESSAGE)?,
+            "--nsocks" => {
+                let max = tcpx_sock::config::MAX_NSOCKS as u64;
+                o.nsocks = list("--nsocks", &value("--nsocks")?, max)?
+                    .into_iter()
+                    .map(|n| n as usize)
+                    .collect();
+            }
+            "--window" => {
+                let v = value("--window")?;
+                o.window = v
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_WINDOW).contains(n))
+                    .ok_or_else(|| format!("--window {v:?}: expected 1..={MAX_WINDOW}"))?;
+            }
+            "--bytes" => {
+                let v = value("--bytes")?;
+                o.bytes = super::bench::parse_size(&v)
+                    .ok_or_else(|| format!("--bytes {v:?}: expected a size such as 4G"))?;
+            }
+            "--plugin" => o.plugin = Some(PathBuf::from(value("--plugin")?)),
+            "--device" => {
+                let v = value("--device")?;
+                o.device = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("--device {v:?}: expected a device index"))?;
+            }
+            "--baseline" => o.baseline = true,
+            "--json" => o.json = true,
+            _ => return Err(format!("unknown option {a:?}")),
+        }
+    }
+    if o.plugin.is_some() {
+        // Another plugin's socket count is its own setting; one point per size.
+        o.nsocks = vec![0];
+    }
+    Ok(o)
+}
+
+/// One (data sockets, message size) measurement.
+struct Point {
+    nsocks: usize,
+    size: u64,
+    messages: u64,
+    elapsed: Duration,
+    /// `iperf3 -P nsocks` in GB/s, or why it was skipped.
+    iperf3: Option<StreamResult<f64>>,
+}
+
+impl Point {
+    fn gbps(&self) -> f64 {
+        (self.size * self.messages) as f64 / self.elapsed.as_secs_f64().max(1e-9) / 1e9
+    }
+
+    fn ratio(&self) -> Option<f64> {
+        match self.iperf3 {
+            Some(Ok(b)) if b > 0.0 => Some(self.gbps() / b),
+            _ => None,
+        }
+    }
+}
+
+/// Runs `tcpx stream`; returns the exit code.
+pub fn main(args: &[String]) -> i32 {
+    let o = match parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("tcpx stream: {e}\n{USAGE}");
+            return 2;
+        }
+    };
+    match run(&o) {
+        Ok((net, points)) => {
+            print!(
+                "{}",
+                if o.json {
+                    to_json(&net, &o, &points)
+                } else {
+                    to_text(&net, &o, &points)
+                }
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("tcpx stream: error: {e}");
+            1
+        }
+    }
+}
+
+fn run(o: &Options) -> StreamResult<(Net, Vec<Point>)> {
+    let embedded = o.plugin.is_none();
+    let base = tcpx_sock::config::Config {
+        ifname: Some("lo".into()),
+        ..tcpx_sock::config::Config::from_env()
+    };
+    if embedded {
+        tcpx_sock::config::configure(base.clone());
+    }
+    let net = match &o.plugin {
+        Some(p) => Net::load(p).map_err(|e| e.to_string())?,
+        None => Net::embedded(),
+    };
+    net.init().map_err(|e| e.to_string())?;
+    let devices = net.devices().map_err(|e| e.to_string())?;
+    if o.device >= devices {
+        return Err(format!(
+            "device {} does not exist: the plugin has {devices}",
+            o.device
+        ));
+    }
+    let mut points = Vec::new();
+    for &nsocks in &o.nsocks {
+        if embedded {
+            // Read by every later listen/connect of the embedded plugin.
+            tcpx_sock::config::configure(tcpx_sock::config::Config {
+                nsocks,
+                ..base.clone()
+            });
+        }
+        for &size in &o.sizes {
+            if !o.json {
+                eprint!("\rstreaming {} ...        ", label(nsocks, size));
+            }
+            let messages = (o.bytes / size).max(o.window as u64);
+            let elapsed = stream(&net, o.device, size as usize, o.window, messages)?;
+            points.push(Point {
+                nsocks,
+                size,
+                messages,
+                elapsed,
+                iperf3: None,
+            });
+        }
+        if o.baseline && nsocks > 0 {
+            if !o.json {
+                eprint!("\riperf3 -P {nsocks} ...                     ");
+            }
+            let b = run_iperf3(nsocks as u32);
+            for p in points.iter_mut().filter(|p| p.nsocks == nsocks) {
+                p.iperf3 = Some(b.clone());
+            }
+        }
+    }
+    if !o.json {
+        eprint!("\r{:60}\r", "");
+    }
+    Ok((net, points))
+}
+
+fn label(nsocks: usize, size: u64) -> String {
+    let s = if size % (1 << 20) == 0 {
+        format!("{} MiB", size >> 20)
+    } else if size % (1 << 10) == 0 {
+        format!("{} KiB", size >> 10)
+    } else {
+        format!("{size} B")
+    };
+    if nsocks == 0 {
+        s
+    } else {
+        format!("{s}, {nsocks} socket(s)")
+    }
+}
+
+/// Streams `messages` messages of `size` bytes from a fresh send comm to a fresh recv comm
+/// and returns the receiver's time from the start signal to its last completion.
+fn stream(
+    net: &Net,
+    dev: usize,
+    size: usize,
+    window: usize,
+    messages: u64,
+) -> StreamResult<Duration> {
+    let e = |what: &'static str| move |err: crate::Error| format!("{what}: {err}");
+    let mut listen = net.listen(dev).map_err(e("listen"))?;
+    let mut handle = ConnectHandle::from_bytes(*listen.handle().as_bytes());
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let (mut send, mut recv) = (None, None);
+    while send.is_none() || recv.is_none() {
+        if send.is_none() {
+            send = net.connect(dev, &mut handle).map_err(e("connect"))?;
+        }
+        if recv.is_none() {
+            recv = net.accept(&mut listen).map_err(e("accept"))?;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "handshake on loopback took over {HANDSHAKE_TIMEOUT:?}"
+            ));
+        }
+        thread::yield_now();
+    }
+    let (send, recv) = (send.expect("connected"), recv.expect("accepted"));
+    net.close_listen(listen).map_err(e("close listen"))?;
+
+    let span = size * window;
+    let mut src: Vec<u8> = (0..span).map(|i| (i % 251) as u8 ^ 0x5a).collect();
+    let mut dst = vec![0u8; span];
+    let start = Arc::new(Barrier::new(2));
+
+    let (tx_net, tx_start) = (net.clone(), Arc::clone(&start));
+    let sender = thread::spawn(move || -> StreamResult<()> {
+        let net = tx_net;
+        // SAFETY: `src` lives on this thread until every request is done and the
+        // registration dropped; it is only read by the plugin.
+        let mr = unsafe { net.reg_mr(&send, src.as_mut_ptr().cast(), span, MemKind::Host) }
+            .map_err(e("regMr (send)"))?;
+        let base = src.as_mut_ptr();
+        tx_start.wait();
+        let deadline = Instant::now() + POINT_TIMEOUT;
+        let mut q: std::collections::VecDeque<Request> =
+            std::collections::VecDeque::with_capacity(window);
+        let (mut posted, mut done) = (0u64, 0u64);
+        while done < messages {
+            if posted < messages && q.len() < window {
+                let slot = (posted % window as u64) as usize;
+                // SAFETY: slot `slot` of `src` is inside `mr` and not reused before the
+                // request that read it completed (FIFO of at most `window`).
+                let r = unsafe { net.isend(&send, base.add(slot * size).cast(), size, 0, &mr) }
+                    .map_err(e("isend"))?;
+                if let Some(r) = r {
+                    q.push_back(r);
+                    posted += 1;
+                    continue;
+                }
+            }
+            if let Some(head) = q.front_mut() {
+                if net.test(head).map_err(e("test (send)"))?.is_some() {
+                    q.pop_front();
+                    done += 1;
+                    continue;
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("sender stuck: {done}/{messages} sends done"));
+            }
+            // Nothing moved: leave the core to the plugin's helper threads.
+            thread::yield_now();
+        }
+        drop(mr);
+        net.close_send(send).map_err(e("close send"))?;
+        drop(src);
+        Ok(())
+    });
+
+    // The receiver runs here.
+    let result = (|| -> StreamResult<Duration> {
+        // SAFETY: `dst` outlives the registration and every request on it.
+        let mr = unsafe { net.reg_mr(&recv, dst.as_mut_ptr().cast(), span, MemKind::Host) }
+            .map_err(e("regMr (recv)"))?;
+        let base = dst.as_mut_ptr();
+        let consumed = net.has_irecv_consumed();
+        start.wait();
+        let t0 = Instant::now();
+        let deadline = t0 + POINT_TIMEOUT;
+        let mut q: std::collections::VecDeque<Request> =
+            std::collections::VecDeque::with_capacity(window);
+        let (mut posted, mut done) = (0u64, 0u64);
+        while done < messages {
+            if posted < messages && q.len() < window {
+                let slot = (posted % window as u64) as usize;
+                let buf = RecvBuf {
+                    // SAFETY: inside `dst`, see above.
+                    data: unsafe { base.add(slot * size) }.cast(),
+                    size,
+                    tag: 0,
+                    mr: &mr,
+                };
+                // SAFETY: the slot is not reused before its previous receive completed.
+                let r = unsafe { net.irecv(&recv, &[buf]) }.map_err(e("irecv"))?;
+                if let Some(r) = r {
+                    q.push_back(r);
+                    posted += 1;
+                    continue;
+                }
+            }
+            if let Some(head) = q.front_mut() {
+                if let Some(n) = net.test(head).map_err(e("test (recv)"))? {
+                    if n != size {
+                        return Err(format!("a receive completed with {n} bytes, not {size}"));
+                    }
+                    let r = q.pop_front().expect("head exists");
+                    if consumed {
+                        net.irecv_consumed(&recv, r).map_err(e("irecvConsumed"))?;
+                    }
+                    done += 1;
+                    continue;
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("receiver stuck: {done}/{messages} receives done"));
+            }
+            thread::yield_now();
+        }
+        let elapsed = t0.elapsed();
+        drop(mr);
+        Ok(elapsed)
+    })();
+    let sent = sender
+        .join()
+        .map_err(|_| "the sender thread panicked".to_string())?;
+    let elapsed = result?;
+    sent?;
+    net.close_recv(recv).map_err(e("close recv"))?;
+    let src: Vec<u8> = (0..span).map(|i| (i % 251) as u8 ^ 0x5a).collect();
+    if let Some(at) = dst.iter().zip(&src).position(|(a, b)| a != b) {
+        return Err(format!(
+            "received bytes differ from the sent ones at offset {at} of the last window"
+        ));
+    }
+    Ok(elapsed)
+}
+
+fn to_text(net: &Net, o: &Options, points: &[Point]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "tcpx stream: plugin {} {}, device {}, window {}, {} MB per point; \
+GB/s = 10^9 bytes/s, receiver's first post to last completion",
+        net.name(),
+        net.source(),
+        o.device,
+        o.window,
+        o.bytes / 1_000_000
+    );
+    let _ = writeln!(
+        s,
+        "{:>7} {:>9} {:>9} {:>9} {:>16} {:>8}",
+        "sockets", "size", "messages", "GB/s", "iperf3 -P n GB/s", "ratio"
+    );
+    for p in points {
+        let n = if p.nsocks == 0 {
+            "-".into()
+        } else {
+            p.nsocks.to_string()
+        };
+        let (base, ratio) = match (&p.iperf3, p.ratio()) {
+            (Some(Ok(b)), Some(r)) => (format!("{b:.3}"), format!("{r:.2}x")),
+            (Some(Err(_)), _) => ("skipped".into(), "-".into()),
+            _ => ("-".into(), "-".into()),
+        };
+        let _ = writeln!(
+            s,
+            "{:>7} {:>9} {:>9} {:>9.3} {:>16} {:>8}",
+            n,
+            label(0, p.size),
+            p.messages,
+            p.gbps(),
+            base,
+            ratio
+        );
+    }
+    let mut skipped: Vec<&String> = points
+        .iter()
+        .filter_map(|p| match &p.iperf3 {
+            Some(Err(e)) => Some(e),
+            _ => None,
+        })
+        .collect();
+    skipped.dedup();
+    for e in skipped {
+        let _ = writeln!(s, "iperf3 skipped: {e}");
+    }
+    s
+}
+
+fn to_json(net: &Net, o: &Options, points: &[Point]) -> String {
+    let mut s = String::new();
+    let mut obj = Object::new(&mut s);
+    obj.str("plugin", net.name())
+        .str("source", &net.source().to_string())
+        .raw("device", o.device)
+        .raw("window", o.window)
+        .raw("bytes_per_point", o.bytes)
+        .with("points", |out| {
+            out.push('[');
+            for (i, p) in points.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let mut q = Object::new(out);
+                q.raw("nsocks", p.nsocks)
+                    .raw("size", p.size)
+                    .raw("messages", p.messages)
+                    .raw("gbps", format!("{:.6}", p.gbps()));
+                match &p.iperf3 {
+                    Some(Ok(b)) => {
+                        q.raw("iperf3_gbps", format!("{b:.6}"));
+                    }
+                    Some(Err(e)) => {
+                        q.raw("iperf3_gbps", "null").str("iperf3_skipped", e);
+                    }
+                    None => {}
+                }
+                if let Some(r) = p.ratio() {
+                    q.raw("ratio", format!("{r:.6}"));
+                }
+                q.end();
+            }
+            out.push(']');
+        });
+    obj.end();
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_and_refuses() {
+        let o = parse(&args(&["--size", "4K,4M", "--nsocks=2", "--window", "8"])).unwrap();
+        assert_eq!(o.sizes, vec![4096, 4 << 20]);
+        assert_eq!(o.nsocks, vec![2]);
+        assert_eq!(o.window, 8);
+        for bad in [
+            &["--size", "5M"][..],
+            &["--window", "17"],
+            &["--window", "0"],
+            &["--nsocks", "99"],
+            &["--bytes"],
+            &["--what"],
+        ] {
+            assert!(parse(&args(bad)).is_err(), "{bad:?}");
+        }
+        let o = parse(&args(&["--plugin", "/x.so"])).unwrap();
+        assert_eq!(o.nsocks, vec![0], "another plugin: one point per size");
+    }
+
+    /// A short stream through the embedded tcpxsock moves every byte intact.
+    #[test]
+    fn streams_through_the_embedded_plugin() {
+        let o = parse(&args(&[
+            "--size", "64K,1M", "--nsocks", "2", "--bytes", "8M",
+        ]))
+        .unwrap();
+        let (_, points) = run(&o).unwrap();
+        assert_eq!(points.len(), 2);
+        for p in &points {
+            assert_eq!(p.nsocks, 2);
+            assert_eq!(
+                p.messages,
+                ((8 << 20) / p.size).max(16),
+                "at least a window"
+            );
+            assert!(p.gbps() > 0.0);
+        }
+        let j = to_json(&Net::embedded(), &o, &points);
+        assert!(
+            j.contains("\"nsocks\":2") && j.contains("\"size\":65536"),
+            "{j}"
+        );
+    }
+}
