@@ -306,6 +306,12 @@ def bench_backend(args, backend, env):
     return results, {"notifs_received": notifs, "notifs_sent": expected}
 
 
+def gpu_present():
+    from cuda_mem import gpu_reason
+
+    return gpu_reason() is None
+
+
 def plugin_env(tcpx_plugin, mem):
     """NIXL_PLUGIN_DIR replaces the wheel's plugin folder, so UCX must be linked in. The
     wheel's UCX plugin finds its libraries (libucp, libnixl_common, ...) through
@@ -329,8 +335,10 @@ def plugin_env(tcpx_plugin, mem):
         path.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = ":".join(path)
     env.setdefault("UCX_TLS", "tcp")  # UCX over plain TCP, the like-for-like comparison
-    if mem == "VRAM" and "cuda_copy" not in env["UCX_TLS"]:
-        env["UCX_TLS"] += ",cuda_copy"  # UCX moves device memory only with cuda_copy
+    if "cuda_copy" not in env["UCX_TLS"] and (mem == "VRAM" or gpu_present()):
+        # UCX moves device memory only with cuda_copy, and NIXL's UCX backend refuses to
+        # start without it on a machine with a GPU (even for DRAM).
+        env["UCX_TLS"] += ",cuda_copy"
     env.setdefault("TCPX_SOCK_IFNAME", "lo")
     return env
 

@@ -581,6 +581,18 @@ impl RemotePath {
         let (Some(fl), true) = (&x.flight, x.posted) else {
             return Err(Error::NotPosted);
         };
+        // Read the peer's answers (Ack, ReadAnnounce, Error) and drive the session on this
+        // thread as well: leaving them to the backend thread would put a thread hand-off into
+        // every transfer's latency. An initiator conn carries nothing else, and everything
+        // `service` touches is behind the conn's locks; no flight may be held here (answers
+        // take a conn's table, then a flight).
+        let conn = {
+            let f = lock(fl);
+            (!f.done && f.failed.is_none()).then(|| f.conn.clone())
+        };
+        if let Some(conn) = conn.filter(|c| c.initiator) {
+            self.shared.service(&conn);
+        }
         let mut f = lock(fl);
         if let Some((status, reason)) = &f.failed {
             return Err(Error::Remote {
