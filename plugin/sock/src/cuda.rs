@@ -209,15 +209,18 @@ impl MappedAllocator for CudaMappedAllocator {
 /// The built-in allocator used when CUDA is present.
 pub(crate) static CUDA_ALLOCATOR: CudaMappedAllocator = CudaMappedAllocator;
 
-/// One lane's staging buffer for CUDA sends: pinned host memory (not write-combined: the
-/// socket reads it with the CPU) and a private non-blocking stream, so staging copies neither
-/// wait for nor hold up the user's work on the legacy default stream.
+/// One lane's staging for CUDA sends: two buffers of pinned host memory (not write-combined:
+/// the socket reads them with the CPU), an event per buffer, and a private non-blocking
+/// stream, so staging copies neither wait for nor hold up the user's work on the legacy
+/// default stream. With two buffers the copy of a lane's next chunk runs while the socket
+/// sends the current one.
 struct LaneStage {
-    host: *mut u8,
+    host: [*mut u8; 2],
+    done: [sys::CUevent; 2],
     stream: sys::CUstream,
 }
 
-/// Per-send-comm staging for CUDA sources: one chunk-sized buffer per data socket, made once
+/// Per-send-comm staging for CUDA sources: two chunk-sized buffers per data socket, made once
 /// (at the comm's first CUDA send) and reused for every chunk of every request.
 pub(crate) struct SendStage {
     ctx: Arc<CudaContext>,
@@ -225,14 +228,14 @@ pub(crate) struct SendStage {
     chunk_bytes: usize,
 }
 
-// SAFETY: the buffers and streams are owned by this value; each lane's pair is used only by
-// that lane's helper thread, and the driver objects are not tied to a thread.
+// SAFETY: the buffers, events and streams are owned by this value; each lane's set is used
+// only by that lane's helper thread, and the driver objects are not tied to a thread.
 unsafe impl Send for SendStage {}
 // SAFETY: see Send; shared access only reads the handles.
 unsafe impl Sync for SendStage {}
 
 impl SendStage {
-    /// Allocates `nlanes` buffers of `chunk_bytes` in the primary context of `ordinal`.
+    /// Allocates `nlanes` pairs of `chunk_bytes` buffers in the primary context of `ordinal`.
     pub(crate) fn new(ordinal: usize, nlanes: usize, chunk_bytes: usize) -> Result<Self> {
         with_ctx(ordinal, |c| {
             let mut s = SendStage {
@@ -241,44 +244,60 @@ impl SendStage {
                 chunk_bytes,
             };
             for _ in 0..nlanes {
+                // Pushed as soon as it exists, so Drop frees whatever was made before a failure.
                 let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
                     .map_err(|e| cuda_err("cuStreamCreate", e))?;
-                // SAFETY: plain pinned allocation, only written by DtoH copies before reads.
-                let host = match unsafe {
-                    result::malloc_host(chunk_bytes, sys::CU_MEMHOSTALLOC_PORTABLE)
-                } {
-                    Ok(h) => h.cast::<u8>(),
-                    Err(e) => {
-                        // SAFETY: the stream was just created and is unused.
-                        let _ = unsafe { result::stream::destroy(stream) };
-                        return Err(cuda_err("cuMemHostAlloc", e));
-                    }
-                };
-                s.lanes.push(LaneStage { host, stream });
+                s.lanes.push(LaneStage {
+                    host: [core::ptr::null_mut(); 2],
+                    done: [core::ptr::null_mut(); 2],
+                    stream,
+                });
+                let l = s.lanes.last_mut().expect("just pushed");
+                for b in 0..2 {
+                    // SAFETY: plain pinned allocation, only written by DtoH copies before reads.
+                    l.host[b] =
+                        unsafe { result::malloc_host(chunk_bytes, sys::CU_MEMHOSTALLOC_PORTABLE) }
+                            .map_err(|e| cuda_err("cuMemHostAlloc", e))?
+                            .cast::<u8>();
+                    l.done[b] = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+                        .map_err(|e| cuda_err("cuEventCreate", e))?;
+                }
             }
             Ok(s)
         })
     }
 
-    /// Copies `len ≤ chunk_bytes` bytes from device address `src` into lane `lane`'s buffer
-    /// and returns it once the copy is complete. Called on that lane's helper thread only.
-    pub(crate) fn stage(&self, lane: usize, src: u64, len: usize) -> Result<*const u8> {
+    /// Starts copying `len ≤ chunk_bytes` bytes from device address `src` into buffer `buf`
+    /// (0 or 1) of lane `lane`. Called on that lane's helper thread only, and only once the
+    /// buffer's previous contents were sent.
+    pub(crate) fn begin(&self, lane: usize, buf: usize, src: u64, len: usize) -> Result<()> {
         let l = &self.lanes[lane];
         debug_assert!(len <= self.chunk_bytes);
         // Helper threads are ours: binding without restoring is fine there.
         self.ctx
             .bind_to_thread()
             .map_err(|e| cuda_err("cuCtxSetCurrent", e))?;
-        // SAFETY: the buffer holds chunk_bytes >= len bytes and only this lane uses it; the
-        // source is the caller's registered CUDA buffer, alive until the request completes.
+        // SAFETY: the buffer holds chunk_bytes >= len bytes and only this lane uses it, and
+        // nothing reads it until `finish`; the source is the caller's registered CUDA buffer,
+        // alive until the request completes.
         unsafe {
-            let dst = core::slice::from_raw_parts_mut(l.host, len);
+            let dst = core::slice::from_raw_parts_mut(l.host[buf], len);
             result::memcpy_dtoh_async(dst, src, l.stream)
                 .map_err(|e| cuda_err("cuMemcpyDtoHAsync", e))?;
-            result::stream::synchronize(l.stream)
-                .map_err(|e| cuda_err("cuStreamSynchronize", e))?;
+            result::event::record(l.done[buf], l.stream)
+                .map_err(|e| cuda_err("cuEventRecord", e))?;
         }
-        Ok(l.host)
+        Ok(())
+    }
+
+    /// Waits for the copy `begin` started into buffer `buf` of lane `lane` and returns the
+    /// buffer.
+    pub(crate) fn finish(&self, lane: usize, buf: usize) -> Result<*const u8> {
+        let l = &self.lanes[lane];
+        // SAFETY: the event belongs to this lane and was recorded by `begin`.
+        unsafe { result::event::synchronize(l.done[buf]) }
+            .map_err(|e| cuda_err("cuEventSynchronize", e))?;
+        Ok(l.host[buf])
     }
 }
 
@@ -288,11 +307,19 @@ impl Drop for SendStage {
         // thread (close), so its context is restored.
         let _ = with_ctx(self.ctx.ordinal(), |_| {
             for l in &self.lanes {
-                // SAFETY: created by this value and freed once; no copy is in flight (every
-                // stage() synchronizes before returning, and helpers have exited).
+                // SAFETY: created by this value and freed once; no copy is in flight (the
+                // helpers have exited, and each finished every copy it began).
                 unsafe {
+                    let _ = result::stream::synchronize(l.stream);
                     let _ = result::stream::destroy(l.stream);
-                    let _ = result::free_host(l.host.cast());
+                    for b in 0..2 {
+                        if !l.done[b].is_null() {
+                            let _ = result::event::destroy(l.done[b]);
+                        }
+                        if !l.host[b].is_null() {
+                            let _ = result::free_host(l.host[b].cast());
+                        }
+                    }
                 }
             }
             Ok(())

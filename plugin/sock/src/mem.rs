@@ -117,9 +117,12 @@ impl Drop for OwnedRegion {
     }
 }
 
-/// Free bounce pages, by index. FIFO so released pages go to the back (more scattering).
+/// Free bounce pages, by index, taken from the front. Released pages go back to the front
+/// (most recently used first, so the pages in use stay few and cache-warm), or, with
+/// `shuffle`, to the back (every page cycles through, for the most scattering).
 pub(crate) struct PagePool {
     free: VecDeque<u32>,
+    scatter: bool,
 }
 
 impl PagePool {
@@ -139,7 +142,10 @@ impl PagePool {
         // Capacity equals the page count, so pushes never reallocate.
         let mut free = VecDeque::with_capacity(npages);
         free.extend(v);
-        PagePool { free }
+        PagePool {
+            free,
+            scatter: shuffle,
+        }
     }
 
     /// Pages currently free.
@@ -162,7 +168,14 @@ impl PagePool {
     /// Returns pages to the pool.
     pub(crate) fn give(&mut self, pages: &[u32]) {
         debug_assert!(self.free.len() + pages.len() <= self.free.capacity());
-        self.free.extend(pages.iter().copied());
+        if self.scatter {
+            self.free.extend(pages.iter().copied());
+        } else {
+            // Reversed, so the next request gets them in their previous order.
+            for &p in pages.iter().rev() {
+                self.free.push_front(p);
+            }
+        }
     }
 }
 
@@ -184,6 +197,30 @@ mod tests {
         assert!(a.windows(2).any(|w| w[1] != w[0] + 1), "shuffled");
         p.give(&a);
         assert_eq!(p.available(), 64);
+    }
+
+    #[test]
+    fn unshuffled_pool_reuses_the_last_released_pages_first() {
+        let mut p = PagePool::new(1024, false, 0);
+        let mut a = [0u32; 8];
+        assert!(p.take(&mut a));
+        assert_eq!(a, [0, 1, 2, 3, 4, 5, 6, 7], "in order at first");
+        let mut b = [0u32; 8];
+        assert!(p.take(&mut b));
+        p.give(&a);
+        let mut c = [0u32; 8];
+        assert!(p.take(&mut c));
+        assert_eq!(c, a, "released pages come back first, in their order");
+        p.give(&b);
+        p.give(&c);
+        assert_eq!(p.available(), 1024);
+        let mut all = vec![0u32; 1024];
+        assert!(p.take(&mut all));
+        all.sort_unstable();
+        assert!(
+            all.iter().enumerate().all(|(i, &x)| x == i as u32),
+            "no page lost or doubled"
+        );
     }
 
     #[test]

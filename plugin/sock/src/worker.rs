@@ -242,6 +242,11 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
         let nchunks = job.size.div_ceil(cb) as u64;
         // First chunk of this request that belongs to lane `me`.
         let first = (me as u64 + n - job.chunk_base % n) % n;
+        if let JobKind::SendCuda = job.kind {
+            send_cuda(shared, me, fd, &job, first)?;
+            shared.remaining[job.req].fetch_sub(1, Ordering::Release);
+            continue;
+        }
         let mut j = first;
         while j < nchunks {
             let off = j as usize * cb;
@@ -249,16 +254,7 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
             match job.kind {
                 // SAFETY: `base..base+size` is the caller's live send buffer.
                 JobKind::Send => unsafe { sys::send_all(fd, job.base.add(off), len)? },
-                JobKind::SendCuda => {
-                    let stage = shared
-                        .cuda_stage
-                        .get()
-                        .ok_or(Error::Internal("CUDA send without staging"))?;
-                    let src = job.base as u64 + off as u64;
-                    let buf = stage.stage(me, src, len)?;
-                    // SAFETY: `buf` holds the `len` bytes just copied; only this lane uses it.
-                    unsafe { sys::send_all(fd, buf, len)? }
-                }
+                JobKind::SendCuda => unreachable!("sent above"),
                 JobKind::RecvHost => {
                     let mut iov = [libc::iovec {
                         // SAFETY: `off < size`, within the caller's receive buffer.
@@ -273,6 +269,43 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
             j += n;
         }
         shared.remaining[job.req].fetch_sub(1, Ordering::Release);
+    }
+    Ok(())
+}
+
+/// Sends lane `me`'s chunks (`first`, `first + lanes`, …) of a CUDA request: each is copied
+/// into one of the lane's two pinned buffers while the previous one goes out on the socket.
+fn send_cuda(shared: &Shared, me: usize, fd: i32, job: &Job, first: u64) -> Result<()> {
+    let stage = shared
+        .cuda_stage
+        .get()
+        .ok_or(Error::Internal("CUDA send without staging"))?;
+    let (cb, n) = (shared.chunk_bytes, shared.lanes.len() as u64);
+    let nchunks = job.size.div_ceil(cb) as u64;
+    let span = |j: u64| {
+        let off = j as usize * cb;
+        (job.base as u64 + off as u64, cb.min(job.size - off))
+    };
+    if first >= nchunks {
+        return Ok(());
+    }
+    let (src, len) = span(first);
+    stage.begin(me, 0, src, len)?;
+    let (mut j, mut buf) = (first, 0);
+    while j < nchunks {
+        let next = j + n;
+        if next < nchunks {
+            // The other buffer was sent (or never used): start the next copy now.
+            let (src, len) = span(next);
+            stage.begin(me, buf ^ 1, src, len)?;
+        }
+        let (_, len) = span(j);
+        let p = stage.finish(me, buf)?;
+        // SAFETY: `p` holds the `len` bytes just copied; only this lane uses the buffer, and
+        // the next copy into it starts only after this send returned.
+        unsafe { sys::send_all(fd, p, len)? };
+        j = next;
+        buf ^= 1;
     }
     Ok(())
 }
