@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use cudarc::driver::{result as cu, CudaContext};
 use tcpx_kernels::mem::DeviceBuffer;
 
+use super::args::Flags;
 use super::json::Object;
 use crate::engine::{Config, Direction, MemId, Memory, Progress, Rendezvous, Segment, Session};
 use crate::net::Net;
@@ -177,18 +178,10 @@ fn parse(args: &[String]) -> BenchResult<Options> {
         verify: false,
         json: false,
     };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let (flag, inline) = match a.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (a.as_str(), None),
-        };
-        let mut value = |name: &str| {
-            inline
-                .clone()
-                .or_else(|| it.next().cloned())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
+    let mut flags = Flags::new(args);
+    while let Some(f) = flags.next() {
+        let (flag, a) = (f.name, f.raw);
+        let mut value = |_: &str| flags.value(&f);
         let count = |name: &str, v: String| {
             v.trim()
                 .parse::<usize>()

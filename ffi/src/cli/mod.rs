@@ -3,6 +3,7 @@
 //! `run` dispatches on the first argument and returns the process exit code; each
 //! subcommand module parses its own flags and prints its own output.
 
+pub mod args;
 pub mod bench;
 pub mod json;
 pub mod probe;

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use super::args::Flags;
 use super::json::{self, Object};
 use crate::error::{Error, Result};
 use crate::net::{AbiVersion, DeviceProps, Net};
@@ -18,18 +19,10 @@ struct Options {
 
 fn parse(args: &[String]) -> std::result::Result<Options, String> {
     let mut o = Options::default();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let (flag, inline) = match a.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (a.as_str(), None),
-        };
-        let mut value = |name: &str| {
-            inline
-                .clone()
-                .or_else(|| it.next().cloned())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
+    let mut flags = Flags::new(args);
+    while let Some(f) = flags.next() {
+        let (flag, a) = (f.name, f.raw);
+        let mut value = |_: &str| flags.value(&f);
         match flag {
             "--plugin" => o.plugin = Some(PathBuf::from(value("--plugin")?)),
             "--abi" => {

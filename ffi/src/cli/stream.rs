@@ -14,6 +14,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::args::Flags;
 use super::bench::run_iperf3;
 use super::json::Object;
 use crate::net::{ConnectHandle, MemKind, Net, RecvBuf, Request};
@@ -64,18 +65,10 @@ fn parse(args: &[String]) -> StreamResult<Options> {
         baseline: false,
         json: false,
     };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let (flag, inline) = match a.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (a.as_str(), None),
-        };
-        let mut value = |name: &str| {
-            inline
-                .clone()
-                .or_else(|| it.next().cloned())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
+    let mut flags = Flags::new(args);
+    while let Some(f) = flags.next() {
+        let (flag, a) = (f.name, f.raw);
+        let mut value = |_: &str| flags.value(&f);
         let list = |name: &str, v: &str, max: u64| -> StreamResult<Vec<u64>> {
             v.split(',')
                 .map(|s| {
