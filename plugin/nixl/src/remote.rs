@@ -573,6 +573,11 @@ impl RemotePath {
             return Err(e);
         }
         x.posted = true;
+        if x.op == Op::Write {
+            // Put the data on the wire now rather than at the first `checkXfer`. A session
+            // error surfaces there (this post stands; the conn is then dead).
+            let _ = lock(&conn.engine).session.progress();
+        }
         Ok(Status::InProgress)
     }
 
