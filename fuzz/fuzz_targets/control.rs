@@ -18,87 +18,25 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use plugin_TCPX::backend::{XferArgs, MEM_DRAM};
-use plugin_TCPX::xfer::{Desc, Op};
-use plugin_TCPX::{blob, Backend, Status};
-use tcpx::engine::{Config as EngineConfig, Direction, Memory, Segment as ESeg, Session};
+use plugin_TCPX::testing::{frame, handshake, World, BOUND, PAGE, REGION};
+use tcpx::engine::{Direction, Memory, Segment as ESeg, Session};
 use tcpx::{MemId, Progress, XferId};
 use tcpx_core::wire::{
     self, Ack, ErrorMsg, Hello, Message, Notif, ReadAnnounce, ReadRequest, RegionToken, Segment,
     WriteAnnounce, HEADER_LEN, MAGIC, VERSION,
 };
 
-const PAGE: usize = 4096;
-const REGION: usize = 4 * PAGE;
-const CANARY: u8 = 0xA5;
 /// How long one input may keep the peer waiting for answers.
 const INPUT_BOUND: Duration = Duration::from_millis(300);
-/// Any wait of the well-behaved agent: past this the target is stuck (a finding).
-const BOUND: Duration = Duration::from_secs(10);
 const MAX_OPS: usize = 16;
 const MAX_SEGS: usize = 6;
 
-extern "C" {
-    fn mmap(addr: *mut u8, len: usize, prot: i32, flags: i32, fd: i32, off: i64) -> *mut u8;
-    fn mprotect(addr: *mut u8, len: usize, prot: i32) -> i32;
-}
-
-/// `[guard][canary][region][canary][guard]`, never unmapped (it lives for the process).
-struct Guarded(*mut u8);
-
-// SAFETY: the mapping is process-lifetime memory; access goes through the world's lock.
-unsafe impl Send for Guarded {}
-
-impl Guarded {
-    fn new() -> Guarded {
-        let len = REGION + 4 * PAGE;
-        // SAFETY: an anonymous private mapping; guard pages made inaccessible below.
-        let base = unsafe { mmap(std::ptr::null_mut(), len, 3, 0x22, -1, 0) };
-        assert!(!base.is_null() && base as isize != -1, "mmap");
-        // SAFETY: pages of the mapping just made.
-        unsafe {
-            assert_eq!(mprotect(base, PAGE, 0), 0);
-            assert_eq!(mprotect(base.add(len - PAGE), PAGE, 0), 0);
-            std::ptr::write_bytes(base.add(PAGE), CANARY, len - 2 * PAGE);
-        }
-        Guarded(base)
-    }
-
-    fn region(&self) -> u64 {
-        self.0 as u64 + 2 * PAGE as u64
-    }
-
-    fn assert_intact(&self) {
-        // SAFETY: the canary pages are readable for the process's lifetime.
-        let (lo, hi) = unsafe {
-            (
-                std::slice::from_raw_parts(self.0.add(PAGE), PAGE),
-                std::slice::from_raw_parts(self.0.add(2 * PAGE + REGION), PAGE),
-            )
-        };
-        assert!(lo.iter().all(|&b| b == CANARY), "write before the registration");
-        assert!(hi.iter().all(|&b| b == CANARY), "write after the registration");
-    }
-}
-
-fn d(addr: u64, len: u64, md: usize) -> Desc {
-    Desc {
-        addr,
-        len,
-        dev_id: 0,
-        md,
-    }
-}
-
-fn frame(m: &Message<'_>) -> Vec<u8> {
-    let mut b = vec![0u8; m.buffer_len()];
-    m.emit(&mut b).expect("emit");
-    b
-}
-
 fn seg_bytes(s: &Segment) -> [u8; 32] {
     let mut b = [0u8; 32];
-    for (i, v) in [s.region(), s.key(), s.addr(), s.len()].into_iter().enumerate() {
+    for (i, v) in [s.region(), s.key(), s.addr(), s.len()]
+        .into_iter()
+        .enumerate()
+    {
         b[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
     }
     b
@@ -115,7 +53,7 @@ fn frame_with_segments(segs: &[Segment], make: impl Fn(&[Segment]) -> Vec<u8>) -
         })
         .collect();
     let mut f = make(&tame);
-    let (first, all) = (seg_bytes(&tame[0]), tame.len() * 32);
+    let first = seg_bytes(&tame[0]);
     let at = f
         .windows(32)
         .position(|w| w == first)
@@ -123,125 +61,7 @@ fn frame_with_segments(segs: &[Segment], make: impl Fn(&[Segment]) -> Vec<u8>) -
     for (i, s) in segs.iter().enumerate() {
         f[at + i * 32..at + i * 32 + 32].copy_from_slice(&seg_bytes(s));
     }
-    debug_assert!(at + all <= f.len());
     f
-}
-
-/// The target, its guarded registration, and a well-behaved agent `a` with its buffers.
-struct World {
-    t: Backend,
-    a: Backend,
-    addr: SocketAddr,
-    guard: Guarded,
-    token: RegionToken,
-    src: Vec<u8>,
-    dst: Vec<u8>,
-    ma: usize,
-    rt: usize,
-    round: u8,
-}
-
-impl World {
-    fn new() -> World {
-        tcpx_sock::config::configure(tcpx_sock::config::Config {
-            ifname: Some("lo".into()),
-            nsocks: 1,
-            ..Default::default()
-        });
-        tcpx::log::set_max_level(tcpx::log::Level::Error);
-        let params = [("listen_addr", "127.0.0.1:0"), ("timeout_ms", "2000")];
-        let t = Backend::new("t", params).expect("target backend");
-        let a = Backend::new("a", params).expect("agent backend");
-        a.load_remote_conn_info("t", t.conn_info()).unwrap();
-        let (info, _) = blob::decode_conn_info(t.conn_info()).unwrap();
-        let guard = Guarded::new();
-        let mg = t
-            .register_mem(&d(guard.region(), REGION as u64, 0), MEM_DRAM)
-            .unwrap();
-        let token = blob::decode_token(&t.public_data(mg).unwrap()).unwrap();
-        let mut src = vec![0u8; REGION];
-        let mut dst = vec![0u8; REGION];
-        let ma = a
-            .register_mem(&d(src.as_mut_ptr() as u64, REGION as u64, 0), MEM_DRAM)
-            .unwrap();
-        let mt = t
-            .register_mem(&d(dst.as_mut_ptr() as u64, REGION as u64, 0), MEM_DRAM)
-            .unwrap();
-        let rt = a
-            .load_remote_md(
-                &d(dst.as_mut_ptr() as u64, REGION as u64, 0),
-                &t.public_data(mt).unwrap(),
-                MEM_DRAM,
-                "t",
-            )
-            .unwrap();
-        a.connect("t").unwrap();
-        World {
-            t,
-            a,
-            addr: info.addr,
-            guard,
-            token,
-            src,
-            dst,
-            ma,
-            rt,
-            round: 0,
-        }
-    }
-
-    fn finish(&self, h: usize) -> Status {
-        let deadline = Instant::now() + BOUND;
-        loop {
-            match self.a.check_xfer(h) {
-                Ok(Status::InProgress) => {}
-                Ok(s) => return s,
-                Err(e) => panic!("the good agent's transfer failed: {e}"),
-            }
-            assert!(Instant::now() < deadline, "the good agent's transfer hangs");
-            std::thread::yield_now();
-        }
-    }
-
-    /// `a` writes a fresh pattern into `t`'s other registration and reads a page back.
-    fn good_roundtrip(&mut self) {
-        self.round = self.round.wrapping_add(1);
-        let r = self.round;
-        for (i, x) in self.src.iter_mut().enumerate() {
-            *x = (i % 239) as u8 ^ r;
-        }
-        let (s, t) = (self.src.as_ptr() as u64, self.dst.as_ptr() as u64);
-        let (l, rr) = ([d(s, REGION as u64, self.ma)], [d(t, REGION as u64, self.rt)]);
-        let w = XferArgs {
-            op: Op::Write,
-            local: &l,
-            local_mem: MEM_DRAM,
-            remote: &rr,
-            remote_mem: MEM_DRAM,
-            agent: "t",
-            notif: None,
-        };
-        let mut h = 0;
-        self.a.post_xfer(&w, &mut h).expect("good WRITE posts");
-        assert_eq!(self.finish(h), Status::Success, "good WRITE");
-        self.a.release_req(h).unwrap();
-        assert!(self.dst == self.src, "good WRITE data differs");
-        self.src[..PAGE].fill(0);
-        let (l, rr) = ([d(s, PAGE as u64, self.ma)], [d(t + PAGE as u64, PAGE as u64, self.rt)]);
-        let rd = XferArgs {
-            op: Op::Read,
-            local: &l,
-            remote: &rr,
-            ..w
-        };
-        let mut h = 0;
-        self.a.post_xfer(&rd, &mut h).expect("good READ posts");
-        assert_eq!(self.finish(h), Status::Success, "good READ");
-        self.a.release_req(h).unwrap();
-        assert!(self.src[..PAGE] == self.dst[PAGE..2 * PAGE], "good READ data differs");
-        // Drop whatever the hostile peer's notifications queued.
-        self.t.take_notifs(|_, _| true).unwrap();
-    }
 }
 
 static WORLD: Mutex<Option<World>> = Mutex::new(None);
@@ -293,29 +113,17 @@ struct Peer {
 
 impl Peer {
     fn connect(addr: SocketAddr) -> Option<Peer> {
-        let mut s = TcpStream::connect(addr).ok()?;
-        s.set_read_timeout(Some(Duration::from_millis(1))).ok()?;
-        s.set_write_timeout(Some(BOUND)).ok()?;
-        s.set_nodelay(true).ok()?;
-        let cfg = EngineConfig {
-            timeout: Duration::from_secs(5),
-            ..EngineConfig::default()
-        };
-        let net = Session::open_net(&cfg).ok()?;
-        let l = Session::listen(net, cfg).ok()?;
-        s.write_all(&frame(&Message::Hello(Hello {
-            channels: 2,
-            name: "fuzz",
-        })))
+        let (s, mut sess) = handshake(addr, "fuzz", |s| {
+            s.set_read_timeout(Some(BOUND)).ok()?;
+            read_frame(s)
+        })
         .ok()?;
-        s.write_all(l.conn_info()).ok()?;
-        s.set_read_timeout(Some(BOUND)).ok()?;
-        let theirs = read_frame(&mut s)?;
         s.set_read_timeout(Some(Duration::from_millis(1))).ok()?;
-        let mut sess = l.connect(&theirs).ok()?;
+        s.set_nodelay(true).ok()?;
         let mut buf: Vec<u8> = (0..2 * REGION).map(|i| (i % 241) as u8 ^ 0x3c).collect();
         // SAFETY: `buf` lives in the Peer beside the session and is never reallocated.
-        let mem = unsafe { sess.register(buf.as_mut_ptr().cast(), buf.len(), Memory::Host) }.ok()?;
+        let mem =
+            unsafe { sess.register(buf.as_mut_ptr().cast(), buf.len(), Memory::Host) }.ok()?;
         Some(Peer {
             s,
             sess,
@@ -435,8 +243,16 @@ fn segments(b: &mut Bytes<'_>, token: &RegionToken) -> Vec<Segment> {
     (0..n)
         .map(|_| {
             let flags = b.u8();
-            let region = if flags & 1 == 0 { token.region } else { u64::from(b.u32()) };
-            let key = if flags & 2 == 0 { token.key } else { token.key ^ u64::from(b.u32()) };
+            let region = if flags & 1 == 0 {
+                token.region
+            } else {
+                u64::from(b.u32())
+            };
+            let key = if flags & 2 == 0 {
+                token.key
+            } else {
+                token.key ^ u64::from(b.u32())
+            };
             let addr = if flags & 4 == 0 {
                 let off = i64::from(b.u16() % (REGION as u16 + 4 * PAGE as u16));
                 (token.base as i64 + off - 2 * PAGE as i64) as u64
@@ -455,7 +271,10 @@ fn segments(b: &mut Bytes<'_>, token: &RegionToken) -> Vec<Segment> {
 
 fn run(data: &[u8]) {
     let mut guard = WORLD.lock().unwrap_or_else(|e| e.into_inner());
-    let w = guard.get_or_insert_with(World::new);
+    let w = guard.get_or_insert_with(|| {
+        tcpx::log::set_max_level(tcpx::log::Level::Error);
+        World::new(2000)
+    });
     let Some(mut p) = Peer::connect(w.addr) else {
         panic!("handshake with the target failed");
     };
@@ -541,9 +360,9 @@ fn run(data: &[u8]) {
     }
     p.settle();
     drop(p);
-    w.guard.assert_intact();
-    w.good_roundtrip();
-    w.guard.assert_intact();
+    w.guard.assert_intact("after the input");
+    w.good_roundtrip("after the input");
+    w.guard.assert_intact("after the good agent");
 }
 
 fuzz_target!(|data: &[u8]| run(data));

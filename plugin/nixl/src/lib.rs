@@ -21,6 +21,8 @@ pub mod error;
 pub mod ffi;
 pub mod registry;
 pub mod remote;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod xfer;
 
 pub use backend::Backend;

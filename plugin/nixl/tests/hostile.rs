@@ -17,112 +17,20 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use plugin_TCPX::backend::{XferArgs, MEM_DRAM};
-use plugin_TCPX::xfer::{Desc, Op};
-use plugin_TCPX::{blob, Backend, Status};
-use tcpx::engine::{Config as EngineConfig, Direction, Memory, Segment as ESeg, Session};
+use plugin_TCPX::testing::{frame, handshake, World, BOUND, REGION};
+use plugin_TCPX::Status;
+use tcpx::engine::{Direction, Memory, Segment as ESeg, Session};
 use tcpx_core::wire::{
     self, Ack, ErrorMsg, Hello, Message, Notif, ReadAnnounce, ReadRequest, Segment, WriteAnnounce,
     HEADER_LEN, MAGIC, MAX_FRAME, VERSION,
 };
 
-const PAGE: usize = 4096;
-/// Pages of the target registration, between one canary page and one guard page per side.
-const REGION_PAGES: usize = 4;
-const REGION: usize = REGION_PAGES * PAGE;
-const CANARY: u8 = 0xA5;
 /// Target's timeout: bounds the handshake of a silent peer and (with the fix in remote.rs)
 /// a target conn stuck mid-frame or mid-WRITE.
 const TIMEOUT_MS: u64 = 2000;
-/// Every wait in this file gives up after this long (it then fails the test).
-const BOUND: Duration = Duration::from_secs(15);
-
-extern "C" {
-    fn mmap(addr: *mut u8, len: usize, prot: i32, flags: i32, fd: i32, off: i64) -> *mut u8;
-    fn mprotect(addr: *mut u8, len: usize, prot: i32) -> i32;
-    fn munmap(addr: *mut u8, len: usize) -> i32;
-}
-const PROT_NONE: i32 = 0;
-const PROT_RW: i32 = 1 | 2;
-const MAP_PRIVATE_ANON: i32 = 0x02 | 0x20;
-
-/// `[guard][canary][region: REGION_PAGES][canary][guard]`: a write just outside the
-/// registration changes a canary byte, one a page further faults.
-struct Guarded {
-    base: *mut u8,
-    len: usize,
-}
-
-impl Guarded {
-    fn new() -> Self {
-        let len = (REGION_PAGES + 4) * PAGE;
-        // SAFETY: anonymous private mapping; the guard pages are made inaccessible below.
-        let base = unsafe { mmap(std::ptr::null_mut(), len, PROT_RW, MAP_PRIVATE_ANON, -1, 0) };
-        assert!(!base.is_null() && base as isize != -1, "mmap failed");
-        // SAFETY: both ranges are pages of the mapping just made.
-        unsafe {
-            assert_eq!(mprotect(base, PAGE, PROT_NONE), 0);
-            assert_eq!(mprotect(base.add(len - PAGE), PAGE, PROT_NONE), 0);
-            std::ptr::write_bytes(base.add(PAGE), CANARY, len - 2 * PAGE);
-        }
-        Self { base, len }
-    }
-
-    fn region(&self) -> u64 {
-        self.base as u64 + 2 * PAGE as u64
-    }
-
-    fn canaries(&self) -> (&[u8], &[u8]) {
-        // SAFETY: the canary pages are readable and live as long as `self`.
-        unsafe {
-            (
-                std::slice::from_raw_parts(self.base.add(PAGE), PAGE),
-                std::slice::from_raw_parts(self.base.add(2 * PAGE + REGION), PAGE),
-            )
-        }
-    }
-
-    fn region_bytes(&self) -> &[u8] {
-        // SAFETY: readable, live as long as `self`.
-        unsafe { std::slice::from_raw_parts(self.region() as *const u8, REGION) }
-    }
-
-    #[track_caller]
-    fn assert_intact(&self, case: &str) {
-        let (lo, hi) = self.canaries();
-        if let Some(i) = lo.iter().position(|&b| b != CANARY) {
-            panic!("{case}: byte {} before the registration changed", PAGE - i);
-        }
-        if let Some(i) = hi.iter().position(|&b| b != CANARY) {
-            panic!("{case}: byte {i} after the registration changed");
-        }
-    }
-}
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`.
-        unsafe { munmap(self.base, self.len) };
-    }
-}
-
-fn d(addr: u64, len: u64, md: usize) -> Desc {
-    Desc {
-        addr,
-        len,
-        dev_id: 0,
-        md,
-    }
-}
 
 fn fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-fn frame(msg: &Message<'_>) -> Vec<u8> {
-    let mut buf = vec![0u8; msg.buffer_len()];
-    msg.emit(&mut buf).unwrap();
-    buf
 }
 
 fn header(magic: u32, version: u16, kind: u16, len: u32) -> Vec<u8> {
@@ -199,17 +107,11 @@ struct Peer {
 
 impl Peer {
     fn connect(addr: SocketAddr, name: &str) -> Peer {
-        let mut s = raw(addr);
-        let cfg = EngineConfig {
-            timeout: Duration::from_secs(5),
-            ..EngineConfig::default()
-        };
-        let net = Session::open_net(&cfg).unwrap();
-        let l = Session::listen(net, cfg).unwrap();
-        s.write_all(&hello(name)).unwrap();
-        s.write_all(l.conn_info()).unwrap();
-        let theirs = read_one(&mut s).expect("target closed during the handshake");
-        let mut sess = l.connect(&theirs).unwrap();
+        let (s, mut sess) = handshake(addr, name, |s| {
+            s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+            read_one(s)
+        })
+        .unwrap();
         let mut src: Vec<u8> = (0..2 * REGION).map(|i| (i % 241) as u8 ^ 0x3c).collect();
         // SAFETY: `src` lives in the Peer next to the session and is never reallocated.
         let mem = unsafe {
@@ -289,170 +191,25 @@ fn assert_refused_write(frames: &[Vec<u8>], xfer: u64) {
     }
 }
 
-/// The world of one test: target `t` with a guarded registration and a plain one, and a
-/// well-behaved agent `a` that keeps writing to and reading from `t`.
-struct World {
-    t: Backend,
-    a: Backend,
-    addr: SocketAddr,
-    guard: Guarded,
-    token: wire::RegionToken,
-    src: Vec<u8>,
-    dst: Vec<u8>,
-    ma: usize,
-    rt: usize,
-    round: u8,
-}
-
-impl World {
-    fn new() -> World {
-        tcpx_sock::config::configure(tcpx_sock::config::Config {
-            ifname: Some("lo".into()),
-            ..Default::default()
-        });
-        let to = TIMEOUT_MS.to_string();
-        let params = [("listen_addr", "127.0.0.1:0"), ("timeout_ms", to.as_str())];
-        let t = Backend::new("t", params).unwrap();
-        let a = Backend::new("a", params).unwrap();
-        a.load_remote_conn_info("t", t.conn_info()).unwrap();
-        let (info, _) = blob::decode_conn_info(t.conn_info()).unwrap();
-        let guard = Guarded::new();
-        let mg = t
-            .register_mem(&d(guard.region(), REGION as u64, 0), MEM_DRAM)
-            .unwrap();
-        let token = blob::decode_token(&t.public_data(mg).unwrap()).unwrap();
-        let mut src = vec![0u8; REGION];
-        let mut dst = vec![0u8; REGION];
-        let ma = a
-            .register_mem(&d(src.as_mut_ptr() as u64, REGION as u64, 0), MEM_DRAM)
-            .unwrap();
-        let mt = t
-            .register_mem(&d(dst.as_mut_ptr() as u64, REGION as u64, 0), MEM_DRAM)
-            .unwrap();
-        let rt = a
-            .load_remote_md(
-                &d(dst.as_mut_ptr() as u64, REGION as u64, 0),
-                &t.public_data(mt).unwrap(),
-                MEM_DRAM,
-                "t",
-            )
-            .unwrap();
-        a.connect("t").unwrap();
-        World {
-            t,
-            a,
-            addr: info.addr,
-            guard,
-            token,
-            src,
-            dst,
-            ma,
-            rt,
-            round: 0,
-        }
-    }
-
-    fn seg(&self, off: u64, len: u64) -> Segment {
-        Segment::new(
-            self.token.region,
-            self.token.key,
-            self.token.base + off,
-            len,
-        )
-    }
-
-    fn finish(&self, h: usize) -> Status {
-        let deadline = Instant::now() + BOUND;
-        loop {
-            match self.a.check_xfer(h) {
-                Ok(Status::InProgress) => {}
-                Ok(s) => return s,
-                Err(e) => panic!("good agent's transfer failed: {e}"),
-            }
-            assert!(Instant::now() < deadline, "good agent's transfer hangs");
-            std::thread::yield_now();
-        }
-    }
-
-    /// `a` writes a fresh pattern into `t` and reads part of it back; both verified.
-    fn good_roundtrip(&mut self, case: &str) {
-        self.round = self.round.wrapping_add(1);
-        let r = self.round;
-        for (i, x) in self.src.iter_mut().enumerate() {
-            *x = (i % 239) as u8 ^ r;
-        }
-        let (s, t) = (self.src.as_ptr() as u64, self.dst.as_ptr() as u64);
-        let (l, rr) = (
-            [d(s, REGION as u64, self.ma)],
-            [d(t, REGION as u64, self.rt)],
-        );
-        let w = XferArgs {
-            op: Op::Write,
-            local: &l,
-            local_mem: MEM_DRAM,
-            remote: &rr,
-            remote_mem: MEM_DRAM,
-            agent: "t",
-            notif: Some(b"good"),
-        };
-        let mut h = 0;
-        self.a.post_xfer(&w, &mut h).unwrap();
-        assert_eq!(self.finish(h), Status::Success, "{case}: good WRITE");
-        self.a.release_req(h).unwrap();
-        assert!(self.dst == self.src, "{case}: good WRITE data differs");
-        // The notification arrives once the data is in; take it (and anything else queued).
-        let mut good = 0;
-        self.t
-            .take_notifs(|from, m| {
-                good += usize::from(from == "a" && m == b"good");
-                true
-            })
-            .unwrap();
-        assert_eq!(good, 1, "{case}: good notif");
-
-        // READ 4 KiB back into the middle of src.
-        self.src[PAGE..2 * PAGE].fill(0);
-        let (l, rr) = (
-            [d(s + PAGE as u64, PAGE as u64, self.ma)],
-            [d(t, PAGE as u64, self.rt)],
-        );
-        let rd = XferArgs {
-            op: Op::Read,
-            local: &l,
-            remote: &rr,
-            notif: None,
-            ..w
-        };
-        let mut h = 0;
-        self.a.post_xfer(&rd, &mut h).unwrap();
-        assert_eq!(self.finish(h), Status::Success, "{case}: good READ");
-        self.a.release_req(h).unwrap();
+/// After a hostile connection closed: canaries, fd count, the good agent, backend alive.
+fn after(w: &mut World, case: &str, baseline: usize) {
+    w.guard.assert_intact(case);
+    let deadline = Instant::now() + BOUND;
+    while fds() != baseline {
         assert!(
-            self.src[PAGE..2 * PAGE] == self.dst[..PAGE],
-            "{case}: good READ data differs"
+            Instant::now() < deadline,
+            "{case}: fd count {} never returned to its baseline {baseline}",
+            fds()
         );
+        std::thread::sleep(Duration::from_millis(5));
     }
-
-    /// After a hostile connection closed: canaries, fd count, the good agent, backend alive.
-    fn after(&mut self, case: &str, baseline: usize) {
-        self.guard.assert_intact(case);
-        let deadline = Instant::now() + BOUND;
-        while fds() != baseline {
-            assert!(
-                Instant::now() < deadline,
-                "{case}: fd count {} never returned to its baseline {baseline}",
-                fds()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        self.good_roundtrip(case);
-        self.guard.assert_intact(case);
-        eprintln!("HOSTILE-CASE-OK {case}");
-    }
+    w.good_roundtrip(case);
+    w.guard.assert_intact(case);
+    eprintln!("HOSTILE-CASE-OK {case}");
 }
 
 fn run_cases() {
-    let mut w = World::new();
+    let mut w = World::new(TIMEOUT_MS);
     w.good_roundtrip("setup");
     let baseline = fds();
     let addr = w.addr;
@@ -530,7 +287,7 @@ fn run_cases() {
             "{case}: target answered {got:?}"
         );
         drop(s);
-        w.after(case, baseline);
+        after(&mut w, case, baseline);
     }
 
     // Slowloris before Hello: half a header, then silence. The handshake read times out.
@@ -541,7 +298,7 @@ fn run_cases() {
         s.write_all(&header(MAGIC, VERSION, 3, 16)[..6]).unwrap();
         assert!(until_closed(&mut s).is_empty());
         drop(s);
-        w.after(case, baseline);
+        after(&mut w, case, baseline);
     }
 
     // --- Our own client, well-behaved, as a control: a valid WRITE lands and is Acked. ---
@@ -573,7 +330,7 @@ fn run_cases() {
             "{case}: data"
         );
         drop(p);
-        w.after(case, baseline);
+        after(&mut w, case, baseline);
     }
 
     // --- After a real handshake: bad frames close the stream without an answer. ---
@@ -651,7 +408,7 @@ fn run_cases() {
         let got = p.until_closed();
         assert!(got.is_empty(), "{case}: target answered {got:?}");
         drop(p);
-        w.after(case, baseline);
+        after(&mut w, case, baseline);
     }
 
     // Truncated frame after Hello, then EOF.
@@ -664,7 +421,7 @@ fn run_cases() {
         p.s.shutdown(Shutdown::Write).unwrap();
         assert!(p.until_closed().is_empty());
         drop(p);
-        w.after(case, baseline);
+        after(&mut w, case, baseline);
     }
 
     // --- Refused WRITEs: Ack{status<0}, then the stream is closed. ---
@@ -727,7 +484,7 @@ fn run_cases() {
         let got = p.until_closed();
         assert_refused_write(&got, 42);
         drop(p);
-        w.after(case, baseline);
+        after(&mut w, case, baseline);
     }
 
     // --- Refused READs: ErrorMsg, and the stream stays usable (a good READ follows). ---
@@ -776,7 +533,7 @@ fn run_cases() {
         p.s.shutdown(Shutdown::Write).unwrap();
         assert!(p.until_closed().is_empty());
         drop(p);
-        w.after(case, baseline);
+        after(&mut w, case, baseline);
     }
 
     // --- Announce / data mismatch. ---
@@ -801,7 +558,7 @@ fn run_cases() {
             }
         }
         drop(p);
-        w.after(case, baseline);
+        after(&mut w, case, baseline);
     }
 
     // Data never comes: the target gives up after its timeout.
@@ -813,7 +570,7 @@ fn run_cases() {
         let got = p.until_closed();
         assert!(got.is_empty(), "{case}: target answered {got:?}");
         drop(p);
-        w.after(case, baseline);
+        after(&mut w, case, baseline);
     }
 
     // Slowloris after Hello: half a header, then silence.
@@ -824,7 +581,7 @@ fn run_cases() {
         p.send(&write_announce(12, &[w.seg(0, 64)])[..6]);
         assert!(p.until_closed().is_empty());
         drop(p);
-        w.after(case, baseline);
+        after(&mut w, case, baseline);
     }
 
     // --- Floods (bounded). ---
@@ -845,7 +602,7 @@ fn run_cases() {
         })
         .unwrap();
         assert_eq!(n, 10_000, "{case}: every notif queued once");
-        w.after(case, baseline);
+        after(&mut w, case, baseline);
     }
     {
         // 10,000 refused READs whose ErrorMsg answers the peer never reads: the target must not
@@ -859,7 +616,7 @@ fn run_cases() {
         // The good agent transfers while the hostile peer sits on its unread answers.
         w.good_roundtrip(case);
         drop(p);
-        w.after(case, baseline);
+        after(&mut w, case, baseline);
     }
     {
         let case = "flood of 10000 mixed garbage frames";
@@ -882,7 +639,7 @@ fn run_cases() {
         })
         .unwrap();
         assert_eq!(n, 10_000, "{case}: frames before the garbage were served");
-        w.after(case, baseline);
+        after(&mut w, case, baseline);
     }
 
     // Many hostile peers at once, each with a different offence.
@@ -904,7 +661,7 @@ fn run_cases() {
         for h in handles {
             h.join().unwrap();
         }
-        w.after(case, baseline);
+        after(&mut w, case, baseline);
     }
 
     w.guard.assert_intact("end");

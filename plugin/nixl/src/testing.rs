@@ -1,0 +1,302 @@
+//! Test support (feature `testing`), shared by the hostile-peer tests and the control-protocol
+//! fuzz target: a target backend whose registration sits between canary and guard pages, a
+//! well-behaved agent that proves the target still serves, and a peer's handshake.
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use tcpx::engine::{Config as EngineConfig, Session};
+use tcpx_core::wire::{self, Hello, Message, RegionToken, Segment};
+
+use crate::backend::{XferArgs, MEM_DRAM};
+use crate::xfer::{Desc, Op};
+use crate::{blob, Backend, Status};
+
+pub const PAGE: usize = 4096;
+/// Pages of the target's guarded registration.
+pub const REGION_PAGES: usize = 4;
+pub const REGION: usize = REGION_PAGES * PAGE;
+/// The byte every canary page holds.
+pub const CANARY: u8 = 0xA5;
+/// Every wait of the well-behaved agent gives up (panics) after this long.
+pub const BOUND: Duration = Duration::from_secs(15);
+
+/// `[guard][canary][region: REGION_PAGES][canary][guard]`: a write just outside the
+/// registration changes a canary byte, one a page further faults.
+pub struct Guarded {
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by this value; it is only read and written through it.
+unsafe impl Send for Guarded {}
+
+impl Guarded {
+    pub fn new() -> Self {
+        let len = (REGION_PAGES + 4) * PAGE;
+        // SAFETY: an anonymous private mapping; the guard pages are made inaccessible below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert!(base != libc::MAP_FAILED, "mmap failed");
+        let base = base.cast::<u8>();
+        // SAFETY: both ranges are pages of the mapping just made.
+        unsafe {
+            assert_eq!(libc::mprotect(base.cast(), PAGE, libc::PROT_NONE), 0);
+            assert_eq!(
+                libc::mprotect(base.add(len - PAGE).cast(), PAGE, libc::PROT_NONE),
+                0
+            );
+            std::ptr::write_bytes(base.add(PAGE), CANARY, len - 2 * PAGE);
+        }
+        Self { base, len }
+    }
+
+    /// Address of the registration.
+    pub fn region(&self) -> u64 {
+        self.base as u64 + 2 * PAGE as u64
+    }
+
+    fn canaries(&self) -> (&[u8], &[u8]) {
+        // SAFETY: the canary pages are readable and live as long as `self`.
+        unsafe {
+            (
+                std::slice::from_raw_parts(self.base.add(PAGE), PAGE),
+                std::slice::from_raw_parts(self.base.add(2 * PAGE + REGION), PAGE),
+            )
+        }
+    }
+
+    /// The registration's bytes.
+    pub fn region_bytes(&self) -> &[u8] {
+        // SAFETY: readable, live as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.region() as *const u8, REGION) }
+    }
+
+    /// Panics naming `case` if a byte next to the registration changed.
+    #[track_caller]
+    pub fn assert_intact(&self, case: &str) {
+        let (lo, hi) = self.canaries();
+        if let Some(i) = lo.iter().position(|&b| b != CANARY) {
+            panic!("{case}: byte {} before the registration changed", PAGE - i);
+        }
+        if let Some(i) = hi.iter().position(|&b| b != CANARY) {
+            panic!("{case}: byte {i} after the registration changed");
+        }
+    }
+}
+
+impl Default for Guarded {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// A NIXL descriptor.
+pub fn desc(addr: u64, len: u64, md: usize) -> Desc {
+    Desc {
+        addr,
+        len,
+        dev_id: 0,
+        md,
+    }
+}
+
+/// `msg` as frame bytes.
+pub fn frame(msg: &Message<'_>) -> Vec<u8> {
+    let mut buf = vec![0u8; msg.buffer_len()];
+    msg.emit(&mut buf).expect("emit");
+    buf
+}
+
+/// Target `t` with a guarded registration and a plain one, and a well-behaved agent `a`
+/// that writes to and reads from the plain one.
+pub struct World {
+    pub t: Backend,
+    pub a: Backend,
+    /// `t`'s control listener.
+    pub addr: SocketAddr,
+    pub guard: Guarded,
+    /// The guarded registration's token, as peers see it.
+    pub token: RegionToken,
+    src: Vec<u8>,
+    dst: Vec<u8>,
+    ma: usize,
+    rt: usize,
+    round: u8,
+}
+
+impl World {
+    /// Both backends over tcpxsock on `lo`; `timeout_ms` is their dead-peer bound.
+    pub fn new(timeout_ms: u64) -> World {
+        tcpx_sock::config::configure(tcpx_sock::config::Config {
+            ifname: Some("lo".into()),
+            ..Default::default()
+        });
+        let to = timeout_ms.to_string();
+        let params = [("listen_addr", "127.0.0.1:0"), ("timeout_ms", to.as_str())];
+        let t = Backend::new("t", params).expect("target backend");
+        let a = Backend::new("a", params).expect("agent backend");
+        a.load_remote_conn_info("t", t.conn_info()).unwrap();
+        let (info, _) = blob::decode_conn_info(t.conn_info()).unwrap();
+        let guard = Guarded::new();
+        let mg = t
+            .register_mem(&desc(guard.region(), REGION as u64, 0), MEM_DRAM)
+            .unwrap();
+        let token = blob::decode_token(&t.public_data(mg).unwrap()).unwrap();
+        let mut src = vec![0u8; REGION];
+        let mut dst = vec![0u8; REGION];
+        let ma = a
+            .register_mem(&desc(src.as_mut_ptr() as u64, REGION as u64, 0), MEM_DRAM)
+            .unwrap();
+        let mt = t
+            .register_mem(&desc(dst.as_mut_ptr() as u64, REGION as u64, 0), MEM_DRAM)
+            .unwrap();
+        let rt = a
+            .load_remote_md(
+                &desc(dst.as_mut_ptr() as u64, REGION as u64, 0),
+                &t.public_data(mt).unwrap(),
+                MEM_DRAM,
+                "t",
+            )
+            .unwrap();
+        a.connect("t").unwrap();
+        World {
+            t,
+            a,
+            addr: info.addr,
+            guard,
+            token,
+            src,
+            dst,
+            ma,
+            rt,
+            round: 0,
+        }
+    }
+
+    /// `len` bytes at `off` in the guarded registration, with its true region id and key.
+    pub fn seg(&self, off: u64, len: u64) -> Segment {
+        Segment::new(
+            self.token.region,
+            self.token.key,
+            self.token.base + off,
+            len,
+        )
+    }
+
+    fn finish(&self, h: usize) -> Status {
+        let deadline = Instant::now() + BOUND;
+        loop {
+            match self.a.check_xfer(h) {
+                Ok(Status::InProgress) => {}
+                Ok(s) => return s,
+                Err(e) => panic!("good agent's transfer failed: {e}"),
+            }
+            assert!(Instant::now() < deadline, "good agent's transfer hangs");
+            std::thread::yield_now();
+        }
+    }
+
+    /// `a` writes a fresh pattern (with a notification) into `t` and reads a page back; both
+    /// verified, and the notification must arrive. Drains every other queued notification.
+    pub fn good_roundtrip(&mut self, case: &str) {
+        self.round = self.round.wrapping_add(1);
+        let r = self.round;
+        for (i, x) in self.src.iter_mut().enumerate() {
+            *x = (i % 239) as u8 ^ r;
+        }
+        let (s, t) = (self.src.as_ptr() as u64, self.dst.as_ptr() as u64);
+        let (l, rr) = (
+            [desc(s, REGION as u64, self.ma)],
+            [desc(t, REGION as u64, self.rt)],
+        );
+        let w = XferArgs {
+            op: Op::Write,
+            local: &l,
+            local_mem: MEM_DRAM,
+            remote: &rr,
+            remote_mem: MEM_DRAM,
+            agent: "t",
+            notif: Some(b"good"),
+        };
+        let mut h = 0;
+        self.a.post_xfer(&w, &mut h).unwrap();
+        assert_eq!(self.finish(h), Status::Success, "{case}: good WRITE");
+        self.a.release_req(h).unwrap();
+        assert!(self.dst == self.src, "{case}: good WRITE data differs");
+        // The notification arrives once the data is in; take it (and anything else queued).
+        let mut good = 0;
+        self.t
+            .take_notifs(|from, m| {
+                good += usize::from(from == "a" && m == b"good");
+                true
+            })
+            .unwrap();
+        assert_eq!(good, 1, "{case}: good notif");
+
+        // READ 4 KiB back into the middle of src.
+        self.src[PAGE..2 * PAGE].fill(0);
+        let (l, rr) = (
+            [desc(s + PAGE as u64, PAGE as u64, self.ma)],
+            [desc(t, PAGE as u64, self.rt)],
+        );
+        let rd = XferArgs {
+            op: Op::Read,
+            local: &l,
+            remote: &rr,
+            notif: None,
+            ..w
+        };
+        let mut h = 0;
+        self.a.post_xfer(&rd, &mut h).unwrap();
+        assert_eq!(self.finish(h), Status::Success, "{case}: good READ");
+        self.a.release_req(h).unwrap();
+        assert!(
+            self.src[PAGE..2 * PAGE] == self.dst[..PAGE],
+            "{case}: good READ data differs"
+        );
+    }
+}
+
+/// A peer's side of the handshake with the target at `addr`: `Hello{name}` and our engine
+/// listen handles, the target's handles back, then the engine session. `read_frame` reads
+/// one whole frame from the stream (`None`: closed).
+pub fn handshake(
+    addr: SocketAddr,
+    name: &str,
+    read_frame: impl FnOnce(&mut TcpStream) -> Option<Vec<u8>>,
+) -> Result<(TcpStream, Session), String> {
+    use std::io::Write;
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_write_timeout(Some(BOUND))
+        .map_err(|e| e.to_string())?;
+    let cfg = EngineConfig {
+        timeout: Duration::from_secs(5),
+        ..EngineConfig::default()
+    };
+    let net = Session::open_net(&cfg).map_err(|e| e.to_string())?;
+    let l = Session::listen(net, cfg).map_err(|e| e.to_string())?;
+    s.write_all(&frame(&Message::Hello(Hello { channels: 2, name })))
+        .map_err(|e| format!("hello: {e}"))?;
+    s.write_all(l.conn_info())
+        .map_err(|e| format!("listen handles: {e}"))?;
+    let theirs = read_frame(&mut s).ok_or("target closed during the handshake")?;
+    wire::parse(&theirs).map_err(|e| format!("target's handles: {e}"))?;
+    let sess = l.connect(&theirs).map_err(|e| e.to_string())?;
+    Ok((s, sess))
+}
