@@ -170,3 +170,44 @@ fn mem_host_is_the_default_and_says_so() {
     assert!(stdout.contains("mode loopback, mem host:host,"), "{stdout}");
     assert!(!stdout.contains("gpu"), "{stdout}");
 }
+
+/// `tcpx stream` through our plugin loaded as a shared object (as NCCL would load it), and
+/// through the embedded one; the receiver checks every byte (a mismatch is exit 1).
+#[test]
+fn stream_through_the_loaded_and_the_embedded_plugin() {
+    // Cargo leaves the dependency's cdylib next to this test binary (target/<profile>/deps).
+    let exe = std::env::current_exe().unwrap();
+    let so = exe.parent().unwrap().join("libtcpx_sock.so");
+    assert!(so.exists(), "{} was not built", so.display());
+    let common = ["stream", "--size", "64K,1M", "--bytes", "8M", "--json"];
+    let loaded = tcpx()
+        .args(common)
+        .arg("--plugin")
+        .arg(&so)
+        .output()
+        .expect("run tcpx");
+    let embedded = tcpx()
+        .args(common)
+        .args(["--nsocks", "1,2"])
+        .output()
+        .expect("run tcpx");
+    for (who, out, points) in [("loaded", &loaded, 2), ("embedded", &embedded, 4)] {
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{who}: {stderr}\n{stdout}");
+        assert!(stdout.contains(r#""plugin":"tcpxsock""#), "{who}: {stdout}");
+        assert_eq!(
+            stdout.matches(r#""gbps":"#).count(),
+            points,
+            "{who}: {stdout}"
+        );
+        assert!(
+            number_after(&stdout, "gbps").unwrap() > 0.0,
+            "{who}: {stdout}"
+        );
+    }
+    assert!(text(&embedded.stdout).contains(r#""nsocks":2"#));
+    // A bad value is a usage error, not a run.
+    let out = tcpx().args(["stream", "--window", "17"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--window \"17\": expected 1..=16"));
+}
