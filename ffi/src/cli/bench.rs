@@ -411,7 +411,7 @@ struct Report {
     copy: Option<(&'static str, Vec<Row>)>,
 }
 
-fn size_label(n: u64) -> String {
+pub(super) fn size_label(n: u64) -> String {
     const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
     for (u, name) in UNITS {
         if n >= u && n % u == 0 {

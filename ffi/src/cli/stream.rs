@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::args::Flags;
-use super::bench::run_iperf3;
+use super::bench::{run_iperf3, size_label};
 use super::json::Object;
 use crate::net::{ConnectHandle, MemKind, Net, RecvBuf, Request};
 
@@ -233,17 +233,9 @@ fn run(o: &Options) -> StreamResult<(Net, Vec<Point>)> {
 }
 
 fn label(nsocks: usize, size: u64) -> String {
-    let s = if size % (1 << 20) == 0 {
-        format!("{} MiB", size >> 20)
-    } else if size % (1 << 10) == 0 {
-        format!("{} KiB", size >> 10)
-    } else {
-        format!("{size} B")
-    };
-    if nsocks == 0 {
-        s
-    } else {
-        format!("{s}, {nsocks} socket(s)")
+    match nsocks {
+        0 => size_label(size),
+        n => format!("{}, {n} socket(s)", size_label(size)),
     }
 }
 
@@ -428,7 +420,7 @@ GB/s = 10^9 bytes/s, receiver's first post to last completion",
             s,
             "{:>7} {:>9} {:>9} {:>9.3} {:>16} {:>8}",
             n,
-            label(0, p.size),
+            size_label(p.size),
             p.messages,
             p.gbps(),
             base,
