@@ -10,9 +10,11 @@ Topology (K = a per-run subnet number, so parallel runs do not collide):
 Nothing is created in the root namespace: the veth pairs are created inside the switch
 namespace with their peer end placed straight into the host namespace. Faults on host i's
 link: `impair` = `tc netem` loss + delay on both ends of its veth pair; kernels built without
-sch_netem (like this sandbox's, CONFIG_NET_SCH_NETEM unset) get the loss from nftables
-(`numgen random mod 100 < N drop` in the host's input and output hooks) and no delay, which
-the test prints. `rate` = tbf on both ends (slow link, so a transfer can be caught in the
+sch_netem (like this sandbox's, CONFIG_NET_SCH_NETEM unset) get both from a user-space relay
+instead (delay_link.py: the host's switch port leaves the bridge and a process holds and
+drops the frames between it and a TAP device on the bridge), or, without /dev/net/tun, the
+loss alone from nftables (`numgen random mod 100 < N drop` in the host's input and output
+hooks). `rate` = tbf on both ends (slow link, so a transfer can be caught in the
 middle). `link(i, False)` = the switch-side port down (the cable pulled: the host's veth
 loses carrier, nothing passes either way). All of it is undone after each test.
 
@@ -68,6 +70,7 @@ class Net:
         self.made = []
         self.hosts = []  # (namespace, veth name, address)
         self._netem = None
+        self._relays = {}  # host index -> (delay_link.py process, its stats file)
         try:
             self._add_ns(self.switch)
             self.ip(self.switch, "link", "add", "mhbr", "type", "bridge")
@@ -120,13 +123,18 @@ class Net:
 
     def impair(self, i, loss_pct, delay_ms):
         """Loss and delay on both directions of host i's link. Returns what was applied:
-        netem where the kernel has it; else the loss through nftables (random drop in the
-        host's input and output hooks) and no delay (nothing else in the kernel can delay)."""
+        netem where the kernel has it; else a user-space relay between the host's switch port
+        and the bridge (delay_link.py); else (no TUN device) the loss through nftables
+        (random drop in the host's input and output hooks) and no delay."""
         if self.netem_available():
             for side in ("host", "switch"):
                 self._tc(i, side, "replace", "root", "netem", "delay", f"{delay_ms}ms",
                          "loss", f"{loss_pct}%")
             return {"loss_pct": loss_pct, "delay_ms": delay_ms, "how": "netem"}
+        if os.path.exists("/dev/net/tun"):
+            self._relay(i, loss_pct, delay_ms)
+            return {"loss_pct": loss_pct, "delay_ms": delay_ms,
+                    "how": "user-space TAP relay (no sch_netem)"}
         if shutil.which("nft") is None:
             return None
         ns, veth, _ = self.hosts[i]
@@ -144,9 +152,59 @@ class Net:
             raise RuntimeError(f"nft: {p.stderr.strip()}")
         return {"loss_pct": loss_pct, "delay_ms": 0, "how": "nftables (no sch_netem)"}
 
+    def _relay(self, i, loss_pct, delay_ms):
+        """Puts delay_link.py between host i's switch port and the bridge: the port leaves
+        the bridge, a TAP device owned by the relay takes its place. The host is untouched
+        (same veth, address, MAC and connections)."""
+        port, tap = self.port(i), f"mhd{i}"
+        fd, stats = tempfile.mkstemp(prefix=f"{self.prefix}-link{i}-", suffix=".json")
+        os.close(fd)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.switch, sys.executable, str(HERE / "delay_link.py"),
+             "--port", port, "--tap", tap, "--delay-ms", str(delay_ms),
+             "--loss-pct", str(loss_pct), "--stats", stats],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self._relays[i] = (proc, stats)
+        lines = queue.Queue()
+        threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
+        try:
+            ready = lines.get(timeout=30).strip() == "ready"
+        except queue.Empty:
+            ready = False
+        if not ready:
+            self._stop_relay(i)
+            raise RuntimeError(f"delay_link.py did not start: {proc.stderr.read().strip()}")
+        self.ip(self.switch, "link", "set", tap, "master", "mhbr")
+        self.ip(self.switch, "link", "set", tap, "up")
+        self.ip(self.switch, "link", "set", port, "nomaster")
+
+    def _stop_relay(self, i):
+        """Ends host i's relay (its TAP goes with it) and puts the port back on the bridge."""
+        proc, stats = self._relays.pop(i)
+        try:
+            proc.stdin.close()
+            proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait(timeout=10)
+        if os.path.exists(stats):
+            os.unlink(stats)
+        run("ip", "-n", self.switch, "link", "set", self.port(i), "master", "mhbr",
+            check=False)
+
+    def relay_stats(self, i):
+        """The relay's counters for host i's link (None without a relay)."""
+        if i not in self._relays:
+            return None
+        with open(self._relays[i][1]) as f:
+            return json.load(f)
+
     def dropped(self, i):
-        """Packets the impairment of host i dropped so far (netem's or nftables' counters):
-        proof that the fault really was there."""
+        """Packets the impairment of host i dropped so far (netem's, the relay's or
+        nftables' counters): proof that the fault really was there."""
+        if i in self._relays:
+            time.sleep(0.25)  # the relay rewrites its counters every 100 ms
+            return self.relay_stats(i)["dropped"]
         if self.netem_available():
             ns, veth, _ = self.hosts[i]
             out = run("ip", "netns", "exec", ns, "tc", "-s", "qdisc", "show", "dev", veth).stdout
@@ -165,6 +223,8 @@ class Net:
                      "burst", "32kbit", "latency", "400ms")
 
     def clear_impairments(self, i):
+        if i in self._relays:
+            self._stop_relay(i)
         for side in ("host", "switch"):
             self._tc(i, side, "del", "root", check=False)
         if shutil.which("nft"):
@@ -190,6 +250,8 @@ class Net:
                     pass
 
     def close(self):
+        for i in list(self._relays):
+            self._stop_relay(i)
         self.kill_leftovers()
         for ns in reversed(self.made):  # deleting a namespace deletes its veth ends
             run("ip", "netns", "del", ns, check=False)
