@@ -6,7 +6,8 @@
 #   CARGO_TARGET_DIR=/work/tgt/mh TCPX_PLUGIN_DIR=/work/tgt/mh/plugins scripts/multihost.sh
 #
 # Installs (Debian, as root, only if missing): iproute2 (ip, tc), etcd-server, etcd-client,
-# nftables (the link-loss fallback where the kernel has no sch_netem). Builds tcpx-nixl and
+# nftables (the loss-only fallback where the kernel has neither sch_netem nor /dev/net/tun;
+# with a TUN device tests/multihost/delay_link.py gives loss and delay). Builds tcpx-nixl and
 # copies libplugin_TCPX.so to $TCPX_PLUGIN_DIR (default <repo>/target/plugins). Extra
 # arguments go to pytest (e.g. -s to see the measured times, -k to select).
 #
