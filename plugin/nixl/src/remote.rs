@@ -92,7 +92,8 @@ struct Conn {
     /// The peer's agent name, shared with the notifications it sends us.
     peer: Arc<str>,
     initiator: bool,
-    /// Non-blocking; read only by the backend thread.
+    /// Non-blocking; read under `rbuf`'s lock, by the backend thread and (for an initiator
+    /// conn) by `check`.
     stream: TcpStream,
     /// Writer. Held across "post sends + write their announce" so the two orders cannot
     /// diverge.
@@ -950,7 +951,7 @@ impl Shared {
 
     /// Target side: completed engine transfers get their notif queued and their Ack sent.
     fn finish_jobs(&self, c: &Arc<Conn>) -> bool {
-        // Only this thread uses `finished`.
+        // Only target conns have jobs, and only the backend thread serves target conns.
         let mut finished = lock(&c.finished);
         finished.clear();
         {
