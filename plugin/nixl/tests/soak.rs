@@ -137,3 +137,68 @@ fn soak_small_writes() {
     b.deregister_mem(mt).unwrap();
     assert_eq!(a.live_requests(), 0);
 }
+
+/// Connection churn: `TCPX_SOAK_CONNS` peers (default 4,000) each complete a real handshake
+/// with a target (control stream + engine session over tcpxsock: about 20 TCP connections),
+/// send one `Notif` and go away; RSS and fds are sampled at 25 %, 50 % and 100 %, and a
+/// well-behaved agent's WRITE + READ is verified at each sample. Fails if RSS grows by more
+/// than 1 MiB over the second half or the fd count moves.
+#[test]
+#[ignore = "long: run by scripts/soak.sh"]
+fn soak_connection_churn() {
+    use plugin_TCPX::testing::{frame, handshake, World};
+    use std::io::{Read, Write};
+    use tcpx_core::wire::{self, Message, Notif, HEADER_LEN};
+
+    let n = env("TCPX_SOAK_CONNS", 4_000);
+    let mut w = World::new(10_000);
+    w.good_roundtrip("start");
+    let read_frame = |s: &mut std::net::TcpStream| -> Option<Vec<u8>> {
+        s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+        let mut buf = vec![0u8; HEADER_LEN];
+        s.read_exact(&mut buf).ok()?;
+        let len = wire::peek_frame(&buf).ok()??;
+        buf.resize(len, 0);
+        s.read_exact(&mut buf[HEADER_LEN..]).ok()?;
+        Some(buf)
+    };
+    let notif = frame(&Message::Notif(Notif { msg: b"churn" }));
+    let t0 = Instant::now();
+    let mut samples: Vec<(usize, usize, usize)> = Vec::new();
+    for i in 1..=n {
+        let (mut s, sess) = handshake(w.addr, "churn", read_frame).expect("handshake");
+        s.write_all(&notif).unwrap();
+        drop(sess);
+        drop(s);
+        if i == n / 4 || i == n / 2 || i == n {
+            // Let the target notice the last peer is gone before counting.
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let base = samples.first().map(|x| x.2);
+            while base.is_some_and(|b| fds() != b) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            w.good_roundtrip(&format!("after {i} peers"));
+            let (rss, fd) = (rss_bytes(), fds());
+            eprintln!(
+                "CHURN {i:>6} peers: rss {rss} B ({:.1} MiB), fds {fd}, {:.1} s",
+                rss as f64 / (1 << 20) as f64,
+                t0.elapsed().as_secs_f64()
+            );
+            samples.push((i, rss, fd));
+        }
+    }
+    // The first half warms the allocator up (every helper thread of every session is new,
+    // and glibc gives threads arenas of their own until it has 8 per core); a leak shows as
+    // growth that goes on in the second half.
+    let (first, half, last) = (samples[0], samples[1], samples[2]);
+    let growth = last.1.saturating_sub(half.1);
+    eprintln!(
+        "CHURN rss growth 50%..100%: {growth} B (25%..50%: {} B); fds {} -> {} -> {}",
+        half.1.saturating_sub(first.1),
+        first.2,
+        half.2,
+        last.2
+    );
+    assert!(growth < 1 << 20, "RSS grew {growth} B over the last {} connections", n / 2);
+    assert_eq!((first.2, half.2), (last.2, last.2), "fd count changed");
+}
