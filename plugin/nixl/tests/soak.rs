@@ -199,6 +199,10 @@ fn soak_connection_churn() {
         half.2,
         last.2
     );
-    assert!(growth < 1 << 20, "RSS grew {growth} B over the last {} connections", n / 2);
+    assert!(
+        growth < 1 << 20,
+        "RSS grew {growth} B over the last {} connections",
+        n / 2
+    );
     assert_eq!((first.2, half.2), (last.2, last.2), "fd count changed");
 }
