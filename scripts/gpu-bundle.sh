@@ -34,6 +34,8 @@ for line in sys.stdin:
 ' "$out"
 cp "$target_dir/release/tcpx" "$target_dir/release/examples/unpack_bench" "$out/bin/"
 cp target/plugins/*.so "$out/plugins/"
+# Tests that load the plugin as a shared object look for it next to their own binary.
+cp "$target_dir/release/libtcpx_sock.so" "$out/bin/"
 strip --strip-debug "$out"/bin/* "$out"/plugins/*.so
 # Tests that start the CLI look for it where cargo built it.
 echo "$(cd "$target_dir" && pwd)/release/tcpx" >"$out/cli-path"

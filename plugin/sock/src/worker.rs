@@ -238,12 +238,13 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
     let fd = sock.as_raw_fd();
     let n = shared.lanes.len() as u64;
     let cb = shared.chunk_bytes;
+    let mut staging = Staging::default();
     while let Some(job) = next_job(shared, me) {
         let nchunks = job.size.div_ceil(cb) as u64;
         // First chunk of this request that belongs to lane `me`.
         let first = (me as u64 + n - job.chunk_base % n) % n;
         if let JobKind::SendCuda = job.kind {
-            send_cuda(shared, me, fd, &job, first)?;
+            send_cuda(shared, me, fd, &job, &mut staging)?;
             shared.remaining[job.req].fetch_sub(1, Ordering::Release);
             continue;
         }
@@ -273,33 +274,72 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
     Ok(())
 }
 
-/// Sends lane `me`'s chunks (`first`, `first + lanes`, …) of a CUDA request: each is copied
-/// into one of the lane's two pinned buffers while the previous one goes out on the socket.
-fn send_cuda(shared: &Shared, me: usize, fd: i32, job: &Job, first: u64) -> Result<()> {
+/// A lane's use of its two staging buffers across CUDA requests.
+#[derive(Default)]
+struct Staging {
+    /// The buffer the next copy that was not started ahead goes to.
+    free: usize,
+    /// A copy started ahead for the next queued request: (its request slot, its chunk base,
+    /// the buffer).
+    ahead: Option<(usize, u64, usize)>,
+}
+
+/// The chunks of `job` that lane `me` sends: `first`, `first + lanes`, … below `nchunks`.
+fn lane_chunks(shared: &Shared, me: usize, job: &Job) -> (u64, u64) {
+    let n = shared.lanes.len() as u64;
+    let nchunks = job.size.div_ceil(shared.chunk_bytes) as u64;
+    ((me as u64 + n - job.chunk_base % n) % n, nchunks)
+}
+
+/// Device address and length of chunk `j` of `job`.
+fn chunk_span(shared: &Shared, job: &Job, j: u64) -> (u64, usize) {
+    let off = j as usize * shared.chunk_bytes;
+    (
+        job.base as u64 + off as u64,
+        shared.chunk_bytes.min(job.size - off),
+    )
+}
+
+/// Sends lane `me`'s chunks of a CUDA request. Each is copied device-to-host into one of the
+/// lane's two pinned buffers while the previous one goes out on the socket; the copy of the
+/// last chunk's successor is the first chunk of the next CUDA request queued on this lane,
+/// when there is one (its data is complete: NCCL's contract for `isend`).
+fn send_cuda(shared: &Shared, me: usize, fd: i32, job: &Job, st: &mut Staging) -> Result<()> {
     let stage = shared
         .cuda_stage
         .get()
         .ok_or(Error::Internal("CUDA send without staging"))?;
-    let (cb, n) = (shared.chunk_bytes, shared.lanes.len() as u64);
-    let nchunks = job.size.div_ceil(cb) as u64;
-    let span = |j: u64| {
-        let off = j as usize * cb;
-        (job.base as u64 + off as u64, cb.min(job.size - off))
-    };
+    let n = shared.lanes.len() as u64;
+    let (first, nchunks) = lane_chunks(shared, me, job);
     if first >= nchunks {
         return Ok(());
     }
-    let (src, len) = span(first);
-    stage.begin(me, 0, src, len)?;
-    let (mut j, mut buf) = (first, 0);
+    let mut buf = match st.ahead.take() {
+        Some((req, base, b)) if req == job.req && base == job.chunk_base => b,
+        other => {
+            debug_assert!(other.is_none(), "a copy started ahead for another request");
+            let (src, len) = chunk_span(shared, job, first);
+            stage.begin(me, st.free, src, len)?;
+            st.free
+        }
+    };
+    let mut j = first;
     while j < nchunks {
         let next = j + n;
         if next < nchunks {
             // The other buffer was sent (or never used): start the next copy now.
-            let (src, len) = span(next);
+            let (src, len) = chunk_span(shared, job, next);
             stage.begin(me, buf ^ 1, src, len)?;
+        } else if let Some(q) = peek_job(shared, me).filter(|q| matches!(q.kind, JobKind::SendCuda))
+        {
+            let (qfirst, qchunks) = lane_chunks(shared, me, &q);
+            if qfirst < qchunks {
+                let (src, len) = chunk_span(shared, &q, qfirst);
+                stage.begin(me, buf ^ 1, src, len)?;
+                st.ahead = Some((q.req, q.chunk_base, buf ^ 1));
+            }
         }
-        let (_, len) = span(j);
+        let (_, len) = chunk_span(shared, job, j);
         let p = stage.finish(me, buf)?;
         // SAFETY: `p` holds the `len` bytes just copied; only this lane uses the buffer, and
         // the next copy into it starts only after this send returned.
@@ -307,7 +347,19 @@ fn send_cuda(shared: &Shared, me: usize, fd: i32, job: &Job, first: u64) -> Resu
         j = next;
         buf ^= 1;
     }
+    st.free = buf;
     Ok(())
+}
+
+/// The job at the head of lane `me`'s queue, without taking it (only this lane's helper
+/// takes jobs, so it is the one `next_job` returns next).
+fn peek_job(shared: &Shared, me: usize) -> Option<Job> {
+    let q = lock(&shared.lanes[me].q);
+    if q.len > 0 {
+        q.jobs[q.head]
+    } else {
+        None
+    }
 }
 
 /// Receives request bytes `off..off+len` into their bounce pages, one fragment per page.
