@@ -305,8 +305,21 @@ impl Session {
         }))
     }
 
-    /// Releases a registration. Fails while chunks on it are in flight.
+    /// Releases a registration. Fails while a live transfer (posted and not finished, an
+    /// abandoned one included) names it, or chunks on it are in flight.
     pub fn deregister(&mut self, id: MemId) -> Result<()> {
+        self.registry.get(id)?;
+        // A transfer's chunks are posted over later polls, so its region must outlive it,
+        // not only its chunks on the network.
+        if self
+            .slots
+            .iter()
+            .any(|s| s.state == State::Active && s.regions.contains(&id.index))
+        {
+            return Err(Error::Invalid(
+                "deregister: a live transfer still uses the region; wait for it or release it and let it finish",
+            ));
+        }
         let region = self.registry.remove(id)?;
         for (s, r) in region.regs {
             self.net.dereg_mr(s)?;
