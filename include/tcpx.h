@@ -130,8 +130,9 @@ void tcpx_session_destroy(tcpx_session_t *s);
 int tcpx_register(tcpx_session_t *s, void *ptr, size_t len, int kind, int device,
                   uint64_t *mem_id);
 
-/** Releases a registration. TCPX_ERR_INVALID while chunks on it are still in flight
- *  (poll or progress, then retry). */
+/** Releases a registration. TCPX_ERR_INVALID while a live transfer (posted and not finished,
+ *  released-in-flight ones included) names it or chunks on it are in flight (poll or
+ *  progress, then retry). */
 int tcpx_deregister(tcpx_session_t *s, uint64_t mem_id);
 
 /** Validates and queues a transfer of n segments (n <= cfg.max_segments; segs may be NULL
