@@ -445,7 +445,25 @@ impl RemotePath {
     }
 
     /// `postXfer` of a prepared transfer; `notif` is delivered to the peer on completion.
+    ///
+    /// A conn can die between being picked and being written to (the peer closed it right
+    /// after refusing a WRITE, say). Nothing of this post reached the peer then — a dead
+    /// conn's peer discards everything — so the post is made once more on a fresh conn.
     pub fn post(
+        &self,
+        agent: &str,
+        peer: &PeerInfo,
+        x: &mut RemoteXfer,
+        notif: Option<&[u8]>,
+    ) -> Result<Status, Error> {
+        let reused = self.shared.live_outgoing(agent);
+        match self.post_once(agent, peer, x, notif) {
+            Err(Error::Disconnected(_)) if reused => self.post_once(agent, peer, x, notif),
+            r => r,
+        }
+    }
+
+    fn post_once(
         &self,
         agent: &str,
         peer: &PeerInfo,
@@ -733,6 +751,13 @@ fn register_on(e: &mut Engine, md: MdId, region: &Region) {
 
 impl Shared {
     /// Our conn to `agent`, opened (handshake) if there is none or it died.
+    /// Whether a conn to `agent` exists that is not known to be dead.
+    fn live_outgoing(&self, agent: &str) -> bool {
+        lock(&self.outgoing)
+            .get(agent)
+            .is_some_and(|c| c.dead().is_none())
+    }
+
     fn outgoing(&self, agent: &str, peer: &PeerInfo) -> Result<Arc<Conn>, Error> {
         let live = |s: &Self| {
             lock(&s.outgoing)
@@ -1130,6 +1155,13 @@ impl Shared {
                         Status::from_wire(a.status),
                         format!("peer refused the WRITE ({})", a.status),
                     ));
+                    // The peer closes the conn after a refused WRITE (the data it could not
+                    // take is already on the wire): stop using it now, so the next post
+                    // opens a new one instead of racing the close.
+                    return Err(Error::Disconnected(format!(
+                        "peer refused WRITE {}; the conn is closing",
+                        a.xfer
+                    )));
                 }
             }
             (true, Message::ReadAnnounce(r)) => {
