@@ -12,13 +12,13 @@
 //! panic on any thread aborts (libfuzzer-sys's hook), so a backend thread that dies is seen.
 #![no_main]
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use plugin_TCPX::testing::{frame, handshake, World, BOUND, PAGE, REGION};
+use plugin_TCPX::testing::{frame, handshake, read_frame, World, PAGE, REGION};
 use tcpx::engine::{Direction, Memory, Segment as ESeg, Session};
 use tcpx::{MemId, Progress, XferId};
 use tcpx_core::wire::{
@@ -113,11 +113,7 @@ struct Peer {
 
 impl Peer {
     fn connect(addr: SocketAddr) -> Option<Peer> {
-        let (s, mut sess) = handshake(addr, "fuzz", |s| {
-            s.set_read_timeout(Some(BOUND)).ok()?;
-            read_frame(s)
-        })
-        .ok()?;
+        let (s, mut sess) = handshake(addr, "fuzz").ok()?;
         s.set_read_timeout(Some(Duration::from_millis(1))).ok()?;
         s.set_nodelay(true).ok()?;
         let mut buf: Vec<u8> = (0..2 * REGION).map(|i| (i % 241) as u8 ^ 0x3c).collect();
@@ -206,34 +202,6 @@ impl Peer {
             other => panic!("a target never sends {other:?}"),
         }
     }
-}
-
-fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; HEADER_LEN];
-    read_exact(s, &mut buf)?;
-    let len = wire::peek_frame(&buf)
-        .unwrap_or_else(|e| panic!("the target sent a bad header: {e}"))
-        .expect("a whole header");
-    buf.resize(len, 0);
-    read_exact(s, &mut buf[HEADER_LEN..])?;
-    Some(buf)
-}
-
-fn read_exact(s: &mut TcpStream, buf: &mut [u8]) -> Option<()> {
-    let deadline = Instant::now() + BOUND;
-    let mut off = 0;
-    while off < buf.len() {
-        match s.read(&mut buf[off..]) {
-            Ok(0) => return None,
-            Ok(n) => off += n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                assert!(Instant::now() < deadline, "the target stalls mid-frame");
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
-    Some(())
 }
 
 /// Segments around the guarded registration: a flag byte picks region id / key (right or

@@ -271,7 +271,7 @@ fn stream(
     net.close_listen(listen).map_err(e("close listen"))?;
 
     let span = size * window;
-    let mut src: Vec<u8> = (0..span).map(|i| (i % 251) as u8 ^ 0x5a).collect();
+    let mut src = pattern(span);
     let mut dst = vec![0u8; span];
     let start = Arc::new(Barrier::new(2));
 
@@ -284,36 +284,19 @@ fn stream(
             .map_err(e("regMr (send)"))?;
         let base = src.as_mut_ptr();
         tx_start.wait();
-        let deadline = Instant::now() + POINT_TIMEOUT;
-        let mut q: std::collections::VecDeque<Request> =
-            std::collections::VecDeque::with_capacity(window);
-        let (mut posted, mut done) = (0u64, 0u64);
-        while done < messages {
-            if posted < messages && q.len() < window {
-                let slot = (posted % window as u64) as usize;
-                // SAFETY: slot `slot` of `src` is inside `mr` and not reused before the
-                // request that read it completed (FIFO of at most `window`).
-                let r = unsafe { net.isend(&send, base.add(slot * size).cast(), size, 0, &mr) }
-                    .map_err(e("isend"))?;
-                if let Some(r) = r {
-                    q.push_back(r);
-                    posted += 1;
-                    continue;
-                }
-            }
-            if let Some(head) = q.front_mut() {
-                if net.test(head).map_err(e("test (send)"))?.is_some() {
-                    q.pop_front();
-                    done += 1;
-                    continue;
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(format!("sender stuck: {done}/{messages} sends done"));
-            }
-            // Nothing moved: leave the core to the plugin's helper threads.
-            thread::yield_now();
-        }
+        pump(
+            &net,
+            "sender",
+            messages,
+            window,
+            |slot| {
+                // SAFETY: slot `slot` of `src` is inside `mr` and not reused before the request
+                // that read it completed (`pump` keeps at most `window` in flight, in order).
+                unsafe { net.isend(&send, base.add(slot * size).cast(), size, 0, &mr) }
+                    .map_err(e("isend"))
+            },
+            |_, _| Ok(()),
+        )?;
         drop(mr);
         net.close_send(send).map_err(e("close send"))?;
         drop(src);
@@ -329,13 +312,12 @@ fn stream(
         let consumed = net.has_irecv_consumed();
         start.wait();
         let t0 = Instant::now();
-        let deadline = t0 + POINT_TIMEOUT;
-        let mut q: std::collections::VecDeque<Request> =
-            std::collections::VecDeque::with_capacity(window);
-        let (mut posted, mut done) = (0u64, 0u64);
-        while done < messages {
-            if posted < messages && q.len() < window {
-                let slot = (posted % window as u64) as usize;
+        pump(
+            net,
+            "receiver",
+            messages,
+            window,
+            |slot| {
                 let buf = RecvBuf {
                     // SAFETY: inside `dst`, see above.
                     data: unsafe { base.add(slot * size) }.cast(),
@@ -344,31 +326,18 @@ fn stream(
                     mr: &mr,
                 };
                 // SAFETY: the slot is not reused before its previous receive completed.
-                let r = unsafe { net.irecv(&recv, &[buf]) }.map_err(e("irecv"))?;
-                if let Some(r) = r {
-                    q.push_back(r);
-                    posted += 1;
-                    continue;
+                unsafe { net.irecv(&recv, &[buf]) }.map_err(e("irecv"))
+            },
+            |r, n| {
+                if n != size {
+                    return Err(format!("a receive completed with {n} bytes, not {size}"));
                 }
-            }
-            if let Some(head) = q.front_mut() {
-                if let Some(n) = net.test(head).map_err(e("test (recv)"))? {
-                    if n != size {
-                        return Err(format!("a receive completed with {n} bytes, not {size}"));
-                    }
-                    let r = q.pop_front().expect("head exists");
-                    if consumed {
-                        net.irecv_consumed(&recv, r).map_err(e("irecvConsumed"))?;
-                    }
-                    done += 1;
-                    continue;
+                if consumed {
+                    net.irecv_consumed(&recv, r).map_err(e("irecvConsumed"))?;
                 }
-            }
-            if Instant::now() > deadline {
-                return Err(format!("receiver stuck: {done}/{messages} receives done"));
-            }
-            thread::yield_now();
-        }
+                Ok(())
+            },
+        )?;
         let elapsed = t0.elapsed();
         drop(mr);
         Ok(elapsed)
@@ -379,13 +348,60 @@ fn stream(
     let elapsed = result?;
     sent?;
     net.close_recv(recv).map_err(e("close recv"))?;
-    let src: Vec<u8> = (0..span).map(|i| (i % 251) as u8 ^ 0x5a).collect();
-    if let Some(at) = dst.iter().zip(&src).position(|(a, b)| a != b) {
+    if let Some(at) = dst.iter().zip(&pattern(span)).position(|(a, b)| a != b) {
         return Err(format!(
             "received bytes differ from the sent ones at offset {at} of the last window"
         ));
     }
     Ok(elapsed)
+}
+
+/// What every message carries (one window's worth).
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ 0x5a).collect()
+}
+
+/// Keeps up to `window` requests in flight, oldest first, until `messages` completed:
+/// `post(slot)` starts one into window slot `slot` (`None`: the plugin is busy), and
+/// `retire(request, bytes)` takes the oldest once `test` reports it done. Bounded by
+/// `POINT_TIMEOUT`; yields the core when nothing moved.
+fn pump(
+    net: &Net,
+    who: &str,
+    messages: u64,
+    window: usize,
+    mut post: impl FnMut(usize) -> StreamResult<Option<Request>>,
+    mut retire: impl FnMut(Request, usize) -> StreamResult<()>,
+) -> StreamResult<()> {
+    let deadline = Instant::now() + POINT_TIMEOUT;
+    let mut q: std::collections::VecDeque<Request> =
+        std::collections::VecDeque::with_capacity(window);
+    let (mut posted, mut done) = (0u64, 0u64);
+    while done < messages {
+        if posted < messages && q.len() < window {
+            if let Some(r) = post((posted % window as u64) as usize)? {
+                q.push_back(r);
+                posted += 1;
+                continue;
+            }
+        }
+        if let Some(head) = q.front_mut() {
+            let tested = net
+                .test(head)
+                .map_err(|err| format!("test ({who}): {err}"))?;
+            if let Some(n) = tested {
+                retire(q.pop_front().expect("head exists"), n)?;
+                done += 1;
+                continue;
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{who} stuck: {done}/{messages} done"));
+        }
+        // Nothing moved: leave the core to the plugin's helper threads.
+        thread::yield_now();
+    }
+    Ok(())
 }
 
 fn to_text(net: &Net, o: &Options, points: &[Point]) -> String {

@@ -164,6 +164,15 @@ impl Conn {
         let mut tx = lock(&self.tx);
         self.send_on(&mut tx, msg)
     }
+
+    /// Target side: posts the engine segments `Shared::resolve` left in the session.
+    fn post_resolved(&self, dir: Direction) -> Result<XferId, Error> {
+        let mut e = lock(&self.engine);
+        let Engine {
+            session, resolved, ..
+        } = &mut *e;
+        session.post(dir, resolved).map_err(Error::Engine)
+    }
 }
 
 fn frame(msg: &Message<'_>) -> Result<Vec<u8>, Error> {
@@ -456,7 +465,7 @@ impl RemotePath {
         x: &mut RemoteXfer,
         notif: Option<&[u8]>,
     ) -> Result<Status, Error> {
-        let reused = self.shared.live_outgoing(agent);
+        let reused = self.shared.live_outgoing(agent).is_some();
         match self.post_once(agent, peer, x, notif) {
             Err(Error::Disconnected(_)) if reused => self.post_once(agent, peer, x, notif),
             r => r,
@@ -750,26 +759,21 @@ fn register_on(e: &mut Engine, md: MdId, region: &Region) {
 }
 
 impl Shared {
-    /// Our conn to `agent`, opened (handshake) if there is none or it died.
-    /// Whether a conn to `agent` exists that is not known to be dead.
-    fn live_outgoing(&self, agent: &str) -> bool {
+    /// Our conn to `agent`, if there is one not known to be dead.
+    fn live_outgoing(&self, agent: &str) -> Option<Arc<Conn>> {
         lock(&self.outgoing)
             .get(agent)
-            .is_some_and(|c| c.dead().is_none())
+            .filter(|c| c.dead().is_none())
+            .cloned()
     }
 
+    /// Our conn to `agent`, opened (handshake) if there is none or it died.
     fn outgoing(&self, agent: &str, peer: &PeerInfo) -> Result<Arc<Conn>, Error> {
-        let live = |s: &Self| {
-            lock(&s.outgoing)
-                .get(agent)
-                .filter(|c| c.dead().is_none())
-                .cloned()
-        };
-        if let Some(c) = live(self) {
+        if let Some(c) = self.live_outgoing(agent) {
             return Ok(c);
         }
         let _g = lock(&self.connecting);
-        if let Some(c) = live(self) {
+        if let Some(c) = self.live_outgoing(agent) {
             return Ok(c);
         }
         let conn = self.open(agent, peer)?;
@@ -1090,15 +1094,7 @@ impl Shared {
                         return Err(Error::Disconnected(format!("refused WRITE: {why}")));
                     }
                 }
-                let id = {
-                    let mut e = lock(&c.engine);
-                    let Engine {
-                        session, resolved, ..
-                    } = &mut *e;
-                    session
-                        .post(Direction::Recv, resolved)
-                        .map_err(Error::Engine)?
-                };
+                let id = c.post_resolved(Direction::Recv)?;
                 lock(&c.jobs).push(Job {
                     id,
                     wire: w.xfer,
@@ -1122,15 +1118,7 @@ impl Shared {
                         &mut tx,
                         &Message::ReadAnnounce(ReadAnnounce { xfer: r.xfer }),
                     )?;
-                    let id = {
-                        let mut e = lock(&c.engine);
-                        let Engine {
-                            session, resolved, ..
-                        } = &mut *e;
-                        session
-                            .post(Direction::Send, resolved)
-                            .map_err(Error::Engine)?
-                    };
+                    let id = c.post_resolved(Direction::Send)?;
                     drop(tx);
                     lock(&c.jobs).push(Job {
                         id,

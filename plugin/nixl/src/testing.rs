@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use tcpx::engine::{Config as EngineConfig, Session};
-use tcpx_core::wire::{self, Hello, Message, RegionToken, Segment};
+use tcpx_core::wire::{self, Hello, Message, RegionToken, Segment, HEADER_LEN};
 
 use crate::backend::{XferArgs, MEM_DRAM};
 use crate::xfer::{Desc, Op};
@@ -273,17 +273,51 @@ impl World {
     }
 }
 
+/// Reads one whole frame; `None` once the stream is closed (EOF or reset). Waits out read
+/// timeouts up to [`BOUND`], then panics (the target neither answered nor closed); panics on
+/// a header that does not parse (a target never sends one).
+pub fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; HEADER_LEN];
+    read_exact(s, &mut buf)?;
+    let len = wire::peek_frame(&buf)
+        .unwrap_or_else(|e| panic!("the target sent a bad header: {e}"))
+        .expect("a whole header");
+    buf.resize(len, 0);
+    read_exact(s, &mut buf[HEADER_LEN..])?;
+    Some(buf)
+}
+
+fn read_exact(s: &mut TcpStream, buf: &mut [u8]) -> Option<()> {
+    use std::io::{ErrorKind, Read};
+    let deadline = Instant::now() + BOUND;
+    let mut off = 0;
+    while off < buf.len() {
+        match s.read(&mut buf[off..]) {
+            Ok(0) => return None,
+            Ok(n) => off += n,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "target neither answered nor closed"
+                );
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    Some(())
+}
+
 /// A peer's side of the handshake with the target at `addr`: `Hello{name}` and our engine
-/// listen handles, the target's handles back, then the engine session. `read_frame` reads
-/// one whole frame from the stream (`None`: closed).
-pub fn handshake(
-    addr: SocketAddr,
-    name: &str,
-    read_frame: impl FnOnce(&mut TcpStream) -> Option<Vec<u8>>,
-) -> Result<(TcpStream, Session), String> {
+/// listen handles, the target's handles back, then the engine session. The stream is left
+/// with a 500 ms read timeout (reads through [`read_frame`] wait up to [`BOUND`]).
+pub fn handshake(addr: SocketAddr, name: &str) -> Result<(TcpStream, Session), String> {
     use std::io::Write;
     let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
     s.set_write_timeout(Some(BOUND))
+        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_millis(500)))
         .map_err(|e| e.to_string())?;
     let cfg = EngineConfig {
         timeout: Duration::from_secs(5),

@@ -13,11 +13,11 @@
 //! `--nocapture`) so the fd count is not disturbed by other tests and the backend's log lines
 //! (stderr) can be checked by the parent.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use plugin_TCPX::testing::{frame, handshake, World, BOUND, REGION};
+use plugin_TCPX::testing::{frame, handshake, read_frame, World, BOUND, REGION};
 use plugin_TCPX::Status;
 use tcpx::engine::{Direction, Memory, Segment as ESeg, Session};
 use tcpx_core::wire::{
@@ -46,43 +46,10 @@ fn hello(name: &str) -> Vec<u8> {
     frame(&Message::Hello(Hello { channels: 2, name }))
 }
 
-/// Reads one frame; `None` on EOF / reset.
-fn read_one(s: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; HEADER_LEN];
-    read_all(s, &mut buf)?;
-    let len = wire::peek_frame(&buf)
-        .expect("target sent a bad frame")
-        .unwrap();
-    buf.resize(len, 0);
-    read_all(s, &mut buf[HEADER_LEN..])?;
-    Some(buf)
-}
-
-fn read_all(s: &mut TcpStream, buf: &mut [u8]) -> Option<()> {
-    let deadline = Instant::now() + BOUND;
-    let mut off = 0;
-    while off < buf.len() {
-        match s.read(&mut buf[off..]) {
-            Ok(0) => return None,
-            Ok(n) => off += n,
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "target neither answered nor closed"
-                );
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-    Some(())
-}
-
 /// Every frame the target sends until it closes the stream (bounded).
 fn until_closed(s: &mut TcpStream) -> Vec<Vec<u8>> {
     let mut got = Vec::new();
-    while let Some(f) = read_one(s) {
+    while let Some(f) = read_frame(s) {
         got.push(f);
         assert!(got.len() < 100_000, "target keeps talking");
     }
@@ -107,11 +74,7 @@ struct Peer {
 
 impl Peer {
     fn connect(addr: SocketAddr, name: &str) -> Peer {
-        let (s, mut sess) = handshake(addr, name, |s| {
-            s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
-            read_one(s)
-        })
-        .unwrap();
+        let (s, mut sess) = handshake(addr, name).unwrap();
         let mut src: Vec<u8> = (0..2 * REGION).map(|i| (i % 241) as u8 ^ 0x3c).collect();
         // SAFETY: `src` lives in the Peer next to the session and is never reallocated.
         let mem = unsafe {
@@ -148,7 +111,7 @@ impl Peer {
             let mut b = [0u8; HEADER_LEN];
             match self.s.peek(&mut b) {
                 Ok(0) => return got,
-                Ok(_) => match read_one(&mut self.s) {
+                Ok(_) => match read_frame(&mut self.s) {
                     Some(f) => got.push(f),
                     None => return got,
                 },
@@ -316,7 +279,7 @@ fn run_cases() {
             let mut b = [0u8; 1];
             match p.s.peek(&mut b) {
                 Ok(0) => panic!("{case}: closed"),
-                Ok(_) => break read_one(&mut p.s).unwrap(),
+                Ok(_) => break read_frame(&mut p.s).unwrap(),
                 Err(_) => assert!(Instant::now() < deadline, "{case}: no Ack"),
             }
         };
@@ -502,7 +465,7 @@ fn run_cases() {
             p.send(&read_request(100 + i as u64, std::slice::from_ref(s)));
             p.s.set_read_timeout(Some(Duration::from_millis(500)))
                 .unwrap();
-            let f = read_one(&mut p.s).expect("closed after a refused READ");
+            let f = read_frame(&mut p.s).expect("closed after a refused READ");
             match wire::parse(&f).unwrap() {
                 Message::Error(m) => {
                     assert_eq!(m.xfer, 100 + i as u64);
@@ -519,7 +482,7 @@ fn run_cases() {
             len: 3000,
         };
         p.send(&read_request(200, &[w.seg(500, 3000)]));
-        let f = read_one(&mut p.s).expect("closed before ReadAnnounce");
+        let f = read_frame(&mut p.s).expect("closed before ReadAnnounce");
         assert_eq!(
             wire::parse(&f).unwrap(),
             Message::ReadAnnounce(ReadAnnounce { xfer: 200 })

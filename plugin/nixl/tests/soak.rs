@@ -147,26 +147,17 @@ fn soak_small_writes() {
 #[ignore = "long: run by scripts/soak.sh"]
 fn soak_connection_churn() {
     use plugin_TCPX::testing::{frame, handshake, World};
-    use std::io::{Read, Write};
-    use tcpx_core::wire::{self, Message, Notif, HEADER_LEN};
+    use std::io::Write;
+    use tcpx_core::wire::{Message, Notif};
 
     let n = env("TCPX_SOAK_CONNS", 4_000);
     let mut w = World::new(10_000);
     w.good_roundtrip("start");
-    let read_frame = |s: &mut std::net::TcpStream| -> Option<Vec<u8>> {
-        s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
-        let mut buf = vec![0u8; HEADER_LEN];
-        s.read_exact(&mut buf).ok()?;
-        let len = wire::peek_frame(&buf).ok()??;
-        buf.resize(len, 0);
-        s.read_exact(&mut buf[HEADER_LEN..]).ok()?;
-        Some(buf)
-    };
     let notif = frame(&Message::Notif(Notif { msg: b"churn" }));
     let t0 = Instant::now();
     let mut samples: Vec<(usize, usize, usize)> = Vec::new();
     for i in 1..=n {
-        let (mut s, sess) = handshake(w.addr, "churn", read_frame).expect("handshake");
+        let (mut s, sess) = handshake(w.addr, "churn").expect("handshake");
         s.write_all(&notif).unwrap();
         drop(sess);
         drop(s);

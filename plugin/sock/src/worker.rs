@@ -237,25 +237,20 @@ fn next_job(shared: &Shared, me: usize) -> Option<Job> {
 fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
     let fd = sock.as_raw_fd();
     let n = shared.lanes.len() as u64;
-    let cb = shared.chunk_bytes;
     let mut staging = Staging::default();
     while let Some(job) = next_job(shared, me) {
-        let nchunks = job.size.div_ceil(cb) as u64;
-        // First chunk of this request that belongs to lane `me`.
-        let first = (me as u64 + n - job.chunk_base % n) % n;
-        if let JobKind::SendCuda = job.kind {
-            send_cuda(shared, me, fd, &job, &mut staging)?;
-            shared.remaining[job.req].fetch_sub(1, Ordering::Release);
-            continue;
-        }
-        let mut j = first;
-        while j < nchunks {
-            let off = j as usize * cb;
-            let len = cb.min(job.size - off);
+        let (first, nchunks) = lane_chunks(shared, me, &job);
+        for j in (first..nchunks).step_by(n as usize) {
+            let off = j as usize * shared.chunk_bytes;
+            let len = chunk_span(shared, &job, j).1;
             match job.kind {
                 // SAFETY: `base..base+size` is the caller's live send buffer.
                 JobKind::Send => unsafe { sys::send_all(fd, job.base.add(off), len)? },
-                JobKind::SendCuda => unreachable!("sent above"),
+                // All of the lane's chunks at once: copies overlap sends.
+                JobKind::SendCuda => {
+                    send_cuda(shared, me, fd, &job, &mut staging)?;
+                    break;
+                }
                 JobKind::RecvHost => {
                     let mut iov = [libc::iovec {
                         // SAFETY: `off < size`, within the caller's receive buffer.
@@ -267,7 +262,6 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
                 }
                 JobKind::RecvPages { pages, bounce } => recv_pages(fd, pages, bounce, off, len)?,
             }
-            j += n;
         }
         shared.remaining[job.req].fetch_sub(1, Ordering::Release);
     }
@@ -291,7 +285,7 @@ fn lane_chunks(shared: &Shared, me: usize, job: &Job) -> (u64, u64) {
     ((me as u64 + n - job.chunk_base % n) % n, nchunks)
 }
 
-/// Device address and length of chunk `j` of `job`.
+/// Address (as an integer) and length of chunk `j` of `job`.
 fn chunk_span(shared: &Shared, job: &Job, j: u64) -> (u64, usize) {
     let off = j as usize * shared.chunk_bytes;
     (
