@@ -1,8 +1,9 @@
 //! `tcpx bench` run as a process: loopback JSON output, usage errors, and the two-host mode
 //! as two child processes on 127.0.0.1 (the embedded tcpxsock pinned to `lo`).
 
-use std::net::TcpListener;
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use std::process::Command;
 
 fn tcpx() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tcpx"));
@@ -66,12 +67,7 @@ fn bad_options_exit_2_with_usage() {
 
 #[test]
 fn listen_and_connect_in_two_processes() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-        .to_string();
-    let common = [
+    let args = [
         "--size",
         "1M",
         "--iters",
@@ -80,19 +76,7 @@ fn listen_and_connect_in_two_processes() {
         "--channels",
         "2",
     ];
-    let listener = tcpx()
-        .args(["bench", "--listen", &port])
-        .args(common)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn listener");
-    let connector = tcpx()
-        .args(["bench", "--connect", &format!("127.0.0.1:{port}")])
-        .args(common)
-        .output()
-        .expect("run connector");
-    let listener: Output = listener.wait_with_output().expect("listener");
+    let (listener, connector) = common::bench_two_processes(tcpx, &args);
     for (who, out) in [("listener", &listener), ("connector", &connector)] {
         assert!(
             out.status.success(),

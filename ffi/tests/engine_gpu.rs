@@ -8,6 +8,8 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use cudarc::driver::CudaContext;
 use tcpx::engine::{Config, Direction, Memory, Progress, Rendezvous, Segment, Session};
 use tcpx_kernels::mem::DeviceBuffer;
@@ -178,17 +180,12 @@ fn vram_to_dram() {
 /// received byte is checked against the sender's pattern after the timed iterations.
 #[test]
 fn two_processes_each_direction_of_device_memory() {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     if gpu().is_none() {
         return;
     }
     for mem in ["cuda:cuda", "host:cuda", "cuda:host"] {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port()
-            .to_string();
-        let common = [
+        let args = [
             "--mem", mem, "--size", "4097,3M", "--iters", "3", "--verify",
         ];
         let tcpx = || {
@@ -197,19 +194,7 @@ fn two_processes_each_direction_of_device_memory() {
                 .env("TCPX_SOCK_SHUFFLE", "1");
             c
         };
-        let listener = tcpx()
-            .args(["bench", "--listen", &port])
-            .args(common)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn listener");
-        let connector = tcpx()
-            .args(["bench", "--connect", &format!("127.0.0.1:{port}")])
-            .args(common)
-            .output()
-            .expect("run connector");
-        let listener = listener.wait_with_output().expect("listener");
+        let (listener, connector) = common::bench_two_processes(tcpx, &args);
         for (who, out) in [("listener", &listener), ("connector", &connector)] {
             let (stdout, stderr) = (
                 String::from_utf8_lossy(&out.stdout),

@@ -53,3 +53,31 @@ pub fn counter(path: &Path, what: &str) -> i32 {
         f(what.as_ptr())
     }
 }
+
+/// `tcpx bench --listen` and `tcpx bench --connect` as two processes on 127.0.0.1, both with
+/// `args` (the listener's rule), each command prepared by `tcpx`; returns (listener,
+/// connector) output once both exited.
+pub fn bench_two_processes(
+    tcpx: impl Fn() -> Command,
+    args: &[&str],
+) -> (std::process::Output, std::process::Output) {
+    use std::process::Stdio;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+        .to_string();
+    let listener = tcpx()
+        .args(["bench", "--listen", &port])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn listener");
+    let connector = tcpx()
+        .args(["bench", "--connect", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .output()
+        .expect("run connector");
+    (listener.wait_with_output().expect("listener"), connector)
+}
