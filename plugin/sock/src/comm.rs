@@ -21,7 +21,7 @@ use tcpx_core::unpack::{
 use crate::config::Config;
 use crate::cuda::{self, SendStage};
 use crate::error::{Error, Result};
-use crate::mem::{OwnedRegion, PagePool};
+use crate::mem::{OwnedRegion, PagePool, StageRing};
 use crate::wire::{self, Handle, Hello, HDR_LEN, HELLO_LEN};
 use crate::worker::{self, Job, JobKind, Shared, MAX_REQUESTS};
 use crate::{dev, sys};
@@ -354,6 +354,8 @@ struct SendSlot {
     size: usize,
     hdr: [u8; HDR_LEN],
     inline: bool,
+    /// Holds a range of the CUDA staging ring until it completes.
+    staged: bool,
 }
 
 struct SendState {
@@ -365,6 +367,8 @@ struct SendState {
     ctrl_off: usize,
     chunk_ctr: u64,
     slots: [SendSlot; MAX_REQUESTS],
+    /// Which bytes of the CUDA staging ring live requests hold.
+    ring: StageRing,
     err: Option<Error>,
 }
 
@@ -376,6 +380,7 @@ unsafe impl Send for SendState {}
 pub struct SendComm {
     core: Core,
     inline_bytes: usize,
+    stage_bytes: usize,
     st: Mutex<SendState>,
     reqs: [Request; MAX_REQUESTS],
 }
@@ -386,6 +391,7 @@ impl SendComm {
         let mut c = Box::new(SendComm {
             core,
             inline_bytes: cfg.inline_bytes,
+            stage_bytes: cfg.stage_bytes,
             st: Mutex::new(SendState {
                 posted: 0,
                 tested: 0,
@@ -397,7 +403,9 @@ impl SendComm {
                     size: 0,
                     hdr: [0; HDR_LEN],
                     inline: false,
+                    staged: false,
                 }; MAX_REQUESTS],
+                ring: StageRing::new(cfg.stage_bytes),
                 err: None,
             }),
             reqs: core::array::from_fn(|i| Request::new(ReqKind::Send, i)),
@@ -410,13 +418,15 @@ impl SendComm {
     }
 
     /// Posts a send of `size` bytes at `data`; `cuda` = the device ordinal when `data` is a
-    /// CUDA buffer (its bytes are staged through pinned memory by the helpers).
+    /// CUDA buffer, whose bytes are copied into the comm's staging ring here and sent from
+    /// there. `None` (no request) when the ring has no room until older CUDA sends complete:
+    /// the caller tries again later, as NCCL does.
     pub(crate) fn isend(
         &self,
         data: *const u8,
         size: usize,
         cuda: Option<usize>,
-    ) -> Result<*const Request> {
+    ) -> Result<Option<*const Request>> {
         let mut st = lock(&self.st);
         if let Some(e) = st.err.or_else(|| self.core.shared.error()) {
             return Err(e);
@@ -432,31 +442,49 @@ impl SendComm {
         // CUDA payloads never go inline: the control path reads the buffer with the CPU. The
         // header's INLINE flag tells the receiver, so nothing else changes on the wire.
         let inline = size <= self.inline_bytes && (cuda.is_none() || size == 0);
-        if let (Some(ord), false) = (cuda, inline) {
-            let sh = &self.core.shared;
-            if sh.cuda_stage.get().is_none() {
-                // Once per comm (under the state lock, so no race), never per request.
-                let stage = SendStage::new(ord, sh.lanes.len(), sh.chunk_bytes)?;
-                let _ = sh.cuda_stage.set(stage);
+        let mut base = data.cast_mut();
+        let staged = match (cuda, inline) {
+            (Some(ord), false) => {
+                if size > st.ring.capacity() {
+                    return Err(Error::InvalidArgument(
+                        "CUDA send larger than the staging ring (TCPX_SOCK_STAGE_BYTES)",
+                    ));
+                }
+                let Some(off) = st.ring.take(size) else {
+                    return Ok(None);
+                };
+                let stage = self.stage(ord)?;
+                // SAFETY: the ring range is this request's until `test` reports it done, and
+                // by NCCL's contract the buffer is unchanged until then.
+                match unsafe { stage.copy(idx, off, data as u64, size) } {
+                    Ok(p) => base = p.cast_mut(),
+                    Err(e) => {
+                        st.err = Some(e);
+                        return Err(e);
+                    }
+                }
+                true
             }
-        }
+            _ => false,
+        };
         st.slots[idx] = SendSlot {
             ptr: data,
             size,
             hdr: wire::emit_header(size as u32, inline, seq),
             inline,
+            staged,
         };
         if inline {
             self.core.shared.remaining[idx].store(0, Ordering::Relaxed);
         } else {
             let used = self.core.shared.dispatch(Job {
-                kind: if cuda.is_some() {
-                    JobKind::SendCuda
+                kind: if staged {
+                    JobKind::SendStaged
                 } else {
                     JobKind::Send
                 },
                 req: idx,
-                base: data as *mut u8,
+                base,
                 size,
                 chunk_base: st.chunk_ctr,
             })?;
@@ -464,7 +492,20 @@ impl SendComm {
         }
         st.posted += 1;
         self.progress(&mut st);
-        Ok(&self.reqs[idx])
+        Ok(Some(&self.reqs[idx]))
+    }
+
+    /// The comm's staging ring, made at its first CUDA send (under the state lock, so once).
+    fn stage(&self, ordinal: usize) -> Result<&SendStage> {
+        let sh = &self.core.shared;
+        if sh.cuda_stage.get().is_none() {
+            let _ = sh
+                .cuda_stage
+                .set(SendStage::new(ordinal, self.stage_bytes)?);
+        }
+        sh.cuda_stage
+            .get()
+            .ok_or(Error::Internal("staging ring missing"))
     }
 
     /// Writes pending control bytes without blocking; errors stick to the comm.
@@ -515,6 +556,9 @@ impl SendComm {
             st.ctrl_seq > st.tested && self.core.shared.remaining[idx].load(Ordering::Acquire) == 0;
         if done {
             st.tested += 1;
+            if st.slots[idx].staged {
+                st.ring.give_oldest();
+            }
             return Ok(Some(st.slots[idx].size));
         }
         match st.err.or_else(|| self.core.shared.error()) {

@@ -17,6 +17,8 @@ pub const DEFAULT_INLINE_BYTES: usize = 64 << 10;
 pub const DEFAULT_BOUNCE_BYTES: usize = 64 << 20;
 /// Most data sockets per comm.
 pub const MAX_NSOCKS: usize = 16;
+/// Default CUDA staging ring per send comm: 32 requests of 512 KiB, 4 of TCPX's largest.
+pub const DEFAULT_STAGE_BYTES: usize = 16 << 20;
 /// Largest bounce region: every `src_off` must fit in 32 bits.
 pub const MAX_BOUNCE_BYTES: usize = 4 << 30;
 
@@ -37,6 +39,9 @@ pub struct Config {
     pub bounce_bytes: usize,
     /// Hand out bounce pages in a shuffled order so fragments are non-contiguous.
     pub shuffle: bool,
+    /// Pinned staging ring per send comm for CUDA sources (made at its first CUDA send); a
+    /// CUDA send may not be larger.
+    pub stage_bytes: usize,
     /// `SO_SNDBUF`/`SO_RCVBUF` for every socket; 0 keeps kernel autotuning.
     pub sock_buf_bytes: usize,
 }
@@ -51,6 +56,7 @@ impl Default for Config {
             unpack: false,
             bounce_bytes: DEFAULT_BOUNCE_BYTES,
             shuffle: false,
+            stage_bytes: DEFAULT_STAGE_BYTES,
             sock_buf_bytes: 0,
         }
     }
@@ -100,6 +106,9 @@ impl Config {
         if let Some(v) = env_bool("TCPX_SOCK_SHUFFLE") {
             c.shuffle = v;
         }
+        if let Some(v) = env_usize("TCPX_SOCK_STAGE_BYTES") {
+            c.stage_bytes = v;
+        }
         if let Some(v) = env_usize("TCPX_SOCK_BUF_BYTES") {
             c.sock_buf_bytes = v;
         }
@@ -114,6 +123,7 @@ impl Config {
         self.inline_bytes = self.inline_bytes.min(1 << 20);
         // A whole 4 MiB receive must fit, or the oldest request could never complete.
         self.bounce_bytes = page_round(self.bounce_bytes.clamp(MAX_RECV_BYTES, MAX_BOUNCE_BYTES));
+        self.stage_bytes = page_round(self.stage_bytes.clamp(MAX_RECV_BYTES, MAX_BOUNCE_BYTES));
         self
     }
 }

@@ -209,95 +209,96 @@ impl MappedAllocator for CudaMappedAllocator {
 /// The built-in allocator used when CUDA is present.
 pub(crate) static CUDA_ALLOCATOR: CudaMappedAllocator = CudaMappedAllocator;
 
-/// One lane's staging for CUDA sends: two buffers of pinned host memory (not write-combined:
-/// the socket reads them with the CPU), an event per buffer, and a private non-blocking
-/// stream, so staging copies neither wait for nor hold up the user's work on the legacy
-/// default stream. With two buffers the copy of a lane's next chunk runs while the socket
-/// sends the current one.
-struct LaneStage {
-    host: [*mut u8; 2],
-    done: [sys::CUevent; 2],
-    stream: sys::CUstream,
-}
-
-/// Per-send-comm staging for CUDA sources: two chunk-sized buffers per data socket, made once
-/// (at the comm's first CUDA send) and reused for every chunk of every request.
+/// Per-send-comm staging for CUDA sources: one ring of pinned host memory (not
+/// write-combined: the sockets read it with the CPU), filled by device-to-host copies that the
+/// comm's caller starts in `isend`, in request order on one non-blocking stream (so they
+/// neither wait for nor hold up the user's work on the legacy default stream), with an event
+/// per request slot. The helper threads make no driver call but one event query per request,
+/// which the window of queued requests has almost always made moot: copies run up to the
+/// whole window ahead of the sockets. Which bytes of the ring a request uses is
+/// [`crate::mem::StageRing`]'s business, under the comm's lock.
 pub(crate) struct SendStage {
     ctx: Arc<CudaContext>,
-    lanes: Vec<LaneStage>,
-    chunk_bytes: usize,
+    ring: *mut u8,
+    len: usize,
+    stream: sys::CUstream,
+    /// Per request slot.
+    done: [sys::CUevent; crate::worker::MAX_REQUESTS],
 }
 
-// SAFETY: the buffers, events and streams are owned by this value; each lane's set is used
-// only by that lane's helper thread, and the driver objects are not tied to a thread.
+// SAFETY: the ring, events and stream are owned by this value; copies are started under the
+// comm's lock, and the driver objects are not tied to a thread.
 unsafe impl Send for SendStage {}
-// SAFETY: see Send; shared access only reads the handles.
+// SAFETY: see Send; helpers only query events and read ring bytes their request owns.
 unsafe impl Sync for SendStage {}
 
 impl SendStage {
-    /// Allocates `nlanes` pairs of `chunk_bytes` buffers in the primary context of `ordinal`.
-    pub(crate) fn new(ordinal: usize, nlanes: usize, chunk_bytes: usize) -> Result<Self> {
+    /// A `len`-byte ring, its stream and events, in the primary context of `ordinal`.
+    pub(crate) fn new(ordinal: usize, len: usize) -> Result<Self> {
         with_ctx(ordinal, |c| {
             let mut s = SendStage {
                 ctx: c.clone(),
-                lanes: Vec::with_capacity(nlanes),
-                chunk_bytes,
+                ring: core::ptr::null_mut(),
+                len,
+                stream: core::ptr::null_mut(),
+                done: [core::ptr::null_mut(); crate::worker::MAX_REQUESTS],
             };
-            for _ in 0..nlanes {
-                // Pushed as soon as it exists, so Drop frees whatever was made before a failure.
-                let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
-                    .map_err(|e| cuda_err("cuStreamCreate", e))?;
-                s.lanes.push(LaneStage {
-                    host: [core::ptr::null_mut(); 2],
-                    done: [core::ptr::null_mut(); 2],
-                    stream,
-                });
-                let l = s.lanes.last_mut().expect("just pushed");
-                for b in 0..2 {
-                    // SAFETY: plain pinned allocation, only written by DtoH copies before reads.
-                    l.host[b] =
-                        unsafe { result::malloc_host(chunk_bytes, sys::CU_MEMHOSTALLOC_PORTABLE) }
-                            .map_err(|e| cuda_err("cuMemHostAlloc", e))?
-                            .cast::<u8>();
-                    l.done[b] = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
-                        .map_err(|e| cuda_err("cuEventCreate", e))?;
-                }
+            // Each handle is stored as soon as it exists, so Drop frees whatever was made
+            // before a failure.
+            // SAFETY: plain pinned allocation, only written by device-to-host copies.
+            s.ring = unsafe { result::malloc_host(len, sys::CU_MEMHOSTALLOC_PORTABLE) }
+                .map_err(|e| cuda_err("cuMemHostAlloc", e))?
+                .cast::<u8>();
+            s.stream = result::stream::create(result::stream::StreamKind::NonBlocking)
+                .map_err(|e| cuda_err("cuStreamCreate", e))?;
+            for i in 0..s.done.len() {
+                s.done[i] = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+                    .map_err(|e| cuda_err("cuEventCreate", e))?;
             }
             Ok(s)
         })
     }
 
-    /// Starts copying `len ≤ chunk_bytes` bytes from device address `src` into buffer `buf`
-    /// (0 or 1) of lane `lane`. Called on that lane's helper thread only, and only once the
-    /// buffer's previous contents were sent.
-    pub(crate) fn begin(&self, lane: usize, buf: usize, src: u64, len: usize) -> Result<()> {
-        let l = &self.lanes[lane];
-        debug_assert!(len <= self.chunk_bytes);
-        // Helper threads are ours: binding without restoring is fine there.
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| cuda_err("cuCtxSetCurrent", e))?;
-        // SAFETY: the buffer holds chunk_bytes >= len bytes and only this lane uses it, and
-        // nothing reads it until `finish`; the source is the caller's registered CUDA buffer,
-        // alive until the request completes.
-        unsafe {
-            let dst = core::slice::from_raw_parts_mut(l.host[buf], len);
-            result::memcpy_dtoh_async(dst, src, l.stream)
-                .map_err(|e| cuda_err("cuMemcpyDtoHAsync", e))?;
-            result::event::record(l.done[buf], l.stream)
-                .map_err(|e| cuda_err("cuEventRecord", e))?;
+    /// Starts copying `size` bytes from device address `src` into the ring at `off`, then
+    /// records request slot `req`'s event; returns where the bytes will be.
+    ///
+    /// # Safety
+    /// `off..off+size` lies in the ring and belongs to request slot `req` until it completes;
+    /// `src` is the caller's CUDA buffer of at least `size` bytes, unchanged until then.
+    pub(crate) unsafe fn copy(
+        &self,
+        req: usize,
+        off: usize,
+        src: u64,
+        size: usize,
+    ) -> Result<*const u8> {
+        if off.checked_add(size).is_none_or(|end| end > self.len) {
+            return Err(Error::Internal("staging copy outside the ring"));
         }
-        Ok(())
+        with_ctx(self.ctx.ordinal(), |_| {
+            // SAFETY: per the contract.
+            unsafe {
+                let dst = core::slice::from_raw_parts_mut(self.ring.add(off), size);
+                result::memcpy_dtoh_async(dst, src, self.stream)
+                    .map_err(|e| cuda_err("cuMemcpyDtoHAsync", e))?;
+                result::event::record(self.done[req], self.stream)
+                    .map_err(|e| cuda_err("cuEventRecord", e))?;
+                Ok(self.ring.add(off).cast_const())
+            }
+        })
     }
 
-    /// Waits for the copy `begin` started into buffer `buf` of lane `lane` and returns the
-    /// buffer.
-    pub(crate) fn finish(&self, lane: usize, buf: usize) -> Result<*const u8> {
-        let l = &self.lanes[lane];
-        // SAFETY: the event belongs to this lane and was recorded by `begin`.
-        unsafe { result::event::synchronize(l.done[buf]) }
-            .map_err(|e| cuda_err("cuEventSynchronize", e))?;
-        Ok(l.host[buf])
+    /// Waits until request slot `req`'s copy is done (polling, not sleeping: it is nearly
+    /// always done already, and when not, it is a copy's length away).
+    pub(crate) fn wait(&self, req: usize) -> Result<()> {
+        loop {
+            // SAFETY: the event belongs to this value; a query needs no current context.
+            match unsafe { sys::cuEventQuery(self.done[req]) } {
+                sys::CUresult::CUDA_SUCCESS => return Ok(()),
+                sys::CUresult::CUDA_ERROR_NOT_READY => std::thread::yield_now(),
+                e => return Err(Error::Cuda("cuEventQuery", e as i32)),
+            }
+        }
     }
 }
 
@@ -306,20 +307,18 @@ impl Drop for SendStage {
         // Errors cannot be returned from drop; a failed free leaks. May run on the caller's
         // thread (close), so its context is restored.
         let _ = with_ctx(self.ctx.ordinal(), |_| {
-            for l in &self.lanes {
-                // SAFETY: created by this value and freed once; no copy is in flight (the
-                // helpers have exited, and each finished every copy it began).
-                unsafe {
-                    let _ = result::stream::synchronize(l.stream);
-                    let _ = result::stream::destroy(l.stream);
-                    for b in 0..2 {
-                        if !l.done[b].is_null() {
-                            let _ = result::event::destroy(l.done[b]);
-                        }
-                        if !l.host[b].is_null() {
-                            let _ = result::free_host(l.host[b].cast());
-                        }
-                    }
+            // SAFETY: created by this value and freed once; copies still in flight finish
+            // before the stream goes, and the helpers have exited.
+            unsafe {
+                if !self.stream.is_null() {
+                    let _ = result::stream::synchronize(self.stream);
+                    let _ = result::stream::destroy(self.stream);
+                }
+                for ev in self.done.iter().filter(|e| !e.is_null()) {
+                    let _ = result::event::destroy(*ev);
+                }
+                if !self.ring.is_null() {
+                    let _ = result::free_host(self.ring.cast());
                 }
             }
             Ok(())

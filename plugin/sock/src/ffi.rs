@@ -259,8 +259,7 @@ pub(crate) unsafe extern "C" fn isend(
         let cuda = mr_cuda(mhandle);
         *slot = c
             .isend(data.cast(), size_arg(size)?, cuda)?
-            .cast_mut()
-            .cast();
+            .map_or(core::ptr::null_mut(), |r| r.cast_mut().cast());
         Ok(())
     })
 }

@@ -179,9 +179,140 @@ impl PagePool {
     }
 }
 
+/// Space in a fixed staging buffer for requests that are released in the order they were
+/// taken (a send comm's CUDA staging ring): each takes one contiguous range, at the head, or
+/// from the start when the end has too little room; the oldest goes back first.
+pub(crate) struct StageRing {
+    cap: usize,
+    /// Offset and length of every live range, oldest first (at most one per request slot).
+    live: [(usize, usize); crate::worker::MAX_REQUESTS],
+    first: usize,
+    count: usize,
+    /// Where the next range goes if it fits.
+    head: usize,
+}
+
+impl StageRing {
+    pub(crate) fn new(cap: usize) -> Self {
+        StageRing {
+            cap,
+            live: [(0, 0); crate::worker::MAX_REQUESTS],
+            first: 0,
+            count: 0,
+            head: 0,
+        }
+    }
+
+    /// Bytes the ring holds.
+    pub(crate) fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Takes `len` (≥ 1) contiguous bytes; their offset, or `None` while too few are free.
+    pub(crate) fn take(&mut self, len: usize) -> Option<usize> {
+        if len == 0 || len > self.cap || self.count == self.live.len() {
+            return None;
+        }
+        let off = if self.count == 0 {
+            0
+        } else {
+            let tail = self.live[self.first].0;
+            if self.head > tail {
+                // Live bytes are [tail, head): room after head, else before tail.
+                if self.cap - self.head >= len {
+                    self.head
+                } else if tail >= len {
+                    0
+                } else {
+                    return None;
+                }
+            } else if tail - self.head >= len {
+                // Wrapped: live bytes are [tail, end) and [0, head); room is [head, tail).
+                self.head
+            } else {
+                return None;
+            }
+        };
+        let at = (self.first + self.count) % self.live.len();
+        self.live[at] = (off, len);
+        self.count += 1;
+        self.head = off + len;
+        Some(off)
+    }
+
+    /// Gives back the oldest range.
+    pub(crate) fn give_oldest(&mut self) {
+        debug_assert!(self.count > 0, "nothing to give back");
+        if self.count == 0 {
+            return;
+        }
+        self.first = (self.first + 1) % self.live.len();
+        self.count -= 1;
+        if self.count == 0 {
+            self.first = 0;
+            self.head = 0;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stage_ring_ranges_never_overlap_and_all_space_comes_back() {
+        let mut r = StageRing::new(100);
+        assert_eq!(r.take(0), None);
+        assert_eq!(r.take(101), None);
+        assert_eq!(r.take(40), Some(0));
+        assert_eq!(r.take(40), Some(40));
+        assert_eq!(
+            r.take(30),
+            None,
+            "20 left at the end, none before the oldest"
+        );
+        r.give_oldest();
+        assert_eq!(r.take(30), Some(0), "wraps to the start");
+        assert_eq!(r.take(11), None, "only 10 between head and the oldest");
+        assert_eq!(r.take(10), Some(30));
+        r.give_oldest();
+        r.give_oldest();
+        r.give_oldest();
+        assert_eq!(r.take(100), Some(0), "empty again: the whole ring");
+
+        // Random sequences against a byte map of what is live.
+        let mut seed = 7u64;
+        let mut rnd = |m: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % m as u64) as usize
+        };
+        let cap = 4096;
+        let mut r = StageRing::new(cap);
+        let mut owner = vec![usize::MAX; cap];
+        let mut fifo = std::collections::VecDeque::new();
+        for step in 0..20_000 {
+            if fifo.len() < MAX_TEST_LIVE && rnd(3) > 0 {
+                let len = 1 + rnd(cap / 3);
+                if let Some(off) = r.take(len) {
+                    assert!(off + len <= cap);
+                    for b in &mut owner[off..off + len] {
+                        assert_eq!(*b, usize::MAX, "step {step}: range overlaps a live one");
+                        *b = step;
+                    }
+                    fifo.push_back((off, len));
+                } else {
+                    assert!(!fifo.is_empty(), "an empty ring refused {len} bytes");
+                }
+            } else if let Some((off, len)) = fifo.pop_front() {
+                r.give_oldest();
+                owner[off..off + len].fill(usize::MAX);
+            }
+        }
+    }
+
+    const MAX_TEST_LIVE: usize = crate::worker::MAX_REQUESTS;
 
     #[test]
     fn pool_is_a_permutation_and_refuses_overdraw() {

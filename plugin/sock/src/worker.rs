@@ -29,9 +29,9 @@ const IOV_BATCH: usize = 64;
 pub(crate) enum JobKind {
     /// Send from `base`.
     Send,
-    /// Send from CUDA memory at `base` (a device address), chunk by chunk through the lane's
-    /// pinned staging buffer in [`Shared::cuda_stage`].
-    SendCuda,
+    /// Send from `base` in the comm's CUDA staging ring ([`Shared::cuda_stage`]) once the
+    /// request's device-to-host copy there is done.
+    SendStaged,
     /// Receive into `base` (host mode).
     RecvHost,
     /// Receive into bounce pages listed at `pages` (TCPX mode).
@@ -77,7 +77,7 @@ pub(crate) struct Shared {
     pub remaining: [AtomicU32; MAX_REQUESTS],
     pub lanes: Vec<Lane>,
     pub chunk_bytes: usize,
-    /// Staging for CUDA sends (send comms only), made at the comm's first CUDA send.
+    /// The staging ring for CUDA sends (send comms only), made at the comm's first one.
     pub cuda_stage: OnceLock<SendStage>,
     exited: Mutex<usize>,
     exited_cv: Condvar,
@@ -237,20 +237,24 @@ fn next_job(shared: &Shared, me: usize) -> Option<Job> {
 fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
     let fd = sock.as_raw_fd();
     let n = shared.lanes.len() as u64;
-    let mut staging = Staging::default();
     while let Some(job) = next_job(shared, me) {
         let (first, nchunks) = lane_chunks(shared, me, &job);
+        if matches!(job.kind, JobKind::SendStaged) && first < nchunks {
+            shared
+                .cuda_stage
+                .get()
+                .ok_or(Error::Internal("staged send without staging"))?
+                .wait(job.req)?;
+        }
         for j in (first..nchunks).step_by(n as usize) {
             let off = j as usize * shared.chunk_bytes;
-            let len = chunk_span(shared, &job, j).1;
+            let len = shared.chunk_bytes.min(job.size - off);
             match job.kind {
-                // SAFETY: `base..base+size` is the caller's live send buffer.
-                JobKind::Send => unsafe { sys::send_all(fd, job.base.add(off), len)? },
-                // All of the lane's chunks at once: copies overlap sends.
-                JobKind::SendCuda => {
-                    send_cuda(shared, me, fd, &job, &mut staging)?;
-                    break;
-                }
+                // SAFETY: `base..base+size` is the caller's live send buffer, or the request's
+                // staging range, whose copy is done.
+                JobKind::Send | JobKind::SendStaged => unsafe {
+                    sys::send_all(fd, job.base.add(off), len)?
+                },
                 JobKind::RecvHost => {
                     let mut iov = [libc::iovec {
                         // SAFETY: `off < size`, within the caller's receive buffer.
@@ -268,92 +272,11 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
     Ok(())
 }
 
-/// A lane's use of its two staging buffers across CUDA requests.
-#[derive(Default)]
-struct Staging {
-    /// The buffer the next copy that was not started ahead goes to.
-    free: usize,
-    /// A copy started ahead for the next queued request: (its request slot, its chunk base,
-    /// the buffer).
-    ahead: Option<(usize, u64, usize)>,
-}
-
-/// The chunks of `job` that lane `me` sends: `first`, `first + lanes`, … below `nchunks`.
+/// The chunks of `job` that lane `me` moves: `first`, `first + lanes`, … below `nchunks`.
 fn lane_chunks(shared: &Shared, me: usize, job: &Job) -> (u64, u64) {
     let n = shared.lanes.len() as u64;
     let nchunks = job.size.div_ceil(shared.chunk_bytes) as u64;
     ((me as u64 + n - job.chunk_base % n) % n, nchunks)
-}
-
-/// Address (as an integer) and length of chunk `j` of `job`.
-fn chunk_span(shared: &Shared, job: &Job, j: u64) -> (u64, usize) {
-    let off = j as usize * shared.chunk_bytes;
-    (
-        job.base as u64 + off as u64,
-        shared.chunk_bytes.min(job.size - off),
-    )
-}
-
-/// Sends lane `me`'s chunks of a CUDA request. Each is copied device-to-host into one of the
-/// lane's two pinned buffers while the previous one goes out on the socket; the copy of the
-/// last chunk's successor is the first chunk of the next CUDA request queued on this lane,
-/// when there is one (its data is complete: NCCL's contract for `isend`).
-fn send_cuda(shared: &Shared, me: usize, fd: i32, job: &Job, st: &mut Staging) -> Result<()> {
-    let stage = shared
-        .cuda_stage
-        .get()
-        .ok_or(Error::Internal("CUDA send without staging"))?;
-    let n = shared.lanes.len() as u64;
-    let (first, nchunks) = lane_chunks(shared, me, job);
-    if first >= nchunks {
-        return Ok(());
-    }
-    let mut buf = match st.ahead.take() {
-        Some((req, base, b)) if req == job.req && base == job.chunk_base => b,
-        other => {
-            debug_assert!(other.is_none(), "a copy started ahead for another request");
-            let (src, len) = chunk_span(shared, job, first);
-            stage.begin(me, st.free, src, len)?;
-            st.free
-        }
-    };
-    let mut j = first;
-    while j < nchunks {
-        let next = j + n;
-        if next < nchunks {
-            // The other buffer was sent (or never used): start the next copy now.
-            let (src, len) = chunk_span(shared, job, next);
-            stage.begin(me, buf ^ 1, src, len)?;
-        } else if let Some(q) = peek_job(shared, me).filter(|q| matches!(q.kind, JobKind::SendCuda))
-        {
-            let (qfirst, qchunks) = lane_chunks(shared, me, &q);
-            if qfirst < qchunks {
-                let (src, len) = chunk_span(shared, &q, qfirst);
-                stage.begin(me, buf ^ 1, src, len)?;
-                st.ahead = Some((q.req, q.chunk_base, buf ^ 1));
-            }
-        }
-        let (_, len) = chunk_span(shared, job, j);
-        let p = stage.finish(me, buf)?;
-        // SAFETY: `p` holds the `len` bytes just copied; only this lane uses the buffer, and
-        // the next copy into it starts only after this send returned.
-        unsafe { sys::send_all(fd, p, len)? };
-        j = next;
-        buf ^= 1;
-    }
-    st.free = buf;
-    Ok(())
-}
-
-/// The job at the head of lane `me`'s queue, without taking it (only this lane's helper
-/// takes jobs, so it is the one `next_job` returns next).
-fn peek_job(shared: &Shared, me: usize) -> Option<Job> {
-    let q = lock(&shared.lanes[me].q);
-    if q.len > 0 {
-        q.jobs[q.head]
-    } else {
-        None
-    }
 }
 
 /// Receives request bytes `off..off+len` into their bounce pages, one fragment per page.

@@ -93,11 +93,18 @@ fn dereg(comm: Ptr, mh: *mut c_void) {
 }
 
 fn isend_mh(s: Ptr, p: *mut c_void, len: usize, mh: *mut c_void) -> Ptr {
+    let (rc, req) = try_isend(s, p, len, mh);
+    assert_eq!(rc, result::SUCCESS);
+    assert!(!req.0.is_null(), "isend gave no request");
+    req
+}
+
+/// isend's result code and request (NULL = not now, try again).
+fn try_isend(s: Ptr, p: *mut c_void, len: usize, mh: *mut c_void) -> (c_int, Ptr) {
     let mut req = core::ptr::null_mut();
     // SAFETY: the buffer outlives the request in every caller.
     let rc = unsafe { net().isend.unwrap()(s.0, p, len as c_int, 0, mh, &mut req) };
-    assert_eq!(rc, result::SUCCESS);
-    Ptr(req)
+    (rc, Ptr(req))
 }
 
 fn irecv_mh(r: Ptr, p: *mut c_void, len: usize, mh: *mut c_void) -> Ptr {
@@ -231,6 +238,66 @@ fn device_to_device_lands_in_bounce_pages() {
         "CUDA receives never write the posted buffer (the unpack kernel does)"
     );
     dereg(r, rmh);
+    close_send(s);
+    close_recv(r);
+}
+
+/// CUDA sends are staged in a per-comm ring at `isend`: a send that does not fit while older
+/// ones are live gets no request (NCCL tries again), one larger than the ring is refused, and
+/// space comes back as sends complete, oldest first.
+#[test]
+fn cuda_sends_wait_for_staging_room_and_refuse_oversize() {
+    setup();
+    let Some(_c) = gpu("cuda_sends_wait_for_staging_room_and_refuse_oversize") else {
+        return;
+    };
+    let (s, r, _) = pair();
+    let ring = tcpx_sock::Config::default().stage_bytes;
+    let len = 4 << 20;
+    let n = ring / len;
+    assert!(n >= 2 && ring % len == 0, "the test fills the ring exactly");
+    let data: Vec<Vec<u8>> = (0..=n).map(|k| pattern(len, 600 + k as u64)).collect();
+    let srcs: Vec<Dev> = data.iter().map(|d| Dev::from(d)).collect();
+    let smhs: Vec<_> = srcs
+        .iter()
+        .map(|d| reg(s, d.ptr(), len, PTR_CUDA).unwrap())
+        .collect();
+
+    let big = Dev::zeroed(ring + 4096);
+    let bmh = reg(s, big.ptr(), ring + 4096, PTR_CUDA).unwrap();
+    let (rc, req) = try_isend(s, big.ptr(), ring + 4096, bmh);
+    assert_eq!(rc, result::INVALID_ARGUMENT, "larger than the staging ring");
+    assert!(req.0.is_null());
+
+    let mut sends: Vec<Ptr> = (0..n)
+        .map(|k| isend_mh(s, srcs[k].ptr(), len, smhs[k]))
+        .collect();
+    // Nothing was tested yet, so no range came back: the ring is full.
+    let (rc, req) = try_isend(s, srcs[n].ptr(), len, smhs[n]);
+    assert_eq!(rc, result::SUCCESS, "a full ring is not an error");
+    assert!(req.0.is_null(), "no request while the ring is full");
+
+    let dst = Dev::zeroed(len);
+    let rmh = reg(r, dst.ptr(), len, PTR_CUDA).unwrap();
+    for k in 0..=n {
+        let rr = irecv_mh(r, dst.ptr(), len, rmh);
+        if k == 0 {
+            assert_eq!(wait(rr), Ok(len));
+            // The oldest send completes and gives its range back; the waiting one fits now.
+            assert_eq!(wait(sends[0]), Ok(len));
+            sends.push(isend_mh(s, srcs[n].ptr(), len, smhs[n]));
+        } else {
+            assert_eq!(wait(rr), Ok(len));
+            assert_eq!(wait(sends[k]), Ok(len));
+        }
+        assert!(unpack_host(r, k as u64, len) == data[k], "send {k}");
+        assert_eq!(consumed(r, rr), result::SUCCESS);
+    }
+    dereg(r, rmh);
+    dereg(s, bmh);
+    for mh in smhs {
+        dereg(s, mh);
+    }
     close_send(s);
     close_recv(r);
 }
