@@ -279,7 +279,8 @@ fn lane_chunks(shared: &Shared, me: usize, job: &Job) -> (u64, u64) {
     ((me as u64 + n - job.chunk_base % n) % n, nchunks)
 }
 
-/// Receives request bytes `off..off+len` into their bounce pages, one fragment per page.
+/// Receives request bytes `off..off+len` into their bounce pages, one fragment per page;
+/// pages that follow each other in the region share one iovec (the pool hands out runs).
 fn recv_pages(fd: i32, pages: *const u32, bounce: *mut u8, off: usize, len: usize) -> Result<()> {
     let mut iov = [libc::iovec {
         iov_base: core::ptr::null_mut(),
@@ -289,19 +290,28 @@ fn recv_pages(fd: i32, pages: *const u32, bounce: *mut u8, off: usize, len: usiz
     let end = off + len;
     while pos < end {
         let mut k = 0;
-        while k < IOV_BATCH && pos < end {
+        let mut next_page = usize::MAX;
+        while pos < end {
             let frag = PAGE_SIZE.min(end - pos);
             // SAFETY: the page list of the request covers every fragment of its size.
             let page = unsafe { *pages.add(pos / PAGE_SIZE) } as usize;
-            iov[k] = libc::iovec {
-                // SAFETY: page indices come from the pool and lie inside the bounce region.
-                iov_base: unsafe { bounce.add(page * PAGE_SIZE) }.cast(),
-                iov_len: frag,
-            };
-            k += 1;
+            if k > 0 && page == next_page {
+                iov[k - 1].iov_len += frag;
+            } else if k == IOV_BATCH {
+                break;
+            } else {
+                iov[k] = libc::iovec {
+                    // SAFETY: page indices come from the pool and lie inside the bounce region.
+                    iov_base: unsafe { bounce.add(page * PAGE_SIZE) }.cast(),
+                    iov_len: frag,
+                };
+                k += 1;
+            }
+            next_page = page + 1;
             pos += frag;
         }
-        // SAFETY: each iovec is one reserved bounce page, owned by this request until consumed.
+        // SAFETY: each iovec is a run of reserved bounce pages, owned by this request until
+        // consumed.
         unsafe { sys::recv_all_iov(fd, &mut iov[..k])? };
     }
     Ok(())
