@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # GPU memory through the engine vs host memory, on one GPU machine, loopback:
 #   tcpx bench --loopback --size 4M,64M --verify --json --mem {host:host,cuda:cuda,host:cuda,cuda:host}
-# at 2 and 4 channels (CHANNELS="2 4"), each run's JSON in OUTDIR, then a table of GB/s
-# ratios against DRAM->DRAM at the same size and channel count (target: VRAM->VRAM >= 0.8x).
+# at 2 and 4 channels (CHANNELS="2 4"), ROUNDS times with the four kinds interleaved (a VM's
+# speed drifts between runs; interleaving spreads the drift over all of them), each run's
+# JSON in OUTDIR, then a table of median GB/s and ratios against DRAM->DRAM at the same size
+# and channel count (target: VRAM->VRAM >= 0.8x).
 #
 # usage: scripts/bench-gpu.sh [TCPX_BINARY [OUTDIR [extra tcpx bench args...]]]
 #   TCPX_BINARY  default target/release/tcpx (build: cargo build --release -p tcpx --bin tcpx;
 #                the unpack kernels need nvcc at build time: scripts/install-nvcc.sh)
-#   OUTDIR       default .  (files: bench-gpu-c<channels>-<src>-<dst>.json)
-# Environment: CHANNELS (default "2 4"), SIZES (default 4M,64M), TARGET (default 0.8),
-#   STRICT=1 to exit 3 when a VRAM->VRAM ratio is below TARGET.
+#   OUTDIR       default .  (files: bench-gpu-c<channels>-<src>-<dst>-r<round>.json)
+# Environment: CHANNELS (default "2 4"), SIZES (default 4M,64M), ROUNDS (default 3), TARGET
+#   (default 0.8), STRICT=1 to exit 3 when a VRAM->VRAM ratio is below TARGET.
 set -euo pipefail
 
 tcpx="${1:-target/release/tcpx}"
@@ -17,6 +19,7 @@ out="${2:-.}"
 shift $(($# < 2 ? $# : 2))
 channels="${CHANNELS:-2 4}"
 sizes="${SIZES:-4M,64M}"
+rounds="${ROUNDS:-3}"
 target="${TARGET:-0.8}"
 
 if [[ ! -x "$tcpx" ]]; then
@@ -33,28 +36,36 @@ fi
 
 mems="host:host cuda:cuda host:cuda cuda:host"
 for c in $channels; do
-    for m in $mems; do
-        f="$out/bench-gpu-c$c-${m/:/-}.json"
-        echo "== --mem $m --channels $c -> $f"
-        "$tcpx" bench --loopback --size "$sizes" --mem "$m" --channels "$c" --verify --json "$@" \
-            | tee "$f"
+    for r in $(seq "$rounds"); do
+        for m in $mems; do
+            f="$out/bench-gpu-c$c-${m/:/-}-r$r.json"
+            echo "== round $r: --mem $m --channels $c -> $f"
+            "$tcpx" bench --loopback --size "$sizes" --mem "$m" --channels "$c" --verify --json "$@" \
+                | tee "$f"
+        done
     done
 done
 
 echo
 status=0
-python3 - "$out" "$target" "$channels" <<'EOF' || status=$?
-import json, sys
+python3 - "$out" "$target" "$channels" "$rounds" <<'EOF' || status=$?
+import json, statistics, sys
 
 out, target, channels = sys.argv[1], float(sys.argv[2]), sys.argv[3].split()
+rounds = int(sys.argv[4])
 names = {"host:host": "DRAM->DRAM", "cuda:cuda": "VRAM->VRAM",
          "host:cuda": "DRAM->VRAM", "cuda:host": "VRAM->DRAM"}
 
 def rows(c, m):
-    with open(f"{out}/bench-gpu-c{c}-{m.replace(':', '-')}.json") as f:
-        j = json.load(f)
-    assert j["mem"] == m, (j["mem"], m)
-    return {r["bytes"]: r["gbps"] for r in j["rows"]}
+    """Median GB/s per size over the rounds."""
+    runs = {}
+    for r in range(1, rounds + 1):
+        with open(f"{out}/bench-gpu-c{c}-{m.replace(':', '-')}-r{r}.json") as f:
+            j = json.load(f)
+        assert j["mem"] == m, (j["mem"], m)
+        for row in j["rows"]:
+            runs.setdefault(row["bytes"], []).append(row["gbps"])
+    return {size: statistics.median(v) for size, v in runs.items()}
 
 def label(n):
     for u, s in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
@@ -62,8 +73,8 @@ def label(n):
             return f"{n // u} {s}"
     return f"{n} B"
 
-print(f"GB/s (p50) and ratio to DRAM->DRAM at the same size and channels; "
-      f"target VRAM->VRAM >= {target:.2f}x")
+print(f"GB/s (p50 of each run, median of {rounds} interleaved rounds) and ratio to "
+      f"DRAM->DRAM at the same size and channels; target VRAM->VRAM >= {target:.2f}x")
 print(f"{'ch':>3} {'size':>8} {'DRAM->DRAM':>11} {'VRAM->VRAM':>17} "
       f"{'DRAM->VRAM':>17} {'VRAM->DRAM':>17}  VRAM->VRAM")
 misses = 0
