@@ -113,6 +113,15 @@ struct Conn {
     /// that announces data it never sends, or stops mid-frame, cannot hold it forever.
     stalled: Mutex<Option<Instant>>,
     timeout: Duration,
+    /// Target: READs refused so far (they leave the conn open, so a peer can send many).
+    refused_reads: AtomicU64,
+}
+
+/// Whether the `n`-th refusal (from 1) from one peer gets a log line: the first few, then
+/// only powers of two, so a peer that keeps sending refused requests cannot flood the log
+/// (10,000 refusals: 15 lines).
+fn log_refusal(n: u64) -> bool {
+    n <= 4 || n.is_power_of_two()
 }
 
 impl Conn {
@@ -844,6 +853,7 @@ impl Shared {
             finished: Mutex::new(Vec::with_capacity(TABLE_CAP)),
             stalled: Mutex::new(None),
             timeout: self.timeout,
+            refused_reads: AtomicU64::new(0),
         }))
     }
 
@@ -1104,7 +1114,15 @@ impl Shared {
             }
             (false, Message::ReadRequest(r)) => match self.resolve(c, r.segments) {
                 Err((status, why)) => {
-                    crate::log!("refusing READ {} from {:?}: {why}", r.xfer, c.peer);
+                    let n = c.refused_reads.fetch_add(1, Ordering::Relaxed) + 1;
+                    if log_refusal(n) {
+                        crate::log!(
+                            "refusing READ {} from {:?}: {why} (refusal {n} from this peer; \
+                             from the 5th on only powers of two are logged)",
+                            r.xfer,
+                            c.peer
+                        );
+                    }
                     // Nothing was posted on either side: the conn stays usable.
                     c.send(&Message::Error(ErrorMsg {
                         code: (status as i32).unsigned_abs(),
@@ -1293,6 +1311,15 @@ fn wait_readable(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusal_logging_is_bounded() {
+        let lines = |n: u64| (1..=n).filter(|&k| log_refusal(k)).count();
+        assert_eq!(lines(4), 4, "the first refusals are all logged");
+        assert_eq!(lines(10_000), 15);
+        assert_eq!(lines(1 << 40), 4 + 38, "logarithmic in the count");
+        assert!(log_refusal(1024) && !log_refusal(1025));
+    }
 
     #[test]
     fn handshake_io_failures_from_a_vanished_peer_are_disconnects() {
