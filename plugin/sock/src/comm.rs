@@ -450,10 +450,12 @@ impl SendComm {
                         "CUDA send larger than the staging ring (TCPX_SOCK_STAGE_BYTES)",
                     ));
                 }
+                // The ring exists before a range of it is taken, so a failure here leaves
+                // nothing taken.
+                let stage = self.stage(ord)?;
                 let Some(off) = st.ring.take(size) else {
                     return Ok(None);
                 };
-                let stage = self.stage(ord)?;
                 // SAFETY: the ring range is this request's until `test` reports it done, and
                 // by NCCL's contract the buffer is unchanged until then.
                 match unsafe { stage.copy(idx, off, data as u64, size) } {
