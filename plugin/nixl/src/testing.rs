@@ -1,6 +1,7 @@
-//! Test support (feature `testing`), shared by the hostile-peer tests and the control-protocol
-//! fuzz target: a target backend whose registration sits between canary and guard pages, a
-//! well-behaved agent that proves the target still serves, and a peer's handshake.
+//! Test support (feature `testing`), shared by the backend's tests (hostile peers, zero
+//! allocation, soak) and the control-protocol fuzz target: two backends on loopback, a target
+//! backend whose registration sits between canary and guard pages, a well-behaved agent that
+//! proves the target still serves, and a peer's handshake.
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -116,6 +117,57 @@ pub fn desc(addr: u64, len: u64, md: usize) -> Desc {
     }
 }
 
+/// Two backends named `a` and `b` over tcpxsock on `lo`, `a` knowing `b`'s connection info;
+/// `timeout_ms` is their dead-peer bound.
+pub fn backend_pair(a: &str, b: &str, timeout_ms: u64) -> (Backend, Backend) {
+    tcpx_sock::config::configure(tcpx_sock::config::Config {
+        ifname: Some("lo".into()),
+        ..Default::default()
+    });
+    let to = timeout_ms.to_string();
+    let params = [("listen_addr", "127.0.0.1:0"), ("timeout_ms", to.as_str())];
+    let first = Backend::new(a, params).expect("backend a");
+    let second = Backend::new(b, params).expect("backend b");
+    first.load_remote_conn_info(b, second.conn_info()).unwrap();
+    (first, second)
+}
+
+/// `owner` (agent `owner_name`) registers `len` DRAM bytes at `addr` and `peer` loads its
+/// public data: (the owner's handle, the peer's remote handle).
+pub fn share(
+    owner: &Backend,
+    owner_name: &str,
+    peer: &Backend,
+    addr: u64,
+    len: u64,
+) -> (usize, usize) {
+    let mo = owner.register_mem(&desc(addr, len, 0), MEM_DRAM).unwrap();
+    let rp = peer
+        .load_remote_md(
+            &desc(addr, len, 0),
+            &owner.public_data(mo).unwrap(),
+            MEM_DRAM,
+            owner_name,
+        )
+        .unwrap();
+    (mo, rp)
+}
+
+/// Polls request `h` of `b` until it leaves `InProgress` (panics on an error or after
+/// [`BOUND`]); allocates nothing while it waits.
+pub fn poll_done(b: &Backend, h: usize) -> Status {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        match b.check_xfer(h) {
+            Ok(Status::InProgress) => {}
+            Ok(s) => return s,
+            Err(e) => panic!("transfer failed: {e}"),
+        }
+        assert!(Instant::now() < deadline, "transfer hangs");
+        std::thread::yield_now();
+    }
+}
+
 /// `msg` as frame bytes.
 pub fn frame(msg: &Message<'_>) -> Vec<u8> {
     let mut buf = vec![0u8; msg.buffer_len()];
@@ -143,15 +195,7 @@ pub struct World {
 impl World {
     /// Both backends over tcpxsock on `lo`; `timeout_ms` is their dead-peer bound.
     pub fn new(timeout_ms: u64) -> World {
-        tcpx_sock::config::configure(tcpx_sock::config::Config {
-            ifname: Some("lo".into()),
-            ..Default::default()
-        });
-        let to = timeout_ms.to_string();
-        let params = [("listen_addr", "127.0.0.1:0"), ("timeout_ms", to.as_str())];
-        let t = Backend::new("t", params).expect("target backend");
-        let a = Backend::new("a", params).expect("agent backend");
-        a.load_remote_conn_info("t", t.conn_info()).unwrap();
+        let (a, t) = backend_pair("a", "t", timeout_ms);
         let (info, _) = blob::decode_conn_info(t.conn_info()).unwrap();
         let guard = Guarded::new();
         let mg = t
@@ -163,17 +207,7 @@ impl World {
         let ma = a
             .register_mem(&desc(src.as_mut_ptr() as u64, REGION as u64, 0), MEM_DRAM)
             .unwrap();
-        let mt = t
-            .register_mem(&desc(dst.as_mut_ptr() as u64, REGION as u64, 0), MEM_DRAM)
-            .unwrap();
-        let rt = a
-            .load_remote_md(
-                &desc(dst.as_mut_ptr() as u64, REGION as u64, 0),
-                &t.public_data(mt).unwrap(),
-                MEM_DRAM,
-                "t",
-            )
-            .unwrap();
+        let (_, rt) = share(&t, "t", &a, dst.as_mut_ptr() as u64, REGION as u64);
         a.connect("t").unwrap();
         World {
             t,
@@ -197,19 +231,6 @@ impl World {
             self.token.base + off,
             len,
         )
-    }
-
-    fn finish(&self, h: usize) -> Status {
-        let deadline = Instant::now() + BOUND;
-        loop {
-            match self.a.check_xfer(h) {
-                Ok(Status::InProgress) => {}
-                Ok(s) => return s,
-                Err(e) => panic!("good agent's transfer failed: {e}"),
-            }
-            assert!(Instant::now() < deadline, "good agent's transfer hangs");
-            std::thread::yield_now();
-        }
     }
 
     /// `a` writes a fresh pattern (with a notification) into `t` and reads a page back; both
@@ -236,7 +257,7 @@ impl World {
         };
         let mut h = 0;
         self.a.post_xfer(&w, &mut h).unwrap();
-        assert_eq!(self.finish(h), Status::Success, "{case}: good WRITE");
+        assert_eq!(poll_done(&self.a, h), Status::Success, "{case}: good WRITE");
         self.a.release_req(h).unwrap();
         assert!(self.dst == self.src, "{case}: good WRITE data differs");
         // The notification arrives once the data is in; take it (and anything else queued).
@@ -264,7 +285,7 @@ impl World {
         };
         let mut h = 0;
         self.a.post_xfer(&rd, &mut h).unwrap();
-        assert_eq!(self.finish(h), Status::Success, "{case}: good READ");
+        assert_eq!(poll_done(&self.a, h), Status::Success, "{case}: good READ");
         self.a.release_req(h).unwrap();
         assert!(
             self.src[PAGE..2 * PAGE] == self.dst[..PAGE],

@@ -9,9 +9,9 @@
 //! conn and size its buffers) may allocate; they run before the counter is reset.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
 
 use plugin_TCPX::backend::{XferArgs, MEM_DRAM};
+use plugin_TCPX::testing::{backend_pair, desc as d, poll_done, share};
 use plugin_TCPX::xfer::{Desc, Op};
 use plugin_TCPX::{Backend, Status};
 use tcpx_tests::{allocs, count_allocs, reset_allocs, CountingAlloc};
@@ -28,15 +28,6 @@ const GAP: u64 = 64;
 #[test]
 fn counter_sees_allocations() {
     assert_eq!(count_allocs(|| drop(black_box(Box::new(7u64)))), 1);
-}
-
-fn d(addr: u64, len: u64, md: usize) -> Desc {
-    Desc {
-        addr,
-        len,
-        dev_id: 0,
-        md,
-    }
 }
 
 /// Bytes one registration needs for the descriptors at `LENS`.
@@ -62,31 +53,29 @@ fn pattern(n: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// Every described byte of `src` is in `dst`; the gaps after them in `dst` were never touched.
+fn assert_landed(src: &[u8], dst: &[u8], what: &str) {
+    let mut off = 0;
+    for len in LENS {
+        let (o, e) = (off as usize, (off + len) as usize);
+        assert_eq!(src[o..e], dst[o..e], "{what}: descriptor at {off}");
+        assert!(
+            dst[e..e + GAP as usize].iter().all(|&x| x == 0),
+            "{what}: gap after {off}"
+        );
+        off += len + GAP;
+    }
+}
+
 /// Posts the prepared request and polls it until DONE (bounded), without allocating itself.
 fn repost(b: &Backend, a: &XferArgs<'_>, h: &mut usize) {
     assert_eq!(b.post_xfer(a, h).unwrap(), Status::InProgress);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match b.check_xfer(*h) {
-            Ok(Status::Success) => return,
-            Ok(Status::InProgress) => {}
-            other => panic!("transfer failed: {other:?}"),
-        }
-        assert!(Instant::now() < deadline, "transfer hangs");
-        std::hint::spin_loop();
-    }
+    assert_eq!(poll_done(b, *h), Status::Success);
 }
 
 /// `a` moves 8 descriptors to (WRITE) or from (READ) `b`; `a`'s side is `near`, `b`'s `far`.
 fn remote(op: Op) {
-    tcpx_sock::config::configure(tcpx_sock::config::Config {
-        ifname: Some("lo".into()),
-        ..Default::default()
-    });
-    let params = [("listen_addr", "127.0.0.1:0"), ("timeout_ms", "10000")];
-    let a = Backend::new("a", params).unwrap();
-    let b = Backend::new("b", params).unwrap();
-    a.load_remote_conn_info("b", b.conn_info()).unwrap();
+    let (a, b) = backend_pair("a", "b", 10_000);
     let n = span();
     let (mut near, mut far) = match op {
         Op::Write => (pattern(n, 1), vec![0u8; n]),
@@ -94,15 +83,7 @@ fn remote(op: Op) {
     };
     let (pn, pf) = (near.as_mut_ptr() as u64, far.as_mut_ptr() as u64);
     let mn = a.register_mem(&d(pn, n as u64, 0), MEM_DRAM).unwrap();
-    let mf = b.register_mem(&d(pf, n as u64, 0), MEM_DRAM).unwrap();
-    let rf = a
-        .load_remote_md(
-            &d(pf, n as u64, 0),
-            &b.public_data(mf).unwrap(),
-            MEM_DRAM,
-            "b",
-        )
-        .unwrap();
+    let (mf, rf) = share(&b, "b", &a, pf, n as u64);
     a.connect("b").unwrap();
     let (l, r) = (descs(pn, mn), descs(pf, rf));
     let args = XferArgs {
@@ -143,22 +124,9 @@ fn remote(op: Op) {
         "{op:?}: {REPOSTS} reposts + polls allocated {seen} times"
     );
     a.release_req(h).unwrap();
-    // Every described byte arrived; the gaps were never touched.
-    let mut off = 0;
-    for len in LENS {
-        let (o, e) = (off as usize, (off + len) as usize);
-        assert_eq!(near[o..e], far[o..e], "{op:?}: descriptor at {off}");
-        off += len + GAP;
-    }
-    let untouched = match op {
-        Op::Write => &far,
-        Op::Read => &near,
-    };
-    let mut off = 0;
-    for len in LENS {
-        let g = (off + len) as usize;
-        assert!(untouched[g..g + GAP as usize].iter().all(|&x| x == 0));
-        off += len + GAP;
+    match op {
+        Op::Write => assert_landed(&near, &far, "remote WRITE"),
+        Op::Read => assert_landed(&far, &near, "remote READ"),
     }
     a.unload_md(rf).unwrap();
     a.deregister_mem(mn).unwrap();
@@ -212,13 +180,7 @@ fn self_reposts_allocate_nothing() {
         b.release_req(h).unwrap();
     }
     assert_eq!(src, pattern(n, 3), "READ copied the same bytes back");
-    let mut off = 0;
-    for len in LENS {
-        let (o, e) = (off as usize, (off + len) as usize);
-        assert_eq!(src[o..e], dst[o..e]);
-        assert!(dst[e..e + GAP as usize].iter().all(|&x| x == 0));
-        off += len + GAP;
-    }
+    assert_landed(&src, &dst, "self");
     b.unload_md(ad).unwrap();
     b.deregister_mem(ms).unwrap();
     b.deregister_mem(md).unwrap();

@@ -10,17 +10,9 @@
 use std::time::{Duration, Instant};
 
 use plugin_TCPX::backend::{XferArgs, MEM_DRAM};
-use plugin_TCPX::xfer::{Desc, Op};
-use plugin_TCPX::{Backend, Status};
-
-fn d(addr: u64, len: u64, md: usize) -> Desc {
-    Desc {
-        addr,
-        len,
-        dev_id: 0,
-        md,
-    }
-}
+use plugin_TCPX::testing::{backend_pair, desc as d, poll_done, share};
+use plugin_TCPX::xfer::Op;
+use plugin_TCPX::Status;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -44,27 +36,12 @@ fn fds() -> usize {
 fn soak_small_writes() {
     let n = env("TCPX_SOAK_N", 100_000);
     let len = env("TCPX_SOAK_BYTES", 4096);
-    tcpx_sock::config::configure(tcpx_sock::config::Config {
-        ifname: Some("lo".into()),
-        ..Default::default()
-    });
-    let params = [("listen_addr", "127.0.0.1:0"), ("timeout_ms", "10000")];
-    let a = Backend::new("a", params).unwrap();
-    let b = Backend::new("b", params).unwrap();
-    a.load_remote_conn_info("b", b.conn_info()).unwrap();
+    let (a, b) = backend_pair("a", "b", 10_000);
     let mut src = vec![0u8; len];
     let mut dst = vec![0u8; len];
     let (s, t) = (src.as_mut_ptr() as u64, dst.as_mut_ptr() as u64);
     let ms = a.register_mem(&d(s, len as u64, 0), MEM_DRAM).unwrap();
-    let mt = b.register_mem(&d(t, len as u64, 0), MEM_DRAM).unwrap();
-    let rt = a
-        .load_remote_md(
-            &d(t, len as u64, 0),
-            &b.public_data(mt).unwrap(),
-            MEM_DRAM,
-            "b",
-        )
-        .unwrap();
+    let (mt, rt) = share(&b, "b", &a, t, len as u64);
     a.connect("b").unwrap();
     let (l, r) = ([d(s, len as u64, ms)], [d(t, len as u64, rt)]);
     let args = XferArgs {
@@ -87,16 +64,7 @@ fn soak_small_writes() {
         // SAFETY: `src` is ours; the backend reads it only during the transfer below.
         unsafe { *(s as *mut u8) = tag };
         a.post_xfer(&args, &mut h).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match a.check_xfer(h).unwrap() {
-                Status::Success => break,
-                Status::InProgress => {}
-                other => panic!("transfer {i}: {other:?}"),
-            }
-            assert!(Instant::now() < deadline, "transfer {i} hangs");
-            std::hint::spin_loop();
-        }
+        assert_eq!(poll_done(&a, h), Status::Success, "transfer {i}");
         // SAFETY: the WRITE completed (Acked after the data landed).
         assert_eq!(unsafe { *(t as *const u8) }, tag, "transfer {i}");
         if marks.contains(&i) {
