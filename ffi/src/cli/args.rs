@@ -47,6 +47,12 @@ impl<'a> Flags<'a> {
     }
 }
 
+/// Owned arguments from literals, for the subcommands' parser tests.
+#[cfg(test)]
+pub(super) fn argv(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

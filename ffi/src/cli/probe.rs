@@ -211,10 +211,7 @@ fn device_json(out: &mut String, index: usize, d: &DeviceProps) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
+    use crate::cli::args::argv as args;
 
     #[test]
     fn parses_options() {

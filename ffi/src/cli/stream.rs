@@ -500,10 +500,7 @@ fn to_json(net: &Net, o: &Options, points: &[Point]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
+    use crate::cli::args::argv as args;
 
     #[test]
     fn parses_and_refuses() {
