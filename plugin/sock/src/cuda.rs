@@ -84,10 +84,34 @@ pub(crate) fn with_ctx<T>(
         .unwrap_or(core::ptr::null_mut());
     let c = context(ordinal)?;
     // `prev` was read before context() may bind, so the caller's thread ends as it began.
-    let _restore = Restore((prev != c.cu_ctx()).then_some(prev));
+    bound(prev, &c, f)
+}
+
+/// [`with_ctx`] for a context already in hand (no lookup): what a per-request call uses.
+pub(crate) fn with_this_ctx<T>(
+    c: &Arc<CudaContext>,
+    f: impl FnOnce(&Arc<CudaContext>) -> Result<T>,
+) -> Result<T> {
+    let prev = result::ctx::get_current()
+        .map_err(|e| cuda_err("cuCtxGetCurrent", e))?
+        .unwrap_or(core::ptr::null_mut());
+    bound(prev, c, f)
+}
+
+/// Runs `f` with `c` current, then makes `prev` current again unless it was `c` already (an
+/// engine thread usually has the same primary context current: then nothing is rebound).
+fn bound<T>(
+    prev: sys::CUcontext,
+    c: &Arc<CudaContext>,
+    f: impl FnOnce(&Arc<CudaContext>) -> Result<T>,
+) -> Result<T> {
+    if prev == c.cu_ctx() {
+        return f(c);
+    }
+    let _restore = Restore(Some(prev));
     c.bind_to_thread()
         .map_err(|e| cuda_err("cuCtxSetCurrent", e))?;
-    f(&c)
+    f(c)
 }
 
 /// The device a caller means when it names none: the device of the context current on the
@@ -275,7 +299,7 @@ impl SendStage {
         if off.checked_add(size).is_none_or(|end| end > self.len) {
             return Err(Error::Internal("staging copy outside the ring"));
         }
-        with_ctx(self.ctx.ordinal(), |_| {
+        with_this_ctx(&self.ctx, |_| {
             // SAFETY: per the contract.
             unsafe {
                 let dst = core::slice::from_raw_parts_mut(self.ring.add(off), size);

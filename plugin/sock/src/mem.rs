@@ -1,5 +1,5 @@
-//! Memory for TCPX mode: the pluggable allocator of device-visible host regions (meta table,
-//! bounce region) and the bounce page pool.
+//! Memory bookkeeping: the pluggable allocator of device-visible host regions (meta table,
+//! bounce region), the bounce page pool, and the CUDA send staging ring's ranges.
 //!
 //! Which allocator: the one installed with [`set_mapped_allocator`] if any; else, when a CUDA
 //! driver with a device is present, pinned device-mapped host memory
@@ -184,8 +184,9 @@ impl PagePool {
 /// from the start when the end has too little room; the oldest goes back first.
 pub(crate) struct StageRing {
     cap: usize,
-    /// Offset and length of every live range, oldest first (at most one per request slot).
-    live: [(usize, usize); crate::worker::MAX_REQUESTS],
+    /// Offset of every live range, oldest first (at most one per request slot); a range ends
+    /// where `head` was when the next one was taken, so only starts are kept.
+    live: [usize; crate::worker::MAX_REQUESTS],
     first: usize,
     count: usize,
     /// Where the next range goes if it fits.
@@ -196,7 +197,7 @@ impl StageRing {
     pub(crate) fn new(cap: usize) -> Self {
         StageRing {
             cap,
-            live: [(0, 0); crate::worker::MAX_REQUESTS],
+            live: [0; crate::worker::MAX_REQUESTS],
             first: 0,
             count: 0,
             head: 0,
@@ -216,7 +217,7 @@ impl StageRing {
         let off = if self.count == 0 {
             0
         } else {
-            let tail = self.live[self.first].0;
+            let tail = self.live[self.first];
             if self.head > tail {
                 // Live bytes are [tail, head): room after head, else before tail.
                 if self.cap - self.head >= len {
@@ -234,7 +235,7 @@ impl StageRing {
             }
         };
         let at = (self.first + self.count) % self.live.len();
-        self.live[at] = (off, len);
+        self.live[at] = off;
         self.count += 1;
         self.head = off + len;
         Some(off)
