@@ -126,8 +126,9 @@ pub fn backend_pair(a: &str, b: &str, timeout_ms: u64) -> (Backend, Backend) {
     });
     let to = timeout_ms.to_string();
     let params = [("listen_addr", "127.0.0.1:0"), ("timeout_ms", to.as_str())];
-    let first = Backend::new(a, params).expect("backend a");
+    // The peer first, then the agent that knows it (as World always made them).
     let second = Backend::new(b, params).expect("backend b");
+    let first = Backend::new(a, params).expect("backend a");
     first.load_remote_conn_info(b, second.conn_info()).unwrap();
     (first, second)
 }
