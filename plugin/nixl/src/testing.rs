@@ -165,7 +165,7 @@ pub fn poll_done(b: &Backend, h: usize) -> Status {
             Err(e) => panic!("transfer failed: {e}"),
         }
         assert!(Instant::now() < deadline, "transfer hangs");
-        std::thread::yield_now();
+        std::hint::spin_loop();
     }
 }
 
