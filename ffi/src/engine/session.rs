@@ -136,6 +136,7 @@ impl Listener {
         let free = (0..self.cfg.max_transfers as u32).rev().collect();
         let ptr_support = self.net.properties(dev)?.ptr_support;
         Ok(Session {
+            host_recv_bounced: host_receives_bounced(&self.net),
             cuda_ok: ptr_support.cuda(),
             gpu: None,
             jobs: Vec::with_capacity(c * MAX_WINDOW),
@@ -172,6 +173,9 @@ pub struct Session {
     consumed_needed: bool,
     /// Whether the plugin accepts CUDA pointers.
     cuda_ok: bool,
+    /// Whether the plugin lands host-memory receives in bounce pages (tcpxsock's
+    /// `TCPX_SOCK_UNPACK=1` test mode), where the engine would never copy them out.
+    host_recv_bounced: bool,
     /// CUDA context, stream, kernels, events: created by the first device registration.
     gpu: Option<Gpu>,
     /// Unpacks queued by this poll, launched together at its end (capacity: every window
@@ -343,6 +347,13 @@ impl Session {
             match s.offset.checked_add(s.len) {
                 Some(end) if end <= r.len => {}
                 _ => return Err(Error::Invalid("post: a segment lies outside its region")),
+            }
+            if self.host_recv_bounced && dir == Direction::Recv && r.memory == Memory::Host {
+                return Err(Error::Unsupported(
+                    "post: tcpxsock runs with TCPX_SOCK_UNPACK=1 (host receives land in bounce \
+                     pages, for its own CPU-oracle tests), so the engine cannot receive into host \
+                     memory; unset it",
+                ));
             }
         }
         let index = self.free.pop().ok_or(Error::Invalid(
@@ -739,6 +750,17 @@ pub enum Rendezvous<'a> {
     Accept(&'a TcpListener),
     /// Reach the peer's bootstrap listener.
     Connect(SocketAddr),
+}
+
+/// Whether `net` is tcpxsock with host receives forced through bounce pages. TCPX itself
+/// receives host buffers in place; only tcpxsock's test mode does otherwise.
+fn host_receives_bounced(net: &Net) -> bool {
+    match net.source() {
+        crate::net::PluginSource::Static => tcpx_sock::config::current().unpack,
+        crate::net::PluginSource::Path(_) => {
+            net.name() == "tcpxsock" && tcpx_sock::config::Config::from_env().unpack
+        }
+    }
 }
 
 /// The UNPACK source of a recv comm whose plugin offloads receives to bounce pages.
