@@ -5,7 +5,7 @@
 //! state sits behind locks (never held across a call into NIXL). Transfers an agent makes to
 //! itself are served here with memcpy; transfers to other agents go to [`RemotePath`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tcpx_core::wire::{MemKind, MAX_NAME, MAX_NOTIF};
@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::control::Control;
 use crate::error::{Arg, Error, Status};
 use crate::registry::{random_key, MdId, MemTable, Region, Span};
-use crate::remote::{Mem, Notifs, PeerInfo, RemotePath, RemoteXfer};
+use crate::remote::{Mem, NotifQueue, Notifs, PeerInfo, RemotePath, RemoteXfer};
 use crate::xfer::{self, Desc, Op};
 
 /// The value NIXL holds as an `nixlBackendReqH*`: never 0.
@@ -144,7 +144,7 @@ impl Backend {
         let control = Control::bind(config.listen_addr)?;
         let conn_info = blob::encode_conn_info(agent, control.advertised(), config.channels)?;
         let mem = Arc::new(RwLock::new(MemTable::default()));
-        let notifs = Arc::new(Mutex::new(VecDeque::new()));
+        let notifs = Arc::new(Mutex::new(NotifQueue::new(config.notif_queue_bytes)));
         let listener = control.listener().try_clone().map_err(|err| Error::Io {
             what: "sharing the control listener",
             err,
@@ -427,6 +427,10 @@ impl Backend {
         // Copy without the request table locked, so transfers to ourselves run in parallel
         // under NIXL's RW sync mode.
         drop(reqs);
+        // A notification that cannot be kept fails the post before anything is copied.
+        if let Some(msg) = a.notif {
+            lock(&self.notifs).has_room(msg.len())?;
+        }
         {
             // Revalidate under the metadata table's read lock and copy while holding it, so no
             // registration can be dropped between the check and the copy.
@@ -437,6 +441,11 @@ impl Backend {
             // live.
             unsafe { xfer::revalidate_and_copy_own(&table, &self.agent, a.op, a.local, a.remote)? };
         }
+        // Room was checked before the copy; only a concurrent post to ourselves can have
+        // taken it since, and then this one fails with the data copied.
+        if let Some(msg) = a.notif {
+            lock(&self.notifs).push(self.agent.clone(), msg.to_vec())?;
+        }
         // A request released meanwhile (abort) has nothing left to mark.
         if let Some(Request {
             route: Route::Own { posted },
@@ -444,9 +453,6 @@ impl Backend {
         }) = lock(&self.requests).map.get_mut(&id)
         {
             *posted = true;
-        }
-        if let Some(msg) = a.notif {
-            lock(&self.notifs).push_back((self.agent.clone(), msg.to_vec()));
         }
         Ok(Status::Success)
     }
@@ -497,8 +503,10 @@ impl Backend {
             ));
         }
         if agent == &*self.agent {
-            lock(&self.notifs).push_back((self.agent.clone(), msg.to_vec()));
-            return Ok(());
+            let mut q = lock(&self.notifs);
+            // Checked first so a full queue costs no allocation.
+            q.has_room(msg.len())?;
+            return q.push(self.agent.clone(), msg.to_vec());
         }
         let peer = self.peer_info(agent)?;
         self.remote.notify(agent, &peer, msg)
@@ -709,13 +717,18 @@ mod tests {
 
     /// Two backends that know each other, their data sessions on loopback.
     fn linked() -> (Backend, Backend) {
+        linked_with(&[])
+    }
+
+    fn linked_with(extra: &[(&str, &str)]) -> (Backend, Backend) {
         tcpx_sock::config::configure(tcpx_sock::config::Config {
             ifname: Some("lo".into()),
             ..Default::default()
         });
-        let params = [("listen_addr", "127.0.0.1:0"), ("timeout_ms", "5000")];
-        let a = Backend::new("a", params).unwrap();
-        let b = Backend::new("b", params).unwrap();
+        let mut params = vec![("listen_addr", "127.0.0.1:0"), ("timeout_ms", "5000")];
+        params.extend_from_slice(extra);
+        let a = Backend::new("a", params.iter().copied()).unwrap();
+        let b = Backend::new("b", params.iter().copied()).unwrap();
         a.load_remote_conn_info("b", b.conn_info()).unwrap();
         b.load_remote_conn_info("a", a.conn_info()).unwrap();
         (a, b)
@@ -745,6 +758,76 @@ mod tests {
         })
         .unwrap();
         got
+    }
+
+    /// Entries of the largest notification that fit in the smallest queue.
+    const FIT: usize = (64 * 1024) / (MAX_NOTIF + NotifQueue::ENTRY_OVERHEAD as usize);
+
+    #[test]
+    fn a_full_notification_queue_refuses_and_loses_nothing() {
+        let (a, b) = linked_with(&[("notif_queue_bytes", "65536")]);
+        const N: usize = 8192;
+        let mut src: Vec<u8> = (0..N).map(|i| (i % 251) as u8).collect();
+        let mut dst = vec![0u8; N];
+        let (s, t) = (src.as_mut_ptr() as u64, dst.as_mut_ptr() as u64);
+        let ms = a.register_mem(&d(s, N as u64, 0), MEM_DRAM).unwrap();
+        let mt = b.register_mem(&d(t, N as u64, 0), MEM_DRAM).unwrap();
+        let rt = a
+            .load_remote_md(
+                &d(t, N as u64, 0),
+                &b.public_data(mt).unwrap(),
+                MEM_DRAM,
+                "b",
+            )
+            .unwrap();
+        let (l, r) = ([d(s, N as u64, ms)], [d(t, N as u64, rt)]);
+        let note = |i: usize| -> Vec<u8> { vec![i as u8; MAX_NOTIF] };
+        let write = |n: Option<&[u8]>| {
+            let mut w = args(Op::Write, &l, &r, "b");
+            w.notif = n;
+            let mut h = 0;
+            a.post_xfer(&w, &mut h).unwrap();
+            let st = finish(&a, h);
+            a.release_req(h).unwrap();
+            st
+        };
+        // WRITEs with the largest notification until the target's queue is full: each one
+        // that fits succeeds; the next one's data lands but the WRITE fails with the reason.
+        for i in 0..FIT {
+            assert_eq!(write(Some(&note(i))).unwrap(), Status::Success, "WRITE {i}");
+        }
+        let full = write(Some(&note(FIT))).unwrap_err();
+        assert_eq!(full.status(), Status::NotAllowed, "{full}");
+        assert!(full.to_string().contains("getNotifs"), "{full}");
+        assert_eq!(dst, src);
+        // Self notifications are refused the same way, leaving the queue as it was.
+        let e = b.gen_notif("b", &note(99)).unwrap_err();
+        assert!(matches!(e, Error::NotifQueueFull { .. }), "{e}");
+        let got = notifs(&b);
+        assert_eq!(got.len(), FIT);
+        for (i, (from, m)) in got.iter().enumerate() {
+            assert_eq!((from.as_str(), m), ("a", &note(i)), "notification {i}");
+        }
+        // Taken: there is room again, on the same conn.
+        assert_eq!(write(Some(b"again")).unwrap(), Status::Success);
+        assert_eq!(notifs(&b), [("a".to_owned(), b"again".to_vec())]);
+
+        // Bare notifications have no reply: one that does not fit closes the conn, and the
+        // queue keeps exactly those that fit, in order.
+        for i in 0..FIT + 3 {
+            a.gen_notif("b", &note(i)).unwrap_or_default();
+        }
+        // A WRITE behind them on the same stream: by its end the target has seen them all
+        // (it fails if the conn closed first, or runs on a new conn).
+        let _ = write(None);
+        let got = notifs(&b);
+        let n = got.len();
+        assert!(n <= FIT, "{n} notifications queued, bound {FIT}");
+        assert_eq!(n, FIT, "every notification that fit is kept");
+        for (i, (_, m)) in got.iter().enumerate().take(FIT) {
+            assert_eq!(m, &note(i), "notification {i}");
+        }
+        drop(src);
     }
 
     #[test]

@@ -15,13 +15,14 @@ use tcpx_core::wire::MAX_CHANNELS;
 use crate::error::Error;
 
 /// Option names and defaults, in the order `get_backend_options` reports them.
-pub const OPTIONS: [(&str, &str); 6] = [
+pub const OPTIONS: [(&str, &str); 7] = [
     ("channels", "2"),
     ("chunk_bytes", "524288"),
     ("window", "16"),
     ("plugin_path", ""),
     ("listen_addr", ""),
     ("timeout_ms", "10000"),
+    ("notif_queue_bytes", "67108864"),
 ];
 
 /// Smallest and largest accepted chunk size.
@@ -29,6 +30,9 @@ pub const OPTIONS: [(&str, &str); 6] = [
 const CHUNK_BYTES: (u64, u64) = (4096, tcpx_core::plan::MAX_CHUNK_BYTES as u64);
 /// Largest accepted timeout: one hour.
 const MAX_TIMEOUT_MS: u64 = 3_600_000;
+/// Accepted bounds on the notification queue: room for a few of the largest notifications,
+/// up to 1 TiB.
+const NOTIF_QUEUE_BYTES: (u64, u64) = (64 * 1024, 1 << 40);
 
 /// Validated backend configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +49,9 @@ pub struct Config {
     pub listen_addr: SocketAddr,
     /// Bound on waiting for a peer before a transfer fails.
     pub timeout: Duration,
+    /// Bound on the notifications waiting for `getNotifs`, in bytes (each counts its message
+    /// plus a fixed per-entry overhead).
+    pub notif_queue_bytes: u64,
 }
 
 impl Default for Config {
@@ -56,6 +63,7 @@ impl Default for Config {
             plugin_path: None,
             listen_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
             timeout: Duration::from_millis(10_000),
+            notif_queue_bytes: 64 << 20,
         }
     }
 }
@@ -110,6 +118,10 @@ impl Config {
                     c.timeout = Duration::from_millis(number(key, value, 1, MAX_TIMEOUT_MS)?)
                 }
                 "listen_addr" => c.listen_addr = listen_addr(key, value)?,
+                "notif_queue_bytes" => {
+                    c.notif_queue_bytes =
+                        number(key, value, NOTIF_QUEUE_BYTES.0, NOTIF_QUEUE_BYTES.1)?
+                }
                 "plugin_path" => {
                     c.plugin_path = if value.is_empty() {
                         None
@@ -147,6 +159,7 @@ impl Config {
             ("plugin_path", path),
             ("listen_addr", bound.to_string()),
             ("timeout_ms", self.timeout.as_millis().to_string()),
+            ("notif_queue_bytes", self.notif_queue_bytes.to_string()),
         ]
     }
 }
@@ -169,8 +182,10 @@ mod tests {
             ("window", "8"),
             ("listen_addr", "127.0.0.1:0"),
             ("timeout_ms", "50"),
+            ("notif_queue_bytes", "65536"),
         ])
         .unwrap();
+        assert_eq!(c.notif_queue_bytes, 65536);
         assert_eq!(c.channels, 4);
         assert_eq!(c.chunk_bytes, 1 << 20);
         assert_eq!(c.window, 8);
@@ -209,6 +224,7 @@ mod tests {
             ("window", "65"),
             ("timeout_ms", "0"),
             ("timeout_ms", "-5"),
+            ("notif_queue_bytes", "4096"),
             ("listen_addr", "nowhere:1"),
             ("plugin_path", "/nonexistent/libnccl-net.so"),
             ("chanels", "2"),

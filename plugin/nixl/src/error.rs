@@ -155,6 +155,13 @@ pub enum Error {
     },
     /// `postXfer` on a request still in flight.
     RepostActive,
+    /// The notification queue has no room: the application is not taking notifications.
+    NotifQueueFull {
+        /// Bytes queued now.
+        held: u64,
+        /// The `notif_queue_bytes` bound.
+        limit: u64,
+    },
 }
 
 impl Error {
@@ -184,6 +191,7 @@ impl Error {
             Error::Disconnected(_) => Status::RemoteDisconnect,
             Error::Remote { status, .. } => *status,
             Error::RepostActive => Status::RepostActive,
+            Error::NotifQueueFull { .. } => Status::NotAllowed,
         }
     }
 }
@@ -218,6 +226,11 @@ impl fmt::Display for Error {
                 write!(f, "peer failed the transfer ({status:?}): {reason}")
             }
             Error::RepostActive => write!(f, "request is still in flight"),
+            Error::NotifQueueFull { held, limit } => write!(
+                f,
+                "notification queue full ({held} bytes queued, notif_queue_bytes {limit}): \
+                 the application must take notifications with getNotifs"
+            ),
         }
     }
 }

@@ -43,9 +43,83 @@ pub struct PeerInfo {
     pub channels: u16,
 }
 
-/// The backend's notification queue, shared with the backend thread: (sender, message). The
+/// The backend's notification queue, shared with the backend thread.
+pub type Notifs = Arc<Mutex<NotifQueue>>;
+
+/// Notifications waiting for `getNotifs`: (sender, message) in arrival order, bounded in bytes
+/// so that a peer cannot grow it without limit while the application does not take them. The
 /// sender is a shared name, so queueing a notification allocates only its message.
-pub type Notifs = Arc<Mutex<VecDeque<(Arc<str>, Vec<u8>)>>>;
+#[derive(Debug)]
+pub struct NotifQueue {
+    q: VecDeque<(Arc<str>, Vec<u8>)>,
+    held: u64,
+    limit: u64,
+}
+
+impl NotifQueue {
+    /// What one entry counts against the bound besides its message: the queue slot and the
+    /// message's allocation header, rounded up.
+    pub const ENTRY_OVERHEAD: u64 = 64;
+
+    /// An empty queue holding at most `limit` bytes.
+    pub fn new(limit: u64) -> Self {
+        NotifQueue {
+            q: VecDeque::new(),
+            held: 0,
+            limit,
+        }
+    }
+
+    fn cost(len: usize) -> u64 {
+        len as u64 + Self::ENTRY_OVERHEAD
+    }
+
+    /// Whether a `len`-byte notification fits now.
+    pub fn has_room(&self, len: usize) -> Result<(), Error> {
+        if self.held + Self::cost(len) > self.limit {
+            return Err(Error::NotifQueueFull {
+                held: self.held,
+                limit: self.limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Queues a notification, or leaves the queue unchanged when it has no room.
+    pub fn push(&mut self, from: Arc<str>, msg: Vec<u8>) -> Result<(), Error> {
+        self.has_room(msg.len())?;
+        self.held += Self::cost(msg.len());
+        self.q.push_back((from, msg));
+        Ok(())
+    }
+
+    /// The oldest notification.
+    pub fn front(&self) -> Option<&(Arc<str>, Vec<u8>)> {
+        self.q.front()
+    }
+
+    /// Drops the oldest notification (taken by the application).
+    pub fn pop_front(&mut self) {
+        if let Some((_, m)) = self.q.pop_front() {
+            self.held -= Self::cost(m.len());
+        }
+    }
+
+    /// Bytes counted against the bound now.
+    pub fn held(&self) -> u64 {
+        self.held
+    }
+
+    /// Notifications queued.
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+}
 /// The backend's metadata table, shared with the backend thread (target-side validation).
 pub type Mem = Arc<RwLock<MemTable>>;
 
@@ -1023,15 +1097,29 @@ impl Shared {
         for j in finished.drain(..) {
             if let Some(notif) = j.write {
                 // The data is in place: only now may the application see the notif.
-                if let Some(msg) = notif {
-                    lock(&self.notifs).push_back((c.peer.clone(), msg));
-                }
-                if c.send(&Message::Ack(Ack {
-                    xfer: j.wire,
-                    status: 0,
-                }))
-                .is_err()
-                {
+                let queued = match notif {
+                    Some(msg) => lock(&self.notifs).push(c.peer.clone(), msg),
+                    None => Ok(()),
+                };
+                let sent = match queued {
+                    Ok(()) => c.send(&Message::Ack(Ack {
+                        xfer: j.wire,
+                        status: 0,
+                    })),
+                    // The data is in place but its notification cannot be kept: the WRITE
+                    // fails at the initiator with the reason; the conn stays usable (both
+                    // sides received what they posted).
+                    Err(e) => {
+                        let why = e.to_string();
+                        crate::log!("WRITE {} from {:?}: {why}", j.wire, c.peer);
+                        c.send(&Message::Error(ErrorMsg {
+                            code: (e.status() as i32).unsigned_abs(),
+                            xfer: j.wire,
+                            text: &why[..why.len().min(wire::MAX_ERROR_TEXT)],
+                        }))
+                    }
+                };
+                if sent.is_err() {
                     return true;
                 }
             }
@@ -1146,8 +1234,13 @@ impl Shared {
                 }
             },
             (false, Message::Notif(n)) => {
-                // The allocation is the notification the app receives.
-                lock(&self.notifs).push_back((c.peer.clone(), n.msg.to_vec()));
+                // The allocation is the notification the app receives. No room: the peer's
+                // notification cannot be kept and there is no reply to carry the refusal, so
+                // the conn closes with the reason (logged here; the peer sees the close).
+                let mut q = lock(&self.notifs);
+                // Checked first so a full queue costs no allocation.
+                q.has_room(n.msg.len())?;
+                q.push(c.peer.clone(), n.msg.to_vec())?;
             }
             (true, Message::Ack(a)) => {
                 let f = lock(&c.pending).remove(&a.xfer);
@@ -1311,6 +1404,42 @@ fn wait_readable(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notif_queue_is_bounded_in_bytes_and_fifo() {
+        let per = 100 + NotifQueue::ENTRY_OVERHEAD;
+        let mut q = NotifQueue::new(3 * per);
+        let from: Arc<str> = Arc::from("p");
+        for i in 0..3u8 {
+            q.push(from.clone(), vec![i; 100]).unwrap();
+        }
+        assert_eq!(q.held(), 3 * per);
+        let e = q.push(from.clone(), vec![9; 1]).unwrap_err();
+        assert!(
+            matches!(e, Error::NotifQueueFull { held, limit } if held == 3 * per && limit == 3 * per)
+        );
+        assert_eq!(
+            (q.len(), q.held()),
+            (3, 3 * per),
+            "a refused push changes nothing"
+        );
+        assert_eq!(q.front().unwrap().1, vec![0; 100]);
+        q.pop_front();
+        assert_eq!(q.held(), 2 * per);
+        // The room one taken entry leaves fits another of its size, not a larger one.
+        assert!(q.has_room(101).is_err());
+        q.push(from.clone(), vec![3; 100]).unwrap();
+        let order: Vec<u8> = std::iter::from_fn(|| {
+            let b = q.front().map(|(_, m)| m[0]);
+            q.pop_front();
+            b
+        })
+        .collect();
+        assert_eq!(order, [1, 2, 3]);
+        assert!(q.is_empty() && q.held() == 0);
+        q.pop_front();
+        assert_eq!(q.held(), 0, "popping an empty queue is harmless");
+    }
 
     #[test]
     fn refusal_logging_is_bounded() {
