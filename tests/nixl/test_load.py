@@ -43,6 +43,7 @@ DEFAULT_OPTIONS = {
     "plugin_path": "",
     "listen_addr": "",
     "timeout_ms": "10000",
+    "notif_queue_bytes": "67108864",
 }
 
 # Bounds polling by count, not time: a transfer to ourselves completes inside postXfer.
@@ -70,11 +71,16 @@ def test_plugin_links_no_nixl_symbol_and_exports_the_entry_points():
     assert "nixl_plugin_fini" in defined
 
 
-def make_agent(prefix="agent"):
+def make_agent(prefix="agent", params=None):
     """An agent with only the TCPX backend, which must really exist: the Python API silently
-    skips backend names it has no plugin for."""
+    skips backend names it has no plugin for. `params`: custom backend options (created with
+    create_backend, the only way the Python API passes them)."""
     name = f"{prefix}-{next(_names)}"
-    agent = nixl_agent(name, nixl_agent_config(backends=["TCPX"]))
+    if params is None:
+        agent = nixl_agent(name, nixl_agent_config(backends=["TCPX"]))
+    else:
+        agent = nixl_agent(name, nixl_agent_config(backends=[]))
+        agent.create_backend("TCPX", params)
     assert "TCPX" in agent.get_plugin_list()
     assert "TCPX" in agent.backends, "TCPX plugin found but no TCPX backend was created"
     return agent
@@ -144,6 +150,7 @@ def test_custom_params_are_applied():
         {"window": "many"},
         {"chunk_bytes": "1"},
         {"timeout_ms": "0"},
+        {"notif_queue_bytes": "4096"},
         {"listen_addr": "not-an-address"},
         {"plugin_path": "/nonexistent/libnccl-net.so"},
         {"chanels": "2"},

@@ -129,6 +129,54 @@ def test_notification_alone(pair):
     assert notifs_within(a) == {b.name: [b"back"]}
 
 
+def test_full_notification_queue_fails_the_write_and_keeps_what_fit():
+    """The target never takes its notifications: once `notif_queue_bytes` is used up, a WRITE's
+    data still lands but the WRITE fails NOT_ALLOWED; the notifications that fit are kept in
+    order, and once they are taken WRITEs with notifications work again on the same peer."""
+    a = make_agent("nq-a")
+    b = make_agent("nq-b", {"notif_queue_bytes": "65536"})
+    assert b.get_backend_params("TCPX")["notif_queue_bytes"] == "65536"
+    regs = []
+    try:
+        n = 8192
+        src = reg(regs, a, pattern(n, 31))
+        dst = reg(regs, b, np.zeros(n, np.uint8))
+        exchange(a, b)
+        fit = 65536 // (4096 + 64)  # each entry counts its bytes + 64
+
+        def write(note):
+            h = a.initialize_xfer("WRITE", src.descs((0, n)), dst.descs((0, n)), b.name, note)
+            try:
+                state = a.transfer(h)
+                deadline = time.monotonic() + BOUND_S
+                while state == "PROC":
+                    assert time.monotonic() < deadline, "WRITE did not finish in time"
+                    state = a.check_xfer_state(h)
+            except errors.nixlNotAllowedError:
+                state = "NOT_ALLOWED"
+            a.release_xfer_handle(h)
+            return state
+
+        notes = [bytes([i]) * 4096 for i in range(fit + 1)]
+        for i in range(fit):
+            assert write(notes[i]) == "DONE", f"WRITE {i}"
+        dst.array[:] = 0
+        assert write(notes[fit]) in ("NOT_ALLOWED", "ERR")
+        assert np.array_equal(dst.array, src.array), "the refused WRITE's data still landed"
+        got = b.get_new_notifs()
+        assert got == {a.name: notes[:fit]}
+        assert write(b"again") == "DONE"
+        assert notifs_within(b) == {a.name: [b"again"]}
+    finally:
+        for r in regs:
+            r.release()
+        for x, y in ((a, b), (b, a)):
+            try:
+                x.remove_remote_agent(y.name)
+            except errors.nixlNotFoundError:
+                pass
+
+
 @pytest.mark.parametrize("op", ["WRITE", "READ"])
 def test_repost_of_a_prepared_handle(pair, op):
     a, b, regs = pair
