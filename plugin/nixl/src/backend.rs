@@ -420,18 +420,23 @@ impl Backend {
                 "request was prepared for another operation or agent",
             ));
         }
-        if let Route::Remote(x) = &mut req.route {
-            let peer = self.peer_info(a.agent)?;
-            return self.remote.post(a.agent, &peer, x, a.notif);
+        match &mut req.route {
+            Route::Remote(x) => {
+                let peer = self.peer_info(a.agent)?;
+                return self.remote.post(a.agent, &peer, x, a.notif);
+            }
+            // A repost that fails must not leave the previous post's SUCCESS standing.
+            Route::Own { posted } => *posted = false,
         }
         // Copy without the request table locked, so transfers to ourselves run in parallel
         // under NIXL's RW sync mode.
         drop(reqs);
-        // A notification that cannot be kept fails the post before anything is copied.
+        // A notification that cannot be kept fails the post before anything is copied; its
+        // room is taken now, so nothing can fill the queue during the copy.
         if let Some(msg) = a.notif {
-            lock(&self.notifs).has_room(msg.len())?;
+            lock(&self.notifs).reserve(msg.len())?;
         }
-        {
+        let copied = {
             // Revalidate under the metadata table's read lock and copy while holding it, so no
             // registration can be dropped between the check and the copy.
             // The check allocates nothing (no segment list), so reposts stay off the heap.
@@ -439,13 +444,16 @@ impl Backend {
             // SAFETY: the function checks every segment to lie inside a live registration of
             // host memory (only DRAM reaches here) before copying; the read guard keeps them
             // live.
-            unsafe { xfer::revalidate_and_copy_own(&table, &self.agent, a.op, a.local, a.remote)? };
-        }
-        // Room was checked before the copy; only a concurrent post to ourselves can have
-        // taken it since, and then this one fails with the data copied.
+            unsafe { xfer::revalidate_and_copy_own(&table, &self.agent, a.op, a.local, a.remote) }
+        };
         if let Some(msg) = a.notif {
-            lock(&self.notifs).push(self.agent.clone(), msg.to_vec())?;
+            let mut q = lock(&self.notifs);
+            match copied {
+                Ok(()) => q.push_reserved(self.agent.clone(), msg.to_vec()),
+                Err(_) => q.unreserve(msg.len()),
+            }
         }
+        copied?;
         // A request released meanwhile (abort) has nothing left to mark.
         if let Some(Request {
             route: Route::Own { posted },
@@ -769,9 +777,15 @@ mod tests {
         const N: usize = 8192;
         let mut src: Vec<u8> = (0..N).map(|i| (i % 251) as u8).collect();
         let mut dst = vec![0u8; N];
-        let (s, t) = (src.as_mut_ptr() as u64, dst.as_mut_ptr() as u64);
+        let mut own = vec![0u8; N];
+        let (s, t, o) = (
+            src.as_mut_ptr() as u64,
+            dst.as_mut_ptr() as u64,
+            own.as_mut_ptr() as u64,
+        );
         let ms = a.register_mem(&d(s, N as u64, 0), MEM_DRAM).unwrap();
         let mt = b.register_mem(&d(t, N as u64, 0), MEM_DRAM).unwrap();
+        let mo = b.register_mem(&d(o, N as u64, 0), MEM_DRAM).unwrap();
         let rt = a
             .load_remote_md(
                 &d(t, N as u64, 0),
@@ -792,42 +806,69 @@ mod tests {
             st
         };
         // WRITEs with the largest notification until the target's queue is full: each one
-        // that fits succeeds; the next one's data lands but the WRITE fails with the reason.
+        // that fits succeeds; the next one's data lands but the WRITE fails with the reason,
+        // on the same conn (no reconnect).
         for i in 0..FIT {
             assert_eq!(write(Some(&note(i))).unwrap(), Status::Success, "WRITE {i}");
         }
+        let conn = a.remote.outgoing_id("b").expect("a conn to b");
+        dst.fill(0);
         let full = write(Some(&note(FIT))).unwrap_err();
         assert_eq!(full.status(), Status::NotAllowed, "{full}");
         assert!(full.to_string().contains("getNotifs"), "{full}");
-        assert_eq!(dst, src);
-        // Self notifications are refused the same way, leaving the queue as it was.
+        assert_eq!(dst, src, "the refused WRITE's data still landed");
+        assert_eq!(
+            a.remote.outgoing_id("b"),
+            Some(conn),
+            "the conn survived the refusal"
+        );
+        // Notifications to ourselves are refused the same way, before anything is copied.
         let e = b.gen_notif("b", &note(99)).unwrap_err();
         assert!(matches!(e, Error::NotifQueueFull { .. }), "{e}");
+        let (bl, br) = ([d(t, N as u64, mt)], [d(o, N as u64, mo)]);
+        let mut own_w = args(Op::Write, &bl, &br, "b");
+        let big = note(98);
+        own_w.notif = Some(&big);
+        let mut h = 0;
+        let e = b.post_xfer(&own_w, &mut h).unwrap_err();
+        assert!(matches!(e, Error::NotifQueueFull { .. }), "{e}");
+        assert!(
+            own.iter().all(|&v| v == 0),
+            "a refused self WRITE copied nothing"
+        );
+        assert!(matches!(b.check_xfer(h), Err(Error::NotPosted)));
+        b.release_req(h).unwrap();
         let got = notifs(&b);
         assert_eq!(got.len(), FIT);
         for (i, (from, m)) in got.iter().enumerate() {
             assert_eq!((from.as_str(), m), ("a", &note(i)), "notification {i}");
         }
-        // Taken: there is room again, on the same conn.
+        // Taken: there is room again.
         assert_eq!(write(Some(b"again")).unwrap(), Status::Success);
         assert_eq!(notifs(&b), [("a".to_owned(), b"again".to_vec())]);
 
-        // Bare notifications have no reply: one that does not fit closes the conn, and the
-        // queue keeps exactly those that fit, in order.
+        // Bare notifications beyond the room are refused (the target answers an Error the
+        // initiator logs); the conn stays, the queue keeps exactly those that fit, in order.
         for i in 0..FIT + 3 {
-            a.gen_notif("b", &note(i)).unwrap_or_default();
+            a.gen_notif("b", &note(i)).unwrap();
         }
-        // A WRITE behind them on the same stream: by its end the target has seen them all
-        // (it fails if the conn closed first, or runs on a new conn).
-        let _ = write(None);
+        // A WRITE behind them on the same stream: by its Ack the target has seen them all.
+        assert_eq!(write(None).unwrap(), Status::Success);
+        assert_eq!(
+            a.remote.outgoing_id("b"),
+            Some(conn),
+            "the conn survived the flood"
+        );
         let got = notifs(&b);
-        let n = got.len();
-        assert!(n <= FIT, "{n} notifications queued, bound {FIT}");
-        assert_eq!(n, FIT, "every notification that fit is kept");
-        for (i, (_, m)) in got.iter().enumerate().take(FIT) {
+        assert_eq!(
+            got.len(),
+            FIT,
+            "exactly the notifications that fit are kept"
+        );
+        for (i, (_, m)) in got.iter().enumerate() {
             assert_eq!(m, &note(i), "notification {i}");
         }
-        drop(src);
+        drop((src, own));
     }
 
     #[test]

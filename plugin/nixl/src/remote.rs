@@ -87,10 +87,27 @@ impl NotifQueue {
 
     /// Queues a notification, or leaves the queue unchanged when it has no room.
     pub fn push(&mut self, from: Arc<str>, msg: Vec<u8>) -> Result<(), Error> {
-        self.has_room(msg.len())?;
-        self.held += Self::cost(msg.len());
-        self.q.push_back((from, msg));
+        self.reserve(msg.len())?;
+        self.push_reserved(from, msg);
         Ok(())
+    }
+
+    /// Takes room for a `len`-byte notification that will be pushed later (after work done
+    /// without the lock), so nothing can fill the queue in between.
+    pub fn reserve(&mut self, len: usize) -> Result<(), Error> {
+        self.has_room(len)?;
+        self.held += Self::cost(len);
+        Ok(())
+    }
+
+    /// Gives back room taken by [`NotifQueue::reserve`] for a notification never pushed.
+    pub fn unreserve(&mut self, len: usize) {
+        self.held -= Self::cost(len);
+    }
+
+    /// Queues a notification whose room [`NotifQueue::reserve`] took.
+    pub fn push_reserved(&mut self, from: Arc<str>, msg: Vec<u8>) {
+        self.q.push_back((from, msg));
     }
 
     /// The oldest notification.
@@ -189,6 +206,8 @@ struct Conn {
     timeout: Duration,
     /// Target: READs refused so far (they leave the conn open, so a peer can send many).
     refused_reads: AtomicU64,
+    /// Notifications from the peer refused for want of queue room (for log rate limiting).
+    refused_notifs: AtomicU64,
 }
 
 /// Whether the `n`-th refusal (from 1) from one peer gets a log line: the first few, then
@@ -785,6 +804,14 @@ impl RemotePath {
     }
 
     /// `genNotif` towards another agent.
+    /// Identity of our live conn to `agent`, if any (tests: whether a conn survived).
+    #[cfg(test)]
+    pub(crate) fn outgoing_id(&self, agent: &str) -> Option<usize> {
+        self.shared
+            .live_outgoing(agent)
+            .map(|c| Arc::as_ptr(&c) as usize)
+    }
+
     pub fn notify(&self, agent: &str, peer: &PeerInfo, msg: &[u8]) -> Result<(), Error> {
         let conn = self.shared.outgoing(agent, peer)?;
         conn.send(&Message::Notif(Notif { msg }))
@@ -928,6 +955,7 @@ impl Shared {
             stalled: Mutex::new(None),
             timeout: self.timeout,
             refused_reads: AtomicU64::new(0),
+            refused_notifs: AtomicU64::new(0),
         }))
     }
 
@@ -1234,13 +1262,31 @@ impl Shared {
                 }
             },
             (false, Message::Notif(n)) => {
-                // The allocation is the notification the app receives. No room: the peer's
-                // notification cannot be kept and there is no reply to carry the refusal, so
-                // the conn closes with the reason (logged here; the peer sees the close).
+                // The allocation is the notification the app receives. No room (checked first,
+                // so a full queue costs no allocation): the notification is refused with an
+                // `Error` for xfer 0 (never a wire id), which the peer logs, and the conn stays
+                // up — its transfers are unaffected.
                 let mut q = lock(&self.notifs);
-                // Checked first so a full queue costs no allocation.
-                q.has_room(n.msg.len())?;
-                q.push(c.peer.clone(), n.msg.to_vec())?;
+                match q.reserve(n.msg.len()) {
+                    Ok(()) => q.push_reserved(c.peer.clone(), n.msg.to_vec()),
+                    Err(e) => {
+                        drop(q);
+                        let why = format!("notification refused: {e}");
+                        let k = c.refused_notifs.fetch_add(1, Ordering::Relaxed) + 1;
+                        if log_refusal(k) {
+                            crate::log!(
+                                "peer {:?}: {why} (refusal {k} from this peer; from the 5th \
+                                 on only powers of two are logged)",
+                                c.peer
+                            );
+                        }
+                        c.send(&Message::Error(ErrorMsg {
+                            code: (e.status() as i32).unsigned_abs(),
+                            xfer: 0,
+                            text: &why[..why.len().min(wire::MAX_ERROR_TEXT)],
+                        }))?;
+                    }
+                }
             }
             (true, Message::Ack(a)) => {
                 let f = lock(&c.pending).remove(&a.xfer);
