@@ -206,7 +206,8 @@ struct Conn {
     timeout: Duration,
     /// Target: READs refused so far (they leave the conn open, so a peer can send many).
     refused_reads: AtomicU64,
-    /// Notifications from the peer refused for want of queue room (for log rate limiting).
+    /// Log rate limiting of notification refusals: on a target conn those it sent the peer,
+    /// on an initiator conn the errors the peer sent about no transfer in flight.
     refused_notifs: AtomicU64,
 }
 
@@ -1342,7 +1343,17 @@ impl Shared {
                         m.text.to_owned(),
                     ));
                 } else {
-                    crate::log!("peer {:?}: error: {}", c.peer, m.text);
+                    // Not about a transfer in flight: a refused notification (xfer 0) or an
+                    // answer to a released one. Rate-limited: a peer may send many.
+                    let k = c.refused_notifs.fetch_add(1, Ordering::Relaxed) + 1;
+                    if log_refusal(k) {
+                        crate::log!(
+                            "peer {:?}: error: {} ({k} such from this peer; from the 5th on \
+                             only powers of two are logged)",
+                            c.peer,
+                            m.text
+                        );
+                    }
                 }
             }
             (_, m) => {
