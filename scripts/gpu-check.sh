@@ -6,7 +6,8 @@
 #
 # steps (default: all of them, in this order):
 #   tests      GPU tests: kernels vs the CPU unpack, tcpxsock CUDA buffers, engine VRAM paths
-#              in one process and in two, the bench CLI with device memory
+#              in one process and in two, zero allocation on the GPU hot path, the bench CLI
+#              with device memory
 #   sanitizer  the kernel tests under compute-sanitizer --tool memcheck (where installed)
 #   kernels    unpack throughput vs cuMemcpy{DtoD,HtoD}, launch latency (unpack_bench)
 #   engine     tcpx bench VRAM/DRAM paths vs DRAM->DRAM (scripts/bench-gpu.sh), 2 and 4 channels
