@@ -100,3 +100,27 @@ pub fn assert_no_alloc<R>(f: impl FnOnce() -> R) -> R {
     assert_eq!(n, 0, "expected no heap allocation, saw {n}");
     r
 }
+
+/// Installs [`CountingAlloc`] as the test binary's global allocator and adds the test that
+/// keeps its zero counts honest: the counter must see a `Box::new`.
+///
+/// ```ignore
+/// tcpx_tests::install_counting_alloc!();
+/// ```
+#[macro_export]
+macro_rules! install_counting_alloc {
+    () => {
+        #[global_allocator]
+        static ALLOC: $crate::CountingAlloc = $crate::CountingAlloc;
+
+        /// The zero counts of this binary can be trusted only if the counter sees a real
+        /// allocation.
+        #[test]
+        fn counter_sees_allocations() {
+            assert_eq!(
+                $crate::count_allocs(|| drop(::std::hint::black_box(Box::new(7u64)))),
+                1
+            );
+        }
+    };
+}

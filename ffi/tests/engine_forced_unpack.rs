@@ -3,33 +3,15 @@
 //! receives with a clear error instead of completing them with the buffer untouched. Its own
 //! process: the plugin configuration is process-wide.
 
-use std::net::TcpListener;
-use std::thread;
 use std::time::Duration;
 
-use tcpx::engine::{Config, Direction, Memory, Rendezvous, Segment, Session};
+use tcpx::engine::{Config, Direction, Memory, Segment};
 use tcpx::Error;
 
-fn pair(cfg: Config) -> (Session, Session) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let c2 = cfg.clone();
-    let t = thread::spawn(move || {
-        let net = Session::open_net(&c2).unwrap();
-        Session::establish(net, c2, Rendezvous::Connect(addr)).unwrap()
-    });
-    let net = Session::open_net(&cfg).unwrap();
-    let a = Session::establish(net, cfg, Rendezvous::Accept(&l)).unwrap();
-    (a, t.join().unwrap())
-}
+mod common;
 
 #[test]
 fn host_receives_are_refused_when_tcpxsock_bounces_them() {
-    tcpx_sock::config::configure(tcpx_sock::config::Config {
-        ifname: Some("lo".into()),
-        unpack: true,
-        ..Default::default()
-    });
     // One transfer slot: a refused post that took it would make the next post fail.
     let cfg = Config {
         channels: 1,
@@ -37,7 +19,11 @@ fn host_receives_are_refused_when_tcpxsock_bounces_them() {
         timeout: Duration::from_secs(20),
         ..Config::default()
     };
-    let (a, mut b) = pair(cfg);
+    let sock = tcpx_sock::config::Config {
+        unpack: true,
+        ..Default::default()
+    };
+    let (a, mut b) = common::engine::loopback_pair(sock, cfg);
     let mut dst = vec![0u8; 8192];
     // SAFETY: the buffer outlives the registration (the sessions drop first).
     let md = unsafe {

@@ -4,51 +4,28 @@
 //!
 //! Prints `SKIP` without a CUDA driver; `REQUIRE_GPU=1` turns the skip into a failure.
 
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
 
 use cudarc::driver::CudaContext;
-use tcpx::engine::{Config, Direction, Memory, Progress, Rendezvous, Segment, Session};
+use tcpx::engine::{Config, Direction, Memory, Progress, Segment, Session};
 use tcpx_kernels::mem::DeviceBuffer;
 
-fn gpu() -> Option<Arc<CudaContext>> {
-    match tcpx_kernels::gpu_available() {
-        Ok(()) => Some(CudaContext::new(0).expect("CUDA context")),
-        Err(why) => {
-            assert!(
-                std::env::var("REQUIRE_GPU").as_deref() != Ok("1"),
-                "REQUIRE_GPU=1 but no GPU: {why}"
-            );
-            eprintln!("SKIP: {why}");
-            None
-        }
-    }
-}
+use common::engine::gpu;
 
 fn pair() -> (Session, Session) {
-    tcpx_sock::config::configure(tcpx_sock::config::Config {
-        ifname: Some("lo".into()),
+    let sock = tcpx_sock::config::Config {
         shuffle: true,
         ..Default::default()
-    });
+    };
     let cfg = Config {
         channels: 2,
         timeout: Duration::from_secs(20),
         ..Config::default()
     };
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let c2 = cfg.clone();
-    let t = std::thread::spawn(move || {
-        let net = Session::open_net(&c2).unwrap();
-        Session::establish(net, c2, Rendezvous::Connect(addr)).unwrap()
-    });
-    let net = Session::open_net(&cfg).unwrap();
-    let a = Session::establish(net, cfg, Rendezvous::Accept(&l)).unwrap();
-    (a, t.join().unwrap())
+    common::engine::loopback_pair(sock, cfg)
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -60,19 +37,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 const LENS: [u64; 6] = [1, 4095, 4097, 524_288, 524_289 + 13, 3 << 20];
 
 fn segments(mem: tcpx::MemId) -> Vec<Segment> {
-    let mut off = 0;
-    LENS.iter()
-        .map(|&len| {
-            let s = Segment {
-                mem,
-                offset: off,
-                remote_offset: off,
-                len,
-            };
-            off += len + 5;
-            s
-        })
-        .collect()
+    common::engine::segments(mem, &LENS, 5)
 }
 
 fn total() -> usize {

@@ -1,12 +1,12 @@
 //! The engine end to end over the embedded `tcpxsock` on loopback, both sessions in one
 //! process (threads): data integrity, both directions, bad arguments, handshake timeout.
 
-use std::net::TcpListener;
-use std::thread;
 use std::time::Duration;
 
-use tcpx::engine::{Config, Direction, Memory, Progress, Rendezvous, Segment, Session};
+use tcpx::engine::{Config, Direction, Memory, Progress, Segment, Session};
 use tcpx::Error;
+
+mod common;
 
 fn loopback_only() {
     tcpx_sock::config::configure(tcpx_sock::config::Config {
@@ -24,19 +24,9 @@ fn cfg() -> Config {
     }
 }
 
-/// Two connected sessions built on two threads.
+/// Two connected sessions over tcpxsock on `lo`.
 fn pair(cfg: Config) -> (Session, Session) {
-    loopback_only();
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let c2 = cfg.clone();
-    let t = thread::spawn(move || {
-        let net = Session::open_net(&c2).unwrap();
-        Session::establish(net, c2, Rendezvous::Connect(addr)).unwrap()
-    });
-    let net = Session::open_net(&cfg).unwrap();
-    let a = Session::establish(net, cfg, Rendezvous::Accept(&l)).unwrap();
-    (a, t.join().unwrap())
+    common::engine::loopback_pair(Default::default(), cfg)
 }
 
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
@@ -53,19 +43,7 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 
 /// Segments over one region: odd sizes that cross chunk boundaries, one empty.
 fn segments(mem: tcpx::MemId, lens: &[u64]) -> Vec<Segment> {
-    let mut off = 0;
-    lens.iter()
-        .map(|&len| {
-            let s = Segment {
-                mem,
-                offset: off,
-                remote_offset: off,
-                len,
-            };
-            off += len + 7;
-            s
-        })
-        .collect()
+    common::engine::segments(mem, lens, 7)
 }
 
 fn drive_both(a: &mut Session, ax: tcpx::XferId, b: &mut Session, bx: tcpx::XferId) {

@@ -19,13 +19,8 @@ from test_load import Registered, errors, make_agent, pattern, wait_remote
 BOUND_S = 60
 
 
-@pytest.fixture
-def pair():
-    """Two agents that know each other's metadata; torn down after the test."""
-    a = make_agent("ra")
-    b = make_agent("rb")
-    regs = []
-    yield a, b, regs
+def teardown(a, b, regs):
+    """Releases the registrations and forgets each agent's metadata in the other."""
     for r in regs:
         r.release()
     for x, y in ((a, b), (b, a)):
@@ -33,6 +28,16 @@ def pair():
             x.remove_remote_agent(y.name)
         except errors.nixlNotFoundError:
             pass  # the test never loaded that direction
+
+
+@pytest.fixture
+def pair():
+    """Two agents that know each other's metadata; torn down after the test."""
+    a = make_agent("ra")
+    b = make_agent("rb")
+    regs = []
+    yield a, b, regs
+    teardown(a, b, regs)
 
 
 def exchange(a, b):
@@ -168,13 +173,7 @@ def test_full_notification_queue_fails_the_write_and_keeps_what_fit():
         assert write(b"again") == "DONE"
         assert notifs_within(b) == {a.name: [b"again"]}
     finally:
-        for r in regs:
-            r.release()
-        for x, y in ((a, b), (b, a)):
-            try:
-                x.remove_remote_agent(y.name)
-            except errors.nixlNotFoundError:
-                pass
+        teardown(a, b, regs)
 
 
 @pytest.mark.parametrize("op", ["WRITE", "READ"])

@@ -2,60 +2,28 @@
 //! each go through `post`, `poll` and `release` on both sessions with no heap allocation on
 //! the polling thread (which also runs the embedded plugin's isend/irecv/test calls).
 
-use std::hint::black_box;
-use std::net::TcpListener;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tcpx::engine::{Config, Direction, Memory, Progress, Rendezvous, Segment, Session, XferId};
-use tcpx_tests::{allocs, count_allocs, reset_allocs, CountingAlloc};
+use tcpx::engine::{Config, Memory, Segment, Session};
+use tcpx_tests::{allocs, reset_allocs};
 
-#[global_allocator]
-static ALLOC: CountingAlloc = CountingAlloc;
+tcpx_tests::install_counting_alloc!();
 
-#[test]
-fn counter_sees_allocations() {
-    assert_eq!(count_allocs(|| drop(black_box(Box::new(7u64)))), 1);
-}
+#[path = "../../ffi/tests/common/engine.rs"]
+#[allow(dead_code)]
+mod engine;
 
 fn pair() -> (Session, Session) {
-    tcpx_sock::config::configure(tcpx_sock::config::Config {
-        ifname: Some("lo".into()),
-        ..Default::default()
-    });
     let cfg = Config {
         channels: 2,
         chunk_bytes: 64 * 1024,
         ..Config::default()
     };
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let c2 = cfg.clone();
-    let t = std::thread::spawn(move || {
-        let net = Session::open_net(&c2).unwrap();
-        Session::establish(net, c2, Rendezvous::Connect(addr)).unwrap()
-    });
-    let net = Session::open_net(&cfg).unwrap();
-    let a = Session::establish(net, cfg, Rendezvous::Accept(&l)).unwrap();
-    (a, t.join().unwrap())
+    engine::loopback_pair(Default::default(), cfg)
 }
 
 fn run(a: &mut Session, b: &mut Session, send: &[Segment], recv: &[Segment]) -> bool {
-    let (ax, bx): (XferId, XferId) = (
-        a.post(Direction::Send, send).unwrap(),
-        b.post(Direction::Recv, recv).unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (mut ad, mut bd) = (false, false);
-    while !(ad && bd) {
-        if Instant::now() > deadline {
-            return false;
-        }
-        ad = ad || matches!(a.poll(ax).unwrap(), Progress::Done { .. });
-        bd = bd || matches!(b.poll(bx).unwrap(), Progress::Done { .. });
-    }
-    a.release(ax).unwrap();
-    b.release(bx).unwrap();
-    true
+    engine::transfer(a, b, send, recv, Duration::from_secs(20))
 }
 
 #[test]

@@ -6,96 +6,28 @@
 //!
 //! Prints `SKIP` without a CUDA driver; `REQUIRE_GPU=1` turns the skip into a failure.
 
-use std::hint::black_box;
-use std::net::TcpListener;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cudarc::driver::CudaContext;
-use tcpx::engine::{Config, Direction, Memory, Progress, Rendezvous, Segment, Session, XferId};
+use tcpx::engine::{Config, Memory, Segment, Session};
 use tcpx_kernels::mem::DeviceBuffer;
-use tcpx_tests::{allocs, count_allocs, reset_allocs, CountingAlloc};
+use tcpx_tests::{allocs, reset_allocs};
 
-#[global_allocator]
-static ALLOC: CountingAlloc = CountingAlloc;
+tcpx_tests::install_counting_alloc!();
 
-#[test]
-fn counter_sees_allocations() {
-    assert_eq!(count_allocs(|| drop(black_box(Box::new(7u64)))), 1);
-}
+#[path = "../../ffi/tests/common/engine.rs"]
+#[allow(dead_code)]
+mod engine;
 
-fn gpu() -> Option<Arc<CudaContext>> {
-    match tcpx_kernels::gpu_available() {
-        Ok(()) => Some(CudaContext::new(0).expect("CUDA context")),
-        Err(why) => {
-            assert!(
-                std::env::var("REQUIRE_GPU").as_deref() != Ok("1"),
-                "REQUIRE_GPU=1 but no GPU: {why}"
-            );
-            eprintln!("SKIP: {why}");
-            None
-        }
-    }
-}
-
-fn pair() -> (Session, Session) {
-    tcpx_sock::config::configure(tcpx_sock::config::Config {
-        ifname: Some("lo".into()),
-        ..Default::default()
-    });
-    let cfg = Config {
-        channels: 2,
-        timeout: Duration::from_secs(20),
-        ..Config::default()
-    };
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let c2 = cfg.clone();
-    let t = std::thread::spawn(move || {
-        let net = Session::open_net(&c2).unwrap();
-        Session::establish(net, c2, Rendezvous::Connect(addr)).unwrap()
-    });
-    let net = Session::open_net(&cfg).unwrap();
-    let a = Session::establish(net, cfg, Rendezvous::Accept(&l)).unwrap();
-    (a, t.join().unwrap())
-}
+use engine::gpu;
 
 fn run(a: &mut Session, b: &mut Session, send: &[Segment], recv: &[Segment]) -> bool {
-    let (ax, bx): (XferId, XferId) = (
-        a.post(Direction::Send, send).unwrap(),
-        b.post(Direction::Recv, recv).unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (mut ad, mut bd) = (false, false);
-    while !(ad && bd) {
-        if Instant::now() > deadline {
-            return false;
-        }
-        ad = ad || matches!(a.poll(ax).unwrap(), Progress::Done { .. });
-        bd = bd || matches!(b.poll(bx).unwrap(), Progress::Done { .. });
-    }
-    a.release(ax).unwrap();
-    b.release(bx).unwrap();
-    true
+    engine::transfer(a, b, send, recv, Duration::from_secs(20))
 }
 
 /// Segments of odd sizes (one byte, around a page, around a chunk) over one region, with a
 /// gap after each.
 fn segments(mem: tcpx::MemId) -> Vec<Segment> {
-    let mut off = 0;
-    [1u64, 4095, 4097, 524_288, 524_301, 70_001]
-        .iter()
-        .map(|&len| {
-            let s = Segment {
-                mem,
-                offset: off,
-                remote_offset: off,
-                len,
-            };
-            off += len + 5;
-            s
-        })
-        .collect()
+    engine::segments(mem, &[1, 4095, 4097, 524_288, 524_301, 70_001], 5)
 }
 
 const LEN: usize = 2 << 20;
@@ -109,7 +41,12 @@ fn pattern(seed: u8) -> Vec<u8> {
 #[test]
 fn device_transfers_allocate_nothing() {
     let Some(ctx) = gpu() else { return };
-    let (mut a, mut b) = pair();
+    let cfg = Config {
+        channels: 2,
+        timeout: Duration::from_secs(20),
+        ..Config::default()
+    };
+    let (mut a, mut b) = engine::loopback_pair(Default::default(), cfg);
     let data = pattern(3);
     let mut dsrc = DeviceBuffer::new(&ctx, LEN).unwrap();
     dsrc.write(0, &data).unwrap();

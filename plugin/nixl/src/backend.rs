@@ -768,6 +768,17 @@ mod tests {
         got
     }
 
+    /// Registers `n` bytes at `s` on `a` ("a") and at `t` on `b` ("b"), and loads `b`'s into
+    /// `a`: (a's md, b's md, b's region as `a` names it).
+    fn dram_pair(a: &Backend, b: &Backend, s: u64, t: u64, n: u64) -> (MdId, MdId, MdId) {
+        let ms = a.register_mem(&d(s, n, 0), MEM_DRAM).unwrap();
+        let mt = b.register_mem(&d(t, n, 0), MEM_DRAM).unwrap();
+        let rt = a
+            .load_remote_md(&d(t, n, 0), &b.public_data(mt).unwrap(), MEM_DRAM, "b")
+            .unwrap();
+        (ms, mt, rt)
+    }
+
     /// Entries of the largest notification that fit in the smallest queue.
     const FIT: usize = (64 * 1024) / (MAX_NOTIF + NotifQueue::ENTRY_OVERHEAD as usize);
 
@@ -783,17 +794,8 @@ mod tests {
             dst.as_mut_ptr() as u64,
             own.as_mut_ptr() as u64,
         );
-        let ms = a.register_mem(&d(s, N as u64, 0), MEM_DRAM).unwrap();
-        let mt = b.register_mem(&d(t, N as u64, 0), MEM_DRAM).unwrap();
+        let (ms, mt, rt) = dram_pair(&a, &b, s, t, N as u64);
         let mo = b.register_mem(&d(o, N as u64, 0), MEM_DRAM).unwrap();
-        let rt = a
-            .load_remote_md(
-                &d(t, N as u64, 0),
-                &b.public_data(mt).unwrap(),
-                MEM_DRAM,
-                "b",
-            )
-            .unwrap();
         let (l, r) = ([d(s, N as u64, ms)], [d(t, N as u64, rt)]);
         let note = |i: usize| -> Vec<u8> { vec![i as u8; MAX_NOTIF] };
         let write = |n: Option<&[u8]>| {
@@ -878,16 +880,7 @@ mod tests {
         let mut src: Vec<u8> = (0..N).map(|i| (i % 253) as u8).collect();
         let mut dst = vec![0u8; N];
         let (s, t) = (src.as_mut_ptr() as u64, dst.as_mut_ptr() as u64);
-        let ms = a.register_mem(&d(s, N as u64, 0), MEM_DRAM).unwrap();
-        let mt = b.register_mem(&d(t, N as u64, 0), MEM_DRAM).unwrap();
-        let rt = a
-            .load_remote_md(
-                &d(t, N as u64, 0),
-                &b.public_data(mt).unwrap(),
-                MEM_DRAM,
-                "b",
-            )
-            .unwrap();
+        let (ms, mt, rt) = dram_pair(&a, &b, s, t, N as u64);
 
         // WRITE with a notification: delivered to b once the data is there.
         let (l, r) = ([d(s, N as u64, ms)], [d(t, N as u64, rt)]);

@@ -1,0 +1,88 @@
+//! Engine test support shared by the integration tests here and in `tests/tests` (which
+//! include this file by path): two sessions over the embedded tcpxsock on loopback, one
+//! bounded transfer between them, and the GPU-or-SKIP check.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cudarc::driver::CudaContext;
+use tcpx::engine::{Config, Direction, Progress, Rendezvous, Segment, Session};
+
+/// A CUDA context on device 0, or `None` after printing `SKIP` when there is no usable GPU;
+/// with `REQUIRE_GPU=1` a missing GPU fails the test instead.
+pub fn gpu() -> Option<Arc<CudaContext>> {
+    match tcpx_kernels::gpu_available() {
+        Ok(()) => Some(CudaContext::new(0).expect("CUDA context")),
+        Err(why) => {
+            assert!(
+                std::env::var("REQUIRE_GPU").as_deref() != Ok("1"),
+                "REQUIRE_GPU=1 but no GPU: {why}"
+            );
+            eprintln!("SKIP: {why}");
+            None
+        }
+    }
+}
+
+/// Two connected sessions with `cfg`, built on two threads, after configuring the embedded
+/// tcpxsock with `sock` (its `ifname` forced to `lo`).
+pub fn loopback_pair(sock: tcpx_sock::config::Config, cfg: Config) -> (Session, Session) {
+    tcpx_sock::config::configure(tcpx_sock::config::Config {
+        ifname: Some("lo".into()),
+        ..sock
+    });
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let c2 = cfg.clone();
+    let t = std::thread::spawn(move || {
+        let net = Session::open_net(&c2).unwrap();
+        Session::establish(net, c2, Rendezvous::Connect(addr)).unwrap()
+    });
+    let net = Session::open_net(&cfg).unwrap();
+    let a = Session::establish(net, cfg, Rendezvous::Accept(&l)).unwrap();
+    (a, t.join().unwrap())
+}
+
+/// One segment per length over region `mem`, back to back with `gap` untouched bytes after
+/// each, at the same offsets on both sides.
+pub fn segments(mem: tcpx::MemId, lens: &[u64], gap: u64) -> Vec<Segment> {
+    let mut off = 0;
+    lens.iter()
+        .map(|&len| {
+            let s = Segment {
+                mem,
+                offset: off,
+                remote_offset: off,
+                len,
+            };
+            off += len + gap;
+            s
+        })
+        .collect()
+}
+
+/// Posts `send` on `a` and the mirror `recv` on `b`, polls both until done, releases both;
+/// false if that takes longer than `timeout`. Allocates nothing itself.
+pub fn transfer(
+    a: &mut Session,
+    b: &mut Session,
+    send: &[Segment],
+    recv: &[Segment],
+    timeout: Duration,
+) -> bool {
+    let ax = a.post(Direction::Send, send).unwrap();
+    let bx = b.post(Direction::Recv, recv).unwrap();
+    let deadline = Instant::now() + timeout;
+    let (mut ad, mut bd) = (false, false);
+    while !(ad && bd) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        ad = ad || matches!(a.poll(ax).unwrap(), Progress::Done { .. });
+        bd = bd || matches!(b.poll(bx).unwrap(), Progress::Done { .. });
+    }
+    a.release(ax).unwrap();
+    b.release(bx).unwrap();
+    true
+}
