@@ -86,6 +86,7 @@ fn parse_each_kind(c: &mut Criterion) {
             emit(Message::ReadRequest(ReadRequest {
                 xfer: 3,
                 segments: &segs64,
+                inline_ok: false,
             })),
         ),
         (

@@ -22,8 +22,8 @@ use plugin_TCPX::testing::{frame, handshake, read_frame, World, PAGE, REGION};
 use tcpx::engine::{Direction, Memory, Segment as ESeg, Session};
 use tcpx::{MemId, Progress, XferId};
 use tcpx_core::wire::{
-    self, Ack, ErrorMsg, Hello, Message, Notif, ReadAnnounce, ReadRequest, RegionToken, Segment,
-    WriteAnnounce, HEADER_LEN, MAGIC, VERSION,
+    self, Ack, ErrorMsg, Hello, Message, Notif, ReadAnnounce, ReadData, ReadRequest, RegionToken,
+    Segment, WriteAnnounce, HEADER_LEN, MAGIC, VERSION,
 };
 
 /// How long one input may keep the peer waiting for answers.
@@ -199,6 +199,16 @@ impl Peer {
                     self.post(Direction::Recv, &lens);
                 }
             }
+            Message::ReadData(ReadData { xfer, data }) => {
+                self.expected = self.expected.saturating_sub(1);
+                let i = self.reads.iter().position(|r| r.0 == xfer);
+                let (_, lens) = self.reads.remove(i.expect("ReadData for a READ we sent"));
+                assert_eq!(
+                    data.len() as u64,
+                    lens.iter().sum::<u64>(),
+                    "ReadData carries exactly the requested bytes"
+                );
+            }
             other => panic!("a target never sends {other:?}"),
         }
     }
@@ -281,9 +291,14 @@ fn run(data: &[u8]) {
                 xfer += 1;
             }
             3 => {
+                let inline_ok = b.u8() & 1 == 1;
                 let segs = segments(&mut b, &w.token);
                 p.send(&frame_with_segments(&segs, |segments| {
-                    frame(&Message::ReadRequest(ReadRequest { xfer, segments }))
+                    frame(&Message::ReadRequest(ReadRequest {
+                        xfer,
+                        segments,
+                        inline_ok,
+                    }))
                 }));
                 p.expected += 1;
                 p.reads.push((xfer, segs.iter().map(|s| s.len()).collect()));

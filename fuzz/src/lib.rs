@@ -36,6 +36,7 @@ pub fn dispatch_round_trip(data: &[u8]) {
         Message::Ack(x) => wire::Ack::parse(data) == Ok(x),
         Message::Notif(x) => wire::Notif::parse(data) == Ok(x),
         Message::Error(x) => wire::ErrorMsg::parse(data) == Ok(x),
+        Message::ReadData(x) => wire::ReadData::parse(data) == Ok(x),
     };
     assert!(agrees, "per-kind parser disagrees with dispatcher on {m:?}");
 }

@@ -44,6 +44,7 @@ DEFAULT_OPTIONS = {
     "listen_addr": "",
     "timeout_ms": "10000",
     "notif_queue_bytes": "67108864",
+    "inline_read_bytes": "16384",
 }
 
 # Bounds polling by count, not time: a transfer to ourselves completes inside postXfer.
@@ -151,6 +152,7 @@ def test_custom_params_are_applied():
         {"chunk_bytes": "1"},
         {"timeout_ms": "0"},
         {"notif_queue_bytes": "4096"},
+        {"inline_read_bytes": "32769"},
         {"listen_addr": "not-an-address"},
         {"plugin_path": "/nonexistent/libnccl-net.so"},
         {"chanels": "2"},

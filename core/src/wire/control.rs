@@ -9,7 +9,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::{
     expect_len, impl_repr, in_range, open, out, put, Error, Field, Header, Kind, MAX_ERROR_TEXT,
-    MAX_NOTIF, MAX_SEGMENTS,
+    MAX_INLINE, MAX_NOTIF, MAX_SEGMENTS,
 };
 
 /// One remote range of a transfer, in the region owner's address space. Kept in wire form
@@ -183,6 +183,9 @@ impl<'a> WriteAnnounce<'a> {
 }
 impl_repr!(WriteAnnounce<'a>, Kind::WriteAnnounce);
 
+/// `ReadRequest::flags` bit: the initiator takes the data inline, as a [`ReadData`].
+const FLAG_INLINE_OK: u32 = 1;
+
 /// Fixed part of [`ReadRequest`]; the segments follow.
 #[repr(C)]
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable)]
@@ -190,19 +193,25 @@ pub(super) struct ReadRequestFixed {
     hdr: Header,
     xfer: U64,
     count: U32,
+    flags: U32,
 }
 
-const_assert_eq!(size_of::<ReadRequestFixed>(), 24);
+const_assert_eq!(size_of::<ReadRequestFixed>(), 28);
 const_assert_eq!(offset_of!(ReadRequestFixed, xfer), 12);
 const_assert_eq!(offset_of!(ReadRequestFixed, count), 20);
+const_assert_eq!(offset_of!(ReadRequestFixed, flags), 24);
 
 /// The initiator of a READ asks the target to send these ranges, in this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadRequest<'a> {
-    /// Initiator's transfer id, echoed in the [`ReadAnnounce`].
+    /// Initiator's transfer id, echoed in the [`ReadAnnounce`] or [`ReadData`].
     pub xfer: u64,
     /// Target ranges in send order, at most [`MAX_SEGMENTS`](super::MAX_SEGMENTS).
     pub segments: &'a [Segment],
+    /// The initiator accepts the data inline in a [`ReadData`] (its side is host memory and
+    /// the total is at most [`MAX_INLINE`](super::MAX_INLINE)); the target may still answer
+    /// with a [`ReadAnnounce`] and the data comms.
+    pub inline_ok: bool,
 }
 
 impl<'a> ReadRequest<'a> {
@@ -215,10 +224,15 @@ impl<'a> ReadRequest<'a> {
             size_of::<ReadRequestFixed>(),
             count * size_of::<Segment>(),
         )?;
+        let flags = f.flags.get();
+        if flags & !FLAG_INLINE_OK != 0 {
+            return Err(Error::NonZeroReserved(Field::Flags));
+        }
         let (segments, _) = segment_view(rest, count)?;
         Ok(Self {
             xfer: f.xfer.get(),
             segments,
+            inline_ok: flags & FLAG_INLINE_OK != 0,
         })
     }
 
@@ -237,6 +251,7 @@ impl<'a> ReadRequest<'a> {
             hdr: Header::new(Kind::ReadRequest, len as u32),
             xfer: U64::new(self.xfer),
             count: U32::new(self.segments.len() as u32),
+            flags: U32::new(if self.inline_ok { FLAG_INLINE_OK } else { 0 }),
         };
         put(dst, fixed.as_bytes(), self.segments.as_bytes(), &[]);
         Ok(len)
@@ -288,6 +303,68 @@ impl ReadAnnounce {
     }
 }
 impl_repr!(ReadAnnounce, Kind::ReadAnnounce);
+
+/// Fixed part of [`ReadData`]; the data follows.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub(super) struct ReadDataFixed {
+    hdr: Header,
+    xfer: U64,
+    data_len: U32,
+    reserved: U32,
+}
+
+const_assert_eq!(size_of::<ReadDataFixed>(), 28);
+const_assert_eq!(offset_of!(ReadDataFixed, xfer), 12);
+const_assert_eq!(offset_of!(ReadDataFixed, data_len), 20);
+const_assert_eq!(offset_of!(ReadDataFixed, reserved), 24);
+
+/// The target of a READ that allowed it answers with the data itself: the requested ranges
+/// concatenated in request order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadData<'a> {
+    /// The id from the [`ReadRequest`].
+    pub xfer: u64,
+    /// At most [`MAX_INLINE`](super::MAX_INLINE) bytes.
+    pub data: &'a [u8],
+}
+
+impl<'a> ReadData<'a> {
+    /// Parses one whole `ReadData` frame.
+    pub fn parse(buf: &'a [u8]) -> Result<Self, Error> {
+        let (f, rest) = open::<ReadDataFixed>(buf, Kind::ReadData)?;
+        let n = in_range(Field::Data, f.data_len.get().into(), 0, MAX_INLINE)?;
+        expect_len(buf, size_of::<ReadDataFixed>(), n)?;
+        if f.reserved.get() != 0 {
+            return Err(Error::NonZeroReserved(Field::Reserved));
+        }
+        Ok(Self {
+            xfer: f.xfer.get(),
+            data: rest,
+        })
+    }
+
+    /// Bytes [`ReadData::emit`] writes.
+    pub fn buffer_len(&self) -> usize {
+        size_of::<ReadDataFixed>() + self.data.len()
+    }
+
+    /// Writes the frame into the front of `buf`; returns its length.
+    pub fn emit(&self, buf: &mut [u8]) -> Result<usize, Error> {
+        in_range(Field::Data, self.data.len() as u64, 0, MAX_INLINE)?;
+        let len = self.buffer_len();
+        let dst = out(buf, len)?;
+        let fixed = ReadDataFixed {
+            hdr: Header::new(Kind::ReadData, len as u32),
+            xfer: U64::new(self.xfer),
+            data_len: U32::new(self.data.len() as u32),
+            reserved: U32::new(0),
+        };
+        put(dst, fixed.as_bytes(), self.data, &[]);
+        Ok(len)
+    }
+}
+impl_repr!(ReadData<'a>, Kind::ReadData);
 
 /// Fixed (and only) part of [`Ack`].
 #[repr(C)]

@@ -13,11 +13,12 @@
 //! | 3 `Hello` (16) | channels u16 @12, name_len u16 @14 | name |
 //! | 4 `ListenHandles` (16) | count u16 @12, 0 u16 | count × 128-byte handle |
 //! | 5 `WriteAnnounce` (32) | xfer u64 @12, count u32 @20, notif_len u32 @24, flags u32 @28 | count × [`Segment`], notif |
-//! | 6 `ReadRequest` (24) | xfer u64 @12, count u32 @20 | count × [`Segment`] |
+//! | 6 `ReadRequest` (28) | xfer u64 @12, count u32 @20, flags u32 @24 (bit 0: data inline OK) | count × [`Segment`] |
 //! | 7 `ReadAnnounce` (20) | xfer u64 @12 | — |
 //! | 8 `Ack` (24) | xfer u64 @12, status i32 @20 | — |
 //! | 9 `Notif` (16) | msg_len u32 @12 | msg |
 //! | 10 `Error` (28) | code u32 @12, text_len u32 @16, xfer u64 @20 | text |
+//! | 11 `ReadData` (28) | xfer u64 @12, data_len u32 @20, 0 u32 | data |
 //!
 //! [`Segment`] (32): region u64, key u64, addr u64, len u64. Reserved fields must be zero, so
 //! every accepted frame re-emits to the same bytes.
@@ -32,7 +33,9 @@ mod meta;
 #[cfg(test)]
 mod tests;
 
-pub use control::{Ack, ErrorMsg, Notif, ReadAnnounce, ReadRequest, Segment, WriteAnnounce};
+pub use control::{
+    Ack, ErrorMsg, Notif, ReadAnnounce, ReadData, ReadRequest, Segment, WriteAnnounce,
+};
 pub use meta::{ConnInfo, Hello, ListenHandle, ListenHandles, MemKind, RegionToken};
 
 /// `b"TCPX"` read as a little-endian `u32`: the first four bytes of every frame are "TCPX".
@@ -49,6 +52,8 @@ pub const MAX_CHANNELS: usize = 16;
 pub const MAX_SEGMENTS: usize = 1024;
 /// Longest notification payload in [`WriteAnnounce`] and [`Notif`].
 pub const MAX_NOTIF: usize = 4096;
+/// Most bytes a [`ReadData`] carries (a READ this small may be answered inline).
+pub const MAX_INLINE: usize = 32 * 1024;
 /// Longest error text in [`ErrorMsg`].
 pub const MAX_ERROR_TEXT: usize = 512;
 /// Largest frame any reader accepts; [`peek_frame`] rejects bigger declared lengths before a
@@ -111,11 +116,13 @@ pub enum Kind {
     Notif = 9,
     /// [`ErrorMsg`]: the peer refused something.
     Error = 10,
+    /// [`ReadData`]: a READ's data, inline.
+    ReadData = 11,
 }
 
 impl Kind {
     /// Every kind, in wire-value order.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::ConnInfo,
         Kind::RegionToken,
         Kind::Hello,
@@ -126,6 +133,7 @@ impl Kind {
         Kind::Ack,
         Kind::Notif,
         Kind::Error,
+        Kind::ReadData,
     ];
 
     /// The kind with wire value `v`, if any.
@@ -157,8 +165,10 @@ pub enum Field {
     Handles,
     /// Segment list (`WriteAnnounce`, `ReadRequest`).
     Segments,
-    /// Flag bits (`WriteAnnounce`).
+    /// Flag bits (`WriteAnnounce`, `ReadRequest`).
     Flags,
+    /// Inline data (`ReadData`).
+    Data,
     /// Notification bytes (`WriteAnnounce`, `Notif`).
     Notif,
     /// Error text (`ErrorMsg`).
@@ -474,6 +484,8 @@ pub enum Message<'a> {
     Notif(Notif<'a>),
     /// See [`ErrorMsg`].
     Error(ErrorMsg<'a>),
+    /// See [`ReadData`].
+    ReadData(ReadData<'a>),
 }
 
 /// Parses one whole frame of any kind.
@@ -490,6 +502,7 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, Error> {
         Kind::Ack => Message::Ack(Ack::parse(buf)?),
         Kind::Notif => Message::Notif(Notif::parse(buf)?),
         Kind::Error => Message::Error(ErrorMsg::parse(buf)?),
+        Kind::ReadData => Message::ReadData(ReadData::parse(buf)?),
     })
 }
 
@@ -512,6 +525,7 @@ impl<'a> Message<'a> {
             Message::Ack(_) => Kind::Ack,
             Message::Notif(_) => Kind::Notif,
             Message::Error(_) => Kind::Error,
+            Message::ReadData(_) => Kind::ReadData,
         }
     }
 
@@ -528,6 +542,7 @@ impl<'a> Message<'a> {
             Message::Ack(m) => m.buffer_len(),
             Message::Notif(m) => m.buffer_len(),
             Message::Error(m) => m.buffer_len(),
+            Message::ReadData(m) => m.buffer_len(),
         }
     }
 
@@ -544,6 +559,7 @@ impl<'a> Message<'a> {
             Message::Ack(m) => m.emit(buf),
             Message::Notif(m) => m.emit(buf),
             Message::Error(m) => m.emit(buf),
+            Message::ReadData(m) => m.emit(buf),
         }
     }
 }
@@ -554,6 +570,7 @@ static_assertions::const_assert!(40 + MAX_NAME <= MAX_FRAME);
 static_assertions::const_assert!(16 + MAX_CHANNELS * crate::abi::HANDLE_MAX_SIZE <= MAX_FRAME);
 static_assertions::const_assert!(32 + MAX_SEGMENTS * 32 + MAX_NOTIF <= MAX_FRAME);
 static_assertions::const_assert!(28 + MAX_ERROR_TEXT <= MAX_FRAME);
+static_assertions::const_assert!(28 + MAX_INLINE <= MAX_FRAME);
 static_assertions::const_assert!(MAX_FRAME <= u32::MAX as usize);
 static_assertions::const_assert!(MAX_NAME <= u16::MAX as usize);
 // A transfer the planner accepts must fit one announce, and the handshake must carry a handle

@@ -59,6 +59,7 @@ fn parse_all(buf: &[u8]) {
         Ack::parse(buf).is_ok(),
         Notif::parse(buf).is_ok(),
         ErrorMsg::parse(buf).is_ok(),
+        ReadData::parse(buf).is_ok(),
     ];
     for (kind, ok) in Kind::ALL.iter().zip(per_kind) {
         assert_eq!(ok, dispatched == Some(*kind), "{kind:?}");
@@ -91,6 +92,11 @@ enum Owned {
     ReadRequest {
         xfer: u64,
         segs: Vec<Segment>,
+        inline_ok: bool,
+    },
+    ReadData {
+        xfer: u64,
+        data: Vec<u8>,
     },
     ReadAnnounce(ReadAnnounce),
     Ack(Ack),
@@ -127,10 +133,16 @@ impl Owned {
                 segments: segs,
                 notif: notif.as_deref(),
             }),
-            Owned::ReadRequest { xfer, segs } => Message::ReadRequest(ReadRequest {
+            Owned::ReadRequest {
+                xfer,
+                segs,
+                inline_ok,
+            } => Message::ReadRequest(ReadRequest {
                 xfer: *xfer,
                 segments: segs,
+                inline_ok: *inline_ok,
             }),
+            Owned::ReadData { xfer, data } => Message::ReadData(ReadData { xfer: *xfer, data }),
             Owned::ReadAnnounce(r) => Message::ReadAnnounce(*r),
             Owned::Ack(a) => Message::Ack(*a),
             Owned::Notif(n) => Message::Notif(Notif { msg: n }),
@@ -190,6 +202,16 @@ fn samples() -> Vec<Owned> {
         Owned::ReadRequest {
             xfer: 44,
             segs: sample_segments(2),
+            inline_ok: false,
+        },
+        Owned::ReadRequest {
+            xfer: 45,
+            segs: sample_segments(1),
+            inline_ok: true,
+        },
+        Owned::ReadData {
+            xfer: 45,
+            data: b"kv block".to_vec(),
         },
         Owned::ReadAnnounce(ReadAnnounce { xfer: 44 }),
         Owned::Ack(Ack {
@@ -352,7 +374,7 @@ fn error_bad_version() {
 #[test]
 fn error_bad_kind() {
     let mut a = sample_bytes(Kind::Ack);
-    for k in [0u16, 11, u16::MAX] {
+    for k in [0u16, 12, u16::MAX] {
         set_u16(&mut a, 6, k);
         assert_eq!(parse(&a), Err(Error::BadKind(k)));
         assert_eq!(Ack::parse(&a), Err(Error::BadKind(k)));
@@ -516,6 +538,7 @@ fn error_out_of_range() {
     let too_many = ReadRequest {
         xfer: 1,
         segments: &segs,
+        inline_ok: false,
     };
     let mut buf = vec![0u8; too_many.buffer_len()];
     assert!(matches!(
@@ -539,10 +562,62 @@ fn error_out_of_range() {
 }
 
 #[test]
+fn read_request_flags_and_read_data_are_checked() {
+    // ReadRequest: bit 0 of flags @24 is "inline OK"; any other bit is refused.
+    let mut r = sample_bytes(Kind::ReadRequest);
+    assert_eq!(u32::from_le_bytes(r[24..28].try_into().unwrap()), 0);
+    set_u32(&mut r, 24, 1);
+    assert!(matches!(parse(&r), Ok(Message::ReadRequest(q)) if q.inline_ok));
+    set_u32(&mut r, 24, 2);
+    assert_eq!(parse(&r), Err(Error::NonZeroReserved(Field::Flags)));
+    // ReadData: xfer @12, data_len @20, reserved @24, data @28.
+    let d = ReadData {
+        xfer: 0x0102_0304_0506_0708,
+        data: b"abc",
+    };
+    let bytes = emit_vec(&Message::ReadData(d));
+    let want: [u8; 31] = [
+        b'T', b'C', b'P', b'X', 1, 0, 11, 0, 31, 0, 0, 0, // header
+        8, 7, 6, 5, 4, 3, 2, 1, // xfer
+        3, 0, 0, 0, // data_len
+        0, 0, 0, 0, // reserved
+        b'a', b'b', b'c',
+    ];
+    assert_eq!(bytes, want);
+    let mut bad = bytes.clone();
+    set_u32(&mut bad, 24, 1);
+    assert_eq!(parse(&bad), Err(Error::NonZeroReserved(Field::Reserved)));
+    let mut long = bytes.clone();
+    set_u32(&mut long, 20, 4);
+    assert!(matches!(parse(&long), Err(Error::LengthMismatch { .. })));
+    let mut huge = bytes;
+    set_u32(&mut huge, 20, MAX_INLINE as u32 + 1);
+    assert!(matches!(
+        parse(&huge),
+        Err(Error::OutOfRange {
+            field: Field::Data,
+            ..
+        })
+    ));
+    let big = vec![0u8; MAX_INLINE + 1];
+    let too_big = ReadData {
+        xfer: 1,
+        data: &big,
+    };
+    assert!(matches!(
+        too_big.emit(&mut vec![0u8; too_big.buffer_len()]),
+        Err(Error::OutOfRange {
+            field: Field::Data,
+            ..
+        })
+    ));
+}
+
+#[test]
 fn error_range_overflow() {
     let mut r = sample_bytes(Kind::ReadRequest);
     // Second segment: addr = u64::MAX, len 4096.
-    set_u64(&mut r, 24 + 32 + 16, u64::MAX);
+    set_u64(&mut r, 28 + 32 + 16, u64::MAX);
     assert_eq!(
         parse(&r),
         Err(Error::RangeOverflow {
@@ -574,6 +649,7 @@ fn error_range_overflow() {
     let ok = Message::ReadRequest(ReadRequest {
         xfer: 0,
         segments: &edge,
+        inline_ok: true,
     });
     assert_eq!(parse(&emit_vec(&ok)), Ok(ok));
 }
@@ -708,7 +784,7 @@ fn kind_values_are_stable() {
         assert_eq!(Kind::from_u16(*k as u16), Some(*k));
     }
     assert_eq!(Kind::from_u16(0), None);
-    assert_eq!(Kind::from_u16(11), None);
+    assert_eq!(Kind::from_u16(12), None);
     assert_eq!(MAGIC.to_le_bytes(), *b"TCPX");
 }
 
@@ -775,8 +851,18 @@ fn owned() -> impl Strategy<Value = Owned> {
             prop::option::of(prop::collection::vec(any::<u8>(), 0..200))
         )
             .prop_map(|(xfer, segs, notif)| Owned::WriteAnnounce { xfer, segs, notif }),
-        (any::<u64>(), prop::collection::vec(segment(), 0..40))
-            .prop_map(|(xfer, segs)| Owned::ReadRequest { xfer, segs }),
+        (
+            any::<u64>(),
+            prop::collection::vec(segment(), 0..40),
+            any::<bool>()
+        )
+            .prop_map(|(xfer, segs, inline_ok)| Owned::ReadRequest {
+                xfer,
+                segs,
+                inline_ok
+            }),
+        (any::<u64>(), prop::collection::vec(any::<u8>(), 0..600))
+            .prop_map(|(xfer, data)| Owned::ReadData { xfer, data }),
         any::<u64>().prop_map(|xfer| Owned::ReadAnnounce(ReadAnnounce { xfer })),
         (any::<u64>(), any::<i32>()).prop_map(|(xfer, status)| Owned::Ack(Ack { xfer, status })),
         prop::collection::vec(any::<u8>(), 0..300).prop_map(Owned::Notif),
@@ -823,6 +909,7 @@ proptest! {
             Message::Ack(x) => repr_round_trip(&x, &mut buf),
             Message::Notif(x) => repr_round_trip(&x, &mut buf),
             Message::Error(x) => repr_round_trip(&x, &mut buf),
+            Message::ReadData(x) => repr_round_trip(&x, &mut buf),
         }
     }
 
@@ -898,6 +985,7 @@ fn write_fuzz_seeds() {
         Kind::Ack => "ack",
         Kind::Notif => "notif",
         Kind::Error => "error_msg",
+        Kind::ReadData => "read_data",
     };
     let write = |dir: &str, name: &str, bytes: &[u8]| {
         let d = root.join(dir);

@@ -385,8 +385,16 @@ impl Backend {
             Route::Own { posted: false }
         } else {
             let peer = self.peer_info(a.agent)?;
-            let segments = xfer::plan(&read(&self.mem), &self.agent, a.agent, a.local, a.remote)?;
-            Route::Remote(self.remote.prepare(a.op, a.agent, &peer, &segments)?)
+            let table = read(&self.mem);
+            let segments = xfer::plan(&table, &self.agent, a.agent, a.local, a.remote)?;
+            let local_host = segments
+                .iter()
+                .all(|s| table.local(s.md).is_ok_and(|r| r.mem == MemKind::Dram));
+            drop(table);
+            Route::Remote(
+                self.remote
+                    .prepare(a.op, a.agent, &peer, &segments, local_host)?,
+            )
         };
         let mut reqs = lock(&self.requests);
         reqs.last += 1;
@@ -871,6 +879,171 @@ mod tests {
             assert_eq!(m, &note(i), "notification {i}");
         }
         drop((src, own));
+    }
+
+    #[test]
+    fn small_reads_travel_inline_and_large_ones_through_the_engine() {
+        let (a, b) = linked_with(&[("inline_read_bytes", "8192")]);
+        const N: usize = 64 * 1024;
+        let mut src: Vec<u8> = (0..N).map(|i| (i * 7 % 251) as u8).collect();
+        let mut dst = vec![0u8; N];
+        let (s, t) = (src.as_mut_ptr() as u64, dst.as_mut_ptr() as u64);
+        // a reads from b: a's `dst` is local, b's `src` is remote.
+        let (md, _, rs) = dram_pair(&a, &b, t, s, N as u64);
+        let read = |pieces: &[(u64, u64, u64)], note: Option<&[u8]>| {
+            let l: Vec<Desc> = pieces.iter().map(|&(lo, _, n)| d(t + lo, n, md)).collect();
+            let r: Vec<Desc> = pieces.iter().map(|&(_, ro, n)| d(s + ro, n, rs)).collect();
+            let mut x = args(Op::Read, &l, &r, "b");
+            x.notif = note;
+            let mut h = 0;
+            a.post_xfer(&x, &mut h).unwrap();
+            let st = finish(&a, h);
+            a.release_req(h).unwrap();
+            st
+        };
+        // Three pieces, 8 KiB in all: inline, one frame, data in request order.
+        let small = [(0, 100, 1), (64, 4096, 4095), (8000, 20_000, 4096)];
+        assert_eq!(read(&small, Some(b"r1")).unwrap(), Status::Success);
+        assert_eq!(b.remote.inline_answers(), 1, "8 KiB READ answered inline");
+        for &(lo, ro, n) in &small {
+            let (lo, ro, n) = (lo as usize, ro as usize, n as usize);
+            assert_eq!(dst[lo..lo + n], src[ro..ro + n], "piece at {lo}");
+        }
+        assert!(
+            dst[1..64].iter().all(|&v| v == 0),
+            "bytes outside the pieces moved"
+        );
+        // A READ's notification follows its completion: wait for it (bounded).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut got = notifs(&b);
+        while got.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+            got = notifs(&b);
+        }
+        assert_eq!(got, [("a".to_owned(), b"r1".to_vec())]);
+        // One byte over: the engine path, same result.
+        dst.fill(0);
+        let big = [(0, 0, 8193)];
+        assert_eq!(read(&big, None).unwrap(), Status::Success);
+        assert_eq!(
+            b.remote.inline_answers(),
+            1,
+            "8 KiB + 1 went through the engine"
+        );
+        assert_eq!(dst[..8193], src[..8193]);
+        // Reposts of an inline READ.
+        for i in 0..50u64 {
+            dst[..4096].fill(0);
+            assert_eq!(read(&[(0, i * 64, 4096)], None).unwrap(), Status::Success);
+            let o = (i * 64) as usize;
+            assert_eq!(dst[..4096], src[o..o + 4096], "repost {i}");
+        }
+        assert_eq!(b.remote.inline_answers(), 51);
+        // A target that never answers inline (its own setting 0) still serves the READ.
+        let (c, e) = linked_with(&[("inline_read_bytes", "0")]);
+        let (mc, _, re) = dram_pair(&c, &e, t, s, N as u64);
+        dst.fill(0);
+        let (l, r) = ([d(t, 4096, mc)], [d(s, 4096, re)]);
+        let mut h = 0;
+        c.post_xfer(&args(Op::Read, &l, &r, "b"), &mut h).unwrap();
+        assert_eq!(finish(&c, h).unwrap(), Status::Success);
+        assert_eq!(e.remote.inline_answers(), 0);
+        assert_eq!(dst[..4096], src[..4096]);
+        drop((c, e));
+        drop(src);
+    }
+
+    /// Reads one whole frame from a blocking stream.
+    fn read_frame(s: &mut std::net::TcpStream) -> Vec<u8> {
+        use std::io::Read;
+        let mut f = vec![0u8; tcpx_core::wire::HEADER_LEN];
+        s.read_exact(&mut f).unwrap();
+        let len = tcpx_core::wire::peek_frame(&f).unwrap().unwrap();
+        f.resize(len, 0);
+        s.read_exact(&mut f[tcpx_core::wire::HEADER_LEN..]).unwrap();
+        f
+    }
+
+    fn frame(m: &tcpx_core::wire::Message<'_>) -> Vec<u8> {
+        let mut v = vec![0u8; m.buffer_len()];
+        m.emit(&mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn an_inline_answer_of_the_wrong_size_fails_the_read_and_closes_the_conn() {
+        use std::io::{Read, Write};
+        use tcpx::engine::{Config as EngineConfig, Session};
+        use tcpx_core::wire::{self, Message, ReadData, RegionToken};
+        let (a, _b) = linked();
+        // A fake target: the real handshake, then a ReadData 3 bytes long for a 4 KiB READ.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let fake = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            let _hello = read_frame(&mut s);
+            let theirs = read_frame(&mut s);
+            let cfg = EngineConfig {
+                timeout: std::time::Duration::from_secs(5),
+                ..EngineConfig::default()
+            };
+            let lis = Session::listen(Session::open_net(&cfg).unwrap(), cfg).unwrap();
+            s.write_all(lis.conn_info()).unwrap();
+            let _sess = lis.connect(&theirs).unwrap();
+            let req = read_frame(&mut s);
+            let Ok(Message::ReadRequest(r)) = wire::parse(&req) else {
+                panic!("expected a ReadRequest");
+            };
+            assert!(r.inline_ok, "a 4 KiB READ into host memory offers inline");
+            s.write_all(&frame(&Message::ReadData(ReadData {
+                xfer: r.xfer,
+                data: b"abc",
+            })))
+            .unwrap();
+            // Until the initiator closes the conn (0) or gives up waiting (error).
+            let mut one = [0u8; 1];
+            s.read(&mut one).unwrap_or(1)
+        });
+        a.load_remote_conn_info("fake", &blob::encode_conn_info("fake", addr, 2).unwrap())
+            .unwrap();
+        let token = RegionToken {
+            base: 0x1000_0000,
+            len: 1 << 20,
+            mem: MemKind::Dram,
+            device: 0,
+            region: 7,
+            key: 99,
+        };
+        let rt = a
+            .load_remote_md(
+                &d(0x1000_0000, 1 << 20, 0),
+                &blob::encode_token(&token).unwrap(),
+                MEM_DRAM,
+                "fake",
+            )
+            .unwrap();
+        let mut dst = vec![0x5au8; 4096];
+        let md = a
+            .register_mem(&d(dst.as_mut_ptr() as u64, 4096, 0), MEM_DRAM)
+            .unwrap();
+        let (l, r) = (
+            [d(dst.as_mut_ptr() as u64, 4096, md)],
+            [d(0x1000_0000, 4096, rt)],
+        );
+        let mut h = 0;
+        a.post_xfer(&args(Op::Read, &l, &r, "fake"), &mut h)
+            .unwrap();
+        let e = finish(&a, h).unwrap_err();
+        assert_eq!(e.status(), Status::Mismatch, "{e}");
+        assert!(e.to_string().contains("ReadData of 3 bytes"), "{e}");
+        assert!(
+            dst.iter().all(|&v| v == 0x5a),
+            "nothing of the bad answer was written"
+        );
+        assert_eq!(fake.join().unwrap(), 0, "the initiator closed the conn");
+        a.release_req(h).unwrap();
     }
 
     #[test]

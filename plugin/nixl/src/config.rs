@@ -10,12 +10,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tcpx_core::window::TCPX_WINDOW;
-use tcpx_core::wire::MAX_CHANNELS;
+use tcpx_core::wire::{MAX_CHANNELS, MAX_INLINE};
 
 use crate::error::Error;
 
 /// Option names and defaults, in the order `get_backend_options` reports them.
-pub const OPTIONS: [(&str, &str); 7] = [
+pub const OPTIONS: [(&str, &str); 8] = [
     ("channels", "2"),
     ("chunk_bytes", "524288"),
     ("window", "16"),
@@ -23,6 +23,7 @@ pub const OPTIONS: [(&str, &str); 7] = [
     ("listen_addr", ""),
     ("timeout_ms", "10000"),
     ("notif_queue_bytes", "67108864"),
+    ("inline_read_bytes", "16384"),
 ];
 
 /// Smallest and largest accepted chunk size.
@@ -52,6 +53,9 @@ pub struct Config {
     /// Bound on the notifications waiting for `getNotifs`, in bytes (each counts its message
     /// plus a fixed per-entry overhead).
     pub notif_queue_bytes: u64,
+    /// READs of at most this many bytes between host memories travel inline on the control
+    /// stream (one round trip, no data session); 0 = never. Each side applies its own.
+    pub inline_read_bytes: u32,
 }
 
 impl Default for Config {
@@ -64,6 +68,7 @@ impl Default for Config {
             listen_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
             timeout: Duration::from_millis(10_000),
             notif_queue_bytes: 64 << 20,
+            inline_read_bytes: 16 * 1024,
         }
     }
 }
@@ -118,6 +123,9 @@ impl Config {
                     c.timeout = Duration::from_millis(number(key, value, 1, MAX_TIMEOUT_MS)?)
                 }
                 "listen_addr" => c.listen_addr = listen_addr(key, value)?,
+                "inline_read_bytes" => {
+                    c.inline_read_bytes = number(key, value, 0, MAX_INLINE as u64)? as u32
+                }
                 "notif_queue_bytes" => {
                     c.notif_queue_bytes =
                         number(key, value, NOTIF_QUEUE_BYTES.0, NOTIF_QUEUE_BYTES.1)?
@@ -160,6 +168,7 @@ impl Config {
             ("listen_addr", bound.to_string()),
             ("timeout_ms", self.timeout.as_millis().to_string()),
             ("notif_queue_bytes", self.notif_queue_bytes.to_string()),
+            ("inline_read_bytes", self.inline_read_bytes.to_string()),
         ]
     }
 }
@@ -183,9 +192,11 @@ mod tests {
             ("listen_addr", "127.0.0.1:0"),
             ("timeout_ms", "50"),
             ("notif_queue_bytes", "65536"),
+            ("inline_read_bytes", "0"),
         ])
         .unwrap();
         assert_eq!(c.notif_queue_bytes, 65536);
+        assert_eq!(c.inline_read_bytes, 0);
         assert_eq!(c.channels, 4);
         assert_eq!(c.chunk_bytes, 1 << 20);
         assert_eq!(c.window, 8);
@@ -225,6 +236,7 @@ mod tests {
             ("timeout_ms", "0"),
             ("timeout_ms", "-5"),
             ("notif_queue_bytes", "4096"),
+            ("inline_read_bytes", "32769"),
             ("listen_addr", "nowhere:1"),
             ("plugin_path", "/nonexistent/libnccl-net.so"),
             ("chanels", "2"),

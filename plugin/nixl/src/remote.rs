@@ -23,7 +23,7 @@ use tcpx::engine::{
     Config as EngineConfig, Direction, MemId, Memory, Progress, Segment as ESeg, Session, XferId,
 };
 use tcpx_core::wire::{
-    self, Ack, ErrorMsg, Hello, MemKind, Message, Notif, ReadAnnounce, ReadRequest,
+    self, Ack, ErrorMsg, Hello, MemKind, Message, Notif, ReadAnnounce, ReadData, ReadRequest,
     Segment as WireSegment, WriteAnnounce, HEADER_LEN,
 };
 
@@ -209,6 +209,28 @@ struct Conn {
     /// Log rate limiting of notification refusals: on a target conn those it sent the peer,
     /// on an initiator conn the errors the peer sent about no transfer in flight.
     refused_notifs: AtomicU64,
+    /// Target: the data of a READ answered inline, gathered before it is framed (reused; it
+    /// grows to the largest inline READ once).
+    inline_buf: Mutex<Vec<u8>>,
+}
+
+/// Where wire segment `i` of a peer's request lies in our registrations: (md, offset inside
+/// it, memory kind), or the refusal to answer with.
+fn locate(
+    table: &MemTable,
+    i: usize,
+    s: &WireSegment,
+) -> Result<(usize, u64, MemKind), (Status, String)> {
+    let bad = |why: &str| (Status::InvalidParam, format!("segment {i}: {why}"));
+    let md = usize::try_from(s.region()).map_err(|_| bad("unknown region"))?;
+    let r = table.local(md).map_err(|_| bad("unknown region"))?;
+    if r.key != s.key() {
+        return Err(bad("wrong key"));
+    }
+    if !r.span.contains(s.addr(), s.len()) {
+        return Err(bad("range outside the registration"));
+    }
+    Ok((md, s.addr() - r.span.base, r.mem))
 }
 
 /// Whether the `n`-th refusal (from 1) from one peer gets a log line: the first few, then
@@ -349,6 +371,10 @@ struct Flight {
     /// segment of the request, refilled in place by each post.
     segs: Vec<ESeg>,
     engine: Option<XferId>,
+    /// READ: the ReadRequest offered to take the data inline; where it goes then (our
+    /// addresses and lengths, request order; capacity kept across reposts).
+    inline: bool,
+    inline_dst: Vec<(u64, u64)>,
     /// WRITE: Ack 0 received. READ: unused.
     acked: bool,
     /// The engine part completed.
@@ -387,6 +413,10 @@ pub struct RemoteXfer {
     /// reused by every post).
     notif: Vec<u8>,
     notify: bool,
+    /// READ small enough, and all ours host memory: offer to take the data inline; where it
+    /// goes (our addresses and lengths, in request order).
+    inline: bool,
+    inline_dst: Vec<(u64, u64)>,
     /// The latest post's flight, reused by the next post.
     flight: Option<Arc<Mutex<Flight>>>,
     /// The latest post went out: before the first post, or after a post that failed,
@@ -417,6 +447,10 @@ struct Shared {
     /// Serialises opening outgoing conns (the handshake blocks up to the timeout).
     connecting: Mutex<()>,
     next_wire: AtomicU64,
+    /// `inline_read_bytes`: READs this small between host memories travel inline.
+    inline_read_bytes: u64,
+    /// READs this agent answered inline (tests: which path a READ took).
+    inline_answers: AtomicU64,
 }
 
 /// The engine-backed data path to other agents, with its backend thread.
@@ -467,6 +501,8 @@ impl RemotePath {
             conns: Mutex::new(Vec::new()),
             connecting: Mutex::new(()),
             next_wire: AtomicU64::new(1),
+            inline_read_bytes: config.inline_read_bytes.into(),
+            inline_answers: AtomicU64::new(0),
         });
         let (done_tx, done_rx) = mpsc::channel();
         let s = shared.clone();
@@ -520,13 +556,15 @@ impl RemotePath {
         }
     }
 
-    /// `prepXfer` towards `agent`, with segments already validated.
+    /// `prepXfer` towards `agent`, with segments already validated; `local_host`: every
+    /// local segment is host memory.
     pub fn prepare(
         &self,
         op: Op,
         _agent: &str,
         _peer: &PeerInfo,
         segments: &[Segment],
+        local_host: bool,
     ) -> Result<RemoteXfer, Error> {
         if segments.len() > self.shared.engine_cfg.max_segments {
             return Err(Error::invalid(
@@ -545,12 +583,24 @@ impl RemotePath {
                 Far::Own(addr) => WireSegment::new(0, 0, addr, s.len),
             })
             .collect();
+        let total = segments
+            .iter()
+            .map(|s| s.len)
+            .fold(0u64, u64::saturating_add);
+        let inline = op == Op::Read && local_host && total <= self.shared.inline_read_bytes;
+        let inline_dst = if inline {
+            segments.iter().map(|s| (s.local, s.len)).collect()
+        } else {
+            Vec::new()
+        };
         Ok(RemoteXfer {
             op,
             segments: segments.to_vec(),
             wire,
             notif: Vec::new(),
             notify: false,
+            inline,
+            inline_dst,
             flight: None,
             posted: false,
         })
@@ -602,6 +652,9 @@ impl RemotePath {
                     if let Some(id) = f.engine.take() {
                         let _ = lock(&f.conn.engine).session.release(id);
                     }
+                    f.inline = x.inline;
+                    f.inline_dst.clear();
+                    f.inline_dst.extend_from_slice(&x.inline_dst);
                     f.acked = false;
                     f.moved = false;
                     f.done = false;
@@ -628,6 +681,8 @@ impl RemotePath {
                     conn: conn.clone(),
                     segs: Vec::with_capacity(x.segments.len()),
                     engine: None,
+                    inline: x.inline,
+                    inline_dst: x.inline_dst.clone(),
                     acked: false,
                     moved: false,
                     done: false,
@@ -694,6 +749,7 @@ impl RemotePath {
                     &Message::ReadRequest(ReadRequest {
                         xfer: wire_id,
                         segments: &x.wire,
+                        inline_ok: x.inline,
                     }),
                 )
             }
@@ -805,6 +861,12 @@ impl RemotePath {
     }
 
     /// `genNotif` towards another agent.
+    /// READs this agent answered inline so far (tests: which path a READ took).
+    #[cfg(test)]
+    pub(crate) fn inline_answers(&self) -> u64 {
+        self.shared.inline_answers.load(Ordering::Relaxed)
+    }
+
     /// Identity of our live conn to `agent`, if any (tests: whether a conn survived).
     #[cfg(test)]
     pub(crate) fn outgoing_id(&self, agent: &str) -> Option<usize> {
@@ -957,6 +1019,7 @@ impl Shared {
             timeout: self.timeout,
             refused_reads: AtomicU64::new(0),
             refused_notifs: AtomicU64::new(0),
+            inline_buf: Mutex::new(Vec::new()),
         }))
     }
 
@@ -1164,18 +1227,7 @@ impl Shared {
         let table = self.mem.read().unwrap_or_else(PoisonError::into_inner);
         // Every range is checked before any is mapped, so a refusal is INVALID_PARAM whatever
         // the session knows.
-        let region = |i: usize, s: &WireSegment| {
-            let bad = |why: &str| (Status::InvalidParam, format!("segment {i}: {why}"));
-            let md = usize::try_from(s.region()).map_err(|_| bad("unknown region"))?;
-            let r = table.local(md).map_err(|_| bad("unknown region"))?;
-            if r.key != s.key() {
-                return Err(bad("wrong key"));
-            }
-            if !r.span.contains(s.addr(), s.len()) {
-                return Err(bad("range outside the registration"));
-            }
-            Ok((md, s.addr() - r.span.base))
-        };
+        let region = |i: usize, s: &WireSegment| locate(&table, i, s).map(|(md, off, _)| (md, off));
         for (i, s) in segs.iter().enumerate() {
             region(i, s)?;
         }
@@ -1198,6 +1250,45 @@ impl Shared {
             });
         }
         Ok(())
+    }
+
+    /// A READ that offered to take its data inline: when the ranges are all our host memory
+    /// and no more than `inline_read_bytes`, gathers them into the conn's inline buffer
+    /// (under the table's read lock, so no registration goes away meanwhile) and says so;
+    /// `Ok(false)`: answer the usual way. A range we refuse is an `Err` either way.
+    fn gather_inline(&self, c: &Conn, segs: &[WireSegment]) -> Result<bool, (Status, String)> {
+        let total = segs
+            .iter()
+            .map(WireSegment::len)
+            .fold(0u64, u64::saturating_add);
+        if total > self.inline_read_bytes {
+            return Ok(false);
+        }
+        let table = self.mem.read().unwrap_or_else(PoisonError::into_inner);
+        for (i, s) in segs.iter().enumerate() {
+            if locate(&table, i, s)?.2 != MemKind::Dram {
+                return Ok(false);
+            }
+        }
+        let mut buf = lock(&c.inline_buf);
+        buf.clear();
+        for s in segs {
+            // SAFETY: `locate` put every range inside a live host-memory registration of ours,
+            // which the table's read lock keeps registered until the copy is done.
+            let bytes =
+                unsafe { std::slice::from_raw_parts(s.addr() as *const u8, s.len() as usize) };
+            buf.extend_from_slice(bytes);
+        }
+        Ok(true)
+    }
+
+    /// Validates a READ and readies its answer: `Ok(true)` = gathered for a `ReadData`,
+    /// `Ok(false)` = resolved for a `ReadAnnounce` and the data comms.
+    fn answer_read(&self, c: &Conn, r: &ReadRequest<'_>) -> Result<bool, (Status, String)> {
+        if r.inline_ok && self.gather_inline(c, r.segments)? {
+            return Ok(true);
+        }
+        self.resolve(c, r.segments).map(|()| false)
     }
 
     /// Acts on one control frame. An `Err` closes the conn.
@@ -1229,7 +1320,7 @@ impl Shared {
                     write: Some(w.notif.map(<[u8]>::to_vec)),
                 });
             }
-            (false, Message::ReadRequest(r)) => match self.resolve(c, r.segments) {
+            (false, Message::ReadRequest(r)) => match self.answer_read(c, &r) {
                 Err((status, why)) => {
                     let n = c.refused_reads.fetch_add(1, Ordering::Relaxed) + 1;
                     if log_refusal(n) {
@@ -1247,7 +1338,16 @@ impl Shared {
                         text: &why[..why.len().min(wire::MAX_ERROR_TEXT)],
                     }))?;
                 }
-                Ok(()) => {
+                Ok(true) => {
+                    // One frame answers the READ; nothing is posted on either side.
+                    let data = lock(&c.inline_buf);
+                    c.send(&Message::ReadData(ReadData {
+                        xfer: r.xfer,
+                        data: &data,
+                    }))?;
+                    self.inline_answers.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(false) => {
                     let mut tx = lock(&c.tx);
                     c.send_on(
                         &mut tx,
@@ -1309,6 +1409,44 @@ impl Shared {
                         a.xfer
                     )));
                 }
+            }
+            (true, Message::ReadData(d)) => {
+                let f = lock(&c.pending).remove(&d.xfer);
+                let f =
+                    f.ok_or_else(|| Error::Mismatch(format!("ReadData for unknown {}", d.xfer)))?;
+                let mut f = lock(&f);
+                stale(&f, d.xfer)?;
+                let want = f.inline_dst.iter().map(|r| r.1).sum::<u64>();
+                if !f.inline || want != d.data.len() as u64 {
+                    let why = format!(
+                        "ReadData of {} bytes for {} {}",
+                        d.data.len(),
+                        if f.inline {
+                            "a READ of"
+                        } else {
+                            "a READ that did not offer inline, of"
+                        },
+                        want
+                    );
+                    f.failed = Some((Status::Mismatch, why.clone()));
+                    return Err(Error::Mismatch(why));
+                }
+                // A released READ's memory is no longer ours to write.
+                if !f.released {
+                    let mut at = 0;
+                    for &(addr, len) in &f.inline_dst {
+                        let src = &d.data[at..at + len as usize];
+                        // SAFETY: `addr..addr+len` is a range of one of our host-memory
+                        // registrations (checked at prepare, still registered at post: NIXL's
+                        // contract keeps it so while the transfer is live); the frame buffer
+                        // does not overlap it.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(src.as_ptr(), addr as *mut u8, src.len())
+                        };
+                        at += len as usize;
+                    }
+                }
+                f.moved = true;
             }
             (true, Message::ReadAnnounce(r)) => {
                 let f = lock(&c.pending).remove(&r.xfer);

@@ -21,8 +21,8 @@ use plugin_TCPX::testing::{frame, handshake, read_frame, World, BOUND, REGION};
 use plugin_TCPX::Status;
 use tcpx::engine::{Direction, Memory, Segment as ESeg, Session};
 use tcpx_core::wire::{
-    self, Ack, ErrorMsg, Hello, Message, Notif, ReadAnnounce, ReadRequest, Segment, WriteAnnounce,
-    HEADER_LEN, MAGIC, MAX_FRAME, VERSION,
+    self, Ack, ErrorMsg, Hello, Message, Notif, ReadAnnounce, ReadData, ReadRequest, Segment,
+    WriteAnnounce, HEADER_LEN, MAGIC, MAX_FRAME, VERSION,
 };
 
 /// Target's timeout: bounds the handshake of a silent peer and (with the fix in remote.rs)
@@ -136,9 +136,14 @@ fn write_announce(xfer: u64, segs: &[Segment]) -> Vec<u8> {
 }
 
 fn read_request(xfer: u64, segs: &[Segment]) -> Vec<u8> {
+    read_request_with(xfer, segs, false)
+}
+
+fn read_request_with(xfer: u64, segs: &[Segment], inline_ok: bool) -> Vec<u8> {
     frame(&Message::ReadRequest(ReadRequest {
         xfer,
         segments: segs,
+        inline_ok,
     }))
 }
 
@@ -356,6 +361,13 @@ fn run_cases() {
         ),
         ("second Hello", hello(hostile)),
         (
+            "ReadData to the target",
+            frame(&Message::ReadData(ReadData {
+                xfer: 1,
+                data: b"unasked",
+            })),
+        ),
+        (
             "Error to the target",
             frame(&Message::Error(ErrorMsg {
                 code: 1,
@@ -493,6 +505,66 @@ fn run_cases() {
             p.src[REGION..REGION + 3000] == w.guard.region_bytes()[500..3500],
             "{case}: READ data"
         );
+        p.s.shutdown(Shutdown::Write).unwrap();
+        assert!(p.until_closed().is_empty());
+        drop(p);
+        after(&mut w, case, baseline);
+    }
+
+    // --- READs offering to take the data inline: a refused one gets an ErrorMsg and the
+    // stream stays usable; a good one is answered with ReadData holding exactly its bytes. ---
+    {
+        let case = "inline READ refused, then inline READs answered with their bytes";
+        eprintln!("HOSTILE-CASE {case}");
+        let mut p = Peer::connect(addr, hostile);
+        let end = REGION as u64;
+        p.send(&read_request_with(
+            300,
+            &[Segment::new(r, k, base + end - 1, 2)],
+            true,
+        ));
+        p.s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let f = read_frame(&mut p.s).expect("closed after a refused inline READ");
+        match wire::parse(&f).unwrap() {
+            Message::Error(m) => assert_eq!(m.xfer, 300),
+            m => panic!("{case}: expected ErrorMsg, got {m:?}"),
+        }
+        let segs = [w.seg(500, 3000), w.seg(0, 1), w.seg(REGION as u64 - 96, 96)];
+        p.send(&read_request_with(301, &segs, true));
+        let f = read_frame(&mut p.s).expect("closed before ReadData");
+        let want: Vec<u8> = [500..3500, 0..1, REGION - 96..REGION]
+            .into_iter()
+            .flat_map(|r| w.guard.region_bytes()[r].to_vec())
+            .collect();
+        match wire::parse(&f).unwrap() {
+            Message::ReadData(d) => {
+                assert_eq!(d.xfer, 301);
+                assert!(d.data == want.as_slice(), "{case}: ReadData bytes");
+            }
+            m => panic!("{case}: expected ReadData, got {m:?}"),
+        }
+        // Larger than the target's inline_read_bytes (16 KiB default; the region twice):
+        // the usual answer.
+        let whole = w.seg(0, REGION as u64);
+        p.send(&read_request_with(302, &[whole, whole], true));
+        let f = read_frame(&mut p.s).expect("closed before ReadAnnounce");
+        assert_eq!(
+            wire::parse(&f).unwrap(),
+            Message::ReadAnnounce(ReadAnnounce { xfer: 302 })
+        );
+        // The mirror of the target's two sends (the engine pairs segment by segment).
+        let half = |offset| ESeg {
+            mem: p.mem,
+            offset,
+            remote_offset: 0,
+            len: REGION as u64,
+        };
+        let id = p
+            .sess
+            .post(Direction::Recv, &[half(0), half(REGION as u64)])
+            .unwrap();
+        p.sess.wait(id, BOUND).unwrap();
         p.s.shutdown(Shutdown::Write).unwrap();
         assert!(p.until_closed().is_empty());
         drop(p);
