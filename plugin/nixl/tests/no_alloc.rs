@@ -8,37 +8,31 @@
 //! another thread and is not counted here. `prep_xfer` and the first posts (which open the
 //! conn and size its buffers) may allocate; they run before the counter is reset.
 
-use std::hint::black_box;
-
 use plugin_TCPX::backend::{XferArgs, MEM_DRAM};
 use plugin_TCPX::testing::{backend_pair, desc as d, poll_done, share};
 use plugin_TCPX::xfer::{Desc, Op};
 use plugin_TCPX::{Backend, Status};
-use tcpx_tests::{allocs, count_allocs, reset_allocs, CountingAlloc};
+use tcpx_tests::{allocs, reset_allocs};
 
-#[global_allocator]
-static ALLOC: CountingAlloc = CountingAlloc;
+tcpx_tests::install_counting_alloc!();
 
 const WARMUP: usize = 50;
 const REPOSTS: usize = 1_000;
 /// 8 descriptors of odd sizes, laid out back to back (with a gap) in one registration.
 const LENS: [u64; 8] = [1, 4095, 4097, 65_536, 70_001, 100, 131_072, 9_999];
+/// 4 descriptors, 8 KiB in all: a READ this small travels inline.
+const SMALL: [u64; 4] = [1, 4095, 4000, 96];
 const GAP: u64 = 64;
 
-#[test]
-fn counter_sees_allocations() {
-    assert_eq!(count_allocs(|| drop(black_box(Box::new(7u64)))), 1);
+/// Bytes one registration needs for descriptors of `lens`.
+fn span(lens: &[u64]) -> usize {
+    lens.iter().map(|l| (l + GAP) as usize).sum()
 }
 
-/// Bytes one registration needs for the descriptors at `LENS`.
-fn span() -> usize {
-    LENS.iter().map(|l| (l + GAP) as usize).sum()
-}
-
-/// The descriptors at `LENS` inside the registration at `base`, handle `md`.
-fn descs(base: u64, md: usize) -> Vec<Desc> {
+/// Descriptors of `lens` inside the registration at `base`, handle `md`.
+fn descs(lens: &[u64], base: u64, md: usize) -> Vec<Desc> {
     let mut off = 0;
-    LENS.iter()
+    lens.iter()
         .map(|&len| {
             let x = d(base + off, len, md);
             off += len + GAP;
@@ -54,9 +48,9 @@ fn pattern(n: usize, seed: u8) -> Vec<u8> {
 }
 
 /// Every described byte of `src` is in `dst`; the gaps after them in `dst` were never touched.
-fn assert_landed(src: &[u8], dst: &[u8], what: &str) {
+fn assert_landed(lens: &[u64], src: &[u8], dst: &[u8], what: &str) {
     let mut off = 0;
-    for len in LENS {
+    for &len in lens {
         let (o, e) = (off as usize, (off + len) as usize);
         assert_eq!(src[o..e], dst[o..e], "{what}: descriptor at {off}");
         assert!(
@@ -73,10 +67,11 @@ fn repost(b: &Backend, a: &XferArgs<'_>, h: &mut usize) {
     assert_eq!(poll_done(b, *h), Status::Success);
 }
 
-/// `a` moves 8 descriptors to (WRITE) or from (READ) `b`; `a`'s side is `near`, `b`'s `far`.
-fn remote(op: Op) {
+/// `a` moves descriptors of `lens` to (WRITE) or from (READ) `b`; `a`'s side is `near`,
+/// `b`'s `far`.
+fn remote(op: Op, lens: &[u64]) {
     let (a, b) = backend_pair("a", "b", 10_000);
-    let n = span();
+    let n = span(lens);
     let (mut near, mut far) = match op {
         Op::Write => (pattern(n, 1), vec![0u8; n]),
         Op::Read => (vec![0u8; n], pattern(n, 2)),
@@ -85,7 +80,7 @@ fn remote(op: Op) {
     let mn = a.register_mem(&d(pn, n as u64, 0), MEM_DRAM).unwrap();
     let (mf, rf) = share(&b, "b", &a, pf, n as u64);
     a.connect("b").unwrap();
-    let (l, r) = (descs(pn, mn), descs(pf, rf));
+    let (l, r) = (descs(lens, pn, mn), descs(lens, pf, rf));
     let args = XferArgs {
         op,
         local: &l,
@@ -125,8 +120,8 @@ fn remote(op: Op) {
     );
     a.release_req(h).unwrap();
     match op {
-        Op::Write => assert_landed(&near, &far, "remote WRITE"),
-        Op::Read => assert_landed(&far, &near, "remote READ"),
+        Op::Write => assert_landed(lens, &near, &far, "remote WRITE"),
+        Op::Read => assert_landed(lens, &far, &near, "remote READ"),
     }
     a.unload_md(rf).unwrap();
     a.deregister_mem(mn).unwrap();
@@ -136,26 +131,33 @@ fn remote(op: Op) {
 
 #[test]
 fn remote_write_reposts_allocate_nothing() {
-    remote(Op::Write);
+    remote(Op::Write, &LENS);
 }
 
 #[test]
 fn remote_read_reposts_allocate_nothing() {
-    remote(Op::Read);
+    remote(Op::Read, &LENS);
+}
+
+/// An 8 KiB READ is answered inline (`ReadData` on the control stream), read by `check_xfer`
+/// on this thread.
+#[test]
+fn inline_read_reposts_allocate_nothing() {
+    remote(Op::Read, &SMALL);
 }
 
 /// Transfers to ourselves are revalidated and copied by `post_xfer` itself.
 #[test]
 fn self_reposts_allocate_nothing() {
     let b = Backend::new("a", [("listen_addr", "127.0.0.1:0")]).unwrap();
-    let n = span();
+    let n = span(&LENS);
     let mut src = pattern(n, 3);
     let mut dst = vec![0u8; n];
     let (ps, pd) = (src.as_mut_ptr() as u64, dst.as_mut_ptr() as u64);
     let ms = b.register_mem(&d(ps, n as u64, 0), MEM_DRAM).unwrap();
     let md = b.register_mem(&d(pd, n as u64, 0), MEM_DRAM).unwrap();
     let ad = b.load_local_md(md).unwrap();
-    let (l, r) = (descs(ps, ms), descs(pd, ad));
+    let (l, r) = (descs(&LENS, ps, ms), descs(&LENS, pd, ad));
     for op in [Op::Write, Op::Read] {
         let args = XferArgs {
             op,
@@ -180,7 +182,7 @@ fn self_reposts_allocate_nothing() {
         b.release_req(h).unwrap();
     }
     assert_eq!(src, pattern(n, 3), "READ copied the same bytes back");
-    assert_landed(&src, &dst, "self");
+    assert_landed(&LENS, &src, &dst, "self");
     b.unload_md(ad).unwrap();
     b.deregister_mem(ms).unwrap();
     b.deregister_mem(md).unwrap();
