@@ -37,7 +37,7 @@ fn parse_each_kind(c: &mut Criterion) {
         (
             "conn_info",
             emit(Message::ConnInfo(ConnInfo {
-                protocol: 1,
+                protocol: tcpx_core::wire::VERSION,
                 addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)), 47000),
                 channels: 4,
                 name: "prefill-worker-0",

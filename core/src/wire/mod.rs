@@ -40,8 +40,9 @@ pub use meta::{ConnInfo, Hello, ListenHandle, ListenHandles, MemKind, RegionToke
 
 /// `b"TCPX"` read as a little-endian `u32`: the first four bytes of every frame are "TCPX".
 pub const MAGIC: u32 = u32::from_le_bytes(*b"TCPX");
-/// Wire format version this code emits and the only one it accepts.
-pub const VERSION: u16 = 1;
+/// Wire format version this code emits and the only one it accepts. 2: `ReadRequest` flags
+/// and `ReadData` (inline READs).
+pub const VERSION: u16 = 2;
 /// Bytes of the common [`Header`].
 pub const HEADER_LEN: usize = 12;
 /// Longest agent name (bytes of UTF-8) in [`ConnInfo`] and [`Hello`].

@@ -165,13 +165,13 @@ fn sample_segments(n: usize) -> Vec<Segment> {
 fn samples() -> Vec<Owned> {
     vec![
         Owned::ConnInfo {
-            protocol: 1,
+            protocol: VERSION,
             addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)), 47000),
             channels: 4,
             name: "prefill-0".to_string(),
         },
         Owned::ConnInfo {
-            protocol: 1,
+            protocol: VERSION,
             addr: SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 47001),
             channels: 2,
             name: "decode-ü".to_string(),
@@ -256,7 +256,7 @@ fn layout_of_an_ack_is_as_documented() {
         status: -1,
     }));
     let want: [u8; 24] = [
-        b'T', b'C', b'P', b'X', 1, 0, 8, 0, 24, 0, 0, 0, // header
+        b'T', b'C', b'P', b'X', 2, 0, 8, 0, 24, 0, 0, 0, // header
         8, 7, 6, 5, 4, 3, 2, 1, // xfer
         0xff, 0xff, 0xff, 0xff, // status
     ];
@@ -366,9 +366,9 @@ fn error_bad_magic() {
 #[test]
 fn error_bad_version() {
     let mut a = sample_bytes(Kind::Ack);
-    set_u16(&mut a, 4, 2);
-    assert_eq!(parse(&a), Err(Error::BadVersion(2)));
-    assert_eq!(peek_frame(&a), Err(Error::BadVersion(2)));
+    set_u16(&mut a, 4, 1);
+    assert_eq!(parse(&a), Err(Error::BadVersion(1)));
+    assert_eq!(peek_frame(&a), Err(Error::BadVersion(1)));
 }
 
 #[test]
@@ -577,7 +577,7 @@ fn read_request_flags_and_read_data_are_checked() {
     };
     let bytes = emit_vec(&Message::ReadData(d));
     let want: [u8; 31] = [
-        b'T', b'C', b'P', b'X', 1, 0, 11, 0, 31, 0, 0, 0, // header
+        b'T', b'C', b'P', b'X', 2, 0, 11, 0, 31, 0, 0, 0, // header
         8, 7, 6, 5, 4, 3, 2, 1, // xfer
         3, 0, 0, 0, // data_len
         0, 0, 0, 0, // reserved

@@ -192,7 +192,8 @@ struct Conn {
     engine: Mutex<Engine>,
     rbuf: Mutex<Vec<u8>>,
     dead: Mutex<Option<String>>,
-    /// Initiator: flights waiting for their Ack / ReadAnnounce / ErrorMsg, by wire id.
+    /// Initiator: flights waiting for their Ack / ReadAnnounce / ReadData / ErrorMsg, by wire
+    /// id.
     pending: Mutex<HashMap<u64, Arc<Mutex<Flight>>>>,
     /// Target: engine transfers in flight.
     jobs: Mutex<Vec<Job>>,
@@ -377,7 +378,7 @@ struct Flight {
     inline_dst: Vec<(u64, u64)>,
     /// WRITE: Ack 0 received. READ: unused.
     acked: bool,
-    /// The engine part completed.
+    /// The data part completed (the engine transfer, or a READ's inline `ReadData` copied).
     moved: bool,
     done: bool,
     released: bool,
@@ -587,7 +588,8 @@ impl RemotePath {
             .iter()
             .map(|s| s.len)
             .fold(0u64, u64::saturating_add);
-        let inline = op == Op::Read && local_host && total <= self.shared.inline_read_bytes;
+        let limit = self.shared.inline_read_bytes;
+        let inline = op == Op::Read && local_host && limit > 0 && total <= limit;
         let inline_dst = if inline {
             segments.iter().map(|s| (s.local, s.len)).collect()
         } else {
@@ -773,7 +775,7 @@ impl RemotePath {
         let (Some(fl), true) = (&x.flight, x.posted) else {
             return Err(Error::NotPosted);
         };
-        // Read the peer's answers (Ack, ReadAnnounce, Error) and drive the session on this
+        // Read the peer's answers (Ack, ReadAnnounce, ReadData, Error) and drive the session on this
         // thread as well: leaving them to the backend thread would put a thread hand-off into
         // every transfer's latency. An initiator conn carries nothing else, and everything
         // `service` touches is behind the conn's locks; no flight may be held here (answers
@@ -860,9 +862,7 @@ impl RemotePath {
         }
     }
 
-    /// `genNotif` towards another agent.
     /// READs this agent answered inline so far (tests: which path a READ took).
-    #[cfg(test)]
     pub(crate) fn inline_answers(&self) -> u64 {
         self.shared.inline_answers.load(Ordering::Relaxed)
     }
@@ -875,6 +875,7 @@ impl RemotePath {
             .map(|c| Arc::as_ptr(&c) as usize)
     }
 
+    /// `genNotif` towards another agent.
     pub fn notify(&self, agent: &str, peer: &PeerInfo, msg: &[u8]) -> Result<(), Error> {
         let conn = self.shared.outgoing(agent, peer)?;
         conn.send(&Message::Notif(Notif { msg }))
@@ -1261,7 +1262,7 @@ impl Shared {
             .iter()
             .map(WireSegment::len)
             .fold(0u64, u64::saturating_add);
-        if total > self.inline_read_bytes {
+        if self.inline_read_bytes == 0 || total > self.inline_read_bytes {
             return Ok(false);
         }
         let table = self.mem.read().unwrap_or_else(PoisonError::into_inner);
@@ -1340,12 +1341,13 @@ impl Shared {
                 }
                 Ok(true) => {
                     // One frame answers the READ; nothing is posted on either side.
+                    // Counted before the answer can complete the READ at the initiator.
+                    self.inline_answers.fetch_add(1, Ordering::Relaxed);
                     let data = lock(&c.inline_buf);
                     c.send(&Message::ReadData(ReadData {
                         xfer: r.xfer,
                         data: &data,
                     }))?;
-                    self.inline_answers.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(false) => {
                     let mut tx = lock(&c.tx);

@@ -203,12 +203,17 @@ impl World {
             .register_mem(&desc(guard.region(), REGION as u64, 0), MEM_DRAM)
             .unwrap();
         let token = blob::decode_token(&t.public_data(mg).unwrap()).unwrap();
-        let mut src = vec![0u8; REGION];
-        let mut dst = vec![0u8; REGION];
+        // Two regions' worth: a READ of both goes through the data session (it is larger than
+        // the default `inline_read_bytes`), a READ of one page travels inline.
+        let mut src = vec![0u8; 2 * REGION];
+        let mut dst = vec![0u8; 2 * REGION];
         let ma = a
-            .register_mem(&desc(src.as_mut_ptr() as u64, REGION as u64, 0), MEM_DRAM)
+            .register_mem(
+                &desc(src.as_mut_ptr() as u64, 2 * REGION as u64, 0),
+                MEM_DRAM,
+            )
             .unwrap();
-        let (_, rt) = share(&t, "t", &a, dst.as_mut_ptr() as u64, REGION as u64);
+        let (_, rt) = share(&t, "t", &a, dst.as_mut_ptr() as u64, 2 * REGION as u64);
         a.connect("t").unwrap();
         World {
             t,
@@ -234,8 +239,9 @@ impl World {
         )
     }
 
-    /// `a` writes a fresh pattern (with a notification) into `t` and reads a page back; both
-    /// verified, and the notification must arrive. Drains every other queued notification.
+    /// `a` writes a fresh pattern (with a notification) into `t`, reads all of it back through
+    /// the data session and a page of it inline; all verified, and the notification must
+    /// arrive. Drains every other queued notification.
     pub fn good_roundtrip(&mut self, case: &str) {
         self.round = self.round.wrapping_add(1);
         let r = self.round;
@@ -260,7 +266,10 @@ impl World {
         self.a.post_xfer(&w, &mut h).unwrap();
         assert_eq!(poll_done(&self.a, h), Status::Success, "{case}: good WRITE");
         self.a.release_req(h).unwrap();
-        assert!(self.dst == self.src, "{case}: good WRITE data differs");
+        assert!(
+            self.dst[..REGION] == self.src[..REGION],
+            "{case}: good WRITE data differs"
+        );
         // The notification arrives once the data is in; take it (and anything else queued).
         let mut good = 0;
         self.t
@@ -271,7 +280,26 @@ impl World {
             .unwrap();
         assert_eq!(good, 1, "{case}: good notif");
 
-        // READ 4 KiB back into the middle of src.
+        // READ both regions back (32 KiB: through the data session).
+        self.src.fill(0);
+        let (l, rr) = (
+            [desc(s, 2 * REGION as u64, self.ma)],
+            [desc(t, 2 * REGION as u64, self.rt)],
+        );
+        let rd = XferArgs {
+            op: Op::Read,
+            local: &l,
+            remote: &rr,
+            notif: None,
+            ..w
+        };
+        let mut h = 0;
+        self.a.post_xfer(&rd, &mut h).unwrap();
+        assert_eq!(poll_done(&self.a, h), Status::Success, "{case}: good READ");
+        self.a.release_req(h).unwrap();
+        assert!(self.src == self.dst, "{case}: good READ data differs");
+
+        // READ 4 KiB back into the middle of src (inline).
         self.src[PAGE..2 * PAGE].fill(0);
         let (l, rr) = (
             [desc(s + PAGE as u64, PAGE as u64, self.ma)],
@@ -286,11 +314,15 @@ impl World {
         };
         let mut h = 0;
         self.a.post_xfer(&rd, &mut h).unwrap();
-        assert_eq!(poll_done(&self.a, h), Status::Success, "{case}: good READ");
+        assert_eq!(
+            poll_done(&self.a, h),
+            Status::Success,
+            "{case}: good inline READ"
+        );
         self.a.release_req(h).unwrap();
         assert!(
             self.src[PAGE..2 * PAGE] == self.dst[..PAGE],
-            "{case}: good READ data differs"
+            "{case}: good inline READ data differs"
         );
     }
 }

@@ -68,8 +68,8 @@ fn repost(b: &Backend, a: &XferArgs<'_>, h: &mut usize) {
 }
 
 /// `a` moves descriptors of `lens` to (WRITE) or from (READ) `b`; `a`'s side is `near`,
-/// `b`'s `far`.
-fn remote(op: Op, lens: &[u64]) {
+/// `b`'s `far`. Returns how many of the READs `b` answered inline.
+fn remote(op: Op, lens: &[u64]) -> u64 {
     let (a, b) = backend_pair("a", "b", 10_000);
     let n = span(lens);
     let (mut near, mut far) = match op {
@@ -127,6 +127,7 @@ fn remote(op: Op, lens: &[u64]) {
     a.deregister_mem(mn).unwrap();
     b.deregister_mem(mf).unwrap();
     assert_eq!(a.live_requests(), 0);
+    b.inline_answers()
 }
 
 #[test]
@@ -136,14 +137,23 @@ fn remote_write_reposts_allocate_nothing() {
 
 #[test]
 fn remote_read_reposts_allocate_nothing() {
-    remote(Op::Read, &LENS);
+    assert_eq!(
+        remote(Op::Read, &LENS),
+        0,
+        "a 285 KiB READ goes through the engine"
+    );
 }
 
-/// An 8 KiB READ is answered inline (`ReadData` on the control stream), read by `check_xfer`
-/// on this thread.
+/// An 8 KiB READ is answered inline (`ReadData` on the control stream; this thread or the
+/// backend's reads it).
 #[test]
 fn inline_read_reposts_allocate_nothing() {
-    remote(Op::Read, &SMALL);
+    let inline = remote(Op::Read, &SMALL);
+    assert_eq!(
+        inline,
+        (WARMUP + REPOSTS) as u64,
+        "every READ answered inline"
+    );
 }
 
 /// Transfers to ourselves are revalidated and copied by `post_xfer` itself.
