@@ -282,48 +282,37 @@ impl World {
 
         // READ both regions back (32 KiB: through the data session).
         self.src.fill(0);
-        let (l, rr) = (
-            [desc(s, 2 * REGION as u64, self.ma)],
-            [desc(t, 2 * REGION as u64, self.rt)],
-        );
-        let rd = XferArgs {
-            op: Op::Read,
-            local: &l,
-            remote: &rr,
-            notif: None,
-            ..w
-        };
-        let mut h = 0;
-        self.a.post_xfer(&rd, &mut h).unwrap();
-        assert_eq!(poll_done(&self.a, h), Status::Success, "{case}: good READ");
-        self.a.release_req(h).unwrap();
+        self.read_back(0, 0, 2 * REGION, &format!("{case}: good READ"));
         assert!(self.src == self.dst, "{case}: good READ data differs");
 
         // READ 4 KiB back into the middle of src (inline).
         self.src[PAGE..2 * PAGE].fill(0);
-        let (l, rr) = (
-            [desc(s + PAGE as u64, PAGE as u64, self.ma)],
-            [desc(t, PAGE as u64, self.rt)],
-        );
-        let rd = XferArgs {
-            op: Op::Read,
-            local: &l,
-            remote: &rr,
-            notif: None,
-            ..w
-        };
-        let mut h = 0;
-        self.a.post_xfer(&rd, &mut h).unwrap();
-        assert_eq!(
-            poll_done(&self.a, h),
-            Status::Success,
-            "{case}: good inline READ"
-        );
-        self.a.release_req(h).unwrap();
+        self.read_back(PAGE, 0, PAGE, &format!("{case}: good inline READ"));
         assert!(
             self.src[PAGE..2 * PAGE] == self.dst[..PAGE],
             "{case}: good inline READ data differs"
         );
+    }
+
+    /// `a` READs `len` bytes at `remote` in `t`'s second registration into `local` of its own,
+    /// and waits for DONE.
+    fn read_back(&self, local: usize, remote: usize, len: usize, what: &str) {
+        let (s, t) = (self.src.as_ptr() as u64, self.dst.as_ptr() as u64);
+        let l = [desc(s + local as u64, len as u64, self.ma)];
+        let r = [desc(t + remote as u64, len as u64, self.rt)];
+        let rd = XferArgs {
+            op: Op::Read,
+            local: &l,
+            local_mem: MEM_DRAM,
+            remote: &r,
+            remote_mem: MEM_DRAM,
+            agent: "t",
+            notif: None,
+        };
+        let mut h = 0;
+        self.a.post_xfer(&rd, &mut h).unwrap();
+        assert_eq!(poll_done(&self.a, h), Status::Success, "{what}");
+        self.a.release_req(h).unwrap();
     }
 }
 
