@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::sync::RwLock;
 
 use tcpx_core::unpack::PAGE_SIZE;
+use tcpx_core::window::Window;
 
 use crate::error::{Error, Result};
 
@@ -186,9 +187,7 @@ pub(crate) struct StageRing {
     cap: usize,
     /// Offset of every live range, oldest first (at most one per request slot); a range ends
     /// where `head` was when the next one was taken, so only starts are kept.
-    live: [usize; crate::worker::MAX_REQUESTS],
-    first: usize,
-    count: usize,
+    live: Window<usize, { crate::worker::MAX_REQUESTS }>,
     /// Where the next range goes if it fits.
     head: usize,
 }
@@ -197,9 +196,7 @@ impl StageRing {
     pub(crate) fn new(cap: usize) -> Self {
         StageRing {
             cap,
-            live: [0; crate::worker::MAX_REQUESTS],
-            first: 0,
-            count: 0,
+            live: Window::new(),
             head: 0,
         }
     }
@@ -211,15 +208,13 @@ impl StageRing {
 
     /// Takes `len` (≥ 1) contiguous bytes; their offset, or `None` while too few are free.
     pub(crate) fn take(&mut self, len: usize) -> Option<usize> {
-        if len == 0 || len > self.cap || self.count == self.live.len() {
+        if len == 0 || len > self.cap || self.live.is_full() {
             return None;
         }
-        let off = if self.count == 0 {
-            0
-        } else {
-            let tail = self.live[self.first];
-            if self.head > tail {
-                // Live bytes are [tail, head): room after head, else before tail.
+        let off = match self.live.head() {
+            None => 0,
+            // Live bytes are [tail, head): room after head, else before tail.
+            Some((_, &tail)) if self.head > tail => {
                 if self.cap - self.head >= len {
                     self.head
                 } else if tail >= len {
@@ -227,30 +222,21 @@ impl StageRing {
                 } else {
                     return None;
                 }
-            } else if tail - self.head >= len {
-                // Wrapped: live bytes are [tail, end) and [0, head); room is [head, tail).
-                self.head
-            } else {
-                return None;
             }
+            // Wrapped: live bytes are [tail, end) and [0, head); room is [head, tail).
+            Some((_, &tail)) if tail - self.head >= len => self.head,
+            Some(_) => return None,
         };
-        let at = (self.first + self.count) % self.live.len();
-        self.live[at] = off;
-        self.count += 1;
+        self.live.push(off).ok()?;
         self.head = off + len;
         Some(off)
     }
 
     /// Gives back the oldest range.
     pub(crate) fn give_oldest(&mut self) {
-        debug_assert!(self.count > 0, "nothing to give back");
-        if self.count == 0 {
-            return;
-        }
-        self.first = (self.first + 1) % self.live.len();
-        self.count -= 1;
-        if self.count == 0 {
-            self.first = 0;
+        debug_assert!(!self.live.is_empty(), "nothing to give back");
+        self.live.pop_head();
+        if self.live.is_empty() {
             self.head = 0;
         }
     }
