@@ -520,9 +520,10 @@ impl Backend {
         }
         if agent == &*self.agent {
             let mut q = lock(&self.notifs);
-            // Checked first so a full queue costs no allocation.
-            q.has_room(msg.len())?;
-            return q.push(self.agent.clone(), msg.to_vec());
+            // Room first, so a full queue costs no allocation.
+            q.reserve(msg.len())?;
+            q.push_reserved(self.agent.clone(), msg.to_vec());
+            return Ok(());
         }
         let peer = self.peer_info(agent)?;
         self.remote.notify(agent, &peer, msg)

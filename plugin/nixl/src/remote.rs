@@ -75,7 +75,7 @@ impl NotifQueue {
     }
 
     /// Whether a `len`-byte notification fits now.
-    pub fn has_room(&self, len: usize) -> Result<(), Error> {
+    fn has_room(&self, len: usize) -> Result<(), Error> {
         if self.held + Self::cost(len) > self.limit {
             return Err(Error::NotifQueueFull {
                 held: self.held,
@@ -234,6 +234,15 @@ fn locate(
     Ok((md, s.addr() - r.span.base, r.mem))
 }
 
+/// `why` cut to the longest prefix an `Error` frame carries, at a character boundary.
+fn error_text(why: &str) -> &str {
+    let mut n = why.len().min(wire::MAX_ERROR_TEXT);
+    while !why.is_char_boundary(n) {
+        n -= 1;
+    }
+    &why[..n]
+}
+
 /// Whether the `n`-th refusal (from 1) from one peer gets a log line: the first few, then
 /// only powers of two, so a peer that keeps sending refused requests cannot flood the log
 /// (10,000 refusals: 15 lines).
@@ -289,6 +298,28 @@ impl Conn {
     fn send(&self, msg: &Message<'_>) -> Result<(), Error> {
         let mut tx = lock(&self.tx);
         self.send_on(&mut tx, msg)
+    }
+
+    /// Sends an `Error` about transfer `xfer` (0: none) with `why` as the wire carries it.
+    fn send_error(&self, status: Status, xfer: u64, why: &str) -> Result<(), Error> {
+        self.send(&Message::Error(ErrorMsg {
+            code: (status as i32).unsigned_abs(),
+            xfer,
+            text: error_text(why),
+        }))
+    }
+
+    /// Logs `what` for the `n`-th time this peer caused it, counted in `counter`: rate-limited
+    /// by [`log_refusal`], since a peer can cause it any number of times.
+    fn log_repeated(&self, counter: &AtomicU64, what: std::fmt::Arguments<'_>) {
+        let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        if log_refusal(n) {
+            crate::log!(
+                "peer {:?}: {what} ({n} from this peer; from the 5th on only powers of two are \
+                 logged)",
+                self.peer
+            );
+        }
     }
 
     /// Target side: posts the engine segments `Shared::resolve` left in the session.
@@ -414,10 +445,9 @@ pub struct RemoteXfer {
     /// reused by every post).
     notif: Vec<u8>,
     notify: bool,
-    /// READ small enough, and all ours host memory: offer to take the data inline; where it
-    /// goes (our addresses and lengths, in request order).
+    /// READ small enough, and all ours host memory: offer to take the data inline (it goes
+    /// to `segments`' local addresses, in request order).
     inline: bool,
-    inline_dst: Vec<(u64, u64)>,
     /// The latest post's flight, reused by the next post.
     flight: Option<Arc<Mutex<Flight>>>,
     /// The latest post went out: before the first post, or after a post that failed,
@@ -590,11 +620,6 @@ impl RemotePath {
             .fold(0u64, u64::saturating_add);
         let limit = self.shared.inline_read_bytes;
         let inline = op == Op::Read && local_host && limit > 0 && total <= limit;
-        let inline_dst = if inline {
-            segments.iter().map(|s| (s.local, s.len)).collect()
-        } else {
-            Vec::new()
-        };
         Ok(RemoteXfer {
             op,
             segments: segments.to_vec(),
@@ -602,7 +627,6 @@ impl RemotePath {
             notif: Vec::new(),
             notify: false,
             inline,
-            inline_dst,
             flight: None,
             posted: false,
         })
@@ -654,9 +678,6 @@ impl RemotePath {
                     if let Some(id) = f.engine.take() {
                         let _ = lock(&f.conn.engine).session.release(id);
                     }
-                    f.inline = x.inline;
-                    f.inline_dst.clear();
-                    f.inline_dst.extend_from_slice(&x.inline_dst);
                     f.acked = false;
                     f.moved = false;
                     f.done = false;
@@ -683,8 +704,8 @@ impl RemotePath {
                     conn: conn.clone(),
                     segs: Vec::with_capacity(x.segments.len()),
                     engine: None,
-                    inline: x.inline,
-                    inline_dst: x.inline_dst.clone(),
+                    inline: false,
+                    inline_dst: Vec::with_capacity(x.segments.len()),
                     acked: false,
                     moved: false,
                     done: false,
@@ -698,9 +719,15 @@ impl RemotePath {
             }
         };
         {
-            // The conn's engine regions of our segments (this conn may be new since the last
-            // post). Lock order: flight, then session.
+            // Where an inline READ's data goes, and the conn's engine regions of our segments
+            // (this conn may be new since the last post). Lock order: flight, then session.
             let mut f = lock(&flight);
+            f.inline = x.inline;
+            f.inline_dst.clear();
+            if x.inline {
+                f.inline_dst
+                    .extend(x.segments.iter().map(|s| (s.local, s.len)));
+            }
             f.segs.clear();
             let e = lock(&conn.engine);
             for s in &x.segments {
@@ -1205,11 +1232,7 @@ impl Shared {
                     Err(e) => {
                         let why = e.to_string();
                         crate::log!("WRITE {} from {:?}: {why}", j.wire, c.peer);
-                        c.send(&Message::Error(ErrorMsg {
-                            code: (e.status() as i32).unsigned_abs(),
-                            xfer: j.wire,
-                            text: &why[..why.len().min(wire::MAX_ERROR_TEXT)],
-                        }))
+                        c.send_error(e.status(), j.wire, &why)
                     }
                 };
                 if sent.is_err() {
@@ -1323,21 +1346,12 @@ impl Shared {
             }
             (false, Message::ReadRequest(r)) => match self.answer_read(c, &r) {
                 Err((status, why)) => {
-                    let n = c.refused_reads.fetch_add(1, Ordering::Relaxed) + 1;
-                    if log_refusal(n) {
-                        crate::log!(
-                            "refusing READ {} from {:?}: {why} (refusal {n} from this peer; \
-                             from the 5th on only powers of two are logged)",
-                            r.xfer,
-                            c.peer
-                        );
-                    }
+                    c.log_repeated(
+                        &c.refused_reads,
+                        format_args!("refusing READ {}: {why}", r.xfer),
+                    );
                     // Nothing was posted on either side: the conn stays usable.
-                    c.send(&Message::Error(ErrorMsg {
-                        code: (status as i32).unsigned_abs(),
-                        xfer: r.xfer,
-                        text: &why[..why.len().min(wire::MAX_ERROR_TEXT)],
-                    }))?;
+                    c.send_error(status, r.xfer, &why)?;
                 }
                 Ok(true) => {
                     // One frame answers the READ; nothing is posted on either side.
@@ -1375,19 +1389,8 @@ impl Shared {
                     Err(e) => {
                         drop(q);
                         let why = format!("notification refused: {e}");
-                        let k = c.refused_notifs.fetch_add(1, Ordering::Relaxed) + 1;
-                        if log_refusal(k) {
-                            crate::log!(
-                                "peer {:?}: {why} (refusal {k} from this peer; from the 5th \
-                                 on only powers of two are logged)",
-                                c.peer
-                            );
-                        }
-                        c.send(&Message::Error(ErrorMsg {
-                            code: (e.status() as i32).unsigned_abs(),
-                            xfer: 0,
-                            text: &why[..why.len().min(wire::MAX_ERROR_TEXT)],
-                        }))?;
+                        c.log_repeated(&c.refused_notifs, format_args!("{why}"));
+                        c.send_error(e.status(), 0, &why)?;
                     }
                 }
             }
@@ -1484,16 +1487,8 @@ impl Shared {
                     ));
                 } else {
                     // Not about a transfer in flight: a refused notification (xfer 0) or an
-                    // answer to a released one. Rate-limited: a peer may send many.
-                    let k = c.refused_notifs.fetch_add(1, Ordering::Relaxed) + 1;
-                    if log_refusal(k) {
-                        crate::log!(
-                            "peer {:?}: error: {} ({k} such from this peer; from the 5th on \
-                             only powers of two are logged)",
-                            c.peer,
-                            m.text
-                        );
-                    }
+                    // answer to a released one.
+                    c.log_repeated(&c.refused_notifs, format_args!("error: {}", m.text));
                 }
             }
             (_, m) => {
@@ -1636,6 +1631,16 @@ mod tests {
         assert!(q.is_empty() && q.held() == 0);
         q.pop_front();
         assert_eq!(q.held(), 0, "popping an empty queue is harmless");
+    }
+
+    #[test]
+    fn error_text_is_cut_at_a_character_boundary() {
+        assert_eq!(error_text("short"), "short");
+        let ascii = "x".repeat(wire::MAX_ERROR_TEXT + 10);
+        assert_eq!(error_text(&ascii).len(), wire::MAX_ERROR_TEXT);
+        // A two-byte character straddling the limit is left out whole.
+        let straddle = format!("{}é", "x".repeat(wire::MAX_ERROR_TEXT - 1));
+        assert_eq!(error_text(&straddle), &straddle[..wire::MAX_ERROR_TEXT - 1]);
     }
 
     #[test]
