@@ -309,17 +309,22 @@ impl Session {
         }))
     }
 
+    /// Whether a live transfer (posted and not finished, an abandoned one included) names
+    /// region `id`: until none does, `deregister` refuses and the plugin may still move bytes
+    /// into or out of the memory. A transfer's chunks are posted over later polls, so the
+    /// region must outlive the transfer, not only its chunks on the network.
+    pub fn in_use(&self, id: MemId) -> Result<bool> {
+        self.registry.get(id)?;
+        Ok(self
+            .slots
+            .iter()
+            .any(|s| s.state == State::Active && s.regions.contains(&id.index)))
+    }
+
     /// Releases a registration. Fails while a live transfer (posted and not finished, an
     /// abandoned one included) names it, or chunks on it are in flight.
     pub fn deregister(&mut self, id: MemId) -> Result<()> {
-        self.registry.get(id)?;
-        // A transfer's chunks are posted over later polls, so its region must outlive it,
-        // not only its chunks on the network.
-        if self
-            .slots
-            .iter()
-            .any(|s| s.state == State::Active && s.regions.contains(&id.index))
-        {
+        if self.in_use(id)? {
             return Err(Error::Invalid(
                 "deregister: a live transfer still uses the region; wait for it or release it and let it finish",
             ));

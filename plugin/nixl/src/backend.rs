@@ -1054,6 +1054,40 @@ mod tests {
     }
 
     #[test]
+    fn deregistering_waits_for_a_released_read_to_finish_into_memory() {
+        let (a, b) = linked();
+        const N: usize = 32 << 20;
+        let mut src: Vec<u8> = (0..N).map(|i| (i % 249) as u8).collect();
+        let mut dst = vec![0u8; N];
+        let (s, t) = (src.as_mut_ptr() as u64, dst.as_mut_ptr() as u64);
+        // a READs b's `src` into its `dst`, through the data session (32 MiB).
+        let (md, _, rs) = dram_pair(&a, &b, t, s, N as u64);
+        let (l, r) = ([d(t, N as u64, md)], [d(s, N as u64, rs)]);
+        let mut h = 0;
+        a.post_xfer(&args(Op::Read, &l, &r, "b"), &mut h).unwrap();
+        // Wait until the READ is under way, then release it in flight.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        // SAFETY: reads of one byte the engine may be writing (volatile, so each is a fresh
+        // read); `dst` outlives the transfer.
+        let landed = || unsafe { std::ptr::read_volatile((t + 1) as *const u8) } != 0;
+        while !landed() && std::time::Instant::now() < deadline {
+            let _ = a.check_xfer(h);
+        }
+        a.release_req(h).unwrap();
+        // Once deregistration returns, nothing may land in the memory any more: the released
+        // READ finished into it first.
+        a.deregister_mem(md).unwrap();
+        assert!(
+            dst == src,
+            "the released READ finished into memory before deregistration returned"
+        );
+        let snapshot = dst.clone();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(dst == snapshot, "bytes landed after deregisterMem returned");
+        drop((src, dst));
+    }
+
+    #[test]
     fn remote_write_read_refusal_and_dead_peer() {
         let (a, b) = linked();
         const N: usize = 1 << 20;

@@ -575,14 +575,26 @@ impl RemotePath {
         }
     }
 
-    /// A registration going away: releases it on every session.
+    /// A registration going away: releases it on every session, once the transfers still
+    /// using it there (released ones included) have finished.
     pub fn deregister(&self, md: MdId) {
         for c in lock(&self.shared.conns).iter() {
             let mut e = lock(&c.engine);
-            if let Some(id) = e.mems.remove(&md) {
-                if let Err(err) = e.session.deregister(id) {
-                    crate::log!("peer {:?}: deregistering {md:#x}: {err}", c.peer);
+            let Some(id) = e.mems.remove(&md) else {
+                continue;
+            };
+            // A released transfer finishes into memory (the network cannot recall it): drive
+            // the session until nothing uses the region any more, bounded by the timeout, so
+            // no byte lands after the application has its memory back.
+            let deadline = Instant::now() + self.shared.timeout;
+            while e.session.in_use(id).unwrap_or(false) && Instant::now() < deadline {
+                if e.session.progress().is_err() {
+                    break;
                 }
+                std::thread::yield_now();
+            }
+            if let Err(err) = e.session.deregister(id) {
+                crate::log!("peer {:?}: deregistering {md:#x}: {err}", c.peer);
             }
         }
     }
