@@ -7,7 +7,7 @@
 # steps (default: all of them, in this order):
 #   tests      GPU tests: kernels vs the CPU unpack, tcpxsock CUDA buffers, engine VRAM paths
 #              in one process and in two, zero allocation on the GPU hot path, the bench CLI
-#              with device memory
+#              with device memory, the NIXL backend's inline READs of device memory
 #   sanitizer  the kernel tests under compute-sanitizer --tool memcheck (where installed)
 #   kernels    unpack throughput vs cuMemcpy{DtoD,HtoD}, launch latency (unpack_bench)
 #   engine     tcpx bench VRAM/DRAM paths vs DRAM->DRAM (scripts/bench-gpu.sh), 2 and 4 channels

@@ -71,6 +71,7 @@ fn parse_each_kind(c: &mut Criterion) {
                 xfer: 1,
                 segments: &segs4,
                 notif: Some(b"layer-17-done"),
+                data: None,
             })),
         ),
         (
@@ -79,6 +80,7 @@ fn parse_each_kind(c: &mut Criterion) {
                 xfer: 2,
                 segments: &segs64,
                 notif: None,
+                data: None,
             })),
         ),
         (
@@ -132,6 +134,7 @@ fn parse_each_kind(c: &mut Criterion) {
         xfer: 2,
         segments: &segs64,
         notif: None,
+        data: None,
     };
     let mut out = vec![0u8; w.buffer_len()];
     g.bench_function("write_announce_64seg", |b| {

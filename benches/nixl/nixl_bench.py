@@ -115,6 +115,7 @@ def backend_params(args, backend):
             "window": str(args.window),
             "timeout_ms": str(args.timeout_ms),
             "inline_read_bytes": str(args.inline_read_bytes),
+            "inline_write_bytes": str(args.inline_write_bytes),
         }
     return {}
 
@@ -388,6 +389,8 @@ def main():
     p.add_argument("--timeout-ms", type=int, default=30000, help="TCPX backend param")
     p.add_argument("--inline-read-bytes", type=parse_size, default=16384,
                    help="TCPX backend param (0: READs always through the data session)")
+    p.add_argument("--inline-write-bytes", type=parse_size, default=16384,
+                   help="TCPX backend param (0: WRITEs always through the data session)")
     p.add_argument("--tcpx-plugin", default=str(REPO / "target" / "plugins" / "libplugin_TCPX.so"))
     p.add_argument("--mem", choices=["DRAM", "VRAM"], default="DRAM",
                    help="both sides' buffers: host memory, or device memory on GPU 0")
@@ -436,6 +439,7 @@ def main():
                 "mem": args.mem,
                 "chunk_bytes": args.chunk_bytes, "window": args.window,
                 "inline_read_bytes": args.inline_read_bytes,
+                "inline_write_bytes": args.inline_write_bytes,
                 "UCX_TLS": env["UCX_TLS"], "cpus": os.cpu_count(),
             },
             "notifications": notifs,

@@ -23,7 +23,7 @@ use tcpx::engine::{Direction, Memory, Segment as ESeg, Session};
 use tcpx::{MemId, Progress, XferId};
 use tcpx_core::wire::{
     self, Ack, ErrorMsg, Hello, Message, Notif, ReadAnnounce, ReadData, ReadRequest, RegionToken,
-    Segment, WriteAnnounce, HEADER_LEN, MAGIC, VERSION,
+    Segment, WriteAnnounce, HEADER_LEN, MAGIC, MAX_INLINE_WRITE, VERSION,
 };
 
 /// How long one input may keep the peer waiting for answers.
@@ -265,7 +265,7 @@ fn run(data: &[u8]) {
         if b.is_empty() || p.closed {
             break;
         }
-        match b.u8() % 8 {
+        match b.u8() % 9 {
             0 => {
                 let n = usize::from(b.u8());
                 let raw = b.take(n).to_vec();
@@ -280,6 +280,7 @@ fn run(data: &[u8]) {
                         xfer,
                         segments,
                         notif,
+                        data: None,
                     }))
                 }));
                 p.expected += 1;
@@ -340,6 +341,37 @@ fn run(data: &[u8]) {
                     })),
                 };
                 p.send(&m);
+            }
+            7 => {
+                // A WRITE with its data inline: as long as the segments say, or a few bytes
+                // off; built by hand so the flag and the data can disagree with the segments.
+                let segs = segments(&mut b, &w.token);
+                let lie = b.u8();
+                let notif = (lie & 0x80 != 0).then_some(&b"fuzz"[..]);
+                let total = segs
+                    .iter()
+                    .fold(0u64, |a, s| a.saturating_add(s.len()))
+                    .min(MAX_INLINE_WRITE as u64 + 8) as usize;
+                let n = match lie & 3 {
+                    1 => total.saturating_sub(1),
+                    2 => total + 1,
+                    _ => total,
+                };
+                let mut f = frame_with_segments(&segs, |segments| {
+                    frame(&Message::WriteAnnounce(WriteAnnounce {
+                        xfer,
+                        segments,
+                        notif,
+                        data: None,
+                    }))
+                });
+                f[28] |= 2;
+                f.extend(std::iter::repeat_n(0xC3, n));
+                let len = f.len() as u32;
+                f[8..12].copy_from_slice(&len.to_le_bytes());
+                p.send(&f);
+                p.expected += 1;
+                xfer += 1;
             }
             _ => p.settle(),
         }

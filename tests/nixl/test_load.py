@@ -45,6 +45,7 @@ DEFAULT_OPTIONS = {
     "timeout_ms": "10000",
     "notif_queue_bytes": "67108864",
     "inline_read_bytes": "16384",
+    "inline_write_bytes": "16384",
 }
 
 # Bounds polling by count, not time: a transfer to ourselves completes inside postXfer.

@@ -9,7 +9,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::{
     expect_len, impl_repr, in_range, open, out, put, Error, Field, Header, Kind, MAX_ERROR_TEXT,
-    MAX_INLINE, MAX_NOTIF, MAX_SEGMENTS,
+    MAX_INLINE, MAX_INLINE_WRITE, MAX_NOTIF, MAX_SEGMENTS,
 };
 
 /// One remote range of a transfer, in the region owner's address space. Kept in wire form
@@ -95,8 +95,17 @@ fn segment_view(rest: &[u8], count: usize) -> Result<(&[Segment], &[u8]), Error>
 
 /// `WriteAnnounce::flags` bit: a notification is attached (it may be empty).
 const FLAG_NOTIF: u32 = 1;
+/// `WriteAnnounce::flags` bit: the data follows the notification in this frame instead of
+/// travelling on the data comms.
+const FLAG_INLINE: u32 = 2;
 
-/// Fixed part of [`WriteAnnounce`]; the segments, then the notification, follow.
+/// Total bytes of `segs`, saturating (a parsed list's total is checked against a bound).
+fn total_len(segs: &[Segment]) -> u64 {
+    segs.iter().fold(0u64, |a, s| a.saturating_add(s.len()))
+}
+
+/// Fixed part of [`WriteAnnounce`]; the segments, then the notification, then inline data,
+/// follow.
 #[repr(C)]
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(super) struct WriteAnnounceFixed {
@@ -122,6 +131,10 @@ pub struct WriteAnnounce<'a> {
     pub segments: &'a [Segment],
     /// Notification to queue once the data landed; `Some(&[])` is an empty one.
     pub notif: Option<&'a [u8]>,
+    /// The data itself, when it travels in this frame: the segments' bytes concatenated in
+    /// order, at most [`MAX_INLINE_WRITE`](super::MAX_INLINE_WRITE). `None`: it follows on
+    /// the data comms.
+    pub data: Option<&'a [u8]>,
 }
 
 impl<'a> WriteAnnounce<'a> {
@@ -130,15 +143,26 @@ impl<'a> WriteAnnounce<'a> {
         let (f, rest) = open::<WriteAnnounceFixed>(buf, Kind::WriteAnnounce)?;
         let count = segment_count(f.count.get())?;
         let notif_len = in_range(Field::Notif, f.notif_len.get().into(), 0, MAX_NOTIF)?;
-        expect_len(
-            buf,
-            size_of::<WriteAnnounceFixed>(),
-            count * size_of::<Segment>() + notif_len,
-        )?;
         let flags = f.flags.get();
-        if flags & !FLAG_NOTIF != 0 {
+        if flags & !(FLAG_NOTIF | FLAG_INLINE) != 0 {
             return Err(Error::NonZeroReserved(Field::Flags));
         }
+        let fixed = size_of::<WriteAnnounceFixed>();
+        let segs_len = count * size_of::<Segment>();
+        // Inline data is as long as the segments say, so they are read first.
+        let data_len = if flags & FLAG_INLINE != 0 {
+            if rest.len() < segs_len {
+                return Err(Error::LengthMismatch {
+                    declared: buf.len(),
+                    expected: fixed + segs_len + notif_len,
+                });
+            }
+            let (segs, _) = segment_view(rest, count)?;
+            in_range(Field::Data, total_len(segs), 0, MAX_INLINE_WRITE)?
+        } else {
+            0
+        };
+        expect_len(buf, fixed, segs_len + notif_len + data_len)?;
         if flags & FLAG_NOTIF == 0 && notif_len != 0 {
             return Err(Error::OutOfRange {
                 field: Field::Notif,
@@ -147,11 +171,13 @@ impl<'a> WriteAnnounce<'a> {
                 max: 0,
             });
         }
-        let (segments, notif) = segment_view(rest, count)?;
+        let (segments, tail) = segment_view(rest, count)?;
+        let (notif, data) = tail.split_at(notif_len);
         Ok(Self {
             xfer: f.xfer.get(),
             segments,
             notif: (flags & FLAG_NOTIF != 0).then_some(notif),
+            data: (flags & FLAG_INLINE != 0).then_some(data),
         })
     }
 
@@ -160,6 +186,7 @@ impl<'a> WriteAnnounce<'a> {
         size_of::<WriteAnnounceFixed>()
             + size_of_val(self.segments)
             + self.notif.map_or(0, <[u8]>::len)
+            + self.data.map_or(0, <[u8]>::len)
     }
 
     /// Writes the frame into the front of `buf`; returns its length.
@@ -168,16 +195,37 @@ impl<'a> WriteAnnounce<'a> {
         let notif = self.notif.unwrap_or(&[]);
         in_range(Field::Notif, notif.len() as u64, 0, MAX_NOTIF)?;
         check_segments(self.segments)?;
+        let data = self.data.unwrap_or(&[]);
+        if self.data.is_some() {
+            let total = in_range(Field::Data, total_len(self.segments), 0, MAX_INLINE_WRITE)?;
+            if data.len() != total {
+                return Err(Error::OutOfRange {
+                    field: Field::Data,
+                    value: data.len() as u64,
+                    min: total as u64,
+                    max: total as u64,
+                });
+            }
+        }
         let len = self.buffer_len();
         let dst = out(buf, len)?;
+        let mut flags = 0;
+        if self.notif.is_some() {
+            flags |= FLAG_NOTIF;
+        }
+        if self.data.is_some() {
+            flags |= FLAG_INLINE;
+        }
         let fixed = WriteAnnounceFixed {
             hdr: Header::new(Kind::WriteAnnounce, len as u32),
             xfer: U64::new(self.xfer),
             count: U32::new(self.segments.len() as u32),
             notif_len: U32::new(notif.len() as u32),
-            flags: U32::new(if self.notif.is_some() { FLAG_NOTIF } else { 0 }),
+            flags: U32::new(flags),
         };
-        put(dst, fixed.as_bytes(), self.segments.as_bytes(), notif);
+        let (head, tail) = dst.split_at_mut(len - data.len());
+        put(head, fixed.as_bytes(), self.segments.as_bytes(), notif);
+        tail.copy_from_slice(data);
         Ok(len)
     }
 }

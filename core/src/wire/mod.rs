@@ -41,8 +41,8 @@ pub use meta::{ConnInfo, Hello, ListenHandle, ListenHandles, MemKind, RegionToke
 /// `b"TCPX"` read as a little-endian `u32`: the first four bytes of every frame are "TCPX".
 pub const MAGIC: u32 = u32::from_le_bytes(*b"TCPX");
 /// Wire format version this code emits and the only one it accepts. 2: `ReadRequest` flags
-/// and `ReadData` (inline READs).
-pub const VERSION: u16 = 2;
+/// and `ReadData` (inline READs). 3: `WriteAnnounce` inline data (inline WRITEs).
+pub const VERSION: u16 = 3;
 /// Bytes of the common [`Header`].
 pub const HEADER_LEN: usize = 12;
 /// Longest agent name (bytes of UTF-8) in [`ConnInfo`] and [`Hello`].
@@ -55,6 +55,9 @@ pub const MAX_SEGMENTS: usize = 1024;
 pub const MAX_NOTIF: usize = 4096;
 /// Most bytes a [`ReadData`] carries (a READ this small may be answered inline).
 pub const MAX_INLINE: usize = 32 * 1024;
+/// Most bytes of data a [`WriteAnnounce`] carries inline (with the largest segment list and
+/// notification it still fits [`MAX_FRAME`]).
+pub const MAX_INLINE_WRITE: usize = 16 * 1024;
 /// Longest error text in [`ErrorMsg`].
 pub const MAX_ERROR_TEXT: usize = 512;
 /// Largest frame any reader accepts; [`peek_frame`] rejects bigger declared lengths before a
@@ -168,7 +171,7 @@ pub enum Field {
     Segments,
     /// Flag bits (`WriteAnnounce`, `ReadRequest`).
     Flags,
-    /// Inline data (`ReadData`).
+    /// Inline data (`ReadData`, `WriteAnnounce`).
     Data,
     /// Notification bytes (`WriteAnnounce`, `Notif`).
     Notif,
@@ -569,7 +572,9 @@ impl<'a> Message<'a> {
 // reader would refuse and `len` always fits its u32.
 static_assertions::const_assert!(40 + MAX_NAME <= MAX_FRAME);
 static_assertions::const_assert!(16 + MAX_CHANNELS * crate::abi::HANDLE_MAX_SIZE <= MAX_FRAME);
-static_assertions::const_assert!(32 + MAX_SEGMENTS * 32 + MAX_NOTIF <= MAX_FRAME);
+static_assertions::const_assert!(
+    32 + MAX_SEGMENTS * 32 + MAX_NOTIF + MAX_INLINE_WRITE <= MAX_FRAME
+);
 static_assertions::const_assert!(28 + MAX_ERROR_TEXT <= MAX_FRAME);
 static_assertions::const_assert!(28 + MAX_INLINE <= MAX_FRAME);
 static_assertions::const_assert!(MAX_FRAME <= u32::MAX as usize);

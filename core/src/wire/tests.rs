@@ -88,6 +88,7 @@ enum Owned {
         xfer: u64,
         segs: Vec<Segment>,
         notif: Option<Vec<u8>>,
+        data: Option<Vec<u8>>,
     },
     ReadRequest {
         xfer: u64,
@@ -128,10 +129,16 @@ impl Owned {
                 name,
             }),
             Owned::ListenHandles(h) => Message::ListenHandles(ListenHandles { handles: h }),
-            Owned::WriteAnnounce { xfer, segs, notif } => Message::WriteAnnounce(WriteAnnounce {
+            Owned::WriteAnnounce {
+                xfer,
+                segs,
+                notif,
+                data,
+            } => Message::WriteAnnounce(WriteAnnounce {
                 xfer: *xfer,
                 segments: segs,
                 notif: notif.as_deref(),
+                data: data.as_deref(),
             }),
             Owned::ReadRequest {
                 xfer,
@@ -193,11 +200,19 @@ fn samples() -> Vec<Owned> {
             xfer: 42,
             segs: sample_segments(3),
             notif: Some(b"done".to_vec()),
+            data: None,
         },
         Owned::WriteAnnounce {
             xfer: 43,
             segs: sample_segments(1),
             notif: None,
+            data: None,
+        },
+        Owned::WriteAnnounce {
+            xfer: 46,
+            segs: sample_segments(2),
+            notif: Some(b"inline".to_vec()),
+            data: Some((0..8192u32).map(|i| (i * 13) as u8).collect()),
         },
         Owned::ReadRequest {
             xfer: 44,
@@ -256,9 +271,30 @@ fn layout_of_an_ack_is_as_documented() {
         status: -1,
     }));
     let want: [u8; 24] = [
-        b'T', b'C', b'P', b'X', 2, 0, 8, 0, 24, 0, 0, 0, // header
-        8, 7, 6, 5, 4, 3, 2, 1, // xfer
-        0xff, 0xff, 0xff, 0xff, // status
+        b'T',
+        b'C',
+        b'P',
+        b'X',
+        VERSION as u8,
+        0,
+        8,
+        0,
+        24,
+        0,
+        0,
+        0, // header
+        8,
+        7,
+        6,
+        5,
+        4,
+        3,
+        2,
+        1, // xfer
+        0xff,
+        0xff,
+        0xff,
+        0xff, // status
     ];
     assert_eq!(bytes, want);
 }
@@ -271,6 +307,22 @@ fn max_sized_messages_round_trip() {
         xfer: 1,
         segments: &segs,
         notif: Some(&notif),
+        data: None,
+    });
+    let bytes = emit_vec(&w);
+    assert!(bytes.len() <= MAX_FRAME);
+    assert_eq!(parse(&bytes), Ok(w));
+    // Inline data at its limit over the most segments, with the longest notification.
+    let per = (MAX_INLINE_WRITE / MAX_SEGMENTS) as u64;
+    let small: Vec<Segment> = (0..MAX_SEGMENTS as u64)
+        .map(|i| Segment::new(1, 2, i * 4096, per))
+        .collect();
+    let data = vec![9u8; MAX_INLINE_WRITE];
+    let w = Message::WriteAnnounce(WriteAnnounce {
+        xfer: 2,
+        segments: &small,
+        notif: Some(&notif),
+        data: Some(&data),
     });
     let bytes = emit_vec(&w);
     assert!(bytes.len() <= MAX_FRAME);
@@ -293,11 +345,13 @@ fn empty_notif_differs_from_none() {
         xfer: 1,
         segments: &segs,
         notif: Some(&[]),
+        data: None,
     }));
     let none = emit_vec(&Message::WriteAnnounce(WriteAnnounce {
         xfer: 1,
         segments: &segs,
         notif: None,
+        data: None,
     }));
     assert_eq!(WriteAnnounce::parse(&some).unwrap().notif, Some(&[][..]));
     assert_eq!(WriteAnnounce::parse(&none).unwrap().notif, None);
@@ -515,6 +569,66 @@ fn error_out_of_range() {
             ..
         })
     ));
+    // Inline data longer than allowed, or not as long as the segments say.
+    let big = [Segment::new(0, 0, 0, MAX_INLINE_WRITE as u64 + 1)];
+    let w = WriteAnnounce {
+        xfer: 1,
+        segments: &big,
+        notif: None,
+        data: Some(&[0u8; MAX_INLINE_WRITE + 1]),
+    };
+    assert!(matches!(
+        w.emit(&mut vec![0u8; MAX_FRAME]),
+        Err(Error::OutOfRange {
+            field: Field::Data,
+            ..
+        })
+    ));
+    let one = [Segment::new(0, 0, 0, 100)];
+    let short = WriteAnnounce {
+        xfer: 1,
+        segments: &one,
+        notif: None,
+        data: Some(&[0u8; 99]),
+    };
+    assert!(matches!(
+        short.emit(&mut [0u8; 512]),
+        Err(Error::OutOfRange {
+            field: Field::Data,
+            min: 100,
+            max: 100,
+            ..
+        })
+    ));
+    let good = emit_vec(&Message::WriteAnnounce(WriteAnnounce {
+        data: Some(&[5u8; 100]),
+        ..short
+    }));
+    assert!(parse(&good).is_ok());
+    // Declared segment longer than the limit (data of that length would not fit a frame).
+    let mut w = good.clone();
+    set_u64(&mut w, 32 + 24, MAX_INLINE_WRITE as u64 + 1);
+    assert!(matches!(
+        parse(&w),
+        Err(Error::OutOfRange {
+            field: Field::Data,
+            ..
+        })
+    ));
+    // Segment says 101 bytes, the frame carries 100; and a byte too many.
+    let mut w = good.clone();
+    set_u64(&mut w, 32 + 24, 101);
+    assert!(matches!(parse(&w), Err(Error::LengthMismatch { .. })));
+    let mut w = good.clone();
+    w.push(0);
+    let n = w.len() as u32;
+    set_u32(&mut w, 8, n);
+    assert!(matches!(parse(&w), Err(Error::LengthMismatch { .. })));
+    // The inline flag with the segment list cut short.
+    let mut w = good.clone();
+    w.truncate(40);
+    set_u32(&mut w, 8, 40);
+    assert!(parse(&w).is_err());
     let mut e = sample_bytes(Kind::Error);
     set_u32(&mut e, 16, MAX_ERROR_TEXT as u32 + 1);
     assert!(matches!(
@@ -577,11 +691,37 @@ fn read_request_flags_and_read_data_are_checked() {
     };
     let bytes = emit_vec(&Message::ReadData(d));
     let want: [u8; 31] = [
-        b'T', b'C', b'P', b'X', 2, 0, 11, 0, 31, 0, 0, 0, // header
-        8, 7, 6, 5, 4, 3, 2, 1, // xfer
-        3, 0, 0, 0, // data_len
-        0, 0, 0, 0, // reserved
-        b'a', b'b', b'c',
+        b'T',
+        b'C',
+        b'P',
+        b'X',
+        VERSION as u8,
+        0,
+        11,
+        0,
+        31,
+        0,
+        0,
+        0, // header
+        8,
+        7,
+        6,
+        5,
+        4,
+        3,
+        2,
+        1, // xfer
+        3,
+        0,
+        0,
+        0, // data_len
+        0,
+        0,
+        0,
+        0, // reserved
+        b'a',
+        b'b',
+        b'c',
     ];
     assert_eq!(bytes, want);
     let mut bad = bytes.clone();
@@ -639,6 +779,7 @@ fn error_range_overflow() {
         xfer: 0,
         segments: &segs,
         notif: None,
+        data: None,
     };
     assert!(matches!(
         w.emit(&mut [0u8; 128]),
@@ -708,7 +849,7 @@ fn error_non_zero_reserved() {
     l[14] = 1;
     assert_eq!(parse(&l), Err(Error::NonZeroReserved(Field::Reserved)));
     let mut w = sample_bytes(Kind::WriteAnnounce);
-    set_u32(&mut w, 28, 3);
+    set_u32(&mut w, 28, 4 | 1);
     assert_eq!(parse(&w), Err(Error::NonZeroReserved(Field::Flags)));
 }
 
@@ -850,7 +991,34 @@ fn owned() -> impl Strategy<Value = Owned> {
             prop::collection::vec(segment(), 0..40),
             prop::option::of(prop::collection::vec(any::<u8>(), 0..200))
         )
-            .prop_map(|(xfer, segs, notif)| Owned::WriteAnnounce { xfer, segs, notif }),
+            .prop_map(|(xfer, segs, notif)| Owned::WriteAnnounce {
+                xfer,
+                segs,
+                notif,
+                data: None
+            }),
+        (
+            any::<u64>(),
+            prop::collection::vec(
+                (any::<u64>(), any::<u64>(), 0..1u64 << 40, 0..2048u64),
+                0..8
+            ),
+            prop::option::of(prop::collection::vec(any::<u8>(), 0..200)),
+            any::<u8>()
+        )
+            .prop_map(|(xfer, segs, notif, fill)| {
+                let segs: Vec<Segment> = segs
+                    .into_iter()
+                    .map(|(r, k, a, l)| Segment::new(r, k, a, l))
+                    .collect();
+                let total = segs.iter().map(Segment::len).sum::<u64>() as usize;
+                Owned::WriteAnnounce {
+                    xfer,
+                    segs,
+                    notif,
+                    data: Some(vec![fill; total]),
+                }
+            }),
         (
             any::<u64>(),
             prop::collection::vec(segment(), 0..40),

@@ -157,3 +157,78 @@ impl Gpu {
             .map_err(cuda("cuEventQuery"))
     }
 }
+
+/// Small synchronous copies between host memory and one device's memory, for transfers too
+/// short to be worth a window of chunks (the NIXL backend's inline READs). They run on a
+/// non-blocking stream of their own, so they neither wait for nor hold up the application's
+/// work on the legacy default stream; each returns once its bytes have arrived.
+pub struct Copier {
+    device: u32,
+    stream: Arc<CudaStream>,
+}
+
+impl std::fmt::Debug for Copier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Copier")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Copier {
+    /// A copier for `device` (its primary context). Fails without a driver or device.
+    pub fn open(device: u32) -> Result<Copier> {
+        tcpx_kernels::gpu_available().map_err(Error::Gpu)?;
+        let ctx = CudaContext::new(device as usize).map_err(cuda("CUDA context"))?;
+        // SAFETY: the copier orders its own work: every copy is waited for before it returns.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(cuda("CUDA stream"))?;
+        Ok(Copier { device, stream })
+    }
+
+    pub fn device(&self) -> u32 {
+        self.device
+    }
+
+    /// Copies `dst.len()` bytes from device address `src` into `dst`.
+    ///
+    /// # Safety
+    /// `src..src + dst.len()` is memory this device can read, allocated for the whole call.
+    pub unsafe fn to_host(&self, src: u64, dst: &mut [u8]) -> Result<()> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        self.stream
+            .context()
+            .bind_to_thread()
+            .map_err(cuda("CUDA context"))?;
+        // SAFETY: per the contract; `dst` is borrowed until the stream is synchronised below.
+        unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(dst, src, self.stream.cu_stream())
+                .map_err(cuda("cuMemcpyDtoHAsync"))?;
+            cudarc::driver::result::stream::synchronize(self.stream.cu_stream())
+                .map_err(cuda("cuStreamSynchronize"))
+        }
+    }
+
+    /// Copies `src` to device address `dst`.
+    ///
+    /// # Safety
+    /// `dst..dst + src.len()` is memory of this device that nothing else uses during the call.
+    pub unsafe fn to_device(&self, dst: u64, src: &[u8]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.stream
+            .context()
+            .bind_to_thread()
+            .map_err(cuda("CUDA context"))?;
+        // SAFETY: per the contract; `src` is borrowed until the stream is synchronised below.
+        unsafe {
+            cudarc::driver::result::memcpy_htod_async(dst, src, self.stream.cu_stream())
+                .map_err(cuda("cuMemcpyHtoDAsync"))?;
+            cudarc::driver::result::stream::synchronize(self.stream.cu_stream())
+                .map_err(cuda("cuStreamSynchronize"))
+        }
+    }
+}

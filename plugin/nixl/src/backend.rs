@@ -387,13 +387,20 @@ impl Backend {
             let peer = self.peer_info(a.agent)?;
             let table = read(&self.mem);
             let segments = xfer::plan(&table, &self.agent, a.agent, a.local, a.remote)?;
-            let local_host = segments
+            let local = segments
                 .iter()
-                .all(|s| table.local(s.md).is_ok_and(|r| r.mem == MemKind::Dram));
+                .map(|s| {
+                    // `plan` found every local registration; were one missing, a device that
+                    // has no copier keeps the READ off the inline path.
+                    table
+                        .local(s.md)
+                        .map_or((MemKind::Vram, u32::MAX), |r| (r.mem, r.device))
+                })
+                .collect::<Vec<_>>();
             drop(table);
             Route::Remote(
                 self.remote
-                    .prepare(a.op, a.agent, &peer, &segments, local_host)?,
+                    .prepare(a.op, a.agent, &peer, &segments, &local)?,
             )
         };
         let mut reqs = lock(&self.requests);
@@ -542,6 +549,11 @@ impl Backend {
     /// READs this agent answered inline so far (for tests: which path a READ took).
     pub fn inline_answers(&self) -> u64 {
         self.remote.inline_answers()
+    }
+
+    /// WRITEs this agent took inline so far (for tests: which path a WRITE took).
+    pub fn inline_writes(&self) -> u64 {
+        self.remote.inline_writes()
     }
 }
 
@@ -889,6 +901,90 @@ mod tests {
             assert_eq!(m, &note(i), "notification {i}");
         }
         drop((src, own));
+    }
+
+    #[test]
+    fn small_writes_travel_inline_and_are_acknowledged_in_announce_order() {
+        let (a, b) = linked_with(&[]);
+        const N: usize = 8 << 20;
+        let mut src: Vec<u8> = (0..N).map(|i| (i * 13 % 251) as u8).collect();
+        let mut dst = vec![0u8; N];
+        let (s, t) = (src.as_mut_ptr() as u64, dst.as_mut_ptr() as u64);
+        let (ms, _, rt) = dram_pair(&a, &b, s, t, N as u64);
+        let post = |a: &Backend, ms, pieces: &[(u64, u64, u64)], note: Option<&[u8]>| {
+            let l: Vec<Desc> = pieces.iter().map(|&(lo, _, n)| d(s + lo, n, ms)).collect();
+            let r: Vec<Desc> = pieces.iter().map(|&(_, ro, n)| d(t + ro, n, rt)).collect();
+            let mut x = args(Op::Write, &l, &r, "b");
+            x.notif = note;
+            let mut h = 0;
+            a.post_xfer(&x, &mut h).unwrap();
+            h
+        };
+        let write = |pieces: &[(u64, u64, u64)], note: Option<&[u8]>| {
+            let h = post(&a, ms, pieces, note);
+            let st = finish(&a, h);
+            a.release_req(h).unwrap();
+            st
+        };
+        // Three pieces, 8 KiB + 1 in all: one inline announce, data in order.
+        let small = [(100, 0, 1), (4096, 64, 4095), (20_001, 8000, 4096)];
+        assert_eq!(write(&small, Some(b"w1")).unwrap(), Status::Success);
+        assert_eq!(b.inline_writes(), 1, "8 KiB WRITE taken inline");
+        for &(lo, ro, n) in &small {
+            let (lo, ro, n) = (lo as usize, ro as usize, n as usize);
+            assert_eq!(dst[ro..ro + n], src[lo..lo + n], "piece at {ro}");
+        }
+        assert!(
+            dst[1..64].iter().all(|&v| v == 0),
+            "bytes outside the pieces moved"
+        );
+        // The Ack follows the notification: it is already queued.
+        assert_eq!(notifs(&b), [("a".to_owned(), b"w1".to_vec())]);
+        // Over the limit (16 KiB): the data session.
+        dst.fill(0);
+        assert_eq!(
+            write(&[(0, 0, 16 * 1024 + 1)], None).unwrap(),
+            Status::Success
+        );
+        assert_eq!(b.inline_writes(), 1, "16 KiB + 1 went through the engine");
+        assert_eq!(dst[..16 * 1024 + 1], src[..16 * 1024 + 1]);
+        // A small WRITE announced behind a large one: its notification and Ack wait for the
+        // large one's data, so notifications arrive in announce order.
+        for round in 0..5u8 {
+            let big = post(&a, ms, &[(0, 0, N as u64 - 8192)], Some(&[b'B', round]));
+            let tiny = post(
+                &a,
+                ms,
+                &[(N as u64 - 100, N as u64 - 100, 100)],
+                Some(&[b'T', round]),
+            );
+            assert_eq!(finish(&a, tiny).unwrap(), Status::Success);
+            assert_eq!(finish(&a, big).unwrap(), Status::Success);
+            a.release_req(tiny).unwrap();
+            a.release_req(big).unwrap();
+            assert_eq!(
+                notifs(&b),
+                [
+                    ("a".to_owned(), vec![b'B', round]),
+                    ("a".to_owned(), vec![b'T', round])
+                ],
+                "round {round}"
+            );
+        }
+        assert_eq!(b.inline_writes(), 6);
+        assert!(dst[..N - 8192] == src[..N - 8192], "large WRITE data");
+        assert!(dst[N - 100..] == src[N - 100..], "small WRITE data");
+        // An initiator with inline_write_bytes 0 never goes inline.
+        let (c, e) = linked_each(&[("inline_write_bytes", "0")], &[]);
+        let (mc, _, re) = dram_pair(&c, &e, s, t, N as u64);
+        dst.fill(0);
+        let (l, r) = ([d(s, 4096, mc)], [d(t, 4096, re)]);
+        let mut h = 0;
+        c.post_xfer(&args(Op::Write, &l, &r, "b"), &mut h).unwrap();
+        assert_eq!(finish(&c, h).unwrap(), Status::Success);
+        assert_eq!(e.inline_writes(), 0);
+        assert_eq!(dst[..4096], src[..4096]);
+        drop((src, dst));
     }
 
     #[test]

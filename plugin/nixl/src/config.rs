@@ -10,12 +10,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tcpx_core::window::TCPX_WINDOW;
-use tcpx_core::wire::{MAX_CHANNELS, MAX_INLINE};
+use tcpx_core::wire::{MAX_CHANNELS, MAX_INLINE, MAX_INLINE_WRITE};
 
 use crate::error::Error;
 
 /// Option names and defaults, in the order `get_backend_options` reports them.
-pub const OPTIONS: [(&str, &str); 8] = [
+pub const OPTIONS: [(&str, &str); 9] = [
     ("channels", "2"),
     ("chunk_bytes", "524288"),
     ("window", "16"),
@@ -24,6 +24,7 @@ pub const OPTIONS: [(&str, &str); 8] = [
     ("timeout_ms", "10000"),
     ("notif_queue_bytes", "67108864"),
     ("inline_read_bytes", "16384"),
+    ("inline_write_bytes", "16384"),
 ];
 
 /// Smallest and largest accepted chunk size.
@@ -53,9 +54,13 @@ pub struct Config {
     /// Bound on the notifications waiting for `getNotifs`, in bytes (each counts its message
     /// plus a fixed per-entry overhead).
     pub notif_queue_bytes: u64,
-    /// READs of at most this many bytes between host memories travel inline on the control
-    /// stream (one round trip, no data session); 0 = never. Each side applies its own.
+    /// READs of at most this many bytes travel inline on the control stream (one round trip,
+    /// no data session); 0 = never. Each side applies its own. Device memory at either end
+    /// is copied through host memory by the side that owns it.
     pub inline_read_bytes: u32,
+    /// WRITEs of at most this many bytes carry their data in the announce on the control
+    /// stream (no data session); 0 = never. Decided by the initiator; at most 16 KiB.
+    pub inline_write_bytes: u32,
 }
 
 impl Default for Config {
@@ -69,6 +74,7 @@ impl Default for Config {
             timeout: Duration::from_millis(10_000),
             notif_queue_bytes: 64 << 20,
             inline_read_bytes: 16 * 1024,
+            inline_write_bytes: 16 * 1024,
         }
     }
 }
@@ -126,6 +132,9 @@ impl Config {
                 "inline_read_bytes" => {
                     c.inline_read_bytes = number(key, value, 0, MAX_INLINE as u64)? as u32
                 }
+                "inline_write_bytes" => {
+                    c.inline_write_bytes = number(key, value, 0, MAX_INLINE_WRITE as u64)? as u32
+                }
                 "notif_queue_bytes" => {
                     c.notif_queue_bytes =
                         number(key, value, NOTIF_QUEUE_BYTES.0, NOTIF_QUEUE_BYTES.1)?
@@ -169,6 +178,7 @@ impl Config {
             ("timeout_ms", self.timeout.as_millis().to_string()),
             ("notif_queue_bytes", self.notif_queue_bytes.to_string()),
             ("inline_read_bytes", self.inline_read_bytes.to_string()),
+            ("inline_write_bytes", self.inline_write_bytes.to_string()),
         ]
     }
 }
@@ -193,10 +203,12 @@ mod tests {
             ("timeout_ms", "50"),
             ("notif_queue_bytes", "65536"),
             ("inline_read_bytes", "0"),
+            ("inline_write_bytes", "100"),
         ])
         .unwrap();
         assert_eq!(c.notif_queue_bytes, 65536);
         assert_eq!(c.inline_read_bytes, 0);
+        assert_eq!(c.inline_write_bytes, 100);
         assert_eq!(c.channels, 4);
         assert_eq!(c.chunk_bytes, 1 << 20);
         assert_eq!(c.window, 8);
@@ -237,6 +249,7 @@ mod tests {
             ("timeout_ms", "-5"),
             ("notif_queue_bytes", "4096"),
             ("inline_read_bytes", "32769"),
+            ("inline_write_bytes", "16385"),
             ("listen_addr", "nowhere:1"),
             ("plugin_path", "/nonexistent/libnccl-net.so"),
             ("chanels", "2"),

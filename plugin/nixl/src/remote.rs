@@ -20,7 +20,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tcpx::engine::{
-    Config as EngineConfig, Direction, MemId, Memory, Progress, Segment as ESeg, Session, XferId,
+    Config as EngineConfig, Copier, Direction, MemId, Memory, Progress, Segment as ESeg, Session,
+    XferId,
 };
 use tcpx_core::wire::{
     self, Ack, ErrorMsg, Hello, MemKind, Message, Notif, ReadAnnounce, ReadData, ReadRequest,
@@ -163,7 +164,9 @@ struct Engine {
 
 /// A target-side engine transfer in flight.
 struct Job {
-    id: XferId,
+    /// The engine transfer; `None` once it is done (or for an inline WRITE, which has none)
+    /// and the job only waits for earlier ones, so Acks go out in announce order.
+    id: Option<XferId>,
     wire: u64,
     /// `Some` for a WRITE (Ack + notif due when it lands), `None` for READ data we send.
     write: Option<Option<Vec<u8>>>,
@@ -207,6 +210,8 @@ struct Conn {
     timeout: Duration,
     /// Target: READs refused so far (they leave the conn open, so a peer can send many).
     refused_reads: AtomicU64,
+    /// Inline WRITEs from this peer refused so far (rate-limits their log lines).
+    refused_writes: AtomicU64,
     /// Log rate limiting of notification refusals: on a target conn those it sent the peer,
     /// on an initiator conn the errors the peer sent about no transfer in flight.
     refused_notifs: AtomicU64,
@@ -232,6 +237,34 @@ fn locate(
         return Err(bad("range outside the registration"));
     }
     Ok((md, s.addr() - r.span.base, r.mem))
+}
+
+/// Copies our segments' bytes, in order, into `out` (host memory directly, device memory
+/// through its copier): an inline WRITE's data.
+fn gather_local(
+    segs: &[Segment],
+    copiers: &[Option<Arc<Copier>>],
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
+    let total = segs.iter().map(|s| s.len as usize).sum();
+    out.clear();
+    out.resize(total, 0);
+    let mut at = 0;
+    for (s, copier) in segs.iter().zip(copiers) {
+        let len = s.len as usize;
+        let dst = &mut out[at..at + len];
+        at += len;
+        match copier {
+            // SAFETY: `plan` put the range inside one of our host-memory registrations, which
+            // NIXL's contract keeps allocated while the transfer is posted.
+            None => unsafe {
+                std::ptr::copy_nonoverlapping(s.local as *const u8, dst.as_mut_ptr(), len)
+            },
+            // SAFETY: as above, a range of device memory on the copier's device.
+            Some(c) => unsafe { c.to_host(s.local, dst) }.map_err(Error::Engine)?,
+        }
+    }
+    Ok(())
 }
 
 /// `why` cut to the longest prefix an `Error` frame carries, at a character boundary.
@@ -404,9 +437,10 @@ struct Flight {
     segs: Vec<ESeg>,
     engine: Option<XferId>,
     /// READ: the ReadRequest offered to take the data inline; where it goes then (our
-    /// addresses and lengths, request order; capacity kept across reposts).
+    /// addresses and lengths, request order, and the copier of device memory; capacity kept
+    /// across reposts).
     inline: bool,
-    inline_dst: Vec<(u64, u64)>,
+    inline_dst: Vec<(u64, u64, Option<Arc<Copier>>)>,
     /// WRITE: Ack 0 received. READ: unused.
     acked: bool,
     /// The data part completed (the engine transfer, or a READ's inline `ReadData` copied).
@@ -445,9 +479,14 @@ pub struct RemoteXfer {
     /// reused by every post).
     notif: Vec<u8>,
     notify: bool,
-    /// READ small enough, and all ours host memory: offer to take the data inline (it goes
-    /// to `segments`' local addresses, in request order).
+    /// Small enough, all our side host memory or device memory with a copier: a READ offers
+    /// to take the data inline (it goes to `segments`' local addresses, in request order), a
+    /// WRITE carries it in the announce.
     inline: bool,
+    /// With `inline`: per segment, the copier of its device memory (`None`: host memory).
+    inline_copiers: Vec<Option<Arc<Copier>>>,
+    /// An inline WRITE's data, gathered at each post (reused).
+    inline_data: Vec<u8>,
     /// The latest post's flight, reused by the next post.
     flight: Option<Arc<Mutex<Flight>>>,
     /// The latest post went out: before the first post, or after a post that failed,
@@ -478,10 +517,24 @@ struct Shared {
     /// Serialises opening outgoing conns (the handshake blocks up to the timeout).
     connecting: Mutex<()>,
     next_wire: AtomicU64,
-    /// `inline_read_bytes`: READs this small between host memories travel inline.
+    /// `inline_read_bytes`: READs this small travel inline.
     inline_read_bytes: u64,
+    /// `inline_write_bytes`: WRITEs this small carry their data in the announce.
+    inline_write_bytes: u64,
     /// READs this agent answered inline (tests: which path a READ took).
     inline_answers: AtomicU64,
+    /// Inline WRITEs this agent took (tests: which path a WRITE took).
+    inline_writes: AtomicU64,
+    /// Per CUDA device with registered memory: what inline transfers copy its bytes with
+    /// (`None`: the device could not be opened; its memory travels through the engine).
+    copiers: Mutex<HashMap<u32, Option<Arc<Copier>>>>,
+}
+
+impl Shared {
+    /// The copier of `device`, if its memory can travel inline.
+    fn copier(&self, device: u32) -> Option<Arc<Copier>> {
+        lock(&self.copiers).get(&device).cloned().flatten()
+    }
 }
 
 /// The engine-backed data path to other agents, with its backend thread.
@@ -533,7 +586,10 @@ impl RemotePath {
             connecting: Mutex::new(()),
             next_wire: AtomicU64::new(1),
             inline_read_bytes: config.inline_read_bytes.into(),
+            inline_write_bytes: config.inline_write_bytes.into(),
             inline_answers: AtomicU64::new(0),
+            inline_writes: AtomicU64::new(0),
+            copiers: Mutex::new(HashMap::new()),
         });
         let (done_tx, done_rx) = mpsc::channel();
         let s = shared.clone();
@@ -568,8 +624,22 @@ impl RemotePath {
         }
     }
 
-    /// A new local registration: registers it on every live session.
+    /// A new local registration: registers it on every live session. The first registration
+    /// of a CUDA device opens the copier its inline transfers use (once: a device that cannot
+    /// be opened is logged, our transfers of its memory go through the engine, and inline
+    /// WRITEs into it are refused).
     pub fn register(&self, md: MdId, region: &Region) {
+        if region.mem == MemKind::Vram {
+            lock(&self.shared.copiers)
+                .entry(region.device)
+                .or_insert_with(|| match Copier::open(region.device) {
+                    Ok(c) => Some(Arc::new(c)),
+                    Err(e) => {
+                        crate::log!("device {}: no inline transfers: {e}", region.device);
+                        None
+                    }
+                });
+        }
         for c in lock(&self.shared.conns).iter() {
             register_on(&mut lock(&c.engine), md, region);
         }
@@ -599,15 +669,15 @@ impl RemotePath {
         }
     }
 
-    /// `prepXfer` towards `agent`, with segments already validated; `local_host`: every
-    /// local segment is host memory.
+    /// `prepXfer` towards `agent`, with segments already validated; `local`: each local
+    /// segment's memory and CUDA device.
     pub fn prepare(
         &self,
         op: Op,
         _agent: &str,
         _peer: &PeerInfo,
         segments: &[Segment],
-        local_host: bool,
+        local: &[(MemKind, u32)],
     ) -> Result<RemoteXfer, Error> {
         if segments.len() > self.shared.engine_cfg.max_segments {
             return Err(Error::invalid(
@@ -630,15 +700,33 @@ impl RemotePath {
             .iter()
             .map(|s| s.len)
             .fold(0u64, u64::saturating_add);
-        let limit = self.shared.inline_read_bytes;
-        let inline = op == Op::Read && local_host && limit > 0 && total <= limit;
+        let limit = match op {
+            Op::Read => self.shared.inline_read_bytes,
+            Op::Write => self.shared.inline_write_bytes,
+        };
+        // A small transfer goes inline when every local segment is host memory or device
+        // memory with a copier: a READ offers to take its data in the answer, a WRITE puts it
+        // in the announce.
+        let copiers = if limit > 0 && total <= limit {
+            local
+                .iter()
+                .map(|&(mem, device)| match mem {
+                    MemKind::Dram => Some(None),
+                    MemKind::Vram => self.shared.copier(device).map(Some),
+                })
+                .collect::<Option<Vec<_>>>()
+        } else {
+            None
+        };
         Ok(RemoteXfer {
             op,
             segments: segments.to_vec(),
             wire,
             notif: Vec::new(),
             notify: false,
-            inline,
+            inline: copiers.is_some(),
+            inline_copiers: copiers.unwrap_or_default(),
+            inline_data: Vec::new(),
             flight: None,
             posted: false,
         })
@@ -736,9 +824,13 @@ impl RemotePath {
             let mut f = lock(&flight);
             f.inline = x.inline;
             f.inline_dst.clear();
-            if x.inline {
-                f.inline_dst
-                    .extend(x.segments.iter().map(|s| (s.local, s.len)));
+            if x.inline && x.op == Op::Read {
+                f.inline_dst.extend(
+                    x.segments
+                        .iter()
+                        .zip(&x.inline_copiers)
+                        .map(|(s, c)| (s.local, s.len, c.clone())),
+                );
             }
             f.segs.clear();
             let e = lock(&conn.engine);
@@ -754,9 +846,28 @@ impl RemotePath {
                 });
             }
         }
+        if x.op == Op::Write && x.inline {
+            gather_local(&x.segments, &x.inline_copiers, &mut x.inline_data)?;
+        }
         let mut tx = lock(&conn.tx);
         lock(&conn.pending).insert(wire_id, flight.clone());
         let sent = match x.op {
+            Op::Write if x.inline => {
+                // The data is in the announce: nothing for the data session.
+                let mut f = lock(&flight);
+                f.engine = None;
+                f.moved = true;
+                drop(f);
+                conn.send_on(
+                    &mut tx,
+                    &Message::WriteAnnounce(WriteAnnounce {
+                        xfer: wire_id,
+                        segments: &x.wire,
+                        notif,
+                        data: Some(&x.inline_data),
+                    }),
+                )
+            }
             Op::Write => {
                 let mut f = lock(&flight);
                 let posted = lock(&conn.engine)
@@ -773,6 +884,7 @@ impl RemotePath {
                                 xfer: wire_id,
                                 segments: &x.wire,
                                 notif,
+                                data: None,
                             }),
                         )
                     }
@@ -801,7 +913,7 @@ impl RemotePath {
             return Err(e);
         }
         x.posted = true;
-        if x.op == Op::Write {
+        if x.op == Op::Write && !x.inline {
             // Put the data on the wire now rather than at the first `checkXfer`. A session
             // error surfaces there (this post stands; the conn is then dead).
             let _ = lock(&conn.engine).session.progress();
@@ -904,6 +1016,11 @@ impl RemotePath {
     /// READs this agent answered inline so far (tests: which path a READ took).
     pub(crate) fn inline_answers(&self) -> u64 {
         self.shared.inline_answers.load(Ordering::Relaxed)
+    }
+
+    /// Inline WRITEs this agent took so far (tests: which path a WRITE took).
+    pub(crate) fn inline_writes(&self) -> u64 {
+        self.shared.inline_writes.load(Ordering::Relaxed)
     }
 
     /// Identity of our live conn to `agent`, if any (tests: whether a conn survived).
@@ -1058,6 +1175,7 @@ impl Shared {
             stalled: Mutex::new(None),
             timeout: self.timeout,
             refused_reads: AtomicU64::new(0),
+            refused_writes: AtomicU64::new(0),
             refused_notifs: AtomicU64::new(0),
             inline_buf: Mutex::new(Vec::new()),
         }))
@@ -1194,7 +1312,8 @@ impl Shared {
         moved
     }
 
-    /// Target side: completed engine transfers get their notif queued and their Ack sent.
+    /// Target side: completed jobs, in announce order (a job waits for every earlier one),
+    /// get their WRITE's notif queued and Ack sent.
     fn finish_jobs(&self, c: &Arc<Conn>) -> bool {
         // Only target conns have jobs, and only the backend thread serves target conns.
         let mut finished = lock(&c.finished);
@@ -1205,19 +1324,28 @@ impl Shared {
                 return false;
             }
             let mut e = lock(&c.engine);
-            let mut i = 0;
-            while i < jobs.len() {
-                match e.session.status(jobs[i].id) {
+            let mut first_pending = u64::MAX;
+            for j in jobs.iter_mut() {
+                let Some(id) = j.id else { continue };
+                match e.session.status(id) {
                     Ok(Progress::Done { .. }) => {
-                        let _ = e.session.release(jobs[i].id);
-                        finished.push(jobs.swap_remove(i));
+                        let _ = e.session.release(id);
+                        j.id = None;
                     }
-                    Ok(Progress::Pending { .. }) => i += 1,
+                    Ok(Progress::Pending { .. }) => first_pending = first_pending.min(j.wire),
                     Err(err) => {
                         drop(e);
                         c.kill(&format!("data session: {err}"));
                         return true;
                     }
+                }
+            }
+            let mut i = 0;
+            while i < jobs.len() {
+                if jobs[i].id.is_none() && jobs[i].wire < first_pending {
+                    finished.push(jobs.swap_remove(i));
+                } else {
+                    i += 1;
                 }
             }
         }
@@ -1228,31 +1356,86 @@ impl Shared {
         let any = !finished.is_empty();
         for j in finished.drain(..) {
             if let Some(notif) = j.write {
-                // The data is in place: only now may the application see the notif.
-                let queued = match notif {
-                    Some(msg) => lock(&self.notifs).push(c.peer.clone(), msg),
-                    None => Ok(()),
-                };
-                let sent = match queued {
-                    Ok(()) => c.send(&Message::Ack(Ack {
-                        xfer: j.wire,
-                        status: 0,
-                    })),
-                    // The data is in place but its notification cannot be kept: the WRITE
-                    // fails at the initiator with the reason; the conn stays usable (both
-                    // sides received what they posted).
-                    Err(e) => {
-                        let why = e.to_string();
-                        crate::log!("WRITE {} from {:?}: {why}", j.wire, c.peer);
-                        c.send_error(e.status(), j.wire, &why)
-                    }
-                };
-                if sent.is_err() {
+                if self.complete_write(c, j.wire, notif).is_err() {
                     return true;
                 }
             }
         }
         any
+    }
+
+    /// Target side: a WRITE's data is in place; only now may the application see its notif.
+    /// Then the Ack, or — when the notif cannot be kept — an `Error`: the WRITE fails at the
+    /// initiator with the reason, and the conn stays usable (both sides received what they
+    /// posted).
+    fn complete_write(&self, c: &Conn, wire: u64, notif: Option<Vec<u8>>) -> Result<(), Error> {
+        let queued = match notif {
+            Some(msg) => lock(&self.notifs).push(c.peer.clone(), msg),
+            None => Ok(()),
+        };
+        match queued {
+            Ok(()) => c.send(&Message::Ack(Ack {
+                xfer: wire,
+                status: 0,
+            })),
+            Err(e) => {
+                let why = e.to_string();
+                crate::log!("WRITE {wire} from {:?}: {why}", c.peer);
+                c.send_error(e.status(), wire, &why)
+            }
+        }
+    }
+
+    /// An inline WRITE: checks every range against our registrations, then copies the data
+    /// in (under the table's read lock, so no registration goes away meanwhile). A range we
+    /// refuse, or a device copy that fails, is an `Err`; nothing was written for a refusal.
+    fn scatter_inline(&self, segs: &[WireSegment], data: &[u8]) -> Result<(), (Status, String)> {
+        let table = self.mem.read().unwrap_or_else(PoisonError::into_inner);
+        for (i, s) in segs.iter().enumerate() {
+            let (md, _, mem) = locate(&table, i, s)?;
+            if mem == MemKind::Vram {
+                let device = table.local(md).map_or(u32::MAX, |r| r.device);
+                if self.copier(device).is_none() {
+                    return Err((
+                        Status::NotSupported,
+                        format!("segment {i}: device {device} cannot take inline data here"),
+                    ));
+                }
+            }
+        }
+        let mut at = 0;
+        for (i, s) in segs.iter().enumerate() {
+            let len = s.len() as usize;
+            let src = &data[at..at + len];
+            at += len;
+            let (md, _, mem) = locate(&table, i, s)?;
+            match mem {
+                // SAFETY: `locate` put the range inside a live host-memory registration of
+                // ours, which the table's read lock keeps registered until the copy is done;
+                // the frame buffer does not overlap it.
+                MemKind::Dram => unsafe {
+                    std::ptr::copy_nonoverlapping(src.as_ptr(), s.addr() as *mut u8, len)
+                },
+                MemKind::Vram => {
+                    let device = table.local(md).map_or(u32::MAX, |r| r.device);
+                    let copier = self.copier(device).ok_or_else(|| {
+                        (
+                            Status::Backend,
+                            format!("segment {i}: device {device} is gone"),
+                        )
+                    })?;
+                    // SAFETY: the range lies inside a live registration of device memory of
+                    // ours (kept registered by the table's read lock until the copy returns).
+                    unsafe { copier.to_device(s.addr(), src) }.map_err(|e| {
+                        (
+                            Status::Backend,
+                            format!("segment {i}: writing device memory: {e}"),
+                        )
+                    })?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Checks announced target ranges against our registrations and leaves their engine
@@ -1289,9 +1472,10 @@ impl Shared {
     }
 
     /// A READ that offered to take its data inline: when the ranges are all our host memory
-    /// and no more than `inline_read_bytes`, gathers them into the conn's inline buffer
-    /// (under the table's read lock, so no registration goes away meanwhile) and says so;
-    /// `Ok(false)`: answer the usual way. A range we refuse is an `Err` either way.
+    /// or device memory with a copier, and no more than `inline_read_bytes`, gathers them
+    /// into the conn's inline buffer (under the table's read lock, so no registration goes
+    /// away meanwhile) and says so; `Ok(false)`: answer the usual way. A range we refuse is
+    /// an `Err` either way.
     fn gather_inline(&self, c: &Conn, segs: &[WireSegment]) -> Result<bool, (Status, String)> {
         let total = segs
             .iter()
@@ -1301,19 +1485,57 @@ impl Shared {
             return Ok(false);
         }
         let table = self.mem.read().unwrap_or_else(PoisonError::into_inner);
+        let mut vram = false;
         for (i, s) in segs.iter().enumerate() {
-            if locate(&table, i, s)?.2 != MemKind::Dram {
-                return Ok(false);
+            let (md, _, mem) = locate(&table, i, s)?;
+            if mem == MemKind::Vram {
+                let device = table.local(md).map_or(u32::MAX, |r| r.device);
+                if self.copier(device).is_none() {
+                    return Ok(false);
+                }
+                vram = true;
             }
         }
         let mut buf = lock(&c.inline_buf);
         buf.clear();
-        for s in segs {
-            // SAFETY: `locate` put every range inside a live host-memory registration of ours,
-            // which the table's read lock keeps registered until the copy is done.
-            let bytes =
-                unsafe { std::slice::from_raw_parts(s.addr() as *const u8, s.len() as usize) };
-            buf.extend_from_slice(bytes);
+        if vram {
+            buf.resize(total as usize, 0);
+        }
+        let mut at = 0;
+        for (i, s) in segs.iter().enumerate() {
+            let len = s.len() as usize;
+            let (md, _, mem) = locate(&table, i, s)?;
+            match mem {
+                MemKind::Dram => {
+                    // SAFETY: `locate` put the range inside a live host-memory registration
+                    // of ours, which the table's read lock keeps registered until the copy is
+                    // done.
+                    let bytes = unsafe { std::slice::from_raw_parts(s.addr() as *const u8, len) };
+                    if vram {
+                        buf[at..at + len].copy_from_slice(bytes);
+                    } else {
+                        buf.extend_from_slice(bytes);
+                    }
+                }
+                MemKind::Vram => {
+                    let device = table.local(md).map_or(u32::MAX, |r| r.device);
+                    let copier = self.copier(device).ok_or_else(|| {
+                        (
+                            Status::Backend,
+                            format!("segment {i}: device {device} is gone"),
+                        )
+                    })?;
+                    // SAFETY: the range lies inside a live registration of device memory of
+                    // ours (kept registered by the table's read lock until the copy returns).
+                    unsafe { copier.to_host(s.addr(), &mut buf[at..at + len]) }.map_err(|e| {
+                        (
+                            Status::Backend,
+                            format!("segment {i}: reading device memory: {e}"),
+                        )
+                    })?;
+                }
+            }
+            at += len;
         }
         Ok(true)
     }
@@ -1334,6 +1556,37 @@ impl Shared {
             err,
         })?;
         match (c.initiator, msg) {
+            (false, Message::WriteAnnounce(w)) if w.data.is_some() => {
+                let data = w.data.unwrap_or(&[]);
+                match self.scatter_inline(w.segments, data) {
+                    Err((status, why)) => {
+                        c.log_repeated(
+                            &c.refused_writes,
+                            format_args!("refusing inline WRITE {}: {why}", w.xfer),
+                        );
+                        // Nothing else of it is on the wire: the conn stays usable.
+                        c.send_error(status, w.xfer, &why)?;
+                    }
+                    Ok(()) => {
+                        self.inline_writes.fetch_add(1, Ordering::Relaxed);
+                        // The one allocation serving a WRITE: the notification the app
+                        // receives.
+                        let notif = w.notif.map(<[u8]>::to_vec);
+                        let mut jobs = lock(&c.jobs);
+                        if jobs.is_empty() {
+                            drop(jobs);
+                            self.complete_write(c, w.xfer, notif)?;
+                        } else {
+                            // Its Ack follows those of the WRITEs announced before it.
+                            jobs.push(Job {
+                                id: None,
+                                wire: w.xfer,
+                                write: Some(notif),
+                            });
+                        }
+                    }
+                }
+            }
             (false, Message::WriteAnnounce(w)) => {
                 match self.resolve(c, w.segments) {
                     Ok(()) => {}
@@ -1350,7 +1603,7 @@ impl Shared {
                 }
                 let id = c.post_resolved(Direction::Recv)?;
                 lock(&c.jobs).push(Job {
-                    id,
+                    id: Some(id),
                     wire: w.xfer,
                     // The one allocation serving a WRITE: the notification the app receives.
                     write: Some(w.notif.map(<[u8]>::to_vec)),
@@ -1384,7 +1637,7 @@ impl Shared {
                     let id = c.post_resolved(Direction::Send)?;
                     drop(tx);
                     lock(&c.jobs).push(Job {
-                        id,
+                        id: Some(id),
                         wire: r.xfer,
                         write: None,
                     });
@@ -1451,16 +1704,37 @@ impl Shared {
                 // A released READ's memory is no longer ours to write.
                 if !f.released {
                     let mut at = 0;
-                    for &(addr, len) in &f.inline_dst {
-                        let src = &d.data[at..at + len as usize];
-                        // SAFETY: `addr..addr+len` is a range of one of our host-memory
-                        // registrations (checked at prepare, still registered at post: NIXL's
-                        // contract keeps it so while the transfer is live); the frame buffer
-                        // does not overlap it.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(src.as_ptr(), addr as *mut u8, src.len())
-                        };
-                        at += len as usize;
+                    let mut failed = None;
+                    for (addr, len, copier) in &f.inline_dst {
+                        let src = &d.data[at..at + *len as usize];
+                        at += *len as usize;
+                        match copier {
+                            // SAFETY: `addr..addr+len` is a range of one of our host-memory
+                            // registrations (checked at prepare, still registered at post:
+                            // NIXL's contract keeps it so while the transfer is live); the
+                            // frame buffer does not overlap it.
+                            None => unsafe {
+                                std::ptr::copy_nonoverlapping(
+                                    src.as_ptr(),
+                                    *addr as *mut u8,
+                                    src.len(),
+                                )
+                            },
+                            // SAFETY: as above, a range of one of our device-memory
+                            // registrations on the copier's device.
+                            Some(c) => {
+                                if let Err(e) = unsafe { c.to_device(*addr, src) } {
+                                    failed = Some(format!("writing device memory: {e}"));
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    if let Some(why) = failed {
+                        // The frame was whole: the conn stays usable, only this READ failed.
+                        crate::log!("READ {}: {why}", d.xfer);
+                        f.failed = Some((Status::Backend, why));
+                        return Ok(());
                     }
                 }
                 f.moved = true;

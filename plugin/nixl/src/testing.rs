@@ -142,12 +142,24 @@ pub fn share(
     addr: u64,
     len: u64,
 ) -> (usize, usize) {
-    let mo = owner.register_mem(&desc(addr, len, 0), MEM_DRAM).unwrap();
+    share_mem(owner, owner_name, peer, addr, len, MEM_DRAM)
+}
+
+/// [`share`] of memory kind `mem` (`MEM_DRAM`, or `MEM_VRAM` on device 0).
+pub fn share_mem(
+    owner: &Backend,
+    owner_name: &str,
+    peer: &Backend,
+    addr: u64,
+    len: u64,
+    mem: i32,
+) -> (usize, usize) {
+    let mo = owner.register_mem(&desc(addr, len, 0), mem).unwrap();
     let rp = peer
         .load_remote_md(
             &desc(addr, len, 0),
             &owner.public_data(mo).unwrap(),
-            MEM_DRAM,
+            mem,
             owner_name,
         )
         .unwrap();

@@ -132,6 +132,7 @@ fn write_announce(xfer: u64, segs: &[Segment]) -> Vec<u8> {
         xfer,
         segments: segs,
         notif: None,
+        data: None,
     }))
 }
 
@@ -567,6 +568,95 @@ fn run_cases() {
         p.sess.wait(id, BOUND).unwrap();
         p.s.shutdown(Shutdown::Write).unwrap();
         assert!(p.until_closed().is_empty());
+        drop(p);
+        after(&mut w, case, baseline);
+    }
+
+    // --- WRITEs carrying their data inline: a refused one gets an ErrorMsg, writes nothing
+    // and the stream stays usable; a good one lands and is acknowledged; a frame whose data
+    // disagrees with its segments closes the stream with nothing written. ---
+    {
+        let case = "inline WRITEs refused, then one taken";
+        eprintln!("HOSTILE-CASE {case}");
+        let mut p = Peer::connect(addr, hostile);
+        p.s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let before = w.guard.region_bytes().to_vec();
+        let end = REGION as u64;
+        let refused = [
+            (400, vec![Segment::new(r, k, base + end - 1, 2)]),
+            (401, vec![Segment::new(r, k ^ 1, base, 16)]),
+            (402, vec![w.seg(0, 8), Segment::new(r, k, base - 8, 8)]),
+        ];
+        for (xfer, segs) in &refused {
+            let total = segs.iter().map(Segment::len).sum::<u64>() as usize;
+            let data = vec![0xEE; total];
+            p.send(&frame(&Message::WriteAnnounce(WriteAnnounce {
+                xfer: *xfer,
+                segments: segs,
+                notif: Some(b"no"),
+                data: Some(&data),
+            })));
+            let f = read_frame(&mut p.s).expect("closed after a refused inline WRITE");
+            match wire::parse(&f).unwrap() {
+                Message::Error(m) => {
+                    assert_eq!(m.xfer, *xfer);
+                    assert_eq!(m.code, (Status::InvalidParam as i32).unsigned_abs());
+                }
+                m => panic!("{case}: expected ErrorMsg, got {m:?}"),
+            }
+            assert!(
+                w.guard.region_bytes() == before.as_slice(),
+                "{case}: a refused inline WRITE ({xfer}) changed the region"
+            );
+        }
+        let segs = [w.seg(100, 7), w.seg(4000, 300)];
+        let data: Vec<u8> = (0..307u32).map(|i| (i * 31 + 5) as u8).collect();
+        p.send(&frame(&Message::WriteAnnounce(WriteAnnounce {
+            xfer: 403,
+            segments: &segs,
+            notif: None,
+            data: Some(&data),
+        })));
+        let f = read_frame(&mut p.s).expect("closed before the Ack");
+        assert_eq!(
+            wire::parse(&f).unwrap(),
+            Message::Ack(Ack {
+                xfer: 403,
+                status: 0
+            })
+        );
+        let got = w.guard.region_bytes();
+        assert!(
+            got[100..107] == data[..7] && got[4000..4300] == data[7..],
+            "{case}: inline WRITE data"
+        );
+        p.s.shutdown(Shutdown::Write).unwrap();
+        assert!(p.until_closed().is_empty());
+        drop(p);
+        after(&mut w, case, baseline);
+    }
+    {
+        let case = "inline WRITE whose data disagrees with its segments";
+        eprintln!("HOSTILE-CASE {case}");
+        let mut p = Peer::connect(addr, hostile);
+        let before = w.guard.region_bytes().to_vec();
+        let mut bad = frame(&Message::WriteAnnounce(WriteAnnounce {
+            xfer: 410,
+            segments: &[w.seg(0, 100)],
+            notif: None,
+            data: Some(&[0xEE; 100]),
+        }));
+        // The segment now claims 101 bytes; the frame carries 100.
+        let len_at = 32 + 24;
+        bad[len_at..len_at + 8].copy_from_slice(&101u64.to_le_bytes());
+        p.send(&bad);
+        let got = p.until_closed();
+        assert!(got.is_empty(), "{case}: target answered {got:?}");
+        assert!(
+            w.guard.region_bytes() == before.as_slice(),
+            "{case}: the region changed"
+        );
         drop(p);
         after(&mut w, case, baseline);
     }
