@@ -16,7 +16,8 @@ use cudarc::driver::sys::{self, CUdeviceptr, CUevent_flags};
 use cudarc::driver::{result, CudaContext, CudaStream};
 use tcpx_core::unpack::{unpack_cpu, LoadMeta, NetUnpackMeta, PAGE_SIZE, SLOTS};
 use tcpx_kernels::mem::{DeviceBuffer, MappedHostBuffer};
-use tcpx_kernels::{gpu_available, Kernels, UnpackJob};
+use tcpx_kernels::{gpu_available, Kernels, UnpackJob, UnpackList};
+use zerocopy::FromBytes;
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -158,6 +159,14 @@ fn main() -> BoxResult<()> {
     );
     let meta = meta_buf.dev_ptr();
     let chunk_meta = chunk_meta_buf.dev_ptr();
+    // The same tables copied into device memory: what the kernel's reads of a host-memory
+    // table cost (diagnostic rows; a TCPX plugin's table is host memory).
+    let as_bytes = |b: &MappedHostBuffer| b.as_slice().to_vec();
+    let mut dev_meta_buf = DeviceBuffer::new(&ctx, size_of::<NetUnpackMeta>())?;
+    dev_meta_buf.write(0, &as_bytes(&meta_buf))?;
+    let mut dev_chunk_meta_buf = DeviceBuffer::new(&ctx, size_of::<NetUnpackMeta>())?;
+    dev_chunk_meta_buf.write(0, &as_bytes(&chunk_meta_buf))?;
+    let (dev_meta, dev_chunk_meta) = (dev_meta_buf.ptr(), dev_chunk_meta_buf.ptr());
 
     let content: Vec<u8> = (0..TOTAL).map(|_| rng.next() as u8).collect();
     let mut dev_bounce = DeviceBuffer::new(&ctx, TOTAL)?;
@@ -181,6 +190,33 @@ fn main() -> BoxResult<()> {
     };
     let dev_jobs = jobs(dev_bounce.ptr());
     let host_jobs = jobs(host_bounce.dev_ptr());
+    // Slot 0 (4 MiB) and the 512 KiB chunk as launch-parameter lists, as the engine launches
+    // them: the entries copied out of the table.
+    let list_of = |m: &MappedHostBuffer, pages: usize, bounce: CUdeviceptr| -> Box<UnpackList> {
+        let entries = NetUnpackMeta::ref_from_bytes(m.as_slice())
+            .expect("table layout")
+            .mem[0][..pages]
+            .to_vec();
+        let mut l = UnpackList::new_boxed();
+        l.push(bounce, dst_ptr, pages)
+            .expect("fits")
+            .copy_from_slice(&entries);
+        l
+    };
+    let dev_list = list_of(&meta_buf, PAGES, dev_bounce.ptr());
+    let host_list = list_of(&meta_buf, PAGES, host_bounce.dev_ptr());
+    let dev_chunk_list = list_of(&chunk_meta_buf, CHUNK_BYTES / PAGE_SIZE, dev_bounce.ptr());
+    let host_chunk_list = list_of(
+        &chunk_meta_buf,
+        CHUNK_BYTES / PAGE_SIZE,
+        host_bounce.dev_ptr(),
+    );
+    let run_list = |k: &Kernels, l: &UnpackList| -> BoxResult<()> {
+        // SAFETY: the list's entries are slot 0's (or the chunk's): inside the bounce buffers
+        // and dst[..4 MiB].
+        unsafe { k.launch_unpack_list(&stream, l)? };
+        Ok(())
+    };
 
     // Correctness of what is timed: both bounce kinds against the CPU oracle.
     let mut expected = vec![0u8; TOTAL];
@@ -207,7 +243,20 @@ fn main() -> BoxResult<()> {
             return Err("unpack result differs from the CPU oracle".into());
         }
     }
-    println!("verified: 16 slots x 4 MiB, device and mapped bounce, match the CPU oracle");
+    for l in [&dev_list, &host_list] {
+        dst.fill(0)?;
+        run_list(&k, l)?;
+        stream.synchronize()?;
+        let mut got = vec![0u8; SLOT_BYTES];
+        dst.read(0, &mut got)?;
+        if got != expected[..SLOT_BYTES] {
+            return Err("list unpack result differs from the CPU oracle".into());
+        }
+    }
+    println!(
+        "verified: 16 slots x 4 MiB (batch) and one 4 MiB list, device and mapped bounce, \
+         match the CPU oracle"
+    );
 
     let pages = PAGES as u32;
     let unpack_one = |k: &Kernels, bounce: CUdeviceptr, counted: bool| -> BoxResult<()> {
@@ -264,6 +313,41 @@ fn main() -> BoxResult<()> {
     k.set_max_blocks_per_launch(tcpx_kernels::DEFAULT_MAX_BLOCKS_PER_LAUNCH);
 
     let mut rows = Vec::new();
+    // 4 MiB per launch is latency-bound (a few microseconds per call), so its ratio moves with
+    // the GPU's clocks: five interleaved rounds of copy then unpack, median ratio.
+    let mut interleaved = Vec::new();
+    for _ in 0..5 {
+        let c = time_per_call(&ctx, &stream, 400, || dtod(SLOT_BYTES))?;
+        let l = time_per_call(&ctx, &stream, 400, || run_list(&k, &dev_list))?;
+        let u = time_per_call(&ctx, &stream, 400, || {
+            unpack_one(&k, dev_bounce.ptr(), true)
+        })?;
+        let t = time_per_call(&ctx, &stream, 400, || {
+            // SAFETY: as `unpack_one`, reading the device copy of the same table.
+            unsafe {
+                k.launch_unpack_counted(&stream, dev_meta, dev_bounce.ptr(), 0, pages, dst_ptr)?
+            };
+            Ok(())
+        })?;
+        interleaved.push((c / l, c / u, c / t, c, l, u, t));
+    }
+    interleaved.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (list_ratio, _, _, list_c, list_l, _, _) = interleaved[interleaved.len() / 2];
+    rows.push(Row {
+        case: "device bounce, 1 slot/launch, list (median of 5 interleaved)".into(),
+        bytes: SLOT_BYTES,
+        unpack_s: list_l,
+        copy: "cuMemcpyDtoDAsync",
+        copy_s: list_c,
+    });
+    debug_assert!((list_c / list_l - list_ratio).abs() < 1e-9);
+    rows.push(Row {
+        case: "mapped host bounce, 1 slot/launch, list".into(),
+        bytes: SLOT_BYTES,
+        unpack_s: time_per_call(&ctx, &stream, 40, || run_list(&k, &host_list))?,
+        copy: "cuMemcpyHtoDAsync",
+        copy_s: time_per_call(&ctx, &stream, 40, || htod(SLOT_BYTES))?,
+    });
     let dtod_one = time_per_call(&ctx, &stream, 400, || dtod(SLOT_BYTES))?;
     let dtod_all = time_per_call(&ctx, &stream, 60, || dtod(TOTAL))?;
     let htod_one = time_per_call(&ctx, &stream, 40, || htod(SLOT_BYTES))?;
@@ -342,6 +426,31 @@ fn main() -> BoxResult<()> {
             latency(&ctx, &stream, || chunk(&k, dev_bounce.ptr(), false))?,
         ),
         (
+            "unpack 512 KiB, device, list",
+            latency(&ctx, &stream, || run_list(&k, &dev_chunk_list))?,
+        ),
+        (
+            "unpack 512 KiB, mapped, list",
+            latency(&ctx, &stream, || run_list(&k, &host_chunk_list))?,
+        ),
+        (
+            "unpack 512 KiB, device, table in device mem",
+            latency(&ctx, &stream, || {
+                // SAFETY: as `chunk`, reading the device copy of the chunk table.
+                unsafe {
+                    k.launch_unpack_counted(
+                        &stream,
+                        dev_chunk_meta,
+                        dev_bounce.ptr(),
+                        0,
+                        chunk_pages,
+                        dst_ptr,
+                    )?
+                };
+                Ok(())
+            })?,
+        ),
+        (
             "cuMemcpyDtoDAsync 512 KiB",
             latency(&ctx, &stream, || dtod(CHUNK_BYTES))?,
         ),
@@ -382,6 +491,20 @@ fn main() -> BoxResult<()> {
     for (c, all, mapped) in &sweep_cap {
         println!("  {c:>5} {all:>10.1} {mapped:>10.1}");
     }
+    println!(
+        "device bounce, 4 MiB/launch, 5 interleaved rounds, ratio vs DtoD: list, count given \
+         (table in host memory), table in device memory:"
+    );
+    for (rl, r, rt, c, l, u, t) in &interleaved {
+        println!(
+            "  {rl:>6.3} {r:>6.3} {rt:>6.3}   DtoD {:>7.1} list {:>7.1} table {:>7.1} \
+             device table {:>7.1} GB/s",
+            gbps(SLOT_BYTES, *c),
+            gbps(SLOT_BYTES, *l),
+            gbps(SLOT_BYTES, *u),
+            gbps(SLOT_BYTES, *t)
+        );
+    }
     println!("latency, enqueue to event seen complete ({LATENCY_ITERS} iterations):");
     for (name, (med, p99)) in &lat {
         println!(
@@ -419,6 +542,14 @@ fn main() -> BoxResult<()> {
         write!(
             json,
             "{}{{\"max_blocks_per_launch\":{c},\"batch16_dev_gbps\":{all:.3},\"batch16_mapped_gbps\":{mapped:.3}}}",
+            if i > 0 { "," } else { "" }
+        )?;
+    }
+    write!(json, "],\"interleaved_4mib_device\":[")?;
+    for (i, (rl, r, rt, ..)) in interleaved.iter().enumerate() {
+        write!(
+            json,
+            "{}{{\"ratio_list\":{rl:.4},\"ratio_host_table\":{r:.4},\"ratio_device_table\":{rt:.4}}}",
             if i > 0 { "," } else { "" }
         )?;
     }

@@ -40,6 +40,12 @@ pub const COUNT_FROM_TABLE: u32 = u32::MAX;
 
 const SLOT_KERNEL: &str = "tcpx_unpack_slot";
 const BATCH_KERNEL: &str = "tcpx_unpack_batch";
+const LIST_KERNEL: &str = "tcpx_unpack_list";
+/// Most jobs one [`UnpackList`] carries.
+pub const MAX_LIST_JOBS: usize = 16;
+/// Most fragments one [`UnpackList`] carries (16 KiB of entries: the whole list stays within
+/// the 32,764 bytes of launch parameters CUDA allows).
+pub const MAX_LIST_ENTRIES: usize = 1024;
 
 /// Whether the crate was built with its kernels (nvcc was found at build time).
 pub const fn kernels_built() -> bool {
@@ -183,6 +189,111 @@ struct UnpackBatch {
     jobs: [UnpackJob; MAX_BATCH_JOBS],
 }
 
+/// One job of an [`UnpackList`]; layout shared with the kernel (24 bytes).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ListJob {
+    bounce: CUdeviceptr,
+    dst: CUdeviceptr,
+    first: u32,
+    count: u32,
+}
+
+/// Fragment lists the host has read, carried whole in the launch parameters of
+/// `tcpx_unpack_list` (16,784 bytes): the kernel starts copying without reading a host-memory
+/// table first, and copies exactly the entries the host checked. Fill it with
+/// [`UnpackList::push`], launch it with [`Kernels::launch_unpack_list`], then
+/// [`UnpackList::clear`]. Big: keep one boxed ([`UnpackList::new_boxed`]) and reuse it.
+#[repr(C)]
+#[derive(Clone)]
+pub struct UnpackList {
+    jobs: [ListJob; MAX_LIST_JOBS],
+    njobs: u32,
+    count: u32,
+    reserved: [u32; 2],
+    entries: [LoadMeta; MAX_LIST_ENTRIES],
+}
+
+impl fmt::Debug for UnpackList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnpackList")
+            .field("jobs", &self.njobs)
+            .field("entries", &self.count)
+            .finish()
+    }
+}
+
+impl UnpackList {
+    /// An empty list on the heap.
+    pub fn new_boxed() -> Box<UnpackList> {
+        Box::new(UnpackList {
+            jobs: [ListJob::default(); MAX_LIST_JOBS],
+            njobs: 0,
+            count: 0,
+            reserved: [0; 2],
+            entries: [LoadMeta::default(); MAX_LIST_ENTRIES],
+        })
+    }
+
+    /// Jobs in the list.
+    pub fn jobs(&self) -> usize {
+        self.njobs as usize
+    }
+
+    /// Whether the list holds no job.
+    pub fn is_empty(&self) -> bool {
+        self.njobs == 0
+    }
+
+    /// Whether a job of `entries` fragments fits.
+    pub fn fits(&self, entries: usize) -> bool {
+        (self.njobs as usize) < MAX_LIST_JOBS && self.count as usize + entries <= MAX_LIST_ENTRIES
+    }
+
+    /// Appends a job whose fragments go from `bounce + src_off` to `dst + dst_off`, and returns
+    /// its entries for the caller to fill (`entries` of them, zeroed); `None` when it does not
+    /// fit. The caller checks what it wrote before launching.
+    pub fn push(
+        &mut self,
+        bounce: CUdeviceptr,
+        dst: CUdeviceptr,
+        entries: usize,
+    ) -> Option<&mut [LoadMeta]> {
+        if !self.fits(entries) {
+            return None;
+        }
+        let first = self.count as usize;
+        self.jobs[self.njobs as usize] = ListJob {
+            bounce,
+            dst,
+            first: first as u32,
+            count: entries as u32,
+        };
+        self.njobs += 1;
+        self.count += entries as u32;
+        let slots = &mut self.entries[first..first + entries];
+        slots.fill(LoadMeta::default());
+        Some(slots)
+    }
+
+    /// Removes the last job pushed (one whose entries failed the caller's check).
+    pub fn pop(&mut self) {
+        if self.njobs > 0 {
+            self.njobs -= 1;
+            self.count = self.jobs[self.njobs as usize].first;
+        }
+    }
+
+    /// Empties the list.
+    pub fn clear(&mut self) {
+        self.njobs = 0;
+        self.count = 0;
+    }
+}
+
+const _: () = assert!(size_of::<ListJob>() == 24);
+const _: () = assert!(size_of::<UnpackList>() == 16784);
+const _: () = assert!(std::mem::offset_of!(UnpackList, entries) == 400);
 const _: () = assert!(size_of::<UnpackJob>() == 32);
 const _: () = assert!(size_of::<UnpackBatch>() == 1024);
 const _: () = assert!(MAX_BLOCKS_PER_SLOT == 256);
@@ -193,6 +304,7 @@ pub struct Kernels {
     ctx: Arc<CudaContext>,
     slot_fn: CudaFunction,
     batch_fn: CudaFunction,
+    list_fn: CudaFunction,
     blocks_per_slot: u32,
     max_blocks_per_launch: u32,
 }
@@ -212,10 +324,14 @@ impl Kernels {
         let batch_fn = module
             .load_function(BATCH_KERNEL)
             .context("cuModuleGetFunction(tcpx_unpack_batch)")?;
+        let list_fn = module
+            .load_function(LIST_KERNEL)
+            .context("cuModuleGetFunction(tcpx_unpack_list)")?;
         Ok(Kernels {
             ctx: ctx.clone(),
             slot_fn,
             batch_fn,
+            list_fn,
             blocks_per_slot: DEFAULT_BLOCKS_PER_SLOT,
             max_blocks_per_launch: DEFAULT_MAX_BLOCKS_PER_LAUNCH,
         })
@@ -378,6 +494,41 @@ impl Kernels {
             .context("cuLaunchKernel(tcpx_unpack_batch)")?;
         }
         Ok(())
+    }
+}
+
+impl Kernels {
+    /// Enqueues every job of `list` on `stream` in one launch (none for an empty list). The
+    /// list travels in the launch parameters, so it may be cleared and refilled as soon as this
+    /// returns.
+    ///
+    /// # Safety
+    /// When the kernel runs, every entry's source bytes lie in the allocation at its job's
+    /// `bounce` and its destination bytes in the allocation at its job's `dst`; no two entries
+    /// write overlapping bytes, nor any byte an entry reads; nothing else writes them
+    /// meanwhile. Reads and writes as [`Kernels::launch_unpack`].
+    pub unsafe fn launch_unpack_list(&self, stream: &CudaStream, list: &UnpackList) -> Result<()> {
+        self.check_stream(stream)?;
+        if list.count == 0 {
+            return Ok(());
+        }
+        let blocks = list.count.div_ceil(ENTRIES_PER_BLOCK);
+        let mut params: [*mut c_void; 1] = [std::ptr::from_ref(list).cast_mut().cast()];
+        // SAFETY: `UnpackList` matches the kernel's by-value parameter (same size and layout);
+        // the driver copies it during the call and the kernel only reads it; `count` and
+        // `njobs` never exceed the arrays (`push` keeps them so); the memory contract is the
+        // caller's.
+        unsafe {
+            result::launch_kernel(
+                self.list_fn.cu_function(),
+                (blocks, 1, 1),
+                (BLOCK_THREADS, 1, 1),
+                0,
+                stream.cu_stream(),
+                &mut params,
+            )
+        }
+        .context("cuLaunchKernel(tcpx_unpack_list)")
     }
 }
 

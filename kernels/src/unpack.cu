@@ -48,11 +48,36 @@ struct UnpackBatch {
     UnpackJob jobs[UNPACK_MAX_JOBS];
 };
 
+// Fragment lists the host has already read (and checked) travel in the launch parameters, so the
+// kernel starts copying without a dependent read of a host-memory table (one PCIe round trip per
+// launch, measured as 1.3 us of a 512 KiB chunk's 11.6 us on H200), and copies exactly the
+// entries the host checked. Jobs own consecutive runs of `entries`.
+#define UNPACK_LIST_JOBS 16u
+#define UNPACK_LIST_ENTRIES 1024u
+
+struct UnpackListJob {
+    const uint8_t* bounce;
+    uint8_t* dst;
+    uint32_t first;  // index of the job's first entry
+    uint32_t count;
+};
+
+struct UnpackList {
+    UnpackListJob jobs[UNPACK_LIST_JOBS];
+    uint32_t njobs;
+    uint32_t count;  // entries in all
+    uint32_t reserved[2];
+    LoadMeta entries[UNPACK_LIST_ENTRIES];
+};
+
 static_assert(sizeof(LoadMeta) == 16, "LoadMeta is 16 bytes");
 static_assert(__builtin_offsetof(NetUnpackMeta, cnt) == 524288, "cnt follows the entries");
 static_assert(sizeof(NetUnpackMeta) == 524416, "netUnpackMeta size");
 static_assert(sizeof(UnpackJob) == 32, "UnpackJob size");
 static_assert(sizeof(UnpackBatch) == 1024, "UnpackBatch size");
+static_assert(sizeof(UnpackListJob) == 24, "UnpackListJob size");
+static_assert(sizeof(UnpackList) == 16784, "UnpackList size");
+static_assert(__builtin_offsetof(UnpackList, entries) == 400, "entries follow the header");
 
 // The table is written by the host (or the NIC plugin) between launches; a launch boundary makes
 // those writes visible. Entries go through the read-only path; the count is read like NCCL does.
@@ -217,4 +242,22 @@ extern "C" __global__ void __launch_bounds__(UNPACK_THREADS)
 tcpx_unpack_batch(const __grid_constant__ UnpackBatch batch) {
     const UnpackJob& job = batch.jobs[blockIdx.y];
     unpack_slot(job.meta, job.bounce, job.slot, job.dst, job.count);
+}
+
+// Every entry of the list; warp w of block b takes entries b * UNPACK_WARPS + w, then every
+// gridDim.x * UNPACK_WARPS further. The entry and its job are uniform across the warp.
+extern "C" __global__ void __launch_bounds__(UNPACK_THREADS)
+tcpx_unpack_list(const __grid_constant__ UnpackList list) {
+    const uint32_t warp = threadIdx.x / 32u;
+    const uint32_t lane = threadIdx.x % 32u;
+    const uint32_t count = list.count < UNPACK_LIST_ENTRIES ? list.count : UNPACK_LIST_ENTRIES;
+    const uint32_t njobs = list.njobs < UNPACK_LIST_JOBS ? list.njobs : UNPACK_LIST_JOBS;
+    uint32_t job = 0;
+    for (uint32_t i = blockIdx.x * UNPACK_WARPS + warp; i < count; i += gridDim.x * UNPACK_WARPS) {
+        // Entries only grow, so the job index only moves forward.
+        while (job + 1u < njobs && i >= list.jobs[job + 1u].first) ++job;
+        const LoadMeta e = list.entries[i];
+        copy_fragment(list.jobs[job].bounce + e.src_off, list.jobs[job].dst + e.dst_off, e.len,
+                      lane);
+    }
 }

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use cudarc::driver::{CudaContext, CudaStream};
 use tcpx_core::unpack::{unpack_cpu, LoadMeta, NetUnpackMeta, ENTRIES_PER_SLOT, PAGE_SIZE, SLOTS};
 use tcpx_kernels::mem::{DeviceBuffer, MappedHostBuffer};
-use tcpx_kernels::{gpu_available, Error, Kernels, UnpackJob};
+use tcpx_kernels::{
+    gpu_available, Error, Kernels, UnpackJob, UnpackList, MAX_LIST_ENTRIES, MAX_LIST_JOBS,
+};
 use zerocopy::FromBytes;
 
 const CANARY: usize = 4096 + 13;
@@ -164,6 +166,8 @@ enum Launch {
     Batch,
     /// `launch_unpack_batch`, every other job with its count given by the host.
     BatchMixed,
+    /// `launch_unpack_list`: the entries copied from the table into the launch parameters.
+    List,
 }
 
 const SINGLE: [Launch; 2] = [Launch::Single, Launch::SingleCounted];
@@ -242,6 +246,16 @@ fn check(g: &Gpu, kind: BounceKind, bounce: &[u8], jobs: &[Job], launch: Launch,
                 })
                 .collect();
             unsafe { g.kernels.launch_unpack_batch(&g.stream, &mixed) }.expect("launch batch");
+        }
+        Launch::List => {
+            let mut list = UnpackList::new_boxed();
+            for (d, j) in descs.iter().zip(jobs) {
+                let slots = list
+                    .push(d.bounce, d.dst, j.entries.len())
+                    .expect("the test's jobs fit one list");
+                slots.copy_from_slice(&j.entries);
+            }
+            unsafe { g.kernels.launch_unpack_list(&g.stream, &list) }.expect("launch list");
         }
     }
     g.stream.synchronize().expect("kernel run");
@@ -570,4 +584,66 @@ fn stream_of_another_context_is_rejected() {
     let r = unsafe { g.kernels.launch_unpack(&stream, 0, 0, 0, 0) };
     assert!(matches!(r, Err(Error::WrongContext)), "{r:?}");
     g.ctx.bind_to_thread().expect("rebind");
+}
+
+#[test]
+fn list_launch_matches_cpu() {
+    let Some(g) = gpu("list_launch_matches_cpu") else {
+        return;
+    };
+    let bounce_len = (4 << 20) + 12;
+    for kind in KINDS {
+        for seed in 0..16u64 {
+            let mut rng = Rng(seed ^ 0x5151);
+            let bounce = rng.bytes(bounce_len);
+            let njobs = rng.range(1, MAX_LIST_JOBS as u64) as usize;
+            let mut left = MAX_LIST_ENTRIES;
+            let jobs: Vec<Job> = (0..njobs)
+                .map(|i| {
+                    // Some jobs empty; together at most a full list.
+                    let most = (left / (njobs - i)).max(1);
+                    let n = if rng.range(0, 5) == 0 {
+                        0
+                    } else {
+                        rng.range(1, most as u64) as usize
+                    };
+                    let n = n.min(left);
+                    left -= n;
+                    let (entries, dst_len) = random_fragments(&mut rng, bounce_len, n);
+                    Job {
+                        table: 0,
+                        slot: i % SLOTS,
+                        entries,
+                        dst_len: dst_len.max(1),
+                        dst_align: rng.range(0, 15) as usize,
+                    }
+                })
+                .collect();
+            check(&g, kind, &bounce, &jobs, Launch::List, seed);
+        }
+        // One full list of 4 KiB pages: 4 MiB, as a 4 MiB TCPX receive.
+        let mut rng = Rng(77);
+        let bounce = rng.bytes(bounce_len);
+        let job = Job {
+            table: 0,
+            slot: 3,
+            entries: page_fragments(&mut rng, 0, MAX_LIST_ENTRIES),
+            dst_len: MAX_LIST_ENTRIES * PAGE_SIZE,
+            dst_align: 0,
+        };
+        check(&g, kind, &bounce, &[job], Launch::List, 77);
+    }
+    // An empty list launches nothing; a list refuses what does not fit.
+    let mut list = UnpackList::new_boxed();
+    unsafe { g.kernels.launch_unpack_list(&g.stream, &list) }.expect("empty list");
+    assert!(list.push(0, 0, MAX_LIST_ENTRIES + 1).is_none());
+    for _ in 0..MAX_LIST_JOBS {
+        assert!(list.push(0, 0, 0).is_some());
+    }
+    assert!(
+        list.push(0, 0, 0).is_none(),
+        "more jobs than the list holds"
+    );
+    list.clear();
+    assert!(list.is_empty() && list.fits(MAX_LIST_ENTRIES));
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaEvent, CudaStream};
 use tcpx_core::unpack::{LoadMeta, NetUnpackMeta, UnpackDevHandle, ENTRIES_PER_SLOT, PAGE_SIZE};
-use tcpx_kernels::{Kernels, UnpackJob};
+use tcpx_kernels::{Kernels, UnpackJob, UnpackList, MAX_LIST_ENTRIES};
 
 use super::config::MAX_WINDOW;
 use crate::error::{Error, Result};
@@ -42,30 +42,47 @@ impl UnpackSource {
         })
     }
 
-    /// The published fragment count of `slot`, checked so the kernel never writes outside
-    /// the chunk's `len` bytes at its destination, whatever the plugin wrote.
-    pub fn checked_count(&self, slot: usize, len: u32) -> Result<u32> {
+    /// The published fragment count of `slot`, checked against the table's capacity.
+    fn count(&self, slot: usize) -> Result<usize> {
         // SAFETY: the table stays mapped while the recv comm lives (the comm outlives the
         // chunks in its window); the plugin published `cnt[slot]` before `test` said done.
-        let meta = unsafe { &*self.meta_host };
-        let count = meta.cnt[slot];
+        let count = unsafe { (*self.meta_host).cnt[slot] };
         std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
         if count > ENTRIES_PER_SLOT as u64 {
             return Err(Error::Protocol(format!(
                 "plugin published {count} fragments in slot {slot} (max {ENTRIES_PER_SLOT})"
             )));
         }
-        let entries: &[LoadMeta] = &meta.mem[slot][..count as usize];
-        for e in entries {
-            let end = e.dst_off.checked_add(u64::from(e.len));
-            if e.len as usize > PAGE_SIZE || end.is_none_or(|end| end > u64::from(len)) {
-                return Err(Error::Protocol(format!(
-                    "plugin fragment {e:?} in slot {slot} falls outside the {len}-byte chunk"
-                )));
-            }
-        }
+        Ok(count as usize)
+    }
+
+    /// The published entries of `slot`, as the table holds them now.
+    fn entries(&self, slot: usize, count: usize) -> &[LoadMeta] {
+        // SAFETY: as in `count`.
+        let meta = unsafe { &*self.meta_host };
+        &meta.mem[slot][..count]
+    }
+
+    /// The published fragment count of `slot`, checked so the kernel never writes outside
+    /// the chunk's `len` bytes at its destination, whatever the plugin wrote.
+    pub fn checked_count(&self, slot: usize, len: u32) -> Result<u32> {
+        let count = self.count(slot)?;
+        check_entries(self.entries(slot, count), slot, len)?;
         Ok(count as u32)
     }
+}
+
+/// Every fragment lies inside the chunk's `len` bytes at its destination and is at most a page.
+fn check_entries(entries: &[LoadMeta], slot: usize, len: u32) -> Result<()> {
+    for e in entries {
+        let end = e.dst_off.checked_add(u64::from(e.len));
+        if e.len as usize > PAGE_SIZE || end.is_none_or(|end| end > u64::from(len)) {
+            return Err(Error::Protocol(format!(
+                "plugin fragment {e:?} in slot {slot} falls outside the {len}-byte chunk"
+            )));
+        }
+    }
+    Ok(())
 }
 
 // SAFETY: the pointers name plugin-owned memory that lives as long as the recv comm, which
@@ -78,6 +95,13 @@ pub(crate) struct Gpu {
     kernels: Kernels,
     /// `events[channel][seq % MAX_WINDOW]`: at most MAX_WINDOW chunks are in a window.
     events: Vec<Vec<CudaEvent>>,
+    /// Queued unpacks whose entries were copied out of the table and checked: they travel in
+    /// the launch parameters.
+    list: Box<UnpackList>,
+    /// Queued unpacks with more fragments than a list holds: the kernel reads their entries
+    /// from the table (capacity: every window slot of every channel, so pushing never
+    /// allocates).
+    jobs: Vec<UnpackJob>,
 }
 
 fn cuda(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
@@ -105,6 +129,8 @@ impl Gpu {
             stream,
             kernels,
             events,
+            list: UnpackList::new_boxed(),
+            jobs: Vec::with_capacity(channels * MAX_WINDOW),
         })
     }
 
@@ -132,15 +158,62 @@ impl Gpu {
         }
     }
 
-    /// Enqueues every queued unpack in one launch (the kernel takes a batch of jobs, each
-    /// with its own table, bounce region, slot, count and destination).
-    pub fn launch_batch(&self, jobs: &[UnpackJob]) -> Result<()> {
-        // SAFETY: every job's count came from `checked_count`, which bounded its fragments to
-        // the chunk at its destination inside registered device memory; destinations of
-        // distinct chunks do not overlap; bounce pages stay untouched until irecvConsumed,
-        // which follows the event recorded after this launch.
-        unsafe { self.kernels.launch_unpack_batch(&self.stream, jobs) }
-            .map_err(|e| Error::Gpu(e.to_string()))
+    /// Queues the unpack of the `len`-byte chunk that `src` published in `slot` into device
+    /// address `dst`. Its entries are copied out of the table and checked there, so the kernel
+    /// applies exactly what was checked, whatever the table holds by then; a chunk with more
+    /// fragments than a list holds is queued for the table-reading kernel (its count and
+    /// entries checked in the table). A full list is launched first.
+    pub fn queue(&mut self, src: &UnpackSource, slot: usize, len: u32, dst: u64) -> Result<()> {
+        let count = src.count(slot)?;
+        if count > MAX_LIST_ENTRIES {
+            let count = src.checked_count(slot, len)?;
+            self.jobs.push(
+                UnpackJob::new(src.meta as u64, src.bounce, slot as u32, dst).with_count(count),
+            );
+            return Ok(());
+        }
+        if !self.list.fits(count) {
+            self.launch()?;
+        }
+        let entries = self
+            .list
+            .push(src.bounce, dst, count)
+            .ok_or(Error::Invalid("unpack list full after a launch"))?;
+        entries.copy_from_slice(src.entries(slot, count));
+        if let Err(e) = check_entries(entries, slot, len) {
+            self.list.pop();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Whether unpacks are queued.
+    pub fn queued(&self) -> bool {
+        !self.list.is_empty() || !self.jobs.is_empty()
+    }
+
+    /// Enqueues every queued unpack: the list in one launch, the table-reading jobs in
+    /// batches (each job with its own table, bounce region, slot, count and destination).
+    pub fn launch(&mut self) -> Result<()> {
+        // SAFETY: every list entry was checked after it was copied (`queue`), every job's
+        // count by `checked_count`: fragments stay inside their chunk at its destination in
+        // registered device memory; destinations of distinct chunks do not overlap; bounce
+        // pages stay untouched until irecvConsumed, which follows the event recorded after
+        // these launches.
+        let r = unsafe {
+            self.kernels
+                .launch_unpack_list(&self.stream, &self.list)
+                .and_then(|()| self.kernels.launch_unpack_batch(&self.stream, &self.jobs))
+        };
+        self.list.clear();
+        self.jobs.clear();
+        r.map_err(|e| Error::Gpu(e.to_string()))
+    }
+
+    /// Drops every queued unpack (the session broke).
+    pub fn discard(&mut self) {
+        self.list.clear();
+        self.jobs.clear();
     }
 
     /// Records event `ev` of `channel` after everything enqueued so far.
@@ -230,5 +303,50 @@ impl Copier {
             cudarc::driver::result::stream::synchronize(self.stream.cu_stream())
                 .map_err(cuda("cuStreamSynchronize"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(meta: &NetUnpackMeta) -> UnpackSource {
+        UnpackSource {
+            meta,
+            meta_host: meta,
+            bounce: 0,
+        }
+    }
+
+    #[test]
+    fn published_fragments_are_checked_against_the_chunk() {
+        // SAFETY: the table is integers only; all zeros is a valid (empty) table.
+        let mut meta: Box<NetUnpackMeta> = unsafe { Box::new_zeroed().assume_init() };
+        let page = |i: u64| LoadMeta {
+            src_off: (i * 4096) as u32,
+            len: 4096,
+            dst_off: i * 4096,
+        };
+        meta.mem[3][..2].copy_from_slice(&[page(1), page(0)]);
+        meta.cnt[3] = 2;
+        let src = source(&meta);
+        assert_eq!(src.checked_count(3, 8192).unwrap(), 2);
+        assert_eq!(src.entries(3, 2), &[page(1), page(0)]);
+        // One byte short of the chunk, a fragment over a page, an overflowing offset, a count
+        // beyond the table: each refused with the reason.
+        assert!(src.checked_count(3, 8191).is_err());
+        meta.mem[3][1].len = 4097;
+        assert!(source(&meta).checked_count(3, 1 << 20).is_err());
+        meta.mem[3][1] = LoadMeta {
+            src_off: 0,
+            len: 16,
+            dst_off: u64::MAX - 8,
+        };
+        assert!(source(&meta).checked_count(3, u32::MAX).is_err());
+        meta.cnt[3] = ENTRIES_PER_SLOT as u64 + 1;
+        let err = source(&meta).checked_count(3, u32::MAX).unwrap_err();
+        assert!(err.to_string().contains("2049 fragments"), "{err}");
+        // An empty slot is fine.
+        assert_eq!(source(&meta).checked_count(4, 0).unwrap(), 0);
     }
 }

@@ -23,7 +23,6 @@ use crate::error::{Error, Result};
 use crate::net::{
     Comm, ConnectHandle, ListenComm, MemKind, Net, RecvBuf, RecvComm, Request, SendComm,
 };
-use tcpx_kernels::UnpackJob;
 
 /// A chunk on the network, send side.
 struct TxChunk {
@@ -139,7 +138,6 @@ impl Listener {
             host_recv_bounced: host_receives_bounced(&self.net),
             cuda_ok: ptr_support.cuda(),
             gpu: None,
-            jobs: Vec::with_capacity(c * MAX_WINDOW),
             queued: Vec::with_capacity(c * MAX_WINDOW),
             consumed_needed: self.net.has_irecv_consumed(),
             net: self.net,
@@ -178,10 +176,8 @@ pub struct Session {
     host_recv_bounced: bool,
     /// CUDA context, stream, kernels, events: created by the first device registration.
     gpu: Option<Gpu>,
-    /// Unpacks queued by this poll, launched together at its end (capacity: every window
-    /// slot of every channel, so pushing never allocates).
-    jobs: Vec<UnpackJob>,
-    /// (channel, seq) of each queued job.
+    /// (channel, seq) of each unpack queued in `gpu` by this poll, launched together at its
+    /// end (capacity: every window slot of every channel, so pushing never allocates).
     queued: Vec<(usize, u64)>,
     _listens: Vec<ListenComm>,
 }
@@ -474,11 +470,10 @@ impl Session {
     /// channel's newest queued chunk, whose window slot cannot be reused before every older
     /// chunk (all of this batch) has been consumed.
     fn launch_unpacks(&mut self) -> Result<()> {
-        if self.jobs.is_empty() {
+        let Some(gpu) = self.gpu.as_mut().filter(|g| g.queued()) else {
             return Ok(());
-        }
-        let gpu = self.gpu.as_ref().expect("queued unpacks imply a GPU");
-        gpu.launch_batch(&self.jobs)?;
+        };
+        gpu.launch()?;
         for (c, ch) in self.channels.iter_mut().enumerate() {
             let Some(last) = self.queued.iter().filter(|q| q.0 == c).map(|q| q.1).max() else {
                 continue;
@@ -491,7 +486,6 @@ impl Session {
                 }
             }
         }
-        self.jobs.clear();
         self.queued.clear();
         Ok(())
     }
@@ -653,17 +647,13 @@ impl Session {
                     moved = true;
                 }
                 RecvAction::LaunchUnpack { seq, slot } => {
-                    let (Some(src), true) = (&ch.unpack, self.gpu.is_some()) else {
+                    let (Some(src), Some(gpu)) = (&ch.unpack, self.gpu.as_mut()) else {
                         return Err(Error::Invalid(
                             "device chunk without a GPU or unpack source",
                         ));
                     };
                     let e = ch.rx.get(seq).expect("the window names a live chunk");
-                    let count = src.checked_count(slot, e.len())?;
-                    let job =
-                        UnpackJob::new(src.meta as u64, src.bounce, slot as u32, e.payload().dst)
-                            .with_count(count);
-                    self.jobs.push(job);
+                    gpu.queue(src, slot, e.len(), e.payload().dst)?;
                     self.queued.push((c, seq));
                     ch.rx.unpack_launched(seq).map_err(chunk_err)?;
                     moved = true;
@@ -701,7 +691,9 @@ impl Session {
     fn fail(&mut self, e: &Error) {
         crate::log_error!("engine", "session broken: {e}");
         self.broken = Some(e.to_string());
-        self.jobs.clear();
+        if let Some(gpu) = self.gpu.as_mut() {
+            gpu.discard();
+        }
         self.queued.clear();
         for ch in &mut self.channels {
             ch.tx_queue.clear();
