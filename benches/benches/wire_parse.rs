@@ -63,7 +63,10 @@ fn parse_each_kind(c: &mut Criterion) {
         ),
         (
             "listen_handles_4",
-            emit(Message::ListenHandles(ListenHandles { handles: &handles })),
+            emit(Message::ListenHandles(ListenHandles {
+                chunk_bytes: 512 * 1024,
+                handles: &handles,
+            })),
         ),
         (
             "write_announce_4seg_notif",

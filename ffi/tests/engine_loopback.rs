@@ -295,7 +295,7 @@ fn handshake_times_out_without_peer() {
 }
 
 #[test]
-fn channel_count_mismatch_is_a_clear_error() {
+fn channel_count_or_chunk_size_mismatch_is_a_clear_error() {
     loopback_only();
     let net = Session::open_net(&cfg()).unwrap();
     let two = Session::listen(
@@ -306,9 +306,26 @@ fn channel_count_mismatch_is_a_clear_error() {
         },
     )
     .unwrap();
-    let three = Session::listen(net, cfg()).unwrap();
+    let three = Session::listen(net.clone(), cfg()).unwrap();
     let e = three.connect(two.conn_info()).err().expect("must fail");
     assert!(e.to_string().contains("channels"), "{e}");
+    // Same channels, different chunk size: the receiver would post chunks the sender never
+    // cuts; refused when connecting, naming the setting.
+    let small = Session::listen(
+        net.clone(),
+        Config {
+            chunk_bytes: 128 * 1024,
+            ..cfg()
+        },
+    )
+    .unwrap();
+    let e = Session::listen(net, cfg())
+        .unwrap()
+        .connect(small.conn_info())
+        .err()
+        .expect("must fail");
+    assert!(matches!(e, Error::Config(_)), "{e}");
+    assert!(e.to_string().contains("chunk_bytes 131072"), "{e}");
     let e = Session::listen(Session::open_net(&cfg()).unwrap(), cfg())
         .unwrap()
         .connect(b"garbage")

@@ -316,15 +316,20 @@ pub(super) struct ListenHandlesFixed {
     hdr: Header,
     count: U16,
     reserved: U16,
+    chunk_bytes: U32,
 }
 
-const_assert_eq!(size_of::<ListenHandlesFixed>(), 16);
+const_assert_eq!(size_of::<ListenHandlesFixed>(), 20);
 const_assert_eq!(offset_of!(ListenHandlesFixed, count), 12);
+const_assert_eq!(offset_of!(ListenHandlesFixed, chunk_bytes), 16);
 const_assert_eq!(size_of::<ListenHandle>(), 128);
 
-/// Answer to a [`Hello`]: one listen handle per channel, in channel order.
+/// Answer to a [`Hello`]: one listen handle per channel, in channel order, and the chunk size
+/// the sender's plans use (both sides must plan alike: the receiver posts the same chunks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenHandles<'a> {
+    /// Bytes per chunk, `1..=MAX_CHUNK_BYTES`.
+    pub chunk_bytes: u32,
     /// `1..=MAX_CHANNELS` handles.
     pub handles: &'a [ListenHandle],
 }
@@ -342,12 +347,21 @@ impl<'a> ListenHandles<'a> {
         if f.reserved.get() != 0 {
             return Err(Error::NonZeroReserved(Field::Reserved));
         }
+        let chunk_bytes = in_range(
+            Field::ChunkBytes,
+            f.chunk_bytes.get().into(),
+            1,
+            crate::plan::MAX_CHUNK_BYTES as usize,
+        )? as u32;
         let handles =
             <[ListenHandle]>::ref_from_bytes(rest).map_err(|_| Error::LengthMismatch {
                 declared: buf.len(),
                 expected: size_of::<ListenHandlesFixed>() + count * HANDLE_MAX_SIZE,
             })?;
-        Ok(Self { handles })
+        Ok(Self {
+            chunk_bytes,
+            handles,
+        })
     }
 
     /// Bytes [`ListenHandles::emit`] writes.
@@ -358,12 +372,19 @@ impl<'a> ListenHandles<'a> {
     /// Writes the frame into the front of `buf`; returns its length.
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, Error> {
         in_range(Field::Handles, self.handles.len() as u64, 1, MAX_CHANNELS)?;
+        in_range(
+            Field::ChunkBytes,
+            self.chunk_bytes.into(),
+            1,
+            crate::plan::MAX_CHUNK_BYTES as usize,
+        )?;
         let len = self.buffer_len();
         let dst = out(buf, len)?;
         let fixed = ListenHandlesFixed {
             hdr: Header::new(Kind::ListenHandles, len as u32),
             count: U16::new(self.handles.len() as u16),
             reserved: U16::ZERO,
+            chunk_bytes: U32::new(self.chunk_bytes),
         };
         put(dst, fixed.as_bytes(), self.handles.as_bytes(), &[]);
         Ok(len)

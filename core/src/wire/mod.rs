@@ -41,7 +41,8 @@ pub use meta::{ConnInfo, Hello, ListenHandle, ListenHandles, MemKind, RegionToke
 /// `b"TCPX"` read as a little-endian `u32`: the first four bytes of every frame are "TCPX".
 pub const MAGIC: u32 = u32::from_le_bytes(*b"TCPX");
 /// Wire format version this code emits and the only one it accepts. 2: `ReadRequest` flags
-/// and `ReadData` (inline READs). 3: `WriteAnnounce` inline data (inline WRITEs).
+/// and `ReadData` (inline READs). 3: `WriteAnnounce` inline data (inline WRITEs),
+/// `ListenHandles` chunk size.
 pub const VERSION: u16 = 3;
 /// Bytes of the common [`Header`].
 pub const HEADER_LEN: usize = 12;
@@ -167,6 +168,8 @@ pub enum Field {
     Region,
     /// Listen handle count (`ListenHandles`).
     Handles,
+    /// Chunk size (`ListenHandles`).
+    ChunkBytes,
     /// Segment list (`WriteAnnounce`, `ReadRequest`).
     Segments,
     /// Flag bits (`WriteAnnounce`, `ReadRequest`).
@@ -571,7 +574,7 @@ impl<'a> Message<'a> {
 // The largest legal frame of every kind must fit MAX_FRAME, so emit never builds a frame a
 // reader would refuse and `len` always fits its u32.
 static_assertions::const_assert!(40 + MAX_NAME <= MAX_FRAME);
-static_assertions::const_assert!(16 + MAX_CHANNELS * crate::abi::HANDLE_MAX_SIZE <= MAX_FRAME);
+static_assertions::const_assert!(20 + MAX_CHANNELS * crate::abi::HANDLE_MAX_SIZE <= MAX_FRAME);
 static_assertions::const_assert!(
     32 + MAX_SEGMENTS * 32 + MAX_NOTIF + MAX_INLINE_WRITE <= MAX_FRAME
 );

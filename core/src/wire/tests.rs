@@ -128,7 +128,10 @@ impl Owned {
                 channels: *channels,
                 name,
             }),
-            Owned::ListenHandles(h) => Message::ListenHandles(ListenHandles { handles: h }),
+            Owned::ListenHandles(h) => Message::ListenHandles(ListenHandles {
+                chunk_bytes: 512 * 1024,
+                handles: h,
+            }),
             Owned::WriteAnnounce {
                 xfer,
                 segs,
@@ -328,7 +331,10 @@ fn max_sized_messages_round_trip() {
     assert!(bytes.len() <= MAX_FRAME);
     assert_eq!(parse(&bytes), Ok(w));
     let handles = [[1u8; 128]; MAX_CHANNELS];
-    let l = Message::ListenHandles(ListenHandles { handles: &handles });
+    let l = Message::ListenHandles(ListenHandles {
+        chunk_bytes: crate::plan::MAX_CHUNK_BYTES,
+        handles: &handles,
+    });
     assert_eq!(parse(&emit_vec(&l)), Ok(l));
     let name = "n".repeat(MAX_NAME);
     let h = Message::Hello(Hello {

@@ -81,6 +81,13 @@ impl Listener {
                 peer.handles.len()
             )));
         }
+        // The receiver posts the chunks the sender's plan makes: both must cut alike.
+        if peer.chunk_bytes != self.cfg.chunk_bytes {
+            return Err(Error::Config(format!(
+                "peer uses chunk_bytes {}, this side {}: both must be configured alike",
+                peer.chunk_bytes, self.cfg.chunk_bytes
+            )));
+        }
         let mut handles: Vec<ConnectHandle> = peer
             .handles
             .iter()
@@ -207,7 +214,10 @@ impl Session {
             .map(|_| net.listen(cfg.device as usize))
             .collect::<Result<Vec<_>>>()?;
         let handles: Vec<ListenHandle> = listens.iter().map(|l| *l.handle().as_bytes()).collect();
-        let msg = ListenHandles { handles: &handles };
+        let msg = ListenHandles {
+            chunk_bytes: cfg.chunk_bytes,
+            handles: &handles,
+        };
         let mut info = vec![0u8; msg.buffer_len()];
         msg.emit(&mut info)
             .map_err(|e| Error::Protocol(format!("ConnInfo: {e}")))?;

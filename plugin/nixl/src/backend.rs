@@ -904,6 +904,38 @@ mod tests {
     }
 
     #[test]
+    fn peers_configured_differently_are_refused_naming_the_setting() {
+        for (mine, theirs, what) in [
+            (("channels", "3"), ("channels", "2"), "channels"),
+            (
+                ("chunk_bytes", "131072"),
+                ("chunk_bytes", "1048576"),
+                "chunk_bytes",
+            ),
+        ] {
+            let (a, b) = linked_each(&[mine], &[theirs]);
+            const N: usize = 1 << 20;
+            let mut src = vec![7u8; N];
+            let mut dst = vec![0u8; N];
+            let (s, t) = (src.as_mut_ptr() as u64, dst.as_mut_ptr() as u64);
+            let (ms, _, rt) = dram_pair(&a, &b, s, t, N as u64);
+            let (l, r) = ([d(s, N as u64, ms)], [d(t, N as u64, rt)]);
+            let mut h = 0;
+            // The session is refused when it is made, before any transfer is posted on it.
+            let err = a
+                .post_xfer(&args(Op::Write, &l, &r, "b"), &mut h)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(what) && err.contains("configured alike"),
+                "{what}: {err}"
+            );
+            assert!(dst.iter().all(|&v| v == 0), "{what}: nothing moved");
+            drop((src, dst));
+        }
+    }
+
+    #[test]
     fn small_writes_travel_inline_and_are_acknowledged_in_announce_order() {
         let (a, b) = linked_with(&[]);
         const N: usize = 8 << 20;
