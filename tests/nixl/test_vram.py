@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 # test_load sets NIXL_PLUGIN_DIR and TCPX_SOCK_IFNAME=lo before any agent exists.
-from test_load import make_agent, pattern, wait_remote
+from test_load import make_agent, pattern, wait_done, wait_remote
 from cuda_mem import DeviceBuffer, require_gpu
 
 SIZE = 9 << 20
@@ -141,3 +141,33 @@ def test_small_vram_writes(local_kind, remote_kind):
         a.remove_remote_agent(b.name)
         local.release()
         remote.release()
+
+
+@pytest.mark.parametrize(
+    "src_kind,dst_kind", [("VRAM", "VRAM"), ("DRAM", "VRAM"), ("VRAM", "DRAM")]
+)
+def test_vram_transfers_to_ourselves(src_kind, dst_kind):
+    """A WRITE from one of our registrations to another, device memory at either end (copied
+    by the GPU inside postXfer), then a READ back into a third; data and notifications
+    verified."""
+    require_gpu(pytest)
+    a = make_agent("self")
+    n = 3 << 20
+    data = pattern(n, 47).tobytes()
+    src = Region(a, src_kind, data)
+    dst = Region(a, dst_kind, bytes(n))
+    back = Region(a, src_kind, bytes(n))
+    try:
+        h = a.initialize_xfer("WRITE", src.descs(0, n), dst.descs(0, n), a.name, b"w")
+        wait_done(a, h, a.transfer(h))
+        a.release_xfer_handle(h)
+        assert dst.bytes() == data, "WRITE to ourselves differs"
+        h = a.initialize_xfer("READ", back.descs(0, n), dst.descs(0, n), a.name, b"r")
+        wait_done(a, h, a.transfer(h))
+        a.release_xfer_handle(h)
+        assert back.bytes() == data, "READ from ourselves differs"
+        assert a.get_new_notifs() == {a.name: [b"w", b"r"]}
+    finally:
+        src.release()
+        dst.release()
+        back.release()

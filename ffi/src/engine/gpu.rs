@@ -284,6 +284,31 @@ impl Copier {
         }
     }
 
+    /// Copies `len` bytes from `src` to `dst`, either of them host or device memory (the
+    /// driver tells them apart by address: unified addressing), device memory possibly of
+    /// another device.
+    ///
+    /// # Safety
+    /// Both ranges are allocated for the whole call and do not overlap; nothing else writes
+    /// `dst` meanwhile.
+    pub unsafe fn copy(&self, dst: u64, src: u64, len: usize) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        self.stream
+            .context()
+            .bind_to_thread()
+            .map_err(cuda("CUDA context"))?;
+        // SAFETY: per the contract; the copy is complete when the stream is synchronised.
+        unsafe {
+            cudarc::driver::sys::cuMemcpyAsync(dst, src, len, self.stream.cu_stream())
+                .result()
+                .map_err(cuda("cuMemcpyAsync"))?;
+            cudarc::driver::result::stream::synchronize(self.stream.cu_stream())
+                .map_err(cuda("cuStreamSynchronize"))
+        }
+    }
+
     /// Copies `src` to device address `dst`.
     ///
     /// # Safety

@@ -377,31 +377,23 @@ impl Backend {
     pub fn prep_xfer(&self, a: &XferArgs<'_>) -> Result<ReqId, Error> {
         self.check_args(a)?;
         let route = if a.agent == &*self.agent {
-            // Transfers to ourselves are CPU copies: device memory would need the GPU.
-            if a.local_mem == MEM_VRAM || a.remote_mem == MEM_VRAM {
+            // Transfers to ourselves are copies: by the CPU between host memories, else by the
+            // copier of the device involved.
+            let segments = xfer::plan(&read(&self.mem), &self.agent, a.agent, a.local, a.remote)?;
+            if segments
+                .iter()
+                .filter_map(xfer::Segment::own_device)
+                .any(|d| self.remote.copier(d).is_none())
+            {
                 return Err(Error::UnsupportedMem(MEM_VRAM));
             }
-            xfer::plan(&read(&self.mem), &self.agent, a.agent, a.local, a.remote)?;
             Route::Own { posted: false }
         } else {
             let peer = self.peer_info(a.agent)?;
             let table = read(&self.mem);
             let segments = xfer::plan(&table, &self.agent, a.agent, a.local, a.remote)?;
-            let local = segments
-                .iter()
-                .map(|s| {
-                    // `plan` found every local registration; were one missing, a device that
-                    // has no copier keeps the READ off the inline path.
-                    table
-                        .local(s.md)
-                        .map_or((MemKind::Vram, u32::MAX), |r| (r.mem, r.device))
-                })
-                .collect::<Vec<_>>();
             drop(table);
-            Route::Remote(
-                self.remote
-                    .prepare(a.op, a.agent, &peer, &segments, &local)?,
-            )
+            Route::Remote(self.remote.prepare(a.op, a.agent, &peer, &segments)?)
         };
         let mut reqs = lock(&self.requests);
         reqs.last += 1;
@@ -456,10 +448,14 @@ impl Backend {
             // registration can be dropped between the check and the copy.
             // The check allocates nothing (no segment list), so reposts stay off the heap.
             let table = read(&self.mem);
-            // SAFETY: the function checks every segment to lie inside a live registration of
-            // host memory (only DRAM reaches here) before copying; the read guard keeps them
-            // live.
-            unsafe { xfer::revalidate_and_copy_own(&table, &self.agent, a.op, a.local, a.remote) }
+            // SAFETY: the function checks every segment to lie inside a live registration
+            // before copying (device memory with its device's copier); the read guard keeps
+            // them live.
+            unsafe {
+                xfer::revalidate_and_copy_own(&table, &self.agent, a.op, a.local, a.remote, |d| {
+                    self.remote.copier(d)
+                })
+            }
         };
         if let Some(msg) = a.notif {
             let mut q = lock(&self.notifs);

@@ -70,8 +70,8 @@ pub struct MemTable {
 /// Where the target side of one descriptor lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
-    /// Our own memory (transfers to ourselves).
-    Own(Span),
+    /// Our own registration (transfers to ourselves).
+    Own(Region),
     /// Another agent's published region.
     Peer(RegionToken),
 }
@@ -173,14 +173,10 @@ impl MemTable {
     /// agent name.
     pub fn target(&self, id: MdId, agent: &str, own: &str) -> Result<Target, Error> {
         match (self.get(id)?, agent == own) {
-            (Md::SelfAlias(local), true) => Ok(Target::Own(
-                self.local(*local)
-                    .map_err(|_| {
-                        Error::invalid(Arg::Metadata, format!("{id:#x}: its registration is gone"))
-                    })?
-                    .span,
-            )),
-            (Md::Local(r), true) => Ok(Target::Own(r.span)),
+            (Md::SelfAlias(local), true) => Ok(Target::Own(*self.local(*local).map_err(|_| {
+                Error::invalid(Arg::Metadata, format!("{id:#x}: its registration is gone"))
+            })?)),
+            (Md::Local(r), true) => Ok(Target::Own(*r)),
             (
                 Md::Remote {
                     agent: owner,
@@ -263,7 +259,7 @@ mod tests {
         let alias = t.load_local(id).unwrap();
         assert_eq!(
             t.target(alias, "me", "me").unwrap(),
-            Target::Own(Span::new(0x1000, 64).unwrap())
+            Target::Own(region(0x1000, 64))
         );
         assert!(t.target(alias, "peer", "me").is_err());
         t.deregister(id).unwrap();

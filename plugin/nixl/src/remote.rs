@@ -669,15 +669,13 @@ impl RemotePath {
         }
     }
 
-    /// `prepXfer` towards `agent`, with segments already validated; `local`: each local
-    /// segment's memory and CUDA device.
+    /// `prepXfer` towards `agent`, with segments already validated.
     pub fn prepare(
         &self,
         op: Op,
         _agent: &str,
         _peer: &PeerInfo,
         segments: &[Segment],
-        local: &[(MemKind, u32)],
     ) -> Result<RemoteXfer, Error> {
         if segments.len() > self.shared.engine_cfg.max_segments {
             return Err(Error::invalid(
@@ -693,7 +691,7 @@ impl RemotePath {
             .iter()
             .map(|s| match s.far {
                 Far::Peer { token, addr } => WireSegment::new(token.region, token.key, addr, s.len),
-                Far::Own(addr) => WireSegment::new(0, 0, addr, s.len),
+                Far::Own { addr, .. } => WireSegment::new(0, 0, addr, s.len),
             })
             .collect();
         let total = segments
@@ -708,11 +706,11 @@ impl RemotePath {
         // memory with a copier: a READ offers to take its data in the answer, a WRITE puts it
         // in the announce.
         let copiers = if limit > 0 && total <= limit {
-            local
+            segments
                 .iter()
-                .map(|&(mem, device)| match mem {
-                    MemKind::Dram => Some(None),
-                    MemKind::Vram => self.shared.copier(device).map(Some),
+                .map(|s| match s.dev {
+                    None => Some(None),
+                    Some(device) => self.shared.copier(device).map(Some),
                 })
                 .collect::<Option<Vec<_>>>()
         } else {
@@ -1016,6 +1014,11 @@ impl RemotePath {
     /// READs this agent answered inline so far (tests: which path a READ took).
     pub(crate) fn inline_answers(&self) -> u64 {
         self.shared.inline_answers.load(Ordering::Relaxed)
+    }
+
+    /// The copier of CUDA device `device`, if its memory was registered and it could be opened.
+    pub(crate) fn copier(&self, device: u32) -> Option<Arc<Copier>> {
+        self.shared.copier(device)
     }
 
     /// Inline WRITEs this agent took so far (tests: which path a WRITE took).

@@ -4,10 +4,13 @@
 //! Every byte a transfer touches is checked to lie inside a registration (ours) or a published
 //! region (the peer's) before anything moves; nothing is ever truncated to fit.
 
-use tcpx_core::wire::RegionToken;
+use std::sync::Arc;
+
+use tcpx::engine::Copier;
+use tcpx_core::wire::{MemKind, RegionToken};
 
 use crate::error::{Arg, Error};
-use crate::registry::{MdId, MemTable, Span, Target};
+use crate::registry::{MdId, MemTable, Region, Span, Target};
 
 /// One descriptor as the shim flattens it (C `TcpxDesc`).
 #[repr(C)]
@@ -49,8 +52,8 @@ impl Op {
 /// Where the other end of a segment lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Far {
-    /// Our own memory at this address.
-    Own(u64),
+    /// Our own memory at `addr`: host memory, or memory of CUDA device `dev`.
+    Own { addr: u64, dev: Option<u32> },
     /// A peer's region: its token (for region id and key) and the address inside it.
     Peer {
         /// The region's published token.
@@ -69,10 +72,28 @@ pub struct Segment {
     pub md: MdId,
     /// `local`'s offset inside that registration.
     pub offset: u64,
+    /// `local` is memory of this CUDA device; `None`: host memory.
+    pub dev: Option<u32>,
     /// The other end.
     pub far: Far,
     /// Bytes.
     pub len: u64,
+}
+
+impl Segment {
+    /// The CUDA device whose copier moves this segment of a transfer to ourselves (the local
+    /// end's, else the far end's); `None` between host memories.
+    pub fn own_device(&self) -> Option<u32> {
+        match self.far {
+            Far::Own { dev, .. } => self.dev.or(dev),
+            Far::Peer { .. } => self.dev,
+        }
+    }
+}
+
+/// The CUDA device of a registration's memory; `None` for host memory.
+pub fn device_of(r: &Region) -> Option<u32> {
+    (r.mem == MemKind::Vram).then_some(r.device)
 }
 
 /// Checks a descriptor-list pair and resolves it into segments.
@@ -138,7 +159,13 @@ pub fn visit(
             });
         }
         let (span, far) = match table.target(r.md, agent, own)? {
-            Target::Own(span) => (span, Far::Own(r.addr)),
+            Target::Own(region) => (
+                region.span,
+                Far::Own {
+                    addr: r.addr,
+                    dev: device_of(&region),
+                },
+            ),
             Target::Peer(token) => (
                 Span {
                     base: token.base,
@@ -161,6 +188,7 @@ pub fn visit(
             local: l.addr,
             md: l.md,
             offset: l.addr - region.span.base,
+            dev: device_of(region),
             far,
             len: l.len,
         })?;
@@ -170,28 +198,35 @@ pub fn visit(
 
 /// Revalidates a transfer to ourselves against `table` and performs it, allocating nothing:
 /// every descriptor is checked (a first pass) before any byte moves (a second pass over the
-/// same, unchanged table).
+/// same, unchanged table). Device memory at either end is copied with the copier `copier`
+/// returns for its device (a first-pass error when there is none).
 ///
 /// # Safety
-/// As [`copy_own`]: the caller holds `table` (a read guard) for the duration of the call.
+/// The caller holds `table` (a read guard) for the duration of the call, so no registration
+/// can be dropped meanwhile; NIXL's contract keeps registered memory allocated while
+/// registered.
 pub unsafe fn revalidate_and_copy_own(
     table: &MemTable,
     own: &str,
     op: Op,
     local: &[Desc],
     remote: &[Desc],
+    copier: impl Fn(u32) -> Option<Arc<Copier>>,
 ) -> Result<(), Error> {
-    visit(table, own, own, local, remote, |s| own_range(&s).map(drop))?;
+    visit(table, own, own, local, remote, |s| {
+        own_range(&s)?;
+        own_copier(&s, &copier).map(drop)
+    })?;
     visit(table, own, own, local, remote, |s| {
         // SAFETY: `s` was just checked (first pass) to lie inside live registrations of
         // `table`, which the caller holds.
-        unsafe { copy_segment(op, &s) }
+        unsafe { copy_segment(op, &s, own_copier(&s, &copier)?.as_deref()) }
     })
 }
 
-/// A self-transfer segment's far address and length as a host copy needs them.
+/// A self-transfer segment's far address and length as a copy needs them.
 fn own_range(s: &Segment) -> Result<(u64, usize), Error> {
-    let Far::Own(far) = s.far else {
+    let Far::Own { addr, .. } = s.far else {
         return Err(Error::invalid(
             Arg::Descs,
             "peer segment in a transfer to ourselves",
@@ -199,35 +234,49 @@ fn own_range(s: &Segment) -> Result<(u64, usize), Error> {
     };
     let len = usize::try_from(s.len)
         .map_err(|_| Error::invalid(Arg::Descs, "length exceeds the address space"))?;
-    Ok((far, len))
+    Ok((addr, len))
 }
 
-/// Copies one [`Far::Own`] segment.
+/// The copier a self-transfer segment needs: `None` between host memories, else the one of the
+/// device at either end (the local one first); an error when that device has none.
+fn own_copier(
+    s: &Segment,
+    copier: &impl Fn(u32) -> Option<Arc<Copier>>,
+) -> Result<Option<Arc<Copier>>, Error> {
+    match s.own_device() {
+        None => Ok(None),
+        Some(d) => copier(d)
+            .map(Some)
+            .ok_or(Error::UnsupportedMem(crate::backend::MEM_VRAM)),
+    }
+}
+
+/// Copies one [`Far::Own`] segment: between host memories with the CPU, else with `copier`.
 ///
 /// # Safety
-/// As [`copy_own`], for this one segment.
-unsafe fn copy_segment(op: Op, s: &Segment) -> Result<(), Error> {
+/// Both of the segment's ranges are live registered memory for the duration of the call (host
+/// memory when `copier` is `None`, else memory the copier's device can reach).
+unsafe fn copy_segment(op: Op, s: &Segment, copier: Option<&Copier>) -> Result<(), Error> {
     let (far, len) = own_range(s)?;
     let (src, dst) = match op {
         Op::Write => (s.local, far),
         Op::Read => (far, s.local),
     };
-    // SAFETY: the caller guarantees both ranges are live registered host memory; `copy`
-    // (memmove) is correct even when source and destination overlap.
-    unsafe { std::ptr::copy(src as usize as *const u8, dst as usize as *mut u8, len) };
-    Ok(())
-}
-
-/// Performs a transfer to ourselves: every segment must be [`Far::Own`].
-///
-/// # Safety
-/// Every segment's ranges must be valid, live host memory for the duration of the call (the
-/// caller holds the metadata table so no registration can be dropped meanwhile, and NIXL's
-/// contract is that registered memory stays allocated while registered).
-pub unsafe fn copy_own(op: Op, segments: &[Segment]) -> Result<(), Error> {
-    for s in segments {
-        // SAFETY: forwarded contract.
-        unsafe { copy_segment(op, s) }?;
+    match copier {
+        // SAFETY: the caller guarantees both ranges are live registered host memory; `copy`
+        // (memmove) is correct even when source and destination overlap.
+        None => unsafe { std::ptr::copy(src as usize as *const u8, dst as usize as *mut u8, len) },
+        Some(c) => {
+            if src < dst.saturating_add(len as u64) && dst < src.saturating_add(len as u64) {
+                return Err(Error::invalid(
+                    Arg::Descs,
+                    "overlapping source and destination in device memory",
+                ));
+            }
+            // SAFETY: the caller guarantees both ranges are live registered memory, one of
+            // them of the copier's device; they do not overlap (checked above).
+            unsafe { c.copy(dst, src, len) }.map_err(Error::Engine)?;
+        }
     }
     Ok(())
 }
@@ -276,7 +325,11 @@ mod tests {
                 local: 0x1000,
                 md: id,
                 offset: 0,
-                far: Far::Own(0x1080),
+                dev: None,
+                far: Far::Own {
+                    addr: 0x1080,
+                    dev: None
+                },
                 len: 16
             }]
         );
@@ -340,15 +393,19 @@ mod tests {
             local: base,
             md: 1,
             offset: 0,
-            far: Far::Own(base + 32),
+            dev: None,
+            far: Far::Own {
+                addr: base + 32,
+                dev: None,
+            },
             len: 8,
         };
         // SAFETY: both ranges lie inside `buf`, which outlives the calls.
-        unsafe { copy_own(Op::Write, &[seg]).unwrap() };
+        unsafe { copy_segment(Op::Write, &seg, None).unwrap() };
         assert_eq!(&buf[32..40], &[0, 1, 2, 3, 4, 5, 6, 7]);
         buf[32..40].copy_from_slice(&[9; 8]);
         // SAFETY: as above.
-        unsafe { copy_own(Op::Read, &[seg]).unwrap() };
+        unsafe { copy_segment(Op::Read, &seg, None).unwrap() };
         assert_eq!(&buf[0..8], &[9; 8]);
     }
 

@@ -216,3 +216,91 @@ fn small_writes_with_device_memory_travel_inline() {
         drop((mine, dst));
     }
 }
+
+#[test]
+fn transfers_to_ourselves_with_device_memory() {
+    let Some(ctx) = gpu() else { return };
+    let (a, _b) = backend_pair("a", "b", 10_000);
+    let src: Vec<u8> = (0..N).map(|i| (i * 7 % 249) as u8 ^ 0x77).collect();
+    for (from_mem, to_mem) in [
+        (MEM_VRAM, MEM_VRAM),
+        (MEM_DRAM, MEM_VRAM),
+        (MEM_VRAM, MEM_DRAM),
+    ] {
+        let case = format!("{from_mem} -> {to_mem}");
+        let from = Buf::new(&ctx, from_mem, &src);
+        let mut to = Buf::new(&ctx, to_mem, &vec![0u8; N]);
+        let mf = a
+            .register_mem(&d(from.addr(), N as u64, 0), from_mem)
+            .unwrap();
+        let mt = a.register_mem(&d(to.addr(), N as u64, 0), to_mem).unwrap();
+        let (af, at) = (a.load_local_md(mf).unwrap(), a.load_local_md(mt).unwrap());
+        // WRITE moves local -> far, READ far -> local: each both ways round.
+        for (op, local, lm, lmem, far, fm, fmem) in [
+            (Op::Write, from.addr(), mf, from_mem, to.addr(), at, to_mem),
+            (Op::Read, to.addr(), mt, to_mem, from.addr(), af, from_mem),
+        ] {
+            to.clear();
+            let pieces = [
+                (3u64, 5u64, 4093u64),
+                (9000, 20_001, 16_384),
+                (40_000, 60_000, 1),
+            ];
+            // (from offset, to offset, length): the local end is `from` for a WRITE.
+            let ends = |p: &(u64, u64, u64)| match op {
+                Op::Write => (p.0, p.1),
+                Op::Read => (p.1, p.0),
+            };
+            let l: Vec<_> = pieces
+                .iter()
+                .map(|p| d(local + ends(p).0, p.2, lm))
+                .collect();
+            let r: Vec<_> = pieces.iter().map(|p| d(far + ends(p).1, p.2, fm)).collect();
+            let x = XferArgs {
+                op,
+                local: &l,
+                local_mem: lmem,
+                remote: &r,
+                remote_mem: fmem,
+                agent: "a",
+                notif: None,
+            };
+            let mut h = 0;
+            assert_eq!(
+                a.post_xfer(&x, &mut h).unwrap(),
+                Status::Success,
+                "{case} {op:?}"
+            );
+            a.release_req(h).unwrap();
+            let mut want = vec![0u8; N];
+            for &(s, t, n) in &pieces {
+                want[t as usize..(t + n) as usize]
+                    .copy_from_slice(&src[s as usize..(s + n) as usize]);
+            }
+            assert!(to.bytes() == want, "{case} {op:?}: destination differs");
+        }
+        // Overlapping ranges of one device region: refused, nothing moved.
+        if from_mem == MEM_VRAM {
+            let before = from.bytes();
+            let l = [d(from.addr(), 8192, mf)];
+            let r = [d(from.addr() + 4096, 8192, af)];
+            let x = XferArgs {
+                op: Op::Write,
+                local: &l,
+                local_mem: MEM_VRAM,
+                remote: &r,
+                remote_mem: MEM_VRAM,
+                agent: "a",
+                notif: None,
+            };
+            let mut h = 0;
+            let err = a.post_xfer(&x, &mut h).unwrap_err().to_string();
+            assert!(err.contains("overlapping"), "{err}");
+            assert!(from.bytes() == before, "a refused copy changed the region");
+        }
+        a.unload_md(af).unwrap();
+        a.unload_md(at).unwrap();
+        a.deregister_mem(mf).unwrap();
+        a.deregister_mem(mt).unwrap();
+    }
+}
