@@ -268,25 +268,22 @@ impl Copier {
     /// # Safety
     /// `src..src + dst.len()` is memory this device can read, allocated for the whole call.
     pub unsafe fn to_host(&self, src: u64, dst: &mut [u8]) -> Result<()> {
-        if dst.is_empty() {
-            return Ok(());
-        }
-        self.stream
-            .context()
-            .bind_to_thread()
-            .map_err(cuda("CUDA context"))?;
-        // SAFETY: per the contract; `dst` is borrowed until the stream is synchronised below.
-        unsafe {
-            cudarc::driver::result::memcpy_dtoh_async(dst, src, self.stream.cu_stream())
-                .map_err(cuda("cuMemcpyDtoHAsync"))?;
-            cudarc::driver::result::stream::synchronize(self.stream.cu_stream())
-                .map_err(cuda("cuStreamSynchronize"))
-        }
+        // SAFETY: per the contract; `dst` is ours and cannot overlap device memory.
+        unsafe { self.copy(dst.as_mut_ptr() as u64, src, dst.len()) }
     }
 
-    /// Copies `len` bytes from `src` to `dst`, either of them host or device memory (the
-    /// driver tells them apart by address: unified addressing), device memory possibly of
-    /// another device.
+    /// Copies `src` to device address `dst`.
+    ///
+    /// # Safety
+    /// `dst..dst + src.len()` is memory of this device that nothing else uses during the call.
+    pub unsafe fn to_device(&self, dst: u64, src: &[u8]) -> Result<()> {
+        // SAFETY: per the contract; `src` is ours and cannot overlap device memory.
+        unsafe { self.copy(dst, src.as_ptr() as u64, src.len()) }
+    }
+
+    /// Copies `len` bytes from `src` to `dst`, either of them host memory (pinned or not) or
+    /// device memory, possibly of another device: the driver tells them apart by address
+    /// (unified addressing).
     ///
     /// # Safety
     /// Both ranges are allocated for the whole call and do not overlap; nothing else writes
@@ -304,27 +301,6 @@ impl Copier {
             cudarc::driver::sys::cuMemcpyAsync(dst, src, len, self.stream.cu_stream())
                 .result()
                 .map_err(cuda("cuMemcpyAsync"))?;
-            cudarc::driver::result::stream::synchronize(self.stream.cu_stream())
-                .map_err(cuda("cuStreamSynchronize"))
-        }
-    }
-
-    /// Copies `src` to device address `dst`.
-    ///
-    /// # Safety
-    /// `dst..dst + src.len()` is memory of this device that nothing else uses during the call.
-    pub unsafe fn to_device(&self, dst: u64, src: &[u8]) -> Result<()> {
-        if src.is_empty() {
-            return Ok(());
-        }
-        self.stream
-            .context()
-            .bind_to_thread()
-            .map_err(cuda("CUDA context"))?;
-        // SAFETY: per the contract; `src` is borrowed until the stream is synchronised below.
-        unsafe {
-            cudarc::driver::result::memcpy_htod_async(dst, src, self.stream.cu_stream())
-                .map_err(cuda("cuMemcpyHtoDAsync"))?;
             cudarc::driver::result::stream::synchronize(self.stream.cu_stream())
                 .map_err(cuda("cuStreamSynchronize"))
         }

@@ -222,6 +222,16 @@ struct Conn {
 
 /// Where wire segment `i` of a peer's request lies in our registrations: (md, offset inside
 /// it, memory kind), or the refusal to answer with.
+/// How an inline transfer reaches one of our ranges.
+enum InlineEnd {
+    /// Host memory: the CPU copies.
+    Host,
+    /// Device memory: its device's copier copies.
+    Device(Arc<Copier>),
+    /// Device memory of a device that could not be opened.
+    NoCopier(u32),
+}
+
 fn locate(
     table: &MemTable,
     i: usize,
@@ -1395,15 +1405,11 @@ impl Shared {
     fn scatter_inline(&self, segs: &[WireSegment], data: &[u8]) -> Result<(), (Status, String)> {
         let table = self.mem.read().unwrap_or_else(PoisonError::into_inner);
         for (i, s) in segs.iter().enumerate() {
-            let (md, _, mem) = locate(&table, i, s)?;
-            if mem == MemKind::Vram {
-                let device = table.local(md).map_or(u32::MAX, |r| r.device);
-                if self.copier(device).is_none() {
-                    return Err((
-                        Status::NotSupported,
-                        format!("segment {i}: device {device} cannot take inline data here"),
-                    ));
-                }
+            if let InlineEnd::NoCopier(d) = self.inline_end(&table, i, s)? {
+                return Err((
+                    Status::NotSupported,
+                    format!("segment {i}: device {d} cannot take inline data here"),
+                ));
             }
         }
         let mut at = 0;
@@ -1411,34 +1417,48 @@ impl Shared {
             let len = s.len() as usize;
             let src = &data[at..at + len];
             at += len;
-            let (md, _, mem) = locate(&table, i, s)?;
-            match mem {
+            match self.inline_end(&table, i, s)? {
                 // SAFETY: `locate` put the range inside a live host-memory registration of
                 // ours, which the table's read lock keeps registered until the copy is done;
                 // the frame buffer does not overlap it.
-                MemKind::Dram => unsafe {
+                InlineEnd::Host => unsafe {
                     std::ptr::copy_nonoverlapping(src.as_ptr(), s.addr() as *mut u8, len)
                 },
-                MemKind::Vram => {
-                    let device = table.local(md).map_or(u32::MAX, |r| r.device);
-                    let copier = self.copier(device).ok_or_else(|| {
-                        (
-                            Status::Backend,
-                            format!("segment {i}: device {device} is gone"),
-                        )
-                    })?;
-                    // SAFETY: the range lies inside a live registration of device memory of
-                    // ours (kept registered by the table's read lock until the copy returns).
+                // SAFETY: the range lies inside a live registration of device memory of ours
+                // (kept registered by the table's read lock until the copy returns).
+                InlineEnd::Device(copier) => {
                     unsafe { copier.to_device(s.addr(), src) }.map_err(|e| {
                         (
                             Status::Backend,
                             format!("segment {i}: writing device memory: {e}"),
                         )
-                    })?;
+                    })?
+                }
+                InlineEnd::NoCopier(d) => {
+                    return Err((Status::Backend, format!("segment {i}: device {d} is gone")))
                 }
             }
         }
         Ok(())
+    }
+
+    /// Checks our range `i` against our registrations (a range we refuse is an `Err`) and says
+    /// how an inline copy reaches it.
+    fn inline_end(
+        &self,
+        table: &MemTable,
+        i: usize,
+        s: &WireSegment,
+    ) -> Result<InlineEnd, (Status, String)> {
+        let (md, _, mem) = locate(table, i, s)?;
+        Ok(match mem {
+            MemKind::Dram => InlineEnd::Host,
+            MemKind::Vram => {
+                let device = table.local(md).map_or(u32::MAX, |r| r.device);
+                self.copier(device)
+                    .map_or(InlineEnd::NoCopier(device), InlineEnd::Device)
+            }
+        })
     }
 
     /// Checks announced target ranges against our registrations and leaves their engine
@@ -1488,57 +1508,39 @@ impl Shared {
             return Ok(false);
         }
         let table = self.mem.read().unwrap_or_else(PoisonError::into_inner);
-        let mut vram = false;
         for (i, s) in segs.iter().enumerate() {
-            let (md, _, mem) = locate(&table, i, s)?;
-            if mem == MemKind::Vram {
-                let device = table.local(md).map_or(u32::MAX, |r| r.device);
-                if self.copier(device).is_none() {
-                    return Ok(false);
-                }
-                vram = true;
+            if let InlineEnd::NoCopier(_) = self.inline_end(&table, i, s)? {
+                return Ok(false);
             }
         }
         let mut buf = lock(&c.inline_buf);
         buf.clear();
-        if vram {
-            buf.resize(total as usize, 0);
-        }
+        buf.resize(total as usize, 0);
         let mut at = 0;
         for (i, s) in segs.iter().enumerate() {
             let len = s.len() as usize;
-            let (md, _, mem) = locate(&table, i, s)?;
-            match mem {
-                MemKind::Dram => {
-                    // SAFETY: `locate` put the range inside a live host-memory registration
-                    // of ours, which the table's read lock keeps registered until the copy is
-                    // done.
-                    let bytes = unsafe { std::slice::from_raw_parts(s.addr() as *const u8, len) };
-                    if vram {
-                        buf[at..at + len].copy_from_slice(bytes);
-                    } else {
-                        buf.extend_from_slice(bytes);
-                    }
-                }
-                MemKind::Vram => {
-                    let device = table.local(md).map_or(u32::MAX, |r| r.device);
-                    let copier = self.copier(device).ok_or_else(|| {
-                        (
-                            Status::Backend,
-                            format!("segment {i}: device {device} is gone"),
-                        )
-                    })?;
-                    // SAFETY: the range lies inside a live registration of device memory of
-                    // ours (kept registered by the table's read lock until the copy returns).
-                    unsafe { copier.to_host(s.addr(), &mut buf[at..at + len]) }.map_err(|e| {
+            let dst = &mut buf[at..at + len];
+            at += len;
+            match self.inline_end(&table, i, s)? {
+                // SAFETY: `locate` put the range inside a live host-memory registration of
+                // ours, which the table's read lock keeps registered until the copy is done.
+                InlineEnd::Host => dst.copy_from_slice(unsafe {
+                    std::slice::from_raw_parts(s.addr() as *const u8, len)
+                }),
+                // SAFETY: the range lies inside a live registration of device memory of ours
+                // (kept registered by the table's read lock until the copy returns).
+                InlineEnd::Device(copier) => {
+                    unsafe { copier.to_host(s.addr(), dst) }.map_err(|e| {
                         (
                             Status::Backend,
                             format!("segment {i}: reading device memory: {e}"),
                         )
-                    })?;
+                    })?
+                }
+                InlineEnd::NoCopier(d) => {
+                    return Err((Status::Backend, format!("segment {i}: device {d} is gone")))
                 }
             }
-            at += len;
         }
         Ok(true)
     }

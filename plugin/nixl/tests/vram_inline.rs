@@ -14,21 +14,13 @@ use plugin_TCPX::xfer::Op;
 use plugin_TCPX::Status;
 use tcpx_kernels::mem::DeviceBuffer;
 
-const N: usize = 64 * 1024;
+#[path = "../../../ffi/tests/common/engine.rs"]
+#[allow(dead_code)]
+mod engine;
 
-fn gpu() -> Option<Arc<CudaContext>> {
-    match tcpx_kernels::gpu_available() {
-        Ok(()) => Some(CudaContext::new(0).expect("CUDA context")),
-        Err(why) => {
-            assert!(
-                std::env::var("REQUIRE_GPU").as_deref() != Ok("1"),
-                "REQUIRE_GPU=1 but no GPU: {why}"
-            );
-            eprintln!("SKIP: {why}");
-            None
-        }
-    }
-}
+use engine::gpu;
+
+const N: usize = 64 * 1024;
 
 /// `N` bytes of host or device memory.
 enum Buf {
@@ -73,8 +65,10 @@ impl Buf {
     }
 }
 
-#[test]
-fn small_reads_with_device_memory_travel_inline() {
+/// `op`s of 1 B .. 16 KiB between agents `a` and `b` with device memory at one end or both:
+/// inline (counted by `b`), reposts included; 16 KiB + 1 through the engine. Pieces are
+/// (source offset, destination offset, length); the destination is checked whole.
+fn small_transfers_with_device_memory(op: Op) {
     let Some(ctx) = gpu() else { return };
     let src: Vec<u8> = (0..N).map(|i| (i * 7 % 251) as u8 ^ 0x5A).collect();
     let kinds = [
@@ -83,25 +77,47 @@ fn small_reads_with_device_memory_travel_inline() {
         (MEM_VRAM, MEM_DRAM),
     ];
     for (local_mem, remote_mem) in kinds {
-        let case = format!("local {local_mem} remote {remote_mem}");
-        // a reads from b: a's `dst` is local, b's `src` remote.
+        let case = format!("{op:?} local {local_mem} remote {remote_mem}");
         let (a, b) = backend_pair("a", "b", 10_000);
-        let mut dst = Buf::new(&ctx, local_mem, &vec![0u8; N]);
-        let far = Buf::new(&ctx, remote_mem, &src);
-        let (t, s) = (dst.addr(), far.addr());
-        let md = a.register_mem(&d(t, N as u64, 0), local_mem).unwrap();
-        let (_, rs) = share_mem(&b, "b", &a, s, N as u64, remote_mem);
-        let read = |pieces: &[(u64, u64, u64)]| {
-            let l: Vec<_> = pieces.iter().map(|&(lo, _, n)| d(t + lo, n, md)).collect();
-            let r: Vec<_> = pieces.iter().map(|&(_, ro, n)| d(s + ro, n, rs)).collect();
+        let inline = || match op {
+            Op::Read => b.inline_answers(),
+            Op::Write => b.inline_writes(),
+        };
+        // A WRITE goes from a's buffer to b's, a READ from b's to a's.
+        let (src_mem, dst_mem) = match op {
+            Op::Write => (local_mem, remote_mem),
+            Op::Read => (remote_mem, local_mem),
+        };
+        let from = Buf::new(&ctx, src_mem, &src);
+        let mut to = Buf::new(&ctx, dst_mem, &vec![0u8; N]);
+        let (mine, theirs) = match op {
+            Op::Write => (from.addr(), to.addr()),
+            Op::Read => (to.addr(), from.addr()),
+        };
+        let md = a.register_mem(&d(mine, N as u64, 0), local_mem).unwrap();
+        let (_, rd) = share_mem(&b, "b", &a, theirs, N as u64, remote_mem);
+        let run = |pieces: &[(u64, u64, u64)]| {
+            // (local offset, remote offset) of each piece.
+            let ends = |p: &(u64, u64, u64)| match op {
+                Op::Write => (p.0, p.1),
+                Op::Read => (p.1, p.0),
+            };
+            let l: Vec<_> = pieces
+                .iter()
+                .map(|p| d(mine + ends(p).0, p.2, md))
+                .collect();
+            let r: Vec<_> = pieces
+                .iter()
+                .map(|p| d(theirs + ends(p).1, p.2, rd))
+                .collect();
             let x = XferArgs {
-                op: Op::Read,
+                op,
                 local: &l,
                 local_mem,
                 remote: &r,
                 remote_mem,
                 agent: "b",
-                notif: None,
+                notif: Some(b"n"),
             };
             let mut h = 0;
             a.post_xfer(&x, &mut h).unwrap();
@@ -109,112 +125,45 @@ fn small_reads_with_device_memory_travel_inline() {
             a.release_req(h).unwrap();
             st
         };
-        let check = |dst: &Buf, pieces: &[(u64, u64, u64)], what: &str| {
-            let got = dst.bytes();
+        let check = |to: &Buf, pieces: &[(u64, u64, u64)], what: &str| {
             let mut want = vec![0u8; N];
-            for &(lo, ro, n) in pieces {
-                let (lo, ro, n) = (lo as usize, ro as usize, n as usize);
-                want[lo..lo + n].copy_from_slice(&src[ro..ro + n]);
+            for &(s, t, n) in pieces {
+                let (s, t, n) = (s as usize, t as usize, n as usize);
+                want[t..t + n].copy_from_slice(&src[s..s + n]);
             }
-            assert!(got == want, "{case}, {what}: destination differs");
+            assert!(to.bytes() == want, "{case}, {what}: destination differs");
         };
-        // Three pieces, 8 KiB + 1 in all (default limit 16 KiB): one inline answer.
-        let small = [(0, 100, 1), (64, 4097, 4095), (8001, 20_003, 4096)];
-        assert_eq!(read(&small), Status::Success, "{case}");
-        assert_eq!(b.inline_answers(), 1, "{case}: small READ answered inline");
-        check(&dst, &small, "small");
-        // Reposts keep working.
+        // Three pieces, 8 KiB + 1 in all (default limits 16 KiB): one inline frame.
+        let small = [(100, 0, 1), (4097, 64, 4095), (20_003, 8001, 4096)];
+        assert_eq!(run(&small), Status::Success, "{case}");
+        assert_eq!(inline(), 1, "{case}: small transfer inline");
+        check(&to, &small, "small");
         for i in 0..20u64 {
-            dst.clear();
-            let p = [(i * 3, i * 1000 + 1, 4096)];
-            assert_eq!(read(&p), Status::Success, "{case} repost {i}");
-            check(&dst, &p, "repost");
+            to.clear();
+            let p = [(i * 1000 + 1, i * 3, 4096)];
+            assert_eq!(run(&p), Status::Success, "{case} repost {i}");
+            check(&to, &p, "repost");
         }
-        assert_eq!(b.inline_answers(), 21, "{case}");
+        assert_eq!(inline(), 21, "{case}");
         // Over the limit: the engine path, same data.
-        dst.clear();
-        let big = [(5, 7, 16 * 1024 + 1)];
-        assert_eq!(read(&big), Status::Success, "{case}");
-        assert_eq!(
-            b.inline_answers(),
-            21,
-            "{case}: 16 KiB + 1 went through the engine"
-        );
-        check(&dst, &big, "big");
+        to.clear();
+        let big = [(7, 5, 16 * 1024 + 1)];
+        assert_eq!(run(&big), Status::Success, "{case}");
+        assert_eq!(inline(), 21, "{case}: 16 KiB + 1 went through the engine");
+        check(&to, &big, "big");
         drop((a, b));
-        drop((dst, far));
+        drop((from, to));
     }
 }
 
 #[test]
+fn small_reads_with_device_memory_travel_inline() {
+    small_transfers_with_device_memory(Op::Read);
+}
+
+#[test]
 fn small_writes_with_device_memory_travel_inline() {
-    let Some(ctx) = gpu() else { return };
-    let src: Vec<u8> = (0..N).map(|i| (i * 11 % 253) as u8 ^ 0x3C).collect();
-    let kinds = [
-        (MEM_DRAM, MEM_VRAM),
-        (MEM_VRAM, MEM_VRAM),
-        (MEM_VRAM, MEM_DRAM),
-    ];
-    for (local_mem, remote_mem) in kinds {
-        let case = format!("local {local_mem} remote {remote_mem}");
-        // a writes to b: a's `mine` is local, b's `dst` remote.
-        let (a, b) = backend_pair("a", "b", 10_000);
-        let mine = Buf::new(&ctx, local_mem, &src);
-        let mut dst = Buf::new(&ctx, remote_mem, &vec![0u8; N]);
-        let (s, t) = (mine.addr(), dst.addr());
-        let md = a.register_mem(&d(s, N as u64, 0), local_mem).unwrap();
-        let (_, rt) = share_mem(&b, "b", &a, t, N as u64, remote_mem);
-        let write = |pieces: &[(u64, u64, u64)]| {
-            let l: Vec<_> = pieces.iter().map(|&(lo, _, n)| d(s + lo, n, md)).collect();
-            let r: Vec<_> = pieces.iter().map(|&(_, ro, n)| d(t + ro, n, rt)).collect();
-            let x = XferArgs {
-                op: Op::Write,
-                local: &l,
-                local_mem,
-                remote: &r,
-                remote_mem,
-                agent: "b",
-                notif: Some(b"w"),
-            };
-            let mut h = 0;
-            a.post_xfer(&x, &mut h).unwrap();
-            let st = poll_done(&a, h);
-            a.release_req(h).unwrap();
-            st
-        };
-        // (local offset, remote offset, length): the remote side is what gets checked.
-        let check = |dst: &Buf, pieces: &[(u64, u64, u64)], what: &str| {
-            let got = dst.bytes();
-            let mut want = vec![0u8; N];
-            for &(lo, ro, n) in pieces {
-                let (lo, ro, n) = (lo as usize, ro as usize, n as usize);
-                want[ro..ro + n].copy_from_slice(&src[lo..lo + n]);
-            }
-            assert!(got == want, "{case}, {what}: destination differs");
-        };
-        let small = [(100, 0, 1), (4097, 64, 4095), (20_003, 8001, 4096)];
-        assert_eq!(write(&small), Status::Success, "{case}");
-        assert_eq!(b.inline_writes(), 1, "{case}: small WRITE taken inline");
-        check(&dst, &small, "small");
-        for i in 0..20u64 {
-            dst.clear();
-            let p = [(i * 1000 + 1, i * 3, 4096)];
-            assert_eq!(write(&p), Status::Success, "{case} repost {i}");
-            check(&dst, &p, "repost");
-        }
-        assert_eq!(b.inline_writes(), 21, "{case}");
-        dst.clear();
-        let big = [(7, 5, 16 * 1024 + 1)];
-        assert_eq!(write(&big), Status::Success, "{case}");
-        assert_eq!(
-            b.inline_writes(),
-            21,
-            "{case}: 16 KiB + 1 went through the engine"
-        );
-        check(&dst, &big, "big");
-        drop((a, b));
-        drop((mine, dst));
-    }
+    small_transfers_with_device_memory(Op::Write);
 }
 
 #[test]
