@@ -11,8 +11,8 @@
 //! | 1 `ConnInfo` (40) | protocol u16 @12, channels u16 @14, family u8 @16 (4/6), 0 u8, port u16 @18, addr [u8;16] @20, name_len u16 @36, 0 u16 | name |
 //! | 2 `RegionToken` (52) | base u64 @12, len u64 @20, region u64 @28, key u64 @36, device u32 @44, mem u16 @48, 0 u16 | — |
 //! | 3 `Hello` (16) | channels u16 @12, name_len u16 @14 | name |
-//! | 4 `ListenHandles` (16) | count u16 @12, 0 u16 | count × 128-byte handle |
-//! | 5 `WriteAnnounce` (32) | xfer u64 @12, count u32 @20, notif_len u32 @24, flags u32 @28 | count × [`Segment`], notif |
+//! | 4 `ListenHandles` (20) | count u16 @12, 0 u16, chunk_bytes u32 @16 | count × 128-byte handle |
+//! | 5 `WriteAnnounce` (32) | xfer u64 @12, count u32 @20, notif_len u32 @24, flags u32 @28 (bit 0: notif attached, bit 1: data inline) | count × [`Segment`], notif, inline data (the segments' total, at most [`MAX_INLINE_WRITE`]) |
 //! | 6 `ReadRequest` (28) | xfer u64 @12, count u32 @20, flags u32 @24 (bit 0: data inline OK) | count × [`Segment`] |
 //! | 7 `ReadAnnounce` (20) | xfer u64 @12 | — |
 //! | 8 `Ack` (24) | xfer u64 @12, status i32 @20 | — |

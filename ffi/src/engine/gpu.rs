@@ -89,6 +89,29 @@ fn check_entries(entries: &[LoadMeta], slot: usize, len: u32) -> Result<()> {
 // moves with the session.
 unsafe impl Send for UnpackSource {}
 
+/// The calling thread's current CUDA context, put back when dropped. The engine's and the
+/// copiers' driver calls run on application threads (NIXL's `postXfer` and `checkXfer` among
+/// them), whose current context — their CUDA runtime device — must not change under them.
+/// Only made once the driver is known to be there.
+pub(crate) struct CtxGuard(cudarc::driver::sys::CUcontext);
+
+impl CtxGuard {
+    pub(crate) fn save() -> CtxGuard {
+        let mut c = std::ptr::null_mut();
+        // SAFETY: a query into a valid out-pointer (left null when the thread has none).
+        let _ = unsafe { cudarc::driver::sys::cuCtxGetCurrent(&mut c) };
+        CtxGuard(c)
+    }
+}
+
+impl Drop for CtxGuard {
+    fn drop(&mut self) {
+        // SAFETY: a context the thread had current (or none); it outlives this call, since
+        // whoever made it current still holds it.
+        let _ = unsafe { cudarc::driver::sys::cuCtxSetCurrent(self.0) };
+    }
+}
+
 pub(crate) struct Gpu {
     device: i32,
     stream: Arc<CudaStream>,
@@ -112,6 +135,7 @@ impl Gpu {
     /// Context, stream, kernels and events for `channels` channels on `device`.
     pub fn open(device: i32, channels: usize) -> Result<Gpu> {
         tcpx_kernels::gpu_available().map_err(Error::Gpu)?;
+        let _restore = CtxGuard::save();
         let ctx = CudaContext::new(device as usize).map_err(cuda("CUDA context"))?;
         // SAFETY: the engine orders its own work with explicit events.
         unsafe { ctx.disable_event_tracking() };
@@ -252,6 +276,7 @@ impl Copier {
     /// A copier for `device` (its primary context). Fails without a driver or device.
     pub fn open(device: u32) -> Result<Copier> {
         tcpx_kernels::gpu_available().map_err(Error::Gpu)?;
+        let _restore = CtxGuard::save();
         let ctx = CudaContext::new(device as usize).map_err(cuda("CUDA context"))?;
         // SAFETY: the copier orders its own work: every copy is waited for before it returns.
         unsafe { ctx.disable_event_tracking() };
@@ -292,6 +317,7 @@ impl Copier {
         if len == 0 {
             return Ok(());
         }
+        let _restore = CtxGuard::save();
         self.stream
             .context()
             .bind_to_thread()

@@ -16,7 +16,7 @@ use tcpx_core::wire::{ListenHandle, ListenHandles};
 
 use super::bootstrap;
 use super::config::{Config, MAX_WINDOW};
-use super::gpu::{Gpu, UnpackSource};
+use super::gpu::{CtxGuard, Gpu, UnpackSource};
 use super::registry::{MemId, Memory, Region, Registry};
 use super::transfer::{Direction, Progress, Segment, Slot, State, XferId};
 use crate::error::{Error, Result};
@@ -287,6 +287,7 @@ impl Session {
                     Some(_) => {}
                     None => {
                         let gpu = Gpu::open(device, self.channels.len())?;
+                        let _restore = CtxGuard::save();
                         for ch in &mut self.channels {
                             if let Some(src) = &mut ch.unpack {
                                 src.meta_host = gpu.host_alias(src.meta);
@@ -458,6 +459,8 @@ impl Session {
         if let Some(why) = &self.broken {
             return Err(Error::Broken(why.clone()));
         }
+        // The GPU work below binds the session's context to this (the caller's) thread.
+        let _restore = self.gpu.is_some().then(CtxGuard::save);
         let mut moved = false;
         for c in 0..self.channels.len() {
             match self.drive(c) {

@@ -215,6 +215,9 @@ impl Backend {
             device,
             key: random_key(),
         };
+        if mem == MemKind::Vram {
+            self.remote.open_copier(device);
+        }
         // Register on the peer sessions under the table's write lock, so a session being
         // created (which registers everything under the read lock) cannot miss it.
         let mut table = write(&self.mem);
@@ -810,93 +813,106 @@ mod tests {
 
     #[test]
     fn a_full_notification_queue_refuses_and_loses_nothing() {
-        let (a, b) = linked_with(&[("notif_queue_bytes", "65536")]);
-        const N: usize = 8192;
-        let mut src: Vec<u8> = (0..N).map(|i| (i % 251) as u8).collect();
-        let mut dst = vec![0u8; N];
-        let mut own = vec![0u8; N];
-        let (s, t, o) = (
-            src.as_mut_ptr() as u64,
-            dst.as_mut_ptr() as u64,
-            own.as_mut_ptr() as u64,
-        );
-        let (ms, mt, rt) = dram_pair(&a, &b, s, t, N as u64);
-        let mo = b.register_mem(&d(o, N as u64, 0), MEM_DRAM).unwrap();
-        let (l, r) = ([d(s, N as u64, ms)], [d(t, N as u64, rt)]);
-        let note = |i: usize| -> Vec<u8> { vec![i as u8; MAX_NOTIF] };
-        let write = |n: Option<&[u8]>| {
-            let mut w = args(Op::Write, &l, &r, "b");
-            w.notif = n;
+        for (inline_bytes, lands) in [("0", true), ("16384", false)] {
+            let (a, b) = linked_with(&[
+                ("notif_queue_bytes", "65536"),
+                ("inline_write_bytes", inline_bytes),
+            ]);
+            const N: usize = 8192;
+            let mut src: Vec<u8> = (0..N).map(|i| (i % 251) as u8).collect();
+            let mut dst = vec![0u8; N];
+            let mut own = vec![0u8; N];
+            let (s, t, o) = (
+                src.as_mut_ptr() as u64,
+                dst.as_mut_ptr() as u64,
+                own.as_mut_ptr() as u64,
+            );
+            let (ms, mt, rt) = dram_pair(&a, &b, s, t, N as u64);
+            let mo = b.register_mem(&d(o, N as u64, 0), MEM_DRAM).unwrap();
+            let (l, r) = ([d(s, N as u64, ms)], [d(t, N as u64, rt)]);
+            let note = |i: usize| -> Vec<u8> { vec![i as u8; MAX_NOTIF] };
+            let write = |n: Option<&[u8]>| {
+                let mut w = args(Op::Write, &l, &r, "b");
+                w.notif = n;
+                let mut h = 0;
+                a.post_xfer(&w, &mut h).unwrap();
+                let st = finish(&a, h);
+                a.release_req(h).unwrap();
+                st
+            };
+            // WRITEs with the largest notification until the target's queue is full: each one
+            // that fits succeeds; the next one fails with the reason, on the same conn (no
+            // reconnect). Through the data session its data has landed already; inline, the
+            // refusal comes before anything is written.
+            for i in 0..FIT {
+                assert_eq!(write(Some(&note(i))).unwrap(), Status::Success, "WRITE {i}");
+            }
+            let conn = a.remote.outgoing_id("b").expect("a conn to b");
+            dst.fill(0);
+            let full = write(Some(&note(FIT))).unwrap_err();
+            assert_eq!(full.status(), Status::NotAllowed, "{full}");
+            assert!(full.to_string().contains("getNotifs"), "{full}");
+            if lands {
+                assert_eq!(dst, src, "the refused WRITE's data still landed");
+            } else {
+                assert!(
+                    dst.iter().all(|&v| v == 0),
+                    "a refused inline WRITE wrote nothing"
+                );
+            }
+            assert_eq!(
+                a.remote.outgoing_id("b"),
+                Some(conn),
+                "the conn survived the refusal"
+            );
+            // Notifications to ourselves are refused the same way, before anything is copied.
+            let e = b.gen_notif("b", &note(99)).unwrap_err();
+            assert!(matches!(e, Error::NotifQueueFull { .. }), "{e}");
+            let (bl, br) = ([d(t, N as u64, mt)], [d(o, N as u64, mo)]);
+            let mut own_w = args(Op::Write, &bl, &br, "b");
+            let big = note(98);
+            own_w.notif = Some(&big);
             let mut h = 0;
-            a.post_xfer(&w, &mut h).unwrap();
-            let st = finish(&a, h);
-            a.release_req(h).unwrap();
-            st
-        };
-        // WRITEs with the largest notification until the target's queue is full: each one
-        // that fits succeeds; the next one's data lands but the WRITE fails with the reason,
-        // on the same conn (no reconnect).
-        for i in 0..FIT {
-            assert_eq!(write(Some(&note(i))).unwrap(), Status::Success, "WRITE {i}");
-        }
-        let conn = a.remote.outgoing_id("b").expect("a conn to b");
-        dst.fill(0);
-        let full = write(Some(&note(FIT))).unwrap_err();
-        assert_eq!(full.status(), Status::NotAllowed, "{full}");
-        assert!(full.to_string().contains("getNotifs"), "{full}");
-        assert_eq!(dst, src, "the refused WRITE's data still landed");
-        assert_eq!(
-            a.remote.outgoing_id("b"),
-            Some(conn),
-            "the conn survived the refusal"
-        );
-        // Notifications to ourselves are refused the same way, before anything is copied.
-        let e = b.gen_notif("b", &note(99)).unwrap_err();
-        assert!(matches!(e, Error::NotifQueueFull { .. }), "{e}");
-        let (bl, br) = ([d(t, N as u64, mt)], [d(o, N as u64, mo)]);
-        let mut own_w = args(Op::Write, &bl, &br, "b");
-        let big = note(98);
-        own_w.notif = Some(&big);
-        let mut h = 0;
-        let e = b.post_xfer(&own_w, &mut h).unwrap_err();
-        assert!(matches!(e, Error::NotifQueueFull { .. }), "{e}");
-        assert!(
-            own.iter().all(|&v| v == 0),
-            "a refused self WRITE copied nothing"
-        );
-        assert!(matches!(b.check_xfer(h), Err(Error::NotPosted)));
-        b.release_req(h).unwrap();
-        let got = notifs(&b);
-        assert_eq!(got.len(), FIT);
-        for (i, (from, m)) in got.iter().enumerate() {
-            assert_eq!((from.as_str(), m), ("a", &note(i)), "notification {i}");
-        }
-        // Taken: there is room again.
-        assert_eq!(write(Some(b"again")).unwrap(), Status::Success);
-        assert_eq!(notifs(&b), [("a".to_owned(), b"again".to_vec())]);
+            let e = b.post_xfer(&own_w, &mut h).unwrap_err();
+            assert!(matches!(e, Error::NotifQueueFull { .. }), "{e}");
+            assert!(
+                own.iter().all(|&v| v == 0),
+                "a refused self WRITE copied nothing"
+            );
+            assert!(matches!(b.check_xfer(h), Err(Error::NotPosted)));
+            b.release_req(h).unwrap();
+            let got = notifs(&b);
+            assert_eq!(got.len(), FIT);
+            for (i, (from, m)) in got.iter().enumerate() {
+                assert_eq!((from.as_str(), m), ("a", &note(i)), "notification {i}");
+            }
+            // Taken: there is room again.
+            assert_eq!(write(Some(b"again")).unwrap(), Status::Success);
+            assert_eq!(notifs(&b), [("a".to_owned(), b"again".to_vec())]);
 
-        // Bare notifications beyond the room are refused (the target answers an Error the
-        // initiator logs); the conn stays, the queue keeps exactly those that fit, in order.
-        for i in 0..FIT + 3 {
-            a.gen_notif("b", &note(i)).unwrap();
+            // Bare notifications beyond the room are refused (the target answers an Error the
+            // initiator logs); the conn stays, the queue keeps exactly those that fit, in order.
+            for i in 0..FIT + 3 {
+                a.gen_notif("b", &note(i)).unwrap();
+            }
+            // A WRITE behind them on the same stream: by its Ack the target has seen them all.
+            assert_eq!(write(None).unwrap(), Status::Success);
+            assert_eq!(
+                a.remote.outgoing_id("b"),
+                Some(conn),
+                "the conn survived the flood"
+            );
+            let got = notifs(&b);
+            assert_eq!(
+                got.len(),
+                FIT,
+                "exactly the notifications that fit are kept"
+            );
+            for (i, (_, m)) in got.iter().enumerate() {
+                assert_eq!(m, &note(i), "notification {i}");
+            }
+            drop((src, own));
         }
-        // A WRITE behind them on the same stream: by its Ack the target has seen them all.
-        assert_eq!(write(None).unwrap(), Status::Success);
-        assert_eq!(
-            a.remote.outgoing_id("b"),
-            Some(conn),
-            "the conn survived the flood"
-        );
-        let got = notifs(&b);
-        assert_eq!(
-            got.len(),
-            FIT,
-            "exactly the notifications that fit are kept"
-        );
-        for (i, (_, m)) in got.iter().enumerate() {
-            assert_eq!(m, &note(i), "notification {i}");
-        }
-        drop((src, own));
     }
 
     #[test]

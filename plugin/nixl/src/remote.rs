@@ -146,6 +146,10 @@ pub type Mem = Arc<RwLock<MemTable>>;
 const FRAME_BUF: usize = 4096;
 /// Initial capacity of a conn's transfer tables (in flight at once; they grow past it).
 const TABLE_CAP: usize = 64;
+/// Most target jobs on one conn: engine transfers are bounded by the engine, so this bounds
+/// inline WRITEs waiting for earlier WRITEs to land (a peer cannot grow the list without
+/// limit; past it an inline WRITE is refused before anything is written).
+const MAX_JOBS: usize = 4096;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every update under these locks is a single insert/remove/assignment: state stays usable.
@@ -162,14 +166,42 @@ struct Engine {
     resolved: Vec<ESeg>,
 }
 
-/// A target-side engine transfer in flight.
+/// A target-side transfer: an engine transfer in flight, or a WRITE whose data is in place
+/// waiting for the WRITEs announced before it.
 struct Job {
-    /// The engine transfer; `None` once it is done (or for an inline WRITE, which has none)
-    /// and the job only waits for earlier ones, so Acks go out in announce order.
+    /// The engine transfer; `None` once it is done (or for an inline WRITE, which has none).
     id: Option<XferId>,
+    /// Arrival order on this conn (assigned here, not by the peer): a WRITE is acknowledged
+    /// only after every WRITE that arrived before it landed.
+    seq: u64,
     wire: u64,
     /// `Some` for a WRITE (Ack + notif due when it lands), `None` for READ data we send.
     write: Option<Option<Vec<u8>>>,
+    /// The notif's room in the queue is already reserved (inline WRITEs reserve it on
+    /// arrival, before their data is written).
+    reserved: bool,
+}
+
+impl Job {
+    /// (arrival order, still moving, is a WRITE).
+    fn state(&self) -> (u64, bool, bool) {
+        (self.seq, self.id.is_some(), self.write.is_some())
+    }
+}
+
+/// The arrival order of the first WRITE whose data is still landing, among jobs given as
+/// [`Job::state`]: it holds back the Acks of the WRITEs after it. READ data we still send
+/// holds back nothing.
+fn first_landing(jobs: impl Iterator<Item = (u64, bool, bool)>) -> Option<u64> {
+    jobs.filter(|&(_, moving, write)| moving && write)
+        .map(|(seq, ..)| seq)
+        .min()
+}
+
+/// Whether a job ([`Job::state`]) may finish now: its transfer is done and no WRITE that
+/// arrived before it is still landing.
+fn may_finish((seq, moving, _): (u64, bool, bool), first_landing: Option<u64>) -> bool {
+    !moving && first_landing.is_none_or(|f| seq < f)
 }
 
 /// The write half of a control stream.
@@ -198,8 +230,10 @@ struct Conn {
     /// Initiator: flights waiting for their Ack / ReadAnnounce / ReadData / ErrorMsg, by wire
     /// id.
     pending: Mutex<HashMap<u64, Arc<Mutex<Flight>>>>,
-    /// Target: engine transfers in flight.
+    /// Target: engine transfers in flight and WRITEs waiting for earlier ones.
     jobs: Mutex<Vec<Job>>,
+    /// Target: the next job's `seq`.
+    next_seq: AtomicU64,
     /// Target (backend thread only): jobs `finish_jobs` took out of `jobs`, kept to reuse
     /// the list's storage.
     finished: Mutex<Vec<Job>>,
@@ -220,8 +254,6 @@ struct Conn {
     inline_buf: Mutex<Vec<u8>>,
 }
 
-/// Where wire segment `i` of a peer's request lies in our registrations: (md, offset inside
-/// it, memory kind), or the refusal to answer with.
 /// How an inline transfer reaches one of our ranges.
 enum InlineEnd {
     /// Host memory: the CPU copies.
@@ -232,6 +264,8 @@ enum InlineEnd {
     NoCopier(u32),
 }
 
+/// Where wire segment `i` of a peer's request lies in our registrations: (md, offset inside
+/// it, memory kind), or the refusal to answer with.
 fn locate(
     table: &MemTable,
     i: usize,
@@ -634,22 +668,26 @@ impl RemotePath {
         }
     }
 
-    /// A new local registration: registers it on every live session. The first registration
-    /// of a CUDA device opens the copier its inline transfers use (once: a device that cannot
-    /// be opened is logged, our transfers of its memory go through the engine, and inline
-    /// WRITEs into it are refused).
-    pub fn register(&self, md: MdId, region: &Region) {
-        if region.mem == MemKind::Vram {
-            lock(&self.shared.copiers)
-                .entry(region.device)
-                .or_insert_with(|| match Copier::open(region.device) {
-                    Ok(c) => Some(Arc::new(c)),
-                    Err(e) => {
-                        crate::log!("device {}: no inline transfers: {e}", region.device);
-                        None
-                    }
-                });
+    /// Opens the copier of CUDA device `device` unless it was tried before (once: a device
+    /// that cannot be opened is logged, our transfers of its memory go through the engine,
+    /// copies to ourselves and inline WRITEs into it are refused). Called before its first
+    /// registration, outside the metadata table's lock (opening a context takes a while).
+    pub fn open_copier(&self, device: u32) {
+        if lock(&self.shared.copiers).contains_key(&device) {
+            return;
         }
+        let opened = match Copier::open(device) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                crate::log!("device {device}: no inline transfers: {e}");
+                None
+            }
+        };
+        lock(&self.shared.copiers).entry(device).or_insert(opened);
+    }
+
+    /// A new local registration: registers it on every live session.
+    pub fn register(&self, md: MdId, region: &Region) {
         for c in lock(&self.shared.conns).iter() {
             register_on(&mut lock(&c.engine), md, region);
         }
@@ -1184,6 +1222,7 @@ impl Shared {
             // allocating; more transfers in flight at once than this grow it once.
             pending: Mutex::new(HashMap::with_capacity(TABLE_CAP)),
             jobs: Mutex::new(Vec::with_capacity(TABLE_CAP)),
+            next_seq: AtomicU64::new(0),
             finished: Mutex::new(Vec::with_capacity(TABLE_CAP)),
             stalled: Mutex::new(None),
             timeout: self.timeout,
@@ -1246,6 +1285,9 @@ impl Shared {
             return false;
         }
         let mut moved = false;
+        // Whole frames handled: progress for a conn waiting on a partial frame, not for one
+        // waiting on announced data (frames must not keep a stalled WRITE's conn open).
+        let mut framed = false;
         let partial;
         // EOF after frames: those frames (a last Notif, say) are still served, then the conn
         // is closed.
@@ -1278,7 +1320,7 @@ impl Shared {
                             return true;
                         }
                         off += n;
-                        moved = true;
+                        framed = true;
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -1302,10 +1344,13 @@ impl Shared {
             }
         }
         moved |= self.finish_jobs(c);
-        let waiting = partial || !lock(&c.jobs).is_empty();
+        let jobs_waiting = !lock(&c.jobs).is_empty();
+        let waiting = partial || jobs_waiting;
+        let progress = moved || (framed && !jobs_waiting);
+        moved |= framed;
         let mut stalled = lock(&c.stalled);
         match *stalled {
-            _ if moved || !waiting => *stalled = None,
+            _ if progress || !waiting => *stalled = None,
             None => *stalled = Some(Instant::now()),
             Some(t) if t.elapsed() > c.timeout => {
                 drop(stalled);
@@ -1337,7 +1382,6 @@ impl Shared {
                 return false;
             }
             let mut e = lock(&c.engine);
-            let mut first_pending = u64::MAX;
             for j in jobs.iter_mut() {
                 let Some(id) = j.id else { continue };
                 match e.session.status(id) {
@@ -1345,7 +1389,7 @@ impl Shared {
                         let _ = e.session.release(id);
                         j.id = None;
                     }
-                    Ok(Progress::Pending { .. }) => first_pending = first_pending.min(j.wire),
+                    Ok(Progress::Pending { .. }) => {}
                     Err(err) => {
                         drop(e);
                         c.kill(&format!("data session: {err}"));
@@ -1353,23 +1397,24 @@ impl Shared {
                     }
                 }
             }
+            let first = first_landing(jobs.iter().map(Job::state));
             let mut i = 0;
             while i < jobs.len() {
-                if jobs[i].id.is_none() && jobs[i].wire < first_pending {
+                if may_finish(jobs[i].state(), first) {
                     finished.push(jobs.swap_remove(i));
                 } else {
                     i += 1;
                 }
             }
         }
-        // `swap_remove` reorders; Acks and notifs go out in announce order. Wire ids are
-        // unique, so the unstable sort (which, unlike the stable one, never allocates) is
+        // `swap_remove` reorders; Acks and notifs go out in arrival order. Sequence numbers
+        // are unique, so the unstable sort (which, unlike the stable one, never allocates) is
         // enough.
-        finished.sort_unstable_by_key(|j| j.wire);
+        finished.sort_unstable_by_key(|j| j.seq);
         let any = !finished.is_empty();
         for j in finished.drain(..) {
             if let Some(notif) = j.write {
-                if self.complete_write(c, j.wire, notif).is_err() {
+                if self.complete_write(c, j.wire, notif, j.reserved).is_err() {
                     return true;
                 }
             }
@@ -1381,8 +1426,18 @@ impl Shared {
     /// Then the Ack, or — when the notif cannot be kept — an `Error`: the WRITE fails at the
     /// initiator with the reason, and the conn stays usable (both sides received what they
     /// posted).
-    fn complete_write(&self, c: &Conn, wire: u64, notif: Option<Vec<u8>>) -> Result<(), Error> {
+    fn complete_write(
+        &self,
+        c: &Conn,
+        wire: u64,
+        notif: Option<Vec<u8>>,
+        reserved: bool,
+    ) -> Result<(), Error> {
         let queued = match notif {
+            Some(msg) if reserved => {
+                lock(&self.notifs).push_reserved(c.peer.clone(), msg);
+                Ok(())
+            }
             Some(msg) => lock(&self.notifs).push(c.peer.clone(), msg),
             None => Ok(()),
         };
@@ -1397,6 +1452,63 @@ impl Shared {
                 c.send_error(e.status(), wire, &why)
             }
         }
+    }
+
+    /// An inline WRITE arrived: room for its notif is reserved and, when WRITEs announced
+    /// before it are still landing, its place among the jobs is checked, both before any byte
+    /// is written; then its data is copied in. `Ok(Some(notif))`: complete it now;
+    /// `Ok(None)`: it waits among the jobs. A refusal (`Err`) wrote nothing.
+    #[allow(clippy::type_complexity)]
+    fn take_inline_write(
+        &self,
+        c: &Conn,
+        w: &WriteAnnounce<'_>,
+    ) -> Result<Option<Option<Vec<u8>>>, (Status, String)> {
+        let room = w.notif.map_or(0, <[u8]>::len);
+        if w.notif.is_some() {
+            lock(&self.notifs)
+                .reserve(room)
+                .map_err(|e| (e.status(), format!("notification refused: {e}")))?;
+        }
+        let unreserve = || {
+            if w.notif.is_some() {
+                lock(&self.notifs).unreserve(room);
+            }
+        };
+        // Only the backend thread changes a target conn's jobs, so this holds until the push.
+        let (wait, full) = {
+            let jobs = lock(&c.jobs);
+            (
+                jobs.iter().any(|j| j.write.is_some()),
+                jobs.len() >= MAX_JOBS,
+            )
+        };
+        if wait && full {
+            unreserve();
+            return Err((
+                Status::NotAllowed,
+                format!("{MAX_JOBS} transfers already wait on this connection"),
+            ));
+        }
+        if let Err(e) = self.scatter_inline(w.segments, w.data.unwrap_or(&[])) {
+            unreserve();
+            return Err(e);
+        }
+        self.inline_writes.fetch_add(1, Ordering::Relaxed);
+        // The one allocation serving a WRITE: the notification the app receives.
+        let notif = w.notif.map(<[u8]>::to_vec);
+        if !wait {
+            return Ok(Some(notif));
+        }
+        // Its Ack follows those of the WRITEs that arrived before it.
+        lock(&c.jobs).push(Job {
+            id: None,
+            seq: c.next_seq.fetch_add(1, Ordering::Relaxed),
+            wire: w.xfer,
+            write: Some(notif),
+            reserved: true,
+        });
+        Ok(None)
     }
 
     /// An inline WRITE: checks every range against our registrations, then copies the data
@@ -1562,8 +1674,7 @@ impl Shared {
         })?;
         match (c.initiator, msg) {
             (false, Message::WriteAnnounce(w)) if w.data.is_some() => {
-                let data = w.data.unwrap_or(&[]);
-                match self.scatter_inline(w.segments, data) {
+                match self.take_inline_write(c, &w) {
                     Err((status, why)) => {
                         c.log_repeated(
                             &c.refused_writes,
@@ -1572,24 +1683,8 @@ impl Shared {
                         // Nothing else of it is on the wire: the conn stays usable.
                         c.send_error(status, w.xfer, &why)?;
                     }
-                    Ok(()) => {
-                        self.inline_writes.fetch_add(1, Ordering::Relaxed);
-                        // The one allocation serving a WRITE: the notification the app
-                        // receives.
-                        let notif = w.notif.map(<[u8]>::to_vec);
-                        let mut jobs = lock(&c.jobs);
-                        if jobs.is_empty() {
-                            drop(jobs);
-                            self.complete_write(c, w.xfer, notif)?;
-                        } else {
-                            // Its Ack follows those of the WRITEs announced before it.
-                            jobs.push(Job {
-                                id: None,
-                                wire: w.xfer,
-                                write: Some(notif),
-                            });
-                        }
-                    }
+                    Ok(None) => {}
+                    Ok(Some(notif)) => self.complete_write(c, w.xfer, notif, true)?,
                 }
             }
             (false, Message::WriteAnnounce(w)) => {
@@ -1609,6 +1704,8 @@ impl Shared {
                 let id = c.post_resolved(Direction::Recv)?;
                 lock(&c.jobs).push(Job {
                     id: Some(id),
+                    seq: c.next_seq.fetch_add(1, Ordering::Relaxed),
+                    reserved: false,
                     wire: w.xfer,
                     // The one allocation serving a WRITE: the notification the app receives.
                     write: Some(w.notif.map(<[u8]>::to_vec)),
@@ -1643,6 +1740,8 @@ impl Shared {
                     drop(tx);
                     lock(&c.jobs).push(Job {
                         id: Some(id),
+                        seq: c.next_seq.fetch_add(1, Ordering::Relaxed),
+                        reserved: false,
                         wire: r.xfer,
                         write: None,
                     });
@@ -1941,6 +2040,33 @@ mod tests {
         assert_eq!(lines(10_000), 15);
         assert_eq!(lines(1 << 20), 4 + 18, "logarithmic in the count");
         assert!(log_refusal(1024) && !log_refusal(1025));
+    }
+
+    #[test]
+    fn acks_wait_only_for_earlier_writes_still_landing() {
+        // (arrival order, still moving, is a WRITE)
+        let read_moving = (0, true, false);
+        let write_landing = (1, true, true);
+        let write_done = |seq| (seq, false, true);
+        // A READ still sending holds back nothing.
+        let f = first_landing([read_moving, write_done(2)].into_iter());
+        assert_eq!(f, None);
+        assert!(may_finish(write_done(2), f));
+        // A WRITE still landing holds back the WRITEs after it, not those before it.
+        let f =
+            first_landing([read_moving, write_landing, write_done(2), write_done(0)].into_iter());
+        assert_eq!(f, Some(1));
+        assert!(!may_finish(write_done(2), f));
+        assert!(may_finish(write_done(0), f));
+        assert!(
+            !may_finish(write_landing, f),
+            "a job still moving never finishes"
+        );
+        // The earliest of several.
+        assert_eq!(
+            first_landing([(7, true, true), (4, true, true), (9, true, true)].into_iter()),
+            Some(4)
+        );
     }
 
     #[test]

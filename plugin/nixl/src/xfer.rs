@@ -214,14 +214,25 @@ pub unsafe fn revalidate_and_copy_own(
     copier: impl Fn(u32) -> Option<Arc<Copier>>,
 ) -> Result<(), Error> {
     visit(table, own, own, local, remote, |s| {
-        own_range(&s)?;
-        own_copier(&s, &copier).map(drop)
+        let (far, len) = own_range(&s)?;
+        if own_copier(&s, &copier)?.is_some() && overlap(s.local, far, len) {
+            return Err(Error::invalid(
+                Arg::Descs,
+                "overlapping source and destination in device memory",
+            ));
+        }
+        Ok(())
     })?;
     visit(table, own, own, local, remote, |s| {
         // SAFETY: `s` was just checked (first pass) to lie inside live registrations of
         // `table`, which the caller holds.
         unsafe { copy_segment(op, &s, own_copier(&s, &copier)?.as_deref()) }
     })
+}
+
+/// Whether `len` bytes at `a` and at `b` share a byte.
+fn overlap(a: u64, b: u64, len: usize) -> bool {
+    len > 0 && a < b.saturating_add(len as u64) && b < a.saturating_add(len as u64)
 }
 
 /// A self-transfer segment's far address and length as a copy needs them.
@@ -267,7 +278,7 @@ unsafe fn copy_segment(op: Op, s: &Segment, copier: Option<&Copier>) -> Result<(
         // (memmove) is correct even when source and destination overlap.
         None => unsafe { std::ptr::copy(src as usize as *const u8, dst as usize as *mut u8, len) },
         Some(c) => {
-            if src < dst.saturating_add(len as u64) && dst < src.saturating_add(len as u64) {
+            if overlap(src, dst, len) {
                 return Err(Error::invalid(
                     Arg::Descs,
                     "overlapping source and destination in device memory",

@@ -228,11 +228,15 @@ fn transfers_to_ourselves_with_device_memory() {
             }
             assert!(to.bytes() == want, "{case} {op:?}: destination differs");
         }
-        // Overlapping ranges of one device region: refused, nothing moved.
+        // A good piece, then overlapping ranges of one device region: refused before
+        // anything moved.
         if from_mem == MEM_VRAM {
             let before = from.bytes();
-            let l = [d(from.addr(), 8192, mf)];
-            let r = [d(from.addr() + 4096, 8192, af)];
+            let l = [d(from.addr() + 32768, 100, mf), d(from.addr(), 8192, mf)];
+            let r = [
+                d(from.addr() + 50000, 100, af),
+                d(from.addr() + 4096, 8192, af),
+            ];
             let x = XferArgs {
                 op: Op::Write,
                 local: &l,
@@ -252,4 +256,75 @@ fn transfers_to_ourselves_with_device_memory() {
         a.deregister_mem(mf).unwrap();
         a.deregister_mem(mt).unwrap();
     }
+}
+
+/// The calling thread's current CUDA context (its CUDA runtime device) is what it was after
+/// registrations, inline and engine transfers with device memory, and copies to ourselves.
+#[test]
+fn the_callers_current_context_is_left_alone() {
+    use cudarc::driver::sys;
+    let Some(ctx) = gpu() else { return };
+    let current = || {
+        let mut c: sys::CUcontext = std::ptr::null_mut();
+        // SAFETY: a query into a valid out-pointer.
+        unsafe { sys::cuCtxGetCurrent(&mut c) }.result().unwrap();
+        c
+    };
+    let (a, b) = backend_pair("a", "b", 10_000);
+    const BIG: usize = 2 << 20;
+    let src: Vec<u8> = (0..BIG).map(|i| (i * 3 % 241) as u8).collect();
+    let mine = Buf::new(&ctx, MEM_VRAM, &src);
+    let theirs = Buf::new(&ctx, MEM_VRAM, &vec![0u8; BIG]);
+    // From here on this thread has no current context.
+    // SAFETY: unbinding the thread's context; nothing of ours relies on it.
+    unsafe { sys::cuCtxSetCurrent(std::ptr::null_mut()) }
+        .result()
+        .unwrap();
+    let md = a
+        .register_mem(&d(mine.addr(), BIG as u64, 0), MEM_VRAM)
+        .unwrap();
+    let (_, rt) = share_mem(&b, "b", &a, theirs.addr(), BIG as u64, MEM_VRAM);
+    assert!(
+        current().is_null(),
+        "registration changed the current context"
+    );
+    for (len, what) in [(4096u64, "inline WRITE"), (BIG as u64, "engine WRITE")] {
+        let (l, r) = ([d(mine.addr(), len, md)], [d(theirs.addr(), len, rt)]);
+        let x = XferArgs {
+            op: Op::Write,
+            local: &l,
+            local_mem: MEM_VRAM,
+            remote: &r,
+            remote_mem: MEM_VRAM,
+            agent: "b",
+            notif: None,
+        };
+        let mut h = 0;
+        a.post_xfer(&x, &mut h).unwrap();
+        assert_eq!(poll_done(&a, h), Status::Success, "{what}");
+        a.release_req(h).unwrap();
+        assert!(current().is_null(), "{what} changed the current context");
+    }
+    let alias = a.load_local_md(md).unwrap();
+    let (l, r) = (
+        [d(mine.addr(), 4096, md)],
+        [d(mine.addr() + 8192, 4096, alias)],
+    );
+    let x = XferArgs {
+        op: Op::Write,
+        local: &l,
+        local_mem: MEM_VRAM,
+        remote: &r,
+        remote_mem: MEM_VRAM,
+        agent: "a",
+        notif: None,
+    };
+    let mut h = 0;
+    assert_eq!(a.post_xfer(&x, &mut h).unwrap(), Status::Success);
+    a.release_req(h).unwrap();
+    assert!(
+        current().is_null(),
+        "a copy to ourselves changed the current context"
+    );
+    assert!(theirs.bytes() == src, "engine WRITE data");
 }
