@@ -298,7 +298,7 @@ impl Core {
         sys::tune(&ctrl, cfg.sock_buf_bytes)?;
         ctrl.set_nonblocking(true)
             .map_err(|e| sys_err("ctrl nonblocking", e))?;
-        let shared = Shared::new(socks.len(), chunk_bytes);
+        let shared = Shared::new(socks.len(), chunk_bytes, cfg.stream_bounce);
         let mut core = Core {
             shared: shared.clone(),
             ctrl,

@@ -77,6 +77,8 @@ pub(crate) struct Shared {
     pub remaining: [AtomicU32; MAX_REQUESTS],
     pub lanes: Vec<Lane>,
     pub chunk_bytes: usize,
+    /// `Config::stream_bounce`.
+    pub stream_bounce: bool,
     /// The staging ring for CUDA sends (send comms only), made at the comm's first one.
     pub cuda_stage: OnceLock<SendStage>,
     exited: Mutex<usize>,
@@ -90,7 +92,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn new(nsocks: usize, chunk_bytes: usize) -> Arc<Self> {
+    pub(crate) fn new(nsocks: usize, chunk_bytes: usize, stream_bounce: bool) -> Arc<Self> {
         Arc::new(Shared {
             closing: AtomicBool::new(false),
             has_error: AtomicBool::new(false),
@@ -107,6 +109,7 @@ impl Shared {
                 })
                 .collect(),
             chunk_bytes,
+            stream_bounce,
             cuda_stage: OnceLock::new(),
             exited: Mutex::new(0),
             exited_cv: Condvar::new(),
@@ -234,9 +237,15 @@ fn next_job(shared: &Shared, me: usize) -> Option<Job> {
     }
 }
 
+/// Bytes a helper receives into its scratch before streaming them to bounce pages
+/// ([`Shared::stream_bounce`]).
+const SCRATCH: usize = 128 * 1024;
+
 fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
     let fd = sock.as_raw_fd();
     let n = shared.lanes.len() as u64;
+    // Made at the helper's first bounce-page receive (host-memory comms never need it).
+    let mut scratch = Vec::new();
     while let Some(job) = next_job(shared, me) {
         let (first, nchunks) = lane_chunks(shared, me, &job);
         if matches!(job.kind, JobKind::SendStaged) && first < nchunks {
@@ -264,6 +273,12 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
                     // SAFETY: the iovec lies inside the caller's live receive buffer.
                     unsafe { sys::recv_all_iov(fd, &mut iov)? };
                 }
+                JobKind::RecvPages { pages, bounce } if shared.stream_bounce => {
+                    if scratch.is_empty() {
+                        scratch = vec![0u8; SCRATCH];
+                    }
+                    recv_pages_streamed(fd, pages, bounce, off, len, &mut scratch)?
+                }
                 JobKind::RecvPages { pages, bounce } => recv_pages(fd, pages, bounce, off, len)?,
             }
         }
@@ -277,6 +292,76 @@ fn lane_chunks(shared: &Shared, me: usize, job: &Job) -> (u64, u64) {
     let n = shared.lanes.len() as u64;
     let nchunks = job.size.div_ceil(shared.chunk_bytes) as u64;
     ((me as u64 + n - job.chunk_base % n) % n, nchunks)
+}
+
+/// As [`recv_pages`], through `scratch`: received there (it stays in this core's cache), then
+/// streamed to the bounce pages with non-temporal stores, so the pages are not dirty in any
+/// CPU cache when the GPU reads them.
+fn recv_pages_streamed(
+    fd: i32,
+    pages: *const u32,
+    bounce: *mut u8,
+    off: usize,
+    len: usize,
+    scratch: &mut [u8],
+) -> Result<()> {
+    let mut pos = off;
+    let end = off + len;
+    while pos < end {
+        let piece = scratch.len().min(end - pos);
+        let mut iov = [libc::iovec {
+            iov_base: scratch.as_mut_ptr().cast(),
+            iov_len: piece,
+        }];
+        // SAFETY: the iovec is the helper's own scratch.
+        unsafe { sys::recv_all_iov(fd, &mut iov)? };
+        let mut at = 0;
+        while at < piece {
+            let frag = PAGE_SIZE.min(end - (pos + at)).min(piece - at);
+            // SAFETY: the page list covers every fragment; page indices lie in the bounce
+            // region; request positions are page-aligned at fragment starts.
+            let page = unsafe { *pages.add((pos + at) / PAGE_SIZE) } as usize;
+            let dst = unsafe { bounce.add(page * PAGE_SIZE + (pos + at) % PAGE_SIZE) };
+            // SAFETY: `dst..dst+frag` is a reserved bounce page of this request.
+            unsafe { stream_copy(scratch.as_ptr().add(at), dst, frag) };
+            at += frag;
+        }
+        pos += piece;
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a fence; the streamed stores are ordered before the request completes.
+    unsafe {
+        core::arch::x86_64::_mm_sfence()
+    };
+    Ok(())
+}
+
+/// Copies `n` bytes with non-temporal 16-byte stores where `dst` is 16-byte aligned.
+///
+/// # Safety
+/// Both ranges are valid for `n` bytes and do not overlap.
+unsafe fn stream_copy(src: *const u8, dst: *mut u8, n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
+        if dst as usize % 16 == 0 {
+            let body = n / 16;
+            for i in 0..body {
+                // SAFETY: within both ranges; `dst` 16-byte aligned.
+                unsafe {
+                    let v = _mm_loadu_si128(src.add(i * 16).cast::<__m128i>());
+                    _mm_stream_si128(dst.add(i * 16).cast::<__m128i>(), v);
+                }
+            }
+            // SAFETY: the tail, within both ranges.
+            unsafe {
+                core::ptr::copy_nonoverlapping(src.add(body * 16), dst.add(body * 16), n % 16)
+            };
+            return;
+        }
+    }
+    // SAFETY: per the contract.
+    unsafe { core::ptr::copy_nonoverlapping(src, dst, n) };
 }
 
 /// Receives request bytes `off..off+len` into their bounce pages, one fragment per page;

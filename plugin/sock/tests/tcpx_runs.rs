@@ -1,5 +1,7 @@
 //! TCPX mode with the pool in its default order (not shuffled): a request's bounce pages
-//! come in runs of consecutive pages, which the data sockets fill with one iovec per run.
+//! come in runs of consecutive pages, which the data sockets fill with one iovec per run
+//! (received straight into the pages: `stream_bounce` off here; `tests/tcpx.rs` covers the
+//! streamed path).
 //! Requests held across others make runs break mid-request; data is rebuilt with the CPU
 //! reference unpack and must match either way.
 
@@ -13,7 +15,12 @@ const BOUNCE: usize = 8 << 20;
 
 #[test]
 fn page_runs_and_broken_runs_round_trip() {
-    init(true, false, BOUNCE);
+    init_with(tcpx_sock::Config {
+        unpack: true,
+        bounce_bytes: BOUNCE,
+        stream_bounce: false,
+        ..tcpx_sock::Config::default()
+    });
     let (s, r, _) = pair();
     // SAFETY: `r` is a live recv comm.
     let v = unsafe { tcpx_sock::recv_unpack_view(r.0) }.unwrap();

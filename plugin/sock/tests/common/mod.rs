@@ -18,14 +18,21 @@ pub fn net() -> &'static Net {
 
 /// Configures the plugin for loopback and calls `init` (once per test binary).
 pub fn init(unpack: bool, shuffle: bool, bounce_bytes: usize) {
+    init_with(tcpx_sock::Config {
+        unpack,
+        shuffle,
+        bounce_bytes,
+        ..tcpx_sock::Config::default()
+    });
+}
+
+/// [`init`] with a whole configuration (its `ifname` forced to `lo`).
+pub fn init_with(cfg: tcpx_sock::Config) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         tcpx_sock::configure(tcpx_sock::Config {
             ifname: Some("lo".into()),
-            unpack,
-            shuffle,
-            bounce_bytes,
-            ..tcpx_sock::Config::default()
+            ..cfg
         });
         // SAFETY: no logger.
         let rc = unsafe { net().init.unwrap()(None) };
