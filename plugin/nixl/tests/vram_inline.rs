@@ -10,7 +10,7 @@ use std::sync::Arc;
 use cudarc::driver::CudaContext;
 use plugin_TCPX::backend::{XferArgs, MEM_DRAM, MEM_VRAM};
 use plugin_TCPX::testing::{backend_pair, desc as d, poll_done, share_mem};
-use plugin_TCPX::xfer::Op;
+use plugin_TCPX::xfer::{Desc, Op};
 use plugin_TCPX::Status;
 use tcpx_kernels::mem::DeviceBuffer;
 
@@ -21,6 +21,27 @@ mod engine;
 use engine::gpu;
 
 const N: usize = 64 * 1024;
+
+/// A transfer's arguments: `local` of memory kind `lm`, `remote` of `rm` at `agent`.
+fn xfer<'a>(
+    op: Op,
+    local: &'a [Desc],
+    lm: i32,
+    remote: &'a [Desc],
+    rm: i32,
+    agent: &'a str,
+    notif: Option<&'a [u8]>,
+) -> XferArgs<'a> {
+    XferArgs {
+        op,
+        local,
+        local_mem: lm,
+        remote,
+        remote_mem: rm,
+        agent,
+        notif,
+    }
+}
 
 /// `N` bytes of host or device memory.
 enum Buf {
@@ -110,15 +131,7 @@ fn small_transfers_with_device_memory(op: Op) {
                 .iter()
                 .map(|p| d(theirs + ends(p).1, p.2, rd))
                 .collect();
-            let x = XferArgs {
-                op,
-                local: &l,
-                local_mem,
-                remote: &r,
-                remote_mem,
-                agent: "b",
-                notif: Some(b"n"),
-            };
+            let x = xfer(op, &l, local_mem, &r, remote_mem, "b", Some(b"n"));
             let mut h = 0;
             a.post_xfer(&x, &mut h).unwrap();
             let st = poll_done(&a, h);
@@ -205,15 +218,7 @@ fn transfers_to_ourselves_with_device_memory() {
                 .map(|p| d(local + ends(p).0, p.2, lm))
                 .collect();
             let r: Vec<_> = pieces.iter().map(|p| d(far + ends(p).1, p.2, fm)).collect();
-            let x = XferArgs {
-                op,
-                local: &l,
-                local_mem: lmem,
-                remote: &r,
-                remote_mem: fmem,
-                agent: "a",
-                notif: None,
-            };
+            let x = xfer(op, &l, lmem, &r, fmem, "a", None);
             let mut h = 0;
             assert_eq!(
                 a.post_xfer(&x, &mut h).unwrap(),
@@ -237,15 +242,7 @@ fn transfers_to_ourselves_with_device_memory() {
                 d(from.addr() + 50000, 100, af),
                 d(from.addr() + 4096, 8192, af),
             ];
-            let x = XferArgs {
-                op: Op::Write,
-                local: &l,
-                local_mem: MEM_VRAM,
-                remote: &r,
-                remote_mem: MEM_VRAM,
-                agent: "a",
-                notif: None,
-            };
+            let x = xfer(Op::Write, &l, MEM_VRAM, &r, MEM_VRAM, "a", None);
             let mut h = 0;
             let err = a.post_xfer(&x, &mut h).unwrap_err().to_string();
             assert!(err.contains("overlapping"), "{err}");
@@ -290,15 +287,7 @@ fn the_callers_current_context_is_left_alone() {
     );
     for (len, what) in [(4096u64, "inline WRITE"), (BIG as u64, "engine WRITE")] {
         let (l, r) = ([d(mine.addr(), len, md)], [d(theirs.addr(), len, rt)]);
-        let x = XferArgs {
-            op: Op::Write,
-            local: &l,
-            local_mem: MEM_VRAM,
-            remote: &r,
-            remote_mem: MEM_VRAM,
-            agent: "b",
-            notif: None,
-        };
+        let x = xfer(Op::Write, &l, MEM_VRAM, &r, MEM_VRAM, "b", None);
         let mut h = 0;
         a.post_xfer(&x, &mut h).unwrap();
         assert_eq!(poll_done(&a, h), Status::Success, "{what}");
@@ -310,15 +299,7 @@ fn the_callers_current_context_is_left_alone() {
         [d(mine.addr(), 4096, md)],
         [d(mine.addr() + 8192, 4096, alias)],
     );
-    let x = XferArgs {
-        op: Op::Write,
-        local: &l,
-        local_mem: MEM_VRAM,
-        remote: &r,
-        remote_mem: MEM_VRAM,
-        agent: "a",
-        notif: None,
-    };
+    let x = xfer(Op::Write, &l, MEM_VRAM, &r, MEM_VRAM, "a", None);
     let mut h = 0;
     assert_eq!(a.post_xfer(&x, &mut h).unwrap(), Status::Success);
     a.release_req(h).unwrap();
