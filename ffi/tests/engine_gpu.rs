@@ -170,3 +170,49 @@ fn two_processes_each_direction_of_device_memory() {
         }
     }
 }
+
+/// A session's GPU work runs on the caller's thread; the caller's current CUDA context (its
+/// runtime device) is what it was afterwards: after registering device memory, transfers,
+/// and dropping the sessions.
+#[test]
+fn the_callers_current_context_is_put_back() {
+    use cudarc::driver::sys;
+    let Some(ctx) = gpu() else { return };
+    let current = || {
+        let mut c: sys::CUcontext = std::ptr::null_mut();
+        // SAFETY: a query into a valid out-pointer.
+        unsafe { sys::cuCtxGetCurrent(&mut c) }.result().unwrap();
+        c
+    };
+    let (mut a, mut b) = pair();
+    let n = total();
+    let data = pattern(n, 9);
+    let mut src = Buf::new(&ctx, true, &data);
+    let mut dst = Buf::new(&ctx, true, &vec![0u8; n]);
+    // SAFETY: unbinding this thread's context; the buffers bind it again when they need it.
+    unsafe { sys::cuCtxSetCurrent(std::ptr::null_mut()) }
+        .result()
+        .unwrap();
+    let (sm, dm) = (src.register(&mut a), dst.register(&mut b));
+    assert!(current().is_null(), "registration left a context current");
+    let ax = a.post(Direction::Send, &segments(sm)).unwrap();
+    let bx = b.post(Direction::Recv, &segments(dm)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut ad, mut bd) = (false, false);
+    while !(ad && bd) {
+        assert!(Instant::now() < deadline, "transfer timed out");
+        ad = ad || matches!(a.poll(ax).unwrap(), Progress::Done { .. });
+        bd = bd || matches!(b.poll(bx).unwrap(), Progress::Done { .. });
+    }
+    assert!(current().is_null(), "a transfer left a context current");
+    drop((a, b));
+    assert!(
+        current().is_null(),
+        "dropping the sessions left a context current"
+    );
+    let got = dst.bytes();
+    for s in segments(dm) {
+        let r = s.offset as usize..(s.offset + s.len) as usize;
+        assert!(got[r.clone()] == data[r], "segment at {} differs", s.offset);
+    }
+}

@@ -95,6 +95,11 @@ unsafe impl Send for UnpackSource {}
 /// Only made once the driver is known to be there.
 pub(crate) struct CtxGuard(cudarc::driver::sys::CUcontext);
 
+// SAFETY: a context handle may be made current on any thread; a guard restores the context
+// of the thread it was saved on only if it is dropped there, which is how it is used (a
+// `Session` holds one only while it is being dropped).
+unsafe impl Send for CtxGuard {}
+
 impl CtxGuard {
     pub(crate) fn save() -> CtxGuard {
         let mut c = std::ptr::null_mut();

@@ -156,6 +156,7 @@ impl Listener {
             next_first: [0; 2],
             broken: None,
             _listens: self.listens,
+            restore_ctx: None,
         })
     }
 }
@@ -187,6 +188,18 @@ pub struct Session {
     /// end (capacity: every window slot of every channel, so pushing never allocates).
     queued: Vec<(usize, u64)>,
     _listens: Vec<ListenComm>,
+    /// Set by `drop` when a GPU is open: dropped last (fields drop in order), it puts the
+    /// caller's current CUDA context back after the GPU's objects were released with the
+    /// session's bound.
+    restore_ctx: Option<CtxGuard>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.gpu.is_some() {
+            self.restore_ctx = Some(CtxGuard::save());
+        }
+    }
 }
 
 impl Session {
