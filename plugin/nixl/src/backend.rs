@@ -554,6 +554,12 @@ impl Backend {
     pub fn inline_writes(&self) -> u64 {
         self.remote.inline_writes()
     }
+
+    /// Bytes the notification queue counts against `notif_queue_bytes` now (queued and
+    /// reserved; for tests).
+    pub fn notif_bytes_held(&self) -> u64 {
+        lock(&self.notifs).held()
+    }
 }
 
 #[cfg(test)]

@@ -575,6 +575,19 @@ struct Shared {
 }
 
 impl Shared {
+    /// A dead conn's inline WRITEs that were still waiting give back the queue room their
+    /// notifs reserved (they will never be delivered), so a peer that leaves cannot shrink
+    /// the queue for everyone.
+    fn release_reservations(&self, c: &Conn) {
+        for j in lock(&c.jobs).iter_mut().filter(|j| j.reserved) {
+            if let Some(Some(msg)) = &j.write {
+                lock(&self.notifs).unreserve(msg.len());
+            }
+            j.reserved = false;
+            j.write = None;
+        }
+    }
+
     /// The copier of `device`, if its memory can travel inline.
     fn copier(&self, device: u32) -> Option<Arc<Copier>> {
         lock(&self.copiers).get(&device).cloned().flatten()
@@ -1927,6 +1940,9 @@ fn run(shared: &Arc<Shared>, listener: &TcpListener) {
             moved |= shared.service(c);
         }
         if conns.iter().any(|c| c.dead().is_some()) {
+            for c in conns.iter().filter(|c| c.dead().is_some()) {
+                shared.release_reservations(c);
+            }
             lock(&shared.conns).retain(|c| c.dead().is_none());
             lock(&shared.outgoing).retain(|_, c| c.dead().is_none());
         }

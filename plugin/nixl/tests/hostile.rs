@@ -772,6 +772,7 @@ fn run_cases() {
     {
         let case = "inline WRITEs flooding behind a WRITE whose data never comes";
         eprintln!("HOSTILE-CASE {case}");
+        let held = w.t.notif_bytes_held();
         let mut p = Peer::connect(addr, hostile);
         p.send(&write_announce(700, &[w.seg(0, 4096)]));
         // 4096 jobs at most per conn: the WRITE above and 4095 inline WRITEs wait, the next
@@ -781,7 +782,7 @@ fn run_cases() {
             batch.extend(frame(&Message::WriteAnnounce(WriteAnnounce {
                 xfer: 701 + i,
                 segments: &[w.seg(8192 + (i % 1000) * 8, 8)],
-                notif: None,
+                notif: Some(b"waiting"),
                 data: Some(&[0xD7; 8]),
             })));
         }
@@ -813,6 +814,22 @@ fn run_cases() {
         }
         assert!(closed, "{case}: the conn stayed open past {BOUND:?}");
         drop(p);
+        // The waiting WRITEs' notifs reserved room; the dead conn gave it back (bounded wait:
+        // the backend thread drops dead conns on its next pass).
+        let deadline = Instant::now() + BOUND;
+        loop {
+            // The peer's bare `Notif`s were queued for the application: take them.
+            w.t.take_notifs(|_, _| true).unwrap();
+            if w.t.notif_bytes_held() == held {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{case}: {} notification bytes still held, {held} before",
+                w.t.notif_bytes_held()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         after(&mut w, case, baseline);
     }
 
