@@ -83,6 +83,17 @@ impl Buf {
     }
 }
 
+/// Polls both sides until both transfers are done (bounded).
+fn finish(a: &mut Session, ax: tcpx::XferId, b: &mut Session, bx: tcpx::XferId) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut ad, mut bd) = (false, false);
+    while !(ad && bd) {
+        assert!(Instant::now() < deadline, "transfer timed out");
+        ad = ad || matches!(a.poll(ax).unwrap(), Progress::Done { .. });
+        bd = bd || matches!(b.poll(bx).unwrap(), Progress::Done { .. });
+    }
+}
+
 fn transfer(ctx: &Arc<CudaContext>, src_dev: bool, dst_dev: bool) {
     let (mut a, mut b) = pair();
     let n = total();
@@ -93,13 +104,7 @@ fn transfer(ctx: &Arc<CudaContext>, src_dev: bool, dst_dev: bool) {
     for round in 0..3 {
         let ax = a.post(Direction::Send, &segments(sm)).unwrap();
         let bx = b.post(Direction::Recv, &segments(dm)).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let (mut ad, mut bd) = (false, false);
-        while !(ad && bd) {
-            assert!(Instant::now() < deadline, "transfer timed out");
-            ad = ad || matches!(a.poll(ax).unwrap(), Progress::Done { .. });
-            bd = bd || matches!(b.poll(bx).unwrap(), Progress::Done { .. });
-        }
+        finish(&mut a, ax, &mut b, bx);
         a.release(ax).unwrap();
         b.release(bx).unwrap();
         let got = dst.bytes();
@@ -197,13 +202,7 @@ fn the_callers_current_context_is_put_back() {
     assert!(current().is_null(), "registration left a context current");
     let ax = a.post(Direction::Send, &segments(sm)).unwrap();
     let bx = b.post(Direction::Recv, &segments(dm)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (mut ad, mut bd) = (false, false);
-    while !(ad && bd) {
-        assert!(Instant::now() < deadline, "transfer timed out");
-        ad = ad || matches!(a.poll(ax).unwrap(), Progress::Done { .. });
-        bd = bd || matches!(b.poll(bx).unwrap(), Progress::Done { .. });
-    }
+    finish(&mut a, ax, &mut b, bx);
     assert!(current().is_null(), "a transfer left a context current");
     drop((a, b));
     assert!(
