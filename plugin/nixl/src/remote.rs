@@ -264,6 +264,20 @@ enum InlineEnd {
     NoCopier(u32),
 }
 
+impl InlineEnd {
+    /// The copier that reaches range `i` (`None`: host memory); a device without one is an
+    /// error (checked before any copy, so only a changed table could get here).
+    fn copier(self, i: usize) -> Result<Option<Arc<Copier>>, (Status, String)> {
+        match self {
+            InlineEnd::Host => Ok(None),
+            InlineEnd::Device(c) => Ok(Some(c)),
+            InlineEnd::NoCopier(d) => {
+                Err((Status::Backend, format!("segment {i}: device {d} is gone")))
+            }
+        }
+    }
+}
+
 /// Where wire segment `i` of a peer's request lies in our registrations: (md, offset inside
 /// it, memory kind), or the refusal to answer with.
 fn locate(
@@ -283,8 +297,42 @@ fn locate(
     Ok((md, s.addr() - r.span.base, r.mem))
 }
 
-/// Copies our segments' bytes, in order, into `out` (host memory directly, device memory
-/// through its copier): an inline WRITE's data.
+/// Copies `dst.len()` bytes of our memory at `addr` into `dst`: host memory with the CPU,
+/// device memory with its device's `copier`.
+///
+/// # Safety
+/// `addr..addr + dst.len()` is live memory of ours (host memory when `copier` is `None`, else
+/// of the copier's device) that nothing writes meanwhile.
+unsafe fn read_ours(copier: Option<&Copier>, addr: u64, dst: &mut [u8]) -> tcpx::Result<()> {
+    match copier {
+        // SAFETY: per the contract; `dst` is ours and does not overlap it.
+        None => unsafe {
+            std::ptr::copy_nonoverlapping(addr as *const u8, dst.as_mut_ptr(), dst.len());
+            Ok(())
+        },
+        // SAFETY: per the contract.
+        Some(c) => unsafe { c.to_host(addr, dst) },
+    }
+}
+
+/// Copies `src` into our memory at `addr`, as [`read_ours`] the other way.
+///
+/// # Safety
+/// `addr..addr + src.len()` is live memory of ours (as in [`read_ours`]) that nothing else
+/// uses meanwhile.
+unsafe fn write_ours(copier: Option<&Copier>, addr: u64, src: &[u8]) -> tcpx::Result<()> {
+    match copier {
+        // SAFETY: per the contract; `src` is ours and does not overlap it.
+        None => unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), addr as *mut u8, src.len());
+            Ok(())
+        },
+        // SAFETY: per the contract.
+        Some(c) => unsafe { c.to_device(addr, src) },
+    }
+}
+
+/// Copies our segments' bytes, in order, into `out`: an inline WRITE's data.
 fn gather_local(
     segs: &[Segment],
     copiers: &[Option<Arc<Copier>>],
@@ -296,17 +344,12 @@ fn gather_local(
     let mut at = 0;
     for (s, copier) in segs.iter().zip(copiers) {
         let len = s.len as usize;
-        let dst = &mut out[at..at + len];
+        // SAFETY: `plan` put the range inside one of our registrations (device memory of the
+        // copier's device when there is one), which NIXL's contract keeps allocated while the
+        // transfer is posted.
+        unsafe { read_ours(copier.as_deref(), s.local, &mut out[at..at + len]) }
+            .map_err(Error::Engine)?;
         at += len;
-        match copier {
-            // SAFETY: `plan` put the range inside one of our host-memory registrations, which
-            // NIXL's contract keeps allocated while the transfer is posted.
-            None => unsafe {
-                std::ptr::copy_nonoverlapping(s.local as *const u8, dst.as_mut_ptr(), len)
-            },
-            // SAFETY: as above, a range of device memory on the copier's device.
-            Some(c) => unsafe { c.to_host(s.local, dst) }.map_err(Error::Engine)?,
-        }
     }
     Ok(())
 }
@@ -480,10 +523,9 @@ struct Flight {
     /// segment of the request, refilled in place by each post.
     segs: Vec<ESeg>,
     engine: Option<XferId>,
-    /// READ: the ReadRequest offered to take the data inline; where it goes then (our
+    /// READ that offered to take its data inline (empty otherwise): where the data goes (our
     /// addresses and lengths, request order, and the copier of device memory; capacity kept
     /// across reposts).
-    inline: bool,
     inline_dst: Vec<(u64, u64, Option<Arc<Copier>>)>,
     /// WRITE: Ack 0 received. READ: unused.
     acked: bool,
@@ -523,12 +565,11 @@ pub struct RemoteXfer {
     /// reused by every post).
     notif: Vec<u8>,
     notify: bool,
-    /// Small enough, all our side host memory or device memory with a copier: a READ offers
-    /// to take the data inline (it goes to `segments`' local addresses, in request order), a
-    /// WRITE carries it in the announce.
-    inline: bool,
-    /// With `inline`: per segment, the copier of its device memory (`None`: host memory).
-    inline_copiers: Vec<Option<Arc<Copier>>>,
+    /// `Some` when small enough and all our side host memory or device memory with a copier:
+    /// a READ offers to take the data inline (it goes to `segments`' local addresses, in
+    /// request order), a WRITE carries it in the announce. Per segment, the copier of its
+    /// device memory (`None`: host memory).
+    inline: Option<Vec<Option<Arc<Copier>>>>,
     /// An inline WRITE's data, gathered at each post (reused).
     inline_data: Vec<u8>,
     /// The latest post's flight, reused by the next post.
@@ -766,7 +807,7 @@ impl RemotePath {
         // A small transfer goes inline when every local segment is host memory or device
         // memory with a copier: a READ offers to take its data in the answer, a WRITE puts it
         // in the announce.
-        let copiers = if limit > 0 && total <= limit {
+        let inline = if limit > 0 && total <= limit {
             segments
                 .iter()
                 .map(|s| match s.dev {
@@ -783,8 +824,7 @@ impl RemotePath {
             wire,
             notif: Vec::new(),
             notify: false,
-            inline: copiers.is_some(),
-            inline_copiers: copiers.unwrap_or_default(),
+            inline,
             inline_data: Vec::new(),
             flight: None,
             posted: false,
@@ -863,7 +903,6 @@ impl RemotePath {
                     conn: conn.clone(),
                     segs: Vec::with_capacity(x.segments.len()),
                     engine: None,
-                    inline: false,
                     inline_dst: Vec::with_capacity(x.segments.len()),
                     acked: false,
                     moved: false,
@@ -881,13 +920,12 @@ impl RemotePath {
             // Where an inline READ's data goes, and the conn's engine regions of our segments
             // (this conn may be new since the last post). Lock order: flight, then session.
             let mut f = lock(&flight);
-            f.inline = x.inline;
             f.inline_dst.clear();
-            if x.inline && x.op == Op::Read {
+            if let (Some(copiers), Op::Read) = (&x.inline, x.op) {
                 f.inline_dst.extend(
                     x.segments
                         .iter()
-                        .zip(&x.inline_copiers)
+                        .zip(copiers)
                         .map(|(s, c)| (s.local, s.len, c.clone())),
                 );
             }
@@ -905,13 +943,13 @@ impl RemotePath {
                 });
             }
         }
-        if x.op == Op::Write && x.inline {
-            gather_local(&x.segments, &x.inline_copiers, &mut x.inline_data)?;
+        if let (Some(copiers), Op::Write) = (&x.inline, x.op) {
+            gather_local(&x.segments, copiers, &mut x.inline_data)?;
         }
         let mut tx = lock(&conn.tx);
         lock(&conn.pending).insert(wire_id, flight.clone());
         let sent = match x.op {
-            Op::Write if x.inline => {
+            Op::Write if x.inline.is_some() => {
                 // The data is in the announce: nothing for the data session.
                 let mut f = lock(&flight);
                 f.engine = None;
@@ -961,7 +999,7 @@ impl RemotePath {
                     &Message::ReadRequest(ReadRequest {
                         xfer: wire_id,
                         segments: &x.wire,
-                        inline_ok: x.inline,
+                        inline_ok: x.inline.is_some(),
                     }),
                 )
             }
@@ -972,7 +1010,7 @@ impl RemotePath {
             return Err(e);
         }
         x.posted = true;
-        if x.op == Op::Write && !x.inline {
+        if x.op == Op::Write && x.inline.is_none() {
             // Put the data on the wire now rather than at the first `checkXfer`. A session
             // error surfaces there (this post stands; the conn is then dead).
             let _ = lock(&conn.engine).session.progress();
@@ -1467,16 +1505,11 @@ impl Shared {
         }
     }
 
-    /// An inline WRITE arrived: room for its notif is reserved and, when WRITEs announced
-    /// before it are still landing, its place among the jobs is checked, both before any byte
-    /// is written; then its data is copied in. `Ok(Some(notif))`: complete it now;
-    /// `Ok(None)`: it waits among the jobs. A refusal (`Err`) wrote nothing.
-    #[allow(clippy::type_complexity)]
-    fn take_inline_write(
-        &self,
-        c: &Conn,
-        w: &WriteAnnounce<'_>,
-    ) -> Result<Option<Option<Vec<u8>>>, (Status, String)> {
+    /// An inline WRITE arrived: room for its notif and a place among the conn's jobs are taken
+    /// before any byte is written, then its data is copied in and it joins the jobs as one
+    /// whose transfer is done (`finish_jobs` acknowledges it after the WRITEs that arrived
+    /// before it, in this same pass when none is still landing). A refusal wrote nothing.
+    fn take_inline_write(&self, c: &Conn, w: &WriteAnnounce<'_>) -> Result<(), (Status, String)> {
         let room = w.notif.map_or(0, <[u8]>::len);
         if w.notif.is_some() {
             lock(&self.notifs)
@@ -1489,14 +1522,13 @@ impl Shared {
             }
         };
         // Only the backend thread changes a target conn's jobs, so this holds until the push.
-        let (wait, full) = {
+        // The bound counts only while a WRITE is still landing: otherwise every job here
+        // finishes at the end of this pass, however many frames it brought.
+        let full = {
             let jobs = lock(&c.jobs);
-            (
-                jobs.iter().any(|j| j.write.is_some()),
-                jobs.len() >= MAX_JOBS,
-            )
+            jobs.len() >= MAX_JOBS && jobs.iter().any(|j| j.id.is_some() && j.write.is_some())
         };
-        if wait && full {
+        if full {
             unreserve();
             return Err((
                 Status::NotAllowed,
@@ -1508,20 +1540,15 @@ impl Shared {
             return Err(e);
         }
         self.inline_writes.fetch_add(1, Ordering::Relaxed);
-        // The one allocation serving a WRITE: the notification the app receives.
-        let notif = w.notif.map(<[u8]>::to_vec);
-        if !wait {
-            return Ok(Some(notif));
-        }
-        // Its Ack follows those of the WRITEs that arrived before it.
         lock(&c.jobs).push(Job {
             id: None,
             seq: c.next_seq.fetch_add(1, Ordering::Relaxed),
             wire: w.xfer,
-            write: Some(notif),
+            // The one allocation serving a WRITE: the notification the app receives.
+            write: Some(w.notif.map(<[u8]>::to_vec)),
             reserved: true,
         });
-        Ok(None)
+        Ok(())
     }
 
     /// An inline WRITE: checks every range against our registrations, then copies the data
@@ -1542,27 +1569,16 @@ impl Shared {
             let len = s.len() as usize;
             let src = &data[at..at + len];
             at += len;
-            match self.inline_end(&table, i, s)? {
-                // SAFETY: `locate` put the range inside a live host-memory registration of
-                // ours, which the table's read lock keeps registered until the copy is done;
-                // the frame buffer does not overlap it.
-                InlineEnd::Host => unsafe {
-                    std::ptr::copy_nonoverlapping(src.as_ptr(), s.addr() as *mut u8, len)
-                },
-                // SAFETY: the range lies inside a live registration of device memory of ours
-                // (kept registered by the table's read lock until the copy returns).
-                InlineEnd::Device(copier) => {
-                    unsafe { copier.to_device(s.addr(), src) }.map_err(|e| {
-                        (
-                            Status::Backend,
-                            format!("segment {i}: writing device memory: {e}"),
-                        )
-                    })?
-                }
-                InlineEnd::NoCopier(d) => {
-                    return Err((Status::Backend, format!("segment {i}: device {d} is gone")))
-                }
-            }
+            let copier = self.inline_end(&table, i, s)?.copier(i)?;
+            // SAFETY: `locate` put the range inside a live registration of ours (device memory
+            // of the copier's device when there is one), which the table's read lock keeps
+            // registered until the copy is done; the frame buffer does not overlap it.
+            unsafe { write_ours(copier.as_deref(), s.addr(), src) }.map_err(|e| {
+                (
+                    Status::Backend,
+                    format!("segment {i}: writing device memory: {e}"),
+                )
+            })?;
         }
         Ok(())
     }
@@ -1646,26 +1662,16 @@ impl Shared {
             let len = s.len() as usize;
             let dst = &mut buf[at..at + len];
             at += len;
-            match self.inline_end(&table, i, s)? {
-                // SAFETY: `locate` put the range inside a live host-memory registration of
-                // ours, which the table's read lock keeps registered until the copy is done.
-                InlineEnd::Host => dst.copy_from_slice(unsafe {
-                    std::slice::from_raw_parts(s.addr() as *const u8, len)
-                }),
-                // SAFETY: the range lies inside a live registration of device memory of ours
-                // (kept registered by the table's read lock until the copy returns).
-                InlineEnd::Device(copier) => {
-                    unsafe { copier.to_host(s.addr(), dst) }.map_err(|e| {
-                        (
-                            Status::Backend,
-                            format!("segment {i}: reading device memory: {e}"),
-                        )
-                    })?
-                }
-                InlineEnd::NoCopier(d) => {
-                    return Err((Status::Backend, format!("segment {i}: device {d} is gone")))
-                }
-            }
+            let copier = self.inline_end(&table, i, s)?.copier(i)?;
+            // SAFETY: `locate` put the range inside a live registration of ours (device memory
+            // of the copier's device when there is one), which the table's read lock keeps
+            // registered until the copy is done.
+            unsafe { read_ours(copier.as_deref(), s.addr(), dst) }.map_err(|e| {
+                (
+                    Status::Backend,
+                    format!("segment {i}: reading device memory: {e}"),
+                )
+            })?;
         }
         Ok(true)
     }
@@ -1687,17 +1693,13 @@ impl Shared {
         })?;
         match (c.initiator, msg) {
             (false, Message::WriteAnnounce(w)) if w.data.is_some() => {
-                match self.take_inline_write(c, &w) {
-                    Err((status, why)) => {
-                        c.log_repeated(
-                            &c.refused_writes,
-                            format_args!("refusing inline WRITE {}: {why}", w.xfer),
-                        );
-                        // Nothing else of it is on the wire: the conn stays usable.
-                        c.send_error(status, w.xfer, &why)?;
-                    }
-                    Ok(None) => {}
-                    Ok(Some(notif)) => self.complete_write(c, w.xfer, notif, true)?,
+                if let Err((status, why)) = self.take_inline_write(c, &w) {
+                    c.log_repeated(
+                        &c.refused_writes,
+                        format_args!("refusing inline WRITE {}: {why}", w.xfer),
+                    );
+                    // Nothing else of it is on the wire: the conn stays usable.
+                    c.send_error(status, w.xfer, &why)?;
                 }
             }
             (false, Message::WriteAnnounce(w)) => {
@@ -1803,12 +1805,13 @@ impl Shared {
                     f.ok_or_else(|| Error::Mismatch(format!("ReadData for unknown {}", d.xfer)))?;
                 let mut f = lock(&f);
                 stale(&f, d.xfer)?;
+                let offered = !f.inline_dst.is_empty();
                 let want = f.inline_dst.iter().map(|r| r.1).sum::<u64>();
-                if !f.inline || want != d.data.len() as u64 {
+                if !offered || want != d.data.len() as u64 {
                     let why = format!(
                         "ReadData of {} bytes for {} {}",
                         d.data.len(),
-                        if f.inline {
+                        if offered {
                             "a READ of"
                         } else {
                             "a READ that did not offer inline, of"
@@ -1825,26 +1828,13 @@ impl Shared {
                     for (addr, len, copier) in &f.inline_dst {
                         let src = &d.data[at..at + *len as usize];
                         at += *len as usize;
-                        match copier {
-                            // SAFETY: `addr..addr+len` is a range of one of our host-memory
-                            // registrations (checked at prepare, still registered at post:
-                            // NIXL's contract keeps it so while the transfer is live); the
-                            // frame buffer does not overlap it.
-                            None => unsafe {
-                                std::ptr::copy_nonoverlapping(
-                                    src.as_ptr(),
-                                    *addr as *mut u8,
-                                    src.len(),
-                                )
-                            },
-                            // SAFETY: as above, a range of one of our device-memory
-                            // registrations on the copier's device.
-                            Some(c) => {
-                                if let Err(e) = unsafe { c.to_device(*addr, src) } {
-                                    failed = Some(format!("writing device memory: {e}"));
-                                    break;
-                                }
-                            }
+                        // SAFETY: `addr..addr+len` is a range of one of our registrations
+                        // (device memory of the copier's device when there is one; checked at
+                        // prepare, still registered at post: NIXL's contract keeps it so while
+                        // the transfer is live); the frame buffer does not overlap it.
+                        if let Err(e) = unsafe { write_ours(copier.as_deref(), *addr, src) } {
+                            failed = Some(format!("writing device memory: {e}"));
+                            break;
                         }
                     }
                     if let Some(why) = failed {
