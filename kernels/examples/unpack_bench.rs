@@ -193,14 +193,10 @@ fn main() -> BoxResult<()> {
     // Slot 0 (4 MiB) and the 512 KiB chunk as launch-parameter lists, as the engine launches
     // them: the entries copied out of the table.
     let list_of = |m: &MappedHostBuffer, pages: usize, bounce: CUdeviceptr| -> Box<UnpackList> {
-        let entries = NetUnpackMeta::ref_from_bytes(m.as_slice())
-            .expect("table layout")
-            .mem[0][..pages]
-            .to_vec();
+        let table = NetUnpackMeta::ref_from_bytes(m.as_slice()).expect("table layout");
         let mut l = UnpackList::new_boxed();
-        l.push(bounce, dst_ptr, pages)
-            .expect("fits")
-            .copy_from_slice(&entries);
+        l.push(bounce, dst_ptr, &table.mem[0][..pages])
+            .expect("fits");
         l
     };
     let dev_list = list_of(&meta_buf, PAGES, dev_bounce.ptr());

@@ -250,16 +250,17 @@ impl UnpackList {
         (self.njobs as usize) < MAX_LIST_JOBS && self.count as usize + entries <= MAX_LIST_ENTRIES
     }
 
-    /// Appends a job whose fragments go from `bounce + src_off` to `dst + dst_off`, and returns
-    /// its entries for the caller to fill (`entries` of them, zeroed); `None` when it does not
-    /// fit. The caller checks what it wrote before launching.
+    /// Appends a job copying `entries` from `bounce + src_off` to `dst + dst_off`, and returns
+    /// the list's copy of them (what the kernel will apply: check that one, since `entries`
+    /// may change after this); `None` when it does not fit.
     pub fn push(
         &mut self,
         bounce: CUdeviceptr,
         dst: CUdeviceptr,
-        entries: usize,
-    ) -> Option<&mut [LoadMeta]> {
-        if !self.fits(entries) {
+        entries: &[LoadMeta],
+    ) -> Option<&[LoadMeta]> {
+        let n = entries.len();
+        if !self.fits(n) {
             return None;
         }
         let first = self.count as usize;
@@ -267,13 +268,13 @@ impl UnpackList {
             bounce,
             dst,
             first: first as u32,
-            count: entries as u32,
+            count: n as u32,
         };
         self.njobs += 1;
-        self.count += entries as u32;
-        let slots = &mut self.entries[first..first + entries];
-        slots.fill(LoadMeta::default());
-        Some(slots)
+        self.count += n as u32;
+        let copy = &mut self.entries[first..first + n];
+        copy.copy_from_slice(entries);
+        Some(copy)
     }
 
     /// Removes the last job pushed (one whose entries failed the caller's check).

@@ -250,10 +250,8 @@ fn check(g: &Gpu, kind: BounceKind, bounce: &[u8], jobs: &[Job], launch: Launch,
         Launch::List => {
             let mut list = UnpackList::new_boxed();
             for (d, j) in descs.iter().zip(jobs) {
-                let slots = list
-                    .push(d.bounce, d.dst, j.entries.len())
+                list.push(d.bounce, d.dst, &j.entries)
                     .expect("the test's jobs fit one list");
-                slots.copy_from_slice(&j.entries);
             }
             unsafe { g.kernels.launch_unpack_list(&g.stream, &list) }.expect("launch list");
         }
@@ -636,12 +634,13 @@ fn list_launch_matches_cpu() {
     // An empty list launches nothing; a list refuses what does not fit.
     let mut list = UnpackList::new_boxed();
     unsafe { g.kernels.launch_unpack_list(&g.stream, &list) }.expect("empty list");
-    assert!(list.push(0, 0, MAX_LIST_ENTRIES + 1).is_none());
+    let too_many = vec![LoadMeta::default(); MAX_LIST_ENTRIES + 1];
+    assert!(list.push(0, 0, &too_many).is_none());
     for _ in 0..MAX_LIST_JOBS {
-        assert!(list.push(0, 0, 0).is_some());
+        assert!(list.push(0, 0, &[]).is_some());
     }
     assert!(
-        list.push(0, 0, 0).is_none(),
+        list.push(0, 0, &[]).is_none(),
         "more jobs than the list holds"
     );
     list.clear();

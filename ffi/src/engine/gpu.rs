@@ -102,18 +102,16 @@ unsafe impl Send for CtxGuard {}
 
 impl CtxGuard {
     pub(crate) fn save() -> CtxGuard {
-        let mut c = std::ptr::null_mut();
-        // SAFETY: a query into a valid out-pointer (left null when the thread has none).
-        let _ = unsafe { cudarc::driver::sys::cuCtxGetCurrent(&mut c) };
-        CtxGuard(c)
+        let current = cudarc::driver::result::ctx::get_current().ok().flatten();
+        CtxGuard(current.unwrap_or(std::ptr::null_mut()))
     }
 }
 
 impl Drop for CtxGuard {
     fn drop(&mut self) {
-        // SAFETY: a context the thread had current (or none); it outlives this call, since
-        // whoever made it current still holds it.
-        let _ = unsafe { cudarc::driver::sys::cuCtxSetCurrent(self.0) };
+        // SAFETY: a context the thread had current (or none: NULL unbinds); it outlives this
+        // call, since whoever made it current still holds it.
+        let _ = unsafe { cudarc::driver::result::ctx::set_current(self.0) };
     }
 }
 
@@ -206,9 +204,8 @@ impl Gpu {
         }
         let entries = self
             .list
-            .push(src.bounce, dst, count)
+            .push(src.bounce, dst, src.entries(slot, count))
             .ok_or(Error::Invalid("unpack list full after a launch"))?;
-        entries.copy_from_slice(src.entries(slot, count));
         if let Err(e) = check_entries(entries, slot, len) {
             self.list.pop();
             return Err(e);
@@ -261,19 +258,17 @@ impl Gpu {
 }
 
 /// Small synchronous copies between host memory and one device's memory, for transfers too
-/// short to be worth a window of chunks (the NIXL backend's inline READs). They run on a
-/// non-blocking stream of their own, so they neither wait for nor hold up the application's
-/// work on the legacy default stream; each returns once its bytes have arrived.
+/// short to be worth a window of chunks and for copies within one agent (the NIXL backend's
+/// inline READs and WRITEs and its transfers to itself). They run on a non-blocking stream of
+/// their own, so they neither wait for nor hold up the application's work on the legacy
+/// default stream; each returns once its bytes have arrived.
 pub struct Copier {
-    device: u32,
     stream: Arc<CudaStream>,
 }
 
 impl std::fmt::Debug for Copier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Copier")
-            .field("device", &self.device)
-            .finish_non_exhaustive()
+        f.debug_struct("Copier").finish_non_exhaustive()
     }
 }
 
@@ -286,11 +281,7 @@ impl Copier {
         // SAFETY: the copier orders its own work: every copy is waited for before it returns.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(cuda("CUDA stream"))?;
-        Ok(Copier { device, stream })
-    }
-
-    pub fn device(&self) -> u32 {
-        self.device
+        Ok(Copier { stream })
     }
 
     /// Copies `dst.len()` bytes from device address `src` into `dst`.

@@ -50,6 +50,13 @@ pub struct Region {
     pub key: u64,
 }
 
+impl Region {
+    /// The CUDA device of the registered memory; `None` for host memory.
+    pub fn cuda_device(&self) -> Option<u32> {
+        (self.mem == MemKind::Vram).then_some(self.device)
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Md {
     /// A local registration (`registerMem`).

@@ -279,12 +279,12 @@ impl InlineEnd {
 }
 
 /// Where wire segment `i` of a peer's request lies in our registrations: (md, offset inside
-/// it, memory kind), or the refusal to answer with.
+/// it, CUDA device of the memory or `None` for host memory), or the refusal to answer with.
 fn locate(
     table: &MemTable,
     i: usize,
     s: &WireSegment,
-) -> Result<(usize, u64, MemKind), (Status, String)> {
+) -> Result<(usize, u64, Option<u32>), (Status, String)> {
     let bad = |why: &str| (Status::InvalidParam, format!("segment {i}: {why}"));
     let md = usize::try_from(s.region()).map_err(|_| bad("unknown region"))?;
     let r = table.local(md).map_err(|_| bad("unknown region"))?;
@@ -294,7 +294,7 @@ fn locate(
     if !r.span.contains(s.addr(), s.len()) {
         return Err(bad("range outside the registration"));
     }
-    Ok((md, s.addr() - r.span.base, r.mem))
+    Ok((md, s.addr() - r.span.base, r.cuda_device()))
 }
 
 /// Copies `dst.len()` bytes of our memory at `addr` into `dst`: host memory with the CPU,
@@ -1591,14 +1591,12 @@ impl Shared {
         i: usize,
         s: &WireSegment,
     ) -> Result<InlineEnd, (Status, String)> {
-        let (md, _, mem) = locate(table, i, s)?;
-        Ok(match mem {
-            MemKind::Dram => InlineEnd::Host,
-            MemKind::Vram => {
-                let device = table.local(md).map_or(u32::MAX, |r| r.device);
-                self.copier(device)
-                    .map_or(InlineEnd::NoCopier(device), InlineEnd::Device)
-            }
+        let (_, _, device) = locate(table, i, s)?;
+        Ok(match device {
+            None => InlineEnd::Host,
+            Some(d) => self
+                .copier(d)
+                .map_or(InlineEnd::NoCopier(d), InlineEnd::Device),
         })
     }
 

@@ -7,10 +7,10 @@
 use std::sync::Arc;
 
 use tcpx::engine::Copier;
-use tcpx_core::wire::{MemKind, RegionToken};
+use tcpx_core::wire::RegionToken;
 
 use crate::error::{Arg, Error};
-use crate::registry::{MdId, MemTable, Region, Span, Target};
+use crate::registry::{MdId, MemTable, Span, Target};
 
 /// One descriptor as the shim flattens it (C `TcpxDesc`).
 #[repr(C)]
@@ -91,11 +91,6 @@ impl Segment {
     }
 }
 
-/// The CUDA device of a registration's memory; `None` for host memory.
-pub fn device_of(r: &Region) -> Option<u32> {
-    (r.mem == MemKind::Vram).then_some(r.device)
-}
-
 /// Checks a descriptor-list pair and resolves it into segments.
 ///
 /// Lists must be non-empty, of equal count and pairwise equal lengths; each local descriptor
@@ -163,7 +158,7 @@ pub fn visit(
                 region.span,
                 Far::Own {
                     addr: r.addr,
-                    dev: device_of(&region),
+                    dev: region.cuda_device(),
                 },
             ),
             Target::Peer(token) => (
@@ -188,7 +183,7 @@ pub fn visit(
             local: l.addr,
             md: l.md,
             offset: l.addr - region.span.base,
-            dev: device_of(region),
+            dev: region.cuda_device(),
             far,
             len: l.len,
         })?;
@@ -266,7 +261,8 @@ fn own_copier(
 ///
 /// # Safety
 /// Both of the segment's ranges are live registered memory for the duration of the call (host
-/// memory when `copier` is `None`, else memory the copier's device can reach).
+/// memory when `copier` is `None`, else memory the copier's device can reach, and then not
+/// overlapping: [`revalidate_and_copy_own`] checks that before anything moves).
 unsafe fn copy_segment(op: Op, s: &Segment, copier: Option<&Copier>) -> Result<(), Error> {
     let (far, len) = own_range(s)?;
     let (src, dst) = match op {
@@ -277,17 +273,9 @@ unsafe fn copy_segment(op: Op, s: &Segment, copier: Option<&Copier>) -> Result<(
         // SAFETY: the caller guarantees both ranges are live registered host memory; `copy`
         // (memmove) is correct even when source and destination overlap.
         None => unsafe { std::ptr::copy(src as usize as *const u8, dst as usize as *mut u8, len) },
-        Some(c) => {
-            if overlap(src, dst, len) {
-                return Err(Error::invalid(
-                    Arg::Descs,
-                    "overlapping source and destination in device memory",
-                ));
-            }
-            // SAFETY: the caller guarantees both ranges are live registered memory, one of
-            // them of the copier's device; they do not overlap (checked above).
-            unsafe { c.copy(dst, src, len) }.map_err(Error::Engine)?;
-        }
+        // SAFETY: the caller guarantees both ranges are live registered memory, one of them
+        // of the copier's device, not overlapping.
+        Some(c) => unsafe { c.copy(dst, src, len) }.map_err(Error::Engine)?,
     }
     Ok(())
 }

@@ -315,13 +315,15 @@ fn recv_pages_streamed(
         }];
         // SAFETY: the iovec is the helper's own scratch.
         unsafe { sys::recv_all_iov(fd, &mut iov)? };
+        // Chunks start on a page and pieces are whole pages but the last: every fragment
+        // starts a page of the request, as in `recv_pages`.
         let mut at = 0;
         while at < piece {
-            let frag = PAGE_SIZE.min(end - (pos + at)).min(piece - at);
+            let frag = PAGE_SIZE.min(piece - at);
             // SAFETY: the page list covers every fragment; page indices lie in the bounce
-            // region; request positions are page-aligned at fragment starts.
+            // region.
             let page = unsafe { *pages.add((pos + at) / PAGE_SIZE) } as usize;
-            let dst = unsafe { bounce.add(page * PAGE_SIZE + (pos + at) % PAGE_SIZE) };
+            let dst = unsafe { bounce.add(page * PAGE_SIZE) };
             // SAFETY: `dst..dst+frag` is a reserved bounce page of this request.
             unsafe { stream_copy(scratch.as_ptr().add(at), dst, frag) };
             at += frag;
