@@ -150,15 +150,15 @@ impl<'a> WriteAnnounce<'a> {
         let fixed = size_of::<WriteAnnounceFixed>();
         let segs_len = count * size_of::<Segment>();
         // Inline data is as long as the segments say, so they are read first.
+        if rest.len() < segs_len {
+            return Err(Error::LengthMismatch {
+                declared: buf.len(),
+                expected: fixed + segs_len + notif_len,
+            });
+        }
+        let (segments, tail) = segment_view(rest, count)?;
         let data_len = if flags & FLAG_INLINE != 0 {
-            if rest.len() < segs_len {
-                return Err(Error::LengthMismatch {
-                    declared: buf.len(),
-                    expected: fixed + segs_len + notif_len,
-                });
-            }
-            let (segs, _) = segment_view(rest, count)?;
-            in_range(Field::Data, total_len(segs), 0, MAX_INLINE_WRITE)?
+            in_range(Field::Data, total_len(segments), 0, MAX_INLINE_WRITE)?
         } else {
             0
         };
@@ -171,7 +171,6 @@ impl<'a> WriteAnnounce<'a> {
                 max: 0,
             });
         }
-        let (segments, tail) = segment_view(rest, count)?;
         let (notif, data) = tail.split_at(notif_len);
         Ok(Self {
             xfer: f.xfer.get(),
