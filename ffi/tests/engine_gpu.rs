@@ -13,7 +13,7 @@ use cudarc::driver::CudaContext;
 use tcpx::engine::{Config, Direction, Memory, Progress, Segment, Session};
 use tcpx_kernels::mem::DeviceBuffer;
 
-use common::engine::gpu;
+use common::engine::{current_context, gpu, unbind_context};
 
 fn pair() -> (Session, Session) {
     let sock = tcpx_sock::config::Config {
@@ -181,32 +181,28 @@ fn two_processes_each_direction_of_device_memory() {
 /// and dropping the sessions.
 #[test]
 fn the_callers_current_context_is_put_back() {
-    use cudarc::driver::sys;
     let Some(ctx) = gpu() else { return };
-    let current = || {
-        let mut c: sys::CUcontext = std::ptr::null_mut();
-        // SAFETY: a query into a valid out-pointer.
-        unsafe { sys::cuCtxGetCurrent(&mut c) }.result().unwrap();
-        c
-    };
     let (mut a, mut b) = pair();
     let n = total();
     let data = pattern(n, 9);
     let mut src = Buf::new(&ctx, true, &data);
     let mut dst = Buf::new(&ctx, true, &vec![0u8; n]);
-    // SAFETY: unbinding this thread's context; the buffers bind it again when they need it.
-    unsafe { sys::cuCtxSetCurrent(std::ptr::null_mut()) }
-        .result()
-        .unwrap();
+    unbind_context();
     let (sm, dm) = (src.register(&mut a), dst.register(&mut b));
-    assert!(current().is_null(), "registration left a context current");
+    assert!(
+        current_context().is_null(),
+        "registration left a context current"
+    );
     let ax = a.post(Direction::Send, &segments(sm)).unwrap();
     let bx = b.post(Direction::Recv, &segments(dm)).unwrap();
     finish(&mut a, ax, &mut b, bx);
-    assert!(current().is_null(), "a transfer left a context current");
+    assert!(
+        current_context().is_null(),
+        "a transfer left a context current"
+    );
     drop((a, b));
     assert!(
-        current().is_null(),
+        current_context().is_null(),
         "dropping the sessions left a context current"
     );
     let got = dst.bytes();

@@ -25,6 +25,19 @@ pub fn gpu() -> Option<Arc<CudaContext>> {
     }
 }
 
+/// The calling thread's current CUDA context (null: none).
+pub fn current_context() -> cudarc::driver::sys::CUcontext {
+    cudarc::driver::result::ctx::get_current()
+        .unwrap()
+        .unwrap_or(std::ptr::null_mut())
+}
+
+/// Leaves the calling thread without a current CUDA context.
+pub fn unbind_context() {
+    // SAFETY: NULL unbinds; whatever needs a context binds it again.
+    unsafe { cudarc::driver::result::ctx::set_current(std::ptr::null_mut()) }.unwrap();
+}
+
 /// Two connected sessions with `cfg`, built on two threads, after configuring the embedded
 /// tcpxsock with `sock` (its `ifname` forced to `lo`).
 pub fn loopback_pair(sock: tcpx_sock::config::Config, cfg: Config) -> (Session, Session) {

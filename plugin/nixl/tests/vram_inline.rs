@@ -18,7 +18,7 @@ use tcpx_kernels::mem::DeviceBuffer;
 #[allow(dead_code)]
 mod engine;
 
-use engine::gpu;
+use engine::{current_context, gpu, unbind_context};
 
 const N: usize = 64 * 1024;
 
@@ -259,30 +259,20 @@ fn transfers_to_ourselves_with_device_memory() {
 /// registrations, inline and engine transfers with device memory, and copies to ourselves.
 #[test]
 fn the_callers_current_context_is_left_alone() {
-    use cudarc::driver::sys;
     let Some(ctx) = gpu() else { return };
-    let current = || {
-        let mut c: sys::CUcontext = std::ptr::null_mut();
-        // SAFETY: a query into a valid out-pointer.
-        unsafe { sys::cuCtxGetCurrent(&mut c) }.result().unwrap();
-        c
-    };
     let (a, b) = backend_pair("a", "b", 10_000);
     const BIG: usize = 2 << 20;
     let src: Vec<u8> = (0..BIG).map(|i| (i * 3 % 241) as u8).collect();
     let mine = Buf::new(&ctx, MEM_VRAM, &src);
     let theirs = Buf::new(&ctx, MEM_VRAM, &vec![0u8; BIG]);
     // From here on this thread has no current context.
-    // SAFETY: unbinding the thread's context; nothing of ours relies on it.
-    unsafe { sys::cuCtxSetCurrent(std::ptr::null_mut()) }
-        .result()
-        .unwrap();
+    unbind_context();
     let md = a
         .register_mem(&d(mine.addr(), BIG as u64, 0), MEM_VRAM)
         .unwrap();
     let (_, rt) = share_mem(&b, "b", &a, theirs.addr(), BIG as u64, MEM_VRAM);
     assert!(
-        current().is_null(),
+        current_context().is_null(),
         "registration changed the current context"
     );
     for (len, what) in [(4096u64, "inline WRITE"), (BIG as u64, "engine WRITE")] {
@@ -292,7 +282,10 @@ fn the_callers_current_context_is_left_alone() {
         a.post_xfer(&x, &mut h).unwrap();
         assert_eq!(poll_done(&a, h), Status::Success, "{what}");
         a.release_req(h).unwrap();
-        assert!(current().is_null(), "{what} changed the current context");
+        assert!(
+            current_context().is_null(),
+            "{what} changed the current context"
+        );
     }
     let alias = a.load_local_md(md).unwrap();
     let (l, r) = (
@@ -304,7 +297,7 @@ fn the_callers_current_context_is_left_alone() {
     assert_eq!(a.post_xfer(&x, &mut h).unwrap(), Status::Success);
     a.release_req(h).unwrap();
     assert!(
-        current().is_null(),
+        current_context().is_null(),
         "a copy to ourselves changed the current context"
     );
     assert!(theirs.bytes() == src, "engine WRITE data");
