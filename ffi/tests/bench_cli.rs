@@ -122,6 +122,38 @@ fn mem_cuda_runs_with_a_gpu_and_fails_cleanly_without() {
     }
 }
 
+/// `--gpu 0:1` puts the sender's buffer on GPU 0 and the receiver's on GPU 1. With two GPUs
+/// the data must arrive intact; with one, opening device 1 fails by name (exit 1, no
+/// output, no panic); without any, the CUDA error comes first.
+#[test]
+fn mem_cuda_across_two_gpus_or_a_clean_error() {
+    let out = tcpx()
+        .args(["bench", "--loopback", "--mem", "cuda", "--gpu", "0:1", "--size", "1M,3M"])
+        .args(["--iters", "3", "--verify", "--json"])
+        .output()
+        .expect("run tcpx");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    let gpus = match tcpx_kernels::gpu_available() {
+        Ok(()) => cudarc::driver::CudaContext::device_count().expect("device count"),
+        Err(_) => 0,
+    };
+    match gpus {
+        0 => assert!(stderr.contains("CUDA"), "{stderr}"),
+        1 => assert!(stderr.contains("--gpu 1"), "{stderr}"),
+        _ => {
+            assert!(out.status.success(), "{stderr}");
+            assert!(stdout.contains(r#""gpu":"0:1""#), "{stdout}");
+            let rows = &stdout[stdout.find(r#""rows":["#).expect("rows")..];
+            assert!(number_after(rows, "gbps").expect("gbps") > 0.0, "{stdout}");
+            return;
+        }
+    }
+    eprintln!("{gpus} GPU(s): checking the error path");
+    assert_eq!(out.status.code(), Some(1), "{stderr}\n{stdout}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.stdout.is_empty(), "{stdout}");
+}
+
 /// One CUDA side (either way round) takes the same path: a GPU, or a clean CUDA error.
 #[test]
 fn mem_one_cuda_side() {

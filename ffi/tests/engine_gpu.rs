@@ -13,7 +13,7 @@ use cudarc::driver::CudaContext;
 use tcpx::engine::{Config, Direction, Memory, Progress, Segment, Session};
 use tcpx_kernels::mem::DeviceBuffer;
 
-use common::engine::{current_context, gpu, unbind_context};
+use common::engine::{current_context, gpu, second_gpu, unbind_context};
 
 fn pair() -> (Session, Session) {
     let sock = tcpx_sock::config::Config {
@@ -46,7 +46,8 @@ fn total() -> usize {
 
 enum Buf {
     Host(Vec<u8>),
-    Dev(DeviceBuffer),
+    /// Device memory and the device it is on.
+    Dev(DeviceBuffer, i32),
 }
 
 impl Buf {
@@ -54,7 +55,7 @@ impl Buf {
         if dev {
             let mut d = DeviceBuffer::new(ctx, content.len()).unwrap();
             d.write(0, content).unwrap();
-            Buf::Dev(d)
+            Buf::Dev(d, ctx.ordinal() as i32)
         } else {
             Buf::Host(content.to_vec())
         }
@@ -65,7 +66,10 @@ impl Buf {
         unsafe {
             match self {
                 Buf::Host(v) => s.register(v.as_mut_ptr().cast(), v.len(), Memory::Host),
-                Buf::Dev(d) => s.register(d.ptr() as *mut _, d.len(), Memory::Cuda { device: 0 }),
+                Buf::Dev(d, device) => {
+                    let device = *device;
+                    s.register(d.ptr() as *mut _, d.len(), Memory::Cuda { device })
+                }
             }
         }
         .unwrap()
@@ -74,7 +78,7 @@ impl Buf {
     fn bytes(&self) -> Vec<u8> {
         match self {
             Buf::Host(v) => v.clone(),
-            Buf::Dev(d) => {
+            Buf::Dev(d, _) => {
                 let mut v = vec![0u8; d.len()];
                 d.read(0, &mut v).unwrap();
                 v
@@ -95,11 +99,22 @@ fn finish(a: &mut Session, ax: tcpx::XferId, b: &mut Session, bx: tcpx::XferId) 
 }
 
 fn transfer(ctx: &Arc<CudaContext>, src_dev: bool, dst_dev: bool) {
+    transfer_between(ctx, ctx, src_dev, dst_dev);
+}
+
+/// As `transfer`, the sender's device buffer made on `src_ctx`'s device and the receiver's
+/// on `dst_ctx`'s.
+fn transfer_between(
+    src_ctx: &Arc<CudaContext>,
+    dst_ctx: &Arc<CudaContext>,
+    src_dev: bool,
+    dst_dev: bool,
+) {
     let (mut a, mut b) = pair();
     let n = total();
     let data = pattern(n, 7);
-    let mut src = Buf::new(ctx, src_dev, &data);
-    let mut dst = Buf::new(ctx, dst_dev, &vec![0u8; n]);
+    let mut src = Buf::new(src_ctx, src_dev, &data);
+    let mut dst = Buf::new(dst_ctx, dst_dev, &vec![0u8; n]);
     let (sm, dm) = (src.register(&mut a), dst.register(&mut b));
     for round in 0..3 {
         let ax = a.post(Direction::Send, &segments(sm)).unwrap();
@@ -142,6 +157,50 @@ fn dram_to_vram() {
 fn vram_to_dram() {
     if let Some(ctx) = gpu() {
         transfer(&ctx, true, false);
+    }
+}
+
+/// The sender's memory on one GPU and the receiver's on another, in one process (as a host
+/// of several GPUs runs one session per GPU): each session's unpack kernels and staging
+/// copies run on its own device, both reading the plugin's bounce pages mapped into every
+/// device.
+#[test]
+fn vram_between_two_gpus() {
+    let (Some(zero), Some(one)) = (gpu(), second_gpu()) else {
+        return;
+    };
+    transfer_between(&zero, &one, true, true);
+    transfer_between(&one, &zero, true, true);
+    transfer_between(&zero, &one, false, true);
+    transfer_between(&one, &zero, true, false);
+}
+
+/// A session drives one GPU: registering memory of a second one is refused by name, and the
+/// session keeps working with the first.
+#[test]
+fn a_session_refuses_a_second_gpu() {
+    let (Some(zero), Some(one)) = (gpu(), second_gpu()) else {
+        return;
+    };
+    let (mut a, mut b) = pair();
+    let n = total();
+    let data = pattern(n, 3);
+    let mut first = Buf::new(&zero, true, &data);
+    let other = DeviceBuffer::new(&one, 4096).unwrap();
+    let sm = first.register(&mut a);
+    // SAFETY: `other` outlives the (refused) registration.
+    let e = unsafe { a.register(other.ptr() as *mut _, other.len(), Memory::Cuda { device: 1 }) }
+        .unwrap_err();
+    assert!(e.to_string().contains("one GPU"), "{e}");
+    let mut dst = Buf::new(&zero, false, &vec![0u8; n]);
+    let dm = dst.register(&mut b);
+    let ax = a.post(Direction::Send, &segments(sm)).unwrap();
+    let bx = b.post(Direction::Recv, &segments(dm)).unwrap();
+    finish(&mut a, ax, &mut b, bx);
+    let got = dst.bytes();
+    for s in segments(dm) {
+        let r = s.offset as usize..(s.offset + s.len) as usize;
+        assert!(got[r.clone()] == data[r], "segment at {} differs", s.offset);
     }
 }
 

@@ -29,11 +29,13 @@ use crate::XferId;
 
 const USAGE: &str = "usage: tcpx bench (--loopback | --listen PORT | --connect HOST:PORT) \
 [--size N[,N...]] [--iters N] [--channels N] [--chunk N] [--window N] [--segments N] \
-[--plugin PATH] [--poller single|threads] [--mem SRC:DST] [--gpu N] [--baseline] [--reverse] \
+[--plugin PATH] [--poller single|threads] [--mem SRC:DST] [--gpu N|SRC:DST] [--baseline] [--reverse] \
 [--verify] [--json]
   --mem SRC:DST  host or cuda for the sender's (SRC) and receiver's (DST) buffer; default \
 host:host, `--mem cuda` = cuda:cuda. With --listen/--connect each side uses its role's kind.
-  --gpu N        CUDA device of the cuda buffers (default 0)";
+  --gpu N|SRC:DST  CUDA device of the cuda buffers (default 0); SRC:DST puts the sender's and \
+the receiver's on different GPUs (loopback: each PCIe link carries one direction, as between \
+two hosts)";
 
 /// The sweep when `--size` is absent.
 const DEFAULT_SIZES: [u64; 7] = [
@@ -122,6 +124,15 @@ fn parse_mem(s: &str) -> Option<(MemKind, MemKind)> {
     }
 }
 
+/// `N` (both sides) or `SRC:DST`: CUDA device numbers.
+fn parse_gpu(s: &str) -> Option<(i32, i32)> {
+    let one = |v: &str| v.trim().parse::<i32>().ok().filter(|&n| n >= 0);
+    match s.split_once(':') {
+        Some((a, b)) => Some((one(a)?, one(b)?)),
+        None => one(s).map(|n| (n, n)),
+    }
+}
+
 /// Parsed `bench` options.
 #[derive(Debug, Clone, PartialEq)]
 struct Options {
@@ -136,7 +147,8 @@ struct Options {
     poller: Poller,
     /// (sender's, receiver's) buffer.
     mem: (MemKind, MemKind),
-    gpu: i32,
+    /// (sender's, receiver's) CUDA device, for the sides whose buffer is `cuda`.
+    gpu: (i32, i32),
     baseline: bool,
     reverse: bool,
     verify: bool,
@@ -172,7 +184,7 @@ fn parse(args: &[String]) -> BenchResult<Options> {
         plugin: None,
         poller: Poller::Single,
         mem: (MemKind::Host, MemKind::Host),
-        gpu: 0,
+        gpu: (0, 0),
         baseline: false,
         reverse: false,
         verify: false,
@@ -251,12 +263,9 @@ fn parse(args: &[String]) -> BenchResult<Options> {
             }
             "--gpu" => {
                 let v = value("--gpu")?;
-                o.gpu = v
-                    .trim()
-                    .parse::<i32>()
-                    .ok()
-                    .filter(|&n| n >= 0)
-                    .ok_or_else(|| format!("--gpu {v:?}: expected a CUDA device number"))?;
+                o.gpu = parse_gpu(&v).ok_or_else(|| {
+                    format!("--gpu {v:?}: expected a CUDA device number, or SRC:DST of two")
+                })?;
             }
             "--baseline" => o.baseline = true,
             "--reverse" => o.reverse = true,
@@ -897,12 +906,13 @@ impl Ticker {
 
 fn loopback(o: &Options, cfg: Config) -> BenchResult<Report> {
     // Before the plugin and the sessions: without a GPU, fail fast and say so.
-    let gpu = if o.mem.0 == MemKind::Cuda || o.mem.1 == MemKind::Cuda {
-        Some(Gpu::open(o.gpu)?)
-    } else {
-        None
+    let open = |k: MemKind, device: i32| -> BenchResult<Option<Gpu>> {
+        match k {
+            MemKind::Cuda => Gpu::open(device).map(Some),
+            MemKind::Host => Ok(None),
+        }
     };
-    let on = |k: MemKind| gpu.as_ref().filter(|_| k == MemKind::Cuda);
+    let (tx_gpu, rx_gpu) = (open(o.mem.0, o.gpu.0)?, open(o.mem.1, o.gpu.1)?);
     if cfg.plugin.is_none() {
         // The embedded tcpxsock would pick a real NIC by default; loopback means `lo`.
         tcpx_sock::config::configure(tcpx_sock::config::Config {
@@ -913,8 +923,8 @@ fn loopback(o: &Options, cfg: Config) -> BenchResult<Report> {
     let net = Session::open_net(&cfg).map_err(err("open plugin"))?;
     let (a, b) = pair(&net, &cfg)?;
     let max = *o.sizes.iter().max().expect("at least one size");
-    let mut tx = Endpoint::new(a, max, o.segments, on(o.mem.0))?;
-    let mut rx = Endpoint::new(b, max, o.segments, on(o.mem.1))?;
+    let mut tx = Endpoint::new(a, max, o.segments, tx_gpu.as_ref())?;
+    let mut rx = Endpoint::new(b, max, o.segments, rx_gpu.as_ref())?;
     tx.buf.fill_pattern()?;
 
     let ticker = Ticker::new(o.sizes.len());
@@ -965,7 +975,8 @@ fn loopback(o: &Options, cfg: Config) -> BenchResult<Report> {
             tcp.push(tcp_pingpong(&src[..n], &mut dst[..n], o.iters)?);
         }
         drop((src_host, dst_host));
-        if let Some(g) = &gpu {
+        // Device to device across GPUs is a peer copy; the driver routes it by address.
+        if let Some(g) = rx_gpu.as_ref().or(tx_gpu.as_ref()) {
             let op = copy_name(tx.buf.kind(), rx.buf.kind());
             let mut rows = Vec::with_capacity(o.sizes.len());
             for (i, &size) in o.sizes.iter().enumerate() {
@@ -985,8 +996,13 @@ fn loopback(o: &Options, cfg: Config) -> BenchResult<Report> {
     let mut header = config_header(&net, &cfg, o.segments);
     header.insert(0, ("mode", "loopback".into()));
     header.insert(1, ("mem", format!("{}:{}", o.mem.0.name(), o.mem.1.name())));
-    if let Some(g) = &gpu {
-        header.insert(2, ("gpu", g.device.to_string()));
+    let gpus = match (&tx_gpu, &rx_gpu) {
+        (Some(t), Some(r)) if t.device != r.device => Some(format!("{}:{}", t.device, r.device)),
+        (Some(g), _) | (_, Some(g)) => Some(g.device.to_string()),
+        (None, None) => None,
+    };
+    if let Some(g) = gpus {
+        header.insert(2, ("gpu", g));
     }
     header.push(("poller", o.poller.name().into()));
     Ok(Report {
@@ -1452,8 +1468,8 @@ impl Plan {
 fn two_hosts(o: &Options, cfg: Config) -> BenchResult<Report> {
     // Which role this side plays is the listener's call (--reverse), known after the plan;
     // when both kinds are cuda the GPU is needed either way, so probe before waiting on a peer.
-    let mut gpu = if o.mem == (MemKind::Cuda, MemKind::Cuda) {
-        Some(Gpu::open(o.gpu)?)
+    let mut gpu = if o.mem == (MemKind::Cuda, MemKind::Cuda) && o.gpu.0 == o.gpu.1 {
+        Some(Gpu::open(o.gpu.0)?)
     } else {
         None
     };
@@ -1503,9 +1519,13 @@ fn two_hosts(o: &Options, cfg: Config) -> BenchResult<Report> {
     let session = ep.close()?;
     let sender = listening == plan.reverse;
     let max = *plan.sizes.iter().max().expect("plan has sizes");
-    let kind = if sender { o.mem.0 } else { o.mem.1 };
-    if kind == MemKind::Cuda && gpu.is_none() {
-        gpu = Some(Gpu::open(o.gpu)?);
+    let (kind, device) = if sender {
+        (o.mem.0, o.gpu.0)
+    } else {
+        (o.mem.1, o.gpu.1)
+    };
+    if kind == MemKind::Cuda && gpu.as_ref().is_none_or(|g| g.device != device) {
+        gpu = Some(Gpu::open(device)?);
     }
     let on = gpu.as_ref().filter(|_| kind == MemKind::Cuda);
     let mut ep = Endpoint::new(session, max, plan.segments, on)?;
@@ -1706,9 +1726,11 @@ mod tests {
         assert_eq!((o.iters, o.chunk, o.verify), (Some(3), Some(1 << 20), true));
         let o = parse(&args(&["--connect", "h:1", "--reverse"])).unwrap();
         assert_eq!((o.mode, o.sizes.len()), (Mode::Connect("h:1".into()), 7));
-        assert_eq!((o.mem, o.gpu), ((MemKind::Host, MemKind::Host), 0));
+        assert_eq!((o.mem, o.gpu), ((MemKind::Host, MemKind::Host), (0, 0)));
         let o = parse(&args(&["--loopback", "--mem", "host:cuda", "--gpu=3"])).unwrap();
-        assert_eq!((o.mem, o.gpu), ((MemKind::Host, MemKind::Cuda), 3));
+        assert_eq!((o.mem, o.gpu), ((MemKind::Host, MemKind::Cuda), (3, 3)));
+        let o = parse(&args(&["--loopback", "--mem=cuda", "--gpu", "0:1"])).unwrap();
+        assert_eq!(o.gpu, (0, 1));
         let o = parse(&args(&["--loopback", "--mem=cuda"])).unwrap();
         assert_eq!(o.mem, (MemKind::Cuda, MemKind::Cuda));
         for (bad, why) in [
@@ -1727,6 +1749,8 @@ mod tests {
             (&["--loopback", "--mem", "cuda:"], "--mem"),
             (&["--loopback", "--mem"], "needs a value"),
             (&["--loopback", "--gpu", "-1"], "--gpu"),
+            (&["--loopback", "--gpu", "0:"], "--gpu"),
+            (&["--loopback", "--gpu", "0:1:2"], "--gpu"),
             (&["--loopback", "--bogus"], "unknown option"),
         ] {
             let e = parse(&args(bad)).unwrap_err();

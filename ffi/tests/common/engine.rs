@@ -25,6 +25,22 @@ pub fn gpu() -> Option<Arc<CudaContext>> {
     }
 }
 
+/// Device 1's context when the machine has a second GPU, or `None` after printing `SKIP`;
+/// `REQUIRE_GPUS=2` turns that skip into a failure.
+pub fn second_gpu() -> Option<Arc<CudaContext>> {
+    gpu()?;
+    let n = CudaContext::device_count().unwrap();
+    if n >= 2 {
+        return Some(CudaContext::new(1).expect("CUDA context on device 1"));
+    }
+    assert!(
+        std::env::var("REQUIRE_GPUS").as_deref() != Ok("2"),
+        "REQUIRE_GPUS=2 but the machine has {n} GPU(s)"
+    );
+    eprintln!("SKIP: one GPU; this test needs two");
+    None
+}
+
 /// The calling thread's current CUDA context (null: none).
 pub fn current_context() -> cudarc::driver::sys::CUcontext {
     cudarc::driver::result::ctx::get_current()

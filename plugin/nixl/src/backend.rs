@@ -6,7 +6,9 @@
 //! itself are served here with memcpy; transfers to other agents go to [`RemotePath`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 
 use tcpx_core::wire::{MemKind, MAX_NAME, MAX_NOTIF};
 
@@ -114,6 +116,9 @@ pub struct Backend {
     peers: Mutex<HashMap<String, Peer>>,
     requests: Mutex<Requests>,
     notifs: Notifs,
+    /// The GPU of the first VRAM registration: an engine session drives one GPU, so every
+    /// later VRAM region must be on it (one agent per GPU, as NIXL's users run them).
+    gpu: OnceLock<u32>,
     /// Engine data path; its drop stops and joins the backend thread.
     remote: RemotePath,
 }
@@ -160,6 +165,7 @@ impl Backend {
             peers: Mutex::new(HashMap::new()),
             requests: Mutex::new(Requests::default()),
             notifs,
+            gpu: OnceLock::new(),
         })
     }
 
@@ -216,6 +222,17 @@ impl Backend {
             key: random_key(),
         };
         if mem == MemKind::Vram {
+            let gpu = *self.gpu.get_or_init(|| device);
+            if gpu != device {
+                return Err(Error::invalid(
+                    Arg::Descs,
+                    format!(
+                        "VRAM on device {device}, but this agent's GPU is device {gpu} (its \
+                         first VRAM registration): the backend drives one GPU per agent; \
+                         create an agent per GPU"
+                    ),
+                ));
+            }
             self.remote.open_copier(device);
         }
         // Register on the peer sessions under the table's write lock, so a session being
