@@ -128,7 +128,16 @@ fn mem_cuda_runs_with_a_gpu_and_fails_cleanly_without() {
 #[test]
 fn mem_cuda_across_two_gpus_or_a_clean_error() {
     let out = tcpx()
-        .args(["bench", "--loopback", "--mem", "cuda", "--gpu", "0:1", "--size", "1M,3M"])
+        .args([
+            "bench",
+            "--loopback",
+            "--mem",
+            "cuda",
+            "--gpu",
+            "0:1",
+            "--size",
+            "1M,3M",
+        ])
         .args(["--iters", "3", "--verify", "--json"])
         .output()
         .expect("run tcpx");

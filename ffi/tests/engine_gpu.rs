@@ -189,8 +189,14 @@ fn a_session_refuses_a_second_gpu() {
     let other = DeviceBuffer::new(&one, 4096).unwrap();
     let sm = first.register(&mut a);
     // SAFETY: `other` outlives the (refused) registration.
-    let e = unsafe { a.register(other.ptr() as *mut _, other.len(), Memory::Cuda { device: 1 }) }
-        .unwrap_err();
+    let e = unsafe {
+        a.register(
+            other.ptr() as *mut _,
+            other.len(),
+            Memory::Cuda { device: 1 },
+        )
+    }
+    .unwrap_err();
     assert!(e.to_string().contains("one GPU"), "{e}");
     let mut dst = Buf::new(&zero, false, &vec![0u8; n]);
     let dm = dst.register(&mut b);

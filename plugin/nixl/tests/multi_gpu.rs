@@ -61,7 +61,10 @@ fn agents_on_two_gpus_move_vram_between_them() {
         )
         .unwrap();
     // Two pieces at odd offsets; the bytes around them must stay untouched.
-    let pieces = [(5u64, 11u64, (2 << 20) + 3), (3 << 20, (2 << 20) + 100, 4097)];
+    let pieces = [
+        (5u64, 11u64, (2 << 20) + 3),
+        (3 << 20, (2 << 20) + 100, 4097),
+    ];
     let (a_addr, b_addr) = (mine.ptr(), theirs.ptr());
     for op in [Op::Write, Op::Read] {
         // A WRITE moves a's bytes to b, a READ b's bytes to a.
@@ -121,7 +124,10 @@ fn an_agent_refuses_vram_of_a_second_gpu() {
         .register_mem(&desc(other.ptr(), 4096, 1, 0), MEM_VRAM)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("one GPU per agent") && e.contains("device 1"), "{e}");
+    assert!(
+        e.contains("one GPU per agent") && e.contains("device 1"),
+        "{e}"
+    );
     // The agent's GPU stays its first one, even with nothing registered on it any more.
     a.deregister_mem(md).unwrap();
     let e = a
