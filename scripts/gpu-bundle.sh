@@ -22,7 +22,7 @@ rm -rf "$out"
 mkdir -p "$out/bin" "$out/plugins"
 # Each GPU test binary by its target name (cargo names the file <name>-<hash>).
 cargo test --release --no-run --message-format=json \
-    -p tcpx-kernels --test unpack_gpu -p tcpx-sock --test cuda -p tcpx --test engine_gpu \
+    -p tcpx-kernels --test unpack_gpu -p tcpx-sock --test cuda -p tcpx --lib --test engine_gpu \
     -p tcpx --test bench_cli -p tcpx-tests --test no_alloc_gpu -p tcpx-nixl --test vram_inline --test multi_gpu |
     python3 -c '
 import json, shutil, sys
@@ -30,6 +30,9 @@ out = sys.argv[1]
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        # --lib selects every package'"'"'s unit tests; only the engine'"'"'s have GPU tests.
+        if m["target"]["kind"] != ["test"] and (m["target"]["kind"], m["target"]["name"]) != (["lib"], "tcpx"):
+            continue
         shutil.copy(m["executable"], f"{out}/bin/test-{m['"'"'target'"'"']['"'"'name'"'"']}")
 ' "$out"
 cp "$target_dir/release/tcpx" "$target_dir/release/examples/unpack_bench" "$out/bin/"

@@ -22,6 +22,10 @@ pub(crate) struct UnpackSource {
     /// under unified addressing; resolved through the driver once a GPU is open.
     pub meta_host: *const NetUnpackMeta,
     pub bounce: u64,
+    /// Bytes from `bounce` to the end of the allocation holding it, as the driver knows it
+    /// (resolved once a GPU is open); `None` when the driver does not know the address, and
+    /// fragment sources are then not bounded.
+    pub bounce_len: Option<u64>,
 }
 
 impl UnpackSource {
@@ -39,6 +43,7 @@ impl UnpackSource {
             meta: h.meta,
             meta_host: h.meta,
             bounce: h.bounce_buf as u64,
+            bounce_len: None,
         })
     }
 
@@ -67,22 +72,30 @@ impl UnpackSource {
     /// the chunk's `len` bytes at its destination, whatever the plugin wrote.
     pub fn checked_count(&self, slot: usize, len: u32) -> Result<u32> {
         let count = self.count(slot)?;
-        check_entries(self.entries(slot, count), slot, len)?;
+        self.check(self.entries(slot, count), slot, len)?;
         Ok(count as u32)
     }
-}
 
-/// Every fragment lies inside the chunk's `len` bytes at its destination and is at most a page.
-fn check_entries(entries: &[LoadMeta], slot: usize, len: u32) -> Result<()> {
-    for e in entries {
-        let end = e.dst_off.checked_add(u64::from(e.len));
-        if e.len as usize > PAGE_SIZE || end.is_none_or(|end| end > u64::from(len)) {
-            return Err(Error::Protocol(format!(
-                "plugin fragment {e:?} in slot {slot} falls outside the {len}-byte chunk"
-            )));
+    /// Every fragment is at most a page, lies inside the chunk's `len` bytes at its
+    /// destination, and (when its size is known) reads inside the bounce allocation.
+    fn check(&self, entries: &[LoadMeta], slot: usize, len: u32) -> Result<()> {
+        for e in entries {
+            let end = e.dst_off.checked_add(u64::from(e.len));
+            if e.len as usize > PAGE_SIZE || end.is_none_or(|end| end > u64::from(len)) {
+                return Err(Error::Protocol(format!(
+                    "plugin fragment {e:?} in slot {slot} falls outside the {len}-byte chunk"
+                )));
+            }
+            let src_end = u64::from(e.src_off) + u64::from(e.len);
+            if let Some(bounce) = self.bounce_len.filter(|&b| src_end > b) {
+                return Err(Error::Protocol(format!(
+                    "plugin fragment {e:?} in slot {slot} reads past the {bounce}-byte bounce \
+                     region"
+                )));
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 // SAFETY: the pointers name plugin-owned memory that lives as long as the recv comm, which
@@ -185,6 +198,33 @@ impl Gpu {
         }
     }
 
+    /// Bytes from device address `p` to the end of the allocation (device memory, or host
+    /// memory mapped into the device) that holds it; `None` when the driver does not know `p`.
+    pub fn range_len(&self, p: u64) -> Option<u64> {
+        use cudarc::driver::sys::{self, CUpointer_attribute as A};
+        if self.stream.context().bind_to_thread().is_err() {
+            return None;
+        }
+        let (mut start, mut size): (sys::CUdeviceptr, usize) = (0, 0);
+        // SAFETY: pure queries; each out-pointer has the attribute's type (CUdeviceptr,
+        // size_t).
+        let ok = unsafe {
+            sys::cuPointerGetAttribute(
+                (&mut start as *mut sys::CUdeviceptr).cast(),
+                A::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
+                p,
+            ) == sys::CUresult::CUDA_SUCCESS
+                && sys::cuPointerGetAttribute(
+                    (&mut size as *mut usize).cast(),
+                    A::CU_POINTER_ATTRIBUTE_RANGE_SIZE,
+                    p,
+                ) == sys::CUresult::CUDA_SUCCESS
+        };
+        (ok && start <= p)
+            .then(|| (start + size as u64).checked_sub(p))
+            .flatten()
+    }
+
     /// Queues the unpack of the `len`-byte chunk that `src` published in `slot` into device
     /// address `dst`. Its entries are copied out of the table and checked there, so the kernel
     /// applies exactly what was checked, whatever the table holds by then; a chunk with more
@@ -206,7 +246,7 @@ impl Gpu {
             .list
             .push(src.bounce, dst, src.entries(slot, count))
             .ok_or(Error::Invalid("unpack list full after a launch"))?;
-        if let Err(e) = check_entries(entries, slot, len) {
+        if let Err(e) = src.check(entries, slot, len) {
             self.list.pop();
             return Err(e);
         }
@@ -338,6 +378,7 @@ mod tests {
             meta,
             meta_host: meta,
             bounce: 0,
+            bounce_len: None,
         }
     }
 
@@ -371,5 +412,49 @@ mod tests {
         assert!(err.to_string().contains("2049 fragments"), "{err}");
         // An empty slot is fine.
         assert_eq!(source(&meta).checked_count(4, 0).unwrap(), 0);
+        // With the bounce region's size known, a source past its end is refused; one ending
+        // exactly at it is fine; without the size, sources are not bounded.
+        meta.mem[5][..2].copy_from_slice(&[page(0), page(2)]);
+        meta.cnt[5] = 2;
+        let bounded = |meta: &NetUnpackMeta, len| UnpackSource {
+            bounce_len: Some(len),
+            ..source(meta)
+        };
+        assert_eq!(bounded(&meta, 3 * 4096).checked_count(5, 3 * 4096).unwrap(), 2);
+        let err = bounded(&meta, 3 * 4096 - 1).checked_count(5, 3 * 4096).unwrap_err();
+        assert!(err.to_string().contains("bounce"), "{err}");
+        meta.mem[5][1].src_off = u32::MAX;
+        assert!(source(&meta).checked_count(5, 3 * 4096).is_ok());
+        assert!(bounded(&meta, u64::from(u32::MAX)).checked_count(5, 3 * 4096).is_err());
+    }
+
+    /// The driver knows the size of both kinds of bounce region: device memory (TCPX's
+    /// receive pages) and host memory mapped into the device (tcpxsock's), so fragment
+    /// sources are bounded on both. Prints `SKIP` without a GPU; `REQUIRE_GPU=1` fails then.
+    #[test]
+    fn the_driver_sizes_device_and_mapped_bounce_regions() {
+        use tcpx_sock::{CudaMappedAllocator, MappedAllocator};
+        if let Err(why) = tcpx_kernels::gpu_available() {
+            assert!(
+                std::env::var("REQUIRE_GPU").as_deref() != Ok("1"),
+                "REQUIRE_GPU=1 but no GPU: {why}"
+            );
+            eprintln!("SKIP: {why}");
+            return;
+        }
+        let gpu = Gpu::open(0, 1).unwrap();
+        let dev = tcpx_kernels::mem::DeviceBuffer::new(gpu.stream.context(), 3 << 20).unwrap();
+        assert_eq!(gpu.range_len(dev.ptr()), Some(3 << 20));
+        assert_eq!(gpu.range_len(dev.ptr() + 4096), Some((3 << 20) - 4096));
+        let mapped = CudaMappedAllocator.alloc(5 << 20).unwrap();
+        let base = mapped.device as u64;
+        // Registrations cover whole pages: at least the asked length, within a page of it.
+        let len = gpu.range_len(base).expect("mapped host memory is known to the driver");
+        assert!((5 << 20..(5 << 20) + 4096).contains(&len), "{len}");
+        assert_eq!(gpu.range_len(base + 100), Some(len - 100));
+        // SAFETY: allocated above, unused from here on.
+        unsafe { CudaMappedAllocator.free(mapped) };
+        let host = [0u8; 64];
+        assert_eq!(gpu.range_len(host.as_ptr() as u64), None);
     }
 }

@@ -304,6 +304,15 @@ impl Session {
                         for ch in &mut self.channels {
                             if let Some(src) = &mut ch.unpack {
                                 src.meta_host = gpu.host_alias(src.meta);
+                                src.bounce_len = gpu.range_len(src.bounce);
+                                if src.bounce_len.is_none() {
+                                    crate::log_warn!(
+                                        "engine",
+                                        "the driver does not know the plugin's bounce region \
+                                         {:#x}: fragment sources are not bounded",
+                                        src.bounce
+                                    );
+                                }
                             }
                         }
                         self.gpu = Some(gpu);
