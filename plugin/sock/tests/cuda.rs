@@ -346,6 +346,98 @@ fn host_to_device_and_device_to_host() {
     close_recv(r);
 }
 
+/// CUDA sends are spread over every data socket (the default `Spread::Staged`), host sends
+/// go in chunk-size pieces: posted together on one comm, the two cuts interleave on the same
+/// sockets and every receive must still get exactly its bytes.
+#[test]
+fn spread_cuda_sends_and_chunked_host_sends_in_flight_together() {
+    setup();
+    let Some(_c) = gpu("spread_cuda_sends_and_chunked_host_sends_in_flight_together") else {
+        return;
+    };
+    let (s, r, _) = pair();
+    // (bytes, CUDA source); each group fits the 8 MiB bounce pool at once.
+    let groups: [&[(usize, bool)]; 3] = [
+        &[
+            (3 << 20, true),
+            ((1 << 20) + 5, false),
+            (2 << 20, true),
+            (1 << 20, false),
+        ],
+        &[
+            (100_000, true),
+            (4 << 20, false),
+            (70_001, true),
+            ((2 << 20) - 3, true),
+        ],
+        &[
+            (4 << 20, true),
+            (65_537, false),
+            (1 << 20, true),
+            (4097, true),
+        ],
+    ];
+    let mut k = 0u64;
+    for group in groups {
+        let data: Vec<Vec<u8>> = group
+            .iter()
+            .enumerate()
+            .map(|(i, &(len, _))| pattern(len, 300 + k + i as u64))
+            .collect();
+        let srcs: Vec<Option<Dev>> = group
+            .iter()
+            .zip(&data)
+            .map(|(&(_, cuda), d)| cuda.then(|| Dev::from(d)))
+            .collect();
+        let dsts: Vec<Dev> = group.iter().map(|&(len, _)| Dev::zeroed(len)).collect();
+        let rmhs: Vec<_> = dsts
+            .iter()
+            .map(|d| reg(r, d.ptr(), d.1, PTR_CUDA).unwrap())
+            .collect();
+        let smhs: Vec<_> = srcs
+            .iter()
+            .map(|src| {
+                src.as_ref()
+                    .map(|d| reg(s, d.ptr(), d.1, PTR_CUDA).unwrap())
+            })
+            .collect();
+        let rrs: Vec<Ptr> = dsts
+            .iter()
+            .zip(&rmhs)
+            .map(|(d, &mh)| irecv_mh(r, d.ptr(), d.1, mh))
+            .collect();
+        let srs: Vec<Ptr> = (0..group.len())
+            .map(|i| match (&srcs[i], smhs[i]) {
+                (Some(d), Some(mh)) => isend_mh(s, d.ptr(), d.1, mh),
+                _ => isend_mh(
+                    s,
+                    data[i].as_ptr() as *mut c_void,
+                    data[i].len(),
+                    core::ptr::null_mut(),
+                ),
+            })
+            .collect();
+        for i in 0..group.len() {
+            let len = group[i].0;
+            assert_eq!(wait(srs[i]), Ok(len));
+            assert_eq!(wait(rrs[i]), Ok(len));
+            assert!(
+                unpack_host(r, k, len) == data[i],
+                "receive {k}: {:?}",
+                group[i]
+            );
+            k += 1;
+        }
+        for rr in rrs {
+            assert_eq!(consumed(r, rr), result::SUCCESS);
+        }
+        rmhs.into_iter().for_each(|mh| dereg(r, mh));
+        smhs.into_iter().flatten().for_each(|mh| dereg(s, mh));
+    }
+    close_send(s);
+    close_recv(r);
+}
+
 #[test]
 fn host_receive_on_cuda_box_bypasses_bounce_and_keeps_slots_aligned() {
     setup();
