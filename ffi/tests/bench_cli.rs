@@ -183,28 +183,6 @@ fn mem_one_cuda_side() {
     }
 }
 
-/// Every send spread over the data sockets (`TCPX_SOCK_SPREAD=all`, read by the embedded
-/// plugin): host memory straight into the receive buffers, sizes that cut into uneven pieces,
-/// every byte verified.
-#[test]
-fn spread_sends_arrive_intact() {
-    let out = tcpx()
-        .env("TCPX_SOCK_SPREAD", "all")
-        .args([
-            "bench",
-            "--loopback",
-            "--size",
-            "100K,1M,3M,9M",
-            "--channels",
-            "2",
-        ])
-        .args(["--iters", "4", "--verify"])
-        .output()
-        .expect("run tcpx");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("9 MiB"), "{}", text(&out.stdout));
-}
-
 #[test]
 fn mem_host_is_the_default_and_says_so() {
     let out = tcpx()

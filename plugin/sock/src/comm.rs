@@ -18,7 +18,7 @@ use tcpx_core::unpack::{
     slot_of, LoadMeta, NetUnpackMeta, UnpackDevHandle, MAX_RECV_BYTES, PAGE_SIZE,
 };
 
-use crate::config::{Config, Spread};
+use crate::config::Config;
 use crate::cuda::{self, SendStage};
 use crate::error::{Error, Result};
 use crate::mem::{OwnedRegion, PagePool, StageRing};
@@ -381,8 +381,6 @@ pub struct SendComm {
     core: Core,
     inline_bytes: usize,
     stage_bytes: usize,
-    /// `Config::spread`.
-    spread: Spread,
     st: Mutex<SendState>,
     reqs: [Request; MAX_REQUESTS],
 }
@@ -394,7 +392,6 @@ impl SendComm {
             core,
             inline_bytes: cfg.inline_bytes,
             stage_bytes: cfg.stage_bytes,
-            spread: cfg.spread,
             st: Mutex::new(SendState {
                 posted: 0,
                 tested: 0,
@@ -440,9 +437,6 @@ impl SendComm {
         if size > 0 && data.is_null() {
             return Err(Error::InvalidArgument("NULL send buffer"));
         }
-        if size > wire::HDR_MAX_SIZE {
-            return Err(Error::InvalidArgument("send larger than 1 GiB - 1"));
-        }
         let seq = st.posted;
         let idx = (seq % MAX_REQUESTS as u64) as usize;
         // CUDA payloads never go inline: the control path reads the buffer with the CPU. The
@@ -475,17 +469,10 @@ impl SendComm {
             }
             _ => false,
         };
-        let spread = !inline && self.spread.applies(staged);
         st.slots[idx] = SendSlot {
             ptr: data,
             size,
-            hdr: wire::Header {
-                size: size as u32,
-                inline,
-                spread,
-                seq: seq as u32,
-            }
-            .emit(),
+            hdr: wire::emit_header(size as u32, inline, seq),
             inline,
             staged,
         };
@@ -501,7 +488,6 @@ impl SendComm {
                 req: idx,
                 base,
                 size,
-                piece: self.core.shared.piece(size, spread),
                 chunk_base: st.chunk_ctr,
             })?;
             st.chunk_ctr += used;
@@ -614,8 +600,6 @@ struct RecvSlot {
     cap: usize,
     size: usize,
     inline: bool,
-    /// Spread over every data socket (the header's SPREAD flag).
-    spread: bool,
     /// Header read and payload either landed inline or handed to the helpers.
     ctrl_done: bool,
     /// This request lands in bounce pages + LoadMeta (CUDA buffer, or forced by
@@ -730,7 +714,6 @@ impl RecvComm {
                     cap: 0,
                     size: 0,
                     inline: false,
-                    spread: false,
                     ctrl_done: false,
                     bounce: false,
                     pages: vec![0u32; npages].into_boxed_slice(),
@@ -791,7 +774,6 @@ impl RecvComm {
         s.cap = cap;
         s.size = 0;
         s.inline = false;
-        s.spread = false;
         s.ctrl_done = false;
         s.bounce = bounce;
         s.npages = 0;
@@ -835,18 +817,17 @@ impl RecvComm {
                     if !self.fill(st, HDR_LEN)? {
                         return Ok(());
                     }
-                    let h = wire::Header::parse(&st.stage[st.st_lo..]);
+                    let (size, inline, seq) = wire::parse_header(&st.stage[st.st_lo..]);
                     st.st_lo += HDR_LEN;
-                    if h.seq != st.rx_seq as u32 {
+                    if seq != st.rx_seq as u32 {
                         return Err(Error::Remote("control stream out of sequence"));
                     }
                     let s = &mut st.slots[idx];
-                    if h.size as usize > s.cap {
+                    if size as usize > s.cap {
                         return Err(Error::Internal("peer sent more bytes than posted"));
                     }
-                    s.size = h.size as usize;
-                    s.inline = h.inline;
-                    s.spread = h.spread;
+                    s.size = size as usize;
+                    s.inline = inline;
                     st.rx = RxPhase::Pages;
                 }
                 RxPhase::Pages => {
@@ -931,7 +912,6 @@ impl RecvComm {
             req: idx,
             base: s.ptr,
             size: s.size,
-            piece: self.core.shared.piece(s.size, s.spread),
             chunk_base: st.chunk_ctr,
         })?;
         st.chunk_ctr += used;

@@ -48,43 +48,6 @@ pub struct Config {
     /// per-helper scratch, then streamed out with non-temporal stores, so no CPU cache holds
     /// them dirty when the GPU reads them (which makes those reads 1.6x slower).
     pub stream_bounce: bool,
-    /// Which sends are spread over every data socket instead of going in chunk-size pieces.
-    pub spread: Spread,
-}
-
-/// Which requests a send comm spreads over all its data sockets (`TCPX_SOCK_SPREAD`). A
-/// spread request is cut into pieces of its size over the socket count (whole pages, at least
-/// 64 KiB), so it spends that many times less time on the wire, at some cost in throughput
-/// when many requests are in flight anyway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Spread {
-    /// None: every request goes in chunk-size pieces, one socket per piece.
-    Off,
-    /// CUDA sends (staged through pinned memory): their bytes are ready one request at a
-    /// time, after its copy, so each should leave as fast as the sockets allow.
-    Staged,
-    /// Every send (lowest latency for one large request; less throughput for many).
-    All,
-}
-
-impl Spread {
-    fn parse(s: &str) -> Option<Spread> {
-        match s.trim() {
-            "off" | "0" => Some(Spread::Off),
-            "staged" => Some(Spread::Staged),
-            "all" | "1" => Some(Spread::All),
-            _ => None,
-        }
-    }
-
-    /// Whether a send of this kind is spread.
-    pub fn applies(self, staged: bool) -> bool {
-        match self {
-            Spread::Off => false,
-            Spread::Staged => staged,
-            Spread::All => true,
-        }
-    }
 }
 
 impl Default for Config {
@@ -100,7 +63,6 @@ impl Default for Config {
             stage_bytes: DEFAULT_STAGE_BYTES,
             sock_buf_bytes: 0,
             stream_bounce: true,
-            spread: Spread::Staged,
         }
     }
 }
@@ -158,12 +120,6 @@ impl Config {
         if let Some(v) = env_bool("TCPX_SOCK_STREAM_BOUNCE") {
             c.stream_bounce = v;
         }
-        if let Some(v) = std::env::var("TCPX_SOCK_SPREAD")
-            .ok()
-            .and_then(|v| Spread::parse(&v))
-        {
-            c.spread = v;
-        }
         c.normalized()
     }
 
@@ -212,15 +168,5 @@ mod tests {
         assert_eq!(c.nsocks, 1);
         assert_eq!(c.chunk_bytes, 8192);
         assert_eq!(c.bounce_bytes, MAX_RECV_BYTES);
-    }
-
-    #[test]
-    fn spread_names() {
-        assert_eq!(Spread::parse(" all"), Some(Spread::All));
-        assert_eq!(Spread::parse("staged"), Some(Spread::Staged));
-        assert_eq!(Spread::parse("0"), Some(Spread::Off));
-        assert_eq!(Spread::parse("sometimes"), None);
-        assert!(Spread::Staged.applies(true) && !Spread::Staged.applies(false));
-        assert!(Spread::All.applies(false) && !Spread::Off.applies(true));
     }
 }

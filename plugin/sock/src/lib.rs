@@ -36,7 +36,7 @@ pub mod wire;
 mod worker;
 
 pub use comm::{RecvComm, UnpackView};
-pub use config::{configure, Config, Spread};
+pub use config::{configure, Config};
 pub use cuda::CudaMappedAllocator;
 pub use error::Error;
 pub use mem::{set_mapped_allocator, HostAllocator, MappedAllocator, MappedRegion};

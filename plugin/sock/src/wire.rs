@@ -7,8 +7,8 @@ use tcpx_core::abi::HANDLE_MAX_SIZE;
 
 /// Identifies tcpxsock handles and hellos ("TXSK").
 pub const MAGIC: u32 = 0x4b53_5854;
-/// Protocol version; both ends must agree (2: the request header's SPREAD flag).
-pub const VERSION: u16 = 2;
+/// Protocol version; both ends must agree.
+pub const VERSION: u16 = 1;
 /// Bytes of the listen handle we use (the rest of the 128 are zero).
 pub const HANDLE_LEN: usize = 48;
 /// Offset of the connect-in-progress pointer inside the handle.
@@ -19,11 +19,6 @@ pub const HELLO_LEN: usize = 32;
 pub const HDR_LEN: usize = 8;
 /// Header flag: the payload follows inline on the control socket.
 pub const HDR_INLINE: u32 = 1 << 31;
-/// Header flag: the request is spread over every data socket in pieces of its size over
-/// the socket count, instead of going in chunk-size pieces (see `worker::Shared::piece`).
-pub const HDR_SPREAD: u32 = 1 << 30;
-/// Largest request a header can carry (the flags take the top bits of the size word).
-pub const HDR_MAX_SIZE: usize = (HDR_SPREAD - 1) as usize;
 
 const _: () = assert!(HANDLE_LEN <= HANDLE_MAX_SIZE);
 
@@ -129,40 +124,19 @@ impl Hello {
     }
 }
 
-/// Per-request header on the control socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
-    /// Payload bytes, at most [`HDR_MAX_SIZE`].
-    pub size: u32,
-    /// The payload follows on the control socket.
-    pub inline: bool,
-    /// The payload is spread over every data socket.
-    pub spread: bool,
-    /// Low 32 bits of the request sequence.
-    pub seq: u32,
+/// Per-request header: payload size, inline flag, low 32 bits of the request sequence.
+pub fn emit_header(size: u32, inline: bool, seq: u64) -> [u8; HDR_LEN] {
+    let mut b = [0u8; HDR_LEN];
+    let v = size | if inline { HDR_INLINE } else { 0 };
+    b[0..4].copy_from_slice(&v.to_le_bytes());
+    b[4..8].copy_from_slice(&(seq as u32).to_le_bytes());
+    b
 }
 
-impl Header {
-    pub fn emit(&self) -> [u8; HDR_LEN] {
-        debug_assert!(self.size as usize <= HDR_MAX_SIZE);
-        let mut b = [0u8; HDR_LEN];
-        let v = self.size
-            | if self.inline { HDR_INLINE } else { 0 }
-            | if self.spread { HDR_SPREAD } else { 0 };
-        b[0..4].copy_from_slice(&v.to_le_bytes());
-        b[4..8].copy_from_slice(&self.seq.to_le_bytes());
-        b
-    }
-
-    pub fn parse(b: &[u8]) -> Header {
-        let v = u32_at(b, 0);
-        Header {
-            size: v & !(HDR_INLINE | HDR_SPREAD),
-            inline: v & HDR_INLINE != 0,
-            spread: v & HDR_SPREAD != 0,
-            seq: u32_at(b, 4),
-        }
-    }
+/// Parses a header into `(size, inline, seq_low)`.
+pub fn parse_header(b: &[u8]) -> (u32, bool, u32) {
+    let v = u32_at(b, 0);
+    (v & !HDR_INLINE, v & HDR_INLINE != 0, u32_at(b, 4))
 }
 
 #[cfg(test)]
@@ -204,21 +178,7 @@ mod tests {
 
     #[test]
     fn header_round_trips() {
-        for (inline, spread) in [(false, false), (true, false), (false, true), (true, true)] {
-            let h = Header {
-                size: HDR_MAX_SIZE as u32,
-                inline,
-                spread,
-                seq: 0xffff_fff3,
-            };
-            assert_eq!(Header::parse(&h.emit()), h);
-        }
-        let h = Header {
-            size: 4097,
-            inline: false,
-            spread: true,
-            seq: 3,
-        };
-        assert_eq!(h.emit()[..4], (4097 | HDR_SPREAD).to_le_bytes());
+        let b = emit_header(4097, true, 0x1_0000_0003);
+        assert_eq!(parse_header(&b), (4097, true, 3));
     }
 }

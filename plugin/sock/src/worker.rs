@@ -23,9 +23,6 @@ pub const MAX_REQUESTS: usize = 16;
 const LANE_CAP: usize = 2 * MAX_REQUESTS;
 /// Fragments handed to one `recvmsg` in TCPX mode.
 const IOV_BATCH: usize = 64;
-/// Smallest chunk a spread request is cut into: below it, per-send costs outweigh the
-/// parallelism.
-const MIN_SPREAD_PIECE: usize = 64 * 1024;
 
 /// What a helper thread does with its chunks of one request.
 #[derive(Clone, Copy, Debug)]
@@ -51,8 +48,6 @@ pub(crate) struct Job {
     pub base: *mut u8,
     /// Bytes in the request.
     pub size: usize,
-    /// Bytes per chunk of this request ([`Shared::piece`]).
-    pub piece: usize,
     /// Comm-lifetime index of the request's first chunk.
     pub chunk_base: u64,
 }
@@ -137,24 +132,11 @@ impl Shared {
         self.has_error.store(true, Ordering::Release);
     }
 
-    /// Bytes per chunk of a `size`-byte request: the comm's chunk size, or for a spread one
-    /// (`wire::HDR_SPREAD`) its size over the lanes in whole pages, at least
-    /// `MIN_SPREAD_PIECE` and at most the chunk size, so every lane carries a share of it and
-    /// the request spends a lane count fewer microseconds on the wire. Both ends compute it
-    /// from the header, so they cut the request alike.
-    pub(crate) fn piece(&self, size: usize, spread: bool) -> usize {
-        if !spread {
-            return self.chunk_bytes;
-        }
-        let share = size.div_ceil(self.lanes.len()).div_ceil(PAGE_SIZE) * PAGE_SIZE;
-        share.clamp(MIN_SPREAD_PIECE.min(self.chunk_bytes), self.chunk_bytes)
-    }
-
     /// Splits a request over the lanes; sets `remaining[req]` to the number of lanes used.
     /// Returns the number of chunks consumed from the comm's chunk counter.
     pub(crate) fn dispatch(&self, job: Job) -> Result<u64> {
         let n = self.lanes.len() as u64;
-        let nchunks = job.size.div_ceil(job.piece) as u64;
+        let nchunks = job.size.div_ceil(self.chunk_bytes) as u64;
         let used = nchunks.min(n);
         self.remaining[job.req].store(used as u32, Ordering::Relaxed);
         for k in 0..used {
@@ -274,8 +256,8 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
                 .wait(job.req)?;
         }
         for j in (first..nchunks).step_by(n as usize) {
-            let off = j as usize * job.piece;
-            let len = job.piece.min(job.size - off);
+            let off = j as usize * shared.chunk_bytes;
+            let len = shared.chunk_bytes.min(job.size - off);
             match job.kind {
                 // SAFETY: `base..base+size` is the caller's live send buffer, or the request's
                 // staging range, whose copy is done.
@@ -308,7 +290,7 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
 /// The chunks of `job` that lane `me` moves: `first`, `first + lanes`, … below `nchunks`.
 fn lane_chunks(shared: &Shared, me: usize, job: &Job) -> (u64, u64) {
     let n = shared.lanes.len() as u64;
-    let nchunks = job.size.div_ceil(job.piece) as u64;
+    let nchunks = job.size.div_ceil(shared.chunk_bytes) as u64;
     ((me as u64 + n - job.chunk_base % n) % n, nchunks)
 }
 
