@@ -65,6 +65,25 @@ fn bad_options_exit_2_with_usage() {
     }
 }
 
+/// `--help` after any command prints the usage of every command on stdout and succeeds,
+/// running nothing.
+#[test]
+fn help_after_a_command_prints_usage() {
+    for args in [
+        &["bench", "--help"][..],
+        &["bench", "--loopback", "-h"],
+        &["probe", "--help"],
+        &["stream", "--help"],
+    ] {
+        let out = tcpx().args(args).output().expect("run tcpx");
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out.stderr));
+        assert!(stdout.contains("usage: tcpx <command>"), "{args:?}: {stdout}");
+        assert!(stdout.contains("--gpu N|SRC:DST"), "{args:?}: {stdout}");
+        assert!(!stdout.contains("GB/s p50"), "{args:?}: ran a benchmark");
+    }
+}
+
 #[test]
 fn listen_and_connect_in_two_processes() {
     let args = [

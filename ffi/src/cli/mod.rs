@@ -30,8 +30,12 @@ commands:
         --poller single|threads
                              loopback: one thread polls both sessions (default), or
                              one thread each started together per iteration
+        --mem SRC:DST        host or cuda memory for the sender's and the receiver's
+                             buffers (default host:host; `cuda` = cuda:cuda)
+        --gpu N|SRC:DST      CUDA device of the cuda buffers (default 0); SRC:DST puts
+                             the two sides on different GPUs
         --baseline           loopback: add plain TCP ping-pong and iperf3 -P 1/-P 4
-                             rows, and our ratio to each
+                             rows, and our ratio to each (with cuda: the cuMemcpy too)
         --verify             check the received bytes after the timed iterations
         --json               one JSON object (config, rows, baselines)
   stream [--size N[,N...]] [--nsocks N[,N...]] [--window N] [--bytes N]
@@ -45,6 +49,11 @@ environment: TCPX_LOG=error|warn|info|debug|trace (default warn)
 
 /// Runs `tcpx` with `args` (without the program name); returns the exit code.
 pub fn run(args: &[String]) -> i32 {
+    // `tcpx <command> --help`: this text, which covers every command.
+    if args.len() > 1 && args[1..].iter().any(|a| a == "--help" || a == "-h") {
+        print!("{USAGE}");
+        return 0;
+    }
     match args.first().map(String::as_str) {
         Some("probe") => probe::main(&args[1..]),
         Some("bench") => bench::main(&args[1..]),
