@@ -77,8 +77,16 @@ fn help_after_a_command_prints_usage() {
     ] {
         let out = tcpx().args(args).output().expect("run tcpx");
         let stdout = text(&out.stdout);
-        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out.stderr));
-        assert!(stdout.contains("usage: tcpx <command>"), "{args:?}: {stdout}");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            stdout.contains("usage: tcpx <command>"),
+            "{args:?}: {stdout}"
+        );
         assert!(stdout.contains("--gpu N|SRC:DST"), "{args:?}: {stdout}");
         assert!(!stdout.contains("GB/s p50"), "{args:?}: ran a benchmark");
     }

@@ -41,11 +41,16 @@ pub const COUNT_FROM_TABLE: u32 = u32::MAX;
 const SLOT_KERNEL: &str = "tcpx_unpack_slot";
 const BATCH_KERNEL: &str = "tcpx_unpack_batch";
 const LIST_KERNEL: &str = "tcpx_unpack_list";
+const SHORT_LIST_KERNEL: &str = "tcpx_unpack_short_list";
 /// Most jobs one [`UnpackList`] carries.
 pub const MAX_LIST_JOBS: usize = 16;
 /// Most fragments one [`UnpackList`] carries (16 KiB of entries: the whole list stays within
 /// the 32,764 bytes of launch parameters CUDA allows).
 pub const MAX_LIST_ENTRIES: usize = 1024;
+/// Lists of at most this many fragments launch with a 4,496-byte parameter block instead of
+/// 16,784 (two 512 KiB chunks of 4 KiB pages): the driver copies, and the GPU fetches, a
+/// launch's whole block whatever its count.
+pub const SHORT_LIST_ENTRIES: usize = 256;
 
 /// Whether the crate was built with its kernels (nvcc was found at build time).
 pub const fn kernels_built() -> bool {
@@ -292,8 +297,40 @@ impl UnpackList {
     }
 }
 
+/// The parameter block of `tcpx_unpack_short_list`: [`UnpackList`]'s header and its first
+/// [`SHORT_LIST_ENTRIES`] entries, built on the stack at launch.
+#[repr(C)]
+struct ShortList {
+    jobs: [ListJob; MAX_LIST_JOBS],
+    njobs: u32,
+    count: u32,
+    reserved: [u32; 2],
+    entries: [LoadMeta; SHORT_LIST_ENTRIES],
+}
+
+impl ShortList {
+    /// `list` in the short layout; `None` when it holds more entries than that has.
+    fn of(list: &UnpackList) -> Option<ShortList> {
+        let n = list.count as usize;
+        if n > SHORT_LIST_ENTRIES {
+            return None;
+        }
+        let mut short = ShortList {
+            jobs: list.jobs,
+            njobs: list.njobs,
+            count: list.count,
+            reserved: [0; 2],
+            entries: [LoadMeta::default(); SHORT_LIST_ENTRIES],
+        };
+        short.entries[..n].copy_from_slice(&list.entries[..n]);
+        Some(short)
+    }
+}
+
 const _: () = assert!(size_of::<ListJob>() == 24);
 const _: () = assert!(size_of::<UnpackList>() == 16784);
+const _: () = assert!(size_of::<ShortList>() == 4496);
+const _: () = assert!(std::mem::offset_of!(ShortList, entries) == 400);
 const _: () = assert!(std::mem::offset_of!(UnpackList, entries) == 400);
 const _: () = assert!(size_of::<UnpackJob>() == 32);
 const _: () = assert!(size_of::<UnpackBatch>() == 1024);
@@ -306,6 +343,9 @@ pub struct Kernels {
     slot_fn: CudaFunction,
     batch_fn: CudaFunction,
     list_fn: CudaFunction,
+    short_list_fn: CudaFunction,
+    /// Whether lists of at most [`SHORT_LIST_ENTRIES`] launch with the short parameter block.
+    short_lists: bool,
     blocks_per_slot: u32,
     max_blocks_per_launch: u32,
 }
@@ -328,11 +368,16 @@ impl Kernels {
         let list_fn = module
             .load_function(LIST_KERNEL)
             .context("cuModuleGetFunction(tcpx_unpack_list)")?;
+        let short_list_fn = module
+            .load_function(SHORT_LIST_KERNEL)
+            .context("cuModuleGetFunction(tcpx_unpack_short_list)")?;
         Ok(Kernels {
             ctx: ctx.clone(),
             slot_fn,
             batch_fn,
             list_fn,
+            short_list_fn,
+            short_lists: true,
             blocks_per_slot: DEFAULT_BLOCKS_PER_SLOT,
             max_blocks_per_launch: DEFAULT_MAX_BLOCKS_PER_LAUNCH,
         })
@@ -514,14 +559,28 @@ impl Kernels {
             return Ok(());
         }
         let blocks = list.count.div_ceil(ENTRIES_PER_BLOCK);
-        let mut params: [*mut c_void; 1] = [std::ptr::from_ref(list).cast_mut().cast()];
-        // SAFETY: `UnpackList` matches the kernel's by-value parameter (same size and layout);
-        // the driver copies it during the call and the kernel only reads it; `count` and
-        // `njobs` never exceed the arrays (`push` keeps them so); the memory contract is the
+        let short = self.short_lists.then(|| ShortList::of(list)).flatten();
+        let (f, block, what) = match &short {
+            Some(s) => (
+                &self.short_list_fn,
+                std::ptr::from_ref(s).cast::<c_void>(),
+                "cuLaunchKernel(tcpx_unpack_short_list)",
+            ),
+            None => (
+                &self.list_fn,
+                std::ptr::from_ref(list).cast::<c_void>(),
+                "cuLaunchKernel(tcpx_unpack_list)",
+            ),
+        };
+        let mut params: [*mut c_void; 1] = [block.cast_mut()];
+        // SAFETY: `UnpackList` and `ShortList` match their kernels' by-value parameters (same
+        // size and layout); the driver copies the block during the call and the kernel only
+        // reads it; `count` and `njobs` never exceed the arrays (`push` keeps them so, and a
+        // short block is made only for a count that fits it); the memory contract is the
         // caller's.
         unsafe {
             result::launch_kernel(
-                self.list_fn.cu_function(),
+                f.cu_function(),
                 (blocks, 1, 1),
                 (BLOCK_THREADS, 1, 1),
                 0,
@@ -529,7 +588,13 @@ impl Kernels {
                 &mut params,
             )
         }
-        .context("cuLaunchKernel(tcpx_unpack_list)")
+        .context(what)
+    }
+
+    /// Whether lists of at most [`SHORT_LIST_ENTRIES`] entries launch with the short parameter
+    /// block (default on; for benchmarks and tests of the long one).
+    pub fn set_short_lists(&mut self, on: bool) {
+        self.short_lists = on;
     }
 }
 

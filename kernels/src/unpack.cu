@@ -54,6 +54,9 @@ struct UnpackBatch {
 // entries the host checked. Jobs own consecutive runs of `entries`.
 #define UNPACK_LIST_JOBS 16u
 #define UNPACK_LIST_ENTRIES 1024u
+// A short list travels in a smaller parameter block (4.4 KB instead of 16.8 KB): the driver
+// copies and the GPU fetches every launch's whole block, whatever the count.
+#define UNPACK_SHORT_LIST_ENTRIES 256u
 
 struct UnpackListJob {
     const uint8_t* bounce;
@@ -62,13 +65,17 @@ struct UnpackListJob {
     uint32_t count;
 };
 
-struct UnpackList {
+template <uint32_t N>
+struct UnpackListOf {
     UnpackListJob jobs[UNPACK_LIST_JOBS];
     uint32_t njobs;
     uint32_t count;  // entries in all
     uint32_t reserved[2];
-    LoadMeta entries[UNPACK_LIST_ENTRIES];
+    LoadMeta entries[N];
 };
+
+typedef UnpackListOf<UNPACK_LIST_ENTRIES> UnpackList;
+typedef UnpackListOf<UNPACK_SHORT_LIST_ENTRIES> UnpackShortList;
 
 static_assert(sizeof(LoadMeta) == 16, "LoadMeta is 16 bytes");
 static_assert(__builtin_offsetof(NetUnpackMeta, cnt) == 524288, "cnt follows the entries");
@@ -78,6 +85,7 @@ static_assert(sizeof(UnpackBatch) == 1024, "UnpackBatch size");
 static_assert(sizeof(UnpackListJob) == 24, "UnpackListJob size");
 static_assert(sizeof(UnpackList) == 16784, "UnpackList size");
 static_assert(__builtin_offsetof(UnpackList, entries) == 400, "entries follow the header");
+static_assert(sizeof(UnpackShortList) == 4496, "UnpackShortList size");
 
 // The table is written by the host (or the NIC plugin) between launches; a launch boundary makes
 // those writes visible. Entries go through the read-only path; the count is read like NCCL does.
@@ -246,11 +254,11 @@ tcpx_unpack_batch(const __grid_constant__ UnpackBatch batch) {
 
 // Every entry of the list; warp w of block b takes entries b * UNPACK_WARPS + w, then every
 // gridDim.x * UNPACK_WARPS further. The entry and its job are uniform across the warp.
-extern "C" __global__ void __launch_bounds__(UNPACK_THREADS)
-tcpx_unpack_list(const __grid_constant__ UnpackList list) {
+template <uint32_t N>
+__device__ __forceinline__ void unpack_list(const UnpackListOf<N>& list) {
     const uint32_t warp = threadIdx.x / 32u;
     const uint32_t lane = threadIdx.x % 32u;
-    const uint32_t count = list.count < UNPACK_LIST_ENTRIES ? list.count : UNPACK_LIST_ENTRIES;
+    const uint32_t count = list.count < N ? list.count : N;
     const uint32_t njobs = list.njobs < UNPACK_LIST_JOBS ? list.njobs : UNPACK_LIST_JOBS;
     uint32_t job = 0;
     for (uint32_t i = blockIdx.x * UNPACK_WARPS + warp; i < count; i += gridDim.x * UNPACK_WARPS) {
@@ -260,4 +268,14 @@ tcpx_unpack_list(const __grid_constant__ UnpackList list) {
         copy_fragment(list.jobs[job].bounce + e.src_off, list.jobs[job].dst + e.dst_off, e.len,
                       lane);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(UNPACK_THREADS)
+tcpx_unpack_list(const __grid_constant__ UnpackList list) {
+    unpack_list(list);
+}
+
+extern "C" __global__ void __launch_bounds__(UNPACK_THREADS)
+tcpx_unpack_short_list(const __grid_constant__ UnpackShortList list) {
+    unpack_list(list);
 }

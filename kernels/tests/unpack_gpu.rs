@@ -15,6 +15,7 @@ use tcpx_core::unpack::{unpack_cpu, LoadMeta, NetUnpackMeta, ENTRIES_PER_SLOT, P
 use tcpx_kernels::mem::{DeviceBuffer, MappedHostBuffer};
 use tcpx_kernels::{
     gpu_available, Error, Kernels, UnpackJob, UnpackList, MAX_LIST_ENTRIES, MAX_LIST_JOBS,
+    SHORT_LIST_ENTRIES,
 };
 use zerocopy::FromBytes;
 
@@ -586,11 +587,36 @@ fn stream_of_another_context_is_rejected() {
 
 #[test]
 fn list_launch_matches_cpu() {
-    let Some(g) = gpu("list_launch_matches_cpu") else {
+    let Some(mut g) = gpu("list_launch_matches_cpu") else {
         return;
     };
     let bounce_len = (4 << 20) + 12;
-    for kind in KINDS {
+    // Short lists (at most SHORT_LIST_ENTRIES) launch with the short parameter block unless
+    // turned off: both blocks, every list below.
+    for (kind, short) in KINDS.into_iter().flat_map(|k| [(k, true), (k, false)]) {
+        g.kernels.set_short_lists(short);
+        // Exactly a short list's capacity and one more, over two jobs (the second starting
+        // mid-list).
+        for total in [1, SHORT_LIST_ENTRIES, SHORT_LIST_ENTRIES + 1] {
+            let mut rng = Rng(total as u64);
+            let bounce = rng.bytes(bounce_len);
+            let split = total / 2;
+            let jobs: Vec<Job> = [split, total - split]
+                .into_iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let (entries, dst_len) = random_fragments(&mut rng, bounce_len, n);
+                    Job {
+                        table: 0,
+                        slot: i,
+                        entries,
+                        dst_len: dst_len.max(1),
+                        dst_align: rng.range(0, 15) as usize,
+                    }
+                })
+                .collect();
+            check(&g, kind, &bounce, &jobs, Launch::List, total as u64);
+        }
         for seed in 0..16u64 {
             let mut rng = Rng(seed ^ 0x5151);
             let bounce = rng.bytes(bounce_len);

@@ -420,12 +420,19 @@ mod tests {
             bounce_len: Some(len),
             ..source(meta)
         };
-        assert_eq!(bounded(&meta, 3 * 4096).checked_count(5, 3 * 4096).unwrap(), 2);
-        let err = bounded(&meta, 3 * 4096 - 1).checked_count(5, 3 * 4096).unwrap_err();
+        assert_eq!(
+            bounded(&meta, 3 * 4096).checked_count(5, 3 * 4096).unwrap(),
+            2
+        );
+        let err = bounded(&meta, 3 * 4096 - 1)
+            .checked_count(5, 3 * 4096)
+            .unwrap_err();
         assert!(err.to_string().contains("bounce"), "{err}");
         meta.mem[5][1].src_off = u32::MAX;
         assert!(source(&meta).checked_count(5, 3 * 4096).is_ok());
-        assert!(bounded(&meta, u64::from(u32::MAX)).checked_count(5, 3 * 4096).is_err());
+        assert!(bounded(&meta, u64::from(u32::MAX))
+            .checked_count(5, 3 * 4096)
+            .is_err());
     }
 
     /// The driver knows the size of both kinds of bounce region: device memory (TCPX's
@@ -449,7 +456,9 @@ mod tests {
         let mapped = CudaMappedAllocator.alloc(5 << 20).unwrap();
         let base = mapped.device as u64;
         // Registrations cover whole pages: at least the asked length, within a page of it.
-        let len = gpu.range_len(base).expect("mapped host memory is known to the driver");
+        let len = gpu
+            .range_len(base)
+            .expect("mapped host memory is known to the driver");
         assert!((5 << 20..(5 << 20) + 4096).contains(&len), "{len}");
         assert_eq!(gpu.range_len(base + 100), Some(len - 100));
         // SAFETY: allocated above, unused from here on.
