@@ -1468,10 +1468,13 @@ impl Plan {
 fn two_hosts(o: &Options, cfg: Config) -> BenchResult<Report> {
     // Which role this side plays is the listener's call (--reverse), known after the plan;
     // when both kinds are cuda the GPU is needed either way, so probe before waiting on a peer.
-    let mut gpu = if o.mem == (MemKind::Cuda, MemKind::Cuda) && o.gpu.0 == o.gpu.1 {
-        Some(Gpu::open(o.gpu.0)?)
-    } else {
-        None
+    let mut gpu = match o.mem {
+        (MemKind::Cuda, MemKind::Cuda) if o.gpu.0 == o.gpu.1 => Some(Gpu::open(o.gpu.0)?),
+        (MemKind::Cuda, MemKind::Cuda) => {
+            tcpx_kernels::gpu_available().map_err(|e| format!("--mem cuda: {e}"))?;
+            None
+        }
+        _ => None,
     };
     let net = Session::open_net(&cfg).map_err(err("open plugin"))?;
     let listening = matches!(o.mode, Mode::Listen(_));
