@@ -58,6 +58,8 @@ pub enum Error {
     Broken(String),
     /// A CUDA failure (context, kernel load, launch, event), with what was being done.
     Gpu(String),
+    /// Memory registered as a kind, device or length the CUDA driver contradicts.
+    BadMemory(String),
 }
 
 impl Error {
@@ -118,6 +120,7 @@ impl fmt::Display for Error {
             Error::Io(what, e) => write!(f, "{what}: {e}"),
             Error::Unsupported(what) => write!(f, "unsupported: {what}"),
             Error::Broken(why) => write!(f, "session broken: {why}"),
+            Error::BadMemory(why) => write!(f, "registration refused: {why}"),
             Error::Gpu(what) => write!(f, "GPU: {what}"),
         }
     }

@@ -210,6 +210,59 @@ fn a_session_refuses_a_second_gpu() {
     }
 }
 
+/// Registrations the CUDA driver contradicts are refused by name before anything is opened
+/// for them: host memory (pageable or pinned) as device memory, device memory as host memory,
+/// a length past the end of the allocation, a GPU the machine does not have. The session then
+/// takes good registrations on GPU 0 and moves data with them.
+#[test]
+fn registrations_the_driver_contradicts_are_refused() {
+    let Some(ctx) = gpu() else { return };
+    ctx.bind_to_thread().unwrap();
+    let (mut a, mut b) = pair();
+    let dev = DeviceBuffer::new(&ctx, 64 << 10).unwrap();
+    let mut pageable = vec![0u8; 64 << 10];
+    let pinned = tcpx_kernels::mem::MappedHostBuffer::new(&ctx, 64 << 10).unwrap();
+    let gpus = CudaContext::device_count().unwrap();
+    let cuda0 = Memory::Cuda { device: 0 };
+    let dptr = dev.ptr() as *mut std::ffi::c_void;
+    // Pageable memory is unknown to the driver, or host memory where it tracks it (HMM).
+    let pageable_why: &[&str] = &["not memory the CUDA driver knows", "is host memory"];
+    let cases: [(*mut std::ffi::c_void, usize, Memory, &[&str]); 5] = [
+        (pageable.as_mut_ptr().cast(), 4096, cuda0, pageable_why),
+        (pinned.host_ptr().cast(), 4096, cuda0, &["is host memory"]),
+        (
+            dptr,
+            (64 << 10) + 1,
+            cuda0,
+            &["past the end of its allocation"],
+        ),
+        (dptr, 4096, Memory::Host, &["is device memory of GPU 0"]),
+        (dptr, 4096, Memory::Cuda { device: gpus }, &["GPU(s)"]),
+    ];
+    for (ptr, len, memory, why) in cases {
+        // SAFETY: every range is refused before the session touches it.
+        let e = unsafe { a.register(ptr, len, memory) }.unwrap_err();
+        assert!(matches!(e, tcpx::Error::BadMemory(_)), "{memory:?}: {e}");
+        let text = e.to_string();
+        assert!(why.iter().any(|w| text.contains(w)), "{memory:?}: {e}");
+    }
+    // Nothing was opened for the refused ones: GPU 0 is still free to be this session's.
+    let n = total();
+    let data = pattern(n, 11);
+    let mut src = Buf::new(&ctx, true, &data);
+    let mut dst = Buf::new(&ctx, true, &vec![0u8; n]);
+    let (sm, dm) = (src.register(&mut a), dst.register(&mut b));
+    let ax = a.post(Direction::Send, &segments(sm)).unwrap();
+    let bx = b.post(Direction::Recv, &segments(dm)).unwrap();
+    finish(&mut a, ax, &mut b, bx);
+    let got = dst.bytes();
+    for s in segments(dm) {
+        let r = s.offset as usize..(s.offset + s.len) as usize;
+        assert!(got[r.clone()] == data[r], "segment at {} differs", s.offset);
+    }
+    drop((dev, pinned));
+}
+
 /// Two processes (`tcpx bench --listen` receives, `--connect` sends), each with its own CUDA
 /// context and session: VRAM→VRAM, DRAM→VRAM and VRAM→DRAM with `--verify`, so every
 /// received byte is checked against the sender's pattern after the timed iterations.

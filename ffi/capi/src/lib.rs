@@ -125,7 +125,7 @@ pub struct tcpx_session_t {
 /// The status code for an engine error. Exhaustive on purpose: a new variant must be mapped.
 pub fn status_of(e: &Error) -> c_int {
     match e {
-        Error::Invalid(_) => TCPX_ERR_INVALID,
+        Error::Invalid(_) | Error::BadMemory(_) => TCPX_ERR_INVALID,
         Error::Timeout(_) => TCPX_ERR_TIMEOUT,
         Error::PluginNotFound { .. }
         | Error::NotSharedObject { .. }
@@ -412,7 +412,10 @@ pub unsafe extern "C" fn tcpx_session_destroy(s: *mut tcpx_session_t) {
     });
 }
 
-/// Registers `len` bytes at `ptr` on every comm of the session.
+/// Registers `len` bytes at `ptr` on every comm of the session. With a CUDA driver the range
+/// is checked against what it knows (device memory of the named GPU inside one allocation for
+/// CUDA memory; not device memory for host memory): a contradiction is `TCPX_ERR_INVALID`
+/// with the reason in `tcpx_last_error`, and nothing is registered.
 ///
 /// # Safety
 /// `s` is NULL or a live session; `ptr..ptr+len` is memory of `kind` that stays valid
@@ -627,6 +630,7 @@ mod tests {
         let p: std::sync::Arc<str> = "p".into();
         let cases = [
             (Error::Invalid("x"), TCPX_ERR_INVALID),
+            (Error::BadMemory("x".into()), TCPX_ERR_INVALID),
             (Error::Timeout("x"), TCPX_ERR_TIMEOUT),
             (Error::PluginNotFound { path: "/x".into() }, TCPX_ERR_PLUGIN),
             (

@@ -11,6 +11,7 @@ use tcpx_core::unpack::{LoadMeta, NetUnpackMeta, UnpackDevHandle, ENTRIES_PER_SL
 use tcpx_kernels::{Kernels, UnpackJob, UnpackList, MAX_LIST_ENTRIES};
 
 use super::config::MAX_WINDOW;
+use super::registry::Memory;
 use crate::error::{Error, Result};
 
 /// Where a recv comm's plugin publishes fragments (from its UNPACK device handle).
@@ -125,6 +126,118 @@ impl Drop for CtxGuard {
         // SAFETY: a context the thread had current (or none: NULL unbinds); it outlives this
         // call, since whoever made it current still holds it.
         let _ = unsafe { cudarc::driver::result::ctx::set_current(self.0) };
+    }
+}
+
+/// Checks a registration against what the CUDA driver knows of `[ptr, ptr + len)`, so a wrong
+/// kind, device or length is refused before any copy or kernel could touch memory outside it
+/// (a kernel writing where it should not kills the whole CUDA context): `Cuda { device }` must
+/// be device (or managed) memory of GPU `device`, inside one allocation; `Host` must not be
+/// device memory. Without a CUDA driver only host memory passes. A host registration is
+/// checked only when the calling thread has a current context (where device pointers are
+/// used, one is; opening one just to look would cost a host-only user a GPU context).
+/// The caller's current context is left as it was.
+pub fn check_registration(ptr: u64, len: u64, memory: Memory) -> Result<()> {
+    use cudarc::driver::sys::{self, CUmemorytype, CUpointer_attribute as A};
+    let range = || format!("[{ptr:#x}, +{len})");
+    if tcpx_kernels::gpu_available().is_err() {
+        return match memory {
+            Memory::Host => Ok(()),
+            Memory::Cuda { device } => Err(Error::BadMemory(format!(
+                "{} registered as memory of GPU {device}, but there is no CUDA driver",
+                range()
+            ))),
+        };
+    }
+    let _restore = CtxGuard::save();
+    // SAFETY (each query): a pure query into an out-value of the attribute's type.
+    let query = |attr: A, out: *mut std::ffi::c_void| unsafe {
+        sys::cuPointerGetAttribute(out, attr, ptr) == sys::CUresult::CUDA_SUCCESS
+    };
+    let memory_type = || {
+        let mut t: u32 = 0;
+        query(
+            A::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+            (&mut t as *mut u32).cast(),
+        )
+        .then_some(t)
+    };
+    let ordinal = || {
+        let mut d: i32 = -1;
+        query(
+            A::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+            (&mut d as *mut i32).cast(),
+        )
+        .then_some(d)
+    };
+    let is_device = |t: u32| {
+        t == CUmemorytype::CU_MEMORYTYPE_DEVICE as u32
+            || t == CUmemorytype::CU_MEMORYTYPE_UNIFIED as u32
+    };
+    match memory {
+        Memory::Host => {
+            if !matches!(cudarc::driver::result::ctx::get_current(), Ok(Some(_))) {
+                return Ok(());
+            }
+            if memory_type().is_some_and(is_device) {
+                let on = ordinal().map_or(String::new(), |d| format!(" of GPU {d}"));
+                return Err(Error::BadMemory(format!(
+                    "{} registered as host memory is device memory{on}",
+                    range()
+                )));
+            }
+            Ok(())
+        }
+        Memory::Cuda { device } => {
+            let n = CudaContext::device_count().unwrap_or(0);
+            if device < 0 || device >= n {
+                return Err(Error::BadMemory(format!(
+                    "{} registered as memory of GPU {device}, but this machine has {n} GPU(s)",
+                    range()
+                )));
+            }
+            // Queries need a context; the caller's usually is the device's primary one.
+            let ctx = CudaContext::new(device as usize).map_err(cuda("CUDA context"))?;
+            ctx.bind_to_thread().map_err(cuda("cuCtxSetCurrent"))?;
+            match memory_type() {
+                Some(t) if is_device(t) => {}
+                Some(_) => {
+                    return Err(Error::BadMemory(format!(
+                        "{} registered as memory of GPU {device} is host memory",
+                        range()
+                    )))
+                }
+                None => {
+                    return Err(Error::BadMemory(format!(
+                        "{} registered as memory of GPU {device} is not memory the CUDA driver \
+                         knows",
+                        range()
+                    )))
+                }
+            }
+            if let Some(d) = ordinal().filter(|&d| d != device) {
+                return Err(Error::BadMemory(format!(
+                    "{} registered as memory of GPU {device} is memory of GPU {d}",
+                    range()
+                )));
+            }
+            let (mut start, mut size): (sys::CUdeviceptr, usize) = (0, 0);
+            let known = query(
+                A::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
+                (&mut start as *mut sys::CUdeviceptr).cast(),
+            ) && query(
+                A::CU_POINTER_ATTRIBUTE_RANGE_SIZE,
+                (&mut size as *mut usize).cast(),
+            );
+            let alloc_end = start.saturating_add(size as u64);
+            if known && ptr.checked_add(len).is_none_or(|end| end > alloc_end) {
+                return Err(Error::BadMemory(format!(
+                    "{} runs past the end of its allocation [{start:#x}, +{size})",
+                    range()
+                )));
+            }
+            Ok(())
+        }
     }
 }
 
@@ -433,6 +546,20 @@ mod tests {
         assert!(bounded(&meta, u64::from(u32::MAX))
             .checked_count(5, 3 * 4096)
             .is_err());
+    }
+
+    /// Without a CUDA driver host registrations pass unchecked and device ones are refused by
+    /// name (with one, the GPU tests in tests/engine_gpu.rs cover every case).
+    #[test]
+    fn without_a_driver_only_host_memory_registers() {
+        if tcpx_kernels::gpu_available().is_ok() {
+            eprintln!("SKIP: a CUDA driver is present (tests/engine_gpu.rs covers this)");
+            return;
+        }
+        let v = [0u8; 64];
+        assert!(check_registration(v.as_ptr() as u64, 64, Memory::Host).is_ok());
+        let e = check_registration(v.as_ptr() as u64, 64, Memory::Cuda { device: 0 }).unwrap_err();
+        assert!(e.to_string().contains("no CUDA driver"), "{e}");
     }
 
     /// The driver knows the size of both kinds of bounce region: device memory (TCPX's

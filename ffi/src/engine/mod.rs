@@ -12,7 +12,7 @@ mod session;
 mod transfer;
 
 pub use config::Config;
-pub use gpu::Copier;
+pub use gpu::{check_registration, Copier};
 pub use registry::{MemId, Memory};
 pub use session::{Listener, Rendezvous, Session};
 pub use transfer::{Direction, Progress, Segment, XferId};

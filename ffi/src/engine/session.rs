@@ -283,6 +283,8 @@ impl Session {
         if ptr.is_null() || len == 0 {
             return Err(Error::Invalid("register: null pointer or zero length"));
         }
+        // Before anything is opened for it: a refused registration changes nothing.
+        super::gpu::check_registration(ptr as u64, len as u64, memory)?;
         let kind = match memory {
             Memory::Host => MemKind::Host,
             Memory::Cuda { device } => {

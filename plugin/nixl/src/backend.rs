@@ -213,8 +213,20 @@ impl Backend {
         let device = match mem {
             MemKind::Dram => 0,
             MemKind::Vram => u32::try_from(desc.dev_id)
-                .map_err(|_| Error::invalid(Arg::Descs, "device id out of range"))?,
+                .ok()
+                .filter(|&d| d <= i32::MAX as u32)
+                .ok_or_else(|| Error::invalid(Arg::Descs, "device id out of range"))?,
         };
+        // What the CUDA driver knows of the memory must agree (kind, GPU, length): a transfer
+        // into a wrong one would write outside it or kill the CUDA context.
+        let memory = match mem {
+            MemKind::Dram => tcpx::engine::Memory::Host,
+            MemKind::Vram => tcpx::engine::Memory::Cuda {
+                device: device as i32,
+            },
+        };
+        tcpx::engine::check_registration(desc.addr, desc.len, memory)
+            .map_err(|e| Error::invalid(Arg::Descs, e.to_string()))?;
         let region = Region {
             span,
             mem,
