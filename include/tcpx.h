@@ -124,7 +124,10 @@ void tcpx_session_destroy(tcpx_session_t *s);
 
 /** Registers [ptr, ptr+len) of the given kind: TCPX_MEM_HOST (`device` ignored) or
  *  TCPX_MEM_CUDA on CUDA device `device` (TCPX_ERR_UNSUPPORTED if the plugin takes no CUDA
- *  pointers, TCPX_ERR_GPU if CUDA fails; a session drives one GPU). The memory stays owned
+ *  pointers, TCPX_ERR_GPU if CUDA fails; a session drives one GPU). With a CUDA driver the
+ *  range is checked against what it knows: CUDA memory must be device memory of `device`
+ *  mapped for the whole length, host memory must not be device memory; a contradiction is
+ *  TCPX_ERR_INVALID (the reason in tcpx_last_error()) and registers nothing. The memory stays owned
  *  by the caller and must stay valid until tcpx_deregister() returns or the session is
  *  destroyed. *mem_id receives the region id for tcpx_segment_t.mem. */
 int tcpx_register(tcpx_session_t *s, void *ptr, size_t len, int kind, int device,

@@ -90,6 +90,10 @@ fn help_after_a_command_prints_usage() {
         assert!(stdout.contains("--gpu N|SRC:DST"), "{args:?}: {stdout}");
         assert!(!stdout.contains("GB/s p50"), "{args:?}: ran a benchmark");
     }
+    // An unknown command stays an error, --help or not.
+    let out = tcpx().args(["bogus", "--help"]).output().expect("run tcpx");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown command"));
 }
 
 #[test]

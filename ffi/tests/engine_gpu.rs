@@ -239,7 +239,19 @@ fn registrations_the_driver_contradicts_are_refused() {
         (dptr, 4096, Memory::Host, &["is device memory of GPU 0"]),
         (dptr, 4096, Memory::Cuda { device: gpus }, &["GPU(s)"]),
     ];
-    for (ptr, len, memory, why) in cases {
+    // With a second GPU: GPU 0's memory named as GPU 1's is refused before GPU 1 is opened
+    // for the session (else GPU 0's registrations below would be refused as another GPU's).
+    let wrong_gpu: &[(*mut std::ffi::c_void, usize, Memory, &[&str])] = if gpus >= 2 {
+        &[(
+            dptr,
+            4096,
+            Memory::Cuda { device: 1 },
+            &["is memory of GPU 0"],
+        )]
+    } else {
+        &[]
+    };
+    for &(ptr, len, memory, why) in cases.iter().chain(wrong_gpu) {
         // SAFETY: every range is refused before the session touches it.
         let e = unsafe { a.register(ptr, len, memory) }.unwrap_err();
         assert!(matches!(e, tcpx::Error::BadMemory(_)), "{memory:?}: {e}");
@@ -261,6 +273,93 @@ fn registrations_the_driver_contradicts_are_refused() {
         assert!(got[r.clone()] == data[r], "segment at {} differs", s.offset);
     }
     drop((dev, pinned));
+}
+
+/// Device memory mapped in pieces back to back (`cuMemCreate` + `cuMemMap`, as PyTorch's
+/// expandable segments allocate it) registers as one region, and data lands in it across the
+/// seams; a length past the last mapped piece is refused.
+#[test]
+fn device_memory_mapped_in_pieces_registers_whole() {
+    use cudarc::driver::{result as cu, sys};
+    let Some(ctx) = gpu() else { return };
+    ctx.bind_to_thread().unwrap();
+    // SAFETY: plain-data driver structs; zero is a valid start for every field.
+    let mut prop: sys::CUmemAllocationProp = unsafe { std::mem::zeroed() };
+    prop.type_ = sys::CUmemAllocationType::CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type_ = sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.location.id = 0;
+    let mut gran = 0usize;
+    let ok = sys::CUresult::CUDA_SUCCESS;
+    // SAFETY (every driver call below): out-pointers are valid; handles and ranges are the
+    // ones made here, released at the end.
+    unsafe {
+        assert_eq!(
+            sys::cuMemGetAllocationGranularity(
+                &mut gran,
+                &prop,
+                sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM
+            ),
+            ok
+        );
+    }
+    let n = total();
+    let pieces = n.div_ceil(gran);
+    // One piece more reserved than mapped: the address space after the last piece is
+    // reserved but holds no memory.
+    let mut va: sys::CUdeviceptr = 0;
+    unsafe {
+        assert_eq!(
+            sys::cuMemAddressReserve(&mut va, (pieces + 1) * gran, gran, 0, 0),
+            ok
+        );
+    }
+    let mut handles = Vec::new();
+    for i in 0..pieces {
+        let mut h: sys::CUmemGenericAllocationHandle = 0;
+        unsafe {
+            assert_eq!(sys::cuMemCreate(&mut h, gran, &prop, 0), ok);
+            assert_eq!(sys::cuMemMap(va + (i * gran) as u64, gran, 0, h, 0), ok);
+        }
+        handles.push(h);
+    }
+    let mut access: sys::CUmemAccessDesc = unsafe { std::mem::zeroed() };
+    access.location = prop.location;
+    access.flags = sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    unsafe { assert_eq!(sys::cuMemSetAccess(va, pieces * gran, &access, 1), ok) };
+    let mapped = (pieces * gran) as u64;
+    let cuda0 = Memory::Cuda { device: 0 };
+    assert!(pieces >= 2, "the region spans several pieces");
+    tcpx::engine::check_registration(va, mapped, cuda0).unwrap();
+    tcpx::engine::check_registration(va + 100, mapped - 100, cuda0).unwrap();
+    let e = tcpx::engine::check_registration(va, mapped + 1, cuda0).unwrap_err();
+    assert!(e.to_string().contains("past the end"), "{e}");
+
+    let (mut a, mut b) = pair();
+    let data = pattern(n, 23);
+    let mut src = Buf::new(&ctx, false, &data);
+    let sm = src.register(&mut a);
+    // SAFETY: the mapping outlives the session's use of it.
+    let dm = unsafe { b.register(va as usize as *mut _, n, cuda0) }.unwrap();
+    let ax = a.post(Direction::Send, &segments(sm)).unwrap();
+    let bx = b.post(Direction::Recv, &segments(dm)).unwrap();
+    finish(&mut a, ax, &mut b, bx);
+    a.release(ax).unwrap();
+    b.release(bx).unwrap();
+    let mut got = vec![0u8; n];
+    unsafe { cu::memcpy_dtoh_sync(&mut got, va) }.unwrap();
+    for s in segments(dm) {
+        let r = s.offset as usize..(s.offset + s.len) as usize;
+        assert!(got[r.clone()] == data[r], "segment at {} differs", s.offset);
+    }
+    b.deregister(dm).unwrap();
+    drop((a, b));
+    unsafe {
+        assert_eq!(sys::cuMemUnmap(va, pieces * gran), ok);
+        for h in handles {
+            assert_eq!(sys::cuMemRelease(h), ok);
+        }
+        assert_eq!(sys::cuMemAddressFree(va, (pieces + 1) * gran), ok);
+    }
 }
 
 /// Two processes (`tcpx bench --listen` receives, `--connect` sends), each with its own CUDA

@@ -297,40 +297,32 @@ impl UnpackList {
     }
 }
 
-/// The parameter block of `tcpx_unpack_short_list`: [`UnpackList`]'s header and its first
-/// [`SHORT_LIST_ENTRIES`] entries, built on the stack at launch.
-#[repr(C)]
-struct ShortList {
-    jobs: [ListJob; MAX_LIST_JOBS],
-    njobs: u32,
-    count: u32,
-    reserved: [u32; 2],
-    entries: [LoadMeta; SHORT_LIST_ENTRIES],
+/// Bytes of `tcpx_unpack_short_list`'s parameter block: [`UnpackList`]'s header and its first
+/// [`SHORT_LIST_ENTRIES`] entries, laid out exactly as the start of an `UnpackList`, so the
+/// launch passes the list itself and the driver copies only that much.
+const SHORT_LIST_BYTES: usize =
+    std::mem::offset_of!(UnpackList, entries) + SHORT_LIST_ENTRIES * size_of::<LoadMeta>();
+
+/// Which list kernel a launch of `count` entries uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListBlock {
+    Short,
+    Long,
 }
 
-impl ShortList {
-    /// `list` in the short layout; `None` when it holds more entries than that has.
-    fn of(list: &UnpackList) -> Option<ShortList> {
-        let n = list.count as usize;
-        if n > SHORT_LIST_ENTRIES {
-            return None;
+impl ListBlock {
+    fn for_count(count: usize, short_lists: bool) -> ListBlock {
+        if short_lists && count <= SHORT_LIST_ENTRIES {
+            ListBlock::Short
+        } else {
+            ListBlock::Long
         }
-        let mut short = ShortList {
-            jobs: list.jobs,
-            njobs: list.njobs,
-            count: list.count,
-            reserved: [0; 2],
-            entries: [LoadMeta::default(); SHORT_LIST_ENTRIES],
-        };
-        short.entries[..n].copy_from_slice(&list.entries[..n]);
-        Some(short)
     }
 }
 
 const _: () = assert!(size_of::<ListJob>() == 24);
 const _: () = assert!(size_of::<UnpackList>() == 16784);
-const _: () = assert!(size_of::<ShortList>() == 4496);
-const _: () = assert!(std::mem::offset_of!(ShortList, entries) == 400);
+const _: () = assert!(SHORT_LIST_BYTES == 4496);
 const _: () = assert!(std::mem::offset_of!(UnpackList, entries) == 400);
 const _: () = assert!(size_of::<UnpackJob>() == 32);
 const _: () = assert!(size_of::<UnpackBatch>() == 1024);
@@ -559,25 +551,20 @@ impl Kernels {
             return Ok(());
         }
         let blocks = list.count.div_ceil(ENTRIES_PER_BLOCK);
-        let short = self.short_lists.then(|| ShortList::of(list)).flatten();
-        let (f, block, what) = match &short {
-            Some(s) => (
+        let (f, what) = match ListBlock::for_count(list.count as usize, self.short_lists) {
+            ListBlock::Short => (
                 &self.short_list_fn,
-                std::ptr::from_ref(s).cast::<c_void>(),
                 "cuLaunchKernel(tcpx_unpack_short_list)",
             ),
-            None => (
-                &self.list_fn,
-                std::ptr::from_ref(list).cast::<c_void>(),
-                "cuLaunchKernel(tcpx_unpack_list)",
-            ),
+            ListBlock::Long => (&self.list_fn, "cuLaunchKernel(tcpx_unpack_list)"),
         };
+        let block = std::ptr::from_ref(list).cast::<c_void>();
         let mut params: [*mut c_void; 1] = [block.cast_mut()];
-        // SAFETY: `UnpackList` and `ShortList` match their kernels' by-value parameters (same
-        // size and layout); the driver copies the block during the call and the kernel only
-        // reads it; `count` and `njobs` never exceed the arrays (`push` keeps them so, and a
-        // short block is made only for a count that fits it); the memory contract is the
-        // caller's.
+        // SAFETY: `UnpackList` matches the long kernel's by-value parameter, and its first
+        // SHORT_LIST_BYTES the short kernel's (the driver copies the kernel's parameter size
+        // from the list); the kernel only reads the copy; `count` and `njobs` never exceed the
+        // arrays (`push` keeps them so, and the short kernel runs only for a count that fits
+        // its block); the memory contract is the caller's.
         unsafe {
             result::launch_kernel(
                 f.cu_function(),
@@ -601,6 +588,25 @@ impl Kernels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_lists_take_the_short_block_up_to_its_capacity() {
+        assert_eq!(ListBlock::for_count(0, true), ListBlock::Short);
+        assert_eq!(
+            ListBlock::for_count(SHORT_LIST_ENTRIES, true),
+            ListBlock::Short
+        );
+        assert_eq!(
+            ListBlock::for_count(SHORT_LIST_ENTRIES + 1, true),
+            ListBlock::Long
+        );
+        assert_eq!(ListBlock::for_count(1, false), ListBlock::Long);
+        // The short block is the start of a list, entries included.
+        assert_eq!(
+            SHORT_LIST_BYTES,
+            std::mem::offset_of!(UnpackList, entries) + SHORT_LIST_ENTRIES * 16
+        );
+    }
 
     #[test]
     fn embedded_blob_matches_the_build() {

@@ -1203,7 +1203,9 @@ fn copy_row(
         for t in times.iter_mut() {
             let t0 = Instant::now();
             // SAFETY: every range is the first `n` bytes of a buffer at least `n` long
-            // (sized for the largest transfer); the context owning both allocations is bound.
+            // (sized for the largest transfer); a context of one of the devices is bound, and
+            // the driver routes a copy between two GPUs' memory by address (unified
+            // addressing).
             unsafe {
                 match (src, &mut *dst) {
                     (Buf::Host(s), Buf::Cuda(d)) => cu::memcpy_htod_sync(d.ptr(), &s[..n]),
@@ -1472,6 +1474,11 @@ fn two_hosts(o: &Options, cfg: Config) -> BenchResult<Report> {
         (MemKind::Cuda, MemKind::Cuda) if o.gpu.0 == o.gpu.1 => Some(Gpu::open(o.gpu.0)?),
         (MemKind::Cuda, MemKind::Cuda) => {
             tcpx_kernels::gpu_available().map_err(|e| format!("--mem cuda: {e}"))?;
+            let n = CudaContext::device_count().unwrap_or(0);
+            let most = o.gpu.0.max(o.gpu.1);
+            if most >= n {
+                return Err(format!("--gpu {most}: this machine has {n} GPU(s)"));
+            }
             None
         }
         _ => None,

@@ -50,7 +50,11 @@ environment: TCPX_LOG=error|warn|info|debug|trace (default warn)
 /// Runs `tcpx` with `args` (without the program name); returns the exit code.
 pub fn run(args: &[String]) -> i32 {
     // `tcpx <command> --help`: this text, which covers every command.
-    if args.len() > 1 && args[1..].iter().any(|a| a == "--help" || a == "-h") {
+    let command = matches!(
+        args.first().map(String::as_str),
+        Some("probe" | "bench" | "stream")
+    );
+    if command && args[1..].iter().any(|a| a == "--help" || a == "-h") {
         print!("{USAGE}");
         return 0;
     }

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaEvent, CudaStream};
+use cudarc::driver::{sys, CudaContext, CudaEvent, CudaStream};
 use tcpx_core::unpack::{LoadMeta, NetUnpackMeta, UnpackDevHandle, ENTRIES_PER_SLOT, PAGE_SIZE};
 use tcpx_kernels::{Kernels, UnpackJob, UnpackList, MAX_LIST_ENTRIES};
 
@@ -129,58 +129,104 @@ impl Drop for CtxGuard {
     }
 }
 
+/// A pointer attribute of `p` as the driver reports it (a context must be current), read into
+/// a value of the attribute's type; `None` when the driver does not know `p`.
+fn pointer_attr<T: Copy>(p: u64, attr: sys::CUpointer_attribute, mut v: T) -> Option<T> {
+    // SAFETY: a pure query writing one value of the attribute's type, which callers pass.
+    let r = unsafe { sys::cuPointerGetAttribute((&mut v as *mut T).cast(), attr, p) };
+    (r == sys::CUresult::CUDA_SUCCESS).then_some(v)
+}
+
+fn memory_type(p: u64) -> Option<u32> {
+    pointer_attr(
+        p,
+        sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+        0u32,
+    )
+}
+
+fn device_ordinal(p: u64) -> Option<i32> {
+    pointer_attr(
+        p,
+        sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+        -1i32,
+    )
+}
+
+/// Whether `p` lies in a `cuMemAlloc` allocation (suitable for legacy CUDA IPC): one driver
+/// range per allocation, never continued by the next one.
+fn legacy_allocation(p: u64) -> bool {
+    // A boolean; read into a zeroed wider value, whatever width the driver writes.
+    pointer_attr(
+        p,
+        sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE,
+        0u64,
+    )
+    .is_some_and(|v| v != 0)
+}
+
+fn is_device(memory_type: u32) -> bool {
+    memory_type == sys::CUmemorytype::CU_MEMORYTYPE_DEVICE as u32
+        || memory_type == sys::CUmemorytype::CU_MEMORYTYPE_UNIFIED as u32
+}
+
+/// Where the memory holding `p` ends: the end of the driver's address range holding it,
+/// continued through ranges that start exactly where the previous one ends while `same`
+/// accepts both sides of the seam — device memory mapped in pieces back to back, as
+/// `cuMemMap`-based allocators (PyTorch's expandable segments among them) make it, reports
+/// one piece per range. Walked no further than `until`; `None` when the driver does not know
+/// `p`.
+fn mapped_end(p: u64, until: u64, same: impl Fn(u64) -> bool) -> Option<u64> {
+    use sys::CUpointer_attribute as A;
+    let range = |a: u64| {
+        let start = pointer_attr(
+            a,
+            A::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
+            0 as sys::CUdeviceptr,
+        )?;
+        let size = pointer_attr(a, A::CU_POINTER_ATTRIBUTE_RANGE_SIZE, 0usize)?;
+        Some((start, start.checked_add(size as u64)?))
+    };
+    let (start, mut end) = range(p)?;
+    if start > p {
+        return None;
+    }
+    while end < until && same(end - 1) && same(end) {
+        match range(end) {
+            Some((next, next_end)) if next == end && next_end > end => end = next_end,
+            _ => break,
+        }
+    }
+    Some(end)
+}
+
 /// Checks a registration against what the CUDA driver knows of `[ptr, ptr + len)`, so a wrong
 /// kind, device or length is refused before any copy or kernel could touch memory outside it
 /// (a kernel writing where it should not kills the whole CUDA context): `Cuda { device }` must
-/// be device (or managed) memory of GPU `device`, inside one allocation; `Host` must not be
-/// device memory. Without a CUDA driver only host memory passes. A host registration is
+/// be device (or managed) memory of GPU `device`, mapped for the whole length; `Host` must not
+/// be device memory. Without a CUDA driver only host memory passes. A host registration is
 /// checked only when the calling thread has a current context (where device pointers are
 /// used, one is; opening one just to look would cost a host-only user a GPU context).
 /// The caller's current context is left as it was.
 pub fn check_registration(ptr: u64, len: u64, memory: Memory) -> Result<()> {
-    use cudarc::driver::sys::{self, CUmemorytype, CUpointer_attribute as A};
     let range = || format!("[{ptr:#x}, +{len})");
-    if tcpx_kernels::gpu_available().is_err() {
+    if let Err(why) = tcpx_kernels::gpu_available() {
         return match memory {
             Memory::Host => Ok(()),
             Memory::Cuda { device } => Err(Error::BadMemory(format!(
-                "{} registered as memory of GPU {device}, but there is no CUDA driver",
+                "{} registered as memory of GPU {device}: {why}",
                 range()
             ))),
         };
     }
     let _restore = CtxGuard::save();
-    // SAFETY (each query): a pure query into an out-value of the attribute's type.
-    let query = |attr: A, out: *mut std::ffi::c_void| unsafe {
-        sys::cuPointerGetAttribute(out, attr, ptr) == sys::CUresult::CUDA_SUCCESS
-    };
-    let memory_type = || {
-        let mut t: u32 = 0;
-        query(
-            A::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
-            (&mut t as *mut u32).cast(),
-        )
-        .then_some(t)
-    };
-    let ordinal = || {
-        let mut d: i32 = -1;
-        query(
-            A::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
-            (&mut d as *mut i32).cast(),
-        )
-        .then_some(d)
-    };
-    let is_device = |t: u32| {
-        t == CUmemorytype::CU_MEMORYTYPE_DEVICE as u32
-            || t == CUmemorytype::CU_MEMORYTYPE_UNIFIED as u32
-    };
     match memory {
         Memory::Host => {
             if !matches!(cudarc::driver::result::ctx::get_current(), Ok(Some(_))) {
                 return Ok(());
             }
-            if memory_type().is_some_and(is_device) {
-                let on = ordinal().map_or(String::new(), |d| format!(" of GPU {d}"));
+            if memory_type(ptr).is_some_and(is_device) {
+                let on = device_ordinal(ptr).map_or(String::new(), |d| format!(" of GPU {d}"));
                 return Err(Error::BadMemory(format!(
                     "{} registered as host memory is device memory{on}",
                     range()
@@ -199,7 +245,7 @@ pub fn check_registration(ptr: u64, len: u64, memory: Memory) -> Result<()> {
             // Queries need a context; the caller's usually is the device's primary one.
             let ctx = CudaContext::new(device as usize).map_err(cuda("CUDA context"))?;
             ctx.bind_to_thread().map_err(cuda("cuCtxSetCurrent"))?;
-            match memory_type() {
+            match memory_type(ptr) {
                 Some(t) if is_device(t) => {}
                 Some(_) => {
                     return Err(Error::BadMemory(format!(
@@ -215,25 +261,28 @@ pub fn check_registration(ptr: u64, len: u64, memory: Memory) -> Result<()> {
                     )))
                 }
             }
-            if let Some(d) = ordinal().filter(|&d| d != device) {
+            if let Some(d) = device_ordinal(ptr).filter(|&d| d != device) {
                 return Err(Error::BadMemory(format!(
                     "{} registered as memory of GPU {device} is memory of GPU {d}",
                     range()
                 )));
             }
-            let (mut start, mut size): (sys::CUdeviceptr, usize) = (0, 0);
-            let known = query(
-                A::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
-                (&mut start as *mut sys::CUdeviceptr).cast(),
-            ) && query(
-                A::CU_POINTER_ATTRIBUTE_RANGE_SIZE,
-                (&mut size as *mut usize).cast(),
-            );
-            let alloc_end = start.saturating_add(size as u64);
-            if known && ptr.checked_add(len).is_none_or(|end| end > alloc_end) {
+            let end = ptr.checked_add(len).ok_or_else(|| {
+                Error::BadMemory(format!("{} wraps around the address space", range()))
+            })?;
+            // Pieces of one mapping continue each other; separate cuMemAlloc allocations,
+            // even adjacent ones, do not.
+            let ours = |a: u64| {
+                memory_type(a).is_some_and(is_device)
+                    && device_ordinal(a) == Some(device)
+                    && !legacy_allocation(a)
+            };
+            if let Some(mapped) = mapped_end(ptr, end, ours).filter(|&m| end > m) {
                 return Err(Error::BadMemory(format!(
-                    "{} runs past the end of its allocation [{start:#x}, +{size})",
-                    range()
+                    "{} runs past the end of the device memory mapped there (it ends at \
+                     {mapped:#x}, {} bytes short)",
+                    range(),
+                    end - mapped
                 )));
             }
             Ok(())
@@ -311,31 +360,20 @@ impl Gpu {
         }
     }
 
-    /// Bytes from device address `p` to the end of the allocation (device memory, or host
-    /// memory mapped into the device) that holds it; `None` when the driver does not know `p`.
+    /// Bytes from device address `p` to the end of the memory mapped there (device memory,
+    /// through pieces mapped back to back; or host memory mapped into the device); `None` when
+    /// the driver does not know `p`.
     pub fn range_len(&self, p: u64) -> Option<u64> {
-        use cudarc::driver::sys::{self, CUpointer_attribute as A};
         if self.stream.context().bind_to_thread().is_err() {
             return None;
         }
-        let (mut start, mut size): (sys::CUdeviceptr, usize) = (0, 0);
-        // SAFETY: pure queries; each out-pointer has the attribute's type (CUdeviceptr,
-        // size_t).
-        let ok = unsafe {
-            sys::cuPointerGetAttribute(
-                (&mut start as *mut sys::CUdeviceptr).cast(),
-                A::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
-                p,
-            ) == sys::CUresult::CUDA_SUCCESS
-                && sys::cuPointerGetAttribute(
-                    (&mut size as *mut usize).cast(),
-                    A::CU_POINTER_ATTRIBUTE_RANGE_SIZE,
-                    p,
-                ) == sys::CUresult::CUDA_SUCCESS
-        };
-        (ok && start <= p)
-            .then(|| (start + size as u64).checked_sub(p))
-            .flatten()
+        // The furthest a fragment can read: a 32-bit offset plus a page.
+        let until = p.saturating_add(u64::from(u32::MAX) + PAGE_SIZE as u64);
+        // Device memory mapped in pieces continues; host memory and cuMemAlloc'd memory end
+        // with their range.
+        let piece = |a: u64| memory_type(a).is_some_and(is_device) && !legacy_allocation(a);
+        let end = mapped_end(p, until, piece)?;
+        end.checked_sub(p)
     }
 
     /// Queues the unpack of the `len`-byte chunk that `src` published in `slot` into device

@@ -283,53 +283,59 @@ impl Session {
         if ptr.is_null() || len == 0 {
             return Err(Error::Invalid("register: null pointer or zero length"));
         }
-        // Before anything is opened for it: a refused registration changes nothing.
+        if let Memory::Cuda { device } = memory {
+            if !self.cuda_ok {
+                return Err(Error::Unsupported(
+                    "the ncclNet plugin does not accept CUDA pointers on this machine",
+                ));
+            }
+            if self.gpu.as_ref().is_some_and(|g| g.device() != device) {
+                return Err(Error::Invalid(
+                    "register: a session drives one GPU; this region is on another",
+                ));
+            }
+        }
+        // What the driver knows of the memory must agree, before anything is opened for it.
         super::gpu::check_registration(ptr as u64, len as u64, memory)?;
         let kind = match memory {
             Memory::Host => MemKind::Host,
-            Memory::Cuda { device } => {
-                if !self.cuda_ok {
-                    return Err(Error::Unsupported(
-                        "the ncclNet plugin does not accept CUDA pointers on this machine",
-                    ));
-                }
-                match &self.gpu {
-                    Some(g) if g.device() != device => {
-                        return Err(Error::Invalid(
-                            "register: a session drives one GPU; this region is on another",
-                        ))
-                    }
-                    Some(_) => {}
-                    None => {
-                        let gpu = Gpu::open(device, self.channels.len())?;
-                        let _restore = CtxGuard::save();
-                        for ch in &mut self.channels {
-                            if let Some(src) = &mut ch.unpack {
-                                src.meta_host = gpu.host_alias(src.meta);
-                                src.bounce_len = gpu.range_len(src.bounce);
-                                if src.bounce_len.is_none() {
-                                    crate::log_warn!(
-                                        "engine",
-                                        "the driver does not know the plugin's bounce region \
-                                         {:#x}: fragment sources are not bounded",
-                                        src.bounce
-                                    );
-                                }
-                            }
-                        }
-                        self.gpu = Some(gpu);
-                    }
-                }
-                MemKind::Cuda
+            Memory::Cuda { .. } => MemKind::Cuda,
+        };
+        // The first device registration opens the session's GPU, kept only if the
+        // registration succeeds (so a failed one changes nothing). Whatever is dropped on the
+        // way out is dropped before the caller's context is put back.
+        let _restore = (kind == MemKind::Cuda).then(CtxGuard::save);
+        let new_gpu = match memory {
+            Memory::Cuda { device } if self.gpu.is_none() => {
+                Some(Gpu::open(device, self.channels.len())?)
             }
+            _ => None,
         };
         let mut regs = Vec::with_capacity(self.channels.len());
         for ch in &self.channels {
-            // SAFETY: the caller guarantees the memory; the comms are open.
+            // SAFETY: the caller guarantees the memory; the comms are open. A registration
+            // dropped on an error path is released by its drop.
             let s = unsafe { self.net.reg_mr(&ch.send, ptr, len, kind)? };
             // SAFETY: as above.
             let r = unsafe { self.net.reg_mr(&ch.recv, ptr, len, kind)? };
             regs.push((s, r));
+        }
+        if let Some(gpu) = new_gpu {
+            for ch in &mut self.channels {
+                if let Some(src) = &mut ch.unpack {
+                    src.meta_host = gpu.host_alias(src.meta);
+                    src.bounce_len = gpu.range_len(src.bounce);
+                    if src.bounce_len.is_none() {
+                        crate::log_warn!(
+                            "engine",
+                            "the driver does not know the plugin's bounce region {:#x}: \
+                             fragment sources are not bounded",
+                            src.bounce
+                        );
+                    }
+                }
+            }
+            self.gpu = Some(gpu);
         }
         Ok(self.registry.insert(Region {
             base: ptr.cast(),

@@ -217,8 +217,32 @@ impl Backend {
                 .filter(|&d| d <= i32::MAX as u32)
                 .ok_or_else(|| Error::invalid(Arg::Descs, "device id out of range"))?,
         };
-        // What the CUDA driver knows of the memory must agree (kind, GPU, length): a transfer
-        // into a wrong one would write outside it or kill the CUDA context.
+        let region = Region {
+            span,
+            mem,
+            device,
+            key: random_key(),
+        };
+        let other_gpu = |gpu: u32| {
+            Error::invalid(
+                Arg::Descs,
+                format!(
+                    "VRAM on device {device}, but this agent's GPU is device {gpu} (its first \
+                     VRAM registration): the backend drives one GPU per agent; create an agent \
+                     per GPU"
+                ),
+            )
+        };
+        // Cheap checks first: the agent's GPU, then what the CUDA driver knows of the memory
+        // (kind, GPU, length): a transfer into a wrong one would write outside it or kill the
+        // CUDA context.
+        if let Some(&gpu) = self
+            .gpu
+            .get()
+            .filter(|&&g| mem == MemKind::Vram && g != device)
+        {
+            return Err(other_gpu(gpu));
+        }
         let memory = match mem {
             MemKind::Dram => tcpx::engine::Memory::Host,
             MemKind::Vram => tcpx::engine::Memory::Cuda {
@@ -227,23 +251,11 @@ impl Backend {
         };
         tcpx::engine::check_registration(desc.addr, desc.len, memory)
             .map_err(|e| Error::invalid(Arg::Descs, e.to_string()))?;
-        let region = Region {
-            span,
-            mem,
-            device,
-            key: random_key(),
-        };
         if mem == MemKind::Vram {
+            // Two first registrations racing: one device wins, the other is refused.
             let gpu = *self.gpu.get_or_init(|| device);
             if gpu != device {
-                return Err(Error::invalid(
-                    Arg::Descs,
-                    format!(
-                        "VRAM on device {device}, but this agent's GPU is device {gpu} (its \
-                         first VRAM registration): the backend drives one GPU per agent; \
-                         create an agent per GPU"
-                    ),
-                ));
+                return Err(other_gpu(gpu));
             }
             self.remote.open_copier(device);
         }

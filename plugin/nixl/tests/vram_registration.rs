@@ -38,16 +38,8 @@ fn regions_the_driver_contradicts_are_refused() {
     let (d, p) = (dev.ptr(), pinned.host_ptr() as u64);
     let cases = [
         (desc(p, 4096, 0), MEM_VRAM, "is host memory"),
-        (
-            desc(d, N as u64 + 1, 0),
-            MEM_VRAM,
-            "past the end of its allocation",
-        ),
-        (
-            desc(d + 4096, N as u64, 0),
-            MEM_VRAM,
-            "past the end of its allocation",
-        ),
+        (desc(d, N as u64 + 1, 0), MEM_VRAM, "past the end"),
+        (desc(d + 4096, N as u64, 0), MEM_VRAM, "past the end"),
         (desc(d, 4096, 0), MEM_DRAM, "is device memory of GPU 0"),
         (desc(d, 4096, gpus), MEM_VRAM, "GPU(s)"),
     ];
