@@ -230,12 +230,7 @@ fn registrations_the_driver_contradicts_are_refused() {
     let cases: [(*mut std::ffi::c_void, usize, Memory, &[&str]); 5] = [
         (pageable.as_mut_ptr().cast(), 4096, cuda0, pageable_why),
         (pinned.host_ptr().cast(), 4096, cuda0, &["is host memory"]),
-        (
-            dptr,
-            (64 << 10) + 1,
-            cuda0,
-            &["past the end of its allocation"],
-        ),
+        (dptr, (64 << 10) + 1, cuda0, &["past the end"]),
         (dptr, 4096, Memory::Host, &["is device memory of GPU 0"]),
         (dptr, 4096, Memory::Cuda { device: gpus }, &["GPU(s)"]),
     ];

@@ -165,35 +165,64 @@ fn legacy_allocation(p: u64) -> bool {
     .is_some_and(|v| v != 0)
 }
 
+/// Whether `p` lies in address space backed by memory (reserved but unmapped address space
+/// is known to the driver too).
+fn backed(p: u64) -> bool {
+    pointer_attr(
+        p,
+        sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MAPPED,
+        0u64,
+    )
+    .is_some_and(|v| v != 0)
+}
+
 fn is_device(memory_type: u32) -> bool {
     memory_type == sys::CUmemorytype::CU_MEMORYTYPE_DEVICE as u32
         || memory_type == sys::CUmemorytype::CU_MEMORYTYPE_UNIFIED as u32
 }
 
-/// Where the memory holding `p` ends: the end of the driver's address range holding it,
-/// continued through ranges that start exactly where the previous one ends while `same`
-/// accepts both sides of the seam — device memory mapped in pieces back to back, as
-/// `cuMemMap`-based allocators (PyTorch's expandable segments among them) make it, reports
-/// one piece per range. Walked no further than `until`; `None` when the driver does not know
-/// `p`.
-fn mapped_end(p: u64, until: u64, same: impl Fn(u64) -> bool) -> Option<u64> {
+/// The end of the piece of memory holding `a`: for host memory and `cuMemAlloc` allocations,
+/// the end of their driver range; for other device memory (`cuMemMap` pieces, memory pools)
+/// the end of the mapping holding it, `a` itself when nothing is mapped there (reserved
+/// address space is known to the driver too), or the driver range's end where it reports no
+/// mapping.
+fn piece_end(a: u64) -> Option<u64> {
     use sys::CUpointer_attribute as A;
-    let range = |a: u64| {
-        let start = pointer_attr(
-            a,
-            A::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
-            0 as sys::CUdeviceptr,
-        )?;
-        let size = pointer_attr(a, A::CU_POINTER_ATTRIBUTE_RANGE_SIZE, 0usize)?;
-        Some((start, start.checked_add(size as u64)?))
+    let span = |base_attr: A, size_attr: A| {
+        let base = pointer_attr(a, base_attr, 0 as sys::CUdeviceptr)?;
+        let size = pointer_attr(a, size_attr, 0usize)?;
+        let end = base.checked_add(size as u64)?;
+        (base <= a && a < end).then_some(end)
     };
-    let (start, mut end) = range(p)?;
-    if start > p {
-        return None;
+    let range = || {
+        span(
+            A::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
+            A::CU_POINTER_ATTRIBUTE_RANGE_SIZE,
+        )
+    };
+    if !memory_type(a).is_some_and(is_device) || legacy_allocation(a) {
+        return range();
     }
-    while end < until && same(end - 1) && same(end) {
-        match range(end) {
-            Some((next, next_end)) if next == end && next_end > end => end = next_end,
+    if !backed(a) {
+        return Some(a);
+    }
+    span(
+        A::CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR,
+        A::CU_POINTER_ATTRIBUTE_MAPPING_SIZE,
+    )
+    .or_else(range)
+}
+
+/// Where the memory holding `p` ends: the end of its piece ([`piece_end`]), continued through
+/// pieces that start exactly where the previous one ends while `same` accepts both sides of the
+/// seam — device memory mapped in pieces back to back, as `cuMemMap`-based allocators
+/// (PyTorch's expandable segments among them) make it. Walked no further than `until`; `None`
+/// when the driver does not know `p`.
+fn mapped_end(p: u64, until: u64, same: impl Fn(u64) -> bool) -> Option<u64> {
+    let mut end = piece_end(p)?;
+    while end > p && end < until && same(end - 1) && same(end) {
+        match piece_end(end) {
+            Some(next) if next > end => end = next,
             _ => break,
         }
     }
@@ -276,6 +305,7 @@ pub fn check_registration(ptr: u64, len: u64, memory: Memory) -> Result<()> {
                 memory_type(a).is_some_and(is_device)
                     && device_ordinal(a) == Some(device)
                     && !legacy_allocation(a)
+                    && backed(a)
             };
             if let Some(mapped) = mapped_end(ptr, end, ours).filter(|&m| end > m) {
                 return Err(Error::BadMemory(format!(
@@ -371,7 +401,8 @@ impl Gpu {
         let until = p.saturating_add(u64::from(u32::MAX) + PAGE_SIZE as u64);
         // Device memory mapped in pieces continues; host memory and cuMemAlloc'd memory end
         // with their range.
-        let piece = |a: u64| memory_type(a).is_some_and(is_device) && !legacy_allocation(a);
+        let piece =
+            |a: u64| memory_type(a).is_some_and(is_device) && !legacy_allocation(a) && backed(a);
         let end = mapped_end(p, until, piece)?;
         end.checked_sub(p)
     }
