@@ -337,35 +337,6 @@ fn main() -> BoxResult<()> {
         copy_s: list_c,
     });
     debug_assert!((list_c / list_l - list_ratio).abs() < 1e-9);
-    // The same pages listed in stream order (sources still shuffled), as a TCPX receive
-    // publishes them: such a list launches without lengths (8.7 KB of parameters, not 16.8).
-    let mut ordered = UnpackList::new_boxed();
-    {
-        let table = NetUnpackMeta::ref_from_bytes(meta_buf.as_slice()).expect("table layout");
-        let mut entries = table.mem[0][..PAGES].to_vec();
-        entries.sort_by_key(|e| e.dst_off);
-        ordered
-            .push(dev_bounce.ptr(), dst_ptr, &entries)
-            .expect("fits");
-    }
-    let mut in_order = Vec::new();
-    for _ in 0..5 {
-        let c = time_per_call(&ctx, &stream, 400, || dtod(SLOT_BYTES))?;
-        let p = time_per_call(&ctx, &stream, 400, || run_list(&k, &ordered))?;
-        k.set_packed_lists(false);
-        let l = time_per_call(&ctx, &stream, 400, || run_list(&k, &ordered))?;
-        k.set_packed_lists(true);
-        in_order.push((c / p, c / l, c, p, l));
-    }
-    in_order.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (_, _, ordered_c, ordered_p, _) = in_order[in_order.len() / 2];
-    rows.push(Row {
-        case: "device bounce, 1 slot/launch, list in stream order (median of 5)".into(),
-        bytes: SLOT_BYTES,
-        unpack_s: ordered_p,
-        copy: "cuMemcpyDtoDAsync",
-        copy_s: ordered_c,
-    });
     rows.push(Row {
         case: "mapped host bounce, 1 slot/launch, list".into(),
         bytes: SLOT_BYTES,
@@ -533,18 +504,6 @@ fn main() -> BoxResult<()> {
             gbps(SLOT_BYTES, *l),
             gbps(SLOT_BYTES, *u),
             gbps(SLOT_BYTES, *t)
-        );
-    }
-    println!(
-        "device bounce, 4 MiB/launch, entries in stream order, 5 interleaved rounds, ratio vs \
-         DtoD: without lengths (packed), with lengths:"
-    );
-    for (rp, rl, c, p, l) in &in_order {
-        println!(
-            "  {rp:>6.3} {rl:>6.3}   DtoD {:>7.1} packed {:>7.1} list {:>7.1} GB/s",
-            gbps(SLOT_BYTES, *c),
-            gbps(SLOT_BYTES, *p),
-            gbps(SLOT_BYTES, *l)
         );
     }
     println!("latency, enqueue to event seen complete ({LATENCY_ITERS} iterations):");

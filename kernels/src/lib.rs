@@ -42,7 +42,6 @@ const SLOT_KERNEL: &str = "tcpx_unpack_slot";
 const BATCH_KERNEL: &str = "tcpx_unpack_batch";
 const LIST_KERNEL: &str = "tcpx_unpack_list";
 const SHORT_LIST_KERNEL: &str = "tcpx_unpack_short_list";
-const PACKED_LIST_KERNEL: &str = "tcpx_unpack_packed_list";
 /// Most jobs one [`UnpackList`] carries.
 pub const MAX_LIST_JOBS: usize = 16;
 /// Most fragments one [`UnpackList`] carries (16 KiB of entries: the whole list stays within
@@ -321,84 +320,7 @@ impl ListBlock {
     }
 }
 
-/// One entry of a [`PackedList`]: its length is implied (layout shared with the kernel).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct PackedEntry {
-    src_off: u32,
-    dst_off: u32,
-}
-
-/// One job of a [`PackedList`] (32 bytes, shared with the kernel).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct PackedJob {
-    bounce: CUdeviceptr,
-    dst: CUdeviceptr,
-    first: u32,
-    count: u32,
-    /// Bytes of the destination the job's fragments cover (its last fragment's end).
-    end: u32,
-    reserved: u32,
-}
-
-/// `tcpx_unpack_packed_list`'s parameter block (8,720 bytes): a list whose fragments tile each
-/// job's destination in order, as a TCPX receive publishes them, carried without lengths — a
-/// fragment runs to the next one's `dst_off`, the last to its job's `end`.
-#[repr(C)]
-struct PackedList {
-    jobs: [PackedJob; MAX_LIST_JOBS],
-    njobs: u32,
-    count: u32,
-    reserved: [u32; 2],
-    entries: [PackedEntry; MAX_LIST_ENTRIES],
-}
-
-impl PackedList {
-    /// `list` without lengths, or `None` unless every job's entries tile its destination in
-    /// order (entry k + 1 starts where entry k ends, every offset within 32 bits). The lengths
-    /// the kernel derives are then exactly the list's.
-    fn of(list: &UnpackList) -> Option<PackedList> {
-        let mut packed = PackedList {
-            jobs: [PackedJob::default(); MAX_LIST_JOBS],
-            njobs: list.njobs,
-            count: list.count,
-            reserved: [0; 2],
-            entries: [PackedEntry::default(); MAX_LIST_ENTRIES],
-        };
-        for (job, out) in list.jobs[..list.njobs as usize]
-            .iter()
-            .zip(&mut packed.jobs)
-        {
-            let first = job.first as usize;
-            let entries = &list.entries[first..first + job.count as usize];
-            let mut end = entries.first().map_or(0, |e| e.dst_off);
-            for (e, p) in entries.iter().zip(&mut packed.entries[first..]) {
-                if e.dst_off != end {
-                    return None;
-                }
-                end = end.checked_add(u64::from(e.len))?;
-                *p = PackedEntry {
-                    src_off: e.src_off,
-                    dst_off: u32::try_from(e.dst_off).ok()?,
-                };
-            }
-            *out = PackedJob {
-                bounce: job.bounce,
-                dst: job.dst,
-                first: job.first,
-                count: job.count,
-                end: u32::try_from(end).ok()?,
-                reserved: 0,
-            };
-        }
-        Some(packed)
-    }
-}
-
 const _: () = assert!(size_of::<ListJob>() == 24);
-const _: () = assert!(size_of::<PackedJob>() == 32);
-const _: () = assert!(size_of::<PackedList>() == 8720);
 const _: () = assert!(size_of::<UnpackList>() == 16784);
 const _: () = assert!(SHORT_LIST_BYTES == 4496);
 const _: () = assert!(std::mem::offset_of!(UnpackList, entries) == 400);
@@ -414,11 +336,8 @@ pub struct Kernels {
     batch_fn: CudaFunction,
     list_fn: CudaFunction,
     short_list_fn: CudaFunction,
-    packed_list_fn: CudaFunction,
     /// Whether lists of at most [`SHORT_LIST_ENTRIES`] launch with the short parameter block.
     short_lists: bool,
-    /// Whether longer lists that tile their jobs launch without lengths.
-    packed_lists: bool,
     blocks_per_slot: u32,
     max_blocks_per_launch: u32,
 }
@@ -444,18 +363,13 @@ impl Kernels {
         let short_list_fn = module
             .load_function(SHORT_LIST_KERNEL)
             .context("cuModuleGetFunction(tcpx_unpack_short_list)")?;
-        let packed_list_fn = module
-            .load_function(PACKED_LIST_KERNEL)
-            .context("cuModuleGetFunction(tcpx_unpack_packed_list)")?;
         Ok(Kernels {
             ctx: ctx.clone(),
             slot_fn,
             batch_fn,
             list_fn,
             short_list_fn,
-            packed_list_fn,
             short_lists: true,
-            packed_lists: true,
             blocks_per_slot: DEFAULT_BLOCKS_PER_SLOT,
             max_blocks_per_launch: DEFAULT_MAX_BLOCKS_PER_LAUNCH,
         })
@@ -637,35 +551,20 @@ impl Kernels {
             return Ok(());
         }
         let blocks = list.count.div_ceil(ENTRIES_PER_BLOCK);
-        let size = ListBlock::for_count(list.count as usize, self.short_lists);
-        let packed = match size {
-            ListBlock::Long if self.packed_lists => PackedList::of(list),
-            _ => None,
-        };
-        let (f, block, what) = match (&packed, size) {
-            (Some(p), _) => (
-                &self.packed_list_fn,
-                std::ptr::from_ref(p).cast::<c_void>(),
-                "cuLaunchKernel(tcpx_unpack_packed_list)",
-            ),
-            (None, ListBlock::Short) => (
+        let (f, what) = match ListBlock::for_count(list.count as usize, self.short_lists) {
+            ListBlock::Short => (
                 &self.short_list_fn,
-                std::ptr::from_ref(list).cast::<c_void>(),
                 "cuLaunchKernel(tcpx_unpack_short_list)",
             ),
-            (None, ListBlock::Long) => (
-                &self.list_fn,
-                std::ptr::from_ref(list).cast::<c_void>(),
-                "cuLaunchKernel(tcpx_unpack_list)",
-            ),
+            ListBlock::Long => (&self.list_fn, "cuLaunchKernel(tcpx_unpack_list)"),
         };
+        let block = std::ptr::from_ref(list).cast::<c_void>();
         let mut params: [*mut c_void; 1] = [block.cast_mut()];
-        // SAFETY: `UnpackList` matches the long kernel's by-value parameter, its first
+        // SAFETY: `UnpackList` matches the long kernel's by-value parameter, and its first
         // SHORT_LIST_BYTES the short kernel's (the driver copies the kernel's parameter size
-        // from the list), `PackedList` the packed kernel's; the kernel only reads the copy;
-        // `count` and `njobs` never exceed the arrays (`push` keeps them so, the short kernel
-        // runs only for a count that fits its block, and a packed list derives exactly the
-        // list's lengths); the memory contract is the caller's.
+        // from the list); the kernel only reads the copy; `count` and `njobs` never exceed the
+        // arrays (`push` keeps them so, and the short kernel runs only for a count that fits
+        // its block); the memory contract is the caller's.
         unsafe {
             result::launch_kernel(
                 f.cu_function(),
@@ -683,12 +582,6 @@ impl Kernels {
     /// block (default on; for benchmarks and tests of the long one).
     pub fn set_short_lists(&mut self, on: bool) {
         self.short_lists = on;
-    }
-
-    /// Whether longer lists whose fragments tile their jobs in order (TCPX's) launch without
-    /// lengths, in an 8,720-byte block (default on; for benchmarks and tests of the long one).
-    pub fn set_packed_lists(&mut self, on: bool) {
-        self.packed_lists = on;
     }
 }
 
@@ -713,64 +606,6 @@ mod tests {
             SHORT_LIST_BYTES,
             std::mem::offset_of!(UnpackList, entries) + SHORT_LIST_ENTRIES * 16
         );
-    }
-
-    #[test]
-    fn lists_that_tile_their_jobs_pack_and_others_do_not() {
-        let page = |src: u32, dst: u64, len: u32| LoadMeta {
-            src_off: src,
-            len,
-            dst_off: dst,
-        };
-        let mut list = UnpackList::new_boxed();
-        // Job 0 starts mid-destination, job 1 at 0 with a short last fragment, job 2 empty.
-        list.push(1, 2, &[page(8192, 100, 4096), page(0, 4196, 10)])
-            .unwrap();
-        list.push(3, 4, &[page(4096, 0, 4096), page(12288, 4096, 7)])
-            .unwrap();
-        list.push(5, 6, &[]).unwrap();
-        let p = PackedList::of(&list).expect("tiles");
-        assert_eq!((p.njobs, p.count), (3, 4));
-        assert_eq!(
-            p.entries[..4],
-            [
-                PackedEntry {
-                    src_off: 8192,
-                    dst_off: 100
-                },
-                PackedEntry {
-                    src_off: 0,
-                    dst_off: 4196
-                },
-                PackedEntry {
-                    src_off: 4096,
-                    dst_off: 0
-                },
-                PackedEntry {
-                    src_off: 12288,
-                    dst_off: 4096
-                },
-            ]
-        );
-        let ends: Vec<_> = p.jobs[..3]
-            .iter()
-            .map(|j| (j.first, j.count, j.end))
-            .collect();
-        assert_eq!(ends, [(0, 2, 4206), (2, 2, 4103), (4, 0, 0)]);
-        // A gap, an overlap, entries out of order, an offset past 32 bits: not packed.
-        for bad in [
-            [page(0, 0, 4096), page(4096, 4097, 1)],
-            [page(0, 0, 4096), page(4096, 4095, 1)],
-            [page(0, 4096, 4096), page(4096, 0, 4096)],
-            [
-                page(0, u64::from(u32::MAX) - 1, 1),
-                page(1, u64::from(u32::MAX), 4096),
-            ],
-        ] {
-            let mut list = UnpackList::new_boxed();
-            list.push(1, 2, &bad).unwrap();
-            assert!(PackedList::of(&list).is_none(), "{bad:?}");
-        }
     }
 
     #[test]

@@ -77,32 +77,6 @@ struct UnpackListOf {
 typedef UnpackListOf<UNPACK_LIST_ENTRIES> UnpackList;
 typedef UnpackListOf<UNPACK_SHORT_LIST_ENTRIES> UnpackShortList;
 
-// A list whose fragments tile each job's destination in order — fragment k + 1 starts where
-// fragment k ends, as a TCPX receive publishes them — needs no lengths: a fragment runs to the
-// next one's dst_off, the last to the job's end. Half the bytes per entry, so a full list's
-// parameter block is 8.7 KB instead of 16.8 KB.
-struct PackedEntry {
-    uint32_t src_off;
-    uint32_t dst_off;
-};
-
-struct UnpackPackedJob {
-    const uint8_t* bounce;
-    uint8_t* dst;
-    uint32_t first;
-    uint32_t count;
-    uint32_t end;  // bytes of the destination the job's fragments cover
-    uint32_t reserved;
-};
-
-struct UnpackPackedList {
-    UnpackPackedJob jobs[UNPACK_LIST_JOBS];
-    uint32_t njobs;
-    uint32_t count;
-    uint32_t reserved[2];
-    PackedEntry entries[UNPACK_LIST_ENTRIES];
-};
-
 static_assert(sizeof(LoadMeta) == 16, "LoadMeta is 16 bytes");
 static_assert(__builtin_offsetof(NetUnpackMeta, cnt) == 524288, "cnt follows the entries");
 static_assert(sizeof(NetUnpackMeta) == 524416, "netUnpackMeta size");
@@ -112,8 +86,6 @@ static_assert(sizeof(UnpackListJob) == 24, "UnpackListJob size");
 static_assert(sizeof(UnpackList) == 16784, "UnpackList size");
 static_assert(__builtin_offsetof(UnpackList, entries) == 400, "entries follow the header");
 static_assert(sizeof(UnpackShortList) == 4496, "UnpackShortList size");
-static_assert(sizeof(UnpackPackedJob) == 32, "UnpackPackedJob size");
-static_assert(sizeof(UnpackPackedList) == 8720, "UnpackPackedList size");
 
 // The table is written by the host (or the NIC plugin) between launches; a launch boundary makes
 // those writes visible. Entries go through the read-only path; the count is read like NCCL does.
@@ -306,23 +278,4 @@ tcpx_unpack_list(const __grid_constant__ UnpackList list) {
 extern "C" __global__ void __launch_bounds__(UNPACK_THREADS)
 tcpx_unpack_short_list(const __grid_constant__ UnpackShortList list) {
     unpack_list(list);
-}
-
-// As tcpx_unpack_list, each fragment's length taken from the next entry (or the job's end).
-// The host built the list from entries it checked to tile their jobs, so every length is
-// what was checked.
-extern "C" __global__ void __launch_bounds__(UNPACK_THREADS)
-tcpx_unpack_packed_list(const __grid_constant__ UnpackPackedList list) {
-    const uint32_t warp = threadIdx.x / 32u;
-    const uint32_t lane = threadIdx.x % 32u;
-    const uint32_t count = list.count < UNPACK_LIST_ENTRIES ? list.count : UNPACK_LIST_ENTRIES;
-    const uint32_t njobs = list.njobs < UNPACK_LIST_JOBS ? list.njobs : UNPACK_LIST_JOBS;
-    uint32_t job = 0;
-    for (uint32_t i = blockIdx.x * UNPACK_WARPS + warp; i < count; i += gridDim.x * UNPACK_WARPS) {
-        while (job + 1u < njobs && i >= list.jobs[job + 1u].first) ++job;
-        const UnpackPackedJob& j = list.jobs[job];
-        const PackedEntry e = list.entries[i];
-        const uint32_t end = i + 1u < j.first + j.count ? list.entries[i + 1u].dst_off : j.end;
-        if (end > e.dst_off) copy_fragment(j.bounce + e.src_off, j.dst + e.dst_off, end - e.dst_off, lane);
-    }
 }

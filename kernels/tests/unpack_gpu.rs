@@ -299,24 +299,6 @@ fn random_fragments(rng: &mut Rng, bounce_len: usize, n: usize) -> (Vec<LoadMeta
     (entries, pos as usize + rng.range(0, 9) as usize)
 }
 
-/// `n` fragments of random size at random source offsets (any alignment) that tile a
-/// destination in order from a random start, as a TCPX receive publishes them.
-fn tiled_fragments(rng: &mut Rng, bounce_len: usize, n: usize) -> (Vec<LoadMeta>, usize) {
-    let mut entries = Vec::with_capacity(n);
-    let mut pos = rng.range(0, 31);
-    for _ in 0..n {
-        let len = rng.frag_len();
-        let src_off = rng.range(0, (bounce_len - len as usize) as u64) as u32;
-        entries.push(LoadMeta {
-            src_off,
-            len,
-            dst_off: pos,
-        });
-        pos += u64::from(len);
-    }
-    (entries, pos as usize + rng.range(0, 9) as usize)
-}
-
 /// `pages` whole pages from shuffled bounce pages starting at `first_page`, listed in shuffled
 /// order, filling a contiguous destination.
 fn page_fragments(rng: &mut Rng, first_page: usize, pages: usize) -> Vec<LoadMeta> {
@@ -601,52 +583,6 @@ fn stream_of_another_context_is_rejected() {
     let r = unsafe { g.kernels.launch_unpack(&stream, 0, 0, 0, 0) };
     assert!(matches!(r, Err(Error::WrongContext)), "{r:?}");
     g.ctx.bind_to_thread().expect("rebind");
-}
-
-/// Lists longer than a short block whose fragments tile their jobs in order launch without
-/// lengths (and, turned off, with them): both match the CPU, for random sizes and alignments,
-/// several jobs, and a full 4 MiB list of pages in order from shuffled bounce pages.
-#[test]
-fn tiled_lists_launch_packed_and_match_cpu() {
-    let Some(mut g) = gpu("tiled_lists_launch_packed_and_match_cpu") else {
-        return;
-    };
-    let bounce_len = (4 << 20) + 12;
-    for (kind, packed) in KINDS.into_iter().flat_map(|k| [(k, true), (k, false)]) {
-        g.kernels.set_packed_lists(packed);
-        for seed in 0..8u64 {
-            let mut rng = Rng(seed ^ 0x7117);
-            let bounce = rng.bytes(bounce_len);
-            let njobs = rng.range(1, 4) as usize;
-            let total = rng.range(SHORT_LIST_ENTRIES as u64 + 1, MAX_LIST_ENTRIES as u64) as usize;
-            let jobs: Vec<Job> = (0..njobs)
-                .map(|i| {
-                    let n = total / njobs + usize::from(i < total % njobs);
-                    let (entries, dst_len) = tiled_fragments(&mut rng, bounce_len, n);
-                    Job {
-                        table: 0,
-                        slot: i % SLOTS,
-                        entries,
-                        dst_len: dst_len.max(1),
-                        dst_align: rng.range(0, 15) as usize,
-                    }
-                })
-                .collect();
-            check(&g, kind, &bounce, &jobs, Launch::List, seed);
-        }
-        let mut rng = Rng(91);
-        let bounce = rng.bytes(bounce_len);
-        let mut entries = page_fragments(&mut rng, 0, MAX_LIST_ENTRIES);
-        entries.sort_by_key(|e| e.dst_off);
-        let job = Job {
-            table: 0,
-            slot: 5,
-            entries,
-            dst_len: MAX_LIST_ENTRIES * PAGE_SIZE,
-            dst_align: 0,
-        };
-        check(&g, kind, &bounce, &[job], Launch::List, 91);
-    }
 }
 
 #[test]
