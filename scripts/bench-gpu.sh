@@ -7,6 +7,8 @@
 # and channel count (target: VRAM->VRAM >= 0.8x).
 #
 # usage: scripts/bench-gpu.sh [TCPX_BINARY [OUTDIR [extra tcpx bench args...]]]
+#   (e.g. `--gpu 0:1` on a machine with two GPUs: the sender's buffers on GPU 0, the
+#   receiver's on GPU 1)
 #   TCPX_BINARY  default target/release/tcpx (build: cargo build --release -p tcpx --bin tcpx;
 #                the unpack kernels need nvcc at build time: scripts/install-nvcc.sh)
 #   OUTDIR       default .  (files: bench-gpu-c<channels>-<src>-<dst>-r<round>.json)
