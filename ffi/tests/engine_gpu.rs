@@ -98,6 +98,28 @@ fn finish(a: &mut Session, ax: tcpx::XferId, b: &mut Session, bx: tcpx::XferId) 
     }
 }
 
+/// Moves the test's segments of `sm` on `a` into `dm` on `b`, waits, releases both, and
+/// checks every segment of the destination's bytes (as `read` returns them) against `data`.
+fn send_and_check(
+    a: &mut Session,
+    sm: tcpx::MemId,
+    b: &mut Session,
+    dm: tcpx::MemId,
+    data: &[u8],
+    read: impl FnOnce() -> Vec<u8>,
+) {
+    let ax = a.post(Direction::Send, &segments(sm)).unwrap();
+    let bx = b.post(Direction::Recv, &segments(dm)).unwrap();
+    finish(a, ax, b, bx);
+    a.release(ax).unwrap();
+    b.release(bx).unwrap();
+    let got = read();
+    for s in segments(dm) {
+        let r = s.offset as usize..(s.offset + s.len) as usize;
+        assert!(got[r.clone()] == data[r], "segment at {} differs", s.offset);
+    }
+}
+
 fn transfer(ctx: &Arc<CudaContext>, src_dev: bool, dst_dev: bool) {
     transfer_between(ctx, ctx, src_dev, dst_dev);
 }
@@ -200,14 +222,7 @@ fn a_session_refuses_a_second_gpu() {
     assert!(e.to_string().contains("one GPU"), "{e}");
     let mut dst = Buf::new(&zero, false, &vec![0u8; n]);
     let dm = dst.register(&mut b);
-    let ax = a.post(Direction::Send, &segments(sm)).unwrap();
-    let bx = b.post(Direction::Recv, &segments(dm)).unwrap();
-    finish(&mut a, ax, &mut b, bx);
-    let got = dst.bytes();
-    for s in segments(dm) {
-        let r = s.offset as usize..(s.offset + s.len) as usize;
-        assert!(got[r.clone()] == data[r], "segment at {} differs", s.offset);
-    }
+    send_and_check(&mut a, sm, &mut b, dm, &data, || dst.bytes());
 }
 
 /// Registrations the CUDA driver contradicts are refused by name before anything is opened
@@ -259,14 +274,7 @@ fn registrations_the_driver_contradicts_are_refused() {
     let mut src = Buf::new(&ctx, true, &data);
     let mut dst = Buf::new(&ctx, true, &vec![0u8; n]);
     let (sm, dm) = (src.register(&mut a), dst.register(&mut b));
-    let ax = a.post(Direction::Send, &segments(sm)).unwrap();
-    let bx = b.post(Direction::Recv, &segments(dm)).unwrap();
-    finish(&mut a, ax, &mut b, bx);
-    let got = dst.bytes();
-    for s in segments(dm) {
-        let r = s.offset as usize..(s.offset + s.len) as usize;
-        assert!(got[r.clone()] == data[r], "segment at {} differs", s.offset);
-    }
+    send_and_check(&mut a, sm, &mut b, dm, &data, || dst.bytes());
     drop((dev, pinned));
 }
 
@@ -335,17 +343,12 @@ fn device_memory_mapped_in_pieces_registers_whole() {
     let sm = src.register(&mut a);
     // SAFETY: the mapping outlives the session's use of it.
     let dm = unsafe { b.register(va as usize as *mut _, n, cuda0) }.unwrap();
-    let ax = a.post(Direction::Send, &segments(sm)).unwrap();
-    let bx = b.post(Direction::Recv, &segments(dm)).unwrap();
-    finish(&mut a, ax, &mut b, bx);
-    a.release(ax).unwrap();
-    b.release(bx).unwrap();
-    let mut got = vec![0u8; n];
-    unsafe { cu::memcpy_dtoh_sync(&mut got, va) }.unwrap();
-    for s in segments(dm) {
-        let r = s.offset as usize..(s.offset + s.len) as usize;
-        assert!(got[r.clone()] == data[r], "segment at {} differs", s.offset);
-    }
+    send_and_check(&mut a, sm, &mut b, dm, &data, || {
+        let mut got = vec![0u8; n];
+        // SAFETY: the mapping holds n bytes; the transfer into it has finished.
+        unsafe { cu::memcpy_dtoh_sync(&mut got, va) }.unwrap();
+        got
+    });
     b.deregister(dm).unwrap();
     drop((a, b));
     unsafe {

@@ -181,6 +181,32 @@ pub fn poll_done(b: &Backend, h: usize) -> Status {
     }
 }
 
+/// Posts one transfer on `b` — `op` of `local` (memory kind `local_mem`) with `remote`
+/// (`remote_mem`) at `agent`, no notification — polls it to its end, releases it and returns
+/// how it ended.
+pub fn run_xfer(
+    b: &Backend,
+    op: Op,
+    local: (&[Desc], i32),
+    remote: (&[Desc], i32),
+    agent: &str,
+) -> Status {
+    let x = XferArgs {
+        op,
+        local: local.0,
+        local_mem: local.1,
+        remote: remote.0,
+        remote_mem: remote.1,
+        agent,
+        notif: None,
+    };
+    let mut h = 0;
+    b.post_xfer(&x, &mut h).expect("post_xfer");
+    let status = poll_done(b, h);
+    b.release_req(h).expect("release_req");
+    status
+}
+
 /// `msg` as frame bytes.
 pub fn frame(msg: &Message<'_>) -> Vec<u8> {
     let mut buf = vec![0u8; msg.buffer_len()];

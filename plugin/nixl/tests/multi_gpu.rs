@@ -6,8 +6,8 @@
 //! Prints `SKIP` with fewer than two GPUs; `REQUIRE_GPU=1` fails without any GPU and
 //! `REQUIRE_GPUS=2` without a second one.
 
-use plugin_TCPX::backend::{XferArgs, MEM_VRAM};
-use plugin_TCPX::testing::{backend_pair, poll_done};
+use plugin_TCPX::backend::MEM_VRAM;
+use plugin_TCPX::testing::{backend_pair, run_xfer};
 use plugin_TCPX::xfer::{Desc, Op};
 use plugin_TCPX::Status;
 use tcpx_kernels::mem::DeviceBuffer;
@@ -87,19 +87,8 @@ fn agents_on_two_gpus_move_vram_between_them() {
             .iter()
             .map(|p| desc(b_addr + ends(p).1, p.2, 1, rd))
             .collect();
-        let x = XferArgs {
-            op,
-            local: &l,
-            local_mem: MEM_VRAM,
-            remote: &r,
-            remote_mem: MEM_VRAM,
-            agent: "b",
-            notif: None,
-        };
-        let mut h = 0;
-        a.post_xfer(&x, &mut h).unwrap();
-        assert_eq!(poll_done(&a, h), Status::Success, "{op:?}");
-        a.release_req(h).unwrap();
+        let status = run_xfer(&a, op, (&l, MEM_VRAM), (&r, MEM_VRAM), "b");
+        assert_eq!(status, Status::Success, "{op:?}");
         let mut want = vec![0u8; N];
         for &(s, t, n) in &pieces {
             let (s, t, n) = (s as usize, t as usize, n as usize);

@@ -6,8 +6,8 @@
 //! Prints `SKIP` without a CUDA driver; `REQUIRE_GPU=1` turns the skip into a failure.
 
 use cudarc::driver::CudaContext;
-use plugin_TCPX::backend::{XferArgs, MEM_DRAM, MEM_VRAM};
-use plugin_TCPX::testing::{backend_pair, poll_done, share_mem};
+use plugin_TCPX::backend::{MEM_DRAM, MEM_VRAM};
+use plugin_TCPX::testing::{backend_pair, run_xfer, share_mem};
 use plugin_TCPX::xfer::{Desc, Op};
 use plugin_TCPX::Status;
 use tcpx_kernels::mem::{DeviceBuffer, MappedHostBuffer};
@@ -64,19 +64,8 @@ fn regions_the_driver_contradicts_are_refused() {
         md: rd,
         ..desc(d + 3, len, 0)
     }];
-    let x = XferArgs {
-        op: Op::Write,
-        local: &l,
-        local_mem: MEM_DRAM,
-        remote: &r,
-        remote_mem: MEM_VRAM,
-        agent: "b",
-        notif: None,
-    };
-    let mut h = 0;
-    a.post_xfer(&x, &mut h).unwrap();
-    assert_eq!(poll_done(&a, h), Status::Success);
-    a.release_req(h).unwrap();
+    let status = run_xfer(&a, Op::Write, (&l, MEM_DRAM), (&r, MEM_VRAM), "b");
+    assert_eq!(status, Status::Success);
     let mut got = vec![0u8; N];
     dev.read(0, &mut got).unwrap();
     assert!(
