@@ -14,6 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
@@ -1552,35 +1553,58 @@ impl Shared {
     }
 
     /// An inline WRITE: checks every range against our registrations, then copies the data
-    /// in (under the table's read lock, so no registration goes away meanwhile). A range we
-    /// refuse, or a device copy that fails, is an `Err`; nothing was written for a refusal.
+    /// in. A range we refuse, or a device copy that fails, is an `Err`; nothing was written
+    /// for a refusal.
     fn scatter_inline(&self, segs: &[WireSegment], data: &[u8]) -> Result<(), (Status, String)> {
+        let no_copier = self.inline_walk(segs, |i, s, span, copier| {
+            // SAFETY: `locate` put the range inside a live registration of ours (device memory
+            // of the copier's device when there is one), which the table's read lock keeps
+            // registered until the copy is done; the frame buffer does not overlap it.
+            unsafe { write_ours(copier, s.addr(), &data[span]) }.map_err(|e| {
+                (
+                    Status::Backend,
+                    format!("segment {i}: writing device memory: {e}"),
+                )
+            })
+        })?;
+        match no_copier {
+            Some((i, d)) => Err((
+                Status::NotSupported,
+                format!("segment {i}: device {d} cannot take inline data here"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Walks our ranges `segs`, packed back to back in an inline frame's data, under the
+    /// table's read lock (so no registration goes away meanwhile): checks every range first —
+    /// a refused one is an `Err`; device memory whose device has no copier stops the walk with
+    /// `Ok(Some((range, device)))` before anything moved — then hands `copy` each range's
+    /// index, segment, span of the packed data and copier (`None`: host memory).
+    fn inline_walk(
+        &self,
+        segs: &[WireSegment],
+        mut copy: impl FnMut(
+            usize,
+            &WireSegment,
+            Range<usize>,
+            Option<&Copier>,
+        ) -> Result<(), (Status, String)>,
+    ) -> Result<Option<(usize, u32)>, (Status, String)> {
         let table = self.mem.read().unwrap_or_else(PoisonError::into_inner);
         for (i, s) in segs.iter().enumerate() {
             if let InlineEnd::NoCopier(d) = self.inline_end(&table, i, s)? {
-                return Err((
-                    Status::NotSupported,
-                    format!("segment {i}: device {d} cannot take inline data here"),
-                ));
+                return Ok(Some((i, d)));
             }
         }
         let mut at = 0;
         for (i, s) in segs.iter().enumerate() {
             let len = s.len() as usize;
-            let src = &data[at..at + len];
-            at += len;
             let copier = self.inline_end(&table, i, s)?.copier(i)?;
-            // SAFETY: `locate` put the range inside a live registration of ours (device memory
-            // of the copier's device when there is one), which the table's read lock keeps
-            // registered until the copy is done; the frame buffer does not overlap it.
-            unsafe { write_ours(copier.as_deref(), s.addr(), src) }.map_err(|e| {
-                (
-                    Status::Backend,
-                    format!("segment {i}: writing device memory: {e}"),
-                )
-            })?;
+            copy(i, s, at..at + len, copier.as_deref())?;
+            at += len;
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Checks our range `i` against our registrations (a range we refuse is an `Err`) and says
@@ -1646,32 +1670,21 @@ impl Shared {
         if self.inline_read_bytes == 0 || total > self.inline_read_bytes {
             return Ok(false);
         }
-        let table = self.mem.read().unwrap_or_else(PoisonError::into_inner);
-        for (i, s) in segs.iter().enumerate() {
-            if let InlineEnd::NoCopier(_) = self.inline_end(&table, i, s)? {
-                return Ok(false);
-            }
-        }
         let mut buf = lock(&c.inline_buf);
         buf.clear();
         buf.resize(total as usize, 0);
-        let mut at = 0;
-        for (i, s) in segs.iter().enumerate() {
-            let len = s.len() as usize;
-            let dst = &mut buf[at..at + len];
-            at += len;
-            let copier = self.inline_end(&table, i, s)?.copier(i)?;
+        let no_copier = self.inline_walk(segs, |i, s, span, copier| {
             // SAFETY: `locate` put the range inside a live registration of ours (device memory
             // of the copier's device when there is one), which the table's read lock keeps
             // registered until the copy is done.
-            unsafe { read_ours(copier.as_deref(), s.addr(), dst) }.map_err(|e| {
+            unsafe { read_ours(copier, s.addr(), &mut buf[span]) }.map_err(|e| {
                 (
                     Status::Backend,
                     format!("segment {i}: reading device memory: {e}"),
                 )
-            })?;
-        }
-        Ok(true)
+            })
+        })?;
+        Ok(no_copier.is_none())
     }
 
     /// Validates a READ and readies its answer: `Ok(true)` = gathered for a `ReadData`,
