@@ -1,5 +1,6 @@
-//! Compiles `src/unpack.cu` with nvcc into one fatbin (SASS sm_80 + sm_90, PTX compute_90) that
-//! the crate embeds. nvcc comes from `$NVCC`, else `<workspace>/.tools/nvcc/nvidia/cu13/bin/nvcc`
+//! Compiles `src/unpack.cu` (the unpack kernels) and `src/dma.cu` (tcpxsock's emulated-NIC DMA
+//! kernels) with nvcc, each into one fatbin (SASS sm_80 + sm_90, PTX compute_90) that the crate
+//! embeds. nvcc comes from `$NVCC`, else `<workspace>/.tools/nvcc/nvidia/cu13/bin/nvcc`
 //! (scripts/install-nvcc.sh), else `nvcc` on PATH. Without one the blob is empty, the crate is
 //! built with `cfg(tcpx_no_kernels)`, and loading the kernels fails at run time with
 //! `KernelsNotBuilt`; `KERNELS_REQUIRE_NVCC=1` makes a missing nvcc a build error instead.
@@ -8,19 +9,24 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SOURCE: &str = "src/unpack.cu";
-const FATBIN: &str = "unpack.fatbin";
+/// Each source and the fatbin it becomes.
+const SOURCES: [(&str, &str); 2] = [
+    ("src/unpack.cu", "unpack.fatbin"),
+    ("src/dma.cu", "dma.fatbin"),
+];
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(tcpx_no_kernels)");
-    println!("cargo::rerun-if-changed={SOURCE}");
+    for (source, _) in SOURCES {
+        println!("cargo::rerun-if-changed={source}");
+    }
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=NVCC");
     println!("cargo::rerun-if-env-changed=NVCC_CCBIN");
     println!("cargo::rerun-if-env-changed=KERNELS_REQUIRE_NVCC");
 
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR")).join(FATBIN);
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let require = env::var("KERNELS_REQUIRE_NVCC").is_ok_and(|v| v == "1");
 
     let Some(nvcc) = find_nvcc(&manifest) else {
@@ -31,29 +37,33 @@ fn main() {
         }
         println!("cargo::warning={msg}");
         println!("cargo::rustc-cfg=tcpx_no_kernels");
-        std::fs::write(&out, []).expect("write empty fatbin");
+        for (_, fatbin) in SOURCES {
+            std::fs::write(out_dir.join(fatbin), []).expect("write empty fatbin");
+        }
         return;
     };
     // Rebuild when the compiler found is replaced (a re-install, another version).
     println!("cargo::rerun-if-changed={}", nvcc.display());
 
-    let status = Command::new(&nvcc)
-        .current_dir(&manifest)
-        .args(["--fatbin", "-O3", "-std=c++17", "-Xptxas", "-warn-spills"])
-        .args(["-gencode", "arch=compute_80,code=sm_80"])
-        .args(["-gencode", "arch=compute_90,code=sm_90"])
-        .args(["-gencode", "arch=compute_90,code=compute_90"])
-        .arg("-o")
-        .arg(&out)
-        .arg(SOURCE)
-        .status()
-        .unwrap_or_else(|e| panic!("running {}: {e}", nvcc.display()));
-    // A kernel that fails to compile is a bug, never a reason to build without kernels.
-    assert!(
-        status.success(),
-        "{} failed on {SOURCE}: {status}",
-        nvcc.display()
-    );
+    for (source, fatbin) in SOURCES {
+        let status = Command::new(&nvcc)
+            .current_dir(&manifest)
+            .args(["--fatbin", "-O3", "-std=c++17", "-Xptxas", "-warn-spills"])
+            .args(["-gencode", "arch=compute_80,code=sm_80"])
+            .args(["-gencode", "arch=compute_90,code=sm_90"])
+            .args(["-gencode", "arch=compute_90,code=compute_90"])
+            .arg("-o")
+            .arg(out_dir.join(fatbin))
+            .arg(source)
+            .status()
+            .unwrap_or_else(|e| panic!("running {}: {e}", nvcc.display()));
+        // A kernel that fails to compile is a bug, never a reason to build without kernels.
+        assert!(
+            status.success(),
+            "{} failed on {source}: {status}",
+            nvcc.display()
+        );
+    }
 }
 
 fn find_nvcc(manifest: &Path) -> Option<PathBuf> {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{result, CudaContext, CudaFunction, CudaStream, DriverError};
 
+pub mod dma;
 pub mod mem;
 
 pub use tcpx_core::unpack::{LoadMeta, NetUnpackMeta, ENTRIES_PER_SLOT, SLOTS};
@@ -55,6 +56,16 @@ pub const SHORT_LIST_ENTRIES: usize = 256;
 /// Whether the crate was built with its kernels (nvcc was found at build time).
 pub const fn kernels_built() -> bool {
     !FATBIN.is_empty()
+}
+
+/// Loads `f` onto the device now rather than at its first launch (the driver's lazy loading,
+/// the default since CUDA 12.2, may wait for running kernels at that launch — and tcpxsock's
+/// DMA kernels run until their transfers' bytes arrive, which can take this very launch).
+pub(crate) fn load_now(f: &CudaFunction, what: &'static str) -> Result<()> {
+    // SAFETY: a function handle of a loaded module, in the current context.
+    unsafe { cudarc::driver::sys::cuFuncLoad(f.cu_function()) }
+        .result()
+        .context(what)
 }
 
 /// Errors of this crate.
@@ -363,6 +374,9 @@ impl Kernels {
         let short_list_fn = module
             .load_function(SHORT_LIST_KERNEL)
             .context("cuModuleGetFunction(tcpx_unpack_short_list)")?;
+        for f in [&slot_fn, &batch_fn, &list_fn, &short_list_fn] {
+            load_now(f, "cuFuncLoad(unpack kernels)")?;
+        }
         Ok(Kernels {
             ctx: ctx.clone(),
             slot_fn,

@@ -48,6 +48,12 @@ pub struct Config {
     /// per-helper scratch, then streamed out with non-temporal stores, so no CPU cache holds
     /// them dirty when the GPU reads them (which makes those reads 1.6x slower).
     pub stream_bounce: bool,
+    /// On a CUDA machine, move CUDA requests' bytes between host and GPU with the DMA kernels
+    /// while their TCP transfer runs (pieces staged as the sockets send them, pieces copied to
+    /// a device bounce region as they land), as a NIC's DMA overlaps the wire; off = one
+    /// copy-engine copy before a send, the unpack kernel reading host bounce pages after a
+    /// receive.
+    pub gpu_dma: bool,
 }
 
 impl Default for Config {
@@ -63,6 +69,7 @@ impl Default for Config {
             stage_bytes: DEFAULT_STAGE_BYTES,
             sock_buf_bytes: 0,
             stream_bounce: true,
+            gpu_dma: true,
         }
     }
 }
@@ -119,6 +126,9 @@ impl Config {
         }
         if let Some(v) = env_bool("TCPX_SOCK_STREAM_BOUNCE") {
             c.stream_bounce = v;
+        }
+        if let Some(v) = env_bool("TCPX_SOCK_GPU_DMA") {
+            c.gpu_dma = v;
         }
         c.normalized()
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tcpx_core::unpack::PAGE_SIZE;
 
-use crate::cuda::SendStage;
+use crate::cuda::{SendStage, Staging};
 use crate::error::{Error, Result};
 use crate::sys;
 
@@ -29,13 +29,19 @@ const IOV_BATCH: usize = 64;
 pub(crate) enum JobKind {
     /// Send from `base`.
     Send,
-    /// Send from `base` in the comm's CUDA staging ring ([`Shared::cuda_stage`]) once the
-    /// request's device-to-host copy there is done.
-    SendStaged,
+    /// Send from `base` in the comm's CUDA staging ring ([`Shared::cuda_stage`]) as the
+    /// request's device-to-host copy there lands.
+    SendStaged(Staging),
     /// Receive into `base` (host mode).
     RecvHost,
-    /// Receive into bounce pages listed at `pages` (TCPX mode).
-    RecvPages { pages: *const u32, bounce: *mut u8 },
+    /// Receive into bounce pages listed at `pages` (TCPX mode); with a receive DMA kernel
+    /// following the request, `landed` is the slot's first landed word (lane `l` publishes to
+    /// `landed + l` how many bytes of its share are in the pages), else NULL.
+    RecvPages {
+        pages: *const u32,
+        bounce: *mut u8,
+        landed: *mut u64,
+    },
 }
 
 /// One request's share for one lane.
@@ -247,8 +253,17 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
     // Made at the helper's first bounce-page receive (host-memory comms never need it).
     let mut scratch = Vec::new();
     while let Some(job) = next_job(shared, me) {
+        // Bytes of this lane's share moved so far: published for a receive DMA kernel,
+        // compared with the staged ones for a DMA-staged send.
+        let mut progress = match job.kind {
+            // SAFETY: the slot has a landed word per lane (`LaneDma`).
+            JobKind::RecvPages { landed, .. } if !landed.is_null() => {
+                Progress::new(unsafe { landed.add(me) })
+            }
+            _ => Progress::none(),
+        };
         let (first, nchunks) = lane_chunks(shared, me, &job);
-        if matches!(job.kind, JobKind::SendStaged) && first < nchunks {
+        if matches!(job.kind, JobKind::SendStaged(Staging::Event)) && first < nchunks {
             shared
                 .cuda_stage
                 .get()
@@ -261,9 +276,14 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
             match job.kind {
                 // SAFETY: `base..base+size` is the caller's live send buffer, or the request's
                 // staging range, whose copy is done.
-                JobKind::Send | JobKind::SendStaged => unsafe {
+                JobKind::Send | JobKind::SendStaged(Staging::Event) => unsafe {
                     sys::send_all(fd, job.base.add(off), len)?
                 },
+                JobKind::SendStaged(Staging::Lanes { staged, .. }) => {
+                    // SAFETY: the slot has a progress word per lane.
+                    let word = unsafe { staged.add(me) };
+                    send_staged(shared, fd, &job, off, len, word, &mut progress)?
+                }
                 JobKind::RecvHost => {
                     let mut iov = [libc::iovec {
                         // SAFETY: `off < size`, within the caller's receive buffer.
@@ -273,16 +293,62 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
                     // SAFETY: the iovec lies inside the caller's live receive buffer.
                     unsafe { sys::recv_all_iov(fd, &mut iov)? };
                 }
-                JobKind::RecvPages { pages, bounce } if shared.stream_bounce => {
+                JobKind::RecvPages { pages, bounce, .. } if shared.stream_bounce => {
                     if scratch.is_empty() {
                         scratch = vec![0u8; SCRATCH];
                     }
-                    recv_pages_streamed(fd, pages, bounce, off, len, &mut scratch)?
+                    recv_pages_streamed(fd, pages, bounce, off, len, &mut scratch, &mut progress)?
                 }
-                JobKind::RecvPages { pages, bounce } => recv_pages(fd, pages, bounce, off, len)?,
+                JobKind::RecvPages { pages, bounce, .. } => {
+                    recv_pages(fd, pages, bounce, off, len, &mut progress)?
+                }
             }
         }
         shared.remaining[job.req].fetch_sub(1, Ordering::Release);
+    }
+    Ok(())
+}
+
+/// Sends request bytes `off..off+len` of a staged `job` from the ring as the lane's DMA kernel
+/// stages them: `staged` counts the bytes of this lane's share in the ring, `progress` the
+/// ones this helper sent before this chunk. Each `send` takes everything already in, so a
+/// helper behind the kernel sends as much at once as without pieces.
+fn send_staged(
+    shared: &Shared,
+    fd: i32,
+    job: &Job,
+    off: usize,
+    len: usize,
+    staged: *const u64,
+    progress: &mut Progress,
+) -> Result<()> {
+    let mut pos = off;
+    let end = off + len;
+    let mut spins = 0u32;
+    while pos < end {
+        // SAFETY: the slot's progress word of this lane, pinned memory the kernel writes.
+        let have = unsafe { staged.read_volatile() };
+        let ready = (have.saturating_sub(progress.landed) as usize).min(end - pos);
+        if ready == 0 {
+            if shared.closing.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            // A piece is a few microseconds of PCIe away: spin briefly, then let others run.
+            spins += 1;
+            if spins > 64 {
+                std::thread::yield_now();
+            } else {
+                core::hint::spin_loop();
+            }
+            continue;
+        }
+        spins = 0;
+        // The bytes (written before the word) before this thread reads them.
+        core::sync::atomic::fence(Ordering::Acquire);
+        // SAFETY: `base..base+size` is the request's staging range and `pos..pos+ready` is in.
+        unsafe { sys::send_all(fd, job.base.add(pos), ready)? };
+        pos += ready;
+        progress.landed += ready as u64;
     }
     Ok(())
 }
@@ -292,6 +358,41 @@ fn lane_chunks(shared: &Shared, me: usize, job: &Job) -> (u64, u64) {
     let n = shared.lanes.len() as u64;
     let nchunks = job.size.div_ceil(shared.chunk_bytes) as u64;
     ((me as u64 + n - job.chunk_base % n) % n, nchunks)
+}
+
+/// Where a helper publishes the bytes of its share that are in the bounce pages, for the
+/// receive DMA kernel following them (nowhere without one).
+struct Progress {
+    word: *mut u64,
+    landed: u64,
+}
+
+impl Progress {
+    fn new(word: *mut u64) -> Self {
+        Progress { word, landed: 0 }
+    }
+
+    fn none() -> Self {
+        Progress::new(core::ptr::null_mut())
+    }
+
+    /// `n` more bytes are in their pages: publishes them after every store of theirs (the
+    /// streamed ones included).
+    fn add(&mut self, n: usize) {
+        self.landed += n as u64;
+        if self.word.is_null() {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a fence; non-temporal stores are ordered before the publishing store.
+        unsafe {
+            core::arch::x86_64::_mm_sfence()
+        };
+        // SAFETY: the word is pinned memory of the comm's `RecvDma`, aligned, live while the
+        // helper runs; only this helper writes it while the share is in flight.
+        unsafe { core::sync::atomic::AtomicU64::from_ptr(self.word) }
+            .store(self.landed, Ordering::Release);
+    }
 }
 
 /// As [`recv_pages`], through `scratch`: received there (it stays in this core's cache), then
@@ -304,6 +405,7 @@ fn recv_pages_streamed(
     off: usize,
     len: usize,
     scratch: &mut [u8],
+    progress: &mut Progress,
 ) -> Result<()> {
     let mut pos = off;
     let end = off + len;
@@ -329,6 +431,7 @@ fn recv_pages_streamed(
             at += frag;
         }
         pos += piece;
+        progress.add(piece);
     }
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a fence; the streamed stores are ordered before the request completes.
@@ -368,7 +471,14 @@ unsafe fn stream_copy(src: *const u8, dst: *mut u8, n: usize) {
 
 /// Receives request bytes `off..off+len` into their bounce pages, one fragment per page;
 /// pages that follow each other in the region share one iovec (the pool hands out runs).
-fn recv_pages(fd: i32, pages: *const u32, bounce: *mut u8, off: usize, len: usize) -> Result<()> {
+fn recv_pages(
+    fd: i32,
+    pages: *const u32,
+    bounce: *mut u8,
+    off: usize,
+    len: usize,
+    progress: &mut Progress,
+) -> Result<()> {
     let mut iov = [libc::iovec {
         iov_base: core::ptr::null_mut(),
         iov_len: 0,
@@ -397,9 +507,11 @@ fn recv_pages(fd: i32, pages: *const u32, bounce: *mut u8, off: usize, len: usiz
             next_page = page + 1;
             pos += frag;
         }
+        let got = iov[..k].iter().map(|v| v.iov_len).sum();
         // SAFETY: each iovec is a run of reserved bounce pages, owned by this request until
         // consumed.
         unsafe { sys::recv_all_iov(fd, &mut iov[..k])? };
+        progress.add(got);
     }
     Ok(())
 }
