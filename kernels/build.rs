@@ -1,5 +1,5 @@
-//! Compiles `src/unpack.cu` (the unpack kernels) and `src/dma.cu` (tcpxsock's emulated-NIC DMA
-//! kernels) with nvcc, each into one fatbin (SASS sm_80 + sm_90, PTX compute_90) that the crate
+//! Compiles `src/unpack.cu` (the unpack kernels) and `src/stage.cu` (tcpxsock's staging kernel)
+//! with nvcc, each into one fatbin (SASS sm_80 + sm_90, PTX compute_90) that the crate
 //! embeds. nvcc comes from `$NVCC`, else `<workspace>/.tools/nvcc/nvidia/cu13/bin/nvcc`
 //! (scripts/install-nvcc.sh), else `nvcc` on PATH. Without one the blob is empty, the crate is
 //! built with `cfg(tcpx_no_kernels)`, and loading the kernels fails at run time with
@@ -12,7 +12,7 @@ use std::process::Command;
 /// Each source and the fatbin it becomes.
 const SOURCES: [(&str, &str); 2] = [
     ("src/unpack.cu", "unpack.fatbin"),
-    ("src/dma.cu", "dma.fatbin"),
+    ("src/stage.cu", "stage.fatbin"),
 ];
 
 fn main() {

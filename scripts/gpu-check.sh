@@ -8,7 +8,8 @@
 #   tests      GPU tests: kernels vs the CPU unpack, tcpxsock CUDA buffers, engine VRAM paths
 #              in one process and in two, zero allocation on the GPU hot path, the bench CLI
 #              with device memory, the NIXL backend's inline READs of device memory
-#   sanitizer  the kernel tests under compute-sanitizer --tool memcheck (where installed)
+#   sanitizer  the unpack kernel tests and the plugin's CUDA tests (the staging kernel) under
+#              compute-sanitizer --tool memcheck (where installed)
 #   kernels    unpack throughput vs cuMemcpy{DtoD,HtoD}, launch latency (unpack_bench)
 #   engine     tcpx bench VRAM/DRAM paths vs DRAM->DRAM (scripts/bench-gpu.sh), 2 and 4 channels
 #   nixl       NIXL VRAM tests, and TCPX vs UCX (tcp,cuda_copy) VRAM and DRAM with 4 channels
@@ -60,6 +61,8 @@ for s in $steps; do
         if command -v compute-sanitizer >/dev/null; then
             step sanitizer compute-sanitizer --tool memcheck --error-exitcode 9 \
                 --target-processes all "$bundle/bin/test-unpack_gpu" --test-threads 1
+            step sanitizer-stage compute-sanitizer --tool memcheck --error-exitcode 9 \
+                --target-processes all "$bundle/bin/test-cuda" --test-threads 1
         else
             echo "== sanitizer: compute-sanitizer not installed, not run"
         fi

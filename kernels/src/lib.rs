@@ -4,6 +4,8 @@
 //! `k % 16` of the `netUnpackMeta` table; [`Kernels`] copies the fragments to their destination on
 //! a CUDA stream. The fragment count is read on the device, so a launch needs only the table, the
 //! bounce base, the slot and the destination. Launching never allocates.
+//!
+//! [`stage`] holds the other kernel the crate builds: the one tcpxsock stages CUDA sends with.
 
 use std::ffi::c_void;
 use std::fmt;
@@ -12,8 +14,8 @@ use std::sync::Arc;
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{result, CudaContext, CudaFunction, CudaStream, DriverError};
 
-pub mod dma;
 pub mod mem;
+pub mod stage;
 
 pub use tcpx_core::unpack::{LoadMeta, NetUnpackMeta, ENTRIES_PER_SLOT, SLOTS};
 
@@ -60,7 +62,7 @@ pub const fn kernels_built() -> bool {
 
 /// Loads `f` onto the device now rather than at its first launch (the driver's lazy loading,
 /// the default since CUDA 12.2, may wait for running kernels at that launch — and tcpxsock's
-/// DMA kernels run until their transfers' bytes arrive, which can take this very launch).
+/// staging kernels keep running while their comms send).
 pub(crate) fn load_now(f: &CudaFunction, what: &'static str) -> Result<()> {
     // SAFETY: a function handle of a loaded module, in the current context.
     unsafe { cudarc::driver::sys::cuFuncLoad(f.cu_function()) }

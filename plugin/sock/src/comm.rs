@@ -19,7 +19,7 @@ use tcpx_core::unpack::{
 };
 
 use crate::config::Config;
-use crate::cuda::{self, RecvDma, SendStage};
+use crate::cuda::{self, SendStage};
 use crate::error::{Error, Result};
 use crate::mem::{OwnedRegion, PagePool, StageRing};
 use crate::wire::{self, Handle, Hello, HDR_LEN, HELLO_LEN};
@@ -356,8 +356,8 @@ struct SendSlot {
     inline: bool,
     /// Holds a range of the CUDA staging ring until it completes.
     staged: bool,
-    /// Lanes whose DMA kernel stages this request (their kernels may need a relaunch).
-    dma_lanes: u32,
+    /// Lanes whose staging kernel stages this request (one may need a relaunch).
+    kernel_lanes: u32,
 }
 
 struct SendState {
@@ -383,8 +383,8 @@ pub struct SendComm {
     core: Core,
     inline_bytes: usize,
     stage_bytes: usize,
-    /// `Config::gpu_dma`.
-    gpu_dma: bool,
+    /// The staging kernel's idle time in ns, when `Config::stage_kernel`.
+    stage_kernel: Option<u64>,
     st: Mutex<SendState>,
     reqs: [Request; MAX_REQUESTS],
 }
@@ -396,7 +396,7 @@ impl SendComm {
             core,
             inline_bytes: cfg.inline_bytes,
             stage_bytes: cfg.stage_bytes,
-            gpu_dma: cfg.gpu_dma,
+            stage_kernel: cfg.stage_kernel.then_some(cfg.stage_idle_us as u64 * 1000),
             st: Mutex::new(SendState {
                 posted: 0,
                 tested: 0,
@@ -409,7 +409,7 @@ impl SendComm {
                     hdr: [0; HDR_LEN],
                     inline: false,
                     staged: false,
-                    dma_lanes: 0,
+                    kernel_lanes: 0,
                 }; MAX_REQUESTS],
                 ring: StageRing::new(cfg.stage_bytes),
                 err: None,
@@ -464,10 +464,10 @@ impl SendComm {
                 let Some(off) = st.ring.take(take) else {
                     return Ok(None);
                 };
+                let chunk_bytes = self.core.shared.chunk_bytes;
                 // SAFETY: the ring range is this request's until `test` reports it done, and
                 // by NCCL's contract the buffer is unchanged until then; the lock is held, and
                 // the request is dispatched from `chunk_ctr` below.
-                let chunk_bytes = self.core.shared.chunk_bytes;
                 match unsafe { stage.copy(idx, off, data as u64, size, chunk_bytes, st.chunk_ctr) }
                 {
                     Ok((p, how)) => {
@@ -488,7 +488,7 @@ impl SendComm {
             hdr: wire::emit_header(size as u32, inline, seq),
             inline,
             staged: staged.is_some(),
-            dma_lanes: match staged {
+            kernel_lanes: match staged {
                 Some(cuda::Staging::Lanes { lanes, .. }) => lanes,
                 _ => 0,
             },
@@ -521,7 +521,7 @@ impl SendComm {
                 ordinal,
                 self.stage_bytes,
                 sh.lanes.len(),
-                self.gpu_dma,
+                self.stage_kernel,
             )?);
         }
         sh.cuda_stage
@@ -575,9 +575,10 @@ impl SendComm {
         self.progress(&mut st);
         let done =
             st.ctrl_seq > st.tested && self.core.shared.remaining[idx].load(Ordering::Acquire) == 0;
-        if !done && st.slots[idx].dma_lanes != 0 && st.err.is_none() {
+        if !done && st.slots[idx].kernel_lanes != 0 && st.err.is_none() {
+            // A lane whose kernel stopped just as this request was queued gets a new one.
             if let Some(stage) = self.core.shared.cuda_stage.get() {
-                if let Err(e) = stage.kick(st.slots[idx].dma_lanes) {
+                if let Err(e) = stage.kick(st.slots[idx].kernel_lanes) {
                     st.err = Some(e);
                 }
             }
@@ -634,8 +635,6 @@ struct RecvSlot {
     /// Bounce pages of this request, in fragment order (TCPX mode).
     pages: Box<[u32]>,
     npages: usize,
-    /// Lanes whose receive DMA kernel must report done before the request completes.
-    dma_lanes: u32,
 }
 
 /// TCPX-mode state of a recv comm.
@@ -659,9 +658,6 @@ struct RecvState {
     slots: [RecvSlot; MAX_REQUESTS],
     /// Free bounce pages (TCPX mode).
     pool: Option<PagePool>,
-    /// The device bounce region and its DMA kernels (TCPX mode on a CUDA machine, unless
-    /// `TCPX_SOCK_GPU_DMA=0`); `None` = the engine reads the host bounce pages.
-    dma: Option<RecvDma>,
     err: Option<Error>,
 }
 
@@ -698,28 +694,12 @@ pub struct UnpackView {
 impl RecvComm {
     fn new(socks: Vec<TcpStream>, hello: &Hello, cfg: &Config) -> Result<Box<Self>> {
         let core = Core::new(socks, hello.chunk_bytes as usize, cfg)?;
-        let mut dma = None;
         let unpack = if unpack_device(cfg) {
             let meta = OwnedRegion::new(core::mem::size_of::<NetUnpackMeta>())?;
             let bounce = OwnedRegion::new(cfg.bounce_bytes)?;
-            if cfg.gpu_dma && crate::mem::cuda_allocator_in_use() && cuda::side_on("recv") {
-                // Where the kernels or virtual memory management are missing, the comm
-                // keeps publishing the host bounce pages.
-                dma = RecvDma::new(
-                    cuda::home_ordinal(),
-                    bounce.region.len,
-                    core.shared.lanes.len(),
-                )
-                .map_err(|e| eprintln!("TEMP: recv DMA unavailable: {e}"))
-                .ok();
-            }
-            let bounce_buf = match &dma {
-                Some(d) => d.bounce() as usize as *mut c_void,
-                None => bounce.region.device,
-            };
             let handle = Box::into_raw(Box::new(UnpackDevHandle {
                 meta: meta.region.device.cast(),
-                bounce_buf,
+                bounce_buf: bounce.region.device,
                 head: u64::MAX,
             }));
             let dev = Box::into_raw(Box::new(DevHandle {
@@ -765,10 +745,8 @@ impl RecvComm {
                     bounce: false,
                     pages: vec![0u32; npages].into_boxed_slice(),
                     npages: 0,
-                    dma_lanes: 0,
                 }),
                 pool,
-                dma,
                 err: None,
             }),
             reqs: core::array::from_fn(|i| Request::new(ReqKind::Recv, i)),
@@ -796,15 +774,10 @@ impl RecvComm {
         })
     }
 
-    /// Posts a receive of up to `cap` bytes into `data`; `cuda` = the device ordinal when
-    /// `data` is a CUDA buffer. CUDA receives (and, with `TCPX_SOCK_UNPACK=1`, all receives)
-    /// land in bounce pages and never touch `data`; host receives land in `data` directly.
-    pub(crate) fn irecv(
-        &self,
-        data: *mut u8,
-        cap: usize,
-        cuda: Option<usize>,
-    ) -> Result<*const Request> {
+    /// Posts a receive of up to `cap` bytes into `data`; `cuda` = `data` is a CUDA buffer.
+    /// CUDA receives (and, with `TCPX_SOCK_UNPACK=1`, all receives) land in bounce pages and
+    /// never touch `data`; host receives land in `data` directly.
+    pub(crate) fn irecv(&self, data: *mut u8, cap: usize, cuda: bool) -> Result<*const Request> {
         let mut st = lock(&self.st);
         if let Some(e) = st.err.or_else(|| self.core.shared.error()) {
             return Err(e);
@@ -812,13 +785,10 @@ impl RecvComm {
         if st.posted - st.consumed >= MAX_REQUESTS as u64 {
             return Err(Error::Internal("more than 16 outstanding requests"));
         }
-        if cuda.is_some() && self.unpack.is_none() {
+        if cuda && self.unpack.is_none() {
             return Err(Error::InvalidArgument("CUDA receive on a host-only comm"));
         }
-        if let Some(ord) = cuda {
-            Self::follow_gpu(&mut st, ord)?;
-        }
-        let bounce = cuda.is_some() || (self.unpack.is_some() && self.force_bounce);
+        let bounce = cuda || (self.unpack.is_some() && self.force_bounce);
         if bounce && cap > MAX_RECV_BYTES {
             return Err(Error::Internal("TCPX receives are limited to 4 MiB"));
         }
@@ -834,29 +804,9 @@ impl RecvComm {
         s.ctrl_done = false;
         s.bounce = bounce;
         s.npages = 0;
-        s.dma_lanes = 0;
         st.posted += 1;
         self.progress(&mut st);
         Ok(&self.reqs[idx])
-    }
-
-    /// Puts the device bounce region on GPU `ord`, the device of a CUDA receive (the engine's
-    /// unpack runs there). It can move only while no bounce request is outstanding.
-    fn follow_gpu(st: &mut RecvState, ord: usize) -> Result<()> {
-        let outstanding =
-            (st.consumed..st.posted).any(|q| st.slots[(q % MAX_REQUESTS as u64) as usize].bounce);
-        let Some(dma) = st.dma.as_mut() else {
-            return Ok(());
-        };
-        if dma.ordinal() == Some(ord) {
-            return Ok(());
-        }
-        if outstanding {
-            return Err(Error::InvalidArgument(
-                "CUDA receives into two GPUs outstanding on one comm",
-            ));
-        }
-        dma.retarget(ord)
     }
 
     /// Makes sure `need` bytes sit in the stage; false if the socket has no more yet.
@@ -928,7 +878,6 @@ impl RecvComm {
                         st.rx = RxPhase::Inline { off };
                         return Ok(());
                     }
-                    self.dma_inline(st, idx)?;
                     st.slots[idx].ctrl_done = true;
                     st.rx_seq += 1;
                     st.rx = RxPhase::Header;
@@ -977,13 +926,11 @@ impl RecvComm {
     }
 
     fn dispatch(&self, st: &mut RecvState, idx: usize) -> Result<()> {
-        let landed = self.dma_shares(st, idx)?;
         let s = &st.slots[idx];
         let kind = match self.unpack.as_ref().filter(|_| s.bounce) {
             Some(u) => JobKind::RecvPages {
                 pages: s.pages.as_ptr(),
                 bounce: u.bounce.region.host,
-                landed,
             },
             None => JobKind::RecvHost,
         };
@@ -995,71 +942,6 @@ impl RecvComm {
             chunk_base: st.chunk_ctr,
         })?;
         st.chunk_ctr += used;
-        Ok(())
-    }
-
-    /// With a device bounce region, queues the bounce request `idx`'s share of every lane it
-    /// is spread over for the DMA kernel (before the helpers get their jobs: their landed words
-    /// are reset here); returns the slot's landed word of lane 0 for the helpers (NULL: no
-    /// DMA).
-    fn dma_shares(&self, st: &mut RecvState, idx: usize) -> Result<*mut u64> {
-        let (Some(u), Some(dma)) = (self.unpack.as_ref(), st.dma.as_ref()) else {
-            return Ok(core::ptr::null_mut());
-        };
-        let s = &st.slots[idx];
-        if !s.bounce {
-            return Ok(core::ptr::null_mut());
-        }
-        let lanes = dma.lanes()?;
-        let sh = &self.core.shared;
-        let n = sh.lanes.len() as u64;
-        let used = (s.size.div_ceil(sh.chunk_bytes) as u64).min(n);
-        let mut mask = 0u32;
-        for k in 0..used {
-            let lane = ((st.chunk_ctr + k) % n) as usize;
-            let share = tcpx_kernels::dma::Share {
-                src: u.bounce.region.device as u64,
-                dst: dma.bounce(),
-                entries: entries_dev(u, idx),
-                size: s.size as u64,
-                chunk_bytes: sh.chunk_bytes as u64,
-                first: k,
-                lanes: n,
-                ..Default::default()
-            };
-            // SAFETY: the slot's entries were written by reserve_pages and lie in both bounce
-            // regions (the device one is as long as the host one); the slot's previous request
-            // completed; the lock is held.
-            unsafe { lanes.queue(idx, lane, share, 0)? };
-            mask |= 1 << lane;
-        }
-        st.slots[idx].dma_lanes = mask;
-        Ok(lanes.progress_word(idx, 0))
-    }
-
-    /// A bounce request whose payload came inline: its pages are all written, so lane 0's
-    /// kernel (no helper has a share of it) copies them as one landed chunk.
-    fn dma_inline(&self, st: &mut RecvState, idx: usize) -> Result<()> {
-        let (Some(u), Some(dma)) = (self.unpack.as_ref(), st.dma.as_ref()) else {
-            return Ok(());
-        };
-        let s = &st.slots[idx];
-        if !s.bounce || s.size == 0 {
-            return Ok(());
-        }
-        let share = tcpx_kernels::dma::Share {
-            src: u.bounce.region.device as u64,
-            dst: dma.bounce(),
-            entries: entries_dev(u, idx),
-            size: s.size as u64,
-            chunk_bytes: s.size.next_multiple_of(PAGE_SIZE) as u64,
-            first: 0,
-            lanes: 1,
-            ..Default::default()
-        };
-        // SAFETY: as in dma_shares; the payload is in its pages already.
-        unsafe { dma.lanes()?.queue(idx, 0, share, s.size as u64)? };
-        st.slots[idx].dma_lanes = 1;
         Ok(())
     }
 
@@ -1133,21 +1015,7 @@ impl RecvComm {
         }
         self.progress(&mut st);
         let s = &st.slots[idx];
-        let mut done = s.ctrl_done && self.core.shared.remaining[idx].load(Ordering::Acquire) == 0;
-        if done && s.dma_lanes != 0 {
-            let dma = st
-                .dma
-                .as_ref()
-                .ok_or(Error::Internal("DMA lanes without DMA"))?;
-            let lanes = dma.lanes()?;
-            for lane in (0..32).filter(|l| s.dma_lanes & (1 << l) != 0) {
-                if !lanes.done(idx, lane) {
-                    done = false;
-                    // A kernel that stopped while the bytes paused goes on.
-                    lanes.kick(lane)?;
-                }
-            }
-        }
+        let done = s.ctrl_done && self.core.shared.remaining[idx].load(Ordering::Acquire) == 0;
         if done {
             let size = s.size;
             if let Some(u) = &self.unpack {
@@ -1169,13 +1037,7 @@ impl RecvComm {
             return Ok(Some(size));
         }
         match st.err.or_else(|| self.core.shared.error()) {
-            Some(e) => {
-                // Kernels waiting for bytes that will not come stop now.
-                if let Some(d) = &st.dma {
-                    d.abort();
-                }
-                Err(e)
-            }
+            Some(e) => Err(e),
             None => Ok(None),
         }
     }
@@ -1228,33 +1090,6 @@ impl RecvComm {
         if !self.core.shutdown() {
             // A helper may still write pages: leak rather than free under it.
             core::mem::forget(self);
-        }
-    }
-}
-
-/// Device address of request slot `idx`'s entries in the meta table.
-fn entries_dev(u: &Unpack, idx: usize) -> u64 {
-    u.meta.region.device as u64
-        + core::mem::offset_of!(NetUnpackMeta, mem) as u64
-        + (slot_of(idx as u64)
-            * core::mem::size_of::<[LoadMeta; tcpx_core::unpack::ENTRIES_PER_SLOT]>())
-            as u64
-}
-
-impl Drop for RecvComm {
-    fn drop(&mut self) {
-        // The DMA kernels read the host bounce pages and the meta table, and the helpers write
-        // the landed words: the kernels are stopped and the helpers gone before any of it is
-        // freed (fields drop after this, `unpack` among them).
-        let st = self.st.get_mut().unwrap_or_else(|e| e.into_inner());
-        if let Some(d) = st.dma.take() {
-            d.abort();
-            let helpers_gone = self.core.threads.is_empty() || self.core.shutdown();
-            if helpers_gone {
-                drop(d);
-            } else {
-                core::mem::forget(d);
-            }
         }
     }
 }

@@ -19,6 +19,10 @@ pub const DEFAULT_BOUNCE_BYTES: usize = 64 << 20;
 pub const MAX_NSOCKS: usize = 16;
 /// Default CUDA staging ring per send comm: 32 requests of 512 KiB, 4 of TCPX's largest.
 pub const DEFAULT_STAGE_BYTES: usize = 16 << 20;
+/// Default time a lane's staging kernel waits for more work before it exits: long enough to
+/// stay up between a stream of transfers (every relaunch costs the caller's thread a driver
+/// call), short enough that a `cudaDeviceSynchronize` after the last send barely notices.
+pub const DEFAULT_STAGE_IDLE_US: usize = 1000;
 /// Largest bounce region: every `src_off` must fit in 32 bits.
 pub const MAX_BOUNCE_BYTES: usize = 4 << 30;
 
@@ -48,12 +52,14 @@ pub struct Config {
     /// per-helper scratch, then streamed out with non-temporal stores, so no CPU cache holds
     /// them dirty when the GPU reads them (which makes those reads 1.6x slower).
     pub stream_bounce: bool,
-    /// On a CUDA machine, move CUDA requests' bytes between host and GPU with the DMA kernels
-    /// while their TCP transfer runs (pieces staged as the sockets send them, pieces copied to
-    /// a device bounce region as they land), as a NIC's DMA overlaps the wire; off = one
-    /// copy-engine copy before a send, the unpack kernel reading host bounce pages after a
-    /// receive.
-    pub gpu_dma: bool,
+    /// On a CUDA machine, CUDA sends are staged by the staging kernel, piece by piece while the
+    /// sockets send (as a NIC's DMA reads device memory while it transmits), instead of by one
+    /// copy-engine copy per request that the whole request waits for.
+    pub stage_kernel: bool,
+    /// A lane's staging kernel exits after this many microseconds with nothing to stage (an
+    /// application's `cudaDeviceSynchronize` waits at most that long after the last CUDA
+    /// send); the next send launches it again.
+    pub stage_idle_us: usize,
 }
 
 impl Default for Config {
@@ -69,7 +75,8 @@ impl Default for Config {
             stage_bytes: DEFAULT_STAGE_BYTES,
             sock_buf_bytes: 0,
             stream_bounce: true,
-            gpu_dma: true,
+            stage_kernel: true,
+            stage_idle_us: DEFAULT_STAGE_IDLE_US,
         }
     }
 }
@@ -127,8 +134,11 @@ impl Config {
         if let Some(v) = env_bool("TCPX_SOCK_STREAM_BOUNCE") {
             c.stream_bounce = v;
         }
-        if let Some(v) = env_bool("TCPX_SOCK_GPU_DMA") {
-            c.gpu_dma = v;
+        if let Some(v) = env_bool("TCPX_SOCK_STAGE_KERNEL") {
+            c.stage_kernel = v;
+        }
+        if let Some(v) = env_usize("TCPX_SOCK_STAGE_IDLE_US") {
+            c.stage_idle_us = v;
         }
         c.normalized()
     }
@@ -142,6 +152,7 @@ impl Config {
         // A whole 4 MiB receive must fit, or the oldest request could never complete.
         self.bounce_bytes = page_round(self.bounce_bytes.clamp(MAX_RECV_BYTES, MAX_BOUNCE_BYTES));
         self.stage_bytes = page_round(self.stage_bytes.clamp(MAX_RECV_BYTES, MAX_BOUNCE_BYTES));
+        self.stage_idle_us = self.stage_idle_us.clamp(1, 1_000_000);
         self
     }
 }
@@ -178,5 +189,18 @@ mod tests {
         assert_eq!(c.nsocks, 1);
         assert_eq!(c.chunk_bytes, 8192);
         assert_eq!(c.bounce_bytes, MAX_RECV_BYTES);
+        let c = Config {
+            stage_idle_us: 0,
+            ..Config::default()
+        }
+        .normalized();
+        assert_eq!(c.stage_idle_us, 1, "a lane's kernel waits at least 1 us");
+        let c = Config {
+            stage_idle_us: usize::MAX,
+            ..Config::default()
+        }
+        .normalized();
+        assert_eq!(c.stage_idle_us, 1_000_000);
+        assert!(Config::default().stage_kernel, "on by default");
     }
 }

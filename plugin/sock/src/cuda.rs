@@ -24,21 +24,6 @@ fn cuda_err(ctx: &'static str, e: DriverError) -> Error {
     Error::Cuda(ctx, e.0 as i32)
 }
 
-// TEMP knobs for measurement (removed before commit).
-pub(crate) fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-pub(crate) fn side_on(side: &str) -> bool {
-    match std::env::var("TCPX_DMA_SIDE").as_deref() {
-        Ok("send") => side == "send",
-        Ok("recv") => side == "recv",
-        _ => true,
-    }
-}
-
 fn kernels_err(ctx: &'static str, e: tcpx_kernels::Error) -> Error {
     match e {
         tcpx_kernels::Error::Cuda { source, .. } => cuda_err(ctx, source),
@@ -259,17 +244,23 @@ pub(crate) static CUDA_ALLOCATOR: CudaMappedAllocator = CudaMappedAllocator;
 struct Pinned {
     host: *mut u8,
     dev: u64,
+    /// The device whose context allocated it (bound again to free it).
+    ordinal: usize,
 }
 
 impl Pinned {
-    /// Allocates with some context current.
+    /// Allocates in the current context.
     fn new(len: usize) -> Result<Self> {
         let flags = sys::CU_MEMHOSTALLOC_PORTABLE | sys::CU_MEMHOSTALLOC_DEVICEMAP;
         // SAFETY: a plain pinned allocation.
         let host = unsafe { result::malloc_host(len, flags) }
             .map_err(|e| cuda_err("cuMemHostAlloc", e))?
             .cast::<u8>();
-        let mut p = Pinned { host, dev: 0 };
+        let mut p = Pinned {
+            host,
+            dev: 0,
+            ordinal: home_ordinal(),
+        };
         // SAFETY: the allocation just made.
         unsafe { core::ptr::write_bytes(host, 0, len) };
         let mut dev: sys::CUdeviceptr = 0;
@@ -284,54 +275,58 @@ impl Pinned {
 
 impl Drop for Pinned {
     fn drop(&mut self) {
-        // PORTABLE allocations may be freed with any context current (the caller binds one).
-        // SAFETY: allocated by `new`, freed once, no user left.
-        let _ = unsafe { result::free_host(self.host.cast()) };
+        let _ = with_ctx(self.ordinal, |_| {
+            // SAFETY: allocated by `new`, freed once, no user left.
+            let _ = unsafe { result::free_host(self.host.cast()) };
+            Ok(())
+        });
     }
 }
 
-/// Per-comm emulation of a NIC's DMA engine by the DMA kernel ([`tcpx_kernels::dma`]): one
-/// lane (queue, stream, kernel) per data socket, and per request slot and lane a progress word
-/// (send: staged bytes; receive: landed bytes) and a done word, plus one abort word, all in
-/// pinned, device-mapped memory. The host queues shares under the comm's lock and launches a
-/// lane's kernel only when none is running, so a burst of requests costs one launch per lane.
-pub(crate) struct LaneDma {
+/// The staging kernel's lanes of one send comm ([`tcpx_kernels::stage`]): per data socket a
+/// queue in pinned, device-mapped memory and a stream, per request slot and lane a progress
+/// word (bytes of the share staged), and one abort word. Shares are queued under the comm's
+/// lock; a lane's kernel is launched only when none is running, so a burst of requests costs
+/// one launch per lane and none per request.
+pub(crate) struct StageLanes {
     ctx: Arc<CudaContext>,
-    kernels: Arc<tcpx_kernels::dma::DmaKernels>,
-    mode: tcpx_kernels::dma::Mode,
+    kernels: Arc<tcpx_kernels::stage::StageKernels>,
     lanes: usize,
-    /// `lanes` [`tcpx_kernels::dma::Lane`]s.
+    /// `lanes` [`tcpx_kernels::stage::Lane`]s.
     ctl: Pinned,
-    /// progress[slot][lane], done[slot][lane], abort.
+    /// progress[slot][lane], then the abort word.
     words: Pinned,
     streams: Vec<sys::CUstream>,
+    piece: u64,
+    idle_ns: u64,
 }
 
 // SAFETY: all members are owned by this value; the pinned words are shared with helpers and
 // kernels through volatile accesses and fences only; driver objects are not tied to a thread.
-unsafe impl Send for LaneDma {}
-// SAFETY: see Send; shared access reads words and returns pointers; queueing takes `&mut`-free
-// paths only under the comm's lock.
-unsafe impl Sync for LaneDma {}
+unsafe impl Send for StageLanes {}
+// SAFETY: see Send; shared access reads words and returns pointers, and queueing happens only
+// under the comm's lock.
+unsafe impl Sync for StageLanes {}
 
-/// Bytes a DMA kernel copies (send) or waits for at most (receive) at a time.
-const DMA_PIECE: u64 = 64 << 10;
-/// A lane's kernel stops after this long with nothing queued (or, receiving, nothing landed).
-const DMA_IDLE_NS: u64 = 200_000;
+/// Bytes the staging kernel copies between two progress updates.
+const STAGE_PIECE: u64 = 64 << 10;
+/// Longest pause between two polls of an idle lane's queue.
+const STAGE_POLL_NS: u32 = 8_000;
 const SLOTS: usize = crate::worker::MAX_REQUESTS;
 
-/// The DMA kernel loaded once per device (a module load per comm would cost each comm time and
-/// device memory), kept for the process lifetime like the primary contexts.
-fn dma_kernels(c: &Arc<CudaContext>) -> Result<Arc<tcpx_kernels::dma::DmaKernels>> {
-    static LOADED: Mutex<Vec<Option<Arc<tcpx_kernels::dma::DmaKernels>>>> = Mutex::new(Vec::new());
+/// The staging kernel, loaded once per device (a module per comm would cost each comm time and
+/// device memory) and kept for the process lifetime like the primary contexts.
+fn stage_kernels(c: &Arc<CudaContext>) -> Result<Arc<tcpx_kernels::stage::StageKernels>> {
+    static LOADED: Mutex<Vec<Option<Arc<tcpx_kernels::stage::StageKernels>>>> =
+        Mutex::new(Vec::new());
     let mut g = LOADED.lock().unwrap_or_else(|e| e.into_inner());
     let i = c.ordinal();
     if let Some(Some(k)) = g.get(i) {
         return Ok(k.clone());
     }
     let k = Arc::new(
-        tcpx_kernels::dma::DmaKernels::load(c)
-            .map_err(|e| kernels_err("loading the DMA kernel", e))?,
+        tcpx_kernels::stage::StageKernels::load(c)
+            .map_err(|e| kernels_err("loading the staging kernel", e))?,
     );
     if g.len() <= i {
         g.resize(i + 1, None);
@@ -340,20 +335,22 @@ fn dma_kernels(c: &Arc<CudaContext>) -> Result<Arc<tcpx_kernels::dma::DmaKernels
     Ok(k)
 }
 
-impl LaneDma {
-    /// Lanes for a comm of `lanes` data sockets on the GPU of `c` (current on this thread).
-    fn new(c: &Arc<CudaContext>, lanes: usize, mode: tcpx_kernels::dma::Mode) -> Result<Self> {
-        let kernels = dma_kernels(c)?;
-        let ctl = Pinned::new(lanes * size_of::<tcpx_kernels::dma::Lane>())?;
-        let words = Pinned::new((2 * SLOTS * lanes + 1) * 8)?;
-        let mut d = LaneDma {
+impl StageLanes {
+    /// Lanes for a comm of `lanes` data sockets on the GPU of `c` (current on this thread);
+    /// a lane's kernel stops after `idle_ns` with nothing queued.
+    fn new(c: &Arc<CudaContext>, lanes: usize, idle_ns: u64) -> Result<Self> {
+        let kernels = stage_kernels(c)?;
+        let ctl = Pinned::new(lanes * size_of::<tcpx_kernels::stage::Lane>())?;
+        let words = Pinned::new((SLOTS * lanes + 1) * 8)?;
+        let mut d = StageLanes {
             ctx: c.clone(),
             kernels,
-            mode,
             lanes,
             ctl,
             words,
             streams: Vec::with_capacity(lanes),
+            piece: STAGE_PIECE,
+            idle_ns,
         };
         for _ in 0..lanes {
             d.streams.push(
@@ -365,48 +362,72 @@ impl LaneDma {
     }
 
     fn word(&self, i: usize) -> *mut u64 {
-        debug_assert!(i <= 2 * SLOTS * self.lanes);
+        debug_assert!(i <= SLOTS * self.lanes);
         self.words.host.cast::<u64>().wrapping_add(i)
     }
 
-    fn progress_index(&self, slot: usize, lane: usize) -> usize {
-        slot * self.lanes + lane
-    }
-
-    fn done_index(&self, slot: usize, lane: usize) -> usize {
-        SLOTS * self.lanes + slot * self.lanes + lane
-    }
-
     fn abort_index(&self) -> usize {
-        2 * SLOTS * self.lanes
+        SLOTS * self.lanes
     }
 
-    /// Request slot `slot`'s progress word on `lane` (host address): what a helper publishes
-    /// landed bytes in, or reads staged bytes from.
-    pub(crate) fn progress_word(&self, slot: usize, lane: usize) -> *mut u64 {
-        self.word(self.progress_index(slot, lane))
-    }
-
-    /// Whether request slot `slot`'s share on `lane` is copied to the device (receive).
-    pub(crate) fn done(&self, slot: usize, lane: usize) -> bool {
-        // SAFETY: inside the words allocation; written by the kernel over PCIe.
-        let v = unsafe { self.word(self.done_index(slot, lane)).read_volatile() };
-        // The kernel's device writes are fenced before this word; the caller's next steps
-        // (publishing the request) come after reading it.
-        core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
-        v == tcpx_kernels::dma::DMA_DONE
-    }
-
-    fn ctl(&self, lane: usize) -> *mut tcpx_kernels::dma::Lane {
+    fn ctl(&self, lane: usize) -> *mut tcpx_kernels::stage::Lane {
         self.ctl
             .host
-            .cast::<tcpx_kernels::dma::Lane>()
+            .cast::<tcpx_kernels::stage::Lane>()
             .wrapping_add(lane)
     }
 
-    /// Launches `lane`'s kernel if it stopped with shares still queued (a receive whose bytes
-    /// paused, or a share queued just as the kernel went idle). Cheap when it runs: two reads
-    /// of pinned memory. Call it under the comm's lock while a request waits on the lane.
+    /// Request slot `slot`'s progress word of lane `lane` (host address): bytes of the share
+    /// in the ring, written by the kernel.
+    pub(crate) fn progress_word(&self, slot: usize, lane: usize) -> *mut u64 {
+        self.word(slot * self.lanes + lane)
+    }
+
+    /// Queues request slot `slot`'s share on `lane` (its progress word is reset and filled in
+    /// here) and launches the lane's kernel if none is running. Call it before the helper gets
+    /// its job.
+    ///
+    /// # Safety
+    /// The share names live memory as [`tcpx_kernels::stage::Share`] documents until its
+    /// request completes; the slot's previous request has completed; the comm's lock is held
+    /// (one writer of the lane's queue).
+    pub(crate) unsafe fn queue(
+        &self,
+        slot: usize,
+        lane: usize,
+        mut share: tcpx_kernels::stage::Share,
+    ) -> Result<()> {
+        if lane >= self.lanes || slot >= SLOTS {
+            return Err(Error::Internal("staging share outside the comm"));
+        }
+        let pw = self.progress_word(slot, lane);
+        share.progress = self.words.dev + (pw as usize - self.words.host as usize) as u64;
+        let ctl = self.ctl(lane);
+        // SAFETY: `ctl` is this lane's queue in the pinned allocation; the host is the only
+        // writer of `tail`, `state` and queued shares; the ring entry at `tail` is finished (at
+        // most one share per request slot is queued per lane, and 16 slots fit the ring).
+        unsafe {
+            pw.write_volatile(0);
+            let tail = core::ptr::addr_of!((*ctl).tail).read_volatile();
+            let at =
+                core::ptr::addr_of_mut!((*ctl).ring[tail as usize % tcpx_kernels::stage::RING]);
+            at.write_volatile(share);
+            // The share and its word before the tail that announces it.
+            core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
+            core::ptr::addr_of_mut!((*ctl).tail).write_volatile(tail + 1);
+            // Tail before reading state: the host's half of the exit protocol (stage.cu).
+            core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+            if core::ptr::addr_of!((*ctl).state).read_volatile() != 0 {
+                return Ok(());
+            }
+            core::ptr::addr_of_mut!((*ctl).state).write_volatile(1);
+        }
+        self.launch(lane)
+    }
+
+    /// Launches `lane`'s kernel if it stopped with shares still queued (one queued just as the
+    /// kernel went idle). Two reads of pinned memory when it does not. Call it under the comm's
+    /// lock while a request waits on the lane.
     pub(crate) fn kick(&self, lane: usize) -> Result<()> {
         if lane >= self.lanes {
             return Ok(());
@@ -426,7 +447,7 @@ impl LaneDma {
     }
 
     fn launch(&self, lane: usize) -> Result<()> {
-        let lane_dev = self.ctl.dev + (lane * size_of::<tcpx_kernels::dma::Lane>()) as u64;
+        let lane_dev = self.ctl.dev + (lane * size_of::<tcpx_kernels::stage::Lane>()) as u64;
         let abort = self.words.dev + 8 * self.abort_index() as u64;
         with_this_ctx(&self.ctx, |_| {
             // SAFETY: the lane's queue and words are pinned memory of this value; its shares
@@ -436,70 +457,25 @@ impl LaneDma {
                 self.kernels.launch_lane(
                     self.streams[lane],
                     lane_dev,
-                    self.mode,
                     abort,
-                    knob("TCPX_DMA_PIECE", DMA_PIECE >> 10) << 10,
-                    knob("TCPX_DMA_IDLE_US", DMA_IDLE_NS / 1000) * 1000,
-                    knob("TCPX_DMA_POLL_NS", 500) as u32,
+                    self.piece,
+                    self.idle_ns,
+                    STAGE_POLL_NS,
                 )
             }
-            .map_err(|e| kernels_err("cuLaunchKernel(tcpx_dma_lane)", e))
+            .map_err(|e| kernels_err("cuLaunchKernel(tcpx_stage_lane)", e))
         })
     }
 
-    /// Stops every kernel (comm error or close); receives still waiting report failure.
-    pub(crate) fn abort(&self) {
+    /// Stops every lane's kernel (close): it exits at its next look at the queue.
+    fn abort(&self) {
         // SAFETY: inside the words allocation; read by kernels over PCIe.
         unsafe { self.word(self.abort_index()).write_volatile(1) };
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
     }
-
-    /// Queues request slot `slot`'s share on `lane` (its progress and done words are filled in
-    /// here, the progress word preset to `progress`) and launches the lane's kernel if none is
-    /// running. Call it before the helper gets its job: the words are reset here.
-    ///
-    /// # Safety
-    /// The share names live memory as [`tcpx_kernels::dma::Share`] documents until its request
-    /// completes; the slot's previous request on this lane has completed; the comm's lock is
-    /// held (one writer of the lane's tail).
-    pub(crate) unsafe fn queue(
-        &self,
-        slot: usize,
-        lane: usize,
-        mut share: tcpx_kernels::dma::Share,
-        progress: u64,
-    ) -> Result<()> {
-        if lane >= self.lanes || slot >= SLOTS {
-            return Err(Error::Internal("DMA share outside the comm"));
-        }
-        let (pi, di) = (self.progress_index(slot, lane), self.done_index(slot, lane));
-        share.progress = self.words.dev + 8 * pi as u64;
-        share.done = self.words.dev + 8 * di as u64;
-        let ctl = self.ctl(lane);
-        // SAFETY: `ctl` is this lane's queue in the pinned allocation; the host is its only
-        // writer of `tail`, `state` and queued shares; the share slot at `tail` was finished
-        // (at most one share per request slot is queued per lane, and 16 slots fit the ring).
-        unsafe {
-            self.word(pi).write_volatile(progress);
-            self.word(di).write_volatile(0);
-            let tail = core::ptr::addr_of!((*ctl).tail).read_volatile();
-            let at = core::ptr::addr_of_mut!((*ctl).ring[tail as usize % tcpx_kernels::dma::RING]);
-            at.write_volatile(share);
-            // The share and its words before the tail that announces it.
-            core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
-            core::ptr::addr_of_mut!((*ctl).tail).write_volatile(tail + 1);
-            // Dekker with the kernel's exit: tail before reading state (see dma.cu).
-            core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-            if core::ptr::addr_of!((*ctl).state).read_volatile() != 0 {
-                return Ok(());
-            }
-            core::ptr::addr_of_mut!((*ctl).state).write_volatile(1);
-        }
-        self.launch(lane)
-    }
 }
 
-impl Drop for LaneDma {
+impl Drop for StageLanes {
     fn drop(&mut self) {
         self.abort();
         // Errors cannot be returned from drop; a failed release leaks.
@@ -523,11 +499,12 @@ impl Drop for LaneDma {
 /// the comm's caller starts in `isend` (so they neither wait for nor hold up the user's work
 /// on the legacy default stream).
 ///
-/// Two ways of filling it ([`Staging`]): with the DMA kernel (`TCPX_SOCK_GPU_DMA`, the default
-/// where it loads) each lane's kernel stages its share of the request piece by piece and
-/// publishes how much is in, so each helper sends as the bytes land and makes no driver call;
-/// otherwise (and for a source not 16-byte aligned) one copy-engine copy per request and an
-/// event per request slot, which the helpers query once. Which bytes of the ring a request uses
+/// Two ways of filling it ([`Staging`]): with the staging kernel (`TCPX_SOCK_STAGE_KERNEL`, the
+/// default where it loads) each lane's kernel stages its share of the request piece by piece
+/// and publishes how much is in, so each helper sends as the bytes land, and neither `isend`
+/// nor the helpers make a driver call per request; otherwise (and for a source or staging
+/// offset not 16-byte aligned) one copy-engine copy per request and an event per request
+/// slot, which the helpers query once. Which bytes of the ring a request uses
 /// is [`crate::mem::StageRing`]'s business, under the comm's lock.
 pub(crate) struct SendStage {
     ctx: Arc<CudaContext>,
@@ -536,8 +513,8 @@ pub(crate) struct SendStage {
     stream: sys::CUstream,
     /// Per request slot.
     done: [sys::CUevent; crate::worker::MAX_REQUESTS],
-    /// The DMA lanes, when on and loadable.
-    dma: Option<LaneDma>,
+    /// The staging kernel's lanes, when on and loadable.
+    lanes: Option<StageLanes>,
 }
 
 /// How a request's staging copy reports that its bytes are in the ring.
@@ -559,8 +536,14 @@ unsafe impl Sync for SendStage {}
 
 impl SendStage {
     /// A `len`-byte ring, its stream and events in the primary context of `ordinal`, and, when
-    /// `dma`, DMA lanes for `lanes` data sockets (used only if the kernel loads).
-    pub(crate) fn new(ordinal: usize, len: usize, lanes: usize, dma: bool) -> Result<Self> {
+    /// `kernel` is `Some(idle_ns)`, the staging kernel's lanes for `lanes` data sockets (used
+    /// only if the kernel loads; else the copy engine stages every request).
+    pub(crate) fn new(
+        ordinal: usize,
+        len: usize,
+        lanes: usize,
+        kernel: Option<u64>,
+    ) -> Result<Self> {
         with_ctx(ordinal, |c| {
             let mut s = SendStage {
                 ctx: c.clone(),
@@ -568,7 +551,7 @@ impl SendStage {
                 len,
                 stream: core::ptr::null_mut(),
                 done: [core::ptr::null_mut(); crate::worker::MAX_REQUESTS],
-                dma: None,
+                lanes: None,
             };
             // Each handle is stored as soon as it exists, so Drop frees whatever was made
             // before a failure.
@@ -578,11 +561,13 @@ impl SendStage {
                 s.done[i] = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
                     .map_err(|e| cuda_err("cuEventCreate", e))?;
             }
-            if dma && side_on("send") {
-                s.dma = match LaneDma::new(c, lanes, tcpx_kernels::dma::Mode::Send) {
-                    Ok(d) => Some(d),
+            if let Some(idle_ns) = kernel {
+                s.lanes = match StageLanes::new(c, lanes, idle_ns) {
+                    Ok(l) => Some(l),
                     Err(e) => {
-                        eprintln!("TEMP: send DMA unavailable: {e}");
+                        crate::log_warn(&format!(
+                            "tcpxsock: CUDA sends staged by the copy engine: {e}"
+                        ));
                         None
                     }
                 };
@@ -614,13 +599,17 @@ impl SendStage {
         }
         let at = self.ring.host.wrapping_add(off).cast_const();
         // The kernel moves 16-byte vectors; other alignments go to the copy engine.
-        if let Some(d) = self.dma.as_ref().filter(|_| (src as usize | off) % 16 == 0) {
+        if let Some(d) = self
+            .lanes
+            .as_ref()
+            .filter(|_| (src as usize | off) % 16 == 0)
+        {
             let n = d.lanes as u64;
             let used = (size.div_ceil(chunk_bytes) as u64).min(n);
             let mut mask = 0u32;
             for k in 0..used {
                 let lane = ((chunk_base + k) % n) as usize;
-                let share = tcpx_kernels::dma::Share {
+                let share = tcpx_kernels::stage::Share {
                     src,
                     dst: self.ring.dev + off as u64,
                     size: size as u64,
@@ -631,7 +620,7 @@ impl SendStage {
                 };
                 // SAFETY: per the contract; the slot's previous request completed before
                 // its slot was reused.
-                unsafe { d.queue(req, lane, share, 0)? };
+                unsafe { d.queue(req, lane, share)? };
                 mask |= 1 << lane;
             }
             let staged = d.progress_word(req, 0);
@@ -656,9 +645,9 @@ impl SendStage {
         })
     }
 
-    /// Relaunches the stopped DMA kernels of the lanes in `mask` that still have shares queued.
+    /// Relaunches the stopped kernels of the lanes in `mask` that still have shares queued.
     pub(crate) fn kick(&self, mask: u32) -> Result<()> {
-        if let Some(d) = &self.dma {
+        if let Some(d) = &self.lanes {
             for lane in (0..32).filter(|l| mask & (1 << l) != 0) {
                 d.kick(lane)?;
             }
@@ -686,7 +675,7 @@ impl Drop for SendStage {
         // thread (close), so its context is restored.
         let _ = with_ctx(self.ctx.ordinal(), |_| {
             // The lanes' kernels stop and drain before the ring goes.
-            self.dma = None;
+            self.lanes = None;
             // SAFETY: created by this value and freed once; copies still in flight finish
             // before the stream goes, and the helpers have exited.
             unsafe {
@@ -703,186 +692,4 @@ impl Drop for SendStage {
         // `ring` is freed after this (field drop), with a context restored; PORTABLE memory
         // does not need one.
     }
-}
-
-/// Per-recv-comm emulation of the NIC's receive DMA on a CUDA machine: a device-memory bounce
-/// region (what `bounce_buf` in the dev handle names, as with TCPX) that the DMA kernel fills
-/// from the host bounce pages while each request lands, so the engine's unpack reads device
-/// memory.
-///
-/// The region is a reserved address range with device memory mapped into it, so it can move to
-/// the GPU of the comm's first CUDA receive ([`RecvDma::retarget`]) while keeping the address
-/// published at `accept` (no context is usually current then).
-pub(crate) struct RecvDma {
-    va: u64,
-    size: usize,
-    lanes: usize,
-    dev: Option<DmaDevice>,
-}
-
-/// What [`RecvDma`] holds on its current GPU.
-struct DmaDevice {
-    ordinal: usize,
-    /// Dropped (kernels stopped) before the memory is unmapped.
-    lanes: Option<LaneDma>,
-    phys: sys::CUmemGenericAllocationHandle,
-    /// Where `phys` is mapped and how long, once mapped.
-    mapped: Option<(u64, usize)>,
-}
-
-// SAFETY: all members are owned by this value; see LaneDma.
-unsafe impl Send for RecvDma {}
-// SAFETY: see Send.
-unsafe impl Sync for RecvDma {}
-
-impl RecvDma {
-    /// A device bounce region of `len` bytes on GPU `ordinal` for a comm of `lanes` data
-    /// sockets. Fails (and the comm keeps the host bounce) when the kernel or virtual memory
-    /// management are unavailable.
-    pub(crate) fn new(ordinal: usize, len: usize, lanes: usize) -> Result<Self> {
-        with_ctx(ordinal, |_| {
-            let mut d = RecvDma {
-                va: 0,
-                size: 0,
-                lanes,
-                dev: None,
-            };
-            let gran = granularity(ordinal)?;
-            d.size = len.next_multiple_of(gran);
-            // SAFETY: reserves address space only; freed by Drop.
-            unsafe { sys::cuMemAddressReserve(&mut d.va, d.size, gran, 0, 0) }
-                .result()
-                .map_err(|e| cuda_err("cuMemAddressReserve", e))?;
-            d.dev = Some(d.map(ordinal)?);
-            Ok(d)
-        })
-    }
-
-    fn map(&self, ordinal: usize) -> Result<DmaDevice> {
-        with_ctx(ordinal, |c| {
-            let prop = device_prop(ordinal);
-            let mut phys: sys::CUmemGenericAllocationHandle = 0;
-            // SAFETY: out-pointer valid; the size is a granularity multiple.
-            unsafe { sys::cuMemCreate(&mut phys, self.size, &prop, 0) }
-                .result()
-                .map_err(|e| cuda_err("cuMemCreate", e))?;
-            let mut d = DmaDevice {
-                ordinal,
-                lanes: None,
-                phys,
-                mapped: None,
-            };
-            // SAFETY: the reserved range is ours and unmapped; `phys` is as large.
-            unsafe { sys::cuMemMap(self.va, self.size, 0, phys, 0) }
-                .result()
-                .map_err(|e| cuda_err("cuMemMap", e))?;
-            d.mapped = Some((self.va, self.size));
-            // SAFETY: plain-data driver struct; zero is a valid start for every field.
-            let mut access: sys::CUmemAccessDesc = unsafe { core::mem::zeroed() };
-            access.location = prop.location;
-            access.flags = sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-            // SAFETY: the range was just mapped.
-            unsafe { sys::cuMemSetAccess(self.va, self.size, &access, 1) }
-                .result()
-                .map_err(|e| cuda_err("cuMemSetAccess", e))?;
-            d.lanes = Some(LaneDma::new(c, self.lanes, tcpx_kernels::dma::Mode::Recv)?);
-            Ok(d)
-        })
-    }
-
-    /// The device bounce region's address (published as `bounce_buf`).
-    pub(crate) fn bounce(&self) -> u64 {
-        self.va
-    }
-
-    /// The GPU the region is on now, if mapped.
-    pub(crate) fn ordinal(&self) -> Option<usize> {
-        self.dev.as_ref().map(|d| d.ordinal)
-    }
-
-    /// Moves the region to GPU `ordinal`: what was on the old GPU is released first (the
-    /// caller guarantees no share is in flight), so on failure the comm has no device bounce
-    /// until a later retarget succeeds.
-    pub(crate) fn retarget(&mut self, ordinal: usize) -> Result<()> {
-        if self.ordinal() == Some(ordinal) {
-            return Ok(());
-        }
-        self.dev = None;
-        self.dev = Some(self.map(ordinal)?);
-        Ok(())
-    }
-
-    /// The lanes on the current GPU.
-    pub(crate) fn lanes(&self) -> Result<&LaneDma> {
-        self.dev
-            .as_ref()
-            .and_then(|d| d.lanes.as_ref())
-            .ok_or(Error::Internal("device bounce region not mapped"))
-    }
-
-    /// Stops every kernel still waiting (comm error or close): they report failure.
-    pub(crate) fn abort(&self) {
-        if let Ok(l) = self.lanes() {
-            l.abort();
-        }
-    }
-}
-
-impl Drop for DmaDevice {
-    fn drop(&mut self) {
-        // Errors cannot be returned from drop; a failed release leaks.
-        let _ = with_ctx(self.ordinal, |_| {
-            // The kernels stop and drain before the memory they write goes.
-            self.lanes = None;
-            // SAFETY: made by `RecvDma::map` and released once.
-            unsafe {
-                if let Some((va, len)) = self.mapped {
-                    let _ = sys::cuMemUnmap(va, len);
-                }
-                let _ = sys::cuMemRelease(self.phys);
-            }
-            Ok(())
-        });
-    }
-}
-
-impl Drop for RecvDma {
-    fn drop(&mut self) {
-        let ordinal = self.ordinal().unwrap_or_else(home_ordinal);
-        self.dev = None;
-        let _ = with_ctx(ordinal, |_| {
-            if self.va != 0 {
-                // SAFETY: reserved by `new`, freed once, nothing mapped in it any more.
-                let _ = unsafe { sys::cuMemAddressFree(self.va, self.size) };
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Device memory of GPU `ordinal`, as `cuMemCreate` takes it.
-fn device_prop(ordinal: usize) -> sys::CUmemAllocationProp {
-    // SAFETY: plain-data driver struct; zero is a valid start for every field.
-    let mut prop: sys::CUmemAllocationProp = unsafe { core::mem::zeroed() };
-    prop.type_ = sys::CUmemAllocationType::CU_MEM_ALLOCATION_TYPE_PINNED;
-    prop.location.type_ = sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE;
-    prop.location.id = ordinal as i32;
-    prop
-}
-
-/// The mapping granularity of device memory on GPU `ordinal` (a context is current).
-fn granularity(ordinal: usize) -> Result<usize> {
-    let prop = device_prop(ordinal);
-    let mut gran = 0usize;
-    // SAFETY: valid pointers.
-    unsafe {
-        sys::cuMemGetAllocationGranularity(
-            &mut gran,
-            &prop,
-            sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM,
-        )
-    }
-    .result()
-    .map_err(|e| cuda_err("cuMemGetAllocationGranularity", e))?;
-    Ok(gran.max(1))
 }

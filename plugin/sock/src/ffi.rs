@@ -284,7 +284,7 @@ pub(crate) unsafe extern "C" fn irecv(
         let c = out(recv_comm.cast::<RecvComm>(), "recvComm")?;
         let buf = opt_out(data).map_or(core::ptr::null_mut(), |d| *d);
         let size = size_arg(*out(sizes, "sizes")?)?;
-        let cuda = opt_out(mhandles).and_then(|m| mr_cuda(*m));
+        let cuda = opt_out(mhandles).is_some_and(|m| mr_cuda(*m).is_some());
         *slot = c.irecv(buf.cast(), size, cuda)?.cast_mut().cast();
         Ok(())
     })

@@ -88,16 +88,6 @@ fn allocator() -> &'static dyn MappedAllocator {
     }
 }
 
-/// Whether new regions come from the built-in CUDA allocator (pinned, device-mapped memory),
-/// which the DMA kernels need.
-pub(crate) fn cuda_allocator_in_use() -> bool {
-    ALLOCATOR
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .is_none()
-        && crate::cuda::present()
-}
-
 /// A region that returns itself to its allocator on drop.
 pub(crate) struct OwnedRegion {
     pub(crate) region: MappedRegion,

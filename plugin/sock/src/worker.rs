@@ -30,18 +30,12 @@ pub(crate) enum JobKind {
     /// Send from `base`.
     Send,
     /// Send from `base` in the comm's CUDA staging ring ([`Shared::cuda_stage`]) as the
-    /// request's device-to-host copy there lands.
+    /// request's device-to-host copy lands there.
     SendStaged(Staging),
     /// Receive into `base` (host mode).
     RecvHost,
-    /// Receive into bounce pages listed at `pages` (TCPX mode); with a receive DMA kernel
-    /// following the request, `landed` is the slot's first landed word (lane `l` publishes to
-    /// `landed + l` how many bytes of its share are in the pages), else NULL.
-    RecvPages {
-        pages: *const u32,
-        bounce: *mut u8,
-        landed: *mut u64,
-    },
+    /// Receive into bounce pages listed at `pages` (TCPX mode).
+    RecvPages { pages: *const u32, bounce: *mut u8 },
 }
 
 /// One request's share for one lane.
@@ -253,16 +247,9 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
     // Made at the helper's first bounce-page receive (host-memory comms never need it).
     let mut scratch = Vec::new();
     while let Some(job) = next_job(shared, me) {
-        // Bytes of this lane's share moved so far: published for a receive DMA kernel,
-        // compared with the staged ones for a DMA-staged send.
-        let mut progress = match job.kind {
-            // SAFETY: the slot has a landed word per lane (`LaneDma`).
-            JobKind::RecvPages { landed, .. } if !landed.is_null() => {
-                Progress::new(unsafe { landed.add(me) })
-            }
-            _ => Progress::none(),
-        };
         let (first, nchunks) = lane_chunks(shared, me, &job);
+        // Bytes of this lane's share of a kernel-staged request sent so far.
+        let mut sent = 0u64;
         if matches!(job.kind, JobKind::SendStaged(Staging::Event)) && first < nchunks {
             shared
                 .cuda_stage
@@ -282,7 +269,7 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
                 JobKind::SendStaged(Staging::Lanes { staged, .. }) => {
                     // SAFETY: the slot has a progress word per lane.
                     let word = unsafe { staged.add(me) };
-                    send_staged(shared, fd, &job, off, len, word, &mut progress)?
+                    send_staged(shared, fd, &job, off, len, word, &mut sent)?
                 }
                 JobKind::RecvHost => {
                     let mut iov = [libc::iovec {
@@ -293,15 +280,13 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
                     // SAFETY: the iovec lies inside the caller's live receive buffer.
                     unsafe { sys::recv_all_iov(fd, &mut iov)? };
                 }
-                JobKind::RecvPages { pages, bounce, .. } if shared.stream_bounce => {
+                JobKind::RecvPages { pages, bounce } if shared.stream_bounce => {
                     if scratch.is_empty() {
                         scratch = vec![0u8; SCRATCH];
                     }
-                    recv_pages_streamed(fd, pages, bounce, off, len, &mut scratch, &mut progress)?
+                    recv_pages_streamed(fd, pages, bounce, off, len, &mut scratch)?
                 }
-                JobKind::RecvPages { pages, bounce, .. } => {
-                    recv_pages(fd, pages, bounce, off, len, &mut progress)?
-                }
+                JobKind::RecvPages { pages, bounce } => recv_pages(fd, pages, bounce, off, len)?,
             }
         }
         shared.remaining[job.req].fetch_sub(1, Ordering::Release);
@@ -309,10 +294,10 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
     Ok(())
 }
 
-/// Sends request bytes `off..off+len` of a staged `job` from the ring as the lane's DMA kernel
-/// stages them: `staged` counts the bytes of this lane's share in the ring, `progress` the
-/// ones this helper sent before this chunk. Each `send` takes everything already in, so a
-/// helper behind the kernel sends as much at once as without pieces.
+/// Sends request bytes `off..off+len` of a kernel-staged `job` from the ring as the lane's
+/// staging kernel puts them there: `staged` counts the bytes of this lane's share in the ring,
+/// `sent` the ones this helper has sent. Each `send` takes everything already in, so a helper
+/// behind the kernel sends as much at once as from host memory.
 fn send_staged(
     shared: &Shared,
     fd: i32,
@@ -320,7 +305,7 @@ fn send_staged(
     off: usize,
     len: usize,
     staged: *const u64,
-    progress: &mut Progress,
+    sent: &mut u64,
 ) -> Result<()> {
     let mut pos = off;
     let end = off + len;
@@ -328,7 +313,7 @@ fn send_staged(
     while pos < end {
         // SAFETY: the slot's progress word of this lane, pinned memory the kernel writes.
         let have = unsafe { staged.read_volatile() };
-        let ready = (have.saturating_sub(progress.landed) as usize).min(end - pos);
+        let ready = (have.saturating_sub(*sent) as usize).min(end - pos);
         if ready == 0 {
             if shared.closing.load(Ordering::Acquire) {
                 return Ok(());
@@ -348,7 +333,7 @@ fn send_staged(
         // SAFETY: `base..base+size` is the request's staging range and `pos..pos+ready` is in.
         unsafe { sys::send_all(fd, job.base.add(pos), ready)? };
         pos += ready;
-        progress.landed += ready as u64;
+        *sent += ready as u64;
     }
     Ok(())
 }
@@ -358,41 +343,6 @@ fn lane_chunks(shared: &Shared, me: usize, job: &Job) -> (u64, u64) {
     let n = shared.lanes.len() as u64;
     let nchunks = job.size.div_ceil(shared.chunk_bytes) as u64;
     ((me as u64 + n - job.chunk_base % n) % n, nchunks)
-}
-
-/// Where a helper publishes the bytes of its share that are in the bounce pages, for the
-/// receive DMA kernel following them (nowhere without one).
-struct Progress {
-    word: *mut u64,
-    landed: u64,
-}
-
-impl Progress {
-    fn new(word: *mut u64) -> Self {
-        Progress { word, landed: 0 }
-    }
-
-    fn none() -> Self {
-        Progress::new(core::ptr::null_mut())
-    }
-
-    /// `n` more bytes are in their pages: publishes them after every store of theirs (the
-    /// streamed ones included).
-    fn add(&mut self, n: usize) {
-        self.landed += n as u64;
-        if self.word.is_null() {
-            return;
-        }
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a fence; non-temporal stores are ordered before the publishing store.
-        unsafe {
-            core::arch::x86_64::_mm_sfence()
-        };
-        // SAFETY: the word is pinned memory of the comm's `RecvDma`, aligned, live while the
-        // helper runs; only this helper writes it while the share is in flight.
-        unsafe { core::sync::atomic::AtomicU64::from_ptr(self.word) }
-            .store(self.landed, Ordering::Release);
-    }
 }
 
 /// As [`recv_pages`], through `scratch`: received there (it stays in this core's cache), then
@@ -405,7 +355,6 @@ fn recv_pages_streamed(
     off: usize,
     len: usize,
     scratch: &mut [u8],
-    progress: &mut Progress,
 ) -> Result<()> {
     let mut pos = off;
     let end = off + len;
@@ -431,7 +380,6 @@ fn recv_pages_streamed(
             at += frag;
         }
         pos += piece;
-        progress.add(piece);
     }
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a fence; the streamed stores are ordered before the request completes.
@@ -471,14 +419,7 @@ unsafe fn stream_copy(src: *const u8, dst: *mut u8, n: usize) {
 
 /// Receives request bytes `off..off+len` into their bounce pages, one fragment per page;
 /// pages that follow each other in the region share one iovec (the pool hands out runs).
-fn recv_pages(
-    fd: i32,
-    pages: *const u32,
-    bounce: *mut u8,
-    off: usize,
-    len: usize,
-    progress: &mut Progress,
-) -> Result<()> {
+fn recv_pages(fd: i32, pages: *const u32, bounce: *mut u8, off: usize, len: usize) -> Result<()> {
     let mut iov = [libc::iovec {
         iov_base: core::ptr::null_mut(),
         iov_len: 0,
@@ -507,11 +448,9 @@ fn recv_pages(
             next_page = page + 1;
             pos += frag;
         }
-        let got = iov[..k].iter().map(|v| v.iov_len).sum();
         // SAFETY: each iovec is a run of reserved bounce pages, owned by this request until
         // consumed.
         unsafe { sys::recv_all_iov(fd, &mut iov[..k])? };
-        progress.add(got);
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use common::*;
 use cudarc::driver::{result as cu, sys, CudaContext};
-use tcpx_core::abi::{result, DevHandle, NET_DEVICE_HOST, NET_DEVICE_UNPACK, PTR_CUDA, PTR_HOST};
+use tcpx_core::abi::{result, NET_DEVICE_HOST, NET_DEVICE_UNPACK, PTR_CUDA, PTR_HOST};
 use tcpx_core::unpack::{slot_of, unpack_cpu, UnpackDevHandle};
 
 const BOUNCE: usize = 8 << 20;
@@ -57,6 +57,10 @@ impl Dev {
             unsafe { cu::memcpy_htod_sync(d.0 + at as u64, data) }.unwrap();
         }
         d
+    }
+    /// Device address `at` bytes into the allocation.
+    fn ptr_at(&self, at: usize) -> *mut c_void {
+        (self.0 + at as u64) as usize as *mut c_void
     }
     fn read(&self) -> Vec<u8> {
         let mut v = vec![0u8; self.1];
@@ -147,46 +151,6 @@ fn unpack_host(r: Ptr, k: u64, len: usize) -> Vec<u8> {
     out
 }
 
-/// Rebuilds the k-th receive from its published slot through the region the dev handle
-/// publishes as `bounce_buf` — what the unpack kernel reads: device memory filled by the
-/// plugin's receive DMA kernels (the default on a CUDA machine), else the host bounce region.
-fn unpack_published(r: Ptr, dev: *mut DevHandle, k: u64, len: usize) -> Vec<u8> {
-    // SAFETY: `r` is a live recv comm of this plugin.
-    let v = unsafe { tcpx_sock::recv_unpack_view(r.0) }.expect("UNPACK comm");
-    // SAFETY: accept returned this handle for `r`; it lives as long as the comm.
-    let h = unsafe { *(*dev).handle.cast::<UnpackDevHandle>() };
-    let bounce = h.bounce_buf as u64;
-    let region = if is_device_memory(bounce) {
-        let mut region = vec![0u8; v.bounce_len];
-        // SAFETY: the device bounce region is at least as long as the host one.
-        unsafe { cu::memcpy_dtoh_sync(&mut region, bounce) }.unwrap();
-        region
-    } else {
-        assert_eq!(bounce, v.bounce as u64, "host bounce published as itself");
-        // SAFETY: the view's regions live as long as the comm.
-        unsafe { core::slice::from_raw_parts(v.bounce, v.bounce_len) }.to_vec()
-    };
-    // SAFETY: as above.
-    let meta = unsafe { &*v.meta };
-    let entries = meta.slot_entries(slot_of(k)).unwrap();
-    let mut out = vec![0u8; len];
-    assert_eq!(unpack_cpu(entries, &region, &mut out), Ok(len as u64));
-    out
-}
-
-fn is_device_memory(p: u64) -> bool {
-    let mut t: u32 = 0;
-    // SAFETY: the attribute is an unsigned int; the out pointer is valid.
-    let r = unsafe {
-        sys::cuPointerGetAttribute(
-            (&mut t as *mut u32).cast(),
-            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
-            p,
-        )
-    };
-    r == sys::CUresult::CUDA_SUCCESS && t == sys::CUmemorytype::CU_MEMORYTYPE_DEVICE as u32
-}
-
 fn cnt(r: Ptr, k: u64) -> u64 {
     // SAFETY: as in unpack_host.
     let v = unsafe { tcpx_sock::recv_unpack_view(r.0) }.unwrap();
@@ -239,19 +203,11 @@ fn properties_advertise_cuda_and_unpack() {
         .result()
         .unwrap();
     assert_eq!(u.meta as u64, dev);
-    // The published bounce region is device memory of the receive DMA (on by default), at
-    // least as long as the host bounce region the helpers write.
-    assert!(
-        is_device_memory(u.bounce_buf as u64),
-        "bounce_buf names device memory"
-    );
-    let (mut base, mut size) = (0u64, 0usize);
-    // SAFETY: out-pointers valid.
-    unsafe { sys::cuMemGetAddressRange_v2(&mut base, &mut size, u.bounce_buf as u64) }
+    // SAFETY: as above, for the bounce region.
+    unsafe { sys::cuMemHostGetDevicePointer_v2(&mut dev, v.bounce as *mut c_void, 0) }
         .result()
         .unwrap();
-    assert_eq!(base, u.bounce_buf as u64);
-    assert!(size >= BOUNCE, "device bounce of {size} bytes");
+    assert_eq!(u.bounce_buf as u64, dev);
     assert_eq!(v.bounce_len, BOUNCE);
     let buf = Dev::zeroed(4096);
     let mh = reg(s, buf.ptr(), 4096, PTR_CUDA).unwrap();
@@ -266,7 +222,7 @@ fn device_to_device_lands_in_bounce_pages() {
     let Some(_c) = gpu("device_to_device_lands_in_bounce_pages") else {
         return;
     };
-    let (s, r, dev) = pair();
+    let (s, r, _) = pair();
     let mut sizes = SIZES.to_vec();
     sizes.extend(rand_sizes(12, 4 << 20, 77));
     let max = *sizes.iter().max().unwrap();
@@ -274,21 +230,17 @@ fn device_to_device_lands_in_bounce_pages() {
     let rmh = reg(r, dst.ptr(), max, PTR_CUDA).unwrap();
     for (k, &len) in sizes.iter().enumerate() {
         let data = pattern(len, 3000 + k as u64);
-        // Every third source is unaligned: staged by the copy engine instead of the kernel.
+        // Every third source is not 16-byte aligned: the copy engine stages it instead of the
+        // staging kernel, in the same comm and ring.
         let at = if k % 3 == 2 { 1 + k % 15 } else { 0 };
         let src = Dev::from_at(&data, at);
-        let sp = (src.0 + at as u64) as usize as *mut c_void;
-        let smh = reg(s, sp, len, PTR_CUDA).unwrap();
+        let smh = reg(s, src.ptr_at(at), len, PTR_CUDA).unwrap();
         let rr = irecv_mh(r, dst.ptr(), len, rmh);
-        let sr = isend_mh(s, sp, len, smh);
+        let sr = isend_mh(s, src.ptr_at(at), len, smh);
         assert_eq!(wait(rr), Ok(len));
         assert_eq!(wait(sr), Ok(len));
         assert_eq!(cnt(r, k as u64), len.div_ceil(4096) as u64);
         assert!(unpack_host(r, k as u64, len) == data, "size {len}");
-        assert!(
-            unpack_published(r, dev, k as u64, len) == data,
-            "size {len}: the published bounce region"
-        );
         assert_eq!(consumed(r, rr), result::SUCCESS);
         dereg(s, smh);
     }
@@ -361,13 +313,48 @@ fn cuda_sends_wait_for_staging_room_and_refuse_oversize() {
     close_recv(r);
 }
 
+/// The staging kernels stop when idle and start again with the next send; a context-wide
+/// synchronize returns while comms are open and idle, and after they close (a kernel that never
+/// stopped would hang it).
+#[test]
+fn staging_kernels_stop_when_idle_and_restart() {
+    setup();
+    let Some(_c) = gpu("staging_kernels_stop_when_idle_and_restart") else {
+        return;
+    };
+    let (s, r, _) = pair();
+    let idle = std::time::Duration::from_micros(tcpx_sock::Config::default().stage_idle_us as u64);
+    let len = 3 << 20; // six chunks: every lane has a share, two of them two
+    let dst = Dev::zeroed(len);
+    let rmh = reg(r, dst.ptr(), len, PTR_CUDA).unwrap();
+    for round in 0..4u64 {
+        let data = pattern(len, 700 + round);
+        let src = Dev::from(&data);
+        let smh = reg(s, src.ptr(), len, PTR_CUDA).unwrap();
+        let rr = irecv_mh(r, dst.ptr(), len, rmh);
+        let sr = isend_mh(s, src.ptr(), len, smh);
+        assert_eq!(wait(rr), Ok(len));
+        assert_eq!(wait(sr), Ok(len));
+        assert!(unpack_host(r, round, len) == data, "round {round}");
+        assert_eq!(consumed(r, rr), result::SUCCESS);
+        dereg(s, smh);
+        // Long enough for every lane's kernel to stop; the next round launches them again.
+        std::thread::sleep(idle * 3);
+        cu::ctx::synchronize().unwrap();
+    }
+    dereg(r, rmh);
+    close_send(s);
+    close_recv(r);
+    cu::ctx::synchronize().unwrap();
+}
+
 #[test]
 fn host_to_device_and_device_to_host() {
     setup();
     let Some(_c) = gpu("host_to_device_and_device_to_host") else {
         return;
     };
-    let (s, r, dev) = pair();
+    let (s, r, _) = pair();
     let mut k = 0u64;
     for &len in &[0usize, 1, 4097, 100_000, 1 << 20, 4 << 20] {
         // host -> device: lands in bounce pages.
@@ -379,12 +366,6 @@ fn host_to_device_and_device_to_host() {
         assert_eq!(wait(rr), Ok(len));
         assert_eq!(wait(sr), Ok(len));
         assert!(unpack_host(r, k, len) == data, "h2d size {len}");
-        // Small host payloads come inline on the control socket; their pages reach the
-        // device bounce region too.
-        assert!(
-            unpack_published(r, dev, k, len) == data,
-            "h2d size {len}: the published bounce region"
-        );
         assert_eq!(consumed(r, rr), result::SUCCESS);
         dereg(r, rmh);
         k += 1;
