@@ -1,8 +1,10 @@
 //! Zero allocation on the engine's GPU path: after warm-up, VRAM→VRAM, DRAM→VRAM and
 //! VRAM→DRAM transfers go through `post`, `poll` and `release` with no heap allocation on the
 //! polling thread — which also runs the embedded tcpxsock's `isend` (the CUDA staging copy and
-//! its event), `irecv`, `test` and `irecvConsumed`, and the engine's unpack launches and event
-//! queries. Data verified afterwards.
+//! its event, or, with the staging kernel, queueing its shares), `irecv`, `test` and
+//! `irecvConsumed`, and the engine's unpack launches and event queries. Data verified
+//! afterwards. Both staging modes, one after the other (the plugin's configuration is
+//! process-wide).
 //!
 //! Prints `SKIP` without a CUDA driver; `REQUIRE_GPU=1` turns the skip into a failure.
 
@@ -41,12 +43,23 @@ fn pattern(seed: u8) -> Vec<u8> {
 #[test]
 fn device_transfers_allocate_nothing() {
     let Some(ctx) = gpu() else { return };
+    for stage_kernel in [false, true] {
+        check(&ctx, stage_kernel);
+    }
+}
+
+fn check(ctx: &std::sync::Arc<cudarc::driver::CudaContext>, stage_kernel: bool) {
+    let ctx = ctx.clone();
     let cfg = Config {
         channels: 2,
         timeout: Duration::from_secs(20),
         ..Config::default()
     };
-    let (mut a, mut b) = engine::loopback_pair(Default::default(), cfg);
+    let sock = tcpx_sock::config::Config {
+        stage_kernel,
+        ..Default::default()
+    };
+    let (mut a, mut b) = engine::loopback_pair(sock, cfg);
     let data = pattern(3);
     let mut dsrc = DeviceBuffer::new(&ctx, LEN).unwrap();
     dsrc.write(0, &data).unwrap();
@@ -93,7 +106,8 @@ fn device_transfers_allocate_nothing() {
     let seen = allocs();
     assert_eq!(
         seen, 0,
-        "the GPU hot path allocated {seen} times over 600 transfers"
+        "the GPU hot path allocated {seen} times over 600 transfers (staging kernel: \
+         {stage_kernel})"
     );
     let mut got = vec![0u8; 2 * LEN];
     ddst.read(0, &mut got).unwrap();

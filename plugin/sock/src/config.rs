@@ -54,7 +54,9 @@ pub struct Config {
     pub stream_bounce: bool,
     /// On a CUDA machine, CUDA sends are staged by the staging kernel, piece by piece while the
     /// sockets send (as a NIC's DMA reads device memory while it transmits), instead of by one
-    /// copy-engine copy per request that the whole request waits for.
+    /// copy-engine copy per request that the whole request waits for. Off by default: its
+    /// kernels stay up between sends, and a GPU shared with another process time-slices
+    /// between the two whenever both have work (see the crate README).
     pub stage_kernel: bool,
     /// A lane's staging kernel exits after this many microseconds with nothing to stage (an
     /// application's `cudaDeviceSynchronize` waits at most that long after the last CUDA
@@ -75,7 +77,7 @@ impl Default for Config {
             stage_bytes: DEFAULT_STAGE_BYTES,
             sock_buf_bytes: 0,
             stream_bounce: true,
-            stage_kernel: true,
+            stage_kernel: false,
             stage_idle_us: DEFAULT_STAGE_IDLE_US,
         }
     }
@@ -201,6 +203,6 @@ mod tests {
         }
         .normalized();
         assert_eq!(c.stage_idle_us, 1_000_000);
-        assert!(Config::default().stage_kernel, "on by default");
+        assert!(!Config::default().stage_kernel, "off by default");
     }
 }

@@ -15,9 +15,18 @@ use tcpx_core::unpack::{slot_of, unpack_cpu, UnpackDevHandle};
 
 const BOUNCE: usize = 8 << 20;
 
-/// The plugin's mode is per process: host device on CPU-only boxes, UNPACK with CUDA.
+/// The plugin's mode is per process: host device on CPU-only boxes, UNPACK with CUDA. CUDA
+/// sends are staged by the staging kernel here (`TCPX_SOCK_STAGE_KERNEL=1`), and by the copy
+/// engine where a source is not 16-byte aligned (every third send of
+/// `device_to_device_lands_in_bounce_pages`); the engine's GPU tests run the default (the copy
+/// engine for all).
 fn setup() {
-    init(false, true, BOUNCE);
+    init_with(tcpx_sock::Config {
+        shuffle: true,
+        bounce_bytes: BOUNCE,
+        stage_kernel: true,
+        ..tcpx_sock::Config::default()
+    });
 }
 
 /// Device 0's primary context, bound to this thread; `None` (after printing SKIP) without one.
