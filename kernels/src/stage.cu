@@ -180,7 +180,10 @@ tcpx_stage_lane(StageLane* ctl, const uint64_t* abort, uint64_t piece, uint64_t 
         __syncthreads();
         stage_share(share, piece);
         ++head;
-        if (threadIdx.x == 0) store_sys(headp, head);
+        if (threadIdx.x == 0) {
+            store_sys(headp, head);
+            __threadfence_system();  // head before any later state = 0 (the host reads both)
+        }
         __syncthreads();  // `share` and `cmd` are rewritten next
     }
     if (threadIdx.x == 0) {

@@ -468,8 +468,9 @@ impl SendComm {
                 // SAFETY: the ring range is this request's until `test` reports it done, and
                 // by NCCL's contract the buffer is unchanged until then; the lock is held, and
                 // the request is dispatched from `chunk_ctr` below.
-                match unsafe { stage.copy(idx, off, data as u64, size, chunk_bytes, st.chunk_ctr) }
-                {
+                match unsafe {
+                    stage.copy(idx, off, data as u64, ord, size, chunk_bytes, st.chunk_ctr)
+                } {
                     Ok((p, how)) => {
                         base = p.cast_mut();
                         Some(how)
@@ -598,7 +599,14 @@ impl SendComm {
 
     /// Closes the comm; requests in flight are abandoned.
     pub(crate) fn close(mut self: Box<Self>) {
-        if !self.core.shutdown() {
+        let all_exited = self.core.shutdown();
+        // Whatever happens to the helpers, no staging kernel or copy reads the caller's
+        // buffers once close returns (the last reference to the staging may otherwise go
+        // with a helper thread, later).
+        if let Some(stage) = self.core.shared.cuda_stage.get() {
+            stage.stop();
+        }
+        if !all_exited {
             // A helper may still read the comm: leak rather than free under it.
             core::mem::forget(self);
         }

@@ -299,6 +299,8 @@ pub(crate) struct StageLanes {
     streams: Vec<sys::CUstream>,
     piece: u64,
     idle_ns: u64,
+    /// `kick` calls on running lanes (paces its fault checks).
+    kicks: core::sync::atomic::AtomicU32,
 }
 
 // SAFETY: all members are owned by this value; the pinned words are shared with helpers and
@@ -307,6 +309,15 @@ unsafe impl Send for StageLanes {}
 // SAFETY: see Send; shared access reads words and returns pointers, and queueing happens only
 // under the comm's lock.
 unsafe impl Sync for StageLanes {}
+
+/// Shares queued for staging kernels by this process (see [`kernel_shares`]).
+static KERNEL_SHARES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// How many request shares this process has queued for staging kernels so far: tests use it
+/// to tell kernel-staged sends from copy-engine ones (both deliver the same bytes).
+pub fn kernel_shares() -> u64 {
+    KERNEL_SHARES.load(core::sync::atomic::Ordering::Relaxed)
+}
 
 /// Bytes the staging kernel copies between two progress updates.
 const STAGE_PIECE: u64 = 64 << 10;
@@ -351,6 +362,7 @@ impl StageLanes {
             streams: Vec::with_capacity(lanes),
             piece: STAGE_PIECE,
             idle_ns,
+            kicks: core::sync::atomic::AtomicU32::new(0),
         };
         for _ in 0..lanes {
             d.streams.push(
@@ -415,6 +427,7 @@ impl StageLanes {
             // The share and its word before the tail that announces it.
             core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
             core::ptr::addr_of_mut!((*ctl).tail).write_volatile(tail + 1);
+            KERNEL_SHARES.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
             // Tail before reading state: the host's half of the exit protocol (stage.cu).
             core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
             if core::ptr::addr_of!((*ctl).state).read_volatile() != 0 {
@@ -426,8 +439,10 @@ impl StageLanes {
     }
 
     /// Launches `lane`'s kernel if it stopped with shares still queued (one queued just as the
-    /// kernel went idle). Two reads of pinned memory when it does not. Call it under the comm's
-    /// lock while a request waits on the lane.
+    /// kernel went idle). Two reads of pinned memory when it does not; every 64th call on a
+    /// running lane also asks the driver whether its kernel faulted, so a broken kernel fails
+    /// the comm instead of leaving its helper waiting for bytes. Call it under the comm's lock
+    /// while a request waits on the lane.
     pub(crate) fn kick(&self, lane: usize) -> Result<()> {
         if lane >= self.lanes {
             return Ok(());
@@ -435,9 +450,21 @@ impl StageLanes {
         let ctl = self.ctl(lane);
         // SAFETY: this lane's queue; `state` and `head` are written by the kernel over PCIe.
         unsafe {
-            if core::ptr::addr_of!((*ctl).state).read_volatile() != 0
-                || core::ptr::addr_of!((*ctl).head).read_volatile()
-                    >= core::ptr::addr_of!((*ctl).tail).read_volatile()
+            if core::ptr::addr_of!((*ctl).state).read_volatile() != 0 {
+                let n = self
+                    .kicks
+                    .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+                if n % 64 == 63 {
+                    // SAFETY: the lane's stream, owned by this value.
+                    match sys::cuStreamQuery(self.streams[lane]) {
+                        sys::CUresult::CUDA_SUCCESS | sys::CUresult::CUDA_ERROR_NOT_READY => {}
+                        e => return Err(Error::Cuda("staging kernel (cuStreamQuery)", e as i32)),
+                    }
+                }
+                return Ok(());
+            }
+            if core::ptr::addr_of!((*ctl).head).read_volatile()
+                >= core::ptr::addr_of!((*ctl).tail).read_volatile()
             {
                 return Ok(());
             }
@@ -473,20 +500,29 @@ impl StageLanes {
         unsafe { self.word(self.abort_index()).write_volatile(1) };
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
     }
+
+    /// Stops every lane's kernel and waits until none runs.
+    fn stop(&self) {
+        self.abort();
+        let _ = with_this_ctx(&self.ctx, |_| {
+            for s in &self.streams {
+                // SAFETY: the lane's stream, owned by this value; the kernels exit on the
+                // abort word, so it drains.
+                let _ = unsafe { result::stream::synchronize(*s) };
+            }
+            Ok(())
+        });
+    }
 }
 
 impl Drop for StageLanes {
     fn drop(&mut self) {
-        self.abort();
+        self.stop();
         // Errors cannot be returned from drop; a failed release leaks.
         let _ = with_this_ctx(&self.ctx, |_| {
             for s in &self.streams {
-                // SAFETY: made by `new` and destroyed once; the kernels stop on the abort
-                // word, so the streams drain.
-                unsafe {
-                    let _ = result::stream::synchronize(*s);
-                    let _ = result::stream::destroy(*s);
-                }
+                // SAFETY: made by `new` and destroyed once; no kernel runs on it any more.
+                let _ = unsafe { result::stream::destroy(*s) };
             }
             Ok(())
         });
@@ -499,12 +535,12 @@ impl Drop for StageLanes {
 /// the comm's caller starts in `isend` (so they neither wait for nor hold up the user's work
 /// on the legacy default stream).
 ///
-/// Two ways of filling it ([`Staging`]): with the staging kernel (`TCPX_SOCK_STAGE_KERNEL`, the
-/// default where it loads) each lane's kernel stages its share of the request piece by piece
-/// and publishes how much is in, so each helper sends as the bytes land, and neither `isend`
-/// nor the helpers make a driver call per request; otherwise (and for a source or staging
-/// offset not 16-byte aligned) one copy-engine copy per request and an event per request
-/// slot, which the helpers query once. Which bytes of the ring a request uses
+/// Two ways of filling it ([`Staging`]): by default one copy-engine copy per request and an
+/// event per request slot, which the helpers query once; with the staging kernel
+/// (`TCPX_SOCK_STAGE_KERNEL=1`, where it loads) each lane's kernel stages its share of the
+/// request piece by piece and publishes how much is in, so each helper sends as the bytes land,
+/// and neither `isend` nor the helpers make a driver call per request (a source on another GPU
+/// than the ring's, or not 16-byte aligned, still takes the copy engine). Which bytes of the ring a request uses
 /// is [`crate::mem::StageRing`]'s business, under the comm's lock.
 pub(crate) struct SendStage {
     ctx: Arc<CudaContext>,
@@ -576,8 +612,8 @@ impl SendStage {
         })
     }
 
-    /// Starts copying the `size`-byte request in slot `req` from device address `src` into the
-    /// ring at `off`; it is spread over lanes as the helpers will send it (chunks of
+    /// Starts copying the `size`-byte request in slot `req` from device address `src` (memory of
+    /// GPU `ordinal`) into the ring at `off`; it is spread over lanes as the helpers will send it (chunks of
     /// `chunk_bytes`, chunk `k` on lane `(chunk_base + k) % lanes`). Returns where the bytes
     /// will be and how the helpers learn they are there.
     ///
@@ -585,11 +621,13 @@ impl SendStage {
     /// `off..off+size` lies in the ring and belongs to request slot `req` until it completes;
     /// `src` is the caller's CUDA buffer of at least `size` bytes, unchanged until then; the
     /// comm's lock is held.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn copy(
         &self,
         req: usize,
         off: usize,
         src: u64,
+        ordinal: usize,
         size: usize,
         chunk_bytes: usize,
         chunk_base: u64,
@@ -598,12 +636,10 @@ impl SendStage {
             return Err(Error::Internal("staging copy outside the ring"));
         }
         let at = self.ring.host.wrapping_add(off).cast_const();
-        // The kernel moves 16-byte vectors; other alignments go to the copy engine.
-        if let Some(d) = self
-            .lanes
-            .as_ref()
-            .filter(|_| (src as usize | off) % 16 == 0)
-        {
+        // The kernel runs on the ring's GPU and moves 16-byte vectors; a source on another GPU
+        // (the kernel would need peer access) or at another alignment goes to the copy engine.
+        let kernel_ok = ordinal == self.ctx.ordinal() && (src as usize | off) % 16 == 0;
+        if let Some(d) = self.lanes.as_ref().filter(|_| kernel_ok) {
             let n = d.lanes as u64;
             let used = (size.div_ceil(chunk_bytes) as u64).min(n);
             let mut mask = 0u32;
@@ -643,6 +679,19 @@ impl SendStage {
             }
             Ok((at, Staging::Event))
         })
+    }
+
+    /// Stops the staging kernels and waits for them and for any copy in flight (close: nothing
+    /// may read the caller's buffers once the comm is closed). Idempotent.
+    pub(crate) fn stop(&self) {
+        if let Some(l) = &self.lanes {
+            l.stop();
+        }
+        let _ = with_this_ctx(&self.ctx, |_| {
+            // SAFETY: the stream is owned by this value.
+            let _ = unsafe { result::stream::synchronize(self.stream) };
+            Ok(())
+        });
     }
 
     /// Relaunches the stopped kernels of the lanes in `mask` that still have shares queued.

@@ -20,13 +20,22 @@ const BOUNCE: usize = 8 << 20;
 /// engine where a source is not 16-byte aligned (every third send of
 /// `device_to_device_lands_in_bounce_pages`); the engine's GPU tests run the default (the copy
 /// engine for all).
+/// The kernels' idle time is short here, so they stop and are relaunched all the time (the
+/// hand-off between a kernel going idle and a share being queued is what this exercises).
 fn setup() {
     init_with(tcpx_sock::Config {
         shuffle: true,
         bounce_bytes: BOUNCE,
         stage_kernel: true,
+        stage_idle_us: 20,
         ..tcpx_sock::Config::default()
     });
+}
+
+/// Shares a kernel-staged send of `len` bytes queues: one per data socket it spreads over.
+fn shares_of(len: usize) -> u64 {
+    let cfg = tcpx_sock::Config::default();
+    (len.div_ceil(cfg.chunk_bytes) as u64).min(cfg.nsocks as u64)
 }
 
 /// Device 0's primary context, bound to this thread; `None` (after printing SKIP) without one.
@@ -237,11 +246,16 @@ fn device_to_device_lands_in_bounce_pages() {
     let max = *sizes.iter().max().unwrap();
     let dst = Dev::zeroed(max);
     let rmh = reg(r, dst.ptr(), max, PTR_CUDA).unwrap();
+    let shares_before = tcpx_sock::cuda::kernel_shares();
+    let mut kernel_shares = 0;
     for (k, &len) in sizes.iter().enumerate() {
         let data = pattern(len, 3000 + k as u64);
         // Every third source is not 16-byte aligned: the copy engine stages it instead of the
         // staging kernel, in the same comm and ring.
         let at = if k % 3 == 2 { 1 + k % 15 } else { 0 };
+        if at == 0 {
+            kernel_shares += shares_of(len);
+        }
         let src = Dev::from_at(&data, at);
         let smh = reg(s, src.ptr_at(at), len, PTR_CUDA).unwrap();
         let rr = irecv_mh(r, dst.ptr(), len, rmh);
@@ -256,6 +270,11 @@ fn device_to_device_lands_in_bounce_pages() {
     assert!(
         dst.read().iter().all(|b| *b == 0),
         "CUDA receives never write the posted buffer (the unpack kernel does)"
+    );
+    // Exact under --test-threads 1 (scripts/gpu-check.sh); other tests only add to it.
+    assert!(
+        tcpx_sock::cuda::kernel_shares() - shares_before >= kernel_shares,
+        "the aligned sends were staged by the staging kernel"
     );
     dereg(r, rmh);
     close_send(s);
@@ -332,10 +351,12 @@ fn staging_kernels_stop_when_idle_and_restart() {
         return;
     };
     let (s, r, _) = pair();
+    // Longer than the default idle time, so it holds whatever `setup` configured.
     let idle = std::time::Duration::from_micros(tcpx_sock::Config::default().stage_idle_us as u64);
     let len = 3 << 20; // six chunks: every lane has a share, two of them two
     let dst = Dev::zeroed(len);
     let rmh = reg(r, dst.ptr(), len, PTR_CUDA).unwrap();
+    let shares_before = tcpx_sock::cuda::kernel_shares();
     for round in 0..4u64 {
         let data = pattern(len, 700 + round);
         let src = Dev::from(&data);
@@ -351,6 +372,10 @@ fn staging_kernels_stop_when_idle_and_restart() {
         std::thread::sleep(idle * 3);
         cu::ctx::synchronize().unwrap();
     }
+    assert!(
+        tcpx_sock::cuda::kernel_shares() - shares_before >= 4 * shares_of(len),
+        "every round was staged by the staging kernel"
+    );
     dereg(r, rmh);
     close_send(s);
     close_recv(r);
