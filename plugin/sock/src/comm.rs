@@ -19,7 +19,7 @@ use tcpx_core::unpack::{
 };
 
 use crate::config::Config;
-use crate::cuda::{self, SendStage};
+use crate::cuda::{self, SendStage, Staging};
 use crate::error::{Error, Result};
 use crate::mem::{OwnedRegion, PagePool, StageRing};
 use crate::wire::{self, Handle, Hello, HDR_LEN, HELLO_LEN};
@@ -333,6 +333,12 @@ impl Core {
                 let _ = t.join();
             }
         }
+        // Whatever happens to the helpers, no staging kernel or copy reads the caller's
+        // buffers once the comm is shut down (the last reference to the staging may otherwise
+        // go with an exiting helper thread, later).
+        if let Some(stage) = self.shared.cuda_stage.get() {
+            stage.stop();
+        }
         all
     }
 }
@@ -354,10 +360,9 @@ struct SendSlot {
     size: usize,
     hdr: [u8; HDR_LEN],
     inline: bool,
-    /// Holds a range of the CUDA staging ring until it completes.
-    staged: bool,
-    /// Lanes whose staging kernel stages this request (one may need a relaunch).
-    kernel_lanes: u32,
+    /// How the request is being staged, while it holds a range of the CUDA staging ring
+    /// (until it completes).
+    staging: Option<Staging>,
 }
 
 struct SendState {
@@ -408,8 +413,7 @@ impl SendComm {
                     size: 0,
                     hdr: [0; HDR_LEN],
                     inline: false,
-                    staged: false,
-                    kernel_lanes: 0,
+                    staging: None,
                 }; MAX_REQUESTS],
                 ring: StageRing::new(cfg.stage_bytes),
                 err: None,
@@ -488,11 +492,7 @@ impl SendComm {
             size,
             hdr: wire::emit_header(size as u32, inline, seq),
             inline,
-            staged: staged.is_some(),
-            kernel_lanes: match staged {
-                Some(cuda::Staging::Lanes { lanes, .. }) => lanes,
-                _ => 0,
-            },
+            staging: staged,
         };
         if inline {
             self.core.shared.remaining[idx].store(0, Ordering::Relaxed);
@@ -576,17 +576,21 @@ impl SendComm {
         self.progress(&mut st);
         let done =
             st.ctrl_seq > st.tested && self.core.shared.remaining[idx].load(Ordering::Acquire) == 0;
-        if !done && st.slots[idx].kernel_lanes != 0 && st.err.is_none() {
+        let kernel_lanes = match st.slots[idx].staging {
+            Some(Staging::Lanes { lanes, .. }) => lanes,
+            _ => 0,
+        };
+        if !done && kernel_lanes != 0 && st.err.is_none() {
             // A lane whose kernel stopped just as this request was queued gets a new one.
             if let Some(stage) = self.core.shared.cuda_stage.get() {
-                if let Err(e) = stage.kick(st.slots[idx].kernel_lanes) {
+                if let Err(e) = stage.kick(kernel_lanes) {
                     st.err = Some(e);
                 }
             }
         }
         if done {
             st.tested += 1;
-            if st.slots[idx].staged {
+            if st.slots[idx].staging.is_some() {
                 st.ring.give_oldest();
             }
             return Ok(Some(st.slots[idx].size));
@@ -599,14 +603,7 @@ impl SendComm {
 
     /// Closes the comm; requests in flight are abandoned.
     pub(crate) fn close(mut self: Box<Self>) {
-        let all_exited = self.core.shutdown();
-        // Whatever happens to the helpers, no staging kernel or copy reads the caller's
-        // buffers once close returns (the last reference to the staging may otherwise go
-        // with a helper thread, later).
-        if let Some(stage) = self.core.shared.cuda_stage.get() {
-            stage.stop();
-        }
-        if !all_exited {
+        if !self.core.shutdown() {
             // A helper may still read the comm: leak rather than free under it.
             core::mem::forget(self);
         }

@@ -540,8 +540,8 @@ impl Drop for StageLanes {
 /// (`TCPX_SOCK_STAGE_KERNEL=1`, where it loads) each lane's kernel stages its share of the
 /// request piece by piece and publishes how much is in, so each helper sends as the bytes land,
 /// and neither `isend` nor the helpers make a driver call per request (a source on another GPU
-/// than the ring's, or not 16-byte aligned, still takes the copy engine). Which bytes of the ring a request uses
-/// is [`crate::mem::StageRing`]'s business, under the comm's lock.
+/// than the ring's, or not 16-byte aligned, still takes the copy engine). Which bytes of the
+/// ring a request uses is [`crate::mem::StageRing`]'s business, under the comm's lock.
 pub(crate) struct SendStage {
     ctx: Arc<CudaContext>,
     ring: Pinned,

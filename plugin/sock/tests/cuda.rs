@@ -155,6 +155,25 @@ fn irecv_mh(r: Ptr, p: *mut c_void, len: usize, mh: *mut c_void) -> Ptr {
     Ptr(req)
 }
 
+/// Posts a receive of `len` bytes into device buffer `dst` and a send of them from `src` (host
+/// or device, as `smh` says), and waits for both; returns the receive for the caller to check
+/// and consume.
+fn send_to_device(
+    s: Ptr,
+    src: *mut c_void,
+    smh: *mut c_void,
+    r: Ptr,
+    dst: &Dev,
+    rmh: *mut c_void,
+    len: usize,
+) -> Ptr {
+    let rr = irecv_mh(r, dst.ptr(), len, rmh);
+    let sr = isend_mh(s, src, len, smh);
+    assert_eq!(wait(rr), Ok(len));
+    assert_eq!(wait(sr), Ok(len));
+    rr
+}
+
 /// Rebuilds the k-th receive from its published slot through the host view.
 fn unpack_host(r: Ptr, k: u64, len: usize) -> Vec<u8> {
     // SAFETY: `r` is a live recv comm of this plugin.
@@ -258,10 +277,7 @@ fn device_to_device_lands_in_bounce_pages() {
         }
         let src = Dev::from_at(&data, at);
         let smh = reg(s, src.ptr_at(at), len, PTR_CUDA).unwrap();
-        let rr = irecv_mh(r, dst.ptr(), len, rmh);
-        let sr = isend_mh(s, src.ptr_at(at), len, smh);
-        assert_eq!(wait(rr), Ok(len));
-        assert_eq!(wait(sr), Ok(len));
+        let rr = send_to_device(s, src.ptr_at(at), smh, r, &dst, rmh, len);
         assert_eq!(cnt(r, k as u64), len.div_ceil(4096) as u64);
         assert!(unpack_host(r, k as u64, len) == data, "size {len}");
         assert_eq!(consumed(r, rr), result::SUCCESS);
@@ -361,10 +377,7 @@ fn staging_kernels_stop_when_idle_and_restart() {
         let data = pattern(len, 700 + round);
         let src = Dev::from(&data);
         let smh = reg(s, src.ptr(), len, PTR_CUDA).unwrap();
-        let rr = irecv_mh(r, dst.ptr(), len, rmh);
-        let sr = isend_mh(s, src.ptr(), len, smh);
-        assert_eq!(wait(rr), Ok(len));
-        assert_eq!(wait(sr), Ok(len));
+        let rr = send_to_device(s, src.ptr(), smh, r, &dst, rmh, len);
         assert!(unpack_host(r, round, len) == data, "round {round}");
         assert_eq!(consumed(r, rr), result::SUCCESS);
         dereg(s, smh);
@@ -395,10 +408,8 @@ fn host_to_device_and_device_to_host() {
         let data = pattern(len, 40 + k);
         let dst = Dev::zeroed(len);
         let rmh = reg(r, dst.ptr(), len, PTR_CUDA).unwrap();
-        let rr = irecv_mh(r, dst.ptr(), len, rmh);
-        let sr = isend_mh(s, data.as_ptr() as *mut c_void, len, core::ptr::null_mut());
-        assert_eq!(wait(rr), Ok(len));
-        assert_eq!(wait(sr), Ok(len));
+        let host = data.as_ptr() as *mut c_void;
+        let rr = send_to_device(s, host, core::ptr::null_mut(), r, &dst, rmh, len);
         assert!(unpack_host(r, k, len) == data, "h2d size {len}");
         assert_eq!(consumed(r, rr), result::SUCCESS);
         dereg(r, rmh);
