@@ -3,8 +3,9 @@
 //! polling thread — which also runs the embedded tcpxsock's `isend` (the CUDA staging copy and
 //! its event, or, with the staging kernel, queueing its shares), `irecv`, `test` and
 //! `irecvConsumed`, and the engine's unpack launches and event queries. Data verified
-//! afterwards. Both staging modes, one after the other (the plugin's configuration is
-//! process-wide).
+//! afterwards. Each staging choice, one after the other (the plugin's configuration is
+//! process-wide): copy engine, staging kernel, and `auto`, which must pick the kernel exactly
+//! when the GPU is in exclusive-process compute mode.
 //!
 //! Prints `SKIP` without a CUDA driver; `REQUIRE_GPU=1` turns the skip into a failure.
 
@@ -43,12 +44,27 @@ fn pattern(seed: u8) -> Vec<u8> {
 #[test]
 fn device_transfers_allocate_nothing() {
     let Some(ctx) = gpu() else { return };
-    for stage_kernel in [false, true] {
+    use tcpx_sock::StageKernel::*;
+    let exclusive = tcpx_sock::cuda::exclusive_process(&ctx);
+    println!("GPU 0 in exclusive-process compute mode: {exclusive}");
+    for stage_kernel in [Off, On, Auto] {
+        let before = tcpx_sock::cuda::kernel_shares();
         check(&ctx, stage_kernel);
+        let kernel_staged = tcpx_sock::cuda::kernel_shares() > before;
+        let want = match stage_kernel {
+            Off => false,
+            On => true,
+            Auto => exclusive,
+        };
+        assert_eq!(
+            kernel_staged, want,
+            "{stage_kernel:?}: CUDA sends staged by the kernel: {kernel_staged} (exclusive-process \
+             GPU: {exclusive})"
+        );
     }
 }
 
-fn check(ctx: &std::sync::Arc<cudarc::driver::CudaContext>, stage_kernel: bool) {
+fn check(ctx: &std::sync::Arc<cudarc::driver::CudaContext>, stage_kernel: tcpx_sock::StageKernel) {
     let ctx = ctx.clone();
     let cfg = Config {
         channels: 2,
@@ -107,7 +123,7 @@ fn check(ctx: &std::sync::Arc<cudarc::driver::CudaContext>, stage_kernel: bool) 
     assert_eq!(
         seen, 0,
         "the GPU hot path allocated {seen} times over 600 transfers (staging kernel: \
-         {stage_kernel})"
+         {stage_kernel:?})"
     );
     let mut got = vec![0u8; 2 * LEN];
     ddst.read(0, &mut got).unwrap();

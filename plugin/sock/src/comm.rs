@@ -18,7 +18,7 @@ use tcpx_core::unpack::{
     slot_of, LoadMeta, NetUnpackMeta, UnpackDevHandle, MAX_RECV_BYTES, PAGE_SIZE,
 };
 
-use crate::config::Config;
+use crate::config::{Config, StageKernel};
 use crate::cuda::{self, SendStage, Staging};
 use crate::error::{Error, Result};
 use crate::mem::{OwnedRegion, PagePool, StageRing};
@@ -388,8 +388,9 @@ pub struct SendComm {
     core: Core,
     inline_bytes: usize,
     stage_bytes: usize,
-    /// The staging kernel's idle time in ns, when `Config::stage_kernel`.
-    stage_kernel: Option<u64>,
+    stage_kernel: StageKernel,
+    /// The staging kernel's idle time in ns.
+    stage_idle_ns: u64,
     st: Mutex<SendState>,
     reqs: [Request; MAX_REQUESTS],
 }
@@ -401,7 +402,8 @@ impl SendComm {
             core,
             inline_bytes: cfg.inline_bytes,
             stage_bytes: cfg.stage_bytes,
-            stage_kernel: cfg.stage_kernel.then_some(cfg.stage_idle_us as u64 * 1000),
+            stage_kernel: cfg.stage_kernel,
+            stage_idle_ns: cfg.stage_idle_us as u64 * 1000,
             st: Mutex::new(SendState {
                 posted: 0,
                 tested: 0,
@@ -523,6 +525,7 @@ impl SendComm {
                 self.stage_bytes,
                 sh.lanes.len(),
                 self.stage_kernel,
+                self.stage_idle_ns,
             )?);
         }
         sh.cuda_stage

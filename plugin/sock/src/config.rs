@@ -52,12 +52,10 @@ pub struct Config {
     /// per-helper scratch, then streamed out with non-temporal stores, so no CPU cache holds
     /// them dirty when the GPU reads them (which makes those reads 1.6x slower).
     pub stream_bounce: bool,
-    /// On a CUDA machine, CUDA sends are staged by the staging kernel, piece by piece while the
-    /// sockets send (as a NIC's DMA reads device memory while it transmits), instead of by one
-    /// copy-engine copy per request that the whole request waits for. Off by default: its
-    /// kernels stay up between sends, and a GPU shared with another process time-slices
-    /// between the two whenever both have work (see the crate README).
-    pub stage_kernel: bool,
+    /// Who stages CUDA sends into pinned memory on a CUDA machine: the staging kernel, piece
+    /// by piece while the sockets send (as a NIC's DMA reads device memory while it
+    /// transmits), or one copy-engine copy per request that the whole request waits for.
+    pub stage_kernel: StageKernel,
     /// A lane's staging kernel exits after this many microseconds with nothing to stage (an
     /// application's `cudaDeviceSynchronize` waits at most that long after the last CUDA
     /// send); the next send launches it again.
@@ -77,7 +75,7 @@ impl Default for Config {
             stage_bytes: DEFAULT_STAGE_BYTES,
             sock_buf_bytes: 0,
             stream_bounce: true,
-            stage_kernel: false,
+            stage_kernel: StageKernel::Auto,
             stage_idle_us: DEFAULT_STAGE_IDLE_US,
         }
     }
@@ -98,6 +96,36 @@ fn env_usize(name: &str) -> Option<usize> {
 fn env_bool(name: &str) -> Option<bool> {
     let v = std::env::var(name).ok()?;
     Some(matches!(v.trim(), "1" | "true" | "yes" | "on"))
+}
+
+/// Whether CUDA sends are staged by the staging kernel ([`Config::stage_kernel`]).
+///
+/// The kernel stays up between sends (for [`Config::stage_idle_us`]). A GPU that another
+/// process also uses then time-slices between the two processes whenever both have work, which
+/// costs both far more than the kernel saves; a GPU in exclusive-process compute mode cannot
+/// be shared that way (one context on the device at a time: other processes reach it only
+/// through MPS, which runs clients side by side).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageKernel {
+    /// Always the copy engine.
+    Off,
+    /// The kernel wherever it loads.
+    On,
+    /// The kernel where the source's GPU is in exclusive-process compute mode, else the copy
+    /// engine (the default).
+    Auto,
+}
+
+impl StageKernel {
+    /// `1`/`on`/`true`/`yes`, `0`/`off`/`false`/`no`, or `auto`.
+    pub fn parse(s: &str) -> Option<StageKernel> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "1" | "on" | "true" | "yes" => Some(StageKernel::On),
+            "0" | "off" | "false" | "no" => Some(StageKernel::Off),
+            "auto" => Some(StageKernel::Auto),
+            _ => None,
+        }
+    }
 }
 
 impl Config {
@@ -136,8 +164,13 @@ impl Config {
         if let Some(v) = env_bool("TCPX_SOCK_STREAM_BOUNCE") {
             c.stream_bounce = v;
         }
-        if let Some(v) = env_bool("TCPX_SOCK_STAGE_KERNEL") {
-            c.stage_kernel = v;
+        if let Ok(v) = std::env::var("TCPX_SOCK_STAGE_KERNEL") {
+            match StageKernel::parse(&v) {
+                Some(k) => c.stage_kernel = k,
+                None => crate::log_warn(&format!(
+                    "tcpxsock: TCPX_SOCK_STAGE_KERNEL={v:?} is not 0, 1 or auto; using auto"
+                )),
+            }
         }
         if let Some(v) = env_usize("TCPX_SOCK_STAGE_IDLE_US") {
             c.stage_idle_us = v;
@@ -203,6 +236,23 @@ mod tests {
         }
         .normalized();
         assert_eq!(c.stage_idle_us, 1_000_000);
-        assert!(!Config::default().stage_kernel, "off by default");
+        assert_eq!(Config::default().stage_kernel, StageKernel::Auto);
+    }
+
+    #[test]
+    fn parses_the_staging_choice() {
+        for (s, want) in [
+            ("1", Some(StageKernel::On)),
+            (" ON ", Some(StageKernel::On)),
+            ("true", Some(StageKernel::On)),
+            ("0", Some(StageKernel::Off)),
+            ("off", Some(StageKernel::Off)),
+            ("auto", Some(StageKernel::Auto)),
+            ("Auto", Some(StageKernel::Auto)),
+            ("2", None),
+            ("", None),
+        ] {
+            assert_eq!(StageKernel::parse(s), want, "{s:?}");
+        }
     }
 }

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{result, sys, CudaContext, DriverError};
 
+use crate::config::StageKernel;
 use crate::error::{Error, Result};
 use tcpx_core::unpack::PAGE_SIZE;
 
@@ -570,15 +571,24 @@ unsafe impl Send for SendStage {}
 // request owns.
 unsafe impl Sync for SendStage {}
 
+/// Whether the GPU of `c` is in exclusive-process compute mode (no other process can have a
+/// context on it). An unreadable attribute counts as shared.
+pub fn exclusive_process(c: &Arc<CudaContext>) -> bool {
+    c.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_MODE)
+        .is_ok_and(|m| m == sys::CUcomputemode::CU_COMPUTEMODE_EXCLUSIVE_PROCESS as i32)
+}
+
 impl SendStage {
     /// A `len`-byte ring, its stream and events in the primary context of `ordinal`, and, when
-    /// `kernel` is `Some(idle_ns)`, the staging kernel's lanes for `lanes` data sockets (used
-    /// only if the kernel loads; else the copy engine stages every request).
+    /// `kernel` asks for it on this GPU, the staging kernel's lanes for `lanes` data sockets
+    /// whose kernels exit after `idle_ns` idle (used only if the kernel loads; else the copy
+    /// engine stages every request).
     pub(crate) fn new(
         ordinal: usize,
         len: usize,
         lanes: usize,
-        kernel: Option<u64>,
+        kernel: StageKernel,
+        idle_ns: u64,
     ) -> Result<Self> {
         with_ctx(ordinal, |c| {
             let mut s = SendStage {
@@ -597,7 +607,21 @@ impl SendStage {
                 s.done[i] = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
                     .map_err(|e| cuda_err("cuEventCreate", e))?;
             }
-            if let Some(idle_ns) = kernel {
+            let use_kernel = match kernel {
+                StageKernel::On => true,
+                StageKernel::Off => false,
+                StageKernel::Auto => {
+                    let excl = exclusive_process(c);
+                    if excl {
+                        crate::log_info(&format!(
+                            "tcpxsock: GPU {ordinal} is in exclusive-process compute mode: \
+                             CUDA sends staged by the staging kernel"
+                        ));
+                    }
+                    excl
+                }
+            };
+            if use_kernel {
                 s.lanes = match StageLanes::new(c, lanes, idle_ns) {
                     Ok(l) => Some(l),
                     Err(e) => {

@@ -36,7 +36,7 @@ pub mod wire;
 mod worker;
 
 pub use comm::{RecvComm, UnpackView};
-pub use config::{configure, Config};
+pub use config::{configure, Config, StageKernel};
 pub use cuda::CudaMappedAllocator;
 pub use error::Error;
 pub use mem::{set_mapped_allocator, HostAllocator, MappedAllocator, MappedRegion};
@@ -92,6 +92,15 @@ fn set_logger(l: Logger) {
 
 /// Sends a warning to NCCL's logger, if one was given to `init`.
 pub(crate) fn log_warn(msg: &str) {
+    log(log_level::WARN, msg)
+}
+
+/// Sends an informational line to NCCL's logger, if one was given to `init`.
+pub(crate) fn log_info(msg: &str) {
+    log(log_level::INFO, msg)
+}
+
+fn log(level: core::ffi::c_int, msg: &str) {
     let raw = LOGGER.load(Ordering::Acquire);
     if raw == 0 {
         return;
@@ -103,7 +112,7 @@ pub(crate) fn log_warn(msg: &str) {
         // SAFETY: NCCL's logger is printf-like; "%s" consumes exactly the one C string.
         unsafe {
             f(
-                log_level::WARN,
+                level,
                 LOG_SUBSYS_NET,
                 c"tcpxsock".as_ptr(),
                 0,

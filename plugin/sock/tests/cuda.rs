@@ -26,7 +26,7 @@ fn setup() {
     init_with(tcpx_sock::Config {
         shuffle: true,
         bounce_bytes: BOUNCE,
-        stage_kernel: true,
+        stage_kernel: tcpx_sock::StageKernel::On,
         stage_idle_us: 20,
         ..tcpx_sock::Config::default()
     });
