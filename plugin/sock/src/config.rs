@@ -13,6 +13,10 @@ pub const DEFAULT_NSOCKS: usize = 4;
 pub const DEFAULT_CHUNK_BYTES: usize = 512 << 10;
 /// Default largest payload sent inline on the control socket.
 pub const DEFAULT_INLINE_BYTES: usize = 64 << 10;
+/// Most bytes any one request may carry inline.
+pub const MAX_INLINE_BYTES: usize = 1 << 20;
+/// Default largest request the calling thread moves itself when its comm is idle.
+pub const DEFAULT_DIRECT_BYTES: usize = 256 << 10;
 /// Default bounce region per recv comm in TCPX mode.
 pub const DEFAULT_BOUNCE_BYTES: usize = 64 << 20;
 /// Most data sockets per comm.
@@ -37,6 +41,13 @@ pub struct Config {
     pub chunk_bytes: usize,
     /// Payloads up to this size travel inline on the control socket.
     pub inline_bytes: usize,
+    /// A host-memory request up to this size (one chunk at most) on a comm with nothing else
+    /// in flight is moved on its data socket by the calling thread instead of the socket's
+    /// helper: the two thread hand-offs are most of a lone mid-size request's latency. `isend`
+    /// writes a first 64 KiB piece and gives the rest to the helper at once; a receive is read
+    /// 64 KiB at every `irecv`/`test` until a later request needs the helpers, which takes over
+    /// the rest. Each end decides for itself; the wire is the same. 0 = never.
+    pub direct_bytes: usize,
     /// TCPX mode: device type UNPACK, receives land in bounce pages.
     pub unpack: bool,
     /// Bounce region per recv comm in TCPX mode (4 MiB … 4 GiB, page multiple).
@@ -69,6 +80,7 @@ impl Default for Config {
             nsocks: DEFAULT_NSOCKS,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             inline_bytes: DEFAULT_INLINE_BYTES,
+            direct_bytes: DEFAULT_DIRECT_BYTES,
             unpack: false,
             bounce_bytes: DEFAULT_BOUNCE_BYTES,
             shuffle: false,
@@ -146,6 +158,9 @@ impl Config {
         if let Some(v) = env_usize("TCPX_SOCK_INLINE_BYTES") {
             c.inline_bytes = v;
         }
+        if let Some(v) = env_usize("TCPX_SOCK_DIRECT_BYTES") {
+            c.direct_bytes = v;
+        }
         if let Some(v) = env_bool("TCPX_SOCK_UNPACK") {
             c.unpack = v;
         }
@@ -183,7 +198,9 @@ impl Config {
         self.nsocks = self.nsocks.clamp(1, MAX_NSOCKS);
         let page_round = |v: usize| v.div_ceil(PAGE_SIZE) * PAGE_SIZE;
         self.chunk_bytes = page_round(self.chunk_bytes.clamp(PAGE_SIZE, 1 << 30));
-        self.inline_bytes = self.inline_bytes.min(1 << 20);
+        self.inline_bytes = self.inline_bytes.min(MAX_INLINE_BYTES);
+        // A direct request uses one data socket: at most one chunk.
+        self.direct_bytes = self.direct_bytes.min(self.chunk_bytes);
         // A whole 4 MiB receive must fit, or the oldest request could never complete.
         self.bounce_bytes = page_round(self.bounce_bytes.clamp(MAX_RECV_BYTES, MAX_BOUNCE_BYTES));
         self.stage_bytes = page_round(self.stage_bytes.clamp(MAX_RECV_BYTES, MAX_BOUNCE_BYTES));
@@ -236,6 +253,17 @@ mod tests {
         }
         .normalized();
         assert_eq!(c.stage_idle_us, 1_000_000);
+        let c = Config {
+            inline_bytes: usize::MAX,
+            direct_bytes: usize::MAX,
+            ..Config::default()
+        }
+        .normalized();
+        assert_eq!(c.inline_bytes, MAX_INLINE_BYTES);
+        assert_eq!(
+            c.direct_bytes, c.chunk_bytes,
+            "a direct request is one chunk"
+        );
         assert_eq!(Config::default().stage_kernel, StageKernel::Auto);
     }
 

@@ -35,7 +35,7 @@ mod sys;
 pub mod wire;
 mod worker;
 
-pub use comm::{RecvComm, UnpackView};
+pub use comm::{direct_requests, RecvComm, UnpackView};
 pub use config::{configure, Config, StageKernel};
 pub use cuda::CudaMappedAllocator;
 pub use error::Error;

@@ -170,6 +170,49 @@ pub fn recv_nb(fd: RawFd, buf: &mut [u8]) -> Result<Option<usize>> {
     }
 }
 
+/// Non-blocking send of up to `len` bytes at `ptr` on a data socket (a request the calling
+/// thread moves itself). `Ok(None)` = would block.
+///
+/// # Safety
+/// `ptr..ptr+len` is readable for the duration of the call.
+pub unsafe fn send_nb_data(fd: RawFd, ptr: *const u8, len: usize) -> Result<Option<usize>> {
+    loop {
+        // SAFETY: the caller guarantees the range is readable.
+        let n = unsafe { libc::send(fd, ptr.cast(), len, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        match errno() {
+            libc::EINTR => continue,
+            libc::EAGAIN => return Ok(None),
+            e => return Err(Error::from_errno("send on data socket", e)),
+        }
+    }
+}
+
+/// Non-blocking receive of up to `len` bytes into `ptr` from a data socket (a request the
+/// calling thread moves itself). `Ok(None)` = would block; EOF is [`Error::Remote`].
+///
+/// # Safety
+/// `ptr..ptr+len` is writable for the duration of the call.
+pub unsafe fn recv_nb_data(fd: RawFd, ptr: *mut u8, len: usize) -> Result<Option<usize>> {
+    loop {
+        // SAFETY: the caller guarantees the range is writable.
+        let n = unsafe { libc::recv(fd, ptr.cast(), len, libc::MSG_DONTWAIT) };
+        if n > 0 {
+            return Ok(Some(n as usize));
+        }
+        if n == 0 {
+            return Err(Error::Remote("peer closed a data socket mid-chunk"));
+        }
+        match errno() {
+            libc::EINTR => continue,
+            libc::EAGAIN => return Ok(None),
+            e => return Err(Error::from_errno("recv on data socket", e)),
+        }
+    }
+}
+
 /// Blocking send of `len` bytes at `ptr` (helper threads).
 ///
 /// # Safety

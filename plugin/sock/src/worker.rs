@@ -381,19 +381,25 @@ fn recv_pages_streamed(
         }
         pos += piece;
     }
+    // The streamed stores are ordered before the request completes.
+    store_fence();
+    Ok(())
+}
+
+/// Orders earlier non-temporal stores ([`stream_copy`]) before later stores.
+pub(crate) fn store_fence() {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: a fence; the streamed stores are ordered before the request completes.
+    // SAFETY: a fence.
     unsafe {
         core::arch::x86_64::_mm_sfence()
     };
-    Ok(())
 }
 
 /// Copies `n` bytes with non-temporal 16-byte stores where `dst` is 16-byte aligned.
 ///
 /// # Safety
 /// Both ranges are valid for `n` bytes and do not overlap.
-unsafe fn stream_copy(src: *const u8, dst: *mut u8, n: usize) {
+pub(crate) unsafe fn stream_copy(src: *const u8, dst: *mut u8, n: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use core::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};

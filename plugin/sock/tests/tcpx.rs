@@ -92,6 +92,9 @@ fn sizes_round_trip_through_bounce_pages() {
     setup();
     let (s, r, d) = pair();
     let mut sizes = SIZES.to_vec();
+    // Lone sends above `inline_bytes` and up to `direct_bytes` are sent by the calling thread
+    // (`Config::direct_bytes`); their receives into bounce pages still go to the helpers.
+    sizes.extend([200_000, tcpx_sock::Config::default().direct_bytes]);
     sizes.extend(rand_sizes(20, 4 << 20, 99));
     let mut scattered = false;
     for (k, &len) in sizes.iter().enumerate() {

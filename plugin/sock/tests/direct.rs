@@ -1,0 +1,97 @@
+//! Direct requests (`Config::direct_bytes`): a one-chunk host request on an idle comm is moved
+//! on its data socket by the calling thread. `isend` writes what the socket takes and hands
+//! the rest to the helper at once; a receive is read a piece per call until a request behind
+//! it makes the calling thread hand the rest to the helper. Host mode over 127.0.0.1 with small
+//! socket buffers, so no direct request finishes in one call and every hand-off happens. This
+//! file is its own process with one test, so the process-wide counters are exact.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn lone_requests_go_direct_and_queued_ones_hand_over() {
+    init_with(tcpx_sock::Config {
+        sock_buf_bytes: 16 << 10,
+        ..tcpx_sock::Config::default()
+    });
+    let cfg = tcpx_sock::Config::default();
+    let (s, r, _) = pair();
+    let mid = 200_000;
+    assert!(cfg.inline_bytes < mid && mid <= cfg.direct_bytes);
+    let count = || tcpx_sock::direct_requests().0;
+    let handoffs = || tcpx_sock::direct_requests().1;
+
+    // One request at a time: each finds both ends idle, so its send and its receive go direct
+    // (two per request), unless it is inline or larger than `direct_bytes`; the send cannot
+    // fit in the socket buffers, so it hands its rest to the helper (one per request).
+    for (k, (len, direct)) in [
+        (mid, 2),
+        (cfg.inline_bytes, 0),
+        (cfg.inline_bytes + 1, 2),
+        (cfg.direct_bytes, 2),
+        (cfg.direct_bytes + 1, 0),
+        (mid + 7, 2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (before, handed_before) = (count(), handoffs());
+        let src = pattern(len, k as u64);
+        let mut dst = vec![0u8; len + 5];
+        let rr = irecv(r, &mut dst).unwrap();
+        let sr = isend(s, &src).unwrap();
+        let sender = std::thread::spawn(move || wait(sr));
+        assert_eq!(wait(rr), Ok(len), "size {len}");
+        assert_eq!(sender.join().unwrap(), Ok(len));
+        assert!(dst[..len] == src[..], "payload differs at size {len}");
+        assert!(dst[len..].iter().all(|b| *b == 0), "wrote past size {len}");
+        assert_eq!(
+            count() - before,
+            direct,
+            "direct requests for a lone {len}-byte transfer"
+        );
+        assert_eq!(
+            handoffs() - handed_before,
+            direct / 2,
+            "hand-offs for a lone {len}-byte transfer"
+        );
+    }
+
+    // Sixteen of every kind, posted from one thread with nothing waited for in between: the
+    // first goes direct at each end. Its send hands its rest to the helper at once (16 KiB
+    // socket buffers); its receive has read at most one piece when the second's header
+    // arrives, and hands the rest over then. Every byte must still land in order.
+    let (before, handed_before) = (count(), handoffs());
+    let lens: Vec<usize> = (0..16)
+        .map(|i| [mid, 700_000, 10, mid + 1][i % 4] + i)
+        .collect();
+    let srcs: Vec<Vec<u8>> = lens.iter().map(|&l| pattern(l, 50 + l as u64)).collect();
+    let mut dsts: Vec<Vec<u8>> = lens.iter().map(|&l| vec![0u8; l]).collect();
+    let (mut sreqs, mut rreqs) = (Vec::new(), Vec::new());
+    for (src, dst) in srcs.iter().zip(dsts.iter_mut()) {
+        sreqs.push(isend(s, src).unwrap());
+        rreqs.push(irecv(r, dst).unwrap());
+    }
+    let t = std::thread::spawn(move || sreqs.into_iter().map(wait).collect::<Vec<_>>());
+    for (i, q) in rreqs.into_iter().enumerate() {
+        assert_eq!(wait(q), Ok(lens[i]), "request {i}");
+    }
+    assert!(t.join().unwrap().iter().all(Result::is_ok));
+    assert!(
+        dsts == srcs,
+        "requests behind a direct one delivered out of place"
+    );
+    assert_eq!(
+        count() - before,
+        2,
+        "only the first of the queued requests goes direct"
+    );
+    assert_eq!(
+        handoffs() - handed_before,
+        2,
+        "the sender and the receiver each hand the direct request's rest to its helper"
+    );
+    close_send(s);
+    close_recv(r);
+}
