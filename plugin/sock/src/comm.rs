@@ -422,12 +422,12 @@ impl Core {
     }
 
     /// Reads up to [`DIRECT_PIECE`] bytes of the direct receive `*d` that its data socket has
-    /// now, without blocking; clears it and completes its request when all bytes are in. One
-    /// piece per call keeps the calling thread free to read the headers of the requests behind
-    /// it, which hand the rest to the helper.
-    fn advance_direct(&self, d: &mut Option<Direct>) -> Result<()> {
+    /// now, without blocking; clears it and completes its request when all bytes are in.
+    /// Returns true when a whole piece came and more is due (the caller checks the control
+    /// socket, whose next header would hand the rest to the helper, before reading on).
+    fn advance_direct(&self, d: &mut Option<Direct>) -> Result<bool> {
         let Some(cur) = d.as_mut() else {
-            return Ok(());
+            return Ok(false);
         };
         let fd = self.data_fd(cur.chunk);
         let end = cur.size.min(cur.off + DIRECT_PIECE);
@@ -436,15 +436,15 @@ impl Core {
             // the request completes, which only this function reports.
             match unsafe { sys::recv_nb_data(fd, cur.base.add(cur.off), end - cur.off)? } {
                 Some(n) => cur.off += n,
-                None => return Ok(()),
+                None => return Ok(false),
             }
         }
         if cur.off < cur.size {
-            return Ok(());
+            return Ok(true);
         }
         self.shared.remaining[cur.idx].store(0, Ordering::Release);
         *d = None;
-        Ok(())
+        Ok(false)
     }
 
     /// Gives the rest of `*d` to its socket's helper, ahead of any job queued after this, so
@@ -999,9 +999,18 @@ impl RecvComm {
     /// Advances the control stream as far as it goes without blocking.
     fn progress(&self, st: &mut RecvState) {
         if st.err.is_none() {
-            let r = self
-                .progress_inner(st)
-                .and_then(|()| self.core.advance_direct(&mut st.direct));
+            // A direct receive is read a piece at a time, with the control socket checked in
+            // between: a header arriving behind it hands the rest to the helper at once.
+            let r = loop {
+                match self
+                    .progress_inner(st)
+                    .and_then(|()| self.core.advance_direct(&mut st.direct))
+                {
+                    Ok(true) => continue,
+                    Ok(false) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            };
             if let Err(e) = r {
                 st.err = Some(e);
             }

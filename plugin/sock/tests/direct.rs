@@ -1,9 +1,9 @@
 //! Direct requests (`Config::direct_bytes`): a one-chunk host request on an idle comm is moved
 //! on its data socket by the calling thread. `isend` writes what the socket takes and hands
-//! the rest to the helper at once; a receive is read a piece per call until a request behind
-//! it makes the calling thread hand the rest to the helper. Host mode over 127.0.0.1 with small
-//! socket buffers, so no direct request finishes in one call and every hand-off happens. This
-//! file is its own process with one test, so the process-wide counters are exact.
+//! the rest to the helper at once; a receive is read as it comes until a request behind it
+//! makes the calling thread hand the rest to the helper. Host mode over 127.0.0.1 with small
+//! socket buffers. This file is its own process with one test, so the process-wide counters
+//! are exact.
 
 mod common;
 
@@ -23,8 +23,9 @@ fn lone_requests_go_direct_and_queued_ones_hand_over() {
     let handoffs = || tcpx_sock::direct_requests().1;
 
     // One request at a time: each finds both ends idle, so its send and its receive go direct
-    // (two per request), unless it is inline or larger than `direct_bytes`; the send cannot
-    // fit in the socket buffers, so it hands its rest to the helper (one per request).
+    // (two per request), unless it is inline or larger than `direct_bytes`; the send writes one
+    // 64 KiB piece itself and hands the rest to the helper (one per request: every direct size
+    // is above `inline_bytes`, 64 KiB).
     for (k, (len, direct)) in [
         (mid, 2),
         (cfg.inline_bytes, 0),
@@ -58,21 +59,19 @@ fn lone_requests_go_direct_and_queued_ones_hand_over() {
         );
     }
 
-    // Sixteen of every kind, posted from one thread with nothing waited for in between: the
-    // first goes direct at each end. Its send hands its rest to the helper at once (16 KiB
-    // socket buffers); its receive has read at most one piece when the second's header
-    // arrives, and hands the rest over then. Every byte must still land in order.
+    // Sixteen of every kind, all receives posted first, then all sends, nothing waited for in
+    // between: the first goes direct at each end. Its send hands the rest (beyond one piece) to
+    // the helper at once; its receive hands over the moment the receiver reads the second's
+    // header, which is there by the receiver's first call after the sends. Every byte must still
+    // land in order.
     let (before, handed_before) = (count(), handoffs());
     let lens: Vec<usize> = (0..16)
         .map(|i| [mid, 700_000, 10, mid + 1][i % 4] + i)
         .collect();
     let srcs: Vec<Vec<u8>> = lens.iter().map(|&l| pattern(l, 50 + l as u64)).collect();
     let mut dsts: Vec<Vec<u8>> = lens.iter().map(|&l| vec![0u8; l]).collect();
-    let (mut sreqs, mut rreqs) = (Vec::new(), Vec::new());
-    for (src, dst) in srcs.iter().zip(dsts.iter_mut()) {
-        sreqs.push(isend(s, src).unwrap());
-        rreqs.push(irecv(r, dst).unwrap());
-    }
+    let rreqs: Vec<Ptr> = dsts.iter_mut().map(|d| irecv(r, d).unwrap()).collect();
+    let sreqs: Vec<Ptr> = srcs.iter().map(|b| isend(s, b).unwrap()).collect();
     let t = std::thread::spawn(move || sreqs.into_iter().map(wait).collect::<Vec<_>>());
     for (i, q) in rreqs.into_iter().enumerate() {
         assert_eq!(wait(q), Ok(lens[i]), "request {i}");
