@@ -363,6 +363,9 @@ impl Core {
     fn direct_ok(&self, size: usize, earlier_done: bool) -> bool {
         size > 0
             && size <= self.direct_bytes
+            // One chunk of the comm's (the sender's) chunk size, which a receiver's own
+            // `direct_bytes` does not bound: one socket carries all of it.
+            && size <= self.shared.chunk_bytes
             && earlier_done
             && self
                 .shared
@@ -395,7 +398,6 @@ impl Core {
     /// such requests 30 % slower through NIXL on the H200; one piece did not). Returns whether
     /// it is complete.
     fn send_direct(&self, idx: usize, base: *mut u8, size: usize, chunk: u64) -> Result<bool> {
-        DIRECT_REQUESTS.fetch_add(1, Ordering::Relaxed);
         let fd = self.data_fd(chunk);
         let mut off = 0;
         let end = size.min(DIRECT_PIECE);
@@ -406,6 +408,7 @@ impl Core {
                 None => break,
             }
         }
+        DIRECT_REQUESTS.fetch_add(1, Ordering::Relaxed);
         if off == size {
             self.shared.remaining[idx].store(0, Ordering::Relaxed);
             return Ok(true);

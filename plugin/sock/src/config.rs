@@ -17,6 +17,8 @@ pub const DEFAULT_INLINE_BYTES: usize = 64 << 10;
 pub const MAX_INLINE_BYTES: usize = 1 << 20;
 /// Default largest request the calling thread moves itself when its comm is idle.
 pub const DEFAULT_DIRECT_BYTES: usize = 256 << 10;
+/// Largest `direct_bytes`.
+pub const MAX_DIRECT_BYTES: usize = 1 << 20;
 /// Default bounce region per recv comm in TCPX mode.
 pub const DEFAULT_BOUNCE_BYTES: usize = 64 << 20;
 /// Most data sockets per comm.
@@ -45,8 +47,10 @@ pub struct Config {
     /// in flight is moved on its data socket by the calling thread instead of the socket's
     /// helper: the two thread hand-offs are most of a lone mid-size request's latency. `isend`
     /// writes a first 64 KiB piece and gives the rest to the helper at once; a receive is read
-    /// 64 KiB at every `irecv`/`test` until a later request needs the helpers, which takes over
-    /// the rest. Each end decides for itself; the wire is the same. 0 = never.
+    /// as its bytes come at every `irecv`/`test`, 64 KiB at a time with the control socket
+    /// checked in between, until a later request needs the helpers, which takes over the rest.
+    /// Each end decides for itself (a request must also be one chunk of the sender's size);
+    /// the wire is the same. 0 = never; at most the chunk size and 1 MiB.
     pub direct_bytes: usize,
     /// TCPX mode: device type UNPACK, receives land in bounce pages.
     pub unpack: bool,
@@ -199,8 +203,12 @@ impl Config {
         let page_round = |v: usize| v.div_ceil(PAGE_SIZE) * PAGE_SIZE;
         self.chunk_bytes = page_round(self.chunk_bytes.clamp(PAGE_SIZE, 1 << 30));
         self.inline_bytes = self.inline_bytes.min(MAX_INLINE_BYTES);
-        // A direct request uses one data socket: at most one chunk.
-        self.direct_bytes = self.direct_bytes.min(self.chunk_bytes);
+        // A direct request uses one data socket (at most one chunk), and one call may read all
+        // of it.
+        self.direct_bytes = self
+            .direct_bytes
+            .min(self.chunk_bytes)
+            .min(MAX_DIRECT_BYTES);
         // A whole 4 MiB receive must fit, or the oldest request could never complete.
         self.bounce_bytes = page_round(self.bounce_bytes.clamp(MAX_RECV_BYTES, MAX_BOUNCE_BYTES));
         self.stage_bytes = page_round(self.stage_bytes.clamp(MAX_RECV_BYTES, MAX_BOUNCE_BYTES));
@@ -264,6 +272,20 @@ mod tests {
             c.direct_bytes, c.chunk_bytes,
             "a direct request is one chunk"
         );
+        let c = Config {
+            chunk_bytes: 4 << 20,
+            direct_bytes: usize::MAX,
+            ..Config::default()
+        }
+        .normalized();
+        assert_eq!(c.direct_bytes, MAX_DIRECT_BYTES);
+        let c = Config {
+            chunk_bytes: 128 << 10,
+            direct_bytes: usize::MAX,
+            ..Config::default()
+        }
+        .normalized();
+        assert_eq!(c.direct_bytes, 128 << 10, "a direct request is one chunk");
         assert_eq!(Config::default().stage_kernel, StageKernel::Auto);
     }
 

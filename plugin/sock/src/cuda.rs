@@ -611,8 +611,11 @@ impl SendStage {
                 StageKernel::On => true,
                 StageKernel::Off => false,
                 StageKernel::Auto => {
+                    // Said once per process, not per comm.
+                    static TOLD: std::sync::atomic::AtomicBool =
+                        std::sync::atomic::AtomicBool::new(false);
                     let excl = exclusive_process(c);
-                    if excl {
+                    if excl && !TOLD.swap(true, std::sync::atomic::Ordering::Relaxed) {
                         crate::log_info(&format!(
                             "tcpxsock: GPU {ordinal} is in exclusive-process compute mode: \
                              CUDA sends staged by the staging kernel"

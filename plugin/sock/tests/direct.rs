@@ -93,4 +93,52 @@ fn lone_requests_go_direct_and_queued_ones_hand_over() {
     );
     close_send(s);
     close_recv(r);
+
+    // A sender with smaller chunks than the receiver's own: a request of two such chunks
+    // travels on two sockets, so the receiver must judge it by the sender's chunk size (the
+    // comm's), not by its own `direct_bytes`.
+    let base = tcpx_sock::config::current();
+    let (mut h, l) = listen();
+    tcpx_sock::configure(tcpx_sock::Config {
+        chunk_bytes: 128 << 10,
+        ..base.clone()
+    });
+    let (mut s, mut r) = (None, None);
+    let t0 = std::time::Instant::now();
+    while s.is_none() || r.is_none() {
+        assert!(t0.elapsed() < DEADLINE, "connect/accept timed out");
+        if s.is_none() {
+            s = connect_step(&mut h).expect("connect");
+        }
+        if r.is_none() {
+            r = accept_step(l).expect("accept");
+        }
+    }
+    tcpx_sock::configure(base);
+    close_listen(l);
+    let (s, (r, _)) = (s.unwrap(), r.unwrap());
+    for (k, (len, direct)) in [(100_000, 2), (200_000, 0), (100_001, 2)]
+        .into_iter()
+        .enumerate()
+    {
+        let before = count();
+        let src = pattern(len, 90 + k as u64);
+        let mut dst = vec![0u8; len];
+        let rr = irecv(r, &mut dst).unwrap();
+        let sr = isend(s, &src).unwrap();
+        let sender = std::thread::spawn(move || wait(sr));
+        assert_eq!(wait(rr), Ok(len), "size {len}, sender's chunks 128 KiB");
+        assert_eq!(sender.join().unwrap(), Ok(len));
+        assert!(
+            dst == src,
+            "payload differs at size {len}, sender's chunks 128 KiB"
+        );
+        assert_eq!(
+            count() - before,
+            direct,
+            "direct requests for a lone {len}-byte transfer in 128 KiB chunks"
+        );
+    }
+    close_send(s);
+    close_recv(r);
 }
