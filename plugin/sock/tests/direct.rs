@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use tcpx_core::abi::result;
 
 #[test]
 fn lone_requests_go_direct_and_queued_ones_hand_over() {
@@ -140,5 +141,30 @@ fn lone_requests_go_direct_and_queued_ones_hand_over() {
         );
     }
     close_send(s);
+    close_recv(r);
+
+    // The sender closes with a direct transfer half sent (16 KiB socket buffers hold far less
+    // than it): the receive, read by the calling thread, fails instead of waiting forever.
+    let (s, r, _) = pair();
+    let before = count();
+    let src = pattern(mid, 7);
+    let mut dst = vec![0u8; mid];
+    let rr = irecv(r, &mut dst).unwrap();
+    let sr = isend(s, &src).unwrap();
+    assert!(
+        test_once(sr).unwrap().is_none(),
+        "a half-sent request cannot be done"
+    );
+    close_send(s);
+    let e = wait(rr).unwrap_err();
+    assert!(
+        e == result::REMOTE_ERROR || e == result::SYSTEM_ERROR,
+        "got {e}"
+    );
+    assert_eq!(
+        count() - before,
+        2,
+        "the send and the receive both went direct"
+    );
     close_recv(r);
 }
