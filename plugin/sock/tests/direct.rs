@@ -143,6 +143,36 @@ fn lone_requests_go_direct_and_queued_ones_hand_over() {
     close_send(s);
     close_recv(r);
 
+    // Nothing inline: a small direct send fits the socket buffer and completes inside `isend`
+    // with no hand-off; its receive is direct too.
+    let base = tcpx_sock::config::current();
+    tcpx_sock::configure(tcpx_sock::Config {
+        inline_bytes: 0,
+        ..base.clone()
+    });
+    let (s, r, _) = pair();
+    tcpx_sock::configure(base);
+    let (before, handed_before) = (count(), handoffs());
+    let src = pattern(8000, 8);
+    let mut dst = vec![0u8; 8000];
+    let rr = irecv(r, &mut dst).unwrap();
+    let sr = isend(s, &src).unwrap();
+    assert_eq!(
+        wait(sr),
+        Ok(8000),
+        "a send written whole by isend is done at once"
+    );
+    assert_eq!(wait(rr), Ok(8000));
+    assert!(dst == src, "payload differs (8000 bytes, direct)");
+    assert_eq!(
+        count() - before,
+        2,
+        "the send and the receive both went direct"
+    );
+    assert_eq!(handoffs() - handed_before, 0, "nothing left for a helper");
+    close_send(s);
+    close_recv(r);
+
     // The sender closes with a direct transfer half sent (16 KiB socket buffers hold far less
     // than it): the receive, read by the calling thread, fails instead of waiting forever.
     let (s, r, _) = pair();
