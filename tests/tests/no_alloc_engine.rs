@@ -1,6 +1,7 @@
 //! Zero allocation on the engine's hot path: after warm-up, 1,000 transfers of 8 segments
-//! each go through `post`, `poll` and `release` on both sessions with no heap allocation on
-//! the polling thread (which also runs the embedded plugin's isend/irecv/test calls).
+//! each, and 1,000 lone 200 KB transfers (which the embedded plugin moves on the calling thread:
+//! its direct requests), go through `post`, `poll` and `release` on both sessions with no heap
+//! allocation on the polling thread (which also runs the plugin's isend/irecv/test calls).
 
 use std::time::Duration;
 
@@ -78,4 +79,56 @@ fn thousand_transfers_allocate_nothing() {
     );
     let total = off as usize;
     assert!(dst[..total] == src[..total], "data corrupted");
+
+    // Lone one-chunk transfers: the plugin's direct requests.
+    let (mut a, mut b) = engine::loopback_pair(
+        Default::default(),
+        Config {
+            channels: 2,
+            ..Config::default()
+        },
+    );
+    let len = 200_000usize;
+    dst[..len].fill(0);
+    // SAFETY: the buffers outlive both sessions' use of them.
+    let (sm, dm) = unsafe {
+        (
+            a.register(src.as_mut_ptr().cast(), len, Memory::Host)
+                .unwrap(),
+            b.register(dst.as_mut_ptr().cast(), len, Memory::Host)
+                .unwrap(),
+        )
+    };
+    let seg = |mem| Segment {
+        mem,
+        offset: 0,
+        remote_offset: 0,
+        len: len as u64,
+    };
+    let (send, recv) = ([seg(sm)], [seg(dm)]);
+    for _ in 0..50 {
+        assert!(
+            run(&mut a, &mut b, &send, &recv),
+            "warm-up transfer timed out"
+        );
+    }
+    let direct_before = tcpx_sock::direct_requests().0;
+    reset_allocs();
+    for i in 0..1000 {
+        assert!(
+            run(&mut a, &mut b, &send, &recv),
+            "lone transfer {i} timed out"
+        );
+    }
+    let seen = allocs();
+    let direct = tcpx_sock::direct_requests().0 - direct_before;
+    assert_eq!(
+        seen, 0,
+        "the hot path allocated {seen} times over 1,000 lone transfers"
+    );
+    assert!(
+        direct >= 2000,
+        "lone transfers should go direct at both ends: {direct} direct requests in 1,000"
+    );
+    assert!(dst[..len] == src[..len], "data corrupted (lone transfers)");
 }
