@@ -20,11 +20,12 @@ use tcpx_core::unpack::{
 
 use crate::config::{Config, StageKernel};
 use crate::cuda::{self, SendStage, Staging};
+use crate::dev;
 use crate::error::{Error, Result};
 use crate::mem::{OwnedRegion, PagePool, StageRing};
+use crate::sys::{self, Sock};
 use crate::wire::{self, Handle, Hello, HDR_LEN, HELLO_LEN};
 use crate::worker::{self, Job, JobKind, Shared, MAX_REQUESTS};
-use crate::{dev, sys};
 
 /// How long `close` waits for helper threads before giving up on them.
 const CLOSE_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -163,7 +164,7 @@ impl ListenComm {
         let mut i = 0;
         while i < self.pending.len() {
             let p = &mut self.pending[i];
-            let step = sys::recv_nb(p.sock.as_raw_fd(), &mut p.buf[p.got..]);
+            let step = sys::recv_nb(p.sock.as_raw_fd(), &mut p.buf[p.got..], Sock::Control);
             match step {
                 Ok(Some(n)) => p.got += n,
                 Ok(None) => {}
@@ -266,7 +267,9 @@ impl Connecting {
             }
             if self.connected[i] && self.sent[i] < HELLO_LEN {
                 let b = &self.hellos[i][self.sent[i]..];
-                if let Some(n) = sys::send_nb(self.socks[i].as_raw_fd(), &[IoSlice::new(b)])? {
+                if let Some(n) =
+                    sys::send_nb(self.socks[i].as_raw_fd(), &[IoSlice::new(b)], Sock::Control)?
+                {
                     self.sent[i] += n;
                 }
             }
@@ -315,8 +318,9 @@ pub fn direct_requests() -> (u64, u64) {
     )
 }
 
-/// A one-chunk host receive whose data-socket bytes the calling thread reads itself, a piece
-/// at every call, while no helper has work. Its slot's `remaining` stays 1 until it is done.
+/// A one-chunk host request whose data-socket bytes the calling thread moves itself: a receive
+/// in progress (its slot's `remaining` stays 1 until it is done), or the rest of a send or
+/// receive being handed to the helper.
 #[derive(Clone, Copy, Debug)]
 struct Direct {
     /// Request slot.
@@ -356,22 +360,27 @@ impl Core {
     }
 
     /// Whether a host request of `size` bytes may be moved by the calling thread now
-    /// (`Config::direct_bytes`): small enough, every earlier request of the comm tested
-    /// (`earlier_done`: the comm is idle, not in the middle of a stream, where the helpers keep
-    /// the sockets busier than the calling thread could), and no helper with work (so none
-    /// touches a data socket until a job is queued, which hands a direct receive over first).
-    fn direct_ok(&self, size: usize, earlier_done: bool) -> bool {
+    /// (`Config::direct_bytes`): small enough, and `idle`: every earlier request of the comm
+    /// tested (not in the middle of a stream, where the helpers keep the sockets busier than
+    /// the calling thread could). A tested request's helpers are done with their sockets, so
+    /// none touches a data socket until a job is queued, which hands a direct receive over
+    /// first.
+    fn direct_ok(&self, size: usize, idle: bool) -> bool {
+        debug_assert!(
+            !idle
+                || self
+                    .shared
+                    .remaining
+                    .iter()
+                    .all(|r| r.load(Ordering::Acquire) == 0),
+            "an idle comm has no helper work"
+        );
         size > 0
             && size <= self.direct_bytes
             // One chunk of the comm's (the sender's) chunk size, which a receiver's own
             // `direct_bytes` does not bound: one socket carries all of it.
             && size <= self.shared.chunk_bytes
-            && earlier_done
-            && self
-                .shared
-                .remaining
-                .iter()
-                .all(|r| r.load(Ordering::Acquire) == 0)
+            && idle
     }
 
     /// Starts receive `idx` direct on its chunk's data socket.
@@ -399,11 +408,11 @@ impl Core {
     /// it is complete.
     fn send_direct(&self, idx: usize, base: *mut u8, size: usize, chunk: u64) -> Result<bool> {
         let fd = self.data_fd(chunk);
+        // SAFETY: `base..base+size` is the caller's send buffer, live during the call.
+        let piece = unsafe { core::slice::from_raw_parts(base, size.min(DIRECT_PIECE)) };
         let mut off = 0;
-        let end = size.min(DIRECT_PIECE);
-        while off < end {
-            // SAFETY: `base..base+size` is the caller's send buffer, live during the call.
-            match unsafe { sys::send_nb_data(fd, base.add(off), end - off)? } {
+        while off < piece.len() {
+            match sys::send_nb(fd, &[IoSlice::new(&piece[off..])], Sock::Data)? {
                 Some(n) => off += n,
                 None => break,
             }
@@ -413,14 +422,16 @@ impl Core {
             self.shared.remaining[idx].store(0, Ordering::Relaxed);
             return Ok(true);
         }
-        let mut d = Some(Direct {
-            idx,
-            base,
-            size,
-            off,
-            chunk,
-        });
-        self.hand_off_direct(&mut d, JobKind::Send)?;
+        self.hand_off_direct(
+            Direct {
+                idx,
+                base,
+                size,
+                off,
+                chunk,
+            },
+            JobKind::Send,
+        )?;
         Ok(false)
     }
 
@@ -437,7 +448,9 @@ impl Core {
         while cur.off < end {
             // SAFETY: `base..base+size` is the request's live buffer (NCCL's contract) until
             // the request completes, which only this function reports.
-            match unsafe { sys::recv_nb_data(fd, cur.base.add(cur.off), end - cur.off)? } {
+            let dst =
+                unsafe { core::slice::from_raw_parts_mut(cur.base.add(cur.off), end - cur.off) };
+            match sys::recv_nb(fd, dst, Sock::Data)? {
                 Some(n) => cur.off += n,
                 None => return Ok(false),
             }
@@ -450,12 +463,9 @@ impl Core {
         Ok(false)
     }
 
-    /// Gives the rest of `*d` to its socket's helper, ahead of any job queued after this, so
-    /// the socket's bytes stay in request order.
-    fn hand_off_direct(&self, d: &mut Option<Direct>, kind: JobKind) -> Result<()> {
-        let Some(cur) = d.take() else {
-            return Ok(());
-        };
+    /// Gives the rest of direct request `cur` to its socket's helper, ahead of any job queued
+    /// after this, so the socket's bytes stay in request order.
+    fn hand_off_direct(&self, cur: Direct, kind: JobKind) -> Result<()> {
         DIRECT_HANDOFFS.fetch_add(1, Ordering::Relaxed);
         // The chunk was counted when the request started; its remainder is that chunk's
         // tail (one chunk, so `dispatch` puts it on the chunk's socket).
@@ -711,9 +721,17 @@ impl SendComm {
             };
             let off = st.ctrl_off;
             let r = if off < HDR_LEN {
-                sys::send_nb(fd, &[IoSlice::new(&s.hdr[off..]), IoSlice::new(payload)])
+                sys::send_nb(
+                    fd,
+                    &[IoSlice::new(&s.hdr[off..]), IoSlice::new(payload)],
+                    Sock::Control,
+                )
             } else {
-                sys::send_nb(fd, &[IoSlice::new(&payload[off - HDR_LEN..])])
+                sys::send_nb(
+                    fd,
+                    &[IoSlice::new(&payload[off - HDR_LEN..])],
+                    Sock::Control,
+                )
             };
             match r {
                 Ok(Some(n)) => {
@@ -991,7 +1009,11 @@ impl RecvComm {
                 st.st_lo = 0;
             }
             let hi = st.st_hi;
-            match sys::recv_nb(self.core.ctrl.as_raw_fd(), &mut st.stage[hi..])? {
+            match sys::recv_nb(
+                self.core.ctrl.as_raw_fd(),
+                &mut st.stage[hi..],
+                Sock::Control,
+            )? {
                 Some(n) => st.st_hi += n,
                 None => return Ok(false),
             }
@@ -1051,16 +1073,14 @@ impl RecvComm {
                         st.rx = RxPhase::Inline { off: 0 };
                     } else {
                         let s = &st.slots[idx];
-                        // One direct receive at a time: it is the only request, so no helper
-                        // has work, until a later one hands it over.
-                        let earlier_done = st.tested == st.rx_seq && st.direct.is_none();
-                        if !s.bounce && self.core.direct_ok(s.size, earlier_done) {
+                        // Every earlier request tested: no helper has work, and no direct
+                        // receive is in progress (its request would be untested).
+                        let idle = st.tested == st.rx_seq;
+                        if !s.bounce && self.core.direct_ok(s.size, idle) {
                             let (ptr, size, chunk) = (s.ptr, s.size, st.chunk_ctr);
                             st.direct = Some(self.core.start_direct(idx, ptr, size, chunk));
                             st.chunk_ctr += 1;
                         } else {
-                            self.core
-                                .hand_off_direct(&mut st.direct, JobKind::RecvHost)?;
                             self.dispatch(st, idx)?;
                         }
                         st.slots[idx].ctrl_done = true;
@@ -1121,7 +1141,12 @@ impl RecvComm {
         true
     }
 
+    /// Gives request `idx` to the helpers; a direct receive in progress hands its rest to its
+    /// helper first, so each socket's bytes stay in request order.
     fn dispatch(&self, st: &mut RecvState, idx: usize) -> Result<()> {
+        if let Some(d) = st.direct.take() {
+            self.core.hand_off_direct(d, JobKind::RecvHost)?;
+        }
         let s = &st.slots[idx];
         let kind = match self.unpack.as_ref().filter(|_| s.bounce) {
             Some(u) => JobKind::RecvPages {
@@ -1154,7 +1179,7 @@ impl RecvComm {
                     let dst = unsafe {
                         core::slice::from_raw_parts_mut(st.slots[idx].ptr.add(off), size - off)
                     };
-                    match sys::recv_nb(self.core.ctrl.as_raw_fd(), dst)? {
+                    match sys::recv_nb(self.core.ctrl.as_raw_fd(), dst, Sock::Control)? {
                         Some(n) => off += n,
                         None => return Ok(off),
                     }

@@ -11,6 +11,7 @@
 //! through them never outlives its context.
 
 use core::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{result, sys, CudaContext, DriverError};
@@ -612,10 +613,9 @@ impl SendStage {
                 StageKernel::Off => false,
                 StageKernel::Auto => {
                     // Said once per process, not per comm.
-                    static TOLD: std::sync::atomic::AtomicBool =
-                        std::sync::atomic::AtomicBool::new(false);
+                    static TOLD: AtomicBool = AtomicBool::new(false);
                     let excl = exclusive_process(c);
-                    if excl && !TOLD.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    if excl && !TOLD.swap(true, Ordering::Relaxed) {
                         crate::log_info(&format!(
                             "tcpxsock: GPU {ordinal} is in exclusive-process compute mode: \
                              CUDA sends staged by the staging kernel"

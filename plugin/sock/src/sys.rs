@@ -131,8 +131,38 @@ fn sockaddr(addr: SocketAddr) -> (i32, libc::sockaddr_storage, libc::socklen_t) 
     }
 }
 
+/// Which of a comm's sockets a non-blocking call is on, for its error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sock {
+    /// The control socket (and the hello on any socket while connecting).
+    Control,
+    /// A data socket moved by the calling thread (a direct request).
+    Data,
+}
+
+impl Sock {
+    fn send_err(self) -> &'static str {
+        match self {
+            Sock::Control => "send on control socket",
+            Sock::Data => "send on data socket",
+        }
+    }
+    fn recv_err(self) -> &'static str {
+        match self {
+            Sock::Control => "recv on control socket",
+            Sock::Data => "recv on data socket",
+        }
+    }
+    fn eof(self) -> &'static str {
+        match self {
+            Sock::Control => "peer closed the control socket",
+            Sock::Data => "peer closed a data socket mid-chunk",
+        }
+    }
+}
+
 /// Non-blocking vectored send. `Ok(None)` = would block.
-pub fn send_nb(fd: RawFd, bufs: &[IoSlice<'_>]) -> Result<Option<usize>> {
+pub fn send_nb(fd: RawFd, bufs: &[IoSlice<'_>], sock: Sock) -> Result<Option<usize>> {
     // SAFETY: msghdr is plain data; zero is valid, the iovec fields are set below.
     let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
     msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
@@ -146,13 +176,13 @@ pub fn send_nb(fd: RawFd, bufs: &[IoSlice<'_>]) -> Result<Option<usize>> {
         match errno() {
             libc::EINTR => continue,
             libc::EAGAIN => return Ok(None),
-            e => return Err(Error::from_errno("send on control socket", e)),
+            e => return Err(Error::from_errno(sock.send_err(), e)),
         }
     }
 }
 
 /// Non-blocking receive. `Ok(None)` = would block; EOF is [`Error::Remote`].
-pub fn recv_nb(fd: RawFd, buf: &mut [u8]) -> Result<Option<usize>> {
+pub fn recv_nb(fd: RawFd, buf: &mut [u8], sock: Sock) -> Result<Option<usize>> {
     loop {
         // SAFETY: `buf` is valid for writes of its length.
         let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
@@ -160,55 +190,12 @@ pub fn recv_nb(fd: RawFd, buf: &mut [u8]) -> Result<Option<usize>> {
             return Ok(Some(n as usize));
         }
         if n == 0 {
-            return Err(Error::Remote("peer closed the control socket"));
+            return Err(Error::Remote(sock.eof()));
         }
         match errno() {
             libc::EINTR => continue,
             libc::EAGAIN => return Ok(None),
-            e => return Err(Error::from_errno("recv on control socket", e)),
-        }
-    }
-}
-
-/// Non-blocking send of up to `len` bytes at `ptr` on a data socket (a request the calling
-/// thread moves itself). `Ok(None)` = would block.
-///
-/// # Safety
-/// `ptr..ptr+len` is readable for the duration of the call.
-pub unsafe fn send_nb_data(fd: RawFd, ptr: *const u8, len: usize) -> Result<Option<usize>> {
-    loop {
-        // SAFETY: the caller guarantees the range is readable.
-        let n = unsafe { libc::send(fd, ptr.cast(), len, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
-        if n >= 0 {
-            return Ok(Some(n as usize));
-        }
-        match errno() {
-            libc::EINTR => continue,
-            libc::EAGAIN => return Ok(None),
-            e => return Err(Error::from_errno("send on data socket", e)),
-        }
-    }
-}
-
-/// Non-blocking receive of up to `len` bytes into `ptr` from a data socket (a request the
-/// calling thread moves itself). `Ok(None)` = would block; EOF is [`Error::Remote`].
-///
-/// # Safety
-/// `ptr..ptr+len` is writable for the duration of the call.
-pub unsafe fn recv_nb_data(fd: RawFd, ptr: *mut u8, len: usize) -> Result<Option<usize>> {
-    loop {
-        // SAFETY: the caller guarantees the range is writable.
-        let n = unsafe { libc::recv(fd, ptr.cast(), len, libc::MSG_DONTWAIT) };
-        if n > 0 {
-            return Ok(Some(n as usize));
-        }
-        if n == 0 {
-            return Err(Error::Remote("peer closed a data socket mid-chunk"));
-        }
-        match errno() {
-            libc::EINTR => continue,
-            libc::EAGAIN => return Ok(None),
-            e => return Err(Error::from_errno("recv on data socket", e)),
+            e => return Err(Error::from_errno(sock.recv_err(), e)),
         }
     }
 }
