@@ -39,15 +39,7 @@ fn lone_requests_go_direct_and_queued_ones_hand_over() {
     .enumerate()
     {
         let (before, handed_before) = (count(), handoffs());
-        let src = pattern(len, k as u64);
-        let mut dst = vec![0u8; len + 5];
-        let rr = irecv(r, &mut dst).unwrap();
-        let sr = isend(s, &src).unwrap();
-        let sender = std::thread::spawn(move || wait(sr));
-        assert_eq!(wait(rr), Ok(len), "size {len}");
-        assert_eq!(sender.join().unwrap(), Ok(len));
-        assert!(dst[..len] == src[..], "payload differs at size {len}");
-        assert!(dst[len..].iter().all(|b| *b == 0), "wrote past size {len}");
+        round_trip(s, r, &pattern(len, k as u64), 5);
         assert_eq!(
             count() - before,
             direct,
@@ -99,41 +91,19 @@ fn lone_requests_go_direct_and_queued_ones_hand_over() {
     // travels on two sockets, so the receiver must judge it by the sender's chunk size (the
     // comm's), not by its own `direct_bytes`.
     let base = tcpx_sock::config::current();
-    let (mut h, l) = listen();
+    let (h, l) = listen();
     tcpx_sock::configure(tcpx_sock::Config {
         chunk_bytes: 128 << 10,
         ..base.clone()
     });
-    let (mut s, mut r) = (None, None);
-    let t0 = std::time::Instant::now();
-    while s.is_none() || r.is_none() {
-        assert!(t0.elapsed() < DEADLINE, "connect/accept timed out");
-        if s.is_none() {
-            s = connect_step(&mut h).expect("connect");
-        }
-        if r.is_none() {
-            r = accept_step(l).expect("accept");
-        }
-    }
+    let (s, r, _) = connect_accept(h, l);
     tcpx_sock::configure(base);
-    close_listen(l);
-    let (s, (r, _)) = (s.unwrap(), r.unwrap());
     for (k, (len, direct)) in [(100_000, 2), (200_000, 0), (100_001, 2)]
         .into_iter()
         .enumerate()
     {
         let before = count();
-        let src = pattern(len, 90 + k as u64);
-        let mut dst = vec![0u8; len];
-        let rr = irecv(r, &mut dst).unwrap();
-        let sr = isend(s, &src).unwrap();
-        let sender = std::thread::spawn(move || wait(sr));
-        assert_eq!(wait(rr), Ok(len), "size {len}, sender's chunks 128 KiB");
-        assert_eq!(sender.join().unwrap(), Ok(len));
-        assert!(
-            dst == src,
-            "payload differs at size {len}, sender's chunks 128 KiB"
-        );
+        round_trip(s, r, &pattern(len, 90 + k as u64), 0);
         assert_eq!(
             count() - before,
             direct,

@@ -55,15 +55,7 @@ fn sizes_round_trip() {
     let mut sizes = SIZES.to_vec();
     sizes.extend(rand_sizes(12, 3 << 20, 7));
     for (i, &len) in sizes.iter().enumerate() {
-        let src = pattern(len, i as u64);
-        let mut dst = vec![0u8; len + 13];
-        let rr = irecv(r, &mut dst).unwrap();
-        let sr = isend(s, &src).unwrap();
-        let sender = std::thread::spawn(move || wait(sr));
-        assert_eq!(wait(rr), Ok(len), "size {len}");
-        assert_eq!(sender.join().unwrap(), Ok(len));
-        assert!(dst[..len] == src[..], "payload differs at size {len}");
-        assert!(dst[len..].iter().all(|b| *b == 0), "wrote past size {len}");
+        round_trip(s, r, &pattern(len, i as u64), 13);
     }
     close_send(s);
     close_recv(r);

@@ -84,7 +84,13 @@ pub fn accept_step(l: Ptr) -> Result<Option<(Ptr, *mut DevHandle)>, NcclResult> 
 
 /// Connected (send, recv, recv dev handle) on loopback within this process.
 pub fn pair() -> (Ptr, Ptr, *mut DevHandle) {
-    let (mut h, l) = listen();
+    let (h, l) = listen();
+    connect_accept(h, l)
+}
+
+/// Connects to and accepts from listen comm `l` (handle `h`), then closes `l`: the second
+/// half of [`pair`], for tests that change the configuration between listen and connect.
+pub fn connect_accept(mut h: Handle, l: Ptr) -> (Ptr, Ptr, *mut DevHandle) {
     let (mut s, mut r) = (None, None);
     let t0 = Instant::now();
     while s.is_none() || r.is_none() {
@@ -173,6 +179,21 @@ pub fn test_once(req: Ptr) -> Result<Option<usize>, NcclResult> {
         return Err(rc);
     }
     Ok((done == 1).then_some(size as usize))
+}
+
+/// One `src`-sized transfer from `s` to `r` into a buffer with `slack` spare bytes, the sender
+/// waited for on another thread: both ends report the size, the payload arrives, and nothing
+/// past it is written.
+pub fn round_trip(s: Ptr, r: Ptr, src: &[u8], slack: usize) {
+    let len = src.len();
+    let mut dst = vec![0u8; len + slack];
+    let rr = irecv(r, &mut dst).unwrap();
+    let sr = isend(s, src).unwrap();
+    let sender = std::thread::spawn(move || wait(sr));
+    assert_eq!(wait(rr), Ok(len), "size {len}");
+    assert_eq!(sender.join().unwrap(), Ok(len), "send of size {len}");
+    assert!(dst[..len] == src[..], "payload differs at size {len}");
+    assert!(dst[len..].iter().all(|b| *b == 0), "wrote past size {len}");
 }
 
 /// Tests until done or error, bounded by [`DEADLINE`].
