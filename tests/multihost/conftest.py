@@ -222,6 +222,21 @@ class Net:
             self._tc(i, side, "replace", "root", "tbf", "rate", f"{mbit}mbit",
                      "burst", "32kbit", "latency", "400ms")
 
+    def wait_reachable(self, i, port, bound=20):
+        """Waits (bounded) until host i opens a TCP connection to the gateway's `port`: after
+        a link is restored (a relay's port put back on the bridge, a cable plugged back), so the
+        next test does not start on a link that is not forwarding yet."""
+        ns = self.hosts[i][0]
+        probe = (f"import socket; socket.create_connection(('{self.gateway}', {port}), 1)"
+                 ".close()")
+        deadline = time.monotonic() + bound
+        while run("ip", "netns", "exec", ns, sys.executable, "-c", probe,
+                  check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"host {i} cannot reach {self.gateway}:{port} after "
+                                   f"{bound} s with its link restored")
+            time.sleep(0.1)
+
     def clear_impairments(self, i):
         if i in self._relays:
             self._stop_relay(i)
@@ -453,3 +468,5 @@ def agents(net, etcd):
         for a in made:
             a.close()
         net.kill_leftovers(hosts_only=True)
+        for i in range(len(net.hosts)):
+            net.wait_reachable(i, ETCD_PORT)
