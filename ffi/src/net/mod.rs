@@ -19,7 +19,7 @@ use tcpx_core::abi::{result, v10, v7, v8, v9, NcclResult};
 
 use crate::error::{Error, Result};
 use crate::log;
-use table::{GetProperties, Init, Table};
+use table::{GetProperties, Init, RegMr, Table};
 
 pub use comm::{
     Comm, ConnectHandle, ListenComm, MemKind, MemReg, RecvBuf, RecvComm, Request, SendComm,
@@ -265,6 +265,18 @@ impl Net {
     /// Where the plugin was loaded from.
     pub fn source(&self) -> &PluginSource {
         &self.plugin.source
+    }
+
+    /// The largest size one `regMr` of this plugin's ABI accepts: `c_int::MAX` for v7's
+    /// `int` size, `usize::MAX` for the `size_t` of v8 and later.
+    pub fn max_reg_bytes(&self) -> usize {
+        match self.plugin.table.reg_mr {
+            Some(RegMr::Int(_)) => c_int::MAX as usize,
+            Some(RegMr::Size(_)) => usize::MAX,
+            // No regMr at all: the ABI version still says which size type it would take.
+            None if self.plugin.table.version == AbiVersion::V7 => c_int::MAX as usize,
+            None => usize::MAX,
+        }
     }
 
     /// Initialises the plugin with tcpx's logger; later calls return the first result.
