@@ -20,7 +20,7 @@
  *
  * Environment: the embedded plugin reads TCPX_SOCK_* at init, e.g. TCPX_SOCK_IFNAME=lo keeps
  * it on loopback. tcpx_config_from_env() reads TCPX_PLUGIN, TCPX_DEVICE, TCPX_CHANNELS,
- * TCPX_CHUNK_BYTES, TCPX_WINDOW, TCPX_TIMEOUT_MS.
+ * TCPX_CHUNK_BYTES, TCPX_WINDOW, TCPX_TIMEOUT_MS, TCPX_GPU.
  */
 #ifndef TCPX_H
 #define TCPX_H
@@ -69,7 +69,7 @@ typedef struct tcpx_listener_t tcpx_listener_t;
 typedef struct tcpx_session_t tcpx_session_t;
 
 /** Engine configuration. Fill it with tcpx_config_default() or tcpx_config_from_env(),
- *  then change fields; both peers must use the same channels. 40 bytes. */
+ *  then change fields; both peers must use the same channels. 48 bytes. */
 typedef struct tcpx_config_t {
     uint32_t channels;      /**< send+recv comm pairs per session, 1..16 (default 2) */
     uint32_t chunk_bytes;   /**< bytes per network request, 1..4 MiB (default 512 KiB) */
@@ -80,6 +80,11 @@ typedef struct tcpx_config_t {
     uint64_t timeout_ms;    /**< bound on the handshake and on a silent peer (default 10000) */
     const char *plugin;     /**< ncclNet plugin path; NULL or "" = embedded tcpxsock. Read
                                  during tcpx_listen() only; the caller keeps ownership. */
+    int32_t gpu;            /**< the session's CUDA device, made current around the handshake
+                                 and CUDA registrations (TCPX binds comms and registrations to
+                                 the calling thread's current GPU); -1 = the device current on
+                                 the thread calling tcpx_listen() (default; env TCPX_GPU) */
+    uint32_t reserved;      /**< zero */
 } tcpx_config_t;
 
 /** One contiguous piece of a transfer. 32 bytes. */

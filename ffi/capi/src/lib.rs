@@ -74,6 +74,12 @@ pub struct tcpx_config_t {
     pub timeout_ms: u64,
     /// Path of an ncclNet plugin; NULL or "" = the embedded `tcpxsock`.
     pub plugin: *const c_char,
+    /// The session's CUDA device, made current around the handshake and CUDA registrations
+    /// (TCPX binds comms and registrations to the calling thread's current GPU); -1 = the
+    /// device current on the thread calling `tcpx_listen`.
+    pub gpu: i32,
+    /// Zero.
+    pub reserved: u32,
 }
 
 /// One contiguous piece of a transfer (C layout of [`Segment`]).
@@ -92,7 +98,8 @@ pub struct tcpx_segment_t {
 
 // The header promises these layouts; the C test checks the same numbers on its side.
 const _: () = {
-    assert!(std::mem::size_of::<tcpx_config_t>() == 40);
+    assert!(std::mem::size_of::<tcpx_config_t>() == 48);
+    assert!(std::mem::offset_of!(tcpx_config_t, gpu) == 40);
     assert!(std::mem::offset_of!(tcpx_config_t, device) == 20);
     assert!(std::mem::offset_of!(tcpx_config_t, timeout_ms) == 24);
     assert!(std::mem::offset_of!(tcpx_config_t, plugin) == 32);
@@ -229,6 +236,7 @@ fn config_from_c(c: &tcpx_config_t) -> Result<Config, Error> {
         max_transfers: c.max_transfers as usize,
         max_segments: c.max_segments as usize,
         timeout: Duration::from_millis(c.timeout_ms),
+        gpu: (c.gpu >= 0).then_some(c.gpu),
     };
     cfg.validate()?;
     Ok(cfg)
@@ -267,6 +275,8 @@ fn config_to_c(cfg: &Config) -> tcpx_config_t {
         device: cfg.device,
         timeout_ms: u64::try_from(cfg.timeout.as_millis()).unwrap_or(u64::MAX),
         plugin: cfg.plugin.as_deref().map_or(std::ptr::null(), interned),
+        gpu: cfg.gpu.unwrap_or(-1),
+        reserved: 0,
     }
 }
 
@@ -284,7 +294,7 @@ pub unsafe extern "C" fn tcpx_config_default(cfg: *mut tcpx_config_t) -> c_int {
 }
 
 /// Fills `*cfg` with the defaults overridden by `TCPX_PLUGIN`, `TCPX_DEVICE`,
-/// `TCPX_CHANNELS`, `TCPX_CHUNK_BYTES`, `TCPX_WINDOW`, `TCPX_TIMEOUT_MS`.
+/// `TCPX_CHANNELS`, `TCPX_CHUNK_BYTES`, `TCPX_WINDOW`, `TCPX_TIMEOUT_MS`, `TCPX_GPU`.
 ///
 /// # Safety
 /// `cfg` is NULL or valid for writes.

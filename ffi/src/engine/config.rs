@@ -34,6 +34,12 @@ pub struct Config {
     pub max_segments: usize,
     /// Bound on the connect/accept handshake and on waiting for a silent peer.
     pub timeout: Duration,
+    /// The session's GPU (CUDA device ordinal), known before the handshake: TCPX binds the
+    /// listen comm, the recv comm and CUDA registrations to the device current on the calling
+    /// thread, so the engine makes this one current around those calls. `None` = the device
+    /// current on the thread that creates the session (none: no GPU until a registration
+    /// names one, which an UNPACK plugin refuses). Env `TCPX_GPU`.
+    pub gpu: Option<i32>,
 }
 
 impl Default for Config {
@@ -47,13 +53,14 @@ impl Default for Config {
             max_transfers: 64,
             max_segments: 1024,
             timeout: Duration::from_secs(10),
+            gpu: None,
         }
     }
 }
 
 impl Config {
     /// Defaults overridden by `TCPX_PLUGIN`, `TCPX_DEVICE`, `TCPX_CHANNELS`,
-    /// `TCPX_CHUNK_BYTES`, `TCPX_WINDOW`, `TCPX_TIMEOUT_MS`.
+    /// `TCPX_CHUNK_BYTES`, `TCPX_WINDOW`, `TCPX_TIMEOUT_MS`, `TCPX_GPU`.
     pub fn from_env() -> Result<Config, Error> {
         Config::default().with_vars(|k| std::env::var(k).ok())
     }
@@ -77,6 +84,9 @@ impl Config {
         }
         if let Some(v) = get("TCPX_TIMEOUT_MS") {
             self.timeout = Duration::from_millis(parse("TCPX_TIMEOUT_MS", &v)?);
+        }
+        if let Some(v) = get("TCPX_GPU").filter(|v| !v.trim().is_empty()) {
+            self.gpu = Some(parse("TCPX_GPU", &v)?);
         }
         self.validate()?;
         Ok(self)
@@ -114,6 +124,12 @@ impl Config {
                     self.max_segments,
                     tcpx_core::plan::MAX_SEGMENTS
                 ),
+            );
+        }
+        if self.gpu.is_some_and(|g| g < 0) {
+            return bad(
+                "gpu",
+                format!("{:?} is not a CUDA device ordinal", self.gpu),
             );
         }
         if self.timeout.is_zero() {

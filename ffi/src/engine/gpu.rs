@@ -30,22 +30,95 @@ pub(crate) struct UnpackSource {
 }
 
 impl UnpackSource {
-    /// Reads the handle an UNPACK recv comm returned from `accept`.
+    /// Reads the UNPACK handle a recv comm's device handle points at. TCPX keeps the 24-byte
+    /// handle in device memory (a host read would fault) and its bounce pages are GPU memory;
+    /// tcpxsock keeps both in host memory mapped into the device. With `gpu` (the session's
+    /// GPU, made current for the driver's answers) a device handle is read with a
+    /// device-to-host copy, the table's host address is asked from the driver and the bounce
+    /// region is measured; without a driver the handle can only be host memory.
     ///
     /// # Safety
-    /// `handle` points at a live `UnpackDevHandle` owned by the comm.
-    pub unsafe fn from_handle(handle: *const UnpackDevHandle) -> Option<UnpackSource> {
+    /// `handle` is NULL or points at a live `UnpackDevHandle` owned by the comm.
+    pub unsafe fn resolve(
+        handle: *const UnpackDevHandle,
+        gpu: Option<&GpuBinding>,
+    ) -> Result<Option<UnpackSource>> {
         if handle.is_null() {
-            return None;
+            return Ok(None);
         }
-        // SAFETY: per the caller's contract.
-        let h = unsafe { *handle };
-        (!h.meta.is_null()).then_some(UnpackSource {
+        let Some(gpu) = gpu else {
+            // SAFETY: per the caller's contract; without a driver no device memory exists.
+            let h = unsafe { *handle };
+            return Ok((!h.meta.is_null()).then_some(UnpackSource {
+                meta: h.meta,
+                meta_host: h.meta,
+                bounce: h.bounce_buf as u64,
+                bounce_len: None,
+            }));
+        };
+        let _current = gpu.enter()?;
+        let h = if memory_type(handle as u64).is_some_and(is_device) {
+            let mut h = std::mem::MaybeUninit::<UnpackDevHandle>::uninit();
+            // SAFETY: a synchronous copy of the handle's 24 bytes from device memory the
+            // comm owns into a local of the same size.
+            unsafe {
+                sys::cuMemcpyDtoH_v2(
+                    h.as_mut_ptr().cast(),
+                    handle as u64,
+                    std::mem::size_of::<UnpackDevHandle>(),
+                )
+                .result()
+                .map_err(cuda("cuMemcpyDtoH (UNPACK handle)"))?;
+                h.assume_init()
+            }
+        } else {
+            // SAFETY: per the caller's contract; the driver says it is not device memory.
+            unsafe { *handle }
+        };
+        if h.meta.is_null() {
+            return Ok(None);
+        }
+        let bounce = h.bounce_buf as u64;
+        let bounce_len = mapped_len(bounce);
+        if bounce_len.is_none() {
+            crate::log_warn!(
+                "engine",
+                "the driver does not know the plugin's bounce region {bounce:#x}: fragment \
+                 sources are not bounded"
+            );
+        }
+        Ok(Some(UnpackSource {
             meta: h.meta,
-            meta_host: h.meta,
-            bounce: h.bounce_buf as u64,
-            bounce_len: None,
-        })
+            meta_host: host_alias(h.meta),
+            bounce,
+            bounce_len,
+        }))
+    }
+
+    /// Reads a host-memory handle (no driver involved), for tests.
+    ///
+    /// # Safety
+    /// As for [`UnpackSource::resolve`].
+    #[cfg(test)]
+    unsafe fn from_host_handle(handle: *const UnpackDevHandle) -> Option<UnpackSource> {
+        // SAFETY: per the caller's contract.
+        unsafe { UnpackSource::resolve(handle, None) }
+            .ok()
+            .flatten()
+    }
+
+    /// Checks that the plugin published no fragment for the host-memory receive in `slot`:
+    /// TCPX receives host buffers in place (`cnt = 0`); fragments would mean the bytes sit in
+    /// bounce pages that nothing copies out, and the buffer was never written.
+    pub fn check_host_receive(&self, slot: usize) -> Result<()> {
+        match self.count(slot)? {
+            0 => Ok(()),
+            n => Err(Error::Protocol(format!(
+                "plugin published {n} fragments for a host-memory receive (slot {slot}): its \
+                 bytes are in bounce pages, not in the buffer (tcpxsock does this only with its \
+                 TCPX_SOCK_HOST_BOUNCE=1 test knob)"
+            ))),
+        }
     }
 
     /// The published fragment count of `slot`, checked against the table's capacity.
@@ -126,6 +199,69 @@ impl Drop for CtxGuard {
         // SAFETY: a context the thread had current (or none: NULL unbinds); it outlives this
         // call, since whoever made it current still holds it.
         let _ = unsafe { cudarc::driver::result::ctx::set_current(self.0) };
+    }
+}
+
+/// The CUDA device the calling thread would report with `cudaGetDevice`: the device of its
+/// current context, else device 0 where a driver with devices exists (the runtime's default);
+/// `None` without a driver or device.
+pub(crate) fn current_device() -> Option<i32> {
+    tcpx_kernels::gpu_available().ok()?;
+    if let Ok(Some(_)) = cudarc::driver::result::ctx::get_current() {
+        let mut d: sys::CUdevice = 0;
+        // SAFETY: a pure query of the current context's device into a local.
+        if unsafe { sys::cuCtxGetDevice(&mut d) } == sys::CUresult::CUDA_SUCCESS {
+            return Some(d);
+        }
+    }
+    (CudaContext::device_count().unwrap_or(0) > 0).then_some(0)
+}
+
+/// A session's GPU, known before its handshake: TCPX binds the listen comm (flow steering),
+/// the recv comm (its unpack queue, at the first `accept` call), the send comm and every CUDA
+/// registration to the device current on the calling thread, so the session makes its own
+/// device current around those calls and puts the caller's context back after.
+pub struct GpuBinding {
+    device: i32,
+    ctx: Arc<CudaContext>,
+}
+
+impl std::fmt::Debug for GpuBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuBinding(GPU {})", self.device)
+    }
+}
+
+impl GpuBinding {
+    /// Retains `device`'s primary context; fails by name without a driver or that device.
+    pub fn open(device: i32) -> Result<GpuBinding> {
+        tcpx_kernels::gpu_available().map_err(|why| {
+            Error::Config(format!(
+                "GPU {device} named for the session (TCPX_GPU / NIXL parameter gpu): {why}"
+            ))
+        })?;
+        let n = CudaContext::device_count().unwrap_or(0);
+        if device < 0 || device >= n {
+            return Err(Error::Config(format!(
+                "GPU {device} named for the session (TCPX_GPU / NIXL parameter gpu), but this \
+                 machine has {n} GPU(s)"
+            )));
+        }
+        let _restore = CtxGuard::save();
+        let ctx = CudaContext::new(device as usize).map_err(cuda("CUDA context"))?;
+        Ok(GpuBinding { device, ctx })
+    }
+
+    /// The device ordinal.
+    pub fn device(&self) -> i32 {
+        self.device
+    }
+
+    /// Makes the device current on the calling thread until the guard drops.
+    pub(crate) fn enter(&self) -> Result<CtxGuard> {
+        let guard = CtxGuard::save();
+        self.ctx.bind_to_thread().map_err(cuda("cuCtxSetCurrent"))?;
+        Ok(guard)
     }
 }
 
@@ -320,8 +456,40 @@ pub fn check_registration(ptr: u64, len: u64, memory: Memory) -> Result<()> {
     }
 }
 
+/// The host address of mapped host memory known to the device by `dev`; `dev` itself when
+/// the driver has no host alias for it. A context must be current.
+fn host_alias(dev: *const NetUnpackMeta) -> *const NetUnpackMeta {
+    let mut host: *mut std::ffi::c_void = std::ptr::null_mut();
+    // SAFETY: a pure query; `host` is a valid out-pointer of pointer size.
+    let r = unsafe {
+        sys::cuPointerGetAttribute(
+            (&mut host as *mut *mut std::ffi::c_void).cast(),
+            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_HOST_POINTER,
+            dev as u64,
+        )
+    };
+    if r == sys::CUresult::CUDA_SUCCESS && !host.is_null() {
+        host.cast()
+    } else {
+        dev
+    }
+}
+
+/// Bytes from device address `p` to the end of the memory mapped there (device memory,
+/// through pieces mapped back to back; or host memory mapped into the device); `None` when
+/// the driver does not know `p`. A context must be current.
+fn mapped_len(p: u64) -> Option<u64> {
+    // The furthest a fragment can read: a 32-bit offset plus a page.
+    let until = p.saturating_add(u64::from(u32::MAX) + PAGE_SIZE as u64);
+    // Device memory mapped in pieces continues; host memory and cuMemAlloc'd memory end with
+    // their range.
+    let piece =
+        |a: u64| memory_type(a).is_some_and(is_device) && !legacy_allocation(a) && backed(a);
+    let end = mapped_end(p, until, piece)?;
+    end.checked_sub(p)
+}
+
 pub(crate) struct Gpu {
-    device: i32,
     stream: Arc<CudaStream>,
     kernels: Kernels,
     /// `events[channel][seq % MAX_WINDOW]`: at most MAX_WINDOW chunks are in a window.
@@ -357,7 +525,6 @@ impl Gpu {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Gpu {
-            device,
             stream,
             kernels,
             events,
@@ -366,45 +533,11 @@ impl Gpu {
         })
     }
 
-    pub fn device(&self) -> i32 {
-        self.device
-    }
-
-    /// The host address of mapped host memory known to the device by `dev`; `dev` itself
-    /// when the driver has no host alias for it (plain host memory of a CUDA-less plugin).
-    pub fn host_alias(&self, dev: *const NetUnpackMeta) -> *const NetUnpackMeta {
-        let mut host: *mut std::ffi::c_void = std::ptr::null_mut();
-        let bound = self.stream.context().bind_to_thread().is_ok();
-        // SAFETY: a pure query; `host` is a valid out-pointer of pointer size.
-        let r = unsafe {
-            cudarc::driver::sys::cuPointerGetAttribute(
-                (&mut host as *mut *mut std::ffi::c_void).cast(),
-                cudarc::driver::sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_HOST_POINTER,
-                dev as u64,
-            )
-        };
-        if bound && r == cudarc::driver::sys::CUresult::CUDA_SUCCESS && !host.is_null() {
-            host.cast()
-        } else {
-            dev
-        }
-    }
-
-    /// Bytes from device address `p` to the end of the memory mapped there (device memory,
-    /// through pieces mapped back to back; or host memory mapped into the device); `None` when
-    /// the driver does not know `p`.
-    pub fn range_len(&self, p: u64) -> Option<u64> {
-        if self.stream.context().bind_to_thread().is_err() {
-            return None;
-        }
-        // The furthest a fragment can read: a 32-bit offset plus a page.
-        let until = p.saturating_add(u64::from(u32::MAX) + PAGE_SIZE as u64);
-        // Device memory mapped in pieces continues; host memory and cuMemAlloc'd memory end
-        // with their range.
-        let piece =
-            |a: u64| memory_type(a).is_some_and(is_device) && !legacy_allocation(a) && backed(a);
-        let end = mapped_end(p, until, piece)?;
-        end.checked_sub(p)
+    /// Bytes from device address `p` to the end of the memory mapped there ([`mapped_len`]).
+    #[cfg(test)]
+    fn range_len(&self, p: u64) -> Option<u64> {
+        self.stream.context().bind_to_thread().ok()?;
+        mapped_len(p)
     }
 
     /// Queues the unpack of the `len`-byte chunk that `src` published in `slot` into device
@@ -556,12 +689,13 @@ mod tests {
     use super::*;
 
     fn source(meta: &NetUnpackMeta) -> UnpackSource {
-        UnpackSource {
-            meta,
-            meta_host: meta,
-            bounce: 0,
-            bounce_len: None,
-        }
+        let h = UnpackDevHandle {
+            meta: (meta as *const NetUnpackMeta).cast_mut(),
+            bounce_buf: std::ptr::null_mut(),
+            head: u64::MAX,
+        };
+        // SAFETY: a handle in host memory naming the table, for the length of the call.
+        unsafe { UnpackSource::from_host_handle(&h) }.expect("a handle naming a table")
     }
 
     #[test]

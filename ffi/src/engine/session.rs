@@ -16,8 +16,8 @@ use tcpx_core::wire::{ListenHandle, ListenHandles};
 
 use super::bootstrap;
 use super::config::{Config, MAX_WINDOW};
-use super::gpu::{CtxGuard, Gpu, UnpackSource};
-use super::registry::{MemId, Memory, Region, Registry};
+use super::gpu::{current_device, CtxGuard, Gpu, GpuBinding, UnpackSource};
+use super::registry::{MemId, Memory, Region, Registry, Windows};
 use super::transfer::{Direction, Progress, Segment, Slot, State, XferId};
 use crate::error::{Error, Result};
 use crate::net::{
@@ -59,6 +59,8 @@ struct Channel {
 pub struct Listener {
     net: Net,
     cfg: Config,
+    /// The session's GPU, current around every plugin call that binds to one.
+    gpu: Option<GpuBinding>,
     listens: Vec<ListenComm>,
     info: Vec<u8>,
 }
@@ -97,6 +99,10 @@ impl Listener {
         let mut recvs: Vec<Option<RecvComm>> = (0..c).map(|_| None).collect();
         let deadline = Instant::now() + self.cfg.timeout;
         let dev = self.cfg.device as usize;
+        // TCPX binds a send comm to the GPU current at `connect` and a recv comm to the one
+        // current at its first `accept` call; this thread keeps the session's GPU current
+        // through the whole loop. All channels progress together (TCPX's accept takes ≥ 5 s).
+        let current = self.gpu.as_ref().map(GpuBinding::enter).transpose()?;
         loop {
             let mut missing = 0;
             for i in 0..c {
@@ -118,14 +124,15 @@ impl Listener {
             }
             std::thread::sleep(Duration::from_micros(200));
         }
-        let channels = sends
+        drop(current);
+        let mut channels = Vec::with_capacity(c);
+        for (s, r) in sends.into_iter().zip(recvs) {
+            let recv = r.expect("accepted");
+            let unpack = unpack_source(&recv, self.gpu.as_ref())?;
+            channels.push((s.expect("connected"), recv, unpack));
+        }
+        let channels = channels
             .into_iter()
-            .zip(recvs)
-            .map(|(s, r)| {
-                let recv = r.expect("accepted");
-                let unpack = unpack_source(&recv);
-                (s.expect("connected"), recv, unpack)
-            })
             .map(|(send, recv, unpack)| Channel {
                 send,
                 recv,
@@ -142,8 +149,8 @@ impl Listener {
         let free = (0..self.cfg.max_transfers as u32).rev().collect();
         let ptr_support = self.net.properties(dev)?.ptr_support;
         Ok(Session {
-            host_recv_bounced: host_receives_bounced(&self.net),
             cuda_ok: ptr_support.cuda(),
+            binding: self.gpu,
             gpu: None,
             queued: Vec::with_capacity(c * MAX_WINDOW),
             consumed_needed: self.net.has_irecv_consumed(),
@@ -179,9 +186,9 @@ pub struct Session {
     consumed_needed: bool,
     /// Whether the plugin accepts CUDA pointers.
     cuda_ok: bool,
-    /// Whether the plugin lands host-memory receives in bounce pages (tcpxsock's
-    /// `TCPX_SOCK_UNPACK=1` test mode), where the engine would never copy them out.
-    host_recv_bounced: bool,
+    /// The session's GPU ([`Config::gpu`]), current around the plugin calls that bind to
+    /// one; `None` until a registration names one where no GPU was known at the handshake.
+    binding: Option<GpuBinding>,
     /// CUDA context, stream, kernels, events: created by the first device registration.
     gpu: Option<Gpu>,
     /// (channel, seq) of each unpack queued in `gpu` by this poll, launched together at its
@@ -223,9 +230,17 @@ impl Session {
     /// First half of the handshake: one listen comm per channel.
     pub fn listen(net: Net, cfg: Config) -> Result<Listener> {
         cfg.validate()?;
+        // TCPX's listen comm steers flows to the GPU current at `listen`.
+        let gpu = cfg
+            .gpu
+            .or_else(current_device)
+            .map(GpuBinding::open)
+            .transpose()?;
+        let current = gpu.as_ref().map(GpuBinding::enter).transpose()?;
         let listens = (0..cfg.channels)
             .map(|_| net.listen(cfg.device as usize))
             .collect::<Result<Vec<_>>>()?;
+        drop(current);
         let handles: Vec<ListenHandle> = listens.iter().map(|l| *l.handle().as_bytes()).collect();
         let msg = ListenHandles {
             chunk_bytes: cfg.chunk_bytes,
@@ -237,6 +252,7 @@ impl Session {
         Ok(Listener {
             net,
             cfg,
+            gpu,
             listens,
             info,
         })
@@ -289,10 +305,21 @@ impl Session {
                     "the ncclNet plugin does not accept CUDA pointers on this machine",
                 ));
             }
-            if self.gpu.as_ref().is_some_and(|g| g.device() != device) {
-                return Err(Error::Invalid(
-                    "register: a session drives one GPU; this region is on another",
-                ));
+            match &self.binding {
+                Some(b) if b.device() != device => {
+                    return Err(Error::Invalid(
+                        "register: device memory of another GPU than the session's (a session \
+                         drives one GPU: TCPX_GPU, NIXL parameter gpu)",
+                    ))
+                }
+                None if self.unpacks() => {
+                    return Err(Error::Config(format!(
+                        "register: device memory of GPU {device}, but no GPU was known when the \
+                         session connected, and this plugin binds its receive queues to the GPU \
+                         current then: set TCPX_GPU (NIXL parameter gpu)"
+                    )))
+                }
+                _ => {}
             }
         }
         // What the driver knows of the memory must agree, before anything is opened for it.
@@ -305,45 +332,71 @@ impl Session {
         // registration succeeds (so a failed one changes nothing). Whatever is dropped on the
         // way out is dropped before the caller's context is put back.
         let _restore = (kind == MemKind::Cuda).then(CtxGuard::save);
+        let new_binding = match memory {
+            Memory::Cuda { device } if self.binding.is_none() => Some(GpuBinding::open(device)?),
+            _ => None,
+        };
         let new_gpu = match memory {
             Memory::Cuda { device } if self.gpu.is_none() => {
                 Some(Gpu::open(device, self.channels.len())?)
             }
             _ => None,
         };
-        let mut regs = Vec::with_capacity(self.channels.len());
+        // TCPX registers CUDA memory only from a 4 KiB-aligned address, binds it to the GPU
+        // current at the call, and takes an `int` size in v7.
+        let align = match kind {
+            MemKind::Cuda => 4096,
+            MemKind::Host => 1,
+        };
+        let windows = Windows::plan(
+            ptr as u64,
+            len as u64,
+            align,
+            self.net.max_reg_bytes() as u64,
+        );
+        let current = match kind {
+            MemKind::Cuda => new_binding
+                .as_ref()
+                .or(self.binding.as_ref())
+                .map(GpuBinding::enter)
+                .transpose()?,
+            MemKind::Host => None,
+        };
+        let mut regs = Vec::with_capacity(self.channels.len() * windows.count);
         for ch in &self.channels {
-            // SAFETY: the caller guarantees the memory; the comms are open. A registration
-            // dropped on an error path is released by its drop.
-            let s = unsafe { self.net.reg_mr(&ch.send, ptr, len, kind)? };
-            // SAFETY: as above.
-            let r = unsafe { self.net.reg_mr(&ch.recv, ptr, len, kind)? };
-            regs.push((s, r));
+            for w in 0..windows.count {
+                let (start, wlen) = windows.span(w);
+                let p = start as *mut c_void;
+                // SAFETY: the caller guarantees the memory; a window widened down to the
+                // aligned base stays within the same allocation's pages (the driver maps whole
+                // pages); the comms are open. A registration dropped on an error path is
+                // released by its drop.
+                let s = unsafe { self.net.reg_mr(&ch.send, p, wlen as usize, kind)? };
+                // SAFETY: as above.
+                let r = unsafe { self.net.reg_mr(&ch.recv, p, wlen as usize, kind)? };
+                regs.push((s, r));
+            }
+        }
+        drop(current);
+        if let Some(b) = new_binding {
+            self.binding = Some(b);
         }
         if let Some(gpu) = new_gpu {
-            for ch in &mut self.channels {
-                if let Some(src) = &mut ch.unpack {
-                    src.meta_host = gpu.host_alias(src.meta);
-                    src.bounce_len = gpu.range_len(src.bounce);
-                    if src.bounce_len.is_none() {
-                        crate::log_warn!(
-                            "engine",
-                            "the driver does not know the plugin's bounce region {:#x}: \
-                             fragment sources are not bounded",
-                            src.bounce
-                        );
-                    }
-                }
-            }
             self.gpu = Some(gpu);
         }
         Ok(self.registry.insert(Region {
             base: ptr.cast(),
             len: len as u64,
             memory,
+            windows,
             regs,
             in_flight: 0,
         }))
+    }
+
+    /// Whether the plugin hands receives to the engine to unpack (TCPX's UNPACK device).
+    fn unpacks(&self) -> bool {
+        self.channels.iter().any(|c| c.unpack.is_some())
     }
 
     /// Whether a live transfer (posted and not finished, an abandoned one included) names
@@ -389,13 +442,6 @@ impl Session {
             match s.offset.checked_add(s.len) {
                 Some(end) if end <= r.len => {}
                 _ => return Err(Error::Invalid("post: a segment lies outside its region")),
-            }
-            if self.host_recv_bounced && dir == Direction::Recv && r.memory == Memory::Host {
-                return Err(Error::Unsupported(
-                    "post: tcpxsock runs with TCPX_SOCK_UNPACK=1 (host receives land in bounce \
-                     pages, for its own CPU-oracle tests), so the engine cannot receive into host \
-                     memory; unset it",
-                ));
             }
         }
         let index = self.free.pop().ok_or(Error::Invalid(
@@ -568,7 +614,7 @@ impl Session {
                     data.cast(),
                     chunk.len as usize,
                     0,
-                    &region.regs[c].0,
+                    &region.regs_for(c, data as u64).0,
                 )?
             };
             let Some(req) = req else { break };
@@ -611,8 +657,9 @@ impl Session {
                 data: data.cast(),
                 size: chunk.len as usize,
                 tag: 0,
-                mr: &region.regs[c].1,
+                mr: &region.regs_for(c, data as u64).1,
             };
+            let chunk_len = chunk.len;
             // SAFETY: see post_sends.
             let req = unsafe { self.net.irecv(&ch.recv, std::slice::from_ref(&buf))? };
             let Some(req) = req else { break };
@@ -629,7 +676,7 @@ impl Session {
                 dst: data as u64,
                 ev: None,
             };
-            let posted = ch.rx.post(buf.size as u32, memory, chunk);
+            let posted = ch.rx.post(chunk_len, memory, chunk);
             debug_assert!(posted.is_ok(), "window length was checked");
             moved = true;
         }
@@ -664,6 +711,10 @@ impl Session {
                         .payload_mut(seq)
                         .expect("the window names a live chunk");
                     if let Some(size) = self.net.test(&mut head.req)? {
+                        let host = ch.rx.get(seq).map(|e| e.memory()) == Some(ChunkMemory::Host);
+                        if let (Some(src), true) = (&ch.unpack, host) {
+                            src.check_host_receive(tcpx_core::unpack::slot_of(seq))?;
+                        }
                         ch.rx.net_done(size).map_err(chunk_err)?;
                         continue;
                     }
@@ -792,26 +843,17 @@ pub enum Rendezvous<'a> {
     Connect(SocketAddr),
 }
 
-/// Whether `net` is tcpxsock with host receives forced through bounce pages. TCPX itself
-/// receives host buffers in place; only tcpxsock's test mode does otherwise.
-fn host_receives_bounced(net: &Net) -> bool {
-    match net.source() {
-        crate::net::PluginSource::Static => tcpx_sock::config::current().unpack,
-        crate::net::PluginSource::Path(_) => {
-            net.name() == "tcpxsock" && tcpx_sock::config::Config::from_env().unpack
-        }
-    }
-}
-
 /// The UNPACK source of a recv comm whose plugin offloads receives to bounce pages.
-fn unpack_source(recv: &RecvComm) -> Option<UnpackSource> {
-    let h = recv.dev_handle()?;
+fn unpack_source(recv: &RecvComm, gpu: Option<&GpuBinding>) -> Result<Option<UnpackSource>> {
+    let Some(h) = recv.dev_handle() else {
+        return Ok(None);
+    };
     if h.net_device_type != tcpx_core::abi::NET_DEVICE_UNPACK {
-        return None;
+        return Ok(None);
     }
-    // SAFETY: an UNPACK device handle points at the plugin's `UnpackDevHandle`, alive as
-    // long as the comm.
-    unsafe { UnpackSource::from_handle(h.handle.cast()) }
+    // SAFETY: an UNPACK device handle points at the plugin's `UnpackDevHandle` (in host or
+    // device memory), alive as long as the comm.
+    unsafe { UnpackSource::resolve(h.handle.cast(), gpu) }
 }
 
 fn chunk_err(e: tcpx_core::chunk::ChunkError) -> Error {

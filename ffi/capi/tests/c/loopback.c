@@ -15,7 +15,8 @@
 #include "tcpx.h"
 
 /* The header promises these layouts; the Rust side asserts the same numbers. */
-_Static_assert(sizeof(tcpx_config_t) == 40, "tcpx_config_t size");
+_Static_assert(sizeof(tcpx_config_t) == 48, "tcpx_config_t size");
+_Static_assert(offsetof(tcpx_config_t, gpu) == 40, "tcpx_config_t gpu");
 _Static_assert(offsetof(tcpx_config_t, timeout_ms) == 24, "timeout_ms offset");
 _Static_assert(offsetof(tcpx_config_t, plugin) == 32, "plugin offset");
 _Static_assert(sizeof(tcpx_segment_t) == 32, "tcpx_segment_t size");
