@@ -1,5 +1,6 @@
 //! `tcpx probe` run as a process against fake plugins: text, JSON, forced ABI, errors and
-//! the plugin's own log line arriving on stderr through the C logger shim.
+//! the plugin's own log line arriving on stderr through the C logger shim; `--preflight` on
+//! this machine (no TCPX) and on a fake A3 tree (sysfs, RxDM sockets, env) in a temp dir.
 
 mod common;
 
@@ -133,4 +134,195 @@ fn probes_the_tcpxsock_shared_object() {
     assert!(stdout.contains(r#""name":"lo""#), "{stdout}");
     assert!(stdout.contains(r#""max_recvs":1"#), "{stdout}");
     assert!(stdout.contains(r#""HOST""#), "{stdout}");
+}
+
+// ---- `tcpx probe --preflight` -----------------------------------------------------------
+
+/// Every variable the preflight reads, removed so the host's environment cannot leak in.
+const PREFLIGHT_ENV: [&str; 11] = [
+    "TCPX_PLUGIN",
+    "TCPX_GPU",
+    "TCPX_TIMEOUT_MS",
+    "NCCL_GPUDIRECTTCPX_SOCKET_IFNAME",
+    "NCCL_GPUDIRECTTCPX_CTRL_DEV",
+    "NCCL_GPUDIRECTTCPX_UNIX_CLIENT_PREFIX",
+    "NCCL_GPUDIRECTTCPX_PROGRAM_FLOW_STEERING_WAIT_MICROS",
+    "NCCL_GPUDIRECTTCPX_REPORT_LIFECYCLE",
+    "NCCL_DYNAMIC_CHUNK_SIZE",
+    "NCCL_NSOCKS_PERTHREAD",
+    "NCCL_SOCKET_NTHREADS",
+];
+
+fn preflight(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tcpx"));
+    cmd.args(["probe", "--preflight"]).args(args);
+    for k in PREFLIGHT_ENV {
+        cmd.env_remove(k);
+    }
+    cmd.envs(env.iter().copied());
+    let out = cmd.output().expect("run tcpx");
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// The line of check `name` (the status column, then the name column).
+fn line<'a>(stdout: &'a str, name: &str) -> &'a str {
+    stdout
+        .lines()
+        .find(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .collect::<Vec<_>>()
+                .join(" ")
+                .starts_with(name)
+        })
+        .unwrap_or_else(|| panic!("no line for {name:?} in\n{stdout}"))
+}
+
+fn status<'a>(stdout: &'a str, name: &str) -> &'a str {
+    line(stdout, name).split_whitespace().next().unwrap()
+}
+
+/// This machine has no TCPX: with nothing set, every requirement is `missing`, each with
+/// what to do, and the exit status says so.
+#[test]
+fn preflight_without_tcpx_reports_missing_and_fails() {
+    let (code, stdout, stderr) = preflight(&[], &[]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    for name in [
+        "plugin",
+        "NCCL_GPUDIRECTTCPX_SOCKET_IFNAME",
+        "NCCL_GPUDIRECTTCPX_CTRL_DEV",
+        "NCCL_DYNAMIC_CHUNK_SIZE",
+        "NCCL_NSOCKS_PERTHREAD",
+    ] {
+        assert_eq!(status(&stdout, name), "missing", "{name}:\n{stdout}");
+    }
+    assert!(
+        line(&stdout, "NCCL_DYNAMIC_CHUNK_SIZE")
+            .ends_with("-> export NCCL_DYNAMIC_CHUNK_SIZE=524288"),
+        "{stdout}"
+    );
+    assert!(
+        line(&stdout, "plugin").contains("export TCPX_PLUGIN="),
+        "{stdout}"
+    );
+    // The default handshake bound allows TCPX's 5 s accept.
+    assert_eq!(status(&stdout, "engine"), "ok", "{stdout}");
+    assert!(
+        stdout.lines().last().unwrap().starts_with("preflight: "),
+        "{stdout}"
+    );
+}
+
+/// A fake A3 tree: sysfs NICs (two up behind PCI devices, one down), RxDM's sockets (one of
+/// them stale), the tuning env, and a fake plugin that logs no version line.
+#[test]
+fn preflight_reads_a_fake_a3_tree() {
+    use std::os::unix::net::UnixListener;
+    let root = common::tmp_dir().join("preflight-a3");
+    let _ = std::fs::remove_dir_all(&root);
+    let sys = root.join("sys");
+    let rxdm = root.join("rxdm");
+    std::fs::create_dir_all(&rxdm).unwrap();
+    for (nic, state, pci) in [
+        ("eth0", "up", Some("0000:00:04.0")),
+        ("eth1", "up", Some("0000:06:00.0")),
+        ("eth2", "down", Some("0000:0c:00.0")),
+        ("veth9", "up", None),
+    ] {
+        let dir = sys.join("class/net").join(nic);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("operstate"), format!("{state}\n")).unwrap();
+        if let Some(pci) = pci {
+            let dev = sys.join("devices/pci0000:00").join(pci);
+            std::fs::create_dir_all(&dev).unwrap();
+            std::os::unix::fs::symlink(&dev, dir.join("device")).unwrap();
+        }
+    }
+    // Listeners that stay open (live RxDM endpoints) and one closed (a stale socket file).
+    let _live: Vec<UnixListener> = ["rx_rule_manager", "get_gpu_fd_0000:04:00.0"]
+        .iter()
+        .map(|s| UnixListener::bind(rxdm.join(s)).expect("bind unix socket"))
+        .collect();
+    drop(UnixListener::bind(rxdm.join("rx_rule_uninstall")).unwrap());
+
+    let plugin = common::build("preflight_v7", &["EXPORT_V7"]);
+    let (code, stdout, stderr) = preflight(
+        &[
+            "--sysfs-root",
+            sys.to_str().unwrap(),
+            "--plugin",
+            plugin.to_str().unwrap(),
+        ],
+        &[
+            ("NCCL_GPUDIRECTTCPX_SOCKET_IFNAME", "eth1,eth2,=eth9,veth"),
+            ("NCCL_GPUDIRECTTCPX_CTRL_DEV", "eth0"),
+            (
+                "NCCL_GPUDIRECTTCPX_UNIX_CLIENT_PREFIX",
+                rxdm.to_str().unwrap(),
+            ),
+            ("NCCL_DYNAMIC_CHUNK_SIZE", "524288"),
+            ("NCCL_NSOCKS_PERTHREAD", "4"),
+            ("NCCL_SOCKET_NTHREADS", "2"),
+        ],
+    );
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let ok = |name: &str| assert_eq!(status(&stdout, name), "ok", "{name}:\n{stdout}");
+    let missing = |name: &str| assert_eq!(status(&stdout, name), "missing", "{name}:\n{stdout}");
+    ok("ifname eth1");
+    assert!(
+        line(&stdout, "ifname eth1").contains("pci0000:00/0000:06:00.0"),
+        "{stdout}"
+    );
+    missing("ifname eth2"); // down
+    missing("ifname =eth9"); // no such interface
+    missing("ifname veth9"); // no PCI device: the plugin's pciPath would be NULL
+    ok("NCCL_GPUDIRECTTCPX_CTRL_DEV");
+    ok("rxdm rx_rule_manager");
+    missing("rxdm rx_rule_uninstall");
+    assert!(
+        line(&stdout, "rxdm rx_rule_uninstall").contains("stale"),
+        "{stdout}"
+    );
+    ok("NCCL_DYNAMIC_CHUNK_SIZE");
+    ok("NCCL_NSOCKS_PERTHREAD");
+    assert_eq!(status(&stdout, "NCCL_SOCKET_NTHREADS"), "warn", "{stdout}");
+    // The fake plugin loads and initialises in the child but is not Google's.
+    assert_eq!(status(&stdout, "plugin"), "warn", "{stdout}");
+    assert!(
+        line(&stdout, "plugin").contains("FakeV7, 2 devices"),
+        "{stdout}"
+    );
+    if std::env::var("REQUIRE_GPU").as_deref() != Ok("1") && !stdout.contains("ok       gpu") {
+        // Without a GPU the session's RX pool is unknown: RxDM's offers are listed.
+        assert_eq!(status(&stdout, "rxdm get_gpu_fd_*"), "warn", "{stdout}");
+        assert!(
+            line(&stdout, "rxdm get_gpu_fd_*").contains("0000:04:00.0"),
+            "{stdout}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn preflight_json_and_a_plugin_whose_init_fails() {
+    let fail = common::build("preflight_initfail", &["EXPORT_V7", "FAIL_INIT"]);
+    let (code, stdout, stderr) = preflight(&["--json", "--plugin", fail.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with(r#"{"checks":[{"status":"missing","check":"plugin","detail":""#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("init failed with ncclSystemError (2)"),
+        "the child's error is reported: {stdout}"
+    );
+    assert!(
+        stdout.trim_end().ends_with('}') && stdout.contains(r#""missing":"#),
+        "{stdout}"
+    );
+    // The options are checked before anything runs.
+    let (code, _, stderr) = preflight(&["--bogus"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("unknown option"), "{stderr}");
 }
