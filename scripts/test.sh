@@ -34,6 +34,20 @@ cargo test --workspace
 step "NIXL tests (real nixl-cu12 wheel)"
 TCPX_PLUGIN_DIR="$root/target/plugins" .venv/bin/python -m pytest -q tests/nixl
 
+# tcpxsock in TCPX mode (docs: plugin/sock/README.md): an UNPACK device that fills the accept
+# device handle in place, never writes sizes in test, holds every receive until
+# irecvConsumed, refuses iflush and unaligned CUDA registrations, and accepts only after a
+# delay (TCPX's is 5 s; a short one here, the full one in tests/nixl and plugin/nixl tests).
+step "TCPX mode: engine, C API, tcpx bench and NIXL against tcpxsock behaving as GPUDirect-TCPX"
+(
+    export TCPX_SOCK_UNPACK=1 TCPX_SOCK_ACCEPT_DELAY_MS=300
+    cargo test -p tcpx --test engine_loopback --test engine_process --test engine_large_region \
+        --test engine_forced_unpack
+    cargo test -p tcpx-p2p
+    TCPX_SOCK_IFNAME=lo ./target/debug/tcpx bench --loopback --size 4K,1M --iters 20 --verify
+    TCPX_PLUGIN_DIR="$root/target/plugins" .venv/bin/python -m pytest -q tests/nixl
+)
+
 step "multi-host NIXL tests (network namespaces, etcd, link and process faults)"
 bash scripts/multihost.sh
 

@@ -921,7 +921,12 @@ fn loopback(o: &Options, cfg: Config) -> BenchResult<Report> {
         });
     }
     let net = Session::open_net(&cfg).map_err(err("open plugin"))?;
-    let (a, b) = pair(&net, &cfg)?;
+    // Each session drives the GPU of its buffers (TCPX binds comms to it at the handshake).
+    let on = |k: MemKind, device: i32| Config {
+        gpu: (k == MemKind::Cuda).then_some(device).or(cfg.gpu),
+        ..cfg.clone()
+    };
+    let (a, b) = pair(&net, &on(o.mem.0, o.gpu.0), &on(o.mem.1, o.gpu.1))?;
     let max = *o.sizes.iter().max().expect("at least one size");
     let mut tx = Endpoint::new(a, max, o.segments, tx_gpu.as_ref())?;
     let mut rx = Endpoint::new(b, max, o.segments, rx_gpu.as_ref())?;
@@ -1036,9 +1041,9 @@ fn config_header(net: &Net, cfg: &Config, segments: usize) -> Vec<(&'static str,
 
 /// Two connected sessions; `ConnInfo` swapped in memory, connect/accept on two threads
 /// because each side's handshake only finishes while the other's runs.
-fn pair(net: &Net, cfg: &Config) -> BenchResult<(Session, Session)> {
-    let la = Session::listen(net.clone(), cfg.clone()).map_err(err("listen"))?;
-    let lb = Session::listen(net.clone(), cfg.clone()).map_err(err("listen"))?;
+fn pair(net: &Net, cfg_a: &Config, cfg_b: &Config) -> BenchResult<(Session, Session)> {
+    let la = Session::listen(net.clone(), cfg_a.clone()).map_err(err("listen"))?;
+    let lb = Session::listen(net.clone(), cfg_b.clone()).map_err(err("listen"))?;
     let (ia, ib) = (la.conn_info().to_vec(), lb.conn_info().to_vec());
     thread::scope(|s| {
         let h = s.spawn(move || lb.connect(&ia));
@@ -1467,7 +1472,20 @@ impl Plan {
     }
 }
 
-fn two_hosts(o: &Options, cfg: Config) -> BenchResult<Report> {
+fn two_hosts(o: &Options, mut cfg: Config) -> BenchResult<Report> {
+    // The session's GPU must be known at the handshake: this side's role (and so its buffers'
+    // GPU) is known here only to the listener, or when both sides name the same GPU.
+    let own = match (&o.mode, o.reverse) {
+        (Mode::Listen(_), false) => Some((o.mem.1, o.gpu.1)),
+        (Mode::Listen(_), true) => Some((o.mem.0, o.gpu.0)),
+        _ if o.gpu.0 == o.gpu.1 => Some((MemKind::Cuda, o.gpu.0)),
+        _ => None,
+    };
+    if let Some((MemKind::Cuda, g)) = own.filter(|_| cfg.gpu.is_none()) {
+        if o.mem.0 == MemKind::Cuda || o.mem.1 == MemKind::Cuda {
+            cfg.gpu = Some(g);
+        }
+    }
     // Which role this side plays is the listener's call (--reverse), known after the plan;
     // when both kinds are cuda the GPU is needed either way, so probe before waiting on a peer.
     let mut gpu = match o.mem {
