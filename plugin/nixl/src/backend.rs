@@ -99,10 +99,22 @@ struct Request {
     route: Route,
 }
 
+/// The request handles. The table's lock is held only to find a request; each request has
+/// its own lock, held through its post or check, so a post that first opens a conn (a
+/// handshake: up to `timeout_ms`) holds up no other request.
 #[derive(Debug, Default)]
 struct Requests {
     last: ReqId,
-    map: HashMap<ReqId, Request>,
+    map: HashMap<ReqId, Arc<Mutex<Request>>>,
+}
+
+impl Requests {
+    fn get(&self, id: ReqId) -> Result<Arc<Mutex<Request>>, Error> {
+        self.map
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Error::invalid(Arg::Request, format!("unknown request handle {id:#x}")))
+    }
 }
 
 /// The backend of one NIXL engine.
@@ -370,12 +382,14 @@ impl Backend {
         if agent == &*self.agent {
             return Ok(());
         }
-        let mut peers = lock(&self.peers);
-        let peer = peers
-            .get_mut(agent)
-            .ok_or_else(|| Error::UnknownAgent(agent.to_owned()))?;
-        self.remote.connect(agent, &peer.info)?;
-        peer.connected = true;
+        // Not under the peer table's lock: the handshake takes up to `timeout_ms` (TCPX's
+        // accept alone 5 s), and transfers to other peers need the table meanwhile.
+        let info = self.peer_info(agent)?;
+        self.remote.connect(agent, &info)?;
+        // A peer disconnected during the handshake has no entry left to mark.
+        if let Some(peer) = lock(&self.peers).get_mut(agent) {
+            peer.connected = true;
+        }
         Ok(())
     }
 
@@ -444,11 +458,11 @@ impl Backend {
         let id = reqs.last;
         reqs.map.insert(
             id,
-            Request {
+            Arc::new(Mutex::new(Request {
                 op: a.op,
                 agent: a.agent.to_owned(),
                 route,
-            },
+            })),
         );
         Ok(id)
     }
@@ -460,11 +474,8 @@ impl Backend {
         if *handle == 0 {
             *handle = self.prep_xfer(a)?;
         }
-        let id = *handle;
-        let mut reqs = lock(&self.requests);
-        let req = reqs.map.get_mut(&id).ok_or_else(|| {
-            Error::invalid(Arg::Request, format!("unknown request handle {id:#x}"))
-        })?;
+        let req = lock(&self.requests).get(*handle)?;
+        let mut req = lock(&req);
         if req.op != a.op || req.agent != a.agent {
             return Err(Error::invalid(
                 Arg::Request,
@@ -479,11 +490,10 @@ impl Backend {
             // A repost that fails must not leave the previous post's SUCCESS standing.
             Route::Own { posted } => *posted = false,
         }
-        // Copy without the request table locked, so transfers to ourselves run in parallel
-        // under NIXL's RW sync mode.
-        drop(reqs);
-        // A notification that cannot be kept fails the post before anything is copied; its
-        // room is taken now, so nothing can fill the queue during the copy.
+        // Only this request is locked during the copy, so transfers to ourselves run in
+        // parallel under NIXL's RW sync mode. A notification that cannot be kept fails the
+        // post before anything is copied; its room is taken now, so nothing can fill the
+        // queue during the copy.
         if let Some(msg) = a.notif {
             lock(&self.notifs).reserve(msg.len())?;
         }
@@ -509,23 +519,14 @@ impl Backend {
             }
         }
         copied?;
-        // A request released meanwhile (abort) has nothing left to mark.
-        if let Some(Request {
-            route: Route::Own { posted },
-            ..
-        }) = lock(&self.requests).map.get_mut(&id)
-        {
-            *posted = true;
-        }
+        req.route = Route::Own { posted: true };
         Ok(Status::Success)
     }
 
     /// `checkXfer`.
     pub fn check_xfer(&self, handle: ReqId) -> Result<Status, Error> {
-        let mut reqs = lock(&self.requests);
-        let req = reqs.map.get_mut(&handle).ok_or_else(|| {
-            Error::invalid(Arg::Request, format!("unknown request handle {handle:#x}"))
-        })?;
+        let req = lock(&self.requests).get(handle)?;
+        let mut req = lock(&req);
         match &mut req.route {
             Route::Own { posted: true } => Ok(Status::Success),
             Route::Own { posted: false } => Err(Error::NotPosted),
@@ -538,7 +539,9 @@ impl Backend {
         let req = lock(&self.requests).map.remove(&handle).ok_or_else(|| {
             Error::invalid(Arg::Request, format!("unknown request handle {handle:#x}"))
         })?;
-        if let Route::Remote(x) = req.route {
+        // Waits only for a call another thread is making on this very handle.
+        let route = std::mem::replace(&mut lock(&req).route, Route::Own { posted: false });
+        if let Route::Remote(x) = route {
             self.remote.abort(x);
         }
         Ok(())

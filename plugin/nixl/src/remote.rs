@@ -600,8 +600,11 @@ struct Shared {
     outgoing: Mutex<HashMap<String, Arc<Conn>>>,
     /// Every live conn, both roles, serviced by the backend thread.
     conns: Mutex<Vec<Arc<Conn>>>,
-    /// Serialises opening outgoing conns (the handshake blocks up to the timeout).
-    connecting: Mutex<()>,
+    /// Per peer, the lock held while our conn to it is opened: one handshake per peer at a
+    /// time, while handshakes with different peers (each up to the timeout; TCPX's accept
+    /// alone takes 5 s) run at once. `disconnect` removes the peer's entry, which tells a
+    /// handshake still running that its conn is not wanted any more.
+    connecting: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     next_wire: AtomicU64,
     /// `inline_read_bytes`: READs this small travel inline.
     inline_read_bytes: u64,
@@ -682,7 +685,7 @@ impl RemotePath {
             stop: AtomicBool::new(false),
             outgoing: Mutex::new(HashMap::new()),
             conns: Mutex::new(Vec::new()),
-            connecting: Mutex::new(()),
+            connecting: Mutex::new(HashMap::new()),
             next_wire: AtomicU64::new(1),
             inline_read_bytes: config.inline_read_bytes.into(),
             inline_write_bytes: config.inline_write_bytes.into(),
@@ -713,9 +716,15 @@ impl RemotePath {
         self.shared.outgoing(agent, peer).map(drop)
     }
 
-    /// `disconnect`: closes every conn with the peer (both roles).
+    /// `disconnect`: closes every conn with the peer (both roles); a handshake with it still
+    /// running ends in REMOTE_DISCONNECT.
     pub fn disconnect(&self, agent: &str) {
-        lock(&self.shared.outgoing).remove(agent);
+        {
+            // Lock order: handshake table, then outgoing conns (as `Shared::outgoing`).
+            let mut connecting = lock(&self.shared.connecting);
+            connecting.remove(agent);
+            lock(&self.shared.outgoing).remove(agent);
+        }
         for c in lock(&self.shared.conns).iter() {
             if *c.peer == *agent {
                 c.kill("disconnect");
@@ -1200,17 +1209,33 @@ impl Shared {
             .cloned()
     }
 
-    /// Our conn to `agent`, opened (handshake) if there is none or it died.
+    /// Our conn to `agent`, opened (handshake) if there is none or it died. The handshake
+    /// holds only this peer's entry of the handshake table: transfers on other conns, and
+    /// handshakes with other peers, go on meanwhile.
     fn outgoing(&self, agent: &str, peer: &PeerInfo) -> Result<Arc<Conn>, Error> {
         if let Some(c) = self.live_outgoing(agent) {
             return Ok(c);
         }
-        let _g = lock(&self.connecting);
+        let slot = lock(&self.connecting)
+            .entry(agent.to_owned())
+            .or_default()
+            .clone();
+        let _one = lock(&slot);
         if let Some(c) = self.live_outgoing(agent) {
             return Ok(c);
         }
         let conn = self.open(agent, peer)?;
         self.adopt(conn.clone());
+        let connecting = lock(&self.connecting);
+        if !connecting.get(agent).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+            // `disconnect` ran during the handshake: the peer may be loaded again with other
+            // connection info by now, so this conn must not serve it.
+            drop(connecting);
+            conn.kill("disconnected during the handshake");
+            return Err(Error::Disconnected(format!(
+                "{agent:?} was disconnected during the handshake"
+            )));
+        }
         lock(&self.outgoing).insert(agent.to_owned(), conn.clone());
         Ok(conn)
     }

@@ -117,18 +117,25 @@ pub fn desc(addr: u64, len: u64, md: usize) -> Desc {
     }
 }
 
-/// Two backends named `a` and `b` over tcpxsock on `lo`, `a` knowing `b`'s connection info;
-/// `timeout_ms` is their dead-peer bound.
-pub fn backend_pair(a: &str, b: &str, timeout_ms: u64) -> (Backend, Backend) {
+/// Backend `name` over tcpxsock on `lo` (the rest of tcpxsock's settings from the
+/// environment, so `TCPX_SOCK_UNPACK=1` runs these tests in TCPX mode); `timeout_ms` is its
+/// dead-peer bound.
+pub fn backend(name: &str, timeout_ms: u64) -> Backend {
     tcpx_sock::config::configure(tcpx_sock::config::Config {
         ifname: Some("lo".into()),
-        ..Default::default()
+        ..tcpx_sock::config::Config::from_env()
     });
     let to = timeout_ms.to_string();
     let params = [("listen_addr", "127.0.0.1:0"), ("timeout_ms", to.as_str())];
+    Backend::new(name, params).unwrap_or_else(|e| panic!("backend {name}: {e}"))
+}
+
+/// Two backends named `a` and `b` as [`backend`] makes them, `a` knowing `b`'s connection
+/// info.
+pub fn backend_pair(a: &str, b: &str, timeout_ms: u64) -> (Backend, Backend) {
     // The peer first, then the agent that knows it (as World always made them).
-    let second = Backend::new(b, params).expect("backend b");
-    let first = Backend::new(a, params).expect("backend a");
+    let second = backend(b, timeout_ms);
+    let first = backend(a, timeout_ms);
     first.load_remote_conn_info(b, second.conn_info()).unwrap();
     (first, second)
 }
