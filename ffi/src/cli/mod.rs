@@ -13,9 +13,11 @@ const USAGE: &str = "\
 usage: tcpx <command> [options]
 
 commands:
-  probe [--plugin PATH] [--json] [--abi 7|8|9|10]
+  probe [--plugin PATH] [--json] [--abi 7|8|9|10] [--preflight]
         load an ncclNet plugin and list its devices
         (default plugin: $TCPX_PLUGIN, else the embedded tcpxsock)
+        --preflight          check an A3 VM for GPUDirect-TCPX before a first transfer
+                             (plugin version, TCPX NICs, RxDM sockets, tuning env, GPU)
   bench (--loopback | --listen PORT | --connect HOST:PORT) [options]
         transfer sizes between two sessions: GB/s (median, aggregate), p50/p99 latency
         --loopback           both sessions in this process (embedded tcpxsock on lo)
