@@ -46,6 +46,7 @@ DEFAULT_OPTIONS = {
     "notif_queue_bytes": "67108864",
     "inline_read_bytes": "16384",
     "inline_write_bytes": "16384",
+    "gpu": "",
 }
 
 # Bounds polling by count, not time: a transfer to ourselves completes inside postXfer.
@@ -125,10 +126,13 @@ def test_backend_exists_with_dram_and_default_options():
     assert agent.get_plugin_mem_types("TCPX") == mems
     assert agent.get_backend_mem_types("TCPX") == mems
     # The instantiated backend reports its effective settings; listen_addr is the bound
-    # control listener.
+    # control listener, gpu the device current when it was created (device 0 here, where a
+    # driver exists) unless TCPX_GPU names one.
     params = agent.get_backend_params("TCPX")
-    assert {k: v for k, v in params.items() if k != "listen_addr"} == {
-        k: v for k, v in DEFAULT_OPTIONS.items() if k != "listen_addr"
+    gpu = os.environ.get("TCPX_GPU", "").strip() or ("0" if gpu_reason() is None else "")
+    assert params["gpu"] == gpu
+    assert {k: v for k, v in params.items() if k not in ("listen_addr", "gpu")} == {
+        k: v for k, v in DEFAULT_OPTIONS.items() if k not in ("listen_addr", "gpu")
     }
     host, _, port = params["listen_addr"].rpartition(":")
     assert host and int(port) > 0
@@ -156,6 +160,8 @@ def test_custom_params_are_applied():
         {"inline_read_bytes": "32769"},
         {"listen_addr": "not-an-address"},
         {"plugin_path": "/nonexistent/libnccl-net.so"},
+        {"gpu": "-1"},
+        {"gpu": "4096"},
         {"chanels": "2"},
     ],
 )

@@ -35,6 +35,39 @@ pub fn vram_supported() -> bool {
     *GPU.get_or_init(|| tcpx_kernels::gpu_available().is_ok())
 }
 
+/// The CUDA device the calling thread would report with `cudaGetDevice`: the device of its
+/// current context, else device 0 where a driver with devices exists (the runtime's
+/// default); `None` without a driver or device.
+fn current_device() -> Option<i32> {
+    use cudarc::driver::{result, sys, CudaContext};
+    tcpx_kernels::gpu_available().ok()?;
+    if let Ok(Some(_)) = result::ctx::get_current() {
+        let mut d: sys::CUdevice = 0;
+        // SAFETY: a pure query of the current context's device into a local.
+        if unsafe { sys::cuCtxGetDevice(&mut d) } == sys::CUresult::CUDA_SUCCESS {
+            return Some(d);
+        }
+    }
+    (CudaContext::device_count().unwrap_or(0) > 0).then_some(0)
+}
+
+/// Refuses a GPU this machine does not have at creation, rather than at every handshake.
+fn check_gpu(gpu: u32) -> Result<(), Error> {
+    let bad = |reason: String| Error::Config {
+        key: "gpu".into(),
+        reason,
+    };
+    tcpx_kernels::gpu_available()
+        .map_err(|why| bad(format!("GPU {gpu} named, but no GPU is usable: {why}")))?;
+    let n = cudarc::driver::CudaContext::device_count().unwrap_or(0);
+    if i64::from(gpu) >= i64::from(n) {
+        return Err(bad(format!(
+            "GPU {gpu} named, but this machine has {n} GPU(s)"
+        )));
+    }
+    Ok(())
+}
+
 fn mem_kind(mem: i32) -> Result<MemKind, Error> {
     match mem {
         MEM_DRAM => Ok(MemKind::Dram),
@@ -128,8 +161,10 @@ pub struct Backend {
     peers: Mutex<HashMap<String, Peer>>,
     requests: Mutex<Requests>,
     notifs: Notifs,
-    /// The GPU of the first VRAM registration: an engine session drives one GPU, so every
-    /// later VRAM region must be on it (one agent per GPU, as NIXL's users run them).
+    /// The agent's GPU: an engine session drives one GPU, so every VRAM region must be on it
+    /// (one agent per GPU, as NIXL's users run them). Set at creation to the configured GPU
+    /// (`Config::gpu`, which the sessions are bound to from their handshake on); only
+    /// without one (no CUDA driver then) by the first VRAM registration.
     gpu: OnceLock<u32>,
     /// Engine data path; its drop stops and joins the backend thread.
     remote: RemotePath,
@@ -157,7 +192,11 @@ impl Backend {
                 ),
             ));
         }
-        let config = Config::from_params(params)?;
+        let config =
+            Config::from_params(params)?.resolve_gpu(|k| std::env::var(k).ok(), current_device)?;
+        if let Some(g) = config.gpu {
+            check_gpu(g)?;
+        }
         let control = Control::bind(config.listen_addr)?;
         let conn_info = blob::encode_conn_info(agent, control.advertised(), config.channels)?;
         let mem = Arc::new(RwLock::new(MemTable::default()));
@@ -167,6 +206,7 @@ impl Backend {
             err,
         })?;
         let remote = RemotePath::new(agent, &config, listener, mem.clone(), notifs.clone())?;
+        let gpu = config.gpu.map_or_else(OnceLock::new, OnceLock::from);
         Ok(Self {
             agent: agent.into(),
             remote,
@@ -177,7 +217,7 @@ impl Backend {
             peers: Mutex::new(HashMap::new()),
             requests: Mutex::new(Requests::default()),
             notifs,
-            gpu: OnceLock::new(),
+            gpu,
         })
     }
 
@@ -236,12 +276,18 @@ impl Backend {
             key: random_key(),
         };
         let other_gpu = |gpu: u32| {
+            let why = if self.config.gpu.is_some() {
+                "the backend parameter gpu, else TCPX_GPU, else the CUDA device current when \
+                 the backend was created"
+            } else {
+                "its first VRAM registration"
+            };
             Error::invalid(
                 Arg::Descs,
                 format!(
-                    "VRAM on device {device}, but this agent's GPU is device {gpu} (its first \
-                     VRAM registration): the backend drives one GPU per agent; create an agent \
-                     per GPU"
+                    "VRAM on device {device}, but this agent's GPU is device {gpu} ({why}): the \
+                     backend drives one GPU per agent; create an agent per GPU, each with its \
+                     gpu parameter"
                 ),
             )
         };
@@ -1440,6 +1486,35 @@ mod tests {
         });
         assert_eq!(dst, src);
         assert_eq!(b.live_requests(), 0);
+    }
+
+    #[test]
+    fn the_agents_gpu_is_known_at_creation_and_must_exist() {
+        let gpus = if vram_supported() {
+            cudarc::driver::CudaContext::device_count().unwrap() as u32
+        } else {
+            0
+        };
+        let b = backend("a");
+        // The default: the device current on this thread (device 0 with a driver), none
+        // without one.
+        assert_eq!(b.config().gpu.is_some(), gpus > 0);
+        assert!(b.config().gpu.is_none_or(|g| g < gpus));
+        // A GPU the machine does not have fails creation, naming the parameter.
+        let n = gpus.to_string();
+        let e =
+            Backend::new("a", [("listen_addr", "127.0.0.1:0"), ("gpu", n.as_str())]).unwrap_err();
+        assert!(
+            matches!(&e, Error::Config { key, .. } if key == "gpu"),
+            "gpu={gpus}: {e}"
+        );
+        // The effective GPU is reported (empty without one) and parses back.
+        let params = b.config().to_params(b.control().advertised());
+        let (_, g) = params.iter().find(|(k, _)| *k == "gpu").unwrap();
+        assert_eq!(
+            *g,
+            b.config().gpu.map(|g| g.to_string()).unwrap_or_default()
+        );
     }
 
     #[test]

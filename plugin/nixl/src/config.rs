@@ -15,7 +15,7 @@ use tcpx_core::wire::{MAX_CHANNELS, MAX_INLINE, MAX_INLINE_WRITE};
 use crate::error::Error;
 
 /// Option names and defaults, in the order `get_backend_options` reports them.
-pub const OPTIONS: [(&str, &str); 9] = [
+pub const OPTIONS: [(&str, &str); 10] = [
     ("channels", "2"),
     ("chunk_bytes", "524288"),
     ("window", "16"),
@@ -25,6 +25,7 @@ pub const OPTIONS: [(&str, &str); 9] = [
     ("notif_queue_bytes", "67108864"),
     ("inline_read_bytes", "16384"),
     ("inline_write_bytes", "16384"),
+    ("gpu", ""),
 ];
 
 /// Smallest and largest accepted chunk size.
@@ -61,6 +62,12 @@ pub struct Config {
     /// WRITEs of at most this many bytes carry their data in the announce on the control
     /// stream (no data session); 0 = never. Decided by the initiator; at most 16 KiB.
     pub inline_write_bytes: u32,
+    /// The agent's GPU (CUDA device ordinal), known before any handshake: TCPX binds its
+    /// comms and CUDA registrations to the device current at those calls, so the engine makes
+    /// this one current around them, and VRAM of another device is refused. `None` as a
+    /// parameter: env `TCPX_GPU`, else the device current on the thread that creates the
+    /// backend (see [`Config::resolve_gpu`]); `None` once resolved: no CUDA driver.
+    pub gpu: Option<u32>,
 }
 
 impl Default for Config {
@@ -75,6 +82,7 @@ impl Default for Config {
             notif_queue_bytes: 64 << 20,
             inline_read_bytes: 16 * 1024,
             inline_write_bytes: 16 * 1024,
+            gpu: None,
         }
     }
 }
@@ -139,6 +147,12 @@ impl Config {
                     c.notif_queue_bytes =
                         number(key, value, NOTIF_QUEUE_BYTES.0, NOTIF_QUEUE_BYTES.1)?
                 }
+                "gpu" => {
+                    c.gpu = match value.trim() {
+                        "" => None,
+                        v => Some(number(key, v, 0, i32::MAX as u64)? as u32),
+                    }
+                }
                 "plugin_path" => {
                     c.plugin_path = if value.is_empty() {
                         None
@@ -161,6 +175,27 @@ impl Config {
 }
 
 impl Config {
+    /// Fills in the GPU when the `gpu` parameter left it out: `TCPX_GPU` from `env` (the
+    /// engine's parser, so both read it alike), else `current` — the device current on the
+    /// thread creating the backend, `None` without a CUDA driver.
+    pub fn resolve_gpu(
+        mut self,
+        env: impl Fn(&str) -> Option<String>,
+        current: impl FnOnce() -> Option<i32>,
+    ) -> Result<Self, Error> {
+        if self.gpu.is_none() {
+            let from_env = tcpx::engine::Config::default()
+                .with_vars(|k| if k == "TCPX_GPU" { env(k) } else { None })
+                .map_err(|e| bad("gpu", format!("TCPX_GPU: {e}")))?
+                .gpu;
+            // Both are device ordinals (the engine refuses a negative TCPX_GPU).
+            self.gpu = from_env
+                .or_else(current)
+                .and_then(|g| u32::try_from(g).ok());
+        }
+        Ok(self)
+    }
+
     /// The settings as option strings (the keys of [`OPTIONS`]), with `listen_addr` replaced by
     /// the address actually bound.
     pub fn to_params(&self, bound: SocketAddr) -> Vec<(&'static str, String)> {
@@ -179,6 +214,7 @@ impl Config {
             ("notif_queue_bytes", self.notif_queue_bytes.to_string()),
             ("inline_read_bytes", self.inline_read_bytes.to_string()),
             ("inline_write_bytes", self.inline_write_bytes.to_string()),
+            ("gpu", self.gpu.map(|g| g.to_string()).unwrap_or_default()),
         ]
     }
 }
@@ -204,8 +240,10 @@ mod tests {
             ("notif_queue_bytes", "65536"),
             ("inline_read_bytes", "0"),
             ("inline_write_bytes", "100"),
+            ("gpu", "3"),
         ])
         .unwrap();
+        assert_eq!(c.gpu, Some(3));
         assert_eq!(c.notif_queue_bytes, 65536);
         assert_eq!(c.inline_read_bytes, 0);
         assert_eq!(c.inline_write_bytes, 100);
@@ -238,6 +276,35 @@ mod tests {
     }
 
     #[test]
+    fn the_gpu_parameter_wins_over_tcpx_gpu_and_the_current_device() {
+        let env = |v: &'static str| move |k: &str| (k == "TCPX_GPU").then(|| v.to_owned());
+        let none = |_: &str| None;
+        let named = Config::from_params([("gpu", "2")]).unwrap();
+        let r = named.clone().resolve_gpu(env("1"), || Some(0)).unwrap();
+        assert_eq!(r.gpu, Some(2), "the parameter wins");
+        let unnamed = Config::from_params([("gpu", "")]).unwrap();
+        assert_eq!(unnamed.gpu, None);
+        let r = unnamed.clone().resolve_gpu(env(" 1 "), || Some(0)).unwrap();
+        assert_eq!(r.gpu, Some(1), "then TCPX_GPU");
+        let r = unnamed.clone().resolve_gpu(env(""), || Some(0)).unwrap();
+        assert_eq!(r.gpu, Some(0), "an empty TCPX_GPU is unset");
+        let r = unnamed.clone().resolve_gpu(none, || Some(5)).unwrap();
+        assert_eq!(r.gpu, Some(5), "then the current device");
+        let r = unnamed.clone().resolve_gpu(none, || None).unwrap();
+        assert_eq!(r.gpu, None, "no driver: no GPU");
+        for bad_env in ["x", "-1"] {
+            let e = unnamed
+                .clone()
+                .resolve_gpu(env(bad_env), || Some(0))
+                .unwrap_err();
+            assert!(
+                matches!(&e, Error::Config { key, reason } if key == "gpu" && reason.contains("TCPX_GPU")),
+                "TCPX_GPU={bad_env}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn bad_values_name_the_parameter() {
         for (k, v) in [
             ("channels", "0"),
@@ -251,6 +318,9 @@ mod tests {
             ("inline_read_bytes", "32769"),
             ("inline_write_bytes", "16385"),
             ("listen_addr", "nowhere:1"),
+            ("gpu", "-1"),
+            ("gpu", "2147483648"),
+            ("gpu", "first"),
             ("plugin_path", "/nonexistent/libnccl-net.so"),
             ("chanels", "2"),
         ] {

@@ -669,6 +669,9 @@ impl RemotePath {
             chunk_bytes: config.chunk_bytes,
             window: config.window.into(),
             timeout: config.timeout,
+            // Every session of the agent, whichever thread opens it, is bound to the agent's
+            // GPU from its handshake on.
+            gpu: config.gpu.map(|g| g as i32),
             ..EngineConfig::default()
         };
         engine_cfg.validate().map_err(Error::Engine)?;

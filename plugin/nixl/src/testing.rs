@@ -121,13 +121,24 @@ pub fn desc(addr: u64, len: u64, md: usize) -> Desc {
 /// environment, so `TCPX_SOCK_UNPACK=1` runs these tests in TCPX mode); `timeout_ms` is its
 /// dead-peer bound.
 pub fn backend(name: &str, timeout_ms: u64) -> Backend {
-    tcpx_sock::config::configure(tcpx_sock::config::Config {
+    backend_with(name, timeout_ms, &[])
+}
+
+/// tcpxsock's settings for these tests: loopback, the rest from the environment.
+pub fn sock_config() -> tcpx_sock::config::Config {
+    tcpx_sock::config::Config {
         ifname: Some("lo".into()),
         ..tcpx_sock::config::Config::from_env()
-    });
+    }
+}
+
+/// [`backend`] with more backend parameters.
+pub fn backend_with(name: &str, timeout_ms: u64, params: &[(&str, &str)]) -> Backend {
+    tcpx_sock::config::configure(sock_config());
     let to = timeout_ms.to_string();
-    let params = [("listen_addr", "127.0.0.1:0"), ("timeout_ms", to.as_str())];
-    Backend::new(name, params).unwrap_or_else(|e| panic!("backend {name}: {e}"))
+    let base = [("listen_addr", "127.0.0.1:0"), ("timeout_ms", to.as_str())];
+    Backend::new(name, base.into_iter().chain(params.iter().copied()))
+        .unwrap_or_else(|e| panic!("backend {name}: {e}"))
 }
 
 /// Two backends named `a` and `b` as [`backend`] makes them, `a` knowing `b`'s connection

@@ -153,7 +153,9 @@ fn handshakes_with_different_peers_overlap() {
             })
             .collect();
         for (i, c) in connects.into_iter().enumerate() {
-            c.join().unwrap().unwrap_or_else(|e| panic!("connect p{i}: {e}"));
+            c.join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("connect p{i}: {e}"));
         }
     });
     for (i, f) in fakes.into_iter().enumerate() {
@@ -299,7 +301,10 @@ fn disconnecting_during_the_handshake_leaves_no_conn() {
     assert!(let_go);
     assert!(!a.is_connected("p"));
     // The conn made by that handshake is closed: its control stream ends.
-    assert!(read_frame(&mut s).is_none(), "the abandoned conn was closed");
+    assert!(
+        read_frame(&mut s).is_none(),
+        "the abandoned conn was closed"
+    );
 
     let shared = Arc::new(Shared::default());
     let p = fake(shared.clone(), Hold::UntilHellos(1));

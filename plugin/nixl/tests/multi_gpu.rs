@@ -1,13 +1,17 @@
-//! Agents on different GPUs of one host (one agent per GPU, as NIXL's users run them): VRAM of
-//! one GPU written to and read from VRAM of the other through the engine, data verified; and
-//! an agent refusing VRAM of a second GPU at `registerMem`, by name, instead of failing its
-//! transfers later.
+//! Agents on different GPUs of one host (one agent per GPU, as NIXL's users run them, each
+//! named by its `gpu` parameter): VRAM of one GPU written to and read from VRAM of the other
+//! through the engine, data verified; an agent's GPU is known at creation (the parameter, else
+//! the device current on the creating thread), and VRAM of another GPU is refused at
+//! `registerMem`, by name, instead of failing its transfers later; an agent on GPU 0 created
+//! and driven while device 1 is current moves its VRAM (the engine makes its GPU current
+//! around the handshake and registrations, and puts the caller's context back).
 //!
 //! Prints `SKIP` with fewer than two GPUs; `REQUIRE_GPU=1` fails without any GPU and
 //! `REQUIRE_GPUS=2` without a second one.
 
+use plugin_TCPX::backend::MEM_DRAM;
 use plugin_TCPX::backend::MEM_VRAM;
-use plugin_TCPX::testing::{backend_pair, run_xfer};
+use plugin_TCPX::testing::{backend_with, run_xfer, share_mem};
 use plugin_TCPX::xfer::{Desc, Op};
 use plugin_TCPX::Status;
 use tcpx_kernels::mem::DeviceBuffer;
@@ -16,7 +20,7 @@ use tcpx_kernels::mem::DeviceBuffer;
 #[allow(dead_code)]
 mod engine;
 
-use engine::{gpu, second_gpu};
+use engine::{current_context, gpu, second_gpu};
 
 /// Over the inline limits, so the engine (unpack kernels, staging) carries it.
 const N: usize = (3 << 20) + 4097;
@@ -41,7 +45,9 @@ fn agents_on_two_gpus_move_vram_between_them() {
     let (Some(zero), Some(one)) = (gpu(), second_gpu()) else {
         return;
     };
-    let (a, b) = backend_pair("a", "b", 10_000);
+    let b = backend_with("b", 10_000, &[("gpu", "1")]);
+    let a = backend_with("a", 10_000, &[("gpu", "0")]);
+    a.load_remote_conn_info("b", b.conn_info()).unwrap();
     let src: Vec<u8> = (0..N).map(|i| (i * 13 % 241) as u8 ^ 0x3C).collect();
     // a's buffer on GPU 0, b's on GPU 1.
     let mut mine = DeviceBuffer::new(&zero, N).unwrap();
@@ -99,31 +105,86 @@ fn agents_on_two_gpus_move_vram_between_them() {
 }
 
 #[test]
-fn an_agent_refuses_vram_of_a_second_gpu() {
+fn an_agents_gpu_is_the_current_device_at_creation_unless_named() {
     let (Some(zero), Some(one)) = (gpu(), second_gpu()) else {
         return;
     };
-    let (a, _b) = backend_pair("a", "b", 10_000);
-    let first = DeviceBuffer::new(&zero, 4096).unwrap();
-    let other = DeviceBuffer::new(&one, 4096).unwrap();
-    let md = a
-        .register_mem(&desc(first.ptr(), 4096, 0, 0), MEM_VRAM)
-        .unwrap();
+    let on_zero = DeviceBuffer::new(&zero, 4096).unwrap();
+    let on_one = DeviceBuffer::new(&one, 4096).unwrap();
+    // Created while device 1 is current: its GPU is 1.
+    one.bind_to_thread().unwrap();
+    let a = backend_with("a", 10_000, &[]);
+    assert_eq!(a.config().gpu, Some(1));
     let e = a
-        .register_mem(&desc(other.ptr(), 4096, 1, 0), MEM_VRAM)
-        .unwrap_err()
-        .to_string();
+        .register_mem(&desc(on_zero.ptr(), 4096, 0, 0), MEM_VRAM)
+        .unwrap_err();
+    assert_eq!(e.status(), Status::InvalidParam);
+    let e = e.to_string();
     assert!(
-        e.contains("one GPU per agent") && e.contains("device 1"),
+        e.contains("one GPU per agent") && e.contains("device 0") && e.contains("device 1"),
         "{e}"
     );
-    // The agent's GPU stays its first one, even with nothing registered on it any more.
-    a.deregister_mem(md).unwrap();
-    let e = a
-        .register_mem(&desc(other.ptr(), 4096, 1, 0), MEM_VRAM)
+    assert!(e.contains("gpu"), "names the parameter: {e}");
+    a.register_mem(&desc(on_one.ptr(), 4096, 1, 0), MEM_VRAM)
+        .unwrap();
+    // Named: the parameter wins over the current device.
+    let b = backend_with("b", 10_000, &[("gpu", "0")]);
+    assert_eq!(b.config().gpu, Some(0));
+    let e = b
+        .register_mem(&desc(on_one.ptr(), 4096, 1, 0), MEM_VRAM)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("device 0"), "{e}");
-    a.register_mem(&desc(first.ptr(), 4096, 0, 0), MEM_VRAM)
+    assert!(e.contains("device 1") && e.contains("device 0"), "{e}");
+    b.register_mem(&desc(on_zero.ptr(), 4096, 0, 0), MEM_VRAM)
         .unwrap();
+}
+
+/// The session on GPU 0 while device 1 is current on every calling thread: the engine binds
+/// the handshake and the registrations to GPU 0 (TCPX binds comms and CUDA registrations to
+/// the device current at those calls) and leaves the caller's context as it found it.
+#[test]
+fn an_agent_on_gpu_0_moves_its_vram_while_device_1_is_current() {
+    let (Some(zero), Some(one)) = (gpu(), second_gpu()) else {
+        return;
+    };
+    let src: Vec<u8> = (0..N).map(|i| (i * 7 % 251) as u8 ^ 0x5A).collect();
+    let mut dst = vec![0u8; N];
+    let mut mine = DeviceBuffer::new(&zero, N).unwrap();
+    mine.write(0, &src).unwrap();
+    // (Buffer calls bind their own context: device 1 is made current after each.)
+    one.bind_to_thread().unwrap();
+    let caller = current_context();
+    let b = backend_with("b", 10_000, &[("gpu", "0")]);
+    let a = backend_with("a", 10_000, &[("gpu", "0")]);
+    a.load_remote_conn_info("b", b.conn_info()).unwrap();
+    let md = a
+        .register_mem(&desc(mine.ptr(), N as u64, 0, 0), MEM_VRAM)
+        .unwrap();
+    let (_, rd) = share_mem(&b, "b", &a, dst.as_mut_ptr() as u64, N as u64, MEM_DRAM);
+    a.connect("b").unwrap();
+    assert_eq!(
+        current_context(),
+        caller,
+        "connect left the caller's context"
+    );
+    let l = [desc(mine.ptr(), N as u64, 0, md)];
+    let r = [desc(dst.as_mut_ptr() as u64, N as u64, 0, rd)];
+    let status = run_xfer(&a, Op::Write, (&l, MEM_VRAM), (&r, MEM_DRAM), "b");
+    assert_eq!(status, Status::Success);
+    assert!(dst == src, "destination differs");
+    assert_eq!(
+        current_context(),
+        caller,
+        "the WRITE left the caller's context"
+    );
+    mine.fill(0).unwrap();
+    one.bind_to_thread().unwrap();
+    let status = run_xfer(&a, Op::Read, (&l, MEM_VRAM), (&r, MEM_DRAM), "b");
+    assert_eq!(status, Status::Success);
+    assert_eq!(
+        current_context(),
+        caller,
+        "the READ left the caller's context"
+    );
+    assert!(read_all(&mine) == src, "READ back differs");
 }

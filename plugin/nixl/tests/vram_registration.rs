@@ -41,7 +41,11 @@ fn regions_the_driver_contradicts_are_refused() {
         (desc(d, N as u64 + 1, 0), MEM_VRAM, "past the end"),
         (desc(d + 4096, N as u64, 0), MEM_VRAM, "past the end"),
         (desc(d, 4096, 0), MEM_DRAM, "is device memory of GPU 0"),
-        (desc(d, 4096, gpus), MEM_VRAM, "GPU(s)"),
+        (
+            desc(d, 4096, gpus),
+            MEM_VRAM,
+            "this agent's GPU is device 0",
+        ),
     ];
     for (desc, mem, why) in cases {
         let e = a.register_mem(&desc, mem).unwrap_err();
