@@ -2,13 +2,21 @@
 //!
 //! The level comes from `TCPX_LOG` (error|warn|info|debug|trace, default warn), read once.
 //! Plugins log through NCCL's variadic logger: `csrc/log_shim.c` formats their message and
-//! [`nccl_logger`] hands that shim to `init`, so plugin lines land here with their subsystems.
+//! [`nccl_logger`] hands that shim to `init`, so plugin lines land here with their subsystems
+//! (`nccl:INIT|NET`; `nccl:ALL` for the all-bits flags GPUDirect-TCPX puts on every WARN).
+//!
+//! Repeated plugin lines are rate-limited, since GPUDirect-TCPX WARNs on every host receive:
+//! a call site (the plugin's `file`, `line` and level) prints its first 8 lines, then only its
+//! 16th, 32nd, 64th … line, each with `(seen N times; repeats logged at powers of two)`. The
+//! counts live in a fixed table of 64 call sites (the least-seen site gives its slot to a new
+//! one), so memory is bounded and a line allocates nothing. Lines without a file are never
+//! limited, since different messages could not be told apart.
 
 use std::ffi::{c_char, c_int, c_ulong, CStr};
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Once, RwLock};
+use std::sync::{Arc, Mutex, Once, RwLock};
 
 use tcpx_core::abi::{log_level, Logger};
 
@@ -245,6 +253,106 @@ fn nccl_level(level: c_int) -> Option<Level> {
     }
 }
 
+/// `flags` meaning every subsystem (NCCL's `NCCL_ALL = ~0`). A plugin that carried it
+/// through a 32-bit type passes the low half only, which is the same intent.
+fn all_subsystems(flags: c_ulong) -> bool {
+    flags == c_ulong::MAX || flags == c_ulong::from(u32::MAX)
+}
+
+/// Writes `nccl`, then `:ALL` or `:` and the set subsystems joined by `|`.
+fn write_target(out: &mut impl fmt::Write, flags: c_ulong) -> fmt::Result {
+    out.write_str("nccl")?;
+    if all_subsystems(flags) {
+        return out.write_str(":ALL");
+    }
+    let mut sep = ':';
+    for (bit, name) in SUBSYSTEMS.iter().enumerate() {
+        if flags & (1 << bit) != 0 {
+            out.write_char(sep)?;
+            out.write_str(name)?;
+            sep = '|';
+        }
+    }
+    Ok(())
+}
+
+/// Lines of one call site printed before rate limiting starts.
+const REPEAT_FIRST: u64 = 8;
+/// Call sites whose repeats are counted.
+const REPEAT_SITES: usize = 64;
+
+/// What to do with one plugin line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Print,
+    /// Print, saying how often the site was seen.
+    PrintCounted(u64),
+    Drop,
+}
+
+#[derive(Clone, Copy)]
+struct Site {
+    file: usize,
+    line: c_int,
+    level: c_int,
+    count: u64,
+}
+
+/// Occurrence counts per call site (module doc: the policy).
+struct Repeats {
+    sites: [Site; REPEAT_SITES],
+}
+
+impl Repeats {
+    const fn new() -> Repeats {
+        Repeats {
+            sites: [Site {
+                file: 0,
+                line: 0,
+                level: 0,
+                count: 0,
+            }; REPEAT_SITES],
+        }
+    }
+
+    /// Counts one line of the site (`file` is its address: a site's `__FILE__` or
+    /// `__PRETTY_FUNCTION__` is one static string) and says whether to print it.
+    fn note(&mut self, file: usize, line: c_int, level: c_int) -> Verdict {
+        if file == 0 {
+            return Verdict::Print;
+        }
+        let mut least = 0;
+        let mut found = None;
+        for (i, s) in self.sites.iter().enumerate() {
+            if s.count != 0 && (s.file, s.line, s.level) == (file, line, level) {
+                found = Some(i);
+                break;
+            }
+            if s.count < self.sites[least].count {
+                least = i;
+            }
+        }
+        let i = found.unwrap_or_else(|| {
+            self.sites[least] = Site {
+                file,
+                line,
+                level,
+                count: 0,
+            };
+            least
+        });
+        let site = &mut self.sites[i];
+        site.count = site.count.saturating_add(1);
+        match site.count {
+            n if n <= REPEAT_FIRST => Verdict::Print,
+            n if n.is_power_of_two() => Verdict::PrintCounted(n),
+            _ => Verdict::Drop,
+        }
+    }
+}
+
+static REPEATS: Mutex<Repeats> = Mutex::new(Repeats::new());
+
 /// Receives formatted plugin lines from the C shim.
 extern "C" fn nccl_sink(
     level: c_int,
@@ -256,15 +364,24 @@ extern "C" fn nccl_sink(
 ) {
     // A panic must not unwind into the plugin's C frames.
     let _ = std::panic::catch_unwind(|| {
+        let raw_level = level;
         let Some(level) = nccl_level(level) else {
             return;
         };
         if !enabled(level) || msg.is_null() {
             return;
         }
+        let verdict =
+            REPEATS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .note(file as usize, line, raw_level);
+        if verdict == Verdict::Drop {
+            return;
+        }
         // SAFETY: the shim passes its stack buffer holding `len` formatted bytes.
         let bytes = unsafe { std::slice::from_raw_parts(msg.cast::<u8>(), len) };
-        let message = String::from_utf8_lossy(bytes);
+        let text = String::from_utf8_lossy(bytes);
         let file = if file.is_null() {
             None
         } else {
@@ -272,21 +389,21 @@ extern "C" fn nccl_sink(
             Some(unsafe { CStr::from_ptr(file) }.to_string_lossy())
         };
         let mut target = StackStr::<96>::new();
-        let _ = target.write_str("nccl");
-        let mut sep = ':';
-        for (bit, name) in SUBSYSTEMS.iter().enumerate() {
-            if flags & (1 << bit) != 0 {
-                let _ = target.write_char(sep);
-                let _ = target.write_str(name);
-                sep = '|';
-            }
+        let _ = write_target(&mut target, flags);
+        let mut message = StackStr::<1152>::new();
+        let _ = message.write_str(text.trim_end_matches('\n'));
+        if let Verdict::PrintCounted(n) = verdict {
+            let _ = write!(
+                message,
+                " (seen {n} times; repeats logged at powers of two)"
+            );
         }
         emit(&Record {
             level,
             target: target.as_str(),
             file: file.as_deref(),
             line: u32::try_from(line).unwrap_or(0),
-            message: message.trim_end_matches('\n'),
+            message: message.as_str(),
         });
     });
 }
@@ -345,6 +462,56 @@ mod tests {
         let mut t = StackStr::<3>::new();
         let _ = t.write_str("abé");
         assert_eq!(t.as_str(), "ab");
+    }
+
+    fn target(flags: c_ulong) -> String {
+        let mut s = String::new();
+        write_target(&mut s, flags).unwrap();
+        s
+    }
+
+    #[test]
+    fn all_bits_print_as_all() {
+        assert_eq!(target(!0), "nccl:ALL");
+        assert_eq!(target(c_ulong::from(u32::MAX)), "nccl:ALL");
+        assert_eq!(target(16 | 1), "nccl:INIT|NET");
+        assert_eq!(target(0), "nccl");
+        // Every known subsystem but not all bits is still a list.
+        assert!(target(0xffff).starts_with("nccl:INIT|COLL|"));
+    }
+
+    #[test]
+    fn repeats_print_the_first_lines_then_powers_of_two_with_a_count() {
+        let mut r = Repeats::new();
+        let printed: Vec<(u64, Verdict)> = (1..=100)
+            .map(|n| (n, r.note(0x1000, 7, 2)))
+            .filter(|(_, v)| *v != Verdict::Drop)
+            .collect();
+        let mut want: Vec<(u64, Verdict)> = (1..=8).map(|n| (n, Verdict::Print)).collect();
+        want.extend([16, 32, 64].map(|n| (n, Verdict::PrintCounted(n))));
+        assert_eq!(printed, want);
+        // Another line, level or file is another site, counted on its own.
+        assert_eq!(r.note(0x1000, 8, 2), Verdict::Print);
+        assert_eq!(r.note(0x1000, 7, 3), Verdict::Print);
+        assert_eq!(r.note(0x2000, 7, 2), Verdict::Print);
+        // Lines without a file are never limited.
+        assert!((0..100).all(|_| r.note(0, 7, 2) == Verdict::Print));
+    }
+
+    #[test]
+    fn repeats_are_bounded_and_the_least_seen_site_gives_way() {
+        let mut r = Repeats::new();
+        // A busy site, then more distinct sites than the table holds.
+        for _ in 0..20 {
+            r.note(0x1, 1, 2);
+        }
+        for f in 0..(2 * REPEAT_SITES) {
+            assert_eq!(r.note(0x100 + f, 1, 2), Verdict::Print);
+        }
+        // The busy site kept its count: its 32nd line is printed with the count.
+        let verdicts: Vec<Verdict> = (21..=32).map(|_| r.note(0x1, 1, 2)).collect();
+        assert_eq!(verdicts.last(), Some(&Verdict::PrintCounted(32)));
+        assert!(verdicts[..11].iter().all(|v| *v == Verdict::Drop));
     }
 
     #[test]

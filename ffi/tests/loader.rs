@@ -1,14 +1,27 @@
 //! The loader against fake plugins compiled at test time: version probing, each failure
-//! mode's exact error, the logger bridge, and the RAII data path through `tcpx::net`.
+//! mode's exact error, the logger bridge, and the RAII data path through `tcpx::net`,
+//! including what GPUDirect-TCPX does to a caller (device handle filled in place, sizes never
+//! reported, `iflush` that must not be called).
 
 mod common;
 
-use std::ffi::c_void;
+use std::ffi::{c_char, c_void};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tcpx::log::{self, Level, Record};
-use tcpx::net::{AbiVersion, Comm, DeviceType, MemKind, Net, RecvBuf};
+use tcpx::net::{AbiVersion, Comm, DeviceType, Isolation, MemKind, Net, RecvBuf};
 use tcpx::Error;
+
+/// Reads one of the fake plugin's call counters in `net`'s own instance (a private copy,
+/// which reopening the file by path would not reach).
+fn counter(net: &Net, what: &str) -> i32 {
+    let f = net.symbol("fake_counter").expect("fake_counter");
+    // SAFETY: `fake_counter` is `int fake_counter(const char*)` in fake_net.c.
+    let f: unsafe extern "C" fn(*const c_char) -> i32 = unsafe { std::mem::transmute(f) };
+    let what = std::ffi::CString::new(what).unwrap();
+    // SAFETY: a NUL-terminated string, read during the call.
+    unsafe { f(what.as_ptr()) }
+}
 
 /// Every log line of this test process (the hook is global, so it is installed once).
 fn log_lines() -> &'static Mutex<Vec<String>> {
@@ -257,6 +270,8 @@ fn data_path(name: &str, defines: &[&str]) {
     let path = common::build(name, defines);
     let net = Net::load(&path).unwrap();
     net.init().unwrap();
+    let unpack = defines.contains(&"OFFLOAD_TYPE=1");
+    let sizes_reported = !defines.contains(&"NO_TEST_SIZES");
     let (listen, send, recv) = pair(&net);
     let mut src = *b"hello over a fake wire";
     let mut dst = [0u8; 64];
@@ -290,25 +305,53 @@ fn data_path(name: &str, defines: &[&str]) {
     let mut rreq = unsafe { net.irecv(&recv, &bufs) }
         .unwrap()
         .expect("request");
+    assert!(
+        sreq.size(0).is_none() && !sreq.size_reported(0),
+        "not done yet"
+    );
     assert_eq!(net.test(&mut sreq).unwrap(), Some(src.len()));
+    assert_eq!(sreq.size_reported(0), sizes_reported);
     let got = loop {
         if let Some(n) = net.test(&mut rreq).unwrap() {
             break n;
         }
     };
-    assert_eq!(got, src.len());
-    assert_eq!(rreq.size(0), Some(src.len()));
-    assert_eq!(&dst[..got], &src[..]);
-    assert!(matches!(net.test(&mut rreq), Err(Error::Invalid(_))));
-    let unpack = recv
-        .dev_handle()
-        .map(|h| (h.net_device_type, h.net_device_version));
-    if defines.contains(&"OFFLOAD_TYPE=1") {
-        assert_eq!(unpack, Some((1, 7)));
-        net.irecv_consumed(&recv, rreq).unwrap();
-        assert_eq!(common::counter(&path, "irecvConsumed"), 1);
+    assert_eq!(rreq.size_reported(0), sizes_reported);
+    assert_eq!(rreq.posted_size(0), Some(dst.len()));
+    if sizes_reported {
+        assert_eq!(got, src.len());
     } else {
-        assert_eq!(unpack, None);
+        // An unreported size is the posted one: the receiver cannot learn the real size.
+        assert_eq!(got, dst.len());
+    }
+    assert_eq!(rreq.size(0), Some(got));
+    assert_eq!(rreq.size(1), None);
+    assert_eq!(&dst[..src.len()], &src[..]);
+    assert!(matches!(net.test(&mut rreq), Err(Error::Invalid(_))));
+    let handle = recv
+        .dev_handle()
+        .map(|h| (h.net_device_type, h.net_device_version, h.handle.is_null()));
+    // Flushing is refused on UNPACK comms without reaching the plugin, and goes through
+    // on HOST ones (where this fake has nothing to flush).
+    // SAFETY: the buffer's receive has completed; the fake only counts the call.
+    let flushed = unsafe { net.iflush(&recv, &bufs) };
+    if unpack {
+        assert_eq!(handle, Some((1, 7, false)));
+        match flushed {
+            Err(e @ Error::Unsupported(_)) => {
+                let text = e.to_string();
+                assert!(text.contains("UNPACK") && text.contains("TCPX"), "{text}");
+                assert!(text.contains("Hopper needs no flush"), "{text}");
+            }
+            r => panic!("unexpected {r:?}"),
+        }
+        assert_eq!(counter(&net, "iflush"), 0);
+        net.irecv_consumed(&recv, rreq).unwrap();
+        assert_eq!(counter(&net, "irecvConsumed"), 1);
+    } else {
+        assert_eq!(handle, None);
+        assert!(flushed.unwrap().is_none());
+        assert_eq!(counter(&net, "iflush"), 1);
         drop(rreq);
     }
     drop(sreq);
@@ -317,16 +360,16 @@ fn data_path(name: &str, defines: &[&str]) {
         Err(Error::Invalid(_)) => {}
         r => panic!("unexpected {r:?}"),
     }
-    assert_eq!(common::counter(&path, "closeSend"), 0);
+    assert_eq!(counter(&net, "closeSend"), 0);
     drop(smr); // last user of the send comm: deregisters, then closes it
-    assert_eq!(common::counter(&path, "deregMr"), 1);
-    assert_eq!(common::counter(&path, "closeSend"), 1);
+    assert_eq!(counter(&net, "deregMr"), 1);
+    assert_eq!(counter(&net, "closeSend"), 1);
     net.dereg_mr(rmr).unwrap();
-    assert_eq!(common::counter(&path, "deregMr"), 2);
+    assert_eq!(counter(&net, "deregMr"), 2);
     net.close_recv(recv).unwrap();
-    assert_eq!(common::counter(&path, "closeRecv"), 1);
+    assert_eq!(counter(&net, "closeRecv"), 1);
     drop(listen);
-    assert_eq!(common::counter(&path, "closeListen"), 1);
+    assert_eq!(counter(&net, "closeListen"), 1);
 }
 
 #[test]
@@ -347,10 +390,122 @@ fn unpack_receives_are_consumed_explicitly() {
     );
 }
 
+/// T1: GPUDirect-TCPX fills the caller's device handle in place (the fake refuses a NULL
+/// one where TCPX would crash) and checks the type and version NCCL presets.
+#[test]
+fn a_plugin_that_fills_the_device_handle_in_place_gets_one() {
+    data_path(
+        "data7fill",
+        &[
+            "EXPORT_V7",
+            "OFFLOAD_TYPE=1",
+            "OFFLOAD_VERSION=7",
+            "FILL_DEV_HANDLE",
+        ],
+    );
+}
+
+/// T2: GPUDirect-TCPX's `test` never writes sizes: the posted sizes stand in.
+#[test]
+fn unreported_sizes_are_the_posted_sizes() {
+    data_path(
+        "data7nosizes",
+        &[
+            "EXPORT_V7",
+            "OFFLOAD_TYPE=1",
+            "OFFLOAD_VERSION=7",
+            "FILL_DEV_HANDLE",
+            "NO_TEST_SIZES",
+        ],
+    );
+    data_path("data10nosizes", &["EXPORT_V10", "NO_TEST_SIZES"]);
+}
+
+/// Accept retries lend the plugin one handle, which the accepted comm then owns; a HOST
+/// device gets none.
+#[test]
+fn listen_remembers_its_device_and_offload() {
+    let path = common::build(
+        "listenunpack",
+        &[
+            "EXPORT_V7",
+            "OFFLOAD_TYPE=1",
+            "OFFLOAD_VERSION=7",
+            "FILL_DEV_HANDLE",
+        ],
+    );
+    let net = Net::load(&path).unwrap();
+    net.init().unwrap();
+    let mut listen = net.listen(1).unwrap();
+    assert_eq!(
+        (listen.dev(), listen.device_type()),
+        (1, DeviceType::Unpack)
+    );
+    let mut handle = *listen.handle();
+    assert!(net.connect(1, &mut handle).unwrap().is_none());
+    let send = net.connect(1, &mut handle).unwrap().expect("connected");
+    // NCCL's send side passes a pointer to NULL, and so do we: no handle on a send comm.
+    assert!(send.dev_handle().is_none());
+    assert!(net.accept(&mut listen).unwrap().is_none());
+    let recv = net.accept(&mut listen).unwrap().expect("accepted");
+    let h = recv.dev_handle().expect("filled in place");
+    assert_eq!((h.net_device_type, h.net_device_version), (1, 7));
+    assert!(!h.handle.is_null() && h.size == 24 && h.needs_proxy_progress == 1);
+
+    let host = common::build("listenhost", &["EXPORT_V7"]);
+    let net = Net::load(&host).unwrap();
+    let listen = net.listen(0).unwrap();
+    assert_eq!(listen.device_type(), DeviceType::Host);
+    // A device whose properties fail cannot be listened on.
+    assert!(matches!(
+        net.listen(5),
+        Err(Error::Plugin {
+            func: "getProperties",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn max_reg_bytes_follows_the_abi_size_type() {
+    let v7 = Net::load(common::build("maxreg7", &["EXPORT_V7"])).unwrap();
+    assert_eq!(v7.max_reg_bytes(), i32::MAX as usize);
+    let v10 = Net::load(common::build("maxreg10", &["EXPORT_V10"])).unwrap();
+    assert_eq!(v10.max_reg_bytes(), usize::MAX);
+}
+
+/// By default a plugin file is loaded as a private copy; loading it again in tcpx returns
+/// the same instance (one `init`), and the shared way reaches the file's own instance.
+#[test]
+fn plugins_load_privately_once_per_file() {
+    let path = common::build("private", &["EXPORT_V7"]);
+    let a = Net::load_with_isolation(&path, None, Isolation::Private).unwrap();
+    let b = Net::load_with_isolation(&path, None, Isolation::Private).unwrap();
+    assert_eq!(a.isolation(), Isolation::Private);
+    let table = |n: &Net| n.symbol("ncclNetPlugin_v7").expect("table").as_ptr();
+    assert_eq!(table(&a), table(&b), "one instance per file within tcpx");
+    let shared = Net::load_with_isolation(&path, None, Isolation::Shared).unwrap();
+    assert_eq!(shared.isolation(), Isolation::Shared);
+    assert_ne!(
+        table(&a),
+        table(&shared),
+        "the private copy is another instance"
+    );
+    // The shared instance is the file's own: reopening the file by path reaches it.
+    // SAFETY: the test plugin has no initialisers with side effects.
+    let own = unsafe { libloading::Library::new(&path) }.unwrap();
+    // SAFETY: only the address is taken.
+    let own_table = unsafe { own.get::<*mut c_void>(b"ncclNetPlugin_v7\0") }.unwrap();
+    assert_eq!(*own_table, table(&shared));
+    assert!(Net::embedded().symbol("ncclNetPlugin_v7").is_none());
+    assert_eq!(Net::embedded().isolation(), Isolation::Private);
+}
+
 #[test]
 fn the_library_outlives_the_net_handle() {
     let path = common::build("outlive", &["EXPORT_V7"]);
-    let net = Net::load(&path).unwrap();
+    // The file's own instance, so that the counters can be read after the last user is gone.
+    let net = Net::load_with_isolation(&path, None, Isolation::Shared).unwrap();
     net.init().unwrap();
     let (listen, send, recv) = pair(&net);
     // Hold our own reference so the counters survive the plugin's last user.
@@ -361,4 +516,93 @@ fn the_library_outlives_the_net_handle() {
     drop((send, recv, listen));
     assert_eq!(common::counter(&path, "closeSend"), 1);
     assert_eq!(common::counter(&path, "closeListen"), 1);
+}
+
+/// Compiles `tests/plugins/<source>` into `out` with extra compiler and linker arguments
+/// (what `common::build` has no room for: sonames, libraries, run paths).
+fn cc(source: &str, out: &std::path::Path, args: &[&str]) {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/plugins")
+        .join(source);
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
+    let status = std::process::Command::new(cc)
+        .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror"])
+        .args(["-Wno-unused-function", "-Wno-unused-variable", "-o"])
+        .arg(out)
+        .arg(&src)
+        .args(args)
+        .status()
+        .expect("run the C compiler");
+    assert!(status.success(), "compiling {}", out.display());
+}
+
+/// Whether an object answering to `name` (a bare soname) is loaded in this process.
+fn loaded_as(name: &str) -> bool {
+    use libloading::os::unix::{Library, RTLD_NOW};
+    const RTLD_NOLOAD: i32 = 0x4;
+    // SAFETY: NOLOAD opens nothing new; it only takes a reference to a loaded object.
+    unsafe { Library::open(Some(name), RTLD_NOW | RTLD_NOLOAD) }.is_ok()
+}
+
+/// The dynamic loader matches a bare `dlopen("libnccl-net.so")` by soname: a private copy
+/// keeping the file's soname would be handed to NCCL when tcpx loaded first.
+#[test]
+fn a_private_copy_does_not_answer_to_the_files_soname() {
+    let dir = common::tmp_dir();
+    let private = dir.join("libtcpxsonamepriv.so");
+    cc(
+        "fake_net.c",
+        &private,
+        &["-DEXPORT_V7", "-Wl,-soname,libtcpxsonamepriv.so"],
+    );
+    let net = Net::load_with_isolation(&private, None, Isolation::Private).unwrap();
+    net.init().unwrap();
+    assert_eq!(net.isolation(), Isolation::Private);
+    assert!(!loaded_as("libtcpxsonamepriv.so"));
+    // The check can see a match: the file itself, opened shared, answers to its soname.
+    let shared = dir.join("libtcpxsonameshared.so");
+    cc(
+        "fake_net.c",
+        &shared,
+        &["-DEXPORT_V7", "-Wl,-soname,libtcpxsonameshared.so"],
+    );
+    let net2 = Net::load_with_isolation(&shared, None, Isolation::Shared).unwrap();
+    assert!(loaded_as("libtcpxsonameshared.so"));
+    drop((net, net2));
+}
+
+/// A plugin that finds a dependency next to itself through `$ORIGIN` still loads as a
+/// private copy (whose own `$ORIGIN` is elsewhere), bound to that dependency.
+#[test]
+fn a_private_copy_finds_origin_dependencies() {
+    let dir = common::tmp_dir().join("origin");
+    std::fs::create_dir_all(&dir).unwrap();
+    cc(
+        "fake_dep.c",
+        &dir.join("libtcpxfakedep.so"),
+        &["-Wl,-soname,libtcpxfakedep.so"],
+    );
+    let plugin = dir.join("libfakeorigin.so");
+    let libdir = format!("-L{}", dir.display());
+    cc(
+        "fake_net.c",
+        &plugin,
+        &[
+            "-DEXPORT_V7",
+            "-DUSE_DEP",
+            &libdir,
+            "-ltcpxfakedep",
+            "-Wl,-rpath,$ORIGIN",
+            "-Wl,--enable-new-dtags",
+        ],
+    );
+    assert!(!loaded_as("libtcpxfakedep.so"));
+    let net = Net::load_with_isolation(&plugin, None, Isolation::Private).unwrap();
+    assert_eq!(
+        net.isolation(),
+        Isolation::Private,
+        "fell back to the shared file"
+    );
+    assert_eq!(counter(&net, "dep"), 42);
+    assert_eq!(net.devices().unwrap(), 2);
 }

@@ -3,6 +3,17 @@
 //! A comm is closed, and a registration deregistered, when its last user is dropped:
 //! registrations and requests hold their comm, and everything holds the plugin library.
 //! The hot-path calls (`isend`, `irecv`, `test`, `irecv_consumed`) never allocate.
+//!
+//! What callers of real plugins must survive is handled here, as NCCL does it:
+//! - `accept` on an UNPACK device gets a pointer to a zeroed device handle owned by the comm,
+//!   its type and version preset from the device's properties (GPUDirect-TCPX fills it in
+//!   place and would write through NULL); `connect` gets a pointer to NULL, as NCCL's send
+//!   side does. Afterwards the out-pointer is read, whether the plugin filled our handle or
+//!   pointed it at its own.
+//! - `test` may never write the sizes (GPUDirect-TCPX does not): each is preset to a sentinel
+//!   and a size still untouched when the request is done is the posted size
+//!   ([`Request::size_reported`] tells which).
+//! - `iflush` is refused on UNPACK comms: GPUDirect-TCPX's `iflush` is not a no-op.
 
 use std::cell::Cell;
 use std::ffi::{c_int, c_void};
@@ -11,8 +22,9 @@ use std::marker::PhantomData;
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
 
-use tcpx_core::abi::{v10, DevHandle, HANDLE_MAX_SIZE, PTR_CUDA, PTR_HOST};
+use tcpx_core::abi::{v10, DevHandle, HANDLE_MAX_SIZE, NET_DEVICE_HOST, PTR_CUDA, PTR_HOST};
 
+use super::props::DeviceType;
 use super::table::{Connect, Irecv, Isend, RecvArgs, RegMr, MAX_RECVS};
 use super::{dev_index, Net, Plugin};
 use crate::error::{Error, Result};
@@ -54,14 +66,28 @@ enum Kind {
     Recv,
 }
 
+/// A device handle lent to the plugin to fill in place; its heap address never moves.
+struct DevStorage(Box<DevHandle>);
+
+// SAFETY: plain data whose `handle` pointer tcpx only copies, never dereferences.
+unsafe impl Send for DevStorage {}
+// SAFETY: as above; shared references only read it.
+unsafe impl Sync for DevStorage {}
+
 /// A plugin comm pointer and what closes it. Shared by the comm, its registrations and
 /// its requests; closed when the last of them goes.
 pub struct CommInner {
     plugin: Arc<Plugin>,
     ptr: NonNull<c_void>,
     kind: Kind,
+    /// The offload of the comm's device, where known (listen and recv comms).
+    device_type: Option<DeviceType>,
+    /// What the device-handle out-pointer pointed to after the call that made the comm.
     dev_handle: Option<DevHandle>,
     closed: bool,
+    /// The handle passed to the plugin to fill in place: its address stays valid (and the
+    /// plugin may keep it) as long as the comm; freed after the comm is closed.
+    _dev_storage: Option<DevStorage>,
 }
 
 // SAFETY: the comm pointer is an opaque token owned by the plugin; the public wrappers are
@@ -71,21 +97,39 @@ unsafe impl Send for CommInner {}
 unsafe impl Sync for CommInner {}
 
 impl CommInner {
+    /// `dev` is what the device-handle out-pointer holds after the call; `storage` the
+    /// handle we passed in it, if any.
     fn new(
         plugin: &Arc<Plugin>,
         ptr: NonNull<c_void>,
         kind: Kind,
+        device_type: Option<DeviceType>,
         dev: *mut DevHandle,
+        storage: Option<DevStorage>,
     ) -> Arc<Self> {
-        // SAFETY: a non-NULL device handle from connect/accept lives as long as the comm.
-        let dev_handle = unsafe { dev.as_ref() }.copied();
+        // SAFETY: a non-NULL device handle from connect/accept is ours (`storage`) or the
+        // plugin's, alive as long as the comm.
+        let dev_handle = unsafe { dev.as_ref() }
+            .copied()
+            // A handle the plugin left unfilled, or a HOST one, describes no offload.
+            .filter(|h| !h.handle.is_null() && h.net_device_type != NET_DEVICE_HOST);
         Arc::new(CommInner {
             plugin: Arc::clone(plugin),
             ptr,
             kind,
+            device_type,
             dev_handle,
             closed: false,
+            _dev_storage: storage,
         })
+    }
+
+    /// Whether the comm's device (or the handle the plugin attached) is UNPACK.
+    fn is_unpack(&self) -> bool {
+        self.device_type == Some(DeviceType::Unpack)
+            || self
+                .dev_handle
+                .is_some_and(|h| h.net_device_type == tcpx_core::abi::NET_DEVICE_UNPACK)
     }
 
     fn close(&mut self) -> Result<()> {
@@ -100,8 +144,9 @@ impl CommInner {
             Kind::Recv => (t.close_recv, "closeRecv"),
         };
         let f = f.ok_or_else(|| self.plugin.missing(name))?;
+        let p = &self.plugin;
         // SAFETY: the comm came from this plugin and is closed exactly once.
-        self.plugin.check(name, unsafe { f(self.ptr.as_ptr()) })
+        p.check(name, p.call(name, || unsafe { f(self.ptr.as_ptr()) }))
     }
 }
 
@@ -125,7 +170,8 @@ mod private {
 
 /// A send or receive comm: what memory can be registered on.
 pub trait Comm: private::Sealed {
-    /// The device offload handle the plugin attached, if any (UNPACK on TCPX receives).
+    /// The device offload handle the plugin attached, if any (UNPACK on TCPX receives);
+    /// `None` for HOST devices and where the plugin left the handle NULL or unfilled.
     fn dev_handle(&self) -> Option<&DevHandle> {
         self.inner().dev_handle.as_ref()
     }
@@ -135,6 +181,14 @@ pub trait Comm: private::Sealed {
 pub struct ListenComm {
     inner: Arc<CommInner>,
     handle: ConnectHandle,
+    /// The device listened on, and its offload (`netDeviceType`, `netDeviceVersion`) read
+    /// once at `listen`: every accept retry needs them, none should ask the plugin again.
+    dev: usize,
+    device_type: DeviceType,
+    device_version: i32,
+    /// The device handle lent to accept retries until one returns a comm, which then owns
+    /// it (declared after `inner`: freed only after the listen comm is closed).
+    pending: Option<DevStorage>,
     _not_sync: NotSync,
 }
 
@@ -142,6 +196,16 @@ impl ListenComm {
     /// The handle to give the peer.
     pub fn handle(&self) -> &ConnectHandle {
         &self.handle
+    }
+
+    /// The device listened on.
+    pub fn dev(&self) -> usize {
+        self.dev
+    }
+
+    /// The offload of the device listened on.
+    pub fn device_type(&self) -> DeviceType {
+        self.device_type
     }
 }
 
@@ -211,9 +275,12 @@ impl MemReg {
         let p = &self.comm.plugin;
         let f = p.table.dereg_mr.ok_or_else(|| p.missing("deregMr"))?;
         // SAFETY: the handle was registered on this comm, which is still open.
-        p.check("deregMr", unsafe {
-            f(self.comm.ptr.as_ptr(), self.mhandle)
-        })
+        p.check(
+            "deregMr",
+            p.call("deregMr", || unsafe {
+                f(self.comm.ptr.as_ptr(), self.mhandle)
+            }),
+        )
     }
 }
 
@@ -257,6 +324,9 @@ pub struct RecvBuf<'a> {
     pub mr: &'a MemReg,
 }
 
+/// What `test`'s sizes are preset to: a size still equal to it once done was not written.
+const SIZE_UNTOUCHED: c_int = -1;
+
 /// An in-flight plugin request. Poll it with [`Net::test`]; once done, drop it (or hand a
 /// receive to [`Net::irecv_consumed`]). Holds its comm open.
 pub struct Request {
@@ -264,7 +334,10 @@ pub struct Request {
     ptr: NonNull<c_void>,
     n: u8,
     done: bool,
+    /// What `test` wrote, or [`SIZE_UNTOUCHED`].
     sizes: [c_int; MAX_RECVS],
+    /// The sizes posted (isend's size, irecv's sizes): the answer where `test` wrote none.
+    posted: [usize; MAX_RECVS],
     _not_sync: NotSync,
 }
 
@@ -272,14 +345,19 @@ pub struct Request {
 unsafe impl Send for Request {}
 
 impl Request {
-    fn new(comm: &Arc<CommInner>, ptr: *mut c_void, n: usize) -> Option<Request> {
-        NonNull::new(ptr).map(|ptr| Request {
-            comm: Arc::clone(comm),
-            ptr,
-            n: n as u8,
-            done: false,
-            sizes: [0; MAX_RECVS],
-            _not_sync: PhantomData,
+    fn new(comm: &Arc<CommInner>, ptr: *mut c_void, posted: &[usize]) -> Option<Request> {
+        NonNull::new(ptr).map(|ptr| {
+            let mut p = [0; MAX_RECVS];
+            p[..posted.len()].copy_from_slice(posted);
+            Request {
+                comm: Arc::clone(comm),
+                ptr,
+                n: posted.len() as u8,
+                done: false,
+                sizes: [SIZE_UNTOUCHED; MAX_RECVS],
+                posted: p,
+                _not_sync: PhantomData,
+            }
         })
     }
 
@@ -298,13 +376,29 @@ impl Request {
         self.n == 0
     }
 
-    /// Bytes moved by buffer `i`, once done.
+    /// Bytes moved by buffer `i`, once done: the size `test` reported, or the posted size
+    /// where the plugin wrote none (GPUDirect-TCPX never does). `None` while in flight, for
+    /// `i` out of range, and for a negative size the plugin did report.
     pub fn size(&self, i: usize) -> Option<usize> {
-        if self.done && i < self.len() {
-            usize::try_from(self.sizes[i]).ok()
-        } else {
-            None
+        if !self.done || i >= self.len() {
+            return None;
         }
+        match self.sizes[i] {
+            SIZE_UNTOUCHED => Some(self.posted[i]),
+            s => usize::try_from(s).ok(),
+        }
+    }
+
+    /// Whether `test` reported buffer `i`'s size itself (false while in flight, for `i` out
+    /// of range, and where [`Request::size`] is the posted size). A receiver can check a
+    /// reported size against what it expected; an unreported one says nothing.
+    pub fn size_reported(&self, i: usize) -> bool {
+        self.done && i < self.len() && self.sizes[i] != SIZE_UNTOUCHED
+    }
+
+    /// The size posted for buffer `i`.
+    pub fn posted_size(&self, i: usize) -> Option<usize> {
+        (i < self.len()).then(|| self.posted[i])
     }
 
     /// The plugin's request pointer.
@@ -329,26 +423,42 @@ impl Net {
         }
     }
 
-    /// Starts listening on device `dev`.
+    /// Starts listening on device `dev` (reading its properties once, for `accept`).
     pub fn listen(&self, dev: usize) -> Result<ListenComm> {
         let p = &self.plugin;
         let f = p.table.listen.ok_or_else(|| p.missing("listen"))?;
+        let d = dev_index(dev)?;
+        let props = self.properties(dev)?;
         let mut handle = ConnectHandle::default();
         let mut comm = ptr::null_mut();
         // SAFETY: `handle` has the 128 bytes the ABI allows; `comm` is an out-pointer.
-        let code = unsafe { f(dev_index(dev)?, handle.0.as_mut_ptr().cast(), &mut comm) };
+        let code = p.call("listen", || unsafe {
+            f(d, handle.0.as_mut_ptr().cast(), &mut comm)
+        });
         p.check("listen", code)?;
         let comm =
             NonNull::new(comm).ok_or(Error::Invalid("listen succeeded without a listen comm"))?;
         Ok(ListenComm {
-            inner: CommInner::new(p, comm, Kind::Listen, ptr::null_mut()),
+            inner: CommInner::new(
+                p,
+                comm,
+                Kind::Listen,
+                Some(props.device_type),
+                ptr::null_mut(),
+                None,
+            ),
             handle,
+            dev,
+            device_type: props.device_type,
+            device_version: props.device_version,
+            pending: None,
             _not_sync: PhantomData,
         })
     }
 
     /// One non-blocking connect attempt to the peer's `handle`; `Ok(None)` = call again
-    /// (with the same `handle`, where the plugin may keep its progress).
+    /// (with the same `handle`, where the plugin may keep its progress). Like NCCL's send
+    /// side, the device-handle argument points to NULL; a handle the plugin sets is kept.
     pub fn connect(&self, dev: usize, handle: &mut ConnectHandle) -> Result<Option<SendComm>> {
         let p = &self.plugin;
         let f = p
@@ -361,7 +471,7 @@ impl Net {
         let mut dev_handle: *mut DevHandle = ptr::null_mut();
         let h = handle.0.as_mut_ptr().cast();
         // SAFETY: out-pointers valid for the call; the handle buffer is HANDLE_MAX_SIZE bytes.
-        let code = unsafe {
+        let code = p.call("connect", || unsafe {
             match f {
                 Connect::V7(f) => f(d, h, &mut comm, &mut dev_handle),
                 Connect::V10(f) => {
@@ -371,26 +481,60 @@ impl Net {
                     f(d, &mut config, h, &mut comm, &mut dev_handle)
                 }
             }
-        };
+        });
         p.check("connect", code)?;
         Ok(NonNull::new(comm).map(|c| SendComm {
-            inner: CommInner::new(p, c, Kind::Send, dev_handle),
+            inner: CommInner::new(p, c, Kind::Send, None, dev_handle, None),
             _not_sync: PhantomData,
         }))
     }
 
     /// One non-blocking accept attempt; `Ok(None)` = the peer is not connected yet.
+    ///
+    /// On an UNPACK device the plugin gets a pointer to a zeroed device handle with type and
+    /// version preset (as NCCL's receive side does; GPUDirect-TCPX fills it in place), the
+    /// same one on every retry, owned by the comm once accepted; on a HOST device a pointer
+    /// to NULL.
     pub fn accept(&self, listen: &mut ListenComm) -> Result<Option<RecvComm>> {
         self.owns(&listen.inner)?;
         let p = &self.plugin;
         let f = p.table.accept.ok_or_else(|| p.missing("accept"))?;
+        let mut storage = match listen.device_type {
+            DeviceType::Host => None,
+            DeviceType::Unpack => Some(listen.pending.take().unwrap_or_else(|| {
+                DevStorage(Box::new(DevHandle {
+                    net_device_type: tcpx_core::abi::NET_DEVICE_UNPACK,
+                    net_device_version: listen.device_version,
+                    handle: ptr::null_mut(),
+                    size: 0,
+                    needs_proxy_progress: 0,
+                }))
+            })),
+        };
+        let mut dev_handle: *mut DevHandle = storage
+            .as_mut()
+            .map_or(ptr::null_mut(), |h| &mut *h.0 as *mut DevHandle);
         let mut comm = ptr::null_mut();
-        let mut dev_handle: *mut DevHandle = ptr::null_mut();
-        // SAFETY: the listen comm is open; out-pointers are valid for the call.
-        let code = unsafe { f(listen.inner.ptr.as_ptr(), &mut comm, &mut dev_handle) };
-        p.check("accept", code)?;
-        Ok(NonNull::new(comm).map(|c| RecvComm {
-            inner: CommInner::new(p, c, Kind::Recv, dev_handle),
+        let lp = listen.inner.ptr.as_ptr();
+        // SAFETY: the listen comm is open; out-pointers are valid for the call, and the
+        // handle they may point to lives in `storage` (kept by the listen comm or the new
+        // recv comm).
+        let code = p.call("accept", || unsafe { f(lp, &mut comm, &mut dev_handle) });
+        let Some(c) = NonNull::new(comm).filter(|_| code == tcpx_core::abi::result::SUCCESS) else {
+            // Not yet (or failed): the plugin may hold on to the handle, so it stays ours.
+            listen.pending = storage;
+            p.check("accept", code)?;
+            return Ok(None);
+        };
+        Ok(Some(RecvComm {
+            inner: CommInner::new(
+                p,
+                c,
+                Kind::Recv,
+                Some(listen.device_type),
+                dev_handle,
+                storage,
+            ),
             _not_sync: PhantomData,
         }))
     }
@@ -412,12 +556,14 @@ impl Net {
         let f = p.table.reg_mr.as_ref().ok_or_else(|| p.missing("regMr"))?;
         let mut mhandle = ptr::null_mut();
         let cp = c.ptr.as_ptr();
+        let ty = kind.ptr_type();
         // SAFETY: the comm is open; the memory contract is the caller's.
-        let code = unsafe {
-            match f {
-                RegMr::Int(f) => f(cp, data, int_size(size)?, kind.ptr_type(), &mut mhandle),
-                RegMr::Size(f) => f(cp, data, size, kind.ptr_type(), &mut mhandle),
+        let code = match f {
+            RegMr::Int(f) => {
+                let size = int_size(size)?;
+                p.call("regMr", || unsafe { f(cp, data, size, ty, &mut mhandle) })
             }
+            RegMr::Size(f) => p.call("regMr", || unsafe { f(cp, data, size, ty, &mut mhandle) }),
         };
         p.check("regMr", code)?;
         Ok(self.mem_reg(c, mhandle))
@@ -444,18 +590,11 @@ impl Net {
             .reg_mr_dma_buf
             .ok_or_else(|| p.missing("regMrDmaBuf"))?;
         let mut mhandle = ptr::null_mut();
+        let (cp, ty) = (c.ptr.as_ptr(), kind.ptr_type());
         // SAFETY: the comm is open; the memory contract is the caller's.
-        let code = unsafe {
-            f(
-                c.ptr.as_ptr(),
-                data,
-                size,
-                kind.ptr_type(),
-                offset,
-                fd,
-                &mut mhandle,
-            )
-        };
+        let code = p.call("regMrDmaBuf", || unsafe {
+            f(cp, data, size, ty, offset, fd, &mut mhandle)
+        });
         p.check("regMrDmaBuf", code)?;
         Ok(self.mem_reg(c, mhandle))
     }
@@ -485,9 +624,10 @@ impl Net {
             .ok_or_else(|| p.missing("getDeviceMr"))?;
         let mut dptr = ptr::null_mut();
         // SAFETY: comm and registration are alive; `dptr` is an out-pointer.
-        p.check("getDeviceMr", unsafe {
+        let code = p.call("getDeviceMr", || unsafe {
             f(mr.comm.ptr.as_ptr(), mr.mhandle, &mut dptr)
-        })?;
+        });
+        p.check("getDeviceMr", code)?;
         Ok(dptr)
     }
 
@@ -512,16 +652,20 @@ impl Net {
         let f = p.table.isend.as_ref().ok_or_else(|| p.missing("isend"))?;
         let mut req = ptr::null_mut();
         let cp = c.ptr.as_ptr();
+        let mh = mr.mhandle;
         // SAFETY: comm and registration are alive; the buffer contract is the caller's.
-        let code = unsafe {
-            match f {
-                Isend::Int(f) => f(cp, data, int_size(size)?, tag, mr.mhandle, &mut req),
-                Isend::Size(f) => f(cp, data, size, tag, mr.mhandle, &mut req),
-                Isend::Profiled(f) => f(cp, data, size, tag, mr.mhandle, ptr::null_mut(), &mut req),
+        let code = match f {
+            Isend::Int(f) => {
+                let size = int_size(size)?;
+                p.call("isend", || unsafe { f(cp, data, size, tag, mh, &mut req) })
             }
+            Isend::Size(f) => p.call("isend", || unsafe { f(cp, data, size, tag, mh, &mut req) }),
+            Isend::Profiled(f) => p.call("isend", || unsafe {
+                f(cp, data, size, tag, mh, ptr::null_mut(), &mut req)
+            }),
         };
         p.check("isend", code)?;
-        Ok(Request::new(c, req, 1))
+        Ok(Request::new(c, req, &[size]))
     }
 
     /// Posts a grouped receive (1 … `MAX_RECVS` buffers); `Ok(None)` = busy, retry.
@@ -538,21 +682,23 @@ impl Net {
         let f = p.table.irecv.as_ref().ok_or_else(|| p.missing("irecv"))?;
         let mut req = ptr::null_mut();
         let cp = c.ptr.as_ptr();
+        let mut int_sizes_buf = match f {
+            Irecv::Int(_) => int_sizes(&a)?,
+            _ => [0; MAX_RECVS],
+        };
+        let posted = a.sizes;
         // SAFETY: arrays hold `n` valid entries; the buffer contract is the caller's.
-        let code = unsafe {
+        let code = p.call("irecv", || unsafe {
             match f {
-                Irecv::Int(f) => {
-                    let mut sizes = int_sizes(&a)?;
-                    f(
-                        cp,
-                        a.n,
-                        a.data.as_mut_ptr(),
-                        sizes.as_mut_ptr(),
-                        a.tags.as_mut_ptr(),
-                        a.mhandles.as_mut_ptr(),
-                        &mut req,
-                    )
-                }
+                Irecv::Int(f) => f(
+                    cp,
+                    a.n,
+                    a.data.as_mut_ptr(),
+                    int_sizes_buf.as_mut_ptr(),
+                    a.tags.as_mut_ptr(),
+                    a.mhandles.as_mut_ptr(),
+                    &mut req,
+                ),
                 Irecv::Size(f) => f(
                     cp,
                     a.n,
@@ -576,41 +722,53 @@ impl Net {
                     )
                 }
             }
-        };
+        });
         p.check("irecv", code)?;
-        Ok(Request::new(c, req, bufs.len()))
+        Ok(Request::new(c, req, &posted[..bufs.len()]))
     }
 
     /// Posts a flush making received CUDA data visible to the GPU; `Ok(None)` = nothing
     /// to flush or busy (the plugin decides).
+    ///
+    /// Refused, without calling the plugin, on an UNPACK comm: GPUDirect-TCPX's `iflush`
+    /// is not a no-op (it takes its request argument for a request and writes a size
+    /// through it), and the unpack kernel reads the data on Hopper with no flush needed.
     ///
     /// # Safety
     /// As for [`Net::irecv`], for buffers whose receive has completed.
     pub unsafe fn iflush(&self, comm: &RecvComm, bufs: &[RecvBuf<'_>]) -> Result<Option<Request>> {
         let c = &comm.inner;
         self.owns(c)?;
+        if c.is_unpack() {
+            return Err(Error::Unsupported(
+                "iflush on an UNPACK (GPUDirect-TCPX) recv comm: TCPX's iflush is not a \
+                 no-op, and Hopper needs no flush",
+            ));
+        }
         let mut a = recv_args(c, bufs)?;
         let p = &self.plugin;
         let f = p.table.iflush.ok_or_else(|| p.missing("iflush"))?;
         let mut sizes = int_sizes(&a)?;
         let mut req = ptr::null_mut();
+        let cp = c.ptr.as_ptr();
         // SAFETY: arrays hold `n` valid entries; the buffer contract is the caller's.
-        let code = unsafe {
+        let code = p.call("iflush", || unsafe {
             f(
-                c.ptr.as_ptr(),
+                cp,
                 a.n,
                 a.data.as_mut_ptr(),
                 sizes.as_mut_ptr(),
                 a.mhandles.as_mut_ptr(),
                 &mut req,
             )
-        };
+        });
         p.check("iflush", code)?;
-        Ok(Request::new(c, req, bufs.len()))
+        Ok(Request::new(c, req, &a.sizes[..bufs.len()]))
     }
 
     /// Polls `req`: `Some(bytes of the first buffer)` once done, `None` while in flight.
-    /// Other buffers' sizes are then in [`Request::size`].
+    /// Other buffers' sizes are then in [`Request::size`]. A size the plugin did not write
+    /// is the posted size (see [`Request::size_reported`]).
     #[inline]
     pub fn test(&self, req: &mut Request) -> Result<Option<usize>> {
         self.owns(&req.comm)?;
@@ -620,15 +778,17 @@ impl Net {
         let p = &self.plugin;
         let f = p.table.test.ok_or_else(|| p.missing("test"))?;
         let mut done: c_int = 0;
+        // Preset on every call: a plugin may write sizes on a call that is not yet done.
+        req.sizes = [SIZE_UNTOUCHED; MAX_RECVS];
+        let (rp, sizes) = (req.ptr.as_ptr(), req.sizes.as_mut_ptr());
         // SAFETY: the request is in flight on an open comm; `sizes` has room for `n`.
-        p.check("test", unsafe {
-            f(req.ptr.as_ptr(), &mut done, req.sizes.as_mut_ptr())
-        })?;
+        let code = p.call("test", || unsafe { f(rp, &mut done, sizes) });
+        p.check("test", code)?;
         if done == 0 {
             return Ok(None);
         }
         req.done = true;
-        Ok(Some(usize::try_from(req.sizes[0]).unwrap_or(0)))
+        Ok(Some(req.size(0).unwrap_or(0)))
     }
 
     /// Tells the plugin the device has consumed a completed receive, so it can recycle the
@@ -648,10 +808,10 @@ impl Net {
             .table
             .irecv_consumed
             .ok_or_else(|| p.missing("irecvConsumed"))?;
+        let (cp, n, rp) = (c.ptr.as_ptr(), c_int::from(req.n), req.ptr.as_ptr());
         // SAFETY: the request completed on this open comm and is handed back exactly once.
-        p.check("irecvConsumed", unsafe {
-            f(c.ptr.as_ptr(), c_int::from(req.n), req.ptr.as_ptr())
-        })
+        let code = p.call("irecvConsumed", || unsafe { f(cp, n, rp) });
+        p.check("irecvConsumed", code)
     }
 
     /// Whether the plugin implements `irecvConsumed` (TCPX-style plugins do; others

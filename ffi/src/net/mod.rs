@@ -4,17 +4,25 @@
 //! `ncclNetPlugin_v10` … `_v7` table it exports is adapted to one internal table, and every
 //! call is wrapped: comms and registrations are RAII objects, "not ready yet" is `Ok(None)`,
 //! and each failing call becomes an [`Error`] naming the plugin and the function.
+//!
+//! A plugin file is opened as a private copy by default, so that NCCL loading the same file
+//! in this process cannot share (and re-`init`) our instance ([`Isolation`]; env
+//! `TCPX_PLUGIN_ISOLATE=0` turns it off); within tcpx, loading one file again returns the
+//! instance already loaded, so `init` runs once per instance as in NCCL. A plugin that calls
+//! `exit()` from inside one of our calls is named on stderr on the way out (`exit.rs`).
 
 mod comm;
+mod exit;
+mod isolate;
 mod props;
 mod table;
 
 use std::ffi::{c_int, c_void, CStr};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use libloading::Library;
 use tcpx_core::abi::{result, v10, v7, v8, v9, NcclResult};
 
 use crate::error::{Error, Result};
@@ -24,6 +32,7 @@ use table::{GetProperties, Init, RegMr, Table};
 pub use comm::{
     Comm, ConnectHandle, ListenComm, MemKind, MemReg, RecvBuf, RecvComm, Request, SendComm,
 };
+pub use isolate::{Isolation, ISOLATE_ENV};
 pub use props::{DeviceProps, DeviceType, PtrSupport};
 pub use table::MAX_RECVS;
 
@@ -114,10 +123,19 @@ pub(crate) struct Plugin {
     /// `init`'s result; NCCL calls `init` once per process and so do we.
     init: OnceLock<NcclResult>,
     /// Dropped last (after every `Arc<Plugin>`): unmaps the code `table` points into.
-    _lib: Option<Library>,
+    /// `None` for a table linked into this process.
+    lib: Option<isolate::Opened>,
 }
 
 impl Plugin {
+    /// Runs one call into the plugin with this thread marked as inside `func`, so that an
+    /// `exit()` in there is reported (no allocation: two thread-local writes).
+    #[inline]
+    fn call<R>(&self, func: &'static str, f: impl FnOnce() -> R) -> R {
+        let _mark = exit::CallMark::enter(func, &self.name);
+        f()
+    }
+
     /// Maps a plugin result to `Ok` or an error naming `func`.
     #[inline]
     fn check(&self, func: &'static str, code: NcclResult) -> Result<()> {
@@ -157,6 +175,36 @@ impl fmt::Debug for Net {
     }
 }
 
+/// Plugins loaded by path, so loading a file again returns its instance (weak: a plugin
+/// nobody uses any more is unloaded, and a dead entry is replaced by the next load).
+static LOADED: Mutex<Vec<(LoadKey, Weak<Plugin>)>> = Mutex::new(Vec::new());
+
+/// One file (by identity, and as it was when loaded) opened one way.
+#[derive(PartialEq, Eq)]
+struct LoadKey {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    abi: Option<AbiVersion>,
+    isolation: Isolation,
+}
+
+impl LoadKey {
+    fn of(path: &Path, abi: Option<AbiVersion>, isolation: Isolation) -> Option<LoadKey> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(isolate::locate(path)?).ok()?;
+        Some(LoadKey {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            abi,
+            isolation,
+        })
+    }
+}
+
 impl Net {
     /// Opens the plugin at `path` and adapts the newest table it exports.
     pub fn load(path: impl AsRef<Path>) -> Result<Net> {
@@ -164,7 +212,18 @@ impl Net {
     }
 
     /// Opens the plugin at `path`; `abi = Some(v)` accepts only that version's table.
+    /// Isolated as `TCPX_PLUGIN_ISOLATE` says ([`Isolation::from_env`]).
     pub fn load_with(path: impl AsRef<Path>, abi: Option<AbiVersion>) -> Result<Net> {
+        Net::load_with_isolation(path, abi, Isolation::from_env()?)
+    }
+
+    /// Opens the plugin at `path` as a private copy or as the file itself ([`Isolation`]);
+    /// a file tcpx already loaded the same way returns that instance.
+    pub fn load_with_isolation(
+        path: impl AsRef<Path>,
+        abi: Option<AbiVersion>,
+        isolation: Isolation,
+    ) -> Result<Net> {
         let path = path.as_ref();
         // A bare file name is left to the dynamic loader's search path.
         let has_dir = path.components().count() > 1;
@@ -173,7 +232,26 @@ impl Net {
                 path: path.to_path_buf(),
             });
         }
-        let lib = open(path)?;
+        let key = LoadKey::of(path, abi, isolation);
+        let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+        loaded.retain(|(_, p)| p.strong_count() > 0);
+        if let Some(plugin) = key
+            .as_ref()
+            .and_then(|k| loaded.iter().find(|(lk, _)| lk == k))
+            .and_then(|(_, p)| p.upgrade())
+        {
+            return Ok(Net { plugin });
+        }
+        let net = Net::open(path, abi, isolation)?;
+        if let Some(k) = key {
+            loaded.push((k, Arc::downgrade(&net.plugin)));
+        }
+        Ok(net)
+    }
+
+    fn open(path: &Path, abi: Option<AbiVersion>, isolation: Isolation) -> Result<Net> {
+        let opened = isolate::open(path, isolation)?;
+        let lib = &opened.lib;
         let versions: &[AbiVersion] = match abi {
             Some(ref v) => std::slice::from_ref(v),
             None => &AbiVersion::NEWEST_FIRST,
@@ -205,13 +283,14 @@ impl Net {
                 "loaded ncclNet plugin {name} ({v}) from {}",
                 path.display()
             );
+            exit::install();
             return Ok(Net {
                 plugin: Arc::new(Plugin {
                     table,
                     name,
                     source: PluginSource::Path(path.to_path_buf()),
                     init: OnceLock::new(),
-                    _lib: Some(lib),
+                    lib: Some(opened),
                 }),
             });
         }
@@ -225,13 +304,14 @@ impl Net {
     pub fn from_static_v7(table: &'static v7::Net) -> Net {
         // SAFETY: a `'static` table's name is NULL or a static C string.
         let name = unsafe { plugin_name(table.name) };
+        exit::install();
         Net {
             plugin: Arc::new(Plugin {
                 table: Table::from_v7(table),
                 name,
                 source: PluginSource::Static,
                 init: OnceLock::new(),
-                _lib: None,
+                lib: None,
             }),
         }
     }
@@ -267,6 +347,26 @@ impl Net {
         &self.plugin.source
     }
 
+    /// Whether this instance is ours alone: [`Isolation::Private`] for a private copy and
+    /// for a table linked into tcpx, [`Isolation::Shared`] for the file itself.
+    pub fn isolation(&self) -> Isolation {
+        self.plugin
+            .lib
+            .as_ref()
+            .map_or(Isolation::Private, |o| o.isolation)
+    }
+
+    /// The address of `symbol` in this instance of the plugin (`None` for a table linked
+    /// into tcpx and for a symbol it does not export). Tells instances of one file apart
+    /// (`ncclNetPlugin_v7` differs between copies) and lets tests reach a fake plugin's
+    /// own functions.
+    pub fn symbol(&self, symbol: &str) -> Option<NonNull<c_void>> {
+        let lib = &self.plugin.lib.as_ref()?.lib;
+        // SAFETY: only the address is taken; calling or reading it is the caller's affair.
+        let sym = unsafe { lib.get::<*mut c_void>(symbol.as_bytes()) }.ok()?;
+        NonNull::new(*sym)
+    }
+
     /// The largest size one `regMr` of this plugin's ABI accepts: `c_int::MAX` for v7's
     /// `int` size, `usize::MAX` for the `size_t` of v8 and later.
     pub fn max_reg_bytes(&self) -> usize {
@@ -286,12 +386,12 @@ impl Net {
         let code = *p.init.get_or_init(|| {
             let logger = log::nccl_logger();
             // SAFETY: the table's `init` with the NCCL-compatible logger (and no profiler).
-            unsafe {
+            p.call("init", || unsafe {
                 match init {
                     Init::V7(f) => f(logger),
                     Init::V10(f) => f(logger, None),
                 }
-            }
+            })
         });
         p.check("init", code)
     }
@@ -302,7 +402,7 @@ impl Net {
         let f = p.table.devices.ok_or_else(|| p.missing("devices"))?;
         let mut n: c_int = 0;
         // SAFETY: `n` is a valid out-pointer for the duration of the call.
-        p.check("devices", unsafe { f(&mut n) })?;
+        p.check("devices", p.call("devices", || unsafe { f(&mut n) }))?;
         match usize::try_from(n) {
             Ok(0) | Err(_) => Err(Error::NoDevices {
                 plugin: Arc::clone(&p.name),
@@ -320,24 +420,23 @@ impl Net {
             .as_ref()
             .ok_or_else(|| p.missing("getProperties"))?;
         let d = dev_index(dev)?;
+        const GP: &str = "getProperties";
         // SAFETY: each arm passes a zeroed properties struct of the matching version.
-        let raw: props::Raw = unsafe {
-            match gp {
-                GetProperties::V7(f) => {
-                    let mut r = v7::Properties::zeroed();
-                    p.check("getProperties", f(d, &mut r))?;
-                    (&r).into()
-                }
-                GetProperties::V8(f) => {
-                    let mut r = v8::Properties::zeroed();
-                    p.check("getProperties", f(d, &mut r))?;
-                    (&r).into()
-                }
-                GetProperties::V9(f) => {
-                    let mut r = v9::Properties::zeroed();
-                    p.check("getProperties", f(d, &mut r))?;
-                    (&r).into()
-                }
+        let raw: props::Raw = match gp {
+            GetProperties::V7(f) => {
+                let mut r = v7::Properties::zeroed();
+                p.check(GP, p.call(GP, || unsafe { f(d, &mut r) }))?;
+                (&r).into()
+            }
+            GetProperties::V8(f) => {
+                let mut r = v8::Properties::zeroed();
+                p.check(GP, p.call(GP, || unsafe { f(d, &mut r) }))?;
+                (&r).into()
+            }
+            GetProperties::V9(f) => {
+                let mut r = v9::Properties::zeroed();
+                p.check(GP, p.call(GP, || unsafe { f(d, &mut r) }))?;
+                (&r).into()
             }
         };
         // SAFETY: the strings belong to the plugin, which is still loaded.
@@ -350,17 +449,6 @@ impl Net {
             }
         })
     }
-}
-
-/// Opens a shared object, resolving every symbol now so a broken plugin fails here.
-fn open(path: &Path) -> Result<Library> {
-    use libloading::os::unix::{Library as UnixLibrary, RTLD_LOCAL, RTLD_NOW};
-    // SAFETY: loading runs the library's initialisers; loading a plugin is the point.
-    let lib = unsafe { UnixLibrary::open(Some(path), RTLD_NOW | RTLD_LOCAL) };
-    lib.map(Library::from).map_err(|e| Error::NotSharedObject {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
 }
 
 /// Copies a table's `name`.

@@ -5,6 +5,13 @@
  *   -DFAIL_INIT                  init logs a warning and returns ncclSystemError
  *   -DNDEVS=n                    number of devices (default 2)
  *   -DOFFLOAD_TYPE=t -DOFFLOAD_VERSION=v   netDeviceType / netDeviceVersion of every device
+ *   -DFILL_DEV_HANDLE            accept fills the caller's device handle in place, as
+ *                                GPUDirect-TCPX does (else it points the caller at its own);
+ *                                a NULL one is refused with ncclInternalError, where TCPX
+ *                                would crash
+ *   -DNO_TEST_SIZES              test never writes the sizes (GPUDirect-TCPX)
+ *   -DEXIT_IN_INIT               init calls exit(1) (GPUDirect-TCPX does when cuInit fails)
+ *   -DUSE_DEP                    links against fake_dep.c: fake_counter("dep") is its answer
  * Data path: one process-wide in-memory wire; isend copies the payload into a queue, a recv
  * request completes when the queue has a message. The first isend returns a NULL request
  * ("busy") and connect/accept need two calls, so tests see tcpx's retry conventions. */
@@ -51,19 +58,30 @@ typedef struct {
 } props_v10_t;
 
 /* Counters the tests read through fake_counter(). */
-static int n_close_send, n_close_recv, n_close_listen, n_dereg, n_consumed, n_isend_calls;
+static int n_close_send, n_close_recv, n_close_listen, n_dereg, n_consumed, n_isend_calls, n_iflush;
 static int n_connect_calls, n_accept_calls;
 
+#ifdef USE_DEP
+int fake_dep_answer(void);
+#endif
+
 int fake_counter(const char *what) {
+#ifdef USE_DEP
+    if (!strcmp(what, "dep")) return fake_dep_answer();
+#endif
     if (!strcmp(what, "closeSend")) return n_close_send;
     if (!strcmp(what, "closeRecv")) return n_close_recv;
     if (!strcmp(what, "closeListen")) return n_close_listen;
     if (!strcmp(what, "deregMr")) return n_dereg;
     if (!strcmp(what, "irecvConsumed")) return n_consumed;
+    if (!strcmp(what, "iflush")) return n_iflush;
     return -1;
 }
 
 static int do_init(logger_t log) {
+#ifdef EXIT_IN_INIT
+    exit(1);
+#endif
     if (log) log(3, 16, __FILE__, __LINE__, "fake init: %d devices, tag=%s, ratio=%.2f", NDEVS, "hello", 0.5);
 #ifdef FAIL_INIT
     if (log) log(2, 16 | 1, __FILE__, __LINE__, "fake init refuses (errno %d)", 19);
@@ -127,7 +145,9 @@ typedef struct { int send; void *data; size_t cap; int done; } req_t;
 #define QUEUE 16
 static struct { char *bytes; size_t len; } queue[QUEUE];
 static int q_head, q_tail;
-static dev_handle_t recv_dev_handle = {OFFLOAD_TYPE, OFFLOAD_VERSION, NULL, 0, 1};
+/* What an UNPACK device handle's `handle` points to (never dereferenced by tcpx's loader). */
+static char unpack_stub[24];
+static dev_handle_t recv_dev_handle = {OFFLOAD_TYPE, OFFLOAD_VERSION, unpack_stub, sizeof unpack_stub, 1};
 
 static int do_listen(int dev, void *handle, void **comm) {
     listen_t *l = calloc(1, sizeof *l);
@@ -162,10 +182,21 @@ static int do_accept(void *listen, void **comm, dev_handle_t **dh) {
     listen_t *l = listen;
     n_accept_calls++;
     if (l->accepts++ == 0) { *comm = NULL; return 0; }
+#ifdef FILL_DEV_HANDLE
+    /* As NCCL's receive side: a handle of ours to fill, type and version preset. */
+    if (dh == NULL || *dh == NULL) return 3;
+    if ((*dh)->type != OFFLOAD_TYPE || (*dh)->version != OFFLOAD_VERSION) return 4;
+#endif
     comm_t *c = calloc(1, sizeof *c);
     c->kind = 2;
     *comm = c;
+#ifdef FILL_DEV_HANDLE
+    (*dh)->handle = unpack_stub;
+    (*dh)->size = sizeof unpack_stub;
+    (*dh)->needs_proxy_progress = 1;
+#else
     if (OFFLOAD_TYPE != 0 && dh) *dh = &recv_dev_handle;
+#endif
     return 0;
 }
 
@@ -216,11 +247,17 @@ static int irecv_v10(void *comm, int n, void **data, size_t *sizes, int *tags, v
     return recv_common(comm, n, data, sizes[0], mh, req);
 }
 
+#ifdef NO_TEST_SIZES
+#define REPORT_SIZE(s, v) (void)(s)
+#else
+#define REPORT_SIZE(s, v) do { if (s) (s)[0] = (int)(v); } while (0)
+#endif
+
 static int test(void *request, int *done, int *sizes) {
     req_t *r = request;
     if (r->send) {
         *done = 1;
-        if (sizes) sizes[0] = (int)r->cap;
+        REPORT_SIZE(sizes, r->cap);
         free(r);
         return 0;
     }
@@ -231,7 +268,7 @@ static int test(void *request, int *done, int *sizes) {
     free(queue[q_head].bytes);
     q_head = (q_head + 1) % QUEUE;
     *done = 1;
-    if (sizes) sizes[0] = (int)len;
+    REPORT_SIZE(sizes, len);
     /* Offloaded receives stay alive until irecvConsumed, as with TCPX. */
     if (OFFLOAD_TYPE == 0) free(r);
     return 0;
@@ -241,6 +278,14 @@ static int consumed(void *comm, int n, void *request) {
     (void)comm; (void)n;
     n_consumed++;
     if (OFFLOAD_TYPE != 0) free(request);
+    return 0;
+}
+
+/* Counts and flushes nothing: a HOST plugin's "no flush needed" answer (NULL request). */
+static int iflush(void *comm, int n, void **data, int *sizes, void **mh, void **req) {
+    (void)comm; (void)n; (void)data; (void)sizes; (void)mh;
+    n_iflush++;
+    *req = NULL;
     return 0;
 }
 
@@ -257,7 +302,7 @@ table7_t ncclNetPlugin_v7 = {
     "FakeV7",
     {(void *)init_v7, (void *)devices, (void *)props_v7, (void *)do_listen, (void *)connect_v7,
      (void *)do_accept, (void *)reg_v7, NULL, (void *)dereg, (void *)isend_v7, (void *)irecv_v7,
-     NULL, (void *)test, (void *)close_send, (void *)close_recv, (void *)close_listen, NULL,
+     (void *)iflush, (void *)test, (void *)close_send, (void *)close_recv, (void *)close_listen, NULL,
      (void *)consumed}};
 #endif
 
@@ -270,7 +315,7 @@ table10_t ncclNetPlugin_v10 = {
     "FakeV10",
     {(void *)init_v10, (void *)devices, (void *)props_v10, (void *)do_listen, (void *)connect_v10,
      (void *)do_accept, (void *)reg_v10, NULL, (void *)dereg, (void *)isend_v10, (void *)irecv_v10,
-     NULL, (void *)test, (void *)close_send, (void *)close_recv, (void *)close_listen, NULL,
+     (void *)iflush, (void *)test, (void *)close_send, (void *)close_recv, (void *)close_listen, NULL,
      (void *)consumed, NULL}};
 #endif
 
