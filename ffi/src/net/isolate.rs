@@ -35,7 +35,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use libloading::os::unix::{Library as UnixLibrary, RTLD_LOCAL, RTLD_NOW};
+use libloading::os::unix::{Library as UnixLibrary, RTLD_LAZY, RTLD_LOCAL, RTLD_NOW};
 use libloading::Library;
 
 use crate::error::{Error, Result};
@@ -91,7 +91,8 @@ pub(crate) struct Opened {
 
 /// Opens `path` as `want` asks, falling back to the file itself (with a warning).
 pub(crate) fn open(path: &Path, want: Isolation) -> Result<Opened> {
-    let elsewhere = if loaded_elsewhere(path) {
+    // A private copy is another file, so this never counts ours.
+    let elsewhere = if is_loaded(path) {
         "; the file is also loaded in this process by another user"
     } else {
         ""
@@ -100,8 +101,8 @@ pub(crate) fn open(path: &Path, want: Isolation) -> Result<Opened> {
         let lib = open_file(path)?;
         crate::log_info!(
             "net",
-            "opened {} itself ({ISOLATE_ENV}=0): its instance is shared with any other user \
-             of the file in this process{elsewhere}",
+            "opened {} itself, as asked ({ISOLATE_ENV}=0 or Isolation::Shared): its instance \
+             is shared with any other user of the file in this process{elsewhere}",
             path.display()
         );
         return Ok(shared(lib));
@@ -159,11 +160,11 @@ fn dlopen(path: &Path, flags: c_int) -> std::result::Result<Library, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Whether `path` is loaded in this process already (by anyone: a private copy is another
-/// file, so this never counts ours).
-fn loaded_elsewhere(path: &Path) -> bool {
+/// Whether an object that `dlopen(name)` would return is loaded (a bare name matches a
+/// loaded soname). LAZY: a probe must not force the binding of a lazily loaded object.
+fn is_loaded(name: &Path) -> bool {
     // Dropping the handle only undoes the reference NOLOAD took.
-    dlopen(path, RTLD_NOW | RTLD_NOLOAD).is_ok()
+    dlopen(name, RTLD_LAZY | RTLD_NOLOAD).is_ok()
 }
 
 enum NoCopy {
@@ -257,9 +258,7 @@ fn open_origin_deps(file: &Path, d: &elf::Dynamic) -> Vec<Library> {
     for needed in d.needed.iter().filter(|n| !n.contains('/')) {
         // Already loaded (bound by soname) or found first on LD_LIBRARY_PATH (which a
         // RUNPATH does not override): the copy finds it the same way the original does.
-        if dlopen(Path::new(needed), RTLD_NOW | RTLD_NOLOAD).is_ok()
-            || (!d.rpath_first && locate(Path::new(needed)).is_some())
-        {
+        if is_loaded(Path::new(needed)) || (!d.rpath_first && locate(Path::new(needed)).is_some()) {
             continue;
         }
         if let Some(dep) = dirs
