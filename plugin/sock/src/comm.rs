@@ -11,28 +11,27 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tcpx_core::abi::{DevHandle, NET_DEVICE_UNPACK, NET_UNPACK_VERSION};
 use tcpx_core::unpack::{
-    slot_of, LoadMeta, NetUnpackMeta, UnpackDevHandle, MAX_RECV_BYTES, PAGE_SIZE,
+    slot_of, LoadMeta, NetUnpackMeta, UnpackDevHandle, ENTRIES_PER_SLOT, MAX_RECV_BYTES, PAGE_SIZE,
 };
 
 use crate::config::{Config, StageKernel};
-use crate::cuda::{self, SendStage, Staging};
+use crate::cuda::{self, DeviceMem, DeviceWriter, SendStage, Staging};
 use crate::dev;
 use crate::error::{Error, Result};
+use crate::frag::{Layout, Shape, MAX_PAGES_PER_REQ};
 use crate::mem::{OwnedRegion, PagePool, StageRing};
 use crate::sys::{self, Sock};
 use crate::wire::{self, Handle, Hello, HDR_LEN, HELLO_LEN};
-use crate::worker::{self, Job, JobKind, Shared, MAX_REQUESTS};
+use crate::worker::{self, FragJob, Job, JobKind, Shared, MAX_REQUESTS};
 
 /// How long `close` waits for helper threads before giving up on them.
 const CLOSE_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Control-socket read-ahead buffer: coalesces headers and small payloads into one recv.
 const STAGE_BYTES: usize = 64 << 10;
-/// Fragments (pages) per request in TCPX mode.
-const PAGES_PER_REQ: usize = MAX_RECV_BYTES / PAGE_SIZE;
 /// Tags `Request`s so a stray pointer is caught before it is used.
 const REQ_MAGIC: u32 = 0x5251_5854;
 
@@ -71,20 +70,28 @@ impl Request {
         }
     }
 
-    /// Tests this request (the body of the v7 `test`).
+    /// Tests this request (the body of the v7 `test`): `Some` once done, holding the size to
+    /// report, which is `None` in TCPX mode: TCPX's `test` never writes it.
     ///
     /// # Safety
     /// `self` was handed out by `isend`/`irecv` of a comm that is still open.
-    pub(crate) unsafe fn test(&self) -> Result<Option<usize>> {
+    pub(crate) unsafe fn test(&self) -> Result<Option<Option<usize>>> {
         if self.magic != REQ_MAGIC || self.owner.is_null() {
             return Err(Error::InvalidArgument("not a tcpxsock request"));
         }
-        match self.kind {
-            // SAFETY: the owner of a send request is the live SendComm that issued it.
-            ReqKind::Send => unsafe { &*(self.owner as *const SendComm) }.test(self.idx as usize),
-            // SAFETY: as above, for a RecvComm.
-            ReqKind::Recv => unsafe { &*(self.owner as *const RecvComm) }.test(self.idx as usize),
-        }
+        let (done, tcpx) = match self.kind {
+            ReqKind::Send => {
+                // SAFETY: the owner of a send request is the live SendComm that issued it.
+                let c = unsafe { &*(self.owner as *const SendComm) };
+                (c.test(self.idx as usize)?, c.core.tcpx)
+            }
+            ReqKind::Recv => {
+                // SAFETY: as above, for a RecvComm.
+                let c = unsafe { &*(self.owner as *const RecvComm) };
+                (c.test(self.idx as usize)?, c.core.tcpx)
+            }
+        };
+        Ok(done.map(|size| (!tcpx).then_some(size)))
     }
 
     /// The owning recv comm, if this is a receive request.
@@ -109,6 +116,8 @@ struct Group {
     conn_id: u64,
     hello: Hello,
     socks: Vec<Option<TcpStream>>,
+    /// When its last socket arrived (`Config::accept_delay_ms` counts from there).
+    complete_at: Option<Instant>,
 }
 
 /// A listening endpoint; accepts connections non-blockingly and groups them into comms.
@@ -118,6 +127,11 @@ pub struct ListenComm {
     cfg: Config,
     pending: Vec<Pending>,
     groups: Vec<Group>,
+    /// The GPU current at `listen` (CUDA machines): TCPX steers the comms' flows to its RX pool.
+    listen_gpu: Option<usize>,
+    /// The GPU current at the first `accept` call since the last comm was returned: TCPX binds
+    /// the next recv comm (its unpack queue and device handle) to it.
+    accept_gpu: Option<usize>,
 }
 
 impl ListenComm {
@@ -134,17 +148,29 @@ impl ListenComm {
             .map_err(|e| sys_err("getsockname", e))?;
         let nonce = sys::random_u64();
         Handle { addr, nonce }.emit(handle);
+        let cfg = crate::config::current();
         Ok(Box::new(ListenComm {
             listener,
             nonce,
-            cfg: crate::config::current(),
+            listen_gpu: current_gpu(&cfg),
+            cfg,
             pending: Vec::new(),
             groups: Vec::new(),
+            accept_gpu: None,
         }))
     }
 
-    /// One non-blocking accept step; `Some` once every socket of a peer comm arrived.
+    /// Whether its comms are in TCPX mode (an UNPACK device).
+    pub(crate) fn tcpx(&self) -> bool {
+        unpack_device(&self.cfg)
+    }
+
+    /// One non-blocking accept step; `Some` once every socket of a peer comm arrived and
+    /// `Config::accept_delay_ms` passed since.
     pub(crate) fn accept(&mut self) -> Result<Option<Box<RecvComm>>> {
+        if self.accept_gpu.is_none() {
+            self.accept_gpu = current_gpu(&self.cfg);
+        }
         loop {
             match self.listener.accept() {
                 Ok((s, _)) => {
@@ -190,6 +216,7 @@ impl ListenComm {
                         conn_id: h.conn_id,
                         hello: h,
                         socks: (0..=h.nsocks).map(|_| None).collect(),
+                        complete_at: None,
                     });
                     self.groups.len() - 1
                 }
@@ -204,14 +231,29 @@ impl ListenComm {
             }
             g.socks[h.index as usize] = Some(p.sock);
         }
-        if let Some(gi) = self
-            .groups
-            .iter()
-            .position(|g| g.socks.iter().all(Option::is_some))
-        {
+        let delay = Duration::from_millis(self.cfg.accept_delay_ms as u64);
+        let now = Instant::now();
+        for g in &mut self.groups {
+            if g.complete_at.is_none() && g.socks.iter().all(Option::is_some) {
+                g.complete_at = Some(now);
+            }
+        }
+        if let Some(gi) = self.groups.iter().position(|g| {
+            g.complete_at
+                .is_some_and(|t| now.duration_since(t) >= delay)
+        }) {
             let g = self.groups.swap_remove(gi);
             let socks: Vec<TcpStream> = g.socks.into_iter().flatten().collect();
-            return RecvComm::new(socks, &g.hello, &self.cfg).map(Some);
+            let gpu = self.accept_gpu.take();
+            if let (Some(l), Some(a)) = (self.listen_gpu, gpu) {
+                if l != a {
+                    crate::log_info(&format!(
+                        "tcpxsock: recv comm on GPU {a}, listen comm on GPU {l}: TCPX would \
+                         steer its flows to GPU {l}'s RX pool and put its unpack queue on GPU {a}"
+                    ));
+                }
+            }
+            return RecvComm::new(socks, &g.hello, &self.cfg, gpu).map(Some);
         }
         Ok(None)
     }
@@ -226,6 +268,8 @@ pub(crate) struct Connecting {
     sent: Vec<usize>,
     hellos: Vec<[u8; HELLO_LEN]>,
     cfg: Config,
+    /// The GPU current at the first `connect` call (TCPX binds the send comm to it).
+    gpu: Option<usize>,
 }
 
 impl Connecting {
@@ -254,6 +298,7 @@ impl Connecting {
             sent: vec![0; n + 1],
             socks,
             hellos,
+            gpu: current_gpu(&cfg),
             cfg,
         }))
     }
@@ -280,8 +325,19 @@ impl Connecting {
 
     /// Turns a finished connect into a send comm.
     pub(crate) fn finish(self) -> Result<Box<SendComm>> {
-        SendComm::new(self.socks, &self.cfg)
+        SendComm::new(self.socks, &self.cfg, self.gpu)
     }
+
+    /// Whether the comm it makes is in TCPX mode (an UNPACK device).
+    pub(crate) fn tcpx(&self) -> bool {
+        unpack_device(&self.cfg)
+    }
+}
+
+/// The GPU current on the calling thread (device 0 if none, as `cudaGetDevice` says), on a CUDA
+/// machine in TCPX mode: what TCPX binds comms to.
+fn current_gpu(cfg: &Config) -> Option<usize> {
+    (unpack_device(cfg) && cuda::present()).then(cuda::home_ordinal)
 }
 
 /* ------------------------------------- comm core ------------------------------------- */
@@ -296,6 +352,9 @@ struct Core {
     threads: Vec<JoinHandle<()>>,
     /// `Config::direct_bytes`.
     direct_bytes: usize,
+    /// TCPX mode (an UNPACK device): `test` never reports sizes, receives leave only at
+    /// `irecvConsumed`, `isend`/`irecv` need a memory handle, `iflush` is an error.
+    pub(crate) tcpx: bool,
 }
 
 /// Most bytes a direct request moves per call: a direct send's first piece (the helper sends
@@ -347,6 +406,7 @@ impl Core {
             data: Vec::with_capacity(socks.len()),
             threads: Vec::with_capacity(socks.len()),
             direct_bytes: cfg.direct_bytes,
+            tcpx: unpack_device(cfg),
         };
         for (i, s) in socks.into_iter().enumerate() {
             sys::tune(&s, cfg.sock_buf_bytes)?;
@@ -555,12 +615,14 @@ pub struct SendComm {
     stage_kernel: StageKernel,
     /// The staging kernel's idle time in ns.
     stage_idle_ns: u64,
+    /// The GPU current at `connect` (CUDA machines in TCPX mode): its staging ring's device.
+    gpu: Option<usize>,
     st: Mutex<SendState>,
     reqs: [Request; MAX_REQUESTS],
 }
 
 impl SendComm {
-    fn new(socks: Vec<TcpStream>, cfg: &Config) -> Result<Box<Self>> {
+    fn new(socks: Vec<TcpStream>, cfg: &Config, gpu: Option<usize>) -> Result<Box<Self>> {
         let core = Core::new(socks, cfg.chunk_bytes, cfg)?;
         let mut c = Box::new(SendComm {
             core,
@@ -568,6 +630,7 @@ impl SendComm {
             stage_bytes: cfg.stage_bytes,
             stage_kernel: cfg.stage_kernel,
             stage_idle_ns: cfg.stage_idle_us as u64 * 1000,
+            gpu,
             st: Mutex::new(SendState {
                 posted: 0,
                 tested: 0,
@@ -687,12 +750,13 @@ impl SendComm {
         Ok(Some(&self.reqs[idx]))
     }
 
-    /// The comm's staging ring, made at its first CUDA send (under the state lock, so once).
+    /// The comm's staging ring, made at its first CUDA send (under the state lock, so once) on
+    /// the comm's GPU, else on the GPU of the first CUDA send's buffer.
     fn stage(&self, ordinal: usize) -> Result<&SendStage> {
         let sh = &self.core.shared;
         if sh.cuda_stage.get().is_none() {
             let _ = sh.cuda_stage.set(SendStage::new(
-                ordinal,
+                self.gpu.unwrap_or(ordinal),
                 self.stage_bytes,
                 sh.lanes.len(),
                 self.stage_kernel,
@@ -783,6 +847,11 @@ impl SendComm {
         }
     }
 
+    /// Whether the comm is in TCPX mode.
+    pub(crate) fn tcpx(&self) -> bool {
+        self.core.tcpx
+    }
+
     /// Closes the comm; requests in flight are abandoned.
     pub(crate) fn close(mut self: Box<Self>) {
         if !self.core.shutdown() {
@@ -794,9 +863,9 @@ impl SendComm {
 
 /* ---------------------------------------- recv --------------------------------------- */
 
-/// Whether the device (and so every recv comm) is UNPACK: CUDA present, or forced.
+/// Whether the device is UNPACK, i.e. its comms are in TCPX mode: CUDA present, or asked for.
 pub(crate) fn unpack_device(cfg: &Config) -> bool {
-    cfg.unpack || cuda::present()
+    cfg.unpack || cfg.host_bounce || cuda::present()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -816,20 +885,138 @@ struct RecvSlot {
     inline: bool,
     /// Header read and payload either landed inline or handed to the helpers.
     ctrl_done: bool,
-    /// This request lands in bounce pages + LoadMeta (CUDA buffer, or forced by
-    /// `TCPX_SOCK_UNPACK=1`); otherwise straight into `ptr`.
+    /// This request lands in bounce pages + LoadMeta (a CUDA buffer, or any buffer with
+    /// `Config::host_bounce`); otherwise straight into `ptr`.
     bounce: bool,
-    /// Bounce pages of this request, in fragment order (TCPX mode).
+    /// `ptr` is CUDA memory.
+    cuda: bool,
+    /// Bounce pages of this request (TCPX mode), returned at `irecvConsumed`.
     pages: Box<[u32]>,
     npages: usize,
+    /// Its fragment entries: the comm's own copy of what it publishes, which the helpers follow
+    /// (never the published table, which the consumer can write).
+    frags: Box<[LoadMeta]>,
+    nfrags: usize,
+    /// Where its bytes go (bounce receives, once their pages are reserved).
+    dest: Option<FragJob>,
+}
+
+/// A recv comm's bounce region.
+enum BounceMem {
+    /// Host memory mapped into the device (the default): written by the CPU.
+    Host(OwnedRegion),
+    /// Device memory of the comm's GPU (`Config::bounce_device`): written by device copies.
+    Device(DeviceMem),
+}
+
+impl BounceMem {
+    /// The base the plugin writes through: a host address, or the device address.
+    fn base(&self) -> *mut u8 {
+        match self {
+            BounceMem::Host(r) => r.region.host,
+            BounceMem::Device(d) => d.ptr() as usize as *mut u8,
+        }
+    }
+
+    /// The base published in the device handle.
+    fn device_base(&self) -> *mut c_void {
+        match self {
+            BounceMem::Host(r) => r.region.device,
+            BounceMem::Device(d) => d.ptr() as usize as *mut c_void,
+        }
+    }
+
+    fn is_device(&self) -> bool {
+        matches!(self, BounceMem::Device(_))
+    }
+}
+
+/// What the device handle's `handle` points at.
+enum HandleMem {
+    /// Without CUDA: host memory.
+    Host(Box<UnpackDevHandle>),
+    /// On a CUDA machine: device memory, as TCPX's (`cuMemAlloc`, filled by a copy).
+    Device(DeviceMem),
 }
 
 /// TCPX-mode state of a recv comm.
 struct Unpack {
     meta: OwnedRegion,
-    bounce: OwnedRegion,
-    dev: *mut DevHandle,
-    handle: *mut UnpackDevHandle,
+    bounce: BounceMem,
+    bounce_len: usize,
+    handle: HandleMem,
+    /// Device copies made on the calling thread (the handle; inline payloads into device
+    /// memory); CUDA machines.
+    writer: Option<DeviceWriter>,
+    /// The comm's GPU (CUDA machines).
+    gpu: Option<usize>,
+    shape: Shape,
+    /// Seeds each receive's fragment layout.
+    seed: u64,
+}
+
+impl Unpack {
+    /// Meta table, bounce region and device handle for a comm of GPU `gpu` (CUDA machines).
+    fn new(cfg: &Config, gpu: Option<usize>, seed: u64) -> Result<Self> {
+        let meta = OwnedRegion::new(core::mem::size_of::<NetUnpackMeta>(), gpu)?;
+        let writer = gpu.map(DeviceWriter::new).transpose()?;
+        let bounce = match gpu {
+            Some(g) if cfg.bounce_device => BounceMem::Device(DeviceMem::new(g, cfg.bounce_bytes)?),
+            _ => {
+                if cfg.bounce_device {
+                    static TOLD: std::sync::Once = std::sync::Once::new();
+                    TOLD.call_once(|| {
+                        crate::log_info(
+                            "tcpxsock: TCPX_SOCK_BOUNCE_DEVICE ignored: no CUDA device; \
+                             bounce regions are host memory",
+                        )
+                    });
+                }
+                BounceMem::Host(OwnedRegion::new(cfg.bounce_bytes, gpu)?)
+            }
+        };
+        let h = UnpackDevHandle {
+            meta: meta.region.device.cast(),
+            bounce_buf: bounce.device_base(),
+            head: u64::MAX,
+        };
+        let handle = match (&writer, gpu) {
+            (Some(w), Some(g)) => {
+                let m = DeviceMem::new(g, core::mem::size_of::<UnpackDevHandle>())?;
+                // SAFETY: `h` lives across the batch, which waits for the copy; `m` is ours.
+                w.batch(|c| unsafe {
+                    c.htod(
+                        m.ptr(),
+                        (&h as *const UnpackDevHandle).cast(),
+                        core::mem::size_of::<UnpackDevHandle>(),
+                    )
+                })?;
+                HandleMem::Device(m)
+            }
+            _ => HandleMem::Host(Box::new(h)),
+        };
+        Ok(Unpack {
+            meta,
+            bounce,
+            bounce_len: cfg.bounce_bytes,
+            handle,
+            writer,
+            gpu,
+            shape: Shape {
+                odd: cfg.odd_fragments,
+                linear_bytes: cfg.linear_bytes,
+            },
+            seed,
+        })
+    }
+
+    /// What the device handle's `handle` points at.
+    fn handle_ptr(&self) -> *mut c_void {
+        match &self.handle {
+            HandleMem::Host(b) => (&**b as *const UnpackDevHandle).cast_mut().cast(),
+            HandleMem::Device(d) => d.ptr() as usize as *mut c_void,
+        }
+    }
 }
 
 struct RecvState {
@@ -856,10 +1043,10 @@ unsafe impl Send for RecvState {}
 /// A connected receiving endpoint.
 pub struct RecvComm {
     core: Core,
-    /// Present when the device is UNPACK (CUDA present or `TCPX_SOCK_UNPACK=1`).
+    /// Present in TCPX mode (an UNPACK device).
     unpack: Option<Unpack>,
-    /// `TCPX_SOCK_UNPACK=1`: host receives go through bounce pages too (CPU-oracle testing).
-    force_bounce: bool,
+    /// `Config::host_bounce`: host receives go through bounce pages too (CPU-oracle testing).
+    host_bounce: bool,
     st: Mutex<RecvState>,
     reqs: [Request; MAX_REQUESTS],
 }
@@ -874,47 +1061,40 @@ unsafe impl Sync for RecvComm {}
 pub struct UnpackView {
     /// The meta table (host address).
     pub meta: *const NetUnpackMeta,
-    /// Base of the bounce region (host address).
+    /// Base of the bounce region: its host address, or its device address when
+    /// `bounce_device` (read it with a device-to-host copy).
     pub bounce: *const u8,
     /// Length of the bounce region.
     pub bounce_len: usize,
+    /// The bounce region is device memory (`Config::bounce_device` on a CUDA machine).
+    pub bounce_device: bool,
 }
 
 impl RecvComm {
-    fn new(socks: Vec<TcpStream>, hello: &Hello, cfg: &Config) -> Result<Box<Self>> {
+    fn new(
+        socks: Vec<TcpStream>,
+        hello: &Hello,
+        cfg: &Config,
+        gpu: Option<usize>,
+    ) -> Result<Box<Self>> {
         let core = Core::new(socks, hello.chunk_bytes as usize, cfg)?;
         let unpack = if unpack_device(cfg) {
-            let meta = OwnedRegion::new(core::mem::size_of::<NetUnpackMeta>())?;
-            let bounce = OwnedRegion::new(cfg.bounce_bytes)?;
-            let handle = Box::into_raw(Box::new(UnpackDevHandle {
-                meta: meta.region.device.cast(),
-                bounce_buf: bounce.region.device,
-                head: u64::MAX,
-            }));
-            let dev = Box::into_raw(Box::new(DevHandle {
-                net_device_type: NET_DEVICE_UNPACK,
-                net_device_version: NET_UNPACK_VERSION,
-                handle: handle.cast(),
-                size: 0,
-                needs_proxy_progress: 1,
-            }));
-            Some(Unpack {
-                meta,
-                bounce,
-                dev,
-                handle,
-            })
+            Some(Unpack::new(cfg, gpu, hello.conn_id)?)
         } else {
             None
         };
-        let npages = if unpack.is_some() { PAGES_PER_REQ } else { 0 };
+        let (npages, nfrags) = if unpack.is_some() {
+            (MAX_PAGES_PER_REQ, ENTRIES_PER_SLOT)
+        } else {
+            (0, 0)
+        };
         let pool = unpack
             .as_ref()
             .map(|_| PagePool::new(cfg.bounce_bytes / PAGE_SIZE, cfg.shuffle, hello.conn_id));
         let mut c = Box::new(RecvComm {
             core,
             unpack,
-            force_bounce: cfg.unpack,
+            host_bounce: cfg.host_bounce,
             st: Mutex::new(RecvState {
                 posted: 0,
                 tested: 0,
@@ -932,8 +1112,12 @@ impl RecvComm {
                     inline: false,
                     ctrl_done: false,
                     bounce: false,
+                    cuda: false,
                     pages: vec![0u32; npages].into_boxed_slice(),
                     npages: 0,
+                    frags: vec![LoadMeta::default(); nfrags].into_boxed_slice(),
+                    nfrags: 0,
+                    dest: None,
                 }),
                 pool,
                 direct: None,
@@ -948,40 +1132,74 @@ impl RecvComm {
         Ok(c)
     }
 
-    /// The device handle to give back from `accept` (NULL in host mode).
-    pub(crate) fn dev_handle(&self) -> *mut DevHandle {
-        self.unpack
-            .as_ref()
-            .map_or(core::ptr::null_mut(), |u| u.dev)
+    /// Fills the caller's device handle in place, as TCPX's `accept` does (TCPX mode only;
+    /// false in host mode, which has none).
+    pub(crate) fn fill_dev_handle(&self, d: &mut DevHandle) -> bool {
+        let Some(u) = self.unpack.as_ref() else {
+            return false;
+        };
+        *d = DevHandle {
+            net_device_type: NET_DEVICE_UNPACK,
+            net_device_version: NET_UNPACK_VERSION,
+            handle: u.handle_ptr(),
+            size: core::mem::size_of::<UnpackDevHandle>(),
+            needs_proxy_progress: 1,
+        };
+        true
+    }
+
+    /// Whether the comm is in TCPX mode.
+    pub(crate) fn tcpx(&self) -> bool {
+        self.core.tcpx
     }
 
     /// Host views of the meta table and bounce region (TCPX mode only).
     pub fn unpack_view(&self) -> Option<UnpackView> {
         self.unpack.as_ref().map(|u| UnpackView {
             meta: u.meta.region.host.cast(),
-            bounce: u.bounce.region.host,
-            bounce_len: u.bounce.region.len,
+            bounce: u.bounce.base(),
+            bounce_len: u.bounce_len,
+            bounce_device: u.bounce.is_device(),
         })
     }
 
     /// Posts a receive of up to `cap` bytes into `data`; `cuda` = `data` is a CUDA buffer.
-    /// CUDA receives (and, with `TCPX_SOCK_UNPACK=1`, all receives) land in bounce pages and
-    /// never touch `data`; host receives land in `data` directly.
+    /// CUDA receives (and, with `Config::host_bounce`, all receives) land in bounce pages and
+    /// touch `data` only for linear bytes; host receives land in `data` directly.
     pub(crate) fn irecv(&self, data: *mut u8, cap: usize, cuda: bool) -> Result<*const Request> {
         let mut st = lock(&self.st);
         if let Some(e) = st.err.or_else(|| self.core.shared.error()) {
             return Err(e);
         }
+        // Done-but-unconsumed receives count in TCPX mode ("unable to allocate requests").
         if st.posted - st.consumed >= MAX_REQUESTS as u64 {
             return Err(Error::Internal("more than 16 outstanding requests"));
         }
-        if cuda && self.unpack.is_none() {
-            return Err(Error::InvalidArgument("CUDA receive on a host-only comm"));
-        }
-        let bounce = cuda || (self.unpack.is_some() && self.force_bounce);
+        let Some(u) = self.unpack.as_ref() else {
+            if cuda {
+                return Err(Error::InvalidArgument("CUDA receive on a host-only comm"));
+            }
+            return self.post(&mut st, data, cap, false, false);
+        };
+        let bounce = cuda || self.host_bounce;
         if bounce && cap > MAX_RECV_BYTES {
             return Err(Error::Internal("TCPX receives are limited to 4 MiB"));
         }
+        let linear = bounce && u.shape.linear_bytes > 0;
+        if (!bounce || linear) && cap > 0 && data.is_null() {
+            return Err(Error::InvalidArgument("NULL receive buffer"));
+        }
+        self.post(&mut st, data, cap, bounce, cuda)
+    }
+
+    fn post(
+        &self,
+        st: &mut RecvState,
+        data: *mut u8,
+        cap: usize,
+        bounce: bool,
+        cuda: bool,
+    ) -> Result<*const Request> {
         if !bounce && cap > 0 && data.is_null() {
             return Err(Error::InvalidArgument("NULL receive buffer"));
         }
@@ -993,9 +1211,12 @@ impl RecvComm {
         s.inline = false;
         s.ctrl_done = false;
         s.bounce = bounce;
+        s.cuda = cuda;
         s.npages = 0;
+        s.nfrags = 0;
+        s.dest = None;
         st.posted += 1;
-        self.progress(&mut st);
+        self.progress(st);
         Ok(&self.reqs[idx])
     }
 
@@ -1103,7 +1324,8 @@ impl RecvComm {
         Ok(())
     }
 
-    /// TCPX mode: takes the request's pages and writes its fragment list into its slot.
+    /// TCPX mode: takes a bounce receive's pages and writes its fragment entries into its slot
+    /// (and the slot's private copy); false while the pool has too few pages.
     fn reserve_pages(&self, st: &mut RecvState, idx: usize) -> bool {
         let Some(u) = self.unpack.as_ref() else {
             return true;
@@ -1122,22 +1344,38 @@ impl RecvComm {
             // Lands in the user buffer; its slot still gets cnt = 0 at test.
             return true;
         }
-        let n = s.size.div_ceil(PAGE_SIZE);
+        let layout = Layout::new(s.size, u.shape, u.seed.wrapping_add(*rx_seq));
+        let n = layout.pages();
         if !pool.take(&mut s.pages[..n]) {
             return false;
         }
         s.npages = n;
         let slot = slot_of(*rx_seq);
         let meta = u.meta.region.host.cast::<NetUnpackMeta>();
-        for (i, &p) in s.pages[..n].iter().enumerate() {
+        let mut k = 0;
+        for f in layout.frags() {
+            // Pages lie in a region of at most 4 GiB, so every offset fits in 32 bits.
             let e = LoadMeta {
-                src_off: p * PAGE_SIZE as u32,
-                len: PAGE_SIZE.min(s.size - i * PAGE_SIZE) as u32,
-                dst_off: (i * PAGE_SIZE) as u64,
+                src_off: s.pages[f.page] * PAGE_SIZE as u32 + f.off as u32,
+                len: f.len as u32,
+                dst_off: f.dst_off as u64,
             };
-            // SAFETY: `meta` is this comm's table; slot < 16 and i < 1024 < 2048 entries.
-            unsafe { core::ptr::addr_of_mut!((*meta).mem[slot][i]).write_volatile(e) };
+            s.frags[k] = e;
+            // SAFETY: `meta` is this comm's table; slot < 16 and k < 2048 entries (the layout's
+            // bound, checked in `frag`).
+            unsafe { core::ptr::addr_of_mut!((*meta).mem[slot][k]).write_volatile(e) };
+            k += 1;
         }
+        s.nfrags = k;
+        s.dest = Some(FragJob {
+            list: s.frags.as_ptr(),
+            n: k,
+            bounce: u.bounce.base(),
+            device_bounce: u.bounce.is_device(),
+            cuda_buf: s.cuda,
+            linear: layout.linear().1 > 0,
+            gpu: u.gpu.unwrap_or(0),
+        });
         true
     }
 
@@ -1148,11 +1386,8 @@ impl RecvComm {
             self.core.hand_off_direct(d, JobKind::RecvHost)?;
         }
         let s = &st.slots[idx];
-        let kind = match self.unpack.as_ref().filter(|_| s.bounce) {
-            Some(u) => JobKind::RecvPages {
-                pages: s.pages.as_ptr(),
-                bounce: u.bounce.region.host,
-            },
+        let kind = match s.dest.filter(|_| s.bounce) {
+            Some(f) => JobKind::RecvFrags(f),
             None => JobKind::RecvHost,
         };
         let used = self.core.shared.dispatch(Job {
@@ -1192,7 +1427,7 @@ impl RecvComm {
             }
             let n = avail.min(size - off);
             let lo = st.st_lo;
-            self.place(st, idx, off, lo, n);
+            self.place(st, idx, off, lo, n)?;
             st.st_lo += n;
             off += n;
         }
@@ -1200,41 +1435,28 @@ impl RecvComm {
     }
 
     /// Copies `n` staged bytes at `lo` to request position `off`.
-    fn place(&self, st: &RecvState, idx: usize, off: usize, lo: usize, n: usize) {
+    fn place(&self, st: &RecvState, idx: usize, off: usize, lo: usize, n: usize) -> Result<()> {
         let s = &st.slots[idx];
         let src = &st.stage[lo..lo + n];
-        match self.unpack.as_ref().filter(|_| s.bounce) {
+        match s.dest.filter(|_| s.bounce) {
             None => {
                 // SAFETY: off + n <= size <= cap of the posted buffer.
                 unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), s.ptr.add(off), n) };
+                Ok(())
             }
-            Some(u) => {
-                let mut done = 0;
-                while done < n {
-                    let pos = off + done;
-                    let page = s.pages[pos / PAGE_SIZE] as usize;
-                    let in_page = pos % PAGE_SIZE;
-                    let k = (PAGE_SIZE - in_page).min(n - done);
-                    let (from, to) = (
-                        src[done..].as_ptr(),
-                        u.bounce
-                            .region
-                            .host
-                            .wrapping_add(page * PAGE_SIZE + in_page),
-                    );
-                    // SAFETY: the page belongs to this request and lies in the bounce region;
-                    // `from` holds k staged bytes.
-                    unsafe {
-                        if self.core.shared.stream_bounce {
-                            worker::stream_copy(from, to, k)
-                        } else {
-                            core::ptr::copy_nonoverlapping(from, to, k)
-                        }
-                    };
-                    done += k;
-                }
-                if self.core.shared.stream_bounce {
-                    worker::store_fence();
+            Some(f) => {
+                let writer = self.unpack.as_ref().and_then(|u| u.writer.as_ref());
+                // SAFETY: the request's buffer and entries live until it is consumed; its
+                // bytes `off..off+n` are placed by this thread alone (inline payload).
+                unsafe {
+                    worker::deliver(
+                        &f,
+                        s.ptr,
+                        off,
+                        src,
+                        self.core.shared.stream_bounce,
+                        writer.filter(|_| f.device()),
+                    )
                 }
             }
         }
@@ -1252,19 +1474,19 @@ impl RecvComm {
             let size = s.size;
             if let Some(u) = &self.unpack {
                 let meta = u.meta.region.host.cast::<NetUnpackMeta>();
-                // Entries (ours and the helpers', via the Acquire above) before the count.
+                // Entries and bytes (ours and the helpers', via the Acquire above; device copies
+                // were waited for) before the count.
                 fence(Ordering::Release);
                 // SAFETY: `meta` is this comm's table; the slot index is < 16.
                 unsafe {
                     core::ptr::addr_of_mut!((*meta).cnt[slot_of(st.tested)])
-                        .write_volatile(s.npages as u64)
+                        .write_volatile(s.nfrags as u64)
                 };
             }
             st.tested += 1;
             if self.unpack.is_none() {
+                // Host mode: nothing is held once tested.
                 st.consumed = st.tested;
-            } else {
-                Self::advance_consumed(&mut st);
             }
             return Ok(Some(size));
         }
@@ -1274,30 +1496,12 @@ impl RecvComm {
         }
     }
 
-    /// In an UNPACK comm, host receives hold nothing, so they count as consumed as soon as
-    /// they are tested and every older request is consumed; `irecvConsumed` on them is
-    /// accepted but optional (host users of a CUDA box need not call it).
-    fn advance_consumed(st: &mut RecvState) {
-        while st.consumed < st.tested
-            && !st.slots[(st.consumed % MAX_REQUESTS as u64) as usize].bounce
-        {
-            st.consumed += 1;
-        }
-    }
-
-    /// Releases the oldest completed request's pages (TCPX's in-order `irecvConsumed`).
+    /// Releases the oldest completed receive, its slot and pages (TCPX's in-order
+    /// `irecvConsumed`; in TCPX mode the only way a receive leaves the queue, host ones too).
     pub(crate) fn consumed(&self, idx: usize) -> Result<()> {
         let mut st = lock(&self.st);
         if self.unpack.is_none() {
             // Host mode frees requests at test; nothing is held.
-            return Ok(());
-        }
-        if !st.slots[idx].bounce {
-            // A host receive: fine once tested (it is released by advance_consumed).
-            let pending = (st.tested..st.posted).any(|q| (q % MAX_REQUESTS as u64) as usize == idx);
-            if pending {
-                return Err(Error::Internal("irecvConsumed before test reported done"));
-            }
             return Ok(());
         }
         if st.consumed >= st.tested || (st.consumed % MAX_REQUESTS as u64) as usize != idx {
@@ -1306,12 +1510,14 @@ impl RecvComm {
             ));
         }
         let RecvState { slots, pool, .. } = &mut *st;
+        let s = &mut slots[idx];
         if let Some(pool) = pool.as_mut() {
-            pool.give(&slots[idx].pages[..slots[idx].npages]);
+            pool.give(&s.pages[..s.npages]);
         }
-        slots[idx].npages = 0;
+        s.npages = 0;
+        s.nfrags = 0;
+        s.dest = None;
         st.consumed += 1;
-        Self::advance_consumed(&mut st);
         // Pages freed: a request waiting for the pool may go on.
         self.progress(&mut st);
         Ok(())
@@ -1322,16 +1528,6 @@ impl RecvComm {
         if !self.core.shutdown() {
             // A helper may still write pages: leak rather than free under it.
             core::mem::forget(self);
-        }
-    }
-}
-
-impl Drop for Unpack {
-    fn drop(&mut self) {
-        // SAFETY: both came from Box::into_raw in RecvComm::new and are freed once.
-        unsafe {
-            drop(Box::from_raw(self.dev));
-            drop(Box::from_raw(self.handle));
         }
     }
 }

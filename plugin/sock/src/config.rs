@@ -31,6 +31,8 @@ pub const DEFAULT_STAGE_BYTES: usize = 16 << 20;
 pub const DEFAULT_STAGE_IDLE_US: usize = 1000;
 /// Largest bounce region: every `src_off` must fit in 32 bits.
 pub const MAX_BOUNCE_BYTES: usize = 4 << 30;
+/// Longest `accept_delay_ms` (TCPX's own wait is 5 s).
+pub const MAX_ACCEPT_DELAY_MS: usize = 600_000;
 
 /// Everything that can be tuned; see the crate README for the env names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,8 +54,28 @@ pub struct Config {
     /// Each end decides for itself (a request must also be one chunk of the sender's size);
     /// the wire is the same. 0 = never; at most the chunk size and 1 MiB.
     pub direct_bytes: usize,
-    /// TCPX mode: device type UNPACK, receives land in bounce pages.
+    /// TCPX mode without CUDA: device type UNPACK and every TCPX rule, as on a CUDA machine.
+    /// Host receives land straight in their buffer (as on TCPX); CUDA receives in bounce pages.
     pub unpack: bool,
+    /// Test knob (implies `unpack`): host receives land in bounce pages too and publish their
+    /// fragments, so the CPU unpack oracle can check the unpack path without a GPU. Real TCPX
+    /// never does this.
+    pub host_bounce: bool,
+    /// On a CUDA machine, each recv comm's bounce region is device memory of the comm's GPU (as
+    /// TCPX's RX pool is); helpers land received bytes in host scratch and copy them in before
+    /// publishing. Off by default: mapped host memory is what the emulation moves fastest.
+    /// Ignored, with a log line, without CUDA.
+    pub bounce_device: bool,
+    /// `accept` returns a comm no earlier than this many milliseconds after its connection was
+    /// established (TCPX waits 5000 ms for flow steering); until then it returns NULL.
+    pub accept_delay_ms: usize,
+    /// Bounce receives are cut into fragments of odd lengths at odd offsets inside their pages,
+    /// as devmem cmsgs produce, instead of one whole page per fragment.
+    pub odd_fragments: bool,
+    /// Bytes of every bounce receive (a span in its middle) that the plugin writes straight
+    /// into the posted buffer, with no fragment entry: TCPX's header-split misses, copied from
+    /// the socket's linear buffer. For a CUDA buffer, by a host-to-device copy.
+    pub linear_bytes: usize,
     /// Bounce region per recv comm in TCPX mode (4 MiB … 4 GiB, page multiple).
     pub bounce_bytes: usize,
     /// Hand out bounce pages in a shuffled order so fragments are non-contiguous.
@@ -86,6 +108,11 @@ impl Default for Config {
             inline_bytes: DEFAULT_INLINE_BYTES,
             direct_bytes: DEFAULT_DIRECT_BYTES,
             unpack: false,
+            host_bounce: false,
+            bounce_device: false,
+            accept_delay_ms: 0,
+            odd_fragments: false,
+            linear_bytes: 0,
             bounce_bytes: DEFAULT_BOUNCE_BYTES,
             shuffle: false,
             stage_bytes: DEFAULT_STAGE_BYTES,
@@ -168,6 +195,21 @@ impl Config {
         if let Some(v) = env_bool("TCPX_SOCK_UNPACK") {
             c.unpack = v;
         }
+        if let Some(v) = env_bool("TCPX_SOCK_HOST_BOUNCE") {
+            c.host_bounce = v;
+        }
+        if let Some(v) = env_bool("TCPX_SOCK_BOUNCE_DEVICE") {
+            c.bounce_device = v;
+        }
+        if let Some(v) = env_usize("TCPX_SOCK_ACCEPT_DELAY_MS") {
+            c.accept_delay_ms = v;
+        }
+        if let Some(v) = env_bool("TCPX_SOCK_ODD_FRAGMENTS") {
+            c.odd_fragments = v;
+        }
+        if let Some(v) = env_usize("TCPX_SOCK_LINEAR_BYTES") {
+            c.linear_bytes = v;
+        }
         if let Some(v) = env_usize("TCPX_SOCK_BOUNCE_BYTES") {
             c.bounce_bytes = v;
         }
@@ -209,8 +251,16 @@ impl Config {
             .direct_bytes
             .min(self.chunk_bytes)
             .min(MAX_DIRECT_BYTES);
-        // A whole 4 MiB receive must fit, or the oldest request could never complete.
-        self.bounce_bytes = page_round(self.bounce_bytes.clamp(MAX_RECV_BYTES, MAX_BOUNCE_BYTES));
+        // A whole 4 MiB receive must fit, or the oldest request could never complete; odd
+        // fragments leave gaps in their pages, so such a receive takes a few more.
+        let min_bounce = if self.odd_fragments {
+            crate::frag::MAX_PAGES_PER_REQ * PAGE_SIZE
+        } else {
+            MAX_RECV_BYTES
+        };
+        self.bounce_bytes = page_round(self.bounce_bytes.clamp(min_bounce, MAX_BOUNCE_BYTES));
+        self.accept_delay_ms = self.accept_delay_ms.min(MAX_ACCEPT_DELAY_MS);
+        self.linear_bytes = self.linear_bytes.min(MAX_RECV_BYTES);
         self.stage_bytes = page_round(self.stage_bytes.clamp(MAX_RECV_BYTES, MAX_BOUNCE_BYTES));
         self.stage_idle_us = self.stage_idle_us.clamp(1, 1_000_000);
         self
@@ -287,6 +337,21 @@ mod tests {
         .normalized();
         assert_eq!(c.direct_bytes, 128 << 10, "a direct request is one chunk");
         assert_eq!(Config::default().stage_kernel, StageKernel::Auto);
+        let c = Config {
+            odd_fragments: true,
+            bounce_bytes: 1,
+            linear_bytes: usize::MAX,
+            accept_delay_ms: usize::MAX,
+            ..Config::default()
+        }
+        .normalized();
+        assert_eq!(
+            c.bounce_bytes,
+            crate::frag::MAX_PAGES_PER_REQ * PAGE_SIZE,
+            "a 4 MiB receive in odd fragments fits the smallest pool"
+        );
+        assert_eq!(c.linear_bytes, MAX_RECV_BYTES);
+        assert_eq!(c.accept_delay_ms, MAX_ACCEPT_DELAY_MS);
     }
 
     #[test]

@@ -8,6 +8,8 @@ use tcpx_core::abi::v7::Properties;
 use tcpx_core::abi::{result, DevHandle, Logger, NcclResult, HANDLE_MAX_SIZE, PTR_CUDA, PTR_HOST};
 use tcpx_core::abi::{NET_DEVICE_HOST, NET_DEVICE_UNPACK, NET_UNPACK_VERSION};
 
+use tcpx_core::unpack::PAGE_SIZE;
+
 use crate::comm::{unpack_device, Connecting, ListenComm, RecvComm, Request, SendComm};
 use crate::error::{Error, Result};
 use crate::wire::{Handle, HANDLE_STAGE_OFF};
@@ -52,7 +54,8 @@ const MR_MAGIC: u32 = 0x524d_5854;
 struct Mr {
     magic: u32,
     kind: c_int,
-    /// Device of a CUDA region (for the staging context).
+    /// The GPU a CUDA region is bound to: the calling thread's current one at `regMr`, as TCPX
+    /// binds it (which is also the buffer's own GPU: another is refused).
     ordinal: usize,
 }
 
@@ -150,9 +153,6 @@ pub(crate) unsafe extern "C" fn connect(
     guard(|| {
         let slot = out(send_comm, "sendComm")?;
         *slot = core::ptr::null_mut();
-        if let Some(d) = opt_out(send_dev_comm) {
-            *d = core::ptr::null_mut();
-        }
         let hb = handle_bytes(handle)?;
         let h = Handle::parse(hb).ok_or(Error::InvalidArgument("not a tcpxsock handle"))?;
         let stage_field = &mut hb[HANDLE_STAGE_OFF..HANDLE_STAGE_OFF + 8];
@@ -164,6 +164,13 @@ pub(crate) unsafe extern "C" fn connect(
             // SAFETY: a non-zero stage was stored by an earlier call with this handle.
             unsafe { Box::from_raw(raw as *mut Connecting) }
         };
+        // TCPX's connect never touches `sendDevComm` (send comms have no device handle); host
+        // mode clears it.
+        if !stage.tcpx() {
+            if let Some(d) = opt_out(send_dev_comm) {
+                *d = core::ptr::null_mut();
+            }
+        }
         match stage.step() {
             Ok(true) => {
                 stage_field.fill(0);
@@ -192,9 +199,24 @@ pub(crate) unsafe extern "C" fn accept(
         let slot = out(recv_comm, "recvComm")?;
         *slot = core::ptr::null_mut();
         let l = out(listen_comm.cast::<ListenComm>(), "listenComm")?;
+        let dev = opt_out(recv_dev_comm);
+        // TCPX fills the caller's device handle in place: with `*recvDevComm == NULL` it would
+        // write through NULL once the comm is there. Refused before anything moves, so a later
+        // call with a handle still gets the connection.
+        if l.tcpx() && dev.as_ref().is_some_and(|d| d.is_null()) {
+            return Err(Error::Internal(
+                "accept: *recvDevComm is NULL; TCPX mode fills the caller's \
+                 ncclNetDeviceHandle in place (pass a pointer to a zeroed one)",
+            ));
+        }
         if let Some(c) = l.accept()? {
-            if let Some(d) = opt_out(recv_dev_comm) {
-                *d = c.dev_handle();
+            if let Some(d) = dev {
+                match opt_out(*d) {
+                    Some(h) if c.tcpx() => {
+                        c.fill_dev_handle(h);
+                    }
+                    _ => *d = core::ptr::null_mut(),
+                }
             }
             *slot = Box::into_raw(c).cast();
         }
@@ -203,7 +225,7 @@ pub(crate) unsafe extern "C" fn accept(
 }
 
 pub(crate) unsafe extern "C" fn reg_mr(
-    _comm: *mut c_void,
+    comm: *mut c_void,
     data: *mut c_void,
     size: c_int,
     kind: c_int,
@@ -212,6 +234,10 @@ pub(crate) unsafe extern "C" fn reg_mr(
     guard(|| {
         let slot = out(mhandle, "mhandle")?;
         *slot = core::ptr::null_mut();
+        let len = size_arg(size)?;
+        if comm.is_null() && unpack_device(&config::current()) {
+            return Err(Error::Internal("regMr with a NULL comm (TCPX refuses it)"));
+        }
         let ordinal = match kind {
             PTR_HOST => 0,
             PTR_CUDA if !cuda::present() => {
@@ -220,8 +246,30 @@ pub(crate) unsafe extern "C" fn reg_mr(
                     "regMr(CUDA): no CUDA driver or device on this host",
                 ));
             }
-            PTR_CUDA if size == 0 || data.is_null() => 0,
-            PTR_CUDA => cuda::pointer_ordinal(data)?,
+            PTR_CUDA if data as usize % PAGE_SIZE != 0 => {
+                return Err(Error::Internal(
+                    "regMr(CUDA): address not 4096-byte aligned; TCPX registers whole pages \
+                     (register from the 4 KiB boundary below the buffer)",
+                ));
+            }
+            PTR_CUDA => {
+                // TCPX binds a CUDA registration to the calling thread's current GPU.
+                let bound = cuda::home_ordinal();
+                if len > 0 && !data.is_null() {
+                    let owner = cuda::buffer_ordinal(data, len)?;
+                    if owner != bound {
+                        crate::log_warn(&format!(
+                            "tcpxsock: regMr(CUDA) of GPU {owner}'s memory while GPU {bound} is \
+                             current on the calling thread"
+                        ));
+                        return Err(Error::Internal(
+                            "regMr(CUDA): the buffer is not on the calling thread's current \
+                             GPU, which TCPX binds the registration to",
+                        ));
+                    }
+                }
+                bound
+            }
             _ => return Err(Error::InvalidArgument("regMr: unsupported pointer type")),
         };
         *slot = Box::into_raw(Box::new(Mr {
@@ -256,6 +304,11 @@ pub(crate) unsafe extern "C" fn isend(
         let slot = out(request, "request")?;
         *slot = core::ptr::null_mut();
         let c = out(send_comm.cast::<SendComm>(), "sendComm")?;
+        if c.tcpx() && mhandle.is_null() {
+            return Err(Error::Internal(
+                "isend with a NULL mhandle (TCPX refuses it)",
+            ));
+        }
         let cuda = mr_cuda(mhandle);
         *slot = c
             .isend(data.cast(), size_arg(size)?, cuda)?
@@ -282,24 +335,43 @@ pub(crate) unsafe extern "C" fn irecv(
             ));
         }
         let c = out(recv_comm.cast::<RecvComm>(), "recvComm")?;
+        let mh = opt_out(mhandles).map_or(core::ptr::null_mut(), |m| *m);
+        if c.tcpx() && mh.is_null() {
+            return Err(Error::Internal(
+                "irecv with a NULL mhandle (TCPX refuses it)",
+            ));
+        }
         let buf = opt_out(data).map_or(core::ptr::null_mut(), |d| *d);
         let size = size_arg(*out(sizes, "sizes")?)?;
-        let cuda = opt_out(mhandles).is_some_and(|m| mr_cuda(*m).is_some());
+        let cuda = mr_cuda(mh).is_some();
         *slot = c.irecv(buf.cast(), size, cuda)?.cast_mut().cast();
         Ok(())
     })
 }
 
 pub(crate) unsafe extern "C" fn iflush(
-    _recv_comm: *mut c_void,
+    recv_comm: *mut c_void,
     _n: c_int,
     _data: *mut *mut c_void,
     _sizes: *mut c_int,
     _mhandles: *mut *mut c_void,
     request: *mut *mut c_void,
 ) -> NcclResult {
-    // Host receives need no flush: a NULL request tells NCCL there is nothing to wait for.
     guard(|| {
+        // SAFETY: NCCL passes a recv comm of ours or NULL.
+        let tcpx = match unsafe { recv_comm.cast::<RecvComm>().as_ref() } {
+            Some(c) => c.tcpx(),
+            None => unpack_device(&config::current()),
+        };
+        if tcpx {
+            // TCPX's iflush is no no-op: it reads `request[0]` as a request and writes
+            // `sizes[0]`, and callers pass a NULL slot there. Nothing is written here.
+            return Err(Error::Internal(
+                "iflush in TCPX mode: Google's plugin would dereference request[0]; \
+                 do not call iflush on an UNPACK device",
+            ));
+        }
+        // Host receives need no flush: a NULL request tells NCCL there is nothing to wait for.
         *out(request, "request")? = core::ptr::null_mut();
         Ok(())
     })
@@ -315,9 +387,10 @@ pub(crate) unsafe extern "C" fn test(
         *d = 0;
         let r = out(request.cast::<Request>(), "request")?;
         // SAFETY: requests are only handed out by open comms.
-        if let Some(n) = unsafe { r.test() }? {
+        if let Some(size) = unsafe { r.test() }? {
             *d = 1;
-            if let Some(s) = opt_out(sizes) {
+            // TCPX mode reports no size (TCPX's `test` never writes it).
+            if let (Some(s), Some(n)) = (opt_out(sizes), size) {
                 *s = n as c_int;
             }
         }

@@ -30,6 +30,7 @@ pub mod cuda;
 pub mod dev;
 pub mod error;
 mod ffi;
+mod frag;
 pub mod mem;
 mod sys;
 pub mod wire;

@@ -32,6 +32,12 @@ pub struct MappedRegion {
 pub trait MappedAllocator: Send + Sync {
     /// Allocates `len` zeroed bytes.
     fn alloc(&self, len: usize) -> Result<MappedRegion>;
+    /// Allocates `len` zeroed bytes for a comm of GPU `gpu` (TCPX binds a recv comm's memory to
+    /// the GPU current at its first `accept`); allocators without devices ignore it.
+    fn alloc_on(&self, len: usize, gpu: usize) -> Result<MappedRegion> {
+        let _ = gpu;
+        self.alloc(len)
+    }
     /// Releases a region.
     ///
     /// # Safety
@@ -100,10 +106,13 @@ unsafe impl Send for OwnedRegion {}
 unsafe impl Sync for OwnedRegion {}
 
 impl OwnedRegion {
-    /// Allocates from the installed allocator.
-    pub(crate) fn new(len: usize) -> Result<Self> {
+    /// Allocates from the installed allocator, for GPU `gpu` when there is one.
+    pub(crate) fn new(len: usize, gpu: Option<usize>) -> Result<Self> {
         let alloc = allocator();
-        let region = alloc.alloc(len)?;
+        let region = match gpu {
+            Some(g) => alloc.alloc_on(len, g)?,
+            None => alloc.alloc(len)?,
+        };
         if region.host.is_null() || region.len < len || region.host as usize % PAGE_SIZE != 0 {
             return Err(Error::Internal("allocator returned an unusable region"));
         }
@@ -343,7 +352,7 @@ mod tests {
 
     #[test]
     fn host_allocator_gives_zeroed_aligned_memory() {
-        let r = OwnedRegion::new(3 * PAGE_SIZE).unwrap();
+        let r = OwnedRegion::new(3 * PAGE_SIZE, None).unwrap();
         assert_eq!(r.region.host as usize % PAGE_SIZE, 0);
         // SAFETY: the region is 3 pages long and zeroed by the allocator.
         let s = unsafe { core::slice::from_raw_parts(r.region.host, 3 * PAGE_SIZE) };

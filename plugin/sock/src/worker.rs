@@ -11,10 +11,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tcpx_core::unpack::PAGE_SIZE;
+use tcpx_core::unpack::LoadMeta;
 
-use crate::cuda::{SendStage, Staging};
+use crate::cuda::{Copies, DeviceWriter, Landing, SendStage, Staging};
 use crate::error::{Error, Result};
+use crate::frag::{pieces, Dest};
 use crate::sys;
 
 /// Outstanding requests per comm (TCPX's limit).
@@ -34,8 +35,88 @@ pub(crate) enum JobKind {
     SendStaged(Staging),
     /// Receive into `base` (host mode).
     RecvHost,
-    /// Receive into bounce pages listed at `pages` (TCPX mode).
-    RecvPages { pages: *const u32, bounce: *mut u8 },
+    /// Receive into bounce pages and, for linear bytes, into `base` (TCPX mode).
+    RecvFrags(FragJob),
+}
+
+/// Where a bounce receive's bytes go (TCPX mode): its fragment entries, and the posted buffer
+/// for the bytes no entry covers (linear bytes).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FragJob {
+    /// The request's entries, in request order (the comm's private copy, which lives in the
+    /// request's slot until the request is consumed).
+    pub list: *const LoadMeta,
+    pub n: usize,
+    /// Base of the bounce region: a host address, or a device address when `device_bounce`.
+    pub bounce: *mut u8,
+    pub device_bounce: bool,
+    /// The posted buffer is CUDA memory: linear bytes reach it by a host-to-device copy.
+    pub cuda_buf: bool,
+    /// The request has linear bytes.
+    pub linear: bool,
+    /// The comm's GPU, for device copies.
+    pub gpu: usize,
+}
+
+impl FragJob {
+    /// Whether delivering the request needs device copies.
+    pub(crate) fn device(&self) -> bool {
+        self.device_bounce || (self.cuda_buf && self.linear)
+    }
+
+    fn frags(&self) -> &[LoadMeta] {
+        // SAFETY: per the field's contract, `n` entries live at `list` while the job does.
+        unsafe { core::slice::from_raw_parts(self.list, self.n) }
+    }
+}
+
+/// Delivers request bytes `at..at+src.len()` of a bounce receive from `src` to their places:
+/// bounce pages (streamed with non-temporal stores when `stream`) and the posted buffer `base`;
+/// device destinations through `writer`, waited for before this returns.
+///
+/// # Safety
+/// `base` is the request's posted buffer and `job` describes the request; both stay valid, and
+/// their destinations are this request's alone, for the call.
+pub(crate) unsafe fn deliver(
+    job: &FragJob,
+    base: *mut u8,
+    at: usize,
+    src: &[u8],
+    stream: bool,
+    writer: Option<&DeviceWriter>,
+) -> Result<()> {
+    let place = |copies: Option<&Copies>| -> Result<()> {
+        for p in pieces(job.frags(), at, at + src.len()) {
+            let from = src[p.at - at..].as_ptr();
+            let device = match p.dest {
+                Dest::Bounce(_) => job.device_bounce,
+                Dest::Linear => job.cuda_buf,
+            };
+            let dst = match p.dest {
+                Dest::Bounce(o) => job.bounce.wrapping_add(o),
+                Dest::Linear => base.wrapping_add(p.at),
+            };
+            match copies {
+                // SAFETY: `from` holds p.len bytes of `src`, alive until the batch returns;
+                // `dst` is this request's device memory (per the contract).
+                Some(c) if device => unsafe { c.htod(dst as u64, from, p.len)? },
+                None if device => return Err(Error::Internal("device copy without a writer")),
+                // SAFETY: host destinations of this request; `from` holds p.len bytes.
+                _ if stream => unsafe { stream_copy(from, dst, p.len) },
+                // SAFETY: as above.
+                _ => unsafe { core::ptr::copy_nonoverlapping(from, dst, p.len) },
+            }
+        }
+        Ok(())
+    };
+    match writer {
+        Some(w) => w.batch(|c| place(Some(c)))?,
+        None => place(None)?,
+    }
+    if stream {
+        store_fence();
+    }
+    Ok(())
 }
 
 /// One request's share for one lane.
@@ -246,6 +327,8 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
     let n = shared.lanes.len() as u64;
     // Made at the helper's first bounce-page receive (host-memory comms never need it).
     let mut scratch = Vec::new();
+    // Made at the helper's first receive that needs device copies.
+    let mut landing: Option<Landing> = None;
     while let Some(job) = next_job(shared, me) {
         let (first, nchunks) = lane_chunks(shared, me, &job);
         // Bytes of this lane's share of a kernel-staged request sent so far.
@@ -280,13 +363,24 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
                     // SAFETY: the iovec lies inside the caller's live receive buffer.
                     unsafe { sys::recv_all_iov(fd, &mut iov)? };
                 }
-                JobKind::RecvPages { pages, bounce } if shared.stream_bounce => {
+                JobKind::RecvFrags(f) if f.device() => {
+                    if landing.as_ref().is_none_or(|l| l.ordinal() != f.gpu) {
+                        landing = Some(Landing::new(f.gpu, SCRATCH)?);
+                    }
+                    let l = landing.as_mut().ok_or(Error::Internal("no landing"))?;
+                    let (buf, writer) = l.parts();
+                    // SAFETY: the job's buffer and entries stay valid until it completes.
+                    unsafe { recv_through(fd, &job, &f, off, len, shared, buf, Some(writer))? }
+                }
+                JobKind::RecvFrags(f) if shared.stream_bounce => {
                     if scratch.is_empty() {
                         scratch = vec![0u8; SCRATCH];
                     }
-                    recv_pages_streamed(fd, pages, bounce, off, len, &mut scratch)?
+                    // SAFETY: as above.
+                    unsafe { recv_through(fd, &job, &f, off, len, shared, &mut scratch, None)? }
                 }
-                JobKind::RecvPages { pages, bounce } => recv_pages(fd, pages, bounce, off, len)?,
+                // SAFETY: as above.
+                JobKind::RecvFrags(f) => unsafe { recv_frags(fd, job.base, &f, off, len)? },
             }
         }
         shared.remaining[job.req].fetch_sub(1, Ordering::Release);
@@ -345,16 +439,24 @@ fn lane_chunks(shared: &Shared, me: usize, job: &Job) -> (u64, u64) {
     ((me as u64 + n - job.chunk_base % n) % n, nchunks)
 }
 
-/// As [`recv_pages`], through `scratch`: received there (it stays in this core's cache), then
-/// streamed to the bounce pages with non-temporal stores, so the pages are not dirty in any
-/// CPU cache when the GPU reads them.
-fn recv_pages_streamed(
+/// Receives request bytes `off..off+len` of a bounce receive through `scratch` (it stays in
+/// this core's cache), then [`deliver`]s them: to the bounce pages with non-temporal stores
+/// when `stream_bounce` (so they are not dirty in any CPU cache when the GPU reads them), to
+/// device memory through `writer`.
+///
+/// # Safety
+/// `job.base` and `f` describe a live bounce receive whose bytes `off..off+len` are this
+/// helper's to write.
+#[allow(clippy::too_many_arguments)]
+unsafe fn recv_through(
     fd: i32,
-    pages: *const u32,
-    bounce: *mut u8,
+    job: &Job,
+    f: &FragJob,
     off: usize,
     len: usize,
+    shared: &Shared,
     scratch: &mut [u8],
+    writer: Option<&DeviceWriter>,
 ) -> Result<()> {
     let mut pos = off;
     let end = off + len;
@@ -366,23 +468,19 @@ fn recv_pages_streamed(
         }];
         // SAFETY: the iovec is the helper's own scratch.
         unsafe { sys::recv_all_iov(fd, &mut iov)? };
-        // Chunks start on a page and pieces are whole pages but the last: every fragment
-        // starts a page of the request, as in `recv_pages`.
-        let mut at = 0;
-        while at < piece {
-            let frag = PAGE_SIZE.min(piece - at);
-            // SAFETY: the page list covers every fragment; page indices lie in the bounce
-            // region.
-            let page = unsafe { *pages.add((pos + at) / PAGE_SIZE) } as usize;
-            let dst = unsafe { bounce.add(page * PAGE_SIZE) };
-            // SAFETY: `dst..dst+frag` is a reserved bounce page of this request.
-            unsafe { stream_copy(scratch.as_ptr().add(at), dst, frag) };
-            at += frag;
-        }
+        // SAFETY: per the contract.
+        unsafe {
+            deliver(
+                f,
+                job.base,
+                pos,
+                &scratch[..piece],
+                shared.stream_bounce,
+                writer,
+            )?
+        };
         pos += piece;
     }
-    // The streamed stores are ordered before the request completes.
-    store_fence();
     Ok(())
 }
 
@@ -423,40 +521,50 @@ pub(crate) unsafe fn stream_copy(src: *const u8, dst: *mut u8, n: usize) {
     unsafe { core::ptr::copy_nonoverlapping(src, dst, n) };
 }
 
-/// Receives request bytes `off..off+len` into their bounce pages, one fragment per page;
-/// pages that follow each other in the region share one iovec (the pool hands out runs).
-fn recv_pages(fd: i32, pages: *const u32, bounce: *mut u8, off: usize, len: usize) -> Result<()> {
+/// Receives request bytes `off..off+len` of a bounce receive straight into their places (host
+/// bounce pages, and a host posted buffer for linear bytes); places that follow each other in
+/// memory share one iovec (the pool hands out runs of pages).
+///
+/// # Safety
+/// `base` and `f` describe a live bounce receive in host memory whose bytes `off..off+len` are
+/// this helper's to write.
+unsafe fn recv_frags(fd: i32, base: *mut u8, f: &FragJob, off: usize, len: usize) -> Result<()> {
     let mut iov = [libc::iovec {
         iov_base: core::ptr::null_mut(),
         iov_len: 0,
     }; IOV_BATCH];
-    let mut pos = off;
-    let end = off + len;
-    while pos < end {
+    let mut it = pieces(f.frags(), off, off + len).peekable();
+    loop {
         let mut k = 0;
-        let mut next_page = usize::MAX;
-        while pos < end {
-            let frag = PAGE_SIZE.min(end - pos);
-            // SAFETY: the page list of the request covers every fragment of its size.
-            let page = unsafe { *pages.add(pos / PAGE_SIZE) } as usize;
-            if k > 0 && page == next_page {
-                iov[k - 1].iov_len += frag;
+        while let Some(p) = it.peek() {
+            let dst = match p.dest {
+                Dest::Bounce(o) => f.bounce.wrapping_add(o),
+                Dest::Linear => base.wrapping_add(p.at),
+            };
+            if k > 0
+                && iov[k - 1]
+                    .iov_base
+                    .cast::<u8>()
+                    .wrapping_add(iov[k - 1].iov_len)
+                    == dst
+            {
+                iov[k - 1].iov_len += p.len;
             } else if k == IOV_BATCH {
                 break;
             } else {
                 iov[k] = libc::iovec {
-                    // SAFETY: page indices come from the pool and lie inside the bounce region.
-                    iov_base: unsafe { bounce.add(page * PAGE_SIZE) }.cast(),
-                    iov_len: frag,
+                    iov_base: dst.cast(),
+                    iov_len: p.len,
                 };
                 k += 1;
             }
-            next_page = page + 1;
-            pos += frag;
+            it.next();
         }
-        // SAFETY: each iovec is a run of reserved bounce pages, owned by this request until
-        // consumed.
+        if k == 0 {
+            return Ok(());
+        }
+        // SAFETY: each iovec is a run of this request's bounce pages or posted buffer, owned by
+        // the request until it is consumed.
         unsafe { sys::recv_all_iov(fd, &mut iov[..k])? };
     }
-    Ok(())
 }

@@ -1,7 +1,9 @@
 //! CUDA buffers through the plugin, over 127.0.0.1 in this process. GPU tests print
 //! `SKIP: <reason>` and return without a GPU; `REQUIRE_GPU=1` turns a skip into a failure.
-//! CUDA receives are rebuilt on the CPU from the published LoadMeta and the bounce region's
-//! host view (`unpack_cpu`), as the GPU kernel would.
+//! CUDA receives are rebuilt on the CPU from the published LoadMeta and the bounce region
+//! (`unpack_cpu`), as the GPU kernel would. A CUDA machine is in TCPX mode: `test` reports no
+//! sizes, every receive is consumed in order, every request names a memory handle, and CUDA
+//! registrations start on a 4 KiB boundary.
 
 mod common;
 
@@ -80,6 +82,10 @@ impl Dev {
     fn ptr_at(&self, at: usize) -> *mut c_void {
         (self.0 + at as u64) as usize as *mut c_void
     }
+    fn zero(&self) {
+        // SAFETY: the range is this allocation.
+        unsafe { cu::memset_d8_sync(self.0, 0, self.1.max(1)) }.unwrap();
+    }
     fn read(&self) -> Vec<u8> {
         let mut v = vec![0u8; self.1];
         if self.1 > 0 {
@@ -98,6 +104,18 @@ impl Drop for Dev {
         // SAFETY: allocated by malloc_sync and freed once.
         let _ = unsafe { cu::free_sync(self.0) };
     }
+}
+
+/// Registers a CUDA buffer from the 4 KiB boundary below it, as TCPX requires (the range widens
+/// by the difference; the buffer keeps its own address).
+fn reg_cuda(comm: Ptr, p: *mut c_void, len: usize) -> Result<*mut c_void, i32> {
+    let skew = p as usize % 4096;
+    reg(
+        comm,
+        (p as usize - skew) as *mut c_void,
+        len + skew,
+        PTR_CUDA,
+    )
 }
 
 fn reg(comm: Ptr, p: *mut c_void, len: usize, kind: c_int) -> Result<*mut c_void, i32> {
@@ -169,22 +187,39 @@ fn send_to_device(
 ) -> Ptr {
     let rr = irecv_mh(r, dst.ptr(), len, rmh);
     let sr = isend_mh(s, src, len, smh);
-    assert_eq!(wait(rr), Ok(len));
-    assert_eq!(wait(sr), Ok(len));
+    assert_eq!(wait(rr), Ok(UNTOUCHED), "TCPX mode reports no size");
+    assert_eq!(wait(sr), Ok(UNTOUCHED), "TCPX mode reports no size");
     rr
 }
 
-/// Rebuilds the k-th receive from its published slot through the host view.
-fn unpack_host(r: Ptr, k: u64, len: usize) -> Vec<u8> {
+/// Rebuilds the k-th receive from its published slot through the host view (the bounce
+/// region copied out first when it is device memory), into `out`, which holds whatever the
+/// plugin wrote into the posted buffer itself (linear bytes); returns the bytes the entries
+/// gave.
+fn unpack_into(r: Ptr, k: u64, out: &mut [u8]) -> u64 {
     // SAFETY: `r` is a live recv comm of this plugin.
     let v = unsafe { tcpx_sock::recv_unpack_view(r.0) }.expect("UNPACK comm");
-    // SAFETY: the view's regions live as long as the comm.
+    // SAFETY: the view's meta table lives as long as the comm.
     let meta = unsafe { &*v.meta };
-    // SAFETY: as above; bounce_len bytes.
-    let bounce = unsafe { core::slice::from_raw_parts(v.bounce, v.bounce_len) };
+    let copy;
+    let bounce = if v.bounce_device {
+        let mut b = vec![0u8; v.bounce_len];
+        // SAFETY: the bounce region is bounce_len bytes of device memory.
+        unsafe { cu::memcpy_dtoh_sync(&mut b, v.bounce as u64) }.unwrap();
+        copy = b;
+        &copy[..]
+    } else {
+        // SAFETY: host memory of bounce_len bytes, alive with the comm.
+        unsafe { core::slice::from_raw_parts(v.bounce, v.bounce_len) }
+    };
     let entries = meta.slot_entries(slot_of(k)).unwrap();
+    unpack_cpu(entries, bounce, out).unwrap()
+}
+
+/// Rebuilds the k-th receive (no linear bytes) from its published slot.
+fn unpack_host(r: Ptr, k: u64, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
-    assert_eq!(unpack_cpu(entries, bounce, &mut out), Ok(len as u64));
+    assert_eq!(unpack_into(r, k, &mut out), len as u64);
     out
 }
 
@@ -228,11 +263,24 @@ fn properties_advertise_cuda_and_unpack() {
     assert_eq!(p.ptr_support, PTR_HOST | PTR_CUDA);
     assert_eq!(p.net_device_type, NET_DEVICE_UNPACK);
     let (s, r, d) = pair();
-    assert!(!d.is_null(), "UNPACK device: accept returns a handle");
-    // SAFETY: accept returned a live device handle.
-    let u = unsafe { *((*d).handle as *const UnpackDevHandle) };
+    assert!(!d.is_null(), "UNPACK device: accept fills a handle");
+    // SAFETY: accept filled the handle we passed.
+    let dh = unsafe { *d };
+    assert_eq!(dh.size, core::mem::size_of::<UnpackDevHandle>());
+    // The UNPACK handle is device memory, as TCPX's: read with a device-to-host copy.
+    assert_eq!(
+        memory_type(dh.handle as u64),
+        Some(sys::CUmemorytype::CU_MEMORYTYPE_DEVICE)
+    );
+    let mut raw = [0u8; core::mem::size_of::<UnpackDevHandle>()];
+    // SAFETY: the handle is that many bytes of device memory.
+    unsafe { cu::memcpy_dtoh_sync(&mut raw, dh.handle as u64) }.unwrap();
+    // SAFETY: the bytes of an UnpackDevHandle, copied out.
+    let u: UnpackDevHandle = unsafe { core::ptr::read_unaligned(raw.as_ptr().cast()) };
+    assert_eq!(u.head, u64::MAX);
     // SAFETY: `r` is live.
     let v = unsafe { tcpx_sock::recv_unpack_view(r.0) }.unwrap();
+    assert!(!v.bounce_device, "mapped host memory by default");
     // The published pointers are the device aliases of the pinned regions.
     let mut dev: sys::CUdeviceptr = 0;
     // SAFETY: the meta table is a live DEVICEMAP allocation.
@@ -247,10 +295,34 @@ fn properties_advertise_cuda_and_unpack() {
     assert_eq!(u.bounce_buf as u64, dev);
     assert_eq!(v.bounce_len, BOUNCE);
     let buf = Dev::zeroed(4096);
-    let mh = reg(s, buf.ptr(), 4096, PTR_CUDA).unwrap();
+    let mh = reg_cuda(s, buf.ptr(), 4096).unwrap();
     dereg(s, mh);
     close_send(s);
     close_recv(r);
+}
+
+/// The driver's memory type of `p`, if it knows the address.
+fn memory_type(p: u64) -> Option<sys::CUmemorytype> {
+    let mut t: u32 = 0;
+    // SAFETY: the attribute is an unsigned int; the out pointer is valid.
+    let r = unsafe {
+        sys::cuPointerGetAttribute(
+            (&mut t as *mut u32).cast(),
+            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+            p,
+        )
+    };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return None;
+    }
+    [
+        sys::CUmemorytype::CU_MEMORYTYPE_HOST,
+        sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+        sys::CUmemorytype::CU_MEMORYTYPE_ARRAY,
+        sys::CUmemorytype::CU_MEMORYTYPE_UNIFIED,
+    ]
+    .into_iter()
+    .find(|m| *m as u32 == t)
 }
 
 #[test]
@@ -264,7 +336,7 @@ fn device_to_device_lands_in_bounce_pages() {
     sizes.extend(rand_sizes(12, 4 << 20, 77));
     let max = *sizes.iter().max().unwrap();
     let dst = Dev::zeroed(max);
-    let rmh = reg(r, dst.ptr(), max, PTR_CUDA).unwrap();
+    let rmh = reg_cuda(r, dst.ptr(), max).unwrap();
     let shares_before = tcpx_sock::cuda::kernel_shares();
     let mut kernel_shares = 0;
     for (k, &len) in sizes.iter().enumerate() {
@@ -276,7 +348,7 @@ fn device_to_device_lands_in_bounce_pages() {
             kernel_shares += shares_of(len);
         }
         let src = Dev::from_at(&data, at);
-        let smh = reg(s, src.ptr_at(at), len, PTR_CUDA).unwrap();
+        let smh = reg_cuda(s, src.ptr_at(at), len).unwrap();
         let rr = send_to_device(s, src.ptr_at(at), smh, r, &dst, rmh, len);
         assert_eq!(cnt(r, k as u64), len.div_ceil(4096) as u64);
         assert!(unpack_host(r, k as u64, len) == data, "size {len}");
@@ -315,11 +387,11 @@ fn cuda_sends_wait_for_staging_room_and_refuse_oversize() {
     let srcs: Vec<Dev> = data.iter().map(|d| Dev::from(d)).collect();
     let smhs: Vec<_> = srcs
         .iter()
-        .map(|d| reg(s, d.ptr(), len, PTR_CUDA).unwrap())
+        .map(|d| reg_cuda(s, d.ptr(), len).unwrap())
         .collect();
 
     let big = Dev::zeroed(ring + 4096);
-    let bmh = reg(s, big.ptr(), ring + 4096, PTR_CUDA).unwrap();
+    let bmh = reg_cuda(s, big.ptr(), ring + 4096).unwrap();
     let (rc, req) = try_isend(s, big.ptr(), ring + 4096, bmh);
     assert_eq!(rc, result::INVALID_ARGUMENT, "larger than the staging ring");
     assert!(req.0.is_null());
@@ -333,17 +405,17 @@ fn cuda_sends_wait_for_staging_room_and_refuse_oversize() {
     assert!(req.0.is_null(), "no request while the ring is full");
 
     let dst = Dev::zeroed(len);
-    let rmh = reg(r, dst.ptr(), len, PTR_CUDA).unwrap();
+    let rmh = reg_cuda(r, dst.ptr(), len).unwrap();
     for k in 0..=n {
         let rr = irecv_mh(r, dst.ptr(), len, rmh);
         if k == 0 {
-            assert_eq!(wait(rr), Ok(len));
+            assert_eq!(wait(rr), Ok(UNTOUCHED));
             // The oldest send completes and gives its range back; the waiting one fits now.
-            assert_eq!(wait(sends[0]), Ok(len));
+            assert_eq!(wait(sends[0]), Ok(UNTOUCHED));
             sends.push(isend_mh(s, srcs[n].ptr(), len, smhs[n]));
         } else {
-            assert_eq!(wait(rr), Ok(len));
-            assert_eq!(wait(sends[k]), Ok(len));
+            assert_eq!(wait(rr), Ok(UNTOUCHED));
+            assert_eq!(wait(sends[k]), Ok(UNTOUCHED));
         }
         assert!(unpack_host(r, k as u64, len) == data[k], "send {k}");
         assert_eq!(consumed(r, rr), result::SUCCESS);
@@ -371,12 +443,12 @@ fn staging_kernels_stop_when_idle_and_restart() {
     let idle = std::time::Duration::from_micros(tcpx_sock::Config::default().stage_idle_us as u64);
     let len = 3 << 20; // six chunks: every lane has a share, two of them two
     let dst = Dev::zeroed(len);
-    let rmh = reg(r, dst.ptr(), len, PTR_CUDA).unwrap();
+    let rmh = reg_cuda(r, dst.ptr(), len).unwrap();
     let shares_before = tcpx_sock::cuda::kernel_shares();
     for round in 0..4u64 {
         let data = pattern(len, 700 + round);
         let src = Dev::from(&data);
-        let smh = reg(s, src.ptr(), len, PTR_CUDA).unwrap();
+        let smh = reg_cuda(s, src.ptr(), len).unwrap();
         let rr = send_to_device(s, src.ptr(), smh, r, &dst, rmh, len);
         assert!(unpack_host(r, round, len) == data, "round {round}");
         assert_eq!(consumed(r, rr), result::SUCCESS);
@@ -407,9 +479,9 @@ fn host_to_device_and_device_to_host() {
         // host -> device: lands in bounce pages.
         let data = pattern(len, 40 + k);
         let dst = Dev::zeroed(len);
-        let rmh = reg(r, dst.ptr(), len, PTR_CUDA).unwrap();
+        let rmh = reg_cuda(r, dst.ptr(), len).unwrap();
         let host = data.as_ptr() as *mut c_void;
-        let rr = send_to_device(s, host, core::ptr::null_mut(), r, &dst, rmh, len);
+        let rr = send_to_device(s, host, host_mh(s), r, &dst, rmh, len);
         assert!(unpack_host(r, k, len) == data, "h2d size {len}");
         assert_eq!(consumed(r, rr), result::SUCCESS);
         dereg(r, rmh);
@@ -418,16 +490,16 @@ fn host_to_device_and_device_to_host() {
         // device -> host: staged on the send side, straight into the buffer on the receive side.
         let data = pattern(len, 90 + k);
         let src = Dev::from(&data);
-        let smh = reg(s, src.ptr(), len, PTR_CUDA).unwrap();
+        let smh = reg_cuda(s, src.ptr(), len).unwrap();
         let mut out = vec![0u8; len];
         let hmh = reg(r, out.as_mut_ptr().cast(), len, PTR_HOST).unwrap();
         let rr = irecv_mh(r, out.as_mut_ptr().cast(), len, hmh);
         let sr = isend_mh(s, src.ptr(), len, smh);
-        assert_eq!(wait(rr), Ok(len));
-        assert_eq!(wait(sr), Ok(len));
+        assert_eq!(wait(rr), Ok(UNTOUCHED));
+        assert_eq!(wait(sr), Ok(UNTOUCHED));
         assert!(out == data, "d2h size {len}");
         assert_eq!(cnt(r, k), 0, "host receive: empty slot");
-        // Optional for host receives, accepted when made.
+        // Every receive leaves at irecvConsumed, host ones too.
         assert_eq!(consumed(r, rr), result::SUCCESS);
         dereg(r, hmh);
         dereg(s, smh);
@@ -446,37 +518,164 @@ fn host_receive_on_cuda_box_bypasses_bounce_and_keeps_slots_aligned() {
     let (s, r, _) = pair();
     let len = 10_000;
     let dst = Dev::zeroed(len);
-    let dmh = reg(r, dst.ptr(), len, PTR_CUDA).unwrap();
-    // 40 receives alternating device / host (NULL mhandle = host), so slots wrap twice; host
-    // receives are never irecvConsumed'd and still do not block the 16-request window.
-    let mut pending_dev: Option<Ptr> = None;
+    let dmh = reg_cuda(r, dst.ptr(), len).unwrap();
+    // 40 receives alternating device / host, so slots wrap twice: host receives land in their
+    // buffer, publish cnt = 0 in their own slot and, like device ones, leave at irecvConsumed.
     for k in 0..40u64 {
         let data = pattern(len, 7000 + k);
         let mut out = vec![0u8; len];
         let rr = if k % 2 == 0 {
             irecv_mh(r, dst.ptr(), len, dmh)
         } else {
-            irecv_mh(r, out.as_mut_ptr().cast(), len, core::ptr::null_mut())
+            irecv_mh(r, out.as_mut_ptr().cast(), len, host_mh(r))
         };
-        let sr = isend_mh(s, data.as_ptr() as *mut c_void, len, core::ptr::null_mut());
-        assert_eq!(wait(rr), Ok(len));
-        assert_eq!(wait(sr), Ok(len));
+        let sr = isend_mh(s, data.as_ptr() as *mut c_void, len, host_mh(s));
+        assert_eq!(wait(rr), Ok(UNTOUCHED));
+        assert_eq!(wait(sr), Ok(UNTOUCHED));
         if k % 2 == 0 {
             assert_eq!(cnt(r, k), 3);
             assert!(unpack_host(r, k, len) == data, "device receive {k}");
-            if let Some(p) = pending_dev.take() {
-                assert_eq!(consumed(r, p), result::SUCCESS);
-            }
-            pending_dev = Some(rr);
         } else {
             assert_eq!(cnt(r, k), 0, "host receive {k}: cnt 0");
             assert!(out == data, "host receive {k} landed directly");
         }
-    }
-    if let Some(p) = pending_dev {
-        assert_eq!(consumed(r, p), result::SUCCESS);
+        assert_eq!(consumed(r, rr), result::SUCCESS);
     }
     dereg(r, dmh);
+    close_send(s);
+    close_recv(r);
+}
+
+/// TCPX registers CUDA memory in whole pages, bound to the calling thread's current GPU.
+#[test]
+fn cuda_registration_must_be_page_aligned() {
+    setup();
+    let Some(_c) = gpu("cuda_registration_must_be_page_aligned") else {
+        return;
+    };
+    let (s, r, _) = pair();
+    let buf = Dev::zeroed(3 * 4096);
+    let base = buf.ptr() as usize;
+    let aligned = base.next_multiple_of(4096);
+    // A PyTorch-style tensor 512 bytes into its allocation.
+    assert_eq!(
+        reg(s, (aligned + 512) as *mut c_void, 4096, PTR_CUDA).err(),
+        Some(result::INTERNAL_ERROR)
+    );
+    let mh = reg(s, aligned as *mut c_void, 4096, PTR_CUDA).unwrap();
+    dereg(s, mh);
+    let mut mh = core::ptr::null_mut();
+    // SAFETY: a live comm and a valid out-pointer.
+    let rc = unsafe { net().reg_mr.unwrap()(s.0, aligned as *mut c_void, -1, PTR_CUDA, &mut mh) };
+    assert_eq!(
+        rc,
+        result::INVALID_ARGUMENT,
+        "v7 sizes are int: a negative one is refused"
+    );
+    assert!(mh.is_null());
+    close_send(s);
+    close_recv(r);
+}
+
+/// A registration binds to the calling thread's current GPU: memory of another GPU is refused
+/// (two GPUs needed).
+#[test]
+fn cuda_registration_of_another_gpu_is_refused() {
+    setup();
+    let Some(_c) = gpu("cuda_registration_of_another_gpu_is_refused") else {
+        return;
+    };
+    if CudaContext::device_count().unwrap_or(0) < 2 {
+        println!("SKIP: cuda_registration_of_another_gpu_is_refused: one GPU");
+        return;
+    }
+    let (s, r, _) = pair();
+    // CudaContext::new binds GPU 1's primary context to this thread: the buffer is GPU 1's.
+    let other = CudaContext::new(1).unwrap();
+    let buf1 = Dev::zeroed(8192);
+    let p1 = (buf1.ptr() as usize).next_multiple_of(4096) as *mut c_void;
+    let mh = reg(s, p1, 4096, PTR_CUDA).unwrap();
+    dereg(s, mh);
+    // GPU 0 current, GPU 1's memory: refused.
+    _c.bind_to_thread().unwrap();
+    assert_eq!(
+        reg(s, p1, 4096, PTR_CUDA).err(),
+        Some(result::INTERNAL_ERROR)
+    );
+    // Freed with its own context current.
+    other.bind_to_thread().unwrap();
+    drop(buf1);
+    _c.bind_to_thread().unwrap();
+    close_send(s);
+    close_recv(r);
+}
+
+/// `Config::bounce_device`: the bounce region is device memory; received bytes are copied in
+/// before a slot is published. Exercised with odd fragments, linear bytes (copied into CUDA
+/// buffers by the plugin, and into host buffers with host bounce) and inline payloads.
+#[test]
+fn device_bounce_region_with_odd_fragments_and_linear_bytes() {
+    setup();
+    let Some(_c) = gpu("device_bounce_region_with_odd_fragments_and_linear_bytes") else {
+        return;
+    };
+    let (h, l) = listen_with(tcpx_sock::Config {
+        bounce_device: true,
+        odd_fragments: true,
+        linear_bytes: 5000,
+        host_bounce: true,
+        ..tcpx_sock::config::current()
+    });
+    let (s, r, _) = connect_accept(h, l);
+    // SAFETY: `r` is a live recv comm.
+    let v = unsafe { tcpx_sock::recv_unpack_view(r.0) }.unwrap();
+    assert!(v.bounce_device);
+    assert_eq!(
+        memory_type(v.bounce as u64),
+        Some(sys::CUmemorytype::CU_MEMORYTYPE_DEVICE)
+    );
+    let max = 4 << 20;
+    let dst = Dev::zeroed(max);
+    let rmh = reg_cuda(r, dst.ptr(), max).unwrap();
+    let mut k = 0u64;
+    for &len in &[1usize, 1000, 4097, 70_000, 1 << 20, max] {
+        for (device_src, device_dst) in [(true, true), (false, true), (false, false)] {
+            let data = pattern(len, 9000 + k);
+            let src = Dev::from(&data);
+            let smh = reg_cuda(s, src.ptr(), len).unwrap();
+            let (sp, smh2) = if device_src {
+                (src.ptr(), smh)
+            } else {
+                (data.as_ptr() as *mut c_void, host_mh(s))
+            };
+            let mut host_out = vec![0u8; len];
+            let rr = if device_dst {
+                dst.zero();
+                irecv_mh(r, dst.ptr(), len, rmh)
+            } else {
+                irecv_mh(r, host_out.as_mut_ptr().cast(), len, host_mh(r))
+            };
+            let sr = isend_mh(s, sp, len, smh2);
+            assert_eq!(wait(rr), Ok(UNTOUCHED));
+            assert_eq!(wait(sr), Ok(UNTOUCHED));
+            // The plugin wrote the linear bytes into the posted buffer; the entries give the rest.
+            let mut out = if device_dst {
+                dst.read()[..len].to_vec()
+            } else {
+                host_out.clone()
+            };
+            let lin = 5000.min(len) as u64;
+            assert_eq!(unpack_into(r, k, &mut out), len as u64 - lin, "size {len}");
+            assert!(
+                out == data,
+                "size {len}, device source {device_src}, device buffer {device_dst}"
+            );
+            assert_eq!(consumed(r, rr), result::SUCCESS);
+            dereg(s, smh);
+            k += 1;
+        }
+    }
+    dereg(r, rmh);
     close_send(s);
     close_recv(r);
 }

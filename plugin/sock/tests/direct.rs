@@ -16,6 +16,9 @@ fn lone_requests_go_direct_and_queued_ones_hand_over() {
         sock_buf_bytes: 16 << 10,
         ..tcpx_sock::Config::default()
     });
+    if !host_mode("lone_requests_go_direct_and_queued_ones_hand_over") {
+        return;
+    }
     let cfg = tcpx_sock::Config::default();
     let (s, r, _) = pair();
     let mid = 200_000;

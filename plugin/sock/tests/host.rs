@@ -1,4 +1,5 @@
 //! Host mode over 127.0.0.1, both endpoints in this process (threads), through the v7 table.
+//! A CUDA machine is always in TCPX mode: the data tests print SKIP there.
 
 mod common;
 
@@ -46,11 +47,13 @@ fn table_and_properties() {
 #[test]
 fn sizes_round_trip() {
     setup();
+    if !host_mode("sizes_round_trip") {
+        return;
+    }
     let (s, r, d) = pair();
-    assert_eq!(
+    assert!(
         d.is_null(),
-        !tcpx_sock::cuda::present(),
-        "host device: no device handle; CUDA box: UNPACK handle"
+        "host device: accept sets the device handle pointer to NULL"
     );
     let mut sizes = SIZES.to_vec();
     sizes.extend(rand_sizes(12, 3 << 20, 7));
@@ -64,6 +67,9 @@ fn sizes_round_trip() {
 #[test]
 fn sixteen_in_flight_in_order() {
     setup();
+    if !host_mode("sixteen_in_flight_in_order") {
+        return;
+    }
     let (s, r, _) = pair();
     let lens: Vec<usize> = (0..16)
         .map(|i| [10, 70_000, 600_000, 4096][i % 4] + i)
@@ -89,6 +95,9 @@ fn sixteen_in_flight_in_order() {
 #[test]
 fn shorter_send_reports_its_size_longer_is_an_error() {
     setup();
+    if !host_mode("shorter_send_reports_its_size_longer_is_an_error") {
+        return;
+    }
     let (s, r, _) = pair();
     let src = pattern(1000, 1);
     let mut dst = vec![0u8; 5000];
@@ -109,6 +118,9 @@ fn shorter_send_reports_its_size_longer_is_an_error() {
 #[test]
 fn seventeenth_request_is_rejected() {
     setup();
+    if !host_mode("seventeenth_request_is_rejected") {
+        return;
+    }
     let (s, r, _) = pair();
     let mut bufs = vec![vec![0u8; 64]; 17];
     let (first, last) = bufs.split_at_mut(16);
@@ -128,6 +140,9 @@ fn seventeenth_request_is_rejected() {
 #[test]
 fn test_on_a_younger_request_is_rejected() {
     setup();
+    if !host_mode("test_on_a_younger_request_is_rejected") {
+        return;
+    }
     let (s, r, _) = pair();
     let mut a = vec![0u8; 64];
     let mut b = vec![0u8; 64];
@@ -145,6 +160,9 @@ fn test_on_a_younger_request_is_rejected() {
 #[test]
 fn irecv_with_two_buffers_is_rejected() {
     setup();
+    if !host_mode("irecv_with_two_buffers_is_rejected") {
+        return;
+    }
     let (s, r, _) = pair();
     let mut a = vec![0u8; 64];
     assert_eq!(
@@ -158,6 +176,9 @@ fn irecv_with_two_buffers_is_rejected() {
 #[test]
 fn tags_are_ignored_matching_is_by_order() {
     setup();
+    if !host_mode("tags_are_ignored_matching_is_by_order") {
+        return;
+    }
     let (s, r, _) = pair();
     // The helper posts tag 3 on receives and tag 7 on sends: they must still match.
     let src = pattern(300, 9);
@@ -174,6 +195,9 @@ fn tags_are_ignored_matching_is_by_order() {
 #[test]
 fn close_with_requests_in_flight_returns() {
     setup();
+    if !host_mode("close_with_requests_in_flight_returns") {
+        return;
+    }
     let (s, r, _) = pair();
     let mut dst = vec![0u8; 4 << 20];
     let _rr = irecv(r, &mut dst).unwrap();
@@ -188,6 +212,9 @@ fn close_with_requests_in_flight_returns() {
 #[test]
 fn peer_close_fails_pending_receive() {
     setup();
+    if !host_mode("peer_close_fails_pending_receive") {
+        return;
+    }
     let (s, r, _) = pair();
     let mut dst = vec![0u8; 1 << 20];
     let rr = irecv(r, &mut dst).unwrap();
@@ -203,6 +230,9 @@ fn peer_close_fails_pending_receive() {
 #[test]
 fn stray_connection_is_rejected() {
     setup();
+    if !host_mode("stray_connection_is_rejected") {
+        return;
+    }
     let (mut h, l) = listen();
     let port = u16::from_le_bytes([h[8], h[9]]);
     // A stranger connects and says nothing sensible.
@@ -240,6 +270,9 @@ fn stray_connection_is_rejected() {
 #[test]
 fn throughput_64mib() {
     setup();
+    if !host_mode("throughput_64mib") {
+        return;
+    }
     let (s, r, _) = pair();
     let total = 64 << 20;
     let chunk = 4 << 20;
@@ -317,6 +350,9 @@ fn plain_tcp_gbps(bytes: usize) -> f64 {
 #[test]
 fn latency_4k_ping_pong() {
     setup();
+    if !host_mode("latency_4k_ping_pong") {
+        return;
+    }
     let (s1, r1, _) = pair();
     let (s2, r2, _) = pair();
     let n = 2000;
@@ -376,4 +412,53 @@ fn plain_tcp_rtt_us(n: usize) -> f64 {
     let us = t0.elapsed().as_secs_f64() / n as f64 * 1e6;
     t.join().unwrap();
     us
+}
+
+/// Host mode keeps NCCL's socket-plugin leniency: a NULL memory handle means host memory
+/// (TCPX mode refuses it: `tests/tcpx_mode.rs`).
+#[test]
+fn null_memory_handles_mean_host_memory() {
+    setup();
+    if !host_mode("null_memory_handles_mean_host_memory") {
+        return;
+    }
+    let (s, r, _) = pair();
+    let src = pattern(3000, 21);
+    let mut dst = vec![0u8; 3000];
+    let (mut rreq, mut sreq) = (core::ptr::null_mut(), core::ptr::null_mut());
+    let mut data = [dst.as_mut_ptr().cast::<core::ffi::c_void>()];
+    let mut sizes = [3000];
+    let mut tags = [0];
+    let mut mhs = [core::ptr::null_mut()];
+    // SAFETY: one-entry arrays for n = 1; both buffers outlive their requests.
+    unsafe {
+        assert_eq!(
+            net().irecv.unwrap()(
+                r.0,
+                1,
+                data.as_mut_ptr(),
+                sizes.as_mut_ptr(),
+                tags.as_mut_ptr(),
+                mhs.as_mut_ptr(),
+                &mut rreq,
+            ),
+            result::SUCCESS
+        );
+        assert_eq!(
+            net().isend.unwrap()(
+                s.0,
+                src.as_ptr() as *mut _,
+                3000,
+                0,
+                core::ptr::null_mut(),
+                &mut sreq,
+            ),
+            result::SUCCESS
+        );
+    }
+    assert_eq!(wait(Ptr(rreq)), Ok(3000));
+    assert_eq!(wait(Ptr(sreq)), Ok(3000));
+    assert!(dst == src);
+    close_send(s);
+    close_recv(r);
 }

@@ -22,6 +22,9 @@ fn peer_entry() {
 #[test]
 fn two_processes_round_trip() {
     setup();
+    if !host_mode("two_processes_round_trip") {
+        return;
+    }
     let (h, l) = listen();
     let mut child = spawn_peer("send", &h);
     let (r, _) = accept_one(l);
@@ -40,6 +43,9 @@ fn two_processes_round_trip() {
 #[test]
 fn killed_peer_fails_the_receive_in_bounded_time() {
     setup();
+    if !host_mode("killed_peer_fails_the_receive_in_bounded_time") {
+        return;
+    }
     let (h, l) = listen();
     let mut child = spawn_peer("stream", &h);
     let (r, _) = accept_one(l);

@@ -3,10 +3,11 @@
 #![allow(dead_code)]
 
 use core::ffi::{c_int, c_void};
+use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use tcpx_core::abi::v7::{Net, Properties};
-use tcpx_core::abi::{result, DevHandle, NcclResult, HANDLE_MAX_SIZE};
+use tcpx_core::abi::{result, DevHandle, NcclResult, HANDLE_MAX_SIZE, NET_DEVICE_UNPACK, PTR_HOST};
 
 /// Bound on every wait in the tests.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -42,6 +43,25 @@ pub fn init_with(cfg: tcpx_sock::Config) {
 
 pub type Handle = [u8; HANDLE_MAX_SIZE];
 
+/// Held to read the configuration at `listen`/`connect` while another test of the same binary
+/// may be switching it for its own listen comm ([`listen_with`]).
+static CONFIG: RwLock<()> = RwLock::new(());
+
+/// Whether the plugin is in TCPX mode (an UNPACK device: CUDA present, or configured so).
+pub fn tcpx_mode() -> bool {
+    props().net_device_type == NET_DEVICE_UNPACK
+}
+
+/// Whether the plugin is in host mode; prints `SKIP` for `test` otherwise (a CUDA machine is
+/// always in TCPX mode, which `tests/tcpx*.rs` and `tests/cuda.rs` cover).
+pub fn host_mode(test: &str) -> bool {
+    if tcpx_mode() {
+        println!("SKIP: {test}: the device is UNPACK (TCPX mode), not host");
+        return false;
+    }
+    true
+}
+
 /// A comm pointer that may cross threads in tests.
 #[derive(Clone, Copy, Debug)]
 pub struct Ptr(pub *mut c_void);
@@ -49,6 +69,26 @@ pub struct Ptr(pub *mut c_void);
 unsafe impl Send for Ptr {}
 
 pub fn listen() -> (Handle, Ptr) {
+    let _g = CONFIG.read().unwrap_or_else(|e| e.into_inner());
+    listen_now()
+}
+
+/// A listen comm whose comms use `cfg` (receive-side settings: TCPX mode, host bounce, odd
+/// fragments, linear bytes, accept delay, bounce placement); the configuration in force is
+/// restored afterwards.
+pub fn listen_with(cfg: tcpx_sock::Config) -> (Handle, Ptr) {
+    let _g = CONFIG.write().unwrap_or_else(|e| e.into_inner());
+    let base = tcpx_sock::config::current();
+    tcpx_sock::configure(tcpx_sock::Config {
+        ifname: base.ifname.clone(),
+        ..cfg
+    });
+    let r = listen_now();
+    tcpx_sock::configure(base);
+    r
+}
+
+fn listen_now() -> (Handle, Ptr) {
     let mut h = [0u8; HANDLE_MAX_SIZE];
     let mut l = core::ptr::null_mut();
     // SAFETY: valid out-pointers and a 128-byte handle.
@@ -60,6 +100,7 @@ pub fn listen() -> (Handle, Ptr) {
 
 /// One connect step.
 pub fn connect_step(h: &mut Handle) -> Result<Option<Ptr>, NcclResult> {
+    let _g = CONFIG.read().unwrap_or_else(|e| e.into_inner());
     let mut s = core::ptr::null_mut();
     let mut d: *mut DevHandle = core::ptr::null_mut();
     // SAFETY: valid out-pointers and a handle from listen.
@@ -70,16 +111,40 @@ pub fn connect_step(h: &mut Handle) -> Result<Option<Ptr>, NcclResult> {
     Ok((!s.is_null()).then_some(Ptr(s)))
 }
 
-/// One accept step.
-pub fn accept_step(l: Ptr) -> Result<Option<(Ptr, *mut DevHandle)>, NcclResult> {
+/// A zeroed device handle as NCCL allocates one for `accept` to fill.
+pub fn zeroed_dev_handle() -> DevHandle {
+    DevHandle {
+        net_device_type: 0,
+        net_device_version: 0,
+        handle: core::ptr::null_mut(),
+        size: 0,
+        needs_proxy_progress: 0,
+    }
+}
+
+/// One `accept` call with `dev` as the device-handle out-pointer's target: the result code and
+/// the comm (NULL = not yet).
+pub fn accept_raw(l: Ptr, dev: *mut *mut DevHandle) -> (NcclResult, Ptr) {
     let mut r = core::ptr::null_mut();
-    let mut d: *mut DevHandle = core::ptr::null_mut();
-    // SAFETY: valid out-pointers and a live listen comm.
-    let rc = unsafe { net().accept.unwrap()(l.0, &mut r, &mut d) };
+    // SAFETY: a valid out-pointer, a live listen comm; `dev` is the caller's.
+    let rc = unsafe { net().accept.unwrap()(l.0, &mut r, dev) };
+    (rc, Ptr(r))
+}
+
+/// One accept step, passing a zeroed device handle as NCCL does: in TCPX mode the plugin fills
+/// it (returned, leaked for the test's lifetime), in host mode it sets the pointer to NULL.
+pub fn accept_step(l: Ptr) -> Result<Option<(Ptr, *mut DevHandle)>, NcclResult> {
+    let own = Box::into_raw(Box::new(zeroed_dev_handle()));
+    let mut d = own;
+    let (rc, r) = accept_raw(l, &mut d);
+    if rc != result::SUCCESS || r.0.is_null() || d != own {
+        // SAFETY: made above and not handed out.
+        drop(unsafe { Box::from_raw(own) });
+    }
     if rc != result::SUCCESS {
         return Err(rc);
     }
-    Ok((!r.is_null()).then_some((Ptr(r), d)))
+    Ok((!r.0.is_null()).then_some((r, d)))
 }
 
 /// Connected (send, recv, recv dev handle) on loopback within this process.
@@ -120,6 +185,20 @@ pub fn close_recv(r: Ptr) {
     assert_eq!(unsafe { net().close_recv.unwrap()(r.0) }, result::SUCCESS);
 }
 
+/// A host memory handle. tcpxsock's registrations are bookkeeping that names no comm or
+/// range, so one serves every host buffer on every comm (TCPX mode refuses NULL ones).
+pub fn host_mh(comm: Ptr) -> *mut c_void {
+    static MH: OnceLock<usize> = OnceLock::new();
+    *MH.get_or_init(|| {
+        let mut mh = core::ptr::null_mut();
+        // SAFETY: a live comm and a valid out-pointer.
+        let rc =
+            unsafe { net().reg_mr.unwrap()(comm.0, core::ptr::null_mut(), 0, PTR_HOST, &mut mh) };
+        assert_eq!(rc, result::SUCCESS);
+        mh as usize
+    }) as *mut c_void
+}
+
 pub fn isend(s: Ptr, buf: &[u8]) -> Result<Ptr, NcclResult> {
     let mut req = core::ptr::null_mut();
     // SAFETY: the buffer outlives the request in every caller.
@@ -129,7 +208,7 @@ pub fn isend(s: Ptr, buf: &[u8]) -> Result<Ptr, NcclResult> {
             buf.as_ptr() as *mut c_void,
             buf.len() as c_int,
             7,
-            core::ptr::null_mut(),
+            host_mh(s),
             &mut req,
         )
     };
@@ -145,7 +224,7 @@ pub fn irecv_n(r: Ptr, buf: *mut u8, len: usize, n: c_int) -> Result<Ptr, NcclRe
     let mut data = [buf.cast::<c_void>(), buf.cast()];
     let mut sizes = [len as c_int; 2];
     let mut tags = [3 as c_int; 2];
-    let mut mh = [core::ptr::null_mut(); 2];
+    let mut mh = [host_mh(r); 2];
     // SAFETY: arrays of two entries cover n <= 2; the buffer outlives the request.
     let rc = unsafe {
         net().irecv.unwrap()(
@@ -169,16 +248,32 @@ pub fn irecv(r: Ptr, buf: &mut [u8]) -> Result<Ptr, NcclResult> {
     irecv_n(r, buf.as_mut_ptr(), buf.len(), 1)
 }
 
-/// One `test` call: `Ok(Some(size))` when done.
+/// What `sizes` holds before `test`; it survives in TCPX mode, whose `test` never writes it.
+const SIZE_SENTINEL: c_int = -7;
+/// The size [`test_once`] and [`wait`] report when `test` left `sizes` untouched (TCPX mode).
+pub const UNTOUCHED: usize = usize::MAX;
+
+/// One `test` call: `Ok(Some(size))` when done, [`UNTOUCHED`] if it did not write the size.
 pub fn test_once(req: Ptr) -> Result<Option<usize>, NcclResult> {
     let mut done = 0;
-    let mut size = -1;
+    let mut size = SIZE_SENTINEL;
     // SAFETY: a request of a live comm.
     let rc = unsafe { net().test.unwrap()(req.0, &mut done, &mut size) };
     if rc != result::SUCCESS {
         return Err(rc);
     }
-    Ok((done == 1).then_some(size as usize))
+    if done == 0 {
+        assert_eq!(
+            size, SIZE_SENTINEL,
+            "test wrote a size for a request not done"
+        );
+        return Ok(None);
+    }
+    Ok(Some(if size == SIZE_SENTINEL {
+        UNTOUCHED
+    } else {
+        size as usize
+    }))
 }
 
 /// One `src`-sized transfer from `s` to `r` into a buffer with `slack` spare bytes, the sender
@@ -194,6 +289,16 @@ pub fn round_trip(s: Ptr, r: Ptr, src: &[u8], slack: usize) {
     assert_eq!(sender.join().unwrap(), Ok(len), "send of size {len}");
     assert!(dst[..len] == src[..], "payload differs at size {len}");
     assert!(dst[len..].iter().all(|b| *b == 0), "wrote past size {len}");
+}
+
+/// What `test` reports for a request of `len` bytes: the size in host mode, nothing (so
+/// [`UNTOUCHED`]) in TCPX mode.
+pub fn reported(len: usize) -> usize {
+    if tcpx_mode() {
+        UNTOUCHED
+    } else {
+        len
+    }
 }
 
 /// Tests until done or error, bounded by [`DEADLINE`].
@@ -311,7 +416,7 @@ pub fn peer_main() {
         "send" => {
             for (i, len) in peer_sizes().into_iter().enumerate() {
                 let src = pattern(len, 500 + i as u64);
-                assert_eq!(wait(isend(s, &src).unwrap()), Ok(len));
+                assert_eq!(wait(isend(s, &src).unwrap()), Ok(reported(len)));
             }
             close_send(s);
         }
