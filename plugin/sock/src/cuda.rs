@@ -161,14 +161,15 @@ fn pointer_ordinal(p: u64) -> Option<usize> {
     usize::try_from(ord).ok()
 }
 
-/// The device that owns the CUDA buffer `p..p+len` (a `regMr` of type CUDA): asked of its first
-/// byte, else of its last, since a caller that registers from the 4 KiB boundary below its
-/// buffer (as TCPX requires) may start outside any allocation.
+/// The device that owns the CUDA buffer `p..p+len` (a `regMr` of type CUDA): asked of its last
+/// byte, else of its first. A caller that registers from the 4 KiB boundary below its buffer
+/// (as TCPX requires) may start outside any allocation, or in a neighbour's; its last byte is
+/// its own.
 pub(crate) fn buffer_ordinal(p: *const c_void, len: usize) -> Result<usize> {
     with_ctx(home_ordinal(), |_| {
         let first = p as u64;
-        pointer_ordinal(first)
-            .or_else(|| pointer_ordinal(first + len.max(1) as u64 - 1))
+        pointer_ordinal(first + len.max(1) as u64 - 1)
+            .or_else(|| pointer_ordinal(first))
             .ok_or(Error::InvalidArgument("regMr(CUDA): not a CUDA pointer"))
     })
 }

@@ -20,8 +20,7 @@ pub(crate) const MAX_PAGES_PER_REQ: usize = MAX_RECV_BYTES / MIN_ODD_PAGE_BYTES 
 
 // Three pages in four hold two fragments, the rest one, and the linear span may cut one more:
 // the slot's 2048 entries always suffice.
-const _: () =
-    assert!(MAX_PAGES_PER_REQ + (3 * MAX_PAGES_PER_REQ).div_ceil(4) < ENTRIES_PER_SLOT);
+const _: () = assert!(MAX_PAGES_PER_REQ + (3 * MAX_PAGES_PER_REQ).div_ceil(4) < ENTRIES_PER_SLOT);
 // A split page's second fragment always has room for its tail.
 const _: () = assert!(PAGE_SIZE - MAX_ODD_START - MAX_ODD_SPLIT - MAX_ODD_GAP > MAX_ODD_TAIL);
 

@@ -7,13 +7,18 @@
 //! (request headers, payloads ≤ 64 KiB inline) and `TCPX_SOCK_NSOCKS` data sockets, each
 //! served by a helper thread that moves its share of every request's 512 KiB chunks.
 //!
-//! The device type is UNPACK v7 when CUDA is present or `TCPX_SOCK_UNPACK=1` /
-//! [`Config::unpack`]. Then receives into CUDA buffers (all receives when forced) land
-//! in 4 KiB bounce pages from a per-comm pool, writes one
-//! `LoadMeta` per fragment into slot `k % 16` of a `NetUnpackMeta` table, publishes
-//! `cnt[slot]` before `test` says done and keeps pages until `irecvConsumed`. TCPX's rules
-//! are enforced with its error codes: 16 requests per comm, `test` on the oldest only,
-//! order-only matching, `n == 1`, in-order `irecvConsumed`. See README.md.
+//! The device type is UNPACK v7 when CUDA is present or [`Config::unpack`] /
+//! [`Config::host_bounce`] is set, and then the plugin behaves as Google's GPUDirect-TCPX
+//! plugin does ("TCPX mode"): `accept` fills the caller's device handle in place (its
+//! `UnpackDevHandle` in device memory on a CUDA machine), `test` never writes sizes, `iflush`
+//! is an error, NULL memory handles are refused, CUDA registrations are page-aligned and bound
+//! to the current GPU. Receives into CUDA buffers (host ones too with `host_bounce`) land in
+//! 4 KiB bounce pages from a per-comm pool, one `LoadMeta` per fragment in slot `k % 16` of a
+//! `NetUnpackMeta` table; host receives land in their buffer with `cnt = 0`. Every receive
+//! holds its request and slot until `irecvConsumed`, in order; 16 requests per comm, `test` on
+//! the oldest only, order-only matching, `n == 1`, all with TCPX's error codes. Knobs add
+//! TCPX's accept delay, devmem-like odd fragments, plugin-written linear bytes and bounce pages
+//! in device memory. See README.md.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 

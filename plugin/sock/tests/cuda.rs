@@ -82,9 +82,12 @@ impl Dev {
     fn ptr_at(&self, at: usize) -> *mut c_void {
         (self.0 + at as u64) as usize as *mut c_void
     }
+    /// Zeroes it, done before the plugin's own copies into it start (those run on the plugin's
+    /// stream, which the memset's legacy stream does not order).
     fn zero(&self) {
         // SAFETY: the range is this allocation.
         unsafe { cu::memset_d8_sync(self.0, 0, self.1.max(1)) }.unwrap();
+        cu::ctx::synchronize().unwrap();
     }
     fn read(&self) -> Vec<u8> {
         let mut v = vec![0u8; self.1];
@@ -107,15 +110,11 @@ impl Drop for Dev {
 }
 
 /// Registers a CUDA buffer from the 4 KiB boundary below it, as TCPX requires (the range widens
-/// by the difference; the buffer keeps its own address).
+/// by the difference; the buffer keeps its own address). An empty buffer widens to nothing.
 fn reg_cuda(comm: Ptr, p: *mut c_void, len: usize) -> Result<*mut c_void, i32> {
     let skew = p as usize % 4096;
-    reg(
-        comm,
-        (p as usize - skew) as *mut c_void,
-        len + skew,
-        PTR_CUDA,
-    )
+    let widened = if len == 0 { 0 } else { len + skew };
+    reg(comm, (p as usize - skew) as *mut c_void, widened, PTR_CUDA)
 }
 
 fn reg(comm: Ptr, p: *mut c_void, len: usize, kind: c_int) -> Result<*mut c_void, i32> {
@@ -582,7 +581,7 @@ fn cuda_registration_must_be_page_aligned() {
 #[test]
 fn cuda_registration_of_another_gpu_is_refused() {
     setup();
-    let Some(_c) = gpu("cuda_registration_of_another_gpu_is_refused") else {
+    let Some(c0) = gpu("cuda_registration_of_another_gpu_is_refused") else {
         return;
     };
     if CudaContext::device_count().unwrap_or(0) < 2 {
@@ -597,7 +596,7 @@ fn cuda_registration_of_another_gpu_is_refused() {
     let mh = reg(s, p1, 4096, PTR_CUDA).unwrap();
     dereg(s, mh);
     // GPU 0 current, GPU 1's memory: refused.
-    _c.bind_to_thread().unwrap();
+    c0.bind_to_thread().unwrap();
     assert_eq!(
         reg(s, p1, 4096, PTR_CUDA).err(),
         Some(result::INTERNAL_ERROR)
@@ -605,7 +604,7 @@ fn cuda_registration_of_another_gpu_is_refused() {
     // Freed with its own context current.
     other.bind_to_thread().unwrap();
     drop(buf1);
-    _c.bind_to_thread().unwrap();
+    c0.bind_to_thread().unwrap();
     close_send(s);
     close_recv(r);
 }
