@@ -66,8 +66,9 @@ pub struct Config {
     /// publishing. Off by default: mapped host memory is what the emulation moves fastest.
     /// Ignored, with a log line, without CUDA.
     pub bounce_device: bool,
-    /// `accept` returns a comm no earlier than this many milliseconds after its connection was
-    /// established (TCPX waits 5000 ms for flow steering); until then it returns NULL.
+    /// `accept` returns a comm no earlier than this many milliseconds after it found the
+    /// comm's connection complete (TCPX waits 5000 ms for flow steering, also inside `accept`);
+    /// until then it returns NULL.
     pub accept_delay_ms: usize,
     /// Bounce receives are cut into fragments of odd lengths at odd offsets inside their pages,
     /// as devmem cmsgs produce, instead of one whole page per fragment.
