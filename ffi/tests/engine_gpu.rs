@@ -16,16 +16,23 @@ use tcpx_kernels::mem::DeviceBuffer;
 use common::engine::{current_context, gpu, second_gpu, unbind_context};
 
 fn pair() -> (Session, Session) {
+    pair_on(Default::default(), 0, 0)
+}
+
+/// Two sessions whose GPUs are `gpu_a` and `gpu_b`, over tcpxsock with shuffled bounce pages
+/// and `sock`'s other settings.
+fn pair_on(sock: tcpx_sock::config::Config, gpu_a: i32, gpu_b: i32) -> (Session, Session) {
     let sock = tcpx_sock::config::Config {
         shuffle: true,
-        ..Default::default()
+        ..sock
     };
-    let cfg = Config {
+    let cfg = |gpu| Config {
         channels: 2,
         timeout: Duration::from_secs(20),
+        gpu: Some(gpu),
         ..Config::default()
     };
-    common::engine::loopback_pair(sock, cfg)
+    common::engine::loopback_pair_with(sock, cfg(gpu_a), cfg(gpu_b))
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -132,7 +139,11 @@ fn transfer_between(
     src_dev: bool,
     dst_dev: bool,
 ) {
-    let (mut a, mut b) = pair();
+    let (mut a, mut b) = pair_on(
+        Default::default(),
+        src_ctx.ordinal() as i32,
+        dst_ctx.ordinal() as i32,
+    );
     let n = total();
     let data = pattern(n, 7);
     let mut src = Buf::new(src_ctx, src_dev, &data);
@@ -425,4 +436,124 @@ fn the_callers_current_context_is_put_back() {
         let r = s.offset as usize..(s.offset + s.len) as usize;
         assert!(got[r.clone()] == data[r], "segment at {} differs", s.offset);
     }
+}
+
+/// Registers `len` bytes at `offset` into a device allocation (PyTorch's tensors rarely start
+/// on a 4 KiB boundary; TCPX registers CUDA memory only from one).
+fn register_at(s: &mut Session, d: &DeviceBuffer, offset: usize, len: usize) -> tcpx::MemId {
+    // SAFETY: the buffer outlives the session's use of it; the range lies inside it.
+    unsafe {
+        s.register(
+            (d.ptr() as usize + offset) as *mut _,
+            len,
+            Memory::Cuda { device: 0 },
+        )
+    }
+    .unwrap()
+}
+
+/// VRAM→VRAM through regions 512 bytes into their allocations: the engine registers them from
+/// the aligned address below (tcpxsock, like TCPX, refuses unaligned CUDA registrations) and
+/// every byte lands where the caller's offsets say.
+#[test]
+fn unaligned_device_regions_move_data() {
+    let Some(ctx) = gpu() else { return };
+    let (mut a, mut b) = pair();
+    let n = total();
+    let data = pattern(n, 11);
+    let mut src = DeviceBuffer::new(&ctx, n + 512).unwrap();
+    src.write(512, &data).unwrap();
+    let dst = {
+        let mut d = DeviceBuffer::new(&ctx, n + 512).unwrap();
+        d.write(0, &vec![0u8; n + 512]).unwrap();
+        d
+    };
+    let sm = register_at(&mut a, &src, 512, n);
+    let dm = register_at(&mut b, &dst, 512, n);
+    send_and_check(&mut a, sm, &mut b, dm, &data, || {
+        let mut v = vec![0u8; n + 512];
+        dst.read(0, &mut v).unwrap();
+        assert!(
+            v[..512].iter().all(|&x| x == 0),
+            "bytes before the region written"
+        );
+        v.split_off(512)
+    });
+}
+
+/// TCPX's bounce pages are GPU memory: with tcpxsock placing them in device memory, and with
+/// fragments of odd lengths at odd offsets plus bytes the plugin writes straight into the
+/// buffer with no entry (gaps in the list), every transfer direction still arrives intact.
+#[test]
+fn device_bounce_pages_and_odd_fragments_with_gaps() {
+    let Some(ctx) = gpu() else { return };
+    for sock in [
+        tcpx_sock::config::Config {
+            bounce_device: true,
+            ..Default::default()
+        },
+        tcpx_sock::config::Config {
+            odd_fragments: true,
+            linear_bytes: 3000,
+            ..Default::default()
+        },
+        tcpx_sock::config::Config {
+            bounce_device: true,
+            odd_fragments: true,
+            linear_bytes: 777,
+            ..Default::default()
+        },
+    ] {
+        for (src_dev, dst_dev) in [(true, true), (false, true), (true, false)] {
+            let (mut a, mut b) = pair_on(sock.clone(), 0, 0);
+            let n = total();
+            let data = pattern(n, 5);
+            let mut src = Buf::new(&ctx, src_dev, &data);
+            let mut dst = Buf::new(&ctx, dst_dev, &vec![0u8; n]);
+            let (sm, dm) = (src.register(&mut a), dst.register(&mut b));
+            send_and_check(&mut a, sm, &mut b, dm, &data, || dst.bytes());
+        }
+    }
+    tcpx_sock::config::configure(Default::default());
+}
+
+/// A session on GPU 0 created, driven and dropped while GPU 1 is current on the calling
+/// thread (TCPX binds comms and registrations to the current GPU, so the session makes its
+/// own current around those calls): data arrives, and GPU 1 is current again afterwards.
+#[test]
+fn the_sessions_gpu_is_used_whatever_the_thread_has_current() {
+    let (Some(zero), Some(one)) = (gpu(), second_gpu()) else {
+        return;
+    };
+    one.bind_to_thread().unwrap();
+    let before = current_context();
+    let (mut a, mut b) = pair_on(
+        tcpx_sock::config::Config {
+            bounce_device: true,
+            ..Default::default()
+        },
+        0,
+        0,
+    );
+    assert_eq!(
+        current_context(),
+        before,
+        "the handshake changed the current context"
+    );
+    let n = total();
+    let data = pattern(n, 13);
+    let mut src = Buf::new(&zero, true, &data);
+    let mut dst = Buf::new(&zero, true, &vec![0u8; n]);
+    one.bind_to_thread().unwrap();
+    let (sm, dm) = (src.register(&mut a), dst.register(&mut b));
+    assert_eq!(
+        current_context(),
+        before,
+        "registration changed the current context"
+    );
+    send_and_check(&mut a, sm, &mut b, dm, &data, || dst.bytes());
+    one.bind_to_thread().unwrap();
+    drop((a, b));
+    assert_eq!(current_context(), before);
+    tcpx_sock::config::configure(Default::default());
 }

@@ -11,7 +11,7 @@ mod common;
 fn loopback_only() {
     tcpx_sock::config::configure(tcpx_sock::config::Config {
         ifname: Some("lo".into()),
-        ..Default::default()
+        ..common::engine::tcpx_mode_from_env(Default::default())
     });
 }
 

@@ -23,9 +23,10 @@ fn cfg() -> Config {
 }
 
 fn loopback_only() {
+    // The environment's TCPX_SOCK_* settings apply (CI runs this in tcpxsock's TCPX mode too).
     tcpx_sock::config::configure(tcpx_sock::config::Config {
         ifname: Some("lo".into()),
-        ..Default::default()
+        ..tcpx_sock::config::Config::from_env()
     });
 }
 

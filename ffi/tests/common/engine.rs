@@ -57,22 +57,68 @@ pub fn unbind_context() {
     unsafe { cudarc::driver::result::ctx::set_current(std::ptr::null_mut()) }.unwrap();
 }
 
+/// `sock` with tcpxsock's TCPX-mode settings taken from the environment where set
+/// (`TCPX_SOCK_UNPACK`, `TCPX_SOCK_ACCEPT_DELAY_MS`, `TCPX_SOCK_ODD_FRAGMENTS`,
+/// `TCPX_SOCK_LINEAR_BYTES`, `TCPX_SOCK_BOUNCE_DEVICE`), so one test binary runs in the
+/// default mode and, under that environment, against TCPX's behaviour.
+pub fn tcpx_mode_from_env(sock: tcpx_sock::config::Config) -> tcpx_sock::config::Config {
+    let env = tcpx_sock::config::Config::from_env();
+    let set = |k: &str| std::env::var_os(k).is_some();
+    tcpx_sock::config::Config {
+        unpack: if set("TCPX_SOCK_UNPACK") {
+            env.unpack
+        } else {
+            sock.unpack
+        },
+        accept_delay_ms: if set("TCPX_SOCK_ACCEPT_DELAY_MS") {
+            env.accept_delay_ms
+        } else {
+            sock.accept_delay_ms
+        },
+        odd_fragments: if set("TCPX_SOCK_ODD_FRAGMENTS") {
+            env.odd_fragments
+        } else {
+            sock.odd_fragments
+        },
+        linear_bytes: if set("TCPX_SOCK_LINEAR_BYTES") {
+            env.linear_bytes
+        } else {
+            sock.linear_bytes
+        },
+        bounce_device: if set("TCPX_SOCK_BOUNCE_DEVICE") {
+            env.bounce_device
+        } else {
+            sock.bounce_device
+        },
+        ..sock
+    }
+}
+
 /// Two connected sessions with `cfg`, built on two threads, after configuring the embedded
-/// tcpxsock with `sock` (its `ifname` forced to `lo`).
+/// tcpxsock with `sock` (its `ifname` forced to `lo`; TCPX-mode settings from the
+/// environment win, [`tcpx_mode_from_env`]).
 pub fn loopback_pair(sock: tcpx_sock::config::Config, cfg: Config) -> (Session, Session) {
+    loopback_pair_with(sock, cfg.clone(), cfg)
+}
+
+/// As [`loopback_pair`], each session with its own configuration (the first one accepts).
+pub fn loopback_pair_with(
+    sock: tcpx_sock::config::Config,
+    cfg_a: Config,
+    cfg_b: Config,
+) -> (Session, Session) {
     tcpx_sock::config::configure(tcpx_sock::config::Config {
         ifname: Some("lo".into()),
-        ..sock
+        ..tcpx_mode_from_env(sock)
     });
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
-    let c2 = cfg.clone();
     let t = std::thread::spawn(move || {
-        let net = Session::open_net(&c2).unwrap();
-        Session::establish(net, c2, Rendezvous::Connect(addr)).unwrap()
+        let net = Session::open_net(&cfg_b).unwrap();
+        Session::establish(net, cfg_b, Rendezvous::Connect(addr)).unwrap()
     });
-    let net = Session::open_net(&cfg).unwrap();
-    let a = Session::establish(net, cfg, Rendezvous::Accept(&l)).unwrap();
+    let net = Session::open_net(&cfg_a).unwrap();
+    let a = Session::establish(net, cfg_a, Rendezvous::Accept(&l)).unwrap();
     (a, t.join().unwrap())
 }
 
