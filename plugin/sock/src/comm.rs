@@ -1175,32 +1175,19 @@ impl RecvComm {
         if st.posted - st.consumed >= MAX_REQUESTS as u64 {
             return Err(Error::Internal("more than 16 outstanding requests"));
         }
-        let Some(u) = self.unpack.as_ref() else {
-            if cuda {
-                return Err(Error::InvalidArgument("CUDA receive on a host-only comm"));
+        let (bounce, linear) = match self.unpack.as_ref() {
+            None if cuda => return Err(Error::InvalidArgument("CUDA receive on a host-only comm")),
+            None => (false, false),
+            Some(u) => {
+                let bounce = cuda || self.host_bounce;
+                (bounce, bounce && u.shape.linear_bytes > 0)
             }
-            return self.post(&mut st, data, cap, false, false);
         };
-        let bounce = cuda || self.host_bounce;
         if bounce && cap > MAX_RECV_BYTES {
             return Err(Error::Internal("TCPX receives are limited to 4 MiB"));
         }
-        let linear = bounce && u.shape.linear_bytes > 0;
+        // The buffer is written for host receives, and for the linear bytes of bounce ones.
         if (!bounce || linear) && cap > 0 && data.is_null() {
-            return Err(Error::InvalidArgument("NULL receive buffer"));
-        }
-        self.post(&mut st, data, cap, bounce, cuda)
-    }
-
-    fn post(
-        &self,
-        st: &mut RecvState,
-        data: *mut u8,
-        cap: usize,
-        bounce: bool,
-        cuda: bool,
-    ) -> Result<*const Request> {
-        if !bounce && cap > 0 && data.is_null() {
             return Err(Error::InvalidArgument("NULL receive buffer"));
         }
         let idx = (st.posted % MAX_REQUESTS as u64) as usize;
@@ -1216,7 +1203,7 @@ impl RecvComm {
         s.nfrags = 0;
         s.dest = None;
         st.posted += 1;
-        self.progress(st);
+        self.progress(&mut st);
         Ok(&self.reqs[idx])
     }
 
