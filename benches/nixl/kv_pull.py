@@ -630,7 +630,8 @@ class Decode:
                 raise WrongData(
                     f"region {r} (layer {r // 2} {'KV'[r % 2]}): local block {local[k]} <- "
                     f"remote block {remote[k]}: byte {i} is {got[k, i]}, want {want[k, i]} "
-                    f"({int((got[k] != want[k]).sum())} of {bb} bytes differ)"
+                    f"({int((got[k] != want[k]).sum())} of {bb} bytes differ); request "
+                    f"{req['msg']}: local blocks {req['local']}, remote blocks {req['remote']}"
                 )
             self._checked += len(js)
 
@@ -847,8 +848,9 @@ def main():
         return serve_prefill(args)
 
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    args.blocks = [int(b) for b in args.blocks.split(",")]
-    args.inflight = [int(q) for q in args.inflight.split(",")]
+    # Each (blocks, inflight) is one point: repeats would overwrite each other in the table.
+    args.blocks = list(dict.fromkeys(int(b) for b in args.blocks.split(",")))
+    args.inflight = list(dict.fromkeys(int(q) for q in args.inflight.split(",")))
     if min(args.blocks) < 1 or min(args.inflight) < 1:
         p.error("--blocks and --inflight take positive numbers")
     bb = args.block_bytes or args.block_tokens * args.kv_heads * args.head_dim * args.dtype_bytes
