@@ -76,7 +76,10 @@ typedef struct tcpx_config_t {
     uint32_t window;        /**< in-flight chunks per channel and direction, 1..16 */
     uint32_t max_transfers; /**< transfers live at once per session, 1..4096 (default 64) */
     uint32_t max_segments;  /**< segments per transfer, 1..1024 (default 1024) */
-    int32_t device;         /**< plugin device (NIC) index (default 0) */
+    int32_t device;         /**< plugin device (NIC) of every channel: an index, -1 = auto
+                                 (default: the NIC(s) nearest the session's GPU, or the
+                                 NUMA-local ones for host memory), -2 = all (every usable NIC,
+                                 nearest first); env TCPX_DEVICE / TCPX_DEVICES */
     uint64_t timeout_ms;    /**< bound on the handshake and on a silent peer (default 10000) */
     const char *plugin;     /**< ncclNet plugin path; NULL or "" = embedded tcpxsock. Read
                                  during tcpx_listen() only; the caller keeps ownership. */

@@ -33,42 +33,42 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// Two namespaces `a`, `b` with `veth` ends `va` (10.77.k.1) and `vb` (10.77.k.2).
-fn setup(k: u32) -> Result<(Netns, [String; 2]), String> {
-    let id = std::process::id();
+/// Two namespaces joined by `pairs` veth pairs: pair `j` has ends `<tag0><id><j>`
+/// (10.<77+j>.k.1) and `<tag1><id><j>` (10.<77+j>.k.2), each pair its own subnet, so traffic
+/// to a peer address leaves by that pair. Returns the namespaces and each side's interfaces.
+fn setup(k: u32, pairs: usize, tag: [&str; 2]) -> Result<(Netns, [Vec<String>; 2]), String> {
+    let id = std::process::id() % 100_000;
     let ns = Netns {
-        names: [format!("tcpxa{id}"), format!("tcpxb{id}")],
+        names: [format!("{}ns{id}", tag[0]), format!("{}ns{id}", tag[1])],
     };
-    let (va, vb) = (
-        format!("txa{}", id % 100_000),
-        format!("txb{}", id % 100_000),
-    );
     for n in &ns.names {
         ip(&["netns", "add", n])?;
         ip(&["-n", n, "link", "set", "lo", "up"])?;
     }
-    ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb])?;
-    for (v, n, addr) in [(&va, &ns.names[0], 1), (&vb, &ns.names[1], 2)] {
-        ip(&["link", "set", v, "netns", n])?;
-        ip(&[
-            "-n",
-            n,
-            "addr",
-            "add",
-            &format!("10.77.{k}.{addr}/24"),
-            "dev",
-            v,
-        ])?;
-        ip(&["-n", n, "link", "set", v, "up"])?;
+    let mut ends: [Vec<String>; 2] = Default::default();
+    for j in 0..pairs {
+        let (va, vb) = (format!("{}{id}{j}", tag[0]), format!("{}{id}{j}", tag[1]));
+        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb])?;
+        for (side, (v, n)) in [(&va, &ns.names[0]), (&vb, &ns.names[1])]
+            .into_iter()
+            .enumerate()
+        {
+            ip(&["link", "set", v, "netns", n])?;
+            let addr = format!("10.{}.{k}.{}/24", 77 + j, side + 1);
+            ip(&["-n", n, "addr", "add", &addr, "dev", v])?;
+            ip(&["-n", n, "link", "set", v, "up"])?;
+            ends[side].push(v.clone());
+        }
     }
-    Ok((ns, [va, vb]))
+    Ok((ns, ends))
 }
 
+/// `tcpx bench` in namespace `ns` on the interfaces `ifname` selects (`TCPX_SOCK_IFNAME`).
 fn bench_in(ns: &str, ifname: &str, args: &[&str]) -> std::process::Child {
     Command::new("ip")
         .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_tcpx"), "bench"])
         .args(args)
-        .env("TCPX_SOCK_IFNAME", format!("={ifname}"))
+        .env("TCPX_SOCK_IFNAME", ifname)
         .env_remove("TCPX_PLUGIN")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -91,7 +91,7 @@ fn wait(mut child: std::process::Child, limit: Duration) -> Output {
 #[test]
 fn transfer_between_two_namespaces() {
     let k = 1 + std::process::id() % 250;
-    let (ns, [va, vb]) = match setup(k) {
+    let (ns, [va, vb]) = match setup(k, 1, ["txa", "txb"]) {
         Ok(x) => x,
         Err(why) => {
             eprintln!("SKIP: network namespaces not permitted here ({why})");
@@ -99,13 +99,14 @@ fn transfer_between_two_namespaces() {
         }
     };
     let port = "17377";
+    let (va, vb) = (&va[0], &vb[0]);
     let server = bench_in(
         &ns.names[0],
-        &va,
+        &format!("={va}"),
         &["--listen", port, "--size", "8M", "--iters", "2", "--verify"],
     );
     let peer = format!("10.77.{k}.1:{port}");
-    let client = bench_in(&ns.names[1], &vb, &["--connect", &peer]);
+    let client = bench_in(&ns.names[1], &format!("={vb}"), &["--connect", &peer]);
     let s = wait(server, Duration::from_secs(60));
     let c = wait(client, Duration::from_secs(60));
     let show = |o: &Output| {
@@ -124,4 +125,78 @@ fn transfer_between_two_namespaces() {
         out.contains(&format!("ifname ={va}")),
         "not on the veth: {out}"
     );
+}
+
+/// Bytes received so far on interface `ifname` of namespace `ns`.
+fn rx_bytes(ns: &str, ifname: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat"])
+        .arg(format!("/sys/class/net/{ifname}/statistics/rx_bytes"))
+        .output()
+        .expect("ip netns exec cat");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("rx_bytes of {ifname} in {ns}: {out:?}"))
+}
+
+/// `TCPX_DEVICES=all` with four NICs (veth pairs, one subnet each) on both hosts: the four
+/// channels use one NIC each, every NIC carries its share of the bytes, and the data arrives
+/// intact.
+#[test]
+fn channels_spread_over_every_nic_with_devices_all() {
+    let k = 1 + (std::process::id() + 7) % 250;
+    let (ns, [va, vb]) = match setup(k, 4, ["txc", "txd"]) {
+        Ok(x) => x,
+        Err(why) => {
+            eprintln!("SKIP: network namespaces not permitted here ({why})");
+            return;
+        }
+    };
+    let before: Vec<u64> = va.iter().map(|v| rx_bytes(&ns.names[0], v)).collect();
+    let port = "17378";
+    let spread = |ns: &str, prefix: &str, args: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_tcpx"), "bench"])
+            .args(args)
+            .env("TCPX_SOCK_IFNAME", prefix)
+            .env("TCPX_DEVICES", "all")
+            .env("TCPX_CHANNELS", "4")
+            .env_remove("TCPX_PLUGIN")
+            .env_remove("TCPX_DEVICE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn ip netns exec")
+    };
+    let args = [
+        "--listen", port, "--size", "16M", "--iters", "4", "--verify",
+    ];
+    let server = spread(&ns.names[0], "txc", &args);
+    let peer = format!("10.77.{k}.1:{port}");
+    let client = spread(&ns.names[1], "txd", &["--connect", &peer]);
+    let s = wait(server, Duration::from_secs(90));
+    let c = wait(client, Duration::from_secs(90));
+    let show = |o: &Output| {
+        format!(
+            "status {:?}\nstdout:\n{}\nstderr:\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    assert!(s.status.success(), "listener failed: {}", show(&s));
+    assert!(c.status.success(), "connector failed: {}", show(&c));
+    let out = String::from_utf8_lossy(&s.stdout);
+    let devices: Vec<String> = (0..4).map(|j| format!("{j}({})", va[j])).collect();
+    assert!(
+        out.contains(&format!("devices {}", devices.join(","))),
+        "channel c on device c: {out}"
+    );
+    // The listener received 4 x 16 MiB, a quarter on each NIC (plus framing).
+    for (j, v) in va.iter().enumerate() {
+        let got = rx_bytes(&ns.names[0], v) - before[j];
+        assert!(got >= 12 << 20, "{v} carried {got} bytes of ~16 MiB: {out}");
+    }
+    let _ = vb;
 }

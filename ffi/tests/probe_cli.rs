@@ -70,22 +70,30 @@ fn forced_abi_and_json_output() {
     let out = probe(&["--json", "--abi", "7"], Some(&path));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let json = text(&out.stdout);
+    // The NUMA node comes from this machine's sysfs, where that path may exist.
+    let numa = std::fs::read_to_string("/sys/devices/pci0000:00/0000:00:04.0/numa_node")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .map_or("null".to_string(), |n| n.to_string());
     let expected = format!(
         concat!(
             r#"{{"plugin":"{}","abi":7,"symbol":"ncclNetPlugin_v7","name":"FakeV7","devices":["#,
             r#"{{"index":0,"name":"fake0","pci_path":"/sys/devices/pci0000:00/0000:00:04.0","#,
+            r#""numa_node":{},"rank":null,"distance":null,"#,
             r#""guid":4199415808,"speed_mbps":100000,"port":1,"latency_us":0.5,"#,
             r#""ptr_support":["HOST","CUDA"],"max_comms":1024,"max_recvs":1,"#,
             r#""reg_is_global":false,"force_flush":false,"device_type":"UNPACK","#,
             r#""device_version":7,"vdevs":[],"max_p2p_bytes":null,"max_coll_bytes":null}},"#,
             r#"{{"index":1,"name":"fake1","pci_path":null,"#,
+            r#""numa_node":null,"rank":null,"distance":null,"#,
             r#""guid":4199415809,"speed_mbps":100000,"port":2,"latency_us":0.5,"#,
             r#""ptr_support":["HOST","CUDA"],"max_comms":1024,"max_recvs":1,"#,
             r#""reg_is_global":false,"force_flush":false,"device_type":"UNPACK","#,
             r#""device_version":7,"vdevs":[],"max_p2p_bytes":null,"max_coll_bytes":null}}]}}"#,
             "\n"
         ),
-        path.display()
+        path.display(),
+        numa
     );
     assert_eq!(json, expected);
 }
@@ -325,4 +333,23 @@ fn preflight_json_and_a_plugin_whose_init_fails() {
     let (code, _, stderr) = preflight(&["--bogus"], &[]);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("unknown option"), "{stderr}");
+}
+
+/// `--gpu N` ranks every device for memory on that GPU: with no GPU path known (no driver
+/// here) devices rank by index, and each line shows its rank; a bad number is refused.
+#[test]
+fn gpu_ranking_is_shown_per_device() {
+    let path = common::build("cli_rank", &["EXPORT_V7"]);
+    let out = probe(&["--gpu", "0"], Some(&path));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let t = text(&out.stdout);
+    assert!(t.contains("ranked for:     GPU 0"), "{t}");
+    assert!(t.contains("numa_node:"), "{t}");
+    let ranks: Vec<&str> = t.lines().filter(|l| l.contains("rank:")).collect();
+    assert_eq!(ranks.len(), 2, "{t}");
+    assert!(ranks[0].contains("rank:           0"), "{t}");
+    assert!(ranks[1].contains("rank:           1"), "{t}");
+    let out = probe(&["--gpu", "x"], Some(&path));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--gpu"), "{}", text(&out.stderr));
 }

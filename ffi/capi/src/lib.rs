@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tcpx::engine::Devices;
 use tcpx::engine::{
     Config, Direction, Listener, MemId, Memory, Progress, Segment, Session, XferId,
 };
@@ -68,7 +69,10 @@ pub struct tcpx_config_t {
     pub max_transfers: u32,
     /// Segments per transfer.
     pub max_segments: u32,
-    /// Index of the plugin device (NIC).
+    /// Plugin device (NIC) of every channel: an index, or -1 = `auto` (the default: the
+    /// device(s) nearest the session's GPU, or the NUMA-local ones for host memory), -2 =
+    /// `all` (every usable device, nearest first). `TCPX_DEVICES` lists of several devices
+    /// have no C form.
     pub device: i32,
     /// Bound on the handshake and on waiting for a silent peer, in milliseconds.
     pub timeout_ms: u64,
@@ -229,7 +233,15 @@ fn config_from_c(c: &tcpx_config_t) -> Result<Config, Error> {
     };
     let cfg = Config {
         plugin,
-        device: c.device,
+        devices: match c.device {
+            -1 => Devices::Auto,
+            -2 => Devices::All,
+            d => Devices::one(u8::try_from(d).map_err(|_| {
+                Error::Config(format!(
+                    "device {d}: a device index 0..=255, -1 (auto) or -2 (all)"
+                ))
+            })?),
+        },
         channels: c.channels as usize,
         chunk_bytes: c.chunk_bytes,
         window: c.window as usize,
@@ -264,20 +276,30 @@ fn interned(path: &Path) -> *const c_char {
     ptr
 }
 
-fn config_to_c(cfg: &Config) -> tcpx_config_t {
+fn config_to_c(cfg: &Config) -> Result<tcpx_config_t, Error> {
     let narrow = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
-    tcpx_config_t {
+    let device = match &cfg.devices {
+        Devices::Auto => -1,
+        Devices::All => -2,
+        Devices::List(l) if l.len() == 1 => i32::from(l[0]),
+        Devices::List(l) => {
+            return Err(Error::Config(format!(
+                "TCPX_DEVICES={l}: the C configuration holds one device (or -1 auto, -2 all)"
+            )))
+        }
+    };
+    Ok(tcpx_config_t {
         channels: narrow(cfg.channels),
         chunk_bytes: cfg.chunk_bytes,
         window: narrow(cfg.window),
         max_transfers: narrow(cfg.max_transfers),
         max_segments: narrow(cfg.max_segments),
-        device: cfg.device,
+        device,
         timeout_ms: u64::try_from(cfg.timeout.as_millis()).unwrap_or(u64::MAX),
         plugin: cfg.plugin.as_deref().map_or(std::ptr::null(), interned),
         gpu: cfg.gpu.unwrap_or(-1),
         reserved: 0,
-    }
+    })
 }
 
 /// Fills `*cfg` with the built-in defaults (embedded plugin, 2 channels, 512 KiB chunks).
@@ -288,7 +310,7 @@ fn config_to_c(cfg: &Config) -> tcpx_config_t {
 pub unsafe extern "C" fn tcpx_config_default(cfg: *mut tcpx_config_t) -> c_int {
     call("tcpx_config_default", || {
         // SAFETY: forwarded contract.
-        *unsafe { out(cfg, "cfg is NULL") }? = config_to_c(&Config::default());
+        *unsafe { out(cfg, "cfg is NULL") }? = config_to_c(&Config::default())?;
         Ok(TCPX_OK)
     })
 }
@@ -303,7 +325,7 @@ pub unsafe extern "C" fn tcpx_config_from_env(cfg: *mut tcpx_config_t) -> c_int 
     call("tcpx_config_from_env", || {
         // SAFETY: forwarded contract.
         let cfg = unsafe { out(cfg, "cfg is NULL") }?;
-        *cfg = config_to_c(&Config::from_env()?);
+        *cfg = config_to_c(&Config::from_env()?)?;
         Ok(TCPX_OK)
     })
 }
@@ -822,8 +844,12 @@ mod tests {
             unsafe { tcpx_listen(&with_plugin, &mut l) },
             TCPX_ERR_PLUGIN
         );
-        let p1 = config_to_c(&back).plugin;
-        assert_eq!(p1, config_to_c(&back).plugin, "one copy per distinct path");
+        let p1 = config_to_c(&back).unwrap().plugin;
+        assert_eq!(
+            p1,
+            config_to_c(&back).unwrap().plugin,
+            "one copy per distinct path"
+        );
         // SAFETY: interned strings live for the process.
         assert_eq!(unsafe { CStr::from_ptr(p1) }, path);
         let empty = tcpx_config_t {
@@ -831,5 +857,36 @@ mod tests {
             ..c
         };
         assert_eq!(config_from_c(&empty).unwrap().plugin, None);
+    }
+
+    /// `device`: an index is that one NIC, -1 auto, -2 all; a list of several has no C form
+    /// and is refused by name; nothing else is a device.
+    #[test]
+    fn device_choices_map_both_ways() {
+        let mut c = std::mem::MaybeUninit::uninit();
+        // SAFETY: a live out-pointer.
+        assert_eq!(unsafe { tcpx_config_default(c.as_mut_ptr()) }, TCPX_OK);
+        // SAFETY: filled above.
+        let c = unsafe { c.assume_init() };
+        assert_eq!(c.device, -1, "auto by default");
+        for (device, want) in [
+            (-1, Devices::Auto),
+            (-2, Devices::All),
+            (3, Devices::one(3)),
+        ] {
+            let cfg = config_from_c(&tcpx_config_t { device, ..c }).unwrap();
+            assert_eq!(cfg.devices, want);
+            assert_eq!(config_to_c(&cfg).unwrap().device, device);
+        }
+        for device in [-3, 256] {
+            let e = config_from_c(&tcpx_config_t { device, ..c }).unwrap_err();
+            assert!(e.to_string().contains("device"), "{e}");
+        }
+        let two = Config {
+            devices: Devices::parse("0,2").unwrap(),
+            ..Config::default()
+        };
+        let e = config_to_c(&two).unwrap_err();
+        assert!(e.to_string().contains("TCPX_DEVICES=0,2"), "{e}");
     }
 }

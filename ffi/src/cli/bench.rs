@@ -927,6 +927,10 @@ fn loopback(o: &Options, cfg: Config) -> BenchResult<Report> {
         ..cfg.clone()
     };
     let (a, b) = pair(&net, &on(o.mem.0, o.gpu.0), &on(o.mem.1, o.gpu.1))?;
+    let devices = [
+        ("devices_tx", channel_devices(&net, &a)),
+        ("devices_rx", channel_devices(&net, &b)),
+    ];
     let max = *o.sizes.iter().max().expect("at least one size");
     let mut tx = Endpoint::new(a, max, o.segments, tx_gpu.as_ref())?;
     let mut rx = Endpoint::new(b, max, o.segments, rx_gpu.as_ref())?;
@@ -1010,6 +1014,7 @@ fn loopback(o: &Options, cfg: Config) -> BenchResult<Report> {
         header.insert(2, ("gpu", g));
     }
     header.push(("poller", o.poller.name().into()));
+    header.extend(devices);
     Ok(Report {
         header,
         timing: "time = post on both sides to done on both sides",
@@ -1019,6 +1024,18 @@ fn loopback(o: &Options, cfg: Config) -> BenchResult<Report> {
         iperf3,
         copy,
     })
+}
+
+/// The plugin device each channel of `s` uses, as `device(name)` by channel.
+fn channel_devices(net: &Net, s: &Session) -> String {
+    s.channel_devices()
+        .iter()
+        .map(|&d| {
+            let name = net.properties(usize::from(d)).map(|p| p.name);
+            format!("{d}({})", name.as_deref().unwrap_or("?"))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn config_header(net: &Net, cfg: &Config, segments: usize) -> Vec<(&'static str, String)> {
@@ -1520,6 +1537,7 @@ fn two_hosts(o: &Options, mut cfg: Config) -> BenchResult<Report> {
         Mode::Loopback => unreachable!("loopback has its own driver"),
     }
     .map_err(err("handshake"))?;
+    let devices = channel_devices(&net, &session);
 
     // The plan travels first, over the session itself, before any buffer size is known.
     let mut ep = Endpoint::new(session, 1, 1, None)?;
@@ -1594,6 +1612,7 @@ fn two_hosts(o: &Options, mut cfg: Config) -> BenchResult<Report> {
     if let Some(g) = on {
         header.insert(3, ("gpu", g.device.to_string()));
     }
+    header.push(("devices", devices));
     Ok(Report {
         header,
         timing: "time = sender's post to the receiver's 8-byte ack \

@@ -13,9 +13,11 @@ const USAGE: &str = "\
 usage: tcpx <command> [options]
 
 commands:
-  probe [--plugin PATH] [--json] [--abi 7|8|9|10] [--preflight]
-        load an ncclNet plugin and list its devices
+  probe [--plugin PATH] [--json] [--abi 7|8|9|10] [--gpu N] [--preflight]
+        load an ncclNet plugin and list its devices (PCI path, NUMA node)
         (default plugin: $TCPX_PLUGIN, else the embedded tcpxsock)
+        --gpu N              rank every device for memory on GPU N (nearest = rank 0;
+                             what TCPX_DEVICES=auto picks from)
         --preflight          check an A3 VM for GPUDirect-TCPX before a first transfer
                              (plugin version, TCPX NICs, RxDM sockets, tuning env, GPU)
   bench (--loopback | --listen PORT | --connect HOST:PORT) [options]

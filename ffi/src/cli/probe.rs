@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use super::args::Flags;
 use super::json::{self, Object};
+use crate::engine::topology::{self, Place, Rank};
 use crate::error::{Error, Result};
 use crate::net::{AbiVersion, DeviceProps, Net};
 
@@ -21,6 +22,8 @@ struct Options {
     preflight: bool,
     /// Where `--preflight` reads sysfs (`/sys`); tests point it at a fake tree.
     sysfs_root: Option<PathBuf>,
+    /// Rank every device for memory on this GPU (`--gpu N`).
+    gpu: Option<i32>,
 }
 
 fn parse(args: &[String]) -> std::result::Result<Options, String> {
@@ -39,6 +42,15 @@ fn parse(args: &[String]) -> std::result::Result<Options, String> {
                 );
             }
             "--json" => o.json = true,
+            "--gpu" => {
+                let v = value("--gpu")?;
+                o.gpu = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|&g: &i32| g >= 0)
+                        .ok_or_else(|| format!("--gpu {v:?}: a CUDA device number"))?,
+                );
+            }
             "--preflight" => o.preflight = true,
             "--sysfs-root" => o.sysfs_root = Some(PathBuf::from(value("--sysfs-root")?)),
             _ => return Err(format!("unknown option {a:?}")),
@@ -55,6 +67,10 @@ struct Report {
     source: String,
     net: Net,
     devices: Vec<DeviceProps>,
+    /// Each device's NUMA node, from sysfs.
+    numa: Vec<Option<u32>>,
+    /// With `--gpu N`: the GPU's place, and each device's rank and PCI distance for it.
+    ranking: Option<(Place, Vec<Rank>)>,
 }
 
 fn probe(o: &Options) -> Result<Report> {
@@ -75,10 +91,21 @@ fn probe(o: &Options) -> Result<Report> {
     net.init()?;
     let n = net.devices()?;
     let devices = (0..n).map(|d| net.properties(d)).collect::<Result<_>>()?;
+    let infos = topology::devices(&net)?;
+    let ranking = match o.gpu {
+        Some(g) => {
+            let place = Place::of(Some(g));
+            let ranks = topology::ranks(&place, &infos)?;
+            Some((place, ranks))
+        }
+        None => None,
+    };
     Ok(Report {
         source: net.source().to_string(),
         net,
         devices,
+        numa: infos.iter().map(|d| d.numa).collect(),
+        ranking,
     })
 }
 
@@ -89,7 +116,7 @@ pub fn main(args: &[String]) -> i32 {
         Err(e) => {
             eprintln!(
                 "tcpx probe: {e}\nusage: tcpx probe [--plugin PATH] [--json] [--abi 7|8|9|10] \
-                 [--preflight]"
+                 [--gpu N] [--preflight]"
             );
             return 2;
         }
@@ -120,6 +147,9 @@ fn to_text(r: &Report) -> String {
     );
     let _ = writeln!(s, "name:           {}", r.net.name());
     let _ = writeln!(s, "devices:        {}", r.devices.len());
+    if let Some((place, _)) = &r.ranking {
+        let _ = writeln!(s, "ranked for:     {place}");
+    }
     for (i, d) in r.devices.iter().enumerate() {
         let _ = writeln!(s, "\ndev {i}");
         let _ = writeln!(s, "\tname:           {}", d.name);
@@ -128,6 +158,19 @@ fn to_text(r: &Report) -> String {
             "\tpci_path:       {}",
             d.pci_path.as_deref().unwrap_or("(none)")
         );
+        let _ = writeln!(
+            s,
+            "\tnuma_node:      {}",
+            r.numa[i].map_or("(unknown)".into(), |n| n.to_string())
+        );
+        if let Some((_, ranks)) = &r.ranking {
+            let Rank {
+                rank,
+                distance: dist,
+            } = ranks[i];
+            let dist = dist.map_or("(unknown)".into(), |d| format!("{d} PCI levels"));
+            let _ = writeln!(s, "\trank:           {rank} (distance {dist})");
+        }
         let _ = writeln!(s, "\tguid:           {:#018x}", d.guid);
         let _ = writeln!(s, "\tspeed:          {} Mbps", d.speed_mbps);
         let _ = writeln!(s, "\tport:           {}", d.port);
@@ -177,7 +220,8 @@ fn to_json(r: &Report) -> String {
                 if i > 0 {
                     out.push(',');
                 }
-                device_json(out, i, d);
+                let rank = r.ranking.as_ref().map(|(_, ranks)| ranks[i]);
+                device_json(out, i, d, r.numa[i], rank);
             }
             out.push(']');
         })
@@ -186,7 +230,13 @@ fn to_json(r: &Report) -> String {
     s
 }
 
-fn device_json(out: &mut String, index: usize, d: &DeviceProps) {
+fn device_json(
+    out: &mut String,
+    index: usize,
+    d: &DeviceProps,
+    numa: Option<u32>,
+    rank: Option<Rank>,
+) {
     let latency = if d.latency_us.is_finite() {
         d.latency_us.to_string()
     } else {
@@ -197,6 +247,13 @@ fn device_json(out: &mut String, index: usize, d: &DeviceProps) {
         .raw("index", index)
         .str("name", &d.name)
         .opt_str("pci_path", d.pci_path.as_deref())
+        .raw("numa_node", numa.map_or("null".into(), |n| n.to_string()))
+        .raw("rank", rank.map_or("null".into(), |r| r.rank.to_string()))
+        .raw(
+            "distance",
+            rank.and_then(|r| r.distance)
+                .map_or("null".into(), |d| d.to_string()),
+        )
         .raw("guid", d.guid)
         .raw("speed_mbps", d.speed_mbps)
         .raw("port", d.port)

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tcpx_core::topology::Devices;
 use tcpx_core::unpack::MAX_RECV_BYTES;
 
 use crate::error::Error;
@@ -20,8 +21,12 @@ pub const MAX_WINDOW: usize = 16;
 pub struct Config {
     /// ncclNet plugin to load; `None` = the built-in `tcpxsock`.
     pub plugin: Option<PathBuf>,
-    /// Index of the plugin device (NIC) to use.
-    pub device: i32,
+    /// Which plugin devices (NICs) the channels use: `auto` (the default: the device(s)
+    /// nearest the session's GPU — on A3 High the NIC behind its PCIe switch — or, for host
+    /// memory, those on the thread's NUMA node; channels round-robin over them), `all` (every
+    /// usable device, nearest first), or a list such as `0,2`. Env `TCPX_DEVICES`;
+    /// `TCPX_DEVICE=n` is the one-element list.
+    pub devices: Devices,
     /// Channels (send comm + recv comm pairs) per session.
     pub channels: usize,
     /// Bytes per chunk (one ncclNet request), at most 4 MiB.
@@ -46,7 +51,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             plugin: None,
-            device: 0,
+            devices: Devices::Auto,
             channels: 2,
             chunk_bytes: 512 * 1024,
             window: MAX_WINDOW,
@@ -59,7 +64,7 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Defaults overridden by `TCPX_PLUGIN`, `TCPX_DEVICE`, `TCPX_CHANNELS`,
+    /// Defaults overridden by `TCPX_PLUGIN`, `TCPX_DEVICE(S)`, `TCPX_CHANNELS`,
     /// `TCPX_CHUNK_BYTES`, `TCPX_WINDOW`, `TCPX_TIMEOUT_MS`, `TCPX_GPU`.
     pub fn from_env() -> Result<Config, Error> {
         Config::default().with_vars(|k| std::env::var(k).ok())
@@ -70,8 +75,12 @@ impl Config {
         if let Some(p) = get("TCPX_PLUGIN").filter(|p| !p.is_empty()) {
             self.plugin = Some(PathBuf::from(p));
         }
-        if let Some(v) = get("TCPX_DEVICE") {
-            self.device = parse("TCPX_DEVICE", &v)?;
+        if let Some(v) = get("TCPX_DEVICE").filter(|v| !v.trim().is_empty()) {
+            self.devices = Devices::one(parse("TCPX_DEVICE", &v)?);
+        }
+        if let Some(v) = get("TCPX_DEVICES").filter(|v| !v.trim().is_empty()) {
+            self.devices = Devices::parse(&v)
+                .map_err(|e| Error::Config(format!("TCPX_DEVICES={v:?}: {e}")))?;
         }
         if let Some(v) = get("TCPX_CHANNELS") {
             self.channels = parse("TCPX_CHANNELS", &v)?;

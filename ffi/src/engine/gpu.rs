@@ -257,6 +257,21 @@ impl GpuBinding {
         self.device
     }
 
+    /// GPU `device`'s PCI bus id as sysfs names it (`0000:04:00.0`, lower case); `None`
+    /// without a driver or that device.
+    pub fn pci_bus_id(device: i32) -> Option<String> {
+        tcpx_kernels::gpu_available().ok()?;
+        let mut buf = [0 as std::ffi::c_char; 32];
+        // SAFETY: the driver writes a NUL-terminated id of at most `len` bytes into `buf`.
+        let r = unsafe { sys::cuDeviceGetPCIBusId(buf.as_mut_ptr(), buf.len() as i32, device) };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            return None;
+        }
+        // SAFETY: NUL-terminated by the driver (the buffer is larger than any id).
+        let id = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+        Some(id.to_string_lossy().to_ascii_lowercase())
+    }
+
     /// Makes the device current on the calling thread until the guard drops.
     pub(crate) fn enter(&self) -> Result<CtxGuard> {
         let guard = CtxGuard::save();

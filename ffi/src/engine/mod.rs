@@ -9,10 +9,12 @@ pub mod config;
 mod gpu;
 mod registry;
 mod session;
+pub mod topology;
 mod transfer;
 
 pub use config::Config;
 pub use gpu::{check_registration, Copier};
 pub use registry::{MemId, Memory};
 pub use session::{Listener, Rendezvous, Session};
+pub use tcpx_core::topology::Devices;
 pub use transfer::{Direction, Progress, Segment, XferId};

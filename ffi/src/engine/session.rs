@@ -18,6 +18,7 @@ use super::bootstrap;
 use super::config::{Config, MAX_WINDOW};
 use super::gpu::{current_device, CtxGuard, Gpu, GpuBinding, UnpackSource};
 use super::registry::{MemId, Memory, Region, Registry, Windows};
+use super::topology::{self, Place};
 use super::transfer::{Direction, Progress, Segment, Slot, State, XferId};
 use crate::error::{Error, Result};
 use crate::net::{
@@ -59,6 +60,8 @@ struct Channel {
 pub struct Listener {
     net: Net,
     cfg: Config,
+    /// The plugin device of each channel.
+    devices: Vec<u8>,
     /// The session's GPU, current around every plugin call that binds to one.
     gpu: Option<GpuBinding>,
     listens: Vec<ListenComm>,
@@ -98,7 +101,6 @@ impl Listener {
         let mut sends: Vec<Option<SendComm>> = (0..c).map(|_| None).collect();
         let mut recvs: Vec<Option<RecvComm>> = (0..c).map(|_| None).collect();
         let deadline = Instant::now() + self.cfg.timeout;
-        let dev = self.cfg.device as usize;
         // TCPX binds a send comm to the GPU current at `connect` and a recv comm to the one
         // current at its first `accept` call; this thread keeps the session's GPU current
         // through the whole loop. All channels progress together (TCPX's accept takes ≥ 5 s).
@@ -107,6 +109,7 @@ impl Listener {
             let mut missing = 0;
             for i in 0..c {
                 if sends[i].is_none() {
+                    let dev = usize::from(self.devices[i]);
                     sends[i] = self.net.connect(dev, &mut handles[i])?;
                 }
                 if recvs[i].is_none() {
@@ -147,9 +150,13 @@ impl Listener {
             .map(|_| Slot::new(self.cfg.max_segments, c))
             .collect();
         let free = (0..self.cfg.max_transfers as u32).rev().collect();
-        let ptr_support = self.net.properties(dev)?.ptr_support;
+        let mut cuda_ok = true;
+        for &d in &self.devices {
+            cuda_ok &= self.net.properties(usize::from(d))?.ptr_support.cuda();
+        }
         Ok(Session {
-            cuda_ok: ptr_support.cuda(),
+            cuda_ok,
+            devices: self.devices,
             binding: self.gpu,
             gpu: None,
             queued: Vec::with_capacity(c * MAX_WINDOW),
@@ -186,6 +193,8 @@ pub struct Session {
     consumed_needed: bool,
     /// Whether the plugin accepts CUDA pointers.
     cuda_ok: bool,
+    /// The plugin device of each channel.
+    devices: Vec<u8>,
     /// The session's GPU ([`Config::gpu`]), current around the plugin calls that bind to
     /// one; `None` until a registration names one where no GPU was known at the handshake.
     binding: Option<GpuBinding>,
@@ -218,10 +227,13 @@ impl Session {
         };
         net.init()?;
         let n = net.devices()?;
-        if cfg.device < 0 || cfg.device as usize >= n {
+        let listed = match &cfg.devices {
+            tcpx_core::topology::Devices::List(l) => l.iter().find(|&&d| usize::from(d) >= n),
+            _ => None,
+        };
+        if let Some(&d) = listed {
             return Err(Error::Config(format!(
-                "device {} does not exist: the plugin has {n}",
-                cfg.device
+                "device {d} does not exist: the plugin has {n} (TCPX_DEVICES / TCPX_DEVICE)"
             )));
         }
         Ok(net)
@@ -236,9 +248,12 @@ impl Session {
             .or_else(current_device)
             .map(GpuBinding::open)
             .transpose()?;
+        let place = Place::of(gpu.as_ref().map(GpuBinding::device));
+        let devices = topology::channel_devices(&net, &cfg.devices, cfg.channels, &place)?;
         let current = gpu.as_ref().map(GpuBinding::enter).transpose()?;
-        let listens = (0..cfg.channels)
-            .map(|_| net.listen(cfg.device as usize))
+        let listens = devices
+            .iter()
+            .map(|&d| net.listen(usize::from(d)))
             .collect::<Result<Vec<_>>>()?;
         drop(current);
         let handles: Vec<ListenHandle> = listens.iter().map(|l| *l.handle().as_bytes()).collect();
@@ -252,6 +267,7 @@ impl Session {
         Ok(Listener {
             net,
             cfg,
+            devices,
             gpu,
             listens,
             info,
@@ -273,6 +289,11 @@ impl Session {
     /// The configuration this session runs with.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The plugin device (NIC) each channel uses, by channel.
+    pub fn channel_devices(&self) -> &[u8] {
+        &self.devices
     }
 
     /// The loaded net.
@@ -542,13 +563,22 @@ impl Session {
             match self.drive(c) {
                 Ok(m) => moved |= m,
                 Err(e) => {
-                    self.fail(&e);
+                    // Which NIC failed: one session may spread over several.
+                    let d = self.devices[c];
+                    let why = format!(
+                        "{e} (channel {c}, device {d} {})",
+                        self.net
+                            .properties(usize::from(d))
+                            .map(|p| p.name)
+                            .unwrap_or_default()
+                    );
+                    self.fail(&why);
                     return Err(e);
                 }
             }
         }
         if let Err(e) = self.launch_unpacks() {
-            self.fail(&e);
+            self.fail(&e.to_string());
             return Err(e);
         }
         Ok(moved)
@@ -781,10 +811,10 @@ impl Session {
         }
     }
 
-    /// A plugin call failed: nothing more is posted; live transfers fail.
-    fn fail(&mut self, e: &Error) {
-        crate::log_error!("engine", "session broken: {e}");
-        self.broken = Some(e.to_string());
+    /// A plugin call failed (`why`): nothing more is posted; live transfers fail.
+    fn fail(&mut self, why: &str) {
+        crate::log_error!("engine", "session broken: {why}");
+        self.broken = Some(why.to_owned());
         if let Some(gpu) = self.gpu.as_mut() {
             gpu.discard();
         }
