@@ -301,14 +301,22 @@ def block_descs(layout, addrs):
 # ------------------------------------------------------------------------------- agents
 
 
-def make_agent(name, port, backend, params):
+def make_agent(name, backend, params):
     """An agent with NIXL's metadata listener and exactly one backend, created with
-    create_backend (the Python API's only way to pass its options)."""
+    create_backend (the Python API's only way to pass its options). Returns (agent, port)."""
     from nixl_cu12 import nixl_agent, nixl_agent_config
 
-    agent = nixl_agent(
-        name, nixl_agent_config(enable_listen_thread=True, listen_port=port, backends=[])
-    )
+    for attempt in range(5):
+        # free_port() cannot reserve the port: another socket may take it before NIXL binds.
+        port = free_port()
+        try:
+            agent = nixl_agent(
+                name, nixl_agent_config(enable_listen_thread=True, listen_port=port, backends=[])
+            )
+            break
+        except RuntimeError as e:
+            if "bind" not in str(e) or attempt == 4:
+                raise
     if backend not in agent.get_plugin_list():
         raise Refused(f"NIXL found no {backend} plugin in {os.environ.get('NIXL_PLUGIN_DIR')}")
     try:
@@ -317,7 +325,7 @@ def make_agent(name, port, backend, params):
         raise Refused(f"create_backend: {type(e).__name__}: {e}") from None
     if backend not in agent.backends:
         raise Refused(f"backend {backend} was not created")
-    return agent
+    return agent, port
 
 
 def serve_prefill(args):
@@ -343,12 +351,12 @@ def serve_prefill(args):
     try:
         try:
             cache = Cache(layout, args.mem, "pattern")
-            agent = make_agent(args.name, args.port, args.backend, json.loads(args.params))
+            agent, port = make_agent(args.name, args.backend, json.loads(args.params))
             try:
                 reg = agent.register_memory(cache.reg_list(), args.mem)
             except Exception as e:
                 raise Refused(f"register_memory: {type(e).__name__}: {e}") from None
-            reply(regions=cache.addrs, pid=os.getpid())
+            reply(regions=cache.addrs, port=port, pid=os.getpid())
         except (Skip, Refused) as e:
             reply(refused=str(e))
         got, count = {}, 0
@@ -392,10 +400,9 @@ class Prefill:
                  bound_s=BOUND_S):
         self.backend, self.layout, self.mem, self.bound_s = backend, layout, mem, bound_s
         self.name = name or f"kv-prefill-{backend.lower()}-{os.getpid()}-{next(_ids)}"
-        self.port = free_port()
         cmd = [
             sys.executable, str(pathlib.Path(__file__).resolve()), "--role", "prefill",
-            "--backend", backend, "--name", self.name, "--port", str(self.port),
+            "--backend", backend, "--name", self.name,
             "--layout", json.dumps(layout.to_json()), "--params", json.dumps(params),
             "--mem", mem,
         ]
@@ -408,6 +415,7 @@ class Prefill:
         ready = self._reply()
         self.refused = ready.get("refused")
         self.regions = ready.get("regions")
+        self.port = ready.get("port")  # its metadata listener
 
     def _read(self):
         for line in self.proc.stdout:
@@ -460,7 +468,7 @@ class Decode:
         self.prefill = self.agent = self.reg = self.local_side = self.remote_side = None
         self.cache = Cache(layout, mem, "poison")
         try:
-            self.agent = make_agent(self.name, free_port(), backend, params)
+            self.agent, _ = make_agent(self.name, backend, params)
             try:
                 self.reg = self.agent.register_memory(self.cache.reg_list(), mem)
             except Exception as e:
@@ -641,10 +649,12 @@ class Decode:
         deadline = time.monotonic() + min(self.bound_s, 60)
         for req in outstanding:
             try:
-                while self.agent.check_xfer_state(req["h"]) == "PROC":
-                    if time.monotonic() > deadline:
-                        break
+                state = self.agent.check_xfer_state(req["h"])
+                while state == "PROC" and time.monotonic() < deadline:
                     time.sleep(0.001)
+                    state = self.agent.check_xfer_state(req["h"])
+                if state == "DONE":
+                    self.sent.append(req["msg"])  # its notification goes out all the same
             except Exception:
                 pass
             try:
@@ -698,7 +708,7 @@ def bench_backend(args, backend, layout):
                 for b, q in points], {}
 
     prefill = decode = None
-    results = []
+    results, sent = [], []
     try:
         try:
             prefill = Prefill(backend, params, layout, args.mem)
@@ -718,13 +728,23 @@ def bench_backend(args, backend, layout):
             if r["status"] == "ok":
                 print(f"{head} {r['blocks_per_s']:9.1f} blocks/s {r['gbps']:7.3f} GB/s  "
                       f"p50 {r['p50_ms']:8.2f} ms  p99 {r['p99_ms']:8.2f} ms  "
-                      f"({r['requests']} requests)", file=sys.stderr, flush=True)
+                      f"({r['requests']} requests, {r['inflight_used']} in flight)",
+                      file=sys.stderr, flush=True)
             else:
                 print(f"{head} {r['status']}: {r['message']}", file=sys.stderr, flush=True)
-        sent = len(decode.sent)
-        got = prefill.notifs(sent)
+            if r["status"] in ("failed", "wrong data"):
+                # Whatever broke must not spill into the next point: a new decode agent, so
+                # a new connection.
+                sent += decode.sent
+                decode.close()
+                decode = None
+                decode = Decode(backend, params, layout, args.mem)
+                decode.connect(prefill)
+        sent += decode.sent
+        got = prefill.notifs(len(sent))
         received = sum(len(v) for v in got.values())
-        exact = sorted(m for v in got.values() for m in v) == sorted(decode.sent)
+        exact = sorted(m for v in got.values() for m in v) == sorted(sent)
+        sent = len(sent)
         notifs = {"sent": sent, "received": received, "exact": exact}
         print(f"  {backend}: prefill got {received} of {sent} notifications"
               f"{'' if exact else ' (NOT the ones sent)'}", file=sys.stderr, flush=True)
@@ -756,7 +776,11 @@ def table(results, backends, layout):
     notes = []
     for blocks, q in points:
         mib = layout.regions * blocks * layout.block_bytes / (1 << 20)
-        cells = [str(blocks), str(layout.regions * blocks), f"{mib:.2f}", str(q)]
+        used = {r.get("inflight_used", q) for r in results if (r["blocks"], r["inflight"]) ==
+                (blocks, q) and r["status"] == "ok"}
+        # The cache may hold fewer requests' blocks at once than asked for.
+        inflight = str(q) if used <= {q} else f"{q} ({max(used)} fit)"
+        cells = [str(blocks), str(layout.regions * blocks), f"{mib:.2f}", inflight]
         for b in backends:
             r = by.get((b, blocks, q))
             cells += [cell(r, "blocks_per_s", ".0f"), cell(r, "gbps", ".3f"),
@@ -840,7 +864,6 @@ def main():
     # prefill-only
     p.add_argument("--backend", help=argparse.SUPPRESS)
     p.add_argument("--name", help=argparse.SUPPRESS)
-    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--layout", help=argparse.SUPPRESS)
     p.add_argument("--params", default="{}", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -868,6 +891,9 @@ def main():
         env = plugin_env(args.tcpx_plugin, args.mem)
         os.execve(sys.executable, [sys.executable, __file__] + sys.argv[1:], env)
     pdir = pathlib.Path(os.environ["NIXL_BENCH_PLUGIN_DIR"])
+    # stdout carries the table alone: NIXL's own log lines go to stderr.
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
 
     print(f"KV cache per side: {layout!r}, {args.mem}; UCX_TLS={os.environ.get('UCX_TLS')}",
           file=sys.stderr, flush=True)
@@ -883,7 +909,7 @@ def main():
             f.unlink()
         pdir.rmdir()
 
-    print(table(results, args.backends, layout))
+    print(table(results, args.backends, layout), file=out)
     if args.json:
         doc = {
             "config": {

@@ -160,7 +160,8 @@ def test_tcpx_requests_of_different_sizes_interleave(tcpx):
 
 @pytest.mark.xfail(
     strict=True, raises=AssertionError,
-    reason="TCPX refuses > 1024 descriptors (issue 19 item 1)",
+    reason="TCPX refuses more than 1,024 descriptors per transfer; drop this mark once it "
+    "takes them",
 )
 def test_tcpx_2048_descriptor_prepped_read():
     """One prepped READ of 64 regions x 32 blocks, none of them neighbours (nothing to merge):
