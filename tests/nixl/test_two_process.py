@@ -48,7 +48,7 @@ def listening_agent(prefix, params=PARAMS):
     assert "TCPX" in agent.get_plugin_list()
     agent.create_backend("TCPX", params)
     assert "TCPX" in agent.backends
-    assert agent.get_backend_params("TCPX")["timeout_ms"] == params["timeout_ms"]
+    assert agent.get_backend_params("TCPX")["timeout_ms"] == params.get("timeout_ms", "10000")
     agent.listen_port = port
     return agent
 
@@ -216,6 +216,37 @@ def test_repost_between_processes(link):
     got = peer.call("notifs", count=3, bound=BOUND_S)["notifs"]
     assert hex_notifs(got) == {agent.name: [b"r"] * 3}
     agent.release_xfer_handle(h)
+
+
+def test_connection_under_tcpx_full_accept_delay():
+    """GPUDirect-TCPX's accept completes at least 5 s after the connection (flow steering).
+    With the peer's tcpxsock delaying its accepts that long (TCPX_SOCK_ACCEPT_DELAY_MS=5000),
+    the first WRITE, which opens the connection, succeeds under the default timeout_ms
+    (10 s) at both ends. The time is printed, not asserted."""
+    peer = Peer(f"tp-slow-{next(_count)}", {}, env={"TCPX_SOCK_ACCEPT_DELAY_MS": "5000"})
+    local = None
+    try:
+        assert peer.ready["params"]["timeout_ms"] == "10000"
+        n = 1 << 20
+        far = peer.call("register", size=n, seed=None)
+        agent = listening_agent("tp-patient", params={})
+        local = Local(agent, pattern(n, 5))
+        connect(agent, peer)
+        h = agent.initialize_xfer(
+            "WRITE", local.descs([(0, n)]), remote_descs(agent, far, [(0, n)]), peer.name,
+            b"slow"
+        )
+        start = time.monotonic()
+        assert finish(agent, h, post(agent, h)) == "DONE"
+        print(f"first WRITE over a 5 s accept delay: {time.monotonic() - start:.2f} s")
+        assert peer.call("digest", id=far["id"])["sha256"] == sha(local.array)
+        got = peer.call("notifs", count=1, bound=BOUND_S)["notifs"]
+        assert hex_notifs(got) == {agent.name: [b"slow"]}
+        agent.release_xfer_handle(h)
+    finally:
+        peer.close()
+        if local is not None:
+            local.release()
 
 
 # ------------------------------------------------------------------ peers that go away
