@@ -333,3 +333,84 @@ fn channel_count_or_chunk_size_mismatch_is_a_clear_error() {
         .expect("must fail");
     assert!(matches!(e, Error::Protocol(_)), "{e}");
 }
+
+/// A transfer whose last chunk fills the window, released once done, and its slot reused by
+/// a new transfer while older ones still wait in the channel's queue: the new transfer's
+/// chunks must go out after the older ones, in posting order on both sides, or the peers pair
+/// them wrongly (each receive would take another transfer's bytes).
+#[test]
+fn a_reused_slot_keeps_its_place_behind_older_transfers() {
+    let cfg = Config {
+        channels: 1,
+        window: 1,
+        max_transfers: 3,
+        ..cfg()
+    };
+    let (mut a, mut b) = pair(cfg);
+    let len = 100_000usize;
+    let mut src: Vec<Vec<u8>> = (0..4).map(|t| pattern(len, 40 + t)).collect();
+    let mut dst: Vec<Vec<u8>> = (0..4).map(|_| vec![0u8; len]).collect();
+    // SAFETY: the buffers outlive the sessions' use of them (the sessions drop first).
+    let (sm, dm): (Vec<_>, Vec<_>) = unsafe {
+        src.iter_mut()
+            .zip(dst.iter_mut())
+            .map(|(s, d)| {
+                (
+                    a.register(s.as_mut_ptr().cast(), len, Memory::Host)
+                        .unwrap(),
+                    b.register(d.as_mut_ptr().cast(), len, Memory::Host)
+                        .unwrap(),
+                )
+            })
+            .unzip()
+    };
+    let seg = |mem| Segment {
+        mem,
+        offset: 0,
+        remote_offset: 0,
+        len: len as u64,
+    };
+    let mut xs: Vec<_> = (0..3)
+        .map(|t| {
+            (
+                a.post(Direction::Send, &[seg(sm[t])]).unwrap(),
+                b.post(Direction::Recv, &[seg(dm[t])]).unwrap(),
+            )
+        })
+        .collect();
+    let done = |s: &mut Session, x| matches!(s.poll(x).unwrap(), Progress::Done { .. });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (mut ad, mut bd) = (false, false);
+    while !(ad && bd) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first transfer timed out"
+        );
+        ad = ad || done(&mut a, xs[0].0);
+        bd = bd || done(&mut b, xs[0].1);
+    }
+    // One side drives once more than the other, as two processes would: the sender moves on
+    // to the second transfer while the receiver has not looked yet.
+    a.progress().unwrap();
+    a.release(xs[0].0).unwrap();
+    b.release(xs[0].1).unwrap();
+    // The fourth transfer takes the first one's slot; the second and third are still queued.
+    xs[0] = (
+        a.post(Direction::Send, &[seg(sm[3])]).unwrap(),
+        b.post(Direction::Recv, &[seg(dm[3])]).unwrap(),
+    );
+    for &(ax, bx) in &xs {
+        let (mut ad, mut bd) = (false, false);
+        while !(ad && bd) {
+            assert!(std::time::Instant::now() < deadline, "a transfer timed out");
+            ad = ad || done(&mut a, ax);
+            bd = bd || done(&mut b, bx);
+        }
+    }
+    for t in 0..4 {
+        assert!(
+            dst[t] == src[t],
+            "transfer {t} received another transfer's bytes"
+        );
+    }
+}

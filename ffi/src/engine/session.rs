@@ -649,7 +649,13 @@ impl Session {
             };
             let Some(req) = req else { break };
             region.in_flight += 1;
-            slot.cursors[c] = Some(cur);
+            // A transfer leaves the queue with its last chunk: left at the front, its entry
+            // would name whatever transfer reuses the slot once this one is released, and
+            // post that one's chunks ahead of older ones (the peer would pair them wrongly).
+            slot.cursors[c] = (cur.remaining() > 0).then_some(cur);
+            if slot.cursors[c].is_none() {
+                ch.tx_queue.pop_front();
+            }
             let posted = ch.tx.post(
                 chunk.len,
                 TxChunk {
@@ -694,7 +700,11 @@ impl Session {
             let req = unsafe { self.net.irecv(&ch.recv, std::slice::from_ref(&buf))? };
             let Some(req) = req else { break };
             region.in_flight += 1;
-            slot.cursors[c] = Some(cur);
+            // As in post_sends: the queue entry goes with the last chunk.
+            slot.cursors[c] = (cur.remaining() > 0).then_some(cur);
+            if slot.cursors[c].is_none() {
+                ch.rx_queue.pop_front();
+            }
             let memory = match (region.memory, ch.unpack) {
                 (Memory::Cuda { .. }, Some(_)) => ChunkMemory::Device,
                 _ => ChunkMemory::Host,
