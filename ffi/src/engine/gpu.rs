@@ -205,7 +205,7 @@ impl Drop for CtxGuard {
 /// The CUDA device the calling thread would report with `cudaGetDevice`: the device of its
 /// current context, else device 0 where a driver with devices exists (the runtime's default);
 /// `None` without a driver or device.
-pub(crate) fn current_device() -> Option<i32> {
+pub fn current_device() -> Option<i32> {
     tcpx_kernels::gpu_available().ok()?;
     if let Ok(Some(_)) = cudarc::driver::result::ctx::get_current() {
         let mut d: sys::CUdevice = 0;

@@ -13,7 +13,7 @@ pub mod topology;
 mod transfer;
 
 pub use config::Config;
-pub use gpu::{check_registration, Copier};
+pub use gpu::{check_registration, current_device, Copier};
 pub use registry::{MemId, Memory};
 pub use session::{Listener, Rendezvous, Session};
 pub use tcpx_core::topology::Devices;

@@ -35,22 +35,6 @@ pub fn vram_supported() -> bool {
     *GPU.get_or_init(|| tcpx_kernels::gpu_available().is_ok())
 }
 
-/// The CUDA device the calling thread would report with `cudaGetDevice`: the device of its
-/// current context, else device 0 where a driver with devices exists (the runtime's
-/// default); `None` without a driver or device.
-fn current_device() -> Option<i32> {
-    use cudarc::driver::{result, sys, CudaContext};
-    tcpx_kernels::gpu_available().ok()?;
-    if let Ok(Some(_)) = result::ctx::get_current() {
-        let mut d: sys::CUdevice = 0;
-        // SAFETY: a pure query of the current context's device into a local.
-        if unsafe { sys::cuCtxGetDevice(&mut d) } == sys::CUresult::CUDA_SUCCESS {
-            return Some(d);
-        }
-    }
-    (CudaContext::device_count().unwrap_or(0) > 0).then_some(0)
-}
-
 /// Refuses a GPU this machine does not have at creation, rather than at every handshake.
 fn check_gpu(gpu: u32) -> Result<(), Error> {
     let bad = |reason: String| Error::Config {
@@ -193,7 +177,7 @@ impl Backend {
             ));
         }
         let config =
-            Config::from_params(params)?.resolve_gpu(|k| std::env::var(k).ok(), current_device)?;
+            Config::from_params(params)?.resolve_gpu(|k| std::env::var(k).ok(), tcpx::engine::current_device)?;
         if let Some(g) = config.gpu {
             check_gpu(g)?;
         }
