@@ -1,0 +1,159 @@
+"""The runner itself, without torch or a GPU: a stand-in worker that prints what NCCL and
+nccl_worker.py print shows that every run is bounded, that a hung or failed run names the
+operation each rank was in, and that NCCL's log is read for the transport it must show."""
+
+import json
+import pathlib
+import sys
+
+import pytest
+
+import run_nccl as rn
+
+FAKE = r'''
+import argparse, json, os, sys, time
+p = argparse.ArgumentParser()
+for a in ("--rank", "--world", "--gpu", "--store", "--mode", "--result", "--timeout-s",
+          "--bw-iters", "--lat-iters", "--plan"):
+    p.add_argument(a)
+a = p.parse_args()
+rank, mode = int(a.rank), os.environ["FAKE_MODE"]
+net = os.environ["NCCL_NET"]
+print("host:1:1 [0] NCCL INFO NCCL version 2.28.9+cuda12.9")
+if net == "tcpxsock":
+    assert os.path.isabs(os.environ["NCCL_NET_PLUGIN"]) and os.environ["TCPX_SOCK_IFNAME"] == "lo"
+    print("host:1:1 [0] NCCL INFO NET/Plugin: Loaded net plugin tcpxsock (v7)")
+    print("host:1:1 [0] NCCL INFO Using NCCL_NET_DEVICE_UNPACK net plugin version 7")
+else:
+    assert "NCCL_NET_PLUGIN" not in os.environ and "TCPX_SOCK_ODD_FRAGMENTS" not in os.environ
+print(f"host:1:1 [0] NCCL INFO Using network {net}")
+print("NCCLTEST BEGIN init", flush=True)
+print("NCCLTEST OK init", flush=True)
+gdr = "/GDRDMA" if os.environ["NCCL_NET_GDR_LEVEL"] == "SYS" and mode != "nogdr" else ""
+print(f"host:1:1 [0] NCCL INFO Channel 00/0 : {1-rank}[0] -> {rank}[0] [receive] via NET/{net}/0{gdr}")
+ops = []
+for n in range(5):
+    print(f"NCCLTEST BEGIN {n} op=all_reduce dtype=float32 count={7 * (n + 1)} bytes=4", flush=True)
+    if mode == "hang" and n == 2:
+        time.sleep(600)
+    if mode == "crash" and n == 3 and rank == 1:
+        print("RuntimeError: CUDA error: an illegal memory access was encountered", flush=True)
+        sys.exit(1)
+    if mode == "crash" and n == 3:
+        time.sleep(600)
+    ok = not (mode == "wrong" and n == 1)
+    ops.append({"n": n, "op": "all_reduce", "dtype": "float32", "count": 7, "bytes": 28,
+                "seconds": 0.0, "ok": ok, **({} if ok else {"mismatch": {"first_bad": 5}})})
+    print(f"NCCLTEST {'OK' if ok else 'MISMATCH'} {n}", flush=True)
+if mode == "warn":
+    print("host:1:1 [0] NCCL WARN tcpxsock: more than 16 outstanding requests")
+doc = {"rank": rank, "torch": "fake", "gpu_name": "none", "ops": ops, "ok": True}
+with open(a.result, "w") as f:
+    json.dump(doc, f)
+print("NCCLTEST BEGIN destroy", flush=True)
+print("NCCLTEST OK destroy", flush=True)
+'''
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    worker = tmp_path / "fake_worker.py"
+    worker.write_text(FAKE)
+    plugin = tmp_path / rn.PLUGIN_FILE
+    plugin.write_bytes(b"")
+    monkeypatch.setattr(rn, "WORKER", worker)
+    monkeypatch.setattr(rn, "GRACE_S", 1)
+
+    def run(mode, cfg, timeout_s=30):
+        monkeypatch.setenv("FAKE_MODE", mode)
+        # Inherited NCCL settings must not reach the ranks.
+        monkeypatch.setenv("NCCL_NET_PLUGIN", "/elsewhere/libnccl-net.so")
+        monkeypatch.setenv("TCPX_SOCK_ODD_FRAGMENTS", "1")
+        return rn.run_config(cfg, plugin, tmp_path / "logs", timeout_s)
+
+    return run
+
+
+TCPX = rn.CHECKS[2]
+SOCKET = rn.CHECKS[0]
+HOST = next(c for c in rn.CHECKS if not c.gdr)
+
+
+@pytest.mark.parametrize("cfg", [SOCKET, TCPX, HOST], ids=lambda c: c.name)
+def test_a_clean_run_passes_and_reads_the_log(fake, cfg):
+    out = fake("nogdr" if not cfg.gdr else "pass", cfg)
+    assert out.ok, out.summary()
+    assert out.returncodes == [0, 0] and not out.killed
+    assert out.stuck_in == [None, None]
+    assert out.facts["using network"] == [cfg.transport]
+    assert out.facts["nccl"] == "2.28.9+cuda12.9"
+    if cfg is TCPX:
+        assert out.facts["loaded plugin"] == "tcpxsock v7"
+        assert out.facts["receive channels with GDRDMA"] == out.facts["receive channels"] == 2
+    saved = json.loads((out.logdir / "outcome.json").read_text())
+    assert saved["ok"] and saved["config"]["name"] == cfg.name
+
+
+def test_a_hang_is_killed_at_the_bound_and_named(fake):
+    out = fake("hang", TCPX, timeout_s=4)
+    assert out.killed and not out.ok
+    assert out.seconds < 20
+    assert out.stuck_in == ["#2 op=all_reduce dtype=float32 count=21 bytes=4"] * 2
+    assert any("killed at the time bound in #2 op=all_reduce" in p for p in out.problems)
+    # The same shape is what the LL probe expects.
+    assert rn.probe_verdict(out) == "hung"
+
+
+def test_a_failed_rank_ends_the_run_after_the_grace_period(fake):
+    out = fake("crash", TCPX, timeout_s=60)
+    assert out.returncodes[1] == 1 and out.killed
+    assert out.seconds < 20, "the surviving rank waited for the full bound"
+    assert "rank 1: exit code 1 in #3 op=all_reduce" in " ".join(out.problems)
+    assert "illegal memory access" in out.summary()
+    assert rn.probe_verdict(out) == "failed"
+
+
+def test_wrong_data_warnings_and_missing_gdr_fail(fake):
+    wrong = fake("wrong", TCPX)
+    assert any("wrong" in p and "first_bad" in p for p in wrong.problems)
+    warned = fake("warn", TCPX)
+    assert any("NCCL warned" in p for p in warned.problems)
+    nogdr = fake("nogdr", TCPX)
+    assert any("lack GDRDMA" in p for p in nogdr.problems)
+
+
+def test_a_missing_plugin_fails_before_starting_anything(tmp_path):
+    out = rn.run_config(TCPX, tmp_path / "none.so", tmp_path / "logs", 5)
+    assert not out.ok and out.returncodes == []
+    assert "does not exist" in out.problems[0]
+
+
+def test_bench_table_ratio():
+    sock = {
+        "allreduce_64MiB": {"busbw_GBps": 2.0},
+        "allreduce_256MiB": {"busbw_GBps": 2.0},
+        "allreduce_4KiB": {"median_us": 100.0},
+    }
+    tcpx = {
+        "allreduce_64MiB": {"busbw_GBps": 3.0},
+        "allreduce_256MiB": {"busbw_GBps": 1.0},
+        "allreduce_4KiB": {"median_us": 50.0},
+    }
+    lines, ratio = rn.bench_table({"Socket": sock, rn.PLUGIN_NAME: tcpx})
+    assert ratio == {"allreduce_64MiB": 1.5, "allreduce_256MiB": 0.5, "allreduce_4KiB": 0.5}
+    assert len(lines) == 4 and "1.50x" in lines[1]
+
+
+def test_worker_plans_cover_the_sizes():
+    sys.path.insert(0, str(pathlib.Path(rn.WORKER).parent))
+    import nccl_worker as w
+
+    full = w.plan_ops("full")
+    ops = {op for op, _, _ in full}
+    assert ops == {"all_reduce", "all_gather", "broadcast", "sendrecv", "burst"}
+    nbytes = {(op, c * (4 if d == "float32" else 1)) for op, d, c in full}
+    for op in ("all_reduce", "all_gather", "broadcast", "sendrecv"):
+        for b in (4, 1, 7, 1023, 4097, (1 << 20) + 3, 64 << 20, 256 << 20):
+            assert (op, b) in nbytes, (op, b)
+    quick = [c * (4 if d == "float32" else 1) for _, d, c in w.plan_ops("quick")]
+    assert max(quick) == 64 << 20
