@@ -14,13 +14,16 @@
 #   engine     tcpx bench VRAM/DRAM paths vs DRAM->DRAM (scripts/bench-gpu.sh), 2 and 4 channels
 #   nixl       NIXL VRAM tests, and TCPX vs UCX (tcp,cuda_copy) VRAM and DRAM with 4 channels
 #              (needs python3 that imports nixl_cu12; skipped with a note otherwise)
+#   nccl       real NCCL (PyTorch's) through tcpxsock vs NCCL's Socket: exact collectives with
+#              NCCL's unpack kernel (tests/nccl), then all_reduce bandwidth and 4 KiB latency
+#              side by side (needs python3 that imports torch; skipped with a note otherwise)
 # Each step's log and JSON land in OUTDIR; the exit code is non-zero if any step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bundle="$(cd "${1:?usage: gpu-check.sh BUNDLE OUTDIR [steps...]}" && pwd)"
 out="${2:?usage: gpu-check.sh BUNDLE OUTDIR [steps...]}"
 shift 2
-steps="${*:-tests sanitizer kernels engine nixl}"
+steps="${*:-tests sanitizer kernels engine nixl nccl}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 export REQUIRE_GPU="${REQUIRE_GPU:-1}" TCPX_SOCK_IFNAME=lo
@@ -86,6 +89,23 @@ for s in $steps; do
                 --channels 4 --sizes 4K,1M,64M --batches 1,16 --budget 1G \
                 --json "$out/nixl_bench_$mem.json"
         done
+        ;;
+    nccl)
+        if ! python3 -c 'import torch' 2>/dev/null; then
+            echo "== nccl: python3 cannot import torch, not run"
+            continue
+        fi
+        # Every run's NCCL log stays in OUTDIR/nccl/<configuration>/rank<r>.log.
+        if python3 -c 'import pytest' 2>/dev/null; then
+            step nccl_tests env TCPX_PLUGIN_DIR="$bundle/plugins" TCPX_NCCL_LOGDIR="$out/nccl" \
+                python3 -m pytest -q -rA tests/nccl
+        else
+            step nccl_tests python3 tests/nccl/run_nccl.py --check --probe \
+                --plugin "$bundle/plugins/libnccl-net-tcpxsock.so" --logdir "$out/nccl"
+        fi
+        step nccl_bench python3 tests/nccl/run_nccl.py --bench \
+            --plugin "$bundle/plugins/libnccl-net-tcpxsock.so" --logdir "$out/nccl_bench" \
+            --json "$out/nccl_bench.json"
         ;;
     *)
         echo "unknown step $s" >&2

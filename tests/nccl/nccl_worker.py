@@ -103,7 +103,7 @@ def compare(ctx, got, want):
     if torch.equal(got, want):
         return None
     bad = got != want
-    first = int(bad.to(torch.int8).argmax())
+    first = int(bad.to(torch.int32).argmax())  # the first True (argmax returns the first maximum)
     elem = got.element_size()
     return {
         "bad_elements": int(bad.sum()),
