@@ -140,9 +140,10 @@ def unavailable_reason():
     return None
 
 
-def config_env(cfg, rank, plugin, base=None):
+def config_env(cfg, rank, plugin, nccl_log, base=None):
     """The environment of one rank. Inherited NCCL_* and TCPX_SOCK_* are dropped so that every
-    run is the configuration it names."""
+    run is the configuration it names. NCCL logs into `nccl_log`, which it writes unbuffered,
+    so a rank killed at the time bound keeps every line (its stdout to a file is buffered)."""
     base = os.environ if base is None else base
     env = {k: v for k, v in base.items() if not k.startswith(("NCCL_", "TCPX_SOCK_"))}
     env.update(
@@ -156,6 +157,7 @@ def config_env(cfg, rank, plugin, base=None):
             "NCCL_SOCKET_IFNAME": "lo",
             "NCCL_DEBUG": "INFO",
             "NCCL_DEBUG_SUBSYS": "INIT,NET",
+            "NCCL_DEBUG_FILE": str(nccl_log),
             "NCCL_NET": cfg.transport,
             # lo has no PCI path, so NCCL's distance rules would never allow GPUDirect.
             "NCCL_NET_GDR_LEVEL": "SYS" if cfg.gdr else "LOC",
@@ -197,10 +199,10 @@ class Outcome:
             lines.append(f"  {k}: {v}")
         if not self.ok:
             for r in range(len(self.returncodes)):
-                log = self.logdir / f"rank{r}.log"
-                text = log.read_text(errors="replace").splitlines() if log.exists() else []
-                lines.append(f"  --- last lines of {log}")
-                lines += ["  | " + s for s in text[-tail:]]
+                for log in (self.logdir / f"rank{r}.log", self.logdir / f"rank{r}.nccl.log"):
+                    text = log.read_text(errors="replace").splitlines() if log.exists() else []
+                    lines.append(f"  --- last lines of {log}")
+                    lines += ["  | " + s for s in text[-tail:]]
         return "\n".join(lines)
 
 
@@ -302,7 +304,7 @@ def run_config(cfg, plugin, logdir, timeout_s=120, gpus=(0, 0), mode="check", be
         procs.append(
             subprocess.Popen(
                 cmd,
-                env=config_env(cfg, rank, plugin),
+                env=config_env(cfg, rank, plugin, d / f"rank{rank}.nccl.log"),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=str(REPO),
@@ -338,7 +340,8 @@ def run_config(cfg, plugin, logdir, timeout_s=120, gpus=(0, 0), mode="check", be
     text_all = ""
     for rank in range(len(procs)):
         text = (d / f"rank{rank}.log").read_text(errors="replace")
-        text_all += text
+        nccl = d / f"rank{rank}.nccl.log"
+        text_all += text + (nccl.read_text(errors="replace") if nccl.exists() else "")
         out.stuck_in.append(progress(text))
         res = d / f"rank{rank}.json"
         out.results.append(json.loads(res.read_text()) if res.exists() else None)

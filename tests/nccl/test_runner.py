@@ -19,18 +19,22 @@ for a in ("--rank", "--world", "--gpu", "--store", "--mode", "--result", "--time
 a = p.parse_args()
 rank, mode = int(a.rank), os.environ["FAKE_MODE"]
 net = os.environ["NCCL_NET"]
-print("host:1:1 [0] NCCL INFO NCCL version 2.28.9+cuda12.9")
+# NCCL's own lines go to NCCL_DEBUG_FILE, unbuffered, as NCCL writes them.
+nccl = open(os.environ["NCCL_DEBUG_FILE"], "w", buffering=1)
+def log(line):
+    nccl.write(f"host:1:1 [0] NCCL {line}\n")
+log("INFO NCCL version 2.28.9+cuda12.9")
 if net == "tcpxsock":
     assert os.path.isabs(os.environ["NCCL_NET_PLUGIN"]) and os.environ["TCPX_SOCK_IFNAME"] == "lo"
-    print("host:1:1 [0] NCCL INFO NET/Plugin: Loaded net plugin tcpxsock (v7)")
-    print("host:1:1 [0] NCCL INFO Using NCCL_NET_DEVICE_UNPACK net plugin version 7")
+    log("INFO NET/Plugin: Loaded net plugin tcpxsock (v7)")
+    log("INFO Using NCCL_NET_DEVICE_UNPACK net plugin version 7")
 else:
     assert "NCCL_NET_PLUGIN" not in os.environ and "TCPX_SOCK_ODD_FRAGMENTS" not in os.environ
-print(f"host:1:1 [0] NCCL INFO Using network {net}")
+log(f"INFO Using network {net}")
 print("NCCLTEST BEGIN init", flush=True)
 print("NCCLTEST OK init", flush=True)
 gdr = "/GDRDMA" if os.environ["NCCL_NET_GDR_LEVEL"] == "SYS" and mode != "nogdr" else ""
-print(f"host:1:1 [0] NCCL INFO Channel 00/0 : {1-rank}[0] -> {rank}[0] [receive] via NET/{net}/0{gdr}")
+log(f"INFO Channel 00/0 : {1-rank}[0] -> {rank}[0] [receive] via NET/{net}/0{gdr}")
 ops = []
 for n in range(5):
     print(f"NCCLTEST BEGIN {n} op=all_reduce dtype=float32 count={7 * (n + 1)} bytes=4", flush=True)
@@ -46,9 +50,9 @@ for n in range(5):
                 "seconds": 0.0, "ok": ok, **({} if ok else {"mismatch": {"first_bad": 5}})})
     print(f"NCCLTEST {'OK' if ok else 'MISMATCH'} {n}", flush=True)
 if mode in ("warn", "otherwarn"):
-    print("host:1:1 [0] NCCL WARN Cuda failure 'operation not supported'")
+    log("WARN Cuda failure 'operation not supported'")
 if mode == "warn":
-    print("host:1:1 [0] tcpxsock:0 NCCL WARN tcpxsock: more than 16 outstanding requests")
+    log("WARN tcpxsock: more than 16 outstanding requests")
 doc = {"rank": rank, "torch": "fake", "gpu_name": "none", "ops": ops, "ok": True}
 with open(a.result, "w") as f:
     json.dump(doc, f)
