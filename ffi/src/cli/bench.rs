@@ -28,9 +28,12 @@ use crate::net::Net;
 use crate::XferId;
 
 const USAGE: &str = "usage: tcpx bench (--loopback | --listen PORT | --connect HOST:PORT) \
-[--size N[,N...]] [--iters N] [--channels N] [--chunk N] [--window N] [--segments N] \
+[--size N[,N...]] [--iters N] [--tail] [--channels N] [--chunk N] [--window N] [--segments N] \
 [--plugin PATH] [--poller single|threads] [--mem SRC:DST] [--gpu N|SRC:DST] [--baseline] [--reverse] \
 [--verify] [--json]
+  --iters N  measured iterations per size (default: about 0.75 s of them, at least 5)
+  --tail  at least 10,000 iterations per size up to 1 MiB, 1,000 above (p99.9 is then \
+measured, not the maximum); --json keeps every sample (`samples_us`, in the order they ran)
   --mem SRC:DST  host or cuda for the sender's (SRC) and receiver's (DST) buffer; default \
 host:host, `--mem cuda` = cuda:cuda. With --listen/--connect each side uses its role's kind.
   --gpu N|SRC:DST  CUDA device of the cuda buffers (default 0); SRC:DST puts the sender's and \
@@ -55,6 +58,11 @@ const MAX_SIZE: u64 = 4 << 30;
 const TARGET_TIME: Duration = Duration::from_millis(750);
 const MIN_ITERS: usize = 5;
 const MAX_ITERS: usize = 100_000;
+/// `--tail`: iterations per size up to `TAIL_MAX_BYTES` (p99.9 then rests on 10 samples
+/// beyond it), and above it (p99.9 is then the largest but one).
+const TAIL_ITERS: usize = 10_000;
+const TAIL_ITERS_LARGE: usize = 1_000;
+const TAIL_MAX_BYTES: u64 = 1 << 20;
 /// Warm-up traffic per size (TCP windows, page faults, caches), spread over 2..=200 iterations.
 const WARMUP_BYTES: u64 = 64 << 20;
 /// A single transfer taking longer than this means the peer or the session is stuck.
@@ -153,6 +161,16 @@ struct Options {
     reverse: bool,
     verify: bool,
     json: bool,
+    tail: bool,
+}
+
+impl Options {
+    fn count(&self) -> Count {
+        Count {
+            fixed: self.iters,
+            tail: self.tail,
+        }
+    }
 }
 
 /// Parses `4096`, `4K`, `64M`, `1G` (binary multiples).
@@ -189,6 +207,7 @@ fn parse(args: &[String]) -> BenchResult<Options> {
         reverse: false,
         verify: false,
         json: false,
+        tail: false,
     };
     let mut flags = Flags::new(args);
     while let Some(f) = flags.next() {
@@ -271,6 +290,7 @@ fn parse(args: &[String]) -> BenchResult<Options> {
             "--reverse" => o.reverse = true,
             "--verify" => o.verify = true,
             "--json" => o.json = true,
+            "--tail" => o.tail = true,
             _ => return Err(format!("unknown option {a:?}")),
         }
     }
@@ -359,26 +379,43 @@ pub fn main(args: &[String]) -> i32 {
 // Measurement results
 
 /// One size's measurement.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Row {
     bytes: u64,
     iters: usize,
     p50: Duration,
+    p90: Duration,
     p99: Duration,
+    p999: Duration,
     total: Duration,
+    /// Every measured iteration, in the order they ran (empty where the peer measured).
+    samples: Vec<Duration>,
+    /// This process's CPU time (all threads) per measured iteration, when measured.
+    cpu: Option<Duration>,
 }
 
 impl Row {
-    /// Sorts `times` in place and summarises them.
-    fn from_times(bytes: u64, times: &mut [Duration]) -> Row {
-        times.sort_unstable();
+    /// Summarises `times` (left in measurement order) and keeps them as the raw samples.
+    fn from_times(bytes: u64, times: &[Duration]) -> Row {
+        let mut sorted = times.to_vec();
+        sorted.sort_unstable();
         Row {
             bytes,
             iters: times.len(),
-            p50: percentile(times, 50),
-            p99: percentile(times, 99),
+            p50: percentile(&sorted, 500),
+            p90: percentile(&sorted, 900),
+            p99: percentile(&sorted, 990),
+            p999: percentile(&sorted, 999),
             total: times.iter().sum(),
+            samples: times.to_vec(),
+            cpu: None,
         }
+    }
+
+    /// The same, with the process CPU time the measured iterations took.
+    fn with_cpu(mut self, cpu: Duration) -> Row {
+        self.cpu = Some(cpu / self.iters.max(1) as u32);
+        self
     }
 
     fn gbps(&self) -> f64 {
@@ -390,13 +427,38 @@ impl Row {
     }
 }
 
-/// Nearest-rank percentile of sorted samples.
-fn percentile(sorted: &[Duration], p: usize) -> Duration {
+/// Nearest-rank percentile of sorted samples, `permille` of them at or below it (990 =
+/// p99, 999 = p99.9): integer arithmetic, so p99.9 of 1,000 samples is the largest but one.
+fn percentile(sorted: &[Duration], permille: usize) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
-    let rank = (p * sorted.len()).div_ceil(100).max(1);
+    let rank = (permille * sorted.len()).div_ceil(1000).max(1);
     sorted[rank - 1]
+}
+
+/// CPU time of this process, all threads (`CLOCK_PROCESS_CPUTIME_ID`): the plugin's helper
+/// threads are part of what a transfer costs.
+fn process_cpu() -> Duration {
+    #[repr(C)]
+    struct Timespec {
+        tv_sec: i64,
+        tv_nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+    }
+    const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
+    let mut ts = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec (64-bit Linux layout); the clock id is the
+    // Linux constant, which every Linux libc supports.
+    if unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Seconds, never zero (a timer tick below 1 ns would make GB/s infinite).
@@ -433,20 +495,35 @@ pub(super) fn size_label(n: u64) -> String {
 fn table(out: &mut String, rows: &[Row]) {
     let _ = writeln!(
         out,
-        "{:>9} {:>11} {:>7} {:>10} {:>10} {:>11} {:>11}",
-        "size", "bytes", "iters", "GB/s p50", "GB/s agg", "p50 µs", "p99 µs"
+        "{:>9} {:>11} {:>7} {:>10} {:>10} {:>11} {:>11} {:>11} {:>11} {:>8} {:>11}",
+        "size",
+        "bytes",
+        "iters",
+        "GB/s p50",
+        "GB/s agg",
+        "p50 µs",
+        "p90 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "p99/p50",
+        "cpu µs/it"
     );
     for r in rows {
+        let cpu = r.cpu.map_or("-".to_string(), |c| format!("{:.1}", us(c)));
         let _ = writeln!(
             out,
-            "{:>9} {:>11} {:>7} {:>10.3} {:>10.3} {:>11.1} {:>11.1}",
+            "{:>9} {:>11} {:>7} {:>10.3} {:>10.3} {:>11.1} {:>11.1} {:>11.1} {:>11.1} {:>8.2} {:>11}",
             size_label(r.bytes),
             r.bytes,
             r.iters,
             r.gbps(),
             r.gbps_aggregate(),
             us(r.p50),
-            us(r.p99)
+            us(r.p90),
+            us(r.p99),
+            us(r.p999),
+            ratio(us(r.p99), us(r.p50)),
+            cpu
         );
     }
 }
@@ -506,14 +583,19 @@ host side pageable; time = call start to cuCtxSynchronize done)"
         if !self.tcp.is_empty() {
             let _ = writeln!(
                 s,
-                "\nratios, {} / baseline (GB/s: higher is better; p50: lower is better)",
+                "\nratios, {} / baseline (GB/s: higher is better; p50, p99: lower is better)",
                 self.plugin_name
             );
             let copy = self.copy.as_ref().map(|(_, rows)| rows.as_slice());
             let _ = write!(
                 s,
-                "{:>9} {:>12} {:>12} {:>16} {:>16}",
-                "size", "GB/s vs tcp", "p50 vs tcp", "GB/s vs iperf1", "GB/s vs iperf4"
+                "{:>9} {:>12} {:>12} {:>12} {:>16} {:>16}",
+                "size",
+                "GB/s vs tcp",
+                "p50 vs tcp",
+                "p99 vs tcp",
+                "GB/s vs iperf1",
+                "GB/s vs iperf4"
             );
             if copy.is_some() {
                 let _ = write!(s, " {:>14}", "GB/s vs copy");
@@ -524,10 +606,11 @@ host side pageable; time = call start to cuCtxSynchronize done)"
             for (i, (r, t)) in self.rows.iter().zip(&self.tcp).enumerate() {
                 let _ = write!(
                     s,
-                    "{:>9} {:>12} {:>12} {:>16} {:>16}",
+                    "{:>9} {:>12} {:>12} {:>12} {:>16} {:>16}",
                     size_label(r.bytes),
                     cell(Some(ratio(r.gbps(), t.gbps()))),
                     cell(Some(ratio(us(r.p50), us(t.p50)))),
+                    cell(Some(ratio(us(r.p99), us(t.p99)))),
                     cell(p1.map(|b| ratio(r.gbps(), b))),
                     cell(p4.map(|b| ratio(r.gbps(), b))),
                 );
@@ -564,7 +647,20 @@ host side pageable; time = call start to cuCtxSynchronize done)"
                     .raw("gbps", num(r.gbps()))
                     .raw("gbps_aggregate", num(r.gbps_aggregate()))
                     .raw("p50_us", num(us(r.p50)))
+                    .raw("p90_us", num(us(r.p90)))
                     .raw("p99_us", num(us(r.p99)))
+                    .raw("p999_us", num(us(r.p999)))
+                    .raw("cpu_us", r.cpu.map_or("null".into(), |c| num(us(c))))
+                    .with("samples_us", |out| {
+                        out.push('[');
+                        for (i, t) in r.samples.iter().enumerate() {
+                            if i > 0 {
+                                out.push(',');
+                            }
+                            let _ = write!(out, "{:.3}", us(*t));
+                        }
+                        out.push(']');
+                    })
                     .end();
             }
             out.push(']');
@@ -852,21 +948,36 @@ fn wait_all(s: &mut Session, ids: &[XferId], timeout: Duration) -> BenchResult<(
     }
 }
 
-/// Iteration counts: fixed warm-up by size (both peers must agree without talking), then
-/// enough measured iterations for about `TARGET_TIME`.
-fn warmups(size: u64, fixed: Option<usize>) -> usize {
-    if fixed.is_some() {
-        return 1;
-    }
-    (WARMUP_BYTES / size).clamp(2, 200) as usize
+/// How many iterations a size gets: `--iters`, else adaptive (at least the `--tail` minimum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Count {
+    fixed: Option<usize>,
+    tail: bool,
 }
 
-fn adaptive_iters(warm: &[Duration], fixed: Option<usize>) -> usize {
-    if let Some(n) = fixed {
-        return n;
+impl Count {
+    /// Fixed warm-up by size (both peers must agree without talking).
+    fn warmups(self, size: u64) -> usize {
+        if self.fixed.is_some() {
+            return 1;
+        }
+        (WARMUP_BYTES / size).clamp(2, 200) as usize
     }
-    let mean = secs(warm.iter().sum::<Duration>()) / warm.len().max(1) as f64;
-    ((TARGET_TIME.as_secs_f64() / mean).ceil() as usize).clamp(MIN_ITERS, MAX_ITERS)
+
+    /// Enough measured iterations for about `TARGET_TIME`; with `--tail`, at least enough
+    /// for p99.9 to rest on ten samples beyond it (up to `TAIL_MAX_BYTES`) or on one.
+    fn iters(self, size: u64, warm: &[Duration]) -> usize {
+        if let Some(n) = self.fixed {
+            return n;
+        }
+        let min = match (self.tail, size <= TAIL_MAX_BYTES) {
+            (false, _) => MIN_ITERS,
+            (true, true) => TAIL_ITERS,
+            (true, false) => TAIL_ITERS_LARGE,
+        };
+        let mean = secs(warm.iter().sum::<Duration>()) / warm.len().max(1) as f64;
+        ((TARGET_TIME.as_secs_f64() / mean).ceil() as usize).clamp(min, MAX_ITERS)
+    }
 }
 
 /// `\r[3/7] 4 MiB …` on stderr, only when someone watches it.
@@ -942,11 +1053,12 @@ fn loopback(o: &Options, cfg: Config) -> BenchResult<Report> {
         ticker.show(i, size, "tcpx");
         tx.set_size(size, o.segments);
         rx.set_size(size, o.segments);
-        let mut warm = vec![Duration::ZERO; warmups(size, o.iters)];
+        let mut warm = vec![Duration::ZERO; o.count().warmups(size)];
         measure(o.poller, &mut tx, &mut rx, &mut warm)?;
-        let mut times = vec![Duration::ZERO; adaptive_iters(&warm, o.iters)];
+        let mut times = vec![Duration::ZERO; o.count().iters(size, &warm)];
+        let cpu = process_cpu();
         measure(o.poller, &mut tx, &mut rx, &mut times)?;
-        rows.push(Row::from_times(size, &mut times));
+        rows.push(Row::from_times(size, &times).with_cpu(process_cpu() - cpu));
         if o.verify {
             // An untimed extra transfer into a zeroed buffer: every byte must be rewritten.
             rx.buf.zero(size as usize)?;
@@ -981,7 +1093,7 @@ fn loopback(o: &Options, cfg: Config) -> BenchResult<Report> {
         for (i, &size) in o.sizes.iter().enumerate() {
             ticker.show(i, size, "tcp ping-pong");
             let n = size as usize;
-            tcp.push(tcp_pingpong(&src[..n], &mut dst[..n], o.iters)?);
+            tcp.push(tcp_pingpong(&src[..n], &mut dst[..n], o.count())?);
         }
         drop((src_host, dst_host));
         // Device to device across GPUs is a peer copy; the driver routes it by address.
@@ -990,7 +1102,7 @@ fn loopback(o: &Options, cfg: Config) -> BenchResult<Report> {
             let mut rows = Vec::with_capacity(o.sizes.len());
             for (i, &size) in o.sizes.iter().enumerate() {
                 ticker.show(i, size, op);
-                rows.push(copy_row(g, &tx.buf, &mut rx.buf, size, o.iters)?);
+                rows.push(copy_row(g, &tx.buf, &mut rx.buf, size, o.count())?);
             }
             copy = Some((op, rows));
         }
@@ -1210,13 +1322,7 @@ fn copy_name(src: MemKind, dst: MemKind) -> &'static str {
 
 /// `size` bytes `src` → `dst` with the synchronous driver copy, timed to the context's
 /// synchronize; warm-up and iteration counts as for the engine.
-fn copy_row(
-    gpu: &Gpu,
-    src: &Buf,
-    dst: &mut Buf,
-    size: u64,
-    fixed: Option<usize>,
-) -> BenchResult<Row> {
+fn copy_row(gpu: &Gpu, src: &Buf, dst: &mut Buf, size: u64, count: Count) -> BenchResult<Row> {
     let n = size as usize;
     gpu.ctx
         .bind_to_thread()
@@ -1247,18 +1353,19 @@ fn copy_row(
         }
         Ok(())
     };
-    let mut warm = vec![Duration::ZERO; warmups(size, fixed)];
+    let mut warm = vec![Duration::ZERO; count.warmups(size)];
     run(&mut warm)?;
-    let mut times = vec![Duration::ZERO; adaptive_iters(&warm, fixed)];
+    let mut times = vec![Duration::ZERO; count.iters(size, &warm)];
+    let cpu = process_cpu();
     run(&mut times)?;
-    Ok(Row::from_times(size, &mut times))
+    Ok(Row::from_times(size, &times).with_cpu(process_cpu() - cpu))
 }
 
 /// Plain TCP between two threads: the sender writes `src`, the receiver reads it all and
 /// replies one byte before the next iteration. Timed like ours: from the sender's write
 /// start to the receiver's last byte (the reply is outside the timed span; it only keeps the
 /// iterations apart, as the engine's barrier does).
-fn tcp_pingpong(src: &[u8], dst: &mut [u8], fixed: Option<usize>) -> BenchResult<Row> {
+fn tcp_pingpong(src: &[u8], dst: &mut [u8], count: Count) -> BenchResult<Row> {
     let io = |what: &'static str| move |e: std::io::Error| format!("tcp baseline: {what}: {e}");
     let l = TcpListener::bind("127.0.0.1:0").map_err(io("bind"))?;
     let tx = TcpStream::connect(l.local_addr().map_err(io("bind"))?).map_err(io("connect"))?;
@@ -1305,11 +1412,12 @@ fn tcp_pingpong(src: &[u8], dst: &mut [u8], fixed: Option<usize>) -> BenchResult
         Ok(())
     };
     let size = src.len() as u64;
-    let mut warm = vec![Duration::ZERO; warmups(size, fixed)];
+    let mut warm = vec![Duration::ZERO; count.warmups(size)];
     run(&mut warm)?;
-    let mut times = vec![Duration::ZERO; adaptive_iters(&warm, fixed)];
+    let mut times = vec![Duration::ZERO; count.iters(size, &warm)];
+    let cpu = process_cpu();
     run(&mut times)?;
-    Ok(Row::from_times(size, &mut times))
+    Ok(Row::from_times(size, &times).with_cpu(process_cpu() - cpu))
 }
 
 /// `iperf3 -c 127.0.0.1 -P streams` against a one-shot server of ours; GB/s received.
@@ -1381,12 +1489,14 @@ fn parse_iperf3(json: &str) -> Option<f64> {
 // Two hosts: one session per process, the listener's options rule
 
 const PLAN_MAGIC: u64 = 0x6e61_6c70_7863_7074; // "tpcxplan"
-const PLAN_VERSION: u64 = 1;
+/// 2: the statistics carry p90 and p99.9, the plan the `--tail` flag.
+const PLAN_VERSION: u64 = 2;
 const SIZE_MAGIC: u64 = 0x657a_6973_7863_7074;
 const STATS_MAGIC: u64 = 0x7374_6174_7863_7074;
 const VERIFY_MAGIC: u64 = 0x6966_7276_7863_7074;
 const FLAG_REVERSE: u64 = 1;
 const FLAG_VERIFY: u64 = 2;
+const FLAG_TAIL: u64 = 4;
 
 type Words = [u64; CTRL / 8];
 
@@ -1444,16 +1554,26 @@ struct Plan {
     verify: bool,
     segments: usize,
     iters: Option<usize>,
+    tail: bool,
     chunk: u32,
     sizes: Vec<u64>,
 }
 
 impl Plan {
+    fn count(&self) -> Count {
+        Count {
+            fixed: self.iters,
+            tail: self.tail,
+        }
+    }
+
     fn to_words(&self) -> Words {
         let mut w = [0u64; CTRL / 8];
         w[0] = PLAN_MAGIC;
         w[1] = PLAN_VERSION;
-        w[2] = (u64::from(self.reverse) * FLAG_REVERSE) | (u64::from(self.verify) * FLAG_VERIFY);
+        w[2] = (u64::from(self.reverse) * FLAG_REVERSE)
+            | (u64::from(self.verify) * FLAG_VERIFY)
+            | (u64::from(self.tail) * FLAG_TAIL);
         w[3] = self.segments as u64;
         w[4] = self.iters.unwrap_or(0) as u64;
         w[5] = u64::from(self.chunk);
@@ -1481,6 +1601,7 @@ impl Plan {
         Ok(Plan {
             reverse: w[2] & FLAG_REVERSE != 0,
             verify: w[2] & FLAG_VERIFY != 0,
+            tail: w[2] & FLAG_TAIL != 0,
             segments,
             iters: (w[4] > 0).then_some(w[4] as usize),
             chunk: w[5] as u32,
@@ -1547,6 +1668,7 @@ fn two_hosts(o: &Options, mut cfg: Config) -> BenchResult<Report> {
             verify: o.verify,
             segments: o.segments,
             iters: o.iters,
+            tail: o.tail,
             chunk: cfg.chunk_bytes,
             sizes: o.sizes.clone(),
         };
@@ -1668,24 +1790,27 @@ fn recv_iter(ep: &mut Endpoint, timeout: Duration) -> BenchResult<()> {
 
 fn send_size(ep: &mut Endpoint, plan: &Plan, size: u64) -> BenchResult<Row> {
     let timeout = ep.transfer_timeout();
-    let mut warm = vec![Duration::ZERO; warmups(size, plan.iters)];
+    let mut warm = vec![Duration::ZERO; plan.count().warmups(size)];
     for t in warm.iter_mut() {
         *t = send_iter(ep, timeout)?;
     }
-    let iters = adaptive_iters(&warm, plan.iters);
+    let iters = plan.count().iters(size, &warm);
     let mut w = [0u64; CTRL / 8];
     (w[0], w[1], w[2]) = (SIZE_MAGIC, size, iters as u64);
     ctrl_send(ep, &w)?;
     let mut times = vec![Duration::ZERO; iters];
+    let cpu = process_cpu();
     for t in times.iter_mut() {
         *t = send_iter(ep, timeout)?;
     }
-    let row = Row::from_times(size, &mut times);
+    let row = Row::from_times(size, &times).with_cpu(process_cpu() - cpu);
     let mut w = [0u64; CTRL / 8];
     w[0] = STATS_MAGIC;
     w[1] = row.p50.as_nanos() as u64;
     w[2] = row.p99.as_nanos() as u64;
     w[3] = row.total.as_nanos() as u64;
+    w[4] = row.p90.as_nanos() as u64;
+    w[5] = row.p999.as_nanos() as u64;
     ctrl_send(ep, &w)?;
     if plan.verify {
         send_iter(ep, timeout)?;
@@ -1703,7 +1828,7 @@ fn send_size(ep: &mut Endpoint, plan: &Plan, size: u64) -> BenchResult<Row> {
 
 fn recv_size(ep: &mut Endpoint, plan: &Plan, size: u64) -> BenchResult<Row> {
     let timeout = ep.transfer_timeout();
-    for _ in 0..warmups(size, plan.iters) {
+    for _ in 0..plan.count().warmups(size) {
         recv_iter(ep, timeout)?;
     }
     let w = ctrl_recv(ep)?;
@@ -1715,17 +1840,24 @@ fn recv_size(ep: &mut Endpoint, plan: &Plan, size: u64) -> BenchResult<Row> {
     if iters == 0 || iters > MAX_ITERS.max(plan.iters.unwrap_or(0)) {
         return Err(format!("peer asks for {iters} iterations"));
     }
+    let cpu = process_cpu();
     for _ in 0..iters {
         recv_iter(ep, timeout)?;
     }
+    let cpu = (process_cpu() - cpu) / iters as u32;
     let s = ctrl_recv(ep)?;
     expect(&s, STATS_MAGIC, "statistics")?;
+    // The sender timed the iterations: its statistics, this side's CPU time.
     let row = Row {
         bytes: size,
         iters,
         p50: Duration::from_nanos(s[1]),
+        p90: Duration::from_nanos(s[4]),
         p99: Duration::from_nanos(s[2]),
+        p999: Duration::from_nanos(s[5]),
         total: Duration::from_nanos(s[3]),
+        samples: Vec::new(),
+        cpu: Some(cpu),
     };
     if plan.verify {
         let n = size as usize;
@@ -1771,6 +1903,15 @@ mod tests {
         .unwrap();
         assert_eq!(o.sizes, vec![64 << 10, 1 << 20]);
         assert_eq!((o.iters, o.chunk, o.verify), (Some(3), Some(1 << 20), true));
+        assert!(!o.tail);
+        let o = parse(&args(&["--loopback", "--tail"])).unwrap();
+        assert_eq!(
+            o.count(),
+            Count {
+                fixed: None,
+                tail: true
+            }
+        );
         let o = parse(&args(&["--connect", "h:1", "--reverse"])).unwrap();
         assert_eq!((o.mode, o.sizes.len()), (Mode::Connect("h:1".into()), 7));
         assert_eq!((o.mem, o.gpu), ((MemKind::Host, MemKind::Host), (0, 0)));
@@ -1807,18 +1948,22 @@ mod tests {
 
     #[test]
     fn percentiles_are_nearest_rank() {
-        let mut t: Vec<Duration> = (1..=100).rev().map(Duration::from_micros).collect();
-        let r = Row::from_times(1000, &mut t);
+        let t: Vec<Duration> = (1..=100).rev().map(Duration::from_micros).collect();
+        let r = Row::from_times(1000, &t);
+        let us = Duration::from_micros;
         assert_eq!(
-            (r.p50, r.p99),
-            (Duration::from_micros(50), Duration::from_micros(99))
+            (r.p50, r.p90, r.p99, r.p999),
+            (us(50), us(90), us(99), us(100))
         );
-        assert_eq!(r.total, Duration::from_micros(5050));
-        let mut one = [Duration::from_micros(7)];
-        let r = Row::from_times(1, &mut one);
+        assert_eq!(r.total, us(5050));
+        assert_eq!(r.samples, t, "raw samples stay in measurement order");
+        let t: Vec<Duration> = (1..=2000).map(Duration::from_micros).collect();
+        let r = Row::from_times(1, &t);
+        assert_eq!((r.p50, r.p99, r.p999), (us(1000), us(1980), us(1998)));
+        let r = Row::from_times(1, &[us(7)]).with_cpu(us(3));
         assert_eq!(
-            (r.p50, r.p99),
-            (Duration::from_micros(7), Duration::from_micros(7))
+            (r.p50, r.p90, r.p99, r.p999, r.cpu),
+            (us(7), us(7), us(7), us(7), Some(us(3)))
         );
     }
 
@@ -1840,6 +1985,7 @@ mod tests {
             verify: false,
             segments: 3,
             iters: None,
+            tail: true,
             chunk: 1 << 19,
             sizes: DEFAULT_SIZES.to_vec(),
         };
@@ -1865,12 +2011,24 @@ mod tests {
         assert_eq!(size_label(4096), "4 KiB");
         assert_eq!(size_label(256 << 20), "256 MiB");
         assert_eq!(size_label(1000), "1000 B");
-        assert_eq!(warmups(4096, None), 200);
-        assert_eq!(warmups(256 << 20, None), 2);
+        let c = |fixed, tail| Count { fixed, tail };
+        assert_eq!(c(None, false).warmups(4096), 200);
+        assert_eq!(c(None, false).warmups(256 << 20), 2);
         let warm = [Duration::from_millis(1); 4];
-        assert_eq!(adaptive_iters(&warm, None), 750);
-        assert_eq!(adaptive_iters(&[Duration::from_secs(1)], None), MIN_ITERS);
-        assert_eq!(adaptive_iters(&[Duration::from_nanos(1)], None), MAX_ITERS);
-        assert_eq!(adaptive_iters(&warm, Some(3)), 3);
+        let slow = [Duration::from_secs(1)];
+        assert_eq!(c(None, false).iters(4096, &warm), 750);
+        assert_eq!(c(None, false).iters(4096, &slow), MIN_ITERS);
+        assert_eq!(
+            c(None, false).iters(4096, &[Duration::from_nanos(1)]),
+            MAX_ITERS
+        );
+        assert_eq!(c(Some(3), false).iters(4096, &warm), 3);
+        assert_eq!(c(Some(3), true).iters(4096, &warm), 3, "--iters wins");
+        assert_eq!(c(None, true).iters(1 << 20, &slow), TAIL_ITERS);
+        assert_eq!(c(None, true).iters(4 << 20, &slow), TAIL_ITERS_LARGE);
+        assert_eq!(
+            c(None, true).iters(4096, &[Duration::from_nanos(1)]),
+            MAX_ITERS
+        );
     }
 }
