@@ -6,6 +6,7 @@
 pub mod args;
 pub mod bench;
 pub mod json;
+pub mod nixl;
 pub mod probe;
 pub mod stream;
 
@@ -46,6 +47,14 @@ commands:
          [--plugin PATH] [--device N] [--baseline] [--json]
         messages through the plugin API alone (no engine) on loopback, a full
         window each side; --baseline adds iperf3 -P <nsocks> and the ratio
+  nixl install [--python PY] [--plugin PATH] | uninstall [--python PY]
+       | status [--python PY] [--plugin PATH]
+        put libplugin_TCPX.so next to NIXL's own plugins in every NIXL wheel
+        (nixl-cu12, nixl-cu13) of PY's environment (default python3), so
+        backends=[\"TCPX\"] works with no NIXL_PLUGIN_DIR; uninstall removes what
+        install put there; status: versions, folders, what `import nixl` picks,
+        whether TCPX loads, the TCPX_* environment
+        (default plugin: ../plugins/libplugin_TCPX.so beside this binary)
   help  show this text
 
 environment: TCPX_LOG=error|warn|info|debug|trace (default warn)
@@ -56,7 +65,7 @@ pub fn run(args: &[String]) -> i32 {
     // `tcpx <command> --help`: this text, which covers every command.
     let command = matches!(
         args.first().map(String::as_str),
-        Some("probe" | "bench" | "stream")
+        Some("probe" | "bench" | "stream" | "nixl")
     );
     if command && args[1..].iter().any(|a| a == "--help" || a == "-h") {
         print!("{USAGE}");
@@ -66,6 +75,7 @@ pub fn run(args: &[String]) -> i32 {
         Some("probe") => probe::main(&args[1..]),
         Some("bench") => bench::main(&args[1..]),
         Some("stream") => stream::main(&args[1..]),
+        Some("nixl") => nixl::main(&args[1..]),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
             0
