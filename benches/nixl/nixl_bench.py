@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Two-process NIXL benchmark: the same workload through our TCPX backend and NIXL's UCX
-backend (UCX_TLS=tcp), side by side.
+"""Two-process NIXL benchmark: the same workload through our TCPX backend, NIXL's UCX backend
+(UCX_TLS=tcp) and, with --peer, Mooncake Transfer Engine's TCP transport and a plain TCP
+ping-pong, side by side.
 
 For each backend a *target* process (this file, `--role target`) creates an agent with
 NIXL's metadata listener and registers one buffer (`--mem DRAM`, or `VRAM` on GPU 0: UCX then
@@ -9,9 +10,26 @@ fetches its metadata through the listener, then for every (op, batch, size) prep
 transfer of `batch` descriptors of `size` bytes each and reposts it `iters` times, one at a
 time, polling `check_xfer_state` until DONE. Like nixlbench, every transfer carries a
 notification (the target drains them). Reported per point: throughput (bytes moved / time
-spent in transfers) and p50/p99 latency of one transfer (post to DONE), and the TCPX/UCX
-ratios. READ data is checked once per point (the first byte range against the target's
-pattern), so a backend that moves nothing cannot look fast.
+spent in transfers), the latency distribution of one transfer (post to DONE: p50, p90, p99,
+p99.9, every sample kept in --json), CPU time per transfer of both processes, the load
+average, and TCPX's ratios to each other backend. Every point's data is checked once: a READ
+brings the target's pattern into a zeroed local buffer, a WRITE rewrites a target buffer the
+target zeroed, and the target compares.
+
+Peers beside UCX (`--peer mooncake,tcp`, or name them in --backends):
+- MOONCAKE: Mooncake Transfer Engine (`mooncake-transfer-engine-non-cuda` from PyPI; its
+  engine needs Debian's libibverbs1 even for TCP) with protocol "tcp" and P2P handshake, one
+  engine per process; batch 1 is `transfer_sync` with a notification (as NIXL's), a batch is
+  `batch_transfer_sync_{write,read}` (Mooncake has no notification for those). DRAM only.
+- TCP: a plain TCP ping-pong between the two processes (TCP_NODELAY, blocking sockets, from
+  Python like every other peer): WRITE sends a 9-byte header and the data, the target answers
+  one byte; READ sends the header, the target answers the data. The machine's own floor and
+  its scheduling noise (p99/p50) under the same harness.
+
+`--rounds N` repeats every backend N times, interleaved (TCPX, UCX, ..., TCPX, UCX, ...),
+each round with fresh processes; the table shows the median of the rounds and the spread of
+GB/s around it. `--tail` takes 10,000 iterations per point up to 1 MiB (p99.9 needs at least
+1,000 samples to be more than the maximum).
 
 Usually run through scripts/bench-nixl.sh, which builds the release plugin. Directly:
 
@@ -20,6 +38,8 @@ Usually run through scripts/bench-nixl.sh, which builds the release plugin. Dire
 
     .venv/bin/python benches/nixl/nixl_bench.py --tcpx-plugin target/plugins/libplugin_TCPX.so \
         --sizes 4K,1M --batches 1,16 --json out.json
+    .venv/bin/python benches/nixl/nixl_bench.py --sizes 4K,64K,1M --batches 1 --ops WRITE,READ \
+        --peer mooncake,tcp --tail --rounds 4 --json tail.json
 """
 
 import argparse
@@ -29,6 +49,7 @@ import pathlib
 import queue
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -39,6 +60,13 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "nixl"))  # cuda_mem: device memory without torch
 NOTIF = b"nixl-bench"
 BOUND_S = 300  # any single wait (metadata, one transfer, a reply) fails past this
+NIXL_BACKENDS = ("TCPX", "UCX")
+PEERS = {"ucx": "UCX", "mooncake": "MOONCAKE", "tcp": "TCP"}
+TAIL_ITERS = 10_000  # --tail: iterations per point up to TAIL_MAX_BYTES
+TAIL_MAX_BYTES = 1 << 20
+# Percentiles reported per point, as (JSON key suffix, percent).
+PERCENTILES = (("p50", 50), ("p90", 90), ("p99", 99), ("p999", 99.9))
+MOONCAKE_PIP = "mooncake-transfer-engine-non-cuda"
 
 
 def parse_size(s):
@@ -68,12 +96,53 @@ def pattern(n, seed):
     return np.resize(period, n)
 
 
+def percentile(sorted_samples, p):
+    """Nearest-rank percentile of sorted samples (the same rule as `tcpx bench`): the
+    smallest sample with at least p % of the samples at or below it."""
+    n = len(sorted_samples)
+    if n == 0:
+        return float("nan")
+    permille = round(p * 10)  # integer arithmetic: ceil(p/100 * n) without float error
+    rank = max(1, -(-permille * n // 1000))
+    return sorted_samples[min(rank, n) - 1]
+
+
+def summarize(samples_s):
+    """The distribution of one point's latencies (seconds in, µs out)."""
+    s = sorted(samples_s)
+    out = {f"{k}_us": percentile(s, p) * 1e6 for k, p in PERCENTILES}
+    out["mean_us"] = statistics.fmean(s) * 1e6 if s else float("nan")
+    out["max_us"] = s[-1] * 1e6 if s else float("nan")
+    return out
+
+
+def mooncake_engine():
+    """Mooncake's TransferEngine class, or SystemExit saying what to install."""
+    os.environ.setdefault("GLOG_minloglevel", "1")  # its INFO lines would bury ours
+    try:
+        from mooncake.engine import TransferEngine  # noqa: F401
+    except ImportError as e:
+        why = str(e)
+        hint = (
+            f"install it into this interpreter: {sys.executable} -m pip install --no-deps "
+            f"{MOONCAKE_PIP}; its engine also needs Debian's libibverbs1, even for TCP "
+            "(apt-get install libibverbs1)"
+        )
+        if "libibverbs" in why:
+            hint = "apt-get install libibverbs1 (Mooncake's engine links it even for TCP)"
+        raise SystemExit(
+            f"--peer mooncake: Mooncake Transfer Engine ({MOONCAKE_PIP}) cannot be imported "
+            f"({why}); {hint}"
+        ) from None
+    return TransferEngine
+
+
 class Buffer:
     """The bench's memory: a numpy array (DRAM) or device memory on GPU 0 (VRAM), holding
     pattern(n, seed)."""
 
     def __init__(self, mem, n, seed):
-        self.mem, self.n = mem, n
+        self.mem, self.n, self.seed = mem, n, seed
         host = pattern(n, seed)
         if mem == "VRAM":
             from cuda_mem import DeviceBuffer, gpu_reason
@@ -101,6 +170,13 @@ class Buffer:
             self.dev.write(bytes(k))  # writes the first k bytes only
         else:
             self.host[:k] = 0
+
+    def check_head(self, k):
+        """None when the first k bytes hold the pattern, else the first wrong offset."""
+        import numpy as np
+
+        bad = np.flatnonzero(self.head(k) != pattern(k, self.seed))
+        return int(bad[0]) if bad.size else None
 
     def free(self):
         if self.mem == "VRAM":
@@ -139,37 +215,100 @@ def make_agent(name, port, backend, params):
 # --------------------------------------------------------------------------------- target
 
 
+def recv_exact(sock, view):
+    got = 0
+    while got < len(view):
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            raise ConnectionError("peer closed")
+        got += n
+
+
+def tcp_serve(listener, buf):
+    """The TCP peer's target side: one connection, `W len` + data -> 1 byte, `R len` -> data."""
+    conn, _ = listener.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    view = memoryview(buf.host).cast("B")
+    head = bytearray(9)
+    try:
+        while True:
+            recv_exact(conn, memoryview(head))
+            op, n = head[0:1], struct.unpack("<Q", head[1:])[0]
+            if op == b"W":
+                recv_exact(conn, view[:n])
+                conn.sendall(b"\x01")
+            else:
+                conn.sendall(view[:n])
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        conn.close()
+
+
 def run_target(args):
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # NIXL's own prints must not mix with our replies
-    agent = make_agent(args.name, args.port, args.backend, json.loads(args.params))
-    buf = Buffer(args.mem, args.bytes, 5)
-    reg = agent.register_memory([(buf.addr, buf.n, 0, "")], args.mem)
-    quit_ = threading.Event()
+    out_lock = threading.Lock()
 
+    def reply(obj):
+        with out_lock:
+            out.write(json.dumps(obj) + "\n")
+
+    buf = Buffer(args.mem, args.bytes, 5)
+    agent = engine = reg = None
+    hello = {"addr": buf.addr, "len": buf.n}
+    if args.backend in NIXL_BACKENDS:
+        agent = make_agent(args.name, args.port, args.backend, json.loads(args.params))
+        reg = agent.register_memory([(buf.addr, buf.n, 0, "")], args.mem)
+        drain = lambda: sum(len(v) for v in agent.get_new_notifs().values())  # noqa: E731
+    elif args.backend == "MOONCAKE":
+        engine = mooncake_engine()()
+        if engine.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") != 0:
+            raise SystemExit("Mooncake: initialize failed")
+        if engine.register_memory(buf.addr, buf.n) != 0:
+            raise SystemExit("Mooncake: register_memory failed")
+        hello["rpc_port"] = engine.get_rpc_port()
+        drain = lambda: len(engine.get_notifies())  # noqa: E731
+    else:  # TCP
+        listener = socket.create_server(("127.0.0.1", 0))
+        hello["tcp_port"] = listener.getsockname()[1]
+        threading.Thread(target=tcp_serve, args=(listener, buf), daemon=True).start()
+        drain = lambda: 0  # noqa: E731
+    quit_ = threading.Event()
     expected = [None]
 
     def stdin_watch():
+        # Commands from the initiator, between timed iterations only.
         for line in sys.stdin:
-            if line.startswith("quit"):
-                expected[0] = int(line.split()[1])
+            cmd = line.split()
+            if not cmd:
+                continue
+            if cmd[0] == "quit":
+                expected[0] = int(cmd[1])
                 break
+            if cmd[0] == "zero":
+                buf.zero_head(int(cmd[1]))
+                reply({"ok": True})
+            elif cmd[0] == "check":
+                reply({"first_bad": buf.check_head(int(cmd[1]))})
+            elif cmd[0] == "cpu":
+                reply({"cpu_s": time.process_time()})
         quit_.set()  # "quit N" or the initiator died (EOF)
 
     threading.Thread(target=stdin_watch, daemon=True).start()
-    out.write(json.dumps({"addr": buf.addr, "len": buf.n}) + "\n")
+    reply(hello)
     notifs = 0
     while not quit_.is_set():
-        got = agent.get_new_notifs()
-        notifs += sum(len(v) for v in got.values())
+        notifs += drain()
         time.sleep(0.0005)
     # A READ's notification leaves the initiator after its DONE: wait (bounded) for the rest.
     deadline = time.monotonic() + 10
     while expected[0] is not None and notifs < expected[0] and time.monotonic() < deadline:
-        notifs += sum(len(v) for v in agent.get_new_notifs().values())
+        notifs += drain()
         time.sleep(0.001)
-    out.write(json.dumps({"notifs": notifs}) + "\n")
-    agent.deregister_memory(reg)
+    reply({"notifs": notifs})
+    if agent is not None:
+        agent.deregister_memory(reg)
     buf.free()
 
 
@@ -206,6 +345,11 @@ class Target:
             raise SystemExit(f"{self.name} exited (rc {self.proc.wait()})")
         return json.loads(line)
 
+    def ask(self, *cmd):
+        self.proc.stdin.write(" ".join(str(c) for c in cmd) + "\n")
+        self.proc.stdin.flush()
+        return self.reply()
+
     def close(self, expected=0):
         notifs = None
         if self.proc.poll() is None:
@@ -223,89 +367,232 @@ class Target:
 def iterations(args, nbytes):
     if args.iters:
         return args.iters
+    if args.tail and nbytes <= TAIL_MAX_BYTES:
+        return TAIL_ITERS
     return max(args.min_iters, min(args.max_iters, args.budget // nbytes))
 
 
-def bench_backend(args, backend, env):
-    import numpy as np
+class NixlDriver:
+    """Initiator side through a NIXL agent (TCPX or UCX)."""
 
-    max_bytes = max(args.sizes) * max(args.batches)
-    target = Target(args, backend, max_bytes, env)
-    results = []
-    try:
-        agent = make_agent(
+    notifies = True
+
+    def __init__(self, args, backend, target, local):
+        self.backend = backend
+        self.agent = make_agent(
             f"bench-init-{backend.lower()}", free_port(), backend, backend_params(args, backend)
         )
-        # Both sides hold the same pattern, so WRITEs (same offsets) leave the target's bytes
-        # as they were and every READ can be checked against it.
-        expect = pattern(max_bytes, 5)
-        local = Buffer(args.mem, max_bytes, 5)
-        reg = agent.register_memory([(local.addr, local.n, 0, "")], args.mem)
-        agent.fetch_remote_metadata(target.name, "127.0.0.1", target.port)
+        self.reg = self.agent.register_memory([(local.addr, local.n, 0, "")], args.mem)
+        self.target, self.mem, self.local = target, args.mem, local
+        self.agent.fetch_remote_metadata(target.name, "127.0.0.1", target.port)
         deadline = time.monotonic() + BOUND_S
-        while not agent.check_remote_metadata(target.name):
+        while not self.agent.check_remote_metadata(target.name):
             if time.monotonic() > deadline:
                 raise SystemExit(f"{backend}: target metadata never arrived")
             time.sleep(0.005)
-        agent.send_local_metadata("127.0.0.1", target.port)
+        self.agent.send_local_metadata("127.0.0.1", target.port)
+
+    def prepare(self, op, batch, size):
+        a = self.agent
+        ldesc = a.get_xfer_descs(
+            [(self.local.addr + i * size, size, 0) for i in range(batch)], self.mem
+        )
+        rdesc = a.get_xfer_descs(
+            [(self.target.buf["addr"] + i * size, size, 0) for i in range(batch)], self.mem
+        )
+        self.h = a.initialize_xfer(op, ldesc, rdesc, self.target.name, NOTIF)
+        self.what = f"{self.backend} {op} {size}x{batch}"
+
+    def once(self):
+        """One transfer, post to DONE; returns its start and end (perf_counter)."""
+        a, h = self.agent, self.h
+        t0 = time.perf_counter()
+        state = a.transfer(h)
+        while state == "PROC":
+            state = a.check_xfer_state(h)
+            if time.perf_counter() - t0 > BOUND_S:
+                raise SystemExit(f"{self.what}: stuck")
+        t1 = time.perf_counter()
+        if state != "DONE":
+            raise SystemExit(f"{self.what}: {state}")
+        return t0, t1
+
+    def finish(self):
+        self.agent.release_xfer_handle(self.h)
+
+    def close(self):
+        self.agent.remove_remote_agent(self.target.name)
+        self.agent.deregister_memory(self.reg)
+        del self.agent
+
+
+class MooncakeDriver:
+    """Initiator side through Mooncake Transfer Engine's TCP transport."""
+
+    notifies = True  # batch 1 only; see `prepare`
+
+    def __init__(self, args, backend, target, local):
+        if args.mem != "DRAM":
+            raise SystemExit("--peer mooncake: DRAM only (the non-CUDA engine)")
+        TransferEngine = mooncake_engine()
+        self.engine = TransferEngine()
+        if self.engine.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") != 0:
+            raise SystemExit("Mooncake: initialize failed")
+        if self.engine.register_memory(local.addr, local.n) != 0:
+            raise SystemExit("Mooncake: register_memory failed")
+        self.peer = f"127.0.0.1:{target.buf['rpc_port']}"
+        self.target, self.local = target, local
+
+    def prepare(self, op, batch, size):
+        from mooncake.engine import TransferNotify, TransferOpcode
+
+        e, peer = self.engine, self.peer
+        laddr, raddr = self.local.addr, self.target.buf["addr"]
+        self.what = f"MOONCAKE {op} {size}x{batch}"
+        self.notifies = batch == 1
+        if batch == 1:
+            opcode = TransferOpcode.Write if op == "WRITE" else TransferOpcode.Read
+            notify = TransferNotify("bench-init-mooncake", NOTIF.decode())
+            self.call = lambda: e.transfer_sync(peer, laddr, raddr, size, opcode, notify)
+        else:
+            ls = [laddr + i * size for i in range(batch)]
+            rs = [raddr + i * size for i in range(batch)]
+            ns = [size] * batch
+            fn = e.batch_transfer_sync_write if op == "WRITE" else e.batch_transfer_sync_read
+            self.call = lambda: fn(peer, ls, rs, ns)
+
+    def once(self):
+        t0 = time.perf_counter()
+        rc = self.call()
+        t1 = time.perf_counter()
+        if rc != 0:
+            raise SystemExit(f"{self.what}: Mooncake returned {rc}")
+        return t0, t1
+
+    def finish(self):
+        pass
+
+    def close(self):
+        self.engine.unregister_memory(self.local.addr)
+
+
+class TcpDriver:
+    """Initiator side of the plain TCP ping-pong."""
+
+    notifies = False
+
+    def __init__(self, args, backend, target, local):
+        if args.mem != "DRAM":
+            raise SystemExit("--peer tcp: DRAM only")
+        self.sock = socket.create_connection(("127.0.0.1", target.buf["tcp_port"]))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.view = memoryview(local.host).cast("B")
+        self.one = memoryview(bytearray(1))
+
+    def prepare(self, op, batch, size):
+        n = size * batch
+        s, view, one = self.sock, self.view, self.one
+        if op == "WRITE":
+            head = b"W" + struct.pack("<Q", n)
+
+            def call():
+                s.sendall(head)
+                s.sendall(view[:n])
+                recv_exact(s, one)
+        else:
+            head = b"R" + struct.pack("<Q", n)
+
+            def call():
+                s.sendall(head)
+                recv_exact(s, view[:n])
+        self.call = call
+
+    def once(self):
+        t0 = time.perf_counter()
+        self.call()
+        return t0, time.perf_counter()
+
+    def finish(self):
+        pass
+
+    def close(self):
+        self.sock.close()
+
+
+DRIVERS = {"TCPX": NixlDriver, "UCX": NixlDriver, "MOONCAKE": MooncakeDriver, "TCP": TcpDriver}
+
+
+def bench_backend(args, backend, env, round_=0):
+    max_bytes = max(args.sizes) * max(args.batches)
+    target = Target(args, backend, max_bytes, env)
+    results = []
+    notif_expected = 0
+    try:
+        # Both sides hold the same pattern, so every READ can be checked against it, and a
+        # WRITE into a target buffer the target zeroed must bring the pattern back.
+        local = Buffer(args.mem, max_bytes, 5)
+        driver = DRIVERS[backend](args, backend, target, local)
         for op in args.ops:
             for batch in args.batches:
                 for size in args.sizes:
-                    ldesc = agent.get_xfer_descs(
-                        [(local.addr + i * size, size, 0) for i in range(batch)], args.mem
-                    )
-                    rdesc = agent.get_xfer_descs(
-                        [(target.buf["addr"] + i * size, size, 0) for i in range(batch)],
-                        args.mem,
-                    )
-                    h = agent.initialize_xfer(op, ldesc, rdesc, target.name, NOTIF)
-                    n = iterations(args, size * batch)
-                    lat = []
+                    nbytes = size * batch
+                    driver.prepare(op, batch, size)
+                    n = iterations(args, nbytes)
+                    # The first transfer must bring the whole range back.
                     if op == "READ":
-                        local.zero_head(size)  # the first READ must bring it back
-                    for it in range(args.warmup + n):
-                        t0 = time.perf_counter()
-                        state = agent.transfer(h)
-                        while state == "PROC":
-                            state = agent.check_xfer_state(h)
-                            if time.perf_counter() - t0 > BOUND_S:
-                                raise SystemExit(f"{backend} {op} {size}x{batch}: stuck")
-                        t1 = time.perf_counter()
-                        if state != "DONE":
-                            raise SystemExit(f"{backend} {op} {size}x{batch}: {state}")
-                        if it == 0 and op == "READ":
-                            if not np.array_equal(local.head(size), expect[:size]):
-                                raise SystemExit(f"{backend} READ {size}: wrong data")
-                        if it >= args.warmup:
-                            lat.append(t1 - t0)
-                    agent.release_xfer_handle(h)
-                    lat.sort()
-                    total = size * batch * len(lat)
+                        local.zero_head(nbytes)
+                    else:
+                        target.ask("zero", nbytes)
+                    driver.once()
+                    if op == "READ":
+                        bad = local.check_head(nbytes)
+                    else:
+                        bad = target.ask("check", nbytes)["first_bad"]
+                    if bad is not None:
+                        raise SystemExit(f"{backend} {op} {size}x{batch}: wrong data at "
+                                         f"byte {bad}")
+                    for _ in range(args.warmup - 1):
+                        driver.once()
+                    notif_expected += max(1, args.warmup) * driver.notifies
+                    load0 = os.getloadavg()
+                    cpu_t0, cpu_i0 = target.ask("cpu")["cpu_s"], time.process_time()
+                    samples = [0.0] * n
+                    for it in range(n):
+                        t0, t1 = driver.once()
+                        samples[it] = t1 - t0
+                    cpu_i1, cpu_t1 = time.process_time(), target.ask("cpu")["cpu_s"]
+                    load1 = os.getloadavg()
+                    notif_expected += n * driver.notifies
+                    driver.finish()
                     r = {
                         "backend": backend, "mem": args.mem, "op": op, "batch": batch,
-                        "size": size,
-                        "iters": len(lat),
-                        "gbps": total / sum(lat) / 1e9,
-                        "p50_us": lat[len(lat) // 2] * 1e6,
-                        "p99_us": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6,
-                        "mean_us": statistics.fmean(lat) * 1e6,
+                        "size": size, "round": round_,
+                        "iters": n,
+                        "gbps": nbytes * n / sum(samples) / 1e9,
+                        **summarize(samples),
+                        "cpu_us_initiator": (cpu_i1 - cpu_i0) / n * 1e6,
+                        "cpu_us_target": (cpu_t1 - cpu_t0) / n * 1e6,
+                        "loadavg_before": list(load0),
+                        "loadavg_after": list(load1),
+                        "notified": bool(driver.notifies),
+                        "samples_us": [round(s * 1e6, 2) for s in samples],
                     }
                     results.append(r)
                     print(
-                        f"  {backend:5} {op:5} batch {batch:2} {fmt_size(size):>4}: "
-                        f"{r['gbps']:7.3f} GB/s  p50 {r['p50_us']:10.1f} us  "
-                        f"p99 {r['p99_us']:10.1f} us  ({r['iters']} iters)",
+                        f"  {backend:8} {op:5} batch {batch:2} {fmt_size(size):>4}: "
+                        f"{r['gbps']:7.3f} GB/s  p50 {r['p50_us']:8.1f}  p90 {r['p90_us']:8.1f}"
+                        f"  p99 {r['p99_us']:8.1f}  p99.9 {r['p999_us']:8.1f} us  "
+                        f"cpu {r['cpu_us_initiator'] + r['cpu_us_target']:6.1f} us/xfer  "
+                        f"({n} iters, load {load1[0]:.2f})",
                         file=sys.stderr, flush=True,
                     )
-        agent.remove_remote_agent(target.name)
-        agent.deregister_memory(reg)
-        del agent
+        driver.close()
+        del driver
         local.free()
     finally:
-        expected = sum(args.warmup + r["iters"] for r in results)
-        notifs = target.close(expected)
-    print(f"  {backend}: target saw {notifs} of {expected} notifications", file=sys.stderr)
-    return results, {"notifs_received": notifs, "notifs_sent": expected}
+        notifs = target.close(notif_expected)
+    print(f"  {backend}: target saw {notifs} of {notif_expected} notifications", file=sys.stderr)
+    return results, {"notifs_received": notifs, "notifs_sent": notif_expected}
 
 
 def gpu_present():
@@ -345,39 +632,95 @@ def plugin_env(tcpx_plugin, mem):
     return env
 
 
+def combine(results):
+    """One row per (backend, op, batch, size): the median over rounds of each statistic,
+    and the spread of GB/s around its median (max |x / median - 1|)."""
+    groups = {}
+    for r in results:
+        groups.setdefault((r["backend"], r["op"], r["batch"], r["size"]), []).append(r)
+    rows = {}
+    for key, rs in groups.items():
+        row = {k: statistics.median(r[k] for r in rs)
+               for k in ("gbps", "p50_us", "p90_us", "p99_us", "p999_us",
+                         "cpu_us_initiator", "cpu_us_target")}
+        row["rounds"] = len(rs)
+        row["iters"] = rs[0]["iters"]
+        row["gbps_spread"] = max(abs(r["gbps"] / row["gbps"] - 1) for r in rs)
+        row["load1"] = max(r["loadavg_after"][0] for r in rs)
+        rows[key] = row
+    return rows
+
+
 def table(results, backends):
-    key = lambda r: (r["op"], r["batch"], r["size"])  # noqa: E731
-    by = {(r["backend"],) + key(r): r for r in results}
-    points = sorted({key(r) for r in results}, key=lambda k: (k[0] != "WRITE", k[1], k[2]))
-    two = backends == ["TCPX", "UCX"]
-    head = f"| op | batch | size | " + " | ".join(
-        f"{b} GB/s | {b} p50 us | {b} p99 us" for b in backends
-    )
-    head += " | GB/s TCPX/UCX | p50 TCPX/UCX |" if two else " |"
+    rows = combine(results)
+    rounds = max((r["rounds"] for r in rows.values()), default=1)
+    points = sorted({k[1:] for k in rows}, key=lambda k: (k[0] != "WRITE", k[1], k[2]))
+    head = ("| op | batch | size | backend | GB/s | " + ("GB/s ± | " if rounds > 1 else "")
+            + "p50 us | p90 us | p99 us | p99.9 us | p99/p50 | cpu us/xfer | load |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for op, batch, size in points:
-        cells = [op, str(batch), fmt_size(size)]
         for b in backends:
-            r = by.get((b, op, batch, size))
-            cells += [f"{r['gbps']:.3f}", f"{r['p50_us']:.0f}", f"{r['p99_us']:.0f}"] if r else ["-"] * 3
-        if two:
-            t, u = by.get(("TCPX", op, batch, size)), by.get(("UCX", op, batch, size))
-            cells += (
-                [f"{t['gbps'] / u['gbps']:.2f}", f"{t['p50_us'] / u['p50_us']:.2f}"]
-                if t and u else ["-", "-"]
-            )
-        lines.append("| " + " | ".join(cells) + " |")
+            r = rows.get((b, op, batch, size))
+            if r is None:
+                continue
+            cells = [op, str(batch), fmt_size(size), b, f"{r['gbps']:.3f}"]
+            if rounds > 1:
+                cells.append(f"{r['gbps_spread'] * 100:.0f} %")
+            cells += [f"{r['p50_us']:.0f}", f"{r['p90_us']:.0f}", f"{r['p99_us']:.0f}",
+                      f"{r['p999_us']:.0f}", f"{r['p99_us'] / r['p50_us']:.1f}",
+                      f"{r['cpu_us_initiator'] + r['cpu_us_target']:.1f}",
+                      f"{r['load1']:.2f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    others = [b for b in backends if b != "TCPX"]
+    if "TCPX" in backends and others:
+        head = "| op | batch | size | " + " | ".join(
+            f"vs {b}: GB/s | p50 | p99" for b in others) + " |"
+        lines += ["", "TCPX / peer (GB/s: higher is better; latency: lower is better)", "",
+                  head, "|" + "---|" * (head.count("|") - 1)]
+        for op, batch, size in points:
+            t = rows.get(("TCPX", op, batch, size))
+            if t is None:
+                continue
+            cells = [op, str(batch), fmt_size(size)]
+            for b in others:
+                u = rows.get((b, op, batch, size))
+                cells += ([f"{t['gbps'] / u['gbps']:.2f}", f"{t['p50_us'] / u['p50_us']:.2f}",
+                           f"{t['p99_us'] / u['p99_us']:.2f}"] if u else ["-"] * 3)
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def parse_backends(args):
+    """--backends plus --peer, upper-cased, in order, once each; a bad name is an error."""
+    names = [b.strip().upper() for b in args.backends.split(",") if b.strip()]
+    for p in (p.strip().lower() for p in (args.peer or "").split(",") if p.strip()):
+        if p not in PEERS:
+            raise SystemExit(f"--peer {p!r}: expected one of {', '.join(PEERS)}")
+        names.append(PEERS[p])
+    out = []
+    for n in names:
+        if n not in DRIVERS:
+            raise SystemExit(f"--backends: unknown backend {n!r} (TCPX, UCX, MOONCAKE, TCP)")
+        if n not in out:
+            out.append(n)
+    return out
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--role", choices=["initiator", "target"], default="initiator")
-    p.add_argument("--backends", default="TCPX,UCX")
+    p.add_argument("--backends", default="TCPX,UCX",
+                   help="comma list of TCPX, UCX, MOONCAKE, TCP")
+    p.add_argument("--peer", help="peers to add beside --backends: ucx, mooncake, tcp (comma list)")
     p.add_argument("--ops", default="WRITE,READ")
     p.add_argument("--sizes", default="4K,64K,1M,4M,16M,64M")
     p.add_argument("--batches", default="1,16")
     p.add_argument("--iters", type=int, default=0, help="fixed iterations per point (0: auto)")
+    p.add_argument("--tail", action="store_true",
+                   help=f"{TAIL_ITERS} iterations per point up to {fmt_size(TAIL_MAX_BYTES)} "
+                   "(unless --iters), so p99.9 has 10 samples beyond it")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat every backend this many times, interleaved, fresh processes")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--budget", type=parse_size, default=parse_size("2G"),
                    help="auto iterations: about this many bytes per point")
@@ -394,7 +737,7 @@ def main():
     p.add_argument("--tcpx-plugin", default=str(REPO / "target" / "plugins" / "libplugin_TCPX.so"))
     p.add_argument("--mem", choices=["DRAM", "VRAM"], default="DRAM",
                    help="both sides' buffers: host memory, or device memory on GPU 0")
-    p.add_argument("--json", help="write the results here")
+    p.add_argument("--json", help="write the results here (every latency sample included)")
     # target-only
     p.add_argument("--backend")
     p.add_argument("--name")
@@ -405,10 +748,18 @@ def main():
     if args.role == "target":
         return run_target(args)
 
-    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    args.backends = parse_backends(args)
     args.ops = [o.strip().upper() for o in args.ops.split(",")]
     args.sizes = [parse_size(s) for s in args.sizes.split(",")]
     args.batches = [int(b) for b in args.batches.split(",")]
+    if args.rounds < 1:
+        raise SystemExit("--rounds: at least 1")
+    if "MOONCAKE" in args.backends:
+        mooncake_engine()  # before anything runs: say what is missing at once
+        if args.mem != "DRAM":
+            raise SystemExit("--peer mooncake: DRAM only (the non-CUDA engine)")
+    if "TCP" in args.backends and args.mem != "DRAM":
+        raise SystemExit("--peer tcp: DRAM only")
     if not pathlib.Path(args.tcpx_plugin).is_file() and "TCPX" in args.backends:
         raise SystemExit(f"no TCPX plugin at {args.tcpx_plugin}: build it (scripts/bench-nixl.sh)")
 
@@ -420,11 +771,13 @@ def main():
 
     results, notifs = [], {}
     try:
-        for b in args.backends:
-            print(f"== {b}", file=sys.stderr, flush=True)
-            r, n = bench_backend(args, b, env)
-            results += r
-            notifs[b] = n
+        for rnd in range(args.rounds):
+            for b in args.backends:
+                print(f"== {b}" + (f" (round {rnd + 1}/{args.rounds})" if args.rounds > 1
+                                    else ""), file=sys.stderr, flush=True)
+                r, n = bench_backend(args, b, env, rnd)
+                results += r
+                notifs.setdefault(b, []).append(n)
     finally:
         for f in pdir.iterdir():
             f.unlink()
@@ -436,16 +789,21 @@ def main():
             "config": {
                 "backends": args.backends, "ops": args.ops, "sizes": args.sizes,
                 "batches": args.batches, "warmup": args.warmup, "channels": args.channels,
-                "mem": args.mem,
+                "mem": args.mem, "rounds": args.rounds, "tail": args.tail,
                 "chunk_bytes": args.chunk_bytes, "window": args.window,
                 "inline_read_bytes": args.inline_read_bytes,
                 "inline_write_bytes": args.inline_write_bytes,
                 "UCX_TLS": env["UCX_TLS"], "cpus": os.cpu_count(),
+                "percentile": "nearest rank", "latency": "post to DONE, one transfer",
             },
             "notifications": notifs,
+            "summary": [
+                {"backend": k[0], "op": k[1], "batch": k[2], "size": k[3], **v}
+                for k, v in combine(results).items()
+            ],
             "results": results,
         }
-        pathlib.Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+        pathlib.Path(args.json).write_text(json.dumps(doc) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
 
 
