@@ -110,8 +110,8 @@ PROBE = Config(
 PROBE_TIMEOUT_S = 45
 
 BENCH = (
-    Config("socket-bench", "Socket", "Simple", True, plan="bench"),
-    Config("tcpxsock-bench", PLUGIN_NAME, "Simple", True, plan="bench"),
+    Config("socket-bench", "Socket", "Simple", True, plan="bench", why="bench: NCCL's Socket, Simple"),
+    Config("tcpxsock-bench", PLUGIN_NAME, "Simple", True, plan="bench", why="bench: tcpxsock, Simple, GPUDirect"),
 )
 
 
@@ -142,7 +142,7 @@ def unavailable_reason():
 
 def config_env(cfg, rank, plugin, nccl_log, base=None):
     """The environment of one rank. Inherited NCCL_* and TCPX_SOCK_* are dropped so that every
-    run is the configuration it names. NCCL logs into `nccl_log`, which it writes unbuffered,
+    run is the configuration it names. NCCL logs into `nccl_log`, flushed line by line,
     so a rank killed at the time bound keeps every line (its stdout to a file is buffered)."""
     base = os.environ if base is None else base
     env = {k: v for k, v in base.items() if not k.startswith(("NCCL_", "TCPX_SOCK_"))}
@@ -394,14 +394,15 @@ def probe_verdict(out):
     if out.ok:
         return "passed"
     others = [p for p in out.problems if "killed at the time bound" not in p]
-    inside = all(s and s.split()[1].startswith("op=") for s in out.stuck_in)
+    inside = all(s and " op=" in s for s in out.stuck_in)
     if out.killed and inside and not others:
         return "hung"
     return "failed"
 
 
 def bench_table(res):
-    """Side-by-side lines and the JSON document for the bench results {transport: worker bench}."""
+    """The side-by-side lines and the tcpxsock/Socket ratios of bench results
+    {transport: worker bench}."""
     sock, tcpx = res.get("Socket"), res.get(PLUGIN_NAME)
     rows = [
         ("all_reduce 64 MiB bus bandwidth (GB/s)", "allreduce_64MiB", "busbw_GBps"),

@@ -19,7 +19,7 @@ for a in ("--rank", "--world", "--gpu", "--store", "--mode", "--result", "--time
 a = p.parse_args()
 rank, mode = int(a.rank), os.environ["FAKE_MODE"]
 net = os.environ["NCCL_NET"]
-# NCCL's own lines go to NCCL_DEBUG_FILE, unbuffered, as NCCL writes them.
+# NCCL's own lines go to NCCL_DEBUG_FILE, flushed line by line, as NCCL writes them.
 nccl = open(os.environ["NCCL_DEBUG_FILE"], "w", buffering=1)
 def log(line):
     nccl.write(f"host:1:1 [0] NCCL {line}\n")
@@ -117,6 +117,15 @@ def test_a_failed_rank_ends_the_run_after_the_grace_period(fake):
     assert "rank 1: exit code 1 in #3 op=all_reduce" in " ".join(out.problems)
     assert "illegal memory access" in out.summary()
     assert rn.probe_verdict(out) == "failed"
+
+
+def test_a_run_stuck_outside_a_collective_is_no_probe_hang(tmp_path):
+    out = rn.Outcome(rn.PROBE, tmp_path, returncodes=[-9, -9], killed=True)
+    out.stuck_in = ["#destroy", "#0 op=all_reduce dtype=float32 count=1 bytes=4"]
+    out.problems = [f"rank {r}: killed at the time bound in {s}" for r, s in enumerate(out.stuck_in)]
+    assert rn.probe_verdict(out) == "failed"
+    out.stuck_in[0] = out.stuck_in[1]
+    assert rn.probe_verdict(out) == "hung"
 
 
 def test_wrong_data_warnings_and_missing_gdr_fail(fake):
