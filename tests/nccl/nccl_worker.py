@@ -36,13 +36,18 @@ def say(*parts):
 
 def plan_ops(plan):
     """(op, dtype name, element count) for a plan. `full` goes to 256 MiB; `quick` stops at
-    64 MiB; `probe` has small sizes only."""
+    64 MiB; `probe` has small sizes only; `multi` (for more than two ranks) small sizes, one
+    1 MiB + 3 all_reduce and an 8 MiB one, all_to_all included. all_to_all counts are per peer."""
     ops = []
-    if plan == "probe":
-        for op in ("all_reduce", "all_gather", "broadcast", "sendrecv"):
+    if plan in ("probe", "multi"):
+        for op in ("all_reduce", "all_gather", "broadcast", "sendrecv", "alltoall"):
             for count in SMALL_COUNTS:
                 ops.append((op, "float32", count))
         ops.append(("all_reduce", "uint8", MIB + 3))
+        if plan == "multi":
+            ops.append(("alltoall", "uint8", MIB + 3))
+            ops.append(("all_reduce", "float32", 2 * MIB))
+            ops.append(("burst", "float32", 4097))
         return ops
     big = [64 * MIB] + ([256 * MIB] if plan == "full" else [])
     # The large sizes run once per operation, in the dtype named here (time), the small ones
@@ -53,15 +58,16 @@ def plan_ops(plan):
         "broadcast": "float32",
         "sendrecv": "uint8",
     }
-    for op in ("all_reduce", "all_gather", "broadcast", "sendrecv"):
+    for op in ("all_reduce", "all_gather", "broadcast", "sendrecv", "alltoall"):
         for dtype in ("float32", "uint8"):
             for count in SMALL_COUNTS:
                 ops.append((op, dtype, count))
             # 1 MiB + 3 bytes: for float32 the nearest element count (1 MiB + 4 bytes).
             ops.append((op, dtype, MIB + 3 if dtype == "uint8" else (MIB + 3 + 3) // 4))
-        for nbytes in big:
+        if op in big_dtype:
             dtype = big_dtype[op]
-            ops.append((op, dtype, nbytes if dtype == "uint8" else nbytes // 4))
+            for nbytes in big:
+                ops.append((op, dtype, nbytes if dtype == "uint8" else nbytes // 4))
     ops.append(("burst", "float32", 4097))
     return ops
 
@@ -152,6 +158,17 @@ def run_op(ctx, op, dtype_name, count, seed):
             w.wait()
         torch.cuda.synchronize()
         return compare(ctx, out, want)
+    if op == "alltoall":
+        # Chunk j of rank r goes to rank j. NCCL runs it as send/recv with every peer at once:
+        # several receive connections in one kernel block.
+        def chunk(src, dst):
+            return ctx.pattern(count, dtype, src, seed * 64 + dst)
+
+        want = torch.cat([chunk(r, rank) for r in range(world)])
+        out = ctx.sentinel(want)
+        dist.all_to_all_single(out, torch.cat([chunk(rank, j) for j in range(world)]))
+        torch.cuda.synchronize()
+        return compare(ctx, out, want)
     if op == "burst":
         # Eight all_reduces queued back to back without a synchronisation: NCCL keeps several
         # kernels and their receives in flight on every connection.
@@ -176,6 +193,8 @@ def check(ctx, plan):
     results = []
     for n, (op, dtype_name, count) in enumerate(plan_ops(plan)):
         nbytes = count * (4 if dtype_name == "float32" else 1)
+        if op == "alltoall":
+            nbytes *= ctx.world
         say("BEGIN", n, f"op={op}", f"dtype={dtype_name}", f"count={count}", f"bytes={nbytes}")
         t0 = time.monotonic()
         diff = run_op(ctx, op, dtype_name, count, seed=n + 1)
@@ -260,7 +279,7 @@ def main():
     p.add_argument("--gpu", type=int, default=0)
     p.add_argument("--store", required=True, help="file for torch.distributed's FileStore")
     p.add_argument("--mode", choices=("check", "bench"), default="check")
-    p.add_argument("--plan", choices=("full", "quick", "probe"), default="full")
+    p.add_argument("--plan", choices=("full", "quick", "probe", "multi"), default="full")
     p.add_argument("--result", required=True, help="JSON file this rank writes")
     p.add_argument("--timeout-s", type=float, default=120)
     p.add_argument("--bw-iters", type=int, default=10)

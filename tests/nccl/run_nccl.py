@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Real NCCL (PyTorch's) through tcpxsock, with NCCL's own Socket transport as the baseline.
 
-Each configuration starts two ranks (nccl_worker.py) on the GPU(s) named by --gpus (default both
-on GPU 0) with different NCCL_HOSTID values: NCCL takes them for two hosts, so with P2P, SHM
-and NVLS off every byte goes through the network plugin. tcpxsock runs in TCPX mode there (a
-CUDA machine): NCCL's own unpack kernel copies what tcpxsock leaves in bounce pages.
+Each configuration starts its ranks (nccl_worker.py; two, or four for the *-4ranks ones) on the
+GPU(s) named by --gpus (default all on GPU 0), each with its own NCCL_HOSTID: NCCL takes them
+for separate hosts, so with P2P, SHM and NVLS off every byte goes through the network plugin.
+tcpxsock runs in TCPX mode there (a CUDA machine): NCCL's own unpack kernel copies what
+tcpxsock leaves in bounce pages.
 
-Every run is bounded (--timeout-s per configuration, both ranks killed at the end of it); a
+Every run is bounded (--timeout-s per configuration, every rank killed at the end of it); a
 killed or failed run names the operation each rank was in. NCCL's log is checked for the
 plugin being loaded and used, for the UNPACK device, and (with GPUDirect) for GDRDMA on every
 receive channel.
@@ -49,7 +50,8 @@ class Config:
     """One way of running NCCL. transport: the NCCL_NET name; proto: NCCL_PROTO or None for
     NCCL's own choice; gdr: GPUDirect on (NCCL_NET_GDR_LEVEL=SYS, the receive buffers are
     device memory, which tcpxsock receives through bounce pages + the unpack kernel) or off
-    (LOC: host buffers, received in place); knobs: tcpxsock settings; plan: nccl_worker.py's."""
+    (LOC: host buffers, received in place); knobs: tcpxsock settings; plan: nccl_worker.py's;
+    ranks: processes, each its own "host"."""
 
     name: str
     transport: str
@@ -58,13 +60,14 @@ class Config:
     knobs: tuple = ()
     plan: str = "full"
     why: str = ""
+    ranks: int = 2
 
 
 TCPX_FIDELITY = (("TCPX_SOCK_ODD_FRAGMENTS", "1"), ("TCPX_SOCK_LINEAR_BYTES", "3000"))
 
 CHECKS = (
     Config("socket-simple", "Socket", "Simple", True, why="baseline: NCCL's Socket, Simple"),
-    Config("socket-default", "Socket", None, True, why="baseline: NCCL's Socket, its own protocols"),
+    Config("socket-default", "Socket", None, True, plan="quick", why="baseline: NCCL's Socket, its own protocols"),
     Config("tcpxsock-simple", PLUGIN_NAME, "Simple", True, why="UNPACK path, whole-page fragments"),
     Config(
         "tcpxsock-simple-odd",
@@ -90,6 +93,22 @@ CHECKS = (
         False,
         plan="quick",
         why="every protocol, GPUDirect off: host receives in TCPX mode (cnt 0, held until consumed)",
+    ),
+    # Four hosts: NCCL's tree gives a node two network children, and all_to_all runs send/recv
+    # with three peers in one kernel block, so one block unpacks from several receive
+    # connections at once. NCCL keeps one bounce_buf per block for all of them
+    # (ncclShmem.devicePlugin.unpack.bounce_buf, set by every ncclNetDeviceUnpackSetup), as TCPX
+    # has one receive pool per GPU.
+    Config("socket-4ranks", "Socket", "Simple", True, plan="multi", ranks=4, why="baseline, 4 hosts"),
+    Config(
+        "tcpxsock-4ranks",
+        PLUGIN_NAME,
+        "Simple",
+        True,
+        TCPX_FIDELITY,
+        "multi",
+        why="4 hosts: several UNPACK receive connections in one kernel block (tree, all_to_all)",
+        ranks=4,
     ),
 )
 
@@ -269,9 +288,9 @@ def read_log(text, cfg):
     return facts, problems
 
 
-def run_config(cfg, plugin, logdir, timeout_s=120, gpus=(0, 0), mode="check", bench_iters=(10, 200)):
+def run_config(cfg, plugin, logdir, timeout_s=120, gpus=(0,), mode="check", bench_iters=(10, 200)):
     """Runs one configuration to the end or to the time bound; never raises for what the ranks
-    do."""
+    do. Rank r runs on GPU gpus[r % len(gpus)]."""
     d = pathlib.Path(logdir) / cfg.name
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
@@ -282,12 +301,13 @@ def run_config(cfg, plugin, logdir, timeout_s=120, gpus=(0, 0), mode="check", be
     store = d / "store"
     procs, logs = [], []
     t0 = time.monotonic()
-    for rank, gpu in enumerate(gpus):
+    for rank in range(cfg.ranks):
+        gpu = gpus[rank % len(gpus)]
         cmd = [
             sys.executable,
             str(WORKER),
             "--rank", str(rank),
-            "--world", str(len(gpus)),
+            "--world", str(cfg.ranks),
             "--gpu", str(gpu),
             "--store", str(store),
             "--mode", mode,
@@ -433,7 +453,7 @@ def main(argv=None):
     p.add_argument("--plugin", default=str(default_plugin()), help="libnccl-net-tcpxsock.so")
     p.add_argument("--logdir", help="where each run's logs go (default: a new temporary folder)")
     p.add_argument("--timeout-s", type=float, default=120, help="bound of each configuration's run")
-    p.add_argument("--gpus", default="0,0", help="GPU index of each rank (default 0,0: one GPU)")
+    p.add_argument("--gpus", default="0", help="GPU of rank r: the (r mod n)-th of this list (default 0: one GPU)")
     p.add_argument("--bw-iters", type=int, default=10, help="bench iterations at 64 MiB (256 MiB: half)")
     p.add_argument("--lat-iters", type=int, default=200, help="bench iterations at 4 KiB")
     p.add_argument("--list", action="store_true", help="list the configurations and exit")

@@ -7,7 +7,8 @@ run_nccl.py holds the configurations and says what each one checks (`run_nccl.py
 Skips without torch or a CUDA device; REQUIRE_GPU=1 turns the skip into a failure.
 Environment: TCPX_PLUGIN_DIR (default <repo>/target/plugins) holds libnccl-net-tcpxsock.so;
 TCPX_NCCL_LOGDIR keeps every run's logs (default: pytest's temporary folder);
-TCPX_NCCL_GPUS = GPU of each rank (default 0,0); TCPX_NCCL_TIMEOUT_S bounds each run (120).
+TCPX_NCCL_GPUS = GPUs, rank r on the (r mod n)-th (default 0); TCPX_NCCL_TIMEOUT_S bounds
+each run (120).
 """
 
 import os
@@ -18,7 +19,7 @@ import pytest
 import run_nccl as rn
 
 TIMEOUT_S = float(os.environ.get("TCPX_NCCL_TIMEOUT_S", "120"))
-GPUS = tuple(int(g) for g in os.environ.get("TCPX_NCCL_GPUS", "0,0").split(","))
+GPUS = tuple(int(g) for g in os.environ.get("TCPX_NCCL_GPUS", "0").split(","))
 
 
 @pytest.fixture(scope="module")

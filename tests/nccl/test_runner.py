@@ -31,6 +31,8 @@ if net == "tcpxsock":
 else:
     assert "NCCL_NET_PLUGIN" not in os.environ and "TCPX_SOCK_ODD_FRAGMENTS" not in os.environ
 log(f"INFO Using network {net}")
+print(f"NCCL_HOSTID={os.environ['NCCL_HOSTID']}")
+assert int(a.world) in (2, 4) and 0 <= rank < int(a.world)
 print("NCCLTEST BEGIN init", flush=True)
 print("NCCLTEST OK init", flush=True)
 gdr = "/GDRDMA" if os.environ["NCCL_NET_GDR_LEVEL"] == "SYS" and mode != "nogdr" else ""
@@ -100,6 +102,20 @@ def test_a_clean_run_passes_and_reads_the_log(fake, cfg):
     assert saved["ok"] and saved["config"]["name"] == cfg.name
 
 
+def test_four_ranks_each_a_host(fake):
+    cfg = next(c for c in rn.CHECKS if c.ranks == 4 and c.transport == rn.PLUGIN_NAME)
+    out = fake("pass", cfg)
+    assert out.ok, out.summary()
+    assert out.returncodes == [0] * 4 and len(out.results) == 4
+    hosts = {
+        line.split("NCCL_HOSTID=")[1].strip()
+        for r in range(4)
+        for line in (out.logdir / f"rank{r}.log").read_text().splitlines()
+        if line.startswith("NCCL_HOSTID=")
+    }
+    assert len(hosts) == 4
+
+
 def test_a_hang_is_killed_at_the_bound_and_named(fake):
     out = fake("hang", TCPX, timeout_s=4)
     assert out.killed and not out.ok
@@ -167,10 +183,13 @@ def test_worker_plans_cover_the_sizes():
 
     full = w.plan_ops("full")
     ops = {op for op, _, _ in full}
-    assert ops == {"all_reduce", "all_gather", "broadcast", "sendrecv", "burst"}
+    assert ops == {"all_reduce", "all_gather", "broadcast", "sendrecv", "alltoall", "burst"}
     nbytes = {(op, c * (4 if d == "float32" else 1)) for op, d, c in full}
     for op in ("all_reduce", "all_gather", "broadcast", "sendrecv"):
         for b in (4, 1, 7, 1023, 4097, (1 << 20) + 3, 64 << 20, 256 << 20):
             assert (op, b) in nbytes, (op, b)
+    for b in (4, 1, 7, 1023, 4097, (1 << 20) + 3):
+        assert ("alltoall", b) in nbytes, b
     quick = [c * (4 if d == "float32" else 1) for _, d, c in w.plan_ops("quick")]
     assert max(quick) == 64 << 20
+    assert {op for op, _, _ in w.plan_ops("multi")} == ops
