@@ -578,3 +578,50 @@ impl<'a> ErrorMsg<'a> {
     }
 }
 impl_repr!(ErrorMsg<'a>, Kind::Error);
+
+/// Fixed (and only) part of [`Keepalive`].
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub(super) struct KeepaliveFixed {
+    hdr: Header,
+    reserved: U32,
+}
+
+const_assert_eq!(size_of::<KeepaliveFixed>(), 16);
+const_assert_eq!(offset_of!(KeepaliveFixed, reserved), 12);
+
+/// The sender is alive: sent while it holds the receiver's transfers back on purpose (its
+/// notification queue is full until its application takes notifications), so the receiver's
+/// no-progress timeout measures a dead peer, not a slow consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Keepalive;
+
+impl Keepalive {
+    /// Parses one whole `Keepalive` frame.
+    pub fn parse(buf: &[u8]) -> Result<Self, Error> {
+        let (f, _) = open::<KeepaliveFixed>(buf, Kind::Keepalive)?;
+        expect_len(buf, size_of::<KeepaliveFixed>(), 0)?;
+        if f.reserved.get() != 0 {
+            return Err(Error::NonZeroReserved(Field::Reserved));
+        }
+        Ok(Self)
+    }
+
+    /// Bytes [`Keepalive::emit`] writes.
+    pub fn buffer_len(&self) -> usize {
+        size_of::<KeepaliveFixed>()
+    }
+
+    /// Writes the frame into the front of `buf`; returns its length.
+    pub fn emit(&self, buf: &mut [u8]) -> Result<usize, Error> {
+        let len = self.buffer_len();
+        let dst = out(buf, len)?;
+        let fixed = KeepaliveFixed {
+            hdr: Header::new(Kind::Keepalive, len as u32),
+            reserved: U32::new(0),
+        };
+        put(dst, fixed.as_bytes(), &[], &[]);
+        Ok(len)
+    }
+}
+impl_repr!(Keepalive, Kind::Keepalive);

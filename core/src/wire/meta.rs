@@ -1,6 +1,6 @@
 //! Setup messages: the metadata blobs NIXL carries between agents (`ConnInfo`,
 //! `RegionToken`) and the control-stream handshake that creates data comms (`Hello`,
-//! `ListenHandles`).
+//! `ListenHandles`, `Limits`).
 
 use core::mem::{offset_of, size_of};
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -11,7 +11,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::{
     expect_len, impl_repr, in_range, open, out, put, Error, Field, Header, Kind, MAX_CHANNELS,
-    MAX_NAME,
+    MAX_NAME, MAX_NOTIF,
 };
 use crate::abi::HANDLE_MAX_SIZE;
 
@@ -391,3 +391,58 @@ impl<'a> ListenHandles<'a> {
     }
 }
 impl_repr!(ListenHandles<'a>, Kind::ListenHandles);
+
+/// Fixed (and only) part of [`Limits`].
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub(super) struct LimitsFixed {
+    hdr: Header,
+    max_notif: U32,
+    reserved: U32,
+}
+
+const_assert_eq!(size_of::<LimitsFixed>(), 20);
+const_assert_eq!(offset_of!(LimitsFixed, max_notif), 12);
+const_assert_eq!(offset_of!(LimitsFixed, reserved), 16);
+
+/// What the answering side of a handshake accepts, sent after its [`ListenHandles`]: the
+/// initiator refuses to send more, with a message naming the bound, rather than have the
+/// stream closed for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest notification taken, at most [`MAX_NOTIF`](super::MAX_NOTIF).
+    pub max_notif: u32,
+}
+
+impl Limits {
+    /// Parses one whole `Limits` frame.
+    pub fn parse(buf: &[u8]) -> Result<Self, Error> {
+        let (f, _) = open::<LimitsFixed>(buf, Kind::Limits)?;
+        expect_len(buf, size_of::<LimitsFixed>(), 0)?;
+        if f.reserved.get() != 0 {
+            return Err(Error::NonZeroReserved(Field::Reserved));
+        }
+        let max_notif = in_range(Field::Notif, f.max_notif.get().into(), 0, MAX_NOTIF)? as u32;
+        Ok(Self { max_notif })
+    }
+
+    /// Bytes [`Limits::emit`] writes.
+    pub fn buffer_len(&self) -> usize {
+        size_of::<LimitsFixed>()
+    }
+
+    /// Writes the frame into the front of `buf`; returns its length.
+    pub fn emit(&self, buf: &mut [u8]) -> Result<usize, Error> {
+        in_range(Field::Notif, self.max_notif.into(), 0, MAX_NOTIF)?;
+        let len = self.buffer_len();
+        let dst = out(buf, len)?;
+        let fixed = LimitsFixed {
+            hdr: Header::new(Kind::Limits, len as u32),
+            max_notif: U32::new(self.max_notif),
+            reserved: U32::ZERO,
+        };
+        put(dst, fixed.as_bytes(), &[], &[]);
+        Ok(len)
+    }
+}
+impl_repr!(Limits, Kind::Limits);

@@ -19,6 +19,8 @@
 //! | 9 `Notif` (16) | msg_len u32 @12 | msg |
 //! | 10 `Error` (28) | code u32 @12, text_len u32 @16, xfer u64 @20 | text |
 //! | 11 `ReadData` (28) | xfer u64 @12, data_len u32 @20, 0 u32 | data |
+//! | 12 `Limits` (20) | max_notif u32 @12, 0 u32 | — |
+//! | 13 `Keepalive` (16) | 0 u32 @12 | — |
 //!
 //! [`Segment`] (32): region u64, key u64, addr u64, len u64. Reserved fields must be zero, so
 //! every accepted frame re-emits to the same bytes.
@@ -34,16 +36,17 @@ mod meta;
 mod tests;
 
 pub use control::{
-    Ack, ErrorMsg, Notif, ReadAnnounce, ReadData, ReadRequest, Segment, WriteAnnounce,
+    Ack, ErrorMsg, Keepalive, Notif, ReadAnnounce, ReadData, ReadRequest, Segment, WriteAnnounce,
 };
-pub use meta::{ConnInfo, Hello, ListenHandle, ListenHandles, MemKind, RegionToken};
+pub use meta::{ConnInfo, Hello, Limits, ListenHandle, ListenHandles, MemKind, RegionToken};
 
 /// `b"TCPX"` read as a little-endian `u32`: the first four bytes of every frame are "TCPX".
 pub const MAGIC: u32 = u32::from_le_bytes(*b"TCPX");
 /// Wire format version this code emits and the only one it accepts. 2: `ReadRequest` flags
 /// and `ReadData` (inline READs). 3: `WriteAnnounce` inline data (inline WRITEs),
-/// `ListenHandles` chunk size.
-pub const VERSION: u16 = 3;
+/// `ListenHandles` chunk size. 4: notifications up to [`MAX_NOTIF`] (16 MiB), `Limits` (what
+/// the answering side of a handshake accepts), `Keepalive`.
+pub const VERSION: u16 = 4;
 /// Bytes of the common [`Header`].
 pub const HEADER_LEN: usize = 12;
 /// Longest agent name (bytes of UTF-8) in [`ConnInfo`] and [`Hello`].
@@ -52,8 +55,9 @@ pub const MAX_NAME: usize = 256;
 pub const MAX_CHANNELS: usize = 16;
 /// Most segments in one [`WriteAnnounce`] or [`ReadRequest`].
 pub const MAX_SEGMENTS: usize = 1024;
-/// Longest notification payload in [`WriteAnnounce`] and [`Notif`].
-pub const MAX_NOTIF: usize = 4096;
+/// Longest notification payload in [`WriteAnnounce`] and [`Notif`] the format carries; each
+/// agent announces its own bound (at most this) in [`Limits`].
+pub const MAX_NOTIF: usize = 16 << 20;
 /// Most bytes a [`ReadData`] carries (a READ this small may be answered inline).
 pub const MAX_INLINE: usize = 32 * 1024;
 /// Most bytes of data a [`WriteAnnounce`] carries inline (with the largest segment list and
@@ -61,9 +65,13 @@ pub const MAX_INLINE: usize = 32 * 1024;
 pub const MAX_INLINE_WRITE: usize = 16 * 1024;
 /// Longest error text in [`ErrorMsg`].
 pub const MAX_ERROR_TEXT: usize = 512;
-/// Largest frame any reader accepts; [`peek_frame`] rejects bigger declared lengths before a
-/// single body byte is buffered.
-pub const MAX_FRAME: usize = 64 * 1024;
+/// Largest frame without a notification: every other kind, and every announce's fixed part,
+/// segments and inline data, fits it.
+pub const MAX_CONTROL_FRAME: usize = 64 * 1024;
+/// Largest frame any reader accepts (the largest notification and an announce around it);
+/// [`peek_frame`] rejects bigger declared lengths before a single body byte is buffered, and
+/// [`peek_frame_within`] a reader's own smaller bound.
+pub const MAX_FRAME: usize = MAX_NOTIF + MAX_CONTROL_FRAME;
 
 /// The common frame header. `len` counts the whole frame, header included.
 #[repr(C)]
@@ -123,11 +131,15 @@ pub enum Kind {
     Error = 10,
     /// [`ReadData`]: a READ's data, inline.
     ReadData = 11,
+    /// [`Limits`]: what the answering side of a handshake accepts.
+    Limits = 12,
+    /// [`Keepalive`]: the sender is alive (and holding something back).
+    Keepalive = 13,
 }
 
 impl Kind {
     /// Every kind, in wire-value order.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 13] = [
         Kind::ConnInfo,
         Kind::RegionToken,
         Kind::Hello,
@@ -139,6 +151,8 @@ impl Kind {
         Kind::Notif,
         Kind::Error,
         Kind::ReadData,
+        Kind::Limits,
+        Kind::Keepalive,
     ];
 
     /// The kind with wire value `v`, if any.
@@ -214,8 +228,13 @@ pub enum Error {
         /// Kind in the header.
         found: Kind,
     },
-    /// Declared length above [`MAX_FRAME`].
-    FrameTooLarge(u32),
+    /// Declared length above the reader's bound ([`MAX_FRAME`] at most).
+    FrameTooLarge {
+        /// Declared frame length.
+        len: u32,
+        /// The bound it exceeds.
+        max: u32,
+    },
     /// Declared length disagrees with what the fixed part and its counts add up to.
     LengthMismatch {
         /// Length in the header.
@@ -276,7 +295,9 @@ impl fmt::Display for Error {
             Error::UnexpectedKind { expected, found } => {
                 write!(f, "expected {expected:?}, found {found:?}")
             }
-            Error::FrameTooLarge(len) => write!(f, "frame of {len} bytes exceeds {MAX_FRAME}"),
+            Error::FrameTooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the {max}-byte bound")
+            }
             Error::LengthMismatch { declared, expected } => {
                 write!(f, "declared length {declared}, contents need {expected}")
             }
@@ -306,7 +327,7 @@ impl core::error::Error for Error {}
 /// The buffer must be exactly the declared length: shorter is [`Error::Truncated`], longer is
 /// [`Error::TrailingBytes`].
 pub fn check_header(buf: &[u8]) -> Result<Kind, Error> {
-    let (kind, len) = header_fields(buf)?;
+    let (kind, len) = header_fields(buf, MAX_FRAME)?;
     if buf.len() < len {
         return Err(Error::Truncated {
             need: len,
@@ -322,8 +343,9 @@ pub fn check_header(buf: &[u8]) -> Result<Kind, Error> {
     Ok(kind)
 }
 
-/// Validates the header fields that do not depend on the rest of the buffer.
-fn header_fields(buf: &[u8]) -> Result<(Kind, usize), Error> {
+/// Validates the header fields that do not depend on the rest of the buffer; `max` bounds the
+/// declared length.
+fn header_fields(buf: &[u8], max: usize) -> Result<(Kind, usize), Error> {
     let (hdr, _) = Header::ref_from_prefix(buf).map_err(|_| Error::Truncated {
         need: HEADER_LEN,
         have: buf.len(),
@@ -336,8 +358,11 @@ fn header_fields(buf: &[u8]) -> Result<(Kind, usize), Error> {
     }
     let kind = Kind::from_u16(hdr.kind.get()).ok_or(Error::BadKind(hdr.kind.get()))?;
     let len = hdr.len.get();
-    if len as usize > MAX_FRAME {
-        return Err(Error::FrameTooLarge(len));
+    if len as usize > max.min(MAX_FRAME) {
+        return Err(Error::FrameTooLarge {
+            len,
+            max: max.min(MAX_FRAME) as u32,
+        });
     }
     if (len as usize) < HEADER_LEN {
         return Err(Error::LengthMismatch {
@@ -355,6 +380,12 @@ fn header_fields(buf: &[u8]) -> Result<(Kind, usize), Error> {
 /// soon as the bytes present disagree with it, and a length above [`MAX_FRAME`] before any of
 /// the body is read, so a corrupt stream cannot make the reader buffer without bound.
 pub fn peek_frame(buf: &[u8]) -> Result<Option<usize>, Error> {
+    peek_frame_within(buf, MAX_FRAME)
+}
+
+/// [`peek_frame`] for a reader that takes frames of at most `max` bytes (a bound of its own,
+/// below [`MAX_FRAME`]: a peer that announces more is refused before anything is buffered).
+pub fn peek_frame_within(buf: &[u8], max: usize) -> Result<Option<usize>, Error> {
     let have = buf.len().min(4);
     if buf[..have] != MAGIC.to_le_bytes()[..have] {
         let mut m = [0u8; 4];
@@ -364,13 +395,18 @@ pub fn peek_frame(buf: &[u8]) -> Result<Option<usize>, Error> {
     if buf.len() < HEADER_LEN {
         return Ok(None);
     }
-    header_fields(buf).map(|(_, len)| Some(len))
+    header_fields(buf, max).map(|(_, len)| Some(len))
 }
 
 /// The whole frame at the front of a stream buffer once all of it is there (`Ok(None)` while
 /// more bytes are needed); the next frame starts at `frame.len()`.
 pub fn next_frame(buf: &[u8]) -> Result<Option<&[u8]>, Error> {
-    match peek_frame(buf)? {
+    next_frame_within(buf, MAX_FRAME)
+}
+
+/// [`next_frame`] for a reader whose frames are at most `max` bytes ([`peek_frame_within`]).
+pub fn next_frame_within(buf: &[u8], max: usize) -> Result<Option<&[u8]>, Error> {
+    match peek_frame_within(buf, max)? {
         Some(n) => Ok(buf.get(..n)),
         None => Ok(None),
     }
@@ -493,6 +529,10 @@ pub enum Message<'a> {
     Error(ErrorMsg<'a>),
     /// See [`ReadData`].
     ReadData(ReadData<'a>),
+    /// See [`Limits`].
+    Limits(Limits),
+    /// See [`Keepalive`].
+    Keepalive(Keepalive),
 }
 
 /// Parses one whole frame of any kind.
@@ -510,6 +550,8 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, Error> {
         Kind::Notif => Message::Notif(Notif::parse(buf)?),
         Kind::Error => Message::Error(ErrorMsg::parse(buf)?),
         Kind::ReadData => Message::ReadData(ReadData::parse(buf)?),
+        Kind::Limits => Message::Limits(Limits::parse(buf)?),
+        Kind::Keepalive => Message::Keepalive(Keepalive::parse(buf)?),
     })
 }
 
@@ -533,6 +575,8 @@ impl<'a> Message<'a> {
             Message::Notif(_) => Kind::Notif,
             Message::Error(_) => Kind::Error,
             Message::ReadData(_) => Kind::ReadData,
+            Message::Limits(_) => Kind::Limits,
+            Message::Keepalive(_) => Kind::Keepalive,
         }
     }
 
@@ -550,6 +594,8 @@ impl<'a> Message<'a> {
             Message::Notif(m) => m.buffer_len(),
             Message::Error(m) => m.buffer_len(),
             Message::ReadData(m) => m.buffer_len(),
+            Message::Limits(m) => m.buffer_len(),
+            Message::Keepalive(m) => m.buffer_len(),
         }
     }
 
@@ -567,19 +613,24 @@ impl<'a> Message<'a> {
             Message::Notif(m) => m.emit(buf),
             Message::Error(m) => m.emit(buf),
             Message::ReadData(m) => m.emit(buf),
+            Message::Limits(m) => m.emit(buf),
+            Message::Keepalive(m) => m.emit(buf),
         }
     }
 }
 
 // The largest legal frame of every kind must fit MAX_FRAME, so emit never builds a frame a
 // reader would refuse and `len` always fits its u32.
-static_assertions::const_assert!(40 + MAX_NAME <= MAX_FRAME);
-static_assertions::const_assert!(20 + MAX_CHANNELS * crate::abi::HANDLE_MAX_SIZE <= MAX_FRAME);
+// Every frame but a notification's fits MAX_CONTROL_FRAME, and an announce carrying a
+// notification fits MAX_CONTROL_FRAME more than the notification.
+static_assertions::const_assert!(40 + MAX_NAME <= MAX_CONTROL_FRAME);
 static_assertions::const_assert!(
-    32 + MAX_SEGMENTS * 32 + MAX_NOTIF + MAX_INLINE_WRITE <= MAX_FRAME
+    20 + MAX_CHANNELS * crate::abi::HANDLE_MAX_SIZE <= MAX_CONTROL_FRAME
 );
-static_assertions::const_assert!(28 + MAX_ERROR_TEXT <= MAX_FRAME);
-static_assertions::const_assert!(28 + MAX_INLINE <= MAX_FRAME);
+static_assertions::const_assert!(32 + MAX_SEGMENTS * 32 + MAX_INLINE_WRITE <= MAX_CONTROL_FRAME);
+static_assertions::const_assert!(28 + MAX_ERROR_TEXT <= MAX_CONTROL_FRAME);
+static_assertions::const_assert!(28 + MAX_INLINE <= MAX_CONTROL_FRAME);
+static_assertions::const_assert!(MAX_NOTIF <= u32::MAX as usize);
 static_assertions::const_assert!(MAX_FRAME <= u32::MAX as usize);
 static_assertions::const_assert!(MAX_NAME <= u16::MAX as usize);
 // A transfer the planner accepts must fit one announce, and the handshake must carry a handle

@@ -60,6 +60,8 @@ fn parse_all(buf: &[u8]) {
         Notif::parse(buf).is_ok(),
         ErrorMsg::parse(buf).is_ok(),
         ReadData::parse(buf).is_ok(),
+        Limits::parse(buf).is_ok(),
+        Keepalive::parse(buf).is_ok(),
     ];
     for (kind, ok) in Kind::ALL.iter().zip(per_kind) {
         assert_eq!(ok, dispatched == Some(*kind), "{kind:?}");
@@ -107,6 +109,8 @@ enum Owned {
         xfer: u64,
         text: String,
     },
+    Limits(Limits),
+    Keepalive,
 }
 
 impl Owned {
@@ -161,6 +165,8 @@ impl Owned {
                 xfer: *xfer,
                 text,
             }),
+            Owned::Limits(l) => Message::Limits(*l),
+            Owned::Keepalive => Message::Keepalive(Keepalive),
         }
     }
 }
@@ -242,6 +248,8 @@ fn samples() -> Vec<Owned> {
             xfer: ErrorMsg::NO_XFER,
             text: "segment 2 outside region 17".to_string(),
         },
+        Owned::Limits(Limits { max_notif: 1 << 20 }),
+        Owned::Keepalive,
     ]
 }
 
@@ -330,6 +338,20 @@ fn max_sized_messages_round_trip() {
     let bytes = emit_vec(&w);
     assert!(bytes.len() <= MAX_FRAME);
     assert_eq!(parse(&bytes), Ok(w));
+    // Without the notification every announce fits the control bound.
+    let w = Message::WriteAnnounce(WriteAnnounce {
+        xfer: 3,
+        segments: &small,
+        notif: None,
+        data: Some(&data),
+    });
+    assert!(emit_vec(&w).len() <= MAX_CONTROL_FRAME);
+    let n = Message::Notif(Notif { msg: &notif });
+    assert_eq!(emit_vec(&n).len(), 16 + MAX_NOTIF);
+    let l = Message::Limits(Limits {
+        max_notif: MAX_NOTIF as u32,
+    });
+    assert_eq!(parse(&emit_vec(&l)), Ok(l));
     let handles = [[1u8; 128]; MAX_CHANNELS];
     let l = Message::ListenHandles(ListenHandles {
         chunk_bytes: crate::plan::MAX_CHUNK_BYTES,
@@ -434,7 +456,7 @@ fn error_bad_version() {
 #[test]
 fn error_bad_kind() {
     let mut a = sample_bytes(Kind::Ack);
-    for k in [0u16, 12, u16::MAX] {
+    for k in [0u16, 14, u16::MAX] {
         set_u16(&mut a, 6, k);
         assert_eq!(parse(&a), Err(Error::BadKind(k)));
         assert_eq!(Ack::parse(&a), Err(Error::BadKind(k)));
@@ -457,11 +479,68 @@ fn error_unexpected_kind() {
 fn error_frame_too_large() {
     let mut a = sample_bytes(Kind::Ack);
     set_u32(&mut a, 8, MAX_FRAME as u32 + 1);
+    let too_large = Error::FrameTooLarge {
+        len: MAX_FRAME as u32 + 1,
+        max: MAX_FRAME as u32,
+    };
+    assert_eq!(peek_frame(&a[..HEADER_LEN]), Err(too_large));
+    assert_eq!(parse(&a), Err(too_large));
+}
+
+#[test]
+fn a_reader_bound_refuses_longer_frames_from_the_header() {
+    let n = emit_vec(&Message::Notif(Notif { msg: &[1u8; 5000] }));
+    assert_eq!(peek_frame_within(&n, n.len()), Ok(Some(n.len())));
+    assert_eq!(next_frame_within(&n, n.len()), Ok(Some(&n[..])));
+    let refused = Error::FrameTooLarge {
+        len: n.len() as u32,
+        max: (n.len() - 1) as u32,
+    };
+    assert_eq!(peek_frame_within(&n[..HEADER_LEN], n.len() - 1), Err(refused));
+    assert_eq!(next_frame_within(&n, n.len() - 1), Err(refused));
+    // A bound above the format's maximum is the format's maximum.
+    let mut a = sample_bytes(Kind::Ack);
+    set_u32(&mut a, 8, MAX_FRAME as u32 + 1);
     assert_eq!(
-        peek_frame(&a[..HEADER_LEN]),
-        Err(Error::FrameTooLarge(MAX_FRAME as u32 + 1))
+        peek_frame_within(&a, usize::MAX),
+        Err(Error::FrameTooLarge {
+            len: MAX_FRAME as u32 + 1,
+            max: MAX_FRAME as u32
+        })
     );
-    assert_eq!(parse(&a), Err(Error::FrameTooLarge(MAX_FRAME as u32 + 1)));
+}
+
+#[test]
+fn limits_and_keepalive_check_their_fields() {
+    let mut l = sample_bytes(Kind::Limits);
+    assert_eq!(Limits::parse(&l), Ok(Limits { max_notif: 1 << 20 }));
+    set_u32(&mut l, 12, MAX_NOTIF as u32 + 1);
+    assert!(matches!(
+        Limits::parse(&l),
+        Err(Error::OutOfRange {
+            field: Field::Notif,
+            ..
+        })
+    ));
+    set_u32(&mut l, 12, 0);
+    set_u32(&mut l, 16, 1);
+    assert_eq!(
+        Limits::parse(&l),
+        Err(Error::NonZeroReserved(Field::Reserved))
+    );
+    assert!(Limits {
+        max_notif: MAX_NOTIF as u32 + 1
+    }
+    .emit(&mut [0u8; 64])
+    .is_err());
+    let mut k = sample_bytes(Kind::Keepalive);
+    assert_eq!(k.len(), 16);
+    assert_eq!(Keepalive::parse(&k), Ok(Keepalive));
+    set_u32(&mut k, 12, 7);
+    assert_eq!(
+        Keepalive::parse(&k),
+        Err(Error::NonZeroReserved(Field::Reserved))
+    );
 }
 
 #[test]
@@ -896,7 +975,10 @@ fn errors_display() {
             expected: Kind::Ack,
             found: Kind::Hello,
         },
-        Error::FrameTooLarge(1 << 20),
+        Error::FrameTooLarge {
+            len: 1 << 20,
+            max: 1 << 16,
+        },
         Error::LengthMismatch {
             declared: 1,
             expected: 2,
@@ -931,7 +1013,7 @@ fn kind_values_are_stable() {
         assert_eq!(Kind::from_u16(*k as u16), Some(*k));
     }
     assert_eq!(Kind::from_u16(0), None);
-    assert_eq!(Kind::from_u16(12), None);
+    assert_eq!(Kind::from_u16(14), None);
     assert_eq!(MAGIC.to_le_bytes(), *b"TCPX");
 }
 
@@ -1045,6 +1127,8 @@ fn owned() -> impl Strategy<Value = Owned> {
             xfer,
             text
         }),
+        (0..=MAX_NOTIF as u32).prop_map(|max_notif| Owned::Limits(Limits { max_notif })),
+        Just(Owned::Keepalive),
     ]
 }
 
@@ -1084,6 +1168,8 @@ proptest! {
             Message::Notif(x) => repr_round_trip(&x, &mut buf),
             Message::Error(x) => repr_round_trip(&x, &mut buf),
             Message::ReadData(x) => repr_round_trip(&x, &mut buf),
+            Message::Limits(x) => repr_round_trip(&x, &mut buf),
+            Message::Keepalive(x) => repr_round_trip(&x, &mut buf),
         }
     }
 
@@ -1095,7 +1181,7 @@ proptest! {
     /// Random bodies behind a well-formed header reach the per-kind checks.
     #[test]
     fn any_body_behind_valid_header(
-        kind in 1u16..=10,
+        kind in 1u16..=13,
         body in prop::collection::vec(any::<u8>(), 0..600),
     ) {
         let mut bytes = Header::new(Kind::from_u16(kind).unwrap(), (HEADER_LEN + body.len()) as u32)
@@ -1160,6 +1246,8 @@ fn write_fuzz_seeds() {
         Kind::Notif => "notif",
         Kind::Error => "error_msg",
         Kind::ReadData => "read_data",
+        Kind::Limits => "limits",
+        Kind::Keepalive => "keepalive",
     };
     let write = |dir: &str, name: &str, bytes: &[u8]| {
         let d = root.join(dir);
