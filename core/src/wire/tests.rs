@@ -496,7 +496,10 @@ fn a_reader_bound_refuses_longer_frames_from_the_header() {
         len: n.len() as u32,
         max: (n.len() - 1) as u32,
     };
-    assert_eq!(peek_frame_within(&n[..HEADER_LEN], n.len() - 1), Err(refused));
+    assert_eq!(
+        peek_frame_within(&n[..HEADER_LEN], n.len() - 1),
+        Err(refused)
+    );
     assert_eq!(next_frame_within(&n, n.len() - 1), Err(refused));
     // A bound above the format's maximum is the format's maximum.
     let mut a = sample_bytes(Kind::Ack);
