@@ -63,35 +63,23 @@ pub fn unbind_context() {
 /// default mode and, under that environment, against TCPX's behaviour.
 pub fn tcpx_mode_from_env(sock: tcpx_sock::config::Config) -> tcpx_sock::config::Config {
     let env = tcpx_sock::config::Config::from_env();
-    let set = |k: &str| std::env::var_os(k).is_some();
-    tcpx_sock::config::Config {
-        unpack: if set("TCPX_SOCK_UNPACK") {
-            env.unpack
-        } else {
-            sock.unpack
-        },
-        accept_delay_ms: if set("TCPX_SOCK_ACCEPT_DELAY_MS") {
-            env.accept_delay_ms
-        } else {
-            sock.accept_delay_ms
-        },
-        odd_fragments: if set("TCPX_SOCK_ODD_FRAGMENTS") {
-            env.odd_fragments
-        } else {
-            sock.odd_fragments
-        },
-        linear_bytes: if set("TCPX_SOCK_LINEAR_BYTES") {
-            env.linear_bytes
-        } else {
-            sock.linear_bytes
-        },
-        bounce_device: if set("TCPX_SOCK_BOUNCE_DEVICE") {
-            env.bounce_device
-        } else {
-            sock.bounce_device
-        },
-        ..sock
+    let mut out = sock;
+    // Each field from the environment only where its variable is set.
+    macro_rules! from_env {
+        ($($var:literal => $field:ident),*) => {
+            $(if std::env::var_os($var).is_some() {
+                out.$field = env.$field;
+            })*
+        };
     }
+    from_env!(
+        "TCPX_SOCK_UNPACK" => unpack,
+        "TCPX_SOCK_ACCEPT_DELAY_MS" => accept_delay_ms,
+        "TCPX_SOCK_ODD_FRAGMENTS" => odd_fragments,
+        "TCPX_SOCK_LINEAR_BYTES" => linear_bytes,
+        "TCPX_SOCK_BOUNCE_DEVICE" => bounce_device
+    );
+    out
 }
 
 /// Two connected sessions with `cfg`, built on two threads, after configuring the embedded
