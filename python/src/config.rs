@@ -159,13 +159,13 @@ impl DevicesArg {
         let text = match self {
             DevicesArg::Text(t) => t,
             DevicesArg::One(d) => return Ok(Devices::one(d)),
-            DevicesArg::List(l) => l
-                .iter()
-                .map(u8::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
+            DevicesArg::List(l) => l.iter().map(u8::to_string).collect::<Vec<_>>().join(","),
         };
-        Devices::parse(&text)
-            .map_err(|e| raise("ConfigError", format!("configuration: devices={text:?}: {e}")))
+        Devices::parse(&text).map_err(|e| {
+            raise(
+                "ConfigError",
+                format!("configuration: devices={text:?}: {e}"),
+            )
+        })
     }
 }

@@ -138,11 +138,8 @@ fn cuda_array_interface(
 ) -> PyResult<Exported> {
     let d = cai.cast::<PyDict>()?;
     let get = |k: &str| -> PyResult<Bound<'_, PyAny>> {
-        d.get_item(k)?.ok_or_else(|| {
-            invalid(format!(
-                "register: __cuda_array_interface__ lacks {k:?}"
-            ))
-        })
+        d.get_item(k)?
+            .ok_or_else(|| invalid(format!("register: __cuda_array_interface__ lacks {k:?}")))
     };
     if d.get_item("mask")?.is_some_and(|m| !m.is_none()) {
         return Err(invalid("register: masked CUDA arrays are not supported"));
@@ -221,7 +218,10 @@ fn dlpack(obj: &Bound<'_, PyAny>, device: Option<i32>) -> PyResult<Exported> {
         // SAFETY: DLPack gives `ndim` shape entries, and `ndim` strides unless NULL.
         unsafe {
             (
-                std::slice::from_raw_parts(t.shape, ndim).iter().map(|&d| d as u64).collect::<Vec<_>>(),
+                std::slice::from_raw_parts(t.shape, ndim)
+                    .iter()
+                    .map(|&d| d as u64)
+                    .collect::<Vec<_>>(),
                 (!t.strides.is_null()).then(|| std::slice::from_raw_parts(t.strides, ndim)),
             )
         }
@@ -244,7 +244,9 @@ fn dlpack(obj: &Bound<'_, PyAny>, device: Option<i32>) -> PyResult<Exported> {
         other => {
             return Err(raise(
                 "UnsupportedError",
-                format!("unsupported: register: DLPack device type {other} (host or CUDA memory only)"),
+                format!(
+                    "unsupported: register: DLPack device type {other} (host or CUDA memory only)"
+                ),
             ))
         }
     };

@@ -244,7 +244,10 @@ impl Session {
             if !(3..=4).contains(&t.len()) {
                 return Err(bad());
             }
-            let reg = t.get_item(0)?.cast_into::<Registration>().map_err(|_| bad())?;
+            let reg = t
+                .get_item(0)?
+                .cast_into::<Registration>()
+                .map_err(|_| bad())?;
             let remote = match t.len() {
                 4 => t.get_item(3)?.extract()?,
                 _ => 0,
@@ -289,9 +292,9 @@ fn socket_addr(addr: &Bound<'_, PyAny>) -> PyResult<SocketAddr> {
     let text = if let Ok(s) = addr.extract::<String>() {
         s
     } else {
-        let (host, port): (String, u16) = addr.extract().map_err(|_| {
-            PyTypeError::new_err("an address is (\"host\", port) or \"host:port\"")
-        })?;
+        let (host, port): (String, u16) = addr
+            .extract()
+            .map_err(|_| PyTypeError::new_err("an address is (\"host\", port) or \"host:port\""))?;
         if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
@@ -302,7 +305,11 @@ fn socket_addr(addr: &Bound<'_, PyAny>) -> PyResult<SocketAddr> {
     let found = py.detach(|| text.to_socket_addrs().map(|mut a| a.next()));
     found
         .map_err(|e| to_py(Error::Io("bootstrap resolve", e)))?
-        .ok_or_else(|| to_py(Error::Config(format!("bootstrap: {text:?} resolves to nothing"))))
+        .ok_or_else(|| {
+            to_py(Error::Config(format!(
+                "bootstrap: {text:?} resolves to nothing"
+            )))
+        })
 }
 
 #[pymethods]
@@ -381,7 +388,9 @@ impl Session {
     #[getter]
     fn broken(&self, py: Python<'_>) -> Option<String> {
         let g = self.lock(py);
-        g.engine.as_ref().and_then(|e| e.broken().map(str::to_owned))
+        g.engine
+            .as_ref()
+            .and_then(|e| e.broken().map(str::to_owned))
     }
 
     /// Whether `close` was called.
@@ -525,7 +534,8 @@ impl Session {
                 e.config().channels,
                 e.channel_devices(),
                 g.owners.len(),
-                e.broken().map_or(String::new(), |b| format!(", broken={b:?}")),
+                e.broken()
+                    .map_or(String::new(), |b| format!(", broken={b:?}")),
             ),
         }
     }

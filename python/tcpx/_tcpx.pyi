@@ -1,18 +1,19 @@
 """Type stubs of the extension module `tcpx._tcpx` (re-exported by `tcpx`)."""
 
-import enum
 import os
+import pathlib
 import socket
 from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import Any, Union
+from typing import Any, ClassVar, Union, final
 
+@final
 class Config:
     """Engine settings: the TCPX_* environment (or the defaults with from_env=False) with
     keyword overrides. Both peers must use the same channels and chunk_bytes."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         from_env: bool = True,
         channels: int | None = None,
@@ -24,7 +25,7 @@ class Config:
         gpu: int | None = None,
         devices: str | int | Sequence[int] | None = None,
         plugin: str | os.PathLike[str] | None = None,
-    ) -> None: ...
+    ) -> Config: ...
     @property
     def channels(self) -> int: ...
     @property
@@ -42,25 +43,30 @@ class Config:
     @property
     def devices(self) -> str: ...
     @property
-    def plugin(self) -> str | None: ...
+    def plugin(self) -> pathlib.Path | None: ...
 
-class Direction(enum.Enum):
-    SEND = 0
-    RECV = 1
+@final
+class Direction:
+    """Which way a transfer moves bytes (tcpx.SEND, tcpx.RECV)."""
 
-DirectionLike = Union[Direction, str]
-Address = Union[tuple[str, int], str]
-SegmentLike = Union[
+    SEND: ClassVar[Direction]
+    RECV: ClassVar[Direction]
+    def __int__(self) -> int: ...
+
+_DirectionLike = Union[Direction, str]
+_Address = Union[tuple[str, int], str]
+_SegmentLike = Union[
     Registration,
     tuple[Registration, int, int],
     tuple[Registration, int, int, int],
 ]
 
+@final
 class Listener:
     """The first half of the handshake: send `conn_info` to the peer, then both sides
     call `connect` with the other's bytes."""
 
-    def __init__(self, config: Config | None = None) -> None: ...
+    def __new__(cls, config: Config | None = None) -> Listener: ...
     @property
     def conn_info(self) -> bytes: ...
     @property
@@ -75,14 +81,15 @@ class Listener:
         tb: TracebackType | None,
     ) -> None: ...
 
+@final
 class Session:
     """A connection to one peer."""
 
     @staticmethod
     def establish(
         *,
-        accept: socket.socket | Address | None = None,
-        connect: Address | None = None,
+        accept: socket.socket | _Address | None = None,
+        connect: _Address | None = None,
         config: Config | None = None,
     ) -> Session: ...
     @property
@@ -95,7 +102,7 @@ class Session:
     def closed(self) -> bool: ...
     def register(self, obj: Any, *, device: int | None = None) -> Registration: ...
     def deregister(self, registration: Registration) -> None: ...
-    def post(self, direction: DirectionLike, segments: Iterable[SegmentLike]) -> Transfer: ...
+    def post(self, direction: _DirectionLike, segments: Iterable[_SegmentLike]) -> Transfer: ...
     def progress(self) -> bool: ...
     def close(self) -> None: ...
     def __enter__(self) -> Session: ...
@@ -106,6 +113,7 @@ class Session:
         tb: TracebackType | None,
     ) -> None: ...
 
+@final
 class Registration:
     """A registered region; holds the registered object."""
 
@@ -131,6 +139,7 @@ class Registration:
         tb: TracebackType | None,
     ) -> None: ...
 
+@final
 class Transfer:
     """A posted transfer."""
 
@@ -157,4 +166,16 @@ def cli(argv: Sequence[str]) -> int:
     """Runs the tcpx command line (probe, bench, stream, ...) with argv (no program name);
     returns its exit code."""
 
-def _thread_allocations() -> int: ...
+def _thread_allocations() -> int:
+    """Rust heap allocations made so far on the calling thread (for tests)."""
+
+__all__ = [
+    "Config",
+    "Direction",
+    "Listener",
+    "Registration",
+    "Session",
+    "Transfer",
+    "cli",
+    "_thread_allocations",
+]

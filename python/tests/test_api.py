@@ -417,3 +417,17 @@ def test_wheel_carries_the_plugins():
         dst = np.zeros(12345, dtype=np.uint8)
         assert roundtrip(a, b, pattern(12345, 11), dst) == 12345
         assert np.array_equal(dst, pattern(12345, 11))
+
+
+def test_nixl_commands_from_the_wheel_use_the_shipped_plugin():
+    from tcpx.__main__ import _wheel_defaults
+
+    d = tcpx.plugin_dir()
+    got = _wheel_defaults(["nixl", "install"])
+    assert got == ["nixl", "install", "--plugin", str(d / tcpx.NIXL_PLUGIN),
+                   "--python", sys.executable]
+    assert _wheel_defaults(["nixl", "uninstall"]) == ["nixl", "uninstall", "--python",
+                                                      sys.executable]
+    mine = ["nixl", "status", "--plugin", "/x.so", "--python", "/py"]
+    assert _wheel_defaults(mine) == mine
+    assert _wheel_defaults(["probe"]) == ["probe"]
