@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::frag::{Layout, Shape, MAX_PAGES_PER_REQ};
 use crate::mem::{OwnedRegion, PagePool, StageRing};
 use crate::sys::{self, Sock};
+use crate::trace;
 use crate::wire::{self, Handle, Hello, HDR_LEN, HELLO_LEN};
 use crate::worker::{self, FragJob, Job, JobKind, Shared, MAX_REQUESTS};
 
@@ -666,6 +667,7 @@ impl SendComm {
         size: usize,
         cuda: Option<usize>,
     ) -> Result<Option<*const Request>> {
+        trace::mark("sock.isend");
         let mut st = lock(&self.st);
         if let Some(e) = st.err.or_else(|| self.core.shared.error()) {
             return Err(e);
@@ -732,6 +734,7 @@ impl SendComm {
                 st.err = Some(e);
                 return Err(e);
             }
+            trace::mark("sock.send.direct");
         } else {
             let used = self.core.shared.dispatch(Job {
                 kind: match staged {
@@ -744,6 +747,7 @@ impl SendComm {
                 chunk_base: st.chunk_ctr,
             })?;
             st.chunk_ctr += used;
+            trace::mark("sock.send.dispatch");
         }
         st.posted += 1;
         self.progress(&mut st);
@@ -803,6 +807,7 @@ impl SendComm {
                     if st.ctrl_off == HDR_LEN + plen {
                         st.ctrl_seq += 1;
                         st.ctrl_off = 0;
+                        trace::mark("sock.send.ctrl");
                     }
                 }
                 Ok(None) => return,
@@ -835,6 +840,7 @@ impl SendComm {
             }
         }
         if done {
+            trace::mark("sock.send.done");
             st.tested += 1;
             if st.slots[idx].staging.is_some() {
                 st.ring.give_oldest();
@@ -1167,6 +1173,7 @@ impl RecvComm {
     /// CUDA receives (and, with `Config::host_bounce`, all receives) land in bounce pages and
     /// touch `data` only for linear bytes; host receives land in `data` directly.
     pub(crate) fn irecv(&self, data: *mut u8, cap: usize, cuda: bool) -> Result<*const Request> {
+        trace::mark("sock.irecv");
         let mut st = lock(&self.st);
         if let Some(e) = st.err.or_else(|| self.core.shared.error()) {
             return Err(e);
@@ -1270,6 +1277,7 @@ impl RecvComm {
                     s.size = size as usize;
                     s.inline = inline;
                     st.rx = RxPhase::Pages;
+                    trace::mark("sock.recv.header");
                 }
                 RxPhase::Pages => {
                     if !self.reserve_pages(st, idx) {
@@ -1288,8 +1296,10 @@ impl RecvComm {
                             let (ptr, size, chunk) = (s.ptr, s.size, st.chunk_ctr);
                             st.direct = Some(self.core.start_direct(idx, ptr, size, chunk));
                             st.chunk_ctr += 1;
+                            trace::mark("sock.recv.direct");
                         } else {
                             self.dispatch(st, idx)?;
+                            trace::mark("sock.recv.dispatch");
                         }
                         st.slots[idx].ctrl_done = true;
                         st.rx_seq += 1;
@@ -1305,6 +1315,7 @@ impl RecvComm {
                     st.slots[idx].ctrl_done = true;
                     st.rx_seq += 1;
                     st.rx = RxPhase::Header;
+                    trace::mark("sock.recv.inline");
                 }
             }
         }
@@ -1458,6 +1469,7 @@ impl RecvComm {
         let s = &st.slots[idx];
         let done = s.ctrl_done && self.core.shared.remaining[idx].load(Ordering::Acquire) == 0;
         if done {
+            trace::mark("sock.recv.done");
             let size = s.size;
             if let Some(u) = &self.unpack {
                 let meta = u.meta.region.host.cast::<NetUnpackMeta>();

@@ -125,7 +125,7 @@ impl Default for Config {
     }
 }
 
-fn env_usize(name: &str) -> Option<usize> {
+pub(crate) fn env_usize(name: &str) -> Option<usize> {
     let v = std::env::var(name).ok()?;
     let v = v.trim();
     let (digits, mult) = match v.as_bytes().last()? {

@@ -38,6 +38,7 @@ mod ffi;
 mod frag;
 pub mod mem;
 mod sys;
+pub mod trace;
 pub mod wire;
 mod worker;
 

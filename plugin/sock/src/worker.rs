@@ -17,6 +17,7 @@ use crate::cuda::{Copies, DeviceWriter, Landing, SendStage, Staging};
 use crate::error::{Error, Result};
 use crate::frag::{pieces, Dest};
 use crate::sys;
+use crate::trace;
 
 /// Outstanding requests per comm (TCPX's limit).
 pub const MAX_REQUESTS: usize = 16;
@@ -330,6 +331,12 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
     // Made at the helper's first receive that needs device copies.
     let mut landing: Option<Landing> = None;
     while let Some(job) = next_job(shared, me) {
+        let sending = matches!(job.kind, JobKind::Send | JobKind::SendStaged(_));
+        trace::mark(if sending {
+            "sock.helper.send.job"
+        } else {
+            "sock.helper.recv.job"
+        });
         let (first, nchunks) = lane_chunks(shared, me, &job);
         // Bytes of this lane's share of a kernel-staged request sent so far.
         let mut sent = 0u64;
@@ -384,6 +391,11 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
             }
         }
         shared.remaining[job.req].fetch_sub(1, Ordering::Release);
+        trace::mark(if sending {
+            "sock.helper.send.done"
+        } else {
+            "sock.helper.recv.done"
+        });
     }
     Ok(())
 }
