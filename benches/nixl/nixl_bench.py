@@ -384,6 +384,7 @@ class NixlDriver:
         )
         self.reg = self.agent.register_memory([(local.addr, local.n, 0, "")], args.mem)
         self.target, self.mem, self.local = target, args.mem, local
+        self.pause = os.sched_yield if args.poll == "yield" else (lambda: None)
         self.agent.fetch_remote_metadata(target.name, "127.0.0.1", target.port)
         deadline = time.monotonic() + BOUND_S
         while not self.agent.check_remote_metadata(target.name):
@@ -405,10 +406,11 @@ class NixlDriver:
 
     def once(self):
         """One transfer, post to DONE; returns its start and end (perf_counter)."""
-        a, h = self.agent, self.h
+        a, h, pause = self.agent, self.h, self.pause
         t0 = time.perf_counter()
         state = a.transfer(h)
         while state == "PROC":
+            pause()
             state = a.check_xfer_state(h)
             if time.perf_counter() - t0 > BOUND_S:
                 raise SystemExit(f"{self.what}: stuck")
@@ -557,9 +559,11 @@ def bench_backend(args, backend, env, round_=0):
                     load0 = os.getloadavg()
                     cpu_t0, cpu_i0 = target.ask("cpu")["cpu_s"], time.process_time()
                     samples = [0.0] * n
+                    starts = [0.0] * n
                     for it in range(n):
                         t0, t1 = driver.once()
                         samples[it] = t1 - t0
+                        starts[it] = t0
                     cpu_i1, cpu_t1 = time.process_time(), target.ask("cpu")["cpu_s"]
                     load1 = os.getloadavg()
                     notif_expected += n * driver.notifies
@@ -577,6 +581,10 @@ def bench_backend(args, backend, env, round_=0):
                         "notified": bool(driver.notifies),
                         "samples_us": [round(s * 1e6, 2) for s in samples],
                     }
+                    if args.trace:
+                        # perf_counter is CLOCK_MONOTONIC: the trace files' clock.
+                        r["pids"] = {"I": os.getpid(), "T": target.proc.pid}
+                        r["starts_ns"] = [int(t * 1e9) for t in starts]
                     results.append(r)
                     print(
                         f"  {backend:8} {op:5} batch {batch:2} {fmt_size(size):>4}: "
@@ -690,6 +698,81 @@ def table(results, backends):
     return "\n".join(lines)
 
 
+def load_trace(path):
+    """(ns, tid, label) of one process's trace file, in time order."""
+    events = []
+    with open(path) as f:
+        for line in f:
+            if line.startswith("#"):
+                continue
+            ns, tid, label = line.split(maxsplit=2)
+            events.append((int(ns), int(tid), label.strip()))
+    events.sort()
+    return events
+
+
+def trace_report(json_path):
+    """Per point: each traced stage's offset from the transfer's start (first occurrence in
+    the transfer's window), at the median transfer and across the slowest 1 %, and how often
+    the stages repeat. A stage whose offset grows in the slow transfers is where the tail is."""
+    import bisect
+
+    doc = json.loads(pathlib.Path(json_path).read_text())
+    prefix = doc["config"].get("trace")
+    if not prefix:
+        raise SystemExit(f"{json_path}: not a --trace run")
+    cache = {}
+
+    def events(pid):
+        if pid not in cache:
+            f = pathlib.Path(f"{prefix}.{pid}")
+            cache[pid] = load_trace(f) if f.is_file() else []
+        return cache[pid]
+
+    for r in doc["results"]:
+        if "starts_ns" not in r:
+            continue
+        streams = {who: events(pid) for who, pid in r["pids"].items()}
+        if not any(streams.values()):
+            print(f"{r['backend']} {r['op']} {fmt_size(r['size'])}x{r['batch']}: no trace events")
+            continue
+        keys = {who: [e[0] for e in ev] for who, ev in streams.items()}
+        lat = r["samples_us"]
+        n = len(lat)
+        order = sorted(range(n), key=lambda i: lat[i])
+        tail = order[-max(1, n // 100):]
+        mid = order[n // 4: 3 * n // 4]
+        per_iter = []
+        for i, t0 in enumerate(r["starts_ns"]):
+            t1 = t0 + int(lat[i] * 1000)
+            first, count = {}, {}
+            for who, ev in streams.items():
+                lo = bisect.bisect_left(keys[who], t0)
+                hi = bisect.bisect_right(keys[who], t1)
+                for ns, _tid, label in ev[lo:hi]:
+                    k = f"{who}:{label}"
+                    first.setdefault(k, (ns - t0) / 1000)
+                    count[k] = count.get(k, 0) + 1
+            per_iter.append((first, count))
+        labels = sorted({k for f, _ in per_iter for k in f},
+                        key=lambda k: statistics.median(
+                            [f[k] for f, _ in per_iter if k in f]))
+
+        def med(idx, k, what):
+            v = [per_iter[i][what][k] for i in idx if k in per_iter[i][what]]
+            return (statistics.median(v), len(v)) if v else (float("nan"), 0)
+
+        print(f"\n{r['backend']} {r['op']} {fmt_size(r['size'])} x{r['batch']}: {n} transfers, "
+              f"p50 {r['p50_us']:.1f} us, p99 {r['p99_us']:.1f} us; slowest 1 % = {len(tail)} "
+              f"transfers from {lat[tail[0]]:.1f} us")
+        print(f"  {'stage (I initiator, T target)':38} {'µs from post: mid 50 %':>22} "
+              f"{'slowest 1 %':>12} {'seen mid/slow':>14} {'per xfer mid/slow':>18}")
+        for k in labels:
+            (m, mn), (t, tn) = med(mid, k, 0), med(tail, k, 0)
+            (cm, _), (ct, _) = med(mid, k, 1), med(tail, k, 1)
+            print(f"  {k:38} {m:22.1f} {t:12.1f} {mn:6}/{tn:<7} {cm:8.1f}/{ct:<8.1f}")
+
+
 def parse_backends(args):
     """--backends plus --peer, upper-cased, in order, once each; a bad name is an error."""
     names = [b.strip().upper() for b in args.backends.split(",") if b.strip()]
@@ -719,6 +802,10 @@ def main():
     p.add_argument("--tail", action="store_true",
                    help=f"{TAIL_ITERS} iterations per point up to {fmt_size(TAIL_MAX_BYTES)} "
                    "(unless --iters), so p99.9 has 10 samples beyond it")
+    p.add_argument("--poll", choices=["spin", "yield"], default="spin",
+                   help="NIXL backends: check_xfer_state back to back (spin, as nixlbench "
+                   "does), or with sched_yield between checks (yield: a thread the transfer "
+                   "needs gets this core at once instead of at the end of our time slice)")
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat every backend this many times, interleaved, fresh processes")
     p.add_argument("--warmup", type=int, default=3)
@@ -738,6 +825,12 @@ def main():
     p.add_argument("--mem", choices=["DRAM", "VRAM"], default="DRAM",
                    help="both sides' buffers: host memory, or device memory on GPU 0")
     p.add_argument("--json", help="write the results here (every latency sample included)")
+    p.add_argument("--trace", metavar="PREFIX",
+                   help="both processes record tcpxsock's per-stage timestamps "
+                   "(TCPX_SOCK_TRACE=PREFIX, files PREFIX.<pid> at exit); --json keeps each "
+                   "transfer's start; read them with --trace-report")
+    p.add_argument("--trace-report", metavar="JSON",
+                   help="print where each transfer's time went, from a --trace run's --json")
     # target-only
     p.add_argument("--backend")
     p.add_argument("--name")
@@ -747,6 +840,8 @@ def main():
     args = p.parse_args()
     if args.role == "target":
         return run_target(args)
+    if args.trace_report:
+        return trace_report(args.trace_report)
 
     args.backends = parse_backends(args)
     args.ops = [o.strip().upper() for o in args.ops.split(",")]
@@ -763,8 +858,12 @@ def main():
     if not pathlib.Path(args.tcpx_plugin).is_file() and "TCPX" in args.backends:
         raise SystemExit(f"no TCPX plugin at {args.tcpx_plugin}: build it (scripts/bench-nixl.sh)")
 
+    if args.trace and not args.json:
+        raise SystemExit("--trace needs --json (the transfers' start times go there)")
     if "NIXL_BENCH_PLUGIN_DIR" not in os.environ:
         env = plugin_env(args.tcpx_plugin, args.mem)
+        if args.trace:
+            env["TCPX_SOCK_TRACE"] = str(pathlib.Path(args.trace).resolve())
         os.execve(sys.executable, [sys.executable, __file__] + sys.argv[1:], env)
     env = dict(os.environ)
     pdir = pathlib.Path(env["NIXL_BENCH_PLUGIN_DIR"])
@@ -789,12 +888,13 @@ def main():
             "config": {
                 "backends": args.backends, "ops": args.ops, "sizes": args.sizes,
                 "batches": args.batches, "warmup": args.warmup, "channels": args.channels,
-                "mem": args.mem, "rounds": args.rounds, "tail": args.tail,
+                "mem": args.mem, "rounds": args.rounds, "tail": args.tail, "poll": args.poll,
                 "chunk_bytes": args.chunk_bytes, "window": args.window,
                 "inline_read_bytes": args.inline_read_bytes,
                 "inline_write_bytes": args.inline_write_bytes,
                 "UCX_TLS": env["UCX_TLS"], "cpus": os.cpu_count(),
                 "percentile": "nearest rank", "latency": "post to DONE, one transfer",
+                "trace": env.get("TCPX_SOCK_TRACE"),
             },
             "notifications": notifs,
             "summary": [

@@ -152,3 +152,28 @@ def test_mooncake_peer_moves_checked_data(tmp_path):
         assert r["notified"] == (r["batch"] == 1)
     (n,) = doc["notifications"]["MOONCAKE"]
     assert n["notifs_received"] == n["notifs_sent"] == 2 * 2 * (1 + 20)
+
+
+def test_trace_lines_up_both_processes_stages(tmp_path):
+    """--trace: both processes record tcpxsock's stages; --trace-report places them in each
+    transfer (a 64 KiB WRITE goes through the data session: the initiator's isend and the
+    target's receive show up)."""
+    prefix = tmp_path / "trace"
+    rc, doc, err = run_bench(
+        tmp_path, "--backends", "TCPX", "--ops", "WRITE", "--sizes", "64K", "--batches", "1",
+        "--iters", "30", "--poll", "yield", "--trace", str(prefix),
+    )
+    assert rc == 0, err
+    (r,) = doc["results"]
+    assert len(r["starts_ns"]) == 30 and set(r["pids"]) == {"I", "T"}
+    assert doc["config"]["poll"] == "yield"
+    for who in ("I", "T"):
+        assert pathlib.Path(f"{prefix}.{r['pids'][who]}").is_file(), who
+    rep = subprocess.run(
+        [sys.executable, str(BENCH), "--trace-report", str(tmp_path / "bench.json")],
+        capture_output=True, text=True, timeout=BOUND_S,
+    )
+    assert rep.returncode == 0, rep.stderr
+    assert "TCPX WRITE 64K x1: 30 transfers" in rep.stdout, rep.stdout
+    for stage in ("I:sock.isend", "I:sock.send.done", "T:sock.irecv", "T:sock.recv.done"):
+        assert stage in rep.stdout, (stage, rep.stdout)
