@@ -6,7 +6,8 @@
 //! where their `libnixl.so` lives: libnixl scans `<folder of libnixl.so>/plugins` when
 //! `NIXL_PLUGIN_DIR` is unset (for the 1.5 wheels `site-packages/.nixl_cuXX.mesonpy.libs/plugins`).
 //! Every file is replaced atomically (temporary file in the same folder, fsync, rename): a
-//! running NIXL process keeps the old inode mapped, where overwriting in place would SIGBUS it.
+//! running NIXL process keeps the old inode mapped, where overwriting in place crashes it
+//! (SIGBUS or SIGSEGV at its next page-in of the plugin).
 //! A manifest (`.tcpx-installed`) beside the plugin records what install wrote, so uninstall
 //! removes only that and status can tell a stale copy.
 
@@ -521,21 +522,22 @@ fn install(o: &Options) -> NixlResult<i32> {
     }
     // Every check before the first write: a refusal changes nothing.
     let mut refused = Vec::new();
+    let mut targets = Vec::new();
     for w in &env.wheels {
-        if !NIXL_VERSIONS.contains(&w.version.as_str()) {
-            refused.push(format!(
+        match &w.plugin_dir {
+            _ if !NIXL_VERSIONS.contains(&w.version.as_str()) => refused.push(format!(
                 "{} (at {}): tcpx's NIXL backend is built for the plugin ABI of NIXL {}",
                 label(w),
                 w.plugin_dir
                     .as_deref()
                     .map_or(env.prefix.clone(), |d| d.display().to_string()),
                 NIXL_VERSIONS.join(", ")
-            ));
-        } else if w.plugin_dir.is_none() {
-            refused.push(format!(
+            )),
+            None => refused.push(format!(
                 "{}: no plugins/ folder beside its libnixl.so (a layout tcpx does not know)",
                 label(w)
-            ));
+            )),
+            Some(dir) => targets.push((w, dir.as_path())),
         }
     }
     if !refused.is_empty() {
@@ -553,8 +555,7 @@ fn install(o: &Options) -> NixlResult<i32> {
     // Stage every file in every folder, then rename them all.
     let mut staged = Vec::new();
     let mut notes = Vec::new();
-    for w in &env.wheels {
-        let dir = w.plugin_dir.as_deref().expect("checked above");
+    for (w, dir) in targets {
         let manifest = Manifest {
             hash: src.hash.clone(),
             nixl: label(w),
@@ -577,6 +578,7 @@ fn install(o: &Options) -> NixlResult<i32> {
         }
         let what = match (&current, &old) {
             (None, _) => "installed",
+            (Some(_), None) if same_file => "installed (took over an identical copy there)",
             (Some(_), None) => "installed, replacing a copy tcpx had not put there",
             (Some(_), Some(_)) if same_file => "installed (manifest updated)",
             (Some(_), Some(_)) => "updated",
@@ -750,7 +752,8 @@ fn check(python: &str, w: &Wheel, create: bool) -> NixlResult<Check> {
         let lines: Vec<&str> = err.lines().filter(|l| l.contains(PLUGIN_FILE)).collect();
         let tail: Vec<&str> = err.lines().rev().take(3).collect();
         match lines.last() {
-            Some(l) => l.trim().to_string(),
+            // Without the log prefix (`I1207 03:08:38.774863 16795 file.cpp:352] `).
+            Some(l) => l.split_once("] ").map_or(*l, |(_, m)| m).trim().to_string(),
             None => tail.into_iter().rev().collect::<Vec<_>>().join(" | "),
         }
     };
