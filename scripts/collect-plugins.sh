@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 profile=${1:-release}
 src="${CARGO_TARGET_DIR:-target}/$profile"
 mkdir -p target/plugins
-cp -f "$src/libtcpx_sock.so" target/plugins/libnccl-net-tcpxsock.so
-cp -f "$src/libplugin_TCPX.so" target/plugins/libplugin_TCPX.so
+# Replaced by rename, never overwritten in place: a process that has the old file mapped
+# keeps a valid file (writing into a mapped library crashes it).
+put() { cp -f "$1" "$2.tmp.$$" && mv -f "$2.tmp.$$" "$2"; }
+put "$src/libtcpx_sock.so" target/plugins/libnccl-net-tcpxsock.so
+put "$src/libplugin_TCPX.so" target/plugins/libplugin_TCPX.so
 echo "plugins: $(ls target/plugins | tr '\n' ' ')"

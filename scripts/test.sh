@@ -34,6 +34,9 @@ cargo test --workspace
 step "NIXL tests (real nixl-cu12 wheel)"
 TCPX_PLUGIN_DIR="$root/target/plugins" .venv/bin/python -m pytest -q tests/nixl
 
+step "tcpx nixl install|status|uninstall on fresh nixl-cu12 and nixl (cu12+cu13) venvs, no NIXL_PLUGIN_DIR"
+bash scripts/nixl-install-tests.sh
+
 # tcpxsock in TCPX mode (docs: plugin/sock/README.md): an UNPACK device that fills the accept
 # device handle in place, never writes sizes in test, holds every receive until
 # irecvConsumed, refuses iflush and unaligned CUDA registrations, and accepts only after a
