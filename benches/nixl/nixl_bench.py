@@ -699,16 +699,45 @@ def table(results, backends):
 
 
 def load_trace(path):
-    """(ns, tid, label) of one process's trace file, in time order."""
+    """(ns, tid, label) of one process's trace file (lines `ns tid label key`), in time
+    order."""
     events = []
     with open(path) as f:
         for line in f:
             if line.startswith("#"):
                 continue
-            ns, tid, label = line.split(maxsplit=2)
-            events.append((int(ns), int(tid), label.strip()))
+            f = line.split()
+            key = int(f[3], 16) if len(f) > 3 else 0
+            events.append((int(f[0]), int(f[1]), f[2], key))
     events.sort()
     return events
+
+
+# Hand-offs between threads, as (from stage, to stage, what it measures): the same request
+# (key) passing from one to the next.
+HANDOFFS = (
+    ("sock.send.dispatch", "sock.helper.send.job", "send helper woken"),
+    ("sock.helper.send.done", "sock.send.done", "send completion seen by test"),
+    ("sock.recv.dispatch", "sock.helper.recv.job", "recv helper woken"),
+    ("sock.helper.recv.done", "sock.recv.done", "recv completion seen by test"),
+    ("sock.recv.header", "sock.recv.inline", "inline payload read"),
+)
+
+
+def handoffs(events):
+    """{what: [µs]} for each HANDOFFS pair: from each `from` event to the next `to` event
+    with the same key."""
+    want = {a: (b, what) for a, b, what in HANDOFFS}
+    ends = {b for _, b, _ in HANDOFFS}
+    open_, out = {}, {}
+    for ns, _tid, label, key in events:
+        if label in want and key:
+            open_[(want[label][0], key)] = (ns, want[label][1])
+        if label in ends and key:
+            started = open_.pop((label, key), None)
+            if started:
+                out.setdefault(started[1], []).append((ns - started[0]) / 1000)
+    return out
 
 
 def trace_report(json_path):
@@ -749,7 +778,7 @@ def trace_report(json_path):
             for who, ev in streams.items():
                 lo = bisect.bisect_left(keys[who], t0)
                 hi = bisect.bisect_right(keys[who], t1)
-                for ns, _tid, label in ev[lo:hi]:
+                for ns, _tid, label, _key in ev[lo:hi]:
                     k = f"{who}:{label}"
                     first.setdefault(k, (ns - t0) / 1000)
                     count[k] = count.get(k, 0) + 1
@@ -771,6 +800,15 @@ def trace_report(json_path):
             (m, mn), (t, tn) = med(mid, k, 0), med(tail, k, 0)
             (cm, _), (ct, _) = med(mid, k, 1), med(tail, k, 1)
             print(f"  {k:38} {m:22.1f} {t:12.1f} {mn:6}/{tn:<7} {cm:8.1f}/{ct:<8.1f}")
+        t_lo, t_hi = r["starts_ns"][0], r["starts_ns"][-1] + int(lat[-1] * 1000)
+        for who, ev in streams.items():
+            lo, hi = bisect.bisect_left(keys[who], t_lo), bisect.bisect_right(keys[who], t_hi)
+            for name, d in handoffs(ev[lo:hi]).items():
+                d.sort()
+                m = len(d)
+                print(f"  hand-off {who}: {name:44} n {m:6}  p50 {d[m // 2]:7.1f}  "
+                      f"p90 {d[m * 9 // 10]:7.1f}  p99 {d[m * 99 // 100]:7.1f}  "
+                      f"max {d[-1]:8.1f} us")
 
 
 def parse_backends(args):

@@ -734,7 +734,10 @@ impl SendComm {
                 st.err = Some(e);
                 return Err(e);
             }
-            trace::mark("sock.send.direct");
+            trace::mark_key(
+                "sock.send.direct",
+                trace::request_key(Arc::as_ptr(&self.core.shared), idx),
+            );
         } else {
             let used = self.core.shared.dispatch(Job {
                 kind: match staged {
@@ -747,7 +750,10 @@ impl SendComm {
                 chunk_base: st.chunk_ctr,
             })?;
             st.chunk_ctr += used;
-            trace::mark("sock.send.dispatch");
+            trace::mark_key(
+                "sock.send.dispatch",
+                trace::request_key(Arc::as_ptr(&self.core.shared), idx),
+            );
         }
         st.posted += 1;
         self.progress(&mut st);
@@ -807,7 +813,13 @@ impl SendComm {
                     if st.ctrl_off == HDR_LEN + plen {
                         st.ctrl_seq += 1;
                         st.ctrl_off = 0;
-                        trace::mark("sock.send.ctrl");
+                        trace::mark_key(
+                            "sock.send.ctrl",
+                            trace::request_key(
+                                Arc::as_ptr(&self.core.shared),
+                                ((st.ctrl_seq - 1) % MAX_REQUESTS as u64) as usize,
+                            ),
+                        );
                     }
                 }
                 Ok(None) => return,
@@ -840,7 +852,10 @@ impl SendComm {
             }
         }
         if done {
-            trace::mark("sock.send.done");
+            trace::mark_key(
+                "sock.send.done",
+                trace::request_key(Arc::as_ptr(&self.core.shared), idx),
+            );
             st.tested += 1;
             if st.slots[idx].staging.is_some() {
                 st.ring.give_oldest();
@@ -1277,7 +1292,10 @@ impl RecvComm {
                     s.size = size as usize;
                     s.inline = inline;
                     st.rx = RxPhase::Pages;
-                    trace::mark("sock.recv.header");
+                    trace::mark_key(
+                        "sock.recv.header",
+                        trace::request_key(Arc::as_ptr(&self.core.shared), idx),
+                    );
                 }
                 RxPhase::Pages => {
                     if !self.reserve_pages(st, idx) {
@@ -1296,10 +1314,16 @@ impl RecvComm {
                             let (ptr, size, chunk) = (s.ptr, s.size, st.chunk_ctr);
                             st.direct = Some(self.core.start_direct(idx, ptr, size, chunk));
                             st.chunk_ctr += 1;
-                            trace::mark("sock.recv.direct");
+                            trace::mark_key(
+                                "sock.recv.direct",
+                                trace::request_key(Arc::as_ptr(&self.core.shared), idx),
+                            );
                         } else {
                             self.dispatch(st, idx)?;
-                            trace::mark("sock.recv.dispatch");
+                            trace::mark_key(
+                                "sock.recv.dispatch",
+                                trace::request_key(Arc::as_ptr(&self.core.shared), idx),
+                            );
                         }
                         st.slots[idx].ctrl_done = true;
                         st.rx_seq += 1;
@@ -1315,7 +1339,10 @@ impl RecvComm {
                     st.slots[idx].ctrl_done = true;
                     st.rx_seq += 1;
                     st.rx = RxPhase::Header;
-                    trace::mark("sock.recv.inline");
+                    trace::mark_key(
+                        "sock.recv.inline",
+                        trace::request_key(Arc::as_ptr(&self.core.shared), idx),
+                    );
                 }
             }
         }
@@ -1469,7 +1496,10 @@ impl RecvComm {
         let s = &st.slots[idx];
         let done = s.ctrl_done && self.core.shared.remaining[idx].load(Ordering::Acquire) == 0;
         if done {
-            trace::mark("sock.recv.done");
+            trace::mark_key(
+                "sock.recv.done",
+                trace::request_key(Arc::as_ptr(&self.core.shared), idx),
+            );
             let size = s.size;
             if let Some(u) = &self.unpack {
                 let meta = u.meta.region.host.cast::<NetUnpackMeta>();

@@ -1,10 +1,11 @@
 //! Per-stage timestamps for finding where a transfer's time goes (`TCPX_SOCK_TRACE=PREFIX`).
 //!
 //! Off (the default), [`mark`] is one relaxed load of a static and a branch. On, each mark
-//! stores `(CLOCK_MONOTONIC ns, thread id, label)` into a ring allocated once at the first
-//! mark (`TCPX_SOCK_TRACE_EVENTS`, default 4M events; later marks past it are counted, not
-//! stored), without locks or allocation; at process exit the events go to `PREFIX.<pid>`, one
-//! `ns tid label` line each. CLOCK_MONOTONIC is the clock of Python's `time.perf_counter` and
+//! stores `(CLOCK_MONOTONIC ns, thread id, label, key)` into a ring allocated once at the
+//! first mark (`TCPX_SOCK_TRACE_EVENTS`, default 4M events; later marks past it are counted,
+//! not stored), without locks or allocation; at process exit the events go to `PREFIX.<pid>`,
+//! one `ns tid label key` line each. The key ties the stages of one request together across
+//! threads (tcpxsock's: [`request_key`]; 0 = none). CLOCK_MONOTONIC is the clock of Python's `time.perf_counter` and
 //! is shared by every process of the machine, so the marks of two processes on one host (and
 //! their callers' own timestamps) line up: `benches/nixl/nixl_bench.py --trace` reads them
 //! per transfer.
@@ -24,6 +25,7 @@ static RING: OnceLock<Ring> = OnceLock::new();
 
 struct Slot {
     ns: AtomicU64,
+    key: AtomicU64,
     /// Thread id (low 32 bits) and label length (high 32 bits).
     tid_len: AtomicU64,
     label: AtomicUsize,
@@ -51,6 +53,18 @@ pub fn enabled() -> bool {
 /// Records that `label` happened now on this thread (nothing when tracing is off).
 #[inline]
 pub fn mark(label: &'static str) {
+    mark_key(label, 0)
+}
+
+/// The key of request slot `idx` of the comm whose helper state lives at `comm`: the same
+/// on the caller's thread and in the comm's helpers.
+pub(crate) fn request_key<T>(comm: *const T, idx: usize) -> u64 {
+    ((comm as usize as u64) << 4) | idx as u64
+}
+
+/// [`mark`] with a key naming what the stage belongs to.
+#[inline]
+pub fn mark_key(label: &'static str, key: u64) {
     match STATE.load(Ordering::Relaxed) {
         OFF => return,
         ON => {}
@@ -68,6 +82,7 @@ pub fn mark(label: &'static str) {
         t.get()
     });
     s.ns.store(now_ns(), Ordering::Relaxed);
+    s.key.store(key, Ordering::Relaxed);
     s.label.store(label.as_ptr() as usize, Ordering::Relaxed);
     // Stored last with Release: `dump` takes a slot whose length is set as complete.
     s.tid_len.store(
@@ -101,6 +116,7 @@ fn start() -> bool {
             (0..n)
                 .map(|_| Slot {
                     ns: AtomicU64::new(0),
+                    key: AtomicU64::new(0),
                     tid_len: AtomicU64::new(0),
                     label: AtomicUsize::new(0),
                 })
@@ -139,7 +155,8 @@ extern "C" fn dump_at_exit() {
     });
 }
 
-/// Writes the events recorded so far to `PREFIX.<pid>` (at exit this runs by itself);
+/// Writes the events recorded so far to `PREFIX.<pid>` (at exit this runs by itself), one
+/// `ns tid label key` line each;
 /// returns the file's path, or `None` when tracing is off.
 pub fn dump() -> std::io::Result<Option<String>> {
     let Some(r) = RING.get().filter(|r| !r.prefix.is_empty()) else {
@@ -157,7 +174,8 @@ pub fn dump() -> std::io::Result<Option<String>> {
         let p = s.label.load(Ordering::Relaxed) as *const u8;
         // SAFETY: `p` and `len` come from a `&'static str` given to `mark`.
         let label = unsafe { std::str::from_utf8_unchecked(std::slice::from_raw_parts(p, len)) };
-        writeln!(f, "{} {} {label}", s.ns.load(Ordering::Relaxed), tl as u32)?;
+        let (ns, key) = (s.ns.load(Ordering::Relaxed), s.key.load(Ordering::Relaxed));
+        writeln!(f, "{ns} {} {label} {key:#x}", tl as u32)?;
     }
     if n > r.slots.len() {
         writeln!(f, "# {} events not recorded (ring full)", n - r.slots.len())?;

@@ -332,11 +332,15 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
     let mut landing: Option<Landing> = None;
     while let Some(job) = next_job(shared, me) {
         let sending = matches!(job.kind, JobKind::Send | JobKind::SendStaged(_));
-        trace::mark(if sending {
-            "sock.helper.send.job"
-        } else {
-            "sock.helper.recv.job"
-        });
+        let key = trace::request_key(shared as *const Shared, job.req);
+        trace::mark_key(
+            if sending {
+                "sock.helper.send.job"
+            } else {
+                "sock.helper.recv.job"
+            },
+            key,
+        );
         let (first, nchunks) = lane_chunks(shared, me, &job);
         // Bytes of this lane's share of a kernel-staged request sent so far.
         let mut sent = 0u64;
@@ -391,11 +395,14 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
             }
         }
         shared.remaining[job.req].fetch_sub(1, Ordering::Release);
-        trace::mark(if sending {
-            "sock.helper.send.done"
-        } else {
-            "sock.helper.recv.done"
-        });
+        trace::mark_key(
+            if sending {
+                "sock.helper.send.done"
+            } else {
+                "sock.helper.recv.done"
+            },
+            key,
+        );
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
-//! `TCPX_SOCK_TRACE`: a process with it set writes `PREFIX.<pid>` at exit, one `ns tid label`
-//! line per stage a request passed (caller and helper threads); without it nothing is
-//! recorded or written.
+//! `TCPX_SOCK_TRACE`: a process with it set writes `PREFIX.<pid>` at exit, one
+//! `ns tid label key` line per stage a request passed (caller and helper threads, one key per
+//! request); without it nothing is recorded or written.
 
 mod common;
 
@@ -66,12 +66,18 @@ fn a_traced_process_writes_every_stage_at_exit() {
     let _ = std::fs::remove_dir_all(&dir);
     let mut labels = HashSet::new();
     let mut tids_of = std::collections::HashMap::<String, HashSet<u32>>::new();
+    let mut keys_of = std::collections::HashMap::<String, HashSet<String>>::new();
     for line in text.lines() {
         let f: Vec<&str> = line.split(' ').collect();
-        assert_eq!(f.len(), 3, "ns tid label: {line:?}");
+        assert_eq!(f.len(), 4, "ns tid label key: {line:?}");
         assert!(f[0].parse::<u64>().unwrap() > 0, "{line}");
+        assert!(f[3].starts_with("0x"), "{line}");
         let tid = f[1].parse::<u32>().unwrap();
         tids_of.entry(f[2].to_string()).or_default().insert(tid);
+        keys_of
+            .entry(f[2].to_string())
+            .or_default()
+            .insert(f[3].to_string());
         labels.insert(f[2].to_string());
     }
     for want in [
@@ -91,9 +97,22 @@ fn a_traced_process_writes_every_stage_at_exit() {
     ] {
         assert!(labels.contains(want), "{want} missing from {labels:?}");
     }
-    // Helper threads are not the callers' threads.
+    // Helper threads are not the callers' threads, and a dispatched request's stages on both
+    // carry its key.
     let callers = &tids_of["sock.isend"] | &tids_of["sock.irecv"];
     assert!(tids_of["sock.helper.send.job"].is_disjoint(&callers));
+    for (posted, picked) in [
+        ("sock.send.dispatch", "sock.helper.send.job"),
+        ("sock.recv.dispatch", "sock.helper.recv.job"),
+        ("sock.helper.recv.done", "sock.recv.done"),
+    ] {
+        assert!(
+            !keys_of[posted].is_disjoint(&keys_of[picked]),
+            "{posted} {:?} / {picked} {:?}",
+            keys_of[posted],
+            keys_of[picked]
+        );
+    }
 }
 
 #[test]
