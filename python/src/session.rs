@@ -682,6 +682,19 @@ impl Transfer {
         Ok(self.update(p))
     }
 
+    /// Where the transfer stands, without driving anything: whether it is done (and
+    /// `bytes_done` as of now). For loops that drive many transfers with one
+    /// `Session.progress` per round.
+    fn status(&mut self, py: Python<'_>) -> PyResult<bool> {
+        self.check()?;
+        let p = {
+            let g = self.session.get().lock(py);
+            let engine = g.engine.as_ref().ok_or_else(closed).py_err()?;
+            engine.status(self.id).py_err()?
+        };
+        Ok(self.update(p))
+    }
+
     /// Polls until done, at most `timeout` seconds (default: the session's `timeout_ms`),
     /// without the GIL; returns the bytes moved. Raises `tcpx.TimeoutError` (the transfer
     /// stays live) or the session's failure. Ctrl-C interrupts it.

@@ -264,11 +264,13 @@ def test_transfer_lifecycle(sessions):
     tr = b.post("RECV", [(rb, 0, n, 0)])
     assert (ts.direction, tr.direction) == (tcpx.SEND, tcpx.RECV)
     assert tr.bytes_total == n and not tr.done
+    assert not tr.status() and tr.bytes_done == 0  # post drives nothing; status neither
     # A region cannot go while a live transfer names it.
     with pytest.raises(tcpx.InvalidError, match="live transfer"):
         rb.deregister()
     drive(ts, tr)
     assert tr.done and tr.bytes_done == n and "done" in repr(tr)
+    assert tr.status()
     assert tr.poll()  # done stays done
     tr.release()
     tr.release()  # idempotent
