@@ -139,7 +139,7 @@ static int props_v10(int dev, props_v10_t *p) {
 
 /* ---- comms and the in-memory wire ---- */
 typedef struct { int dev; int accepts; } listen_t;
-typedef struct { int kind; } comm_t; /* 1 send, 2 recv */
+typedef struct { int kind; int dev; } comm_t; /* 1 send, 2 recv; the device it was made on */
 typedef struct { int send; void *data; size_t cap; int done; } req_t;
 
 #define QUEUE 16
@@ -157,7 +157,7 @@ static int do_listen(int dev, void *handle, void **comm) {
     return 0;
 }
 
-static int connect_common(void *handle, void **comm, dev_handle_t **dh) {
+static int connect_common(int dev, void *handle, void **comm, dev_handle_t **dh) {
     (void)dh;
     if (strncmp(handle, "fake-handle", 11) != 0) return 4;
     /* First attempt "in progress": remember it in the handle, as real plugins do. */
@@ -166,16 +166,16 @@ static int connect_common(void *handle, void **comm, dev_handle_t **dh) {
     if (*stage == 0) { *stage = 1; *comm = NULL; return 0; }
     comm_t *c = calloc(1, sizeof *c);
     c->kind = 1;
+    c->dev = dev;
     *comm = c;
     return 0;
 }
 static int connect_v7(int dev, void *handle, void **comm, dev_handle_t **dh) {
-    (void)dev; return connect_common(handle, comm, dh);
+    return connect_common(dev, handle, comm, dh);
 }
 static int connect_v10(int dev, void *config, void *handle, void **comm, dev_handle_t **dh) {
-    (void)dev;
     if (config == NULL || *(int *)config != -1) return 4; /* expects TRAFFIC_CLASS_UNDEF */
-    return connect_common(handle, comm, dh);
+    return connect_common(dev, handle, comm, dh);
 }
 
 static int do_accept(void *listen, void **comm, dev_handle_t **dh) {
@@ -211,6 +211,10 @@ static int dereg(void *comm, void *mh) { n_dereg++; return comm == mh ? 0 : 3; }
 
 static int send_common(void *comm, void *data, size_t size, void *mh, void **req) {
     if (mh != comm) return 4;
+#ifdef FAIL_DEV
+    /* A NIC that died: every send on it fails as a dead peer does. */
+    if (((comm_t *)comm)->dev == FAIL_DEV) return 6;
+#endif
     if (n_isend_calls++ == 0) { *req = NULL; return 0; } /* busy once */
     if ((q_tail + 1) % QUEUE == q_head) { *req = NULL; return 0; }
     queue[q_tail].bytes = malloc(size ? size : 1);
