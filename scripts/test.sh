@@ -31,6 +31,9 @@ bash scripts/collect-plugins.sh debug
 step "cargo test"
 cargo test --workspace
 
+step "Python: the tcpx wheel (python/) and python/tests"
+bash scripts/python-tests.sh
+
 step "NIXL tests (real nixl-cu12 wheel)"
 TCPX_PLUGIN_DIR="$root/target/plugins" .venv/bin/python -m pytest -q tests/nixl
 
@@ -49,6 +52,7 @@ step "TCPX mode: engine, C API, tcpx bench and NIXL against tcpxsock behaving as
     cargo test -p tcpx-p2p
     TCPX_SOCK_IFNAME=lo ./target/debug/tcpx bench --loopback --size 4K,1M --iters 20 --verify
     TCPX_PLUGIN_DIR="$root/target/plugins" .venv/bin/python -m pytest -q tests/nixl
+    (cd python/tests && TCPX_SOCK_IFNAME=lo ../../.venv/bin/python -m pytest -q .)
 )
 
 step "multi-host NIXL tests (network namespaces, etcd, link and process faults)"
