@@ -116,6 +116,37 @@ def summarize(samples_s):
     return out
 
 
+def thread_sched(pid=None):
+    """{thread name: [CPU ns, runqueue wait ns, times scheduled]} of a process's threads,
+    summed by name (/proc/<pid>/task/*/schedstat; helper threads share a name)."""
+    out = {}
+    base = pathlib.Path(f"/proc/{pid or os.getpid()}/task")
+    for t in base.iterdir():
+        try:
+            name = (t / "comm").read_text().strip()
+            run, wait, n = ((t / "schedstat").read_text().split() + ["0"] * 3)[:3]
+        except OSError:
+            continue  # the thread exited
+        name = name.rstrip("0123456789-") or name  # tcpxsock-0..3 -> tcpxsock
+        acc = out.setdefault(name, [0, 0, 0])
+        acc[0] += int(run)
+        acc[1] += int(wait)
+        acc[2] += int(n)
+    return out
+
+
+def sched_per_xfer(before, after, n):
+    """Per transfer, by thread name: CPU µs, µs waiting for a CPU while runnable, and how
+    often it was scheduled (from two `thread_sched` snapshots)."""
+    out = {}
+    for name, (r1, w1, n1) in after.items():
+        r0, w0, n0 = before.get(name, (0, 0, 0))
+        if r1 - r0 or w1 - w0:
+            out[name] = {"cpu_us": (r1 - r0) / n / 1e3, "wait_us": (w1 - w0) / n / 1e3,
+                         "runs": (n1 - n0) / n}
+    return out
+
+
 def mooncake_engine():
     """Mooncake's TransferEngine class, or SystemExit saying what to install."""
     os.environ.setdefault("GLOG_minloglevel", "1")  # its INFO lines would bury ours
@@ -292,7 +323,7 @@ def run_target(args):
             elif cmd[0] == "check":
                 reply({"first_bad": buf.check_head(int(cmd[1]))})
             elif cmd[0] == "cpu":
-                reply({"cpu_s": time.process_time()})
+                reply({"cpu_s": time.process_time(), "sched": thread_sched()})
         quit_.set()  # "quit N" or the initiator died (EOF)
 
     threading.Thread(target=stdin_watch, daemon=True).start()
@@ -557,14 +588,18 @@ def bench_backend(args, backend, env, round_=0):
                         driver.once()
                     notif_expected += max(1, args.warmup) * driver.notifies
                     load0 = os.getloadavg()
-                    cpu_t0, cpu_i0 = target.ask("cpu")["cpu_s"], time.process_time()
+                    t_cpu = target.ask("cpu")
+                    cpu_t0, cpu_i0 = t_cpu["cpu_s"], time.process_time()
+                    sched_t0, sched_i0 = t_cpu["sched"], thread_sched()
                     samples = [0.0] * n
                     starts = [0.0] * n
                     for it in range(n):
                         t0, t1 = driver.once()
                         samples[it] = t1 - t0
                         starts[it] = t0
-                    cpu_i1, cpu_t1 = time.process_time(), target.ask("cpu")["cpu_s"]
+                    cpu_i1, sched_i1 = time.process_time(), thread_sched()
+                    t_cpu = target.ask("cpu")
+                    cpu_t1, sched_t1 = t_cpu["cpu_s"], t_cpu["sched"]
                     load1 = os.getloadavg()
                     notif_expected += n * driver.notifies
                     driver.finish()
@@ -576,6 +611,9 @@ def bench_backend(args, backend, env, round_=0):
                         **summarize(samples),
                         "cpu_us_initiator": (cpu_i1 - cpu_i0) / n * 1e6,
                         "cpu_us_target": (cpu_t1 - cpu_t0) / n * 1e6,
+                        # Per thread (by name): where the CPU went and who waited for one.
+                        "sched": {"I": sched_per_xfer(sched_i0, sched_i1, n),
+                                  "T": sched_per_xfer(sched_t0, sched_t1, n)},
                         "loadavg_before": list(load0),
                         "loadavg_after": list(load1),
                         "notified": bool(driver.notifies),
@@ -591,7 +629,10 @@ def bench_backend(args, backend, env, round_=0):
                         f"{r['gbps']:7.3f} GB/s  p50 {r['p50_us']:8.1f}  p90 {r['p90_us']:8.1f}"
                         f"  p99 {r['p99_us']:8.1f}  p99.9 {r['p999_us']:8.1f} us  "
                         f"cpu {r['cpu_us_initiator'] + r['cpu_us_target']:6.1f} us/xfer  "
-                        f"({n} iters, load {load1[0]:.2f})",
+                        f"({n} iters, load {load1[0]:.2f})\n      runqueue wait per xfer: "
+                        + ", ".join(f"{w}:{t} {v['wait_us']:.1f} us" for w, t, v in sorted(
+                            ((w, t, v) for w in ("I", "T") for t, v in r["sched"][w].items()),
+                            key=lambda x: -x[2]["wait_us"])[:5]),
                         file=sys.stderr, flush=True,
                     )
         driver.close()

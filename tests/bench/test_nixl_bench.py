@@ -57,6 +57,12 @@ def check_point(r, iters):
     assert r["gbps"] > 0
     assert r["cpu_us_initiator"] > 0 and r["cpu_us_target"] >= 0
     assert len(r["loadavg_before"]) == len(r["loadavg_after"]) == 3
+    # Per-thread CPU and runqueue wait of both processes, by thread name.
+    for who in ("I", "T"):
+        threads = r["sched"][who]
+        assert threads, (who, r["backend"])
+        for v in threads.values():
+            assert set(v) == {"cpu_us", "wait_us", "runs"} and v["cpu_us"] >= 0
 
 
 def test_json_carries_percentiles_and_raw_samples(tmp_path):
