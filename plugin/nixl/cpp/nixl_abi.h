@@ -121,11 +121,12 @@ struct TelemetryEventSlot {
     uint64_t value;
 };
 
-// Types named only by slots we leave at their defaults (queryMem, estimateXferCost). They are
-// passed by reference, so declarations are enough.
+// Types named only by queryMem (left at its default) and estimateXferCost. They are passed by
+// reference, so declarations are enough.
 using QueryResponse = std::optional<Params>;
 struct OptArgsAgent;  // nixl_opt_args_t, never dereferenced here
-enum CostMethod : int {};
+// nixl_cost_t (an enum class of int): how an estimate was made.
+enum CostMethod : int { kCostAnalyticalBackend = 0 };
 
 // nixlBackendEngine: the base class whose data members and virtual slots libnixl relies on.
 // Slot numbers (after the two destructor slots 0-1) are given on each virtual.

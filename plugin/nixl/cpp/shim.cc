@@ -255,6 +255,30 @@ class TcpxEngine final : public EngineBase {
                        [&] { return tcpx_nixl_gen_notif(backend_, view(agent), view(msg)); });
     }
 
+    Status estimateXferCost(const XferOp&, const MetaDescList& local, const MetaDescList&,
+                            const std::string& agent, BackendReqH* const& handle,
+                            std::chrono::microseconds& duration,
+                            std::chrono::microseconds& err_margin, CostMethod& method,
+                            const OptArgsAgent*) const override {
+        return guarded("estimateXferCost", [&] {
+            uint64_t bytes = 0;
+            for (const MetaDesc& d : local.descs) {
+                bytes += d.len;
+            }
+            int64_t us = 0;
+            int64_t margin_us = 0;
+            int32_t s = tcpx_nixl_estimate_xfer_cost(backend_, view(agent), bytes,
+                                                     reinterpret_cast<uintptr_t>(handle), &us,
+                                                     &margin_us);
+            if (s == kSuccess) {
+                duration = std::chrono::microseconds(us);
+                err_margin = std::chrono::microseconds(margin_us);
+                method = kCostAnalyticalBackend;
+            }
+            return s;
+        });
+    }
+
   private:
     static bool add_param(void* ctx, TcpxStr key, TcpxStr value) noexcept {
         try {

@@ -101,6 +101,11 @@ int32_t tcpx_nixl_release_req(const TcpxBackend* be, uintptr_t handle);
 int32_t tcpx_nixl_get_notifs(const TcpxBackend* be, TcpxPairSink sink, void* ctx);
 int32_t tcpx_nixl_gen_notif(const TcpxBackend* be, TcpxStr agent, TcpxStr msg);
 
+// Cost estimate of a transfer of `bytes` to `agent` (or of the prepared request `handle`, when
+// not 0): expected duration and margin in microseconds.
+int32_t tcpx_nixl_estimate_xfer_cost(const TcpxBackend* be, TcpxStr agent, uint64_t bytes,
+                                     uintptr_t handle, int64_t* out_us, int64_t* out_margin_us);
+
 // Implemented by the shim (C++), called from Rust: the plugin entry points and a self-check of
 // the engine's vtable slot order (returns the number of mismatching slots).
 void* tcpx_shim_plugin_init(void);

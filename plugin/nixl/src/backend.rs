@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::control::Control;
 use crate::error::{Arg, Error, Status};
 use crate::registry::{random_key, MdId, MemTable, Region, Span};
-use crate::remote::{Mem, NotifQueue, Notifs, PeerInfo, RemotePath, RemoteXfer};
+use crate::remote::{self, CostModel, Mem, NotifQueue, Notifs, PeerInfo, RemotePath, RemoteXfer};
 use crate::xfer::{self, Desc, Op};
 
 /// The value NIXL holds as an `nixlBackendReqH*`: never 0.
@@ -27,6 +27,10 @@ pub type ReqId = usize;
 pub const MEM_DRAM: i32 = 0;
 /// NIXL's `nixl_mem_t` value for GPU memory.
 pub const MEM_VRAM: i32 = 1;
+
+/// Longest registration taken: the longest segment the engine moves (a transfer's neighbours
+/// are joined up to a whole registration).
+pub const MAX_REGION_BYTES: u64 = tcpx_core::plan::MAX_TRANSFER_BYTES;
 
 /// Whether this process serves VRAM: a CUDA driver with a device is present (probed once,
 /// without touching CUDA when the driver library is missing).
@@ -50,6 +54,25 @@ fn check_gpu(gpu: u32) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// Loads the configured ncclNet plugin (the built-in tcpxsock when none is named) and checks
+/// its table and devices now, so a file that is not a usable plugin, or a `devices` list it
+/// does not have, fails creation with the reason instead of the first transfer.
+fn check_plugin(config: &Config) -> Result<(), Error> {
+    tcpx::engine::Session::open_net(&remote::engine_config(config))
+        .map(drop)
+        .map_err(|e| {
+            let (key, what) = match (&e, &config.plugin_path) {
+                (tcpx::Error::Config(_), _) => ("devices", String::new()),
+                (_, Some(p)) => ("plugin_path", format!("{}: ", p.display())),
+                (_, None) => ("plugin_path", "the built-in tcpxsock: ".to_owned()),
+            };
+            Error::Config {
+                key: key.into(),
+                reason: format!("{what}{e}"),
+            }
+        })
 }
 
 fn mem_kind(mem: i32) -> Result<MemKind, Error> {
@@ -150,6 +173,8 @@ pub struct Backend {
     /// (`Config::gpu`, which the sessions are bound to from their handshake on); only
     /// without one (no CUDA driver then) by the first VRAM registration.
     gpu: OnceLock<u32>,
+    /// What copies to ourselves cost so far (`estimateXferCost`).
+    own_cost: CostModel,
     /// Engine data path; its drop stops and joins the backend thread.
     remote: RemotePath,
 }
@@ -176,11 +201,12 @@ impl Backend {
                 ),
             ));
         }
-        let config =
-            Config::from_params(params)?.resolve_gpu(|k| std::env::var(k).ok(), tcpx::engine::current_device)?;
+        let config = Config::from_sources(params, |k| std::env::var(k).ok())?
+            .resolve_gpu(tcpx::engine::current_device);
         if let Some(g) = config.gpu {
             check_gpu(g)?;
         }
+        check_plugin(&config)?;
         let control = Control::bind(config.listen_addr)?;
         let conn_info = blob::encode_conn_info(agent, control.advertised(), config.channels)?;
         let mem = Arc::new(RwLock::new(MemTable::default()));
@@ -202,6 +228,8 @@ impl Backend {
             requests: Mutex::new(Requests::default()),
             notifs,
             gpu,
+            // A memcpy: about a microsecond to start, then several GB/s.
+            own_cost: CostModel::new(std::time::Duration::from_micros(1), 5_000_000_000),
         })
     }
 
@@ -238,14 +266,18 @@ impl Backend {
     /// `registerMem`: records one contiguous local region under a fresh random key.
     pub fn register_mem(&self, desc: &Desc, mem: i32) -> Result<MdId, Error> {
         let mem = mem_kind(mem)?;
-        if desc.len == 0 || desc.addr == 0 {
-            return Err(Error::invalid(
-                Arg::Descs,
-                format!("cannot register [{:#x}, +{})", desc.addr, desc.len),
-            ));
-        }
         let span = Span::new(desc.addr, desc.len)
             .ok_or_else(|| Error::invalid(Arg::Descs, "region wraps around the address space"))?;
+        if desc.len > MAX_REGION_BYTES {
+            return Err(Error::invalid(
+                Arg::Descs,
+                format!(
+                    "a region of {} bytes: at most {MAX_REGION_BYTES} (2^48, the most the engine \
+                     moves in one piece) can be registered",
+                    desc.len
+                ),
+            ));
+        }
         let device = match mem {
             MemKind::Dram => 0,
             MemKind::Vram => u32::try_from(desc.dev_id)
@@ -285,14 +317,26 @@ impl Backend {
         {
             return Err(other_gpu(gpu));
         }
+        // The same range, memory and device registered again is the same registration, counted
+        // once more: one token, so peers load the agent's metadata however often it lists it.
+        {
+            let mut table = write(&self.mem);
+            if table.find(&region).is_some() {
+                return Ok(table.register(region));
+            }
+        }
         let memory = match mem {
             MemKind::Dram => tcpx::engine::Memory::Host,
             MemKind::Vram => tcpx::engine::Memory::Cuda {
                 device: device as i32,
             },
         };
-        tcpx::engine::check_registration(desc.addr, desc.len, memory)
-            .map_err(|e| Error::invalid(Arg::Descs, e.to_string()))?;
+        // Without a CUDA driver host memory needs no check (and the driver probe is cached in
+        // `vram_supported`, not repeated per call); a region of no bytes has nothing to check.
+        if desc.len > 0 && (mem == MemKind::Vram || vram_supported()) {
+            tcpx::engine::check_registration(desc.addr, desc.len, memory)
+                .map_err(|e| Error::invalid(Arg::Descs, e.to_string()))?;
+        }
         if mem == MemKind::Vram {
             // Two first registrations racing: one device wins, the other is refused.
             let gpu = *self.gpu.get_or_init(|| device);
@@ -301,19 +345,17 @@ impl Backend {
             }
             self.remote.open_copier(device);
         }
-        // Register on the peer sessions under the table's write lock, so a session being
-        // created (which registers everything under the read lock) cannot miss it.
-        let mut table = write(&self.mem);
-        let md = table.register(region);
-        self.remote.register(md, &region);
-        Ok(md)
+        // Each peer session registers it at its first use there, so registering costs the
+        // same however many peers are connected.
+        Ok(write(&self.mem).register(region))
     }
 
-    /// `deregisterMem`.
+    /// `deregisterMem`: one count of the registration goes; the last releases it everywhere.
     pub fn deregister_mem(&self, md: MdId) -> Result<(), Error> {
         let mut table = write(&self.mem);
-        table.deregister(md)?;
-        self.remote.deregister(md);
+        if table.deregister(md)?.is_some() {
+            self.remote.deregister(md);
+        }
         Ok(())
     }
 
@@ -450,13 +492,29 @@ impl Backend {
     fn check_args(&self, a: &XferArgs<'_>) -> Result<(), Error> {
         mem_kind(a.local_mem)?;
         mem_kind(a.remote_mem)?;
-        if let Some(n) = a.notif {
-            if n.len() > MAX_NOTIF {
-                return Err(Error::invalid(
-                    Arg::Notif,
-                    format!("{} bytes, at most {MAX_NOTIF}", n.len()),
-                ));
-            }
+        match a.notif {
+            Some(n) => self.check_notif(a.agent, n),
+            None => Ok(()),
+        }
+    }
+
+    /// A notification for `agent` no longer than it takes: ours for ourselves
+    /// (`max_notif_bytes`); for a peer what the wire carries, and on its conn what the peer
+    /// told us it takes.
+    fn check_notif(&self, agent: &str, msg: &[u8]) -> Result<(), Error> {
+        let (max, whose) = if agent == &*self.agent {
+            (
+                self.config.max_notif_bytes as usize,
+                "this agent's max_notif_bytes",
+            )
+        } else {
+            (MAX_NOTIF, "the most the wire carries")
+        };
+        if msg.len() > max {
+            return Err(Error::invalid(
+                Arg::Notif,
+                format!("{} bytes, at most {max} ({whose})", msg.len()),
+            ));
         }
         Ok(())
     }
@@ -481,7 +539,7 @@ impl Backend {
             let table = read(&self.mem);
             let segments = xfer::plan(&table, &self.agent, a.agent, a.local, a.remote)?;
             drop(table);
-            Route::Remote(self.remote.prepare(a.op, a.agent, &peer, &segments)?)
+            Route::Remote(self.remote.prepare(a.op, a.agent, &peer, segments)?)
         };
         let mut reqs = lock(&self.requests);
         reqs.last += 1;
@@ -521,12 +579,8 @@ impl Backend {
             Route::Own { posted } => *posted = false,
         }
         // Only this request is locked during the copy, so transfers to ourselves run in
-        // parallel under NIXL's RW sync mode. A notification that cannot be kept fails the
-        // post before anything is copied; its room is taken now, so nothing can fill the
-        // queue during the copy.
-        if let Some(msg) = a.notif {
-            lock(&self.notifs).reserve(msg.len())?;
-        }
+        // parallel under NIXL's RW sync mode.
+        let started = std::time::Instant::now();
         let copied = {
             // Revalidate under the metadata table's read lock and copy while holding it, so no
             // registration can be dropped between the check and the copy.
@@ -541,14 +595,13 @@ impl Backend {
                 })
             }
         };
-        if let Some(msg) = a.notif {
-            let mut q = lock(&self.notifs);
-            match copied {
-                Ok(()) => q.push_reserved(self.agent.clone(), msg.to_vec()),
-                Err(_) => q.unreserve(msg.len()),
-            }
-        }
         copied?;
+        self.own_cost
+            .observe(a.local.iter().map(|d| d.len).sum(), started.elapsed());
+        // Queued whatever the bound (our own application takes it, it cannot wait for itself).
+        if let Some(msg) = a.notif {
+            lock(&self.notifs).push_own(self.agent.clone(), msg.to_vec());
+        }
         req.route = Route::Own { posted: true };
         Ok(Status::Success)
     }
@@ -592,17 +645,9 @@ impl Backend {
 
     /// `genNotif`: a notification not tied to a transfer.
     pub fn gen_notif(&self, agent: &str, msg: &[u8]) -> Result<(), Error> {
-        if msg.len() > MAX_NOTIF {
-            return Err(Error::invalid(
-                Arg::Notif,
-                format!("{} bytes, at most {MAX_NOTIF}", msg.len()),
-            ));
-        }
+        self.check_notif(agent, msg)?;
         if agent == &*self.agent {
-            let mut q = lock(&self.notifs);
-            // Room first, so a full queue costs no allocation.
-            q.reserve(msg.len())?;
-            q.push_reserved(self.agent.clone(), msg.to_vec());
+            lock(&self.notifs).push_own(self.agent.clone(), msg.to_vec());
             return Ok(());
         }
         let peer = self.peer_info(agent)?;
@@ -627,6 +672,40 @@ impl Backend {
     /// WRITEs this agent took inline so far (for tests: which path a WRITE took).
     pub fn inline_writes(&self) -> u64 {
         self.remote.inline_writes()
+    }
+
+    /// WRITEs this agent refused after their data was on the wire, whose data it received and
+    /// dropped (for tests: which path a refusal took).
+    pub fn drained_writes(&self) -> u64 {
+        self.remote.drained()
+    }
+
+    /// `estimateXferCost`: expected duration and margin of a transfer of `bytes` to `agent`
+    /// (or of the prepared request `handle`, when not 0), from what this agent's transfers
+    /// cost so far: a latency and a throughput, each a moving average, for transfers to peers
+    /// and for copies to ourselves.
+    pub fn estimate_xfer_cost(
+        &self,
+        agent: &str,
+        bytes: u64,
+        handle: ReqId,
+    ) -> Result<(std::time::Duration, std::time::Duration), Error> {
+        let bytes = match handle {
+            0 => bytes,
+            h => {
+                let req = lock(&self.requests).get(h)?;
+                let req = lock(&req);
+                match &req.route {
+                    Route::Remote(x) => x.bytes(),
+                    Route::Own { .. } => bytes,
+                }
+            }
+        };
+        if agent == &*self.agent {
+            return Ok(self.own_cost.estimate(bytes));
+        }
+        self.peer_info(agent)?;
+        Ok(self.remote.cost().estimate(bytes))
     }
 
     /// Bytes the notification queue counts against `notif_queue_bytes` now (queued and
@@ -888,14 +967,19 @@ mod tests {
         (ms, mt, rt)
     }
 
-    /// Entries of the largest notification that fit in the smallest queue.
-    const FIT: usize = (64 * 1024) / (MAX_NOTIF + NotifQueue::ENTRY_OVERHEAD as usize);
+    /// Notification size in the full-queue test, and how many fit its 64 KiB queue.
+    const NOTE: usize = 4096;
+    const FIT: usize = (64 * 1024) / (NOTE + NotifQueue::ENTRY_OVERHEAD as usize);
 
     #[test]
-    fn a_full_notification_queue_refuses_and_loses_nothing() {
-        for (inline_bytes, lands) in [("0", true), ("16384", false)] {
+    fn a_full_notification_queue_holds_the_peer_back_and_loses_nothing() {
+        for inline_bytes in ["0", "16384"] {
+            // A short timeout: the held WRITE outlives it several times over, kept alive by
+            // the target's keepalives.
             let (a, b) = linked_with(&[
                 ("notif_queue_bytes", "65536"),
+                ("max_notif_bytes", "4096"),
+                ("timeout_ms", "300"),
                 ("inline_write_bytes", inline_bytes),
             ]);
             const N: usize = 8192;
@@ -910,87 +994,84 @@ mod tests {
             let (ms, mt, rt) = dram_pair(&a, &b, s, t, N as u64);
             let mo = b.register_mem(&d(o, N as u64, 0), MEM_DRAM).unwrap();
             let (l, r) = ([d(s, N as u64, ms)], [d(t, N as u64, rt)]);
-            let note = |i: usize| -> Vec<u8> { vec![i as u8; MAX_NOTIF] };
-            let write = |n: Option<&[u8]>| {
+            let note = |i: usize| -> Vec<u8> { vec![i as u8; NOTE] };
+            let post = |n: Option<&[u8]>| {
                 let mut w = args(Op::Write, &l, &r, "b");
                 w.notif = n;
                 let mut h = 0;
                 a.post_xfer(&w, &mut h).unwrap();
+                h
+            };
+            let write = |n: Option<&[u8]>| {
+                let h = post(n);
                 let st = finish(&a, h);
                 a.release_req(h).unwrap();
                 st
             };
-            // WRITEs with the largest notification until the target's queue is full: each one
-            // that fits succeeds; the next one fails with the reason, on the same conn (no
-            // reconnect). Through the data session its data has landed already; inline, the
-            // refusal comes before anything is written.
+            // WRITEs with notifications until the target's queue is full: each succeeds.
             for i in 0..FIT {
                 assert_eq!(write(Some(&note(i))).unwrap(), Status::Success, "WRITE {i}");
             }
             let conn = a.remote.outgoing_id("b").expect("a conn to b");
+            // The next one waits (its data not written), and so does everything after it on
+            // the conn, for several timeouts: never refused, never timed out.
             dst.fill(0);
-            let full = write(Some(&note(FIT))).unwrap_err();
-            assert_eq!(full.status(), Status::NotAllowed, "{full}");
-            assert!(full.to_string().contains("getNotifs"), "{full}");
-            if lands {
-                assert_eq!(dst, src, "the refused WRITE's data still landed");
-            } else {
-                assert!(
-                    dst.iter().all(|&v| v == 0),
-                    "a refused inline WRITE wrote nothing"
-                );
+            src[0] = 0xEE;
+            let held = post(Some(&note(FIT)));
+            let behind = post(None);
+            a.gen_notif("b", &note(FIT + 1)).unwrap();
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+            while std::time::Instant::now() < until {
+                assert_eq!(a.check_xfer(held).unwrap(), Status::InProgress);
+                assert_eq!(a.check_xfer(behind).unwrap(), Status::InProgress);
+                std::thread::sleep(std::time::Duration::from_millis(5));
             }
-            assert_eq!(
-                a.remote.outgoing_id("b"),
-                Some(conn),
-                "the conn survived the refusal"
-            );
-            // Notifications to ourselves are refused the same way, before anything is copied.
-            let e = b.gen_notif("b", &note(99)).unwrap_err();
-            assert!(matches!(e, Error::NotifQueueFull { .. }), "{e}");
+            assert!(dst.iter().all(|&v| v == 0), "a held WRITE wrote nothing");
+            // The application's own notifications are never held back.
+            b.gen_notif("b", b"own").unwrap();
             let (bl, br) = ([d(t, N as u64, mt)], [d(o, N as u64, mo)]);
             let mut own_w = args(Op::Write, &bl, &br, "b");
-            let big = note(98);
-            own_w.notif = Some(&big);
+            own_w.notif = Some(b"own write");
             let mut h = 0;
-            let e = b.post_xfer(&own_w, &mut h).unwrap_err();
-            assert!(matches!(e, Error::NotifQueueFull { .. }), "{e}");
-            assert!(
-                own.iter().all(|&v| v == 0),
-                "a refused self WRITE copied nothing"
-            );
-            assert!(matches!(b.check_xfer(h), Err(Error::NotPosted)));
+            assert_eq!(b.post_xfer(&own_w, &mut h).unwrap(), Status::Success);
             b.release_req(h).unwrap();
+            assert_eq!(own, dst, "the self WRITE copied");
+            // Taken: the conn resumes, everything lands in order, nothing lost.
             let got = notifs(&b);
-            assert_eq!(got.len(), FIT);
-            for (i, (from, m)) in got.iter().enumerate() {
+            assert_eq!(got.len(), FIT + 2);
+            for (i, (from, m)) in got[..FIT].iter().enumerate() {
                 assert_eq!((from.as_str(), m), ("a", &note(i)), "notification {i}");
             }
-            // Taken: there is room again.
-            assert_eq!(write(Some(b"again")).unwrap(), Status::Success);
-            assert_eq!(notifs(&b), [("a".to_owned(), b"again".to_vec())]);
-
-            // Bare notifications beyond the room are refused (the target answers an Error the
-            // initiator logs); the conn stays, the queue keeps exactly those that fit, in order.
-            for i in 0..FIT + 3 {
-                a.gen_notif("b", &note(i)).unwrap();
-            }
-            // A WRITE behind them on the same stream: by its Ack the target has seen them all.
+            assert_eq!(got[FIT].1, b"own");
+            assert_eq!(got[FIT + 1].1, b"own write");
+            assert_eq!(finish(&a, held).unwrap(), Status::Success);
+            assert_eq!(finish(&a, behind).unwrap(), Status::Success);
+            assert_eq!(dst, src, "the held WRITE landed once taken");
+            a.release_req(held).unwrap();
+            a.release_req(behind).unwrap();
             assert_eq!(write(None).unwrap(), Status::Success);
+            // (sender, length, first byte) of each: the notifications are 4 KiB.
+            let got: Vec<(String, usize, u8)> = notifs(&b)
+                .into_iter()
+                .map(|(from, m)| (from, m.len(), m[0]))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    ("a".to_owned(), NOTE, FIT as u8),
+                    ("a".to_owned(), NOTE, FIT as u8 + 1)
+                ],
+                "the held WRITE's notification, then the one sent after it (inline {inline_bytes})"
+            );
             assert_eq!(
                 a.remote.outgoing_id("b"),
                 Some(conn),
-                "the conn survived the flood"
+                "the conn stayed up throughout"
             );
-            let got = notifs(&b);
-            assert_eq!(
-                got.len(),
-                FIT,
-                "exactly the notifications that fit are kept"
-            );
-            for (i, (_, m)) in got.iter().enumerate() {
-                assert_eq!(m, &note(i), "notification {i}");
-            }
+            // A notification longer than the peer takes is refused at the initiator, naming
+            // the bound, before anything is sent.
+            let e = a.gen_notif("b", &[0u8; NOTE + 1]).unwrap_err();
+            assert!(e.to_string().contains("max_notif_bytes"), "{e}");
             drop((src, own));
         }
     }
@@ -1218,6 +1299,8 @@ mod tests {
             };
             let lis = Session::listen(Session::open_net(&cfg).unwrap(), cfg).unwrap();
             s.write_all(lis.conn_info()).unwrap();
+            s.write_all(&frame(&Message::Limits(wire::Limits { max_notif: 4096 })))
+                .unwrap();
             let _sess = lis.connect(&theirs).unwrap();
             let req = read_frame(&mut s);
             let Ok(Message::ReadRequest(r)) = wire::parse(&req) else {
@@ -1502,15 +1585,53 @@ mod tests {
     }
 
     #[test]
-    fn only_dram_registers() {
+    fn registrations_of_no_bytes_and_of_any_size_up_to_the_limit() {
         let b = backend("a");
-        let e = b.register_mem(&d(0x1000, 16, 0), MEM_VRAM).unwrap_err();
-        assert_eq!(e.status(), Status::NotSupported);
+        if !vram_supported() {
+            let e = b.register_mem(&d(0x1000, 16, 0), MEM_VRAM).unwrap_err();
+            assert_eq!(e.status(), Status::NotSupported);
+        }
+        // No bytes: accepted (as UCX does), with a token; at address 0 too.
+        let z = b.register_mem(&d(0x1000, 0, 0), MEM_DRAM).unwrap();
         assert_eq!(
-            b.register_mem(&d(0x1000, 0, 0), MEM_DRAM)
-                .unwrap_err()
-                .status(),
-            Status::InvalidParam
+            blob::decode_token(&b.public_data(z).unwrap()).unwrap().len,
+            0
         );
+        let z0 = b.register_mem(&d(0, 0, 0), MEM_DRAM).unwrap();
+        b.deregister_mem(z).unwrap();
+        b.deregister_mem(z0).unwrap();
+        // Past the limit: refused, naming it; nothing recorded.
+        let e = b
+            .register_mem(&d(0x1000, MAX_REGION_BYTES + 1, 0), MEM_DRAM)
+            .unwrap_err();
+        assert_eq!(e.status(), Status::InvalidParam);
+        assert!(e.to_string().contains("2^48"), "{e}");
+        assert_eq!(b.live_metadata(), 0);
+    }
+
+    #[test]
+    fn identical_registrations_share_one_token_and_the_last_one_releases_it() {
+        let (a, b) = linked();
+        const N: usize = 64 * 1024;
+        let mut src: Vec<u8> = (0..N).map(|i| (i % 241) as u8).collect();
+        let mut dst = vec![0u8; N];
+        let (s, t) = (src.as_mut_ptr() as u64, dst.as_mut_ptr() as u64);
+        let (ms, mt, rt) = dram_pair(&a, &b, s, t, N as u64);
+        let again = b.register_mem(&d(t, N as u64, 0), MEM_DRAM).unwrap();
+        assert_eq!(again, mt);
+        assert_eq!(b.public_data(again).unwrap(), b.public_data(mt).unwrap());
+        // One of the two goes: the region stays, transfers into it still land.
+        b.deregister_mem(mt).unwrap();
+        let (l, r) = ([d(s, N as u64, ms)], [d(t, N as u64, rt)]);
+        let mut h = 0;
+        a.post_xfer(&args(Op::Write, &l, &r, "b"), &mut h).unwrap();
+        assert_eq!(finish(&a, h).unwrap(), Status::Success);
+        assert_eq!(dst, src);
+        a.release_req(h).unwrap();
+        // The last one goes: the token no longer names anything.
+        b.deregister_mem(again).unwrap();
+        assert!(b.public_data(again).is_err());
+        assert_eq!(b.live_metadata(), 0);
+        src[0] = 1;
     }
 }

@@ -710,6 +710,30 @@ pub unsafe extern "C" fn tcpx_nixl_gen_notif(
     })
 }
 
+/// `estimateXferCost`: the expected duration and margin, in microseconds.
+///
+/// # Safety
+/// `be` live or null; `agent` a valid byte string; `out_us` and `out_margin_us` writable.
+#[no_mangle]
+pub unsafe extern "C" fn tcpx_nixl_estimate_xfer_cost(
+    be: *const Backend,
+    agent: TcpxStr,
+    bytes: u64,
+    handle: usize,
+    out_us: *mut i64,
+    out_margin_us: *mut i64,
+) -> i32 {
+    guard("estimateXferCost", || {
+        // SAFETY: per this function's contract (all calls).
+        let (b, agent) = unsafe { (backend(be)?, text(agent, Arg::Agent)?) };
+        let (d, m) = b.estimate_xfer_cost(agent, bytes, handle)?;
+        let us = |t: std::time::Duration| t.as_micros().min(i64::MAX as u128) as i64;
+        unsafe { put(out_us, us(d).max(1)) }?;
+        unsafe { put(out_margin_us, us(m)) }?;
+        Ok(Status::Success)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

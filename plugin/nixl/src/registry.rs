@@ -59,8 +59,10 @@ impl Region {
 
 #[derive(Debug, Clone)]
 enum Md {
-    /// A local registration (`registerMem`).
-    Local(Region),
+    /// A local registration (`registerMem`), and how many `registerMem` calls made it: an
+    /// identical registration (same range, memory and device) is the same one, so it has one
+    /// token however many times it is registered, and lives until the last `deregisterMem`.
+    Local(Region, usize),
     /// `loadLocalMD` of a local registration: the target side of transfers to ourselves.
     SelfAlias(MdId),
     /// A region another agent published (`loadRemoteMD`).
@@ -72,6 +74,8 @@ enum Md {
 pub struct MemTable {
     last: MdId,
     mds: HashMap<MdId, Md>,
+    /// Local registrations by (base, length, memory, device), to find an identical one.
+    by_range: HashMap<(u64, u64, MemKind, u32), MdId>,
 }
 
 /// Where the target side of one descriptor lives.
@@ -96,19 +100,48 @@ impl MemTable {
         })
     }
 
-    /// Records a local registration.
+    /// Records a local registration: `region` under a new id, or the id of an identical one
+    /// already recorded (its key is kept), counted once more.
     pub fn register(&mut self, region: Region) -> MdId {
-        self.insert(Md::Local(region))
+        if let Some(id) = self.find(&region) {
+            if let Some(Md::Local(_, n)) = self.mds.get_mut(&id) {
+                *n += 1;
+            }
+            return id;
+        }
+        let id = self.insert(Md::Local(region, 1));
+        self.by_range.insert(Self::range_key(&region), id);
+        id
     }
 
-    /// Drops a local registration; aliases of it stop resolving.
-    pub fn deregister(&mut self, id: MdId) -> Result<Region, Error> {
-        match self.get(id)? {
-            Md::Local(r) => {
+    fn range_key(r: &Region) -> (u64, u64, MemKind, u32) {
+        (r.span.base, r.span.len, r.mem, r.device)
+    }
+
+    /// The id an identical registration of `region` (same range, memory and device) already
+    /// has, if any.
+    pub fn find(&self, region: &Region) -> Option<MdId> {
+        self.by_range.get(&Self::range_key(region)).copied()
+    }
+
+    /// Drops one count of a local registration; `Some` with the region once the last is gone
+    /// (aliases of it stop resolving then), `None` while identical registrations remain.
+    pub fn deregister(&mut self, id: MdId) -> Result<Option<Region>, Error> {
+        match self.mds.get_mut(&id) {
+            Some(Md::Local(_, n)) if *n > 1 => {
+                *n -= 1;
+                Ok(None)
+            }
+            Some(Md::Local(r, _)) => {
                 let r = *r;
                 self.mds.remove(&id);
-                Ok(r)
+                self.by_range.remove(&Self::range_key(&r));
+                Ok(Some(r))
             }
+            None => Err(Error::invalid(
+                Arg::Metadata,
+                format!("unknown metadata handle {id:#x}"),
+            )),
             _ => Err(Error::invalid(
                 Arg::Metadata,
                 format!("{id:#x} is not a local registration"),
@@ -119,7 +152,7 @@ impl MemTable {
     /// A local registration by id.
     pub fn local(&self, id: MdId) -> Result<&Region, Error> {
         match self.get(id)? {
-            Md::Local(r) => Ok(r),
+            Md::Local(r, _) => Ok(r),
             _ => Err(Error::invalid(
                 Arg::Metadata,
                 format!("{id:#x} is not a local registration"),
@@ -130,7 +163,7 @@ impl MemTable {
     /// Every local registration (new peer sessions register them all).
     pub fn locals(&self) -> impl Iterator<Item = (MdId, &Region)> {
         self.mds.iter().filter_map(|(id, md)| match md {
-            Md::Local(r) => Some((*id, r)),
+            Md::Local(r, _) => Some((*id, r)),
             _ => None,
         })
     }
@@ -169,7 +202,7 @@ impl MemTable {
                 self.mds.remove(&id);
                 Ok(())
             }
-            Md::Local(_) => Err(Error::invalid(
+            Md::Local(..) => Err(Error::invalid(
                 Arg::Metadata,
                 format!("{id:#x} is a local registration: deregister it instead"),
             )),
@@ -183,7 +216,7 @@ impl MemTable {
             (Md::SelfAlias(local), true) => Ok(Target::Own(*self.local(*local).map_err(|_| {
                 Error::invalid(Arg::Metadata, format!("{id:#x}: its registration is gone"))
             })?)),
-            (Md::Local(r), true) => Ok(Target::Own(*r)),
+            (Md::Local(r, _), true) => Ok(Target::Own(*r)),
             (
                 Md::Remote {
                     agent: owner,
@@ -209,14 +242,13 @@ impl MemTable {
     }
 }
 
-/// A 64-bit key from the OS's random source (falling back to std's randomly seeded hasher).
+/// A 64-bit key from the OS's random source (`getrandom(2)`: no file to open on every
+/// registration), falling back to std's randomly seeded hasher.
 pub fn random_key() -> u64 {
-    use std::io::Read;
     let mut b = [0u8; 8];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .is_ok()
-    {
+    // SAFETY: writes at most `b.len()` bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == b.len() as isize {
         return u64::from_le_bytes(b);
     }
     use std::hash::{BuildHasher, Hasher};
@@ -257,6 +289,36 @@ mod tests {
         let tok = t.token(id).unwrap();
         assert_eq!((tok.base, tok.len, tok.key), (0x1000, 64, 7));
         assert_eq!(tok.region, id as u64);
+    }
+
+    #[test]
+    fn identical_registrations_share_one_id_until_the_last_goes() {
+        let mut t = MemTable::default();
+        let a = t.register(region(0x1000, 64));
+        let again = Region {
+            key: 99,
+            ..region(0x1000, 64)
+        };
+        assert_eq!(t.find(&again), Some(a));
+        let b = t.register(again);
+        assert_eq!(
+            a, b,
+            "the same range, memory and device: the same registration"
+        );
+        assert_eq!(t.token(b).unwrap().key, 7, "the first key stays");
+        // A different length, memory or device is another registration.
+        let c = t.register(region(0x1000, 65));
+        assert_ne!(c, a);
+        let vram = t.register(Region {
+            mem: MemKind::Vram,
+            ..region(0x1000, 64)
+        });
+        assert_ne!(vram, a);
+        assert_eq!(t.deregister(a).unwrap(), None, "one registration remains");
+        assert!(t.token(a).is_ok());
+        assert_eq!(t.deregister(b).unwrap(), Some(region(0x1000, 64)));
+        assert!(t.token(a).is_err());
+        assert!(t.deregister(a).is_err());
     }
 
     #[test]

@@ -7,15 +7,21 @@
 //!
 //! Sender announces: on a conn, the initiator's sends (WRITE data) are posted in the order of
 //! its `WriteAnnounce`s, the target's sends (READ data) in the order of its `ReadAnnounce`s,
-//! and each side posts its receives strictly in the order it reads those announces. A failure
-//! that could break that pairing (a refused WRITE whose data is already on the wire, a
-//! receive that cannot be posted) closes the conn; the next use reconnects.
+//! and each side posts its receives strictly in the order it reads those announces. A WRITE
+//! the target refuses after its data is on the wire is received into a scratch buffer and
+//! dropped, so the pairing holds and the conn keeps serving; only a failure that breaks the
+//! pairing itself (a receive that cannot be posted) closes the conn, and the next use
+//! reconnects.
+//!
+//! A transfer of more descriptors than one engine transfer or frame carries travels in parts
+//! of [`PART_SEGMENTS`] (after neighbours are joined), each its own announce or request and
+//! engine transfer; NIXL sees one request, complete once every part is.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,14 +31,14 @@ use tcpx::engine::{
     XferId,
 };
 use tcpx_core::wire::{
-    self, Ack, ErrorMsg, Hello, MemKind, Message, Notif, ReadAnnounce, ReadData, ReadRequest,
-    Segment as WireSegment, WriteAnnounce, HEADER_LEN,
+    self, Ack, ErrorMsg, Hello, Keepalive, Limits, MemKind, Message, Notif, ReadAnnounce, ReadData,
+    ReadRequest, Segment as WireSegment, WriteAnnounce, HEADER_LEN, MAX_CONTROL_FRAME,
 };
 
-use crate::config::Config;
-use crate::error::{Error, Status};
+use crate::config::{Config, NOTIF_OVERHEAD};
+use crate::error::{Arg, Error, Status};
 use crate::registry::{MdId, MemTable, Region};
-use crate::xfer::{Far, Op, Segment};
+use crate::xfer::{self, Far, Op, Segment};
 
 /// What a peer's `getConnInfo` blob told us.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,8 +55,10 @@ pub struct PeerInfo {
 pub type Notifs = Arc<Mutex<NotifQueue>>;
 
 /// Notifications waiting for `getNotifs`: (sender, message) in arrival order, bounded in bytes
-/// so that a peer cannot grow it without limit while the application does not take them. The
-/// sender is a shared name, so queueing a notification allocates only its message.
+/// so that peers cannot grow it without limit while the application does not take them: a
+/// peer's notification that does not fit waits on its conn (which takes nothing more from that
+/// peer meanwhile) until the application makes room. The sender is a shared name, so queueing
+/// a notification allocates only its message.
 #[derive(Debug)]
 pub struct NotifQueue {
     q: VecDeque<(Arc<str>, Vec<u8>)>,
@@ -59,9 +67,8 @@ pub struct NotifQueue {
 }
 
 impl NotifQueue {
-    /// What one entry counts against the bound besides its message: the queue slot and the
-    /// message's allocation header, rounded up.
-    pub const ENTRY_OVERHEAD: u64 = 64;
+    /// What one entry counts against the bound besides its message.
+    pub const ENTRY_OVERHEAD: u64 = NOTIF_OVERHEAD;
 
     /// An empty queue holding at most `limit` bytes.
     pub fn new(limit: u64) -> Self {
@@ -92,6 +99,14 @@ impl NotifQueue {
         self.reserve(msg.len())?;
         self.push_reserved(from, msg);
         Ok(())
+    }
+
+    /// Queues one of the agent's own notifications whatever the bound: the application that
+    /// sends it is the one that takes it, so it cannot wait for itself; it only makes peers'
+    /// notifications wait longer.
+    pub fn push_own(&mut self, from: Arc<str>, msg: Vec<u8>) {
+        self.held += Self::cost(msg.len());
+        self.push_reserved(from, msg);
     }
 
     /// Takes room for a `len`-byte notification that will be pushed later (after work done
@@ -139,32 +154,61 @@ impl NotifQueue {
         self.q.is_empty()
     }
 }
+
 /// The backend's metadata table, shared with the backend thread (target-side validation).
 pub type Mem = Arc<RwLock<MemTable>>;
 
-/// Initial capacity of a conn's frame buffers (they grow to the largest frame, at most
-/// `wire::MAX_FRAME`).
+/// Initial capacity of a conn's frame buffers (they grow to the largest frame).
 const FRAME_BUF: usize = 4096;
 /// Initial capacity of a conn's transfer tables (in flight at once; they grow past it).
 const TABLE_CAP: usize = 64;
 /// Most target jobs on one conn: engine transfers are bounded by the engine, so this bounds
-/// inline WRITEs waiting for earlier WRITEs to land (a peer cannot grow the list without
-/// limit; past it an inline WRITE is refused before anything is written).
+/// inline WRITEs waiting for earlier WRITEs to land (past it the conn takes no more frames
+/// from the peer until some have finished).
 const MAX_JOBS: usize = 4096;
+/// Segments per part of a transfer: what one engine transfer and one announce or request
+/// carry.
+pub const PART_SEGMENTS: usize = if wire::MAX_SEGMENTS < tcpx_core::plan::MAX_SEGMENTS {
+    wire::MAX_SEGMENTS
+} else {
+    tcpx_core::plan::MAX_SEGMENTS
+};
+/// Parts an initiator has outstanding on one conn at most (sent and not finished, over all
+/// its transfers to that peer): the target posts one engine transfer per part, so this keeps
+/// both sessions within [`ENGINE_TRANSFERS`]. Further parts wait, in post order, until earlier
+/// ones finish.
+pub const MAX_OUTSTANDING: usize = 512;
+/// Engine transfers per session (`tcpx::engine::Config::max_transfers`): room for a peer's
+/// outstanding parts, and on a target's session for the drains of WRITEs it refused.
+pub const ENGINE_TRANSFERS: usize = 2 * MAX_OUTSTANDING;
+/// Bytes read from one control stream per pass of the backend thread, so one busy peer
+/// cannot hold the thread.
+const READ_PER_PASS: usize = 256 * 1024;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every update under these locks is a single insert/remove/assignment: state stays usable.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// How often a conn holding its peer back says it is alive: well inside the peer's
+/// no-progress timeout (the same `timeout_ms` on both agents, as both use their own).
+fn keepalive_every(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(Duration::from_millis(1), Duration::from_secs(1))
+}
+
 /// The engine side of a conn: the session and which engine region each registration is.
 struct Engine {
     session: Session,
+    /// Our registrations on this session, registered at their first use on it.
     mems: HashMap<MdId, MemId>,
     /// Target side (backend thread only): the engine segments of the announce being served,
     /// filled by `resolve` and posted from here. Reused, so serving an announce allocates
     /// nothing once it has grown to the largest one.
     resolved: Vec<ESeg>,
+    /// Target side: host memory that refused WRITEs' data is received into and dropped (one
+    /// chunk long, registered on first use). Declared after the session, so it is freed after
+    /// the session let go of it.
+    sink: Option<(MemId, Box<[u8]>)>,
 }
 
 /// A target-side transfer: an engine transfer in flight, or a WRITE whose data is in place
@@ -176,11 +220,16 @@ struct Job {
     /// only after every WRITE that arrived before it landed.
     seq: u64,
     wire: u64,
-    /// `Some` for a WRITE (Ack + notif due when it lands), `None` for READ data we send.
+    /// `Some` for a WRITE (Ack + notif due when it lands), `None` for READ data we send and
+    /// for data of a refused WRITE we drop.
     write: Option<Option<Vec<u8>>>,
-    /// The notif's room in the queue is already reserved (inline WRITEs reserve it on
-    /// arrival, before their data is written).
+    /// The notif's room in the queue is reserved (every notif reserves it on arrival, before
+    /// a WRITE's data is written).
     reserved: bool,
+    /// An Ack is due (a WRITE); a bare `Notif` only waits its turn behind the WRITEs that
+    /// arrived before it, so a peer's notifications reach the application in the order it
+    /// sent them.
+    ack: bool,
 }
 
 impl Job {
@@ -205,13 +254,107 @@ fn may_finish((seq, moving, _): (u64, bool, bool), first_landing: Option<u64>) -
     !moving && first_landing.is_none_or(|f| seq < f)
 }
 
-/// The write half of a control stream.
+/// The write half of a control stream. Frames are appended to `out` and written as the
+/// socket takes them, never waiting: a peer that reads slowly (or holds us back on purpose)
+/// only makes the unsent tail longer, and every later use of the stream writes more of it.
 struct Writer {
-    /// A clone of the conn's stream.
+    /// A clone of the conn's stream (non-blocking).
     stream: TcpStream,
-    /// Every frame is encoded here (it grows to the largest frame sent and is reused), so
-    /// sending an announce, Ack or Notif allocates nothing in steady state.
+    /// Frames not yet written, from `sent` on. Emptied (capacity kept) once all went out, so
+    /// sending allocates nothing in steady state.
+    out: Vec<u8>,
+    sent: usize,
+    /// When the last frame was appended (a conn holding its peer back sends a keepalive when
+    /// this gets old).
+    last_frame: Instant,
+    /// Since when bytes have waited without the socket taking any.
+    stuck: Option<Instant>,
+}
+
+impl Writer {
+    fn new(stream: TcpStream) -> Self {
+        Writer {
+            stream,
+            out: Vec::with_capacity(FRAME_BUF),
+            sent: 0,
+            last_frame: Instant::now(),
+            stuck: None,
+        }
+    }
+
+    /// Appends one frame.
+    fn push(&mut self, msg: &Message<'_>) -> Result<(), Error> {
+        let start = self.out.len();
+        self.out.resize(start + msg.buffer_len(), 0);
+        match msg.emit(&mut self.out[start..]) {
+            Ok(_) => {
+                self.last_frame = Instant::now();
+                Ok(())
+            }
+            Err(err) => {
+                self.out.truncate(start);
+                Err(Error::Wire {
+                    what: "control message",
+                    err,
+                })
+            }
+        }
+    }
+
+    /// Writes what the socket takes now; `Err` when the stream failed.
+    fn flush(&mut self) -> std::io::Result<()> {
+        let before = self.sent;
+        while self.sent < self.out.len() {
+            match self.stream.write(&self.out[self.sent..]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.sent == self.out.len() {
+            self.out.clear();
+            self.sent = 0;
+            self.stuck = None;
+        } else if self.sent > before {
+            self.stuck = None;
+        } else if self.stuck.is_none() {
+            self.stuck = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Whether frames wait to be written.
+    fn pending(&self) -> bool {
+        self.sent < self.out.len()
+    }
+}
+
+/// Initiator: scratch of one scan over a conn's parts (reused, so a scan allocates nothing):
+/// the parts listed, and those found finished (with whether they held a place).
+#[derive(Default)]
+struct Scan {
+    listed: Vec<(u64, Arc<Mutex<Flight>>)>,
+    gone: Vec<(u64, bool)>,
+}
+
+/// The read half of a control stream: bytes read and not yet handled.
+struct Reader {
     buf: Vec<u8>,
+    /// Target: a frame at the front of `buf` waits for room (in the notification queue, or
+    /// among the jobs) before it is handled; nothing more is read from the peer meanwhile.
+    held: bool,
+}
+
+/// Initiator: the transfers it has sent on a conn and not yet seen finish, and those waiting
+/// for room to send more.
+struct Outstanding {
+    /// Every part sent and not finished, by wire id: its flight, and whether it holds a place
+    /// among the outstanding parts.
+    parts: HashMap<u64, (Arc<Mutex<Flight>>, bool)>,
+    /// Flights with parts still to send, in post order.
+    waiting: VecDeque<Arc<Mutex<Flight>>>,
 }
 
 /// One control stream and its data session with one peer.
@@ -219,18 +362,31 @@ struct Conn {
     /// The peer's agent name, shared with the notifications it sends us.
     peer: Arc<str>,
     initiator: bool,
-    /// Non-blocking; read under `rbuf`'s lock, by the backend thread and (for an initiator
+    /// Non-blocking; read under `rx`'s lock, by the backend thread and (for an initiator
     /// conn) by `check`.
     stream: TcpStream,
     /// Writer. Held across "post sends + write their announce" so the two orders cannot
     /// diverge.
     tx: Mutex<Writer>,
     engine: Mutex<Engine>,
-    rbuf: Mutex<Vec<u8>>,
+    rx: Mutex<Reader>,
+    /// Largest frame read from the peer: a target takes notifications up to its own
+    /// `max_notif_bytes`; an initiator only answers.
+    max_frame: usize,
+    /// Initiator: the longest notification the peer takes (its `Limits`).
+    peer_max_notif: usize,
     dead: Mutex<Option<String>>,
-    /// Initiator: flights waiting for their Ack / ReadAnnounce / ReadData / ErrorMsg, by wire
-    /// id.
-    pending: Mutex<HashMap<u64, Arc<Mutex<Flight>>>>,
+    /// When the peer last showed it is alive (a frame read, bytes moved or written): an
+    /// initiator waiting on it fails after `timeout` without.
+    alive: Mutex<Instant>,
+    /// Initiator: parts sent, and flights waiting to send (a leaf lock: nothing is taken while
+    /// it is held).
+    out: Mutex<Outstanding>,
+    /// Initiator: parts counted in `out.parts` that hold a place among the engine transfers
+    /// ([`MAX_OUTSTANDING`]).
+    outstanding: AtomicUsize,
+    /// Initiator: scratch of one scan over the parts (reused, so a scan allocates nothing).
+    scan: Mutex<Scan>,
     /// Target: engine transfers in flight and WRITEs waiting for earlier ones.
     jobs: Mutex<Vec<Job>>,
     /// Target: the next job's `seq`.
@@ -245,10 +401,9 @@ struct Conn {
     timeout: Duration,
     /// Target: READs refused so far (they leave the conn open, so a peer can send many).
     refused_reads: AtomicU64,
-    /// Inline WRITEs from this peer refused so far (rate-limits their log lines).
+    /// WRITEs from this peer refused so far (rate-limits their log lines).
     refused_writes: AtomicU64,
-    /// Log rate limiting of notification refusals: on a target conn those it sent the peer,
-    /// on an initiator conn the errors the peer sent about no transfer in flight.
+    /// Log rate limiting of errors the peer sent about no transfer in flight.
     refused_notifs: AtomicU64,
     /// Target: the data of a READ answered inline, gathered before it is framed (reused; it
     /// grows to the largest inline READ once).
@@ -385,33 +540,35 @@ impl Conn {
         }
     }
 
-    /// Writes one whole frame; bounded by the timeout even on a non-blocking socket.
+    /// The peer showed it is alive now.
+    fn heard(&self) {
+        *lock(&self.alive) = Instant::now();
+    }
+
+    /// How long the peer has shown no sign of life.
+    fn silent_for(&self) -> Duration {
+        lock(&self.alive).elapsed()
+    }
+
+    /// Appends one frame to the held writer and writes what the socket takes; never waits.
     fn send_on(&self, tx: &mut Writer, msg: &Message<'_>) -> Result<(), Error> {
         if let Some(why) = self.dead() {
             return Err(Error::Disconnected(why));
         }
-        let Writer { stream, buf } = tx;
-        encode(msg, buf)?;
-        let deadline = Instant::now() + self.timeout;
-        let mut off = 0;
-        while off < buf.len() {
-            match stream.write(&buf[off..]) {
-                Ok(0) => break,
-                Ok(n) => off += n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_micros(50));
-                }
-                Err(e) => {
-                    let why = format!("control write: {e}");
-                    self.kill(&why);
-                    return Err(Error::Disconnected(why));
-                }
-            }
+        tx.push(msg)?;
+        self.flush_on(tx)
+    }
+
+    /// Writes what the socket takes of the held writer's frames.
+    fn flush_on(&self, tx: &mut Writer) -> Result<(), Error> {
+        let before = tx.sent;
+        if let Err(e) = tx.flush() {
+            let why = format!("control write: {e}");
+            self.kill(&why);
+            return Err(Error::Disconnected(why));
         }
-        if off < buf.len() {
-            self.kill("control write: stream closed");
-            return Err(Error::Disconnected("control write: stream closed".into()));
+        if tx.sent != before || !tx.pending() {
+            self.heard();
         }
         Ok(())
     }
@@ -451,25 +608,55 @@ impl Conn {
         } = &mut *e;
         session.post(dir, resolved).map_err(Error::Engine)
     }
+
+    /// Target side: a job joins the conn's list; `ack` when it is a WRITE.
+    fn add_job(&self, id: Option<XferId>, wire: u64, write: Option<Option<Vec<u8>>>, ack: bool) {
+        let reserved = matches!(write, Some(Some(_)));
+        lock(&self.jobs).push(Job {
+            id,
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            wire,
+            write,
+            reserved,
+            ack,
+        });
+    }
 }
 
-fn frame(msg: &Message<'_>) -> Result<Vec<u8>, Error> {
-    let mut buf = Vec::new();
-    encode(msg, &mut buf)?;
+/// Reads one frame from a blocking stream (handshake only; read timeout set by the caller).
+fn read_frame(s: &mut TcpStream) -> Result<Vec<u8>, Error> {
+    let io = |err| Error::Io {
+        what: "control handshake read",
+        err,
+    };
+    let mut buf = vec![0u8; HEADER_LEN];
+    s.read_exact(&mut buf).map_err(io)?;
+    let wire = |err| Error::Wire {
+        what: "handshake frame",
+        err,
+    };
+    let len = wire::peek_frame_within(&buf, MAX_CONTROL_FRAME)
+        .map_err(|e| match e {
+            wire::Error::BadVersion(v) => Error::Mismatch(format!(
+                "the peer speaks wire version {v}, this agent {}: every agent must run the \
+                 same tcpx-nixl wire version",
+                wire::VERSION
+            )),
+            e => wire(e),
+        })?
+        .unwrap_or(HEADER_LEN);
+    buf.resize(len, 0);
+    s.read_exact(&mut buf[HEADER_LEN..]).map_err(io)?;
     Ok(buf)
 }
 
-/// Encodes one frame into `buf` (replacing its contents); allocates only if `buf` is too
-/// small.
-fn encode(msg: &Message<'_>, buf: &mut Vec<u8>) -> Result<(), Error> {
-    buf.clear();
-    buf.resize(msg.buffer_len(), 0);
-    let n = msg.emit(buf).map_err(|err| Error::Wire {
+fn frame(msg: &Message<'_>) -> Result<Vec<u8>, Error> {
+    let mut buf = vec![0u8; msg.buffer_len()];
+    msg.emit(&mut buf).map_err(|err| Error::Wire {
         what: "control message",
         err,
     })?;
-    buf.truncate(n);
-    Ok(())
+    Ok(buf)
 }
 
 /// Turns an I/O failure that means "the peer is not there any more" (timeout, EOF, reset)
@@ -494,62 +681,104 @@ fn peer_gone(e: Error) -> Error {
     }
 }
 
-/// Reads one frame from a blocking stream (handshake only; read timeout set by the caller).
-fn read_frame(s: &mut TcpStream) -> Result<Vec<u8>, Error> {
-    let io = |err| Error::Io {
-        what: "control handshake read",
-        err,
-    };
-    let mut buf = vec![0u8; HEADER_LEN];
-    s.read_exact(&mut buf).map_err(io)?;
-    let wire = |err| Error::Wire {
-        what: "handshake frame",
-        err,
-    };
-    let len = wire::peek_frame(&buf).map_err(wire)?.unwrap_or(HEADER_LEN);
-    buf.resize(len, 0);
-    s.read_exact(&mut buf[HEADER_LEN..]).map_err(io)?;
-    Ok(buf)
+/// Where one part of a posted transfer stands.
+#[derive(Debug, Clone, Copy, Default)]
+struct Part {
+    /// Our engine transfer for it (WRITE: the sends, posted with the announce; READ: the
+    /// receives, posted when the target's `ReadAnnounce` arrives).
+    engine: Option<XferId>,
+    /// Our side is done with the data: the engine transfer finished (or was abandoned), the
+    /// inline data was copied, or there is none to move (a refused READ).
+    moved: bool,
+    /// The target answered (Ack, ReadAnnounce, ReadData or Error).
+    answered: bool,
+}
+
+impl Part {
+    fn settled(&self) -> bool {
+        self.moved && self.answered
+    }
 }
 
 /// An initiator-side transfer once posted. One per prepared request, created by its first
 /// post and reset in place by every repost, so a repost allocates nothing.
 struct Flight {
     op: Op,
-    /// Wire id of the current post. Control messages name transfers by it; one naming an
-    /// earlier post of this request (possible only on a conn that died meanwhile) is stale.
+    /// Wire id of part 0 of the current post (part `k` is `wire + k`). Control messages name
+    /// parts by it; one naming an earlier post of this request is stale.
     wire: u64,
     conn: Arc<Conn>,
-    /// Local engine segments (READ: posted when the ReadAnnounce arrives); capacity for every
-    /// segment of the request, refilled in place by each post.
+    /// Our engine segments of every part, mapped for `conn`; capacity for all of them, refilled
+    /// in place by each post.
     segs: Vec<ESeg>,
-    engine: Option<XferId>,
+    /// The target's ranges of every part, as announced (shared with the prepared request).
+    far: Arc<[WireSegment]>,
+    /// The segment range of each part (shared with the prepared request).
+    ranges: Arc<[Range<usize>]>,
+    /// Each part's state in the current post.
+    parts: Vec<Part>,
+    /// Parts whose announce or request went out in the current post.
+    sent: usize,
     /// READ that offered to take its data inline (empty otherwise): where the data goes (our
     /// addresses and lengths, request order, and the copier of device memory; capacity kept
     /// across reposts).
     inline_dst: Vec<(u64, u64, Option<Arc<Copier>>)>,
-    /// WRITE: Ack 0 received. READ: unused.
-    acked: bool,
-    /// The data part completed (the engine transfer, or a READ's inline `ReadData` copied).
-    moved: bool,
+    /// The post's notification (buffer reused by every post) and whether there is one.
+    notif: Vec<u8>,
+    notify: bool,
+    /// The notification travels in the WRITE's only announce; otherwise it is sent as a
+    /// `Notif` once every part finished (a READ, or a WRITE of several parts).
+    notif_in_announce: bool,
     done: bool,
     released: bool,
     failed: Option<(Status, String)>,
-    /// Last observed progress (bytes, engine posted, moved, acked) and when it changed: a
-    /// peer that stops answering without closing fails the transfer after the timeout.
-    seen: (u64, bool, bool, bool),
-    since: Instant,
+    /// When the current post was made, and its bytes (the cost model learns from them).
+    posted_at: Instant,
+    bytes: u64,
 }
 
-/// Refuses a control message for an earlier post of a reused flight (see [`Flight::wire`]).
-fn stale(f: &Flight, xfer: u64) -> Result<(), Error> {
-    if f.wire == xfer {
-        Ok(())
-    } else {
-        Err(Error::Mismatch(format!(
-            "message for transfer {xfer}, which was reposted as {}",
-            f.wire
-        )))
+impl Flight {
+    /// Every part that went out finished, and no more will go out.
+    fn settled(&self) -> bool {
+        let all_sent = self.sent == self.parts.len() || self.failed.is_some() || self.released;
+        all_sent && self.parts[..self.sent].iter().all(Part::settled)
+    }
+
+    /// The part a wire id names in the current post, if it does (allocates nothing).
+    fn index_of(&self, xfer: u64) -> Option<usize> {
+        xfer.checked_sub(self.wire)
+            .map(|k| k as usize)
+            .filter(|&k| k < self.sent)
+    }
+
+    /// The part a wire id names in the current post; `Err` for a stale or foreign id.
+    fn part_of(&self, xfer: u64) -> Result<usize, Error> {
+        match self.index_of(xfer) {
+            Some(k) => Ok(k),
+            None => Err(Error::Mismatch(format!(
+                "message for transfer {xfer}, which is not a part of the current post ({}..{})",
+                self.wire,
+                self.wire + self.sent as u64
+            ))),
+        }
+    }
+
+    /// Records the first failure of the post.
+    fn fail(&mut self, status: Status, why: String) {
+        if self.failed.is_none() {
+            self.failed = Some((status, why));
+        }
+    }
+}
+
+impl std::fmt::Debug for Flight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flight")
+            .field("op", &self.op)
+            .field("wire", &self.wire)
+            .field("sent", &self.sent)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
     }
 }
 
@@ -558,14 +787,17 @@ fn stale(f: &Flight, xfer: u64) -> Result<(), Error> {
 #[derive(Debug)]
 pub struct RemoteXfer {
     op: Op,
+    /// The descriptors, neighbours joined.
     segments: Vec<Segment>,
     /// `segments` as the target names them (region id, key, address, length): fixed at
     /// prepare, each announce or request is encoded from it.
-    wire: Vec<WireSegment>,
-    /// READ: the notification to send once the data is in, when `notify` (the buffer is
-    /// reused by every post).
-    notif: Vec<u8>,
-    notify: bool,
+    wire: Arc<[WireSegment]>,
+    /// The parts: ranges of `segments` of at most [`PART_SEGMENTS`].
+    ranges: Arc<[Range<usize>]>,
+    /// Our registrations the segments lie in (each registered on a conn's session at its first
+    /// use there).
+    mds: Vec<MdId>,
+    bytes: u64,
     /// `Some` when small enough and all our side host memory or device memory with a copier:
     /// a READ offers to take the data inline (it goes to `segments`' local addresses, in
     /// request order), a WRITE carries it in the announce. Per segment, the copier of its
@@ -580,12 +812,69 @@ pub struct RemoteXfer {
     posted: bool,
 }
 
-impl std::fmt::Debug for Flight {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Flight")
-            .field("op", &self.op)
-            .field("done", &self.done)
-            .finish_non_exhaustive()
+impl RemoteXfer {
+    /// Bytes the transfer moves.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+/// What transfers to other agents have cost so far: a latency (small transfers) and a
+/// throughput (large ones), each a moving average of completed transfers, for
+/// `estimateXferCost`. Starts from figures measured over tcpxsock on loopback on a 2-core box.
+#[derive(Debug)]
+pub struct CostModel {
+    /// Nanoseconds of a transfer too small for its bytes to matter.
+    latency_ns: AtomicU64,
+    /// Bytes per second of large transfers, past the latency.
+    bytes_per_s: AtomicU64,
+}
+
+impl CostModel {
+    /// Transfers up to this size teach the latency.
+    const SMALL: u64 = 64 * 1024;
+    /// Transfers from this size on teach the throughput.
+    const LARGE: u64 = 1 << 20;
+
+    /// A model starting at `latency` and `bytes_per_s`.
+    pub fn new(latency: Duration, bytes_per_s: u64) -> Self {
+        CostModel {
+            latency_ns: AtomicU64::new(latency.as_nanos() as u64),
+            bytes_per_s: AtomicU64::new(bytes_per_s.max(1)),
+        }
+    }
+
+    /// A completed transfer of `bytes` that took `took`.
+    pub fn observe(&self, bytes: u64, took: Duration) {
+        // Moving averages with weight 1/8: steady under noise, current within tens of
+        // transfers. Racing updates may lose one sample; the model stays an estimate.
+        let ewma = |old: u64, new: u64| old - old / 8 + new / 8;
+        let ns = took.as_nanos().min(u128::from(u64::MAX)) as u64;
+        if bytes <= Self::SMALL {
+            let l = self.latency_ns.load(Ordering::Relaxed);
+            self.latency_ns.store(ewma(l, ns), Ordering::Relaxed);
+        } else if bytes >= Self::LARGE {
+            let moving = ns
+                .saturating_sub(self.latency_ns.load(Ordering::Relaxed))
+                .max(1);
+            let rate = (u128::from(bytes) * 1_000_000_000 / u128::from(moving))
+                .min(u128::from(u64::MAX)) as u64;
+            let r = self.bytes_per_s.load(Ordering::Relaxed);
+            self.bytes_per_s
+                .store(ewma(r, rate).max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// Expected duration of a transfer of `bytes`, and the margin around it.
+    pub fn estimate(&self, bytes: u64) -> (Duration, Duration) {
+        let latency = self.latency_ns.load(Ordering::Relaxed);
+        let rate = self.bytes_per_s.load(Ordering::Relaxed).max(1);
+        let moving = (u128::from(bytes) * 1_000_000_000 / u128::from(rate)) as u64;
+        let total = Duration::from_nanos(latency.saturating_add(moving));
+        // Half the latency, plus a quarter of the time the bytes take: what run-to-run noise
+        // looked like in the measurements.
+        let margin = Duration::from_nanos(latency / 2 + moving / 4);
+        (total, margin)
     }
 }
 
@@ -593,6 +882,8 @@ struct Shared {
     agent: String,
     engine_cfg: EngineConfig,
     timeout: Duration,
+    /// Longest notification we take from a peer (`max_notif_bytes`), told in `Limits`.
+    max_notif: u32,
     mem: Mem,
     notifs: Notifs,
     stop: AtomicBool,
@@ -614,15 +905,20 @@ struct Shared {
     inline_answers: AtomicU64,
     /// Inline WRITEs this agent took (tests: which path a WRITE took).
     inline_writes: AtomicU64,
+    /// WRITEs this agent refused after their data was on the wire, received and dropped
+    /// (tests: which path a refusal took).
+    drained: AtomicU64,
     /// Per CUDA device with registered memory: what inline transfers copy its bytes with
     /// (`None`: the device could not be opened; its memory travels through the engine).
     copiers: Mutex<HashMap<u32, Option<Arc<Copier>>>>,
+    /// What transfers to peers cost so far.
+    cost: CostModel,
 }
 
 impl Shared {
-    /// A dead conn's inline WRITEs that were still waiting give back the queue room their
-    /// notifs reserved (they will never be delivered), so a peer that leaves cannot shrink
-    /// the queue for everyone.
+    /// A dead conn's WRITEs that were still waiting give back the queue room their notifs
+    /// reserved (they will never be delivered), so a peer that leaves cannot shrink the queue
+    /// for everyone.
     fn release_reservations(&self, c: &Conn) {
         for j in lock(&c.jobs).iter_mut().filter(|j| j.reserved) {
             if let Some(Some(msg)) = &j.write {
@@ -654,6 +950,23 @@ impl std::fmt::Debug for RemotePath {
     }
 }
 
+/// The engine configuration of every session of an agent configured as `config`.
+pub fn engine_config(config: &Config) -> EngineConfig {
+    EngineConfig {
+        plugin: config.plugin_path.clone(),
+        devices: config.devices,
+        channels: config.channels.into(),
+        chunk_bytes: config.chunk_bytes,
+        window: config.window.into(),
+        timeout: config.timeout,
+        // Every session of the agent, whichever thread opens it, is bound to the agent's GPU
+        // from its handshake on.
+        gpu: config.gpu.map(|g| g as i32),
+        max_transfers: ENGINE_TRANSFERS,
+        max_segments: PART_SEGMENTS,
+    }
+}
+
 impl RemotePath {
     /// Starts the backend thread, which accepts peers on `listener`.
     pub fn new(
@@ -663,17 +976,7 @@ impl RemotePath {
         mem: Mem,
         notifs: Notifs,
     ) -> Result<Self, Error> {
-        let engine_cfg = EngineConfig {
-            plugin: config.plugin_path.clone(),
-            channels: config.channels.into(),
-            chunk_bytes: config.chunk_bytes,
-            window: config.window.into(),
-            timeout: config.timeout,
-            // Every session of the agent, whichever thread opens it, is bound to the agent's
-            // GPU from its handshake on.
-            gpu: config.gpu.map(|g| g as i32),
-            ..EngineConfig::default()
-        };
+        let engine_cfg = engine_config(config);
         engine_cfg.validate().map_err(Error::Engine)?;
         listener.set_nonblocking(true).map_err(|err| Error::Io {
             what: "control listener",
@@ -683,6 +986,7 @@ impl RemotePath {
             agent: agent.to_owned(),
             engine_cfg,
             timeout: config.timeout,
+            max_notif: config.max_notif_bytes,
             mem,
             notifs,
             stop: AtomicBool::new(false),
@@ -694,7 +998,9 @@ impl RemotePath {
             inline_write_bytes: config.inline_write_bytes.into(),
             inline_answers: AtomicU64::new(0),
             inline_writes: AtomicU64::new(0),
+            drained: AtomicU64::new(0),
             copiers: Mutex::new(HashMap::new()),
+            cost: CostModel::new(Duration::from_micros(30), 1_500_000_000),
         });
         let (done_tx, done_rx) = mpsc::channel();
         let s = shared.clone();
@@ -753,63 +1059,65 @@ impl RemotePath {
         lock(&self.shared.copiers).entry(device).or_insert(opened);
     }
 
-    /// A new local registration: registers it on every live session.
-    pub fn register(&self, md: MdId, region: &Region) {
-        for c in lock(&self.shared.conns).iter() {
-            register_on(&mut lock(&c.engine), md, region);
-        }
-    }
-
-    /// A registration going away: releases it on every session, once the transfers still
-    /// using it there (released ones included) have finished.
+    /// A registration going away (the caller holds the metadata table's write lock, so no
+    /// transfer can start using it): released on every session that registered it, once the
+    /// transfers still using it there (released ones included, and parts whose data is still
+    /// to come) have finished, bounded by the timeout, so no byte lands in the memory after the
+    /// application has it back.
     pub fn deregister(&self, md: MdId) {
-        for c in lock(&self.shared.conns).iter() {
-            let mut e = lock(&c.engine);
-            let Some(id) = e.mems.remove(&md) else {
+        let conns: Vec<Arc<Conn>> = lock(&self.shared.conns).clone();
+        for c in conns {
+            let Some(id) = lock(&c.engine).mems.get(&md).copied() else {
                 continue;
             };
-            // A released transfer finishes into memory (the network cannot recall it): drive
-            // the session until nothing uses the region any more, bounded by the timeout, so
-            // no byte lands after the application has its memory back.
             let deadline = Instant::now() + self.shared.timeout;
-            while e.session.in_use(id).unwrap_or(false) && Instant::now() < deadline {
-                if e.session.progress().is_err() {
+            loop {
+                let busy = {
+                    let mut e = lock(&c.engine);
+                    if e.session.progress().is_err() {
+                        break;
+                    }
+                    e.session.in_use(id).unwrap_or(false)
+                } || (c.initiator && self.shared.references(&c, id));
+                if !busy || Instant::now() >= deadline || c.dead().is_some() {
                     break;
+                }
+                if c.initiator {
+                    // Answers (a READ's announce) must be read for its receives to be posted.
+                    self.shared.service(&c);
                 }
                 std::thread::yield_now();
             }
+            let mut e = lock(&c.engine);
+            e.mems.remove(&md);
             if let Err(err) = e.session.deregister(id) {
                 crate::log!("peer {:?}: deregistering {md:#x}: {err}", c.peer);
             }
         }
     }
 
-    /// `prepXfer` towards `agent`, with segments already validated.
+    /// `prepXfer` towards `agent`, with segments already validated: neighbours are joined
+    /// and the list cut into parts, everything later posts need built here.
     pub fn prepare(
         &self,
         op: Op,
         _agent: &str,
         _peer: &PeerInfo,
-        segments: &[Segment],
+        segments: Vec<Segment>,
     ) -> Result<RemoteXfer, Error> {
-        if segments.len() > self.shared.engine_cfg.max_segments {
-            return Err(Error::invalid(
-                crate::error::Arg::Descs,
-                format!(
-                    "{} descriptors, at most {}",
-                    segments.len(),
-                    self.shared.engine_cfg.max_segments
-                ),
-            ));
-        }
-        let wire = segments
+        let segments = xfer::merge(segments);
+        let wire: Arc<[WireSegment]> = segments
             .iter()
             .map(|s| match s.far {
                 Far::Peer { token, addr } => WireSegment::new(token.region, token.key, addr, s.len),
                 Far::Own { addr, .. } => WireSegment::new(0, 0, addr, s.len),
             })
             .collect();
-        let total = segments
+        let ranges: Arc<[Range<usize>]> = xfer::parts(segments.len(), PART_SEGMENTS).into();
+        let mut mds: Vec<MdId> = segments.iter().map(|s| s.md).collect();
+        mds.sort_unstable();
+        mds.dedup();
+        let bytes = segments
             .iter()
             .map(|s| s.len)
             .fold(0u64, u64::saturating_add);
@@ -817,10 +1125,10 @@ impl RemotePath {
             Op::Read => self.shared.inline_read_bytes,
             Op::Write => self.shared.inline_write_bytes,
         };
-        // A small transfer goes inline when every local segment is host memory or device
-        // memory with a copier: a READ offers to take its data in the answer, a WRITE puts it
-        // in the announce.
-        let inline = if limit > 0 && total <= limit {
+        // A small transfer of one part goes inline when every local segment is host memory or
+        // device memory with a copier: a READ offers to take its data in the answer, a WRITE
+        // puts it in the announce.
+        let inline = if limit > 0 && bytes <= limit && ranges.len() == 1 {
             segments
                 .iter()
                 .map(|s| match s.dev {
@@ -833,10 +1141,11 @@ impl RemotePath {
         };
         Ok(RemoteXfer {
             op,
-            segments: segments.to_vec(),
+            segments,
             wire,
-            notif: Vec::new(),
-            notify: false,
+            ranges,
+            mds,
+            bytes,
             inline,
             inline_data: Vec::new(),
             flight: None,
@@ -844,11 +1153,12 @@ impl RemotePath {
         })
     }
 
-    /// `postXfer` of a prepared transfer; `notif` is delivered to the peer on completion.
+    /// `postXfer` of a prepared transfer; `notif` is delivered to the peer once every byte
+    /// landed.
     ///
-    /// A conn can die between being picked and being written to (the peer closed it right
-    /// after refusing a WRITE, say). Nothing of this post reached the peer then — a dead
-    /// conn's peer discards everything — so the post is made once more on a fresh conn.
+    /// A conn can die between being picked and being written to. Nothing of this post reached
+    /// the peer then — a dead conn's peer discards everything — so the post is made once more
+    /// on a fresh conn.
     pub fn post(
         &self,
         agent: &str,
@@ -872,82 +1182,102 @@ impl RemotePath {
     ) -> Result<Status, Error> {
         if let Some(f) = &x.flight {
             let f = lock(f);
-            if x.posted && !f.done && f.failed.is_none() {
+            let over = f.done || (f.failed.is_some() && f.settled()) || f.conn.dead().is_some();
+            if x.posted && !over {
                 return Err(Error::RepostActive);
             }
         }
         x.posted = false;
-        x.notify = false;
         let conn = self.shared.outgoing(agent, peer)?;
-        let wire_id = self.shared.next_wire.fetch_add(1, Ordering::Relaxed);
-        let flight = match &x.flight {
-            Some(fl) => {
-                // The previous post is over (done, failed, or never sent): reset the flight
-                // for this one. An engine transfer the previous post left behind (a failed
-                // one) is abandoned as `releaseReqH` does.
-                let (old_conn, old_wire) = {
-                    let mut f = lock(fl);
-                    if let Some(id) = f.engine.take() {
-                        let _ = lock(&f.conn.engine).session.release(id);
-                    }
-                    f.acked = false;
-                    f.moved = false;
-                    f.done = false;
-                    f.failed = None;
-                    f.seen = (0, false, false, false);
-                    f.since = Instant::now();
-                    (
-                        std::mem::replace(&mut f.conn, conn.clone()),
-                        std::mem::replace(&mut f.wire, wire_id),
-                    )
-                };
-                // A previous post can still be listed only if it failed waiting for its
-                // answer, which means its conn died: drop the entry (the conn is never
-                // serviced again). Not under the flight's lock: the backend thread takes a
-                // conn's table, then a flight. Should that thread already hold the entry, the
-                // flight's new wire id makes it refuse the stale answer.
-                lock(&old_conn.pending).remove(&old_wire);
-                fl.clone()
+        if let Some(msg) = notif {
+            if msg.len() > conn.peer_max_notif {
+                return Err(Error::invalid(
+                    Arg::Notif,
+                    format!(
+                        "{} bytes, but agent {agent:?} takes notifications of at most {} bytes \
+                         (its backend parameter max_notif_bytes)",
+                        msg.len(),
+                        conn.peer_max_notif
+                    ),
+                ));
             }
+        }
+        self.shared.ensure_registered(&conn, &x.mds)?;
+        let n = x.ranges.len();
+        let wire_id = self
+            .shared
+            .next_wire
+            .fetch_add(n.max(1) as u64, Ordering::Relaxed);
+        let flight = match &x.flight {
+            Some(fl) => fl.clone(),
             None => {
                 let fl = Arc::new(Mutex::new(Flight {
                     op: x.op,
                     wire: wire_id,
                     conn: conn.clone(),
                     segs: Vec::with_capacity(x.segments.len()),
-                    engine: None,
-                    inline_dst: Vec::with_capacity(x.segments.len()),
-                    acked: false,
-                    moved: false,
+                    far: x.wire.clone(),
+                    ranges: x.ranges.clone(),
+                    parts: vec![Part::default(); n],
+                    sent: 0,
+                    inline_dst: Vec::with_capacity(if x.inline.is_some() {
+                        x.segments.len()
+                    } else {
+                        0
+                    }),
+                    notif: Vec::new(),
+                    notify: false,
+                    notif_in_announce: false,
                     done: false,
                     released: false,
                     failed: None,
-                    seen: (0, false, false, false),
-                    since: Instant::now(),
+                    posted_at: Instant::now(),
+                    bytes: x.bytes,
                 }));
                 x.flight = Some(fl.clone());
                 fl
             }
         };
         {
-            // Where an inline READ's data goes, and the conn's engine regions of our segments
-            // (this conn may be new since the last post). Lock order: flight, then session.
+            // The previous post is over (done, failed and settled, or its conn died): reset
+            // the flight for this one. Its parts, if its conn died, are never answered: the
+            // dead conn is never serviced again. Then the conn's engine regions of our
+            // segments (this conn may be new since the last post). Lock order: flight, then
+            // session.
             let mut f = lock(&flight);
+            let old = f.conn.clone();
+            for p in f.parts.iter_mut() {
+                if let Some(id) = p.engine.take() {
+                    let _ = lock(&old.engine).session.release(id);
+                }
+                *p = Part::default();
+            }
+            f.conn = conn.clone();
+            f.wire = wire_id;
+            f.sent = 0;
+            f.done = false;
+            f.failed = None;
+            f.posted_at = Instant::now();
+            f.notif.clear();
+            f.notif.extend_from_slice(notif.unwrap_or(&[]));
+            f.notify = notif.is_some();
+            f.notif_in_announce = f.notify && x.op == Op::Write && n == 1;
             f.inline_dst.clear();
             if let (Some(copiers), Op::Read) = (&x.inline, x.op) {
-                f.inline_dst.extend(
-                    x.segments
-                        .iter()
-                        .zip(copiers)
-                        .map(|(s, c)| (s.local, s.len, c.clone())),
-                );
+                let dst = x
+                    .segments
+                    .iter()
+                    .zip(copiers)
+                    .map(|(s, c)| (s.local, s.len, c.clone()));
+                f.inline_dst.extend(dst);
             }
             f.segs.clear();
             let e = lock(&conn.engine);
             for s in &x.segments {
-                let mem = *e.mems.get(&s.md).ok_or_else(|| {
-                    Error::invalid(crate::error::Arg::Metadata, "registration is gone")
-                })?;
+                let mem = *e
+                    .mems
+                    .get(&s.md)
+                    .ok_or_else(|| Error::invalid(Arg::Metadata, "registration is gone"))?;
                 f.segs.push(ESeg {
                     mem,
                     offset: s.offset,
@@ -956,71 +1286,54 @@ impl RemotePath {
                 });
             }
         }
+        // The clock of the no-progress timeout starts with the post.
+        conn.heard();
+        if n == 0 {
+            // Nothing to move (every descriptor was empty): done now, the notification sent.
+            lock(&flight).done = true;
+            x.posted = true;
+            if let Some(msg) = notif {
+                conn.send(&Message::Notif(Notif { msg }))?;
+            }
+            return Ok(Status::Success);
+        }
         if let (Some(copiers), Op::Write) = (&x.inline, x.op) {
             gather_local(&x.segments, copiers, &mut x.inline_data)?;
-        }
-        let mut tx = lock(&conn.tx);
-        lock(&conn.pending).insert(wire_id, flight.clone());
-        let sent = match x.op {
-            Op::Write if x.inline.is_some() => {
-                // The data is in the announce: nothing for the data session.
+            // The data is in the announce: nothing for the data session, and no place among
+            // the outstanding parts.
+            let mut tx = lock(&conn.tx);
+            {
                 let mut f = lock(&flight);
-                f.engine = None;
-                f.moved = true;
-                drop(f);
-                conn.send_on(
-                    &mut tx,
-                    &Message::WriteAnnounce(WriteAnnounce {
-                        xfer: wire_id,
-                        segments: &x.wire,
-                        notif,
-                        data: Some(&x.inline_data),
-                    }),
-                )
+                f.parts[0].moved = true;
+                f.sent = 1;
             }
-            Op::Write => {
-                let mut f = lock(&flight);
-                let posted = lock(&conn.engine)
-                    .session
-                    .post(Direction::Send, &f.segs)
-                    .map_err(Error::Engine);
-                match posted {
-                    Ok(id) => {
-                        f.engine = Some(id);
-                        drop(f);
-                        conn.send_on(
-                            &mut tx,
-                            &Message::WriteAnnounce(WriteAnnounce {
-                                xfer: wire_id,
-                                segments: &x.wire,
-                                notif,
-                                data: None,
-                            }),
-                        )
-                    }
-                    Err(e) => Err(e),
-                }
+            lock(&conn.out)
+                .parts
+                .insert(wire_id, (flight.clone(), false));
+            let sent = conn.send_on(
+                &mut tx,
+                &Message::WriteAnnounce(WriteAnnounce {
+                    xfer: wire_id,
+                    segments: &x.wire,
+                    notif,
+                    data: Some(&x.inline_data),
+                }),
+            );
+            drop(tx);
+            if let Err(e) = sent {
+                lock(&conn.out).parts.remove(&wire_id);
+                return Err(e);
             }
-            Op::Read => {
-                if let Some(msg) = notif {
-                    x.notif.clear();
-                    x.notif.extend_from_slice(msg);
-                    x.notify = true;
-                }
-                conn.send_on(
-                    &mut tx,
-                    &Message::ReadRequest(ReadRequest {
-                        xfer: wire_id,
-                        segments: &x.wire,
-                        inline_ok: x.inline.is_some(),
-                    }),
-                )
+        } else {
+            let mut tx = lock(&conn.tx);
+            // Transfers waiting for room go first: a stream of small ones must not starve a
+            // large one.
+            let behind = !lock(&conn.out).waiting.is_empty();
+            let all = !behind && self.shared.send_parts(&conn, &mut tx, &flight)?;
+            if !all {
+                lock(&conn.out).waiting.push_back(flight.clone());
             }
-        };
-        drop(tx);
-        if let Err(e) = sent {
-            lock(&conn.pending).remove(&wire_id);
-            return Err(e);
+            conn.flush_on(&mut tx)?;
         }
         x.posted = true;
         if x.op == Op::Write && x.inline.is_none() {
@@ -1036,11 +1349,10 @@ impl RemotePath {
         let (Some(fl), true) = (&x.flight, x.posted) else {
             return Err(Error::NotPosted);
         };
-        // Read the peer's answers (Ack, ReadAnnounce, ReadData, Error) and drive the session on this
-        // thread as well: leaving them to the backend thread would put a thread hand-off into
-        // every transfer's latency. An initiator conn carries nothing else, and everything
-        // `service` touches is behind the conn's locks; no flight may be held here (answers
-        // take a conn's table, then a flight).
+        // Read the peer's answers and drive the session on this thread as well: leaving them
+        // to the backend thread would put a thread hand-off into every transfer's latency. An
+        // initiator conn carries nothing else, and everything `service` touches is behind the
+        // conn's locks; no flight may be held here.
         let conn = {
             let f = lock(fl);
             (!f.done && f.failed.is_none()).then(|| f.conn.clone())
@@ -1049,83 +1361,75 @@ impl RemotePath {
             self.shared.service(&conn);
         }
         let mut f = lock(fl);
-        if let Some((status, reason)) = &f.failed {
-            return Err(Error::Remote {
-                status: *status,
-                reason: reason.clone(),
-            });
-        }
         if f.done {
             return Ok(Status::Success);
         }
         if let Some(why) = f.conn.dead() {
-            f.failed = Some((Status::RemoteDisconnect, why.clone()));
+            f.fail(Status::RemoteDisconnect, why.clone());
+            let (status, reason) = f.failed.clone().unwrap_or((Status::RemoteDisconnect, why));
+            return Err(Error::Remote { status, reason });
+        }
+        if f.settled() {
+            if let Some((status, reason)) = &f.failed {
+                return Err(Error::Remote {
+                    status: *status,
+                    reason: reason.clone(),
+                });
+            }
+            f.done = true;
+            self.shared.cost.observe(f.bytes, f.posted_at.elapsed());
+            let conn = f.conn.clone();
+            let after = f.notify && !f.notif_in_announce;
+            // Never write to the stream with the flight locked (post holds tx, then the
+            // flight); the buffer is the request's own, not used until its next post.
+            drop(f);
+            if after {
+                let f = lock(fl);
+                let sent = conn.send(&Message::Notif(Notif { msg: &f.notif }));
+                drop(f);
+                sent?;
+            }
+            return Ok(Status::Success);
+        }
+        if f.conn.silent_for() > f.conn.timeout {
+            let why = format!("no progress from the peer for {:?}", f.conn.timeout);
+            // Where the two sides stand is unknown now: the conn cannot be reused.
+            f.conn.kill(&why);
+            f.fail(Status::RemoteDisconnect, why.clone());
             return Err(Error::Disconnected(why));
         }
-        let mut bytes = f.seen.0;
-        if let Some(id) = f.engine {
-            let conn = f.conn.clone();
-            let mut e = lock(&conn.engine);
-            match e.session.poll(id) {
-                Ok(Progress::Done { bytes: b }) => {
-                    let _ = e.session.release(id);
-                    f.engine = None;
-                    f.moved = true;
-                    bytes = b;
-                }
-                Ok(Progress::Pending { bytes_done, .. }) => bytes = bytes_done,
-                Err(err) => {
-                    drop(e);
-                    let why = format!("data session: {err}");
-                    conn.kill(&why);
-                    f.failed = Some((Status::RemoteDisconnect, why.clone()));
-                    return Err(Error::Disconnected(why));
-                }
-            }
-        }
-        let finished = match f.op {
-            Op::Write => f.moved && f.acked,
-            Op::Read => f.moved,
-        };
-        if !finished {
-            let seen = (bytes, f.engine.is_some(), f.moved, f.acked);
-            if seen != f.seen {
-                f.seen = seen;
-                f.since = Instant::now();
-            } else if f.since.elapsed() > f.conn.timeout {
-                let why = format!("no progress from the peer for {:?}", f.conn.timeout);
-                // Where the two sides stand is unknown now: the conn cannot be reused.
-                f.conn.kill(&why);
-                f.failed = Some((Status::RemoteDisconnect, why.clone()));
-                return Err(Error::Disconnected(why));
-            }
-            return Ok(Status::InProgress);
-        }
-        f.done = true;
-        let conn = f.conn.clone();
-        // Never write to the stream with the flight locked (post holds tx, then the flight).
-        drop(f);
-        if x.notify {
-            conn.send(&Message::Notif(Notif { msg: &x.notif }))?;
-        }
-        Ok(Status::Success)
+        Ok(Status::InProgress)
     }
 
-    /// `releaseReqH`: abandons an in-flight transfer without blocking.
+    /// `releaseReqH`: abandons an in-flight transfer without blocking. Its engine transfers
+    /// finish into memory on their own; parts still to be answered are answered and settled
+    /// by whoever services the conn; parts not yet sent never are.
     pub fn abort(&self, x: RemoteXfer) {
         if let Some(fl) = x.flight {
-            let mut f = lock(&fl);
-            f.released = true;
-            if let Some(id) = f.engine.take() {
+            let conn = {
+                let mut f = lock(&fl);
+                f.released = true;
                 let conn = f.conn.clone();
-                let _ = lock(&conn.engine).session.release(id);
-            }
+                for p in f.parts.iter_mut() {
+                    if let Some(id) = p.engine.take() {
+                        let _ = lock(&conn.engine).session.release(id);
+                        p.moved = true;
+                    }
+                }
+                conn
+            };
+            lock(&conn.out).waiting.retain(|w| !Arc::ptr_eq(w, &fl));
         }
     }
 
     /// READs this agent answered inline so far (tests: which path a READ took).
     pub(crate) fn inline_answers(&self) -> u64 {
         self.shared.inline_answers.load(Ordering::Relaxed)
+    }
+
+    /// WRITEs this agent refused after their data was on the wire, and dropped (tests).
+    pub(crate) fn drained(&self) -> u64 {
+        self.shared.drained.load(Ordering::Relaxed)
     }
 
     /// The copier of CUDA device `device`, if its memory was registered and it could be opened.
@@ -1136,6 +1440,11 @@ impl RemotePath {
     /// Inline WRITEs this agent took so far (tests: which path a WRITE took).
     pub(crate) fn inline_writes(&self) -> u64 {
         self.shared.inline_writes.load(Ordering::Relaxed)
+    }
+
+    /// The cost model of transfers to peers.
+    pub(crate) fn cost(&self) -> &CostModel {
+        &self.shared.cost
     }
 
     /// Identity of our live conn to `agent`, if any (tests: whether a conn survived).
@@ -1149,6 +1458,17 @@ impl RemotePath {
     /// `genNotif` towards another agent.
     pub fn notify(&self, agent: &str, peer: &PeerInfo, msg: &[u8]) -> Result<(), Error> {
         let conn = self.shared.outgoing(agent, peer)?;
+        if msg.len() > conn.peer_max_notif {
+            return Err(Error::invalid(
+                Arg::Notif,
+                format!(
+                    "{} bytes, but agent {agent:?} takes notifications of at most {} bytes (its \
+                     backend parameter max_notif_bytes)",
+                    msg.len(),
+                    conn.peer_max_notif
+                ),
+            ));
+        }
         conn.send(&Message::Notif(Notif { msg }))
     }
 }
@@ -1157,8 +1477,8 @@ impl Drop for RemotePath {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         if let Some((handle, done)) = lock(&self.thread).take() {
-            // The loop checks `stop` every pass; a pass is bounded by the control write
-            // timeout, so waiting that long (plus slack) is enough. Past it, detach.
+            // The loop checks `stop` every pass and never waits on a peer, so waiting the
+            // timeout (plus slack) is plenty. Past it, detach.
             match done.recv_timeout(self.shared.timeout + Duration::from_secs(1)) {
                 Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let _ = handle.join();
@@ -1175,14 +1495,13 @@ impl Drop for RemotePath {
     }
 }
 
-/// Registers one local region on a session.
-fn register_on(e: &mut Engine, md: MdId, region: &Region) {
-    if e.mems.contains_key(&md) {
-        return;
+/// Registers one local region on a session (at its first use there).
+fn register_on(e: &mut Engine, md: MdId, region: &Region) -> Result<MemId, Error> {
+    if let Some(id) = e.mems.get(&md) {
+        return Ok(*id);
     }
-    let Ok(len) = usize::try_from(region.span.len) else {
-        return;
-    };
+    let len = usize::try_from(region.span.len)
+        .map_err(|_| Error::invalid(Arg::Descs, "region exceeds the address space"))?;
     let memory = match region.mem {
         MemKind::Dram => Memory::Host,
         MemKind::Vram => Memory::Cuda {
@@ -1190,17 +1509,24 @@ fn register_on(e: &mut Engine, md: MdId, region: &Region) {
         },
     };
     // SAFETY: NIXL keeps registered memory allocated until `deregisterMem`, which removes it
-    // from every session (RemotePath::deregister) before returning.
-    let r = unsafe {
+    // from every session (RemotePath::deregister) before returning; the caller holds the
+    // metadata table (read), so the registration is live now.
+    let id = unsafe {
         e.session
             .register(region.span.base as usize as *mut _, len, memory)
-    };
-    match r {
-        Ok(id) => {
-            e.mems.insert(md, id);
-        }
-        Err(err) => crate::log!("registering {md:#x} on a peer session: {err}"),
     }
+    .map_err(Error::Engine)?;
+    e.mems.insert(md, id);
+    Ok(id)
+}
+
+/// What handling one frame came to.
+enum Handled {
+    /// Acted on; the next frame may follow.
+    Done,
+    /// It needs room that is not there yet (in the notification queue, or among the jobs):
+    /// left in the buffer, nothing more taken from the peer until it fits.
+    Held,
 }
 
 impl Shared {
@@ -1228,7 +1554,7 @@ impl Shared {
             return Ok(c);
         }
         let conn = self.open(agent, peer)?;
-        self.adopt(conn.clone());
+        lock(&self.conns).push(conn.clone());
         let connecting = lock(&self.connecting);
         if !connecting.get(agent).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
             // `disconnect` ran during the handshake: the peer may be loaded again with other
@@ -1243,7 +1569,8 @@ impl Shared {
         Ok(conn)
     }
 
-    /// Initiator handshake: Hello + our ListenHandles, their ListenHandles, engine connect.
+    /// Initiator handshake: Hello + our ListenHandles, their ListenHandles and Limits, engine
+    /// connect.
     fn open(&self, agent: &str, peer: &PeerInfo) -> Result<Arc<Conn>, Error> {
         let io = |what| move |err| Error::Io { what, err };
         let mut s = TcpStream::connect_timeout(&peer.addr, self.timeout)
@@ -1266,8 +1593,17 @@ impl Shared {
             .map_err(io("sending Hello"))
             .map_err(peer_gone)?;
         let theirs = read_frame(&mut s).map_err(peer_gone)?;
+        let limits = read_frame(&mut s).map_err(peer_gone)?;
+        let limits = match wire::parse(&limits) {
+            Ok(Message::Limits(l)) => l,
+            _ => {
+                return Err(Error::Mismatch(format!(
+                    "agent {agent:?} did not answer the handshake with its Limits"
+                )))
+            }
+        };
         let session = l.connect(&theirs).map_err(Error::Engine)?;
-        self.conn(agent.into(), true, s, session)
+        self.conn(agent.into(), true, s, session, limits.max_notif as usize)
     }
 
     fn conn(
@@ -1276,6 +1612,7 @@ impl Shared {
         initiator: bool,
         s: TcpStream,
         session: Session,
+        peer_max_notif: usize,
     ) -> Result<Arc<Conn>, Error> {
         let io = |err| Error::Io {
             what: "control stream",
@@ -1283,24 +1620,43 @@ impl Shared {
         };
         s.set_nonblocking(true).map_err(io)?;
         let tx = s.try_clone().map_err(io)?;
+        // An initiator reads only answers; a target reads announces with notifications of up
+        // to its own limit.
+        let max_frame = if initiator {
+            MAX_CONTROL_FRAME
+        } else {
+            MAX_CONTROL_FRAME + self.max_notif as usize
+        };
         Ok(Arc::new(Conn {
             peer,
             initiator,
             stream: s,
-            tx: Mutex::new(Writer {
-                stream: tx,
-                buf: Vec::with_capacity(FRAME_BUF),
-            }),
+            tx: Mutex::new(Writer::new(tx)),
             engine: Mutex::new(Engine {
                 session,
                 mems: HashMap::new(),
                 resolved: Vec::with_capacity(TABLE_CAP),
+                sink: None,
             }),
-            rbuf: Mutex::new(Vec::with_capacity(FRAME_BUF)),
+            rx: Mutex::new(Reader {
+                buf: Vec::with_capacity(FRAME_BUF),
+                held: false,
+            }),
+            max_frame,
+            peer_max_notif,
             dead: Mutex::new(None),
+            alive: Mutex::new(Instant::now()),
             // Sized up front (and never shrunk by removals), so reposts insert without
-            // allocating; more transfers in flight at once than this grow it once.
-            pending: Mutex::new(HashMap::with_capacity(TABLE_CAP)),
+            // allocating; more parts in flight at once than this grow it once.
+            out: Mutex::new(Outstanding {
+                parts: HashMap::with_capacity(TABLE_CAP),
+                waiting: VecDeque::new(),
+            }),
+            outstanding: AtomicUsize::new(0),
+            scan: Mutex::new(Scan {
+                listed: Vec::with_capacity(TABLE_CAP),
+                gone: Vec::with_capacity(TABLE_CAP),
+            }),
             jobs: Mutex::new(Vec::with_capacity(TABLE_CAP)),
             next_seq: AtomicU64::new(0),
             finished: Mutex::new(Vec::with_capacity(TABLE_CAP)),
@@ -1311,19 +1667,6 @@ impl Shared {
             refused_notifs: AtomicU64::new(0),
             inline_buf: Mutex::new(Vec::new()),
         }))
-    }
-
-    /// Registers every local region on the conn's session and makes it serviced. Holding the
-    /// table's read lock keeps a concurrent `registerMem` from missing the new session.
-    fn adopt(&self, c: Arc<Conn>) {
-        let table = self.mem.read().unwrap_or_else(PoisonError::into_inner);
-        {
-            let mut e = lock(&c.engine);
-            for (md, region) in table.locals() {
-                register_on(&mut e, md, region);
-            }
-        }
-        lock(&self.conns).push(c);
     }
 
     /// Target handshake for a stream a peer opened (runs on its own thread: it blocks).
@@ -1348,18 +1691,114 @@ impl Shared {
         let theirs = read_frame(&mut s)?;
         let net = Session::open_net(&self.engine_cfg).map_err(Error::Engine)?;
         let l = Session::listen(net, self.engine_cfg.clone()).map_err(Error::Engine)?;
-        s.write_all(l.conn_info()).map_err(io)?;
+        let limits = frame(&Message::Limits(Limits {
+            max_notif: self.max_notif,
+        }))?;
+        s.write_all(l.conn_info())
+            .and_then(|_| s.write_all(&limits))
+            .map_err(io)?;
         let session = l.connect(&theirs).map_err(Error::Engine)?;
-        let c = self.conn(name, false, s, session)?;
+        let c = self.conn(name, false, s, session, 0)?;
         if self.stop.load(Ordering::Relaxed) {
             c.kill("agent destroyed");
             return Ok(());
         }
-        self.adopt(c);
+        lock(&self.conns).push(c);
         Ok(())
     }
 
-    /// One pass over a conn: read frames, drive the session, finish target jobs.
+    /// Registers our registrations `mds` on the conn's session where they are not yet (their
+    /// first use there). The metadata table's read lock keeps them registered meanwhile.
+    fn ensure_registered(&self, c: &Conn, mds: &[MdId]) -> Result<(), Error> {
+        if mds.iter().all(|m| lock(&c.engine).mems.contains_key(m)) {
+            return Ok(());
+        }
+        // Table, then session: the lock order.
+        let table = self.mem.read().unwrap_or_else(PoisonError::into_inner);
+        let mut e = lock(&c.engine);
+        for &md in mds {
+            let region = table
+                .local(md)
+                .map_err(|_| Error::invalid(Arg::Metadata, "registration is gone"))?;
+            register_on(&mut e, md, region)?;
+        }
+        Ok(())
+    }
+
+    /// Initiator: whether a part still to finish on `c` has data to move in engine region
+    /// `id` (a READ whose announce has not come yet: its receives are still to be posted).
+    fn references(&self, c: &Conn, id: MemId) -> bool {
+        let flights: Vec<Arc<Mutex<Flight>>> = lock(&c.out)
+            .parts
+            .values()
+            .map(|(f, _)| f.clone())
+            .collect();
+        flights.iter().any(|fl| {
+            let f = lock(fl);
+            (0..f.sent).any(|k| {
+                !f.parts[k].settled() && f.segs[f.ranges[k].clone()].iter().any(|s| s.mem == id)
+            })
+        })
+    }
+
+    /// Initiator: sends the flight's next parts while the conn has room for them, each part's
+    /// engine sends (WRITE) posted with its announce under the held writer. `Ok(true)` once
+    /// nothing is left to send (all sent, or the flight failed or was released).
+    fn send_parts(
+        &self,
+        c: &Conn,
+        tx: &mut Writer,
+        fl: &Arc<Mutex<Flight>>,
+    ) -> Result<bool, Error> {
+        let mut f = lock(fl);
+        while f.sent < f.parts.len() && f.failed.is_none() && !f.released {
+            if c.outstanding.load(Ordering::Relaxed) >= MAX_OUTSTANDING {
+                return Ok(false);
+            }
+            let k = f.sent;
+            let xfer = f.wire + k as u64;
+            let range = f.ranges[k].clone();
+            if f.op == Op::Write {
+                match lock(&c.engine)
+                    .session
+                    .post(Direction::Send, &f.segs[range.clone()])
+                {
+                    Ok(id) => f.parts[k].engine = Some(id),
+                    // Nothing of this part went out: the post fails if it is the first, else
+                    // the parts already sent finish and the transfer fails with this.
+                    Err(e) if k == 0 => return Err(Error::Engine(e)),
+                    Err(e) => {
+                        f.fail(Status::Backend, format!("part {k}: tcpx engine: {e}"));
+                        break;
+                    }
+                }
+            }
+            let msg = match f.op {
+                Op::Write => Message::WriteAnnounce(WriteAnnounce {
+                    xfer,
+                    segments: &f.far[range],
+                    notif: f.notif_in_announce.then_some(&f.notif[..]),
+                    data: None,
+                }),
+                Op::Read => Message::ReadRequest(ReadRequest {
+                    xfer,
+                    segments: &f.far[range],
+                    inline_ok: !f.inline_dst.is_empty(),
+                }),
+            };
+            if let Some(why) = c.dead() {
+                return Err(Error::Disconnected(why));
+            }
+            tx.push(&msg)?;
+            lock(&c.out).parts.insert(xfer, (fl.clone(), true));
+            c.outstanding.fetch_add(1, Ordering::Relaxed);
+            f.sent += 1;
+        }
+        Ok(true)
+    }
+
+    /// One pass over a conn: read and handle frames, drive the session, then the role's own
+    /// work (initiator: settle parts, send waiting ones; target: finish jobs).
     fn service(&self, c: &Arc<Conn>) -> bool {
         if c.dead().is_some() {
             return false;
@@ -1369,61 +1808,113 @@ impl Shared {
         // waiting on announced data (frames must not keep a stalled WRITE's conn open).
         let mut framed = false;
         let partial;
-        // EOF after frames: those frames (a last Notif, say) are still served, then the conn
-        // is closed.
+        // A frame waits for room: retried on every pass (room comes from the application
+        // taking notifications, or from jobs finishing).
+        let mut held = false;
+        // EOF, or a frame that closes the conn, after frames: what those frames completed (a
+        // last Notif, say) is still delivered, then the conn is closed.
         let mut eof = false;
+        let mut fatal: Option<String> = None;
         {
-            let mut rbuf = lock(&c.rbuf);
+            let mut rx = lock(&c.rx);
             let mut tmp = [0u8; 16 * 1024];
+            let mut budget = READ_PER_PASS;
             loop {
-                match (&c.stream).read(&mut tmp) {
-                    Ok(0) => {
-                        eof = true;
-                        break;
+                // Handle every whole frame, unless one waits for room.
+                let mut off = 0;
+                while !held {
+                    match wire::next_frame_within(&rx.buf[off..], c.max_frame) {
+                        Ok(Some(f)) => {
+                            let n = f.len();
+                            match self.handle(c, f) {
+                                Ok(Handled::Done) => {
+                                    off += n;
+                                    framed = true;
+                                }
+                                Ok(Handled::Held) => held = true,
+                                Err(e) => {
+                                    fatal = Some(e.to_string());
+                                    break;
+                                }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            fatal = Some(format!("bad control frame: {e}"));
+                            break;
+                        }
                     }
-                    Ok(n) => rbuf.extend_from_slice(&tmp[..n]),
+                }
+                rx.buf.drain(..off);
+                if held || eof || budget == 0 || fatal.is_some() {
+                    break;
+                }
+                match (&c.stream).read(&mut tmp[..budget.min(16 * 1024)]) {
+                    Ok(0) => eof = true,
+                    Ok(n) => {
+                        rx.buf.extend_from_slice(&tmp[..n]);
+                        budget -= n;
+                    }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(e) => {
-                        c.kill(&format!("control read: {e}"));
-                        return true;
+                        fatal = Some(format!("control read: {e}"));
+                        break;
                     }
                 }
             }
-            let mut off = 0;
-            loop {
-                match wire::next_frame(&rbuf[off..]) {
-                    Ok(Some(f)) => {
-                        let n = f.len();
-                        if let Err(e) = self.handle(c, f) {
-                            c.kill(&e.to_string());
-                            return true;
-                        }
-                        off += n;
-                        framed = true;
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        c.kill(&format!("bad control frame: {e}"));
-                        return true;
-                    }
-                }
-            }
-            rbuf.drain(..off);
-            partial = !rbuf.is_empty();
+            rx.held = held;
+            // A frame waiting for room is not a peer stopping mid-frame.
+            partial = !held && !rx.buf.is_empty();
         }
-        if eof {
-            c.kill("peer closed the control stream");
-            return true;
+        if framed {
+            c.heard();
         }
         match lock(&c.engine).session.progress() {
-            Ok(m) => moved |= m,
+            Ok(m) => {
+                if m {
+                    c.heard();
+                }
+                moved |= m;
+            }
             Err(e) => {
                 c.kill(&format!("data session: {e}"));
                 return true;
             }
         }
-        moved |= self.finish_jobs(c);
+        if c.initiator {
+            moved |= self.drive(c);
+        } else {
+            moved |= self.finish_jobs(c);
+        }
+        if let Some(why) = fatal.or(eof.then(|| "peer closed the control stream".to_owned())) {
+            c.kill(&why);
+            return true;
+        }
+        {
+            let mut tx = lock(&c.tx);
+            // Holding the peer back: say we are alive, so its timeout measures a dead agent
+            // and not a slow application here.
+            if held && tx.last_frame.elapsed() >= keepalive_every(c.timeout) {
+                let _ = c.send_on(&mut tx, &Message::Keepalive(Keepalive));
+            } else if tx.pending() {
+                let _ = c.flush_on(&mut tx);
+            }
+            if tx
+                .stuck
+                .is_some_and(|t| t.elapsed() > c.timeout && c.silent_for() > c.timeout)
+            {
+                drop(tx);
+                c.kill(&format!(
+                    "the peer took none of our control frames for {:?}",
+                    c.timeout
+                ));
+                return true;
+            }
+        }
+        if c.initiator {
+            return moved || framed;
+        }
         let jobs_waiting = !lock(&c.jobs).is_empty();
         let waiting = partial || jobs_waiting;
         let progress = moved || (framed && !jobs_waiting);
@@ -1447,7 +1938,83 @@ impl Shared {
             }
             Some(_) => {}
         }
-        moved
+        moved || held
+    }
+
+    /// Initiator: finds the parts that finished (their engine transfers done and their
+    /// answers in), frees their places, and sends parts that waited for room.
+    fn drive(&self, c: &Conn) -> bool {
+        let mut scan = lock(&c.scan);
+        let Scan { listed: snap, gone } = &mut *scan;
+        snap.clear();
+        gone.clear();
+        snap.extend(
+            lock(&c.out)
+                .parts
+                .iter()
+                .map(|(id, (f, _))| (*id, f.clone())),
+        );
+        for (id, fl) in snap.drain(..) {
+            let mut f = lock(&fl);
+            let Some(k) = f.index_of(id) else {
+                // A part of an earlier post of a reposted request: nothing to wait for.
+                gone.push((id, false));
+                continue;
+            };
+            if let Some(xid) = f.parts[k].engine {
+                let status = lock(&c.engine).session.status(xid);
+                match status {
+                    Ok(Progress::Done { .. }) => {
+                        let _ = lock(&c.engine).session.release(xid);
+                        f.parts[k].engine = None;
+                        f.parts[k].moved = true;
+                    }
+                    Ok(Progress::Pending { .. }) => {}
+                    Err(err) => {
+                        drop(f);
+                        c.kill(&format!("data session: {err}"));
+                        return true;
+                    }
+                }
+            }
+            if f.parts[k].settled() {
+                gone.push((id, true));
+            }
+        }
+        let any = !gone.is_empty();
+        if any {
+            let mut out = lock(&c.out);
+            for (id, _) in gone.iter() {
+                if let Some((_, true)) = out.parts.remove(id) {
+                    c.outstanding.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            drop(out);
+            c.heard();
+        }
+        drop(scan);
+        if lock(&c.out).waiting.is_empty()
+            || c.outstanding.load(Ordering::Relaxed) >= MAX_OUTSTANDING
+        {
+            return any;
+        }
+        let mut tx = lock(&c.tx);
+        loop {
+            let Some(fl) = lock(&c.out).waiting.front().cloned() else {
+                break;
+            };
+            match self.send_parts(c, &mut tx, &fl) {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err(e) => {
+                    let status = e.status();
+                    lock(&fl).fail(status, e.to_string());
+                }
+            }
+            lock(&c.out).waiting.pop_front();
+        }
+        let _ = c.flush_on(&mut tx);
+        true
     }
 
     /// Target side: completed jobs, in announce order (a job waits for every earlier one),
@@ -1494,90 +2061,83 @@ impl Shared {
         let any = !finished.is_empty();
         for j in finished.drain(..) {
             if let Some(notif) = j.write {
-                if self.complete_write(c, j.wire, notif, j.reserved).is_err() {
-                    return true;
+                // Its room was reserved when it arrived: only now, with the data in place
+                // (its own and that of every WRITE before it), may the application see it.
+                if let Some(msg) = notif {
+                    lock(&self.notifs).push_reserved(c.peer.clone(), msg);
+                }
+                if j.ack {
+                    let acked = c.send(&Message::Ack(Ack {
+                        xfer: j.wire,
+                        status: 0,
+                    }));
+                    if acked.is_err() {
+                        return true;
+                    }
                 }
             }
         }
         any
     }
 
-    /// Target side: a WRITE's data is in place; only now may the application see its notif.
-    /// Then the Ack, or — when the notif cannot be kept — an `Error`: the WRITE fails at the
-    /// initiator with the reason, and the conn stays usable (both sides received what they
-    /// posted).
-    fn complete_write(
-        &self,
-        c: &Conn,
-        wire: u64,
-        notif: Option<Vec<u8>>,
-        reserved: bool,
-    ) -> Result<(), Error> {
-        let queued = match notif {
-            Some(msg) if reserved => {
-                lock(&self.notifs).push_reserved(c.peer.clone(), msg);
-                Ok(())
-            }
-            Some(msg) => lock(&self.notifs).push(c.peer.clone(), msg),
-            None => Ok(()),
-        };
-        match queued {
-            Ok(()) => c.send(&Message::Ack(Ack {
-                xfer: wire,
-                status: 0,
-            })),
-            Err(e) => {
-                let why = e.to_string();
-                crate::log!("WRITE {wire} from {:?}: {why}", c.peer);
-                c.send_error(e.status(), wire, &why)
-            }
+    /// Whether the conn's jobs are at their bound, so a job that would wait behind a WRITE
+    /// still landing must wait for room instead. Only the backend thread changes a target
+    /// conn's jobs, so this holds until the caller's push. The bound counts only while a WRITE
+    /// is still landing: otherwise every job finishes at the end of this pass, however many
+    /// frames it brought.
+    fn jobs_full(&self, c: &Conn) -> bool {
+        let jobs = lock(&c.jobs);
+        jobs.len() >= MAX_JOBS && jobs.iter().any(|j| j.id.is_some() && j.write.is_some())
+    }
+
+    /// Takes room for a WRITE's or a `Notif`'s notification; `false` when the queue has none
+    /// (the frame waits).
+    fn reserve(&self, notif: Option<&[u8]>) -> bool {
+        match notif {
+            Some(m) => lock(&self.notifs).reserve(m.len()).is_ok(),
+            None => true,
         }
     }
 
-    /// An inline WRITE arrived: room for its notif and a place among the conn's jobs are taken
-    /// before any byte is written, then its data is copied in and it joins the jobs as one
-    /// whose transfer is done (`finish_jobs` acknowledges it after the WRITEs that arrived
-    /// before it, in this same pass when none is still landing). A refusal wrote nothing.
-    fn take_inline_write(&self, c: &Conn, w: &WriteAnnounce<'_>) -> Result<(), (Status, String)> {
-        let room = w.notif.map_or(0, <[u8]>::len);
-        if w.notif.is_some() {
-            lock(&self.notifs)
-                .reserve(room)
-                .map_err(|e| (e.status(), format!("notification refused: {e}")))?;
+    fn unreserve(&self, notif: Option<&[u8]>) {
+        if let Some(m) = notif {
+            lock(&self.notifs).unreserve(m.len());
         }
-        let unreserve = || {
-            if w.notif.is_some() {
-                lock(&self.notifs).unreserve(room);
-            }
-        };
-        // Only the backend thread changes a target conn's jobs, so this holds until the push.
-        // The bound counts only while a WRITE is still landing: otherwise every job here
-        // finishes at the end of this pass, however many frames it brought.
-        let full = {
-            let jobs = lock(&c.jobs);
-            jobs.len() >= MAX_JOBS && jobs.iter().any(|j| j.id.is_some() && j.write.is_some())
-        };
-        if full {
-            unreserve();
-            return Err((
-                Status::NotAllowed,
-                format!("{MAX_JOBS} transfers already wait on this connection"),
-            ));
+    }
+
+    /// Checks a notification's length against what we told the peer we take.
+    fn check_notif(&self, notif: Option<&[u8]>) -> Result<(), Error> {
+        match notif {
+            Some(m) if m.len() > self.max_notif as usize => Err(Error::Mismatch(format!(
+                "a notification of {} bytes, above the {} this agent told the peer it takes",
+                m.len(),
+                self.max_notif
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// An inline WRITE arrived. Room for its notif and a place among the conn's jobs come
+    /// first (without them it waits: `Ok(Held)`), then its data is copied in and it joins the
+    /// jobs as one whose transfer is done (`finish_jobs` acknowledges it after the WRITEs that
+    /// arrived before it, in this same pass when none is still landing). A refusal (`Err`)
+    /// wrote nothing.
+    fn take_inline_write(
+        &self,
+        c: &Conn,
+        w: &WriteAnnounce<'_>,
+    ) -> Result<Handled, (Status, String)> {
+        if self.jobs_full(c) || !self.reserve(w.notif) {
+            return Ok(Handled::Held);
         }
         if let Err(e) = self.scatter_inline(w.segments, w.data.unwrap_or(&[])) {
-            unreserve();
+            self.unreserve(w.notif);
             return Err(e);
         }
         self.inline_writes.fetch_add(1, Ordering::Relaxed);
-        lock(&c.jobs).push(Job {
-            id: None,
-            seq: c.next_seq.fetch_add(1, Ordering::Relaxed),
-            wire: w.xfer,
-            // The one allocation serving a WRITE: the notification the app receives.
-            write: Some(w.notif.map(<[u8]>::to_vec)),
-            reserved: true,
-        });
-        Ok(())
+        // The one allocation serving a WRITE: the notification the app receives.
+        c.add_job(None, w.xfer, Some(w.notif.map(<[u8]>::to_vec)), true);
+        Ok(Handled::Done)
     }
 
     /// An inline WRITE: checks every range against our registrations, then copies the data
@@ -1654,7 +2214,8 @@ impl Shared {
 
     /// Checks announced target ranges against our registrations and leaves their engine
     /// segments in the session's `resolved` list, for the caller to post under a new lock of
-    /// the session (only this thread touches that list, so it is still there).
+    /// the session (only this thread touches that list, so it is still there). A registration
+    /// used for the first time on this session is registered on it now.
     fn resolve(&self, c: &Conn, segs: &[WireSegment]) -> Result<(), (Status, String)> {
         // Table, then session: the lock order.
         let table = self.mem.read().unwrap_or_else(PoisonError::into_inner);
@@ -1665,23 +2226,95 @@ impl Shared {
             region(i, s)?;
         }
         let mut e = lock(&c.engine);
-        let Engine { mems, resolved, .. } = &mut *e;
-        resolved.clear();
+        e.resolved.clear();
         for (i, s) in segs.iter().enumerate() {
             let (md, offset) = region(i, s)?;
-            let mem = *mems.get(&md).ok_or_else(|| {
-                (
-                    Status::Backend,
-                    format!("region {md:#x} is not registered on this session"),
-                )
-            })?;
-            resolved.push(ESeg {
+            let mem = match e.mems.get(&md) {
+                Some(&m) => m,
+                None => {
+                    let r = table.local(md).map_err(|_| {
+                        (Status::InvalidParam, format!("segment {i}: unknown region"))
+                    })?;
+                    register_on(&mut e, md, r).map_err(|err| {
+                        (
+                            Status::Backend,
+                            format!("segment {i}: registering region {md:#x} here: {err}"),
+                        )
+                    })?
+                }
+            };
+            e.resolved.push(ESeg {
                 mem,
                 offset,
                 remote_offset: 0,
                 len: s.len(),
             });
         }
+        Ok(())
+    }
+
+    /// Target side: receives the data of a WRITE we refused into the sink and drops it: one
+    /// receive per chunk the initiator's plan cuts (each segment from its start, in chunks of
+    /// `chunk_bytes`), all at the sink's start. The chunks, their order and so their channels
+    /// are those of the initiator's sends, so the session stays paired. `Err` when the
+    /// receives cannot be posted (the conn must close then).
+    fn drain(&self, c: &Conn, wire: u64, segs: &[WireSegment]) -> Result<(), Error> {
+        let cb = u64::from(self.engine_cfg.chunk_bytes);
+        let mut posted = Vec::new();
+        {
+            let mut e = lock(&c.engine);
+            let sink = match &e.sink {
+                Some((id, _)) => *id,
+                None => {
+                    let mut buf = vec![0u8; cb as usize].into_boxed_slice();
+                    // SAFETY: the buffer lives in the same `Engine` as the session, declared
+                    // after it, so it is freed only once the session is gone.
+                    let id = unsafe {
+                        e.session
+                            .register(buf.as_mut_ptr().cast(), buf.len(), Memory::Host)
+                    }
+                    .map_err(Error::Engine)?;
+                    e.sink = Some((id, buf));
+                    id
+                }
+            };
+            let Engine {
+                session, resolved, ..
+            } = &mut *e;
+            resolved.clear();
+            for s in segs {
+                let mut left = s.len();
+                while left > 0 {
+                    let len = left.min(cb);
+                    resolved.push(ESeg {
+                        mem: sink,
+                        offset: 0,
+                        remote_offset: 0,
+                        len,
+                    });
+                    left -= len;
+                    if resolved.len() == PART_SEGMENTS {
+                        posted.push(
+                            session
+                                .post(Direction::Recv, resolved)
+                                .map_err(Error::Engine)?,
+                        );
+                        resolved.clear();
+                    }
+                }
+            }
+            if !resolved.is_empty() {
+                posted.push(
+                    session
+                        .post(Direction::Recv, resolved)
+                        .map_err(Error::Engine)?,
+                );
+            }
+        }
+        for id in posted {
+            c.add_job(Some(id), wire, None, false);
+        }
+        self.drained.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -1724,46 +2357,56 @@ impl Shared {
         self.resolve(c, r.segments).map(|()| false)
     }
 
+    /// The flight an answer names, if its part is still listed.
+    fn answered(&self, c: &Conn, xfer: u64) -> Option<Arc<Mutex<Flight>>> {
+        lock(&c.out).parts.get(&xfer).map(|(f, _)| f.clone())
+    }
+
     /// Acts on one control frame. An `Err` closes the conn.
-    fn handle(&self, c: &Arc<Conn>, buf: &[u8]) -> Result<(), Error> {
+    fn handle(&self, c: &Arc<Conn>, buf: &[u8]) -> Result<Handled, Error> {
         let msg = wire::parse(buf).map_err(|err| Error::Wire {
             what: "control frame",
             err,
         })?;
         match (c.initiator, msg) {
             (false, Message::WriteAnnounce(w)) if w.data.is_some() => {
-                if let Err((status, why)) = self.take_inline_write(c, &w) {
-                    c.log_repeated(
-                        &c.refused_writes,
-                        format_args!("refusing inline WRITE {}: {why}", w.xfer),
-                    );
-                    // Nothing else of it is on the wire: the conn stays usable.
-                    c.send_error(status, w.xfer, &why)?;
+                self.check_notif(w.notif)?;
+                match self.take_inline_write(c, &w) {
+                    Ok(h) => return Ok(h),
+                    Err((status, why)) => {
+                        c.log_repeated(
+                            &c.refused_writes,
+                            format_args!("refusing inline WRITE {}: {why}", w.xfer),
+                        );
+                        // Nothing else of it is on the wire: the conn stays usable.
+                        c.send_error(status, w.xfer, &why)?;
+                    }
                 }
             }
             (false, Message::WriteAnnounce(w)) => {
+                self.check_notif(w.notif)?;
+                if !self.reserve(w.notif) {
+                    return Ok(Handled::Held);
+                }
                 match self.resolve(c, w.segments) {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        let id = c.post_resolved(Direction::Recv)?;
+                        // The one allocation serving a WRITE: the notification the app
+                        // receives.
+                        c.add_job(Some(id), w.xfer, Some(w.notif.map(<[u8]>::to_vec)), true);
+                    }
                     Err((status, why)) => {
-                        crate::log!("refusing WRITE {} from {:?}: {why}", w.xfer, c.peer);
-                        c.send(&Message::Ack(Ack {
-                            xfer: w.xfer,
-                            status: status as i32,
-                        }))?;
-                        // Its data is already on the wire with nothing to receive it: the
-                        // session's pairing is lost.
-                        return Err(Error::Disconnected(format!("refused WRITE: {why}")));
+                        self.unreserve(w.notif);
+                        c.log_repeated(
+                            &c.refused_writes,
+                            format_args!("refusing WRITE {}: {why}", w.xfer),
+                        );
+                        // Its data is on the wire already: taken and dropped, so the session
+                        // stays paired and the conn keeps serving; nothing of it is written.
+                        self.drain(c, w.xfer, w.segments)?;
+                        c.send_error(status, w.xfer, &why)?;
                     }
                 }
-                let id = c.post_resolved(Direction::Recv)?;
-                lock(&c.jobs).push(Job {
-                    id: Some(id),
-                    seq: c.next_seq.fetch_add(1, Ordering::Relaxed),
-                    reserved: false,
-                    wire: w.xfer,
-                    // The one allocation serving a WRITE: the notification the app receives.
-                    write: Some(w.notif.map(<[u8]>::to_vec)),
-                });
             }
             (false, Message::ReadRequest(r)) => match self.answer_read(c, &r) {
                 Err((status, why)) => {
@@ -1792,61 +2435,49 @@ impl Shared {
                     )?;
                     let id = c.post_resolved(Direction::Send)?;
                     drop(tx);
-                    lock(&c.jobs).push(Job {
-                        id: Some(id),
-                        seq: c.next_seq.fetch_add(1, Ordering::Relaxed),
-                        reserved: false,
-                        wire: r.xfer,
-                        write: None,
-                    });
+                    c.add_job(Some(id), r.xfer, None, false);
                 }
             },
             (false, Message::Notif(n)) => {
-                // The allocation is the notification the app receives. No room (checked first,
-                // so a full queue costs no allocation): the notification is refused with an
-                // `Error` for xfer 0 (never a wire id), which the peer logs, and the conn stays
-                // up — its transfers are unaffected.
-                let mut q = lock(&self.notifs);
-                match q.reserve(n.msg.len()) {
-                    Ok(()) => q.push_reserved(c.peer.clone(), n.msg.to_vec()),
-                    Err(e) => {
-                        drop(q);
-                        let why = format!("notification refused: {e}");
-                        c.log_repeated(&c.refused_notifs, format_args!("{why}"));
-                        c.send_error(e.status(), 0, &why)?;
-                    }
+                self.check_notif(Some(n.msg))?;
+                // No room: the notification waits on this conn (and so does everything the
+                // peer sends after it) until the application takes notifications.
+                if self.jobs_full(c) || !self.reserve(Some(n.msg)) {
+                    return Ok(Handled::Held);
                 }
+                // Queued behind the WRITEs that arrived before it (at once when none is still
+                // landing). The allocation is the notification the app receives.
+                c.add_job(None, 0, Some(Some(n.msg.to_vec())), false);
             }
             (true, Message::Ack(a)) => {
-                let f = lock(&c.pending).remove(&a.xfer);
-                let f = f.ok_or_else(|| Error::Mismatch(format!("Ack for unknown {}", a.xfer)))?;
+                let f = self
+                    .answered(c, a.xfer)
+                    .ok_or_else(|| Error::Mismatch(format!("Ack for unknown {}", a.xfer)))?;
                 let mut f = lock(&f);
-                stale(&f, a.xfer)?;
-                if a.status == 0 {
-                    f.acked = true;
-                } else {
-                    f.failed = Some((
+                let k = f.part_of(a.xfer)?;
+                if a.status != 0 {
+                    // Refusals come as `Error` frames, with the conn kept; a negative Ack is
+                    // from a peer that does not follow this protocol.
+                    f.fail(
                         Status::from_wire(a.status),
                         format!("peer refused the WRITE ({})", a.status),
-                    ));
-                    // The peer closes the conn after a refused WRITE (the data it could not
-                    // take is already on the wire): stop using it now, so the next post
-                    // opens a new one instead of racing the close.
-                    return Err(Error::Disconnected(format!(
-                        "peer refused WRITE {}; the conn is closing",
-                        a.xfer
+                    );
+                    return Err(Error::Mismatch(format!(
+                        "negative Ack {} for {}: not this wire version's protocol",
+                        a.status, a.xfer
                     )));
                 }
+                f.parts[k].answered = true;
             }
             (true, Message::ReadData(d)) => {
-                let f = lock(&c.pending).remove(&d.xfer);
-                let f =
-                    f.ok_or_else(|| Error::Mismatch(format!("ReadData for unknown {}", d.xfer)))?;
+                let f = self
+                    .answered(c, d.xfer)
+                    .ok_or_else(|| Error::Mismatch(format!("ReadData for unknown {}", d.xfer)))?;
                 let mut f = lock(&f);
-                stale(&f, d.xfer)?;
+                let k = f.part_of(d.xfer)?;
                 let offered = !f.inline_dst.is_empty();
                 let want = f.inline_dst.iter().map(|r| r.1).sum::<u64>();
-                if !offered || want != d.data.len() as u64 {
+                if !offered || want != d.data.len() as u64 || f.parts[k].answered {
                     let why = format!(
                         "ReadData of {} bytes for {} {}",
                         d.data.len(),
@@ -1857,9 +2488,11 @@ impl Shared {
                         },
                         want
                     );
-                    f.failed = Some((Status::Mismatch, why.clone()));
+                    f.fail(Status::Mismatch, why.clone());
                     return Err(Error::Mismatch(why));
                 }
+                f.parts[k].answered = true;
+                f.parts[k].moved = true;
                 // A released READ's memory is no longer ours to write.
                 if !f.released {
                     let mut at = 0;
@@ -1879,50 +2512,63 @@ impl Shared {
                     if let Some(why) = failed {
                         // The frame was whole: the conn stays usable, only this READ failed.
                         crate::log!("READ {}: {why}", d.xfer);
-                        f.failed = Some((Status::Backend, why));
-                        return Ok(());
+                        f.fail(Status::Backend, why);
                     }
                 }
-                f.moved = true;
             }
             (true, Message::ReadAnnounce(r)) => {
-                let f = lock(&c.pending).remove(&r.xfer);
-                let f = f.ok_or_else(|| {
+                let f = self.answered(c, r.xfer).ok_or_else(|| {
                     Error::Mismatch(format!("ReadAnnounce for unknown {}", r.xfer))
                 })?;
                 let mut f = lock(&f);
                 // A stale one cannot be paired (the flight's segments are the next post's):
                 // the conn closes.
-                stale(&f, r.xfer)?;
+                let k = f.part_of(r.xfer)?;
+                if f.parts[k].answered {
+                    return Err(Error::Mismatch(format!("second answer to {}", r.xfer)));
+                }
                 // Even a released READ must post its receives: the peer's data is coming and
                 // later transfers pair by order.
-                let id = lock(&c.engine)
+                let range = f.ranges[k].clone();
+                let mut e = lock(&c.engine);
+                let id = e
                     .session
-                    .post(Direction::Recv, &f.segs)
+                    .post(Direction::Recv, &f.segs[range])
                     .map_err(Error::Engine)?;
+                f.parts[k].answered = true;
                 if f.released {
-                    let _ = lock(&c.engine).session.release(id);
+                    let _ = e.session.release(id);
+                    f.parts[k].moved = true;
                 } else {
-                    f.engine = Some(id);
+                    f.parts[k].engine = Some(id);
                 }
             }
             (true, Message::Error(m)) => {
-                // The table's lock is released before the flight is taken (`post` takes a
-                // flight, then a table).
-                let f = lock(&c.pending).remove(&m.xfer);
-                if let Some(f) = f {
+                if let Some(f) = self.answered(c, m.xfer) {
                     let mut f = lock(&f);
-                    stale(&f, m.xfer)?;
-                    f.failed = Some((
-                        Status::from_wire(-(m.code.min(i32::MAX as u32) as i32)),
-                        m.text.to_owned(),
-                    ));
+                    let k = f.part_of(m.xfer)?;
+                    if f.parts[k].answered {
+                        return Err(Error::Mismatch(format!("second answer to {}", m.xfer)));
+                    }
+                    f.parts[k].answered = true;
+                    // A refused READ moved nothing; a refused WRITE's sends still finish (the
+                    // target takes and drops their data).
+                    if f.op == Op::Read {
+                        f.parts[k].moved = true;
+                    }
+                    let status = Status::from_wire(-(m.code.min(i32::MAX as u32) as i32));
+                    let why = if f.parts.len() > 1 {
+                        format!("part {k} of {}: {}", f.parts.len(), m.text)
+                    } else {
+                        m.text.to_owned()
+                    };
+                    f.fail(status, why);
                 } else {
-                    // Not about a transfer in flight: a refused notification (xfer 0) or an
-                    // answer to a released one.
+                    // Not about a transfer in flight: an answer to a released one.
                     c.log_repeated(&c.refused_notifs, format_args!("error: {}", m.text));
                 }
             }
+            (true, Message::Keepalive(_)) => {}
             (_, m) => {
                 return Err(Error::Mismatch(format!(
                     "unexpected {:?} on a {} stream",
@@ -1931,7 +2577,7 @@ impl Shared {
                 )))
             }
         }
-        Ok(())
+        Ok(Handled::Done)
     }
 }
 
@@ -1965,8 +2611,10 @@ fn run(shared: &Arc<Shared>, listener: &TcpListener) {
         }
         conns.clear();
         conns.extend(lock(&shared.conns).iter().cloned());
+        let mut holding = false;
         for c in &conns {
             moved |= shared.service(c);
+            holding |= lock(&c.rx).held;
         }
         if conns.iter().any(|c| c.dead().is_some()) {
             for c in conns.iter().filter(|c| c.dead().is_some()) {
@@ -1980,23 +2628,30 @@ fn run(shared: &Arc<Shared>, listener: &TcpListener) {
         } else {
             idle = idle.saturating_add(1);
             // Spin briefly for latency. Then, with transfers in flight either way (engine
-            // progress is invisible to us), nap briefly; with none, sleep in poll(2) on the control
-            // sockets so an announce wakes the thread at once and an idle agent costs no CPU.
+            // progress is invisible to us), nap briefly; with none, sleep in poll(2) on the
+            // control sockets so an announce wakes the thread at once and an idle agent costs
+            // no CPU. A conn holding a frame back is retried (and keeps its peer informed)
+            // every millisecond; its socket is left out of the poll, as it is readable.
             if idle < 64 {
                 std::thread::yield_now();
-            } else if conns
-                .iter()
-                .any(|c| !lock(&c.jobs).is_empty() || !lock(&c.pending).is_empty())
-            {
+            } else if conns.iter().any(|c| {
+                !lock(&c.jobs).is_empty() || !lock(&c.out).parts.is_empty() || lock(&c.tx).pending()
+            }) {
                 std::thread::sleep(Duration::from_micros(50));
             } else {
-                wait_readable(listener, &conns, &mut fds, Duration::from_millis(10));
+                let limit = if holding {
+                    Duration::from_millis(1)
+                } else {
+                    Duration::from_millis(10)
+                };
+                wait_readable(listener, &conns, &mut fds, limit);
             }
         }
     }
 }
 
-/// Blocks until the listener or a control stream is readable, or `limit` passes.
+/// Blocks until the listener or a control stream is readable, or `limit` passes. Streams
+/// holding a frame back (it waits for room; they stay readable) are left out.
 fn wait_readable(
     listener: &TcpListener,
     conns: &[Arc<Conn>],
@@ -2010,7 +2665,10 @@ fn wait_readable(
         events: libc::POLLIN,
         revents: 0,
     });
-    for c in conns.iter().filter(|c| c.dead().is_none()) {
+    for c in conns
+        .iter()
+        .filter(|c| c.dead().is_none() && !lock(&c.rx).held)
+    {
         fds.push(libc::pollfd {
             fd: c.stream.as_raw_fd(),
             events: libc::POLLIN,
@@ -2056,13 +2714,16 @@ mod tests {
         // The room one taken entry leaves fits another of its size, not a larger one.
         assert!(q.has_room(101).is_err());
         q.push(from.clone(), vec![3; 100]).unwrap();
+        // The agent's own notifications go in whatever the bound.
+        q.push_own(from.clone(), vec![4; 100]);
+        assert_eq!(q.held(), 4 * per);
         let order: Vec<u8> = std::iter::from_fn(|| {
             let b = q.front().map(|(_, m)| m[0]);
             q.pop_front();
             b
         })
         .collect();
-        assert_eq!(order, [1, 2, 3]);
+        assert_eq!(order, [1, 2, 3, 4]);
         assert!(q.is_empty() && q.held() == 0);
         q.pop_front();
         assert_eq!(q.held(), 0, "popping an empty queue is harmless");
@@ -2134,5 +2795,44 @@ mod tests {
             err: IoError::from(ErrorKind::PermissionDenied),
         });
         assert_eq!(other.status(), Status::Backend);
+    }
+
+    #[test]
+    fn the_cost_model_learns_latency_and_throughput() {
+        let m = CostModel::new(Duration::from_micros(100), 1_000_000_000);
+        let (small, margin) = m.estimate(0);
+        assert_eq!(small, Duration::from_micros(100));
+        assert!(margin > Duration::ZERO && margin < small);
+        let (big, _) = m.estimate(1 << 30);
+        assert!(big > Duration::from_millis(1000), "{big:?}");
+        // Faster small transfers and a slower link pull the estimates their way.
+        for _ in 0..64 {
+            m.observe(4096, Duration::from_micros(20));
+            m.observe(64 << 20, Duration::from_millis(128));
+        }
+        let (small2, _) = m.estimate(0);
+        assert!(small2 < Duration::from_micros(30), "{small2:?}");
+        let (big2, _) = m.estimate(1 << 30);
+        assert!(big2 > Duration::from_millis(1800), "{big2:?}");
+        // Mid-sized transfers teach nothing (neither a latency nor a rate alone).
+        let before = m.estimate(1 << 20);
+        m.observe(256 << 10, Duration::from_secs(5));
+        assert_eq!(m.estimate(1 << 20), before);
+    }
+
+    #[test]
+    fn keepalives_come_well_inside_the_timeout() {
+        assert_eq!(
+            keepalive_every(Duration::from_secs(10)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            keepalive_every(Duration::from_millis(400)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            keepalive_every(Duration::from_millis(1)),
+            Duration::from_millis(1)
+        );
     }
 }

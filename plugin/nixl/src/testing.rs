@@ -408,6 +408,13 @@ fn read_exact(s: &mut TcpStream, buf: &mut [u8]) -> Option<()> {
     Some(())
 }
 
+/// The `Limits` frame a target answers a handshake with, taking the largest notifications.
+pub fn limits() -> Vec<u8> {
+    frame(&Message::Limits(wire::Limits {
+        max_notif: wire::MAX_NOTIF as u32,
+    }))
+}
+
 /// A peer's side of the handshake with the target at `addr`: `Hello{name}` and our engine
 /// listen handles, the target's handles back, then the engine session. The stream is left
 /// with a 500 ms read timeout (reads through [`read_frame`] wait up to [`BOUND`]).
@@ -430,6 +437,11 @@ pub fn handshake(addr: SocketAddr, name: &str) -> Result<(TcpStream, Session), S
         .map_err(|e| format!("listen handles: {e}"))?;
     let theirs = read_frame(&mut s).ok_or("target closed during the handshake")?;
     wire::parse(&theirs).map_err(|e| format!("target's handles: {e}"))?;
+    let lim = read_frame(&mut s).ok_or("target closed during the handshake")?;
+    match wire::parse(&lim) {
+        Ok(Message::Limits(_)) => {}
+        other => return Err(format!("expected the target's Limits, got {other:?}")),
+    }
     let sess = l.connect(&theirs).map_err(|e| e.to_string())?;
     Ok((s, sess))
 }

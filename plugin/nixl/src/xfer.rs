@@ -191,6 +191,49 @@ pub fn visit(
     Ok(())
 }
 
+/// Joins each segment to the one before it when it continues it at both ends (same local
+/// registration, next local address; same peer region and key, next far address), and drops
+/// segments of no bytes: fewer segments, the same bytes in the same order. Both ends of a
+/// joined segment stay inside one registration, so the result is as valid as the input.
+/// Transfers to ourselves are copied descriptor by descriptor and not joined.
+pub fn merge(segments: Vec<Segment>) -> Vec<Segment> {
+    let mut out: Vec<Segment> = Vec::with_capacity(segments.len());
+    for s in segments.into_iter().filter(|s| s.len > 0) {
+        match out.last_mut() {
+            Some(last) if continues(last, &s) => last.len += s.len,
+            _ => out.push(s),
+        }
+    }
+    out
+}
+
+/// Whether `b` starts where `a` ends, at both ends of a transfer to a peer.
+fn continues(a: &Segment, b: &Segment) -> bool {
+    let far = match (a.far, b.far) {
+        (
+            Far::Peer {
+                token: ta,
+                addr: aa,
+            },
+            Far::Peer {
+                token: tb,
+                addr: ab,
+            },
+        ) => ta == tb && aa.checked_add(a.len) == Some(ab),
+        _ => false,
+    };
+    far && a.md == b.md && a.dev == b.dev && a.local.checked_add(a.len) == Some(b.local)
+}
+
+/// The segment ranges of the parts a transfer of `count` segments travels in: `per` segments
+/// each (the last one the rest), in order.
+pub fn parts(count: usize, per: usize) -> Vec<std::ops::Range<usize>> {
+    (0..count)
+        .step_by(per.max(1))
+        .map(|start| start..(start + per.max(1)).min(count))
+        .collect()
+}
+
 /// Revalidates a transfer to ourselves against `table` and performs it, allocating nothing:
 /// every descriptor is checked (a first pass) before any byte moves (a second pass over the
 /// same, unchanged table). Device memory at either end is copied with the copier `copier`
@@ -406,6 +449,58 @@ mod tests {
         // SAFETY: as above.
         unsafe { copy_segment(Op::Read, &seg, None).unwrap() };
         assert_eq!(&buf[0..8], &[9; 8]);
+    }
+
+    fn peer_seg(local: u64, md: MdId, region: u64, addr: u64, len: u64) -> Segment {
+        Segment {
+            local,
+            md,
+            offset: local - 0x1000,
+            dev: None,
+            far: Far::Peer {
+                token: RegionToken {
+                    base: 0x9000,
+                    len: 1 << 20,
+                    mem: tcpx_core::wire::MemKind::Dram,
+                    device: 0,
+                    region,
+                    key: 5,
+                },
+                addr,
+            },
+            len,
+        }
+    }
+
+    #[test]
+    fn neighbours_at_both_ends_are_joined_and_nothing_else() {
+        let segs = vec![
+            peer_seg(0x1000, 1, 7, 0x9000, 16),
+            peer_seg(0x1010, 1, 7, 0x9010, 16), // continues both ends: joined
+            peer_seg(0x1020, 1, 7, 0x9040, 16), // far side jumps
+            peer_seg(0x1030, 2, 7, 0x9050, 16), // another local registration
+            peer_seg(0x1040, 2, 8, 0x9060, 16), // another peer region
+            peer_seg(0x1050, 2, 8, 0x9070, 0),  // no bytes: dropped
+            peer_seg(0x1050, 2, 8, 0x9070, 8),  // continues the one before the empty one
+            peer_seg(0x1070, 2, 8, 0x9078, 8),  // local side jumps
+        ];
+        let m = merge(segs);
+        let lens: Vec<u64> = m.iter().map(|s| s.len).collect();
+        assert_eq!(lens, [32, 16, 16, 24, 8]);
+        assert_eq!(
+            (m[0].local, m[3].local, m[4].local),
+            (0x1000, 0x1040, 0x1070)
+        );
+        assert_eq!(m.iter().map(|s| s.len).sum::<u64>(), 16 * 5 + 8 + 8);
+        assert!(merge(vec![peer_seg(0x1000, 1, 7, 0x9000, 0)]).is_empty());
+    }
+
+    #[test]
+    fn parts_cover_the_list_in_order() {
+        assert_eq!(parts(0, 1024), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(parts(1, 1024), vec![std::ops::Range { start: 0, end: 1 }]);
+        assert_eq!(parts(2048, 1024), [0..1024, 1024..2048]);
+        assert_eq!(parts(2500, 1024), [0..1024, 1024..2048, 2048..2500]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use plugin_TCPX::backend::{XferArgs, MEM_DRAM};
-use plugin_TCPX::testing::{backend, backend_pair, desc as d, read_frame, run_xfer, share};
+use plugin_TCPX::testing::{backend, backend_pair, desc as d, limits, read_frame, run_xfer, share};
 use plugin_TCPX::xfer::Op;
 use plugin_TCPX::{blob, Backend, Status};
 use tcpx::engine::{Config as EngineConfig, Session};
@@ -119,6 +119,7 @@ fn fake(shared: Arc<Shared>, hold: Hold) -> Fake {
         let net = Session::open_net(&cfg).map_err(|e| e.to_string())?;
         let lis = Session::listen(net, cfg).map_err(|e| e.to_string())?;
         std::io::Write::write_all(&mut s, lis.conn_info()).map_err(|e| e.to_string())?;
+        std::io::Write::write_all(&mut s, &limits()).map_err(|e| e.to_string())?;
         let sess = lis.connect(&theirs).map_err(|e| e.to_string())?;
         Ok((held, s, sess))
     });
