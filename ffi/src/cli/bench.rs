@@ -1,5 +1,7 @@
-//! `tcpx bench`: GB/s and p50/p99 latency of engine transfers, per size, in one process
-//! (`--loopback`, both sessions here) or between two hosts (`--listen` / `--connect`).
+//! `tcpx bench`: GB/s and the latency distribution (p50, p90, p99, p99.9; every sample with
+//! `--json`) of engine transfers, per size, with the process's CPU time per transfer, in one
+//! process (`--loopback`, both sessions here) or between two hosts (`--listen` /
+//! `--connect`). `--tail` takes enough iterations for p99.9 to be measured.
 //!
 //! `--baseline` adds a plain TCP ping-pong and `iperf3` over 127.0.0.1 so the ratios printed
 //! next to ours are measured on the same machine, in the same run, under the same load.
