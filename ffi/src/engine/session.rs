@@ -320,12 +320,16 @@ impl Session {
         if ptr.is_null() || len == 0 {
             return Err(Error::Invalid("register: null pointer or zero length"));
         }
+        if matches!(memory, Memory::Cuda { .. }) && !self.cuda_ok {
+            return Err(Error::Unsupported(
+                "the ncclNet plugin does not accept CUDA pointers on this machine",
+            ));
+        }
+        // What the driver knows of the memory must agree, before anything is opened for it
+        // (a GPU the machine lacks, host memory named device memory, … are named as such
+        // before the session's own rules below).
+        super::gpu::check_registration(ptr as u64, len as u64, memory)?;
         if let Memory::Cuda { device } = memory {
-            if !self.cuda_ok {
-                return Err(Error::Unsupported(
-                    "the ncclNet plugin does not accept CUDA pointers on this machine",
-                ));
-            }
             match &self.binding {
                 Some(b) if b.device() != device => {
                     return Err(Error::Invalid(
@@ -343,8 +347,6 @@ impl Session {
                 _ => {}
             }
         }
-        // What the driver knows of the memory must agree, before anything is opened for it.
-        super::gpu::check_registration(ptr as u64, len as u64, memory)?;
         let kind = match memory {
             Memory::Host => MemKind::Host,
             Memory::Cuda { .. } => MemKind::Cuda,
