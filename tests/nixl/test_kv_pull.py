@@ -6,9 +6,8 @@ lists, as vLLM's NixlConnector does), several requests in flight, one notificati
 
 TCPX runs here, in process. UCX runs through the benchmark's command line (its plugin needs
 LD_LIBRARY_PATH at process start, see docs/NIXL.md) and skips when the wheel has no UCX.
-The 2,048-descriptor READ is a strict xfail for TCPX while the backend refuses more than
-1,024 descriptors per transfer: once that limit is lifted it XPASSes, which fails the run,
-and the mark must go.
+The 2,048-descriptor READ (nothing to join: the backend carries it in two parts) is checked
+for both.
 
 No timing is asserted; every wait is bounded.
 """
@@ -16,6 +15,7 @@ No timing is asserted; every wait is bounded.
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -58,7 +58,11 @@ def ucx_reason():
 
 
 def run_bench(tmp_path, *argv):
-    """The benchmark's command line; returns (exit status, JSON document, stderr)."""
+    """The benchmark's command line; returns (exit status, JSON document, stderr).
+
+    The wheel's UCX libraries can crash in their exit handlers (libnl-route's destructor,
+    SIGSEGV, seen with stdin not a terminal) after the run has finished and its document is
+    written; that is reported as status 0 with a note, every result is still checked."""
     out = tmp_path / "kv.json"
     env = {k: v for k, v in os.environ.items() if k != "NIXL_BENCH_PLUGIN_DIR"}
     proc = subprocess.run(
@@ -67,7 +71,11 @@ def run_bench(tmp_path, *argv):
         env=env, capture_output=True, text=True, timeout=BOUND_S * 2,
     )
     doc = json.loads(out.read_text()) if out.is_file() else None
-    return proc.returncode, doc, proc.stderr
+    rc = proc.returncode
+    if rc == -signal.SIGSEGV and doc is not None and proc.stderr.rstrip().endswith(str(out)):
+        print("note: the benchmark crashed in its exit handlers after writing its results")
+        rc = 0
+    return rc, doc, proc.stderr
 
 
 def layout_args(layout):
@@ -158,14 +166,9 @@ def test_tcpx_requests_of_different_sizes_interleave(tcpx):
         check_pull(decode, prefill, blocks, inflight, requests=8)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="TCPX refuses more than 1,024 descriptors per transfer; drop this mark once it "
-    "takes them",
-)
 def test_tcpx_2048_descriptor_prepped_read():
     """One prepped READ of 64 regions x 32 blocks, none of them neighbours (nothing to merge):
-    2,048 descriptors reach the backend."""
+    2,048 descriptors reach the backend, which carries them in two parts."""
     prefill = Prefill("TCPX", PARAMS, WIDE, bound_s=BOUND_S)
     decode = None
     try:
@@ -179,9 +182,10 @@ def test_tcpx_2048_descriptor_prepped_read():
         prefill.close()
 
 
-def test_refused_point_does_not_stop_the_benchmark(tmp_path):
-    """A point the backend refuses (2,048 descriptors while TCPX takes 1,024) is reported
-    with the backend's reason and the next point still runs and checks out."""
+def test_a_wide_point_then_a_narrow_one_both_check_out(tmp_path):
+    """Through the benchmark's command line: a 2,048-descriptor point, then a 1-block point
+    on the same pair, every block checked; a point the backend refused would be reported with
+    its reason and the next one would still run."""
     rc, doc, err = run_bench(
         tmp_path, "--backends", "TCPX", *layout_args(WIDE), "--blocks", "32,1",
         "--inflight", "1", "--requests", "3", "--pick", "scattered", "--verify",
@@ -190,9 +194,8 @@ def test_refused_point_does_not_stop_the_benchmark(tmp_path):
     by = {r["blocks"]: r for r in doc["results"]}
     big, small = by[32], by[1]
     assert big["descriptors"] == 2048
-    assert big["status"] in ("ok", "refused"), big
-    if big["status"] == "refused":
-        assert "make_prepped_xfer (2048 descriptors)" in big["message"], big
+    assert big["status"] == "ok", big
+    assert big["verified_region_blocks"] == (3 + 2) * 32 * WIDE.regions
     assert small["status"] == "ok", small
     assert small["verified_region_blocks"] == (3 + 2) * WIDE.regions
     assert doc["notifications"]["TCPX"]["exact"]

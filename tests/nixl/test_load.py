@@ -41,9 +41,11 @@ DEFAULT_OPTIONS = {
     "chunk_bytes": "524288",
     "window": "16",
     "plugin_path": "",
+    "devices": "auto",
     "listen_addr": "",
     "timeout_ms": "10000",
     "notif_queue_bytes": "67108864",
+    "max_notif_bytes": "1048576",
     "inline_read_bytes": "16384",
     "inline_write_bytes": "16384",
     "gpu": "",
@@ -157,6 +159,9 @@ def test_custom_params_are_applied():
         {"chunk_bytes": "1"},
         {"timeout_ms": "0"},
         {"notif_queue_bytes": "4096"},
+        {"notif_queue_bytes": "65536"},  # cannot hold one notification of max_notif_bytes
+        {"max_notif_bytes": "16777217"},
+        {"devices": "nics"},
         {"inline_read_bytes": "32769"},
         {"listen_addr": "not-an-address"},
         {"plugin_path": "/nonexistent/libnccl-net.so"},
@@ -247,10 +252,10 @@ def test_bad_transfer_arguments_are_rejected():
     # Unequal descriptor counts.
     with pytest.raises(errors.nixlInvalidParamError):
         agent.initialize_xfer("WRITE", buf.descs((0, 64), (64, 64)), buf.descs((4096, 128)), me)
-    # A notification longer than the wire format carries (the backend's own check).
+    # A notification longer than the agent takes (max_notif_bytes, 1 MiB by default).
     with pytest.raises(errors.nixlInvalidParamError):
         agent.initialize_xfer(
-            "WRITE", buf.descs((0, 64)), buf.descs((4096, 64)), me, b"x" * 5000
+            "WRITE", buf.descs((0, 64)), buf.descs((4096, 64)), me, b"x" * ((1 << 20) + 1)
         )
     # An agent nobody loaded.
     with pytest.raises(errors.nixlNotFoundError):

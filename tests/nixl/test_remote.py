@@ -135,13 +135,14 @@ def test_notification_alone(pair):
 
 
 @pytest.mark.parametrize("n", [8192, 65536])
-def test_full_notification_queue_fails_the_write_and_keeps_what_fit(n):
-    """The target never takes its notifications: once `notif_queue_bytes` is used up, a WRITE
-    fails NOT_ALLOWED — through the data session (64 KiB) its data has landed already, inline
-    (8 KiB) it is refused before anything is written; the notifications that fit are kept in
-    order, and once they are taken WRITEs with notifications work again on the same peer."""
-    a = make_agent("nq-a")
-    b = make_agent("nq-b", {"notif_queue_bytes": "65536"})
+def test_full_notification_queue_holds_the_write_until_the_application_takes_them(n):
+    """The target does not take its notifications: once `notif_queue_bytes` is used up, the
+    next WRITE waits (PROC, its data not written), for several of the initiator's
+    `timeout_ms` (the target says it is alive meanwhile), through the data session (64 KiB)
+    and inline (8 KiB); once the target takes them it completes, its data and notification
+    land, and nothing was lost."""
+    a = make_agent("nq-a", {"timeout_ms": "500"})
+    b = make_agent("nq-b", {"notif_queue_bytes": "65536", "max_notif_bytes": "4096"})
     assert b.get_backend_params("TCPX")["notif_queue_bytes"] == "65536"
     regs = []
     try:
@@ -150,32 +151,28 @@ def test_full_notification_queue_fails_the_write_and_keeps_what_fit(n):
         exchange(a, b)
         fit = 65536 // (4096 + 64)  # each entry counts its bytes + 64
 
-        def write(note):
+        def post(note):
             h = a.initialize_xfer("WRITE", src.descs((0, n)), dst.descs((0, n)), b.name, note)
-            try:
-                state = a.transfer(h)
-                deadline = time.monotonic() + BOUND_S
-                while state == "PROC":
-                    assert time.monotonic() < deadline, "WRITE did not finish in time"
-                    state = a.check_xfer_state(h)
-            except errors.nixlNotAllowedError:
-                state = "NOT_ALLOWED"
-            a.release_xfer_handle(h)
-            return state
+            return h, a.transfer(h)
 
         notes = [bytes([i]) * 4096 for i in range(fit + 1)]
         for i in range(fit):
-            assert write(notes[i]) == "DONE", f"WRITE {i}"
+            h, state = post(notes[i])
+            wait_remote(a, h, state, BOUND_S)
+            a.release_xfer_handle(h)
         dst.array[:] = 0
-        assert write(notes[fit]) == "NOT_ALLOWED"
-        if n > 16384:
-            assert np.array_equal(dst.array, src.array), "the refused WRITE's data still landed"
-        else:
-            assert not dst.array.any(), "a refused inline WRITE wrote nothing"
-        got = b.get_new_notifs()
-        assert got == {a.name: notes[:fit]}
-        assert write(b"again") == "DONE"
-        assert notifs_within(b) == {a.name: [b"again"]}
+        h, state = post(notes[fit])
+        deadline = time.monotonic() + 2.0  # four of the initiator's timeouts
+        while time.monotonic() < deadline:
+            assert state == "PROC", "a WRITE held back by a full queue must wait, not fail"
+            state = a.check_xfer_state(h)
+            time.sleep(0.005)
+        assert not dst.array.any(), "a held WRITE wrote nothing"
+        assert b.get_new_notifs() == {a.name: notes[:fit]}
+        wait_remote(a, h, a.check_xfer_state(h), BOUND_S)
+        assert np.array_equal(dst.array, src.array)
+        assert notifs_within(b) == {a.name: [notes[fit]]}
+        a.release_xfer_handle(h)
     finally:
         teardown(a, b, regs)
 

@@ -190,11 +190,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// How often a conn holding its peer back says it is alive: well inside the peer's
-/// no-progress timeout (the same `timeout_ms` on both agents, as both use their own).
+/// How often a conn holding its peer back says it is alive: a quarter of our own timeout, and
+/// at least every 100 ms, which is well inside any timeout a peer is likely to run with (it
+/// uses its own `timeout_ms`, which we do not know).
 fn keepalive_every(timeout: Duration) -> Duration {
-    (timeout / 4).clamp(Duration::from_millis(1), Duration::from_secs(1))
+    (timeout / 4).clamp(Duration::from_millis(1), KEEPALIVE_MAX)
 }
+
+/// Longest gap between keepalives of a conn holding its peer back.
+const KEEPALIVE_MAX: Duration = Duration::from_millis(100);
 
 /// The engine side of a conn: the session and which engine region each registration is.
 struct Engine {
@@ -2822,13 +2826,10 @@ mod tests {
 
     #[test]
     fn keepalives_come_well_inside_the_timeout() {
+        assert_eq!(keepalive_every(Duration::from_secs(10)), KEEPALIVE_MAX);
         assert_eq!(
-            keepalive_every(Duration::from_secs(10)),
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            keepalive_every(Duration::from_millis(400)),
-            Duration::from_millis(100)
+            keepalive_every(Duration::from_millis(200)),
+            Duration::from_millis(50)
         );
         assert_eq!(
             keepalive_every(Duration::from_millis(1)),
