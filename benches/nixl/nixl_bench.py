@@ -8,7 +8,8 @@ NIXL's metadata listener and registers one buffer (`--mem DRAM`, or `VRAM` on GP
 runs with UCX_TLS=tcp,cuda_copy); this process (the *initiator*)
 fetches its metadata through the listener, then for every (op, batch, size) prepares one
 transfer of `batch` descriptors of `size` bytes each and reposts it `iters` times, one at a
-time, polling `check_xfer_state` until DONE. Like nixlbench, every transfer carries a
+time, polling `check_xfer_state` until DONE (back to back for 20 µs, then yielding the core
+between checks: `--poll`). Like nixlbench, every transfer carries a
 notification (the target drains them). Reported per point: throughput (bytes moved / time
 spent in transfers), the latency distribution of one transfer (post to DONE: p50, p90, p99,
 p99.9, every sample kept in --json), CPU time per transfer of both processes, the load
@@ -43,6 +44,7 @@ Usually run through scripts/bench-nixl.sh, which builds the release plugin. Dire
 """
 
 import argparse
+import gc
 import json
 import os
 import pathlib
@@ -415,7 +417,8 @@ class NixlDriver:
         )
         self.reg = self.agent.register_memory([(local.addr, local.n, 0, "")], args.mem)
         self.target, self.mem, self.local = target, args.mem, local
-        self.pause = os.sched_yield if args.poll == "yield" else (lambda: None)
+        # Yielding starts after poll_spin_us of back-to-back checks (never with "spin").
+        self.spin_s = args.poll_spin_us / 1e6 if args.poll == "yield" else float("inf")
         self.agent.fetch_remote_metadata(target.name, "127.0.0.1", target.port)
         deadline = time.monotonic() + BOUND_S
         while not self.agent.check_remote_metadata(target.name):
@@ -437,13 +440,15 @@ class NixlDriver:
 
     def once(self):
         """One transfer, post to DONE; returns its start and end (perf_counter)."""
-        a, h, pause = self.agent, self.h, self.pause
+        a, h, spin_s = self.agent, self.h, self.spin_s
         t0 = time.perf_counter()
         state = a.transfer(h)
         while state == "PROC":
-            pause()
             state = a.check_xfer_state(h)
-            if time.perf_counter() - t0 > BOUND_S:
+            waited = time.perf_counter() - t0
+            if waited > spin_s:
+                os.sched_yield()
+            if waited > BOUND_S:
                 raise SystemExit(f"{self.what}: stuck")
         t1 = time.perf_counter()
         if state != "DONE":
@@ -593,10 +598,18 @@ def bench_backend(args, backend, env, round_=0):
                     sched_t0, sched_i0 = t_cpu["sched"], thread_sched()
                     samples = [0.0] * n
                     starts = [0.0] * n
-                    for it in range(n):
-                        t0, t1 = driver.once()
-                        samples[it] = t1 - t0
-                        starts[it] = t0
+                    # Python's cyclic collector would otherwise stop this loop for hundreds
+                    # of µs every few ms (the transfers' own objects trigger it): a pause of
+                    # the harness, not of any backend.
+                    gc.collect()
+                    gc.disable()
+                    try:
+                        for it in range(n):
+                            t0, t1 = driver.once()
+                            samples[it] = t1 - t0
+                            starts[it] = t0
+                    finally:
+                        gc.enable()
                     cpu_i1, sched_i1 = time.process_time(), thread_sched()
                     t_cpu = target.ask("cpu")
                     cpu_t1, sched_t1 = t_cpu["cpu_s"], t_cpu["sched"]
@@ -881,10 +894,14 @@ def main():
     p.add_argument("--tail", action="store_true",
                    help=f"{TAIL_ITERS} iterations per point up to {fmt_size(TAIL_MAX_BYTES)} "
                    "(unless --iters), so p99.9 has 10 samples beyond it")
-    p.add_argument("--poll", choices=["spin", "yield"], default="spin",
-                   help="NIXL backends: check_xfer_state back to back (spin, as nixlbench "
-                   "does), or with sched_yield between checks (yield: a thread the transfer "
-                   "needs gets this core at once instead of at the end of our time slice)")
+    p.add_argument("--poll", choices=["spin", "yield"], default="yield",
+                   help="NIXL backends: check_xfer_state with sched_yield between checks once "
+                   "--poll-spin-us have passed (yield, the default: a thread the transfer needs "
+                   "gets this core at once instead of at the next scheduler tick, which on a "
+                   "2-core machine is what p99 measures otherwise; docs/PERFORMANCE.md), or "
+                   "back to back for as long as it takes (spin, as nixlbench does)")
+    p.add_argument("--poll-spin-us", type=float, default=20,
+                   help="with --poll yield: check back to back for this long first")
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat every backend this many times, interleaved, fresh processes")
     p.add_argument("--warmup", type=int, default=3)
@@ -968,6 +985,7 @@ def main():
                 "backends": args.backends, "ops": args.ops, "sizes": args.sizes,
                 "batches": args.batches, "warmup": args.warmup, "channels": args.channels,
                 "mem": args.mem, "rounds": args.rounds, "tail": args.tail, "poll": args.poll,
+                "poll_spin_us": args.poll_spin_us if args.poll == "yield" else None,
                 "chunk_bytes": args.chunk_bytes, "window": args.window,
                 "inline_read_bytes": args.inline_read_bytes,
                 "inline_write_bytes": args.inline_write_bytes,

@@ -74,6 +74,7 @@ def test_json_carries_percentiles_and_raw_samples(tmp_path):
     )
     assert rc == 0, err
     assert doc["config"]["backends"] == ["TCPX", "TCP"]
+    assert (doc["config"]["poll"], doc["config"]["poll_spin_us"]) == ("yield", 20)
     points = doc["results"]
     assert len(points) == 2 * 2 * 2 * 2, [(r["backend"], r["op"]) for r in points]
     for r in points:
@@ -167,12 +168,12 @@ def test_trace_lines_up_both_processes_stages(tmp_path):
     prefix = tmp_path / "trace"
     rc, doc, err = run_bench(
         tmp_path, "--backends", "TCPX", "--ops", "WRITE", "--sizes", "64K", "--batches", "1",
-        "--iters", "30", "--poll", "yield", "--trace", str(prefix),
+        "--iters", "30", "--poll", "spin", "--trace", str(prefix),
     )
     assert rc == 0, err
     (r,) = doc["results"]
     assert len(r["starts_ns"]) == 30 and set(r["pids"]) == {"I", "T"}
-    assert doc["config"]["poll"] == "yield"
+    assert doc["config"]["poll"] == "spin" and doc["config"]["poll_spin_us"] is None
     for who in ("I", "T"):
         assert pathlib.Path(f"{prefix}.{r['pids'][who]}").is_file(), who
     rep = subprocess.run(
