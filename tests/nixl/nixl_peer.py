@@ -106,7 +106,8 @@ class Peer:
             bufsize=1,
         )
         self.replies = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
         try:
             self.ready = self._reply(REPLY_BOUND_S)
         except BaseException:
@@ -114,8 +115,11 @@ class Peer:
             raise
 
     def _read(self):
-        for line in self.proc.stdout:
-            self.replies.put(line)
+        try:
+            for line in self.proc.stdout:
+                self.replies.put(line)
+        except (OSError, ValueError):  # closed under us: the peer is gone either way
+            pass
         self.replies.put(None)  # EOF: the peer exited
 
     def _reply(self, bound):
@@ -153,6 +157,8 @@ class Peer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=30)
+        # The process is gone: its stdout ends, and the reader with it.
+        self.reader.join(timeout=30)
         for f in (self.proc.stdin, self.proc.stdout):
             try:
                 f.close()

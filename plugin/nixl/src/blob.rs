@@ -19,12 +19,22 @@ pub fn encode_token(token: &RegionToken) -> Result<Vec<u8>, Error> {
     Ok(buf)
 }
 
+/// The error for a blob that does not parse: a blob of another wire version says so, naming
+/// both versions (agents of different tcpx-nixl versions refuse each other by version).
+fn refused(what: &'static str, err: wire::Error) -> Error {
+    match err {
+        wire::Error::BadVersion(v) => Error::Mismatch(format!(
+            "{what} of wire version {v}, this agent speaks version {}: every agent must run \
+             the same tcpx-nixl wire version",
+            wire::VERSION
+        )),
+        err => Error::Wire { what, err },
+    }
+}
+
 /// Parses and validates a region token.
 pub fn decode_token(bytes: &[u8]) -> Result<RegionToken, Error> {
-    RegionToken::parse(bytes).map_err(|err| Error::Wire {
-        what: "region token",
-        err,
-    })
+    RegionToken::parse(bytes).map_err(|err| refused("region token", err))
 }
 
 /// Serialises our connection info.
@@ -45,10 +55,7 @@ pub fn encode_conn_info(agent: &str, addr: SocketAddr, channels: u16) -> Result<
 
 /// Parses a peer's connection info; returns it with the agent name it carries.
 pub fn decode_conn_info(bytes: &[u8]) -> Result<(PeerInfo, &str), Error> {
-    let info = ConnInfo::parse(bytes).map_err(|err| Error::Wire {
-        what: "connection info",
-        err,
-    })?;
+    let info = ConnInfo::parse(bytes).map_err(|err| refused("connection info", err))?;
     Ok((
         PeerInfo {
             protocol: info.protocol,
@@ -92,5 +99,31 @@ mod tests {
         assert_eq!(peer.channels, 2);
         assert_eq!(peer.protocol, wire::VERSION);
         assert!(decode_conn_info(b"not a blob").is_err());
+    }
+
+    #[test]
+    fn blobs_of_another_wire_version_are_refused_by_version() {
+        let addr: SocketAddr = "10.1.2.3:4567".parse().unwrap();
+        let mut info = encode_conn_info("agent-a", addr, 2).unwrap();
+        info[4..6].copy_from_slice(&3u16.to_le_bytes());
+        let e = decode_conn_info(&info).unwrap_err().to_string();
+        assert!(
+            e.contains("wire version 3") && e.contains(&format!("version {}", wire::VERSION)),
+            "{e}"
+        );
+        let t = RegionToken {
+            base: 0x1000,
+            len: 64,
+            mem: MemKind::Dram,
+            device: 0,
+            region: 1,
+            key: 2,
+        };
+        let mut token = encode_token(&t).unwrap();
+        token[4..6].copy_from_slice(&5u16.to_le_bytes());
+        assert!(decode_token(&token)
+            .unwrap_err()
+            .to_string()
+            .contains("wire version 5"));
     }
 }
