@@ -23,6 +23,7 @@ No timing is asserted; every wait is bounded.
 
 import hashlib
 import itertools
+import os
 import pathlib
 import time
 
@@ -39,10 +40,20 @@ PARAMS = {"timeout_ms": "10000"}
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 _count = itertools.count()
 
+def _ucx_skip():
+    if ucx_reason() is not None:
+        return ucx_reason()
+    # The UCX side does not depend on tcpxsock's mode: the suite's second run (TCPX mode)
+    # leaves it out.
+    if os.environ.get("TCPX_SOCK_UNPACK", "").strip() not in ("", "0"):
+        return "UCX runs once, outside TCPX mode"
+    return None
+
+
 BACKENDS = [
     "TCPX",
-    pytest.param("UCX", marks=pytest.mark.skipif(ucx_reason() is not None,
-                                                 reason=str(ucx_reason()))),
+    pytest.param("UCX", marks=pytest.mark.skipif(_ucx_skip() is not None,
+                                                 reason=str(_ucx_skip()))),
 ]
 
 
@@ -142,13 +153,13 @@ def test_every_option_comes_from_the_environment_and_a_parameter_overrides_it():
 # ------------------------------------------------------------- 1: thousands of descriptors
 
 
-@pytest.mark.parametrize("mode", ["init", "prepped"])
-@pytest.mark.parametrize("op", ["WRITE", "READ"])
+@pytest.mark.parametrize("op,mode", [("WRITE", "init"), ("READ", "prepped")])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_thousands_of_descriptors_in_one_transfer(backend, op, mode):
     """2,500 descriptors of 512 bytes, no two of them neighbours at both ends (1 KiB apart
-    here, 768 bytes apart there: nothing to join), one transfer, its notification after the
-    last byte; the gaps between them untouched."""
+    here, 768 bytes apart there: nothing to join), one transfer (initialize_xfer, or vLLM's
+    prep_xfer_dlist + make_prepped_xfer), its notification after the last byte; the gaps
+    between them untouched."""
     n, size, here, there = 2500, 512, 1024, 768
     lr = [(i * here, size) for i in range(n)]
     rr = [(i * there, size) for i in range(n)]
@@ -359,12 +370,13 @@ def test_the_same_range_registered_twice(backend):
 # ----------------------------------------------------------------- 5: a full notif queue
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_full_notification_queue_holds_writes_back_and_loses_nothing(backend):
+def test_a_full_notification_queue_holds_writes_back_and_loses_nothing():
     """The target does not take its notifications for three of the initiator's timeouts:
-    with TCPX its queue (64 KiB) fills after 15 WRITEs, the rest wait, never failing, their
-    data not yet written; once it takes them, every WRITE completes and every notification
-    arrives, in order, each after its data. (UCX keeps everything it is sent.)"""
+    its queue (64 KiB) fills after 15 WRITEs, the rest wait, never failing, their data not
+    yet written; once it takes them, every WRITE completes and every notification arrives, in
+    order, each after its data. (UCX has no bound to compare with: it keeps whatever it is
+    sent, and with a target that does not poll its WRITEs take seconds each.)"""
+    backend = "TCPX"
     n, size = 20, 64 * KiB
     with Pair(backend, init={"timeout_ms": "1000"},
               target={"notif_queue_bytes": "65536", "max_notif_bytes": "4096",
@@ -384,13 +396,11 @@ def test_a_full_notification_queue_holds_writes_back_and_loses_nothing(backend):
             sent.append(note)
         time.sleep(3.0)
         states = init.call("states", handles=handles)["states"]
-        assert all(s in ("PROC", "DONE") for s in states), states
-        if backend == "TCPX":
-            fit = 65536 // (4096 + 64)
-            assert states[fit:] == ["PROC"] * (n - fit), states
-            last = (n - 1) * size
-            assert target.call("check", id=far["id"], off=last, len=size,
-                               seed=80 + n - 1)["bad"] is not None, "a held WRITE landed"
+        fit = 65536 // (4096 + 64)
+        assert states[fit:] == ["PROC"] * (n - fit), states
+        last = (n - 1) * size
+        assert target.call("check", id=far["id"], off=last, len=size,
+                           seed=80 + n - 1)["bad"] is not None, "a held WRITE landed"
         got = target.call("notifs_checked", count=n, bound=BOUND_S)["notifs"]
         assert got == [[init.name, 4096, hashlib.sha256(m).hexdigest(), True] for m in sent]
         for h in handles:

@@ -967,6 +967,137 @@ mod tests {
         (ms, mt, rt)
     }
 
+    /// Descriptors 64 bytes long, 128 bytes apart at both ends (nothing to join), from `at`.
+    fn strided(base: u64, md: MdId, at: usize, n: usize) -> Vec<Desc> {
+        (0..n)
+            .map(|i| d(base + ((at + i) * 128) as u64, 64, md))
+            .collect()
+    }
+
+    #[test]
+    fn transfers_of_many_parts_wait_for_room_and_land_whole() {
+        let (a, b) = linked();
+        // Two parts outstanding at most: most parts below wait for earlier ones.
+        a.remote.set_max_outstanding(2);
+        const N: usize = 3 * 1024 + 100; // four parts
+        const BYTES: usize = 3 * N * 128;
+        let mut src: Vec<u8> = (0..BYTES).map(|i| (i * 7 % 251) as u8).collect();
+        let mut dst = vec![0u8; BYTES];
+        let (s, t) = (src.as_mut_ptr() as u64, dst.as_mut_ptr() as u64);
+        let (ms, mt, rt) = dram_pair(&a, &b, s, t, BYTES as u64);
+        // A WRITE of four parts, a READ of four parts and a small WRITE, all in flight.
+        let (wl, wr) = (strided(s, ms, 0, N), strided(t, rt, 0, N));
+        let (rl, rr) = (strided(s, ms, N, N), strided(t, rt, N, N));
+        let (sl, sr) = (strided(s, ms, 2 * N, 1), strided(t, rt, 2 * N, 1));
+        for i in 0..N {
+            let at = (N + i) * 128;
+            dst[at..at + 64].fill(0xA0 | (i % 16) as u8);
+        }
+        let mut w = args(Op::Write, &wl, &wr, "b");
+        w.notif = Some(b"four parts");
+        let mut small = args(Op::Write, &sl, &sr, "b");
+        small.notif = Some(b"after");
+        let (mut hw, mut hr, mut hs) = (0, 0, 0);
+        a.post_xfer(&w, &mut hw).unwrap();
+        a.post_xfer(&args(Op::Read, &rl, &rr, "b"), &mut hr)
+            .unwrap();
+        a.post_xfer(&small, &mut hs).unwrap();
+        for h in [hw, hr, hs] {
+            assert_eq!(finish(&a, h).unwrap(), Status::Success);
+        }
+        for i in 0..N {
+            let at = i * 128;
+            assert_eq!(dst[at..at + 64], src[at..at + 64], "WRITE descriptor {i}");
+            assert!(dst[at + 64..at + 128].iter().all(|&v| v == 0), "gap {i}");
+            let at = (N + i) * 128;
+            assert!(
+                src[at..at + 64].iter().all(|&v| v == 0xA0 | (i % 16) as u8),
+                "READ descriptor {i}"
+            );
+        }
+        let at = 2 * N * 128;
+        assert_eq!(dst[at..at + 64], src[at..at + 64]);
+        // Each WRITE's notification came once its data landed (the multi-part one's is sent
+        // when every part is acknowledged; the small WRITE, posted while it ran, may come
+        // first).
+        let got = notifs(&b);
+        let mut got: Vec<&[u8]> = got.iter().map(|(_, m)| m.as_slice()).collect();
+        got.sort();
+        assert_eq!(got, [&b"after"[..], &b"four parts"[..]]);
+        for h in [hw, hr, hs] {
+            a.release_req(h).unwrap();
+        }
+        a.unload_md(rt).unwrap();
+        a.deregister_mem(ms).unwrap();
+        b.deregister_mem(mt).unwrap();
+        assert_eq!(a.live_requests(), 0);
+    }
+
+    #[test]
+    fn a_refused_write_fails_alone_and_the_conn_keeps_serving() {
+        let (a, b) = linked_with(&[("inline_write_bytes", "0")]);
+        const N: usize = 8 << 20;
+        let mut src: Vec<u8> = (0..N).map(|i| (i % 247) as u8).collect();
+        let mut dst = vec![0u8; N];
+        let mut gone = vec![0x77u8; 1 << 20];
+        let (s, t, g) = (
+            src.as_mut_ptr() as u64,
+            dst.as_mut_ptr() as u64,
+            gone.as_mut_ptr() as u64,
+        );
+        let (ms, _, rt) = dram_pair(&a, &b, s, t, N as u64);
+        let mg = b.register_mem(&d(g, 1 << 20, 0), MEM_DRAM).unwrap();
+        let rg = a
+            .load_remote_md(
+                &d(g, 1 << 20, 0),
+                &b.public_data(mg).unwrap(),
+                MEM_DRAM,
+                "b",
+            )
+            .unwrap();
+        b.deregister_mem(mg).unwrap();
+        // A healthy 8 MiB WRITE in flight, then one into the region b no longer has (a
+        // thousand descriptors, so two parts), then READ from it.
+        let (l, r) = ([d(s, N as u64, ms)], [d(t, N as u64, rt)]);
+        let mut h = 0;
+        a.post_xfer(&args(Op::Write, &l, &r, "b"), &mut h).unwrap();
+        let conn = a.remote.outgoing_id("b");
+        let (bl, br) = (strided(s, ms, 0, 1500), strided(g, rg, 0, 1500));
+        let mut bad = args(Op::Write, &bl, &br, "b");
+        bad.notif = Some(b"never");
+        let mut hb = 0;
+        a.post_xfer(&bad, &mut hb).unwrap();
+        let e = finish(&a, hb).unwrap_err();
+        assert_eq!(e.status(), Status::InvalidParam, "{e}");
+        assert!(e.to_string().contains("unknown region"), "{e}");
+        let (rl, rr) = ([d(s, 4096, ms)], [d(g, 4096, rg)]);
+        let mut hr = 0;
+        a.post_xfer(&args(Op::Read, &rl, &rr, "b"), &mut hr)
+            .unwrap();
+        assert_eq!(finish(&a, hr).unwrap_err().status(), Status::InvalidParam);
+        assert_eq!(finish(&a, h).unwrap(), Status::Success);
+        assert!(dst == src, "the healthy WRITE landed whole");
+        assert!(
+            gone.iter().all(|&v| v == 0x77),
+            "nothing of the refused WRITE landed"
+        );
+        assert!(b.drained_writes() >= 1);
+        assert_eq!(a.remote.outgoing_id("b"), conn, "the conn stayed up");
+        assert!(
+            notifs(&b).is_empty(),
+            "the refused WRITE's notification was not delivered"
+        );
+        // The conn serves the next transfer.
+        dst.fill(0);
+        a.post_xfer(&args(Op::Write, &l, &r, "b"), &mut h).unwrap();
+        assert_eq!(finish(&a, h).unwrap(), Status::Success);
+        assert!(dst == src);
+        for x in [h, hb, hr] {
+            a.release_req(x).unwrap();
+        }
+        src[0] = 1;
+    }
+
     /// Notification size in the full-queue test, and how many fit its 64 KiB queue.
     const NOTE: usize = 4096;
     const FIT: usize = (64 * 1024) / (NOTE + NotifQueue::ENTRY_OVERHEAD as usize);

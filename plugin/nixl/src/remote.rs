@@ -176,8 +176,10 @@ pub const PART_SEGMENTS: usize = if wire::MAX_SEGMENTS < tcpx_core::plan::MAX_SE
 /// Parts an initiator has outstanding on one conn at most (sent and not finished, over all
 /// its transfers to that peer): the target posts one engine transfer per part, so this keeps
 /// both sessions within [`ENGINE_TRANSFERS`]. Further parts wait, in post order, until earlier
-/// ones finish.
-pub const MAX_OUTSTANDING: usize = 512;
+/// ones finish. 128 parts keep a link busy many times over (each is up to 1,024 segments);
+/// more would cost every session memory (the engine sizes each transfer slot for its
+/// largest segment list up front: about 8 KiB of resident memory per slot).
+pub const MAX_OUTSTANDING: usize = 128;
 /// Engine transfers per session (`tcpx::engine::Config::max_transfers`): room for a peer's
 /// outstanding parts, and on a target's session for the drains of WRITEs it refused.
 pub const ENGINE_TRANSFERS: usize = 2 * MAX_OUTSTANDING;
@@ -917,6 +919,8 @@ struct Shared {
     copiers: Mutex<HashMap<u32, Option<Arc<Copier>>>>,
     /// What transfers to peers cost so far.
     cost: CostModel,
+    /// [`MAX_OUTSTANDING`]; lowered by tests to make parts wait.
+    max_outstanding: AtomicUsize,
 }
 
 impl Shared {
@@ -931,6 +935,10 @@ impl Shared {
             j.reserved = false;
             j.write = None;
         }
+    }
+
+    fn max_outstanding(&self) -> usize {
+        self.max_outstanding.load(Ordering::Relaxed)
     }
 
     /// The copier of `device`, if its memory can travel inline.
@@ -1005,6 +1013,7 @@ impl RemotePath {
             drained: AtomicU64::new(0),
             copiers: Mutex::new(HashMap::new()),
             cost: CostModel::new(Duration::from_micros(30), 1_500_000_000),
+            max_outstanding: AtomicUsize::new(MAX_OUTSTANDING),
         });
         let (done_tx, done_rx) = mpsc::channel();
         let s = shared.clone();
@@ -1451,6 +1460,12 @@ impl RemotePath {
         &self.shared.cost
     }
 
+    /// Lowers the parts outstanding per conn (tests: parts that wait for room).
+    #[cfg(test)]
+    pub(crate) fn set_max_outstanding(&self, n: usize) {
+        self.shared.max_outstanding.store(n, Ordering::Relaxed);
+    }
+
     /// Identity of our live conn to `agent`, if any (tests: whether a conn survived).
     #[cfg(test)]
     pub(crate) fn outgoing_id(&self, agent: &str) -> Option<usize> {
@@ -1756,7 +1771,7 @@ impl Shared {
     ) -> Result<bool, Error> {
         let mut f = lock(fl);
         while f.sent < f.parts.len() && f.failed.is_none() && !f.released {
-            if c.outstanding.load(Ordering::Relaxed) >= MAX_OUTSTANDING {
+            if c.outstanding.load(Ordering::Relaxed) >= self.max_outstanding() {
                 return Ok(false);
             }
             let k = f.sent;
@@ -1998,7 +2013,7 @@ impl Shared {
         }
         drop(scan);
         if lock(&c.out).waiting.is_empty()
-            || c.outstanding.load(Ordering::Relaxed) >= MAX_OUTSTANDING
+            || c.outstanding.load(Ordering::Relaxed) >= self.max_outstanding()
         {
             return any;
         }
