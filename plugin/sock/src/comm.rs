@@ -739,6 +739,11 @@ impl SendComm {
                 trace::request_key(Arc::as_ptr(&self.core.shared), idx),
             );
         } else {
+            // Marked before the hand-over: a helper may pick the job up at once.
+            trace::mark_key(
+                "sock.send.dispatch",
+                trace::request_key(Arc::as_ptr(&self.core.shared), idx),
+            );
             let used = self.core.shared.dispatch(Job {
                 kind: match staged {
                     Some(how) => JobKind::SendStaged(how),
@@ -750,10 +755,6 @@ impl SendComm {
                 chunk_base: st.chunk_ctr,
             })?;
             st.chunk_ctr += used;
-            trace::mark_key(
-                "sock.send.dispatch",
-                trace::request_key(Arc::as_ptr(&self.core.shared), idx),
-            );
         }
         st.posted += 1;
         self.progress(&mut st);
@@ -1319,11 +1320,12 @@ impl RecvComm {
                                 trace::request_key(Arc::as_ptr(&self.core.shared), idx),
                             );
                         } else {
-                            self.dispatch(st, idx)?;
+                            // Marked before the hand-over: a helper may pick the job up at once.
                             trace::mark_key(
                                 "sock.recv.dispatch",
                                 trace::request_key(Arc::as_ptr(&self.core.shared), idx),
                             );
+                            self.dispatch(st, idx)?;
                         }
                         st.slots[idx].ctrl_done = true;
                         st.rx_seq += 1;
