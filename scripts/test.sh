@@ -36,6 +36,7 @@ bash scripts/python-tests.sh
 
 step "NIXL tests (real nixl-cu12 wheel)"
 TCPX_PLUGIN_DIR="$root/target/plugins" .venv/bin/python -m pytest -q tests/nixl
+.venv/bin/python -m pytest -q tests/bench
 
 step "tcpx nixl install|status|uninstall on fresh nixl-cu12 and nixl (cu12+cu13) venvs, no NIXL_PLUGIN_DIR"
 bash scripts/nixl-install-tests.sh
