@@ -196,7 +196,8 @@ def test_thousands_of_descriptors_in_one_transfer(backend, op, mode):
 def test_a_3gib_region_byte_for_byte(backend):
     """A 3 GiB registration at both ends (only the pages checked are ever touched): its last
     MiB written, a MiB across 2^31 read, and one 2.25 GiB descriptor written, every byte
-    checked."""
+    checked. (UCX, the reference, does the first two only: the third costs its run half a
+    minute on a 2-core box and shows nothing more.)"""
     total = 3 * GiB
     with Pair(backend) as (init, target):
         far = target.call("register", size=total, seed=None)
@@ -206,7 +207,7 @@ def test_a_3gib_region_byte_for_byte(backend):
             ("WRITE", total - MiB, MiB, 21),
             ("READ", (1 << 31) - 512 * KiB, MiB, 22),
             ("WRITE", GiB // 2, 9 * GiB // 4, 23),
-        ]
+        ][: 3 if backend == "TCPX" else 2]
         for op, off, n, seed in steps:
             src, dst = (init, local), (target, far)
             if op == "READ":
@@ -222,12 +223,12 @@ def test_a_3gib_region_byte_for_byte(backend):
 @pytest.mark.parametrize("op", ["WRITE", "READ"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_refused_request_fails_alone(backend, op):
-    """The target deregisters a region the initiator still holds metadata for. A 256 MiB
+    """The target deregisters a region the initiator still holds metadata for. A 64 MiB
     WRITE into another region is in flight when a transfer naming the dropped one is posted
     on the same connection: TCPX refuses that one alone (nothing of it written), the healthy
     one completes with every byte, and the connection serves the next transfer. (UCX does
     not check: it may complete the stale one; the healthy one completes all the same.)"""
-    big = 256 * MiB
+    big = 64 * MiB
     with Pair(backend) as (init, target):
         a = target.call("register", size=big, seed=None)
         b = target.call("register", size=MiB, seed=None)

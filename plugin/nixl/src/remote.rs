@@ -338,11 +338,11 @@ impl Writer {
 }
 
 /// Initiator: scratch of one scan over a conn's parts (reused, so a scan allocates nothing):
-/// the parts listed, and those found finished (with whether they held a place).
+/// the parts listed, and the wire ids of those found finished (or stale).
 #[derive(Default)]
 struct Scan {
     listed: Vec<(u64, Arc<Mutex<Flight>>)>,
-    gone: Vec<(u64, bool)>,
+    gone: Vec<u64>,
 }
 
 /// The read half of a control stream: bytes read and not yet handled.
@@ -1977,7 +1977,7 @@ impl Shared {
             let mut f = lock(&fl);
             let Some(k) = f.index_of(id) else {
                 // A part of an earlier post of a reposted request: nothing to wait for.
-                gone.push((id, false));
+                gone.push(id);
                 continue;
             };
             if let Some(xid) = f.parts[k].engine {
@@ -1997,13 +1997,13 @@ impl Shared {
                 }
             }
             if f.parts[k].settled() {
-                gone.push((id, true));
+                gone.push(id);
             }
         }
         let any = !gone.is_empty();
         if any {
             let mut out = lock(&c.out);
-            for (id, _) in gone.iter() {
+            for id in gone.iter() {
                 if let Some((_, true)) = out.parts.remove(id) {
                     c.outstanding.fetch_sub(1, Ordering::Relaxed);
                 }
