@@ -204,7 +204,10 @@ const KEEPALIVE_MAX: Duration = Duration::from_millis(100);
 
 /// The engine side of a conn: the session and which engine region each registration is.
 struct Engine {
-    session: Session,
+    /// `None` once the conn died and the backend thread closed it: a dead conn's comms are
+    /// closed at once, so no receive still posted on them (a released READ's, say) can write
+    /// into memory the application has taken back or reuses.
+    session: Option<Session>,
     /// Our registrations on this session, registered at their first use on it.
     mems: HashMap<MdId, MemId>,
     /// Target side (backend thread only): the engine segments of the announce being served,
@@ -215,6 +218,38 @@ struct Engine {
     /// chunk long, registered on first use). Declared after the session, so it is freed after
     /// the session let go of it.
     sink: Option<(MemId, Box<[u8]>)>,
+}
+
+impl Engine {
+    /// The session, unless the conn died and it was closed.
+    fn live(&mut self) -> Result<&mut Session, Error> {
+        self.session
+            .as_mut()
+            .ok_or_else(|| Error::Disconnected("the connection was closed".into()))
+    }
+
+    /// Drives the session (see `Session::progress`).
+    fn progress(&mut self) -> Result<bool, String> {
+        match self.session.as_mut() {
+            Some(s) => s.progress().map_err(|e| e.to_string()),
+            None => Err("the connection was closed".into()),
+        }
+    }
+
+    /// Where transfer `id` stands (see `Session::status`).
+    fn status(&self, id: XferId) -> Result<Progress, String> {
+        match self.session.as_ref() {
+            Some(s) => s.status(id).map_err(|e| e.to_string()),
+            None => Err("the connection was closed".into()),
+        }
+    }
+
+    /// Forgets transfer `id` (abandons it if in flight); nothing to do on a closed session.
+    fn release(&mut self, id: XferId) {
+        if let Some(s) = self.session.as_mut() {
+            let _ = s.release(id);
+        }
+    }
 }
 
 /// A target-side transfer: an engine transfer in flight, or a WRITE whose data is in place
@@ -612,6 +647,9 @@ impl Conn {
         let Engine {
             session, resolved, ..
         } = &mut *e;
+        let session = session
+            .as_mut()
+            .ok_or_else(|| Error::Disconnected("the connection was closed".into()))?;
         session.post(dir, resolved).map_err(Error::Engine)
     }
 
@@ -937,6 +975,19 @@ impl Shared {
         }
     }
 
+    /// A dead conn lets go of everything: its session is closed (the plugin closes its comms,
+    /// so nothing more is received into our memory or sent from it), and its lists of parts
+    /// and waiting flights are emptied (flights hold their conn: this breaks the cycle, so the
+    /// conn is freed once the last request that used it is).
+    fn close(&self, c: &Conn) {
+        let session = lock(&c.engine).session.take();
+        drop(session);
+        let mut out = lock(&c.out);
+        out.parts.clear();
+        out.waiting.clear();
+        c.outstanding.store(0, Ordering::Relaxed);
+    }
+
     fn max_outstanding(&self) -> usize {
         self.max_outstanding.load(Ordering::Relaxed)
     }
@@ -1087,10 +1138,11 @@ impl RemotePath {
             loop {
                 let busy = {
                     let mut e = lock(&c.engine);
-                    if e.session.progress().is_err() {
+                    let Some(s) = e.session.as_mut() else { break };
+                    if s.progress().is_err() {
                         break;
                     }
-                    e.session.in_use(id).unwrap_or(false)
+                    s.in_use(id).unwrap_or(false)
                 } || (c.initiator && self.shared.references(&c, id));
                 if !busy || Instant::now() >= deadline || c.dead().is_some() {
                     break;
@@ -1103,7 +1155,7 @@ impl RemotePath {
             }
             let mut e = lock(&c.engine);
             e.mems.remove(&md);
-            if let Err(err) = e.session.deregister(id) {
+            if let Some(Err(err)) = e.session.as_mut().map(|s| s.deregister(id)) {
                 crate::log!("peer {:?}: deregistering {md:#x}: {err}", c.peer);
             }
         }
@@ -1261,7 +1313,7 @@ impl RemotePath {
             let old = f.conn.clone();
             for p in f.parts.iter_mut() {
                 if let Some(id) = p.engine.take() {
-                    let _ = lock(&old.engine).session.release(id);
+                    lock(&old.engine).release(id);
                 }
                 *p = Part::default();
             }
@@ -1352,7 +1404,7 @@ impl RemotePath {
         if x.op == Op::Write && x.inline.is_none() {
             // Put the data on the wire now rather than at the first `checkXfer`. A session
             // error surfaces there (this post stands; the conn is then dead).
-            let _ = lock(&conn.engine).session.progress();
+            let _ = lock(&conn.engine).progress();
         }
         Ok(Status::InProgress)
     }
@@ -1425,7 +1477,7 @@ impl RemotePath {
                 let conn = f.conn.clone();
                 for p in f.parts.iter_mut() {
                     if let Some(id) = p.engine.take() {
-                        let _ = lock(&conn.engine).session.release(id);
+                        lock(&conn.engine).release(id);
                         p.moved = true;
                     }
                 }
@@ -1508,8 +1560,10 @@ impl Drop for RemotePath {
             }
         }
         lock(&self.shared.outgoing).clear();
-        for c in lock(&self.shared.conns).drain(..) {
+        let conns: Vec<Arc<Conn>> = lock(&self.shared.conns).drain(..).collect();
+        for c in conns {
             c.kill("agent destroyed");
+            self.shared.close(&c);
         }
     }
 }
@@ -1530,11 +1584,9 @@ fn register_on(e: &mut Engine, md: MdId, region: &Region) -> Result<MemId, Error
     // SAFETY: NIXL keeps registered memory allocated until `deregisterMem`, which removes it
     // from every session (RemotePath::deregister) before returning; the caller holds the
     // metadata table (read), so the registration is live now.
-    let id = unsafe {
-        e.session
-            .register(region.span.base as usize as *mut _, len, memory)
-    }
-    .map_err(Error::Engine)?;
+    let session = e.live()?;
+    let id = unsafe { session.register(region.span.base as usize as *mut _, len, memory) }
+        .map_err(Error::Engine)?;
     e.mems.insert(md, id);
     Ok(id)
 }
@@ -1652,7 +1704,7 @@ impl Shared {
             stream: s,
             tx: Mutex::new(Writer::new(tx)),
             engine: Mutex::new(Engine {
-                session,
+                session: Some(session),
                 mems: HashMap::new(),
                 resolved: Vec::with_capacity(TABLE_CAP),
                 sink: None,
@@ -1778,16 +1830,17 @@ impl Shared {
             let xfer = f.wire + k as u64;
             let range = f.ranges[k].clone();
             if f.op == Op::Write {
-                match lock(&c.engine)
-                    .session
-                    .post(Direction::Send, &f.segs[range.clone()])
-                {
+                let posted = lock(&c.engine).live().and_then(|s| {
+                    s.post(Direction::Send, &f.segs[range.clone()])
+                        .map_err(Error::Engine)
+                });
+                match posted {
                     Ok(id) => f.parts[k].engine = Some(id),
                     // Nothing of this part went out: the post fails if it is the first, else
                     // the parts already sent finish and the transfer fails with this.
-                    Err(e) if k == 0 => return Err(Error::Engine(e)),
+                    Err(e) if k == 0 => return Err(e),
                     Err(e) => {
-                        f.fail(Status::Backend, format!("part {k}: tcpx engine: {e}"));
+                        f.fail(e.status(), format!("part {k}: {e}"));
                         break;
                     }
                 }
@@ -1889,7 +1942,7 @@ impl Shared {
         if framed {
             c.heard();
         }
-        match lock(&c.engine).session.progress() {
+        match lock(&c.engine).progress() {
             Ok(m) => {
                 if m {
                     c.heard();
@@ -1981,10 +2034,10 @@ impl Shared {
                 continue;
             };
             if let Some(xid) = f.parts[k].engine {
-                let status = lock(&c.engine).session.status(xid);
+                let status = lock(&c.engine).status(xid);
                 match status {
                     Ok(Progress::Done { .. }) => {
-                        let _ = lock(&c.engine).session.release(xid);
+                        lock(&c.engine).release(xid);
                         f.parts[k].engine = None;
                         f.parts[k].moved = true;
                     }
@@ -2050,9 +2103,9 @@ impl Shared {
             let mut e = lock(&c.engine);
             for j in jobs.iter_mut() {
                 let Some(id) = j.id else { continue };
-                match e.session.status(id) {
+                match e.status(id) {
                     Ok(Progress::Done { .. }) => {
-                        let _ = e.session.release(id);
+                        e.release(id);
                         j.id = None;
                     }
                     Ok(Progress::Pending { .. }) => {}
@@ -2288,9 +2341,9 @@ impl Shared {
                     let mut buf = vec![0u8; cb as usize].into_boxed_slice();
                     // SAFETY: the buffer lives in the same `Engine` as the session, declared
                     // after it, so it is freed only once the session is gone.
+                    let session = e.live()?;
                     let id = unsafe {
-                        e.session
-                            .register(buf.as_mut_ptr().cast(), buf.len(), Memory::Host)
+                        session.register(buf.as_mut_ptr().cast(), buf.len(), Memory::Host)
                     }
                     .map_err(Error::Engine)?;
                     e.sink = Some((id, buf));
@@ -2300,6 +2353,9 @@ impl Shared {
             let Engine {
                 session, resolved, ..
             } = &mut *e;
+            let session = session
+                .as_mut()
+                .ok_or_else(|| Error::Disconnected("the connection was closed".into()))?;
             resolved.clear();
             for s in segs {
                 let mut left = s.len();
@@ -2551,12 +2607,12 @@ impl Shared {
                 let range = f.ranges[k].clone();
                 let mut e = lock(&c.engine);
                 let id = e
-                    .session
+                    .live()?
                     .post(Direction::Recv, &f.segs[range])
                     .map_err(Error::Engine)?;
                 f.parts[k].answered = true;
                 if f.released {
-                    let _ = e.session.release(id);
+                    e.release(id);
                     f.parts[k].moved = true;
                 } else {
                     f.parts[k].engine = Some(id);
@@ -2638,6 +2694,7 @@ fn run(shared: &Arc<Shared>, listener: &TcpListener) {
         if conns.iter().any(|c| c.dead().is_some()) {
             for c in conns.iter().filter(|c| c.dead().is_some()) {
                 shared.release_reservations(c);
+                shared.close(c);
             }
             lock(&shared.conns).retain(|c| c.dead().is_none());
             lock(&shared.outgoing).retain(|_, c| c.dead().is_none());
