@@ -37,6 +37,8 @@ pub fn dispatch_round_trip(data: &[u8]) {
         Message::Notif(x) => wire::Notif::parse(data) == Ok(x),
         Message::Error(x) => wire::ErrorMsg::parse(data) == Ok(x),
         Message::ReadData(x) => wire::ReadData::parse(data) == Ok(x),
+        Message::Limits(x) => wire::Limits::parse(data) == Ok(x),
+        Message::Keepalive(x) => wire::Keepalive::parse(data) == Ok(x),
     };
     assert!(agrees, "per-kind parser disagrees with dispatcher on {m:?}");
 }
