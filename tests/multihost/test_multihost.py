@@ -193,14 +193,7 @@ def test_link_down_mid_transfer_then_back_up(agents, etcd, net):
     assert same(a, dst, b, far_b, MiB)
 
 
-@pytest.mark.parametrize("op", [
-    "WRITE",
-    # Known regression (2026-12-07, found by CI at the end of the session that reworked the
-    # NIXL backend for any number of descriptors): after the target restarts under the same
-    # name, a READ completes DONE with bytes that are not the new process's. Open in issue 19.
-    pytest.param("READ", marks=pytest.mark.xfail(
-        strict=True, reason="READ after a same-name restart returns wrong bytes (issue 19)")),
-])
+@pytest.mark.parametrize("op", ["WRITE", "READ"])
 def test_target_killed_mid_transfer_then_restarted(agents, etcd, net, op):
     """B is SIGKILLed with an 8 MiB transfer in flight (rate-limited link): A's transfer
     ends in an error, no hang. B comes back under the same name with new memory and new
