@@ -6,56 +6,13 @@
 //! into `target/<profile>/deps/`, this binary's own folder; a plain `cargo build` also copies
 //! them up to `target/<profile>/`. The test takes the `deps/` copies, which are never stale.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/c_api-<hash>  ->  target/<profile>/deps
-    exe.parent().expect("target/<profile>/deps").to_path_buf()
-}
+mod common;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Runs `cmd` to completion, at most `limit`; returns whether it exited 0, printing its
-/// output either way so a failure shows the C program's own report.
-fn run_bounded(mut cmd: Command, limit: Duration) -> bool {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break Some(s);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = child.wait_with_output().expect("collect output");
-    println!("$ {what}");
-    print!("{}", String::from_utf8_lossy(&out.stdout));
-    eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    match status {
-        Some(s) => {
-            println!("-> {s}");
-            s.success()
-        }
-        None => {
-            println!("-> killed after {limit:?}");
-            false
-        }
-    }
-}
+use common::{lib_dir, repo_root, run_bounded};
 
 fn compile(out: &Path, link: &[&str]) {
     let dir = lib_dir();
