@@ -6,27 +6,7 @@
 
 mod common;
 
-use std::process::Command;
-
-fn tcpx() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tcpx"));
-    cmd.env_remove("TCPX_PLUGIN")
-        .env("TCPX_SOCK_IFNAME", "lo")
-        .env("TCPX_TIMEOUT_MS", "30000");
-    cmd
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// The number after `"key":` in `json`, or `None` (also for `null`).
-fn number(json: &str, key: &str) -> Option<f64> {
-    let pat = format!("\"{key}\":");
-    let rest = &json[json.find(&pat)? + pat.len()..];
-    let end = rest.find([',', '}', ']']).unwrap_or(rest.len());
-    rest[..end].parse().ok()
-}
+use common::{json_number as number, tcpx_cli as tcpx, text};
 
 /// The array after `"key":[`.
 fn numbers(json: &str, key: &str) -> Option<Vec<f64>> {

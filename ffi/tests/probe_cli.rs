@@ -7,6 +7,8 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use common::text;
+
 fn probe(args: &[&str], plugin: Option<&Path>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tcpx"));
     cmd.arg("probe")
@@ -17,10 +19,6 @@ fn probe(args: &[&str], plugin: Option<&Path>) -> Output {
         cmd.arg("--plugin").arg(p);
     }
     cmd.output().expect("run tcpx")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 #[test]

@@ -83,3 +83,26 @@ pub fn bench_two_processes(
         .expect("run connector");
     (listener.wait_with_output().expect("listener"), connector)
 }
+
+/// The `tcpx` CLI built for these tests, on the embedded tcpxsock pinned to `lo`, with a
+/// handshake bound long enough for a loaded machine.
+pub fn tcpx_cli() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tcpx"));
+    cmd.env_remove("TCPX_PLUGIN")
+        .env("TCPX_SOCK_IFNAME", "lo")
+        .env("TCPX_TIMEOUT_MS", "30000");
+    cmd
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The number after `"key":` in `json` (enough for the CLI's flat, known output); `None` also
+/// for `null`.
+pub fn json_number(json: &str, key: &str) -> Option<f64> {
+    let pat = format!("\"{key}\":");
+    let rest = &json[json.find(&pat)? + pat.len()..];
+    let end = rest.find([',', '}', ']']).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
