@@ -958,6 +958,14 @@ mod tests {
 
     /// Registers `n` bytes at `s` on `a` ("a") and at `t` on `b` ("b"), and loads `b`'s into
     /// `a`: (a's md, b's md, b's region as `a` names it).
+    /// Undoes [`dram_pair`] once every request is released, and checks none is left.
+    fn undo_dram_pair(a: &Backend, b: &Backend, (ms, mt, rt): (MdId, MdId, MdId)) {
+        a.unload_md(rt).unwrap();
+        a.deregister_mem(ms).unwrap();
+        b.deregister_mem(mt).unwrap();
+        assert_eq!(a.live_requests(), 0);
+    }
+
     fn dram_pair(a: &Backend, b: &Backend, s: u64, t: u64, n: u64) -> (MdId, MdId, MdId) {
         let ms = a.register_mem(&d(s, n, 0), MEM_DRAM).unwrap();
         let mt = b.register_mem(&d(t, n, 0), MEM_DRAM).unwrap();
@@ -1027,10 +1035,7 @@ mod tests {
         for h in [hw, hr, hs] {
             a.release_req(h).unwrap();
         }
-        a.unload_md(rt).unwrap();
-        a.deregister_mem(ms).unwrap();
-        b.deregister_mem(mt).unwrap();
-        assert_eq!(a.live_requests(), 0);
+        undo_dram_pair(&a, &b, (ms, mt, rt));
     }
 
     #[test]
@@ -1643,10 +1648,7 @@ mod tests {
             assert_eq!(src, dst, "{op:?}");
             a.release_req(h).unwrap();
         }
-        a.unload_md(rt).unwrap();
-        a.deregister_mem(ms).unwrap();
-        b.deregister_mem(mt).unwrap();
-        assert_eq!(a.live_requests(), 0);
+        undo_dram_pair(&a, &b, (ms, mt, rt));
     }
 
     #[test]
