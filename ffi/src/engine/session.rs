@@ -129,27 +129,23 @@ impl Listener {
         }
         drop(current);
         let mut channels = Vec::with_capacity(c);
-        for (s, r) in sends.into_iter().zip(recvs) {
-            let recv = r.expect("accepted");
-            let unpack = unpack_source(&recv, self.gpu.as_ref())?;
-            channels.push((s.expect("connected"), recv, unpack));
-        }
-        let channels = channels
-            .into_iter()
-            .map(|(send, recv, unpack)| Channel {
-                send,
+        for (send, recv) in sends.into_iter().zip(recvs) {
+            let recv = recv.expect("accepted");
+            channels.push(Channel {
+                send: send.expect("connected"),
+                unpack: unpack_source(&recv, self.gpu.as_ref())?,
                 recv,
-                unpack,
                 tx: SendWindow::new(),
                 rx: RecvWindow::new(),
                 tx_queue: VecDeque::with_capacity(self.cfg.max_transfers),
                 rx_queue: VecDeque::with_capacity(self.cfg.max_transfers),
-            })
-            .collect();
+            });
+        }
         let slots = (0..self.cfg.max_transfers)
             .map(|_| Slot::new(self.cfg.max_segments, c))
             .collect();
         let free = (0..self.cfg.max_transfers as u32).rev().collect();
+        // CUDA memory is registered on every channel: each channel's device must take it.
         let mut cuda_ok = true;
         for &d in &self.devices {
             cuda_ok &= self.net.properties(usize::from(d))?.ptr_support.cuda();
