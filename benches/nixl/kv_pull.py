@@ -33,9 +33,16 @@ Usually run through scripts/bench-kv.sh (builds the release plugin). Directly:
     .venv/bin/python benches/nixl/kv_pull.py --tcpx-plugin target/plugins/libplugin_TCPX.so \\
         --blocks 1,16,256 --inflight 1,8 --json kv.json
 
-`--mem VRAM` puts both caches in device memory on GPU 0 (UCX then runs with
-UCX_TLS=tcp,cuda_copy); without a CUDA device it prints `SKIP: ...` and exits 0 (1 under
-REQUIRE_GPU=1).
+`--mem VRAM` puts both caches in device memory on GPU 0; without a CUDA device it prints
+`SKIP: ...` and exits 0 (1 under REQUIRE_GPU=1). UCX's `tcp` transport cannot register or
+move device memory by itself: with VRAM, cuda_copy and cuda_ipc are added to UCX_TLS
+(`--ucx-tls`, else $UCX_TLS, else tcp; kept as given when it reads `all` or `^...`), so the
+default is UCX_TLS=tcp,cuda_copy,cuda_ipc; the document records the value. Where UCX still
+refuses, its points say "refused: <UCX's message>".
+
+The process leaves with os._exit after its output is flushed (the child processes too): the
+wheel's UCX libraries can crash in their exit handlers (libnl-route's destructor, SIGSEGV)
+when stdin is not a terminal, which would turn a finished run into a failed one.
 
 Importable: tests/nixl/test_kv_pull.py drives `Prefill` and `Decode` directly.
 """
@@ -809,6 +816,21 @@ def ratios(results):
     return out
 
 
+# UCX transports that can register and move device memory; added for --mem VRAM.
+UCX_CUDA_TLS = ("cuda_copy", "cuda_ipc")
+
+
+def ucx_tls(base, mem):
+    """UCX_TLS for the UCX side: `base` (the caller's value), plus UCX's CUDA transports
+    for device memory. A list UCX reads as "all" or "all but" (`all`, `^...`) is kept as
+    given."""
+    base = (base or "tcp").strip()
+    if mem != "VRAM" or base == "all" or base.startswith("^"):
+        return base
+    names = [t for t in base.split(",") if t]
+    return ",".join(names + [t for t in UCX_CUDA_TLS if t not in names])
+
+
 def skip_vram(args):
     """SKIP without a GPU (exit 0; 1 under REQUIRE_GPU=1), with the reason."""
     from cuda_mem import gpu_reason
@@ -861,6 +883,8 @@ def main():
     p.add_argument("--mem", choices=["DRAM", "VRAM"], default="DRAM",
                    help="both caches: host memory, or device memory on GPU 0")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--ucx-tls", help="UCX_TLS for the UCX side (default: $UCX_TLS or tcp; "
+                   "with --mem VRAM, cuda_copy and cuda_ipc are added)")
     # prefill-only
     p.add_argument("--backend", help=argparse.SUPPRESS)
     p.add_argument("--name", help=argparse.SUPPRESS)
@@ -888,7 +912,10 @@ def main():
 
     if "NIXL_BENCH_PLUGIN_DIR" not in os.environ:
         # The plugin folder and LD_LIBRARY_PATH must be in place when the process starts.
+        if args.ucx_tls:
+            os.environ["UCX_TLS"] = args.ucx_tls
         env = plugin_env(args.tcpx_plugin, args.mem)
+        env["UCX_TLS"] = ucx_tls(env["UCX_TLS"], args.mem)
         os.execve(sys.executable, [sys.executable, __file__] + sys.argv[1:], env)
     pdir = pathlib.Path(os.environ["NIXL_BENCH_PLUGIN_DIR"])
     # stdout carries the table alone: NIXL's own log lines go to stderr.
@@ -931,5 +958,26 @@ def main():
     return 1 if bad or bad_notifs else 0
 
 
+def leave(code):
+    """Flushes and leaves without the interpreter's exit handlers (see the docstring)."""
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except SystemExit as e:  # argparse's errors and --help, skip_vram
+        code = e.code if isinstance(e.code, int) or e.code is None else 1
+        if code == 1 and not isinstance(e.code, int):
+            print(e.code, file=sys.stderr)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    leave(code or 0)

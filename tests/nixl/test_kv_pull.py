@@ -15,7 +15,6 @@ No timing is asserted; every wait is bounded.
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 import time
@@ -64,22 +63,31 @@ def ucx_reason():
 def run_bench(tmp_path, *argv):
     """The benchmark's command line; returns (exit status, JSON document, stderr).
 
-    The wheel's UCX libraries can crash in their exit handlers (libnl-route's destructor,
-    SIGSEGV, seen with stdin not a terminal) after the run has finished and its document is
-    written; that is reported as status 0 with a note, every result is still checked."""
+    stdin is not a terminal here: the case where the wheel's UCX libraries crashed in their
+    exit handlers (libnl-route's destructor, SIGSEGV) before the benchmark left with
+    os._exit. A crash now fails the test."""
     out = tmp_path / "kv.json"
     env = {k: v for k, v in os.environ.items() if k != "NIXL_BENCH_PLUGIN_DIR"}
     proc = subprocess.run(
         [sys.executable, str(BENCH), "--tcpx-plugin", str(PLUGIN_DIR / "libplugin_TCPX.so"),
          "--json", str(out), "--timeout-ms", "10000", *argv],
         env=env, capture_output=True, text=True, timeout=BOUND_S * 2,
+        stdin=subprocess.DEVNULL,
     )
     doc = json.loads(out.read_text()) if out.is_file() else None
-    rc = proc.returncode
-    if rc == -signal.SIGSEGV and doc is not None and proc.stderr.rstrip().endswith(str(out)):
-        print("note: the benchmark crashed in its exit handlers after writing its results")
-        rc = 0
-    return rc, doc, proc.stderr
+    return proc.returncode, doc, proc.stderr
+
+
+def ucx_declined(doc):
+    """UCX's own refusal of a point, or None: refused at registration, preparation or
+    make_prepped_xfer, or the transfer refused when posted. A transfer UCX accepted and then
+    failed, or wrong data, is not a refusal."""
+    for r in doc["results"]:
+        if r["status"] == "refused" or (
+            r["status"] == "failed" and r.get("message", "").startswith("transfer:")
+        ):
+            return f"{r['blocks']} blocks x{r['inflight']}: {r['status']}: {r['message']}"
+    return None
 
 
 def layout_args(layout):
@@ -261,15 +269,41 @@ def test_tcpx_vram_pull_checks_every_byte():
 
 @pytest.mark.skipif(ucx_reason() is not None, reason=str(ucx_reason()))
 def test_ucx_vram_pull_checks_every_byte(tmp_path):
+    """The VRAM baseline: UCX with its CUDA transports (tcp alone cannot register or move
+    device memory). Where UCX still refuses device memory on this machine, the test skips
+    with UCX's message: the baseline's environment, not TCPX (whose VRAM pull above passes
+    or fails on its own)."""
     require_gpu(pytest)
     lay = LAYOUTS["4KiB-blocks"]
     rc, doc, err = run_bench(
         tmp_path, "--backends", "UCX", "--mem", "VRAM", *layout_args(lay), "--blocks", "1,16",
         "--inflight", "4", "--requests", "8", "--verify",
     )
+    assert doc is not None, err[-4000:]
+    tls = doc["config"]["UCX_TLS"].split(",")
+    assert "cuda_copy" in tls and "cuda_ipc" in tls, tls
+    why = ucx_declined(doc)
+    if why is not None:
+        pytest.skip(f"UCX (UCX_TLS={','.join(tls)}) refused device memory, a baseline "
+                    f"environment issue: {why}")
     assert rc == 0, err[-4000:]
-    assert [r["status"] for r in doc["results"]] == ["ok", "ok"], doc["results"]
-    assert "cuda_copy" in doc["config"]["UCX_TLS"]
+    assert [(r["blocks"], r["status"]) for r in doc["results"]] == [(1, "ok"), (16, "ok")], (
+        doc["results"]
+    )
+    for r in doc["results"]:
+        assert r["verified_region_blocks"] == (8 + 2) * r["blocks"] * lay.regions
+    n = doc["notifications"]["UCX"]
+    assert n["exact"] and n["sent"] == 2 * (8 + 2), n
+
+
+def test_ucx_tls_for_device_memory():
+    """UCX's CUDA transports join whatever UCX_TLS the caller chose, once, for VRAM only."""
+    assert kv_pull.ucx_tls("tcp", "VRAM") == "tcp,cuda_copy,cuda_ipc"
+    assert kv_pull.ucx_tls("tcp,cuda_copy", "VRAM") == "tcp,cuda_copy,cuda_ipc"
+    assert kv_pull.ucx_tls(None, "VRAM") == "tcp,cuda_copy,cuda_ipc"
+    assert kv_pull.ucx_tls("tcp", "DRAM") == "tcp"
+    assert kv_pull.ucx_tls("all", "VRAM") == "all"
+    assert kv_pull.ucx_tls("^ib", "VRAM") == "^ib"
 
 
 def test_vram_benchmark_skips_clearly_without_a_gpu(tmp_path):
