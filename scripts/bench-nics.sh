@@ -99,6 +99,7 @@ have_iperf3=0
 command -v iperf3 >/dev/null && have_iperf3=1
 ((have_iperf3)) || say "iperf3 absent: no baseline (--install fetches it from Debian)"
 
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
 port=17390
 iter_args=()
 [[ -n $iters ]] && iter_args=(--iters "$iters")
@@ -153,10 +154,10 @@ for n in $nics; do
 done
 
 load=$(cut -d' ' -f1-3 /proc/loadavg)
-python3 - "$work" "$json" "$channels" "$load" "$(nproc)" "$nics" <<'PY'
+python3 - "$work" "$json" "$channels" "$load0" "$load" "$(nproc)" "$nics" <<'PY'
 import json, os, sys
 
-work, as_json, channels, load, cores, nics = sys.argv[1:7]
+work, as_json, channels, load0, load, cores, nics = sys.argv[1:8]
 nics = [int(n) for n in nics.split()]
 
 def counters(path):
@@ -173,12 +174,14 @@ def iperf3(d, n):
         p = os.path.join(d, f"iperf3.{j}.json")
         if not os.path.exists(p):
             return None
+        doc = None
         try:
             with open(p) as f:
                 doc = json.load(f)
             bps = doc["end"]["sum_received"]["bits_per_second"]
-        except (ValueError, KeyError) as e:
-            return {"error": f"iperf3 client {j}: {doc.get('error', e) if isinstance(doc, dict) else e}"}
+        except (ValueError, KeyError, TypeError) as e:
+            why = doc.get("error", e) if isinstance(doc, dict) else e
+            return {"error": f"iperf3 client {j}: {why}"}
         per.append(bps / 8e9)
         total += bps / 8e9
     return {"gbps": total, "gbps_per_nic": per}
@@ -204,7 +207,8 @@ for n in nics:
     runs.append({"nics": n, "devices": listen.get("devices"), "rows": rows,
                  "interfaces": ifaces, "iperf3": iperf3(d, n)})
 
-machine = {"cores": int(cores), "loadavg": load, "kernel": os.uname().release}
+machine = {"cores": int(cores), "loadavg_start": load0, "loadavg_end": load,
+           "kernel": os.uname().release}
 caveat = ("veth pairs between two namespaces of one machine: every byte is a memory copy on "
           "the same CPUs, so the CPU is the limit and more NICs cannot add bandwidth; this "
           "shows the channels spread over every NIC, not what real NICs would carry")
@@ -221,7 +225,8 @@ def size(b):
             return f"{b >> s} {unit}"
     return f"{b} B"
 
-print(f"\nmachine: {cores} cores, load {load}, kernel {machine['kernel']}")
+print(f"\nmachine: {cores} cores, load {load0} at the start, {load} at the end,"
+      f" kernel {machine['kernel']}")
 print(f"tcpx bench --listen/--connect, {channels} channels, TCPX_DEVICES=all, host memory;"
       " GB/s = 1e9 B/s at p50 (aggregate over all iterations in parentheses)\n")
 head = ["size"] + [f"{r['nics']} NIC{'s' if r['nics'] > 1 else ''}" for r in runs]
