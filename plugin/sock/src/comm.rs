@@ -23,7 +23,8 @@ use crate::cuda::{self, DeviceMem, DeviceWriter, SendStage, Staging};
 use crate::dev;
 use crate::error::{Error, Result};
 use crate::frag::{Layout, Shape, MAX_PAGES_PER_REQ};
-use crate::mem::{OwnedRegion, PagePool, StageRing};
+use crate::mem::{OwnedRegion, StageRing};
+use crate::pool::BouncePool;
 use crate::sys::{self, Sock};
 use crate::trace;
 use crate::wire::{self, Handle, Hello, HDR_LEN, HELLO_LEN};
@@ -923,36 +924,6 @@ struct RecvSlot {
     dest: Option<FragJob>,
 }
 
-/// A recv comm's bounce region.
-enum BounceMem {
-    /// Host memory mapped into the device (the default): written by the CPU.
-    Host(OwnedRegion),
-    /// Device memory of the comm's GPU (`Config::bounce_device`): written by device copies.
-    Device(DeviceMem),
-}
-
-impl BounceMem {
-    /// The base the plugin writes through: a host address, or the device address.
-    fn base(&self) -> *mut u8 {
-        match self {
-            BounceMem::Host(r) => r.region.host,
-            BounceMem::Device(d) => d.ptr() as usize as *mut u8,
-        }
-    }
-
-    /// The base published in the device handle.
-    fn device_base(&self) -> *mut c_void {
-        match self {
-            BounceMem::Host(r) => r.region.device,
-            BounceMem::Device(d) => d.ptr() as usize as *mut c_void,
-        }
-    }
-
-    fn is_device(&self) -> bool {
-        matches!(self, BounceMem::Device(_))
-    }
-}
-
 /// What the device handle's `handle` points at.
 enum HandleMem {
     /// Without CUDA: host memory.
@@ -964,8 +935,9 @@ enum HandleMem {
 /// TCPX-mode state of a recv comm.
 struct Unpack {
     meta: OwnedRegion,
-    bounce: BounceMem,
-    bounce_len: usize,
+    /// The GPU's bounce pool, shared with every other recv comm of that GPU: its base is the
+    /// `bounce_buf` of every one of their device handles.
+    bounce: Arc<BouncePool>,
     handle: HandleMem,
     /// Device copies made on the calling thread (the handle; inline payloads into device
     /// memory); CUDA machines.
@@ -978,25 +950,12 @@ struct Unpack {
 }
 
 impl Unpack {
-    /// Meta table, bounce region and device handle for a comm of GPU `gpu` (CUDA machines).
+    /// Meta table and device handle for a comm of GPU `gpu` (CUDA machines), and that GPU's
+    /// bounce pool.
     fn new(cfg: &Config, gpu: Option<usize>, seed: u64) -> Result<Self> {
         let meta = OwnedRegion::new(core::mem::size_of::<NetUnpackMeta>(), gpu)?;
         let writer = gpu.map(DeviceWriter::new).transpose()?;
-        let bounce = match gpu {
-            Some(g) if cfg.bounce_device => BounceMem::Device(DeviceMem::new(g, cfg.bounce_bytes)?),
-            _ => {
-                if cfg.bounce_device {
-                    static TOLD: std::sync::Once = std::sync::Once::new();
-                    TOLD.call_once(|| {
-                        crate::log_info(
-                            "tcpxsock: TCPX_SOCK_BOUNCE_DEVICE ignored: no CUDA device; \
-                             bounce regions are host memory",
-                        )
-                    });
-                }
-                BounceMem::Host(OwnedRegion::new(cfg.bounce_bytes, gpu)?)
-            }
-        };
+        let bounce = BouncePool::for_gpu(cfg, gpu)?;
         let h = UnpackDevHandle {
             meta: meta.region.device.cast(),
             bounce_buf: bounce.device_base(),
@@ -1020,7 +979,6 @@ impl Unpack {
         Ok(Unpack {
             meta,
             bounce,
-            bounce_len: cfg.bounce_bytes,
             handle,
             writer,
             gpu,
@@ -1052,8 +1010,6 @@ struct RecvState {
     st_hi: usize,
     chunk_ctr: u64,
     slots: [RecvSlot; MAX_REQUESTS],
-    /// Free bounce pages (TCPX mode).
-    pool: Option<PagePool>,
     /// The request the calling thread is receiving itself, if any.
     direct: Option<Direct>,
     err: Option<Error>,
@@ -1090,6 +1046,9 @@ pub struct UnpackView {
     pub bounce_len: usize,
     /// The bounce region is device memory (`Config::bounce_device` on a CUDA machine).
     pub bounce_device: bool,
+    /// Pages of the bounce region free when the view was taken (the region is the GPU's pool,
+    /// shared by all its recv comms).
+    pub bounce_pages_free: usize,
 }
 
 impl RecvComm {
@@ -1110,9 +1069,6 @@ impl RecvComm {
         } else {
             (0, 0)
         };
-        let pool = unpack
-            .as_ref()
-            .map(|_| PagePool::new(cfg.bounce_bytes / PAGE_SIZE, cfg.shuffle, hello.conn_id));
         let mut c = Box::new(RecvComm {
             core,
             unpack,
@@ -1141,7 +1097,6 @@ impl RecvComm {
                     nfrags: 0,
                     dest: None,
                 }),
-                pool,
                 direct: None,
                 err: None,
             }),
@@ -1180,8 +1135,9 @@ impl RecvComm {
         self.unpack.as_ref().map(|u| UnpackView {
             meta: u.meta.region.host.cast(),
             bounce: u.bounce.base(),
-            bounce_len: u.bounce_len,
+            bounce_len: u.bounce.len(),
             bounce_device: u.bounce.is_device(),
+            bounce_pages_free: u.bounce.available(),
         })
     }
 
@@ -1357,15 +1313,7 @@ impl RecvComm {
         let Some(u) = self.unpack.as_ref() else {
             return true;
         };
-        let RecvState {
-            slots,
-            pool,
-            rx_seq,
-            ..
-        } = st;
-        let Some(pool) = pool.as_mut() else {
-            return true;
-        };
+        let RecvState { slots, rx_seq, .. } = st;
         let s = &mut slots[idx];
         if !s.bounce {
             // Lands in the user buffer; its slot still gets cnt = 0 at test.
@@ -1373,7 +1321,9 @@ impl RecvComm {
         }
         let layout = Layout::new(s.size, u.shape, u.seed.wrapping_add(*rx_seq));
         let n = layout.pages();
-        if !pool.take(&mut s.pages[..n]) {
+        // Pages come from the GPU's pool, which other comms draw from too; the receive waits
+        // (this comm's next call retries) until all its pages are free at once.
+        if !u.bounce.take(&mut s.pages[..n]) {
             return false;
         }
         s.npages = n;
@@ -1381,7 +1331,8 @@ impl RecvComm {
         let meta = u.meta.region.host.cast::<NetUnpackMeta>();
         let mut k = 0;
         for f in layout.frags() {
-            // Pages lie in a region of at most 4 GiB, so every offset fits in 32 bits.
+            // Offsets from the pool's base, which every comm of the GPU publishes; the pool is
+            // at most 4 GiB, so every offset fits in 32 bits.
             let e = LoadMeta {
                 src_off: s.pages[f.page] * PAGE_SIZE as u32 + f.off as u32,
                 len: f.len as u32,
@@ -1540,11 +1491,9 @@ impl RecvComm {
                 "irecvConsumed out of order or before test reported done",
             ));
         }
-        let RecvState { slots, pool, .. } = &mut *st;
-        let s = &mut slots[idx];
-        if let Some(pool) = pool.as_mut() {
-            pool.give(&s.pages[..s.npages]);
-        }
+        let u = self.unpack.as_ref().expect("TCPX mode checked above");
+        let s = &mut st.slots[idx];
+        u.bounce.give(&s.pages[..s.npages]);
         s.npages = 0;
         s.nfrags = 0;
         s.dest = None;
@@ -1554,11 +1503,21 @@ impl RecvComm {
         Ok(())
     }
 
-    /// Closes the comm; requests in flight are abandoned, their pages freed with the region.
+    /// Closes the comm; requests in flight are abandoned and their pages go back to the GPU's
+    /// pool (the pool itself goes with the last comm holding it).
     pub(crate) fn close(mut self: Box<Self>) {
         if !self.core.shutdown() {
-            // A helper may still write pages: leak rather than free under it.
+            // A helper may still write pages: leak rather than let another comm reuse them.
             core::mem::forget(self);
+            return;
+        }
+        // Every helper has exited: nothing writes this comm's pages any more.
+        if let Some(u) = self.unpack.as_ref() {
+            let mut st = lock(&self.st);
+            for s in st.slots.iter_mut() {
+                u.bounce.give(&s.pages[..s.npages]);
+                s.npages = 0;
+            }
         }
     }
 }

@@ -19,8 +19,10 @@ pub const MAX_INLINE_BYTES: usize = 1 << 20;
 pub const DEFAULT_DIRECT_BYTES: usize = 256 << 10;
 /// Largest `direct_bytes`.
 pub const MAX_DIRECT_BYTES: usize = 1 << 20;
-/// Default bounce region per recv comm in TCPX mode.
-pub const DEFAULT_BOUNCE_BYTES: usize = 64 << 20;
+/// Default bounce pool per GPU (per process without CUDA) in TCPX mode, shared by all recv
+/// comms of that GPU: NCCL has at most 4 MiB in flight per receive connection, so this covers
+/// about 60 connections receiving at once.
+pub const DEFAULT_BOUNCE_BYTES: usize = 256 << 20;
 /// Most data sockets per comm.
 pub const MAX_NSOCKS: usize = 16;
 /// Default CUDA staging ring per send comm: 32 requests of 512 KiB, 4 of TCPX's largest.
@@ -29,7 +31,7 @@ pub const DEFAULT_STAGE_BYTES: usize = 16 << 20;
 /// stay up between a stream of transfers (every relaunch costs the caller's thread a driver
 /// call), short enough that a `cudaDeviceSynchronize` after the last send barely notices.
 pub const DEFAULT_STAGE_IDLE_US: usize = 1000;
-/// Largest bounce region: every `src_off` must fit in 32 bits.
+/// Largest bounce pool: every `src_off` (an offset from the pool's base) must fit in 32 bits.
 pub const MAX_BOUNCE_BYTES: usize = 4 << 30;
 /// Longest `accept_delay_ms` (TCPX's own wait is 5 s).
 pub const MAX_ACCEPT_DELAY_MS: usize = 600_000;
@@ -61,8 +63,8 @@ pub struct Config {
     /// fragments, so the CPU unpack oracle can check the unpack path without a GPU. Real TCPX
     /// never does this.
     pub host_bounce: bool,
-    /// On a CUDA machine, each recv comm's bounce region is device memory of the comm's GPU (as
-    /// TCPX's RX pool is); helpers land received bytes in host scratch and copy them in before
+    /// On a CUDA machine, the GPU's bounce pool is device memory of that GPU (as TCPX's RX
+    /// pool is); helpers land received bytes in host scratch and copy them in before
     /// publishing. Off by default: mapped host memory is what the emulation moves fastest.
     /// Ignored, with a log line, without CUDA.
     pub bounce_device: bool,
@@ -77,7 +79,8 @@ pub struct Config {
     /// into the posted buffer, with no fragment entry: TCPX's header-split misses, copied from
     /// the socket's linear buffer. For a CUDA buffer, by a host-to-device copy.
     pub linear_bytes: usize,
-    /// Bounce region per recv comm in TCPX mode (4 MiB … 4 GiB, page multiple).
+    /// Bounce pool per GPU in TCPX mode, shared by every recv comm of that GPU (4 MiB … 4 GiB,
+    /// page multiple; the first comm of the GPU makes it with this size).
     pub bounce_bytes: usize,
     /// Hand out bounce pages in a shuffled order so fragments are non-contiguous.
     pub shuffle: bool,

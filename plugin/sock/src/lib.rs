@@ -13,7 +13,8 @@
 //! `UnpackDevHandle` in device memory on a CUDA machine), `test` never writes sizes, `iflush`
 //! is an error, NULL memory handles are refused, CUDA registrations are page-aligned and bound
 //! to the current GPU. Receives into CUDA buffers (host ones too with `host_bounce`) land in
-//! 4 KiB bounce pages from a per-comm pool, one `LoadMeta` per fragment in slot `k % 16` of a
+//! 4 KiB bounce pages of the GPU's pool (one per GPU, shared by its recv comms, as TCPX's RX
+//! pool: every comm publishes its base), one `LoadMeta` per fragment in slot `k % 16` of a
 //! `NetUnpackMeta` table; host receives land in their buffer with `cnt = 0`. Every receive
 //! holds its request and slot until `irecvConsumed`, in order; 16 requests per comm, `test` on
 //! the oldest only, order-only matching, `n == 1`, all with TCPX's error codes. Knobs add
@@ -37,6 +38,7 @@ pub mod error;
 mod ffi;
 mod frag;
 pub mod mem;
+mod pool;
 mod sys;
 pub mod trace;
 pub mod wire;

@@ -9,6 +9,7 @@
 use core::ffi::c_void;
 use std::alloc::Layout;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 
 use tcpx_core::unpack::PAGE_SIZE;
@@ -76,11 +77,14 @@ impl MappedAllocator for HostAllocator {
 static HOST_ALLOCATOR: HostAllocator = HostAllocator;
 /// `None` = choose automatically (CUDA if present, else host).
 static ALLOCATOR: RwLock<Option<&'static dyn MappedAllocator>> = RwLock::new(None);
+/// Bumped by every [`set_mapped_allocator`].
+static ALLOCATOR_GEN: AtomicUsize = AtomicUsize::new(0);
 
 /// Installs the allocator used for meta tables and bounce regions of comms accepted later,
 /// replacing the automatic choice.
 pub fn set_mapped_allocator(a: &'static dyn MappedAllocator) {
     *ALLOCATOR.write().unwrap_or_else(|e| e.into_inner()) = Some(a);
+    ALLOCATOR_GEN.fetch_add(1, Ordering::AcqRel);
 }
 
 fn allocator() -> &'static dyn MappedAllocator {
@@ -92,6 +96,12 @@ fn allocator() -> &'static dyn MappedAllocator {
     } else {
         &HOST_ALLOCATOR
     }
+}
+
+/// Which allocator [`OwnedRegion::new`] uses now: changes with every
+/// [`set_mapped_allocator`], so memory made by different allocators is never mixed up.
+pub(crate) fn allocator_id() -> usize {
+    ALLOCATOR_GEN.load(Ordering::Acquire)
 }
 
 /// A region that returns itself to its allocator on drop.
@@ -159,7 +169,6 @@ impl PagePool {
     }
 
     /// Pages currently free.
-    #[cfg(test)]
     pub(crate) fn available(&self) -> usize {
         self.free.len()
     }
