@@ -50,7 +50,8 @@ class Config:
     """One way of running NCCL. transport: the NCCL_NET name; proto: NCCL_PROTO or None for
     NCCL's own choice; gdr: GPUDirect on (NCCL_NET_GDR_LEVEL=SYS, the receive buffers are
     device memory, which tcpxsock receives through bounce pages + the unpack kernel) or off
-    (LOC: host buffers, received in place); knobs: tcpxsock settings; plan: nccl_worker.py's;
+    (LOC: host buffers, received in place); knobs: settings of a tcpxsock run (TCPX_SOCK_*, or
+    the NCCL_* it is about); plan: nccl_worker.py's;
     ranks: processes, each its own "host"."""
 
     name: str
@@ -106,12 +107,37 @@ CHECKS = (
         PLUGIN_NAME,
         "Simple",
         True,
-        # NCCL has at most its 4 MiB buffer in flight per connection; four processes with a
-        # few dozen receive connections each need not pin 64 MiB for every one.
-        TCPX_FIDELITY + (("TCPX_SOCK_BOUNCE_BYTES", "16M"),),
+        # tcpxsock's bounce pool is per GPU and process (shared by all its receive connections,
+        # as TCPX's RX pool), so its default size serves the few dozen connections of a rank.
+        TCPX_FIDELITY,
         "multi",
         why="4 hosts: several UNPACK receive connections in one kernel block (tree, all_to_all)",
         ranks=4,
+    ),
+    # NCCL's PAT algorithm (AllGather/ReduceScatter, one rank per node: exactly these runs)
+    # reads its receive FIFO directly (src/device/prims_simple.h, patCopy/patReduce): it never
+    # calls the unpack and never advances the UNPACK head, so with an UNPACK device it would
+    # read data that is still in bounce pages and leave the connection's meta slots out of step
+    # for every later collective on it. NCCL turns PAT off for UNPACK devices
+    # (src/graph/tuning.cc, ncclPatEnable: netDeviceType != HOST); this run turns it off
+    # explicitly, so a difference from tcpxsock-simple says PAT was chosen there anyway.
+    Config(
+        "tcpxsock-simple-nopat",
+        PLUGIN_NAME,
+        "Simple",
+        True,
+        (("NCCL_PAT_ENABLE", "0"),),
+        "quick",
+        why="as tcpxsock-simple with PAT off (it cannot unpack)",
+    ),
+    Config(
+        "tcpxsock-simple-ring",
+        PLUGIN_NAME,
+        "Simple",
+        True,
+        (("NCCL_ALGO", "Ring"),),
+        "quick",
+        why="as tcpxsock-simple with every collective on NCCL's ring",
     ),
 )
 
@@ -178,7 +204,8 @@ def config_env(cfg, rank, plugin, nccl_log, base=None):
             "NCCL_NVLS_ENABLE": "0",
             "NCCL_SOCKET_IFNAME": "lo",
             "NCCL_DEBUG": "INFO",
-            "NCCL_DEBUG_SUBSYS": "INIT,NET",
+            # TUNING: the algorithm and protocol NCCL picked for each collective.
+            "NCCL_DEBUG_SUBSYS": "INIT,NET,TUNING",
             "NCCL_DEBUG_FILE": str(nccl_log),
             "NCCL_NET": cfg.transport,
             # lo has no PCI path, so NCCL's distance rules would never allow GPUDirect.
@@ -262,6 +289,9 @@ def read_log(text, cfg):
     facts["loaded plugin"] = f"{loaded.group(1)} v{loaded.group(2)}" if loaded else None
     unpack = "Using NCCL_NET_DEVICE_UNPACK net plugin version 7" in text
     facts["UNPACK device"] = unpack
+    # TUNING lines name the algorithm of each collective ("... Algo RING proto SIMPLE ...";
+    # the wording varies between versions, so this only collects what matches).
+    facts["algorithms in TUNING lines"] = sorted(set(re.findall(r"\bAlgo\s+(\w+)", text)))
     warns = [line.strip() for line in text.splitlines() if "NCCL WARN" in line]
     if warns:
         facts["NCCL WARN lines"] = len(warns)
