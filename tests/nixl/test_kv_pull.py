@@ -78,6 +78,21 @@ def run_bench(tmp_path, *argv):
     return proc.returncode, doc, proc.stderr
 
 
+def ucx_said(err):
+    """The last error NIXL's UCX backend logged (its reason: NIXL's exception only says
+    NIXL_ERR_BACKEND), with the known cause of "VRAM memory is detected as host"."""
+    lines = [ln.strip() for ln in err.splitlines() if "ucx" in ln.lower() and ln[:1] == "E"]
+    if not lines:
+        return ""
+    said = f"; UCX: {lines[-1]}"
+    if "detected as host" in said:
+        # Seen on a CUDA 13 machine: UCX's CUDA module (libucm_cuda) in the nixl-cu12 wheel
+        # needs libcudart.so.12; without it UCX has no CUDA support.
+        said += (" (the wheel's UCX CUDA module needs libcudart.so.12: a CUDA 12 runtime on "
+                 "LD_LIBRARY_PATH gives UCX device memory)")
+    return said
+
+
 def ucx_declined(doc):
     """UCX's own refusal of a point, or None: refused at registration, preparation or
     make_prepped_xfer, or the transfer refused when posted. A transfer UCX accepted and then
@@ -285,7 +300,7 @@ def test_ucx_vram_pull_checks_every_byte(tmp_path):
     why = ucx_declined(doc)
     if why is not None:
         pytest.skip(f"UCX (UCX_TLS={','.join(tls)}) refused device memory, a baseline "
-                    f"environment issue: {why}")
+                    f"environment issue: {why}{ucx_said(err)}")
     assert rc == 0, err[-4000:]
     assert [(r["blocks"], r["status"]) for r in doc["results"]] == [(1, "ok"), (16, "ok")], (
         doc["results"]
