@@ -187,6 +187,20 @@ pub const ENGINE_TRANSFERS: usize = 2 * MAX_OUTSTANDING;
 /// cannot hold the thread.
 const READ_PER_PASS: usize = 256 * 1024;
 
+/// An initiator conn that `checkXfer` serviced less than this long ago is left to the
+/// application's polling by the backend thread: both servicing it only contend for its locks
+/// and double the CPU per transfer. Short, so an application that checks rarely (or whose
+/// polling thread is preempted) still has its transfers driven by the backend thread.
+const CHECKED_RECENTLY: Duration = Duration::from_micros(250);
+
+/// The backend thread's nap while transfers are in flight (engine progress wakes nothing):
+/// a control frame arriving ends it sooner.
+const NAP: Duration = Duration::from_micros(50);
+
+/// Timer slack of the backend thread (ns): its naps end when asked, not up to the default
+/// 50 µs later.
+const TIMER_SLACK_NS: libc::c_ulong = 1_000;
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every update under these locks is a single insert/remove/assignment: state stays usable.
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -446,6 +460,9 @@ struct Conn {
     refused_writes: AtomicU64,
     /// Log rate limiting of errors the peer sent about no transfer in flight.
     refused_notifs: AtomicU64,
+    /// Initiator: when `checkXfer` last serviced the conn, in ns since [`Shared::epoch`]
+    /// (0: never).
+    checked: AtomicU64,
     /// Target: the data of a READ answered inline, gathered before it is framed (reused; it
     /// grows to the largest inline READ once).
     inline_buf: Mutex<Vec<u8>>,
@@ -959,6 +976,8 @@ struct Shared {
     cost: CostModel,
     /// [`MAX_OUTSTANDING`]; lowered by tests to make parts wait.
     max_outstanding: AtomicUsize,
+    /// Origin of [`Conn::checked`].
+    epoch: Instant,
 }
 
 impl Shared {
@@ -990,6 +1009,23 @@ impl Shared {
 
     fn max_outstanding(&self) -> usize {
         self.max_outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Nanoseconds since [`Shared::epoch`], at least 1 (0 means never in [`Conn::checked`]).
+    fn now_ns(&self) -> u64 {
+        (self.epoch.elapsed().as_nanos() as u64).max(1)
+    }
+
+    /// How long the backend thread still leaves `c` to the application's `checkXfer` (`None`:
+    /// it services the conn itself).
+    fn left_to_checks(&self, c: &Conn, now_ns: u64) -> Option<Duration> {
+        let at = c.checked.load(Ordering::Relaxed);
+        if !c.initiator || at == 0 {
+            return None;
+        }
+        let since = now_ns.saturating_sub(at);
+        let window = CHECKED_RECENTLY.as_nanos() as u64;
+        (since < window).then(|| Duration::from_nanos(window - since))
     }
 
     /// The copier of `device`, if its memory can travel inline.
@@ -1065,6 +1101,7 @@ impl RemotePath {
             copiers: Mutex::new(HashMap::new()),
             cost: CostModel::new(Duration::from_micros(30), 1_500_000_000),
             max_outstanding: AtomicUsize::new(MAX_OUTSTANDING),
+            epoch: Instant::now(),
         });
         let (done_tx, done_rx) = mpsc::channel();
         let s = shared.clone();
@@ -1423,6 +1460,7 @@ impl RemotePath {
             (!f.done && f.failed.is_none()).then(|| f.conn.clone())
         };
         if let Some(conn) = conn.filter(|c| c.initiator) {
+            conn.checked.store(self.shared.now_ns(), Ordering::Relaxed);
             self.shared.service(&conn);
         }
         let mut f = lock(fl);
@@ -1736,6 +1774,7 @@ impl Shared {
             refused_reads: AtomicU64::new(0),
             refused_writes: AtomicU64::new(0),
             refused_notifs: AtomicU64::new(0),
+            checked: AtomicU64::new(0),
             inline_buf: Mutex::new(Vec::new()),
         }))
     }
@@ -2658,9 +2697,14 @@ impl Shared {
 
 /// The backend thread: accepts peers, services every conn, backs off when idle.
 fn run(shared: &Arc<Shared>, listener: &TcpListener) {
+    // SAFETY: PR_SET_TIMERSLACK takes a value and touches no memory; on failure the default
+    // slack stays (naps end up to 50 µs late).
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, TIMER_SLACK_NS) };
     let mut idle = 0u32;
     // Reused every pass, so a busy backend thread does not allocate per pass.
     let mut conns: Vec<Arc<Conn>> = Vec::new();
+    // Per conn of `conns`: left to `checkXfer` this pass.
+    let mut skipped: Vec<bool> = Vec::new();
     let mut fds: Vec<libc::pollfd> = Vec::new();
     while !shared.stop.load(Ordering::Relaxed) {
         let mut moved = false;
@@ -2686,8 +2730,21 @@ fn run(shared: &Arc<Shared>, listener: &TcpListener) {
         }
         conns.clear();
         conns.extend(lock(&shared.conns).iter().cloned());
+        skipped.clear();
+        let now = shared.now_ns();
         let mut holding = false;
+        // The soonest a conn left to `checkXfer` comes back to this thread.
+        let mut recheck: Option<Duration> = None;
         for c in &conns {
+            // An initiator conn the application is polling: `checkXfer` reads its answers
+            // and drives its session, so this thread neither services it nor wakes for it;
+            // once the application stops checking it, this thread takes it back.
+            if let Some(left) = shared.left_to_checks(c, now) {
+                skipped.push(true);
+                recheck = Some(recheck.map_or(left, |r| r.min(left)));
+                continue;
+            }
+            skipped.push(false);
             moved |= shared.service(c);
             holding |= lock(&c.rx).held;
         }
@@ -2704,33 +2761,40 @@ fn run(shared: &Arc<Shared>, listener: &TcpListener) {
         } else {
             idle = idle.saturating_add(1);
             // Spin briefly for latency. Then, with transfers in flight either way (engine
-            // progress is invisible to us), nap briefly; with none, sleep in poll(2) on the
-            // control sockets so an announce wakes the thread at once and an idle agent costs
-            // no CPU. A conn holding a frame back is retried (and keeps its peer informed)
-            // every millisecond; its socket is left out of the poll, as it is readable.
+            // progress is invisible to us), nap briefly; with none, sleep on the control
+            // sockets so an idle agent costs no CPU. Either way an announce or answer wakes
+            // the thread at once. A conn holding a frame back is retried (and keeps its peer
+            // informed) every millisecond; its socket is left out of the poll, as it is
+            // readable. So are conns left to `checkXfer`, until they come back.
             if idle < 64 {
                 std::thread::yield_now();
-            } else if conns.iter().any(|c| {
-                !lock(&c.jobs).is_empty() || !lock(&c.out).parts.is_empty() || lock(&c.tx).pending()
-            }) {
-                std::thread::sleep(Duration::from_micros(50));
             } else {
-                let limit = if holding {
+                let busy = conns.iter().zip(&skipped).any(|(c, &s)| {
+                    !s && (!lock(&c.jobs).is_empty()
+                        || !lock(&c.out).parts.is_empty()
+                        || lock(&c.tx).pending())
+                });
+                let limit = if busy {
+                    NAP
+                } else if holding {
                     Duration::from_millis(1)
                 } else {
                     Duration::from_millis(10)
                 };
-                wait_readable(listener, &conns, &mut fds, limit);
+                let limit = recheck.map_or(limit, |r| r.min(limit));
+                wait_readable(listener, &conns, &skipped, &mut fds, limit);
             }
         }
     }
 }
 
 /// Blocks until the listener or a control stream is readable, or `limit` passes. Streams
-/// holding a frame back (it waits for room; they stay readable) are left out.
+/// holding a frame back (it waits for room; they stay readable) and those `skip` marks are
+/// left out.
 fn wait_readable(
     listener: &TcpListener,
     conns: &[Arc<Conn>],
+    skip: &[bool],
     fds: &mut Vec<libc::pollfd>,
     limit: Duration,
 ) {
@@ -2741,9 +2805,10 @@ fn wait_readable(
         events: libc::POLLIN,
         revents: 0,
     });
-    for c in conns
+    for (c, _) in conns
         .iter()
-        .filter(|c| c.dead().is_none() && !lock(&c.rx).held)
+        .zip(skip)
+        .filter(|(c, &s)| !s && c.dead().is_none() && !lock(&c.rx).held)
     {
         fds.push(libc::pollfd {
             fd: c.stream.as_raw_fd(),
@@ -2751,13 +2816,18 @@ fn wait_readable(
             revents: 0,
         });
     }
+    let ts = libc::timespec {
+        tv_sec: limit.as_secs() as libc::time_t,
+        tv_nsec: limit.subsec_nanos() as libc::c_long,
+    };
     // SAFETY: `fds` holds valid pollfd entries for descriptors that stay open during the
-    // call (the listener and the conns are borrowed).
+    // call (the listener and the conns are borrowed); `ts` outlives it; no signal mask.
     unsafe {
-        libc::poll(
+        libc::ppoll(
             fds.as_mut_ptr(),
             fds.len() as libc::nfds_t,
-            limit.as_millis() as i32,
+            &ts,
+            std::ptr::null(),
         )
     };
 }
