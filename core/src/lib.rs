@@ -8,6 +8,7 @@
 pub mod abi;
 pub mod chunk;
 pub mod plan;
+pub mod ring;
 pub mod topology;
 pub mod unpack;
 pub mod window;

@@ -12,8 +12,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Bounce fragment ("page") size.
 pub const PAGE_SIZE: usize = 4096;
-/// Slots in the meta table: the k-th receive on a comm uses slot `k % SLOTS`.
-pub const SLOTS: usize = 16;
+/// Slots in the meta table: the k-th receive on a comm uses slot `k % SLOTS`, its slot in
+/// the comm's request ring ([`crate::ring::TCPX_REQUESTS`]).
+pub const SLOTS: usize = crate::ring::TCPX_REQUESTS;
 /// Largest single receive TCPX accepts.
 pub const MAX_RECV_BYTES: usize = 4 << 20;
 /// Entries per slot (`MAX_RECV_BYTES / PAGE_SIZE * 2`).

@@ -6,8 +6,9 @@
 
 use heapless::Deque;
 
-/// The window size TCPX enforces per comm (a 17th request is an error there).
-pub const TCPX_WINDOW: usize = 16;
+/// The window size TCPX enforces per comm (a 17th request is an error there):
+/// [`crate::ring::TCPX_REQUESTS`], under the name the windows' users know it by.
+pub const TCPX_WINDOW: usize = crate::ring::TCPX_REQUESTS;
 
 /// The largest window this crate is tested with (NCCL itself allows 32 requests per comm).
 pub const MAX_WINDOW: usize = 64;

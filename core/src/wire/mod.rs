@@ -24,6 +24,9 @@
 //!
 //! [`Segment`] (32): region u64, key u64, addr u64, len u64. Reserved fields must be zero, so
 //! every accepted frame re-emits to the same bytes.
+//!
+//! tcpxsock's own formats (listen handle, per-socket hello, request header) have no common
+//! header; they are in [`sock`], checked the same way and with the same [`Error`].
 
 use core::fmt;
 
@@ -32,6 +35,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 mod control;
 mod meta;
+pub mod sock;
 #[cfg(test)]
 mod tests;
 
@@ -196,6 +200,12 @@ pub enum Field {
     ErrorText,
     /// A reserved field that must be zero.
     Reserved,
+    /// Data sockets per comm (tcpxsock [`sock::SockHello`]).
+    Sockets,
+    /// A socket's index within its comm (tcpxsock [`sock::SockHello`]).
+    SocketIndex,
+    /// A request's payload size (tcpxsock [`sock::SockRequestHeader`]).
+    Size,
 }
 
 /// Why bytes were not accepted as a message, or a message could not be emitted.
@@ -271,6 +281,15 @@ pub enum Error {
     },
     /// A reserved field or padding byte is not zero.
     NonZeroReserved(Field),
+    /// A size that must be a multiple of `align` is not.
+    Unaligned {
+        /// Which field.
+        field: Field,
+        /// The value found.
+        value: u64,
+        /// The multiple it must be.
+        align: u64,
+    },
     /// The emit buffer is shorter than [`Message::buffer_len`].
     BufferTooSmall {
         /// Bytes needed.
@@ -313,6 +332,11 @@ impl fmt::Display for Error {
             Error::BadUtf8(field) => write!(f, "{field:?} is not UTF-8"),
             Error::BadEnum { field, value } => write!(f, "{field:?} has no value {value}"),
             Error::NonZeroReserved(field) => write!(f, "{field:?}: reserved bits set"),
+            Error::Unaligned {
+                field,
+                value,
+                align,
+            } => write!(f, "{field:?} = {value}, not a multiple of {align}"),
             Error::BufferTooSmall { need, have } => {
                 write!(f, "emit needs {need} bytes, buffer has {have}")
             }
