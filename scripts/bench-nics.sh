@@ -204,8 +204,11 @@ for n in nics:
         })
     rows = [{k: r[k] for k in ("bytes", "iters", "gbps", "gbps_aggregate", "p50_us", "cpu_us")}
             for r in listen["rows"]]
+    # Every NIC carried at least half of an even share of what the listener received.
+    total = sum(i["rx_bytes"] for i in ifaces)
+    spread = total > 0 and all(2 * n * i["rx_bytes"] >= total for i in ifaces)
     runs.append({"nics": n, "devices": listen.get("devices"), "rows": rows,
-                 "interfaces": ifaces, "iperf3": iperf3(d, n)})
+                 "interfaces": ifaces, "spread_ok": spread, "iperf3": iperf3(d, n)})
 
 machine = {"cores": int(cores), "loadavg_start": load0, "loadavg_end": load,
            "kernel": os.uname().release}
@@ -255,7 +258,9 @@ for k, t in enumerate(table):
         print("|" + "|".join("-" * (x + 2) for x in w) + "|")
 
 for r in runs:
-    print(f"\n{r['nics']} NIC(s), channel -> device: {r['devices']}")
+    ok = "yes" if r["spread_ok"] else "NO"
+    print(f"\n{r['nics']} NIC(s), channel -> device: {r['devices']}; every NIC carried at"
+          f" least half an even share: {ok}")
     total = sum(i["rx_bytes"] for i in r["interfaces"]) or 1
     for i in r["interfaces"]:
         print(f"  {i['listener_if']:<12} rx {i['rx_bytes']:>13,} B ({100 * i['rx_bytes'] / total:5.1f} %)"
