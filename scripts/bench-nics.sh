@@ -15,13 +15,14 @@
 #   scripts/bench-nics.sh --install             # apt-get install iperf3 if it is missing
 #   scripts/bench-nics.sh --nics "1 2 4" --sizes 1M,16M,64M --channels 4 --iters 20
 #   scripts/bench-nics.sh --no-build            # use the tcpx already in target/release
+#   scripts/bench-nics.sh --iperf3-secs 5       # iperf3 time per NIC count (default 2)
 #
 # Needs root (ip netns). Exits 0 with a SKIP line when network namespaces are not permitted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 json=0 install=0 build=1 nics="1 2 4" sizes="1M,16M,64M" channels=4 iters="" secs=2
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
 while (($#)); do
     case $1 in
         --json) json=1 ;;
