@@ -166,13 +166,20 @@ impl<const N: usize> RequestRing<N> {
         self.tested == self.posted
     }
 
+    /// The request the next [`Self::post`] makes, without making it (a caller that may still
+    /// give up on the post looks first).
+    pub const fn next_post(&self) -> Result<Req, RingError> {
+        if self.is_full() {
+            Err(RingError::Full)
+        } else {
+            Ok(Self::req(self.posted))
+        }
+    }
+
     /// Posts the next request: its slot, or [`RingError::Full`] while all `N` are held (a
     /// slot is reused only after its previous request released it).
     pub fn post(&mut self) -> Result<Req, RingError> {
-        if self.is_full() {
-            return Err(RingError::Full);
-        }
-        let r = Self::req(self.posted);
+        let r = self.next_post()?;
         self.posted += 1;
         Ok(r)
     }
@@ -401,7 +408,9 @@ mod tests {
                 let before = r.clone();
                 match op {
                     Op::Post => {
+                        let peek = r.next_post();
                         let got = r.post();
+                        prop_assert_eq!(peek, got);
                         if held.len() == N {
                             prop_assert_eq!(got, Err(RingError::Full));
                             prop_assert_eq!(&r, &before);

@@ -14,9 +14,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tcpx_core::abi::{DevHandle, NET_DEVICE_UNPACK, NET_UNPACK_VERSION};
+use tcpx_core::ring::{Release, Req, RequestRing, TCPX_REQUESTS};
 use tcpx_core::unpack::{
-    slot_of, LoadMeta, NetUnpackMeta, UnpackDevHandle, ENTRIES_PER_SLOT, MAX_RECV_BYTES, PAGE_SIZE,
+    LoadMeta, NetUnpackMeta, UnpackDevHandle, ENTRIES_PER_SLOT, MAX_RECV_BYTES, PAGE_SIZE,
 };
+use tcpx_core::wire::sock::{SockHandle, SockHello, SockRequestHeader, HEADER_LEN, HELLO_LEN};
 
 use crate::config::{Config, StageKernel};
 use crate::cuda::{self, DeviceMem, DeviceWriter, SendStage, Staging};
@@ -27,8 +29,7 @@ use crate::mem::{OwnedRegion, StageRing};
 use crate::pool::BouncePool;
 use crate::sys::{self, Sock};
 use crate::trace;
-use crate::wire::{self, Handle, Hello, HDR_LEN, HELLO_LEN};
-use crate::worker::{self, FragJob, Job, JobKind, Shared, MAX_REQUESTS};
+use crate::worker::{self, FragJob, Job, JobKind, Shared};
 
 /// How long `close` waits for helper threads before giving up on them.
 const CLOSE_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,6 +45,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn sys_err(ctx: &'static str, e: std::io::Error) -> Error {
     Error::from_errno(ctx, e.raw_os_error().unwrap_or(0))
 }
+
+/// A 17th outstanding request (TCPX refuses it too).
+const TOO_MANY: Error = Error::Internal("more than 16 outstanding requests");
+/// A `test` on any request but the oldest untested one.
+const NOT_OLDEST: Error = Error::Internal("test on a request that is not the oldest");
 
 /// Which comm a [`Request`] belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +122,7 @@ struct Pending {
 
 struct Group {
     conn_id: u64,
-    hello: Hello,
+    hello: SockHello,
     socks: Vec<Option<TcpStream>>,
     /// When its last socket arrived (`Config::accept_delay_ms` counts from there).
     complete_at: Option<Instant>,
@@ -149,7 +155,9 @@ impl ListenComm {
             .local_addr()
             .map_err(|e| sys_err("getsockname", e))?;
         let nonce = sys::random_u64();
-        Handle { addr, nonce }.emit(handle);
+        SockHandle { addr, nonce }
+            .emit(handle)
+            .map_err(|_| Error::InvalidArgument("listen handle too short"))?;
         let cfg = crate::config::current();
         Ok(Box::new(ListenComm {
             listener,
@@ -207,7 +215,8 @@ impl ListenComm {
                 continue;
             }
             let p = self.pending.swap_remove(i);
-            let Some(h) = Hello::parse(&p.buf).filter(|h| h.nonce == self.nonce) else {
+            let hello = SockHello::parse(&p.buf).ok();
+            let Some(h) = hello.filter(|h| h.nonce == self.nonce) else {
                 crate::log_warn("tcpxsock: rejected a connection with a bad hello");
                 continue;
             };
@@ -276,7 +285,7 @@ pub(crate) struct Connecting {
 
 impl Connecting {
     /// Starts every socket's non-blocking connect.
-    pub(crate) fn start(handle: &Handle) -> Result<Box<Self>> {
+    pub(crate) fn start(handle: &SockHandle) -> Result<Box<Self>> {
         let cfg = crate::config::current();
         let conn_id = sys::random_u64();
         let n = cfg.nsocks;
@@ -284,15 +293,17 @@ impl Connecting {
         let mut hellos = Vec::with_capacity(n + 1);
         for i in 0..=n {
             socks.push(sys::connect_start(handle.addr)?);
+            let hello = SockHello {
+                index: i as u8,
+                nsocks: n as u8,
+                nonce: handle.nonce,
+                conn_id,
+                chunk_bytes: cfg.chunk_bytes as u32,
+            };
             hellos.push(
-                Hello {
-                    index: i as u8,
-                    nsocks: n as u8,
-                    nonce: handle.nonce,
-                    conn_id,
-                    chunk_bytes: cfg.chunk_bytes as u32,
-                }
-                .emit(),
+                hello
+                    .to_bytes()
+                    .map_err(|_| Error::InvalidArgument("socket count or chunk size"))?,
             );
         }
         Ok(Box::new(Connecting {
@@ -584,7 +595,7 @@ impl Drop for Core {
 struct SendSlot {
     ptr: *const u8,
     size: usize,
-    hdr: [u8; HDR_LEN],
+    hdr: [u8; HEADER_LEN],
     inline: bool,
     /// How the request is being staged, while it holds a range of the CUDA staging ring
     /// (until it completes).
@@ -592,14 +603,12 @@ struct SendSlot {
 }
 
 struct SendState {
-    posted: u64,
-    tested: u64,
-    /// Next request whose control bytes are still to be written.
-    ctrl_seq: u64,
-    /// Bytes of that request's control message already written.
+    /// Posted, control bytes written, tested (a send's slot is free once tested).
+    requests: RequestRing,
+    /// Bytes of the next request's control message (`requests.next_ctrl()`) already written.
     ctrl_off: usize,
     chunk_ctr: u64,
-    slots: [SendSlot; MAX_REQUESTS],
+    slots: [SendSlot; TCPX_REQUESTS],
     /// Which bytes of the CUDA staging ring live requests hold.
     ring: StageRing,
     err: Option<Error>,
@@ -620,7 +629,7 @@ pub struct SendComm {
     /// The GPU current at `connect` (CUDA machines in TCPX mode): its staging ring's device.
     gpu: Option<usize>,
     st: Mutex<SendState>,
-    reqs: [Request; MAX_REQUESTS],
+    reqs: [Request; TCPX_REQUESTS],
 }
 
 impl SendComm {
@@ -634,18 +643,16 @@ impl SendComm {
             stage_idle_ns: cfg.stage_idle_us as u64 * 1000,
             gpu,
             st: Mutex::new(SendState {
-                posted: 0,
-                tested: 0,
-                ctrl_seq: 0,
+                requests: RequestRing::new(Release::AtTest),
                 ctrl_off: 0,
                 chunk_ctr: 0,
                 slots: [SendSlot {
                     ptr: core::ptr::null(),
                     size: 0,
-                    hdr: [0; HDR_LEN],
+                    hdr: [0; HEADER_LEN],
                     inline: false,
                     staging: None,
-                }; MAX_REQUESTS],
+                }; TCPX_REQUESTS],
                 ring: StageRing::new(cfg.stage_bytes),
                 err: None,
             }),
@@ -673,17 +680,16 @@ impl SendComm {
         if let Some(e) = st.err.or_else(|| self.core.shared.error()) {
             return Err(e);
         }
-        if st.posted - st.tested >= MAX_REQUESTS as u64 {
-            return Err(Error::Internal("more than 16 outstanding requests"));
-        }
+        let Req { seq, slot: idx } = st.requests.next_post().map_err(|_| TOO_MANY)?;
         if size > 0 && data.is_null() {
             return Err(Error::InvalidArgument("NULL send buffer"));
         }
-        let seq = st.posted;
-        let idx = (seq % MAX_REQUESTS as u64) as usize;
         // CUDA payloads never go inline: the control path reads the buffer with the CPU. The
         // header's INLINE flag tells the receiver, so nothing else changes on the wire.
         let inline = size <= self.inline_bytes && (cuda.is_none() || size == 0);
+        let hdr = SockRequestHeader::new(size, inline, seq)
+            .and_then(|h| h.to_bytes())
+            .map_err(|_| Error::InvalidArgument("send of 2 GiB or more"))?;
         let mut base = data.cast_mut();
         let staged = match (cuda, inline) {
             (Some(ord), false) => {
@@ -722,13 +728,13 @@ impl SendComm {
         st.slots[idx] = SendSlot {
             ptr: data,
             size,
-            hdr: wire::emit_header(size as u32, inline, seq),
+            hdr,
             inline,
             staging: staged,
         };
         if inline {
             self.core.shared.remaining[idx].store(0, Ordering::Relaxed);
-        } else if staged.is_none() && self.core.direct_ok(size, seq == st.tested) {
+        } else if staged.is_none() && self.core.direct_ok(size, st.requests.all_tested()) {
             let chunk = st.chunk_ctr;
             st.chunk_ctr += 1;
             if let Err(e) = self.core.send_direct(idx, base, size, chunk) {
@@ -757,7 +763,7 @@ impl SendComm {
             })?;
             st.chunk_ctr += used;
         }
-        st.posted += 1;
+        st.requests.post().map_err(|_| TOO_MANY)?;
         self.progress(&mut st);
         Ok(Some(&self.reqs[idx]))
     }
@@ -786,8 +792,8 @@ impl SendComm {
             return;
         }
         let fd = self.core.ctrl.as_raw_fd();
-        while st.ctrl_seq < st.posted {
-            let s = st.slots[(st.ctrl_seq % MAX_REQUESTS as u64) as usize];
+        while let Some(r) = st.requests.next_ctrl() {
+            let s = st.slots[r.slot];
             let plen = if s.inline { s.size } else { 0 };
             let payload: &[u8] = if plen == 0 {
                 &[]
@@ -796,7 +802,7 @@ impl SendComm {
                 unsafe { core::slice::from_raw_parts(s.ptr, plen) }
             };
             let off = st.ctrl_off;
-            let r = if off < HDR_LEN {
+            let sent = if off < HEADER_LEN {
                 sys::send_nb(
                     fd,
                     &[IoSlice::new(&s.hdr[off..]), IoSlice::new(payload)],
@@ -805,22 +811,19 @@ impl SendComm {
             } else {
                 sys::send_nb(
                     fd,
-                    &[IoSlice::new(&payload[off - HDR_LEN..])],
+                    &[IoSlice::new(&payload[off - HEADER_LEN..])],
                     Sock::Control,
                 )
             };
-            match r {
+            match sent {
                 Ok(Some(n)) => {
                     st.ctrl_off += n;
-                    if st.ctrl_off == HDR_LEN + plen {
-                        st.ctrl_seq += 1;
+                    if st.ctrl_off == HEADER_LEN + plen {
+                        st.requests.pass_ctrl();
                         st.ctrl_off = 0;
                         trace::mark_key(
                             "sock.send.ctrl",
-                            trace::request_key(
-                                Arc::as_ptr(&self.core.shared),
-                                ((st.ctrl_seq - 1) % MAX_REQUESTS as u64) as usize,
-                            ),
+                            trace::request_key(Arc::as_ptr(&self.core.shared), r.slot),
                         );
                     }
                 }
@@ -835,12 +838,10 @@ impl SendComm {
 
     fn test(&self, idx: usize) -> Result<Option<usize>> {
         let mut st = lock(&self.st);
-        if st.tested >= st.posted || (st.tested % MAX_REQUESTS as u64) as usize != idx {
-            return Err(Error::Internal("test on a request that is not the oldest"));
-        }
+        let r = st.requests.testable(idx).map_err(|_| NOT_OLDEST)?;
         self.progress(&mut st);
-        let done =
-            st.ctrl_seq > st.tested && self.core.shared.remaining[idx].load(Ordering::Acquire) == 0;
+        let done = st.requests.ctrl_passed(r)
+            && self.core.shared.remaining[idx].load(Ordering::Acquire) == 0;
         let kernel_lanes = match st.slots[idx].staging {
             Some(Staging::Lanes { lanes, .. }) => lanes,
             _ => 0,
@@ -858,7 +859,7 @@ impl SendComm {
                 "sock.send.done",
                 trace::request_key(Arc::as_ptr(&self.core.shared), idx),
             );
-            st.tested += 1;
+            st.requests.complete(r).map_err(|_| NOT_OLDEST)?;
             if st.slots[idx].staging.is_some() {
                 st.ring.give_oldest();
             }
@@ -906,8 +907,6 @@ struct RecvSlot {
     cap: usize,
     size: usize,
     inline: bool,
-    /// Header read and payload either landed inline or handed to the helpers.
-    ctrl_done: bool,
     /// This request lands in bounce pages + LoadMeta (a CUDA buffer, or any buffer with
     /// `Config::host_bounce`); otherwise straight into `ptr`.
     bounce: bool,
@@ -1000,16 +999,16 @@ impl Unpack {
 }
 
 struct RecvState {
-    posted: u64,
-    tested: u64,
-    consumed: u64,
-    rx_seq: u64,
+    /// Posted, header read and payload landed inline or handed on (control passed), tested,
+    /// consumed (TCPX mode; host receives free their slot when tested).
+    requests: RequestRing,
+    /// Where the control stream is in the next request's (`requests.next_ctrl()`).
     rx: RxPhase,
     stage: Box<[u8]>,
     st_lo: usize,
     st_hi: usize,
     chunk_ctr: u64,
-    slots: [RecvSlot; MAX_REQUESTS],
+    slots: [RecvSlot; TCPX_REQUESTS],
     /// The request the calling thread is receiving itself, if any.
     direct: Option<Direct>,
     err: Option<Error>,
@@ -1026,7 +1025,7 @@ pub struct RecvComm {
     /// `Config::host_bounce`: host receives go through bounce pages too (CPU-oracle testing).
     host_bounce: bool,
     st: Mutex<RecvState>,
-    reqs: [Request; MAX_REQUESTS],
+    reqs: [Request; TCPX_REQUESTS],
 }
 
 // SAFETY: the raw pointers in `unpack` are owned allocations of this comm.
@@ -1054,7 +1053,7 @@ pub struct UnpackView {
 impl RecvComm {
     fn new(
         socks: Vec<TcpStream>,
-        hello: &Hello,
+        hello: &SockHello,
         cfg: &Config,
         gpu: Option<usize>,
     ) -> Result<Box<Self>> {
@@ -1064,20 +1063,17 @@ impl RecvComm {
         } else {
             None
         };
-        let (npages, nfrags) = if unpack.is_some() {
-            (MAX_PAGES_PER_REQ, ENTRIES_PER_SLOT)
+        let (npages, nfrags, release) = if unpack.is_some() {
+            (MAX_PAGES_PER_REQ, ENTRIES_PER_SLOT, Release::AtConsume)
         } else {
-            (0, 0)
+            (0, 0, Release::AtTest)
         };
         let mut c = Box::new(RecvComm {
             core,
             unpack,
             host_bounce: cfg.host_bounce,
             st: Mutex::new(RecvState {
-                posted: 0,
-                tested: 0,
-                consumed: 0,
-                rx_seq: 0,
+                requests: RequestRing::new(release),
                 rx: RxPhase::Header,
                 stage: vec![0u8; STAGE_BYTES].into_boxed_slice(),
                 st_lo: 0,
@@ -1088,7 +1084,6 @@ impl RecvComm {
                     cap: 0,
                     size: 0,
                     inline: false,
-                    ctrl_done: false,
                     bounce: false,
                     cuda: false,
                     pages: vec![0u32; npages].into_boxed_slice(),
@@ -1151,9 +1146,7 @@ impl RecvComm {
             return Err(e);
         }
         // Done-but-unconsumed receives count in TCPX mode ("unable to allocate requests").
-        if st.posted - st.consumed >= MAX_REQUESTS as u64 {
-            return Err(Error::Internal("more than 16 outstanding requests"));
-        }
+        let idx = st.requests.next_post().map_err(|_| TOO_MANY)?.slot;
         let (bounce, linear) = match self.unpack.as_ref() {
             None if cuda => return Err(Error::InvalidArgument("CUDA receive on a host-only comm")),
             None => (false, false),
@@ -1169,19 +1162,17 @@ impl RecvComm {
         if (!bounce || linear) && cap > 0 && data.is_null() {
             return Err(Error::InvalidArgument("NULL receive buffer"));
         }
-        let idx = (st.posted % MAX_REQUESTS as u64) as usize;
         let s = &mut st.slots[idx];
         s.ptr = data;
         s.cap = cap;
         s.size = 0;
         s.inline = false;
-        s.ctrl_done = false;
         s.bounce = bounce;
         s.cuda = cuda;
         s.npages = 0;
         s.nfrags = 0;
         s.dest = None;
-        st.posted += 1;
+        st.requests.post().map_err(|_| TOO_MANY)?;
         self.progress(&mut st);
         Ok(&self.reqs[idx])
     }
@@ -1230,24 +1221,26 @@ impl RecvComm {
     }
 
     fn progress_inner(&self, st: &mut RecvState) -> Result<()> {
-        while st.rx_seq < st.posted {
-            let idx = (st.rx_seq % MAX_REQUESTS as u64) as usize;
+        while let Some(r) = st.requests.next_ctrl() {
+            let idx = r.slot;
             match st.rx {
                 RxPhase::Header => {
-                    if !self.fill(st, HDR_LEN)? {
+                    if !self.fill(st, HEADER_LEN)? {
                         return Ok(());
                     }
-                    let (size, inline, seq) = wire::parse_header(&st.stage[st.st_lo..]);
-                    st.st_lo += HDR_LEN;
-                    if seq != st.rx_seq as u32 {
+                    let lo = st.st_lo;
+                    let h = SockRequestHeader::parse(&st.stage[lo..lo + HEADER_LEN])
+                        .map_err(|_| Error::Internal("request header"))?;
+                    st.st_lo += HEADER_LEN;
+                    if !h.is_for(r.seq) {
                         return Err(Error::Remote("control stream out of sequence"));
                     }
                     let s = &mut st.slots[idx];
-                    if size as usize > s.cap {
+                    if h.size as usize > s.cap {
                         return Err(Error::Internal("peer sent more bytes than posted"));
                     }
-                    s.size = size as usize;
-                    s.inline = inline;
+                    s.size = h.size as usize;
+                    s.inline = h.inline;
                     st.rx = RxPhase::Pages;
                     trace::mark_key(
                         "sock.recv.header",
@@ -1255,7 +1248,7 @@ impl RecvComm {
                     );
                 }
                 RxPhase::Pages => {
-                    if !self.reserve_pages(st, idx) {
+                    if !self.reserve_pages(st, r) {
                         // Pool exhausted: the request waits for irecvConsumed.
                         return Ok(());
                     }
@@ -1266,7 +1259,7 @@ impl RecvComm {
                         let s = &st.slots[idx];
                         // Every earlier request tested: no helper has work, and no direct
                         // receive is in progress (its request would be untested).
-                        let idle = st.tested == st.rx_seq;
+                        let idle = st.requests.tested() == r.seq;
                         if !s.bounce && self.core.direct_ok(s.size, idle) {
                             let (ptr, size, chunk) = (s.ptr, s.size, st.chunk_ctr);
                             st.direct = Some(self.core.start_direct(idx, ptr, size, chunk));
@@ -1283,8 +1276,7 @@ impl RecvComm {
                             );
                             self.dispatch(st, idx)?;
                         }
-                        st.slots[idx].ctrl_done = true;
-                        st.rx_seq += 1;
+                        st.requests.pass_ctrl();
                         st.rx = RxPhase::Header;
                     }
                 }
@@ -1294,8 +1286,7 @@ impl RecvComm {
                         st.rx = RxPhase::Inline { off };
                         return Ok(());
                     }
-                    st.slots[idx].ctrl_done = true;
-                    st.rx_seq += 1;
+                    st.requests.pass_ctrl();
                     st.rx = RxPhase::Header;
                     trace::mark_key(
                         "sock.recv.inline",
@@ -1309,17 +1300,16 @@ impl RecvComm {
 
     /// TCPX mode: takes a bounce receive's pages and writes its fragment entries into its slot
     /// (and the slot's private copy); false while the pool has too few pages.
-    fn reserve_pages(&self, st: &mut RecvState, idx: usize) -> bool {
+    fn reserve_pages(&self, st: &mut RecvState, r: Req) -> bool {
         let Some(u) = self.unpack.as_ref() else {
             return true;
         };
-        let RecvState { slots, rx_seq, .. } = st;
-        let s = &mut slots[idx];
+        let s = &mut st.slots[r.slot];
         if !s.bounce {
             // Lands in the user buffer; its slot still gets cnt = 0 at test.
             return true;
         }
-        let layout = Layout::new(s.size, u.shape, u.seed.wrapping_add(*rx_seq));
+        let layout = Layout::new(s.size, u.shape, u.seed.wrapping_add(r.seq));
         let n = layout.pages();
         // Pages come from the GPU's pool, which other comms draw from too; the receive waits
         // (this comm's next call retries) until all its pages are free at once.
@@ -1327,7 +1317,7 @@ impl RecvComm {
             return false;
         }
         s.npages = n;
-        let slot = slot_of(*rx_seq);
+        let slot = r.slot;
         let meta = u.meta.region.host.cast::<NetUnpackMeta>();
         let mut k = 0;
         for f in layout.frags() {
@@ -1442,12 +1432,11 @@ impl RecvComm {
 
     fn test(&self, idx: usize) -> Result<Option<usize>> {
         let mut st = lock(&self.st);
-        if st.tested >= st.posted || (st.tested % MAX_REQUESTS as u64) as usize != idx {
-            return Err(Error::Internal("test on a request that is not the oldest"));
-        }
+        let r = st.requests.testable(idx).map_err(|_| NOT_OLDEST)?;
         self.progress(&mut st);
         let s = &st.slots[idx];
-        let done = s.ctrl_done && self.core.shared.remaining[idx].load(Ordering::Acquire) == 0;
+        let done = st.requests.ctrl_passed(r)
+            && self.core.shared.remaining[idx].load(Ordering::Acquire) == 0;
         if done {
             trace::mark_key(
                 "sock.recv.done",
@@ -1461,15 +1450,11 @@ impl RecvComm {
                 fence(Ordering::Release);
                 // SAFETY: `meta` is this comm's table; the slot index is < 16.
                 unsafe {
-                    core::ptr::addr_of_mut!((*meta).cnt[slot_of(st.tested)])
-                        .write_volatile(s.nfrags as u64)
+                    core::ptr::addr_of_mut!((*meta).cnt[r.slot]).write_volatile(s.nfrags as u64)
                 };
             }
-            st.tested += 1;
-            if self.unpack.is_none() {
-                // Host mode: nothing is held once tested.
-                st.consumed = st.tested;
-            }
+            // Host mode (`Release::AtTest`): nothing is held once tested.
+            st.requests.complete(r).map_err(|_| NOT_OLDEST)?;
             return Ok(Some(size));
         }
         match st.err.or_else(|| self.core.shared.error()) {
@@ -1486,18 +1471,15 @@ impl RecvComm {
             // Host mode frees requests at test; nothing is held.
             return Ok(());
         }
-        if st.consumed >= st.tested || (st.consumed % MAX_REQUESTS as u64) as usize != idx {
-            return Err(Error::Internal(
-                "irecvConsumed out of order or before test reported done",
-            ));
-        }
+        st.requests.consume(idx).map_err(|_| {
+            Error::Internal("irecvConsumed out of order or before test reported done")
+        })?;
         let u = self.unpack.as_ref().expect("TCPX mode checked above");
         let s = &mut st.slots[idx];
         u.bounce.give(&s.pages[..s.npages]);
         s.npages = 0;
         s.nfrags = 0;
         s.dest = None;
-        st.consumed += 1;
         // Pages freed: a request waiting for the pool may go on.
         self.progress(&mut st);
         Ok(())

@@ -23,8 +23,8 @@ pub const MAX_DIRECT_BYTES: usize = 1 << 20;
 /// comms of that GPU: NCCL has at most 4 MiB in flight per receive connection, so this covers
 /// about 60 connections receiving at once.
 pub const DEFAULT_BOUNCE_BYTES: usize = 256 << 20;
-/// Most data sockets per comm.
-pub const MAX_NSOCKS: usize = 16;
+/// Most data sockets per comm (what a hello may announce).
+pub const MAX_NSOCKS: usize = tcpx_core::wire::sock::MAX_SOCKETS;
 /// Default CUDA staging ring per send comm: 32 requests of 512 KiB, 4 of TCPX's largest.
 pub const DEFAULT_STAGE_BYTES: usize = 16 << 20;
 /// Default time a lane's staging kernel waits for more work before it exits: long enough to

@@ -496,7 +496,7 @@ pub fn kernel_shares() -> u64 {
 const STAGE_PIECE: u64 = 64 << 10;
 /// Longest pause between two polls of an idle lane's queue.
 const STAGE_POLL_NS: u32 = 8_000;
-const SLOTS: usize = crate::worker::MAX_REQUESTS;
+const SLOTS: usize = tcpx_core::ring::TCPX_REQUESTS;
 
 /// The staging kernel, loaded once per device (a module per comm would cost each comm time and
 /// device memory) and kept for the process lifetime like the primary contexts.
@@ -721,7 +721,7 @@ pub(crate) struct SendStage {
     len: usize,
     stream: sys::CUstream,
     /// Per request slot.
-    done: [sys::CUevent; crate::worker::MAX_REQUESTS],
+    done: [sys::CUevent; tcpx_core::ring::TCPX_REQUESTS],
     /// The staging kernel's lanes, when on and loadable.
     lanes: Option<StageLanes>,
 }
@@ -768,7 +768,7 @@ impl SendStage {
                 ring: Pinned::new(len)?,
                 len,
                 stream: core::ptr::null_mut(),
-                done: [core::ptr::null_mut(); crate::worker::MAX_REQUESTS],
+                done: [core::ptr::null_mut(); tcpx_core::ring::TCPX_REQUESTS],
                 lanes: None,
             };
             // Each handle is stored as soon as it exists, so Drop frees whatever was made

@@ -7,12 +7,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use tcpx_core::abi::v7::Properties;
 use tcpx_core::abi::{result, DevHandle, Logger, NcclResult, HANDLE_MAX_SIZE, PTR_CUDA, PTR_HOST};
 use tcpx_core::abi::{NET_DEVICE_HOST, NET_DEVICE_UNPACK, NET_UNPACK_VERSION};
-
 use tcpx_core::unpack::PAGE_SIZE;
+use tcpx_core::wire::sock::SockHandle;
 
 use crate::comm::{unpack_device, Connecting, ListenComm, RecvComm, Request, SendComm};
 use crate::error::{Error, Result};
-use crate::wire::{Handle, HANDLE_STAGE_OFF};
 use crate::{config, cuda, dev};
 
 /// Runs `f`, turning errors into their code and panics into `ncclInternalError`.
@@ -154,9 +153,9 @@ pub(crate) unsafe extern "C" fn connect(
         let slot = out(send_comm, "sendComm")?;
         *slot = core::ptr::null_mut();
         let hb = handle_bytes(handle)?;
-        let h = Handle::parse(hb).ok_or(Error::InvalidArgument("not a tcpxsock handle"))?;
-        let stage_field = &mut hb[HANDLE_STAGE_OFF..HANDLE_STAGE_OFF + 8];
-        let raw = u64::from_le_bytes(stage_field.try_into().expect("8 bytes")) as usize;
+        let not_ours = |_| Error::InvalidArgument("not a tcpxsock handle");
+        let h = SockHandle::parse(hb).map_err(not_ours)?;
+        let raw = SockHandle::stage(hb).map_err(not_ours)? as usize;
         // The connect in progress lives in the caller's handle between calls.
         let mut stage = if raw == 0 {
             Connecting::start(&h)?
@@ -173,17 +172,17 @@ pub(crate) unsafe extern "C" fn connect(
         }
         match stage.step() {
             Ok(true) => {
-                stage_field.fill(0);
+                SockHandle::set_stage(hb, 0).map_err(not_ours)?;
                 *slot = Box::into_raw(stage.finish()?).cast();
                 Ok(())
             }
             Ok(false) => {
                 let p = Box::into_raw(stage) as usize as u64;
-                stage_field.copy_from_slice(&p.to_le_bytes());
+                SockHandle::set_stage(hb, p).map_err(not_ours)?;
                 Ok(())
             }
             Err(e) => {
-                stage_field.fill(0);
+                SockHandle::set_stage(hb, 0).map_err(not_ours)?;
                 Err(e)
             }
         }

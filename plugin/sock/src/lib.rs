@@ -41,7 +41,6 @@ pub mod mem;
 mod pool;
 mod sys;
 pub mod trace;
-pub mod wire;
 mod worker;
 
 pub use comm::{direct_requests, RecvComm, UnpackView};
@@ -49,7 +48,6 @@ pub use config::{configure, Config, StageKernel};
 pub use cuda::CudaMappedAllocator;
 pub use error::Error;
 pub use mem::{set_mapped_allocator, HostAllocator, MappedAllocator, MappedRegion};
-pub use worker::MAX_REQUESTS;
 
 /// The plugin's name field.
 pub const NAME: &core::ffi::CStr = c"tcpxsock";

@@ -205,7 +205,7 @@ pub(crate) struct StageRing {
     cap: usize,
     /// Offset of every live range, oldest first (at most one per request slot); a range ends
     /// where `head` was when the next one was taken, so only starts are kept.
-    live: Window<usize, { crate::worker::MAX_REQUESTS }>,
+    live: Window<usize, { tcpx_core::ring::TCPX_REQUESTS }>,
     /// Where the next range goes if it fits.
     head: usize,
 }
@@ -317,7 +317,7 @@ mod tests {
         }
     }
 
-    const MAX_TEST_LIVE: usize = crate::worker::MAX_REQUESTS;
+    const MAX_TEST_LIVE: usize = tcpx_core::ring::TCPX_REQUESTS;
 
     #[test]
     fn pool_is_a_permutation_and_refuses_overdraw() {

@@ -11,6 +11,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use tcpx_core::ring::TCPX_REQUESTS;
 use tcpx_core::unpack::LoadMeta;
 
 use crate::cuda::{Copies, DeviceWriter, Landing, SendStage, Staging};
@@ -19,10 +20,8 @@ use crate::frag::{pieces, Dest};
 use crate::sys;
 use crate::trace;
 
-/// Outstanding requests per comm (TCPX's limit).
-pub const MAX_REQUESTS: usize = 16;
 /// Jobs a lane can hold; a request puts at most one job on each lane.
-const LANE_CAP: usize = 2 * MAX_REQUESTS;
+const LANE_CAP: usize = 2 * TCPX_REQUESTS;
 /// Fragments handed to one `recvmsg` in TCPX mode.
 const IOV_BATCH: usize = 64;
 
@@ -156,7 +155,7 @@ pub(crate) struct Shared {
     has_error: AtomicBool,
     error: Mutex<Option<Error>>,
     /// Per request slot: lanes that still have to finish their job.
-    pub remaining: [AtomicU32; MAX_REQUESTS],
+    pub remaining: [AtomicU32; TCPX_REQUESTS],
     pub lanes: Vec<Lane>,
     pub chunk_bytes: usize,
     /// `Config::stream_bounce`.
