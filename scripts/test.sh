@@ -52,7 +52,13 @@ step "TCPX mode: engine, C API, tcpx bench and NIXL against tcpxsock behaving as
         --test engine_forced_unpack
     cargo test -p tcpx-p2p
     TCPX_SOCK_IFNAME=lo ./target/debug/tcpx bench --loopback --size 4K,1M --iters 20 --verify
-    TCPX_PLUGIN_DIR="$root/target/plugins" .venv/bin/python -m pytest -q tests/nixl
+    # tests/nixl as users get NIXL: `import nixl` (the meta package, which picks nixl-cu13
+    # here: no torch) and the plugin put in place by `tcpx nixl install`, no NIXL_PLUGIN_DIR
+    # (the run above covers nixl-cu12 imported directly, with NIXL_PLUGIN_DIR).
+    py13=$(bash scripts/nixl-venv.sh meta-cu13 "$root/.tools/nixl-venvs/meta-cu13")
+    ./target/debug/tcpx nixl install --python "$py13"
+    env -u NIXL_PLUGIN_DIR -u TCPX_PLUGIN_DIR TCPX_NIXL_MODULE=nixl TCPX_NIXL_PLUGIN=installed \
+        "$py13" -m pytest -q tests/nixl
     (cd python/tests && TCPX_SOCK_IFNAME=lo ../../.venv/bin/python -m pytest -q .)
 )
 

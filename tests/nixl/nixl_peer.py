@@ -40,7 +40,6 @@ import time
 import weakref
 
 HERE = pathlib.Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 REPLY_BOUND_S = 120
 # Pattern period: a block this long is computed once per seed, every other block of a range
 # is it XOR a byte that depends on the block's index.
@@ -62,22 +61,17 @@ def pattern(n, seed):
 
 def ucx_reason():
     """None when the wheel has a UCX plugin, else why not (for SKIP messages)."""
-    import importlib.util
+    from nixl_wheel import ucx_reason
 
-    spec = importlib.util.find_spec("nixl_cu12")
-    site = pathlib.Path(spec.origin).resolve().parents[1]
-    if not (site / ".nixl_cu12.mesonpy.libs" / "plugins" / "libplugin_UCX.so").is_file():
-        return "the nixl-cu12 wheel has no UCX plugin"
-    return None
+    return ucx_reason()
 
 
-def ucx_env(tcpx_plugin):
-    """Environment for a peer that runs NIXL's UCX backend over TCP (UCX_TLS=tcp): the wheel's
-    UCX plugin linked next to ours, its libraries on LD_LIBRARY_PATH (docs/NIXL.md)."""
-    sys.path.insert(0, str(REPO / "benches" / "nixl"))
-    from nixl_bench import plugin_env  # noqa: E402
+def ucx_env():
+    """Environment for a peer that runs NIXL's UCX backend over TCP (UCX_TLS=tcp): the
+    wheel's UCX plugin beside ours (nixl_wheel.ucx_env, docs/NIXL.md)."""
+    from nixl_wheel import ucx_env
 
-    return plugin_env(tcpx_plugin, "DRAM")
+    return ucx_env()
 
 
 # ---------------------------------------------------------------------------- client side
@@ -229,7 +223,7 @@ def check_range(array, off, n, seed):
 
 def _serve(name, port, params, backend):
     import numpy as np
-    from nixl_cu12 import nixl_agent, nixl_agent_config
+    from nixl_wheel import errors, nixl_agent, nixl_agent_config
 
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
@@ -238,7 +232,6 @@ def _serve(name, port, params, backend):
         out.write(json.dumps(kw) + "\n")
 
     state = {"agent": None, "bufs": {}, "regs": {}, "handles": {}, "prepped": []}
-    errors = __import__("importlib").import_module("nixl_cu12._bindings")
 
     def create(port):
         if params is None:

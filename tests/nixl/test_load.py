@@ -1,40 +1,38 @@
-"""The TCPX backend plugin loaded by the real NIXL wheel (nixl-cu12 1.5.1) and driven from
-Python: plugin discovery, options, creation errors, DRAM registration, transfers an agent
-makes to itself (WRITE, READ, repost, several descriptors) with notifications, argument
-errors, and metadata exchange between two agents.
+"""The TCPX backend plugin loaded by the real NIXL wheel (nixl-cu12 or nixl-cu13 1.5.1,
+imported directly or through the `nixl` meta package) and driven from Python: plugin
+discovery, options, creation errors, DRAM registration, transfers an agent makes to itself
+(WRITE, READ, repost, several descriptors) with notifications, argument errors, and metadata
+exchange between two agents.
 
 Run with the venv from scripts/nixl-venv.sh after building the plugin:
-    cargo build --release -p tcpx-nixl
-    mkdir -p target/plugins && cp target/release/libplugin_TCPX.so target/plugins/
+    cargo build -p tcpx-nixl -p tcpx-sock && scripts/collect-plugins.sh debug
     .venv/bin/python -m pytest tests/nixl
-TCPX_PLUGIN_DIR overrides the plugin directory (default <repo>/target/plugins).
+or with the plugin installed into the wheel (no NIXL_PLUGIN_DIR), as CI's TCPX-mode run does:
+    target/debug/tcpx nixl install --python PY && PY -m pytest tests/nixl
+nixl_wheel.py says which NIXL is imported (TCPX_NIXL_MODULE) and where the plugin is found
+(NIXL_PLUGIN_DIR, TCPX_PLUGIN_DIR, the wheel's own folder, <repo>/target/plugins).
 """
 
-import importlib
+import filecmp
 import itertools
 import os
-import pathlib
 import shutil
 import subprocess
 import time
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-PLUGIN_DIR = pathlib.Path(os.environ.get("TCPX_PLUGIN_DIR", REPO / "target" / "plugins"))
+# Settles which NIXL and which plugin folder before any agent exists (libnixl reads
+# NIXL_PLUGIN_DIR when the first agent is created).
+from nixl_wheel import BUILT_DIR, INSTALLED, PLUGIN, PLUGIN_DIR, errors  # noqa: F401
+from nixl_wheel import nixl_agent, nixl_agent_config
 
-# libnixl reads NIXL_PLUGIN_DIR (which replaces the wheel's own plugin folder) when the first
-# agent is created; set it before anything NIXL runs.
-os.environ["NIXL_PLUGIN_DIR"] = str(PLUGIN_DIR)
 # Transfers between agents run over the embedded tcpxsock; keep them on loopback (read when
 # the first data session opens).
 os.environ.setdefault("TCPX_SOCK_IFNAME", "lo")
 
 import numpy as np  # noqa: E402
-from nixl_cu12 import nixl_agent, nixl_agent_config  # noqa: E402
 from cuda_mem import gpu_reason  # noqa: E402
-
-errors = importlib.import_module("nixl_cu12._bindings")
 
 DEFAULT_OPTIONS = {
     "channels": "2",
@@ -58,12 +56,23 @@ _names = itertools.count()
 
 
 def test_plugin_file_is_present():
-    assert (PLUGIN_DIR / "libplugin_TCPX.so").is_file(), f"build the plugin into {PLUGIN_DIR}"
+    assert PLUGIN.is_file(), f"build the plugin into {PLUGIN_DIR}"
+
+
+@pytest.mark.skipif(not INSTALLED, reason="the plugin comes from NIXL_PLUGIN_DIR")
+def test_installed_plugin_is_the_built_one():
+    """Installed into the wheel's folder: the copy there must be the plugin the build made, or
+    the suite would test an older one (`tcpx nixl install` again after building)."""
+    built = BUILT_DIR / PLUGIN.name
+    if not built.is_file():
+        pytest.skip(f"no built plugin in {BUILT_DIR} to compare with")
+    assert filecmp.cmp(PLUGIN, built, shallow=False), (
+        f"{PLUGIN} differs from {built}: run tcpx nixl install again")
 
 
 @pytest.mark.skipif(shutil.which("nm") is None, reason="needs binutils nm")
 def test_plugin_links_no_nixl_symbol_and_exports_the_entry_points():
-    so = str(PLUGIN_DIR / "libplugin_TCPX.so")
+    so = str(PLUGIN)
     undefined = subprocess.run(
         ["nm", "-D", "-C", "--undefined-only", so], check=True, capture_output=True, text=True
     ).stdout

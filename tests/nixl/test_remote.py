@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-# test_load sets NIXL_PLUGIN_DIR and TCPX_SOCK_IFNAME=lo before any agent exists.
+# test_load settles NIXL_PLUGIN_DIR and TCPX_SOCK_IFNAME=lo before any agent exists.
 from test_load import Registered, errors, make_agent, pattern, wait_remote
 
 BOUND_S = 60

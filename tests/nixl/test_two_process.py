@@ -24,9 +24,8 @@ import time
 import numpy as np
 import pytest
 
-# test_load sets NIXL_PLUGIN_DIR and TCPX_SOCK_IFNAME=lo (inherited by the peers).
-from test_load import errors, pattern
-from nixl_cu12 import nixl_agent, nixl_agent_config
+# test_load settles NIXL_PLUGIN_DIR and TCPX_SOCK_IFNAME=lo (inherited by the peers).
+from test_load import errors, nixl_agent, nixl_agent_config, pattern
 from nixl_peer import Peer, free_port
 
 BOUND_S = 120

@@ -29,13 +29,13 @@ import time
 
 import pytest
 
-# test_load sets NIXL_PLUGIN_DIR and TCPX_SOCK_IFNAME=lo (inherited by the peers).
-from test_load import PLUGIN_DIR, errors, make_agent
+# test_load settles NIXL_PLUGIN_DIR and TCPX_SOCK_IFNAME=lo (inherited by the peers).
+from test_load import BUILT_DIR, errors, make_agent
 from nixl_peer import Peer, PeerError, link, ucx_env, ucx_reason
 
 BOUND_S = 180
-TCPX_PLUGIN = PLUGIN_DIR / "libplugin_TCPX.so"
-SOCK_PLUGIN = PLUGIN_DIR / "libnccl-net-tcpxsock.so"
+# tcpxsock as an ncclNet plugin of its own (plugin_path), from the build.
+SOCK_PLUGIN = BUILT_DIR / "libnccl-net-tcpxsock.so"
 PARAMS = {"timeout_ms": "10000"}
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 _count = itertools.count()
@@ -61,7 +61,7 @@ def peer(backend, role, params=None, env=None, **kw):
     """A peer process running `backend`; TCPX gets `params` (default: PARAMS), UCX none."""
     name = f"par-{role}-{backend.lower()}-{next(_count)}"
     if backend == "UCX":
-        return Peer(name, {}, env={**ucx_env(TCPX_PLUGIN), **(env or {})}, backend="UCX")
+        return Peer(name, {}, env={**ucx_env(), **(env or {})}, backend="UCX")
     return Peer(name, PARAMS if params is None else params, env=env, **kw)
 
 

@@ -8,7 +8,7 @@ Skips without a CUDA device; REQUIRE_GPU=1 turns the skip into a failure.
 import numpy as np
 import pytest
 
-# test_load sets NIXL_PLUGIN_DIR and TCPX_SOCK_IFNAME=lo before any agent exists.
+# test_load settles NIXL_PLUGIN_DIR and TCPX_SOCK_IFNAME=lo before any agent exists.
 from test_load import make_agent, pattern, wait_done, wait_remote
 from cuda_mem import DeviceBuffer, require_gpu
 
