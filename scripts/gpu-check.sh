@@ -13,7 +13,8 @@
 #   kernels    unpack throughput vs cuMemcpy{DtoD,HtoD}, launch latency (unpack_bench)
 #   engine     tcpx bench VRAM/DRAM paths vs DRAM->DRAM (scripts/bench-gpu.sh), 2 and 4 channels
 #   nixl       NIXL VRAM tests, and TCPX vs UCX (tcp,cuda_copy) VRAM and DRAM with 4 channels
-#              (needs python3 that imports nixl_cu12; skipped with a note otherwise)
+#              (needs python3 that imports NIXL: nixl, nixl_cu12 or nixl_cu13; skipped with a
+#              note otherwise)
 #   nccl       real NCCL (PyTorch's) through tcpxsock vs NCCL's Socket: exact collectives with
 #              NCCL's unpack kernel (tests/nccl), then all_reduce bandwidth and 4 KiB latency
 #              side by side (needs python3 that imports torch; skipped with a note otherwise)
@@ -77,12 +78,18 @@ for s in $steps; do
         step bench_gpu env CHANNELS="2 4" bash scripts/bench-gpu.sh "$bundle/bin/tcpx" "$out"
         ;;
     nixl)
-        if ! python3 -c 'import nixl_cu12' 2>/dev/null; then
-            echo "== nixl: python3 cannot import nixl_cu12, not run"
+        # Whichever NIXL python3 imports (tests/nixl/nixl_wheel.py: the `nixl` meta package,
+        # nixl_cu12 or nixl_cu13; TCPX_NIXL_MODULE picks one). On a CUDA 13 image take
+        # nixl-cu13: nixl-cu12's UCX finds no libcudart.so.12 there and refuses VRAM.
+        if ! (cd tests/nixl && python3 -c 'import nixl_wheel; print(nixl_wheel.describe())'); then
+            echo "== nixl: python3 cannot import NIXL, not run"
             continue
         fi
         step nixl_tests env TCPX_PLUGIN_DIR="$bundle/plugins" python3 -m pytest -q \
             tests/nixl/test_vram.py tests/nixl/test_load.py
+        # The vLLM-shaped pull from device memory, TCPX and UCX (UCX's refusal skips).
+        step nixl_kv_vram env TCPX_PLUGIN_DIR="$bundle/plugins" python3 -m pytest -q -rs \
+            tests/nixl/test_kv_pull.py -k vram
         for mem in VRAM DRAM; do
             step "nixl_bench_$mem" python3 benches/nixl/nixl_bench.py \
                 --tcpx-plugin "$bundle/plugins/libplugin_TCPX.so" --mem "$mem" \
