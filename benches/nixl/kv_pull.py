@@ -311,7 +311,7 @@ def block_descs(layout, addrs):
 def make_agent(name, backend, params):
     """An agent with NIXL's metadata listener and exactly one backend, created with
     create_backend (the Python API's only way to pass its options). Returns (agent, port)."""
-    from nixl_cu12 import nixl_agent, nixl_agent_config
+    from nixl_wheel import nixl_agent, nixl_agent_config
 
     for attempt in range(5):
         # free_port() cannot reserve the port: another socket may take it before NIXL binds.

@@ -230,7 +230,7 @@ def backend_params(args, backend):
 
 
 def make_agent(name, port, backend, params):
-    from nixl_cu12 import nixl_agent, nixl_agent_config
+    from nixl_wheel import nixl_agent, nixl_agent_config
 
     agent = nixl_agent(
         name, nixl_agent_config(enable_listen_thread=True, listen_port=port, backends=[])
@@ -666,13 +666,14 @@ def gpu_present():
 def plugin_env(tcpx_plugin, mem):
     """NIXL_PLUGIN_DIR replaces the wheel's plugin folder, so UCX must be linked in. The
     wheel's UCX plugin finds its libraries (libucp, libnixl_common, ...) through
-    RPATH `$ORIGIN/..:$ORIGIN/../../nixl_cu12.libs`, which a link in another folder breaks:
-    those two folders go on LD_LIBRARY_PATH (read at process start, hence the re-exec)."""
-    import importlib.util
+    RPATH `$ORIGIN/..:$ORIGIN/../../<wheel>.libs`, which a link in another folder breaks:
+    those two folders go on LD_LIBRARY_PATH (read at process start, hence the re-exec).
+    The NIXL is whichever tests/nixl/nixl_wheel.py imports (`nixl`, nixl_cu12 or nixl_cu13;
+    TCPX_NIXL_MODULE picks one)."""
+    import nixl_wheel
 
-    spec = importlib.util.find_spec("nixl_cu12")
-    site = pathlib.Path(spec.origin).resolve().parents[1]
-    libs = site / ".nixl_cu12.mesonpy.libs"
+    site = nixl_wheel.SITE
+    libs = nixl_wheel.LIBS
     ucx = libs / "plugins" / "libplugin_UCX.so"
     d = pathlib.Path(tempfile.mkdtemp(prefix="nixl-bench-plugins-"))
     (d / "libplugin_TCPX.so").symlink_to(pathlib.Path(tcpx_plugin).resolve())
@@ -681,7 +682,7 @@ def plugin_env(tcpx_plugin, mem):
     env = dict(os.environ)
     env["NIXL_PLUGIN_DIR"] = str(d)
     env["NIXL_BENCH_PLUGIN_DIR"] = str(d)
-    path = [str(libs), str(site / "nixl_cu12.libs")]
+    path = [str(libs), str(site / f"{nixl_wheel.WHEEL}.libs")]
     if env.get("LD_LIBRARY_PATH"):
         path.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = ":".join(path)

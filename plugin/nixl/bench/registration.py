@@ -61,7 +61,7 @@ def timed_xfer(agent, op, local, remote, peer):
 
 def run(backend, args):
     import numpy as np
-    from nixl_cu12 import nixl_agent, nixl_agent_config
+    from nixl_wheel import nixl_agent, nixl_agent_config
 
     n, size = args.regions, args.region_bytes
     keep = []  # arrays and agents stay alive until the end
