@@ -47,12 +47,11 @@ WIDE = Layout(32, 64, 4096)
 
 
 def ucx_reason():
-    import importlib.util
+    from nixl_peer import ucx_reason as wheel_ucx_reason
 
-    spec = importlib.util.find_spec("nixl_cu12")
-    site = pathlib.Path(spec.origin).resolve().parents[1]
-    if not (site / ".nixl_cu12.mesonpy.libs" / "plugins" / "libplugin_UCX.so").is_file():
-        return "the nixl-cu12 wheel has no UCX plugin"
+    why = wheel_ucx_reason()
+    if why is not None:
+        return why
     # The UCX side does not depend on tcpxsock's mode: the suite's second run (TCPX mode)
     # leaves it out.
     if os.environ.get("TCPX_SOCK_UNPACK", "").strip() not in ("", "0"):
