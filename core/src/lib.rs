@@ -9,6 +9,7 @@ pub mod abi;
 pub mod chunk;
 pub mod plan;
 pub mod ring;
+pub mod size;
 pub mod topology;
 pub mod unpack;
 pub mod window;
