@@ -21,6 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cudarc::driver::{result as cu, CudaContext};
+use tcpx_core::size::{parse_size, Size};
 use tcpx_kernels::mem::DeviceBuffer;
 
 use super::args::Flags;
@@ -175,20 +176,14 @@ impl Options {
     }
 }
 
-/// Parses `4096`, `4K`, `64M`, `1G` (binary multiples).
-pub(super) fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (digits, mult) = match s.as_bytes().last()? {
-        b'k' | b'K' => (&s[..s.len() - 1], 1u64 << 10),
-        b'm' | b'M' => (&s[..s.len() - 1], 1 << 20),
-        b'g' | b'G' => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    digits
-        .parse::<u64>()
-        .ok()?
-        .checked_mul(mult)
-        .filter(|&v| v > 0)
+/// A size flag's value in the one size syntax (`tcpx_core::size`: `4096`, `4K`, `64M`, `1G`;
+/// binary multiples), in `1..=max`; the error names the flag and the value.
+pub(super) fn size_arg(flag: &str, s: &str, max: u64) -> Result<u64, String> {
+    match parse_size(s) {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        Ok(n) => Err(format!("{flag} {s:?}: {n} is not in 1..={}", Size(max))),
+        Err(e) => Err(format!("{flag} {s:?}: {e}")),
+    }
 }
 
 fn parse(args: &[String]) -> BenchResult<Options> {
@@ -247,11 +242,7 @@ fn parse(args: &[String]) -> BenchResult<Options> {
                 let v = value("--size")?;
                 o.sizes = v
                     .split(',')
-                    .map(|s| {
-                        parse_size(s).filter(|&n| n <= MAX_SIZE).ok_or_else(|| {
-                            format!("--size {s:?}: expected 1..=4G (K/M/G suffixes)")
-                        })
-                    })
+                    .map(|s| size_arg("--size", s, MAX_SIZE))
                     .collect::<BenchResult<_>>()?;
                 if o.sizes.len() > MAX_SIZES {
                     return Err(format!("--size: at most {MAX_SIZES} sizes"));
@@ -263,10 +254,8 @@ fn parse(args: &[String]) -> BenchResult<Options> {
             "--window" => o.window = Some(count("--window", value("--window")?)?),
             "--chunk" => {
                 let v = value("--chunk")?;
-                let n = parse_size(&v)
-                    .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(|| format!("--chunk {v:?}: expected a size such as 512K"))?;
-                o.chunk = Some(n);
+                let n = size_arg("--chunk", &v, u64::from(u32::MAX))?;
+                o.chunk = Some(n as u32);
             }
             "--plugin" => o.plugin = Some(PathBuf::from(value("--plugin")?)),
             "--poller" => {
@@ -1886,13 +1875,21 @@ mod tests {
 
     #[test]
     fn parses_sizes_and_options() {
-        assert_eq!(parse_size("4K"), Some(4096));
-        assert_eq!(parse_size("64m"), Some(64 << 20));
-        assert_eq!(parse_size("1G"), Some(1 << 30));
-        assert_eq!(parse_size("1000"), Some(1000));
-        for bad in ["", "0", "K", "-1", "1.5M", "1T"] {
-            assert_eq!(parse_size(bad), None, "{bad:?}");
+        assert_eq!(size_arg("--size", "4K", MAX_SIZE), Ok(4096));
+        assert_eq!(size_arg("--size", "64m", MAX_SIZE), Ok(64 << 20));
+        assert_eq!(size_arg("--size", "4G", MAX_SIZE), Ok(4 << 30));
+        assert_eq!(size_arg("--size", "1000", MAX_SIZE), Ok(1000));
+        for bad in ["", "0", "K", "-1", "1.5M", "1T", "4G1", "4KB"] {
+            let e = size_arg("--size", bad, MAX_SIZE).unwrap_err();
+            assert!(e.starts_with(&format!("--size {bad:?}: ")), "{e}");
         }
+        let e = parse(&args(&["--loopback", "--chunk", "8x"])).unwrap_err();
+        assert!(e.contains("--chunk \"8x\": not a size"), "{e}");
+        let e = parse(&args(&["--loopback", "--size", "1K,5G"])).unwrap_err();
+        assert!(
+            e.contains("--size \"5G\": 5368709120 is not in 1..=4G"),
+            "{e}"
+        );
         let o = parse(&args(&[
             "--loopback",
             "--size=64K,1M",

@@ -71,21 +71,23 @@ fn parse(args: &[String]) -> StreamResult<Options> {
         let mut value = |_: &str| flags.value(&f);
         let list = |name: &str, v: &str, max: u64| -> StreamResult<Vec<u64>> {
             v.split(',')
-                .map(|s| {
-                    super::bench::parse_size(s)
-                        .filter(|&n| n <= max)
-                        .ok_or_else(|| format!("{name} {s:?}: expected 1..={max}"))
-                })
+                .map(|s| super::bench::size_arg(name, s, max))
                 .collect()
         };
         match flag {
             "--size" => o.sizes = list("--size", &value("--size")?, MAX_MESSAGE)?,
             "--nsocks" => {
-                let max = tcpx_sock::config::MAX_NSOCKS as u64;
-                o.nsocks = list("--nsocks", &value("--nsocks")?, max)?
-                    .into_iter()
-                    .map(|n| n as usize)
-                    .collect();
+                let max = tcpx_sock::config::MAX_NSOCKS;
+                o.nsocks = value("--nsocks")?
+                    .split(',')
+                    .map(|s| {
+                        s.trim()
+                            .parse()
+                            .ok()
+                            .filter(|n| (1..=max).contains(n))
+                            .ok_or_else(|| format!("--nsocks {s:?}: expected 1..={max}"))
+                    })
+                    .collect::<StreamResult<_>>()?;
             }
             "--window" => {
                 let v = value("--window")?;
@@ -98,8 +100,7 @@ fn parse(args: &[String]) -> StreamResult<Options> {
             }
             "--bytes" => {
                 let v = value("--bytes")?;
-                o.bytes = super::bench::parse_size(&v)
-                    .ok_or_else(|| format!("--bytes {v:?}: expected a size such as 4G"))?;
+                o.bytes = super::bench::size_arg("--bytes", &v, u64::MAX)?;
             }
             "--plugin" => o.plugin = Some(PathBuf::from(value("--plugin")?)),
             "--device" => {
@@ -513,7 +514,11 @@ mod tests {
             &["--window", "17"],
             &["--window", "0"],
             &["--nsocks", "99"],
+            &["--nsocks", "0"],
+            &["--nsocks", "2K"],
             &["--bytes"],
+            &["--bytes", "0"],
+            &["--bytes", "1Q"],
             &["--what"],
         ] {
             assert!(parse(&args(bad)).is_err(), "{bad:?}");

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tcpx_core::size::parse_size;
 use tcpx_core::topology::Devices;
 use tcpx_core::unpack::MAX_RECV_BYTES;
 
@@ -29,7 +30,8 @@ pub struct Config {
     pub devices: Devices,
     /// Channels (send comm + recv comm pairs) per session.
     pub channels: usize,
-    /// Bytes per chunk (one ncclNet request), at most 4 MiB.
+    /// Bytes per chunk (one ncclNet request), at most 4 MiB. Env `TCPX_CHUNK_BYTES`, in the
+    /// size syntax of `tcpx_core::size` (`512K`).
     pub chunk_bytes: u32,
     /// In-flight chunks per channel and direction.
     pub window: usize,
@@ -86,7 +88,13 @@ impl Config {
             self.channels = parse("TCPX_CHANNELS", &v)?;
         }
         if let Some(v) = get("TCPX_CHUNK_BYTES") {
-            self.chunk_bytes = parse("TCPX_CHUNK_BYTES", &v)?;
+            self.chunk_bytes = size("TCPX_CHUNK_BYTES", &v).and_then(|n| {
+                u32::try_from(n).map_err(|_| {
+                    Error::Config(format!(
+                        "TCPX_CHUNK_BYTES={v:?}: chunk_bytes not in 1..={MAX_RECV_BYTES}"
+                    ))
+                })
+            })?;
         }
         if let Some(v) = get("TCPX_WINDOW") {
             self.window = parse("TCPX_WINDOW", &v)?;
@@ -154,6 +162,11 @@ fn parse<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, Error> {
         .map_err(|_| Error::Config(format!("{name}={v:?} is not a valid number")))
 }
 
+/// A byte count in the one size syntax (`tcpx_core::size`: `524288`, `512K`, `4M`).
+fn size(name: &str, v: &str) -> Result<u64, Error> {
+    parse_size(v).map_err(|e| Error::Config(format!("{name}={v:?}: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +192,23 @@ mod tests {
             .with_vars(vars(&[("TCPX_CHUNK_BYTES", "8388608")]))
             .unwrap_err();
         assert!(e.to_string().contains("chunk_bytes"), "{e}");
+        let c = Config::default()
+            .with_vars(vars(&[("TCPX_CHUNK_BYTES", " 1m ")]))
+            .unwrap();
+        assert_eq!(c.chunk_bytes, 1 << 20, "sizes take K/M/G suffixes");
+        for bad in ["", "x", "512KB", "1.5M", "-1", "99999999999999999999"] {
+            let e = Config::default()
+                .with_vars(vars(&[("TCPX_CHUNK_BYTES", bad)]))
+                .unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("TCPX_CHUNK_BYTES={bad:?}")),
+                "{bad:?}: {e}"
+            );
+        }
+        let e = Config::default()
+            .with_vars(vars(&[("TCPX_CHUNK_BYTES", "8G")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("chunk_bytes not in"), "{e}");
         let e = Config::default()
             .with_vars(vars(&[("TCPX_WINDOW", "17")]))
             .unwrap_err();
