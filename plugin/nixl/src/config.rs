@@ -9,15 +9,18 @@
 //! `nixl_agent_config(backends=["TCPX"])`, which passes no parameters, is configured from the
 //! environment alone.
 //!
-//! A value that does not parse or lies outside its range fails creation with a message that
-//! names the parameter (and the variable it came from); so does an unknown key, because a
-//! misspelt option would otherwise be silently ignored.
+//! Sizes (`*_bytes`) take the one size syntax of every layer (`tcpx_core::size`: `524288`,
+//! `512K`, `64M`; binary multiples). A value that does not parse or lies outside its range
+//! fails creation with a message that names the parameter and the value (and the variable it
+//! came from); so does an unknown key, because a misspelt option would otherwise be silently
+//! ignored.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tcpx::engine::{Config as EngineConfig, Devices};
+use tcpx_core::size::{parse_size, Size};
 use tcpx_core::window::TCPX_WINDOW;
 use tcpx_core::wire::{MAX_CHANNELS, MAX_INLINE, MAX_INLINE_WRITE, MAX_NOTIF};
 
@@ -143,6 +146,23 @@ fn number(key: &str, value: &str, min: u64, max: u64) -> Result<u64, Error> {
     Ok(v)
 }
 
+/// A byte count in the one size syntax (`tcpx_core::size`: `524288`, `512K`, `64M`), in
+/// `min..=max`.
+fn size(key: &str, value: &str, min: u64, max: u64) -> Result<u64, Error> {
+    let v = parse_size(value).map_err(|e| bad(key, format!("{value:?}: {e}")))?;
+    if !(min..=max).contains(&v) {
+        return Err(bad(
+            key,
+            format!(
+                "{v} is outside {min}..={max} ({}..={})",
+                Size(min),
+                Size(max)
+            ),
+        ));
+    }
+    Ok(v)
+}
+
 /// `""` = any address and port; `ip` = that address, any port; `ip:port` / `[ip6]:port`.
 fn listen_addr(key: &str, value: &str) -> Result<SocketAddr, Error> {
     let value = value.trim();
@@ -201,7 +221,12 @@ impl Config {
                 c.apply(key, &v).map_err(|e| match e {
                     Error::Config { key, reason } => Error::Config {
                         key,
-                        reason: format!("{var}={v:?}: {reason}"),
+                        reason: {
+                            // The variable's assignment names the value already.
+                            let quoted = format!("{v:?}: ");
+                            let why = reason.strip_prefix(&quoted).unwrap_or(&reason);
+                            format!("{var}={v:?}: {why}")
+                        },
                     },
                     other => other,
                 })?;
@@ -244,26 +269,22 @@ impl Config {
         let c = self;
         match key {
             "channels" => c.channels = number(key, value, 1, MAX_CHANNELS as u64)? as u16,
-            "chunk_bytes" => {
-                c.chunk_bytes = number(key, value, CHUNK_BYTES.0, CHUNK_BYTES.1)? as u32
-            }
+            "chunk_bytes" => c.chunk_bytes = size(key, value, CHUNK_BYTES.0, CHUNK_BYTES.1)? as u32,
             "window" => c.window = number(key, value, 1, TCPX_WINDOW as u64)? as u16,
             "timeout_ms" => {
                 c.timeout = Duration::from_millis(number(key, value, 1, MAX_TIMEOUT_MS)?)
             }
             "listen_addr" => c.listen_addr = listen_addr(key, value)?,
             "inline_read_bytes" => {
-                c.inline_read_bytes = number(key, value, 0, MAX_INLINE as u64)? as u32
+                c.inline_read_bytes = size(key, value, 0, MAX_INLINE as u64)? as u32
             }
             "inline_write_bytes" => {
-                c.inline_write_bytes = number(key, value, 0, MAX_INLINE_WRITE as u64)? as u32
+                c.inline_write_bytes = size(key, value, 0, MAX_INLINE_WRITE as u64)? as u32
             }
             "notif_queue_bytes" => {
-                c.notif_queue_bytes = number(key, value, NOTIF_QUEUE_BYTES.0, NOTIF_QUEUE_BYTES.1)?
+                c.notif_queue_bytes = size(key, value, NOTIF_QUEUE_BYTES.0, NOTIF_QUEUE_BYTES.1)?
             }
-            "max_notif_bytes" => {
-                c.max_notif_bytes = number(key, value, 0, MAX_NOTIF as u64)? as u32
-            }
+            "max_notif_bytes" => c.max_notif_bytes = size(key, value, 0, MAX_NOTIF as u64)? as u32,
             "devices" => {
                 c.devices = match value.trim() {
                     "" => Devices::Auto,
@@ -380,6 +401,33 @@ mod tests {
     }
 
     #[test]
+    fn sizes_take_suffixes_from_parameters_and_variables() {
+        let c = Config::from_sources(
+            [("chunk_bytes", "1M"), ("inline_read_bytes", "8k")],
+            vars(&[
+                ("TCPX_NIXL_NOTIF_QUEUE_BYTES", "1G"),
+                ("TCPX_NIXL_MAX_NOTIF_BYTES", " 2m "),
+                ("TCPX_NIXL_INLINE_WRITE_BYTES", "16K"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((c.chunk_bytes, c.inline_read_bytes), (1 << 20, 8 << 10));
+        assert_eq!((c.notif_queue_bytes, c.max_notif_bytes), (1 << 30, 2 << 20));
+        assert_eq!(c.inline_write_bytes, 16 << 10);
+        let e = Config::from_params([("chunk_bytes", "512KB")]).unwrap_err();
+        assert!(
+            e.to_string().contains("\"512KB\": not a size"),
+            "names the value and why: {e}"
+        );
+        let e = Config::from_sources([], vars(&[("TCPX_CHUNK_BYTES", "lots")])).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("TCPX_CHUNK_BYTES=\"lots\": not a size"),
+            "names the variable and the value once: {e}"
+        );
+    }
+
+    #[test]
     fn reported_params_parse_back_to_the_same_config() {
         let c = Config::from_params([("channels", "3"), ("timeout_ms", "7"), ("devices", "all")])
             .unwrap();
@@ -464,6 +512,9 @@ mod tests {
             ("TCPX_GPU", "-1", "gpu"),
             ("TCPX_NIXL_LISTEN_ADDR", "nowhere", "listen_addr"),
             ("TCPX_NIXL_MAX_NOTIF_BYTES", "16777217", "max_notif_bytes"),
+            ("TCPX_NIXL_MAX_NOTIF_BYTES", "17M", "max_notif_bytes"),
+            ("TCPX_CHUNK_BYTES", "lots", "chunk_bytes"),
+            ("TCPX_NIXL_NOTIF_QUEUE_BYTES", "64Q", "notif_queue_bytes"),
             (
                 "TCPX_NIXL_INLINE_WRITE_BYTES",
                 "16385",
@@ -519,6 +570,12 @@ mod tests {
             ("devices", "0,0"),
             ("notif_queue_bytes", "4096"),
             ("notif_queue_bytes", "1048576"),
+            ("notif_queue_bytes", "2T"),
+            ("notif_queue_bytes", "64MB"),
+            ("chunk_bytes", ""),
+            ("chunk_bytes", "8M"),
+            ("chunk_bytes", "1.5M"),
+            ("chunk_bytes", "99999999999999999999"),
             ("max_notif_bytes", "16777217"),
             ("inline_read_bytes", "32769"),
             ("inline_write_bytes", "16385"),
