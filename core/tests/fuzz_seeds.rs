@@ -1,5 +1,6 @@
 //! The committed fuzz seeds (`fuzz/seeds/<target>/`) are current: each wire seed still gets
-//! past the header's magic and version checks (a `valid-*` one parses whole), every target
+//! past the header's magic and version checks (a `valid-*` one parses whole; tcpxsock's
+//! handle and hello seeds likewise, its request header ones parse or not), every target
 //! has seeds, and the files are exactly what the generator makes now
 //! (`scripts/fuzz-seeds.sh` rewrites them after a format change).
 
@@ -9,6 +10,8 @@ mod seeds;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use tcpx_core::abi::HANDLE_MAX_SIZE;
+use tcpx_core::wire::sock::{self, SockHandle, SockHello, SockRequestHeader};
 use tcpx_core::wire::{self, Error, Kind, HEADER_LEN, MAGIC, VERSION};
 
 fn seeds_dir() -> PathBuf {
@@ -80,7 +83,7 @@ fn committed_seeds_are_what_the_generator_makes() {
 #[test]
 fn every_fuzz_target_has_seeds() {
     let targets = declared_targets();
-    assert_eq!(targets.len(), 15, "fuzz/Cargo.toml's targets: {targets:?}");
+    assert_eq!(targets.len(), 18, "fuzz/Cargo.toml's targets: {targets:?}");
     let have = committed();
     let mut dirs: Vec<String> = have
         .keys()
@@ -169,6 +172,48 @@ fn check_stream(key: &str, name: &str, b: &[u8]) {
     }
 }
 
+/// A tcpxsock seed: `valid-*` parses and re-emits to the same bytes (a handle over a copy of
+/// the seed, which may be NCCL's whole 128 bytes); `edge-*` is refused, and a handle or hello
+/// one carries the current magic and version and is refused after them.
+fn check_sock(key: &str, target: &str, name: &str, b: &[u8]) {
+    let parsed: Result<Vec<u8>, Error> = match target {
+        "sock_handle" => SockHandle::parse(b).map(|h| {
+            let mut out = b[..b.len().min(HANDLE_MAX_SIZE)].to_vec();
+            assert_eq!(h.emit(&mut out), Ok(sock::HANDLE_LEN), "{key}");
+            assert_eq!(SockHandle::parse(&out), Ok(h), "{key}");
+            out
+        }),
+        "sock_hello" => SockHello::parse(b).map(|h| h.to_bytes().unwrap().to_vec()),
+        "sock_request" => SockRequestHeader::parse(b).map(|h| h.to_bytes().unwrap().to_vec()),
+        _ => unreachable!("{key}"),
+    };
+    if name.starts_with("valid") {
+        let out = parsed.unwrap_or_else(|e| panic!("{key}: {e}"));
+        assert_eq!(out, b, "{key}: re-emit");
+        return;
+    }
+    assert!(
+        name.starts_with("edge"),
+        "{key}: a wire seed is valid-* or edge-*"
+    );
+    if target != "sock_request" {
+        assert!(
+            b.len() >= 6
+                && b[..4] == sock::MAGIC.to_le_bytes()
+                && b[4..6] == sock::VERSION.to_le_bytes(),
+            "{key}: no current magic and version (TXSK, version {})",
+            sock::VERSION
+        );
+    }
+    match parsed {
+        Ok(_) => panic!("{key}: an edge seed parsed"),
+        Err(e @ (Error::BadMagic(_) | Error::BadVersion(_))) => {
+            panic!("{key}: stops at the magic/version check: {e}")
+        }
+        Err(_) => {}
+    }
+}
+
 #[test]
 fn committed_wire_seeds_get_past_the_version_check() {
     let all = committed();
@@ -183,6 +228,9 @@ fn committed_wire_seeds_get_past_the_version_check() {
             (_, Some(kind)) => check_frame(key, name, bytes, Some(kind)),
             ("parse", None) => check_frame(key, name, bytes, None),
             ("frame", None) => check_stream(key, name, bytes),
+            ("sock_handle" | "sock_hello" | "sock_request", None) => {
+                check_sock(key, target, name, bytes)
+            }
             // Operation streams and window/planner events: no header of their own; the
             // generator asserts what each means and the first test pins the bytes.
             ("machines" | "control", None) => continue,
@@ -195,7 +243,7 @@ fn committed_wire_seeds_get_past_the_version_check() {
             e.1 += 1;
         }
     }
-    assert_eq!(checked.len(), 13, "wire targets with seeds: {checked:?}");
+    assert_eq!(checked.len(), 16, "wire targets with seeds: {checked:?}");
     for (t, (valid, edge)) in checked {
         assert!(
             valid >= 2 && edge >= 1,
