@@ -66,7 +66,10 @@ fn host_ip(v4: bool) -> IpAddr {
     match found {
         Some(a) => a.ip(),
         None => {
-            crate::log!("control: no non-loopback address for host {name:?}; advertising loopback");
+            crate::log!(
+                Warn,
+                "control: no non-loopback address for host {name:?}; advertising loopback"
+            );
             if v4 {
                 IpAddr::V4(Ipv4Addr::LOCALHOST)
             } else {

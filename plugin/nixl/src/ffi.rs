@@ -83,11 +83,11 @@ fn guard(what: &str, f: impl FnOnce() -> Result<Status, Error>) -> i32 {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(s)) => s as i32,
         Ok(Err(e)) => {
-            crate::log!("{what}: {e}");
+            crate::log!(Warn, "{what}: {e}");
             e.status() as i32
         }
         Err(_) => {
-            crate::log!("{what}: internal panic");
+            crate::log!(Error, "{what}: internal panic");
             Status::Backend as i32
         }
     }
@@ -96,7 +96,7 @@ fn guard(what: &str, f: impl FnOnce() -> Result<Status, Error>) -> i32 {
 /// Like [`guard`] for functions with no status to return.
 fn guard_value<T>(what: &str, fallback: T, f: impl FnOnce() -> T) -> T {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
-        crate::log!("{what}: internal panic");
+        crate::log!(Error, "{what}: internal panic");
         fallback
     })
 }
@@ -194,7 +194,7 @@ pub unsafe extern "C" fn tcpx_nixl_backend_options(sink: PairSink, ctx: *mut c_v
         for (k, v) in OPTIONS {
             // SAFETY: the shim's sink copies both strings before returning.
             if !unsafe { sink(ctx, TcpxStr::of(k.as_bytes()), TcpxStr::of(v.as_bytes())) } {
-                crate::log!("get_backend_options: could not return option {k}");
+                crate::log!(Error, "get_backend_options: could not return option {k}");
                 return;
             }
         }
@@ -242,6 +242,7 @@ pub unsafe extern "C" fn tcpx_nixl_backend_create(
         }
         let b = Backend::new(agent, kv)?;
         crate::log!(
+            Info,
             "agent {:?}: control listener at {} ({} channels)",
             b.agent(),
             b.control().advertised(),
@@ -252,11 +253,11 @@ pub unsafe extern "C" fn tcpx_nixl_backend_create(
     match made {
         Ok(Ok(b)) => Box::into_raw(Box::new(b)),
         Ok(Err(e)) => {
-            crate::log!("creating the TCPX backend failed: {e}");
+            crate::log!(Error, "creating the TCPX backend failed: {e}");
             std::ptr::null_mut()
         }
         Err(_) => {
-            crate::log!("creating the TCPX backend failed: internal panic");
+            crate::log!(Error, "creating the TCPX backend failed: internal panic");
             std::ptr::null_mut()
         }
     }

@@ -7,11 +7,18 @@
 #![allow(non_snake_case)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-/// Writes one log line to stderr; the only way the crate prints.
+/// Writes one log line through the engine's logger (`tcpx::log`: level from `TCPX_LOG`,
+/// default warn), under the target `nixl`: `log!(Warn, "...")`. The only way the crate prints.
+/// Refusals and failures are `Error`/`Warn`, connections coming and going `Info`.
 macro_rules! log {
-    ($($t:tt)*) => { eprintln!("tcpx-nixl: {}", format_args!($($t)*)) };
+    ($level:ident, $($t:tt)*) => {
+        tcpx::log_at!(tcpx::log::Level::$level, crate::LOG_TARGET, $($t)*)
+    };
 }
 pub(crate) use log;
+
+/// The target (subsystem) of this crate's log lines: `tcpx WARN [nixl] ...`.
+pub const LOG_TARGET: &str = "nixl";
 
 pub mod backend;
 pub mod blob;

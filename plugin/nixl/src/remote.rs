@@ -30,6 +30,7 @@ use tcpx::engine::{
     Config as EngineConfig, Copier, Direction, MemId, Memory, Progress, Segment as ESeg, Session,
     XferId,
 };
+use tcpx::log::Level;
 use tcpx_core::wire::{
     self, Ack, ErrorMsg, Hello, Keepalive, Limits, MemKind, Message, Notif, ReadAnnounce, ReadData,
     ReadRequest, Segment as WireSegment, WriteAnnounce, HEADER_LEN, MAX_CONTROL_FRAME,
@@ -589,10 +590,26 @@ impl Conn {
         lock(&self.dead).clone()
     }
 
+    /// Closes the connection for a failure (a warning line says why).
     fn kill(&self, why: &str) {
+        self.close_at(Level::Warn, why);
+    }
+
+    /// Closes the connection in the normal course of things: `disconnect`, the agent going
+    /// away, the peer closing its end (an info line).
+    fn close(&self, why: &str) {
+        self.close_at(Level::Info, why);
+    }
+
+    fn close_at(&self, level: Level, why: &str) {
         let mut d = lock(&self.dead);
         if d.is_none() {
-            crate::log!("peer {:?}: closing connection: {why}", self.peer);
+            tcpx::log_at!(
+                level,
+                crate::LOG_TARGET,
+                "peer {:?}: closing connection: {why}",
+                self.peer
+            );
             *d = Some(why.to_owned());
             let _ = self.stream.shutdown(Shutdown::Both);
         }
@@ -651,6 +668,7 @@ impl Conn {
         let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
         if log_refusal(n) {
             crate::log!(
+                Warn,
                 "peer {:?}: {what} ({n} from this peer; from the 5th on only powers of two are \
                  logged)",
                 self.peer
@@ -1137,7 +1155,7 @@ impl RemotePath {
         }
         for c in lock(&self.shared.conns).iter() {
             if *c.peer == *agent {
-                c.kill("disconnect");
+                c.close("disconnect");
             }
         }
     }
@@ -1153,7 +1171,7 @@ impl RemotePath {
         let opened = match Copier::open(device) {
             Ok(c) => Some(Arc::new(c)),
             Err(e) => {
-                crate::log!("device {device}: no inline transfers: {e}");
+                crate::log!(Warn, "device {device}: no inline transfers: {e}");
                 None
             }
         };
@@ -1193,7 +1211,7 @@ impl RemotePath {
             let mut e = lock(&c.engine);
             e.mems.remove(&md);
             if let Some(Err(err)) = e.session.as_mut().map(|s| s.deregister(id)) {
-                crate::log!("peer {:?}: deregistering {md:#x}: {err}", c.peer);
+                crate::log!(Warn, "peer {:?}: deregistering {md:#x}: {err}", c.peer);
             }
         }
     }
@@ -1593,14 +1611,14 @@ impl Drop for RemotePath {
                     let _ = handle.join();
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    crate::log!("backend thread did not stop in time; detaching it");
+                    crate::log!(Warn, "backend thread did not stop in time; detaching it");
                 }
             }
         }
         lock(&self.shared.outgoing).clear();
         let conns: Vec<Arc<Conn>> = lock(&self.shared.conns).drain(..).collect();
         for c in conns {
-            c.kill("agent destroyed");
+            c.close("agent destroyed");
             self.shared.close(&c);
         }
     }
@@ -1669,7 +1687,7 @@ impl Shared {
             // `disconnect` ran during the handshake: the peer may be loaded again with other
             // connection info by now, so this conn must not serve it.
             drop(connecting);
-            conn.kill("disconnected during the handshake");
+            conn.close("disconnected during the handshake");
             return Err(Error::Disconnected(format!(
                 "{agent:?} was disconnected during the handshake"
             )));
@@ -1729,6 +1747,15 @@ impl Shared {
         };
         s.set_nonblocking(true).map_err(io)?;
         let tx = s.try_clone().map_err(io)?;
+        let addr =
+            |a: std::io::Result<SocketAddr>| a.map_or_else(|_| "?".into(), |a| a.to_string());
+        crate::log!(
+            Info,
+            "peer {peer:?}: connected as {} (control stream {} -> {})",
+            if initiator { "initiator" } else { "target" },
+            addr(s.local_addr()),
+            addr(s.peer_addr())
+        );
         // An initiator reads only answers; a target reads announces with notifications of up
         // to its own limit.
         let max_frame = if initiator {
@@ -1810,7 +1837,7 @@ impl Shared {
         let session = l.connect(&theirs).map_err(Error::Engine)?;
         let c = self.conn(name, false, s, session, 0)?;
         if self.stop.load(Ordering::Relaxed) {
-            c.kill("agent destroyed");
+            c.close("agent destroyed");
             return Ok(());
         }
         lock(&self.conns).push(c);
@@ -1998,8 +2025,12 @@ impl Shared {
         } else {
             moved |= self.finish_jobs(c);
         }
-        if let Some(why) = fatal.or(eof.then(|| "peer closed the control stream".to_owned())) {
+        if let Some(why) = fatal {
             c.kill(&why);
+            return true;
+        }
+        if eof {
+            c.close("peer closed the control stream");
             return true;
         }
         {
@@ -2625,7 +2656,7 @@ impl Shared {
                     }
                     if let Some(why) = failed {
                         // The frame was whole: the conn stays usable, only this READ failed.
-                        crate::log!("READ {}: {why}", d.xfer);
+                        crate::log!(Warn, "READ {}: {why}", d.xfer);
                         f.fail(Status::Backend, why);
                     }
                 }
@@ -2718,15 +2749,15 @@ fn run(shared: &Arc<Shared>, listener: &TcpListener) {
                     .name("tcpx-nixl-accept".into())
                     .spawn(move || {
                         if let Err(e) = sh.accept(s) {
-                            crate::log!("accepting a peer: {e}");
+                            crate::log!(Warn, "accepting a peer: {e}");
                         }
                     });
                 if let Err(e) = spawned {
-                    crate::log!("accepting a peer: {e}");
+                    crate::log!(Warn, "accepting a peer: {e}");
                 }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-            Err(e) => crate::log!("control accept: {e}"),
+            Err(e) => crate::log!(Warn, "control accept: {e}"),
         }
         conns.clear();
         conns.extend(lock(&shared.conns).iter().cloned());
