@@ -1019,7 +1019,7 @@ fn loopback(o: &Options, cfg: Config) -> BenchResult<Report> {
         // The embedded tcpxsock would pick a real NIC by default; loopback means `lo`.
         tcpx_sock::config::configure(tcpx_sock::config::Config {
             ifname: Some("lo".into()),
-            ..tcpx_sock::config::Config::from_env()
+            ..tcpx_sock::config::Config::try_from_env()?
         });
     }
     let net = Session::open_net(&cfg).map_err(err("open plugin"))?;

@@ -177,7 +177,7 @@ fn run(o: &Options) -> StreamResult<(Net, Vec<Point>)> {
     let embedded = o.plugin.is_none();
     let base = tcpx_sock::config::Config {
         ifname: Some("lo".into()),
-        ..tcpx_sock::config::Config::from_env()
+        ..tcpx_sock::config::Config::try_from_env()?
     };
     if embedded {
         tcpx_sock::config::configure(base.clone());

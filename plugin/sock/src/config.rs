@@ -3,8 +3,10 @@
 //! In-process users (tests, the engine's embedded default) call [`configure`] before `init`
 //! so they do not depend on the process environment.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
+use tcpx_core::size::parse_size;
 use tcpx_core::unpack::{MAX_RECV_BYTES, PAGE_SIZE};
 
 /// Default data sockets per comm (Google's TCPX settings: 4 sockets × 1 thread).
@@ -128,22 +130,46 @@ impl Default for Config {
     }
 }
 
-pub(crate) fn env_usize(name: &str) -> Option<usize> {
-    let v = std::env::var(name).ok()?;
-    let v = v.trim();
-    let (digits, mult) = match v.as_bytes().last()? {
-        b'k' | b'K' => (&v[..v.len() - 1], 1usize << 10),
-        b'm' | b'M' => (&v[..v.len() - 1], 1 << 20),
-        b'g' | b'G' => (&v[..v.len() - 1], 1 << 30),
-        _ => (v, 1),
+/// Variable `name` as a number in the one size syntax of every tcpx layer
+/// (`tcpx_core::size`: `4096`, `512K`, `16M`, `4G`; binary multiples): `Ok(None)` when unset
+/// or blank, an error naming the variable and the value when it is not a size.
+fn number(get: Env<'_>, name: &str) -> Result<Option<usize>, String> {
+    let Some(v) = get(name).filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
     };
-    digits.parse::<usize>().ok()?.checked_mul(mult)
+    parse_size(&v)
+        .map_err(|e| e.to_string())
+        .and_then(|n| usize::try_from(n).map_err(|_| "too large".to_string()))
+        .map(Some)
+        .map_err(|e| format!("{name}={v:?}: {e}"))
 }
 
-fn env_bool(name: &str) -> Option<bool> {
-    let v = std::env::var(name).ok()?;
-    Some(matches!(v.trim(), "1" | "true" | "yes" | "on"))
+/// Variable `name` as a switch: `1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off` (any case);
+/// `Ok(None)` when unset or blank.
+fn switch(get: Env<'_>, name: &str) -> Result<Option<bool>, String> {
+    let Some(v) = get(name).filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(Some(true)),
+        "0" | "false" | "no" | "off" => Ok(Some(false)),
+        _ => Err(format!(
+            "{name}={v:?}: expected 1 or 0 (true/false, yes/no, on/off)"
+        )),
+    }
 }
+
+/// A number from the environment in the size syntax (`TCPX_SOCK_TRACE_EVENTS`); a bad value
+/// is logged and reads as unset.
+pub(crate) fn env_usize(name: &str) -> Option<usize> {
+    number(&|k| std::env::var(k).ok(), name).unwrap_or_else(|e| {
+        crate::log_warn(&format!("tcpxsock: {e}; using the default"));
+        None
+    })
+}
+
+/// Looks a variable up (`std::env::var` outside tests).
+type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// Whether CUDA sends are staged by the staging kernel ([`Config::stage_kernel`]).
 ///
@@ -176,71 +202,78 @@ impl StageKernel {
 }
 
 impl Config {
-    /// Reads `TCPX_SOCK_*`; unset or unparsable values keep their defaults.
+    /// Reads `TCPX_SOCK_*` (unset or blank variables keep their defaults), normalized. A bad
+    /// value is logged (once per process) and keeps its default; [`Config::try_from_env`]
+    /// refuses it instead.
     pub fn from_env() -> Self {
+        let (c, errors) = Config::read(&|k| std::env::var(k).ok());
+        if !errors.is_empty() && !WARNED.swap(true, Ordering::Relaxed) {
+            for e in &errors {
+                crate::log_warn(&format!("tcpxsock: {e}; using the default"));
+            }
+        }
+        c
+    }
+
+    /// Reads `TCPX_SOCK_*` like [`Config::from_env`], or the first bad value: the variable,
+    /// the value and what is wrong with it.
+    pub fn try_from_env() -> Result<Self, String> {
+        Config::from_vars(&|k| std::env::var(k).ok())
+    }
+
+    /// Reads the variables `get` finds; every bad value is an error naming its variable.
+    pub fn from_vars(get: Env<'_>) -> Result<Self, String> {
+        let (c, errors) = Config::read(get);
+        if errors.is_empty() {
+            Ok(c)
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// The configuration the variables `get` finds, every bad one left at its default and
+    /// described in the returned list.
+    fn read(get: Env<'_>) -> (Self, Vec<String>) {
+        let mut errors = Vec::new();
         let mut c = Config {
-            ifname: std::env::var("TCPX_SOCK_IFNAME")
-                .ok()
-                .filter(|s| !s.is_empty()),
+            ifname: get("TCPX_SOCK_IFNAME").filter(|s| !s.is_empty()),
             ..Config::default()
         };
-        if let Some(v) = env_usize("TCPX_SOCK_NSOCKS") {
-            c.nsocks = v;
-        }
-        if let Some(v) = env_usize("TCPX_SOCK_CHUNK_BYTES") {
-            c.chunk_bytes = v;
-        }
-        if let Some(v) = env_usize("TCPX_SOCK_INLINE_BYTES") {
-            c.inline_bytes = v;
-        }
-        if let Some(v) = env_usize("TCPX_SOCK_DIRECT_BYTES") {
-            c.direct_bytes = v;
-        }
-        if let Some(v) = env_bool("TCPX_SOCK_UNPACK") {
-            c.unpack = v;
-        }
-        if let Some(v) = env_bool("TCPX_SOCK_HOST_BOUNCE") {
-            c.host_bounce = v;
-        }
-        if let Some(v) = env_bool("TCPX_SOCK_BOUNCE_DEVICE") {
-            c.bounce_device = v;
-        }
-        if let Some(v) = env_usize("TCPX_SOCK_ACCEPT_DELAY_MS") {
-            c.accept_delay_ms = v;
-        }
-        if let Some(v) = env_bool("TCPX_SOCK_ODD_FRAGMENTS") {
-            c.odd_fragments = v;
-        }
-        if let Some(v) = env_usize("TCPX_SOCK_LINEAR_BYTES") {
-            c.linear_bytes = v;
-        }
-        if let Some(v) = env_usize("TCPX_SOCK_BOUNCE_BYTES") {
-            c.bounce_bytes = v;
-        }
-        if let Some(v) = env_bool("TCPX_SOCK_SHUFFLE") {
-            c.shuffle = v;
-        }
-        if let Some(v) = env_usize("TCPX_SOCK_STAGE_BYTES") {
-            c.stage_bytes = v;
-        }
-        if let Some(v) = env_usize("TCPX_SOCK_BUF_BYTES") {
-            c.sock_buf_bytes = v;
-        }
-        if let Some(v) = env_bool("TCPX_SOCK_STREAM_BOUNCE") {
-            c.stream_bounce = v;
-        }
-        if let Ok(v) = std::env::var("TCPX_SOCK_STAGE_KERNEL") {
+        let mut num = |name: &str, field: &mut usize| match number(get, name) {
+            Ok(Some(v)) => *field = v,
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        };
+        num("TCPX_SOCK_NSOCKS", &mut c.nsocks);
+        num("TCPX_SOCK_CHUNK_BYTES", &mut c.chunk_bytes);
+        num("TCPX_SOCK_INLINE_BYTES", &mut c.inline_bytes);
+        num("TCPX_SOCK_DIRECT_BYTES", &mut c.direct_bytes);
+        num("TCPX_SOCK_ACCEPT_DELAY_MS", &mut c.accept_delay_ms);
+        num("TCPX_SOCK_LINEAR_BYTES", &mut c.linear_bytes);
+        num("TCPX_SOCK_BOUNCE_BYTES", &mut c.bounce_bytes);
+        num("TCPX_SOCK_STAGE_BYTES", &mut c.stage_bytes);
+        num("TCPX_SOCK_BUF_BYTES", &mut c.sock_buf_bytes);
+        num("TCPX_SOCK_STAGE_IDLE_US", &mut c.stage_idle_us);
+        let mut flag = |name: &str, field: &mut bool| match switch(get, name) {
+            Ok(Some(v)) => *field = v,
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        };
+        flag("TCPX_SOCK_UNPACK", &mut c.unpack);
+        flag("TCPX_SOCK_HOST_BOUNCE", &mut c.host_bounce);
+        flag("TCPX_SOCK_BOUNCE_DEVICE", &mut c.bounce_device);
+        flag("TCPX_SOCK_ODD_FRAGMENTS", &mut c.odd_fragments);
+        flag("TCPX_SOCK_SHUFFLE", &mut c.shuffle);
+        flag("TCPX_SOCK_STREAM_BOUNCE", &mut c.stream_bounce);
+        if let Some(v) = get("TCPX_SOCK_STAGE_KERNEL").filter(|v| !v.trim().is_empty()) {
             match StageKernel::parse(&v) {
                 Some(k) => c.stage_kernel = k,
-                None => crate::log_warn(&format!(
-                    "tcpxsock: TCPX_SOCK_STAGE_KERNEL={v:?} is not 0, 1 or auto; using auto"
+                None => errors.push(format!(
+                    "TCPX_SOCK_STAGE_KERNEL={v:?}: expected 0, 1 or auto"
                 )),
             }
         }
-        if let Some(v) = env_usize("TCPX_SOCK_STAGE_IDLE_US") {
-            c.stage_idle_us = v;
-        }
-        c.normalized()
+        (c.normalized(), errors)
     }
 
     /// Clamps every field into its legal range (chunk and bounce sizes to whole pages).
@@ -272,11 +305,23 @@ impl Config {
 }
 
 static OVERRIDE: RwLock<Option<Config>> = RwLock::new(None);
+/// Whether [`Config::from_env`] has logged bad values already.
+static WARNED: AtomicBool = AtomicBool::new(false);
 
 /// Sets the configuration used by the next `init` (and by later listen/connect calls)
 /// instead of the environment. For in-process users and tests.
 pub fn configure(cfg: Config) {
     *OVERRIDE.write().unwrap_or_else(|e| e.into_inner()) = Some(cfg.normalized());
+}
+
+/// Whether the environment's configuration can be used: always when one was [`configure`]d,
+/// else the first bad `TCPX_SOCK_*` value, naming the variable and the value
+/// (`init` refuses to start on it).
+pub fn check() -> Result<(), String> {
+    if OVERRIDE.read().unwrap_or_else(|e| e.into_inner()).is_some() {
+        return Ok(());
+    }
+    Config::try_from_env().map(drop)
 }
 
 /// The configuration in force: the [`configure`]d one, else the environment's.
@@ -356,6 +401,63 @@ mod tests {
         );
         assert_eq!(c.linear_bytes, MAX_RECV_BYTES);
         assert_eq!(c.accept_delay_ms, MAX_ACCEPT_DELAY_MS);
+    }
+
+    fn vars<'a>(kv: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| kv.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn reads_sizes_switches_and_the_staging_choice() {
+        let c = Config::from_vars(&vars(&[
+            ("TCPX_SOCK_IFNAME", "lo"),
+            ("TCPX_SOCK_NSOCKS", "2"),
+            ("TCPX_SOCK_CHUNK_BYTES", "1m"),
+            ("TCPX_SOCK_INLINE_BYTES", "8K"),
+            ("TCPX_SOCK_BOUNCE_BYTES", "1G"),
+            ("TCPX_SOCK_STAGE_BYTES", " 32M "),
+            ("TCPX_SOCK_BUF_BYTES", "4194304"),
+            ("TCPX_SOCK_UNPACK", "TRUE"),
+            ("TCPX_SOCK_STREAM_BOUNCE", "off"),
+            ("TCPX_SOCK_STAGE_KERNEL", "1"),
+            ("TCPX_SOCK_SHUFFLE", " "),
+        ]))
+        .unwrap();
+        assert_eq!(c.ifname.as_deref(), Some("lo"));
+        assert_eq!(
+            (c.nsocks, c.chunk_bytes, c.inline_bytes),
+            (2, 1 << 20, 8 << 10)
+        );
+        assert_eq!((c.bounce_bytes, c.stage_bytes), (1 << 30, 32 << 20));
+        assert_eq!(c.sock_buf_bytes, 4 << 20);
+        assert!(c.unpack && !c.stream_bounce && !c.shuffle);
+        assert_eq!(c.stage_kernel, StageKernel::On);
+        assert_eq!(Config::from_vars(&vars(&[])).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn a_bad_value_is_an_error_naming_the_variable_and_the_value() {
+        for (var, value) in [
+            ("TCPX_SOCK_CHUNK_BYTES", "512KB"),
+            ("TCPX_SOCK_BOUNCE_BYTES", "1.5G"),
+            ("TCPX_SOCK_NSOCKS", "four"),
+            ("TCPX_SOCK_INLINE_BYTES", "-1"),
+            ("TCPX_SOCK_STAGE_BYTES", "99999999999999999999"),
+            ("TCPX_SOCK_BUF_BYTES", "16777216T"),
+            ("TCPX_SOCK_UNPACK", "2"),
+            ("TCPX_SOCK_STAGE_KERNEL", "sometimes"),
+        ] {
+            let e = Config::from_vars(&vars(&[(var, value)])).unwrap_err();
+            assert!(e.starts_with(&format!("{var}={value:?}: ")), "{e}");
+        }
+        // Every bad value is reported; the good ones still apply in the lenient reading.
+        let (c, errors) = Config::read(&vars(&[
+            ("TCPX_SOCK_NSOCKS", "x"),
+            ("TCPX_SOCK_CHUNK_BYTES", "64K"),
+            ("TCPX_SOCK_SHUFFLE", "maybe"),
+        ]));
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!((c.nsocks, c.chunk_bytes), (DEFAULT_NSOCKS, 64 << 10));
     }
 
     #[test]
