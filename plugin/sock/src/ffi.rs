@@ -69,6 +69,13 @@ fn mr_cuda(mhandle: *mut c_void) -> Option<usize> {
 pub(crate) unsafe extern "C" fn init(logger: Logger) -> NcclResult {
     guard(|| {
         crate::set_logger(logger);
+        // A bad TCPX_SOCK_* value is an error, as everywhere else (the log names it).
+        if let Err(e) = config::check() {
+            crate::log_warn(&format!("tcpxsock: {e}"));
+            return Err(Error::InvalidArgument(
+                "bad TCPX_SOCK_* value (see the log)",
+            ));
+        }
         let cfg = config::current();
         let devs = dev::discover(cfg.ifname.as_deref())?;
         if devs.is_empty() {
