@@ -304,8 +304,8 @@ fn device_memory_mapped_in_pieces_registers_whole() {
     prop.location.id = 0;
     let mut gran = 0usize;
     let ok = sys::CUresult::CUDA_SUCCESS;
-    // SAFETY (every driver call below): out-pointers are valid; handles and ranges are the
-    // ones made here, released at the end.
+    // SAFETY: `gran` is a local out-pointer and `prop` a filled-in allocation description;
+    // the context is bound to this thread.
     unsafe {
         assert_eq!(
             sys::cuMemGetAllocationGranularity(
@@ -321,6 +321,8 @@ fn device_memory_mapped_in_pieces_registers_whole() {
     // One piece more reserved than mapped: the address space after the last piece is
     // reserved but holds no memory.
     let mut va: sys::CUdeviceptr = 0;
+    // SAFETY: `va` is a local out-pointer; the size is a multiple of the granularity the
+    // driver reported, as `cuMemAddressReserve` requires; freed at the end of the test.
     unsafe {
         assert_eq!(
             sys::cuMemAddressReserve(&mut va, (pieces + 1) * gran, gran, 0, 0),
@@ -330,15 +332,20 @@ fn device_memory_mapped_in_pieces_registers_whole() {
     let mut handles = Vec::new();
     for i in 0..pieces {
         let mut h: sys::CUmemGenericAllocationHandle = 0;
+        // SAFETY: `h` is a local out-pointer; piece `i` (one granule) lies inside the range
+        // reserved above (`pieces + 1` granules), which nothing else maps.
         unsafe {
             assert_eq!(sys::cuMemCreate(&mut h, gran, &prop, 0), ok);
             assert_eq!(sys::cuMemMap(va + (i * gran) as u64, gran, 0, h, 0), ok);
         }
         handles.push(h);
     }
+    // SAFETY: a plain C struct of integers and enums whose zero value is a valid variant.
     let mut access: sys::CUmemAccessDesc = unsafe { std::mem::zeroed() };
     access.location = prop.location;
     access.flags = sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    // SAFETY: `va..va + pieces * gran` is exactly the range mapped above; `access` is one
+    // descriptor, as the count says.
     unsafe { assert_eq!(sys::cuMemSetAccess(va, pieces * gran, &access, 1), ok) };
     let mapped = (pieces * gran) as u64;
     let cuda0 = Memory::Cuda { device: 0 };
@@ -362,6 +369,8 @@ fn device_memory_mapped_in_pieces_registers_whole() {
     });
     b.deregister(dm).unwrap();
     drop((a, b));
+    // SAFETY: both sessions are dropped, so nothing uses the mapping any more; each handle
+    // and the reservation were made above and are released exactly once.
     unsafe {
         assert_eq!(sys::cuMemUnmap(va, pieces * gran), ok);
         for h in handles {

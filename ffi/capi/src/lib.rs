@@ -733,8 +733,9 @@ mod tests {
         ];
         let texts: Vec<String> = codes
             .iter()
-            // SAFETY: `tcpx_strerror` returns static NUL-terminated text.
             .map(|&c| {
+                // SAFETY: `tcpx_strerror` returns a pointer to static NUL-terminated text for
+                // every code, known or not.
                 unsafe { CStr::from_ptr(tcpx_strerror(c)) }
                     .to_string_lossy()
                     .into()
@@ -839,8 +840,9 @@ mod tests {
             back.plugin.as_deref(),
             Some(Path::new("/nonexistent/libnccl-net.so"))
         );
-        // SAFETY: `with_plugin.plugin` is a static C string.
         assert_eq!(
+            // SAFETY: `with_plugin` is a live config whose `plugin` is a static C string, and
+            // `l` a local out-pointer.
             unsafe { tcpx_listen(&with_plugin, &mut l) },
             TCPX_ERR_PLUGIN
         );

@@ -557,13 +557,19 @@ impl Net {
         let mut mhandle = ptr::null_mut();
         let cp = c.ptr.as_ptr();
         let ty = kind.ptr_type();
-        // SAFETY: the comm is open; the memory contract is the caller's.
+        // `cp` is the open comm that `comm` keeps alive (checked by `owns` to come from this
+        // plugin, which `p` keeps loaded); `mhandle` is a local out-pointer; the memory at
+        // `data..data+size` is the caller's contract (see `# Safety`).
         let code = match f {
             RegMr::Int(f) => {
                 let size = int_size(size)?;
+                // SAFETY: as above; `size` was checked to fit this ABI's `int`.
                 p.call("regMr", || unsafe { f(cp, data, size, ty, &mut mhandle) })
             }
-            RegMr::Size(f) => p.call("regMr", || unsafe { f(cp, data, size, ty, &mut mhandle) }),
+            RegMr::Size(f) => {
+                // SAFETY: as above; this ABI takes the size as `size_t`.
+                p.call("regMr", || unsafe { f(cp, data, size, ty, &mut mhandle) })
+            }
         };
         p.check("regMr", code)?;
         Ok(self.mem_reg(c, mhandle))
@@ -591,7 +597,9 @@ impl Net {
             .ok_or_else(|| p.missing("regMrDmaBuf"))?;
         let mut mhandle = ptr::null_mut();
         let (cp, ty) = (c.ptr.as_ptr(), kind.ptr_type());
-        // SAFETY: the comm is open; the memory contract is the caller's.
+        // SAFETY: `cp` is the open comm that `comm` keeps alive (from this plugin, checked by
+        // `owns`); `mhandle` is a local out-pointer; `data`, `size` and `fd` are the caller's
+        // contract (see `# Safety`).
         let code = p.call("regMrDmaBuf", || unsafe {
             f(cp, data, size, ty, offset, fd, &mut mhandle)
         });
@@ -653,16 +661,25 @@ impl Net {
         let mut req = ptr::null_mut();
         let cp = c.ptr.as_ptr();
         let mh = mr.mhandle;
-        // SAFETY: comm and registration are alive; the buffer contract is the caller's.
+        // `cp` is the open send comm that `comm` keeps alive and `mh` a registration on that
+        // same comm (`same_comm`), alive while `mr` is borrowed; `req` is a local out-pointer;
+        // the buffer is the caller's contract (see `# Safety`).
         let code = match f {
             Isend::Int(f) => {
                 let size = int_size(size)?;
+                // SAFETY: as above; `size` was checked to fit this ABI's `int`.
                 p.call("isend", || unsafe { f(cp, data, size, tag, mh, &mut req) })
             }
-            Isend::Size(f) => p.call("isend", || unsafe { f(cp, data, size, tag, mh, &mut req) }),
-            Isend::Profiled(f) => p.call("isend", || unsafe {
-                f(cp, data, size, tag, mh, ptr::null_mut(), &mut req)
-            }),
+            Isend::Size(f) => {
+                // SAFETY: as above; this ABI takes the size as `size_t`.
+                p.call("isend", || unsafe { f(cp, data, size, tag, mh, &mut req) })
+            }
+            Isend::Profiled(f) => {
+                // SAFETY: as above; the profiler context may be NULL (no profiler attached).
+                p.call("isend", || unsafe {
+                    f(cp, data, size, tag, mh, ptr::null_mut(), &mut req)
+                })
+            }
         };
         p.check("isend", code)?;
         Ok(Request::new(c, req, &[size]))

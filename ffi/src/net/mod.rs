@@ -421,20 +421,25 @@ impl Net {
             .ok_or_else(|| p.missing("getProperties"))?;
         let d = dev_index(dev)?;
         const GP: &str = "getProperties";
-        // SAFETY: each arm passes a zeroed properties struct of the matching version.
+        // Each arm passes a zeroed properties struct of the version its function pointer was
+        // loaded for (the table is typed by the plugin's ABI version), so the plugin writes
+        // within the struct; `d` is a plain index the plugin range-checks; `p` keeps it loaded.
         let raw: props::Raw = match gp {
             GetProperties::V7(f) => {
                 let mut r = v7::Properties::zeroed();
+                // SAFETY: as above: `r` is a `v7::Properties`, matching `f`'s signature.
                 p.check(GP, p.call(GP, || unsafe { f(d, &mut r) }))?;
                 (&r).into()
             }
             GetProperties::V8(f) => {
                 let mut r = v8::Properties::zeroed();
+                // SAFETY: as above: `r` is a `v8::Properties`, matching `f`'s signature.
                 p.check(GP, p.call(GP, || unsafe { f(d, &mut r) }))?;
                 (&r).into()
             }
             GetProperties::V9(f) => {
                 let mut r = v9::Properties::zeroed();
+                // SAFETY: as above: `r` is a `v9::Properties`, matching `f`'s signature.
                 p.check(GP, p.call(GP, || unsafe { f(d, &mut r) }))?;
                 (&r).into()
             }
