@@ -208,11 +208,14 @@ fn check(g: &Gpu, kind: BounceKind, bounce: &[u8], jobs: &[Job], launch: Launch,
             )
         })
         .collect();
-    // SAFETY (all launches): table, bounce and dst are live allocations that hold every fragment
-    // (checked by unpack_cpu below); destinations are disjoint.
+    // For every launch below: the tables, `dev_bounce` and `dst` are live allocations of this
+    // context until after `synchronize`; each test builds its fragments inside the bounce
+    // region and inside its job's `dst_len` bytes (`unpack_cpu` below fails the test if one is
+    // not), and the jobs' destination regions are disjoint, laid out between canaries.
     match launch {
         Launch::Single => {
             for d in &descs {
+                // SAFETY: see above; `d` is one job's table slot, bounce and destination.
                 unsafe {
                     g.kernels
                         .launch_unpack(&g.stream, d.meta, d.bounce, d.slot, d.dst)
@@ -223,6 +226,7 @@ fn check(g: &Gpu, kind: BounceKind, bounce: &[u8], jobs: &[Job], launch: Launch,
         Launch::SingleCounted => {
             for (d, j) in descs.iter().zip(jobs) {
                 let n = j.entries.len() as u32;
+                // SAFETY: see above; `n` is the number of entries published in the slot.
                 unsafe {
                     g.kernels
                         .launch_unpack_counted(&g.stream, d.meta, d.bounce, d.slot, n, d.dst)
@@ -231,6 +235,7 @@ fn check(g: &Gpu, kind: BounceKind, bounce: &[u8], jobs: &[Job], launch: Launch,
             }
         }
         Launch::Batch => {
+            // SAFETY: see above; the jobs' destinations are disjoint.
             unsafe { g.kernels.launch_unpack_batch(&g.stream, &descs) }.expect("launch batch");
         }
         Launch::BatchMixed => {
@@ -246,6 +251,7 @@ fn check(g: &Gpu, kind: BounceKind, bounce: &[u8], jobs: &[Job], launch: Launch,
                     }
                 })
                 .collect();
+            // SAFETY: see above; a given count is the slot's published entry count.
             unsafe { g.kernels.launch_unpack_batch(&g.stream, &mixed) }.expect("launch batch");
         }
         Launch::List => {
@@ -254,6 +260,7 @@ fn check(g: &Gpu, kind: BounceKind, bounce: &[u8], jobs: &[Job], launch: Launch,
                 list.push(d.bounce, d.dst, &j.entries)
                     .expect("the test's jobs fit one list");
             }
+            // SAFETY: see above; the list holds copies of the same entries.
             unsafe { g.kernels.launch_unpack_list(&g.stream, &list) }.expect("launch list");
         }
     }
@@ -659,6 +666,7 @@ fn list_launch_matches_cpu() {
     }
     // An empty list launches nothing; a list refuses what does not fit.
     let mut list = UnpackList::new_boxed();
+    // SAFETY: an empty list names no memory; nothing is launched.
     unsafe { g.kernels.launch_unpack_list(&g.stream, &list) }.expect("empty list");
     let too_many = vec![LoadMeta::default(); MAX_LIST_ENTRIES + 1];
     assert!(list.push(0, 0, &too_many).is_none());
