@@ -121,7 +121,7 @@ unsafe fn bytes<'a>(s: TcpxStr) -> Result<&'a [u8], Error> {
 /// # Safety
 /// As [`bytes`].
 unsafe fn text<'a>(s: TcpxStr, arg: Arg) -> Result<&'a str, Error> {
-    // SAFETY: forwarded contract.
+    // SAFETY: `text` has `bytes`'s contract, which its caller upholds.
     let b = unsafe { bytes(s) }?;
     std::str::from_utf8(b).map_err(|_| Error::invalid(arg, "not UTF-8"))
 }
@@ -219,7 +219,7 @@ pub unsafe extern "C" fn tcpx_nixl_backend_create(
     n_params: usize,
 ) -> *mut Backend {
     let made = catch_unwind(AssertUnwindSafe(|| -> Result<Backend, Error> {
-        // SAFETY: per this function's contract.
+        // SAFETY: `agent` points to its `len` bytes for the call (this function's contract).
         let agent = unsafe { text(agent, Arg::Agent) }?;
         let raw = if n_params == 0 {
             &[][..]
@@ -231,9 +231,10 @@ pub unsafe extern "C" fn tcpx_nixl_backend_create(
         };
         let mut kv = Vec::with_capacity(raw.len());
         for p in raw {
-            // SAFETY: per this function's contract.
+            // SAFETY: each parameter's strings point to their `len` bytes for the call (this
+            // function's contract).
             let key = unsafe { text(p.key, Arg::Bytes) }?;
-            // SAFETY: as above.
+            // SAFETY: as for the key.
             let value = unsafe { text(p.value, Arg::Bytes) }.map_err(|_| Error::Config {
                 key: key.to_owned(),
                 reason: "value is not UTF-8".into(),
@@ -289,7 +290,7 @@ pub unsafe extern "C" fn tcpx_nixl_backend_params(
     ctx: *mut c_void,
 ) -> i32 {
     guard("getBackendParams", || {
-        // SAFETY: per this function's contract.
+        // SAFETY: `be` is null or the shim engine's live backend (this function's contract).
         let b = unsafe { backend(be) }?;
         let sink = sink.ok_or(Error::Output("backend params"))?;
         let bound = b
@@ -316,8 +317,9 @@ pub unsafe extern "C" fn tcpx_nixl_backend_params(
 /// `be` must be null or a live backend pointer.
 #[no_mangle]
 pub unsafe extern "C" fn tcpx_nixl_supports_remote(be: *const Backend) -> bool {
-    // SAFETY: per this function's contract.
     guard_value("supportsRemote", false, || {
+        // SAFETY: `be` is null or the live backend the shim's engine owns (this function's
+        // contract); the engine destroys it only after its last call.
         unsafe { backend(be) }.is_ok_and(|b| b.supports_remote())
     })
 }
@@ -328,8 +330,9 @@ pub unsafe extern "C" fn tcpx_nixl_supports_remote(be: *const Backend) -> bool {
 /// `be` must be null or a live backend pointer.
 #[no_mangle]
 pub unsafe extern "C" fn tcpx_nixl_supports_local(be: *const Backend) -> bool {
-    // SAFETY: per this function's contract.
     guard_value("supportsLocal", false, || {
+        // SAFETY: `be` is null or the live backend the shim's engine owns (this function's
+        // contract); the engine destroys it only after its last call.
         unsafe { backend(be) }.is_ok_and(|b| b.supports_local())
     })
 }
@@ -340,8 +343,9 @@ pub unsafe extern "C" fn tcpx_nixl_supports_local(be: *const Backend) -> bool {
 /// `be` must be null or a live backend pointer.
 #[no_mangle]
 pub unsafe extern "C" fn tcpx_nixl_supports_notif(be: *const Backend) -> bool {
-    // SAFETY: per this function's contract.
     guard_value("supportsNotif", false, || {
+        // SAFETY: `be` is null or the live backend the shim's engine owns (this function's
+        // contract); the engine destroys it only after its last call.
         unsafe { backend(be) }.is_ok_and(|b| b.supports_notif())
     })
 }
@@ -359,12 +363,12 @@ pub unsafe extern "C" fn tcpx_nixl_register_mem(
     out_md: *mut MdId,
 ) -> i32 {
     guard("registerMem", || {
-        // SAFETY: per this function's contract.
+        // SAFETY: `be` is null or the shim engine's live backend (this function's contract).
         let b = unsafe { backend(be) }?;
-        // SAFETY: as above.
+        // SAFETY: `desc` is null or points to one descriptor the caller keeps for the call.
         let d = unsafe { desc.as_ref() }.ok_or(Error::invalid(Arg::Descs, "null descriptor"))?;
         let md = b.register_mem(d, mem)?;
-        // SAFETY: as above.
+        // SAFETY: `out_md` is null (refused) or points to the shim's writable `MdId`.
         unsafe { put(out_md, md) }?;
         Ok(Status::Success)
     })
@@ -377,7 +381,7 @@ pub unsafe extern "C" fn tcpx_nixl_register_mem(
 #[no_mangle]
 pub unsafe extern "C" fn tcpx_nixl_deregister_mem(be: *const Backend, md: MdId) -> i32 {
     guard("deregisterMem", || {
-        // SAFETY: per this function's contract.
+        // SAFETY: `be` is null or the shim engine's live backend (this function's contract).
         unsafe { backend(be) }?.deregister_mem(md)?;
         Ok(Status::Success)
     })
@@ -407,9 +411,10 @@ pub unsafe extern "C" fn tcpx_nixl_get_public_data(
     ctx: *mut c_void,
 ) -> i32 {
     guard("getPublicData", || {
-        // SAFETY: per this function's contract.
+        // SAFETY: `be` is null or the shim engine's live backend (this function's contract).
         let token = unsafe { backend(be) }?.public_data(md)?;
-        // SAFETY: as above.
+        // SAFETY: `sink` is the shim's byte sink for `ctx` (this function's contract); it copies
+        // `token` before returning.
         Ok(unsafe { give(sink, ctx, &token, "public data") })
     })
 }
@@ -428,11 +433,15 @@ pub unsafe extern "C" fn tcpx_nixl_load_remote_md(
     out_md: *mut MdId,
 ) -> i32 {
     guard("loadRemoteMD", || {
-        // SAFETY: per this function's contract (all four unsafe calls below).
+        // SAFETY: `be` is null or the shim engine's live backend (this function's contract).
         let b = unsafe { backend(be) }?;
+        // SAFETY: `desc` is null or points to one descriptor the caller keeps for the call.
         let d = unsafe { desc.as_ref() }.ok_or(Error::invalid(Arg::Descs, "null descriptor"))?;
+        // SAFETY: `blob` and `agent` point to their `len` bytes, which the shim's
+        // `std::string`s keep alive for the call.
         let (blob, agent) = unsafe { (bytes(blob)?, text(agent, Arg::Agent)?) };
         let md = b.load_remote_md(d, blob, mem, agent)?;
+        // SAFETY: `out_md` is null (refused) or points to the shim's writable `MdId`.
         unsafe { put(out_md, md) }?;
         Ok(Status::Success)
     })
@@ -449,8 +458,9 @@ pub unsafe extern "C" fn tcpx_nixl_load_local_md(
     out_md: *mut MdId,
 ) -> i32 {
     guard("loadLocalMD", || {
-        // SAFETY: per this function's contract (both calls).
+        // SAFETY: `be` is null or the shim engine's live backend (this function's contract).
         let alias = unsafe { backend(be) }?.load_local_md(md)?;
+        // SAFETY: `out_md` is null (refused) or points to the shim's writable `MdId`.
         unsafe { put(out_md, alias) }?;
         Ok(Status::Success)
     })
@@ -463,7 +473,7 @@ pub unsafe extern "C" fn tcpx_nixl_load_local_md(
 #[no_mangle]
 pub unsafe extern "C" fn tcpx_nixl_unload_md(be: *const Backend, md: MdId) -> i32 {
     guard("unloadMD", || {
-        // SAFETY: per this function's contract.
+        // SAFETY: `be` is null or the shim engine's live backend (this function's contract).
         unsafe { backend(be) }?.unload_md(md)?;
         Ok(Status::Success)
     })
@@ -480,8 +490,10 @@ pub unsafe extern "C" fn tcpx_nixl_get_conn_info(
     ctx: *mut c_void,
 ) -> i32 {
     guard("getConnInfo", || {
-        // SAFETY: per this function's contract (both calls).
+        // SAFETY: `be` is null or the shim engine's live backend (this function's contract).
         let b = unsafe { backend(be) }?;
+        // SAFETY: `sink` is the shim's byte sink for `ctx` (this function's contract); it
+        // copies the bytes, which `b` keeps alive for the call.
         Ok(unsafe { give(sink, ctx, b.conn_info(), "connection info") })
     })
 }
@@ -497,7 +509,8 @@ pub unsafe extern "C" fn tcpx_nixl_load_remote_conn_info(
     info: TcpxStr,
 ) -> i32 {
     guard("loadRemoteConnInfo", || {
-        // SAFETY: per this function's contract.
+        // SAFETY: `be` is null or the shim engine's live backend (this function's contract); the
+        // strings point to their `len` bytes, kept alive by the shim for the call.
         let (b, agent, info) = unsafe { (backend(be)?, text(agent, Arg::Agent)?, bytes(info)?) };
         b.load_remote_conn_info(agent, info)?;
         Ok(Status::Success)
@@ -511,7 +524,8 @@ pub unsafe extern "C" fn tcpx_nixl_load_remote_conn_info(
 #[no_mangle]
 pub unsafe extern "C" fn tcpx_nixl_connect(be: *const Backend, agent: TcpxStr) -> i32 {
     guard("connect", || {
-        // SAFETY: per this function's contract.
+        // SAFETY: `be` is null or the shim engine's live backend (this function's contract); the
+        // strings point to their `len` bytes, kept alive by the shim for the call.
         let (b, agent) = unsafe { (backend(be)?, text(agent, Arg::Agent)?) };
         b.connect(agent)?;
         Ok(Status::Success)
@@ -525,7 +539,8 @@ pub unsafe extern "C" fn tcpx_nixl_connect(be: *const Backend, agent: TcpxStr) -
 #[no_mangle]
 pub unsafe extern "C" fn tcpx_nixl_disconnect(be: *const Backend, agent: TcpxStr) -> i32 {
     guard("disconnect", || {
-        // SAFETY: per this function's contract.
+        // SAFETY: `be` is null or the shim engine's live backend (this function's contract); the
+        // strings point to their `len` bytes, kept alive by the shim for the call.
         let (b, agent) = unsafe { (backend(be)?, text(agent, Arg::Agent)?) };
         b.disconnect(agent)?;
         Ok(Status::Success)
@@ -549,19 +564,30 @@ impl RawXfer {
     /// # Safety
     /// Every pointer must be valid for its count (or null) for `'a`.
     unsafe fn args<'a>(&self) -> Result<XferArgs<'a>, Error> {
-        // SAFETY: per this function's contract (every call below).
+        // SAFETY: `opts` is null or points to the shim's `TcpxXferOpts` for `'a` (this
+        // function's contract).
         let opts = unsafe { self.opts.as_ref() };
         let notif = match opts {
+            // SAFETY: a notification the shim passes points to its `len` bytes for `'a`.
             Some(o) if o.has_notif => Some(unsafe { bytes(o.notif) }?),
             _ => None,
         };
+        // SAFETY: each descriptor array is null or holds its count of descriptors, and the
+        // agent name points to its `len` bytes, all valid for `'a` (this function's contract).
+        let (local, remote, agent) = unsafe {
+            (
+                descs(self.local, self.n_local)?,
+                descs(self.remote, self.n_remote)?,
+                text(self.agent, Arg::Agent)?,
+            )
+        };
         Ok(XferArgs {
             op: Op::from_raw(self.op)?,
-            local: unsafe { descs(self.local, self.n_local) }?,
+            local,
             local_mem: self.local_mem,
-            remote: unsafe { descs(self.remote, self.n_remote) }?,
+            remote,
             remote_mem: self.remote_mem,
-            agent: unsafe { text(self.agent, Arg::Agent) }?,
+            agent,
             notif,
         })
     }
@@ -598,9 +624,11 @@ pub unsafe extern "C" fn tcpx_nixl_prep_xfer(
         opts,
     };
     guard("prepXfer", || {
-        // SAFETY: per this function's contract (all calls).
+        // SAFETY: `be` is null or the shim engine's live backend, and every array and string
+        // in `raw` is valid for its count for this call (this function's contract).
         let (b, a) = unsafe { (backend(be)?, raw.args()?) };
         let id = b.prep_xfer(&a)?;
+        // SAFETY: `handle` is null (refused) or points to the shim's writable request id.
         unsafe { put(handle, id) }?;
         Ok(Status::Success)
     })
@@ -639,10 +667,14 @@ pub unsafe extern "C" fn tcpx_nixl_post_xfer(
         if handle.is_null() {
             return Err(Error::invalid(Arg::Request, "null handle pointer"));
         }
-        // SAFETY: per this function's contract (all calls); `handle` is non-null.
+        // SAFETY: `be` is null or the shim engine's live backend, and every array and string
+        // in `raw` is valid for its count for this call (this function's contract).
         let (b, a) = unsafe { (backend(be)?, raw.args()?) };
+        // SAFETY: `handle` is non-null (checked above) and points to the shim's aligned,
+        // initialised request id (this function's contract).
         let mut h = unsafe { handle.read() };
         let s = b.post_xfer(&a, &mut h);
+        // SAFETY: as for the read: the same non-null, writable request id.
         unsafe { handle.write(h) };
         s
     })
@@ -654,8 +686,10 @@ pub unsafe extern "C" fn tcpx_nixl_post_xfer(
 /// `be` live or null.
 #[no_mangle]
 pub unsafe extern "C" fn tcpx_nixl_check_xfer(be: *const Backend, handle: usize) -> i32 {
-    // SAFETY: per this function's contract.
-    guard("checkXfer", || unsafe { backend(be) }?.check_xfer(handle))
+    guard("checkXfer", || {
+        // SAFETY: `be` is null or the shim engine's live backend (this function's contract).
+        unsafe { backend(be) }?.check_xfer(handle)
+    })
 }
 
 /// `releaseReqH`.
@@ -665,7 +699,7 @@ pub unsafe extern "C" fn tcpx_nixl_check_xfer(be: *const Backend, handle: usize)
 #[no_mangle]
 pub unsafe extern "C" fn tcpx_nixl_release_req(be: *const Backend, handle: usize) -> i32 {
     guard("releaseReqH", || {
-        // SAFETY: per this function's contract.
+        // SAFETY: `be` is null or the shim engine's live backend (this function's contract).
         unsafe { backend(be) }?.release_req(handle)?;
         Ok(Status::Success)
     })
@@ -682,7 +716,7 @@ pub unsafe extern "C" fn tcpx_nixl_get_notifs(
     ctx: *mut c_void,
 ) -> i32 {
     guard("getNotifs", || {
-        // SAFETY: per this function's contract.
+        // SAFETY: `be` is null or the shim engine's live backend (this function's contract).
         let b = unsafe { backend(be) }?;
         let sink = sink.ok_or(Error::Output("notifications"))?;
         b.take_notifs(|from, msg| {
@@ -704,7 +738,8 @@ pub unsafe extern "C" fn tcpx_nixl_gen_notif(
     msg: TcpxStr,
 ) -> i32 {
     guard("genNotif", || {
-        // SAFETY: per this function's contract.
+        // SAFETY: `be` is null or the shim engine's live backend (this function's contract); the
+        // strings point to their `len` bytes, kept alive by the shim for the call.
         let (b, agent, msg) = unsafe { (backend(be)?, text(agent, Arg::Agent)?, bytes(msg)?) };
         b.gen_notif(agent, msg)?;
         Ok(Status::Success)
@@ -725,11 +760,14 @@ pub unsafe extern "C" fn tcpx_nixl_estimate_xfer_cost(
     out_margin_us: *mut i64,
 ) -> i32 {
     guard("estimateXferCost", || {
-        // SAFETY: per this function's contract (all calls).
+        // SAFETY: `be` is null or the shim engine's live backend; `agent` points to its `len`
+        // bytes for the call (this function's contract).
         let (b, agent) = unsafe { (backend(be)?, text(agent, Arg::Agent)?) };
         let (d, m) = b.estimate_xfer_cost(agent, bytes, handle)?;
         let us = |t: std::time::Duration| t.as_micros().min(i64::MAX as u128) as i64;
+        // SAFETY: `out_us` is null (refused) or points to the shim's writable `int64_t`.
         unsafe { put(out_us, us(d).max(1)) }?;
+        // SAFETY: as above, for `out_margin_us`.
         unsafe { put(out_margin_us, us(m)) }?;
         Ok(Status::Success)
     })
@@ -754,6 +792,7 @@ mod tests {
     unsafe extern "C" fn collect(ctx: *mut c_void, a: TcpxStr, b: TcpxStr) -> bool {
         // SAFETY: `ctx` is the Vec passed below; the strings are valid for this call.
         let out = unsafe { &mut *(ctx as *mut Vec<(String, String)>) };
+        // SAFETY: the sink's strings point to their `len` bytes for the duration of the call.
         let s = |x: TcpxStr| String::from_utf8(unsafe { bytes(x) }.unwrap().to_vec()).unwrap();
         out.push((s(a), s(b)));
         true

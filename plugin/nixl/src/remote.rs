@@ -1637,10 +1637,10 @@ fn register_on(e: &mut Engine, md: MdId, region: &Region) -> Result<MemId, Error
             device: region.device as i32,
         },
     };
+    let session = e.live()?;
     // SAFETY: NIXL keeps registered memory allocated until `deregisterMem`, which removes it
     // from every session (RemotePath::deregister) before returning; the caller holds the
     // metadata table (read), so the registration is live now.
-    let session = e.live()?;
     let id = unsafe { session.register(region.span.base as usize as *mut _, len, memory) }
         .map_err(Error::Engine)?;
     e.mems.insert(md, id);
@@ -2409,9 +2409,10 @@ impl Shared {
                 Some((id, _)) => *id,
                 None => {
                     let mut buf = vec![0u8; cb as usize].into_boxed_slice();
-                    // SAFETY: the buffer lives in the same `Engine` as the session, declared
-                    // after it, so it is freed only once the session is gone.
                     let session = e.live()?;
+                    // SAFETY: the boxed buffer moves into `e.sink`, in the same `Engine` as
+                    // the session and declared after it, so its heap bytes are freed only once
+                    // the session (and every receive it posted into them) is gone.
                     let id = unsafe {
                         session.register(buf.as_mut_ptr().cast(), buf.len(), Memory::Host)
                     }
