@@ -128,8 +128,9 @@ fn reg(comm: Ptr, p: *mut c_void, len: usize, kind: c_int) -> Result<*mut c_void
 }
 
 fn dereg(comm: Ptr, mh: *mut c_void) {
-    // SAFETY: an mhandle from reg on this comm.
     assert_eq!(
+        // SAFETY: `mh` came from `reg` on this comm, which is still open, and is deregistered
+        // once (each test calls `dereg` once per registration).
         unsafe { net().dereg_mr.unwrap()(comm.0, mh) },
         result::SUCCESS
     );

@@ -23,8 +23,9 @@ fn table_and_properties() {
     assert_eq!(unsafe { n.devices.unwrap()(&mut nd) }, result::SUCCESS);
     assert_eq!(nd, 1, "TCPX_SOCK_IFNAME=lo selects exactly lo");
     let p = props();
-    // SAFETY: properties name is a NUL-terminated string owned by the plugin.
     assert_eq!(
+        // SAFETY: `getProperties` points `name` at the device's NUL-terminated name, which the
+        // plugin keeps for its lifetime (the process's here).
         unsafe { core::ffi::CStr::from_ptr(p.name) }
             .to_str()
             .unwrap(),

@@ -321,8 +321,9 @@ pub fn consumed(r: Ptr, req: Ptr) -> NcclResult {
 
 pub fn props() -> Properties {
     let mut p = Properties::zeroed();
-    // SAFETY: valid out-pointer.
     assert_eq!(
+        // SAFETY: `p` is a v7 `Properties`, the struct this v7 table's `getProperties` fills;
+        // device 0 exists (the plugin was initialised on loopback).
         unsafe { net().get_properties.unwrap()(0, &mut p) },
         result::SUCCESS
     );
