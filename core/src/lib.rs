@@ -3,7 +3,6 @@
 //! Everything here is plain data and state machines: no sockets, no CUDA, no clock, no
 //! allocator. The std layer (`tcpx`) performs the I/O these types decide on.
 #![no_std]
-#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod abi;
 pub mod chunk;

@@ -3,7 +3,6 @@
 //! Every export is `extern "C"`, catches panics, and returns an `int` status; [`status_of`] is
 //! the one place a [`tcpx::Error`] becomes a code. Failure text goes to a thread-local slot
 //! read by `tcpx_last_error`, so success paths (post, poll, release) never format or allocate.
-#![deny(unsafe_op_in_unsafe_fn)]
 // The C names are the API's names (one name per concept across Rust and the header).
 #![allow(non_camel_case_types)]
 

@@ -5,7 +5,6 @@
 //! transfers to other agents go through [`remote::RemotePath`], where the tcpx engine plugs in.
 // The library must be named plugin_TCPX: NIXL takes the backend name from the file name.
 #![allow(non_snake_case)]
-#![deny(unsafe_op_in_unsafe_fn)]
 
 /// Writes one log line through the engine's logger (`tcpx::log`: level from `TCPX_LOG`,
 /// default warn), under the target `nixl`: `log!(Warn, "...")`. The only way the crate prints.

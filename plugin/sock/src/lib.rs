@@ -21,8 +21,6 @@
 //! TCPX's accept delay, devmem-like odd fragments, plugin-written linear bytes and bounce pages
 //! in device memory. See README.md.
 
-#![deny(unsafe_op_in_unsafe_fn)]
-
 use core::ffi::{c_char, c_void};
 use std::ffi::CString;
 use std::sync::atomic::{AtomicUsize, Ordering};
