@@ -194,13 +194,11 @@ fn call(name: &str, f: impl FnOnce() -> Result<c_int, Error>) -> c_int {
 /// [`call`] on a session handle: rejects NULL and sessions poisoned by an earlier panic.
 fn with_session(
     name: &str,
-    s: *mut tcpx_session_t,
+    s: Option<&mut tcpx_session_t>,
     f: impl FnOnce(&mut tcpx_session_t) -> Result<c_int, Error>,
 ) -> c_int {
     call(name, || {
-        // SAFETY: the header requires a handle from `tcpx_listener_connect`, not destroyed,
-        // used by one thread at a time; NULL is rejected here.
-        let s = unsafe { s.as_mut() }.ok_or(Error::Invalid("session is NULL"))?;
+        let s = s.ok_or(Error::Invalid("session is NULL"))?;
         if s.poisoned {
             return Err(Error::Broken(
                 "an earlier call panicked inside this session".into(),
@@ -218,7 +216,8 @@ fn with_session(
 /// # Safety
 /// `p` is NULL or valid for writes of a `T` for the returned lifetime.
 unsafe fn out<'a, T>(p: *mut T, what: &'static str) -> Result<&'a mut T, Error> {
-    // SAFETY: forwarded contract.
+    // SAFETY: the caller guarantees `p` is NULL or an aligned pointer to a `T` it lets us
+    // write for `'a`; `as_mut` turns NULL into `None`.
     unsafe { p.as_mut() }.ok_or(Error::Invalid(what))
 }
 
@@ -308,7 +307,7 @@ fn config_to_c(cfg: &Config) -> Result<tcpx_config_t, Error> {
 #[no_mangle]
 pub unsafe extern "C" fn tcpx_config_default(cfg: *mut tcpx_config_t) -> c_int {
     call("tcpx_config_default", || {
-        // SAFETY: forwarded contract.
+        // SAFETY: `cfg` is NULL (refused) or valid for writes (this function's C contract).
         *unsafe { out(cfg, "cfg is NULL") }? = config_to_c(&Config::default())?;
         Ok(TCPX_OK)
     })
@@ -322,7 +321,7 @@ pub unsafe extern "C" fn tcpx_config_default(cfg: *mut tcpx_config_t) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn tcpx_config_from_env(cfg: *mut tcpx_config_t) -> c_int {
     call("tcpx_config_from_env", || {
-        // SAFETY: forwarded contract.
+        // SAFETY: `cfg` is NULL (refused) or valid for writes (this function's C contract).
         let cfg = unsafe { out(cfg, "cfg is NULL") }?;
         *cfg = config_to_c(&Config::from_env()?)?;
         Ok(TCPX_OK)
@@ -340,10 +339,11 @@ pub unsafe extern "C" fn tcpx_listen(
     listener: *mut *mut tcpx_listener_t,
 ) -> c_int {
     call("tcpx_listen", || {
-        // SAFETY: forwarded contract.
+        // SAFETY: `listener` is NULL (refused) or valid for writes (this function's C contract).
         let listener = unsafe { out(listener, "listener out-pointer is NULL") }?;
         *listener = std::ptr::null_mut();
-        // SAFETY: forwarded contract.
+        // SAFETY: `cfg` is NULL (refused) or points to a readable config (this function's C
+        // contract); its `plugin` string is read by `config_from_c` under the same contract.
         let cfg = unsafe { cfg.as_ref() }.ok_or(Error::Invalid("cfg is NULL"))?;
         let cfg = config_from_c(cfg)?;
         let net = Session::open_net(&cfg)?;
@@ -364,11 +364,11 @@ pub unsafe extern "C" fn tcpx_listener_conn_info(
     len: *mut usize,
 ) -> c_int {
     call("tcpx_listener_conn_info", || {
-        // SAFETY: forwarded contract.
+        // SAFETY: `l` is NULL (refused) or a live listener from `tcpx_listen` (C contract).
         let l = unsafe { l.as_ref() }.ok_or(Error::Invalid("listener is NULL"))?;
-        // SAFETY: forwarded contract.
+        // SAFETY: `data` is NULL (refused) or valid for writes (this function's C contract).
         let data = unsafe { out(data, "data out-pointer is NULL") }?;
-        // SAFETY: forwarded contract.
+        // SAFETY: `len` is NULL (refused) or valid for writes (this function's C contract).
         let len = unsafe { out(len, "len out-pointer is NULL") }?;
         let info = l.inner.conn_info();
         *data = info.as_ptr();
@@ -385,7 +385,8 @@ pub unsafe extern "C" fn tcpx_listener_conn_info(
 pub unsafe extern "C" fn tcpx_listener_destroy(l: *mut tcpx_listener_t) {
     call("tcpx_listener_destroy", || {
         if !l.is_null() {
-            // SAFETY: forwarded contract; the box came from `tcpx_listen`.
+            // SAFETY: a non-NULL `l` is a live listener, which `tcpx_listen` made with
+            // `Box::into_raw`, and the caller does not use it afterwards (C contract).
             drop(unsafe { Box::from_raw(l) });
         }
         Ok(TCPX_OK)
@@ -406,16 +407,18 @@ pub unsafe extern "C" fn tcpx_listener_connect(
 ) -> c_int {
     call("tcpx_listener_connect", || {
         // Taken first so the listener is freed whatever fails below.
-        // SAFETY: forwarded contract; the box came from `tcpx_listen`.
+        // SAFETY: a non-NULL `l` is a live listener from `tcpx_listen`'s `Box::into_raw` that
+        // the caller gives up with this call (C contract), so it is reclaimed exactly once.
         let l = (!l.is_null()).then(|| unsafe { Box::from_raw(l) });
-        // SAFETY: forwarded contract.
+        // SAFETY: `session` is NULL (refused) or valid for writes (this function's C contract).
         let session = unsafe { out(session, "session out-pointer is NULL") }?;
         *session = std::ptr::null_mut();
         let l = l.ok_or(Error::Invalid("listener is NULL"))?;
         if peer.is_null() {
             return Err(Error::Invalid("peer connection info is NULL"));
         }
-        // SAFETY: forwarded contract.
+        // SAFETY: `peer` is non-NULL (checked above) and readable for `len` bytes for the
+        // call (C contract).
         let peer = unsafe { std::slice::from_raw_parts(peer, len) };
         let s = l.inner.connect(peer)?;
         let scratch = Vec::with_capacity(s.config().max_segments);
@@ -436,7 +439,8 @@ pub unsafe extern "C" fn tcpx_listener_connect(
 pub unsafe extern "C" fn tcpx_session_destroy(s: *mut tcpx_session_t) {
     call("tcpx_session_destroy", || {
         if !s.is_null() {
-            // SAFETY: forwarded contract; the box came from `tcpx_listener_connect`.
+            // SAFETY: a non-NULL `s` is a live session, which `tcpx_listener_connect` made
+            // with `Box::into_raw`, and the caller does not use it afterwards (C contract).
             drop(unsafe { Box::from_raw(s) });
         }
         Ok(TCPX_OK)
@@ -460,8 +464,10 @@ pub unsafe extern "C" fn tcpx_register(
     device: c_int,
     mem_id: *mut u64,
 ) -> c_int {
-    with_session("tcpx_register", s, |s| {
-        // SAFETY: forwarded contract.
+    // SAFETY: `s` is NULL or a session from `tcpx_listener_connect`, not destroyed, used by
+    // one thread at a time (this function's C contract); `as_mut` turns NULL into `None`.
+    with_session("tcpx_register", unsafe { s.as_mut() }, |s| {
+        // SAFETY: `mem_id` is NULL (refused) or valid for writes (this function's C contract).
         let mem_id = unsafe { out(mem_id, "mem_id out-pointer is NULL") }?;
         let memory = match kind {
             TCPX_MEM_HOST => Memory::Host,
@@ -472,7 +478,9 @@ pub unsafe extern "C" fn tcpx_register(
                 ))
             }
         };
-        // SAFETY: forwarded contract (the engine rejects a NULL ptr itself).
+        // SAFETY: `ptr..ptr+len` is memory of `kind` that stays valid until `tcpx_deregister`
+        // returns (C contract), which is `Session::register`'s contract; the engine rejects a
+        // NULL `ptr` itself.
         *mem_id = unsafe { s.session.register(ptr, len, memory) }?.to_raw();
         Ok(TCPX_OK)
     })
@@ -484,7 +492,9 @@ pub unsafe extern "C" fn tcpx_register(
 /// `s` is NULL or a live session.
 #[no_mangle]
 pub unsafe extern "C" fn tcpx_deregister(s: *mut tcpx_session_t, mem_id: u64) -> c_int {
-    with_session("tcpx_deregister", s, |s| {
+    // SAFETY: `s` is NULL or a session from `tcpx_listener_connect`, not destroyed, used by
+    // one thread at a time (this function's C contract); `as_mut` turns NULL into `None`.
+    with_session("tcpx_deregister", unsafe { s.as_mut() }, |s| {
         s.session.deregister(MemId::from_raw(mem_id))?;
         Ok(TCPX_OK)
     })
@@ -503,8 +513,10 @@ pub unsafe extern "C" fn tcpx_transfer_post(
     n: usize,
     xfer: *mut u64,
 ) -> c_int {
-    with_session("tcpx_transfer_post", s, |s| {
-        // SAFETY: forwarded contract.
+    // SAFETY: `s` is NULL or a session from `tcpx_listener_connect`, not destroyed, used by
+    // one thread at a time (this function's C contract); `as_mut` turns NULL into `None`.
+    with_session("tcpx_transfer_post", unsafe { s.as_mut() }, |s| {
+        // SAFETY: `xfer` is NULL (refused) or valid for writes (this function's C contract).
         let xfer = unsafe { out(xfer, "xfer out-pointer is NULL") }?;
         let dir = match dir {
             TCPX_SEND => Direction::Send,
@@ -514,7 +526,7 @@ pub unsafe extern "C" fn tcpx_transfer_post(
         let segs: &[tcpx_segment_t] = match (segs.is_null(), n) {
             (_, 0) => &[],
             (true, _) => return Err(Error::Invalid("segs is NULL and n > 0")),
-            // SAFETY: forwarded contract.
+            // SAFETY: non-NULL and readable for `n` segments for the call (C contract).
             (false, n) => unsafe { std::slice::from_raw_parts(segs, n) },
         };
         // Checked here so the scratch vector never grows past its preallocated room.
@@ -546,10 +558,12 @@ pub unsafe extern "C" fn tcpx_transfer_poll(
     bytes_done: *mut u64,
     bytes_total: *mut u64,
 ) -> c_int {
-    with_session("tcpx_transfer_poll", s, |s| {
-        // SAFETY: forwarded contract.
+    // SAFETY: `s` is NULL or a session from `tcpx_listener_connect`, not destroyed, used by
+    // one thread at a time (this function's C contract); `as_mut` turns NULL into `None`.
+    with_session("tcpx_transfer_poll", unsafe { s.as_mut() }, |s| {
+        // SAFETY: `bytes_done` is NULL (refused) or valid for writes (this function's C contract).
         let done = unsafe { out(bytes_done, "bytes_done out-pointer is NULL") }?;
-        // SAFETY: forwarded contract.
+        // SAFETY: `bytes_total` is NULL (refused) or valid for writes (this function's C contract).
         let total = unsafe { out(bytes_total, "bytes_total out-pointer is NULL") }?;
         match s.session.poll(XferId::from_raw(xfer))? {
             Progress::Pending {
@@ -578,8 +592,10 @@ pub unsafe extern "C" fn tcpx_transfer_wait(
     timeout_ms: u64,
     bytes: *mut u64,
 ) -> c_int {
-    with_session("tcpx_transfer_wait", s, |s| {
-        // SAFETY: forwarded contract.
+    // SAFETY: `s` is NULL or a session from `tcpx_listener_connect`, not destroyed, used by
+    // one thread at a time (this function's C contract); `as_mut` turns NULL into `None`.
+    with_session("tcpx_transfer_wait", unsafe { s.as_mut() }, |s| {
+        // SAFETY: `bytes` is NULL (refused) or valid for writes (this function's C contract).
         let bytes = unsafe { out(bytes, "bytes out-pointer is NULL") }?;
         *bytes = s
             .session
@@ -594,7 +610,9 @@ pub unsafe extern "C" fn tcpx_transfer_wait(
 /// `s` is NULL or a live session.
 #[no_mangle]
 pub unsafe extern "C" fn tcpx_transfer_release(s: *mut tcpx_session_t, xfer: u64) -> c_int {
-    with_session("tcpx_transfer_release", s, |s| {
+    // SAFETY: `s` is NULL or a session from `tcpx_listener_connect`, not destroyed, used by
+    // one thread at a time (this function's C contract); `as_mut` turns NULL into `None`.
+    with_session("tcpx_transfer_release", unsafe { s.as_mut() }, |s| {
         s.session.release(XferId::from_raw(xfer))?;
         Ok(TCPX_OK)
     })
@@ -606,7 +624,9 @@ pub unsafe extern "C" fn tcpx_transfer_release(s: *mut tcpx_session_t, xfer: u64
 /// `s` is NULL or a live session.
 #[no_mangle]
 pub unsafe extern "C" fn tcpx_progress(s: *mut tcpx_session_t) -> c_int {
-    with_session("tcpx_progress", s, |s| {
+    // SAFETY: `s` is NULL or a session from `tcpx_listener_connect`, not destroyed, used by
+    // one thread at a time (this function's C contract); `as_mut` turns NULL into `None`.
+    with_session("tcpx_progress", unsafe { s.as_mut() }, |s| {
         Ok(c_int::from(s.session.progress()?))
     })
 }
