@@ -29,16 +29,36 @@ fn guard(f: impl FnOnce() -> Result<()>) -> NcclResult {
     }
 }
 
+/// The out-pointer `p`, or an error naming `what` when it is NULL.
+///
+/// # Safety
+/// `p` is NULL or an aligned pointer to a `T` that nothing else accesses for `'a`.
 // The &'static str is only the error context; the borrow comes from the raw pointer.
 #[allow(clippy::mut_from_ref)]
-fn out<'a, T>(p: *mut T, what: &'static str) -> Result<&'a mut T> {
-    // SAFETY: NCCL passes valid out-pointers; NULL is rejected here.
+unsafe fn out<'a, T>(p: *mut T, what: &'static str) -> Result<&'a mut T> {
+    // SAFETY: NULL becomes `None`; otherwise valid and unaliased for `'a` (the caller's
+    // contract).
     unsafe { p.as_mut() }.ok_or(Error::InvalidArgument(what))
 }
 
-fn opt_out<'a, T>(p: *mut T) -> Option<&'a mut T> {
-    // SAFETY: NCCL passes valid or NULL out-pointers.
+/// The optional out-pointer `p`.
+///
+/// # Safety
+/// As [`out`].
+unsafe fn opt_out<'a, T>(p: *mut T) -> Option<&'a mut T> {
+    // SAFETY: as in `out`.
     unsafe { p.as_mut() }
+}
+
+/// A comm or request this plugin handed out, shared: requests live inside their comm, so an
+/// exclusive borrow of either would alias the other.
+///
+/// # Safety
+/// `p` is NULL or a live object of type `T` that this plugin handed out, not freed for `'a`.
+unsafe fn ours<'a, T>(p: *mut c_void, what: &'static str) -> Result<&'a T> {
+    // SAFETY: NULL becomes `None`; otherwise a live `T` of ours (the caller's contract), and
+    // only read through shared references (every method used from here takes `&self`).
+    unsafe { p.cast::<T>().as_ref() }.ok_or(Error::InvalidArgument(what))
 }
 
 fn size_arg(size: c_int) -> Result<usize> {
@@ -58,10 +78,14 @@ struct Mr {
     ordinal: usize,
 }
 
-/// The CUDA device of `mhandle`'s region, or `None` for host / NULL / foreign mhandles.
-fn mr_cuda(mhandle: *mut c_void) -> Option<usize> {
-    // SAFETY: non-NULL mhandles come from reg_mr; the magic rejects anything else that is
-    // readable (NCCL only passes ours).
+/// The CUDA device of `mhandle`'s region, or `None` for host / NULL mhandles.
+///
+/// # Safety
+/// `mhandle` is NULL or an `Mr` from [`reg_mr`] not yet deregistered (the magic catches some
+/// mistakes, but reading a foreign pointer is already undefined).
+unsafe fn mr_cuda(mhandle: *mut c_void) -> Option<usize> {
+    // SAFETY: NULL becomes `None`; otherwise a live `Mr` from `reg_mr` (the caller's
+    // contract).
     let mr = unsafe { mhandle.cast::<Mr>().as_ref() }?;
     (mr.magic == MR_MAGIC && mr.kind == PTR_CUDA).then_some(mr.ordinal)
 }
@@ -90,14 +114,16 @@ pub(crate) unsafe extern "C" fn init(logger: Logger) -> NcclResult {
 
 pub(crate) unsafe extern "C" fn devices(ndev: *mut c_int) -> NcclResult {
     guard(|| {
-        *out(ndev, "ndev")? = dev::count() as c_int;
+        // SAFETY: `ndev` is NULL or NCCL's out-pointer for this call.
+        *unsafe { out(ndev, "ndev") }? = dev::count() as c_int;
         Ok(())
     })
 }
 
 pub(crate) unsafe extern "C" fn get_properties(d: c_int, props: *mut Properties) -> NcclResult {
     guard(|| {
-        let p = out(props, "props")?;
+        // SAFETY: `props` is NULL or NCCL's out-pointer for this call (a v7 `ncclNetProperties_t`).
+        let p = unsafe { out(props, "props") }?;
         let dv = dev::get(d)?;
         let unpack = unpack_device(&config::current());
         *p = Properties {
@@ -129,11 +155,17 @@ pub(crate) unsafe extern "C" fn get_properties(d: c_int, props: *mut Properties)
     })
 }
 
-fn handle_bytes<'a>(handle: *mut c_void) -> Result<&'a mut [u8]> {
+/// The 128 bytes of an ncclNet connection handle.
+///
+/// # Safety
+/// `handle` is NULL or points to `HANDLE_MAX_SIZE` writable bytes nothing else accesses for
+/// `'a`.
+unsafe fn handle_bytes<'a>(handle: *mut c_void) -> Result<&'a mut [u8]> {
     if handle.is_null() {
         return Err(Error::InvalidArgument("NULL handle"));
     }
-    // SAFETY: NCCL's handles are NCCL_NET_HANDLE_MAXSIZE (128) bytes.
+    // SAFETY: non-NULL, and the caller's contract gives `HANDLE_MAX_SIZE` bytes (NCCL's
+    // handles are NCCL_NET_HANDLE_MAXSIZE = 128 bytes).
     Ok(unsafe { core::slice::from_raw_parts_mut(handle.cast::<u8>(), HANDLE_MAX_SIZE) })
 }
 
@@ -143,8 +175,10 @@ pub(crate) unsafe extern "C" fn listen(
     listen_comm: *mut *mut c_void,
 ) -> NcclResult {
     guard(|| {
-        let slot = out(listen_comm, "listenComm")?;
-        let l = ListenComm::new(d, handle_bytes(handle)?)?;
+        // SAFETY: `listenComm` is NULL or NCCL's out-pointer for this call.
+        let slot = unsafe { out(listen_comm, "listenComm") }?;
+        // SAFETY: `handle` is NULL or the caller's 128-byte handle buffer (the v7 contract).
+        let l = ListenComm::new(d, unsafe { handle_bytes(handle) }?)?;
         *slot = Box::into_raw(l).cast();
         Ok(())
     })
@@ -157,9 +191,12 @@ pub(crate) unsafe extern "C" fn connect(
     send_dev_comm: *mut *mut DevHandle,
 ) -> NcclResult {
     guard(|| {
-        let slot = out(send_comm, "sendComm")?;
+        // SAFETY: `sendComm` is NULL or NCCL's out-pointer for this call.
+        let slot = unsafe { out(send_comm, "sendComm") }?;
         *slot = core::ptr::null_mut();
-        let hb = handle_bytes(handle)?;
+        // SAFETY: `handle` is NULL or the 128-byte handle from the peer's `listen`, which
+        // NCCL passes again on every retry of this connect (the v7 contract).
+        let hb = unsafe { handle_bytes(handle) }?;
         let not_ours = |_| Error::InvalidArgument("not a tcpxsock handle");
         let h = SockHandle::parse(hb).map_err(not_ours)?;
         let raw = SockHandle::stage(hb).map_err(not_ours)? as usize;
@@ -173,7 +210,8 @@ pub(crate) unsafe extern "C" fn connect(
         // TCPX's connect never touches `sendDevComm` (send comms have no device handle); host
         // mode clears it.
         if !stage.tcpx() {
-            if let Some(d) = opt_out(send_dev_comm) {
+            // SAFETY: `sendDevComm` is NULL or NCCL's out-pointer for this call.
+            if let Some(d) = unsafe { opt_out(send_dev_comm) } {
                 *d = core::ptr::null_mut();
             }
         }
@@ -202,10 +240,14 @@ pub(crate) unsafe extern "C" fn accept(
     recv_dev_comm: *mut *mut DevHandle,
 ) -> NcclResult {
     guard(|| {
-        let slot = out(recv_comm, "recvComm")?;
+        // SAFETY: `recvComm` is NULL or NCCL's out-pointer for this call.
+        let slot = unsafe { out(recv_comm, "recvComm") }?;
         *slot = core::ptr::null_mut();
-        let l = out(listen_comm.cast::<ListenComm>(), "listenComm")?;
-        let dev = opt_out(recv_dev_comm);
+        // SAFETY: `listen_comm` is NULL or a listen comm from `listen` not yet closed, which
+        // NCCL drives from one thread at a time (so the exclusive borrow is unaliased).
+        let l = unsafe { out(listen_comm.cast::<ListenComm>(), "listenComm") }?;
+        // SAFETY: `recvDevComm` is NULL or NCCL's out-pointer for this call.
+        let dev = unsafe { opt_out(recv_dev_comm) };
         // TCPX fills the caller's device handle in place: with `*recvDevComm == NULL` it would
         // write through NULL once the comm is there. Refused before anything moves, so a later
         // call with a handle still gets the connection.
@@ -217,7 +259,9 @@ pub(crate) unsafe extern "C" fn accept(
         }
         if let Some(c) = l.accept()? {
             if let Some(d) = dev {
-                match opt_out(*d) {
+                // SAFETY: a non-NULL `*recvDevComm` is the caller's device handle to fill
+                // in place (TCPX's accept contract).
+                match unsafe { opt_out(*d) } {
                     Some(h) if c.tcpx() => {
                         c.fill_dev_handle(h);
                     }
@@ -238,7 +282,8 @@ pub(crate) unsafe extern "C" fn reg_mr(
     mhandle: *mut *mut c_void,
 ) -> NcclResult {
     guard(|| {
-        let slot = out(mhandle, "mhandle")?;
+        // SAFETY: `mhandle` is NULL or NCCL's out-pointer for this call.
+        let slot = unsafe { out(mhandle, "mhandle") }?;
         *slot = core::ptr::null_mut();
         let len = size_arg(size)?;
         if comm.is_null() && unpack_device(&config::current()) {
@@ -307,15 +352,19 @@ pub(crate) unsafe extern "C" fn isend(
     request: *mut *mut c_void,
 ) -> NcclResult {
     guard(|| {
-        let slot = out(request, "request")?;
+        // SAFETY: `request` is NULL or NCCL's out-pointer for this call.
+        let slot = unsafe { out(request, "request") }?;
         *slot = core::ptr::null_mut();
-        let c = out(send_comm.cast::<SendComm>(), "sendComm")?;
+        // SAFETY: `send_comm` is NULL or a send comm from `connect` not yet closed.
+        let c = unsafe { ours::<SendComm>(send_comm, "sendComm") }?;
         if c.tcpx() && mhandle.is_null() {
             return Err(Error::Internal(
                 "isend with a NULL mhandle (TCPX refuses it)",
             ));
         }
-        let cuda = mr_cuda(mhandle);
+        // SAFETY: `mhandle` is NULL or a registration from `reg_mr` on this comm, still
+        // registered (NCCL deregisters only after the requests using it completed).
+        let cuda = unsafe { mr_cuda(mhandle) };
         *slot = c
             .isend(data.cast(), size_arg(size)?, cuda)?
             .map_or(core::ptr::null_mut(), |r| r.cast_mut().cast());
@@ -333,23 +382,30 @@ pub(crate) unsafe extern "C" fn irecv(
     request: *mut *mut c_void,
 ) -> NcclResult {
     guard(|| {
-        let slot = out(request, "request")?;
+        // SAFETY: `request` is NULL or NCCL's out-pointer for this call.
+        let slot = unsafe { out(request, "request") }?;
         *slot = core::ptr::null_mut();
         if n != 1 {
             return Err(Error::Internal(
                 "irecv supports exactly one buffer (maxRecvs 1)",
             ));
         }
-        let c = out(recv_comm.cast::<RecvComm>(), "recvComm")?;
-        let mh = opt_out(mhandles).map_or(core::ptr::null_mut(), |m| *m);
+        // SAFETY: `recv_comm` is NULL or a recv comm from `accept` not yet closed.
+        let c = unsafe { ours::<RecvComm>(recv_comm, "recvComm") }?;
+        // SAFETY: `mhandles` is NULL or NCCL's array of `n` (= 1, checked) mhandles.
+        let mh = unsafe { opt_out(mhandles) }.map_or(core::ptr::null_mut(), |m| *m);
         if c.tcpx() && mh.is_null() {
             return Err(Error::Internal(
                 "irecv with a NULL mhandle (TCPX refuses it)",
             ));
         }
-        let buf = opt_out(data).map_or(core::ptr::null_mut(), |d| *d);
-        let size = size_arg(*out(sizes, "sizes")?)?;
-        let cuda = mr_cuda(mh).is_some();
+        // SAFETY: `data` is NULL or NCCL's array of `n` (= 1) buffer pointers.
+        let buf = unsafe { opt_out(data) }.map_or(core::ptr::null_mut(), |d| *d);
+        // SAFETY: `sizes` is NULL or NCCL's array of `n` (= 1) sizes.
+        let size = size_arg(*unsafe { out(sizes, "sizes") }?)?;
+        // SAFETY: `mh` is NULL or a registration from `reg_mr` on this comm, still registered
+        // (NCCL deregisters only after the requests using it completed).
+        let cuda = unsafe { mr_cuda(mh) }.is_some();
         *slot = c.irecv(buf.cast(), size, cuda)?.cast_mut().cast();
         Ok(())
     })
@@ -378,7 +434,8 @@ pub(crate) unsafe extern "C" fn iflush(
             ));
         }
         // Host receives need no flush: a NULL request tells NCCL there is nothing to wait for.
-        *out(request, "request")? = core::ptr::null_mut();
+        // SAFETY: `request` is NULL or NCCL's out-pointer for this call.
+        *unsafe { out(request, "request") }? = core::ptr::null_mut();
         Ok(())
     })
 }
@@ -389,14 +446,17 @@ pub(crate) unsafe extern "C" fn test(
     sizes: *mut c_int,
 ) -> NcclResult {
     guard(|| {
-        let d = out(done, "done")?;
+        // SAFETY: `done` is NULL or NCCL's out-pointer for this call.
+        let d = unsafe { out(done, "done") }?;
         *d = 0;
-        let r = out(request.cast::<Request>(), "request")?;
+        // SAFETY: `request` is NULL or a request from `isend`/`irecv` of a comm not yet closed.
+        let r = unsafe { ours::<Request>(request, "request") }?;
         // SAFETY: requests are only handed out by open comms.
         if let Some(size) = unsafe { r.test() }? {
             *d = 1;
             // TCPX mode reports no size (TCPX's `test` never writes it).
-            if let (Some(s), Some(n)) = (opt_out(sizes), size) {
+            // SAFETY: `sizes` is NULL or NCCL's out-pointer for the received size.
+            if let (Some(s), Some(n)) = (unsafe { opt_out(sizes) }, size) {
                 *s = n as c_int;
             }
         }
@@ -441,7 +501,8 @@ pub(crate) unsafe extern "C" fn get_device_mr(
 ) -> NcclResult {
     // No device-side memory registration on the TCP path.
     guard(|| {
-        *out(dptr, "dptr")? = core::ptr::null_mut();
+        // SAFETY: `dptr` is NULL or NCCL's out-pointer for this call.
+        *unsafe { out(dptr, "dptr") }? = core::ptr::null_mut();
         Ok(())
     })
 }
@@ -455,8 +516,11 @@ pub(crate) unsafe extern "C" fn irecv_consumed(
         if n != 1 {
             return Err(Error::Internal("irecvConsumed supports exactly one buffer"));
         }
-        let c = out(recv_comm.cast::<RecvComm>(), "recvComm")?;
-        let r = out(request.cast::<Request>(), "request")?;
+        // SAFETY: `recv_comm` is NULL or a recv comm from `accept` not yet closed.
+        let c = unsafe { ours::<RecvComm>(recv_comm, "recvComm") }?;
+        // SAFETY: `request` is NULL or a request from `irecv`; requests live inside their
+        // comm, which stays open, and both are only borrowed shared here.
+        let r = unsafe { ours::<Request>(request, "request") }?;
         match r.recv_owner() {
             Some(o) if core::ptr::eq(o, c) => c.consumed(r.index()),
             _ => Err(Error::Internal("irecvConsumed with a foreign request")),
