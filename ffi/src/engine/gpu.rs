@@ -101,7 +101,8 @@ impl UnpackSource {
     /// As for [`UnpackSource::resolve`].
     #[cfg(test)]
     unsafe fn from_host_handle(handle: *const UnpackDevHandle) -> Option<UnpackSource> {
-        // SAFETY: per the caller's contract.
+        // SAFETY: `resolve`'s contract is this function's, which the caller upholds; with
+        // `None` the handle is read directly, as the host memory this function is for.
         unsafe { UnpackSource::resolve(handle, None) }
             .ok()
             .flatten()

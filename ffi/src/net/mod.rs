@@ -464,7 +464,8 @@ unsafe fn plugin_name(p: *const std::ffi::c_char) -> Arc<str> {
     if p.is_null() {
         return Arc::from("(unnamed)");
     }
-    // SAFETY: per this function's contract.
+    // SAFETY: non-NULL (checked above), so a NUL-terminated string valid for the call (this
+    // function's contract); it is copied into the `Arc` before returning.
     Arc::from(unsafe { CStr::from_ptr(p) }.to_string_lossy().as_ref())
 }
 

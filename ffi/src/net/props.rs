@@ -233,9 +233,10 @@ impl Raw {
             None => Vec::new(),
         };
         Ok(DeviceProps {
-            // SAFETY: per this function's contract.
+            // SAFETY: `name` is NULL or a NUL-terminated string the plugin owns and keeps
+            // while loaded (this function's contract); `owned` copies it now.
             name: unsafe { owned(self.name) }.unwrap_or_default(),
-            // SAFETY: per this function's contract.
+            // SAFETY: as for `name`.
             pci_path: unsafe { owned(self.pci_path) },
             guid: self.guid,
             ptr_support: PtrSupport(self.ptr_support),

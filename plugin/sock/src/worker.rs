@@ -484,9 +484,12 @@ unsafe fn recv_through(
             iov_base: scratch.as_mut_ptr().cast(),
             iov_len: piece,
         }];
-        // SAFETY: the iovec is the helper's own scratch.
+        // SAFETY: the one iovec covers `piece` bytes of `scratch`, this helper's own buffer,
+        // borrowed mutably for the call.
         unsafe { sys::recv_all_iov(fd, &mut iov)? };
-        // SAFETY: per the contract.
+        // SAFETY: `job.base` and `f` describe a live bounce receive whose bytes
+        // `pos..pos+piece` (inside `off..off+len`) are this helper's to write (this function's
+        // contract), which is `deliver`'s contract for them.
         unsafe {
             deliver(
                 f,
@@ -505,7 +508,8 @@ unsafe fn recv_through(
 /// Orders earlier non-temporal stores ([`stream_copy`]) before later stores.
 pub(crate) fn store_fence() {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: a fence.
+    // SAFETY: `sfence` reads and writes no memory and needs only SSE, which x86_64 always
+    // has.
     unsafe {
         core::arch::x86_64::_mm_sfence()
     };
