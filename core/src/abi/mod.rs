@@ -3,7 +3,7 @@
 //! These live in the core so that both sides share one declaration: the loader in `tcpx`
 //! reads foreign tables through them and `tcpx-sock` exports its table with them. Every
 //! function slot is an `Option` because foreign plugins may leave slots NULL.
-//! Layouts are pinned by const asserts; facts come from `shared/abi/NCCL_NET_TCPX.md`.
+//! Layouts are pinned by const asserts; facts come from `docs/TCPX.md`.
 
 use core::ffi::{c_char, c_int, c_ulong, c_void};
 

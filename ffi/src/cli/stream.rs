@@ -33,8 +33,8 @@ const USAGE: &str = "usage: tcpx stream [--size N[,N...]] [--nsocks N[,N...]] [-
 
 /// The largest message TCPX accepts in one request.
 const MAX_MESSAGE: u64 = 4 << 20;
-/// TCPX allows 16 outstanding requests per comm.
-const MAX_WINDOW: usize = 16;
+/// TCPX's request limit per comm.
+const MAX_WINDOW: usize = tcpx_core::ring::TCPX_REQUESTS;
 /// A point that has not finished in this long means a stuck peer, not a slow machine.
 const POINT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Handshake bound (non-blocking connect/accept retried until both comms exist).

@@ -14,8 +14,8 @@ use crate::error::Error;
 
 /// Most channels a session may open (one listen handle per channel travels in `ConnInfo`).
 pub const MAX_CHANNELS: usize = 16;
-/// Most in-flight chunks per channel window (TCPX allows 16 outstanding requests per comm).
-pub const MAX_WINDOW: usize = 16;
+/// Most in-flight chunks per channel window: TCPX's request limit per comm.
+pub const MAX_WINDOW: usize = tcpx_core::ring::TCPX_REQUESTS;
 
 /// Engine tunables and capacities.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 // create_engine, calls the engine's virtuals by slot number, and reads two base-class members
 // (backend type, init error) at fixed offsets. Nothing here is linked against NIXL: every
 // function is inline or ours, so the plugin has no undefined NIXL symbol. Every size, offset
-// and slot order below comes from the facts sheet (shared/abi/NIXL_BACKEND.md) and is pinned
+// and slot order below comes from docs/NIXL.md ("The backend ABI") and is pinned
 // by static_asserts here and by the vtable self-check in shim.cc.
 //
 // Names are ours and live in tcpx::nixl so none of our inline code or typeinfo can collide
