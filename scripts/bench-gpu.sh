@@ -15,7 +15,7 @@
 # Environment: CHANNELS (default "2 4"), SIZES (default 4M,64M), ROUNDS (default 3), TARGET
 #   (default 0.8), STRICT=1 to exit 3 when a VRAM->VRAM ratio is below TARGET.
 #   The plugin's own variables pass through: TCPX_SOCK_STAGE_KERNEL=1 stages CUDA sends with
-#   the staging kernel (plugin/sock/README.md).
+#   the staging kernel (transport/sock/README.md).
 set -euo pipefail
 
 tcpx="${1:-target/release/tcpx}"

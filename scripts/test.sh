@@ -41,10 +41,10 @@ TCPX_PLUGIN_DIR="$root/target/plugins" .venv/bin/python -m pytest -q tests/nixl
 step "tcpx nixl install|status|uninstall on fresh nixl-cu12 and nixl (cu12+cu13) venvs, no NIXL_PLUGIN_DIR"
 bash scripts/nixl-install-tests.sh
 
-# tcpxsock in TCPX mode (docs: plugin/sock/README.md): an UNPACK device that fills the accept
+# tcpxsock in TCPX mode (docs: transport/sock/README.md): an UNPACK device that fills the accept
 # device handle in place, never writes sizes in test, holds every receive until
 # irecvConsumed, refuses iflush and unaligned CUDA registrations, and accepts only after a
-# delay (TCPX's is 5 s; a short one here, the full one in tests/nixl and plugin/nixl tests).
+# delay (TCPX's is 5 s; a short one here, the full one in tests/nixl and nixl tests).
 step "TCPX mode: engine, C API, tcpx bench and NIXL against tcpxsock behaving as GPUDirect-TCPX"
 (
     export TCPX_SOCK_UNPACK=1 TCPX_SOCK_ACCEPT_DELAY_MS=300

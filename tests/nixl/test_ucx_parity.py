@@ -16,7 +16,7 @@ One test per item of the work on real KV-cache workloads:
 5. a full notification queue holds WRITEs back (past the initiator's timeout_ms) instead of
    failing them, nothing lost;
 7. plugin_path checked at creation, zero-length registrations, estimate_xfer_cost.
-(6, the registration cost, is measured by plugin/nixl/bench/registration.py, not tested.)
+(6, the registration cost, is measured by nixl/bench/registration.py, not tested.)
 
 No timing is asserted; every wait is bounded.
 """

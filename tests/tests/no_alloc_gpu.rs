@@ -17,7 +17,7 @@ use tcpx_tests::{allocs, reset_allocs};
 
 tcpx_tests::install_counting_alloc!();
 
-#[path = "../../ffi/tests/common/engine.rs"]
+#[path = "../../engine/tests/common/engine.rs"]
 #[allow(dead_code)]
 mod engine;
 

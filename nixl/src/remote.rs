@@ -1,5 +1,5 @@
 //! Transfers and notifications between different agents over the tcpx engine (protocol:
-//! `plugin/nixl/README.md`, "Transfers between agents"; design: `docs/DESIGN.md`).
+//! `nixl/README.md`, "Transfers between agents"; design: `docs/DESIGN.md`).
 //!
 //! Each agent opens one control stream + engine `Session` per peer it initiates transfers to
 //! (a [`Conn`] with `initiator == true`) and serves the ones peers open to it. One backend

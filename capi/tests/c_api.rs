@@ -27,7 +27,7 @@ fn compile(out: &Path, link: &[&str]) {
     ])
     .arg("-I")
     .arg(repo_root().join("include"))
-    .arg(repo_root().join("ffi/capi/tests/c/loopback.c"))
+    .arg(repo_root().join("capi/tests/c/loopback.c"))
     .arg("-o")
     .arg(out)
     .arg(format!("-L{}", dir.display()))

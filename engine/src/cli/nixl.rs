@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use super::args::Flags;
 
-/// NIXL releases whose backend-plugin ABI `libplugin_TCPX.so` is built for (plugin/nixl's
+/// NIXL releases whose backend-plugin ABI `libplugin_TCPX.so` is built for (nixl's
 /// `cpp/nixl_abi.h`). Install refuses any other version by name and changes nothing.
 pub const NIXL_VERSIONS: &[&str] = &["1.5.1"];
 /// The file name libnixl derives the backend name from (`libplugin_<NAME>.so`).

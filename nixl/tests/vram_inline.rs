@@ -14,7 +14,7 @@ use plugin_TCPX::xfer::{Desc, Op};
 use plugin_TCPX::Status;
 use tcpx_kernels::mem::DeviceBuffer;
 
-#[path = "../../../ffi/tests/common/engine.rs"]
+#[path = "../../engine/tests/common/engine.rs"]
 #[allow(dead_code)]
 mod engine;
 

@@ -13,7 +13,7 @@ pub fn lib_dir() -> PathBuf {
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// Runs `cmd` to completion, at most `limit`; returns whether it exited 0, printing its

@@ -23,7 +23,7 @@ fn compile(out: &Path, link: &[&str]) {
     cmd.args(["-std=c++17", "-Wall", "-Wextra", "-Werror", "-g"])
         .arg("-I")
         .arg(repo_root().join("include"))
-        .arg(repo_root().join("ffi/capi/tests/cpp/two_process.cpp"))
+        .arg(repo_root().join("capi/tests/cpp/two_process.cpp"))
         .arg("-o")
         .arg(out)
         .arg(format!("-L{}", lib_dir().display()))

@@ -20,7 +20,7 @@ registration per peer on a 2-core box, at most 50 ms for the first transfer to a
 1,000 regions). Run after building the plugin:
 
     cargo build --release -p tcpx-nixl && bash scripts/collect-plugins.sh release
-    .venv/bin/python plugin/nixl/bench/registration.py [--regions 1000] [--peers 4] [--json out]
+    .venv/bin/python nixl/bench/registration.py [--regions 1000] [--peers 4] [--json out]
 """
 
 import argparse
