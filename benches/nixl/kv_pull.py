@@ -66,7 +66,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))  # nixl_bench: sizes, ports, the plugin folder
 sys.path.insert(0, str(REPO / "tests" / "nixl"))  # cuda_mem: device memory without torch
 
-from nixl_bench import backend_params, fmt_size, free_port, parse_size, plugin_env  # noqa: E402
+from nixl_bench import backend_params, fmt_size, parse_size, plugin_env  # noqa: E402
 
 BOUND_S = 300  # any single wait (metadata, one request, a reply) fails past this
 HEADER = 8  # each block starts with its region and block id (two little-endian u32)
@@ -311,19 +311,9 @@ def block_descs(layout, addrs):
 def make_agent(name, backend, params):
     """An agent with NIXL's metadata listener and exactly one backend, created with
     create_backend (the Python API's only way to pass its options). Returns (agent, port)."""
-    from nixl_wheel import nixl_agent, nixl_agent_config
+    from nixl_wheel import listening_agent
 
-    for attempt in range(5):
-        # free_port() cannot reserve the port: another socket may take it before NIXL binds.
-        port = free_port()
-        try:
-            agent = nixl_agent(
-                name, nixl_agent_config(enable_listen_thread=True, listen_port=port, backends=[])
-            )
-            break
-        except RuntimeError as e:
-            if "bind" not in str(e) or attempt == 4:
-                raise
+    agent, port = listening_agent(name)
     if backend not in agent.get_plugin_list():
         raise Refused(f"NIXL found no {backend} plugin in {os.environ.get('NIXL_PLUGIN_DIR')}")
     try:

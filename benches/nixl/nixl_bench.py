@@ -84,12 +84,6 @@ def fmt_size(n):
     return str(n)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def pattern(n, seed):
     """n bytes repeating with period 251 (cheap for GiB buffers: no wide temporaries)."""
     import numpy as np
@@ -229,12 +223,11 @@ def backend_params(args, backend):
     return {}
 
 
-def make_agent(name, port, backend, params):
-    from nixl_wheel import nixl_agent, nixl_agent_config
+def make_agent(name, backend, params):
+    """An agent with NIXL's metadata listener and `backend`; returns (agent, listener port)."""
+    from nixl_wheel import listening_agent
 
-    agent = nixl_agent(
-        name, nixl_agent_config(enable_listen_thread=True, listen_port=port, backends=[])
-    )
+    agent, port = listening_agent(name)
     if backend not in agent.get_plugin_list():
         raise SystemExit(f"NIXL found no {backend} plugin in {os.environ.get('NIXL_PLUGIN_DIR')}")
     # Custom params reach the backend only through create_backend (nixl_agent_config has no
@@ -242,7 +235,7 @@ def make_agent(name, port, backend, params):
     agent.create_backend(backend, params)
     if backend not in agent.backends:
         raise SystemExit(f"backend {backend} was not created")
-    return agent
+    return agent, port
 
 
 # --------------------------------------------------------------------------------- target
@@ -291,7 +284,7 @@ def run_target(args):
     agent = engine = reg = None
     hello = {"addr": buf.addr, "len": buf.n}
     if args.backend in NIXL_BACKENDS:
-        agent = make_agent(args.name, args.port, args.backend, json.loads(args.params))
+        agent, hello["port"] = make_agent(args.name, args.backend, json.loads(args.params))
         reg = agent.register_memory([(buf.addr, buf.n, 0, "")], args.mem)
         drain = lambda: sum(len(v) for v in agent.get_new_notifs().values())  # noqa: E731
     elif args.backend == "MOONCAKE":
@@ -351,10 +344,9 @@ def run_target(args):
 class Target:
     def __init__(self, args, backend, nbytes, env):
         self.name = f"bench-target-{backend.lower()}"
-        self.port = free_port()
         cmd = [
             sys.executable, __file__, "--role", "target", "--backend", backend,
-            "--name", self.name, "--port", str(self.port), "--bytes", str(nbytes),
+            "--name", self.name, "--bytes", str(nbytes),
             "--params", json.dumps(backend_params(args, backend)), "--mem", args.mem,
         ]
         self.proc = subprocess.Popen(
@@ -363,6 +355,8 @@ class Target:
         self.lines = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         self.buf = self.reply()
+        # NIXL's metadata listener (NIXL backends only): the target picks its port.
+        self.port = self.buf.get("port")
 
     def _read(self):
         for line in self.proc.stdout:
@@ -412,8 +406,8 @@ class NixlDriver:
 
     def __init__(self, args, backend, target, local):
         self.backend = backend
-        self.agent = make_agent(
-            f"bench-init-{backend.lower()}", free_port(), backend, backend_params(args, backend)
+        self.agent, _ = make_agent(
+            f"bench-init-{backend.lower()}", backend, backend_params(args, backend)
         )
         self.reg = self.agent.register_memory([(local.addr, local.n, 0, "")], args.mem)
         self.target, self.mem, self.local = target, args.mem, local
@@ -931,7 +925,6 @@ def main():
     # target-only
     p.add_argument("--backend")
     p.add_argument("--name")
-    p.add_argument("--port", type=int)
     p.add_argument("--bytes", type=int)
     p.add_argument("--params", default="{}")
     args = p.parse_args()

@@ -12,7 +12,10 @@ Imported, `Peer` starts and drives such a process: every reply is awaited with a
 peer that stops answering fails the test; it never hangs it), and `close()` kills the process
 if it does not quit by itself.
 
-    python nixl_peer.py NAME LISTEN_PORT '{"timeout_ms": "3000"}' [BACKEND]
+    python nixl_peer.py NAME '{"timeout_ms": "3000"}' [BACKEND]
+
+The peer picks its metadata listener's port (nixl_wheel.listening_agent) and tells it in its
+first reply and in the reply to `create`.
 
 Params `null`: the agent is created with `nixl_agent_config(backends=[BACKEND])` and no
 parameters, the way vLLM and SGLang create theirs (TCPX then reads only its environment).
@@ -32,7 +35,6 @@ import os
 import pathlib
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -44,13 +46,6 @@ REPLY_BOUND_S = 120
 # Pattern period: a block this long is computed once per seed, every other block of a range
 # is it XOR a byte that depends on the block's index.
 BLOCK = 16 << 20
-
-
-def free_port():
-    """A TCP port nobody listens on right now (NIXL's listener binds it a moment later)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pattern(n, seed):
@@ -88,11 +83,9 @@ class Peer:
     def __init__(self, name, params=None, env=None, backend="TCPX", no_params=False):
         self.name = name
         self.backend = backend
-        self.port = free_port()
         cfg = None if no_params else (params or {})
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "nixl_peer.py"), name, str(self.port),
-             json.dumps(cfg), backend],
+            [sys.executable, str(HERE / "nixl_peer.py"), name, json.dumps(cfg), backend],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env={**os.environ, **(env or {})},
@@ -104,6 +97,8 @@ class Peer:
         self.reader.start()
         try:
             self.ready = self._reply(REPLY_BOUND_S)
+            # NIXL's metadata listener: the peer picks its port (nixl_wheel.listening_agent).
+            self.port = self.ready["port"]
         except BaseException:
             self.close()
             raise
@@ -221,9 +216,9 @@ def check_range(array, off, n, seed):
     return None
 
 
-def _serve(name, port, params, backend):
+def _serve(name, params, backend):
     import numpy as np
-    from nixl_wheel import errors, nixl_agent, nixl_agent_config
+    from nixl_wheel import errors, listening_agent
 
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
@@ -233,26 +228,21 @@ def _serve(name, port, params, backend):
 
     state = {"agent": None, "bufs": {}, "regs": {}, "handles": {}, "prepped": []}
 
-    def create(port):
+    def create():
+        """A new agent; returns its metadata listener's port."""
         if params is None:
             # vLLM's way: no parameters, the backend configured by its environment alone.
-            agent = nixl_agent(
-                name,
-                nixl_agent_config(enable_listen_thread=True, listen_port=port,
-                                  backends=[backend]),
-            )
+            agent, port = listening_agent(name, [backend])
         else:
             # backends=[] then create_backend: the only way the Python API passes params.
-            agent = nixl_agent(
-                name,
-                nixl_agent_config(enable_listen_thread=True, listen_port=port, backends=[]),
-            )
+            agent, port = listening_agent(name)
             agent.create_backend(backend, params)
         if backend not in agent.backends:
             raise RuntimeError(f"no {backend} backend was created")
         state["agent"] = agent
         state["bufs"] = {}
         state["regs"] = {}
+        return port
 
     def destroy():
         """Deregisters everything and drops the agent; checks that it really went away (no
@@ -326,12 +316,12 @@ def _serve(name, port, params, backend):
             return h, {"state": "ERR", "why": f"{type(e).__name__}: {e}"}
 
     try:
-        create(port)
+        port = create()
     except Exception as e:
         reply(error=f"{type(e).__name__}: {e}")
         out.flush()
         os._exit(0)
-    reply(ok=True, pid=os.getpid(), params=state["agent"].get_backend_params(backend))
+    reply(ok=True, pid=os.getpid(), port=port, params=state["agent"].get_backend_params(backend))
     for line in sys.stdin:
         req = json.loads(line)
         cmd = req["cmd"]
@@ -498,8 +488,7 @@ def _serve(name, port, params, backend):
                 destroy()
                 reply(ok=True)
             elif cmd == "create":
-                create(req.get("port", port))
-                reply(ok=True)
+                reply(ok=True, port=create())
             else:
                 reply(error=f"unknown command {cmd!r}")
         except Exception as e:  # reported to the test, which fails with it
@@ -515,5 +504,4 @@ def _serve(name, port, params, backend):
 
 
 if __name__ == "__main__":
-    _serve(sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]),
-           sys.argv[4] if len(sys.argv) > 4 else "TCPX")
+    _serve(sys.argv[1], json.loads(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "TCPX")

@@ -26,6 +26,7 @@ import importlib.util
 import os
 import pathlib
 import shutil
+import socket
 import tempfile
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -98,6 +99,36 @@ else:
     PLUGIN_DIR = BUILT_DIR
     os.environ["NIXL_PLUGIN_DIR"] = str(PLUGIN_DIR)
 PLUGIN = PLUGIN_DIR / PLUGIN_FILE
+
+
+BIND_TRIES = 5
+
+
+def free_port():
+    """A loopback TCP port nobody listens on right now. It cannot be reserved: another socket
+    may take it before NIXL binds it, which `listening_agent` survives."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening_agent(name, backends=()):
+    """A nixl_agent with NIXL's metadata listener on a free port; returns (agent, port).
+    NIXL fails to create the agent when its port was taken after `free_port` chose it: a new
+    port is tried then, `BIND_TRIES` times in all."""
+    for attempt in range(BIND_TRIES):
+        port = free_port()
+        try:
+            agent = nixl_agent(
+                name,
+                nixl_agent_config(enable_listen_thread=True, listen_port=port,
+                                  backends=list(backends)),
+            )
+            return agent, port
+        except RuntimeError as e:
+            if "bind" not in str(e) or attempt == BIND_TRIES - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def describe():

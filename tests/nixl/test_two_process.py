@@ -19,14 +19,17 @@ failure. Peer processes are closed (and killed if need be) by the fixtures.
 import base64
 import hashlib
 import signal
+import socket
 import time
 
 import numpy as np
 import pytest
 
 # test_load settles NIXL_PLUGIN_DIR and TCPX_SOCK_IFNAME=lo (inherited by the peers).
-from test_load import errors, nixl_agent, nixl_agent_config, pattern
-from nixl_peer import Peer, free_port
+from test_load import errors, pattern
+from nixl_peer import Peer
+import nixl_wheel
+from nixl_wheel import listening_agent
 
 BOUND_S = 120
 LOCAL = "127.0.0.1"
@@ -36,14 +39,10 @@ BIG = 256 << 20
 _count = iter(range(1_000_000))
 
 
-def listening_agent(prefix, params=PARAMS):
+def tcpx_agent(prefix, params=PARAMS):
     """An agent with NIXL's metadata listener and only the TCPX backend, created with custom
     params. The Python API skips unknown backends silently, hence the checks."""
-    port = free_port()
-    agent = nixl_agent(
-        f"{prefix}-{next(_count)}",
-        nixl_agent_config(enable_listen_thread=True, listen_port=port, backends=[]),
-    )
+    agent, port = listening_agent(f"{prefix}-{next(_count)}")
     assert "TCPX" in agent.get_plugin_list()
     agent.create_backend("TCPX", params)
     assert "TCPX" in agent.backends
@@ -122,6 +121,31 @@ def hex_notifs(d):
     return {k: [bytes.fromhex(m) for m in v] for k, v in d.items()}
 
 
+def test_listener_port_taken_before_nixl_binds_it(monkeypatch):
+    """The port chosen for NIXL's metadata listener is taken by another socket before NIXL
+    binds it: agent creation fails there, so listening_agent takes another port, and peers
+    reach the agent on the port it returns."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        chosen = []
+        real = nixl_wheel.free_port
+
+        def first_busy():
+            chosen.append(busy if not chosen else real())
+            return chosen[-1]
+
+        monkeypatch.setattr(nixl_wheel, "free_port", first_busy)
+        agent = tcpx_agent("tp-taken")
+    assert len(chosen) == 2 and chosen[0] == busy, chosen
+    assert agent.listen_port == chosen[1] != busy
+    monkeypatch.undo()
+    other = tcpx_agent("tp-asker")
+    other.fetch_remote_metadata(agent.name, LOCAL, agent.listen_port)
+    wait_metadata(other, agent.name)
+
+
 # One initiator and one peer for the data tests: the peer registers its buffer before the
 # initiator fetches its metadata (NIXL ships the registrations it has at that moment).
 @pytest.fixture(scope="module")
@@ -129,7 +153,7 @@ def link():
     peer = Peer(f"tp-target-{next(_count)}", PARAMS)
     try:
         far = peer.call("register", size=BIG + 64, seed=None)
-        agent = listening_agent("tp-init")
+        agent = tcpx_agent("tp-init")
         local = Local(agent, np.zeros(BIG, np.uint8))
         connect(agent, peer)
         yield agent, peer, far, local
@@ -228,7 +252,7 @@ def test_connection_under_tcpx_full_accept_delay():
         assert peer.ready["params"]["timeout_ms"] == "10000"
         n = 1 << 20
         far = peer.call("register", size=n, seed=None)
-        agent = listening_agent("tp-patient", params={})
+        agent = tcpx_agent("tp-patient", params={})
         local = Local(agent, pattern(n, 5))
         connect(agent, peer)
         h = agent.initialize_xfer(
@@ -258,7 +282,7 @@ def lone_peer():
     agent = local = None
     try:
         far = peer.call("register", size=BIG, seed=None)
-        agent = listening_agent("tp-survivor")
+        agent = tcpx_agent("tp-survivor")
         local = Local(agent, pattern(BIG, 9))
         connect(agent, peer)
         yield agent, peer, far, local
@@ -325,7 +349,7 @@ def test_agent_destroyed_then_recreated_under_the_same_name(lone_peer):
     # The same name comes back (a new agent in the peer process, new registration). Drop the
     # stale metadata (the agent may have dropped it already on REMOTE_DISCONNECT) and load
     # the new one.
-    peer.call("create", port=free_port())
+    peer.port = peer.call("create")["port"]
     far2 = peer.call("register", size=n, seed=None)
     md = base64.b64decode(peer.call("metadata")["md"])
     try:
