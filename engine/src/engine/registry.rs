@@ -4,30 +4,18 @@
 //! ncclNet memory handles belong to one comm. Chunks hold a count on their region so a
 //! region with bytes in flight cannot be deregistered underneath the plugin.
 
+use tcpx_core::id::{GenId, Generation};
+
 use crate::error::{Error, Result};
 use crate::net::MemReg;
 
-/// A registered region, valid until `deregister`. Stale ids are detected (generation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct MemId {
-    pub(crate) index: u32,
-    pub(crate) gen: u32,
-}
+/// Marker of region ids ([`MemId`]).
+#[derive(Debug)]
+pub enum Mem {}
 
-impl MemId {
-    /// A single integer for C callers.
-    pub fn to_raw(self) -> u64 {
-        (u64::from(self.gen) << 32) | u64::from(self.index)
-    }
-
-    /// Inverse of [`MemId::to_raw`].
-    pub fn from_raw(raw: u64) -> MemId {
-        MemId {
-            index: raw as u32,
-            gen: (raw >> 32) as u32,
-        }
-    }
-}
+/// A registered region, valid until `deregister`. Stale ids are detected (generation);
+/// `to_raw`/`from_raw` give the single integer C callers hold.
+pub type MemId = GenId<Mem>;
 
 /// Where a region lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -129,7 +117,7 @@ impl Region {
 unsafe impl Send for Region {}
 
 pub(crate) struct Slot {
-    gen: u32,
+    gen: Generation,
     region: Option<Region>,
 }
 
@@ -147,29 +135,23 @@ impl Registry {
             .enumerate()
             .find(|(_, s)| s.region.is_none())
         {
-            s.gen = s.gen.wrapping_add(1);
             s.region = Some(region);
-            return MemId {
-                index: i as u32,
-                gen: s.gen,
-            };
+            return s.gen.next(i as u32);
         }
+        let gen = Generation::default();
         self.slots.push(Slot {
-            gen: 0,
+            gen,
             region: Some(region),
         });
-        MemId {
-            index: (self.slots.len() - 1) as u32,
-            gen: 0,
-        }
+        gen.id((self.slots.len() - 1) as u32)
     }
 
     pub fn get(&self, id: MemId) -> Result<&Region> {
-        match self.slots.get(id.index as usize) {
+        match self.slots.get(id.index() as usize) {
             Some(Slot {
                 gen,
                 region: Some(r),
-            }) if *gen == id.gen => Ok(r),
+            }) if gen.issued(id) => Ok(r),
             _ => Err(Error::Invalid("unknown or deregistered MemId")),
         }
     }
@@ -189,7 +171,7 @@ impl Registry {
                 "deregister: the region still has chunks in flight",
             ));
         }
-        Ok(self.slots[id.index as usize]
+        Ok(self.slots[id.index() as usize]
             .region
             .take()
             .expect("checked above"))

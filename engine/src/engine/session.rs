@@ -427,7 +427,7 @@ impl Session {
         Ok(self
             .slots
             .iter()
-            .any(|s| s.state == State::Active && s.regions.contains(&id.index)))
+            .any(|s| s.state == State::Active && s.regions.contains(&id.index())))
     }
 
     /// Releases a registration. Fails while a live transfer (posted and not finished, an
@@ -478,7 +478,7 @@ impl Session {
                 remote_offset: s.remote_offset,
                 len: s.len,
             });
-            slot.regions.push(s.mem.index);
+            slot.regions.push(s.mem.index());
         }
         let p = match Plan::new(&slot.segments, cfg) {
             Ok(p) => p,
@@ -488,7 +488,7 @@ impl Session {
             }
         };
         self.next_first[d] = p.next_first_channel();
-        slot.gen = slot.gen.wrapping_add(1);
+        let id = slot.gen.next(index);
         slot.state = if p.chunk_count() == 0 {
             State::Done
         } else {
@@ -510,10 +510,7 @@ impl Session {
                 }
             }
         }
-        Ok(XferId {
-            index,
-            gen: slot.gen,
-        })
+        Ok(id)
     }
 
     /// Drives every channel once, then reports on `id`.
@@ -542,7 +539,7 @@ impl Session {
             State::Active if !broken => slot.abandoned = true,
             _ => {
                 slot.state = State::Free;
-                self.free.push(id.index);
+                self.free.push(id.index());
             }
         }
         Ok(())
@@ -844,15 +841,15 @@ impl Session {
     }
 
     fn slot(&self, id: XferId) -> Result<&Slot> {
-        match self.slots.get(id.index as usize) {
-            Some(s) if s.gen == id.gen && s.state != State::Free => Ok(s),
+        match self.slots.get(id.index() as usize) {
+            Some(s) if s.gen.issued(id) && s.state != State::Free => Ok(s),
             _ => Err(Error::Invalid("unknown or released transfer id")),
         }
     }
 
     fn slot_mut(&mut self, id: XferId) -> Result<&mut Slot> {
-        match self.slots.get_mut(id.index as usize) {
-            Some(s) if s.gen == id.gen && s.state != State::Free => Ok(s),
+        match self.slots.get_mut(id.index() as usize) {
+            Some(s) if s.gen.issued(id) && s.state != State::Free => Ok(s),
             _ => Err(Error::Invalid("unknown or released transfer id")),
         }
     }

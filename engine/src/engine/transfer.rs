@@ -4,6 +4,7 @@
 //! `tcpx_core::plan`, and fed chunk by chunk into the channel windows. Slots are reused;
 //! ids carry a generation so a stale id is an error, never another transfer.
 
+use tcpx_core::id::{GenId, Generation};
 use tcpx_core::plan::{self, Cursor, PlanConfig};
 
 use super::registry::MemId;
@@ -30,27 +31,13 @@ pub struct Segment {
     pub len: u64,
 }
 
-/// A posted transfer. Copy it freely; it names a slot of its session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct XferId {
-    pub(crate) index: u32,
-    pub(crate) gen: u32,
-}
+/// Marker of transfer ids ([`XferId`]).
+#[derive(Debug)]
+pub enum Xfer {}
 
-impl XferId {
-    /// A single integer for C callers.
-    pub fn to_raw(self) -> u64 {
-        (u64::from(self.gen) << 32) | u64::from(self.index)
-    }
-
-    /// Inverse of [`XferId::to_raw`].
-    pub fn from_raw(raw: u64) -> XferId {
-        XferId {
-            index: raw as u32,
-            gen: (raw >> 32) as u32,
-        }
-    }
-}
+/// A posted transfer. Copy it freely; it names a slot of its session (stale ids are detected:
+/// generation); `to_raw`/`from_raw` give the single integer C callers hold.
+pub type XferId = GenId<Xfer>;
 
 /// Where a transfer stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +58,7 @@ pub(crate) enum State {
 
 /// A transfer slot, allocated once with room for `max_segments`.
 pub(crate) struct Slot {
-    pub gen: u32,
+    pub gen: Generation,
     pub state: State,
     /// Released by the caller while in flight: free it when the last chunk retires.
     pub abandoned: bool,
@@ -90,7 +77,7 @@ pub(crate) struct Slot {
 impl Slot {
     pub fn new(max_segments: usize, channels: usize) -> Slot {
         Slot {
-            gen: 0,
+            gen: Generation::default(),
             state: State::Free,
             abandoned: false,
             dir: Direction::Send,
