@@ -1,0 +1,292 @@
+//! Opening conns: the initiator's and the target's handshakes (Hello, listen handles, Limits,
+//! engine connect) and the conn table of outgoing conns.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tcpx::engine::Session;
+use tcpx_core::wire::{self, Hello, Limits, Message, HEADER_LEN, MAX_CONTROL_FRAME};
+
+use crate::error::Error;
+
+use super::conn::{Conn, Engine, Outstanding, Reader, Scan, Writer};
+use super::{lock, PeerInfo, Shared, FRAME_BUF, TABLE_CAP};
+
+/// Reads one frame from a blocking stream (handshake only; read timeout set by the caller).
+fn read_frame(s: &mut TcpStream) -> Result<Vec<u8>, Error> {
+    let io = |err| Error::Io {
+        what: "control handshake read",
+        err,
+    };
+    let mut buf = vec![0u8; HEADER_LEN];
+    s.read_exact(&mut buf).map_err(io)?;
+    let wire = |err| Error::Wire {
+        what: "handshake frame",
+        err,
+    };
+    let len = wire::peek_frame_within(&buf, MAX_CONTROL_FRAME)
+        .map_err(|e| match e {
+            wire::Error::BadVersion(v) => Error::Mismatch(format!(
+                "the peer speaks wire version {v}, this agent {}: every agent must run the \
+                 same tcpx-nixl wire version",
+                wire::VERSION
+            )),
+            e => wire(e),
+        })?
+        .unwrap_or(HEADER_LEN);
+    buf.resize(len, 0);
+    s.read_exact(&mut buf[HEADER_LEN..]).map_err(io)?;
+    Ok(buf)
+}
+
+pub(super) fn frame(msg: &Message<'_>) -> Result<Vec<u8>, Error> {
+    let mut buf = vec![0u8; msg.buffer_len()];
+    msg.emit(&mut buf).map_err(|err| Error::Wire {
+        what: "control message",
+        err,
+    })?;
+    Ok(buf)
+}
+
+/// Turns an I/O failure that means "the peer is not there any more" (timeout, EOF, reset)
+/// into [`Error::Disconnected`]; anything else is left as it is.
+fn peer_gone(e: Error) -> Error {
+    use std::io::ErrorKind::*;
+    match e {
+        Error::Io { what, err }
+            if matches!(
+                err.kind(),
+                WouldBlock
+                    | TimedOut
+                    | UnexpectedEof
+                    | ConnectionReset
+                    | ConnectionAborted
+                    | BrokenPipe
+            ) =>
+        {
+            Error::Disconnected(format!("{what}: {err}"))
+        }
+        other => other,
+    }
+}
+
+impl Shared {
+    /// Our conn to `agent`, if there is one not known to be dead.
+    pub(super) fn live_outgoing(&self, agent: &str) -> Option<Arc<Conn>> {
+        lock(&self.outgoing)
+            .get(agent)
+            .filter(|c| c.dead().is_none())
+            .cloned()
+    }
+
+    /// Our conn to `agent`, opened (handshake) if there is none or it died. The handshake
+    /// holds only this peer's entry of the handshake table: transfers on other conns, and
+    /// handshakes with other peers, go on meanwhile.
+    pub(super) fn outgoing(&self, agent: &str, peer: &PeerInfo) -> Result<Arc<Conn>, Error> {
+        if let Some(c) = self.live_outgoing(agent) {
+            return Ok(c);
+        }
+        let slot = lock(&self.connecting)
+            .entry(agent.to_owned())
+            .or_default()
+            .clone();
+        let _one = lock(&slot);
+        if let Some(c) = self.live_outgoing(agent) {
+            return Ok(c);
+        }
+        let conn = self.open(agent, peer)?;
+        lock(&self.conns).push(conn.clone());
+        let connecting = lock(&self.connecting);
+        if !connecting.get(agent).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+            // `disconnect` ran during the handshake: the peer may be loaded again with other
+            // connection info by now, so this conn must not serve it.
+            drop(connecting);
+            conn.close("disconnected during the handshake");
+            return Err(Error::Disconnected(format!(
+                "{agent:?} was disconnected during the handshake"
+            )));
+        }
+        lock(&self.outgoing).insert(agent.to_owned(), conn.clone());
+        Ok(conn)
+    }
+
+    /// Initiator handshake: Hello + our ListenHandles, their ListenHandles and Limits, engine
+    /// connect.
+    fn open(&self, agent: &str, peer: &PeerInfo) -> Result<Arc<Conn>, Error> {
+        let io = |what| move |err| Error::Io { what, err };
+        let mut s = TcpStream::connect_timeout(&peer.addr, self.timeout)
+            .map_err(|e| Error::Disconnected(format!("connecting to {}: {e}", peer.addr)))?;
+        s.set_read_timeout(Some(self.timeout))
+            .map_err(io("control stream"))?;
+        s.set_write_timeout(Some(self.timeout))
+            .map_err(io("control stream"))?;
+        let _ = s.set_nodelay(true);
+        let net = Session::open_net(&self.engine_cfg).map_err(Error::Engine)?;
+        let l = Session::listen(net, self.engine_cfg.clone()).map_err(Error::Engine)?;
+        let hello = frame(&Message::Hello(Hello {
+            channels: self.engine_cfg.channels as u16,
+            name: &self.agent,
+        }))?;
+        // A peer that stops answering (read/write timeout) or goes away during the handshake
+        // is a disconnected peer, like one that fails later: REMOTE_DISCONNECT, not BACKEND.
+        s.write_all(&hello)
+            .and_then(|_| s.write_all(l.conn_info()))
+            .map_err(io("sending Hello"))
+            .map_err(peer_gone)?;
+        let theirs = read_frame(&mut s).map_err(peer_gone)?;
+        let limits = read_frame(&mut s).map_err(peer_gone)?;
+        let limits = match wire::parse(&limits) {
+            Ok(Message::Limits(l)) => l,
+            _ => {
+                return Err(Error::Mismatch(format!(
+                    "agent {agent:?} did not answer the handshake with its Limits"
+                )))
+            }
+        };
+        let session = l.connect(&theirs).map_err(Error::Engine)?;
+        self.conn(agent.into(), true, s, session, limits.max_notif as usize)
+    }
+
+    fn conn(
+        &self,
+        peer: Arc<str>,
+        initiator: bool,
+        s: TcpStream,
+        session: Session,
+        peer_max_notif: usize,
+    ) -> Result<Arc<Conn>, Error> {
+        let io = |err| Error::Io {
+            what: "control stream",
+            err,
+        };
+        s.set_nonblocking(true).map_err(io)?;
+        let tx = s.try_clone().map_err(io)?;
+        let addr =
+            |a: std::io::Result<SocketAddr>| a.map_or_else(|_| "?".into(), |a| a.to_string());
+        crate::log!(
+            Info,
+            "peer {peer:?}: connected as {} (control stream {} -> {})",
+            if initiator { "initiator" } else { "target" },
+            addr(s.local_addr()),
+            addr(s.peer_addr())
+        );
+        // An initiator reads only answers; a target reads announces with notifications of up
+        // to its own limit.
+        let max_frame = if initiator {
+            MAX_CONTROL_FRAME
+        } else {
+            MAX_CONTROL_FRAME + self.max_notif as usize
+        };
+        Ok(Arc::new(Conn {
+            peer,
+            initiator,
+            stream: s,
+            tx: Mutex::new(Writer::new(tx)),
+            engine: Mutex::new(Engine {
+                session: Some(session),
+                mems: HashMap::new(),
+                resolved: Vec::with_capacity(TABLE_CAP),
+                sink: None,
+            }),
+            rx: Mutex::new(Reader {
+                buf: Vec::with_capacity(FRAME_BUF),
+                held: false,
+            }),
+            max_frame,
+            peer_max_notif,
+            dead: Mutex::new(None),
+            alive: Mutex::new(Instant::now()),
+            // Sized up front (and never shrunk by removals), so reposts insert without
+            // allocating; more parts in flight at once than this grow it once.
+            out: Mutex::new(Outstanding {
+                parts: HashMap::with_capacity(TABLE_CAP),
+                waiting: VecDeque::new(),
+            }),
+            outstanding: AtomicUsize::new(0),
+            scan: Mutex::new(Scan {
+                listed: Vec::with_capacity(TABLE_CAP),
+                gone: Vec::with_capacity(TABLE_CAP),
+            }),
+            jobs: Mutex::new(Vec::with_capacity(TABLE_CAP)),
+            next_seq: AtomicU64::new(0),
+            finished: Mutex::new(Vec::with_capacity(TABLE_CAP)),
+            stalled: Mutex::new(None),
+            timeout: self.timeout,
+            refused_reads: AtomicU64::new(0),
+            refused_writes: AtomicU64::new(0),
+            refused_notifs: AtomicU64::new(0),
+            checked: AtomicU64::new(0),
+            inline_buf: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Target handshake for a stream a peer opened (runs on its own thread: it blocks).
+    pub(super) fn accept(&self, mut s: TcpStream) -> Result<(), Error> {
+        let io = |err| Error::Io {
+            what: "control handshake",
+            err,
+        };
+        s.set_nonblocking(false).map_err(io)?;
+        s.set_read_timeout(Some(self.timeout)).map_err(io)?;
+        s.set_write_timeout(Some(self.timeout)).map_err(io)?;
+        let _ = s.set_nodelay(true);
+        let hello = read_frame(&mut s)?;
+        let name = match wire::parse(&hello) {
+            Ok(Message::Hello(h)) => Arc::<str>::from(h.name),
+            _ => {
+                return Err(Error::Mismatch(
+                    "control stream did not open with Hello".into(),
+                ))
+            }
+        };
+        let theirs = read_frame(&mut s)?;
+        let net = Session::open_net(&self.engine_cfg).map_err(Error::Engine)?;
+        let l = Session::listen(net, self.engine_cfg.clone()).map_err(Error::Engine)?;
+        let limits = frame(&Message::Limits(Limits {
+            max_notif: self.max_notif,
+        }))?;
+        s.write_all(l.conn_info())
+            .and_then(|_| s.write_all(&limits))
+            .map_err(io)?;
+        let session = l.connect(&theirs).map_err(Error::Engine)?;
+        let c = self.conn(name, false, s, session, 0)?;
+        if self.stop.load(Ordering::Relaxed) {
+            c.close("agent destroyed");
+            return Ok(());
+        }
+        lock(&self.conns).push(c);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Status;
+
+    #[test]
+    fn handshake_io_failures_from_a_vanished_peer_are_disconnects() {
+        use std::io::{Error as IoError, ErrorKind};
+        for kind in [
+            ErrorKind::WouldBlock,
+            ErrorKind::TimedOut,
+            ErrorKind::UnexpectedEof,
+            ErrorKind::ConnectionReset,
+        ] {
+            let e = peer_gone(Error::Io {
+                what: "control handshake read",
+                err: IoError::from(kind),
+            });
+            assert_eq!(e.status(), Status::RemoteDisconnect, "{kind:?}");
+        }
+        let other = peer_gone(Error::Io {
+            what: "control handshake read",
+            err: IoError::from(ErrorKind::PermissionDenied),
+        });
+        assert_eq!(other.status(), Status::Backend);
+    }
+}

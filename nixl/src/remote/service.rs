@@ -1,0 +1,395 @@
+//! One pass over a conn: read and handle its frames, drive its session, the role's own work, and
+//! closing a conn whose peer stopped making progress.
+
+use std::io::{ErrorKind, Read};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tcpx::engine::Direction;
+use tcpx_core::wire::{self, Keepalive, Message, ReadAnnounce, ReadData};
+
+use crate::error::{Error, Status};
+use crate::xfer::Op;
+
+use super::conn::Conn;
+use super::inline::write_ours;
+use super::protocol::keepalive_every;
+use super::{lock, Shared, READ_PER_PASS};
+
+/// What handling one frame came to.
+pub(super) enum Handled {
+    /// Acted on; the next frame may follow.
+    Done,
+    /// It needs room that is not there yet (in the notification queue, or among the jobs):
+    /// left in the buffer, nothing more taken from the peer until it fits.
+    Held,
+}
+
+impl Shared {
+    /// One pass over a conn: read and handle frames, drive the session, then the role's own
+    /// work (initiator: settle parts, send waiting ones; target: finish jobs).
+    pub(super) fn service(&self, c: &Arc<Conn>) -> bool {
+        if c.dead().is_some() {
+            return false;
+        }
+        let mut moved = false;
+        // Whole frames handled: progress for a conn waiting on a partial frame, not for one
+        // waiting on announced data (frames must not keep a stalled WRITE's conn open).
+        let mut framed = false;
+        let partial;
+        // A frame waits for room: retried on every pass (room comes from the application
+        // taking notifications, or from jobs finishing).
+        let mut held = false;
+        // EOF, or a frame that closes the conn, after frames: what those frames completed (a
+        // last Notif, say) is still delivered, then the conn is closed.
+        let mut eof = false;
+        let mut fatal: Option<String> = None;
+        {
+            let mut rx = lock(&c.rx);
+            let mut tmp = [0u8; 16 * 1024];
+            let mut budget = READ_PER_PASS;
+            loop {
+                // Handle every whole frame, unless one waits for room.
+                let mut off = 0;
+                while !held {
+                    match wire::next_frame_within(&rx.buf[off..], c.max_frame) {
+                        Ok(Some(f)) => {
+                            let n = f.len();
+                            match self.handle(c, f) {
+                                Ok(Handled::Done) => {
+                                    off += n;
+                                    framed = true;
+                                }
+                                Ok(Handled::Held) => held = true,
+                                Err(e) => {
+                                    fatal = Some(e.to_string());
+                                    break;
+                                }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            fatal = Some(format!("bad control frame: {e}"));
+                            break;
+                        }
+                    }
+                }
+                rx.buf.drain(..off);
+                if held || eof || budget == 0 || fatal.is_some() {
+                    break;
+                }
+                match (&c.stream).read(&mut tmp[..budget.min(16 * 1024)]) {
+                    Ok(0) => eof = true,
+                    Ok(n) => {
+                        rx.buf.extend_from_slice(&tmp[..n]);
+                        budget -= n;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        fatal = Some(format!("control read: {e}"));
+                        break;
+                    }
+                }
+            }
+            rx.held = held;
+            // A frame waiting for room is not a peer stopping mid-frame.
+            partial = !held && !rx.buf.is_empty();
+        }
+        if framed {
+            c.heard();
+        }
+        match lock(&c.engine).progress() {
+            Ok(m) => {
+                if m {
+                    c.heard();
+                }
+                moved |= m;
+            }
+            Err(e) => {
+                c.kill(&format!("data session: {e}"));
+                return true;
+            }
+        }
+        if c.initiator {
+            moved |= self.drive(c);
+        } else {
+            moved |= self.finish_jobs(c);
+        }
+        if let Some(why) = fatal {
+            c.kill(&why);
+            return true;
+        }
+        if eof {
+            c.close("peer closed the control stream");
+            return true;
+        }
+        {
+            let mut tx = lock(&c.tx);
+            // Holding the peer back: say we are alive, so its timeout measures a dead agent
+            // and not a slow application here.
+            if held && tx.last_frame.elapsed() >= keepalive_every(c.timeout) {
+                let _ = c.send_on(&mut tx, &Message::Keepalive(Keepalive));
+            } else if tx.pending() {
+                let _ = c.flush_on(&mut tx);
+            }
+            if tx
+                .stuck
+                .is_some_and(|t| t.elapsed() > c.timeout && c.silent_for() > c.timeout)
+            {
+                drop(tx);
+                c.kill(&format!(
+                    "the peer took none of our control frames for {:?}",
+                    c.timeout
+                ));
+                return true;
+            }
+        }
+        if c.initiator {
+            return moved || framed;
+        }
+        let jobs_waiting = !lock(&c.jobs).is_empty();
+        let waiting = partial || jobs_waiting;
+        let progress = moved || (framed && !jobs_waiting);
+        moved |= framed;
+        let mut stalled = lock(&c.stalled);
+        match *stalled {
+            _ if progress || !waiting => *stalled = None,
+            None => *stalled = Some(Instant::now()),
+            Some(t) if t.elapsed() > c.timeout => {
+                drop(stalled);
+                let what = if partial {
+                    "a partial frame"
+                } else {
+                    "announced data"
+                };
+                c.kill(&format!(
+                    "no progress from the peer for {:?} ({what})",
+                    c.timeout
+                ));
+                return true;
+            }
+            Some(_) => {}
+        }
+        moved || held
+    }
+
+    /// Acts on one control frame. An `Err` closes the conn.
+    fn handle(&self, c: &Arc<Conn>, buf: &[u8]) -> Result<Handled, Error> {
+        let msg = wire::parse(buf).map_err(|err| Error::Wire {
+            what: "control frame",
+            err,
+        })?;
+        match (c.initiator, msg) {
+            (false, Message::WriteAnnounce(w)) if w.data.is_some() => {
+                self.check_notif(w.notif)?;
+                match self.take_inline_write(c, &w) {
+                    Ok(h) => return Ok(h),
+                    Err((status, why)) => {
+                        c.log_repeated(
+                            &c.refused_writes,
+                            format_args!("refusing inline WRITE {}: {why}", w.xfer),
+                        );
+                        // Nothing else of it is on the wire: the conn stays usable.
+                        c.send_error(status, w.xfer, &why)?;
+                    }
+                }
+            }
+            (false, Message::WriteAnnounce(w)) => {
+                self.check_notif(w.notif)?;
+                if !self.reserve(w.notif) {
+                    return Ok(Handled::Held);
+                }
+                match self.resolve(c, w.segments) {
+                    Ok(()) => {
+                        let id = c.post_resolved(Direction::Recv)?;
+                        // The one allocation serving a WRITE: the notification the app
+                        // receives.
+                        c.add_job(Some(id), w.xfer, Some(w.notif.map(<[u8]>::to_vec)), true);
+                    }
+                    Err((status, why)) => {
+                        self.unreserve(w.notif);
+                        c.log_repeated(
+                            &c.refused_writes,
+                            format_args!("refusing WRITE {}: {why}", w.xfer),
+                        );
+                        // Its data is on the wire already: taken and dropped, so the session
+                        // stays paired and the conn keeps serving; nothing of it is written.
+                        self.drain(c, w.xfer, w.segments)?;
+                        c.send_error(status, w.xfer, &why)?;
+                    }
+                }
+            }
+            (false, Message::ReadRequest(r)) => match self.answer_read(c, &r) {
+                Err((status, why)) => {
+                    c.log_repeated(
+                        &c.refused_reads,
+                        format_args!("refusing READ {}: {why}", r.xfer),
+                    );
+                    // Nothing was posted on either side: the conn stays usable.
+                    c.send_error(status, r.xfer, &why)?;
+                }
+                Ok(true) => {
+                    // One frame answers the READ; nothing is posted on either side.
+                    // Counted before the answer can complete the READ at the initiator.
+                    self.inline_answers.fetch_add(1, Ordering::Relaxed);
+                    let data = lock(&c.inline_buf);
+                    c.send(&Message::ReadData(ReadData {
+                        xfer: r.xfer,
+                        data: &data,
+                    }))?;
+                }
+                Ok(false) => {
+                    let mut tx = lock(&c.tx);
+                    c.send_on(
+                        &mut tx,
+                        &Message::ReadAnnounce(ReadAnnounce { xfer: r.xfer }),
+                    )?;
+                    let id = c.post_resolved(Direction::Send)?;
+                    drop(tx);
+                    c.add_job(Some(id), r.xfer, None, false);
+                }
+            },
+            (false, Message::Notif(n)) => {
+                self.check_notif(Some(n.msg))?;
+                // No room: the notification waits on this conn (and so does everything the
+                // peer sends after it) until the application takes notifications.
+                if self.jobs_full(c) || !self.reserve(Some(n.msg)) {
+                    return Ok(Handled::Held);
+                }
+                // Queued behind the WRITEs that arrived before it (at once when none is still
+                // landing). The allocation is the notification the app receives.
+                c.add_job(None, 0, Some(Some(n.msg.to_vec())), false);
+            }
+            (true, Message::Ack(a)) => {
+                let f = self
+                    .answered(c, a.xfer)
+                    .ok_or_else(|| Error::Mismatch(format!("Ack for unknown {}", a.xfer)))?;
+                let mut f = lock(&f);
+                let k = f.part_of(a.xfer)?;
+                if a.status != 0 {
+                    // Refusals come as `Error` frames, with the conn kept; a negative Ack is
+                    // from a peer that does not follow this protocol.
+                    f.fail(
+                        Status::from_wire(a.status),
+                        format!("peer refused the WRITE ({})", a.status),
+                    );
+                    return Err(Error::Mismatch(format!(
+                        "negative Ack {} for {}: not this wire version's protocol",
+                        a.status, a.xfer
+                    )));
+                }
+                f.parts[k].answered = true;
+            }
+            (true, Message::ReadData(d)) => {
+                let f = self
+                    .answered(c, d.xfer)
+                    .ok_or_else(|| Error::Mismatch(format!("ReadData for unknown {}", d.xfer)))?;
+                let mut f = lock(&f);
+                let k = f.part_of(d.xfer)?;
+                let offered = !f.inline_dst.is_empty();
+                let want = f.inline_dst.iter().map(|r| r.1).sum::<u64>();
+                if !offered || want != d.data.len() as u64 || f.parts[k].answered {
+                    let why = format!(
+                        "ReadData of {} bytes for {} {}",
+                        d.data.len(),
+                        if offered {
+                            "a READ of"
+                        } else {
+                            "a READ that did not offer inline, of"
+                        },
+                        want
+                    );
+                    f.fail(Status::Mismatch, why.clone());
+                    return Err(Error::Mismatch(why));
+                }
+                f.parts[k].answered = true;
+                f.parts[k].moved = true;
+                // A released READ's memory is no longer ours to write.
+                if !f.released {
+                    let mut at = 0;
+                    let mut failed = None;
+                    for (addr, len, copier) in &f.inline_dst {
+                        let src = &d.data[at..at + *len as usize];
+                        at += *len as usize;
+                        // SAFETY: `addr..addr+len` is a range of one of our registrations
+                        // (device memory of the copier's device when there is one; checked at
+                        // prepare, still registered at post: NIXL's contract keeps it so while
+                        // the transfer is live); the frame buffer does not overlap it.
+                        if let Err(e) = unsafe { write_ours(copier.as_deref(), *addr, src) } {
+                            failed = Some(format!("writing device memory: {e}"));
+                            break;
+                        }
+                    }
+                    if let Some(why) = failed {
+                        // The frame was whole: the conn stays usable, only this READ failed.
+                        crate::log!(Warn, "READ {}: {why}", d.xfer);
+                        f.fail(Status::Backend, why);
+                    }
+                }
+            }
+            (true, Message::ReadAnnounce(r)) => {
+                let f = self.answered(c, r.xfer).ok_or_else(|| {
+                    Error::Mismatch(format!("ReadAnnounce for unknown {}", r.xfer))
+                })?;
+                let mut f = lock(&f);
+                // A stale one cannot be paired (the flight's segments are the next post's):
+                // the conn closes.
+                let k = f.part_of(r.xfer)?;
+                if f.parts[k].answered {
+                    return Err(Error::Mismatch(format!("second answer to {}", r.xfer)));
+                }
+                // Even a released READ must post its receives: the peer's data is coming and
+                // later transfers pair by order.
+                let range = f.ranges[k].clone();
+                let mut e = lock(&c.engine);
+                let id = e
+                    .live()?
+                    .post(Direction::Recv, &f.segs[range])
+                    .map_err(Error::Engine)?;
+                f.parts[k].answered = true;
+                if f.released {
+                    e.release(id);
+                    f.parts[k].moved = true;
+                } else {
+                    f.parts[k].engine = Some(id);
+                }
+            }
+            (true, Message::Error(m)) => {
+                if let Some(f) = self.answered(c, m.xfer) {
+                    let mut f = lock(&f);
+                    let k = f.part_of(m.xfer)?;
+                    if f.parts[k].answered {
+                        return Err(Error::Mismatch(format!("second answer to {}", m.xfer)));
+                    }
+                    f.parts[k].answered = true;
+                    // A refused READ moved nothing; a refused WRITE's sends still finish (the
+                    // target takes and drops their data).
+                    if f.op == Op::Read {
+                        f.parts[k].moved = true;
+                    }
+                    let status = Status::from_wire(-(m.code.min(i32::MAX as u32) as i32));
+                    let why = if f.parts.len() > 1 {
+                        format!("part {k} of {}: {}", f.parts.len(), m.text)
+                    } else {
+                        m.text.to_owned()
+                    };
+                    f.fail(status, why);
+                } else {
+                    // Not about a transfer in flight: an answer to a released one.
+                    c.log_repeated(&c.refused_notifs, format_args!("error: {}", m.text));
+                }
+            }
+            (true, Message::Keepalive(_)) => {}
+            (_, m) => {
+                return Err(Error::Mismatch(format!(
+                    "unexpected {:?} on a {} stream",
+                    m.kind(),
+                    if c.initiator { "initiator" } else { "target" }
+                )))
+            }
+        }
+        Ok(Handled::Done)
+    }
+}

@@ -1,0 +1,301 @@
+//! Target side of a conn: the jobs (engine transfers in flight, WRITEs waiting for earlier ones),
+//! validating announces and requests against our registrations, dropping a refused WRITE's data,
+//! and finishing jobs in arrival order (notifications queued, Acks sent).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+
+use tcpx::engine::{Direction, Memory, Progress, Segment as ESeg, XferId};
+use tcpx_core::wire::{Ack, Message, ReadRequest, Segment as WireSegment};
+
+use crate::error::{Error, Status};
+
+use super::conn::{register_on, Conn, Engine};
+use super::protocol::{first_landing, locate, may_finish};
+use super::{lock, Shared, MAX_JOBS, PART_SEGMENTS};
+
+/// A target-side transfer: an engine transfer in flight, or a WRITE whose data is in place
+/// waiting for the WRITEs announced before it.
+pub(super) struct Job {
+    /// The engine transfer; `None` once it is done (or for an inline WRITE, which has none).
+    id: Option<XferId>,
+    /// Arrival order on this conn (assigned here, not by the peer): a WRITE is acknowledged
+    /// only after every WRITE that arrived before it landed.
+    seq: u64,
+    wire: u64,
+    /// `Some` for a WRITE (Ack + notif due when it lands), `None` for READ data we send and
+    /// for data of a refused WRITE we drop.
+    pub(super) write: Option<Option<Vec<u8>>>,
+    /// The notif's room in the queue is reserved (every notif reserves it on arrival, before
+    /// a WRITE's data is written).
+    pub(super) reserved: bool,
+    /// An Ack is due (a WRITE); a bare `Notif` only waits its turn behind the WRITEs that
+    /// arrived before it, so a peer's notifications reach the application in the order it
+    /// sent them.
+    ack: bool,
+}
+
+impl Job {
+    /// (arrival order, still moving, is a WRITE).
+    fn state(&self) -> (u64, bool, bool) {
+        (self.seq, self.id.is_some(), self.write.is_some())
+    }
+}
+
+impl Conn {
+    /// Target side: posts the engine segments `Shared::resolve` left in the session.
+    pub(super) fn post_resolved(&self, dir: Direction) -> Result<XferId, Error> {
+        let mut e = lock(&self.engine);
+        let Engine {
+            session, resolved, ..
+        } = &mut *e;
+        let session = session
+            .as_mut()
+            .ok_or_else(|| Error::Disconnected("the connection was closed".into()))?;
+        session.post(dir, resolved).map_err(Error::Engine)
+    }
+
+    /// Target side: a job joins the conn's list; `ack` when it is a WRITE.
+    pub(super) fn add_job(
+        &self,
+        id: Option<XferId>,
+        wire: u64,
+        write: Option<Option<Vec<u8>>>,
+        ack: bool,
+    ) {
+        let reserved = matches!(write, Some(Some(_)));
+        lock(&self.jobs).push(Job {
+            id,
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            wire,
+            write,
+            reserved,
+            ack,
+        });
+    }
+}
+
+impl Shared {
+    /// Target side: completed jobs, in announce order (a job waits for every earlier one),
+    /// get their WRITE's notif queued and Ack sent.
+    pub(super) fn finish_jobs(&self, c: &Arc<Conn>) -> bool {
+        // Only target conns have jobs, and only the backend thread serves target conns.
+        let mut finished = lock(&c.finished);
+        finished.clear();
+        {
+            let mut jobs = lock(&c.jobs);
+            if jobs.is_empty() {
+                return false;
+            }
+            let mut e = lock(&c.engine);
+            for j in jobs.iter_mut() {
+                let Some(id) = j.id else { continue };
+                match e.status(id) {
+                    Ok(Progress::Done { .. }) => {
+                        e.release(id);
+                        j.id = None;
+                    }
+                    Ok(Progress::Pending { .. }) => {}
+                    Err(err) => {
+                        drop(e);
+                        c.kill(&format!("data session: {err}"));
+                        return true;
+                    }
+                }
+            }
+            let first = first_landing(jobs.iter().map(Job::state));
+            let mut i = 0;
+            while i < jobs.len() {
+                if may_finish(jobs[i].state(), first) {
+                    finished.push(jobs.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        // `swap_remove` reorders; Acks and notifs go out in arrival order. Sequence numbers
+        // are unique, so the unstable sort (which, unlike the stable one, never allocates) is
+        // enough.
+        finished.sort_unstable_by_key(|j| j.seq);
+        let any = !finished.is_empty();
+        for j in finished.drain(..) {
+            if let Some(notif) = j.write {
+                // Its room was reserved when it arrived: only now, with the data in place
+                // (its own and that of every WRITE before it), may the application see it.
+                if let Some(msg) = notif {
+                    lock(&self.notifs).push_reserved(c.peer.clone(), msg);
+                }
+                if j.ack {
+                    let acked = c.send(&Message::Ack(Ack {
+                        xfer: j.wire,
+                        status: 0,
+                    }));
+                    if acked.is_err() {
+                        return true;
+                    }
+                }
+            }
+        }
+        any
+    }
+
+    /// Whether the conn's jobs are at their bound, so a job that would wait behind a WRITE
+    /// still landing must wait for room instead. Only the backend thread changes a target
+    /// conn's jobs, so this holds until the caller's push. The bound counts only while a WRITE
+    /// is still landing: otherwise every job finishes at the end of this pass, however many
+    /// frames it brought.
+    pub(super) fn jobs_full(&self, c: &Conn) -> bool {
+        let jobs = lock(&c.jobs);
+        jobs.len() >= MAX_JOBS && jobs.iter().any(|j| j.id.is_some() && j.write.is_some())
+    }
+
+    /// Takes room for a WRITE's or a `Notif`'s notification; `false` when the queue has none
+    /// (the frame waits).
+    pub(super) fn reserve(&self, notif: Option<&[u8]>) -> bool {
+        match notif {
+            Some(m) => lock(&self.notifs).reserve(m.len()).is_ok(),
+            None => true,
+        }
+    }
+
+    pub(super) fn unreserve(&self, notif: Option<&[u8]>) {
+        if let Some(m) = notif {
+            lock(&self.notifs).unreserve(m.len());
+        }
+    }
+
+    /// Checks a notification's length against what we told the peer we take.
+    pub(super) fn check_notif(&self, notif: Option<&[u8]>) -> Result<(), Error> {
+        match notif {
+            Some(m) if m.len() > self.max_notif as usize => Err(Error::Mismatch(format!(
+                "a notification of {} bytes, above the {} this agent told the peer it takes",
+                m.len(),
+                self.max_notif
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks announced target ranges against our registrations and leaves their engine
+    /// segments in the session's `resolved` list, for the caller to post under a new lock of
+    /// the session (only this thread touches that list, so it is still there). A registration
+    /// used for the first time on this session is registered on it now.
+    pub(super) fn resolve(&self, c: &Conn, segs: &[WireSegment]) -> Result<(), (Status, String)> {
+        // Table, then session: the lock order.
+        let table = self.mem.read().unwrap_or_else(PoisonError::into_inner);
+        // Every range is checked before any is mapped, so a refusal is INVALID_PARAM whatever
+        // the session knows.
+        let region = |i: usize, s: &WireSegment| locate(&table, i, s).map(|(md, off, _)| (md, off));
+        for (i, s) in segs.iter().enumerate() {
+            region(i, s)?;
+        }
+        let mut e = lock(&c.engine);
+        e.resolved.clear();
+        for (i, s) in segs.iter().enumerate() {
+            let (md, offset) = region(i, s)?;
+            let mem = match e.mems.get(&md) {
+                Some(&m) => m,
+                None => {
+                    let r = table.local(md).map_err(|_| {
+                        (Status::InvalidParam, format!("segment {i}: unknown region"))
+                    })?;
+                    register_on(&mut e, md, r).map_err(|err| {
+                        (
+                            Status::Backend,
+                            format!("segment {i}: registering region {md:#x} here: {err}"),
+                        )
+                    })?
+                }
+            };
+            e.resolved.push(ESeg {
+                mem,
+                offset,
+                remote_offset: 0,
+                len: s.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Target side: receives the data of a WRITE we refused into the sink and drops it: one
+    /// receive per chunk the initiator's plan cuts (each segment from its start, in chunks of
+    /// `chunk_bytes`), all at the sink's start. The chunks, their order and so their channels
+    /// are those of the initiator's sends, so the session stays paired. `Err` when the
+    /// receives cannot be posted (the conn must close then).
+    pub(super) fn drain(&self, c: &Conn, wire: u64, segs: &[WireSegment]) -> Result<(), Error> {
+        let cb = u64::from(self.engine_cfg.chunk_bytes);
+        let mut posted = Vec::new();
+        {
+            let mut e = lock(&c.engine);
+            let sink = match &e.sink {
+                Some((id, _)) => *id,
+                None => {
+                    let mut buf = vec![0u8; cb as usize].into_boxed_slice();
+                    let session = e.live()?;
+                    // SAFETY: the boxed buffer moves into `e.sink`, in the same `Engine` as
+                    // the session and declared after it, so its heap bytes are freed only once
+                    // the session (and every receive it posted into them) is gone.
+                    let id = unsafe {
+                        session.register(buf.as_mut_ptr().cast(), buf.len(), Memory::Host)
+                    }
+                    .map_err(Error::Engine)?;
+                    e.sink = Some((id, buf));
+                    id
+                }
+            };
+            let Engine {
+                session, resolved, ..
+            } = &mut *e;
+            let session = session
+                .as_mut()
+                .ok_or_else(|| Error::Disconnected("the connection was closed".into()))?;
+            resolved.clear();
+            for s in segs {
+                let mut left = s.len();
+                while left > 0 {
+                    let len = left.min(cb);
+                    resolved.push(ESeg {
+                        mem: sink,
+                        offset: 0,
+                        remote_offset: 0,
+                        len,
+                    });
+                    left -= len;
+                    if resolved.len() == PART_SEGMENTS {
+                        posted.push(
+                            session
+                                .post(Direction::Recv, resolved)
+                                .map_err(Error::Engine)?,
+                        );
+                        resolved.clear();
+                    }
+                }
+            }
+            if !resolved.is_empty() {
+                posted.push(
+                    session
+                        .post(Direction::Recv, resolved)
+                        .map_err(Error::Engine)?,
+                );
+            }
+        }
+        for id in posted {
+            c.add_job(Some(id), wire, None, false);
+        }
+        self.drained.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Validates a READ and readies its answer: `Ok(true)` = gathered for a `ReadData`,
+    /// `Ok(false)` = resolved for a `ReadAnnounce` and the data comms.
+    pub(super) fn answer_read(
+        &self,
+        c: &Conn,
+        r: &ReadRequest<'_>,
+    ) -> Result<bool, (Status, String)> {
+        if r.inline_ok && self.gather_inline(c, r.segments)? {
+            return Ok(true);
+        }
+        self.resolve(c, r.segments).map(|()| false)
+    }
+}
