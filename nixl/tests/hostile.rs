@@ -25,7 +25,7 @@ use tcpx_core::wire::{
     WriteAnnounce, HEADER_LEN, MAGIC, MAX_FRAME, VERSION,
 };
 
-/// Target's timeout: bounds the handshake of a silent peer and (with the fix in remote.rs)
+/// Target's timeout: bounds the handshake of a silent peer and (with the fix in remote/service.rs)
 /// a target conn stuck mid-frame or mid-WRITE.
 const TIMEOUT_MS: u64 = 2000;
 
@@ -780,8 +780,8 @@ fn run_cases() {
             .collect();
         assert_eq!(xfers, [500, 501, 502, 503, 504, 505], "{case}: Ack order");
         // A READ answered through the data session, then an inline WRITE: announce, then Ack
-        // (which READs hold back nothing is unit-tested in remote.rs: here the sockets buffer
-        // the READ's data whole).
+        // (which READs hold back nothing is unit-tested in remote/protocol.rs: here the
+        // sockets buffer the READ's data whole).
         p.send(&read_request(600, &[w.seg(0, REGION as u64)]));
         p.send(&inline(601, 8192, 0xC1));
         let got = p.frames(2);
