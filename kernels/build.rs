@@ -52,6 +52,15 @@ fn main() {
             .args(["-gencode", "arch=compute_80,code=sm_80"])
             .args(["-gencode", "arch=compute_90,code=sm_90"])
             .args(["-gencode", "arch=compute_90,code=compute_90"])
+            // The unpack table's shape, from its one definition (src/unpack.cu reads these).
+            .arg(format!(
+                "-DUNPACK_SLOTS={}u",
+                tcpx_core::ring::TCPX_REQUESTS
+            ))
+            .arg(format!(
+                "-DUNPACK_ENTRIES={}u",
+                tcpx_core::unpack::ENTRIES_PER_SLOT
+            ))
             .arg("-o")
             .arg(out_dir.join(fatbin))
             .arg(source)

@@ -5,7 +5,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use tcpx_core::chunk::{Memory, RecvAction, RecvWindow, SendWindow};
-use tcpx_core::window::TCPX_WINDOW;
+use tcpx_core::ring::TCPX_REQUESTS;
 
 /// Stand-in for the engine's per-chunk record (request pointer, destination, event index).
 #[derive(Clone, Copy)]
@@ -15,7 +15,7 @@ struct Req {
 }
 
 fn recv_host(c: &mut Criterion) {
-    let mut w: RecvWindow<Req, TCPX_WINDOW> = RecvWindow::new();
+    let mut w: RecvWindow<Req, TCPX_REQUESTS> = RecvWindow::new();
     c.bench_function("recv_lifecycle/host", |b| {
         b.iter(|| {
             let len = black_box(512 << 10);
@@ -34,7 +34,7 @@ fn recv_host(c: &mut Criterion) {
 }
 
 fn recv_device(c: &mut Criterion) {
-    let mut w: RecvWindow<Req, TCPX_WINDOW> = RecvWindow::new();
+    let mut w: RecvWindow<Req, TCPX_REQUESTS> = RecvWindow::new();
     c.bench_function("recv_lifecycle/device", |b| {
         b.iter(|| {
             let len = black_box(512 << 10);
@@ -57,7 +57,7 @@ fn recv_device(c: &mut Criterion) {
 }
 
 fn send(c: &mut Criterion) {
-    let mut w: SendWindow<Req, TCPX_WINDOW> = SendWindow::new();
+    let mut w: SendWindow<Req, TCPX_REQUESTS> = SendWindow::new();
     c.bench_function("send_lifecycle", |b| {
         b.iter(|| {
             let len = black_box(512 << 10);

@@ -10,11 +10,10 @@ use core::mem::{align_of, offset_of, size_of};
 use static_assertions::const_assert_eq;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+use crate::ring::TCPX_REQUESTS;
+
 /// Bounce fragment ("page") size.
 pub const PAGE_SIZE: usize = 4096;
-/// Slots in the meta table: the k-th receive on a comm uses slot `k % SLOTS`, its slot in
-/// the comm's request ring ([`crate::ring::TCPX_REQUESTS`]).
-pub const SLOTS: usize = crate::ring::TCPX_REQUESTS;
 /// Largest single receive TCPX accepts.
 pub const MAX_RECV_BYTES: usize = 4 << 20;
 /// Entries per slot (`MAX_RECV_BYTES / PAGE_SIZE * 2`).
@@ -35,8 +34,8 @@ pub struct LoadMeta {
 #[repr(C)]
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct NetUnpackMeta {
-    pub mem: [[LoadMeta; ENTRIES_PER_SLOT]; SLOTS],
-    pub cnt: [u64; SLOTS],
+    pub mem: [[LoadMeta; ENTRIES_PER_SLOT]; TCPX_REQUESTS],
+    pub cnt: [u64; TCPX_REQUESTS],
 }
 
 /// `unpackNetDeviceHandle`: what `DevHandle::handle` points at for the UNPACK offload.
@@ -66,7 +65,7 @@ const_assert_eq!(ENTRIES_PER_SLOT, MAX_RECV_BYTES / PAGE_SIZE * 2);
 
 /// Slot used by the `k`-th receive on a comm (0-based).
 pub const fn slot_of(k: u64) -> usize {
-    (k % SLOTS as u64) as usize
+    (k % TCPX_REQUESTS as u64) as usize
 }
 
 /// Why a slot cannot be applied. Nothing is written when one is returned.
@@ -85,11 +84,11 @@ pub enum UnpackError {
 impl NetUnpackMeta {
     /// The published entries of `slot`, checked against the table's capacity.
     pub fn slot_entries(&self, slot: usize) -> Result<&[LoadMeta], UnpackError> {
-        let count = self.cnt[slot % SLOTS];
+        let count = self.cnt[slot % TCPX_REQUESTS];
         if count > ENTRIES_PER_SLOT as u64 {
             return Err(UnpackError::TooManyEntries { count });
         }
-        Ok(&self.mem[slot % SLOTS][..count as usize])
+        Ok(&self.mem[slot % TCPX_REQUESTS][..count as usize])
     }
 }
 

@@ -14,7 +14,8 @@ use std::time::Instant;
 
 use cudarc::driver::sys::{self, CUdeviceptr, CUevent_flags};
 use cudarc::driver::{result, CudaContext, CudaStream};
-use tcpx_core::unpack::{unpack_cpu, LoadMeta, NetUnpackMeta, PAGE_SIZE, SLOTS};
+use tcpx_core::ring::TCPX_REQUESTS;
+use tcpx_core::unpack::{unpack_cpu, LoadMeta, NetUnpackMeta, PAGE_SIZE};
 use tcpx_kernels::mem::{DeviceBuffer, MappedHostBuffer};
 use tcpx_kernels::{gpu_available, Kernels, UnpackJob, UnpackList};
 use zerocopy::FromBytes;
@@ -23,7 +24,7 @@ type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 const SLOT_BYTES: usize = 4 << 20;
 const PAGES: usize = SLOT_BYTES / PAGE_SIZE;
-const TOTAL: usize = SLOTS * SLOT_BYTES;
+const TOTAL: usize = TCPX_REQUESTS * SLOT_BYTES;
 const CHUNK_BYTES: usize = 512 << 10;
 const LATENCY_ITERS: usize = 1000;
 const REPS: usize = 7;
@@ -146,7 +147,7 @@ fn main() -> BoxResult<()> {
 
     let mut rng = Rng(42);
     let mut meta_buf = MappedHostBuffer::new(&ctx, size_of::<NetUnpackMeta>())?;
-    for slot in 0..SLOTS {
+    for slot in 0..TCPX_REQUESTS {
         publish_pages(table(&mut meta_buf), &mut rng, slot, PAGES);
     }
     // A second table whose slot 0 is one 512 KiB chunk, for the latency runs.
@@ -177,7 +178,7 @@ fn main() -> BoxResult<()> {
     let dst_ptr = dst.ptr();
 
     let jobs = |bounce: CUdeviceptr| -> Vec<UnpackJob> {
-        (0..SLOTS)
+        (0..TCPX_REQUESTS)
             .map(|slot| {
                 UnpackJob::new(
                     meta,
@@ -216,7 +217,7 @@ fn main() -> BoxResult<()> {
 
     // Correctness of what is timed: both bounce kinds against the CPU oracle.
     let mut expected = vec![0u8; TOTAL];
-    for slot in 0..SLOTS {
+    for slot in 0..TCPX_REQUESTS {
         let entries = table(&mut meta_buf)
             .slot_entries(slot)
             .map_err(|e| format!("{e:?}"))?;

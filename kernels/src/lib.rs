@@ -17,7 +17,8 @@ use cudarc::driver::{result, CudaContext, CudaFunction, CudaStream, DriverError}
 pub mod mem;
 pub mod stage;
 
-pub use tcpx_core::unpack::{LoadMeta, NetUnpackMeta, ENTRIES_PER_SLOT, SLOTS};
+pub use tcpx_core::ring::TCPX_REQUESTS;
+pub use tcpx_core::unpack::{LoadMeta, NetUnpackMeta, ENTRIES_PER_SLOT};
 
 /// The fatbin built from `src/unpack.cu`; empty when the crate was built without nvcc.
 static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/unpack.fatbin"));
@@ -170,7 +171,7 @@ pub struct UnpackJob {
     pub bounce: CUdeviceptr,
     /// Device-visible destination base (`dst_off` is relative to it).
     pub dst: CUdeviceptr,
-    /// Table slot to apply (taken modulo [`SLOTS`]).
+    /// Table slot to apply (taken modulo [`TCPX_REQUESTS`]).
     pub slot: u32,
     /// Fragments to apply (entries `0..count` of the slot), or [`COUNT_FROM_TABLE`].
     pub count: u32,

@@ -14,8 +14,11 @@
 
 #include <stdint.h>
 
-#define UNPACK_SLOTS 16u
-#define UNPACK_ENTRIES 2048u
+// The table's shape comes from build.rs: tcpx_core::ring::TCPX_REQUESTS slots of
+// tcpx_core::unpack::ENTRIES_PER_SLOT entries, one definition for the host and the kernel.
+#if !defined(UNPACK_SLOTS) || !defined(UNPACK_ENTRIES)
+#error "UNPACK_SLOTS and UNPACK_ENTRIES are passed by kernels/build.rs"
+#endif
 #define UNPACK_WARPS 8u
 #define UNPACK_THREADS (UNPACK_WARPS * 32u)
 #define UNPACK_MAX_JOBS 32u

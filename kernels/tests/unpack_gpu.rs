@@ -11,7 +11,8 @@
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaStream};
-use tcpx_core::unpack::{unpack_cpu, LoadMeta, NetUnpackMeta, ENTRIES_PER_SLOT, PAGE_SIZE, SLOTS};
+use tcpx_core::ring::TCPX_REQUESTS;
+use tcpx_core::unpack::{unpack_cpu, LoadMeta, NetUnpackMeta, ENTRIES_PER_SLOT, PAGE_SIZE};
 use tcpx_kernels::mem::{DeviceBuffer, MappedHostBuffer};
 use tcpx_kernels::{
     gpu_available, Error, Kernels, UnpackJob, UnpackList, MAX_LIST_ENTRIES, MAX_LIST_JOBS,
@@ -343,7 +344,7 @@ fn random_fragments_match_cpu() {
                 .set_blocks_per_slot([1, 3, 128][seed as usize % 3]);
             let job = Job {
                 table: 0,
-                slot: (seed % SLOTS as u64) as usize,
+                slot: (seed % TCPX_REQUESTS as u64) as usize,
                 entries,
                 dst_len,
                 dst_align: rng.range(0, 15) as usize,
@@ -385,7 +386,7 @@ fn every_alignment_pair_and_length() {
             rng.shuffle(&mut entries);
             let job = Job {
                 table: 0,
-                slot: i % SLOTS,
+                slot: i % TCPX_REQUESTS,
                 entries,
                 dst_len: pos as usize,
                 dst_align: 0,
@@ -548,7 +549,7 @@ fn batch_over_several_tables_matches_cpu() {
             let bounce = rng.bytes(bounce_len);
             let mut jobs = Vec::new();
             for table in 0..3 {
-                for slot in 0..SLOTS {
+                for slot in 0..TCPX_REQUESTS {
                     let (entries, dst_len) = match rng.range(0, 3) {
                         0 => (Vec::new(), rng.range(0, 64) as usize),
                         1 => {
@@ -643,7 +644,7 @@ fn list_launch_matches_cpu() {
                     let (entries, dst_len) = random_fragments(&mut rng, bounce_len, n);
                     Job {
                         table: 0,
-                        slot: i % SLOTS,
+                        slot: i % TCPX_REQUESTS,
                         entries,
                         dst_len: dst_len.max(1),
                         dst_align: rng.range(0, 15) as usize,

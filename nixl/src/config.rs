@@ -20,8 +20,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tcpx::engine::{Config as EngineConfig, Devices};
+use tcpx_core::ring::TCPX_REQUESTS;
 use tcpx_core::size::{parse_size, Size};
-use tcpx_core::window::TCPX_WINDOW;
 use tcpx_core::wire::{MAX_CHANNELS, MAX_INLINE, MAX_INLINE_WRITE, MAX_NOTIF};
 
 use crate::error::Error;
@@ -114,7 +114,7 @@ impl Default for Config {
         Self {
             channels: 2,
             chunk_bytes: 524_288,
-            window: TCPX_WINDOW as u16,
+            window: TCPX_REQUESTS as u16,
             plugin_path: None,
             devices: Devices::Auto,
             listen_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
@@ -270,7 +270,7 @@ impl Config {
         match key {
             "channels" => c.channels = number(key, value, 1, MAX_CHANNELS as u64)? as u16,
             "chunk_bytes" => c.chunk_bytes = size(key, value, CHUNK_BYTES.0, CHUNK_BYTES.1)? as u32,
-            "window" => c.window = number(key, value, 1, TCPX_WINDOW as u64)? as u16,
+            "window" => c.window = number(key, value, 1, TCPX_REQUESTS as u64)? as u16,
             "timeout_ms" => {
                 c.timeout = Duration::from_millis(number(key, value, 1, MAX_TIMEOUT_MS)?)
             }

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tcpx_core::ring::TCPX_REQUESTS;
 use tcpx_core::size::parse_size;
 use tcpx_core::topology::Devices;
 use tcpx_core::unpack::MAX_RECV_BYTES;
@@ -14,8 +15,6 @@ use crate::error::Error;
 
 /// Most channels a session may open (one listen handle per channel travels in `ConnInfo`).
 pub const MAX_CHANNELS: usize = 16;
-/// Most in-flight chunks per channel window: TCPX's request limit per comm.
-pub const MAX_WINDOW: usize = tcpx_core::ring::TCPX_REQUESTS;
 
 /// Engine tunables and capacities.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +55,7 @@ impl Default for Config {
             devices: Devices::Auto,
             channels: 2,
             chunk_bytes: 512 * 1024,
-            window: MAX_WINDOW,
+            window: TCPX_REQUESTS,
             max_transfers: 64,
             max_segments: 1024,
             timeout: Duration::from_secs(10),
@@ -124,8 +123,11 @@ impl Config {
                 format!("{} not in 1..={MAX_RECV_BYTES}", self.chunk_bytes),
             );
         }
-        if self.window == 0 || self.window > MAX_WINDOW {
-            return bad("window", format!("{} not in 1..={MAX_WINDOW}", self.window));
+        if self.window == 0 || self.window > TCPX_REQUESTS {
+            return bad(
+                "window",
+                format!("{} not in 1..={TCPX_REQUESTS}", self.window),
+            );
         }
         if self.max_transfers == 0 || self.max_transfers > 4096 {
             return bad(

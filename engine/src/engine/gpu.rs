@@ -10,9 +10,9 @@ use cudarc::driver::{sys, CudaContext, CudaEvent, CudaStream};
 use tcpx_core::unpack::{LoadMeta, NetUnpackMeta, UnpackDevHandle, ENTRIES_PER_SLOT, PAGE_SIZE};
 use tcpx_kernels::{Kernels, UnpackJob, UnpackList, MAX_LIST_ENTRIES};
 
-use super::config::MAX_WINDOW;
 use super::registry::Memory;
 use crate::error::{Error, Result};
+use tcpx_core::ring::TCPX_REQUESTS;
 
 /// Where a recv comm's plugin publishes fragments (from its UNPACK device handle).
 #[derive(Debug, Clone, Copy)]
@@ -508,7 +508,7 @@ fn mapped_len(p: u64) -> Option<u64> {
 pub(crate) struct Gpu {
     stream: Arc<CudaStream>,
     kernels: Kernels,
-    /// `events[channel][seq % MAX_WINDOW]`: at most MAX_WINDOW chunks are in a window.
+    /// `events[channel][seq % TCPX_REQUESTS]`: at most TCPX_REQUESTS chunks are in a window.
     events: Vec<Vec<CudaEvent>>,
     /// Queued unpacks whose entries were copied out of the table and checked: they travel in
     /// the launch parameters.
@@ -535,7 +535,7 @@ impl Gpu {
         let kernels = Kernels::load(&ctx).map_err(|e| Error::Gpu(e.to_string()))?;
         let events = (0..channels)
             .map(|_| {
-                (0..MAX_WINDOW)
+                (0..TCPX_REQUESTS)
                     .map(|_| ctx.new_event(None).map_err(cuda("CUDA event")))
                     .collect::<Result<Vec<_>>>()
             })
@@ -545,7 +545,7 @@ impl Gpu {
             kernels,
             events,
             list: UnpackList::new_boxed(),
-            jobs: Vec::with_capacity(channels * MAX_WINDOW),
+            jobs: Vec::with_capacity(channels * TCPX_REQUESTS),
         })
     }
 

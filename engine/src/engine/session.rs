@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use tcpx_core::chunk::{Memory as ChunkMemory, RecvAction, RecvWindow, SendWindow};
 use tcpx_core::plan::{self, Plan, PlanConfig};
+use tcpx_core::ring::TCPX_REQUESTS;
 use tcpx_core::wire::{ListenHandle, ListenHandles};
 
 use super::bootstrap;
-use super::config::{Config, MAX_WINDOW};
+use super::config::Config;
 use super::gpu::{current_device, CtxGuard, Gpu, GpuBinding, UnpackSource};
 use super::registry::{MemId, Memory, Region, Registry, Windows};
 use super::topology::{self, Place};
@@ -47,8 +48,8 @@ struct RxChunk {
 struct Channel {
     send: SendComm,
     recv: RecvComm,
-    tx: SendWindow<TxChunk, MAX_WINDOW>,
-    rx: RecvWindow<RxChunk, MAX_WINDOW>,
+    tx: SendWindow<TxChunk, TCPX_REQUESTS>,
+    rx: RecvWindow<RxChunk, TCPX_REQUESTS>,
     /// Set when the plugin lands device-memory receives in bounce pages (TCPX's UNPACK).
     unpack: Option<UnpackSource>,
     /// Transfers (slot indices) with chunks still to post on this channel, oldest first.
@@ -155,7 +156,7 @@ impl Listener {
             devices: self.devices,
             binding: self.gpu,
             gpu: None,
-            queued: Vec::with_capacity(c * MAX_WINDOW),
+            queued: Vec::with_capacity(c * TCPX_REQUESTS),
             consumed_needed: self.net.has_irecv_consumed(),
             net: self.net,
             cfg: self.cfg,
@@ -592,7 +593,7 @@ impl Session {
             let Some(last) = self.queued.iter().filter(|q| q.0 == c).map(|q| q.1).max() else {
                 continue;
             };
-            let ev = (last % MAX_WINDOW as u64) as u8;
+            let ev = (last % TCPX_REQUESTS as u64) as u8;
             gpu.record(c, ev)?;
             for &(_, seq) in self.queued.iter().filter(|q| q.0 == c) {
                 if let Some(p) = ch.rx.payload_mut(seq) {
