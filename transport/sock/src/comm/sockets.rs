@@ -20,7 +20,7 @@ pub(super) struct Core {
     pub(super) shared: Arc<Shared>,
     pub(super) ctrl: TcpStream,
     /// Duplicates of the data sockets, kept to wake blocked helpers at close, and used by the
-    /// calling thread for a [`Direct`] request.
+    /// calling thread for a [`Direct`](super::direct::Direct) request.
     pub(super) data: Vec<TcpStream>,
     pub(super) threads: Vec<JoinHandle<()>>,
     /// `Config::direct_bytes`.
