@@ -6,26 +6,28 @@
 //! inside `wait` (which polls without the GIL) and a thread holding the GIL never wait on
 //! each other. `post`, `poll` and `release` allocate nothing on the Rust side: the segment
 //! list is a buffer sized once from `Config::max_segments`.
+mod listener;
+mod registration;
+mod transfer;
 
 use std::ffi::c_void;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::{Mutex, MutexGuard, TryLockError};
-use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString, PyTuple};
-use tcpx::engine::{self, MemId, Memory, Progress, Rendezvous, Segment, XferId};
+use pyo3::types::{PyString, PyTuple};
+use tcpx::engine::{self, MemId, Rendezvous, Segment};
 use tcpx::Error;
 
 use crate::config::Config;
 use crate::error::{invalid, to_py, IntoPy};
 use crate::memory::{self, Owner};
 
-/// How long `Transfer.wait` polls without the GIL before it looks at Python's signals
-/// (Ctrl-C) and its deadline again.
-const WAIT_SLICE: Duration = Duration::from_millis(50);
+pub use listener::Listener;
+pub use registration::Registration;
+pub use transfer::Transfer;
 
 /// Which way a transfer moves bytes. Both peers post mirror images: `SEND` on one side,
 /// `RECV` with the same segment lengths in the same order on the other.
@@ -76,81 +78,6 @@ fn config_or_env(py: Python<'_>, config: Option<Py<Config>>) -> PyResult<Py<Conf
                 inner: engine::Config::from_env().py_err()?,
             },
         ),
-    }
-}
-
-/// The first half of the handshake: listen comms are open, `conn_info` can travel to the
-/// peer by any means; then `connect(peer_info)` on both sides at the same time.
-#[pyclass(module = "tcpx", frozen)]
-pub struct Listener {
-    inner: Mutex<Option<engine::Listener>>,
-    info: Py<PyBytes>,
-    config: Py<Config>,
-}
-
-#[pymethods]
-impl Listener {
-    /// Opens the configured plugin (`TCPX_PLUGIN`, else the embedded `tcpxsock`) and one
-    /// listen comm per channel.
-    #[new]
-    #[pyo3(signature = (config = None))]
-    fn new(py: Python<'_>, config: Option<Py<Config>>) -> PyResult<Listener> {
-        let config = config_or_env(py, config)?;
-        let cfg = config.get().inner.clone();
-        let l = py
-            .detach(|| {
-                let net = engine::Session::open_net(&cfg)?;
-                engine::Session::listen(net, cfg)
-            })
-            .py_err()?;
-        let info = PyBytes::new(py, l.conn_info()).unbind();
-        Ok(Listener {
-            inner: Mutex::new(Some(l)),
-            info,
-            config,
-        })
-    }
-
-    /// Bytes the peer needs for its `connect` (the listen handles and the chunk size).
-    #[getter]
-    fn conn_info(&self, py: Python<'_>) -> Py<PyBytes> {
-        self.info.clone_ref(py)
-    }
-
-    /// The configuration the session will run with.
-    #[getter]
-    fn config(&self, py: Python<'_>) -> Py<Config> {
-        self.config.clone_ref(py)
-    }
-
-    /// Connects to the peer's `conn_info` while accepting its connects, without the GIL,
-    /// bounded by `config.timeout_ms`. Uses the listener up, whether it succeeds or not.
-    fn connect(&self, py: Python<'_>, peer_info: &[u8]) -> PyResult<Session> {
-        let l = take(py, &self.inner)
-            .ok_or_else(|| invalid("invalid use: the listener was already connected or closed"))?;
-        let peer = peer_info.to_vec();
-        let s = py.detach(move || l.connect(&peer)).py_err()?;
-        Ok(Session::new(s, self.config.clone_ref(py)))
-    }
-
-    /// Closes the listen comms of a listener that will not be connected. Idempotent.
-    fn close(&self, py: Python<'_>) {
-        let l = take(py, &self.inner);
-        py.detach(move || drop(l));
-    }
-
-    fn __enter__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-
-    fn __exit__(
-        &self,
-        py: Python<'_>,
-        _t: Option<Bound<'_, PyAny>>,
-        _v: Option<Bound<'_, PyAny>>,
-        _tb: Option<Bound<'_, PyAny>>,
-    ) {
-        self.close(py);
     }
 }
 
@@ -537,286 +464,6 @@ impl Session {
                 e.broken()
                     .map_or(String::new(), |b| format!(", broken={b:?}")),
             ),
-        }
-    }
-}
-
-/// A registered region of a session: pass it (or `(registration, offset, length)`) to
-/// `Session.post`. Holds the registered object.
-#[pyclass(module = "tcpx", frozen)]
-pub struct Registration {
-    session: Py<Session>,
-    mem: u64,
-    nbytes: u64,
-    address: u64,
-    memory: Memory,
-    readonly: bool,
-    via: &'static str,
-    object: Py<PyAny>,
-}
-
-#[pymethods]
-impl Registration {
-    /// Bytes registered.
-    #[getter]
-    fn nbytes(&self) -> u64 {
-        self.nbytes
-    }
-
-    fn __len__(&self) -> usize {
-        self.nbytes as usize
-    }
-
-    /// The region's first byte (a device address for CUDA memory).
-    #[getter]
-    fn address(&self) -> u64 {
-        self.address
-    }
-
-    /// The CUDA device of device memory; `None` for host memory.
-    #[getter]
-    fn device(&self) -> Option<i32> {
-        match self.memory {
-            Memory::Host => None,
-            Memory::Cuda { device } => Some(device),
-        }
-    }
-
-    /// Whether the object's memory is read-only (it can only be sent).
-    #[getter]
-    fn readonly(&self) -> bool {
-        self.readonly
-    }
-
-    /// The registered object.
-    #[getter]
-    fn object(&self, py: Python<'_>) -> Py<PyAny> {
-        self.object.clone_ref(py)
-    }
-
-    /// The session the region belongs to.
-    #[getter]
-    fn session(&self, py: Python<'_>) -> Py<Session> {
-        self.session.clone_ref(py)
-    }
-
-    /// Releases the registration and lets go of the object. Fails (`InvalidError`) while a
-    /// live transfer names the region. Idempotent; nothing to do once the session closed.
-    fn deregister(&self, py: Python<'_>) -> PyResult<()> {
-        self.session.get().deregister_raw(py, self.mem)
-    }
-
-    fn __enter__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-
-    fn __exit__(
-        &self,
-        py: Python<'_>,
-        _t: Option<Bound<'_, PyAny>>,
-        _v: Option<Bound<'_, PyAny>>,
-        _tb: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        self.deregister(py)
-    }
-
-    fn __repr__(&self) -> String {
-        let kind = match self.memory {
-            Memory::Host => "host".to_string(),
-            Memory::Cuda { device } => format!("cuda:{device}"),
-        };
-        format!(
-            "tcpx.Registration({} bytes of {kind} memory at {:#x} via {}{})",
-            self.nbytes,
-            self.address,
-            self.via,
-            if self.readonly { ", read-only" } else { "" }
-        )
-    }
-}
-
-/// A posted transfer. Drive it with `poll` (never blocks) or `wait`; `release` it when done
-/// (dropping it or leaving its `with` block releases it too).
-#[pyclass(module = "tcpx")]
-pub struct Transfer {
-    session: Py<Session>,
-    id: XferId,
-    direction: Direction,
-    bytes_total: u64,
-    bytes_done: u64,
-    done: bool,
-    released: bool,
-}
-
-impl Transfer {
-    fn check(&self) -> PyResult<()> {
-        if self.released {
-            return Err(invalid("invalid use: the transfer was released"));
-        }
-        Ok(())
-    }
-
-    fn update(&mut self, p: Progress) -> bool {
-        match p {
-            Progress::Done { bytes } => {
-                self.bytes_done = bytes;
-                self.done = true;
-            }
-            Progress::Pending { bytes_done, .. } => self.bytes_done = bytes_done,
-        }
-        self.done
-    }
-}
-
-#[pymethods]
-impl Transfer {
-    /// Drives every channel of the session once, then returns whether the transfer is done
-    /// (received bytes are in place). Raises if the session broke.
-    fn poll(&mut self, py: Python<'_>) -> PyResult<bool> {
-        self.check()?;
-        let p = {
-            let mut g = self.session.get().lock(py);
-            let engine = g.engine.as_mut().ok_or_else(closed).py_err()?;
-            engine.poll(self.id).py_err()?
-        };
-        Ok(self.update(p))
-    }
-
-    /// Where the transfer stands, without driving anything: whether it is done (and
-    /// `bytes_done` as of now). For loops that drive many transfers with one
-    /// `Session.progress` per round.
-    fn status(&mut self, py: Python<'_>) -> PyResult<bool> {
-        self.check()?;
-        let p = {
-            let g = self.session.get().lock(py);
-            let engine = g.engine.as_ref().ok_or_else(closed).py_err()?;
-            engine.status(self.id).py_err()?
-        };
-        Ok(self.update(p))
-    }
-
-    /// Polls until done, at most `timeout` seconds (default: the session's `timeout_ms`),
-    /// without the GIL; returns the bytes moved. Raises `tcpx.TimeoutError` (the transfer
-    /// stays live) or the session's failure. Ctrl-C interrupts it.
-    #[pyo3(signature = (timeout = None))]
-    fn wait(&mut self, py: Python<'_>, timeout: Option<f64>) -> PyResult<u64> {
-        self.check()?;
-        let handle = self.session.clone_ref(py);
-        let session = handle.get();
-        let timeout = match timeout {
-            None => session.config.get().inner.timeout,
-            Some(t) => Duration::try_from_secs_f64(t).map_err(|_| {
-                PyValueError::new_err("wait: timeout is a number of seconds, 0 or more")
-            })?,
-        };
-        let deadline = Instant::now() + timeout;
-        let id = self.id;
-        loop {
-            let p = py
-                .detach(|| {
-                    let until = (Instant::now() + WAIT_SLICE).min(deadline);
-                    loop {
-                        let p = {
-                            let mut g = session.inner.lock().unwrap_or_else(|p| p.into_inner());
-                            g.engine.as_mut().ok_or_else(closed)?.poll(id)?
-                        };
-                        if matches!(p, Progress::Done { .. }) || Instant::now() >= until {
-                            return Ok::<_, Error>(p);
-                        }
-                        std::thread::yield_now();
-                    }
-                })
-                .py_err()?;
-            if self.update(p) {
-                return Ok(self.bytes_done);
-            }
-            if Instant::now() >= deadline {
-                return Err(to_py(Error::Timeout("transfer did not complete in time")));
-            }
-            py.check_signals()?;
-        }
-    }
-
-    /// Forgets the transfer. One still in flight keeps moving into memory (it cannot be
-    /// recalled) and frees its slot when its last chunk completes. Idempotent.
-    fn release(&mut self, py: Python<'_>) -> PyResult<()> {
-        if std::mem::replace(&mut self.released, true) {
-            return Ok(());
-        }
-        let mut g = self.session.get().lock(py);
-        match g.engine.as_mut() {
-            Some(e) => e.release(self.id).py_err(),
-            // Closing the session dropped it.
-            None => Ok(()),
-        }
-    }
-
-    /// Whether the last `poll`/`wait` saw it done.
-    #[getter]
-    fn done(&self) -> bool {
-        self.done
-    }
-
-    /// Bytes in place so far, as of the last `poll`/`wait`.
-    #[getter]
-    fn bytes_done(&self) -> u64 {
-        self.bytes_done
-    }
-
-    /// Bytes of the whole transfer.
-    #[getter]
-    fn bytes_total(&self) -> u64 {
-        self.bytes_total
-    }
-
-    /// `SEND` or `RECV`.
-    #[getter]
-    fn direction(&self) -> Direction {
-        self.direction
-    }
-
-    fn __enter__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-
-    fn __exit__(
-        &mut self,
-        py: Python<'_>,
-        _t: Option<Bound<'_, PyAny>>,
-        _v: Option<Bound<'_, PyAny>>,
-        _tb: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        self.release(py)
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "tcpx.Transfer({}, {}/{} bytes{})",
-            match self.direction {
-                Direction::Send => "SEND",
-                Direction::Recv => "RECV",
-            },
-            self.bytes_done,
-            self.bytes_total,
-            if self.released {
-                ", released"
-            } else if self.done {
-                ", done"
-            } else {
-                ""
-            }
-        )
-    }
-}
-
-impl Drop for Transfer {
-    /// An unreleased transfer dropped by Python frees its slot, so forgetting `release`
-    /// cannot exhaust `max_transfers`.
-    fn drop(&mut self) {
-        if !self.released {
-            Python::attach(|py| {
-                let _ = self.release(py);
-            });
         }
     }
 }
