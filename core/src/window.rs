@@ -6,10 +6,6 @@
 
 use heapless::Deque;
 
-/// The window size TCPX enforces per comm (a 17th request is an error there):
-/// [`crate::ring::TCPX_REQUESTS`], under the name the windows' users know it by.
-pub const TCPX_WINDOW: usize = crate::ring::TCPX_REQUESTS;
-
 /// The largest window this crate is tested with (NCCL itself allows 32 requests per comm).
 pub const MAX_WINDOW: usize = 64;
 
@@ -190,13 +186,15 @@ mod tests {
     use std::string::String;
     use std::vec::Vec;
 
+    use crate::ring::TCPX_REQUESTS;
+
     use proptest::prelude::*;
 
     use super::*;
 
     #[test]
     fn push_until_full_then_hand_back() {
-        let mut w: Window<u32, TCPX_WINDOW> = Window::new();
+        let mut w: Window<u32, TCPX_REQUESTS> = Window::new();
         for k in 0..16u32 {
             assert_eq!(w.push(k), Ok(u64::from(k)));
         }

@@ -8,7 +8,7 @@
 use libfuzzer_sys::fuzz_target;
 use tcpx_core::chunk::{Memory, RecvAction, RecvWindow, SendWindow};
 use tcpx_core::plan::{Plan, PlanConfig, Segment, MAX_CHANNELS, MAX_TRANSFER_BYTES};
-use tcpx_core::window::TCPX_WINDOW;
+use tcpx_core::ring::TCPX_REQUESTS;
 
 fuzz_target!(|data: &[u8]| {
     match data.split_first() {
@@ -20,8 +20,8 @@ fuzz_target!(|data: &[u8]| {
 
 /// One byte per event: the low 3 bits pick it, the high 5 bits are its argument.
 fn windows(data: &[u8]) {
-    let mut recv: RecvWindow<u64, TCPX_WINDOW> = RecvWindow::new();
-    let mut send: SendWindow<u64, TCPX_WINDOW> = SendWindow::new();
+    let mut recv: RecvWindow<u64, TCPX_REQUESTS> = RecvWindow::new();
+    let mut send: SendWindow<u64, TCPX_REQUESTS> = SendWindow::new();
     let mut consumed = 0u64;
     let mut sent = 0u64;
     for &b in data {
@@ -84,11 +84,11 @@ fn windows(data: &[u8]) {
         if res.is_err() {
             assert_eq!(recv, before, "rejected event changed the window");
         }
-        assert!(recv.len() <= TCPX_WINDOW && send.len() <= TCPX_WINDOW);
+        assert!(recv.len() <= TCPX_REQUESTS && send.len() <= TCPX_REQUESTS);
         assert_eq!(recv.next_seq(), consumed + recv.len() as u64);
     }
     // Following `poll` from any reachable state drains the window in order.
-    for _ in 0..4 * TCPX_WINDOW {
+    for _ in 0..4 * TCPX_REQUESTS {
         if !step(&mut recv) {
             if recv.poll() == RecvAction::Idle {
                 break;
@@ -100,7 +100,7 @@ fn windows(data: &[u8]) {
 }
 
 /// Call `consume`: it must hand back the next chunk in posting order, or change nothing.
-fn consume(w: &mut RecvWindow<u64, TCPX_WINDOW>, consumed: &mut u64) {
+fn consume(w: &mut RecvWindow<u64, TCPX_REQUESTS>, consumed: &mut u64) {
     let before = w.clone();
     match w.consume() {
         Ok((seq, payload)) => {
@@ -117,7 +117,7 @@ fn consume(w: &mut RecvWindow<u64, TCPX_WINDOW>, consumed: &mut u64) {
 
 /// Perform `poll`'s action with correct inputs, except Consume; false when it is Consume or
 /// Idle.
-fn step(w: &mut RecvWindow<u64, TCPX_WINDOW>) -> bool {
+fn step(w: &mut RecvWindow<u64, TCPX_REQUESTS>) -> bool {
     let r = match w.poll() {
         RecvAction::LaunchUnpack { seq, slot } => {
             assert_eq!(slot as u64, seq % 16);

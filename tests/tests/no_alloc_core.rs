@@ -6,7 +6,8 @@ use std::hint::black_box;
 
 use tcpx_core::chunk::{Memory, RecvAction, RecvWindow, SendWindow};
 use tcpx_core::plan::{Plan, PlanConfig, Segment, MAX_SEGMENTS};
-use tcpx_core::window::{Window, TCPX_WINDOW};
+use tcpx_core::ring::TCPX_REQUESTS;
+use tcpx_core::window::Window;
 use tcpx_tests::{assert_no_alloc, count_allocs, CountingAlloc};
 
 #[global_allocator]
@@ -36,9 +37,9 @@ struct Req {
 
 #[test]
 fn chunk_lifecycles_do_not_allocate() {
-    let mut recv: RecvWindow<Req, TCPX_WINDOW> = RecvWindow::new();
-    let mut send: SendWindow<Req, TCPX_WINDOW> = SendWindow::new();
-    let mut raw: Window<Req, TCPX_WINDOW> = Window::new();
+    let mut recv: RecvWindow<Req, TCPX_REQUESTS> = RecvWindow::new();
+    let mut send: SendWindow<Req, TCPX_REQUESTS> = SendWindow::new();
+    let mut raw: Window<Req, TCPX_REQUESTS> = Window::new();
     let consumed = assert_no_alloc(|| {
         let mut consumed = 0u64;
         for k in 0..1000u64 {

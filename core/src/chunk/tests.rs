@@ -5,7 +5,7 @@ use std::vec::Vec;
 use proptest::prelude::*;
 
 use super::*;
-use crate::window::TCPX_WINDOW;
+use crate::ring::TCPX_REQUESTS;
 
 const ALL_RECV_STATES: [RecvState; 6] = [
     RecvState::Free,
@@ -104,7 +104,7 @@ fn send_machine() {
 
 #[test]
 fn recv_window_device_pipeline() {
-    let mut w: RecvWindow<&str, TCPX_WINDOW> = RecvWindow::new();
+    let mut w: RecvWindow<&str, TCPX_REQUESTS> = RecvWindow::new();
     assert_eq!(w.poll(), RecvAction::Idle);
     assert_eq!(w.post(100, Memory::Device, "a"), Ok(0));
     assert_eq!(w.post(200, Memory::Device, "b"), Ok(1));

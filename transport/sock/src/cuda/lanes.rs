@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{result, sys, CudaContext};
+use tcpx_core::ring::TCPX_REQUESTS;
 
 use super::pinned::Pinned;
 use super::{cuda_err, kernels_err, with_this_ctx};
@@ -48,7 +49,6 @@ pub fn kernel_shares() -> u64 {
 const STAGE_PIECE: u64 = 64 << 10;
 /// Longest pause between two polls of an idle lane's queue.
 const STAGE_POLL_NS: u32 = 8_000;
-const SLOTS: usize = tcpx_core::ring::TCPX_REQUESTS;
 
 /// The staging kernel, loaded once per device (a module per comm would cost each comm time and
 /// device memory) and kept for the process lifetime like the primary contexts.
@@ -77,7 +77,7 @@ impl StageLanes {
     pub(super) fn new(c: &Arc<CudaContext>, lanes: usize, idle_ns: u64) -> Result<Self> {
         let kernels = stage_kernels(c)?;
         let ctl = Pinned::new(lanes * size_of::<tcpx_kernels::stage::Lane>())?;
-        let words = Pinned::new((SLOTS * lanes + 1) * 8)?;
+        let words = Pinned::new((TCPX_REQUESTS * lanes + 1) * 8)?;
         let mut d = StageLanes {
             ctx: c.clone(),
             kernels,
@@ -99,12 +99,12 @@ impl StageLanes {
     }
 
     fn word(&self, i: usize) -> *mut u64 {
-        debug_assert!(i <= SLOTS * self.lanes);
+        debug_assert!(i <= TCPX_REQUESTS * self.lanes);
         self.words.host.cast::<u64>().wrapping_add(i)
     }
 
     fn abort_index(&self) -> usize {
-        SLOTS * self.lanes
+        TCPX_REQUESTS * self.lanes
     }
 
     fn ctl(&self, lane: usize) -> *mut tcpx_kernels::stage::Lane {
@@ -134,7 +134,7 @@ impl StageLanes {
         lane: usize,
         mut share: tcpx_kernels::stage::Share,
     ) -> Result<()> {
-        if lane >= self.lanes || slot >= SLOTS {
+        if lane >= self.lanes || slot >= TCPX_REQUESTS {
             return Err(Error::Internal("staging share outside the comm"));
         }
         let pw = self.progress_word(slot, lane);
