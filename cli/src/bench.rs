@@ -26,9 +26,9 @@ use tcpx_kernels::mem::DeviceBuffer;
 
 use super::args::Flags;
 use super::json::Object;
-use crate::engine::{Config, Direction, MemId, Memory, Progress, Rendezvous, Segment, Session};
-use crate::net::Net;
-use crate::XferId;
+use tcpx::engine::{Config, Direction, MemId, Memory, Progress, Rendezvous, Segment, Session};
+use tcpx::net::Net;
+use tcpx::XferId;
 
 const USAGE: &str = "usage: tcpx bench (--loopback | --listen PORT | --connect HOST:PORT) \
 [--size N[,N...]] [--iters N] [--tail] [--channels N] [--chunk N] [--window N] [--segments N] \
@@ -73,7 +73,7 @@ const MIN_TRANSFER_TIMEOUT: Duration = Duration::from_secs(30);
 
 type BenchResult<T> = std::result::Result<T, String>;
 
-fn err(what: &str) -> impl Fn(crate::Error) -> String + '_ {
+fn err(what: &str) -> impl Fn(tcpx::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
@@ -1871,7 +1871,7 @@ fn recv_size(ep: &mut Endpoint, plan: &Plan, size: u64) -> BenchResult<Row> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::args::argv as args;
+    use crate::args::argv as args;
 
     #[test]
     fn parses_sizes_and_options() {

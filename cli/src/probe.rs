@@ -8,9 +8,9 @@ use std::path::PathBuf;
 
 use super::args::Flags;
 use super::json::{self, Object};
-use crate::engine::topology::{self, Place, Rank};
-use crate::error::{Error, Result};
-use crate::net::{AbiVersion, DeviceProps, Net};
+use tcpx::engine::topology::{self, Place, Rank};
+use tcpx::error::{Error, Result};
+use tcpx::net::{AbiVersion, DeviceProps, Net};
 
 /// Parsed `probe` options.
 #[derive(Debug, Default, PartialEq)]
@@ -301,7 +301,7 @@ mod preflight {
 
     use super::super::json::Object;
     use super::Options;
-    use crate::engine::config::Config;
+    use tcpx::engine::config::Config;
 
     /// The name Google's plugin gives its v7 table (T15).
     const TCPX_NAME: &str = "GPUDirectTCPX_v7";
@@ -1024,7 +1024,7 @@ mod preflight {
 
     // ---- the engine's own settings: handshake bound (T10) ------------------------------
 
-    pub(super) fn engine_check(env: Env<'_>, config: Result<Config, crate::error::Error>) -> Check {
+    pub(super) fn engine_check(env: Env<'_>, config: Result<Config, tcpx::error::Error>) -> Check {
         let name = "engine";
         let config = match config {
             Ok(c) => c,
@@ -1345,7 +1345,7 @@ mod preflight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::args::argv as args;
+    use crate::args::argv as args;
 
     #[test]
     fn parses_options() {

@@ -1,4 +1,4 @@
-//! Subcommands of the `tcpx` binary, with hand-written argument parsing.
+//! `tcpx-cli`: the subcommands of the `tcpx` command, over the engine's public API.
 //!
 //! `run` dispatches on the first argument and returns the process exit code; each
 //! subcommand module parses its own flags and prints its own output.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use super::args::Flags;
 use super::bench::{run_iperf3, size_label};
 use super::json::Object;
-use crate::net::{ConnectHandle, MemKind, Net, RecvBuf, Request};
+use tcpx::net::{ConnectHandle, MemKind, Net, RecvBuf, Request};
 
 const USAGE: &str = "usage: tcpx stream [--size N[,N...]] [--nsocks N[,N...]] [--window N] \
 [--bytes N] [--plugin PATH] [--device N] [--baseline] [--json]
@@ -249,7 +249,7 @@ fn stream(
     window: usize,
     messages: u64,
 ) -> StreamResult<Duration> {
-    let e = |what: &'static str| move |err: crate::Error| format!("{what}: {err}");
+    let e = |what: &'static str| move |err: tcpx::Error| format!("{what}: {err}");
     let mut listen = net.listen(dev).map_err(e("listen"))?;
     let mut handle = ConnectHandle::from_bytes(*listen.handle().as_bytes());
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
@@ -501,7 +501,7 @@ fn to_json(net: &Net, o: &Options, points: &[Point]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::args::argv as args;
+    use crate::args::argv as args;
 
     #[test]
     fn parses_and_refuses() {
