@@ -15,8 +15,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::args::Flags;
-use super::bench::{run_iperf3, size_label};
 use super::json::Object;
+use crate::bench::{run_iperf3, size_label};
 use tcpx::net::{ConnectHandle, MemKind, Net, RecvBuf, Request};
 
 const USAGE: &str = "usage: tcpx stream [--size N[,N...]] [--nsocks N[,N...]] [--window N] \
@@ -71,7 +71,7 @@ fn parse(args: &[String]) -> StreamResult<Options> {
         let mut value = |_: &str| flags.value(&f);
         let list = |name: &str, v: &str, max: u64| -> StreamResult<Vec<u64>> {
             v.split(',')
-                .map(|s| super::bench::size_arg(name, s, max))
+                .map(|s| crate::bench::size_arg(name, s, max))
                 .collect()
         };
         match flag {
@@ -100,7 +100,7 @@ fn parse(args: &[String]) -> StreamResult<Options> {
             }
             "--bytes" => {
                 let v = value("--bytes")?;
-                o.bytes = super::bench::size_arg("--bytes", &v, u64::MAX)?;
+                o.bytes = crate::bench::size_arg("--bytes", &v, u64::MAX)?;
             }
             "--plugin" => o.plugin = Some(PathBuf::from(value("--plugin")?)),
             "--device" => {
