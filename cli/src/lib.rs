@@ -1,92 +1,151 @@
 //! `tcpx-cli`: the subcommands of the `tcpx` command, over the engine's public API.
 //!
-//! `run` dispatches on the first argument and returns the process exit code; each
-//! subcommand module parses its own flags and prints its own output.
+//! [`run`] parses the command line (`clap`) and returns the process exit code; each
+//! subcommand module holds its arguments (`Args`), checks what parsing alone cannot, and prints
+//! its own output.
 
-pub mod args;
 pub mod bench;
 pub mod json;
 pub mod nixl;
 pub mod probe;
 pub mod stream;
+mod value;
 
-const USAGE: &str = "\
-usage: tcpx <command> [options]
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser, Subcommand};
 
-commands:
-  probe [--plugin PATH] [--json] [--abi 7|8|9|10] [--gpu N] [--preflight]
-        load an ncclNet plugin and list its devices (PCI path, NUMA node)
-        (default plugin: $TCPX_PLUGIN, else the embedded tcpxsock)
-        --gpu N              rank every device for memory on GPU N (nearest = rank 0;
-                             what TCPX_DEVICES=auto picks from)
-        --preflight          check an A3 VM for GPUDirect-TCPX before a first transfer
-                             (plugin version, TCPX NICs, RxDM sockets, tuning env, GPU)
-  bench (--loopback | --listen PORT | --connect HOST:PORT) [options]
-        transfer sizes between two sessions: GB/s (median, aggregate), p50/p99 latency
-        --loopback           both sessions in this process (embedded tcpxsock on lo)
-        --listen PORT        one endpoint per host; the listener receives (sends with
-        --connect HOST:PORT  --reverse) and its size/iters/segments/verify options rule
-        --size N[,N...]      bytes per transfer, K/M/G suffixes
-                             (default 4K,64K,1M,4M,16M,64M,256M)
-        --iters N            iterations per size (default: ~0.75 s worth, 5..100000)
-        --segments N         split each transfer into N equal segments (default 1)
-        --channels N --chunk N --window N --plugin PATH
-                             engine settings (default: TCPX_* environment)
-        --poller single|threads
-                             loopback: one thread polls both sessions (default), or
-                             one thread each started together per iteration
-        --mem SRC:DST        host or cuda memory for the sender's and the receiver's
-                             buffers (default host:host; `cuda` = cuda:cuda)
-        --gpu N|SRC:DST      CUDA device of the cuda buffers (default 0); SRC:DST puts
-                             the two sides on different GPUs
-        --baseline           loopback: add plain TCP ping-pong and iperf3 -P 1/-P 4
-                             rows, and our ratio to each (with cuda: the cuMemcpy too)
-        --verify             check the received bytes after the timed iterations
-        --json               one JSON object (config, rows, baselines)
-  stream [--size N[,N...]] [--nsocks N[,N...]] [--window N] [--bytes N]
-         [--plugin PATH] [--device N] [--baseline] [--json]
-        messages through the plugin API alone (no engine) on loopback, a full
-        window each side; --baseline adds iperf3 -P <nsocks> and the ratio
-  nixl install [--python PY] [--plugin PATH] | uninstall [--python PY]
-       | status [--python PY] [--plugin PATH]
-        put libplugin_TCPX.so next to NIXL's own plugins in every NIXL wheel
-        (nixl-cu12, nixl-cu13) of PY's environment (default python3), so
-        backends=[\"TCPX\"] works with no NIXL_PLUGIN_DIR; uninstall removes what
-        install put there; status: versions, folders, what `import nixl` picks,
-        whether TCPX loads, the TCPX_* environment
-        (default plugin: ../plugins/libplugin_TCPX.so beside this binary)
-  help  show this text
+/// The `tcpx` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tcpx",
+    version,
+    about = "tcpx: ncclNet plugins, engine transfers and the NIXL backend, from the command line",
+    after_help = "environment: TCPX_LOG=error|warn|info|debug|trace (default warn)",
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-environment: TCPX_LOG=error|warn|info|debug|trace (default warn)
-";
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Load an ncclNet plugin and list its devices (PCI path, NUMA node)
+    #[command(
+        long_about = "Load an ncclNet plugin and list its devices (PCI path, NUMA node), in the \
+spirit of ibv_devinfo (default plugin: $TCPX_PLUGIN, else the embedded tcpxsock). --preflight \
+instead checks an A3 VM for GPUDirect-TCPX before a first transfer."
+    )]
+    Probe(probe::Args),
+    /// Transfer sizes between two sessions: GB/s (median, aggregate), p50/p99 latency
+    #[command(
+        long_about = "Transfer sizes between two sessions: GB/s (median, aggregate), \
+p50/p90/p99/p99.9 latency and the CPU time per transfer, in one process (--loopback) or between \
+two hosts (--listen on one, --connect on the other)."
+    )]
+    Bench(bench::Args),
+    /// Messages through the plugin API alone (no engine) on loopback
+    #[command(
+        long_about = "Messages through the plugin API alone (no engine) on loopback, a \
+full window each side; --baseline adds iperf3 -P <nsocks> and the ratio."
+    )]
+    Stream(stream::Args),
+    /// Put libplugin_TCPX.so next to NIXL's own plugins, remove it, or report its state
+    #[command(
+        subcommand,
+        long_about = "Put libplugin_TCPX.so next to NIXL's own plugins in every NIXL wheel \
+(nixl-cu12, nixl-cu13) of PY's environment (default python3), so backends=[\"TCPX\"] works with \
+no NIXL_PLUGIN_DIR; uninstall removes what install put there; status: versions, folders, what \
+`import nixl` picks, whether TCPX loads, the TCPX_* environment (default plugin: \
+../plugins/libplugin_TCPX.so beside this binary)."
+    )]
+    Nixl(nixl::Command),
+}
 
-/// Runs `tcpx` with `args` (without the program name); returns the exit code.
+/// Runs `tcpx` with `args` (without the program name); returns the exit code: 0 done, 1
+/// failed, 2 usage error (help and version: 0).
 pub fn run(args: &[String]) -> i32 {
-    // `tcpx <command> --help`: this text, which covers every command.
-    let command = matches!(
-        args.first().map(String::as_str),
-        Some("probe" | "bench" | "stream" | "nixl")
-    );
-    if command && args[1..].iter().any(|a| a == "--help" || a == "-h") {
-        print!("{USAGE}");
-        return 0;
+    let argv = std::iter::once("tcpx").chain(args.iter().map(String::as_str));
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let e = with_usage(e, args);
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    match cli.command {
+        Command::Probe(a) => probe::main(a),
+        Command::Bench(a) => bench::main(a),
+        Command::Stream(a) => stream::main(a),
+        Command::Nixl(c) => nixl::main(c),
     }
-    match args.first().map(String::as_str) {
-        Some("probe") => probe::main(&args[1..]),
-        Some("bench") => bench::main(&args[1..]),
-        Some("stream") => stream::main(&args[1..]),
-        Some("nixl") => nixl::main(&args[1..]),
-        Some("help" | "-h" | "--help") => {
-            print!("{USAGE}");
-            0
+}
+
+/// A usage error that parsing alone does not catch (a combination of options, an engine
+/// setting out of range), printed as parsing errors are: the message, then `command`'s usage.
+/// Returns the exit code, 2.
+pub(crate) fn usage_error(command: &str, message: impl std::fmt::Display) -> i32 {
+    let e = command_error(&[command], ErrorKind::ValueValidation, message);
+    let _ = e.print();
+    e.exit_code()
+}
+
+/// An error of the subcommand at `path` (`["nixl", "install"]`), rendered with its usage.
+fn command_error(path: &[&str], kind: ErrorKind, message: impl std::fmt::Display) -> clap::Error {
+    let mut cli = Cli::command();
+    cli.build();
+    let mut cmd = &mut cli;
+    for name in path {
+        cmd = cmd.find_subcommand_mut(name).expect("a subcommand of tcpx");
+    }
+    cmd.error(kind, message)
+}
+
+/// clap shows the usage with most usage errors but not with a value it refuses: every usage
+/// error of `tcpx` ends with the usage of its command, so a refused value gets it too.
+fn with_usage(e: clap::Error, args: &[String]) -> clap::Error {
+    let text = e.render().to_string();
+    if !e.use_stderr() || text.contains("\nUsage: ") {
+        return e;
+    }
+    let cli = Cli::command();
+    let mut path = Vec::new();
+    let mut cmd = &cli;
+    for a in args {
+        match cmd.find_subcommand(a) {
+            Some(sub) => {
+                path.push(a.as_str());
+                cmd = sub;
+            }
+            None => break,
         }
-        Some(other) => {
-            eprintln!("tcpx: unknown command {other:?}\n\n{USAGE}");
-            2
-        }
-        None => {
-            eprint!("{USAGE}");
-            2
-        }
+    }
+    let message = text.trim_end();
+    let message = message.strip_prefix("error: ").unwrap_or(message);
+    let message = message
+        .strip_suffix("For more information, try '--help'.")
+        .unwrap_or(message)
+        .trim_end();
+    command_error(&path, e.kind(), message)
+}
+
+/// The subcommand `args` (without the program name) parse to, or clap's message.
+#[cfg(test)]
+pub(crate) fn parse(args: &[&str]) -> Result<Command, String> {
+    let argv = std::iter::once("tcpx").chain(args.iter().copied());
+    Cli::try_parse_from(argv)
+        .map(|cli| cli.command)
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

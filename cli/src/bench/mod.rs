@@ -10,7 +10,7 @@
 //! host or device memory (`--gpu N`); with a CUDA side `--baseline` also times the matching
 //! `cuMemcpy{HtoD,DtoH,DtoD}` of the same size as a local reference.
 //!
-//! The modules: `options` (the command line), `endpoint` (one side's session and buffers,
+//! The modules: `options` (the arguments and the options they make), `endpoint` (one side's session and buffers,
 //! iteration counts), `buffers` (host or device memory, the pattern), `loopback` and
 //! `two_host` (the two ways to run), `baseline` (TCP, copy and iperf3 references), `report`
 //! (rows, table, JSON).
@@ -24,10 +24,10 @@ mod report;
 mod two_host;
 
 pub(crate) use baseline::run_iperf3;
-pub(crate) use options::size_arg;
 pub(crate) use report::size_label;
 
-use options::{engine_config, parse, Mode, USAGE};
+pub use options::Args;
+use options::{engine_config, Mode, Options};
 
 type BenchResult<T> = std::result::Result<T, String>;
 
@@ -36,20 +36,14 @@ fn err(what: &str) -> impl Fn(tcpx::Error) -> String + '_ {
 }
 
 /// Runs `tcpx bench`; returns the exit code.
-pub fn main(args: &[String]) -> i32 {
-    let o = match parse(args) {
+pub fn main(args: Args) -> i32 {
+    let o = match Options::try_from(args) {
         Ok(o) => o,
-        Err(e) => {
-            eprintln!("tcpx bench: {e}\n{USAGE}");
-            return 2;
-        }
+        Err(e) => return crate::usage_error("bench", e),
     };
     let cfg = match engine_config(&o) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("tcpx bench: {e}\n{USAGE}");
-            return 2;
-        }
+        Err(e) => return crate::usage_error("bench", e),
     };
     let result = match &o.mode {
         Mode::Loopback => loopback::loopback(&o, cfg),

@@ -1,26 +1,117 @@
-//! `tcpx bench` options: the command line, checked, and the engine configuration it makes.
+//! `tcpx bench` arguments, the options they make once checked, and the engine configuration.
 
 use std::path::PathBuf;
 
+use clap::ArgGroup;
 use tcpx::engine::Config;
-use tcpx_core::size::{parse_size, Size};
 
 use super::endpoint::Count;
 use super::BenchResult;
-use crate::args::Flags;
+use crate::value;
 
-pub(super) const USAGE: &str = "usage: tcpx bench (--loopback | --listen PORT | --connect HOST:PORT) \
-[--size N[,N...]] [--iters N] [--tail] [--channels N] [--chunk N] [--window N] [--segments N] \
-[--plugin PATH] [--poller single|threads] [--mem SRC:DST] [--gpu N|SRC:DST] [--baseline] [--reverse] \
-[--verify] [--json]
-  --iters N  measured iterations per size (default: about 0.75 s of them, at least 5)
-  --tail  at least 10,000 iterations per size up to 1 MiB, 1,000 above (p99.9 is then \
-measured, not the maximum); --json keeps every sample (`samples_us`, in the order they ran)
-  --mem SRC:DST  host or cuda for the sender's (SRC) and receiver's (DST) buffer; default \
-host:host, `--mem cuda` = cuda:cuda. With --listen/--connect each side uses its role's kind.
-  --gpu N|SRC:DST  CUDA device of the cuda buffers (default 0); SRC:DST puts the sender's and \
-the receiver's on different GPUs (loopback: each PCIe link carries one direction, as between \
-two hosts)";
+/// `tcpx bench` arguments.
+#[derive(Debug, clap::Args)]
+// A repeated option: the last one counts.
+#[command(args_override_self = true)]
+#[command(group(ArgGroup::new("peer").required(true).args(["loopback", "listen", "connect"])))]
+pub struct Args {
+    /// Both sessions in this process (embedded tcpxsock on lo)
+    #[arg(long)]
+    loopback: bool,
+    /// One endpoint per host: listen on PORT; the listener receives (sends with --reverse) and
+    /// its size/iters/segments/verify options rule
+    #[arg(long, value_name = "PORT", value_parser = port)]
+    listen: Option<u16>,
+    /// One endpoint per host: connect to the listener
+    #[arg(long, value_name = "HOST:PORT", value_parser = host_port)]
+    connect: Option<String>,
+    /// Bytes per transfer, K/M/G suffixes (default 4K,64K,1M,4M,16M,64M,256M; at most 8 sizes)
+    #[arg(long, value_name = "N[,N...]", action = clap::ArgAction::Set, value_delimiter = ',', value_parser = transfer_size)]
+    size: Vec<u64>,
+    /// Measured iterations per size (default: about 0.75 s of them, 5..100000)
+    #[arg(long, value_name = "N", value_parser = value::positive)]
+    iters: Option<usize>,
+    /// At least 10,000 iterations per size up to 1 MiB, 1,000 above (p99.9 is then measured,
+    /// not the maximum); --json keeps every sample (`samples_us`, in the order they ran)
+    #[arg(long)]
+    tail: bool,
+    /// Engine setting: channels (default: TCPX_* environment)
+    #[arg(long, value_name = "N", value_parser = value::positive)]
+    channels: Option<usize>,
+    /// Engine setting: chunk bytes, K/M/G suffixes (default: TCPX_* environment)
+    #[arg(long, value_name = "N", value_parser = chunk_size)]
+    chunk: Option<u32>,
+    /// Engine setting: window (default: TCPX_* environment)
+    #[arg(long, value_name = "N", value_parser = value::positive)]
+    window: Option<usize>,
+    /// Split each transfer into N equal segments
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = value::positive)]
+    segments: usize,
+    /// Engine setting: the ncclNet plugin (default: TCPX_* environment, else the embedded
+    /// tcpxsock)
+    #[arg(long, value_name = "PATH")]
+    plugin: Option<PathBuf>,
+    /// Loopback: one thread polls both sessions, or one thread each started together per
+    /// iteration
+    #[arg(long, value_enum, default_value_t = Poller::Single)]
+    poller: Poller,
+    /// Host or cuda for the sender's (SRC) and the receiver's (DST) buffer; `--mem cuda` =
+    /// cuda:cuda. With --listen/--connect each side uses its role's kind
+    #[arg(long, value_name = "SRC:DST", default_value = "host:host", value_parser = mem)]
+    mem: (MemKind, MemKind),
+    /// CUDA device of the cuda buffers; SRC:DST puts the sender's and the receiver's on
+    /// different GPUs (loopback: each PCIe link carries one direction, as between two hosts)
+    #[arg(
+        long,
+        value_name = "N|SRC:DST",
+        default_value = "0",
+        value_parser = gpu,
+        allow_negative_numbers = true
+    )]
+    gpu: (i32, i32),
+    /// Loopback: add plain TCP ping-pong and iperf3 -P 1/-P 4 rows, and our ratio to each
+    /// (with cuda: the cuMemcpy too)
+    #[arg(long)]
+    baseline: bool,
+    /// Two hosts: the listener sends, the connector receives
+    #[arg(long)]
+    reverse: bool,
+    /// Check the received bytes after the timed iterations
+    #[arg(long)]
+    verify: bool,
+    /// One JSON object (config, rows, baselines)
+    #[arg(long)]
+    json: bool,
+}
+
+fn port(s: &str) -> BenchResult<u16> {
+    s.trim()
+        .parse()
+        .map_err(|_| "expected a TCP port".to_string())
+}
+
+fn host_port(s: &str) -> BenchResult<String> {
+    match s.contains(':') {
+        true => Ok(s.to_string()),
+        false => Err("expected HOST:PORT".to_string()),
+    }
+}
+
+fn transfer_size(s: &str) -> BenchResult<u64> {
+    value::size(s, MAX_SIZE)
+}
+
+fn chunk_size(s: &str) -> BenchResult<u32> {
+    value::size(s, u64::from(u32::MAX)).map(|n| n as u32)
+}
+
+fn mem(s: &str) -> BenchResult<(MemKind, MemKind)> {
+    parse_mem(s).ok_or_else(|| "expected SRC:DST of host or cuda (or one for both)".to_string())
+}
+
+fn gpu(s: &str) -> BenchResult<(i32, i32)> {
+    parse_gpu(s).ok_or_else(|| "expected a CUDA device number, or SRC:DST of two".to_string())
+}
 
 /// The sweep when `--size` is absent.
 pub(super) const DEFAULT_SIZES: [u64; 7] = [
@@ -45,7 +136,7 @@ pub(super) enum Mode {
 }
 
 /// How loopback mode drives its two sessions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(super) enum Poller {
     /// One thread alternates between both sessions: no cross-thread wake-ups, and on a
     /// small machine the plugin's helper threads keep the other cores.
@@ -104,7 +195,7 @@ pub(super) fn parse_gpu(s: &str) -> Option<(i32, i32)> {
     }
 }
 
-/// Parsed `bench` options.
+/// `tcpx bench` options: the arguments, checked, with their defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Options {
     pub(super) mode: Mode,
@@ -136,133 +227,56 @@ impl Options {
     }
 }
 
-/// A size flag's value in the one size syntax (`tcpx_core::size`: `4096`, `4K`, `64M`, `1G`;
-/// binary multiples), in `1..=max`; the error names the flag and the value.
-pub(crate) fn size_arg(flag: &str, s: &str, max: u64) -> Result<u64, String> {
-    match parse_size(s) {
-        Ok(n) if (1..=max).contains(&n) => Ok(n),
-        Ok(n) => Err(format!("{flag} {s:?}: {n} is not in 1..={}", Size(max))),
-        Err(e) => Err(format!("{flag} {s:?}: {e}")),
-    }
-}
+impl TryFrom<Args> for Options {
+    type Error = String;
 
-pub(super) fn parse(args: &[String]) -> BenchResult<Options> {
-    let mut mode = None;
-    let mut o = Options {
-        mode: Mode::Loopback,
-        sizes: Vec::new(),
-        iters: None,
-        segments: 1,
-        channels: None,
-        chunk: None,
-        window: None,
-        plugin: None,
-        poller: Poller::Single,
-        mem: (MemKind::Host, MemKind::Host),
-        gpu: (0, 0),
-        baseline: false,
-        reverse: false,
-        verify: false,
-        json: false,
-        tail: false,
-    };
-    let mut flags = Flags::new(args);
-    while let Some(f) = flags.next() {
-        let (flag, a) = (f.name, f.raw);
-        let mut value = |_: &str| flags.value(&f);
-        let count = |name: &str, v: String| {
-            v.trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|&n| n > 0)
-                .ok_or_else(|| format!("{name} {v:?}: expected a positive integer"))
+    /// What parsing alone does not check: combinations, the number of sizes, segments.
+    fn try_from(a: Args) -> BenchResult<Options> {
+        let mode = match (a.listen, a.connect) {
+            (Some(port), _) => Mode::Listen(port),
+            (_, Some(addr)) => Mode::Connect(addr),
+            _ => Mode::Loopback,
         };
-        let mut set_mode = |m: Mode| match mode.replace(m) {
-            None => Ok(()),
-            Some(_) => Err("use one of --loopback, --listen, --connect".to_string()),
-        };
-        match flag {
-            "--loopback" => set_mode(Mode::Loopback)?,
-            "--listen" => {
-                let v = value("--listen")?;
-                let port = v
-                    .trim()
-                    .parse::<u16>()
-                    .map_err(|_| format!("--listen {v:?}: expected a TCP port"))?;
-                set_mode(Mode::Listen(port))?;
-            }
-            "--connect" => {
-                let v = value("--connect")?;
-                if !v.contains(':') {
-                    return Err(format!("--connect {v:?}: expected HOST:PORT"));
-                }
-                set_mode(Mode::Connect(v))?;
-            }
-            "--size" => {
-                let v = value("--size")?;
-                o.sizes = v
-                    .split(',')
-                    .map(|s| size_arg("--size", s, MAX_SIZE))
-                    .collect::<BenchResult<_>>()?;
-                if o.sizes.len() > MAX_SIZES {
-                    return Err(format!("--size: at most {MAX_SIZES} sizes"));
-                }
-            }
-            "--iters" => o.iters = Some(count("--iters", value("--iters")?)?),
-            "--segments" => o.segments = count("--segments", value("--segments")?)?,
-            "--channels" => o.channels = Some(count("--channels", value("--channels")?)?),
-            "--window" => o.window = Some(count("--window", value("--window")?)?),
-            "--chunk" => {
-                let v = value("--chunk")?;
-                let n = size_arg("--chunk", &v, u64::from(u32::MAX))?;
-                o.chunk = Some(n as u32);
-            }
-            "--plugin" => o.plugin = Some(PathBuf::from(value("--plugin")?)),
-            "--poller" => {
-                o.poller = match value("--poller")?.as_str() {
-                    "single" => Poller::Single,
-                    "threads" => Poller::Threads,
-                    v => return Err(format!("--poller {v:?}: use single or threads")),
-                }
-            }
-            "--mem" => {
-                let v = value("--mem")?;
-                o.mem = parse_mem(&v).ok_or_else(|| {
-                    format!("--mem {v:?}: expected SRC:DST of host or cuda (or one for both)")
-                })?;
-            }
-            "--gpu" => {
-                let v = value("--gpu")?;
-                o.gpu = parse_gpu(&v).ok_or_else(|| {
-                    format!("--gpu {v:?}: expected a CUDA device number, or SRC:DST of two")
-                })?;
-            }
-            "--baseline" => o.baseline = true,
-            "--reverse" => o.reverse = true,
-            "--verify" => o.verify = true,
-            "--json" => o.json = true,
-            "--tail" => o.tail = true,
-            _ => return Err(format!("unknown option {a:?}")),
+        if mode == Mode::Loopback && a.reverse {
+            return Err(
+                "--reverse needs --listen/--connect (in loopback both ends are here)".into(),
+            );
         }
+        if mode != Mode::Loopback && a.baseline {
+            return Err("--baseline runs on 127.0.0.1 only: use it with --loopback".into());
+        }
+        if a.size.len() > MAX_SIZES {
+            return Err(format!("--size: at most {MAX_SIZES} sizes"));
+        }
+        let sizes = match a.size {
+            s if s.is_empty() => DEFAULT_SIZES.to_vec(),
+            s => s,
+        };
+        if let Some(&s) = sizes.iter().find(|&&s| (a.segments as u64) > s) {
+            return Err(format!(
+                "--segments {} exceeds the {s}-byte size",
+                a.segments
+            ));
+        }
+        Ok(Options {
+            mode,
+            sizes,
+            iters: a.iters,
+            segments: a.segments,
+            channels: a.channels,
+            chunk: a.chunk,
+            window: a.window,
+            plugin: a.plugin,
+            poller: a.poller,
+            mem: a.mem,
+            gpu: a.gpu,
+            baseline: a.baseline,
+            reverse: a.reverse,
+            verify: a.verify,
+            json: a.json,
+            tail: a.tail,
+        })
     }
-    o.mode =
-        mode.ok_or("say where the peer is: --loopback, --listen PORT or --connect HOST:PORT")?;
-    if o.mode == Mode::Loopback && o.reverse {
-        return Err("--reverse needs --listen/--connect (in loopback both ends are here)".into());
-    }
-    if o.mode != Mode::Loopback && o.baseline {
-        return Err("--baseline runs on 127.0.0.1 only: use it with --loopback".into());
-    }
-    if o.sizes.is_empty() {
-        o.sizes = DEFAULT_SIZES.to_vec();
-    }
-    if let Some(&s) = o.sizes.iter().find(|&&s| (o.segments as u64) > s) {
-        return Err(format!(
-            "--segments {} exceeds the {s}-byte size",
-            o.segments
-        ));
-    }
-    Ok(o)
 }
 
 /// Engine configuration: `TCPX_*` environment, then the command line on top.
@@ -286,29 +300,34 @@ pub(super) fn engine_config(o: &Options) -> BenchResult<Config> {
     c.validate().map_err(|e| e.to_string())?;
     Ok(c)
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::args::argv as args;
+
+    fn parse(args: &[&str]) -> BenchResult<Options> {
+        let argv: Vec<&str> = ["bench"].iter().chain(args).copied().collect();
+        match crate::parse(&argv)? {
+            crate::Command::Bench(a) => Options::try_from(a),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn parses_sizes_and_options() {
-        assert_eq!(size_arg("--size", "4K", MAX_SIZE), Ok(4096));
-        assert_eq!(size_arg("--size", "64m", MAX_SIZE), Ok(64 << 20));
-        assert_eq!(size_arg("--size", "4G", MAX_SIZE), Ok(4 << 30));
-        assert_eq!(size_arg("--size", "1000", MAX_SIZE), Ok(1000));
-        for bad in ["", "0", "K", "-1", "1.5M", "1T", "4G1", "4KB"] {
-            let e = size_arg("--size", bad, MAX_SIZE).unwrap_err();
-            assert!(e.starts_with(&format!("--size {bad:?}: ")), "{e}");
-        }
-        let e = parse(&args(&["--loopback", "--chunk", "8x"])).unwrap_err();
-        assert!(e.contains("--chunk \"8x\": not a size"), "{e}");
-        let e = parse(&args(&["--loopback", "--size", "1K,5G"])).unwrap_err();
+        let e = parse(&["--loopback", "--chunk", "8x"]).unwrap_err();
+        assert!(e.contains("'8x' for '--chunk <N>': not a size"), "{e}");
+        let e = parse(&["--loopback", "--size", "1K,5G"]).unwrap_err();
         assert!(
-            e.contains("--size \"5G\": 5368709120 is not in 1..=4G"),
+            e.contains("'5G' for '--size <N[,N...]>': 5368709120 is not in 1..=4G"),
             "{e}"
         );
-        let o = parse(&args(&[
+        for bad in ["", "0", "K", "-1", "1.5M", "1T", "4G1", "4KB"] {
+            let arg = format!("--size={bad}");
+            let e = parse(&["--loopback", &arg]).unwrap_err();
+            assert!(e.contains(&format!("'{bad}' for '--size")), "{e}");
+        }
+        let o = parse(&[
             "--loopback",
             "--size=64K,1M",
             "--iters",
@@ -316,12 +335,12 @@ mod tests {
             "--chunk",
             "1M",
             "--verify",
-        ]))
+        ])
         .unwrap();
         assert_eq!(o.sizes, vec![64 << 10, 1 << 20]);
         assert_eq!((o.iters, o.chunk, o.verify), (Some(3), Some(1 << 20), true));
         assert!(!o.tail);
-        let o = parse(&args(&["--loopback", "--tail"])).unwrap();
+        let o = parse(&["--loopback", "--tail"]).unwrap();
         assert_eq!(
             o.count(),
             Count {
@@ -329,36 +348,42 @@ mod tests {
                 tail: true
             }
         );
-        let o = parse(&args(&["--connect", "h:1", "--reverse"])).unwrap();
+        let o = parse(&["--connect", "h:1", "--reverse"]).unwrap();
         assert_eq!((o.mode, o.sizes.len()), (Mode::Connect("h:1".into()), 7));
         assert_eq!((o.mem, o.gpu), ((MemKind::Host, MemKind::Host), (0, 0)));
-        let o = parse(&args(&["--loopback", "--mem", "host:cuda", "--gpu=3"])).unwrap();
+        assert_eq!((o.segments, o.poller), (1, Poller::Single));
+        let o = parse(&["--loopback", "--mem", "host:cuda", "--gpu=3"]).unwrap();
         assert_eq!((o.mem, o.gpu), ((MemKind::Host, MemKind::Cuda), (3, 3)));
-        let o = parse(&args(&["--loopback", "--mem=cuda", "--gpu", "0:1"])).unwrap();
+        let o = parse(&["--loopback", "--mem=cuda", "--gpu", "0:1"]).unwrap();
         assert_eq!(o.gpu, (0, 1));
-        let o = parse(&args(&["--loopback", "--mem=cuda"])).unwrap();
+        let o = parse(&["--loopback", "--mem=cuda"]).unwrap();
         assert_eq!(o.mem, (MemKind::Cuda, MemKind::Cuda));
+        let o = parse(&["--listen", "7", "--poller", "threads"]).unwrap();
+        assert_eq!((o.mode, o.poller), (Mode::Listen(7), Poller::Threads));
         for (bad, why) in [
             (&["--size", "4K"][..], "--loopback"),
-            (&["--loopback", "--listen", "1"], "one of"),
+            (&["--loopback", "--listen", "1"], "cannot be used with"),
             (&["--loopback", "--iters", "0"], "positive"),
             (&["--loopback", "--reverse"], "--reverse"),
             (&["--listen", "1", "--baseline"], "--baseline"),
+            (&["--listen", "x"], "expected a TCP port"),
+            (&["--connect", "h"], "expected HOST:PORT"),
             (
                 &["--loopback", "--size", "4K", "--segments", "5000"],
                 "exceeds",
             ),
+            (&["--loopback", "--size", "1,2,3,4,5,6,7,8,9"], "at most 8"),
             (&["--loopback", "--poller", "x"], "--poller"),
             (&["--loopback", "--mem", "gpu"], "--mem"),
             (&["--loopback", "--mem", "host:cuda:host"], "--mem"),
             (&["--loopback", "--mem", "cuda:"], "--mem"),
-            (&["--loopback", "--mem"], "needs a value"),
+            (&["--loopback", "--mem"], "a value is required for '--mem"),
             (&["--loopback", "--gpu", "-1"], "--gpu"),
             (&["--loopback", "--gpu", "0:"], "--gpu"),
             (&["--loopback", "--gpu", "0:1:2"], "--gpu"),
-            (&["--loopback", "--bogus"], "unknown option"),
+            (&["--loopback", "--bogus"], "unexpected argument '--bogus'"),
         ] {
-            let e = parse(&args(bad)).unwrap_err();
+            let e = parse(bad).unwrap_err();
             assert!(e.contains(why), "{bad:?}: {e}");
         }
     }

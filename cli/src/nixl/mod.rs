@@ -22,7 +22,6 @@ mod status;
 
 use std::path::{Path, PathBuf};
 
-use crate::args::Flags;
 use python::{PyEnv, Wheel};
 
 /// NIXL releases whose backend-plugin ABI `libplugin_TCPX.so` is built for (nixl's
@@ -33,18 +32,57 @@ pub const PLUGIN_FILE: &str = "libplugin_TCPX.so";
 /// Records, beside the plugin, what install wrote there (see [`files::Manifest`]).
 pub const MANIFEST_FILE: &str = ".tcpx-installed";
 
-const USAGE: &str = "usage: tcpx nixl install [--python PY] [--plugin PATH]
-       tcpx nixl uninstall [--python PY]
-       tcpx nixl status [--python PY] [--plugin PATH]
-  install      put libplugin_TCPX.so into the plugin folder of every NIXL wheel
-               (nixl-cu12, nixl-cu13) of PY's environment; idempotent
-  uninstall    remove what install put there (nothing else)
-  status       each NIXL's version and plugin folder, what `import nixl` picks,
-               whether TCPX is there, current and loads, the TCPX_* environment
-  --python PY  the interpreter whose environment holds NIXL (default python3)
-  --plugin PATH
-               the plugin to install or compare with (default: ../plugins/
-               libplugin_TCPX.so next to this tcpx binary)";
+/// `tcpx nixl` commands and their arguments.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Put libplugin_TCPX.so into the plugin folder of every NIXL wheel (nixl-cu12, nixl-cu13)
+    /// of PY's environment; idempotent
+    #[command(args_override_self = true)]
+    Install {
+        #[command(flatten)]
+        python: Python,
+        #[command(flatten)]
+        plugin: Plugin,
+    },
+    /// Remove what install put there (nothing else)
+    #[command(args_override_self = true)]
+    Uninstall {
+        #[command(flatten)]
+        python: Python,
+    },
+    /// Each NIXL's version and plugin folder, what `import nixl` picks, whether TCPX is there,
+    /// current and loads, the TCPX_* environment
+    #[command(args_override_self = true)]
+    Status {
+        #[command(flatten)]
+        python: Python,
+        #[command(flatten)]
+        plugin: Plugin,
+    },
+}
+
+/// `--python PY`.
+#[derive(Debug, clap::Args)]
+pub struct Python {
+    /// The interpreter whose environment holds NIXL
+    #[arg(
+        id = "python",
+        long = "python",
+        value_name = "PY",
+        default_value = "python3",
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
+    )]
+    path: String,
+}
+
+/// `--plugin PATH`.
+#[derive(Debug, clap::Args)]
+pub struct Plugin {
+    /// The plugin to install or compare with (default: ../plugins/libplugin_TCPX.so next to
+    /// this tcpx binary)
+    #[arg(id = "plugin", long = "plugin", value_name = "PATH")]
+    path: Option<PathBuf>,
+}
 
 type NixlResult<T> = std::result::Result<T, String>;
 
@@ -55,6 +93,7 @@ enum Action {
     Status,
 }
 
+/// `tcpx nixl` options: the command and its arguments.
 #[derive(Debug)]
 struct Options {
     action: Action,
@@ -62,50 +101,31 @@ struct Options {
     plugin: Option<PathBuf>,
 }
 
-fn parse(args: &[String]) -> NixlResult<Options> {
-    let action = match args.first().map(String::as_str) {
-        Some("install") => Action::Install,
-        Some("uninstall") => Action::Uninstall,
-        Some("status") => Action::Status,
-        Some(other) => return Err(format!("unknown nixl command {other:?}")),
-        None => return Err("missing command: install, uninstall or status".into()),
-    };
-    let mut o = Options {
-        action,
-        python: "python3".into(),
-        plugin: None,
-    };
-    let mut flags = Flags::new(&args[1..]);
-    while let Some(f) = flags.next() {
-        match f.name {
-            "--python" => o.python = flags.value(&f)?,
-            "--plugin" if action != Action::Uninstall => {
-                o.plugin = Some(PathBuf::from(flags.value(&f)?))
+impl From<Command> for Options {
+    fn from(c: Command) -> Options {
+        let (action, python, plugin) = match c {
+            Command::Install { python, plugin } => (Action::Install, python, plugin.path),
+            Command::Uninstall { python } => (Action::Uninstall, python, None),
+            Command::Status { python, plugin } => (Action::Status, python, plugin.path),
+        };
+        let mut python = python.path;
+        // The interpreter runs with cwd `/`: a relative path must mean the caller's folder.
+        if python.contains('/') && Path::new(&python).is_relative() {
+            if let Ok(cwd) = std::env::current_dir() {
+                python = cwd.join(&python).display().to_string();
             }
-            _ => return Err(format!("unknown argument {:?}", f.raw)),
+        }
+        Options {
+            action,
+            python,
+            plugin,
         }
     }
-    if o.python.is_empty() {
-        return Err("--python needs a value".into());
-    }
-    // The interpreter runs with cwd `/`: a relative path must mean the caller's folder.
-    if o.python.contains('/') && Path::new(&o.python).is_relative() {
-        if let Ok(cwd) = std::env::current_dir() {
-            o.python = cwd.join(&o.python).display().to_string();
-        }
-    }
-    Ok(o)
 }
 
-/// `tcpx nixl ...`; returns the exit code (0 done / ready, 1 refused or not ready, 2 usage).
-pub fn main(args: &[String]) -> i32 {
-    let o = match parse(args) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("tcpx nixl: {e}\n{USAGE}");
-            return 2;
-        }
-    };
+/// `tcpx nixl ...`; returns the exit code (0 done / ready, 1 refused or not ready).
+pub fn main(command: Command) -> i32 {
+    let o = Options::from(command);
     let result = match o.action {
         Action::Install => install::install(&o),
         Action::Uninstall => install::uninstall(&o),
@@ -135,29 +155,33 @@ fn no_nixl(env: &PyEnv) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::args::argv;
+
+    fn parse(args: &[&str]) -> NixlResult<Options> {
+        let argv: Vec<&str> = ["nixl"].iter().chain(args).copied().collect();
+        match crate::parse(&argv)? {
+            crate::Command::Nixl(c) => Ok(Options::from(c)),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn parses_commands_and_flags() {
-        let o = parse(&argv(&[
-            "install",
-            "--python",
-            "/v/bin/python",
-            "--plugin=/p.so",
-        ]))
-        .unwrap();
+        let o = parse(&["install", "--python", "/v/bin/python", "--plugin=/p.so"]).unwrap();
         assert_eq!(o.action, Action::Install);
         assert_eq!(o.python, "/v/bin/python");
         assert_eq!(o.plugin.as_deref(), Some(Path::new("/p.so")));
-        let o = parse(&argv(&["status"])).unwrap();
+        let o = parse(&["status"]).unwrap();
         assert_eq!(
             (o.action, o.python.as_str(), o.plugin),
             (Action::Status, "python3", None)
         );
-        assert!(parse(&argv(&[])).is_err());
-        assert!(parse(&argv(&["upgrade"])).is_err());
-        assert!(parse(&argv(&["uninstall", "--plugin", "/p.so"])).is_err());
-        assert!(parse(&argv(&["install", "--python"])).is_err());
-        assert!(parse(&argv(&["install", "--python="])).is_err());
+        let o = parse(&["uninstall", "--python", "venv/bin/python"]).unwrap();
+        assert_eq!(o.action, Action::Uninstall);
+        assert!(Path::new(&o.python).is_absolute(), "{}", o.python);
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["upgrade"]).is_err());
+        assert!(parse(&["uninstall", "--plugin", "/p.so"]).is_err());
+        assert!(parse(&["install", "--python"]).is_err());
+        assert!(parse(&["install", "--python="]).is_err());
     }
 }

@@ -6,60 +6,57 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use crate::args::Flags;
 use crate::json::{self, Object};
 use tcpx::engine::topology::{self, Place, Rank};
 use tcpx::error::{Error, Result};
 use tcpx::net::{AbiVersion, DeviceProps, Net};
 
-/// Parsed `probe` options.
-#[derive(Debug, Default, PartialEq)]
-struct Options {
+/// `tcpx probe` arguments.
+#[derive(Debug, Default, PartialEq, clap::Args)]
+// A repeated option: the last one counts.
+#[command(args_override_self = true)]
+pub struct Args {
+    /// The ncclNet plugin to load (default: $TCPX_PLUGIN, else the embedded tcpxsock)
+    #[arg(long, value_name = "PATH")]
     plugin: Option<PathBuf>,
+    /// One JSON object with the same facts
+    #[arg(long)]
     json: bool,
+    /// The ncclNet table to use (default: the newest the plugin exports)
+    #[arg(long, value_name = "7|8|9|10", value_parser = abi)]
     abi: Option<AbiVersion>,
-    /// Run the GPUDirect-TCPX checks instead of listing devices.
-    preflight: bool,
-    /// Where `--preflight` reads sysfs (`/sys`); tests point it at a fake tree.
-    sysfs_root: Option<PathBuf>,
-    /// Rank every device for memory on this GPU (`--gpu N`).
+    /// Rank every device for memory on GPU N (nearest = rank 0; what TCPX_DEVICES=auto picks
+    /// from)
+    #[arg(long, value_name = "N", value_parser = gpu, allow_negative_numbers = true)]
     gpu: Option<i32>,
+    /// Check an A3 VM for GPUDirect-TCPX before a first transfer (plugin version, TCPX NICs,
+    /// RxDM sockets, tuning env, GPU) instead of listing devices
+    #[arg(long)]
+    preflight: bool,
+    /// Where --preflight reads sysfs (default /sys); tests point it at a fake tree
+    #[arg(long, value_name = "DIR", hide = true)]
+    sysfs_root: Option<PathBuf>,
 }
 
-fn parse(args: &[String]) -> std::result::Result<Options, String> {
-    let mut o = Options::default();
-    let mut flags = Flags::new(args);
-    while let Some(f) = flags.next() {
-        let (flag, a) = (f.name, f.raw);
-        let mut value = |_: &str| flags.value(&f);
-        match flag {
-            "--plugin" => o.plugin = Some(PathBuf::from(value("--plugin")?)),
-            "--abi" => {
-                let v = value("--abi")?;
-                o.abi = Some(
-                    AbiVersion::parse(&v)
-                        .ok_or_else(|| format!("--abi {v:?}: use 7, 8, 9 or 10"))?,
-                );
-            }
-            "--json" => o.json = true,
-            "--gpu" => {
-                let v = value("--gpu")?;
-                o.gpu = Some(
-                    v.parse()
-                        .ok()
-                        .filter(|&g: &i32| g >= 0)
-                        .ok_or_else(|| format!("--gpu {v:?}: a CUDA device number"))?,
-                );
-            }
-            "--preflight" => o.preflight = true,
-            "--sysfs-root" => o.sysfs_root = Some(PathBuf::from(value("--sysfs-root")?)),
-            _ => return Err(format!("unknown option {a:?}")),
+fn abi(s: &str) -> std::result::Result<AbiVersion, String> {
+    AbiVersion::parse(s).ok_or_else(|| "use 7, 8, 9 or 10".to_string())
+}
+
+fn gpu(s: &str) -> std::result::Result<i32, String> {
+    s.parse()
+        .ok()
+        .filter(|&g: &i32| g >= 0)
+        .ok_or_else(|| "a CUDA device number".to_string())
+}
+
+impl Args {
+    /// What parsing alone does not check.
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.sysfs_root.is_some() && !self.preflight {
+            return Err("--sysfs-root only applies to --preflight".into());
         }
+        Ok(())
     }
-    if o.sysfs_root.is_some() && !o.preflight {
-        return Err("--sysfs-root only applies to --preflight".into());
-    }
-    Ok(o)
 }
 
 /// Everything `probe` found.
@@ -73,7 +70,7 @@ struct Report {
     ranking: Option<(Place, Vec<Rank>)>,
 }
 
-fn probe(o: &Options) -> Result<Report> {
+fn probe(o: &Args) -> Result<Report> {
     let net = match &o.plugin {
         Some(p) => Net::load_with(p, o.abi)?,
         None => {
@@ -110,17 +107,10 @@ fn probe(o: &Options) -> Result<Report> {
 }
 
 /// Runs `tcpx probe`; returns the exit code.
-pub fn main(args: &[String]) -> i32 {
-    let o = match parse(args) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!(
-                "tcpx probe: {e}\nusage: tcpx probe [--plugin PATH] [--json] [--abi 7|8|9|10] \
-                 [--gpu N] [--preflight]"
-            );
-            return 2;
-        }
-    };
+pub fn main(o: Args) -> i32 {
+    if let Err(e) = o.check() {
+        return crate::usage_error("probe", e);
+    }
     if o.preflight {
         return preflight::main(&o);
     }
@@ -285,32 +275,48 @@ mod preflight;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::args::argv as args;
+
+    fn parse(args: &[&str]) -> std::result::Result<Args, String> {
+        let argv: Vec<&str> = ["probe"].iter().chain(args).copied().collect();
+        match crate::parse(&argv)? {
+            crate::Command::Probe(a) => a.check().map(|()| a),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn parses_options() {
-        let o = parse(&args(&["--plugin", "/x.so", "--json", "--abi=v9"])).unwrap();
+        let o = parse(&["--plugin", "/x.so", "--json", "--abi=v9"]).unwrap();
         assert_eq!(
             o,
-            Options {
+            Args {
                 plugin: Some(PathBuf::from("/x.so")),
                 json: true,
                 abi: Some(AbiVersion::V9),
-                ..Options::default()
+                ..Args::default()
             }
         );
-        let o = parse(&args(&["--preflight", "--sysfs-root=/tmp/sys"])).unwrap();
+        let o = parse(&["--preflight", "--sysfs-root=/tmp/sys"]).unwrap();
         assert!(o.preflight);
         assert_eq!(o.sysfs_root, Some(PathBuf::from("/tmp/sys")));
-        assert!(parse(&args(&["--sysfs-root", "/s"]))
+        assert!(parse(&["--sysfs-root", "/s"])
             .unwrap_err()
             .contains("only applies to --preflight"));
-        assert!(parse(&args(&["--abi", "6"])).unwrap_err().contains("--abi"));
-        assert!(parse(&args(&["--plugin"]))
+        let e = parse(&["--abi", "6"]).unwrap_err();
+        assert!(
+            e.contains("'6' for '--abi") && e.contains("use 7, 8, 9 or 10"),
+            "{e}"
+        );
+        let e = parse(&["--gpu", "-1"]).unwrap_err();
+        assert!(
+            e.contains("'-1' for '--gpu") && e.contains("a CUDA device number"),
+            "{e}"
+        );
+        assert!(parse(&["--plugin"])
             .unwrap_err()
-            .contains("needs a value"));
-        assert!(parse(&args(&["--bogus"]))
+            .contains("a value is required for '--plugin"));
+        assert!(parse(&["--bogus"])
             .unwrap_err()
-            .contains("unknown option"));
+            .contains("unexpected argument '--bogus'"));
     }
 }

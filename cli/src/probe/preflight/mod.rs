@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use tcpx::engine::config::Config;
 
-use super::Options;
+use super::Args;
 use crate::json::Object;
 use gpu::{cuda_devices, gpu_check};
 use network::{ctrl_dev_check, ifname_checks, rxdm_checks};
@@ -79,7 +79,7 @@ fn get(env: Env<'_>, key: &str) -> Option<String> {
 }
 
 /// Runs `tcpx probe --preflight`; returns the exit code.
-pub(super) fn main(o: &Options) -> i32 {
+pub(super) fn main(o: &Args) -> i32 {
     let env = |k: &str| std::env::var(k).ok();
     let sysfs = o
         .sysfs_root
