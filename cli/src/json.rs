@@ -1,89 +1,38 @@
-//! Minimal JSON output for `--json` modes: a string escaper and an object writer.
-//!
-//! Output only; nothing in tcpx parses JSON, so no dependency is worth it.
+//! `--json` output through serde_json: one object per run, on one line. Measured figures keep
+//! a fixed number of decimals, written as number literals (`1.500000`).
 
-use std::fmt::Write;
+use std::fmt::Display;
 
-/// Appends `s` as a JSON string literal (quotes included).
-pub fn string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
+
+/// `value` as one line of JSON.
+pub(crate) fn line(value: &impl Serialize) -> String {
+    let mut s = serde_json::to_string(value).expect("reports serialize to JSON");
+    s.push('\n');
+    s
 }
 
-/// Writes the members of one JSON object, inserting commas.
-pub struct Object<'a> {
-    out: &'a mut String,
-    first: bool,
+/// A measured figure with `D` decimals; `null` when not finite.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fixed<const D: usize>(pub f64);
+
+impl<const D: usize> Serialize for Fixed<D> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !self.0.is_finite() {
+            return s.serialize_none();
+        }
+        literal(format!("{:.*}", D, self.0)).serialize(s)
+    }
 }
 
-impl<'a> Object<'a> {
-    /// Opens an object (`{`).
-    pub fn new(out: &'a mut String) -> Self {
-        out.push('{');
-        Object { out, first: true }
-    }
+/// A finite number written as Rust displays it (`0`, `1.5`); `None` otherwise.
+pub(crate) fn shown(v: f32) -> Option<Box<RawValue>> {
+    v.is_finite().then(|| literal(v))
+}
 
-    fn key(&mut self, k: &str) -> &mut String {
-        if !self.first {
-            self.out.push(',');
-        }
-        self.first = false;
-        string(self.out, k);
-        self.out.push(':');
-        self.out
-    }
-
-    /// A string member.
-    pub fn str(&mut self, k: &str, v: &str) -> &mut Self {
-        let out = self.key(k);
-        string(out, v);
-        self
-    }
-
-    /// A string member, or `null`.
-    pub fn opt_str(&mut self, k: &str, v: Option<&str>) -> &mut Self {
-        match v {
-            Some(v) => self.str(k, v),
-            None => self.raw(k, "null"),
-        }
-    }
-
-    /// A number or literal written as is (caller guarantees it is valid JSON).
-    pub fn raw(&mut self, k: &str, v: impl std::fmt::Display) -> &mut Self {
-        let out = self.key(k);
-        let _ = write!(out, "{v}");
-        self
-    }
-
-    /// A boolean member.
-    pub fn bool(&mut self, k: &str, v: bool) -> &mut Self {
-        self.raw(k, v)
-    }
-
-    /// A member whose value the closure writes into the buffer.
-    pub fn with(&mut self, k: &str, f: impl FnOnce(&mut String)) -> &mut Self {
-        let out = self.key(k);
-        f(out);
-        self
-    }
-
-    /// Closes the object (`}`).
-    pub fn end(&mut self) {
-        self.out.push('}');
-    }
+fn literal(v: impl Display) -> Box<RawValue> {
+    RawValue::from_string(v.to_string()).expect("a finite number is a JSON number")
 }
 
 #[cfg(test)]
@@ -92,20 +41,39 @@ mod tests {
 
     #[test]
     fn escapes_strings() {
-        let mut s = String::new();
-        string(&mut s, "a\"b\\c\nd\u{1}é");
+        let s = serde_json::to_string("a\"b\\c\nd\u{1}é").unwrap();
         assert_eq!(s, r#""a\"b\\c\nd\u0001é""#);
     }
 
     #[test]
     fn writes_objects() {
-        let mut s = String::new();
-        Object::new(&mut s)
-            .str("n", "x")
-            .raw("v", 7)
-            .opt_str("p", None)
-            .bool("b", true)
-            .end();
-        assert_eq!(s, r#"{"n":"x","v":7,"p":null,"b":true}"#);
+        #[derive(Serialize)]
+        struct O {
+            n: &'static str,
+            v: u32,
+            p: Option<&'static str>,
+            b: bool,
+            f: Fixed<6>,
+            g: Fixed<3>,
+            nan: Fixed<6>,
+            l: Option<Box<RawValue>>,
+            i: Option<Box<RawValue>>,
+        }
+        let o = O {
+            n: "x",
+            v: 7,
+            p: None,
+            b: true,
+            f: Fixed(1.5),
+            g: Fixed(2.0 / 3.0),
+            nan: Fixed(f64::NAN),
+            l: shown(0.0),
+            i: shown(f32::INFINITY),
+        };
+        assert_eq!(
+            line(&o),
+            "{\"n\":\"x\",\"v\":7,\"p\":null,\"b\":true,\"f\":1.500000,\"g\":0.667,\"nan\":null,\
+             \"l\":0,\"i\":null}\n"
+        );
     }
 }

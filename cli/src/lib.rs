@@ -5,7 +5,7 @@
 //! its own output.
 
 pub mod bench;
-pub mod json;
+mod json;
 pub mod nixl;
 pub mod probe;
 pub mod stream;
@@ -147,5 +147,31 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn inline_and_separate_values() {
+        // `--flag=value` and `--flag value` mean the same; a flag without its value is refused.
+        for (inline, separate) in [
+            (
+                &["probe", "--plugin=/x.so"][..],
+                &["probe", "--plugin", "/x.so"][..],
+            ),
+            (
+                &["bench", "--loopback", "--size=4K"],
+                &["bench", "--loopback", "--size", "4K"],
+            ),
+            (
+                &["nixl", "status", "--python=py"],
+                &["nixl", "status", "--python", "py"],
+            ),
+        ] {
+            let (a, b) = (parse(inline).unwrap(), parse(separate).unwrap());
+            assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        }
+        for args in [&["probe", "--plugin"][..], &["stream", "--device"]] {
+            let e = parse(args).unwrap_err();
+            assert!(e.contains("a value is required"), "{args:?}: {e}");
+        }
     }
 }

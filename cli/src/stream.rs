@@ -14,10 +14,12 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::json::Object;
-use crate::bench::{run_iperf3, size_label};
-use crate::value;
+use serde::Serialize;
 use tcpx::net::{ConnectHandle, MemKind, Net, RecvBuf, Request};
+
+use crate::bench::{run_iperf3, size_label};
+use crate::json::{self, Fixed};
+use crate::value;
 
 /// The largest message TCPX accepts in one request.
 const MAX_MESSAGE: u64 = 4 << 20;
@@ -452,44 +454,57 @@ GB/s = 10^9 bytes/s, receiver's first post to last completion",
     s
 }
 
+/// `stream --json`: the settings and every point.
+#[derive(Serialize)]
+struct StreamJson<'a> {
+    plugin: &'a str,
+    source: String,
+    device: usize,
+    window: usize,
+    bytes_per_point: u64,
+    points: Vec<PointJson<'a>>,
+}
+
+/// One point in `stream --json`; `iperf3_gbps` is `null` when iperf3 was skipped, absent
+/// without `--baseline`.
+#[derive(Serialize)]
+struct PointJson<'a> {
+    nsocks: usize,
+    size: u64,
+    messages: u64,
+    gbps: Fixed<6>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iperf3_gbps: Option<Option<Fixed<6>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iperf3_skipped: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio: Option<Fixed<6>>,
+}
+
 fn to_json(net: &Net, o: &Options, points: &[Point]) -> String {
-    let mut s = String::new();
-    let mut obj = Object::new(&mut s);
-    obj.str("plugin", net.name())
-        .str("source", &net.source().to_string())
-        .raw("device", o.device)
-        .raw("window", o.window)
-        .raw("bytes_per_point", o.bytes)
-        .with("points", |out| {
-            out.push('[');
-            for (i, p) in points.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                let mut q = Object::new(out);
-                q.raw("nsocks", p.nsocks)
-                    .raw("size", p.size)
-                    .raw("messages", p.messages)
-                    .raw("gbps", format!("{:.6}", p.gbps()));
-                match &p.iperf3 {
-                    Some(Ok(b)) => {
-                        q.raw("iperf3_gbps", format!("{b:.6}"));
-                    }
-                    Some(Err(e)) => {
-                        q.raw("iperf3_gbps", "null").str("iperf3_skipped", e);
-                    }
-                    None => {}
-                }
-                if let Some(r) = p.ratio() {
-                    q.raw("ratio", format!("{r:.6}"));
-                }
-                q.end();
-            }
-            out.push(']');
-        });
-    obj.end();
-    s.push('\n');
-    s
+    let points = points.iter().map(|p| PointJson {
+        nsocks: p.nsocks,
+        size: p.size,
+        messages: p.messages,
+        gbps: Fixed(p.gbps()),
+        iperf3_gbps: p
+            .iperf3
+            .as_ref()
+            .map(|b| b.as_ref().ok().map(|&b| Fixed(b))),
+        iperf3_skipped: match &p.iperf3 {
+            Some(Err(e)) => Some(e),
+            _ => None,
+        },
+        ratio: p.ratio().map(Fixed),
+    });
+    json::line(&StreamJson {
+        plugin: net.name(),
+        source: net.source().to_string(),
+        device: o.device,
+        window: o.window,
+        bytes_per_point: o.bytes,
+        points: points.collect(),
+    })
 }
 
 #[cfg(test)]

@@ -4,11 +4,13 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
 use tcpx::engine::{Config, Session};
 use tcpx::net::Net;
 
 use super::BenchResult;
-use crate::json::Object;
+use crate::json::{self, Fixed};
 
 /// One size's measurement.
 #[derive(Debug, Clone)]
@@ -235,80 +237,85 @@ host side pageable; time = call start to cuCtxSynchronize done)"
     }
 
     pub(super) fn to_json(&self) -> String {
-        fn num(v: f64) -> String {
-            if v.is_finite() {
-                format!("{v:.6}")
-            } else {
-                "null".into()
-            }
-        }
-        fn rows_json(out: &mut String, rows: &[Row]) {
-            out.push('[');
-            for (i, r) in rows.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                Object::new(out)
-                    .raw("bytes", r.bytes)
-                    .raw("iters", r.iters)
-                    .raw("gbps", num(r.gbps()))
-                    .raw("gbps_aggregate", num(r.gbps_aggregate()))
-                    .raw("p50_us", num(us(r.p50)))
-                    .raw("p90_us", num(us(r.p90)))
-                    .raw("p99_us", num(us(r.p99)))
-                    .raw("p999_us", num(us(r.p999)))
-                    .raw("cpu_us", r.cpu.map_or("null".into(), |c| num(us(c))))
-                    .with("samples_us", |out| {
-                        out.push('[');
-                        for (i, t) in r.samples.iter().enumerate() {
-                            if i > 0 {
-                                out.push(',');
-                            }
-                            let _ = write!(out, "{:.3}", us(*t));
-                        }
-                        out.push(']');
-                    })
-                    .end();
-            }
-            out.push(']');
-        }
-        let mut s = String::new();
-        let mut o = Object::new(&mut s);
+        json::line(self)
+    }
+}
+
+/// `bench --json`: the header (numbers where they are numbers), the timing, the rows and,
+/// with `--baseline`, the baselines' rows.
+impl Serialize for Report {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let rows = |rows: &[Row]| rows.iter().map(RowJson::from).collect::<Vec<_>>();
+        let mut m = s.serialize_map(None)?;
         for (k, v) in &self.header {
             match v.parse::<u64>() {
-                Ok(n) => o.raw(k, n),
-                Err(_) => o.str(k, v),
-            };
+                Ok(n) => m.serialize_entry(k, &n)?,
+                Err(_) => m.serialize_entry(k, v)?,
+            }
         }
-        o.str("timing", self.timing)
-            .with("rows", |out| rows_json(out, &self.rows));
+        m.serialize_entry("timing", self.timing)?;
+        m.serialize_entry("rows", &rows(&self.rows))?;
         if !self.tcp.is_empty() {
-            o.with("baseline_tcp", |out| rows_json(out, &self.tcp));
-            o.with("baseline_iperf3", |out| {
-                out.push('[');
-                for (i, (streams, r)) in self.iperf3.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    let mut b = Object::new(out);
-                    b.raw("streams", streams);
-                    match r {
-                        Ok(g) => b.raw("gbps", num(*g)),
-                        Err(e) => b.raw("gbps", "null").str("skipped", e),
-                    };
-                    b.end();
-                }
-                out.push(']');
-            });
+            m.serialize_entry("baseline_tcp", &rows(&self.tcp))?;
+            let iperf3: Vec<IperfJson> = self
+                .iperf3
+                .iter()
+                .map(|(streams, r)| IperfJson {
+                    streams: *streams,
+                    gbps: r.as_ref().ok().map(|&g| Fixed(g)),
+                    skipped: r.as_ref().err().map(String::as_str),
+                })
+                .collect();
+            m.serialize_entry("baseline_iperf3", &iperf3)?;
         }
-        if let Some((op, rows)) = &self.copy {
-            o.str("baseline_copy_op", op)
-                .with("baseline_copy", |out| rows_json(out, rows));
+        if let Some((op, copy)) = &self.copy {
+            m.serialize_entry("baseline_copy_op", op)?;
+            m.serialize_entry("baseline_copy", &rows(copy))?;
         }
-        o.end();
-        s.push('\n');
-        s
+        m.end()
     }
+}
+
+/// One row in `bench --json`: microseconds, GB/s; every sample in measurement order.
+#[derive(Serialize)]
+struct RowJson {
+    bytes: u64,
+    iters: usize,
+    gbps: Fixed<6>,
+    gbps_aggregate: Fixed<6>,
+    p50_us: Fixed<6>,
+    p90_us: Fixed<6>,
+    p99_us: Fixed<6>,
+    p999_us: Fixed<6>,
+    cpu_us: Option<Fixed<6>>,
+    samples_us: Vec<Fixed<3>>,
+}
+
+impl From<&Row> for RowJson {
+    fn from(r: &Row) -> RowJson {
+        RowJson {
+            bytes: r.bytes,
+            iters: r.iters,
+            gbps: Fixed(r.gbps()),
+            gbps_aggregate: Fixed(r.gbps_aggregate()),
+            p50_us: Fixed(us(r.p50)),
+            p90_us: Fixed(us(r.p90)),
+            p99_us: Fixed(us(r.p99)),
+            p999_us: Fixed(us(r.p999)),
+            cpu_us: r.cpu.map(|c| Fixed(us(c))),
+            samples_us: r.samples.iter().map(|&t| Fixed(us(t))).collect(),
+        }
+    }
+}
+
+/// One `iperf3 -P streams` baseline in `bench --json`: `gbps` is `null` and `skipped` says why
+/// when it did not run.
+#[derive(Serialize)]
+struct IperfJson<'a> {
+    streams: u32,
+    gbps: Option<Fixed<6>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skipped: Option<&'a str>,
 }
 
 /// The plugin device each channel of `s` uses, as `device(name)` by channel.

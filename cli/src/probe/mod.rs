@@ -6,7 +6,10 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use crate::json::{self, Object};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::json;
 use tcpx::engine::topology::{self, Place, Rank};
 use tcpx::error::{Error, Result};
 use tcpx::net::{AbiVersion, DeviceProps, Net};
@@ -197,77 +200,74 @@ fn yes_no(b: bool) -> &'static str {
     }
 }
 
-fn to_json(r: &Report) -> String {
-    let mut s = String::new();
-    Object::new(&mut s)
-        .str("plugin", &r.source)
-        .raw("abi", r.net.abi().number())
-        .str("symbol", r.net.abi().symbol())
-        .str("name", r.net.name())
-        .with("devices", |out| {
-            out.push('[');
-            for (i, d) in r.devices.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                let rank = r.ranking.as_ref().map(|(_, ranks)| ranks[i]);
-                device_json(out, i, d, r.numa[i], rank);
-            }
-            out.push(']');
-        })
-        .end();
-    s.push('\n');
-    s
+/// `probe --json`: the plugin and every device.
+#[derive(Serialize)]
+struct ReportJson<'a> {
+    plugin: &'a str,
+    abi: u32,
+    symbol: &'a str,
+    name: &'a str,
+    devices: Vec<DeviceJson<'a>>,
 }
 
-fn device_json(
-    out: &mut String,
+/// One device in `probe --json`.
+#[derive(Serialize)]
+struct DeviceJson<'a> {
     index: usize,
-    d: &DeviceProps,
-    numa: Option<u32>,
-    rank: Option<Rank>,
-) {
-    let latency = if d.latency_us.is_finite() {
-        d.latency_us.to_string()
-    } else {
-        "null".to_string()
-    };
-    let opt = |v: Option<usize>| v.map_or("null".to_string(), |v| v.to_string());
-    Object::new(out)
-        .raw("index", index)
-        .str("name", &d.name)
-        .opt_str("pci_path", d.pci_path.as_deref())
-        .raw("numa_node", numa.map_or("null".into(), |n| n.to_string()))
-        .raw("rank", rank.map_or("null".into(), |r| r.rank.to_string()))
-        .raw(
-            "distance",
-            rank.and_then(|r| r.distance)
-                .map_or("null".into(), |d| d.to_string()),
-        )
-        .raw("guid", d.guid)
-        .raw("speed_mbps", d.speed_mbps)
-        .raw("port", d.port)
-        .raw("latency_us", latency)
-        .with("ptr_support", |o| {
-            o.push('[');
-            for (i, n) in d.ptr_support.names().enumerate() {
-                if i > 0 {
-                    o.push(',');
-                }
-                json::string(o, n);
-            }
-            o.push(']');
-        })
-        .raw("max_comms", d.max_comms)
-        .raw("max_recvs", d.max_recvs)
-        .bool("reg_is_global", d.reg_is_global)
-        .bool("force_flush", d.force_flush)
-        .str("device_type", d.device_type.as_str())
-        .raw("device_version", d.device_version)
-        .raw("vdevs", format!("{:?}", d.vdevs))
-        .raw("max_p2p_bytes", opt(d.max_p2p_bytes))
-        .raw("max_coll_bytes", opt(d.max_coll_bytes))
-        .end();
+    name: &'a str,
+    pci_path: Option<&'a str>,
+    numa_node: Option<u32>,
+    rank: Option<usize>,
+    distance: Option<u16>,
+    guid: u64,
+    speed_mbps: i32,
+    port: i32,
+    latency_us: Option<Box<RawValue>>,
+    ptr_support: Vec<&'static str>,
+    max_comms: i32,
+    max_recvs: i32,
+    reg_is_global: bool,
+    force_flush: bool,
+    device_type: &'a str,
+    device_version: i32,
+    vdevs: &'a [i32],
+    max_p2p_bytes: Option<usize>,
+    max_coll_bytes: Option<usize>,
+}
+
+fn to_json(r: &Report) -> String {
+    let devices = r.devices.iter().enumerate().map(|(i, d)| {
+        let rank = r.ranking.as_ref().map(|(_, ranks)| ranks[i]);
+        DeviceJson {
+            index: i,
+            name: &d.name,
+            pci_path: d.pci_path.as_deref(),
+            numa_node: r.numa[i],
+            rank: rank.map(|r| r.rank),
+            distance: rank.and_then(|r| r.distance),
+            guid: d.guid,
+            speed_mbps: d.speed_mbps,
+            port: d.port,
+            latency_us: json::shown(d.latency_us),
+            ptr_support: d.ptr_support.names().collect(),
+            max_comms: d.max_comms,
+            max_recvs: d.max_recvs,
+            reg_is_global: d.reg_is_global,
+            force_flush: d.force_flush,
+            device_type: d.device_type.as_str(),
+            device_version: d.device_version,
+            vdevs: &d.vdevs,
+            max_p2p_bytes: d.max_p2p_bytes,
+            max_coll_bytes: d.max_coll_bytes,
+        }
+    });
+    json::line(&ReportJson {
+        plugin: &r.source,
+        abi: r.net.abi().number(),
+        symbol: r.net.abi().symbol(),
+        name: r.net.name(),
+        devices: devices.collect(),
+    })
 }
 
 mod preflight;

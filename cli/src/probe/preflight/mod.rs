@@ -17,10 +17,11 @@ mod settings;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
 use tcpx::engine::config::Config;
 
 use super::Args;
-use crate::json::Object;
+use crate::json;
 use gpu::{cuda_devices, gpu_check};
 use network::{ctrl_dev_check, ifname_checks, rxdm_checks};
 use plugin::{plugin_check, run_plugin, ChildRun, PLUGIN_TIMEOUT};
@@ -159,30 +160,39 @@ pub(super) fn to_text(checks: &[Check]) -> String {
     s
 }
 
+/// `probe --preflight --json`: every check, then the count of each status.
+#[derive(Serialize)]
+struct ChecksJson<'a> {
+    checks: Vec<CheckJson<'a>>,
+    ok: usize,
+    warn: usize,
+    missing: usize,
+}
+
+/// One check in `probe --preflight --json`.
+#[derive(Serialize)]
+struct CheckJson<'a> {
+    status: &'a str,
+    check: &'a str,
+    detail: &'a str,
+    fix: Option<&'a str>,
+}
+
 pub(super) fn to_json(checks: &[Check]) -> String {
-    let mut s = String::new();
-    Object::new(&mut s)
-        .with("checks", |out| {
-            out.push('[');
-            for (i, c) in checks.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                Object::new(out)
-                    .str("status", c.status.as_str())
-                    .str("check", &c.name)
-                    .str("detail", &c.detail)
-                    .opt_str("fix", c.fix.as_deref())
-                    .end();
-            }
-            out.push(']');
-        })
-        .raw("ok", count(checks, Status::Ok))
-        .raw("warn", count(checks, Status::Warn))
-        .raw("missing", count(checks, Status::Missing))
-        .end();
-    s.push('\n');
-    s
+    json::line(&ChecksJson {
+        checks: checks
+            .iter()
+            .map(|c| CheckJson {
+                status: c.status.as_str(),
+                check: &c.name,
+                detail: &c.detail,
+                fix: c.fix.as_deref(),
+            })
+            .collect(),
+        ok: count(checks, Status::Ok),
+        warn: count(checks, Status::Warn),
+        missing: count(checks, Status::Missing),
+    })
 }
 
 #[cfg(test)]
