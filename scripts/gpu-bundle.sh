@@ -23,7 +23,7 @@ mkdir -p "$out/bin" "$out/plugins"
 # Each GPU test binary by its target name (cargo names the file <name>-<hash>).
 cargo test --release --no-run --message-format=json \
     -p tcpx-kernels --test unpack_gpu -p tcpx-sock --test cuda -p tcpx --lib --test engine_gpu \
-    -p tcpx-cli --test bench_cli --test bench_gpu -p tcpx-tests --test no_alloc_gpu -p tcpx-nixl --test vram_inline --test multi_gpu --test vram_registration |
+    -p tcpx-cli --test bench_cli --test bench_cuda -p tcpx-tests --test no_alloc_gpu -p tcpx-nixl --test vram_inline --test multi_gpu --test vram_registration |
     python3 -c '
 import json, shutil, sys
 out = sys.argv[1]
