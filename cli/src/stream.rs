@@ -56,7 +56,7 @@ pub struct Args {
     /// The plugin's device
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = device)]
     device: usize,
-    /// iperf3 -c 127.0.0.1 -P <nsocks> after each point, and the ratio
+    /// iperf3 -c 127.0.0.1 -P NSOCKS after each point, and the ratio
     #[arg(long)]
     baseline: bool,
     /// One JSON object

@@ -29,7 +29,7 @@ use python::{PyEnv, Wheel};
 pub const NIXL_VERSIONS: &[&str] = &["1.5.1"];
 /// The file name libnixl derives the backend name from (`libplugin_<NAME>.so`).
 pub const PLUGIN_FILE: &str = "libplugin_TCPX.so";
-/// Records, beside the plugin, what install wrote there (see [`files::Manifest`]).
+/// Records, beside the plugin, what install wrote there (see `files::Manifest`).
 pub const MANIFEST_FILE: &str = ".tcpx-installed";
 
 /// `tcpx nixl` commands and their arguments.

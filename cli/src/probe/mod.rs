@@ -1,7 +1,7 @@
 //! `tcpx probe`: load an ncclNet plugin, initialise it and list its devices, in the
 //! spirit of `ibv_devinfo`; `--json` prints the same facts as one JSON object.
 //! `--preflight` instead checks, on an A3 VM, what Google's GPUDirect-TCPX plugin needs
-//! before a first transfer (see [`preflight`]).
+//! before a first transfer (see the `preflight` module).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
