@@ -9,7 +9,7 @@
 # usage: scripts/bench-gpu.sh [TCPX_BINARY [OUTDIR [extra tcpx bench args...]]]
 #   (e.g. `--gpu 0:1` on a machine with two GPUs: the sender's buffers on GPU 0, the
 #   receiver's on GPU 1)
-#   TCPX_BINARY  default target/release/tcpx (build: cargo build --release -p tcpx --bin tcpx;
+#   TCPX_BINARY  default target/release/tcpx (build: cargo build --release -p tcpx-cli --bin tcpx;
 #                the unpack kernels need nvcc at build time: scripts/install-nvcc.sh)
 #   OUTDIR       default .  (files: bench-gpu-c<channels>-<src>-<dst>-r<round>.json)
 # Environment: CHANNELS (default "2 4"), SIZES (default 4M,64M), ROUNDS (default 3), TARGET
@@ -27,7 +27,7 @@ rounds="${ROUNDS:-3}"
 target="${TARGET:-0.8}"
 
 if [[ ! -x "$tcpx" ]]; then
-    echo "bench-gpu: $tcpx is not an executable (build: cargo build --release -p tcpx --bin tcpx)" >&2
+    echo "bench-gpu: $tcpx is not an executable (build: cargo build --release -p tcpx-cli --bin tcpx)" >&2
     exit 2
 fi
 command -v python3 >/dev/null || { echo "bench-gpu: python3 is needed for the table" >&2; exit 2; }

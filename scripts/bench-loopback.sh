@@ -15,7 +15,7 @@ if ! command -v iperf3 >/dev/null 2>&1; then
 fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-cargo build --release -p tcpx --bin tcpx
+cargo build --release -p tcpx-cli --bin tcpx
 TCPX="$CARGO_TARGET_DIR/release/tcpx"
 
 echo "== $(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg)"

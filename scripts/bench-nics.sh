@@ -53,7 +53,7 @@ fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 if ((build)); then
-    cargo build --release -p tcpx --bin tcpx >&2
+    cargo build --release -p tcpx-cli --bin tcpx >&2
 fi
 tcpx="$PWD/$CARGO_TARGET_DIR/release/tcpx"
 [[ $CARGO_TARGET_DIR = /* ]] && tcpx="$CARGO_TARGET_DIR/release/tcpx"

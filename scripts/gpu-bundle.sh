@@ -13,7 +13,7 @@ target_dir="${CARGO_TARGET_DIR:-target}"
 bash scripts/install-nvcc.sh >/dev/null
 export KERNELS_REQUIRE_NVCC=1 # a bundle without the kernels would only test the stub
 
-cargo build --release -p tcpx --bin tcpx
+cargo build --release -p tcpx-cli --bin tcpx
 cargo build --release -p tcpx-nixl -p tcpx-sock
 cargo build --release -p tcpx-kernels --example unpack_bench
 bash scripts/collect-plugins.sh release >/dev/null
@@ -23,7 +23,7 @@ mkdir -p "$out/bin" "$out/plugins"
 # Each GPU test binary by its target name (cargo names the file <name>-<hash>).
 cargo test --release --no-run --message-format=json \
     -p tcpx-kernels --test unpack_gpu -p tcpx-sock --test cuda -p tcpx --lib --test engine_gpu \
-    -p tcpx --test bench_cli -p tcpx-tests --test no_alloc_gpu -p tcpx-nixl --test vram_inline --test multi_gpu --test vram_registration |
+    -p tcpx-cli --test bench_cli --test bench_cuda -p tcpx-tests --test no_alloc_gpu -p tcpx-nixl --test vram_inline --test multi_gpu --test vram_registration |
     python3 -c '
 import json, shutil, sys
 out = sys.argv[1]

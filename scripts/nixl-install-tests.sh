@@ -17,7 +17,7 @@ export TCPX_BIN=$root/target/debug/tcpx TCPX_PLUGIN_DIR=$root/target/plugins
 
 t0=$SECONDS
 # Two commands: --bin would restrict every -p of one command to binaries (no plugin built).
-cargo build --quiet -p tcpx --bin tcpx
+cargo build --quiet -p tcpx-cli --bin tcpx
 cargo build --quiet -p tcpx-nixl -p tcpx-sock
 bash scripts/collect-plugins.sh debug >/dev/null
 

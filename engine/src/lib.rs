@@ -1,9 +1,9 @@
 //! tcpx: the std layer — ncclNet plugin loader, engine (Session/Transfer), CUDA layer and C API.
 //!
 //! `net` loads any ncclNet plugin (v7 … v10) behind one interface, `log` is the crate's
-//! logger (plugin lines included), `error` its one error type, `cli` the `tcpx` subcommands.
+//! logger (plugin lines included), `error` its one error type. The `tcpx` command is the
+//! `tcpx-cli` crate.
 
-pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod log;

@@ -16,7 +16,7 @@ mod session;
 /// program name) and returns its exit code. The GIL is released while it runs.
 #[pyfunction]
 fn cli(py: Python<'_>, argv: Vec<String>) -> i32 {
-    py.detach(|| tcpx::cli::run(&argv))
+    py.detach(|| tcpx_cli::run(&argv))
 }
 
 #[pymodule]

@@ -395,7 +395,7 @@ def test_cli_entry_points():
     p = subprocess.run(
         [sys.executable, "-m", "tcpx", "nonsense"], capture_output=True, text=True, timeout=60
     )
-    assert p.returncode == 2 and "unknown command" in p.stderr
+    assert p.returncode == 2 and "unrecognized subcommand" in p.stderr
     assert tcpx.cli(["help"]) == 0
 
 

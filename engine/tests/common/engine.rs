@@ -1,5 +1,5 @@
-//! Engine test support shared by the integration tests here, in `tests/tests` and in
-//! `nixl/tests` (which include this file by path): two sessions over the embedded
+//! Engine test support shared by the integration tests here, in `tests/tests`, `nixl/tests`
+//! and `cli/tests` (which include this file by path): two sessions over the embedded
 //! tcpxsock on loopback, one bounded transfer between them, and the GPU-or-SKIP check.
 
 use std::net::TcpListener;

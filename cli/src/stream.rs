@@ -14,22 +14,12 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::args::Flags;
-use super::bench::{run_iperf3, size_label};
-use super::json::Object;
-use crate::net::{ConnectHandle, MemKind, Net, RecvBuf, Request};
+use serde::Serialize;
+use tcpx::net::{ConnectHandle, MemKind, Net, RecvBuf, Request};
 
-const USAGE: &str = "usage: tcpx stream [--size N[,N...]] [--nsocks N[,N...]] [--window N] \
-[--bytes N] [--plugin PATH] [--device N] [--baseline] [--json]
-  --size N[,N...]    bytes per message, K/M/G suffixes, at most 4M (default 512K,4M)
-  --nsocks N[,N...]  data sockets per comm of the embedded tcpxsock (default 1,4);
-                     ignored with --plugin (the plugin's own setting rules)
-  --window N         requests in flight per side, 1..=16 (default 16)
-  --bytes N          bytes streamed per point (default 4G)
-  --plugin PATH      an ncclNet plugin instead of the embedded tcpxsock (on lo)
-  --device N         the plugin's device (default 0)
-  --baseline         iperf3 -c 127.0.0.1 -P <nsocks> after each point, and the ratio
-  --json             one JSON object";
+use crate::bench::{run_iperf3, size_label};
+use crate::json::{self, Fixed};
+use crate::value;
 
 /// The largest message TCPX accepts in one request.
 const MAX_MESSAGE: u64 = 4 << 20;
@@ -42,6 +32,61 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type StreamResult<T> = std::result::Result<T, String>;
 
+/// `tcpx stream` arguments.
+#[derive(Debug, clap::Args)]
+// A repeated option: the last one counts.
+#[command(args_override_self = true)]
+pub struct Args {
+    /// Bytes per message, K/M/G suffixes, at most 4M (default 512K,4M)
+    #[arg(long, value_name = "N[,N...]", action = clap::ArgAction::Set, value_delimiter = ',', value_parser = message_size)]
+    size: Vec<u64>,
+    /// Data sockets per comm of the embedded tcpxsock (default 1,4); ignored with --plugin (the
+    /// plugin's own setting rules)
+    #[arg(long, value_name = "N[,N...]", action = clap::ArgAction::Set, value_delimiter = ',', value_parser = nsocks)]
+    nsocks: Vec<usize>,
+    /// Requests in flight per side, 1..=16
+    #[arg(long, value_name = "N", default_value_t = MAX_WINDOW, value_parser = window)]
+    window: usize,
+    /// Bytes streamed per point
+    #[arg(long, value_name = "N", default_value = "4G", value_parser = bytes)]
+    bytes: u64,
+    /// An ncclNet plugin instead of the embedded tcpxsock (on lo)
+    #[arg(long, value_name = "PATH")]
+    plugin: Option<PathBuf>,
+    /// The plugin's device
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = device)]
+    device: usize,
+    /// iperf3 -c 127.0.0.1 -P NSOCKS after each point, and the ratio
+    #[arg(long)]
+    baseline: bool,
+    /// One JSON object
+    #[arg(long)]
+    json: bool,
+}
+
+fn message_size(s: &str) -> StreamResult<u64> {
+    value::size(s, MAX_MESSAGE)
+}
+
+fn nsocks(s: &str) -> StreamResult<usize> {
+    value::count(s, tcpx_sock::config::MAX_NSOCKS)
+}
+
+fn window(s: &str) -> StreamResult<usize> {
+    value::count(s, MAX_WINDOW)
+}
+
+fn bytes(s: &str) -> StreamResult<u64> {
+    value::size(s, u64::MAX)
+}
+
+fn device(s: &str) -> StreamResult<usize> {
+    s.trim()
+        .parse()
+        .map_err(|_| "expected a device index".to_string())
+}
+
+/// `tcpx stream` options: the arguments with their defaults.
 #[derive(Debug)]
 struct Options {
     sizes: Vec<u64>,
@@ -54,72 +99,29 @@ struct Options {
     json: bool,
 }
 
-fn parse(args: &[String]) -> StreamResult<Options> {
-    let mut o = Options {
-        sizes: vec![512 << 10, 4 << 20],
-        nsocks: vec![1, 4],
-        window: MAX_WINDOW,
-        bytes: 4 << 30,
-        plugin: None,
-        device: 0,
-        baseline: false,
-        json: false,
-    };
-    let mut flags = Flags::new(args);
-    while let Some(f) = flags.next() {
-        let (flag, a) = (f.name, f.raw);
-        let mut value = |_: &str| flags.value(&f);
-        let list = |name: &str, v: &str, max: u64| -> StreamResult<Vec<u64>> {
-            v.split(',')
-                .map(|s| super::bench::size_arg(name, s, max))
-                .collect()
+impl From<Args> for Options {
+    fn from(a: Args) -> Options {
+        let sizes = match a.size {
+            s if s.is_empty() => vec![512 << 10, 4 << 20],
+            s => s,
         };
-        match flag {
-            "--size" => o.sizes = list("--size", &value("--size")?, MAX_MESSAGE)?,
-            "--nsocks" => {
-                let max = tcpx_sock::config::MAX_NSOCKS;
-                o.nsocks = value("--nsocks")?
-                    .split(',')
-                    .map(|s| {
-                        s.trim()
-                            .parse()
-                            .ok()
-                            .filter(|n| (1..=max).contains(n))
-                            .ok_or_else(|| format!("--nsocks {s:?}: expected 1..={max}"))
-                    })
-                    .collect::<StreamResult<_>>()?;
-            }
-            "--window" => {
-                let v = value("--window")?;
-                o.window = v
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_WINDOW).contains(n))
-                    .ok_or_else(|| format!("--window {v:?}: expected 1..={MAX_WINDOW}"))?;
-            }
-            "--bytes" => {
-                let v = value("--bytes")?;
-                o.bytes = super::bench::size_arg("--bytes", &v, u64::MAX)?;
-            }
-            "--plugin" => o.plugin = Some(PathBuf::from(value("--plugin")?)),
-            "--device" => {
-                let v = value("--device")?;
-                o.device = v
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("--device {v:?}: expected a device index"))?;
-            }
-            "--baseline" => o.baseline = true,
-            "--json" => o.json = true,
-            _ => return Err(format!("unknown option {a:?}")),
+        let nsocks = match a.nsocks {
+            // Another plugin's socket count is its own setting; one point per size.
+            _ if a.plugin.is_some() => vec![0],
+            n if n.is_empty() => vec![1, 4],
+            n => n,
+        };
+        Options {
+            sizes,
+            nsocks,
+            window: a.window,
+            bytes: a.bytes,
+            plugin: a.plugin,
+            device: a.device,
+            baseline: a.baseline,
+            json: a.json,
         }
     }
-    if o.plugin.is_some() {
-        // Another plugin's socket count is its own setting; one point per size.
-        o.nsocks = vec![0];
-    }
-    Ok(o)
 }
 
 /// One (data sockets, message size) measurement.
@@ -146,14 +148,8 @@ impl Point {
 }
 
 /// Runs `tcpx stream`; returns the exit code.
-pub fn main(args: &[String]) -> i32 {
-    let o = match parse(args) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("tcpx stream: {e}\n{USAGE}");
-            return 2;
-        }
-    };
+pub fn main(args: Args) -> i32 {
+    let o = Options::from(args);
     match run(&o) {
         Ok((net, points)) => {
             print!(
@@ -249,7 +245,7 @@ fn stream(
     window: usize,
     messages: u64,
 ) -> StreamResult<Duration> {
-    let e = |what: &'static str| move |err: crate::Error| format!("{what}: {err}");
+    let e = |what: &'static str| move |err: tcpx::Error| format!("{what}: {err}");
     let mut listen = net.listen(dev).map_err(e("listen"))?;
     let mut handle = ConnectHandle::from_bytes(*listen.handle().as_bytes());
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
@@ -458,82 +454,105 @@ GB/s = 10^9 bytes/s, receiver's first post to last completion",
     s
 }
 
+/// `stream --json`: the settings and every point.
+#[derive(Serialize)]
+struct StreamJson<'a> {
+    plugin: &'a str,
+    source: String,
+    device: usize,
+    window: usize,
+    bytes_per_point: u64,
+    points: Vec<PointJson<'a>>,
+}
+
+/// One point in `stream --json`; `iperf3_gbps` is `null` when iperf3 was skipped, absent
+/// without `--baseline`.
+#[derive(Serialize)]
+struct PointJson<'a> {
+    nsocks: usize,
+    size: u64,
+    messages: u64,
+    gbps: Fixed<6>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iperf3_gbps: Option<Option<Fixed<6>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iperf3_skipped: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio: Option<Fixed<6>>,
+}
+
 fn to_json(net: &Net, o: &Options, points: &[Point]) -> String {
-    let mut s = String::new();
-    let mut obj = Object::new(&mut s);
-    obj.str("plugin", net.name())
-        .str("source", &net.source().to_string())
-        .raw("device", o.device)
-        .raw("window", o.window)
-        .raw("bytes_per_point", o.bytes)
-        .with("points", |out| {
-            out.push('[');
-            for (i, p) in points.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                let mut q = Object::new(out);
-                q.raw("nsocks", p.nsocks)
-                    .raw("size", p.size)
-                    .raw("messages", p.messages)
-                    .raw("gbps", format!("{:.6}", p.gbps()));
-                match &p.iperf3 {
-                    Some(Ok(b)) => {
-                        q.raw("iperf3_gbps", format!("{b:.6}"));
-                    }
-                    Some(Err(e)) => {
-                        q.raw("iperf3_gbps", "null").str("iperf3_skipped", e);
-                    }
-                    None => {}
-                }
-                if let Some(r) = p.ratio() {
-                    q.raw("ratio", format!("{r:.6}"));
-                }
-                q.end();
-            }
-            out.push(']');
-        });
-    obj.end();
-    s.push('\n');
-    s
+    let points = points.iter().map(|p| PointJson {
+        nsocks: p.nsocks,
+        size: p.size,
+        messages: p.messages,
+        gbps: Fixed(p.gbps()),
+        iperf3_gbps: p
+            .iperf3
+            .as_ref()
+            .map(|b| b.as_ref().ok().map(|&b| Fixed(b))),
+        iperf3_skipped: match &p.iperf3 {
+            Some(Err(e)) => Some(e),
+            _ => None,
+        },
+        ratio: p.ratio().map(Fixed),
+    });
+    json::line(&StreamJson {
+        plugin: net.name(),
+        source: net.source().to_string(),
+        device: o.device,
+        window: o.window,
+        bytes_per_point: o.bytes,
+        points: points.collect(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::args::argv as args;
+
+    fn parse(args: &[&str]) -> StreamResult<Options> {
+        let argv: Vec<&str> = ["stream"].iter().chain(args).copied().collect();
+        match crate::parse(&argv)? {
+            crate::Command::Stream(a) => Ok(Options::from(a)),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn parses_and_refuses() {
-        let o = parse(&args(&["--size", "4K,4M", "--nsocks=2", "--window", "8"])).unwrap();
+        let o = parse(&["--size", "4K,4M", "--nsocks=2", "--window", "8"]).unwrap();
         assert_eq!(o.sizes, vec![4096, 4 << 20]);
         assert_eq!(o.nsocks, vec![2]);
         assert_eq!(o.window, 8);
-        for bad in [
-            &["--size", "5M"][..],
-            &["--window", "17"],
-            &["--window", "0"],
-            &["--nsocks", "99"],
-            &["--nsocks", "0"],
-            &["--nsocks", "2K"],
-            &["--bytes"],
-            &["--bytes", "0"],
-            &["--bytes", "1Q"],
-            &["--what"],
+        let o = parse(&[]).unwrap();
+        assert_eq!(
+            (o.sizes, o.nsocks, o.window, o.bytes, o.device),
+            (vec![512 << 10, 4 << 20], vec![1, 4], 16, 4 << 30, 0)
+        );
+        for (bad, why) in [
+            (&["--size", "5M"][..], "'5M' for '--size"),
+            (&["--window", "17"], "'17' for '--window"),
+            (&["--window", "0"], "'0' for '--window"),
+            (&["--nsocks", "99"], "'99' for '--nsocks"),
+            (&["--nsocks", "0"], "'0' for '--nsocks"),
+            (&["--nsocks", "2K"], "'2K' for '--nsocks"),
+            (&["--bytes"], "a value is required for '--bytes"),
+            (&["--bytes", "0"], "'0' for '--bytes"),
+            (&["--bytes", "1Q"], "'1Q' for '--bytes"),
+            (&["--what"], "unexpected argument '--what'"),
         ] {
-            assert!(parse(&args(bad)).is_err(), "{bad:?}");
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
         }
-        let o = parse(&args(&["--plugin", "/x.so"])).unwrap();
+        let o = parse(&["--plugin", "/x.so"]).unwrap();
         assert_eq!(o.nsocks, vec![0], "another plugin: one point per size");
     }
 
     /// A short stream through the embedded tcpxsock moves every byte intact.
     #[test]
     fn streams_through_the_embedded_plugin() {
-        let o = parse(&args(&[
-            "--size", "64K,1M", "--nsocks", "2", "--bytes", "8M",
-        ]))
-        .unwrap();
+        let o = parse(&["--size", "64K,1M", "--nsocks", "2", "--bytes", "8M"]).unwrap();
         let (_, points) = run(&o).unwrap();
         assert_eq!(points.len(), 2);
         for p in &points {

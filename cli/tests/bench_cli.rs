@@ -40,20 +40,40 @@ fn bad_options_exit_2_with_usage() {
         let out = tcpx().args(args).output().expect("run tcpx");
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains("usage: tcpx bench"), "{args:?}: {stderr}");
+        assert!(stderr.contains("Usage: tcpx bench"), "{args:?}: {stderr}");
         assert!(out.stdout.is_empty(), "{args:?}");
     }
 }
 
-/// `--help` after any command prints the usage of every command on stdout and succeeds,
-/// running nothing.
+/// `--help` after any command prints that command's usage and options on stdout and
+/// succeeds, running nothing; `tcpx help` and `tcpx --help` list every command.
 #[test]
 fn help_after_a_command_prints_usage() {
-    for args in [
-        &["bench", "--help"][..],
-        &["bench", "--loopback", "-h"],
-        &["probe", "--help"],
-        &["stream", "--help"],
+    for (args, usage, option) in [
+        (
+            &["bench", "--help"][..],
+            "Usage: tcpx bench",
+            "--gpu <N|SRC:DST>",
+        ),
+        (
+            &["bench", "--loopback", "-h"],
+            "Usage: tcpx bench",
+            "--gpu <N|SRC:DST>",
+        ),
+        (&["probe", "--help"], "Usage: tcpx probe", "--preflight"),
+        (
+            &["stream", "--help"],
+            "Usage: tcpx stream",
+            "--nsocks <N[,N...]>",
+        ),
+        (
+            &["nixl", "install", "--help"],
+            "Usage: tcpx nixl install",
+            "--python <PY>",
+        ),
+        (&["help", "bench"], "Usage: tcpx bench", "--gpu <N|SRC:DST>"),
+        (&["help"], "Usage: tcpx <COMMAND>", "stream"),
+        (&["--help"], "Usage: tcpx <COMMAND>", "nixl"),
     ] {
         let out = tcpx().args(args).output().expect("run tcpx");
         let stdout = text(&out.stdout);
@@ -63,17 +83,17 @@ fn help_after_a_command_prints_usage() {
             "{args:?}: {}",
             text(&out.stderr)
         );
-        assert!(
-            stdout.contains("usage: tcpx <command>"),
-            "{args:?}: {stdout}"
-        );
-        assert!(stdout.contains("--gpu N|SRC:DST"), "{args:?}: {stdout}");
+        assert!(stdout.contains(usage), "{args:?}: {stdout}");
+        assert!(stdout.contains(option), "{args:?}: {stdout}");
         assert!(!stdout.contains("GB/s p50"), "{args:?}: ran a benchmark");
     }
-    // An unknown command stays an error, --help or not.
+    // An unknown command stays an error, --help or not; no command at all is one too.
     let out = tcpx().args(["bogus", "--help"]).output().expect("run tcpx");
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("unknown command"));
+    assert!(text(&out.stderr).contains("unrecognized subcommand 'bogus'"));
+    let out = tcpx().output().expect("run tcpx");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("Usage: tcpx <COMMAND>"));
 }
 
 #[test]
@@ -245,5 +265,5 @@ fn stream_through_the_loaded_and_the_embedded_plugin() {
     // A bad value is a usage error, not a run.
     let out = tcpx().args(["stream", "--window", "17"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("--window \"17\": expected 1..=16"));
+    assert!(text(&out.stderr).contains("invalid value '17' for '--window <N>': expected 1..=16"));
 }
