@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tcpx::net::{ConnectHandle, MemKind, Net, RecvBuf, Request};
+use tcpx_core::ring::TCPX_REQUESTS;
 
 use crate::bench::{run_iperf3, size_label};
 use crate::json::{self, Fixed};
@@ -23,8 +24,6 @@ use crate::value;
 
 /// The largest message TCPX accepts in one request.
 const MAX_MESSAGE: u64 = 4 << 20;
-/// TCPX's request limit per comm.
-const MAX_WINDOW: usize = tcpx_core::ring::TCPX_REQUESTS;
 /// A point that has not finished in this long means a stuck peer, not a slow machine.
 const POINT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Handshake bound (non-blocking connect/accept retried until both comms exist).
@@ -45,7 +44,7 @@ pub struct Args {
     #[arg(long, value_name = "N[,N...]", action = clap::ArgAction::Set, value_delimiter = ',', value_parser = nsocks)]
     nsocks: Vec<usize>,
     /// Requests in flight per side, 1..=16
-    #[arg(long, value_name = "N", default_value_t = MAX_WINDOW, value_parser = window)]
+    #[arg(long, value_name = "N", default_value_t = TCPX_REQUESTS, value_parser = window)]
     window: usize,
     /// Bytes streamed per point
     #[arg(long, value_name = "N", default_value = "4G", value_parser = bytes)]
@@ -73,7 +72,7 @@ fn nsocks(s: &str) -> StreamResult<usize> {
 }
 
 fn window(s: &str) -> StreamResult<usize> {
-    value::count(s, MAX_WINDOW)
+    value::count(s, TCPX_REQUESTS)
 }
 
 fn bytes(s: &str) -> StreamResult<u64> {
