@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use cudarc::driver::result as cu;
 
+use super::buffers::MemKind;
 use super::buffers::{cuda_err, Buf, Gpu};
 use super::endpoint::{process_cpu, Count, MIN_TRANSFER_TIMEOUT};
-use super::options::MemKind;
 use super::report::Row;
 use super::BenchResult;
 

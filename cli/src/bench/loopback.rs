@@ -8,9 +8,10 @@ use tcpx::engine::{Config, Direction, Progress, Segment, Session};
 use tcpx::net::Net;
 
 use super::baseline::{copy_name, copy_row, run_iperf3, tcp_pingpong};
+use super::buffers::MemKind;
 use super::buffers::{fill_pattern, verify_failed, Buf, Gpu};
 use super::endpoint::{process_cpu, wait_all, Endpoint, Ticker};
-use super::options::{MemKind, Options, Poller};
+use super::options::{Options, Poller};
 use super::report::{channel_devices, config_header, Report, Row};
 use super::{err, BenchResult};
 

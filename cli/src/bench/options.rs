@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::ArgGroup;
 use tcpx::engine::Config;
 
+use super::buffers::MemKind;
 use super::endpoint::Count;
 use super::BenchResult;
 use crate::value;
@@ -150,30 +151,6 @@ impl Poller {
         match self {
             Poller::Single => "single",
             Poller::Threads => "threads",
-        }
-    }
-}
-
-/// Where a side's transfer buffer lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum MemKind {
-    Host,
-    Cuda,
-}
-
-impl MemKind {
-    pub(super) fn name(self) -> &'static str {
-        match self {
-            MemKind::Host => "host",
-            MemKind::Cuda => "cuda",
-        }
-    }
-
-    pub(super) fn parse(s: &str) -> Option<MemKind> {
-        match s.trim() {
-            "host" => Some(MemKind::Host),
-            "cuda" => Some(MemKind::Cuda),
-            _ => None,
         }
     }
 }

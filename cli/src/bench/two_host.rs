@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use cudarc::driver::CudaContext;
 use tcpx::engine::{Config, Direction, Rendezvous, Segment, Session};
 
+use super::buffers::MemKind;
 use super::buffers::{verify_failed, Gpu};
 use super::endpoint::{process_cpu, wait_all, Count, Endpoint, Ticker, CTRL, MAX_ITERS};
-use super::options::{MemKind, Mode, Options, MAX_SIZE, MAX_SIZES};
+use super::options::{Mode, Options, MAX_SIZE, MAX_SIZES};
 use super::report::{channel_devices, config_header, Report, Row};
 use super::{err, BenchResult};
 
