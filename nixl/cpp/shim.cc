@@ -18,7 +18,7 @@
 #define TCPX_NIXL_VERSION "0.0.0"
 #endif
 
-// The Rust side (src/ffi.rs) asserts the same sizes and offsets.
+// The Rust side (src/ffi/mod.rs) asserts the same sizes and offsets.
 static_assert(sizeof(TcpxDesc) == 32 && offsetof(TcpxDesc, md) == 24);
 static_assert(sizeof(TcpxStr) == 16);
 static_assert(sizeof(TcpxParam) == 32 && offsetof(TcpxParam, value) == 16);

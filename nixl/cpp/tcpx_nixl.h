@@ -1,4 +1,4 @@
-// The C interface between the C++ shim (shim.cc) and the Rust backend (src/ffi.rs).
+// The C interface between the C++ shim (shim.cc) and the Rust backend (src/ffi/).
 //
 // Only plain C types cross it: descriptor lists are flattened into TcpxDesc arrays, strings
 // are pointer + length (not NUL-terminated, may hold any bytes), metadata and request handles
