@@ -8,8 +8,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cudarc::driver::result as cu;
+use tcpx::net::MemKind;
 
-use super::buffers::MemKind;
 use super::buffers::{cuda_err, Buf, Gpu};
 use super::endpoint::{process_cpu, Count, MIN_TRANSFER_TIMEOUT};
 use super::report::Row;

@@ -4,34 +4,11 @@
 use std::sync::Arc;
 
 use cudarc::driver::CudaContext;
+use tcpx::net::MemKind;
 use tcpx_kernels::mem::DeviceBuffer;
 
 use super::report::size_label;
 use super::BenchResult;
-
-/// Where a side's transfer buffer lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum MemKind {
-    Host,
-    Cuda,
-}
-
-impl MemKind {
-    pub(super) fn name(self) -> &'static str {
-        match self {
-            MemKind::Host => "host",
-            MemKind::Cuda => "cuda",
-        }
-    }
-
-    pub(super) fn parse(s: &str) -> Option<MemKind> {
-        match s.trim() {
-            "host" => Some(MemKind::Host),
-            "cuda" => Some(MemKind::Cuda),
-            _ => None,
-        }
-    }
-}
 
 /// Position-derived pattern, so a receiver (here or on another host) can check any prefix
 /// without holding a copy of what was sent.

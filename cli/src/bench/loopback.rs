@@ -5,10 +5,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tcpx::engine::{Config, Direction, Progress, Segment, Session};
-use tcpx::net::Net;
+use tcpx::net::{MemKind, Net};
 
 use super::baseline::{copy_name, copy_row, run_iperf3, tcp_pingpong};
-use super::buffers::MemKind;
 use super::buffers::{fill_pattern, verify_failed, Buf, Gpu};
 use super::endpoint::{process_cpu, wait_all, Endpoint, Ticker};
 use super::options::{Options, Poller};

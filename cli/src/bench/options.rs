@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::ArgGroup;
 use tcpx::engine::Config;
+use tcpx::net::MemKind;
 
-use super::buffers::MemKind;
 use super::endpoint::Count;
 use super::BenchResult;
 use crate::value;

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use cudarc::driver::CudaContext;
 use tcpx::engine::{Config, Direction, Rendezvous, Segment, Session};
+use tcpx::net::MemKind;
 
-use super::buffers::MemKind;
 use super::buffers::{verify_failed, Gpu};
 use super::endpoint::{process_cpu, wait_all, Count, Endpoint, Ticker, CTRL, MAX_ITERS};
 use super::options::{Mode, Options, MAX_SIZE, MAX_SIZES};

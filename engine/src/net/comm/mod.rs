@@ -308,6 +308,23 @@ pub enum MemKind {
 }
 
 impl MemKind {
+    /// `host` or `cuda`, as the `tcpx` command and the logs spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            MemKind::Host => "host",
+            MemKind::Cuda => "cuda",
+        }
+    }
+
+    /// The kind [`MemKind::name`] spells `s` (surrounding blanks ignored).
+    pub fn parse(s: &str) -> Option<MemKind> {
+        match s.trim() {
+            "host" => Some(MemKind::Host),
+            "cuda" => Some(MemKind::Cuda),
+            _ => None,
+        }
+    }
+
     fn ptr_type(self) -> c_int {
         match self {
             MemKind::Host => PTR_HOST,
