@@ -122,7 +122,7 @@ impl Shared {
         }
         self.inline_writes.fetch_add(1, Ordering::Relaxed);
         // The one allocation serving a WRITE: the notification the app receives.
-        c.add_job(None, w.xfer, Some(w.notif.map(<[u8]>::to_vec)), true);
+        let _ = lock(&c.jobs).handle_write(None, w.xfer, w.notif.map(<[u8]>::to_vec));
         Ok(Handled::Done)
     }
 
