@@ -18,6 +18,14 @@
 
 use super::{Op, Violation};
 
+/// Whether a transfer of `bytes` in `parts` parts goes inline with our limit `limit`
+/// (`inline_read_bytes` or `inline_write_bytes`; 0: never), provided all our side can be
+/// copied by the CPU or a device's copier: a READ offers to take its data in the answer, a
+/// WRITE puts it in the announce. Only a transfer of one part does.
+pub fn goes_inline(limit: u64, bytes: u64, parts: usize) -> bool {
+    limit > 0 && bytes <= limit && parts == 1
+}
+
 /// Where one part of a posted transfer stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Part<E> {

@@ -33,6 +33,8 @@ pub mod pace;
 pub mod target;
 
 #[cfg(test)]
+mod hostile;
+#[cfg(test)]
 mod tests;
 
 pub use initiator::{Completion, Failure, Flight, Part};

@@ -16,6 +16,7 @@ use super::std::{format, vec};
 use core::time::Duration;
 
 use super::proto::pace::{self, Stall};
+use super::proto::target::answers_inline;
 use super::proto::{
     check_segment, error_text, inbound, Completion, Failure, FixedStore, Flight, Inbound, Jobs, Op,
     Part, RegionView, SegmentRefused, Violation,
@@ -221,7 +222,7 @@ impl Target {
                 }
             }
             Inbound::Write(w) => {
-                if !self.reserve(w.notif) {
+                if !self.jobs.has_slot() || !self.reserve(w.notif) {
                     return Ok(Handled::Held);
                 }
                 let bytes = w
@@ -245,6 +246,7 @@ impl Target {
                     }
                 }
             }
+            Inbound::Read(_) if !self.jobs.has_slot() => return Ok(Handled::Held),
             Inbound::Read(r) => match self.check(r.segments) {
                 Err(e) => self.refuse(r.xfer, &e),
                 Ok(offs) => {
@@ -253,7 +255,7 @@ impl Target {
                         .iter()
                         .map(|s| s.len())
                         .fold(0, u64::saturating_add);
-                    if r.inline_ok && total <= INLINE {
+                    if r.inline_ok && answers_inline(INLINE, total) {
                         let mut bytes = Vec::new();
                         for (s, off) in r.segments.iter().zip(offs) {
                             bytes.extend_from_slice(&self.mem[off as usize..][..s.len() as usize]);

@@ -13,6 +13,26 @@
 //! [`Jobs::poll_unreserved`] (a dead conn's notifications that will never be delivered, whose
 //! queue room goes back). [`Jobs::is_full`] says when a frame that would wait must be held.
 
+use crate::wire::Segment;
+
+/// Whether a READ that offered to take its data inline, of `total` bytes (saturated), is
+/// answered with one `ReadData` under our limit `limit` (`inline_read_bytes`; 0: never),
+/// provided all our side can be copied.
+pub fn answers_inline(limit: u64, total: u64) -> bool {
+    limit != 0 && total <= limit
+}
+
+/// The receives that take and drop a refused WRITE's data: one per chunk the initiator's plan
+/// cuts (each segment from its start, in pieces of `chunk` bytes, which is not 0), in order, so
+/// the chunks, their order and their channels are the initiator's and the session stays
+/// paired.
+pub fn drain_chunks(segs: &[Segment], chunk: u64) -> impl Iterator<Item = u64> + '_ {
+    segs.iter().flat_map(move |s| {
+        let len = s.len();
+        (0..len.div_ceil(chunk)).map(move |i| (len - i * chunk).min(chunk))
+    })
+}
+
 /// Where a target keeps its jobs: a FIFO the caller owns (a fixed [`heapless::Deque`], or a
 /// growable deque of the driver's), reached by index from the front.
 pub trait JobStore<J> {
@@ -30,6 +50,10 @@ pub trait JobStore<J> {
     fn push_back(&mut self, j: J) -> Result<(), J>;
     /// Removes the front entry.
     fn pop_front(&mut self) -> Option<J>;
+    /// Whether a push would fail (a store that grows never is).
+    fn is_full(&self) -> bool {
+        false
+    }
 }
 
 impl<J, const N: usize> JobStore<J> for heapless::Deque<J, N> {
@@ -53,6 +77,9 @@ impl<J, const N: usize> JobStore<J> for heapless::Deque<J, N> {
     }
     fn pop_front(&mut self) -> Option<J> {
         heapless::Deque::pop_front(self)
+    }
+    fn is_full(&self) -> bool {
+        heapless::Deque::is_full(self)
     }
 }
 
@@ -135,7 +162,13 @@ impl<E: Copy, T, S: JobStore<Job<E, T>>> Jobs<E, T, S> {
     /// `Notif`) must wait for room instead: the bound counts only while a WRITE is landing,
     /// since otherwise every job finishes in the same pass. The driver then holds the frame.
     pub fn is_full(&self) -> bool {
-        self.live >= self.max && self.landing > 0
+        (self.live >= self.max && self.landing > 0) || self.store.is_full()
+    }
+
+    /// Whether the store takes one more job (always, for one that grows): a fixed store's
+    /// driver holds any frame that would add a job until this is true again.
+    pub fn has_slot(&self) -> bool {
+        !self.store.is_full()
     }
 
     fn push(&mut self, engine: Option<E>, wire: u64, what: What<T>) -> Result<(), Full> {

@@ -4,19 +4,16 @@
 extern crate std;
 
 use core::time::Duration;
-use std::borrow::ToOwned;
 use std::collections::VecDeque;
-use std::string::{String, ToString};
-use std::vec::Vec;
 use std::{format, vec};
 
 use super::pace;
 use super::*;
 use crate::nixl as proto;
-use crate::wire::{self, Ack, Message, Notif, ReadAnnounce, ReadRequest};
+use crate::wire::{self, Message, Notif};
 
 #[path = "sim.rs"]
-mod sim;
+pub(super) mod sim;
 
 use sim::*;
 
@@ -339,228 +336,6 @@ fn a_released_read_still_posts_its_receives_and_copies_nothing() {
     assert_eq!(p.result(next), &Ok(()));
 }
 
-/// A flight of two READ parts sent (wire ids 10 and 11), the first offering 64 bytes inline.
-fn two_parts() -> Flight<u32, Reason, [Part<u32>; 2]> {
-    let mut f = Flight::new(Op::Read, [Part::default(); 2]);
-    f.restart(10, false, Some(64), |_| {});
-    f.handle_sent();
-    f.handle_sent();
-    f
-}
-
-#[test]
-fn hostile_answers_are_violations_and_change_nothing_else() {
-    fn text<T: core::fmt::Debug>(r: Result<T, Violation>) -> String {
-        r.unwrap_err().to_string()
-    }
-    let mut f = two_parts();
-    let parts = f.parts().to_vec();
-    assert_eq!(
-        text(f.handle_ack(12, 0, render)),
-        "message for transfer 12, which is not a part of the current post (10..12)"
-    );
-    assert_eq!(
-        text(f.check_read_announce(9)),
-        "message for transfer 9, which is not a part of the current post (10..12)"
-    );
-    assert_eq!(
-        text(f.handle_read_data(10, 63, render)),
-        "ReadData of 63 bytes for a READ of 64"
-    );
-    assert_eq!(
-        f.failure().unwrap().0,
-        -5,
-        "a wrong size fails the READ too"
-    );
-    assert_eq!(f.parts(), &parts[..], "and answers no part");
-    let mut g = two_parts();
-    let k = g.check_read_announce(11).unwrap();
-    assert_eq!(g.handle_read_posted(k, 5), None);
-    assert_eq!(text(g.check_read_announce(11)), "second answer to 11");
-    assert_eq!(
-        text(g.handle_error(11, 2, "no", render)),
-        "second answer to 11"
-    );
-    assert_eq!(
-        text(g.handle_read_data(11, 64, render)),
-        "ReadData of 64 bytes for a READ of 64",
-        "a second answer, inline"
-    );
-    let mut h = Flight::<u32, Reason, [Part<u32>; 1]>::new(Op::Write, [Part::default()]);
-    h.restart(3, false, Some(8), |_| {});
-    assert!(!h.offers_inline(), "only READs offer to take data inline");
-    h.handle_sent();
-    assert_eq!(
-        text(h.handle_read_data(3, 8, render)),
-        "ReadData of 8 bytes for a READ that did not offer inline, of 0"
-    );
-    let mut h = Flight::<u32, Reason, [Part<u32>; 1]>::new(Op::Write, [Part::default()]);
-    h.restart(3, false, None, |_| {});
-    h.handle_sent();
-    assert_eq!(
-        text(h.handle_ack(3, -2, render)),
-        "negative Ack -2 for 3: not this wire version's protocol"
-    );
-    assert_eq!(
-        h.failure(),
-        Some(&(-2, "peer refused the WRITE (-2)".into()))
-    );
-    assert!(!h.parts()[0].answered);
-}
-
-#[test]
-fn frames_a_role_never_takes_are_violations() {
-    let max = 16;
-    let v = |initiator, m: Message<'_>| inbound(initiator, m, max).unwrap_err().to_string();
-    let segs = [seg(0, 8)];
-    let wa = WriteAnnounce {
-        xfer: 1,
-        segments: &segs,
-        notif: None,
-        data: None,
-    };
-    assert_eq!(
-        v(true, Message::WriteAnnounce(wa)),
-        "unexpected WriteAnnounce on a initiator stream"
-    );
-    assert_eq!(
-        v(false, Message::Ack(Ack { xfer: 1, status: 0 })),
-        "unexpected Ack on a target stream"
-    );
-    assert_eq!(
-        v(false, Message::ReadAnnounce(ReadAnnounce { xfer: 1 })),
-        "unexpected ReadAnnounce on a target stream"
-    );
-    assert_eq!(
-        v(false, Message::Keepalive(wire::Keepalive)),
-        "unexpected Keepalive on a target stream"
-    );
-    assert_eq!(
-        v(true, Message::Notif(Notif { msg: b"x" })),
-        "unexpected Notif on a initiator stream"
-    );
-    let long = [0u8; 17];
-    assert_eq!(
-        v(false, Message::Notif(Notif { msg: &long })),
-        "a notification of 17 bytes, above the 16 this agent told the peer it takes"
-    );
-    let wa = WriteAnnounce {
-        notif: Some(&long),
-        ..wa
-    };
-    assert!(v(false, Message::WriteAnnounce(wa)).starts_with("a notification of 17"));
-    let inline = WriteAnnounce {
-        data: Some(b"12345678"),
-        notif: None,
-        ..wa
-    };
-    assert_eq!(
-        inbound(false, Message::WriteAnnounce(inline), max),
-        Ok(Inbound::InlineWrite(inline))
-    );
-}
-
-#[test]
-fn hostile_frames_against_the_target_are_refused_or_close_it() {
-    let mut p = Pair::new();
-    let bad = |s: Segment| {
-        frame(&Message::ReadRequest(ReadRequest {
-            xfer: 40,
-            segments: &[s],
-            inline_ok: true,
-        }))
-    };
-    for s in [
-        Segment::new(REGION + 1, KEY, BASE, 8),
-        Segment::new(REGION, KEY + 1, BASE, 8),
-        Segment::new(REGION, KEY, BASE - 1, 8),
-        Segment::new(REGION, KEY, BASE + LEN - 7, 8),
-        Segment::new(REGION, KEY, u64::MAX - 3, 8),
-    ] {
-        // Emitted with an overflowing range patched in by hand (the emitter refuses it).
-        let f = if s.end().is_none() {
-            let mut f = bad(Segment::new(REGION, KEY, 0, 8));
-            let at = f.len() - 16;
-            f[at..at + 8].copy_from_slice(&s.addr().to_le_bytes());
-            f
-        } else {
-            bad(s)
-        };
-        p.t.inbox.push_back(f);
-    }
-    p.t.pass(MS, &mut p.data);
-    let texts: Vec<String> =
-        p.t.out
-            .drain(..)
-            .map(|f| match wire::parse(&f).unwrap() {
-                Message::Error(e) => e.text.to_owned(),
-                m => panic!("expected an Error, got {m:?}"),
-            })
-            .collect();
-    // The overflowing range is a malformed frame: the conn closes without an answer.
-    assert_eq!(
-        texts,
-        [
-            "segment 0: unknown region",
-            "segment 0: wrong key",
-            "segment 0: range outside the registration",
-            "segment 0: range outside the registration",
-        ]
-    );
-    assert!(p
-        .t
-        .closed
-        .as_deref()
-        .unwrap()
-        .starts_with("bad control frame"));
-    assert!(p.t.jobs.is_empty() && p.data.done.is_empty());
-    // An inline WRITE whose data disagrees with its segments writes nothing and closes.
-    let mut t = Target::new(8);
-    let mut f = frame(&Message::WriteAnnounce(WriteAnnounce {
-        xfer: 1,
-        segments: &[seg(0, 4)],
-        notif: None,
-        data: Some(b"abcd"),
-    }));
-    let n = f.len();
-    f[n - 4 - 32 + 24..n - 4 - 32 + 32].copy_from_slice(&5u64.to_le_bytes());
-    t.inbox.push_back(f);
-    t.pass(MS, &mut Data::default());
-    assert!(t.closed.is_some(), "the frame is refused whole");
-    assert!(t.mem.iter().all(|&b| b == 0) && t.out.is_empty());
-}
-
-#[test]
-fn segment_checks_name_the_segment_and_the_fault() {
-    let r = Some(RegionView {
-        key: 1,
-        base: 100,
-        len: 50,
-    });
-    let refused = |i, s: Segment, r| check_segment(i, &s, r).unwrap_err().to_string();
-    assert_eq!(check_segment(0, &Segment::new(0, 1, 110, 40), r), Ok(10));
-    assert_eq!(
-        refused(3, Segment::new(0, 1, 100, 8), None),
-        "segment 3: unknown region"
-    );
-    assert_eq!(
-        refused(0, Segment::new(0, 2, 100, 8), r),
-        "segment 0: wrong key"
-    );
-    assert_eq!(
-        refused(1, Segment::new(0, 1, 99, 8), r),
-        "segment 1: range outside the registration"
-    );
-    assert_eq!(
-        refused(1, Segment::new(0, 1, 110, 41), r),
-        "segment 1: range outside the registration"
-    );
-    assert_eq!(
-        refused(1, Segment::new(0, 1, u64::MAX, 2), r),
-        "segment 1: range outside the registration"
-    );
-}
-
 #[test]
 fn acks_wait_only_for_earlier_writes_still_landing() {
     let mut j: Jobs<u32, u8, heapless::Deque<Job<u32, u8>, 8>> =
@@ -612,4 +387,34 @@ fn refusal_logging_is_bounded() {
     assert_eq!(lines(10_000), 15);
     assert_eq!(lines(1 << 20), 4 + 18, "logarithmic in the count");
     assert!(log_refusal(1024) && !log_refusal(1025));
+}
+
+#[test]
+fn a_refused_writes_data_is_dropped_in_the_initiators_chunks() {
+    use super::target::drain_chunks;
+    let segs = [seg(0, 10), seg(100, 4), seg(200, 0), seg(300, 8)];
+    let chunks: std::vec::Vec<u64> = drain_chunks(&segs, 4).collect();
+    assert_eq!(
+        chunks,
+        [4, 4, 2, 4, 4, 4],
+        "each segment from its start, none for an empty one"
+    );
+    let huge = [Segment::new(1, 1, 0, u64::MAX)];
+    assert_eq!(
+        drain_chunks(&huge, 1 << 62).count(),
+        4,
+        "lazily, whatever the length"
+    );
+}
+
+#[test]
+fn only_small_transfers_of_one_part_go_inline() {
+    use super::initiator::goes_inline;
+    use super::target::answers_inline;
+    assert!(goes_inline(16384, 16384, 1));
+    assert!(!goes_inline(16384, 16385, 1));
+    assert!(!goes_inline(16384, 8, 2), "several parts never");
+    assert!(!goes_inline(0, 0, 1), "a limit of 0 turns it off");
+    assert!(answers_inline(16384, 16384) && !answers_inline(16384, 16385));
+    assert!(!answers_inline(0, 0));
 }

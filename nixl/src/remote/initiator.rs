@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use tcpx::engine::{Copier, Direction, MemId, Progress, Segment as ESeg};
+use tcpx_core::nixl::initiator::goes_inline;
 use tcpx_core::nixl::{Completion, Op as ProtoOp};
 use tcpx_core::wire::{Message, Notif, ReadRequest, Segment as WireSegment, WriteAnnounce};
 
@@ -132,7 +133,7 @@ impl RemotePath {
         // A small transfer of one part goes inline when every local segment is host memory or
         // device memory with a copier: a READ offers to take its data in the answer, a WRITE
         // puts it in the announce.
-        let inline = if limit > 0 && bytes <= limit && ranges.len() == 1 {
+        let inline = if goes_inline(limit, bytes, ranges.len()) {
             segments
                 .iter()
                 .map(|s| match s.dev {

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 
 use tcpx::engine::Copier;
+use tcpx_core::nixl::target::answers_inline;
 use tcpx_core::wire::{Segment as WireSegment, WriteAnnounce};
 
 use crate::error::{Error, Status};
@@ -212,7 +213,7 @@ impl Shared {
             .iter()
             .map(WireSegment::len)
             .fold(0u64, u64::saturating_add);
-        if self.inline_read_bytes == 0 || total > self.inline_read_bytes {
+        if !answers_inline(self.inline_read_bytes, total) {
             return Ok(false);
         }
         let mut buf = lock(&c.inline_buf);

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 
 use tcpx::engine::{Direction, Memory, Progress, Segment as ESeg, XferId};
+use tcpx_core::nixl::target::drain_chunks;
 use tcpx_core::wire::{Ack, Message, ReadRequest, Segment as WireSegment};
 
 use crate::error::{Error, Status};
@@ -177,25 +178,20 @@ impl Shared {
                 .as_mut()
                 .ok_or_else(|| Error::Disconnected("the connection was closed".into()))?;
             resolved.clear();
-            for s in segs {
-                let mut left = s.len();
-                while left > 0 {
-                    let len = left.min(cb);
-                    resolved.push(ESeg {
-                        mem: sink,
-                        offset: 0,
-                        remote_offset: 0,
-                        len,
-                    });
-                    left -= len;
-                    if resolved.len() == PART_SEGMENTS {
-                        posted.push(
-                            session
-                                .post(Direction::Recv, resolved)
-                                .map_err(Error::Engine)?,
-                        );
-                        resolved.clear();
-                    }
+            for len in drain_chunks(segs, cb) {
+                resolved.push(ESeg {
+                    mem: sink,
+                    offset: 0,
+                    remote_offset: 0,
+                    len,
+                });
+                if resolved.len() == PART_SEGMENTS {
+                    posted.push(
+                        session
+                            .post(Direction::Recv, resolved)
+                            .map_err(Error::Engine)?,
+                    );
+                    resolved.clear();
                 }
             }
             if !resolved.is_empty() {
