@@ -8,11 +8,17 @@
 //! what it answers or hands out: which frame to send, which part to post, which job finished
 //! (an Ack and a notification to deliver), which frame closes the connection and why.
 //!
+//! - here: which frames each role takes ([`inbound`]), a peer's segments checked against our
+//!   registrations ([`check_segment`]), the frames that close a conn ([`Violation`]).
 //! - [`target`]: the target's jobs in arrival order ([`Jobs`]): WRITEs still landing hold back
-//!   the Acks and notifications of everything that arrived after them.
+//!   the Acks and notifications of everything that arrived after them; which READs are
+//!   answered inline; the chunks a refused WRITE's data is dropped in.
 //! - [`initiator`]: one posted transfer's parts ([`Flight`]): sent, answered, moved, settled,
-//!   and the answers a peer may send about them.
+//!   and the answers a peer may send about them; which transfers go inline.
 //! - [`pace`]: keepalives, stall and stuck-writer detection, with time as an argument.
+//!
+//! The unit tests drive an initiator and a target against each other in memory (`sim.rs`, a
+//! simulated pair also driven by the `control` fuzz target).
 //!
 //! Storage is the caller's: the parts of a flight are any `[Part]` the caller owns, the jobs
 //! of a target any [`JobStore`] (a fixed [`heapless::Deque`] here and in tests; the backend's
