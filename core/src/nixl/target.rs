@@ -132,6 +132,10 @@ pub struct Jobs<E, T, S> {
     landing: usize,
     /// Past this many live jobs, a job that would wait behind a WRITE still landing is held.
     max: usize,
+    /// Every slot before this one is finished or an engine transfer in flight that holds back
+    /// nothing (READ data, dropped data): where the search for the next job to finish starts,
+    /// so finishing many jobs behind one still in flight costs each job one look.
+    cursor: usize,
     _ids: core::marker::PhantomData<(E, T)>,
 }
 
@@ -144,6 +148,7 @@ impl<E: Copy, T, S: JobStore<Job<E, T>>> Jobs<E, T, S> {
             live: 0,
             landing: 0,
             max,
+            cursor: 0,
             _ids: core::marker::PhantomData,
         }
     }
@@ -220,8 +225,12 @@ impl<E: Copy, T, S: JobStore<Job<E, T>>> Jobs<E, T, S> {
     /// The engine transfer of slot `i` finished (the driver released it).
     pub fn handle_done(&mut self, i: usize) {
         if let Some(j) = self.store.get_mut(i) {
-            if j.engine.take().is_some() && matches!(j.what, What::Write(_)) {
-                self.landing -= 1;
+            if j.engine.take().is_some() {
+                if matches!(j.what, What::Write(_)) {
+                    self.landing -= 1;
+                }
+                // It may finish now, before the slots the search passed.
+                self.cursor = self.cursor.min(i);
             }
         }
     }
@@ -231,7 +240,7 @@ impl<E: Copy, T, S: JobStore<Job<E, T>>> Jobs<E, T, S> {
     /// in this order.
     pub fn poll_finished(&mut self) -> Option<Finished<T>> {
         let mut found = None;
-        for i in 0..self.store.len() {
+        for i in self.cursor..self.store.len() {
             let j = self.store.get(i)?;
             match (&j.what, j.engine.is_some()) {
                 (What::Gone, _) => {}
@@ -242,6 +251,7 @@ impl<E: Copy, T, S: JobStore<Job<E, T>>> Jobs<E, T, S> {
                     break;
                 }
             }
+            self.cursor = i + 1;
         }
         let j = self.store.get_mut(found?)?;
         let wire = j.wire;
@@ -302,6 +312,7 @@ impl<E: Copy, T, S: JobStore<Job<E, T>>> Jobs<E, T, S> {
             .is_some_and(|j| matches!(j.what, What::Gone))
         {
             self.store.pop_front();
+            self.cursor = self.cursor.saturating_sub(1);
         }
     }
 

@@ -418,3 +418,37 @@ fn only_small_transfers_of_one_part_go_inline() {
     assert!(answers_inline(16384, 16384) && !answers_inline(16384, 16385));
     assert!(!answers_inline(0, 0));
 }
+
+#[test]
+fn jobs_behind_a_read_in_flight_finish_in_order_and_the_read_after() {
+    let mut j: Jobs<u32, u32, FixedStore<u32, u32, 2048>> = Jobs::new(FixedStore::new(), 4096);
+    j.handle_read(1, 7).unwrap();
+    for k in 0..1000 {
+        j.handle_notif(k).unwrap();
+    }
+    let got: std::vec::Vec<u32> = core::iter::from_fn(|| j.poll_finished())
+        .map(|f| f.notif.unwrap())
+        .collect();
+    assert_eq!(got, (0..1000).collect::<std::vec::Vec<_>>());
+    assert_eq!(
+        (j.len(), j.slots()),
+        (1, 1001),
+        "finished slots wait behind the READ"
+    );
+    // A WRITE landing after them holds back what follows it; the READ holds back nothing.
+    j.handle_write(Some(2), 8, Some(5000)).unwrap();
+    j.handle_notif(5001).unwrap();
+    assert_eq!(j.poll_finished(), None);
+    j.handle_done(0);
+    assert_eq!(
+        j.poll_finished().map(|f| f.wire),
+        Some(7),
+        "the READ, done, goes first"
+    );
+    assert_eq!(j.slots(), 2, "and the finished slots with it");
+    j.handle_done(0);
+    let fin = |f: Option<Finished<u32>>| f.map(|f| (f.wire, f.ack, f.notif));
+    assert_eq!(fin(j.poll_finished()), Some((8, true, Some(5000))));
+    assert_eq!(fin(j.poll_finished()), Some((0, false, Some(5001))));
+    assert!(j.is_empty() && j.slots() == 0);
+}
