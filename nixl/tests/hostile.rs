@@ -780,8 +780,8 @@ fn run_cases() {
             .collect();
         assert_eq!(xfers, [500, 501, 502, 503, 504, 505], "{case}: Ack order");
         // A READ answered through the data session, then an inline WRITE: announce, then Ack
-        // (which READs hold back nothing is unit-tested in remote/protocol.rs: here the
-        // sockets buffer the READ's data whole).
+        // (that READs hold back nothing is unit-tested on `tcpx_core::nixl::Jobs`, in
+        // core/src/nixl/tests.rs: here the sockets buffer the READ's data whole).
         p.send(&read_request(600, &[w.seg(0, REGION as u64)]));
         p.send(&inline(601, 8192, 0xC1));
         let got = p.frames(2);

@@ -103,12 +103,16 @@ pub fn all() -> Vec<Seed> {
             bytes,
         });
     }
-    for (name, bytes) in control() {
-        out.push(Seed {
-            target: "control",
-            name,
-            bytes,
-        });
+    // `control` (the core machines) and `control_backend` (a real backend) read the same
+    // operation streams.
+    for target in ["control", "control_backend"] {
+        for (name, bytes) in control() {
+            out.push(Seed {
+                target,
+                name,
+                bytes,
+            });
+        }
     }
     for (target, named) in sock_seeds() {
         for (name, bytes) in named {
@@ -750,12 +754,12 @@ fn machines() -> Named {
 
 // ---------- control ----------
 
-/// Page size and registration size of the `control` target's guarded region (its
+/// Page size and registration size of the `control_backend` target's guarded region (its
 /// `plugin_TCPX::testing` world); a segment offset is taken from 2 pages before the region.
 const PAGE: u16 = 4096;
 const REGION: u16 = 4 * PAGE;
 
-/// One segment as the `control` target reads it, relative to the target's registration.
+/// One segment as the `control` targets read it, relative to the target's registration.
 #[derive(Clone, Copy)]
 enum Seg {
     /// `len` bytes at `off` inside the region, right id and key.

@@ -6,19 +6,19 @@ use std::io::{ErrorKind, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tcpx::engine::{MemId, Memory, Progress, Segment as ESeg, Session, XferId};
 use tcpx::log::Level;
+use tcpx_core::nixl::pace::{self, Stall};
 use tcpx_core::wire::{ErrorMsg, MemKind, Message};
 
 use crate::error::{Arg, Error, Status};
 use crate::registry::{MdId, Region};
 
 use super::initiator::Flight;
-use super::protocol::{error_text, log_refusal};
-use super::target::Job;
-use super::{lock, FRAME_BUF};
+use super::protocol::{error_text, log_refusal, Finished, Jobs};
+use super::{lock, now, FRAME_BUF};
 
 /// The engine side of a conn: the session and which engine region each registration is.
 pub(super) struct Engine {
@@ -81,10 +81,10 @@ pub(super) struct Writer {
     out: Vec<u8>,
     sent: usize,
     /// When the last frame was appended (a conn holding its peer back sends a keepalive when
-    /// this gets old).
-    pub(super) last_frame: Instant,
+    /// this gets old), as [`now`](super::now).
+    pub(super) last_frame: Duration,
     /// Since when bytes have waited without the socket taking any.
-    pub(super) stuck: Option<Instant>,
+    pub(super) stuck: Option<Duration>,
 }
 
 impl Writer {
@@ -93,7 +93,7 @@ impl Writer {
             stream,
             out: Vec::with_capacity(FRAME_BUF),
             sent: 0,
-            last_frame: Instant::now(),
+            last_frame: now(),
             stuck: None,
         }
     }
@@ -104,7 +104,7 @@ impl Writer {
         self.out.resize(start + msg.buffer_len(), 0);
         match msg.emit(&mut self.out[start..]) {
             Ok(_) => {
-                self.last_frame = Instant::now();
+                self.last_frame = now();
                 Ok(())
             }
             Err(err) => {
@@ -136,7 +136,7 @@ impl Writer {
         } else if self.sent > before {
             self.stuck = None;
         } else if self.stuck.is_none() {
-            self.stuck = Some(Instant::now());
+            self.stuck = Some(now());
         }
         Ok(())
     }
@@ -193,8 +193,8 @@ pub(super) struct Conn {
     pub(super) peer_max_notif: usize,
     pub(super) dead: Mutex<Option<String>>,
     /// When the peer last showed it is alive (a frame read, bytes moved or written): an
-    /// initiator waiting on it fails after `timeout` without.
-    pub(super) alive: Mutex<Instant>,
+    /// initiator waiting on it fails after `timeout` without. As [`now`](super::now).
+    pub(super) alive: Mutex<Duration>,
     /// Initiator: parts sent, and flights waiting to send (a leaf lock: nothing is taken while
     /// it is held).
     pub(super) out: Mutex<Outstanding>,
@@ -204,16 +204,14 @@ pub(super) struct Conn {
     /// Initiator: scratch of one scan over the parts (reused, so a scan allocates nothing).
     pub(super) scan: Mutex<Scan>,
     /// Target: engine transfers in flight and WRITEs waiting for earlier ones.
-    pub(super) jobs: Mutex<Vec<Job>>,
-    /// Target: the next job's `seq`.
-    pub(super) next_seq: AtomicU64,
+    pub(super) jobs: Mutex<Jobs>,
     /// Target (backend thread only): jobs `finish_jobs` took out of `jobs`, kept to reuse
     /// the list's storage.
-    pub(super) finished: Mutex<Vec<Job>>,
+    pub(super) finished: Mutex<Vec<Finished>>,
     /// Since when the backend thread has been waiting on the peer (a partial frame buffered
     /// or a job in flight) with nothing moving; past `timeout` the conn is closed, so a peer
     /// that announces data it never sends, or stops mid-frame, cannot hold it forever.
-    pub(super) stalled: Mutex<Option<Instant>>,
+    pub(super) stalled: Mutex<Stall>,
     pub(super) timeout: Duration,
     /// Target: READs refused so far (they leave the conn open, so a peer can send many).
     pub(super) refused_reads: AtomicU64,
@@ -261,12 +259,18 @@ impl Conn {
 
     /// The peer showed it is alive now.
     pub(super) fn heard(&self) {
-        *lock(&self.alive) = Instant::now();
+        *lock(&self.alive) = now();
     }
 
-    /// How long the peer has shown no sign of life.
-    pub(super) fn silent_for(&self) -> Duration {
-        lock(&self.alive).elapsed()
+    /// Whether the peer has shown no sign of life for longer than the timeout.
+    pub(super) fn silent(&self) -> bool {
+        pace::silent(*lock(&self.alive), now(), self.timeout)
+    }
+
+    /// Whether our frames have waited unwritten, and the peer been silent, for longer than
+    /// the timeout (`tx` held).
+    pub(super) fn stuck(&self, tx: &Writer) -> bool {
+        tx.stuck.is_some() && pace::stuck(tx.stuck, *lock(&self.alive), now(), self.timeout)
     }
 
     /// Appends one frame to the held writer and writes what the socket takes; never waits.

@@ -6,15 +6,16 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use tcpx::engine::Session;
+use tcpx_core::nixl::pace::Stall;
 use tcpx_core::wire::{self, Hello, Limits, Message, HEADER_LEN, MAX_CONTROL_FRAME};
 
 use crate::error::Error;
 
 use super::conn::{Conn, Engine, Outstanding, Reader, Scan, Writer};
-use super::{lock, PeerInfo, Shared, FRAME_BUF, TABLE_CAP};
+use super::protocol::{JobQueue, Jobs};
+use super::{lock, now, PeerInfo, Shared, FRAME_BUF, MAX_JOBS, TABLE_CAP};
 
 /// Reads one frame from a blocking stream (handshake only; read timeout set by the caller).
 fn read_frame(s: &mut TcpStream) -> Result<Vec<u8>, Error> {
@@ -199,7 +200,7 @@ impl Shared {
             max_frame,
             peer_max_notif,
             dead: Mutex::new(None),
-            alive: Mutex::new(Instant::now()),
+            alive: Mutex::new(now()),
             // Sized up front (and never shrunk by removals), so reposts insert without
             // allocating; more parts in flight at once than this grow it once.
             out: Mutex::new(Outstanding {
@@ -211,10 +212,12 @@ impl Shared {
                 listed: Vec::with_capacity(TABLE_CAP),
                 gone: Vec::with_capacity(TABLE_CAP),
             }),
-            jobs: Mutex::new(Vec::with_capacity(TABLE_CAP)),
-            next_seq: AtomicU64::new(0),
+            jobs: Mutex::new(Jobs::new(
+                JobQueue(VecDeque::with_capacity(TABLE_CAP)),
+                MAX_JOBS,
+            )),
             finished: Mutex::new(Vec::with_capacity(TABLE_CAP)),
-            stalled: Mutex::new(None),
+            stalled: Mutex::new(Stall::new()),
             timeout: self.timeout,
             refused_reads: AtomicU64::new(0),
             refused_writes: AtomicU64::new(0),

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use tcpx::engine::{Copier, Direction, MemId, Progress, Segment as ESeg};
+use tcpx_core::nixl::initiator::goes_inline;
+use tcpx_core::nixl::{Completion, Op as ProtoOp};
 use tcpx_core::wire::{Message, Notif, ReadRequest, Segment as WireSegment, WriteAnnounce};
 
 use crate::error::{Arg, Error, Status};
@@ -15,16 +17,15 @@ use crate::xfer::{self, Far, Op, Segment};
 
 use super::conn::{register_on, Conn, Scan, Writer};
 use super::inline::gather_local;
-use super::protocol::Part;
+use super::protocol::{FlightState, Part};
 use super::{lock, PeerInfo, RemotePath, Shared, PART_SEGMENTS};
 
 /// An initiator-side transfer once posted. One per prepared request, created by its first
 /// post and reset in place by every repost, so a repost allocates nothing.
 pub(super) struct Flight {
-    pub(super) op: Op,
-    /// Wire id of part 0 of the current post (part `k` is `wire + k`). Control messages name
-    /// parts by it; one naming an earlier post of this request is stale.
-    pub(super) wire: u64,
+    /// Its parts and where the post stands (`tcpx_core::nixl::Flight`: part `k` has wire id
+    /// `wire + k`; control messages name parts by it, one naming an earlier post is stale).
+    pub(super) p: FlightState,
     pub(super) conn: Arc<Conn>,
     /// Our engine segments of every part, mapped for `conn`; capacity for all of them, refilled
     /// in place by each post.
@@ -33,69 +34,31 @@ pub(super) struct Flight {
     pub(super) far: Arc<[WireSegment]>,
     /// The segment range of each part (shared with the prepared request).
     pub(super) ranges: Arc<[Range<usize>]>,
-    /// Each part's state in the current post.
-    pub(super) parts: Vec<Part>,
-    /// Parts whose announce or request went out in the current post.
-    pub(super) sent: usize,
     /// READ that offered to take its data inline (empty otherwise): where the data goes (our
     /// addresses and lengths, request order, and the copier of device memory; capacity kept
     /// across reposts).
     pub(super) inline_dst: Vec<(u64, u64, Option<Arc<Copier>>)>,
-    /// The post's notification (buffer reused by every post) and whether there is one.
+    /// The post's notification (buffer reused by every post).
     pub(super) notif: Vec<u8>,
-    notify: bool,
-    /// The notification travels in the WRITE's only announce; otherwise it is sent as a
-    /// `Notif` once every part finished (a READ, or a WRITE of several parts).
-    notif_in_announce: bool,
-    done: bool,
-    pub(super) released: bool,
-    failed: Option<(Status, String)>,
     /// When the current post was made, and its bytes (the cost model learns from them).
     posted_at: Instant,
     pub(super) bytes: u64,
 }
 
 impl Flight {
-    /// Every part that went out finished, and no more will go out.
-    pub(super) fn settled(&self) -> bool {
-        let all_sent = self.sent == self.parts.len() || self.failed.is_some() || self.released;
-        all_sent && self.parts[..self.sent].iter().all(Part::settled)
-    }
-
-    /// The part a wire id names in the current post, if it does (allocates nothing).
-    fn index_of(&self, xfer: u64) -> Option<usize> {
-        xfer.checked_sub(self.wire)
-            .map(|k| k as usize)
-            .filter(|&k| k < self.sent)
-    }
-
-    /// The part a wire id names in the current post; `Err` for a stale or foreign id.
-    pub(super) fn part_of(&self, xfer: u64) -> Result<usize, Error> {
-        match self.index_of(xfer) {
-            Some(k) => Ok(k),
-            None => Err(Error::Mismatch(format!(
-                "message for transfer {xfer}, which is not a part of the current post ({}..{})",
-                self.wire,
-                self.wire + self.sent as u64
-            ))),
-        }
-    }
-
     /// Records the first failure of the post.
     pub(super) fn fail(&mut self, status: Status, why: String) {
-        if self.failed.is_none() {
-            self.failed = Some((status, why));
-        }
+        self.p.fail((status, why));
     }
 }
 
 impl std::fmt::Debug for Flight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Flight")
-            .field("op", &self.op)
-            .field("wire", &self.wire)
-            .field("sent", &self.sent)
-            .field("done", &self.done)
+            .field("op", &self.p.op())
+            .field("wire", &self.p.wire())
+            .field("sent", &self.p.sent())
+            .field("done", &self.p.is_done())
             .finish_non_exhaustive()
     }
 }
@@ -170,7 +133,7 @@ impl RemotePath {
         // A small transfer of one part goes inline when every local segment is host memory or
         // device memory with a copier: a READ offers to take its data in the answer, a WRITE
         // puts it in the announce.
-        let inline = if limit > 0 && bytes <= limit && ranges.len() == 1 {
+        let inline = if goes_inline(limit, bytes, ranges.len()) {
             segments
                 .iter()
                 .map(|s| match s.dev {
@@ -224,7 +187,7 @@ impl RemotePath {
     ) -> Result<Status, Error> {
         if let Some(f) = &x.flight {
             let f = lock(f);
-            let over = f.done || (f.failed.is_some() && f.settled()) || f.conn.dead().is_some();
+            let over = f.p.is_over() || f.conn.dead().is_some();
             if x.posted && !over {
                 return Err(Error::RepostActive);
             }
@@ -253,26 +216,22 @@ impl RemotePath {
         let flight = match &x.flight {
             Some(fl) => fl.clone(),
             None => {
+                let op = match x.op {
+                    Op::Read => ProtoOp::Read,
+                    Op::Write => ProtoOp::Write,
+                };
                 let fl = Arc::new(Mutex::new(Flight {
-                    op: x.op,
-                    wire: wire_id,
+                    p: FlightState::new(op, vec![Part::default(); n]),
                     conn: conn.clone(),
                     segs: Vec::with_capacity(x.segments.len()),
                     far: x.wire.clone(),
                     ranges: x.ranges.clone(),
-                    parts: vec![Part::default(); n],
-                    sent: 0,
                     inline_dst: Vec::with_capacity(if x.inline.is_some() {
                         x.segments.len()
                     } else {
                         0
                     }),
                     notif: Vec::new(),
-                    notify: false,
-                    notif_in_announce: false,
-                    done: false,
-                    released: false,
-                    failed: None,
                     posted_at: Instant::now(),
                     bytes: x.bytes,
                 }));
@@ -288,22 +247,15 @@ impl RemotePath {
             // session.
             let mut f = lock(&flight);
             let old = f.conn.clone();
-            for p in f.parts.iter_mut() {
-                if let Some(id) = p.engine.take() {
-                    lock(&old.engine).release(id);
-                }
-                *p = Part::default();
-            }
+            // A READ offering inline asks for all its bytes in the answer.
+            let inline_read = x.inline.as_ref().map(|_| x.bytes);
+            f.p.restart(wire_id, notif.is_some(), inline_read, |id| {
+                lock(&old.engine).release(id)
+            });
             f.conn = conn.clone();
-            f.wire = wire_id;
-            f.sent = 0;
-            f.done = false;
-            f.failed = None;
             f.posted_at = Instant::now();
             f.notif.clear();
             f.notif.extend_from_slice(notif.unwrap_or(&[]));
-            f.notify = notif.is_some();
-            f.notif_in_announce = f.notify && x.op == Op::Write && n == 1;
             f.inline_dst.clear();
             if let (Some(copiers), Op::Read) = (&x.inline, x.op) {
                 let dst = x
@@ -332,7 +284,7 @@ impl RemotePath {
         conn.heard();
         if n == 0 {
             // Nothing to move (every descriptor was empty): done now, the notification sent.
-            lock(&flight).done = true;
+            lock(&flight).p.handle_empty();
             x.posted = true;
             if let Some(msg) = notif {
                 conn.send(&Message::Notif(Notif { msg }))?;
@@ -345,9 +297,7 @@ impl RemotePath {
             // the outstanding parts.
             let mut tx = lock(&conn.tx);
             {
-                let mut f = lock(&flight);
-                f.parts[0].moved = true;
-                f.sent = 1;
+                lock(&flight).p.handle_sent_inline();
             }
             lock(&conn.out)
                 .parts
@@ -397,44 +347,51 @@ impl RemotePath {
         // conn's locks; no flight may be held here.
         let conn = {
             let f = lock(fl);
-            (!f.done && f.failed.is_none()).then(|| f.conn.clone())
+            (!f.p.is_done() && f.p.failure().is_none()).then(|| f.conn.clone())
         };
         if let Some(conn) = conn.filter(|c| c.initiator) {
             conn.checked.store(self.shared.now_ns(), Ordering::Relaxed);
             self.shared.service(&conn);
         }
         let mut f = lock(fl);
-        if f.done {
+        if f.p.is_done() {
             return Ok(Status::Success);
         }
         if let Some(why) = f.conn.dead() {
             f.fail(Status::RemoteDisconnect, why.clone());
-            let (status, reason) = f.failed.clone().unwrap_or((Status::RemoteDisconnect, why));
+            let (status, reason) =
+                f.p.failure()
+                    .cloned()
+                    .unwrap_or((Status::RemoteDisconnect, why));
             return Err(Error::Remote { status, reason });
         }
-        if f.settled() {
-            if let Some((status, reason)) = &f.failed {
-                return Err(Error::Remote {
-                    status: *status,
-                    reason: reason.clone(),
-                });
+        match f.p.poll_complete() {
+            Completion::Pending => {}
+            Completion::AlreadyDone => return Ok(Status::Success),
+            Completion::Failed => {
+                // `Failed` means a failure was recorded.
+                let (status, reason) =
+                    f.p.failure()
+                        .cloned()
+                        .unwrap_or((Status::Backend, String::new()));
+                return Err(Error::Remote { status, reason });
             }
-            f.done = true;
-            self.shared.cost.observe(f.bytes, f.posted_at.elapsed());
-            let conn = f.conn.clone();
-            let after = f.notify && !f.notif_in_announce;
-            // Never write to the stream with the flight locked (post holds tx, then the
-            // flight); the buffer is the request's own, not used until its next post.
-            drop(f);
-            if after {
-                let f = lock(fl);
-                let sent = conn.send(&Message::Notif(Notif { msg: &f.notif }));
+            Completion::Done { notif_after: after } => {
+                self.shared.cost.observe(f.bytes, f.posted_at.elapsed());
+                let conn = f.conn.clone();
+                // Never write to the stream with the flight locked (post holds tx, then the
+                // flight); the buffer is the request's own, not used until its next post.
                 drop(f);
-                sent?;
+                if after {
+                    let f = lock(fl);
+                    let sent = conn.send(&Message::Notif(Notif { msg: &f.notif }));
+                    drop(f);
+                    sent?;
+                }
+                return Ok(Status::Success);
             }
-            return Ok(Status::Success);
         }
-        if f.conn.silent_for() > f.conn.timeout {
+        if f.conn.silent() {
             let why = format!("no progress from the peer for {:?}", f.conn.timeout);
             // Where the two sides stand is unknown now: the conn cannot be reused.
             f.conn.kill(&why);
@@ -451,14 +408,8 @@ impl RemotePath {
         if let Some(fl) = x.flight {
             let conn = {
                 let mut f = lock(&fl);
-                f.released = true;
                 let conn = f.conn.clone();
-                for p in f.parts.iter_mut() {
-                    if let Some(id) = p.engine.take() {
-                        lock(&conn.engine).release(id);
-                        p.moved = true;
-                    }
-                }
+                f.p.handle_release(|id| lock(&conn.engine).release(id));
                 conn
             };
             lock(&conn.out).waiting.retain(|w| !Arc::ptr_eq(w, &fl));
@@ -495,9 +446,10 @@ impl Shared {
             .collect();
         flights.iter().any(|fl| {
             let f = lock(fl);
-            (0..f.sent).any(|k| {
-                !f.parts[k].settled() && f.segs[f.ranges[k].clone()].iter().any(|s| s.mem == id)
-            })
+            let uses =
+                f.p.unsettled()
+                    .any(|k| f.segs[f.ranges[k].clone()].iter().any(|s| s.mem == id));
+            uses
         })
     }
 
@@ -511,20 +463,18 @@ impl Shared {
         fl: &Arc<Mutex<Flight>>,
     ) -> Result<bool, Error> {
         let mut f = lock(fl);
-        while f.sent < f.parts.len() && f.failed.is_none() && !f.released {
+        while let Some((k, xfer)) = f.p.next_part() {
             if c.outstanding.load(Ordering::Relaxed) >= self.max_outstanding() {
                 return Ok(false);
             }
-            let k = f.sent;
-            let xfer = f.wire + k as u64;
             let range = f.ranges[k].clone();
-            if f.op == Op::Write {
+            if f.p.op() == ProtoOp::Write {
                 let posted = lock(&c.engine).live().and_then(|s| {
                     s.post(Direction::Send, &f.segs[range.clone()])
                         .map_err(Error::Engine)
                 });
                 match posted {
-                    Ok(id) => f.parts[k].engine = Some(id),
+                    Ok(id) => f.p.handle_posted(id),
                     // Nothing of this part went out: the post fails if it is the first, else
                     // the parts already sent finish and the transfer fails with this.
                     Err(e) if k == 0 => return Err(e),
@@ -534,17 +484,17 @@ impl Shared {
                     }
                 }
             }
-            let msg = match f.op {
-                Op::Write => Message::WriteAnnounce(WriteAnnounce {
+            let msg = match f.p.op() {
+                ProtoOp::Write => Message::WriteAnnounce(WriteAnnounce {
                     xfer,
                     segments: &f.far[range],
-                    notif: f.notif_in_announce.then_some(&f.notif[..]),
+                    notif: f.p.notif_in_announce().then_some(&f.notif[..]),
                     data: None,
                 }),
-                Op::Read => Message::ReadRequest(ReadRequest {
+                ProtoOp::Read => Message::ReadRequest(ReadRequest {
                     xfer,
                     segments: &f.far[range],
-                    inline_ok: !f.inline_dst.is_empty(),
+                    inline_ok: f.p.offers_inline(),
                 }),
             };
             if let Some(why) = c.dead() {
@@ -553,7 +503,7 @@ impl Shared {
             tx.push(&msg)?;
             lock(&c.out).parts.insert(xfer, (fl.clone(), true));
             c.outstanding.fetch_add(1, Ordering::Relaxed);
-            f.sent += 1;
+            f.p.handle_sent();
         }
         Ok(true)
     }
@@ -573,18 +523,17 @@ impl Shared {
         );
         for (id, fl) in snap.drain(..) {
             let mut f = lock(&fl);
-            let Some(k) = f.index_of(id) else {
+            let Some(k) = f.p.index_of(id) else {
                 // A part of an earlier post of a reposted request: nothing to wait for.
                 gone.push(id);
                 continue;
             };
-            if let Some(xid) = f.parts[k].engine {
+            if let Some(xid) = f.p.engine(k) {
                 let status = lock(&c.engine).status(xid);
                 match status {
                     Ok(Progress::Done { .. }) => {
                         lock(&c.engine).release(xid);
-                        f.parts[k].engine = None;
-                        f.parts[k].moved = true;
+                        f.p.handle_moved(k);
                     }
                     Ok(Progress::Pending { .. }) => {}
                     Err(err) => {
@@ -594,7 +543,7 @@ impl Shared {
                     }
                 }
             }
-            if f.parts[k].settled() {
+            if f.p.parts()[k].settled() {
                 gone.push(id);
             }
         }

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 
 use tcpx::engine::Copier;
+use tcpx_core::nixl::target::answers_inline;
 use tcpx_core::wire::{Segment as WireSegment, WriteAnnounce};
 
 use crate::error::{Error, Status};
@@ -122,7 +123,7 @@ impl Shared {
         }
         self.inline_writes.fetch_add(1, Ordering::Relaxed);
         // The one allocation serving a WRITE: the notification the app receives.
-        c.add_job(None, w.xfer, Some(w.notif.map(<[u8]>::to_vec)), true);
+        let _ = lock(&c.jobs).handle_write(None, w.xfer, w.notif.map(<[u8]>::to_vec));
         Ok(Handled::Done)
     }
 
@@ -212,7 +213,7 @@ impl Shared {
             .iter()
             .map(WireSegment::len)
             .fold(0u64, u64::saturating_add);
-        if self.inline_read_bytes == 0 || total > self.inline_read_bytes {
+        if !answers_inline(self.inline_read_bytes, total) {
             return Ok(false);
         }
         let mut buf = lock(&c.inline_buf);

@@ -32,7 +32,7 @@ mod thread;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{mpsc, Arc, LazyLock, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -107,6 +107,14 @@ const NAP: Duration = Duration::from_micros(50);
 /// 50 µs later.
 const TIMER_SLACK_NS: libc::c_ulong = 1_000;
 
+/// Origin of the protocol's clock ([`now`]).
+static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// The time the protocol's pacing is given: since a process-wide origin.
+fn now() -> Duration {
+    ORIGIN.elapsed()
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every update under these locks is a single insert/remove/assignment: state stays usable.
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -158,12 +166,9 @@ impl Shared {
     /// reserved (they will never be delivered), so a peer that leaves cannot shrink the queue
     /// for everyone.
     fn release_reservations(&self, c: &Conn) {
-        for j in lock(&c.jobs).iter_mut().filter(|j| j.reserved) {
-            if let Some(Some(msg)) = &j.write {
-                lock(&self.notifs).unreserve(msg.len());
-            }
-            j.reserved = false;
-            j.write = None;
+        let mut jobs = lock(&c.jobs);
+        while let Some(msg) = jobs.poll_unreserved() {
+            lock(&self.notifs).unreserve(msg.len());
         }
     }
 

@@ -4,18 +4,17 @@
 use std::io::{ErrorKind, Read};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
-
 use tcpx::engine::Direction;
+use tcpx_core::nixl::pace::{keepalive_due, target_pass};
+use tcpx_core::nixl::{inbound, Inbound, Violation};
 use tcpx_core::wire::{self, Keepalive, Message, ReadAnnounce, ReadData};
 
 use crate::error::{Error, Status};
-use crate::xfer::Op;
 
 use super::conn::Conn;
 use super::inline::write_ours;
-use super::protocol::keepalive_every;
-use super::{lock, Shared, READ_PER_PASS};
+use super::protocol::{render, violation};
+use super::{lock, now, Shared, READ_PER_PASS};
 
 /// What handling one frame came to.
 pub(super) enum Handled {
@@ -129,15 +128,12 @@ impl Shared {
             let mut tx = lock(&c.tx);
             // Holding the peer back: say we are alive, so its timeout measures a dead agent
             // and not a slow application here.
-            if held && tx.last_frame.elapsed() >= keepalive_every(c.timeout) {
+            if keepalive_due(held, tx.last_frame, now(), c.timeout) {
                 let _ = c.send_on(&mut tx, &Message::Keepalive(Keepalive));
             } else if tx.pending() {
                 let _ = c.flush_on(&mut tx);
             }
-            if tx
-                .stuck
-                .is_some_and(|t| t.elapsed() > c.timeout && c.silent_for() > c.timeout)
-            {
+            if c.stuck(&tx) {
                 drop(tx);
                 c.kill(&format!(
                     "the peer took none of our control frames for {:?}",
@@ -150,27 +146,21 @@ impl Shared {
             return moved || framed;
         }
         let jobs_waiting = !lock(&c.jobs).is_empty();
-        let waiting = partial || jobs_waiting;
-        let progress = moved || (framed && !jobs_waiting);
+        let pass = target_pass(partial, jobs_waiting, moved, framed);
         moved |= framed;
         let mut stalled = lock(&c.stalled);
-        match *stalled {
-            _ if progress || !waiting => *stalled = None,
-            None => *stalled = Some(Instant::now()),
-            Some(t) if t.elapsed() > c.timeout => {
-                drop(stalled);
-                let what = if partial {
-                    "a partial frame"
-                } else {
-                    "announced data"
-                };
-                c.kill(&format!(
-                    "no progress from the peer for {:?} ({what})",
-                    c.timeout
-                ));
-                return true;
-            }
-            Some(_) => {}
+        if stalled.handle_pass(pass, now(), c.timeout) {
+            drop(stalled);
+            let what = if partial {
+                "a partial frame"
+            } else {
+                "announced data"
+            };
+            c.kill(&format!(
+                "no progress from the peer for {:?} ({what})",
+                c.timeout
+            ));
+            return true;
         }
         moved || held
     }
@@ -181,23 +171,19 @@ impl Shared {
             what: "control frame",
             err,
         })?;
-        match (c.initiator, msg) {
-            (false, Message::WriteAnnounce(w)) if w.data.is_some() => {
-                self.check_notif(w.notif)?;
-                match self.take_inline_write(c, &w) {
-                    Ok(h) => return Ok(h),
-                    Err((status, why)) => {
-                        c.log_repeated(
-                            &c.refused_writes,
-                            format_args!("refusing inline WRITE {}: {why}", w.xfer),
-                        );
-                        // Nothing else of it is on the wire: the conn stays usable.
-                        c.send_error(status, w.xfer, &why)?;
-                    }
+        match inbound(c.initiator, msg, self.max_notif).map_err(violation)? {
+            Inbound::InlineWrite(w) => match self.take_inline_write(c, &w) {
+                Ok(h) => return Ok(h),
+                Err((status, why)) => {
+                    c.log_repeated(
+                        &c.refused_writes,
+                        format_args!("refusing inline WRITE {}: {why}", w.xfer),
+                    );
+                    // Nothing else of it is on the wire: the conn stays usable.
+                    c.send_error(status, w.xfer, &why)?;
                 }
-            }
-            (false, Message::WriteAnnounce(w)) => {
-                self.check_notif(w.notif)?;
+            },
+            Inbound::Write(w) => {
                 if !self.reserve(w.notif) {
                     return Ok(Handled::Held);
                 }
@@ -206,7 +192,8 @@ impl Shared {
                         let id = c.post_resolved(Direction::Recv)?;
                         // The one allocation serving a WRITE: the notification the app
                         // receives.
-                        c.add_job(Some(id), w.xfer, Some(w.notif.map(<[u8]>::to_vec)), true);
+                        let notif = w.notif.map(<[u8]>::to_vec);
+                        let _ = lock(&c.jobs).handle_write(Some(id), w.xfer, notif);
                     }
                     Err((status, why)) => {
                         self.unreserve(w.notif);
@@ -221,7 +208,7 @@ impl Shared {
                     }
                 }
             }
-            (false, Message::ReadRequest(r)) => match self.answer_read(c, &r) {
+            Inbound::Read(r) => match self.answer_read(c, &r) {
                 Err((status, why)) => {
                     c.log_repeated(
                         &c.refused_reads,
@@ -248,66 +235,44 @@ impl Shared {
                     )?;
                     let id = c.post_resolved(Direction::Send)?;
                     drop(tx);
-                    c.add_job(Some(id), r.xfer, None, false);
+                    let _ = lock(&c.jobs).handle_read(id, r.xfer);
                 }
             },
-            (false, Message::Notif(n)) => {
-                self.check_notif(Some(n.msg))?;
+            Inbound::Notif(msg) => {
                 // No room: the notification waits on this conn (and so does everything the
                 // peer sends after it) until the application takes notifications.
-                if self.jobs_full(c) || !self.reserve(Some(n.msg)) {
+                if self.jobs_full(c) || !self.reserve(Some(msg)) {
                     return Ok(Handled::Held);
                 }
                 // Queued behind the WRITEs that arrived before it (at once when none is still
                 // landing). The allocation is the notification the app receives.
-                c.add_job(None, 0, Some(Some(n.msg.to_vec())), false);
+                let _ = lock(&c.jobs).handle_notif(msg.to_vec());
             }
-            (true, Message::Ack(a)) => {
-                let f = self
-                    .answered(c, a.xfer)
-                    .ok_or_else(|| Error::Mismatch(format!("Ack for unknown {}", a.xfer)))?;
-                let mut f = lock(&f);
-                let k = f.part_of(a.xfer)?;
-                if a.status != 0 {
-                    // Refusals come as `Error` frames, with the conn kept; a negative Ack is
-                    // from a peer that does not follow this protocol.
-                    f.fail(
-                        Status::from_wire(a.status),
-                        format!("peer refused the WRITE ({})", a.status),
-                    );
-                    return Err(Error::Mismatch(format!(
-                        "negative Ack {} for {}: not this wire version's protocol",
-                        a.status, a.xfer
-                    )));
-                }
-                f.parts[k].answered = true;
+            Inbound::Ack(a) => {
+                let f = self.answered(c, a.xfer).ok_or_else(|| {
+                    violation(Violation::UnknownAnswer {
+                        what: "Ack",
+                        xfer: a.xfer,
+                    })
+                })?;
+                lock(&f)
+                    .p
+                    .handle_ack(a.xfer, a.status, render)
+                    .map_err(violation)?;
             }
-            (true, Message::ReadData(d)) => {
-                let f = self
-                    .answered(c, d.xfer)
-                    .ok_or_else(|| Error::Mismatch(format!("ReadData for unknown {}", d.xfer)))?;
+            Inbound::ReadData(d) => {
+                let f = self.answered(c, d.xfer).ok_or_else(|| {
+                    violation(Violation::UnknownAnswer {
+                        what: "ReadData",
+                        xfer: d.xfer,
+                    })
+                })?;
                 let mut f = lock(&f);
-                let k = f.part_of(d.xfer)?;
-                let offered = !f.inline_dst.is_empty();
-                let want = f.inline_dst.iter().map(|r| r.1).sum::<u64>();
-                if !offered || want != d.data.len() as u64 || f.parts[k].answered {
-                    let why = format!(
-                        "ReadData of {} bytes for {} {}",
-                        d.data.len(),
-                        if offered {
-                            "a READ of"
-                        } else {
-                            "a READ that did not offer inline, of"
-                        },
-                        want
-                    );
-                    f.fail(Status::Mismatch, why.clone());
-                    return Err(Error::Mismatch(why));
-                }
-                f.parts[k].answered = true;
-                f.parts[k].moved = true;
+                let copy =
+                    f.p.handle_read_data(d.xfer, d.data.len() as u64, render)
+                        .map_err(violation)?;
                 // A released READ's memory is no longer ours to write.
-                if !f.released {
+                if copy {
                     let mut at = 0;
                     let mut failed = None;
                     for (addr, len, copier) in &f.inline_dst {
@@ -329,17 +294,17 @@ impl Shared {
                     }
                 }
             }
-            (true, Message::ReadAnnounce(r)) => {
+            Inbound::ReadAnnounce(r) => {
                 let f = self.answered(c, r.xfer).ok_or_else(|| {
-                    Error::Mismatch(format!("ReadAnnounce for unknown {}", r.xfer))
+                    violation(Violation::UnknownAnswer {
+                        what: "ReadAnnounce",
+                        xfer: r.xfer,
+                    })
                 })?;
                 let mut f = lock(&f);
                 // A stale one cannot be paired (the flight's segments are the next post's):
                 // the conn closes.
-                let k = f.part_of(r.xfer)?;
-                if f.parts[k].answered {
-                    return Err(Error::Mismatch(format!("second answer to {}", r.xfer)));
-                }
+                let k = f.p.check_read_announce(r.xfer).map_err(violation)?;
                 // Even a released READ must post its receives: the peer's data is coming and
                 // later transfers pair by order.
                 let range = f.ranges[k].clone();
@@ -348,47 +313,22 @@ impl Shared {
                     .live()?
                     .post(Direction::Recv, &f.segs[range])
                     .map_err(Error::Engine)?;
-                f.parts[k].answered = true;
-                if f.released {
-                    e.release(id);
-                    f.parts[k].moved = true;
-                } else {
-                    f.parts[k].engine = Some(id);
+                if let Some(abandoned) = f.p.handle_read_posted(k, id) {
+                    e.release(abandoned);
                 }
             }
-            (true, Message::Error(m)) => {
+            Inbound::Error(m) => {
                 if let Some(f) = self.answered(c, m.xfer) {
-                    let mut f = lock(&f);
-                    let k = f.part_of(m.xfer)?;
-                    if f.parts[k].answered {
-                        return Err(Error::Mismatch(format!("second answer to {}", m.xfer)));
-                    }
-                    f.parts[k].answered = true;
-                    // A refused READ moved nothing; a refused WRITE's sends still finish (the
-                    // target takes and drops their data).
-                    if f.op == Op::Read {
-                        f.parts[k].moved = true;
-                    }
-                    let status = Status::from_wire(-(m.code.min(i32::MAX as u32) as i32));
-                    let why = if f.parts.len() > 1 {
-                        format!("part {k} of {}: {}", f.parts.len(), m.text)
-                    } else {
-                        m.text.to_owned()
-                    };
-                    f.fail(status, why);
+                    lock(&f)
+                        .p
+                        .handle_error(m.xfer, m.code, m.text, render)
+                        .map_err(violation)?;
                 } else {
                     // Not about a transfer in flight: an answer to a released one.
                     c.log_repeated(&c.refused_notifs, format_args!("error: {}", m.text));
                 }
             }
-            (true, Message::Keepalive(_)) => {}
-            (_, m) => {
-                return Err(Error::Mismatch(format!(
-                    "unexpected {:?} on a {} stream",
-                    m.kind(),
-                    if c.initiator { "initiator" } else { "target" }
-                )))
-            }
+            Inbound::Keepalive => {}
         }
         Ok(Handled::Done)
     }

@@ -1,46 +1,20 @@
 //! Target side of a conn: the jobs (engine transfers in flight, WRITEs waiting for earlier ones),
 //! validating announces and requests against our registrations, dropping a refused WRITE's data,
-//! and finishing jobs in arrival order (notifications queued, Acks sent).
+//! and finishing jobs in arrival order (`tcpx_core::nixl::Jobs` decides which: notifications
+//! queued, Acks sent).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 
 use tcpx::engine::{Direction, Memory, Progress, Segment as ESeg, XferId};
+use tcpx_core::nixl::target::drain_chunks;
 use tcpx_core::wire::{Ack, Message, ReadRequest, Segment as WireSegment};
 
 use crate::error::{Error, Status};
 
 use super::conn::{register_on, Conn, Engine};
-use super::protocol::{first_landing, locate, may_finish};
-use super::{lock, Shared, MAX_JOBS, PART_SEGMENTS};
-
-/// A target-side transfer: an engine transfer in flight, or a WRITE whose data is in place
-/// waiting for the WRITEs announced before it.
-pub(super) struct Job {
-    /// The engine transfer; `None` once it is done (or for an inline WRITE, which has none).
-    id: Option<XferId>,
-    /// Arrival order on this conn (assigned here, not by the peer): a WRITE is acknowledged
-    /// only after every WRITE that arrived before it landed.
-    seq: u64,
-    wire: u64,
-    /// `Some` for a WRITE (Ack + notif due when it lands), `None` for READ data we send and
-    /// for data of a refused WRITE we drop.
-    pub(super) write: Option<Option<Vec<u8>>>,
-    /// The notif's room in the queue is reserved (every notif reserves it on arrival, before
-    /// a WRITE's data is written).
-    pub(super) reserved: bool,
-    /// An Ack is due (a WRITE); a bare `Notif` only waits its turn behind the WRITEs that
-    /// arrived before it, so a peer's notifications reach the application in the order it
-    /// sent them.
-    ack: bool,
-}
-
-impl Job {
-    /// (arrival order, still moving, is a WRITE).
-    fn state(&self) -> (u64, bool, bool) {
-        (self.seq, self.id.is_some(), self.write.is_some())
-    }
-}
+use super::protocol::locate;
+use super::{lock, Shared, PART_SEGMENTS};
 
 impl Conn {
     /// Target side: posts the engine segments `Shared::resolve` left in the session.
@@ -54,30 +28,11 @@ impl Conn {
             .ok_or_else(|| Error::Disconnected("the connection was closed".into()))?;
         session.post(dir, resolved).map_err(Error::Engine)
     }
-
-    /// Target side: a job joins the conn's list; `ack` when it is a WRITE.
-    pub(super) fn add_job(
-        &self,
-        id: Option<XferId>,
-        wire: u64,
-        write: Option<Option<Vec<u8>>>,
-        ack: bool,
-    ) {
-        let reserved = matches!(write, Some(Some(_)));
-        lock(&self.jobs).push(Job {
-            id,
-            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
-            wire,
-            write,
-            reserved,
-            ack,
-        });
-    }
 }
 
 impl Shared {
-    /// Target side: completed jobs, in announce order (a job waits for every earlier one),
-    /// get their WRITE's notif queued and Ack sent.
+    /// Target side: completed jobs, in arrival order (a job waits for every WRITE before it
+    /// still landing), get their WRITE's notif queued and Ack sent.
     pub(super) fn finish_jobs(&self, c: &Arc<Conn>) -> bool {
         // Only target conns have jobs, and only the backend thread serves target conns.
         let mut finished = lock(&c.finished);
@@ -88,12 +43,12 @@ impl Shared {
                 return false;
             }
             let mut e = lock(&c.engine);
-            for j in jobs.iter_mut() {
-                let Some(id) = j.id else { continue };
+            for i in 0..jobs.slots() {
+                let Some(id) = jobs.engine(i) else { continue };
                 match e.status(id) {
                     Ok(Progress::Done { .. }) => {
                         e.release(id);
-                        j.id = None;
+                        jobs.handle_done(i);
                     }
                     Ok(Progress::Pending { .. }) => {}
                     Err(err) => {
@@ -103,36 +58,24 @@ impl Shared {
                     }
                 }
             }
-            let first = first_landing(jobs.iter().map(Job::state));
-            let mut i = 0;
-            while i < jobs.len() {
-                if may_finish(jobs[i].state(), first) {
-                    finished.push(jobs.swap_remove(i));
-                } else {
-                    i += 1;
-                }
+            while let Some(j) = jobs.poll_finished() {
+                finished.push(j);
             }
         }
-        // `swap_remove` reorders; Acks and notifs go out in arrival order. Sequence numbers
-        // are unique, so the unstable sort (which, unlike the stable one, never allocates) is
-        // enough.
-        finished.sort_unstable_by_key(|j| j.seq);
         let any = !finished.is_empty();
         for j in finished.drain(..) {
-            if let Some(notif) = j.write {
-                // Its room was reserved when it arrived: only now, with the data in place
-                // (its own and that of every WRITE before it), may the application see it.
-                if let Some(msg) = notif {
-                    lock(&self.notifs).push_reserved(c.peer.clone(), msg);
-                }
-                if j.ack {
-                    let acked = c.send(&Message::Ack(Ack {
-                        xfer: j.wire,
-                        status: 0,
-                    }));
-                    if acked.is_err() {
-                        return true;
-                    }
+            // Its room was reserved when it arrived: only now, with the data in place (its
+            // own and that of every WRITE before it), may the application see it.
+            if let Some(msg) = j.notif {
+                lock(&self.notifs).push_reserved(c.peer.clone(), msg);
+            }
+            if j.ack {
+                let acked = c.send(&Message::Ack(Ack {
+                    xfer: j.wire,
+                    status: 0,
+                }));
+                if acked.is_err() {
+                    return true;
                 }
             }
         }
@@ -140,13 +83,10 @@ impl Shared {
     }
 
     /// Whether the conn's jobs are at their bound, so a job that would wait behind a WRITE
-    /// still landing must wait for room instead. Only the backend thread changes a target
-    /// conn's jobs, so this holds until the caller's push. The bound counts only while a WRITE
-    /// is still landing: otherwise every job finishes at the end of this pass, however many
-    /// frames it brought.
+    /// still landing must wait for room instead (see `Jobs::is_full`). Only the backend
+    /// thread changes a target conn's jobs, so this holds until the caller's push.
     pub(super) fn jobs_full(&self, c: &Conn) -> bool {
-        let jobs = lock(&c.jobs);
-        jobs.len() >= MAX_JOBS && jobs.iter().any(|j| j.id.is_some() && j.write.is_some())
+        lock(&c.jobs).is_full()
     }
 
     /// Takes room for a WRITE's or a `Notif`'s notification; `false` when the queue has none
@@ -161,18 +101,6 @@ impl Shared {
     pub(super) fn unreserve(&self, notif: Option<&[u8]>) {
         if let Some(m) = notif {
             lock(&self.notifs).unreserve(m.len());
-        }
-    }
-
-    /// Checks a notification's length against what we told the peer we take.
-    pub(super) fn check_notif(&self, notif: Option<&[u8]>) -> Result<(), Error> {
-        match notif {
-            Some(m) if m.len() > self.max_notif as usize => Err(Error::Mismatch(format!(
-                "a notification of {} bytes, above the {} this agent told the peer it takes",
-                m.len(),
-                self.max_notif
-            ))),
-            _ => Ok(()),
         }
     }
 
@@ -250,25 +178,20 @@ impl Shared {
                 .as_mut()
                 .ok_or_else(|| Error::Disconnected("the connection was closed".into()))?;
             resolved.clear();
-            for s in segs {
-                let mut left = s.len();
-                while left > 0 {
-                    let len = left.min(cb);
-                    resolved.push(ESeg {
-                        mem: sink,
-                        offset: 0,
-                        remote_offset: 0,
-                        len,
-                    });
-                    left -= len;
-                    if resolved.len() == PART_SEGMENTS {
-                        posted.push(
-                            session
-                                .post(Direction::Recv, resolved)
-                                .map_err(Error::Engine)?,
-                        );
-                        resolved.clear();
-                    }
+            for len in drain_chunks(segs, cb) {
+                resolved.push(ESeg {
+                    mem: sink,
+                    offset: 0,
+                    remote_offset: 0,
+                    len,
+                });
+                if resolved.len() == PART_SEGMENTS {
+                    posted.push(
+                        session
+                            .post(Direction::Recv, resolved)
+                            .map_err(Error::Engine)?,
+                    );
+                    resolved.clear();
                 }
             }
             if !resolved.is_empty() {
@@ -279,9 +202,11 @@ impl Shared {
                 );
             }
         }
+        let mut jobs = lock(&c.jobs);
         for id in posted {
-            c.add_job(Some(id), wire, None, false);
+            let _ = jobs.handle_drain(id, wire);
         }
+        drop(jobs);
         self.drained.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
