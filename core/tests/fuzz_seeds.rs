@@ -4,7 +4,7 @@
 //! has seeds, and the files are exactly what the generator makes now
 //! (`scripts/fuzz-seeds.sh` rewrites them after a format change).
 
-#[path = "../examples/fuzz_seeds/seeds.rs"]
+#[path = "../examples/fuzz_seeds/seeds/mod.rs"]
 mod seeds;
 
 use std::collections::BTreeMap;
