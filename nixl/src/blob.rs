@@ -7,7 +7,17 @@ use std::net::SocketAddr;
 use tcpx_core::wire::{self, ConnInfo, RegionToken};
 
 use crate::error::Error;
-use crate::remote::PeerInfo;
+
+/// What a peer's `getConnInfo` blob told us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Control protocol version the peer speaks.
+    pub protocol: u16,
+    /// The peer's control listener.
+    pub addr: SocketAddr,
+    /// Data channels the peer offers.
+    pub channels: u16,
+}
 
 /// Serialises a region token.
 pub fn encode_token(token: &RegionToken) -> Result<Vec<u8>, Error> {

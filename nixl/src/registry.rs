@@ -10,6 +10,11 @@ use tcpx_core::wire::{MemKind, RegionToken};
 
 use crate::error::{Arg, Error};
 
+/// NIXL's `nixl_mem_t` value for host memory.
+pub const MEM_DRAM: i32 = 0;
+/// NIXL's `nixl_mem_t` value for GPU memory.
+pub const MEM_VRAM: i32 = 1;
+
 /// The value NIXL holds as an `nixlBackendMD*`: never 0.
 pub type MdId = usize;
 

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use tcpx::engine::{Config as EngineConfig, Session};
 use tcpx_core::wire::{self, Hello, Message, RegionToken, Segment, HEADER_LEN};
 
-use crate::backend::{XferArgs, MEM_DRAM};
+use crate::backend::XferArgs;
+use crate::registry::MEM_DRAM;
 use crate::xfer::{Desc, Op};
 use crate::{blob, Backend, Status};
 

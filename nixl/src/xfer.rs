@@ -296,7 +296,7 @@ fn own_copier(
         None => Ok(None),
         Some(d) => copier(d)
             .map(Some)
-            .ok_or(Error::UnsupportedMem(crate::backend::MEM_VRAM)),
+            .ok_or(Error::UnsupportedMem(crate::registry::MEM_VRAM)),
     }
 }
 

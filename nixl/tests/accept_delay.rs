@@ -8,7 +8,8 @@
 
 use std::time::Instant;
 
-use plugin_TCPX::backend::{XferArgs, MEM_DRAM};
+use plugin_TCPX::backend::XferArgs;
+use plugin_TCPX::registry::MEM_DRAM;
 use plugin_TCPX::testing::{desc as d, poll_done, share, sock_config};
 use plugin_TCPX::xfer::Op;
 use plugin_TCPX::{Backend, Status};

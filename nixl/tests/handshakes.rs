@@ -12,7 +12,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use plugin_TCPX::backend::{XferArgs, MEM_DRAM};
+use plugin_TCPX::backend::XferArgs;
+use plugin_TCPX::registry::MEM_DRAM;
 use plugin_TCPX::testing::{backend, backend_pair, desc as d, limits, read_frame, run_xfer, share};
 use plugin_TCPX::xfer::Op;
 use plugin_TCPX::{blob, Backend, Status};

@@ -9,8 +9,7 @@
 //! Prints `SKIP` with fewer than two GPUs; `REQUIRE_GPU=1` fails without any GPU and
 //! `REQUIRE_GPUS=2` without a second one.
 
-use plugin_TCPX::backend::MEM_DRAM;
-use plugin_TCPX::backend::MEM_VRAM;
+use plugin_TCPX::registry::{MEM_DRAM, MEM_VRAM};
 use plugin_TCPX::testing::{backend_with, run_xfer, share_mem};
 use plugin_TCPX::xfer::{Desc, Op};
 use plugin_TCPX::Status;

@@ -9,7 +9,8 @@
 //! another thread and is not counted here. `prep_xfer` and the first posts (which open the
 //! conn and size its buffers) may allocate; they run before the counter is reset.
 
-use plugin_TCPX::backend::{XferArgs, MEM_DRAM};
+use plugin_TCPX::backend::XferArgs;
+use plugin_TCPX::registry::MEM_DRAM;
 use plugin_TCPX::testing::{backend_pair, desc as d, poll_done, share};
 use plugin_TCPX::xfer::{Desc, Op};
 use plugin_TCPX::{Backend, Status};

@@ -9,7 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use plugin_TCPX::backend::{XferArgs, MEM_DRAM};
+use plugin_TCPX::backend::XferArgs;
+use plugin_TCPX::registry::MEM_DRAM;
 use plugin_TCPX::testing::{backend_pair, desc as d, poll_done, share};
 use plugin_TCPX::xfer::Op;
 use plugin_TCPX::Status;

@@ -8,7 +8,8 @@
 use std::sync::Arc;
 
 use cudarc::driver::CudaContext;
-use plugin_TCPX::backend::{XferArgs, MEM_DRAM, MEM_VRAM};
+use plugin_TCPX::backend::XferArgs;
+use plugin_TCPX::registry::{MEM_DRAM, MEM_VRAM};
 use plugin_TCPX::testing::{backend_pair, desc as d, poll_done, share_mem};
 use plugin_TCPX::xfer::{Desc, Op};
 use plugin_TCPX::Status;

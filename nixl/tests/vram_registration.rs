@@ -6,7 +6,7 @@
 //! Prints `SKIP` without a CUDA driver; `REQUIRE_GPU=1` turns the skip into a failure.
 
 use cudarc::driver::CudaContext;
-use plugin_TCPX::backend::{MEM_DRAM, MEM_VRAM};
+use plugin_TCPX::registry::{MEM_DRAM, MEM_VRAM};
 use plugin_TCPX::testing::{backend_pair, run_xfer, share_mem};
 use plugin_TCPX::xfer::{Desc, Op};
 use plugin_TCPX::Status;

@@ -23,7 +23,7 @@ use crate::blob;
 use crate::config::Config;
 use crate::control::Control;
 use crate::error::{Arg, Error};
-use crate::registry::MemTable;
+use crate::registry::{MemTable, MEM_DRAM, MEM_VRAM};
 use crate::remote::{self, CostModel, Mem, NotifQueue, Notifs, RemotePath};
 
 pub use transfer::XferArgs;
@@ -33,11 +33,6 @@ use transfer::Requests;
 
 /// The value NIXL holds as an `nixlBackendReqH*`: never 0.
 pub type ReqId = usize;
-
-/// NIXL's `nixl_mem_t` value for host memory.
-pub const MEM_DRAM: i32 = 0;
-/// NIXL's `nixl_mem_t` value for GPU memory.
-pub const MEM_VRAM: i32 = 1;
 
 /// Longest registration taken: the longest segment the engine moves (a transfer's neighbours
 /// are joined up to a whole registration).

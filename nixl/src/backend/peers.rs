@@ -2,8 +2,8 @@
 //! `connect` and `disconnect`.
 
 use crate::blob;
+use crate::blob::PeerInfo;
 use crate::error::{Arg, Error};
-use crate::remote::PeerInfo;
 
 use super::{lock, Backend};
 

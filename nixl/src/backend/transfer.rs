@@ -8,7 +8,8 @@ use crate::error::{Arg, Error, Status};
 use crate::remote::RemoteXfer;
 use crate::xfer::{self, Desc, Op};
 
-use super::{lock, mem_kind, read, Backend, ReqId, MEM_VRAM};
+use super::{lock, mem_kind, read, Backend, ReqId};
+use crate::registry::MEM_VRAM;
 
 /// One transfer request as `prepXfer` / `postXfer` see it.
 #[derive(Debug, Clone, Copy)]

@@ -20,6 +20,15 @@ use super::initiator::Flight;
 use super::protocol::{error_text, log_refusal, Finished, Jobs};
 use super::{lock, now, FRAME_BUF};
 
+/// What handling one frame came to.
+pub(super) enum Handled {
+    /// Acted on; the next frame may follow.
+    Done,
+    /// It needs room that is not there yet (in the notification queue, or among the jobs):
+    /// left in the buffer, nothing more taken from the peer until it fits.
+    Held,
+}
+
 /// The engine side of a conn: the session and which engine region each registration is.
 pub(super) struct Engine {
     /// `None` once the conn died and the backend thread closed it: a dead conn's comms are

@@ -15,7 +15,8 @@ use crate::error::Error;
 
 use super::conn::{Conn, Engine, Outstanding, Reader, Scan, Writer};
 use super::protocol::{JobQueue, Jobs};
-use super::{lock, now, PeerInfo, Shared, FRAME_BUF, MAX_JOBS, TABLE_CAP};
+use super::{lock, now, Shared, FRAME_BUF, MAX_JOBS, TABLE_CAP};
+use crate::blob::PeerInfo;
 
 /// Reads one frame from a blocking stream (handshake only; read timeout set by the caller).
 fn read_frame(s: &mut TcpStream) -> Result<Vec<u8>, Error> {

@@ -18,7 +18,8 @@ use crate::xfer::{self, Far, Op, Segment};
 use super::conn::{register_on, Conn, Scan, Writer};
 use super::inline::gather_local;
 use super::protocol::{FlightState, Part};
-use super::{lock, PeerInfo, RemotePath, Shared, PART_SEGMENTS};
+use super::{lock, RemotePath, Shared, PART_SEGMENTS};
+use crate::blob::PeerInfo;
 
 /// An initiator-side transfer once posted. One per prepared request, created by its first
 /// post and reset in place by every repost, so a repost allocates nothing.

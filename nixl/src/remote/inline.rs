@@ -13,9 +13,8 @@ use crate::error::{Error, Status};
 use crate::registry::MemTable;
 use crate::xfer::Segment;
 
-use super::conn::Conn;
+use super::conn::{Conn, Handled};
 use super::protocol::locate;
-use super::service::Handled;
 use super::{lock, Shared};
 
 /// How an inline transfer reaches one of our ranges.

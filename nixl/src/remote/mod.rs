@@ -30,7 +30,7 @@ mod target;
 mod thread;
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, LazyLock, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use tcpx::engine::{Config as EngineConfig, Copier};
 use tcpx_core::wire::{self, Message, Notif};
 
+use crate::blob::PeerInfo;
 use crate::config::Config;
 use crate::error::{Arg, Error};
 use crate::registry::{MdId, MemTable};
@@ -49,17 +50,6 @@ pub use notif_queue::{NotifQueue, Notifs};
 
 use conn::Conn;
 use thread::run;
-
-/// What a peer's `getConnInfo` blob told us.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerInfo {
-    /// Control protocol version the peer speaks.
-    pub protocol: u16,
-    /// The peer's control listener.
-    pub addr: SocketAddr,
-    /// Data channels the peer offers.
-    pub channels: u16,
-}
 
 /// The backend's metadata table, shared with the backend thread (target-side validation).
 pub type Mem = Arc<RwLock<MemTable>>;

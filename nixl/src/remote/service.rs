@@ -11,19 +11,10 @@ use tcpx_core::wire::{self, Keepalive, Message, ReadAnnounce, ReadData};
 
 use crate::error::{Error, Status};
 
-use super::conn::Conn;
+use super::conn::{Conn, Handled};
 use super::inline::write_ours;
 use super::protocol::{render, violation};
 use super::{lock, now, Shared, READ_PER_PASS};
-
-/// What handling one frame came to.
-pub(super) enum Handled {
-    /// Acted on; the next frame may follow.
-    Done,
-    /// It needs room that is not there yet (in the notification queue, or among the jobs):
-    /// left in the buffer, nothing more taken from the peer until it fits.
-    Held,
-}
 
 impl Shared {
     /// One pass over a conn: read and handle frames, drive the session, then the role's own
