@@ -11,6 +11,7 @@ pub mod nixl;
 pub mod plan;
 pub mod ring;
 pub mod size;
+pub mod span;
 pub mod topology;
 pub mod unpack;
 pub mod window;

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+pub use tcpx_core::span::Span;
 use tcpx_core::wire::{MemKind, RegionToken};
 
 use crate::error::{Arg, Error};
@@ -17,30 +18,6 @@ pub const MEM_VRAM: i32 = 1;
 
 /// The value NIXL holds as an `nixlBackendMD*`: never 0.
 pub type MdId = usize;
-
-/// A contiguous byte range `[base, base + len)`, `base + len` not overflowing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Span {
-    /// First byte.
-    pub base: u64,
-    /// Length in bytes.
-    pub len: u64,
-}
-
-impl Span {
-    /// A span, or `None` when it would wrap around the address space.
-    pub fn new(base: u64, len: u64) -> Option<Self> {
-        base.checked_add(len).map(|_| Self { base, len })
-    }
-
-    /// Whether `[addr, addr + len)` lies wholly inside this span.
-    pub fn contains(&self, addr: u64, len: u64) -> bool {
-        match addr.checked_add(len) {
-            Some(end) => addr >= self.base && end <= self.base.saturating_add(self.len),
-            None => false,
-        }
-    }
-}
 
 /// One local registration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +97,7 @@ impl MemTable {
     }
 
     fn range_key(r: &Region) -> (u64, u64, MemKind, u32) {
-        (r.span.base, r.span.len, r.mem, r.device)
+        (r.span.base(), r.span.len(), r.mem, r.device)
     }
 
     /// The id an identical registration of `region` (same range, memory and device) already
@@ -177,8 +154,8 @@ impl MemTable {
     pub fn token(&self, id: MdId) -> Result<RegionToken, Error> {
         let r = self.local(id)?;
         Ok(RegionToken {
-            base: r.span.base,
-            len: r.span.len,
+            base: r.span.base(),
+            len: r.span.len(),
             mem: r.mem,
             device: r.device,
             region: id as u64,
@@ -273,18 +250,6 @@ mod tests {
             device: 0,
             key: 7,
         }
-    }
-
-    #[test]
-    fn span_containment_is_inclusive_and_overflow_safe() {
-        let s = Span::new(100, 50).unwrap();
-        assert!(s.contains(100, 50));
-        assert!(s.contains(149, 1));
-        assert!(s.contains(120, 0));
-        assert!(!s.contains(99, 1));
-        assert!(!s.contains(149, 2));
-        assert!(!s.contains(u64::MAX, 2));
-        assert!(Span::new(u64::MAX, 1).is_none());
     }
 
     #[test]

@@ -162,10 +162,13 @@ pub fn visit(
                 },
             ),
             Target::Peer(token) => (
-                Span {
-                    base: token.base,
-                    len: token.len,
-                },
+                // A parsed token's range never wraps (`RegionToken::parse`); one that did
+                // would hold no range.
+                Span::new(token.base, token.len).ok_or(Error::OutOfRange {
+                    index: i,
+                    addr: r.addr,
+                    len: r.len,
+                })?,
                 Far::Peer {
                     token,
                     addr: r.addr,
@@ -182,7 +185,7 @@ pub fn visit(
         each(Segment {
             local: l.addr,
             md: l.md,
-            offset: l.addr - region.span.base,
+            offset: l.addr - region.span.base(),
             dev: region.cuda_device(),
             far,
             len: l.len,

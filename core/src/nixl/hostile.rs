@@ -211,11 +211,7 @@ fn hostile_frames_against_the_target_are_refused_or_close_it() {
 
 #[test]
 fn segment_checks_name_the_segment_and_the_fault() {
-    let r = Some(RegionView {
-        key: 1,
-        base: 100,
-        len: 50,
-    });
+    let r = RegionView::new(1, 100, 50);
     let refused = |i, s: Segment, r| check_segment(i, &s, r).unwrap_err().to_string();
     assert_eq!(check_segment(0, &Segment::new(0, 1, 110, 40), r), Ok(10));
     assert_eq!(

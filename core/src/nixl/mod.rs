@@ -29,6 +29,8 @@
 
 use core::fmt;
 
+use crate::span::Span;
+
 use crate::wire::{
     Ack, ErrorMsg, Kind, Message, ReadAnnounce, ReadData, ReadRequest, Segment, WriteAnnounce,
     MAX_ERROR_TEXT,
@@ -60,10 +62,18 @@ pub enum Op {
 pub struct RegionView {
     /// The key the region's token carries.
     pub key: u64,
-    /// First byte.
-    pub base: u64,
-    /// Length in bytes.
-    pub len: u64,
+    /// The registered bytes.
+    pub span: Span,
+}
+
+impl RegionView {
+    /// The view of `len` bytes at `base` under `key`, or `None` when the range would wrap.
+    pub const fn new(key: u64, base: u64, len: u64) -> Option<RegionView> {
+        match Span::new(base, len) {
+            Some(span) => Some(RegionView { key, span }),
+            None => None,
+        }
+    }
 }
 
 /// Why a target refuses a segment a peer named.
@@ -110,14 +120,9 @@ pub fn check_segment(
     if r.key != s.key() {
         return Err(bad(SegmentFault::WrongKey));
     }
-    let inside = match s.addr().checked_add(s.len()) {
-        Some(end) => s.addr() >= r.base && end <= r.base.saturating_add(r.len),
-        None => false,
-    };
-    if !inside {
-        return Err(bad(SegmentFault::OutOfRange));
-    }
-    Ok(s.addr() - r.base)
+    r.span
+        .offset_of(s.addr(), s.len())
+        .ok_or(bad(SegmentFault::OutOfRange))
 }
 
 /// A frame the protocol does not allow from the peer: the connection closes. `Display` is

@@ -149,11 +149,7 @@ impl Target {
     }
 
     pub fn region(&self, id: u64) -> Option<RegionView> {
-        (id == REGION).then_some(RegionView {
-            key: KEY,
-            base: BASE,
-            len: LEN,
-        })
+        RegionView::new(KEY, BASE, LEN).filter(|_| id == REGION)
     }
 
     /// Every segment checked before anything is done: offsets, or the refusal.

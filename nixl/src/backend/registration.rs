@@ -136,11 +136,10 @@ impl Backend {
                 token.mem
             )));
         }
-        let span = Span {
-            base: token.base,
-            len: token.len,
-        };
-        if !span.contains(desc.addr, desc.len) {
+        // A parsed token's range never wraps; were it to, nothing would be inside it.
+        let inside =
+            Span::new(token.base, token.len).is_some_and(|span| span.contains(desc.addr, desc.len));
+        if !inside {
             return Err(Error::Mismatch(format!(
                 "descriptor [{:#x}, +{}) not inside token [{:#x}, +{})",
                 desc.addr, desc.len, token.base, token.len

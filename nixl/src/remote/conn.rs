@@ -339,7 +339,7 @@ pub(super) fn register_on(e: &mut Engine, md: MdId, region: &Region) -> Result<M
     if let Some(id) = e.mems.get(&md) {
         return Ok(*id);
     }
-    let len = usize::try_from(region.span.len)
+    let len = usize::try_from(region.span.len())
         .map_err(|_| Error::invalid(Arg::Descs, "region exceeds the address space"))?;
     let memory = match region.mem {
         MemKind::Dram => Memory::Host,
@@ -351,7 +351,7 @@ pub(super) fn register_on(e: &mut Engine, md: MdId, region: &Region) -> Result<M
     // SAFETY: NIXL keeps registered memory allocated until `deregisterMem`, which removes it
     // from every session (RemotePath::deregister) before returning; the caller holds the
     // metadata table (read), so the registration is live now.
-    let id = unsafe { session.register(region.span.base as usize as *mut _, len, memory) }
+    let id = unsafe { session.register(region.span.base() as usize as *mut _, len, memory) }
         .map_err(Error::Engine)?;
     e.mems.insert(md, id);
     Ok(id)

@@ -97,8 +97,7 @@ pub(super) fn locate(
         .and_then(|md| table.local(md).ok().map(|r| (md, r)));
     let view = found.map(|(_, r)| RegionView {
         key: r.key,
-        base: r.span.base,
-        len: r.span.len,
+        span: r.span,
     });
     let offset = check_segment(i, s, view).map_err(refuse)?;
     let (md, r) = found.ok_or_else(|| {
