@@ -62,12 +62,16 @@ fn published_base(d: *mut tcpx_core::abi::DevHandle) -> Option<usize> {
     Some(u.bounce_buf as usize)
 }
 
-/// Sends `src` on `s` from another thread and returns its join handle.
-fn send_async(s: Ptr, src: Vec<u8>) -> std::thread::JoinHandle<Result<usize, i32>> {
-    let sr = isend(s, &src).unwrap();
+/// Sends `srcs` on `s`, posted here in order, and tests them in that order from another
+/// thread (a comm's requests are tested oldest first: two threads each waiting on one send of
+/// the same comm would break that). The join gives each send's result and, only then, drops
+/// the buffers: the plugin reads a send's buffer until its test says done.
+fn send_async(s: Ptr, srcs: Vec<Vec<u8>>) -> std::thread::JoinHandle<Vec<Result<usize, i32>>> {
+    let reqs: Vec<Ptr> = srcs.iter().map(|src| isend(s, src).unwrap()).collect();
     std::thread::spawn(move || {
-        let _keep = src;
-        wait(sr)
+        let done = reqs.into_iter().map(wait).collect();
+        drop(srcs);
+        done
     })
 }
 
@@ -92,19 +96,20 @@ fn recv_comms_share_one_base_and_never_share_a_page() {
     let sizes = [(1 << 20) + 3, (1 << 20) - 4097];
     let (mut reqs, mut senders) = (Vec::new(), Vec::new());
     for (c, &(s, r, _)) in comms.iter().enumerate() {
+        let mut srcs = Vec::new();
         for (k, &len) in sizes.iter().enumerate() {
-            let src = pattern(len, (10 * c + k) as u64);
+            srcs.push(pattern(len, (10 * c + k) as u64));
             let mut unused = vec![0u8; 1];
             let rr = irecv_n(r, unused.as_mut_ptr(), len, 1).unwrap();
-            senders.push(send_async(s, src));
             reqs.push((c, k, len, rr));
         }
+        senders.push(send_async(s, srcs));
     }
     for &(_, _, _, rr) in &reqs {
         assert_eq!(wait(rr), Ok(UNTOUCHED));
     }
     for t in senders {
-        assert_eq!(t.join().unwrap(), Ok(UNTOUCHED));
+        assert_eq!(t.join().unwrap(), [Ok(UNTOUCHED); 2]);
     }
     // All six hold their pages: no byte of the pool belongs to two of them.
     let mut ranges = Vec::new();
@@ -168,14 +173,13 @@ fn a_receive_waits_for_pages_another_comm_holds() {
     // Comm A holds the whole pool in two done, unconsumed receives.
     let ra0 = irecv_n(ra, unused.as_mut_ptr(), len, 1).unwrap();
     let ra1 = irecv_n(ra, unused.as_mut_ptr(), len, 1).unwrap();
-    let ta0 = send_async(sa, a0.clone());
-    let ta1 = send_async(sa, a1.clone());
+    let ta = send_async(sa, vec![a0.clone(), a1.clone()]);
     assert_eq!(wait(ra0), Ok(UNTOUCHED));
     assert_eq!(wait(ra1), Ok(UNTOUCHED));
     assert_eq!(view(rb).bounce_pages_free, 0);
     // Comm B's receive has its header but no pages: it stays pending, and writes nothing.
     let rb0 = irecv_n(rb, unused.as_mut_ptr(), b0.len(), 1).unwrap();
-    let tb0 = send_async(sb, b0.clone());
+    let tb0 = send_async(sb, vec![b0.clone()]);
     for _ in 0..200 {
         assert_eq!(test_once(rb0), Ok(None));
         std::thread::sleep(std::time::Duration::from_millis(1));
@@ -193,9 +197,8 @@ fn a_receive_waits_for_pages_another_comm_holds() {
     assert_eq!(wait(rb0), Ok(UNTOUCHED));
     assert!(unpack(rb, 0, b0.len()) == b0);
     assert!(unpack(ra, 1, len) == a1, "A's held receive is intact");
-    for t in [ta0, ta1, tb0] {
-        assert_eq!(t.join().unwrap(), Ok(UNTOUCHED));
-    }
+    assert_eq!(ta.join().unwrap(), [Ok(UNTOUCHED); 2]);
+    assert_eq!(tb0.join().unwrap(), [Ok(UNTOUCHED)]);
     assert_eq!(consumed(ra, ra1), tcpx_core::abi::result::SUCCESS);
     assert_eq!(consumed(rb, rb0), tcpx_core::abi::result::SUCCESS);
     assert_eq!(view(rb).bounce_pages_free, PAGES);
@@ -213,9 +216,9 @@ fn closing_a_comm_returns_its_pages_to_the_pool() {
     let len = (3 << 20) + 1;
     let mut unused = vec![0u8; 1];
     let rr = irecv_n(ra, unused.as_mut_ptr(), len, 1).unwrap();
-    let t = send_async(sa, pattern(len, 9));
+    let t = send_async(sa, vec![pattern(len, 9)]);
     assert_eq!(wait(rr), Ok(UNTOUCHED));
-    assert_eq!(t.join().unwrap(), Ok(UNTOUCHED));
+    assert_eq!(t.join().unwrap(), [Ok(UNTOUCHED)]);
     assert_eq!(view(rb).bounce_pages_free, PAGES - len.div_ceil(PAGE_SIZE));
     // Closed with the receive done but never consumed.
     close_recv(ra);
@@ -232,9 +235,9 @@ fn round_trip_unpacked(s: Ptr, r: Ptr, k: u64, len: usize) {
     let src = pattern(len, 77 + k);
     let mut unused = vec![0u8; 1];
     let rr = irecv_n(r, unused.as_mut_ptr(), len, 1).unwrap();
-    let t = send_async(s, src.clone());
+    let t = send_async(s, vec![src.clone()]);
     assert_eq!(wait(rr), Ok(UNTOUCHED));
-    assert_eq!(t.join().unwrap(), Ok(UNTOUCHED));
+    assert_eq!(t.join().unwrap(), [Ok(UNTOUCHED)]);
     assert!(unpack(r, k, len) == src);
     assert_eq!(consumed(r, rr), tcpx_core::abi::result::SUCCESS);
 }
