@@ -23,79 +23,17 @@ use plugin_TCPX::testing::{frame, handshake, read_frame, World, PAGE, REGION};
 use tcpx::engine::{Direction, Memory, Segment as ESeg, Session};
 use tcpx::{MemId, Progress, XferId};
 use tcpx_core::wire::{
-    self, Ack, ErrorMsg, Hello, Message, Notif, ReadAnnounce, ReadData, ReadRequest, RegionToken,
-    Segment, WriteAnnounce, HEADER_LEN, MAGIC, MAX_INLINE_WRITE, VERSION,
+    self, Message, Notif, ReadAnnounce, ReadData, ReadRequest, RegionToken, Segment, WriteAnnounce,
+    HEADER_LEN, MAX_INLINE_WRITE,
 };
+use tcpx_fuzz::input::{frame_with_segments, raw_header, unexpected, Bytes};
 
 /// How long one input may keep the peer waiting for answers.
 const INPUT_BOUND: Duration = Duration::from_millis(300);
 const MAX_OPS: usize = 16;
 const MAX_SEGS: usize = 6;
 
-fn seg_bytes(s: &Segment) -> [u8; 32] {
-    let mut b = [0u8; 32];
-    for (i, v) in [s.region(), s.key(), s.addr(), s.len()]
-        .into_iter()
-        .enumerate()
-    {
-        b[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
-    }
-    b
-}
-
-/// A frame carrying `segs` as given, also ranges our own emitter refuses (`addr + len`
-/// overflowing): emitted with those lengths set to 0, then the segment bytes written back.
-fn frame_with_segments(segs: &[Segment], make: impl Fn(&[Segment]) -> Vec<u8>) -> Vec<u8> {
-    let tame: Vec<Segment> = segs
-        .iter()
-        .map(|s| match s.end() {
-            Some(_) => *s,
-            None => Segment::new(s.region(), s.key(), s.addr(), 0),
-        })
-        .collect();
-    let mut f = make(&tame);
-    let first = seg_bytes(&tame[0]);
-    let at = f
-        .windows(32)
-        .position(|w| w == first)
-        .expect("the segment list is in the frame");
-    for (i, s) in segs.iter().enumerate() {
-        f[at + i * 32..at + i * 32 + 32].copy_from_slice(&seg_bytes(s));
-    }
-    f
-}
-
 static WORLD: Mutex<Option<World>> = Mutex::new(None);
-
-/// Bytes of the input, read front to back; zeros once exhausted.
-struct Bytes<'a>(&'a [u8]);
-
-impl Bytes<'_> {
-    fn u8(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((&b, rest)) => {
-                self.0 = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8(), self.u8()])
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-    fn take(&mut self, n: usize) -> &[u8] {
-        let n = n.min(self.0.len());
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        a
-    }
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
 
 /// A peer past the handshake: control stream + engine session with a source and a sink.
 struct Peer {
@@ -315,32 +253,11 @@ fn run(data: &[u8]) {
                 p.send(&frame(&Message::Notif(Notif { msg: &msg })));
             }
             5 => {
-                let mut h = Vec::with_capacity(HEADER_LEN);
-                let f = b.u8();
-                let magic = if f & 1 == 0 { MAGIC } else { b.u32() };
-                let version = if f & 2 == 0 { VERSION } else { b.u16() };
-                h.extend_from_slice(&magic.to_le_bytes());
-                h.extend_from_slice(&version.to_le_bytes());
-                h.extend_from_slice(&u16::from(b.u8() % 16).to_le_bytes());
-                h.extend_from_slice(&b.u32().to_le_bytes());
-                let body = usize::from(b.u8());
-                h.extend_from_slice(b.take(body));
+                let h = raw_header(&mut b);
                 p.send(&h);
             }
             6 => {
-                let m = match b.u8() % 4 {
-                    0 => frame(&Message::Ack(Ack { xfer, status: 0 })),
-                    1 => frame(&Message::ReadAnnounce(ReadAnnounce { xfer })),
-                    2 => frame(&Message::Hello(Hello {
-                        channels: 2,
-                        name: "again",
-                    })),
-                    _ => frame(&Message::Error(ErrorMsg {
-                        code: 1,
-                        xfer,
-                        text: "no",
-                    })),
-                };
+                let m = frame(&unexpected(b.u8(), xfer));
                 p.send(&m);
             }
             7 => {

@@ -3,6 +3,8 @@
 //! Every wire target asserts the same contract: parsing never panics, a parse that succeeds
 //! re-emits to exactly the input bytes, and the dispatcher and the per-kind parser agree.
 
+pub mod input;
+
 use core::fmt::Debug;
 
 use tcpx_core::wire::{self, Header, Kind, Message, Repr, HEADER_LEN, MAX_FRAME};

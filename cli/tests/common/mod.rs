@@ -8,44 +8,14 @@
 /// The engine's test support (GPU-or-SKIP check), shared by path as in `nixl/tests`.
 #[path = "../../../engine/tests/common/engine.rs"]
 pub mod engine;
+/// The fake plugin's builder, shared by path too.
+#[path = "../../../engine/tests/common/fake.rs"]
+pub mod fake;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The temp directory for this test process.
-pub fn tmp_dir() -> PathBuf {
-    // Under cargo's per-target scratch space, one directory per test process.
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fake-plugins-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
-}
-
-/// Compiles the engine's `fake_net.c` with `defines` into `<tmp>/<name>.so`.
-pub fn build(name: &str, defines: &[&str]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/plugins/fake_net.c");
-    let out = tmp_dir().join(format!("lib{name}.so"));
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
-    let mut cmd = Command::new(cc);
-    cmd.args([
-        "-shared",
-        "-fPIC",
-        "-O1",
-        "-Wall",
-        "-Werror",
-        "-Wno-unused-function",
-        "-Wno-unused-variable",
-        "-o",
-    ])
-    .arg(&out)
-    .arg(&src);
-    for d in defines {
-        cmd.arg(format!("-D{d}"));
-    }
-    let status = cmd.status().expect("run the C compiler");
-    assert!(status.success(), "compiling {name} failed");
-    out
-}
+#[allow(unused_imports)] // not every test binary builds a fake plugin
+pub use fake::{build, tmp_dir};
 
 /// `tcpx bench --listen` and `tcpx bench --connect` as two processes on 127.0.0.1, both with
 /// `args` (the listener's rule), each command prepared by `tcpx`; returns (listener,
