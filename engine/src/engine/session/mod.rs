@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tcpx_core::chunk::{RecvWindow, SendWindow};
 use tcpx_core::plan::{self, Plan, PlanConfig};
 use tcpx_core::ring::TCPX_REQUESTS;
+use tcpx_core::span::Span;
 use tcpx_core::wire::{ListenHandle, ListenHandles};
 
 mod drive;
@@ -459,9 +460,12 @@ impl Session {
         }
         for s in segments {
             let r = self.registry.get(s.mem)?;
-            match s.offset.checked_add(s.len) {
-                Some(end) if end <= r.len => {}
-                _ => return Err(Error::Invalid("post: a segment lies outside its region")),
+            // The region's bytes by offset; a segment must lie wholly inside them.
+            if Span::new(0, r.len)
+                .and_then(|region| region.sub(s.offset, s.len))
+                .is_none()
+            {
+                return Err(Error::Invalid("post: a segment lies outside its region"));
             }
         }
         let index = self.free.pop().ok_or(Error::Invalid(
