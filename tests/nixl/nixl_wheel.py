@@ -116,19 +116,19 @@ def listening_agent(name, backends=()):
     """A nixl_agent with NIXL's metadata listener on a free port; returns (agent, port).
     NIXL fails to create the agent when its port was taken after `free_port` chose it: a new
     port is tried then, `BIND_TRIES` times in all."""
-    for attempt in range(BIND_TRIES):
+    def create():
         port = free_port()
+        config = nixl_agent_config(enable_listen_thread=True, listen_port=port,
+                                   backends=list(backends))
+        return nixl_agent(name, config), port
+
+    for _ in range(BIND_TRIES - 1):
         try:
-            agent = nixl_agent(
-                name,
-                nixl_agent_config(enable_listen_thread=True, listen_port=port,
-                                  backends=list(backends)),
-            )
-            return agent, port
+            return create()
         except RuntimeError as e:
-            if "bind" not in str(e) or attempt == BIND_TRIES - 1:
+            if "bind" not in str(e):
                 raise
-    raise AssertionError("unreachable")
+    return create()
 
 
 def describe():

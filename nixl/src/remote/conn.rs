@@ -228,8 +228,8 @@ pub(super) struct Conn {
     pub(super) refused_writes: AtomicU64,
     /// Log rate limiting of errors the peer sent about no transfer in flight.
     pub(super) refused_notifs: AtomicU64,
-    /// Initiator: when `checkXfer` last serviced the conn, in ns since
-    /// [`Shared::epoch`](super::Shared::epoch) (0: never).
+    /// Initiator: when `checkXfer` last serviced the conn, in ns of the protocol's clock
+    /// (`remote::now`; 0: never).
     pub(super) checked: AtomicU64,
     /// Target: the data of a READ answered inline, gathered before it is framed (reused; it
     /// grows to the largest inline READ once).

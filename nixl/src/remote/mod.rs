@@ -147,8 +147,6 @@ struct Shared {
     cost: CostModel,
     /// [`MAX_OUTSTANDING`]; lowered by tests to make parts wait.
     max_outstanding: AtomicUsize,
-    /// Origin of [`Conn::checked`].
-    epoch: Instant,
 }
 
 impl Shared {
@@ -179,9 +177,9 @@ impl Shared {
         self.max_outstanding.load(Ordering::Relaxed)
     }
 
-    /// Nanoseconds since [`Shared::epoch`], at least 1 (0 means never in [`Conn::checked`]).
+    /// [`now`] in nanoseconds, at least 1 (0 means never in [`Conn::checked`]).
     fn now_ns(&self) -> u64 {
-        (self.epoch.elapsed().as_nanos() as u64).max(1)
+        (now().as_nanos() as u64).max(1)
     }
 
     /// How long the backend thread still leaves `c` to the application's `checkXfer` (`None`:
@@ -269,7 +267,6 @@ impl RemotePath {
             copiers: Mutex::new(HashMap::new()),
             cost: CostModel::new(Duration::from_micros(30), 1_500_000_000),
             max_outstanding: AtomicUsize::new(MAX_OUTSTANDING),
-            epoch: Instant::now(),
         });
         let (done_tx, done_rx) = mpsc::channel();
         let s = shared.clone();
