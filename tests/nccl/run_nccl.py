@@ -66,16 +66,28 @@ class Config:
 
 TCPX_FIDELITY = (("TCPX_SOCK_ODD_FRAGMENTS", "1"), ("TCPX_SOCK_LINEAR_BYTES", "3000"))
 
+# NCCL's PAT algorithm (AllGather/ReduceScatter with one rank per node: exactly these runs)
+# reads its receive FIFO directly (src/device/prims_simple.h, patCopy/patReduce): it never
+# calls the unpack and never advances the UNPACK head, so with an UNPACK device it reads bytes
+# still in bounce pages and leaves the connection's meta slots out of step for every later
+# collective on it. NCCL means to turn PAT off for such devices (src/graph/tuning.cc,
+# ncclPatEnable: `comm->netDeviceType != NCCL_NET_DEVICE_HOST`), but since 2.24 nothing sets
+# `comm->netDeviceType` (ncclTopoGetSystem stopped copying it from getProperties; open NCCL
+# PR #2121), so it reads HOST and PAT is chosen (PAT_PROBE shows it). A job with one GPU per
+# node on TCPX (or tcpxsock) must turn PAT off or pin the ring (Google's A3 settings:
+# NCCL_ALGO=Ring); every GPUDirect run below does one of the two.
+PAT_OFF = (("NCCL_PAT_ENABLE", "0"),)
+
 CHECKS = (
     Config("socket-simple", "Socket", "Simple", True, why="baseline: NCCL's Socket, Simple"),
     Config("socket-default", "Socket", None, True, plan="quick", why="baseline: NCCL's Socket, its own protocols"),
-    Config("tcpxsock-simple", PLUGIN_NAME, "Simple", True, why="UNPACK path, whole-page fragments"),
+    Config("tcpxsock-simple", PLUGIN_NAME, "Simple", True, PAT_OFF, why="UNPACK path, whole-page fragments"),
     Config(
         "tcpxsock-simple-odd",
         PLUGIN_NAME,
         "Simple",
         True,
-        TCPX_FIDELITY,
+        TCPX_FIDELITY + PAT_OFF,
         why="UNPACK path, devmem-like odd fragments and plugin-written gaps",
     ),
     Config(
@@ -83,7 +95,7 @@ CHECKS = (
         PLUGIN_NAME,
         "Simple",
         True,
-        TCPX_FIDELITY + (("TCPX_SOCK_BOUNCE_DEVICE", "1"),),
+        TCPX_FIDELITY + PAT_OFF + (("TCPX_SOCK_BOUNCE_DEVICE", "1"),),
         "quick",
         why="as above with bounce pages in GPU memory (TCPX's RX pool)",
     ),
@@ -109,26 +121,10 @@ CHECKS = (
         True,
         # tcpxsock's bounce pool is per GPU and process (shared by all its receive connections,
         # as TCPX's RX pool), so its default size serves the few dozen connections of a rank.
-        TCPX_FIDELITY,
+        TCPX_FIDELITY + PAT_OFF,
         "multi",
         why="4 hosts: several UNPACK receive connections in one kernel block (tree, all_to_all)",
         ranks=4,
-    ),
-    # NCCL's PAT algorithm (AllGather/ReduceScatter, one rank per node: exactly these runs)
-    # reads its receive FIFO directly (src/device/prims_simple.h, patCopy/patReduce): it never
-    # calls the unpack and never advances the UNPACK head, so with an UNPACK device it would
-    # read data that is still in bounce pages and leave the connection's meta slots out of step
-    # for every later collective on it. NCCL turns PAT off for UNPACK devices
-    # (src/graph/tuning.cc, ncclPatEnable: netDeviceType != HOST); this run turns it off
-    # explicitly, so a difference from tcpxsock-simple says PAT was chosen there anyway.
-    Config(
-        "tcpxsock-simple-nopat",
-        PLUGIN_NAME,
-        "Simple",
-        True,
-        (("NCCL_PAT_ENABLE", "0"),),
-        "quick",
-        why="as tcpxsock-simple with PAT off (it cannot unpack)",
     ),
     Config(
         "tcpxsock-simple-ring",
@@ -137,9 +133,34 @@ CHECKS = (
         True,
         (("NCCL_ALGO", "Ring"),),
         "quick",
-        why="as tcpxsock-simple with every collective on NCCL's ring",
+        why="PAT left to NCCL, every collective on NCCL's ring (Google's A3 setting)",
     ),
 )
+
+# NCCL's defaults with an UNPACK device and one rank per node: PAT is chosen (see PAT_OFF) and
+# the first PAT collective leaves wrong data. Expected to fail that way; if it passes, NCCL no
+# longer picks PAT here and PAT_OFF can go.
+PAT_PROBE = Config(
+    "tcpxsock-simple-pat",
+    PLUGIN_NAME,
+    "Simple",
+    True,
+    plan="quick",
+    why="NCCL's defaults: PAT chosen for an UNPACK device (it cannot unpack)",
+)
+
+
+def pat_verdict(out):
+    """For PAT_PROBE: 'passed', 'pat' (the expected outcome: NCCL's log shows PAT chosen, the
+    ranks ended by themselves, and nothing is wrong but data and exit codes), or 'failed'."""
+    if out.ok:
+        return "passed"
+    data = [p for p in out.problems if " wrong: " in p or "exit code" in p]
+    pat = "PAT" in out.facts.get("algorithms in TUNING lines", ())
+    if pat and not out.killed and data and len(data) == len(out.problems):
+        return "pat"
+    return "failed"
+
 
 # NCCL's LL and LL128 kernels (src/device/prims_ll.h, prims_ll128.h) read their flags straight
 # from the receive buffer and never call the unpack (only prims_simple.h does), while with
@@ -480,7 +501,9 @@ def bench_table(res):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", nargs="*", metavar="CONFIG", help="configurations to check (default: all)")
-    p.add_argument("--probe", action="store_true", help=f"also run {PROBE.name} ({PROBE.why})")
+    p.add_argument(
+        "--probe", action="store_true", help=f"also run {PROBE.name} ({PROBE.why}) and {PAT_PROBE.name} ({PAT_PROBE.why})"
+    )
     p.add_argument("--bench", action="store_true", help="all_reduce bandwidth and latency, tcpxsock vs Socket")
     p.add_argument("--json", help="bench results as JSON into this file")
     p.add_argument("--plugin", default=str(default_plugin()), help="libnccl-net-tcpxsock.so")
@@ -493,7 +516,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     if args.list:
-        for c in CHECKS + (PROBE,) + BENCH:
+        for c in CHECKS + (PROBE, PAT_PROBE) + BENCH:
             print(f"{c.name:28} {c.why}")
         return 0
     why = unavailable_reason()
@@ -509,7 +532,7 @@ def main(argv=None):
     run_checks = args.check is not None or not args.bench
     if run_checks:
         names = args.check or [c.name for c in CHECKS]
-        by_name = {c.name: c for c in CHECKS + (PROBE,)}
+        by_name = {c.name: c for c in CHECKS + (PROBE, PAT_PROBE)}
         unknown = [n for n in names if n not in by_name]
         if unknown:
             print(f"unknown configuration(s) {unknown}; --list shows them", file=sys.stderr)
@@ -525,6 +548,11 @@ def main(argv=None):
             print(out.summary() if verdict == "failed" else f"{PROBE.name}: {verdict} ({PROBE.why})", flush=True)
             if verdict == "failed":
                 failed.append(PROBE.name)
+            out = run_config(PAT_PROBE, args.plugin, logdir, args.timeout_s, gpus)
+            verdict = pat_verdict(out)
+            print(out.summary() if verdict == "failed" else f"{PAT_PROBE.name}: {verdict} ({PAT_PROBE.why})", flush=True)
+            if verdict == "failed":
+                failed.append(PAT_PROBE.name)
 
     if args.bench:
         res, facts = {}, {}

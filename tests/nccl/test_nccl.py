@@ -71,3 +71,18 @@ def test_default_protocols_over_gpudirect(setup):
             f"NCCL's LL protocol over GPUDirect never completes, as with TCPX (stuck in "
             f"{out.stuck_in}); use NCCL_PROTO=Simple"
         )
+
+
+def test_pat_with_an_unpack_device(setup):
+    """NCCL's defaults with one rank per node: NCCL's check that keeps PAT away from UNPACK
+    devices reads a field nothing sets since NCCL 2.24, so it picks PAT for AllGather, which
+    cannot unpack (run_nccl.PAT_OFF says why). Expected: NCCL's log shows PAT chosen and the
+    data goes wrong, nothing hangs and tcpxsock warns of nothing. If it passes, NCCL stopped
+    choosing PAT for UNPACK devices and PAT_OFF can go."""
+    plugin, logdir = setup
+    out = rn.run_config(rn.PAT_PROBE, plugin, logdir, TIMEOUT_S, GPUS)
+    print(out.summary())
+    verdict = rn.pat_verdict(out)
+    assert verdict != "failed", out.summary()
+    if verdict == "pat":
+        pytest.xfail("NCCL chose PAT for an UNPACK device (its comm->netDeviceType stays HOST); set NCCL_PAT_ENABLE=0")

@@ -144,6 +144,22 @@ def test_a_run_stuck_outside_a_collective_is_no_probe_hang(tmp_path):
     assert rn.probe_verdict(out) == "hung"
 
 
+def test_pat_verdict_needs_pat_in_the_log_and_only_wrong_data(tmp_path):
+    wrong = 'rank 0: all_gather float32 count=1 wrong: {"bad_elements": 1}'
+    out = rn.Outcome(rn.PAT_PROBE, tmp_path, returncodes=[1, 1])
+    out.problems = [wrong, "rank 0: exit code 1"]
+    out.facts = {"algorithms in TUNING lines": ["PAT", "RING"]}
+    assert rn.pat_verdict(out) == "pat"
+    out.facts = {"algorithms in TUNING lines": ["RING"]}
+    assert rn.pat_verdict(out) == "failed", "wrong data without PAT chosen is a real failure"
+    out.facts = {"algorithms in TUNING lines": ["PAT"]}
+    out.problems = [wrong, "tcpxsock warned (1 lines): x"]
+    assert rn.pat_verdict(out) == "failed", "a tcpxsock warning is a real failure"
+    out.problems, out.killed = [wrong], True
+    assert rn.pat_verdict(out) == "failed", "a hang is a real failure"
+    assert rn.pat_verdict(rn.Outcome(rn.PAT_PROBE, tmp_path, returncodes=[0, 0])) == "passed"
+
+
 def test_wrong_data_warnings_and_missing_gdr_fail(fake):
     wrong = fake("wrong", TCPX)
     assert any("wrong" in p and "first_bad" in p for p in wrong.problems)
