@@ -4,7 +4,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use tcpx_core::chunk::{Memory, RecvAction, RecvWindow, SendWindow};
+use tcpx_core::chunk::{RecvAction, RecvWindow, SendWindow};
+use tcpx_core::mem::MemKind;
 use tcpx_core::ring::TCPX_REQUESTS;
 
 /// Stand-in for the engine's per-chunk record (request pointer, destination, event index).
@@ -21,7 +22,7 @@ fn recv_host(c: &mut Criterion) {
             let len = black_box(512 << 10);
             // Match on each action as the engine would, instead of spilling it to memory.
             let mut ok = w
-                .post(len, Memory::Host, Req { request: 1, dst: 2 })
+                .post(len, MemKind::Host, Req { request: 1, dst: 2 })
                 .is_ok();
             ok &= matches!(w.net_done(len as usize), Ok(RecvAction::Consume { .. }));
             let req = match w.consume() {
@@ -39,7 +40,7 @@ fn recv_device(c: &mut Criterion) {
         b.iter(|| {
             let len = black_box(512 << 10);
             let seq = w
-                .post(len, Memory::Device, Req { request: 1, dst: 2 })
+                .post(len, MemKind::Device, Req { request: 1, dst: 2 })
                 .unwrap_or(0);
             let mut ok = matches!(
                 w.net_done(len as usize),

@@ -5,9 +5,10 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use tcpx_core::mem::MemKind;
 use tcpx_core::wire::{
-    self, Ack, ConnInfo, ErrorMsg, Hello, ListenHandles, MemKind, Message, Notif, ReadAnnounce,
-    ReadRequest, RegionToken, Segment, WriteAnnounce,
+    self, Ack, ConnInfo, ErrorMsg, Hello, ListenHandles, Message, Notif, ReadAnnounce, ReadRequest,
+    RegionToken, Segment, WriteAnnounce,
 };
 
 fn segments(n: u64) -> Vec<Segment> {
@@ -48,7 +49,7 @@ fn parse_each_kind(c: &mut Criterion) {
             emit(Message::RegionToken(RegionToken {
                 base: 0x7f00_0000_0000,
                 len: 1 << 30,
-                mem: MemKind::Vram,
+                mem: MemKind::Device,
                 device: 0,
                 region: 7,
                 key: 0xdead_beef,

@@ -4,17 +4,9 @@
 //! each outcome as an event; these types check the event is legal and say what to do next.
 //! [`RecvWindow`] and [`SendWindow`] add TCPX's ordering rules on top of [`Window`].
 
+use crate::mem::MemKind;
 use crate::unpack::slot_of;
 use crate::window::{Full, Window};
-
-/// Where a receive lands; decides whether it needs an unpack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Memory {
-    /// Host memory: the plugin receives straight into the buffer.
-    Host,
-    /// Device memory: the data lands in bounce pages and must be unpacked.
-    Device,
-}
 
 /// Life of one receive chunk. Host chunks go `NetDone -> Consumed` directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -89,7 +81,7 @@ pub enum ChunkError {
     /// flight (nothing posted, or already retired).
     Recv {
         seq: u64,
-        memory: Option<Memory>,
+        memory: Option<MemKind>,
         from: RecvState,
         event: RecvEvent,
     },
@@ -139,8 +131,8 @@ impl core::fmt::Display for ChunkError {
 
 /// The receive transition table: the next state, or `None` if `event` is illegal.
 #[inline]
-pub const fn recv_next(from: RecvState, memory: Memory, event: RecvEvent) -> Option<RecvState> {
-    use Memory::{Device, Host};
+pub const fn recv_next(from: RecvState, memory: MemKind, event: RecvEvent) -> Option<RecvState> {
+    use MemKind::{Device, Host};
     use RecvEvent as E;
     use RecvState as S;
     match (from, event, memory) {
@@ -169,12 +161,13 @@ pub const fn send_next(from: SendState, event: SendEvent) -> Option<SendState> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RecvChunk {
     state: RecvState,
-    memory: Memory,
+    memory: MemKind,
 }
 
 impl RecvChunk {
-    /// A free chunk that will land in `memory`.
-    pub const fn new(memory: Memory) -> Self {
+    /// A free chunk that will land in `memory`: `Host` when the plugin receives straight into
+    /// the buffer, `Device` when the data lands in bounce pages and must be unpacked.
+    pub const fn new(memory: MemKind) -> Self {
         Self {
             state: RecvState::Free,
             memory,
@@ -187,7 +180,7 @@ impl RecvChunk {
     }
 
     /// Where the chunk lands.
-    pub const fn memory(&self) -> Memory {
+    pub const fn memory(&self) -> MemKind {
         self.memory
     }
 
@@ -280,7 +273,7 @@ impl<T> RecvEntry<T> {
     }
 
     /// Where the chunk lands.
-    pub const fn memory(&self) -> Memory {
+    pub const fn memory(&self) -> MemKind {
         self.chunk.memory()
     }
 
@@ -363,7 +356,7 @@ impl<T, const N: usize> RecvWindow<T, N> {
     }
 
     /// Record a chunk whose `irecv` of `len` bytes returned a request. Returns its seq.
-    pub fn post(&mut self, len: u32, memory: Memory, payload: T) -> Result<u64, Full<T>> {
+    pub fn post(&mut self, len: u32, memory: MemKind, payload: T) -> Result<u64, Full<T>> {
         let mut chunk = RecvChunk::new(memory);
         // Free + Post is always legal.
         let _ = chunk.apply(RecvEvent::Post);
@@ -476,7 +469,7 @@ impl<T, const N: usize> RecvWindow<T, N> {
         }
         // on_net always points at a Posted entry when it is in flight.
         let _ = e.chunk.apply(RecvEvent::NetDone);
-        if e.memory() == Memory::Device {
+        if e.memory() == MemKind::Device {
             self.to_launch |= self.bit(seq);
         }
         self.on_net += 1;

@@ -7,6 +7,7 @@
 pub mod abi;
 pub mod chunk;
 pub mod id;
+pub mod mem;
 pub mod nixl;
 pub mod plan;
 pub mod ring;

@@ -6,7 +6,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tcpx_core::chunk::{Memory, RecvAction, RecvWindow, SendWindow};
+use tcpx_core::chunk::{RecvAction, RecvWindow, SendWindow};
+use tcpx_core::mem::MemKind;
 use tcpx_core::plan::{Plan, PlanConfig, Segment, MAX_CHANNELS, MAX_TRANSFER_BYTES};
 use tcpx_core::ring::TCPX_REQUESTS;
 
@@ -31,9 +32,9 @@ fn windows(data: &[u8]) {
         let res = match b & 7 {
             0 => {
                 let mem = if arg & 1 == 0 {
-                    Memory::Host
+                    MemKind::Host
                 } else {
-                    Memory::Device
+                    MemKind::Device
                 };
                 let seq = recv.next_seq();
                 match recv.post(u32::from(arg >> 1), mem, seq) {

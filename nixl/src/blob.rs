@@ -79,14 +79,14 @@ pub fn decode_conn_info(bytes: &[u8]) -> Result<(PeerInfo, &str), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tcpx_core::wire::MemKind;
+    use tcpx_core::mem::MemKind;
 
     #[test]
     fn token_round_trips_and_rejects_damage() {
         let t = RegionToken {
             base: 0x7f00_0000_1000,
             len: 4096,
-            mem: MemKind::Dram,
+            mem: MemKind::Host,
             device: 0,
             region: 5,
             key: 0xdead_beef_cafe_f00d,
@@ -124,7 +124,7 @@ mod tests {
         let t = RegionToken {
             base: 0x1000,
             len: 64,
-            mem: MemKind::Dram,
+            mem: MemKind::Host,
             device: 0,
             region: 1,
             key: 2,

@@ -6,8 +6,9 @@
 
 use std::collections::HashMap;
 
+use tcpx_core::mem::MemKind;
 pub use tcpx_core::span::Span;
-use tcpx_core::wire::{MemKind, RegionToken};
+use tcpx_core::wire::RegionToken;
 
 use crate::error::{Arg, Error};
 
@@ -15,6 +16,14 @@ use crate::error::{Arg, Error};
 pub const MEM_DRAM: i32 = 0;
 /// NIXL's `nixl_mem_t` value for GPU memory.
 pub const MEM_VRAM: i32 = 1;
+
+/// `DRAM` or `VRAM`: a memory kind as NIXL's users spell it.
+pub fn mem_name(kind: MemKind) -> &'static str {
+    match kind {
+        MemKind::Host => "DRAM",
+        MemKind::Device => "VRAM",
+    }
+}
 
 /// The value NIXL holds as an `nixlBackendMD*`: never 0.
 pub type MdId = usize;
@@ -35,7 +44,7 @@ pub struct Region {
 impl Region {
     /// The CUDA device of the registered memory; `None` for host memory.
     pub fn cuda_device(&self) -> Option<u32> {
-        (self.mem == MemKind::Vram).then_some(self.device)
+        (self.mem == MemKind::Device).then_some(self.device)
     }
 }
 
@@ -246,7 +255,7 @@ mod tests {
     fn region(base: u64, len: u64) -> Region {
         Region {
             span: Span::new(base, len).unwrap(),
-            mem: MemKind::Dram,
+            mem: MemKind::Host,
             device: 0,
             key: 7,
         }
@@ -280,7 +289,7 @@ mod tests {
         let c = t.register(region(0x1000, 65));
         assert_ne!(c, a);
         let vram = t.register(Region {
-            mem: MemKind::Vram,
+            mem: MemKind::Device,
             ..region(0x1000, 64)
         });
         assert_ne!(vram, a);
@@ -313,7 +322,7 @@ mod tests {
         let tok = RegionToken {
             base: 0x2000,
             len: 8,
-            mem: MemKind::Dram,
+            mem: MemKind::Host,
             device: 0,
             region: 3,
             key: 9,

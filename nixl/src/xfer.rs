@@ -330,13 +330,13 @@ unsafe fn copy_segment(op: Op, s: &Segment, copier: Option<&Copier>) -> Result<(
 mod tests {
     use super::*;
     use crate::registry::Region;
-    use tcpx_core::wire::MemKind;
+    use tcpx_core::mem::MemKind;
 
     fn table_with(base: u64, len: u64) -> (MemTable, MdId, MdId) {
         let mut t = MemTable::default();
         let id = t.register(Region {
             span: Span::new(base, len).unwrap(),
-            mem: MemKind::Dram,
+            mem: MemKind::Host,
             device: 0,
             key: 1,
         });
@@ -464,7 +464,7 @@ mod tests {
                 token: RegionToken {
                     base: 0x9000,
                     len: 1 << 20,
-                    mem: tcpx_core::wire::MemKind::Dram,
+                    mem: tcpx_core::mem::MemKind::Host,
                     device: 0,
                     region,
                     key: 5,

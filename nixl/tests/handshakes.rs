@@ -18,7 +18,8 @@ use plugin_TCPX::testing::{backend, backend_pair, desc as d, limits, read_frame,
 use plugin_TCPX::xfer::Op;
 use plugin_TCPX::{blob, Backend, Status};
 use tcpx::engine::{Config as EngineConfig, Session};
-use tcpx_core::wire::{self, MemKind, Message, RegionToken};
+use tcpx_core::mem::MemKind;
+use tcpx_core::wire::{self, Message, RegionToken};
 
 /// The agents' `timeout_ms`: longer than any hold below, so the held handshakes still
 /// succeed once let go.
@@ -196,7 +197,7 @@ fn transfers_on_a_live_conn_go_on_during_another_peers_handshake() {
     let token = RegionToken {
         base: 0x1000_0000,
         len: 1 << 20,
-        mem: MemKind::Dram,
+        mem: MemKind::Host,
         device: 0,
         region: 1,
         key: 7,

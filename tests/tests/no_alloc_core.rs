@@ -4,7 +4,8 @@
 
 use std::hint::black_box;
 
-use tcpx_core::chunk::{Memory, RecvAction, RecvWindow, SendWindow};
+use tcpx_core::chunk::{RecvAction, RecvWindow, SendWindow};
+use tcpx_core::mem::MemKind;
 use tcpx_core::plan::{Plan, PlanConfig, Segment, MAX_SEGMENTS};
 use tcpx_core::ring::TCPX_REQUESTS;
 use tcpx_core::window::Window;
@@ -44,9 +45,9 @@ fn chunk_lifecycles_do_not_allocate() {
         let mut consumed = 0u64;
         for k in 0..1000u64 {
             let mem = if k % 2 == 0 {
-                Memory::Host
+                MemKind::Host
             } else {
-                Memory::Device
+                MemKind::Device
             };
             // Keep several in flight so the ring wraps and the pipeline overlaps.
             while !recv.is_full() {

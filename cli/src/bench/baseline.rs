@@ -18,9 +18,9 @@ use super::BenchResult;
 /// The driver copy that moves what a `src` → `dst` transfer moves.
 pub(super) fn copy_name(src: MemKind, dst: MemKind) -> &'static str {
     match (src, dst) {
-        (MemKind::Host, MemKind::Cuda) => "cuMemcpyHtoD",
-        (MemKind::Cuda, MemKind::Host) => "cuMemcpyDtoH",
-        (MemKind::Cuda, MemKind::Cuda) => "cuMemcpyDtoD",
+        (MemKind::Host, MemKind::Device) => "cuMemcpyHtoD",
+        (MemKind::Device, MemKind::Host) => "cuMemcpyDtoH",
+        (MemKind::Device, MemKind::Device) => "cuMemcpyDtoD",
         (MemKind::Host, MemKind::Host) => "memcpy",
     }
 }

@@ -95,7 +95,7 @@ impl Buf {
     pub(super) fn kind(&self) -> MemKind {
         match self {
             Buf::Host(_) => MemKind::Host,
-            Buf::Cuda(_) => MemKind::Cuda,
+            Buf::Cuda(_) => MemKind::Device,
         }
     }
 

@@ -18,7 +18,7 @@ pub(super) fn loopback(o: &Options, cfg: Config) -> BenchResult<Report> {
     // Before the plugin and the sessions: without a GPU, fail fast and say so.
     let open = |k: MemKind, device: i32| -> BenchResult<Option<Gpu>> {
         match k {
-            MemKind::Cuda => Gpu::open(device).map(Some),
+            MemKind::Device => Gpu::open(device).map(Some),
             MemKind::Host => Ok(None),
         }
     };
@@ -33,7 +33,7 @@ pub(super) fn loopback(o: &Options, cfg: Config) -> BenchResult<Report> {
     let net = Session::open_net(&cfg).map_err(err("open plugin"))?;
     // Each session drives the GPU of its buffers (TCPX binds comms to it at the handshake).
     let on = |k: MemKind, device: i32| Config {
-        gpu: (k == MemKind::Cuda).then_some(device).or(cfg.gpu),
+        gpu: (k == MemKind::Device).then_some(device).or(cfg.gpu),
         ..cfg.clone()
     };
     let (a, b) = pair(&net, &on(o.mem.0, o.gpu.0), &on(o.mem.1, o.gpu.1))?;

@@ -330,11 +330,11 @@ mod tests {
         assert_eq!((o.mem, o.gpu), ((MemKind::Host, MemKind::Host), (0, 0)));
         assert_eq!((o.segments, o.poller), (1, Poller::Single));
         let o = parse(&["--loopback", "--mem", "host:cuda", "--gpu=3"]).unwrap();
-        assert_eq!((o.mem, o.gpu), ((MemKind::Host, MemKind::Cuda), (3, 3)));
+        assert_eq!((o.mem, o.gpu), ((MemKind::Host, MemKind::Device), (3, 3)));
         let o = parse(&["--loopback", "--mem=cuda", "--gpu", "0:1"]).unwrap();
         assert_eq!(o.gpu, (0, 1));
         let o = parse(&["--loopback", "--mem=cuda"]).unwrap();
-        assert_eq!(o.mem, (MemKind::Cuda, MemKind::Cuda));
+        assert_eq!(o.mem, (MemKind::Device, MemKind::Device));
         let o = parse(&["--listen", "7", "--poller", "threads"]).unwrap();
         assert_eq!((o.mode, o.poller), (Mode::Listen(7), Poller::Threads));
         for (bad, why) in [

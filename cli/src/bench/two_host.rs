@@ -142,19 +142,19 @@ pub(super) fn two_hosts(o: &Options, mut cfg: Config) -> BenchResult<Report> {
     let own = match (&o.mode, o.reverse) {
         (Mode::Listen(_), false) => Some((o.mem.1, o.gpu.1)),
         (Mode::Listen(_), true) => Some((o.mem.0, o.gpu.0)),
-        _ if o.gpu.0 == o.gpu.1 => Some((MemKind::Cuda, o.gpu.0)),
+        _ if o.gpu.0 == o.gpu.1 => Some((MemKind::Device, o.gpu.0)),
         _ => None,
     };
-    if let Some((MemKind::Cuda, g)) = own.filter(|_| cfg.gpu.is_none()) {
-        if o.mem.0 == MemKind::Cuda || o.mem.1 == MemKind::Cuda {
+    if let Some((MemKind::Device, g)) = own.filter(|_| cfg.gpu.is_none()) {
+        if o.mem.0 == MemKind::Device || o.mem.1 == MemKind::Device {
             cfg.gpu = Some(g);
         }
     }
     // Which role this side plays is the listener's call (--reverse), known after the plan;
     // when both kinds are cuda the GPU is needed either way, so probe before waiting on a peer.
     let mut gpu = match o.mem {
-        (MemKind::Cuda, MemKind::Cuda) if o.gpu.0 == o.gpu.1 => Some(Gpu::open(o.gpu.0)?),
-        (MemKind::Cuda, MemKind::Cuda) => {
+        (MemKind::Device, MemKind::Device) if o.gpu.0 == o.gpu.1 => Some(Gpu::open(o.gpu.0)?),
+        (MemKind::Device, MemKind::Device) => {
             tcpx_kernels::gpu_available().map_err(|e| format!("--mem cuda: {e}"))?;
             let n = CudaContext::device_count().unwrap_or(0);
             let most = o.gpu.0.max(o.gpu.1);
@@ -218,10 +218,10 @@ pub(super) fn two_hosts(o: &Options, mut cfg: Config) -> BenchResult<Report> {
     } else {
         (o.mem.1, o.gpu.1)
     };
-    if kind == MemKind::Cuda && gpu.as_ref().is_none_or(|g| g.device != device) {
+    if kind == MemKind::Device && gpu.as_ref().is_none_or(|g| g.device != device) {
         gpu = Some(Gpu::open(device)?);
     }
-    let on = gpu.as_ref().filter(|_| kind == MemKind::Cuda);
+    let on = gpu.as_ref().filter(|_| kind == MemKind::Device);
     let mut ep = Endpoint::new(session, max, plan.segments, on)?;
     if sender {
         ep.buf.fill_pattern()?;

@@ -9,6 +9,8 @@ use core::ffi::{c_char, c_int, c_ulong, c_void};
 
 use static_assertions::{assert_eq_size, const_assert_eq};
 
+use crate::mem::MemKind;
+
 pub mod v10;
 pub mod v7;
 pub mod v8;
@@ -55,6 +57,14 @@ pub const HANDLE_MAX_SIZE: usize = 128;
 pub const PTR_HOST: c_int = 0x1;
 pub const PTR_CUDA: c_int = 0x2;
 pub const PTR_DMABUF: c_int = 0x4;
+
+/// The `regMr` `type` of memory of `kind`.
+pub const fn ptr_type(kind: MemKind) -> c_int {
+    match kind {
+        MemKind::Host => PTR_HOST,
+        MemKind::Device => PTR_CUDA,
+    }
+}
 
 /// `netDeviceType` values.
 pub const NET_DEVICE_HOST: c_int = 0;

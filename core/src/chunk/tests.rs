@@ -26,7 +26,7 @@ const ALL_RECV_EVENTS: [RecvEvent; 6] = [
 
 #[test]
 fn host_lifecycle_skips_unpack() {
-    let mut c = RecvChunk::new(Memory::Host);
+    let mut c = RecvChunk::new(MemKind::Host);
     for (ev, to) in [
         (RecvEvent::Post, RecvState::Posted),
         (RecvEvent::NetDone, RecvState::NetDone),
@@ -35,7 +35,7 @@ fn host_lifecycle_skips_unpack() {
     ] {
         assert_eq!(c.apply(ev), Ok(to));
     }
-    let mut c = RecvChunk::new(Memory::Host);
+    let mut c = RecvChunk::new(MemKind::Host);
     c.apply(RecvEvent::Post).unwrap();
     c.apply(RecvEvent::NetDone).unwrap();
     assert_eq!(
@@ -50,7 +50,7 @@ fn host_lifecycle_skips_unpack() {
 
 #[test]
 fn device_lifecycle_requires_unpack_before_consume() {
-    let mut c = RecvChunk::new(Memory::Device);
+    let mut c = RecvChunk::new(MemKind::Device);
     c.apply(RecvEvent::Post).unwrap();
     c.apply(RecvEvent::NetDone).unwrap();
     assert!(!c.is_consumable());
@@ -67,7 +67,7 @@ fn device_lifecycle_requires_unpack_before_consume() {
 #[test]
 fn transition_table_is_exactly_the_documented_one() {
     let mut legal = 0;
-    for mem in [Memory::Host, Memory::Device] {
+    for mem in [MemKind::Host, MemKind::Device] {
         for from in ALL_RECV_STATES {
             for ev in ALL_RECV_EVENTS {
                 if recv_next(from, mem, ev).is_some() {
@@ -106,8 +106,8 @@ fn send_machine() {
 fn recv_window_device_pipeline() {
     let mut w: RecvWindow<&str, TCPX_REQUESTS> = RecvWindow::new();
     assert_eq!(w.poll(), RecvAction::Idle);
-    assert_eq!(w.post(100, Memory::Device, "a"), Ok(0));
-    assert_eq!(w.post(200, Memory::Device, "b"), Ok(1));
+    assert_eq!(w.post(100, MemKind::Device, "a"), Ok(0));
+    assert_eq!(w.post(200, MemKind::Device, "b"), Ok(1));
     assert_eq!(w.poll(), RecvAction::Test { seq: 0 });
     assert_eq!(w.test_target(), Some((0, &"a")));
     assert_eq!(
@@ -153,9 +153,9 @@ fn recv_window_rejects_out_of_place_events() {
             ..
         })
     ));
-    w.post(10, Memory::Host, 0).unwrap();
-    w.post(10, Memory::Device, 1).unwrap();
-    assert_eq!(w.post(10, Memory::Host, 2), Err(Full(2)));
+    w.post(10, MemKind::Host, 0).unwrap();
+    w.post(10, MemKind::Device, 1).unwrap();
+    assert_eq!(w.post(10, MemKind::Host, 2), Err(Full(2)));
     let before = w.clone();
     assert_eq!(
         w.net_done(11),
@@ -174,7 +174,7 @@ fn recv_window_rejects_out_of_place_events() {
     assert!(matches!(
         w.unpack_launched(0),
         Err(ChunkError::Recv {
-            memory: Some(Memory::Host),
+            memory: Some(MemKind::Host),
             from: RecvState::NetDone,
             ..
         })
@@ -186,7 +186,7 @@ fn recv_window_of_64_tracks_every_entry() {
     let mut w: RecvWindow<u64, 64> = RecvWindow::new();
     for round in 0..3u64 {
         for i in 0..64 {
-            w.post(1, Memory::Device, round * 64 + i).unwrap();
+            w.post(1, MemKind::Device, round * 64 + i).unwrap();
         }
         assert!(w.is_full());
         for _ in 0..64 {
@@ -246,7 +246,7 @@ proptest! {
         device in any::<bool>(),
         events in proptest::collection::vec(recv_event(), 0..64),
     ) {
-        let mem = if device { Memory::Device } else { Memory::Host };
+        let mem = if device { MemKind::Device } else { MemKind::Host };
         let mut c = RecvChunk::new(mem);
         for ev in events {
             let before = c;
@@ -260,7 +260,7 @@ proptest! {
                     prop_assert_eq!(e, Illegal { from: before.state(), event: ev });
                 }
             }
-            if mem == Memory::Host {
+            if mem == MemKind::Host {
                 prop_assert!(!matches!(c.state(), RecvState::Unpacking | RecvState::Unpacked));
             }
         }
@@ -309,7 +309,7 @@ fn check_invariants(w: &RecvWindow<u64, 4>) -> Result<(), TestCaseError> {
     for (seq, e) in w.iter() {
         prop_assert_eq!(*e.payload(), seq, "payload travels with its seq");
         prop_assert!(!matches!(e.state(), RecvState::Free | RecvState::Consumed));
-        if e.memory() == Memory::Host {
+        if e.memory() == MemKind::Host {
             prop_assert!(!matches!(
                 e.state(),
                 RecvState::Unpacking | RecvState::Unpacked
@@ -321,7 +321,7 @@ fn check_invariants(w: &RecvWindow<u64, 4>) -> Result<(), TestCaseError> {
         } else {
             prop_assert!(!seen_posted);
         }
-        if e.state() == RecvState::NetDone && e.memory() == Memory::Device {
+        if e.state() == RecvState::NetDone && e.memory() == MemKind::Device {
             launch.push(seq);
         }
         if e.state() == RecvState::Unpacking {
@@ -349,7 +349,7 @@ proptest! {
             let head = w.next_seq().saturating_sub(w.len() as u64);
             let res: Result<(), ChunkError> = match op {
                 WOp::Post { device, len } => {
-                    let mem = if device { Memory::Device } else { Memory::Host };
+                    let mem = if device { MemKind::Device } else { MemKind::Host };
                     match w.post(len, mem, w.next_seq()) {
                         Ok(seq) => { prop_assert_eq!(seq, before.next_seq()); Ok(()) }
                         Err(Full(_)) => { prop_assert!(before.is_full()); prop_assert_eq!(&w, &before); Ok(()) }

@@ -14,6 +14,7 @@ use super::{
     MAX_NAME, MAX_NOTIF,
 };
 use crate::abi::HANDLE_MAX_SIZE;
+use crate::mem::MemKind;
 
 /// Address family tag for IPv4 in [`ConnInfo`].
 const FAMILY_V4: u8 = 4;
@@ -133,16 +134,6 @@ impl<'a> ConnInfo<'a> {
 }
 impl_repr!(ConnInfo<'a>, Kind::ConnInfo);
 
-/// Memory a region lives in (NIXL's `DRAM`/`VRAM` values).
-#[repr(u16)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MemKind {
-    /// Host memory.
-    Dram = 0,
-    /// GPU memory.
-    Vram = 1,
-}
-
 /// Fixed (and only) part of [`RegionToken`].
 #[repr(C)]
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable)]
@@ -172,7 +163,7 @@ pub struct RegionToken {
     pub base: u64,
     /// Length in bytes; `base + len` never overflows.
     pub len: u64,
-    /// Host or GPU memory.
+    /// Host or GPU memory (on the wire: [`MemKind::to_wire`], NIXL's values).
     pub mem: MemKind,
     /// CUDA device ordinal for VRAM (NIXL's `devId`).
     pub device: u32,
@@ -190,16 +181,10 @@ impl RegionToken {
         if f.reserved.get() != 0 {
             return Err(Error::NonZeroReserved(Field::Reserved));
         }
-        let mem = match f.mem.get() {
-            0 => MemKind::Dram,
-            1 => MemKind::Vram,
-            other => {
-                return Err(Error::BadEnum {
-                    field: Field::MemKind,
-                    value: other.into(),
-                })
-            }
-        };
+        let mem = MemKind::from_wire(f.mem.get()).ok_or(Error::BadEnum {
+            field: Field::MemKind,
+            value: f.mem.get().into(),
+        })?;
         let t = Self {
             base: f.base.get(),
             len: f.len.get(),
@@ -239,7 +224,7 @@ impl RegionToken {
             region: U64::new(self.region),
             key: U64::new(self.key),
             device: U32::new(self.device),
-            mem: U16::new(self.mem as u16),
+            mem: U16::new(self.mem.to_wire()),
             reserved: U16::ZERO,
         };
         put(dst, fixed.as_bytes(), &[], &[]);

@@ -42,7 +42,7 @@ mod tests;
 pub use control::{
     Ack, ErrorMsg, Keepalive, Notif, ReadAnnounce, ReadData, ReadRequest, Segment, WriteAnnounce,
 };
-pub use meta::{ConnInfo, Hello, Limits, ListenHandle, ListenHandles, MemKind, RegionToken};
+pub use meta::{ConnInfo, Hello, Limits, ListenHandle, ListenHandles, RegionToken};
 
 /// `b"TCPX"` read as a little-endian `u32`: the first four bytes of every frame are "TCPX".
 pub const MAGIC: u32 = u32::from_le_bytes(*b"TCPX");

@@ -12,6 +12,7 @@ use std::vec::Vec;
 use proptest::prelude::*;
 
 use super::*;
+use crate::mem::MemKind;
 
 // ---------- helpers ----------
 
@@ -195,7 +196,7 @@ fn samples() -> Vec<Owned> {
         Owned::RegionToken(RegionToken {
             base: 0x7f00_0000_0000,
             len: 1 << 30,
-            mem: MemKind::Vram,
+            mem: MemKind::Device,
             device: 3,
             region: 17,
             key: 0x0123_4567_89ab_cdef,
@@ -1068,7 +1069,7 @@ fn owned() -> impl Strategy<Value = Owned> {
                 Owned::RegionToken(RegionToken {
                     base,
                     len,
-                    mem: if vram { MemKind::Vram } else { MemKind::Dram },
+                    mem: if vram { MemKind::Device } else { MemKind::Host },
                     device,
                     region,
                     key,

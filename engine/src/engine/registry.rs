@@ -5,6 +5,7 @@
 //! region with bytes in flight cannot be deregistered underneath the plugin.
 
 use tcpx_core::id::{GenId, Generation};
+use tcpx_core::mem::MemKind;
 
 use crate::error::{Error, Result};
 use crate::net::MemReg;
@@ -17,11 +18,24 @@ pub enum Mem {}
 /// `to_raw`/`from_raw` give the single integer C callers hold.
 pub type MemId = GenId<Mem>;
 
-/// Where a region lives.
+/// Where a region lives: its memory kind ([`MemKind`]) plus, for device memory, the CUDA
+/// device it is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Memory {
+    /// Host memory.
     Host,
+    /// Device memory of CUDA device `device`.
     Cuda { device: i32 },
+}
+
+impl Memory {
+    /// The memory kind, without the device.
+    pub const fn kind(&self) -> MemKind {
+        match self {
+            Memory::Host => MemKind::Host,
+            Memory::Cuda { .. } => MemKind::Device,
+        }
+    }
 }
 
 /// How a region is registered with the plugin: one or more windows of one plugin

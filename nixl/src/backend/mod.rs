@@ -17,7 +17,8 @@ use std::sync::{
     Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
 };
 
-use tcpx_core::wire::{MemKind, MAX_NAME};
+use tcpx_core::mem::MemKind;
+use tcpx_core::wire::MAX_NAME;
 
 use crate::blob;
 use crate::config::Config;
@@ -83,8 +84,8 @@ fn check_plugin(config: &Config) -> Result<(), Error> {
 
 fn mem_kind(mem: i32) -> Result<MemKind, Error> {
     match mem {
-        MEM_DRAM => Ok(MemKind::Dram),
-        MEM_VRAM if vram_supported() => Ok(MemKind::Vram),
+        MEM_DRAM => Ok(MemKind::Host),
+        MEM_VRAM if vram_supported() => Ok(MemKind::Device),
         other => Err(Error::UnsupportedMem(other)),
     }
 }

@@ -1,11 +1,11 @@
 //! Registering local memory (`registerMem`, `deregisterMem`) and the metadata peers load
 //! (`getPublicData`, `loadRemoteMD`, `loadLocalMD`, `unloadMD`).
 
-use tcpx_core::wire::MemKind;
+use tcpx_core::mem::MemKind;
 
 use crate::blob;
 use crate::error::{Arg, Error};
-use crate::registry::{random_key, MdId, Region, Span};
+use crate::registry::{mem_name, random_key, MdId, Region, Span};
 use crate::xfer::Desc;
 
 use super::{lock, mem_kind, read, vram_supported, write, Backend, MAX_REGION_BYTES};
@@ -27,8 +27,8 @@ impl Backend {
             ));
         }
         let device = match mem {
-            MemKind::Dram => 0,
-            MemKind::Vram => u32::try_from(desc.dev_id)
+            MemKind::Host => 0,
+            MemKind::Device => u32::try_from(desc.dev_id)
                 .ok()
                 .filter(|&d| d <= i32::MAX as u32)
                 .ok_or_else(|| Error::invalid(Arg::Descs, "device id out of range"))?,
@@ -61,7 +61,7 @@ impl Backend {
         if let Some(&gpu) = self
             .gpu
             .get()
-            .filter(|&&g| mem == MemKind::Vram && g != device)
+            .filter(|&&g| mem == MemKind::Device && g != device)
         {
             return Err(other_gpu(gpu));
         }
@@ -74,18 +74,18 @@ impl Backend {
             }
         }
         let memory = match mem {
-            MemKind::Dram => tcpx::engine::Memory::Host,
-            MemKind::Vram => tcpx::engine::Memory::Cuda {
+            MemKind::Host => tcpx::engine::Memory::Host,
+            MemKind::Device => tcpx::engine::Memory::Cuda {
                 device: device as i32,
             },
         };
         // Without a CUDA driver host memory needs no check (and the driver probe is cached in
         // `vram_supported`, not repeated per call); a region of no bytes has nothing to check.
-        if desc.len > 0 && (mem == MemKind::Vram || vram_supported()) {
+        if desc.len > 0 && (mem == MemKind::Device || vram_supported()) {
             tcpx::engine::check_registration(desc.addr, desc.len, memory)
                 .map_err(|e| Error::invalid(Arg::Descs, e.to_string()))?;
         }
-        if mem == MemKind::Vram {
+        if mem == MemKind::Device {
             // Two first registrations racing: one device wins, the other is refused.
             let gpu = *self.gpu.get_or_init(|| device);
             if gpu != device {
@@ -132,8 +132,9 @@ impl Backend {
         let token = blob::decode_token(token)?;
         if token.mem != kind {
             return Err(Error::Mismatch(format!(
-                "token of {:?} memory loaded as {kind:?}",
-                token.mem
+                "token of {} memory loaded as {}",
+                mem_name(token.mem),
+                mem_name(kind)
             )));
         }
         // A parsed token's range never wraps; were it to, nothing would be inside it.

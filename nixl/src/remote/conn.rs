@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use tcpx::engine::{MemId, Memory, Progress, Segment as ESeg, Session, XferId};
 use tcpx::log::Level;
+use tcpx_core::mem::MemKind;
 use tcpx_core::nixl::pace::{self, Stall};
-use tcpx_core::wire::{ErrorMsg, MemKind, Message};
+use tcpx_core::wire::{ErrorMsg, Message};
 
 use crate::error::{Arg, Error, Status};
 use crate::registry::{MdId, Region};
@@ -342,8 +343,8 @@ pub(super) fn register_on(e: &mut Engine, md: MdId, region: &Region) -> Result<M
     let len = usize::try_from(region.span.len())
         .map_err(|_| Error::invalid(Arg::Descs, "region exceeds the address space"))?;
     let memory = match region.mem {
-        MemKind::Dram => Memory::Host,
-        MemKind::Vram => Memory::Cuda {
+        MemKind::Host => Memory::Host,
+        MemKind::Device => Memory::Cuda {
             device: region.device as i32,
         },
     };

@@ -86,8 +86,8 @@ impl Registration {
 
     fn __repr__(&self) -> String {
         let kind = match self.memory {
-            Memory::Host => "host".to_string(),
-            Memory::Cuda { device } => format!("cuda:{device}"),
+            Memory::Host => self.memory.kind().name().to_string(),
+            Memory::Cuda { device } => format!("{}:{device}", self.memory.kind().name()),
         };
         format!(
             "tcpx.Registration({} bytes of {kind} memory at {:#x} via {}{})",

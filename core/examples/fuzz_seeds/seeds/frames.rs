@@ -153,24 +153,24 @@ pub(super) fn wire_seeds() -> Vec<(Kind, Named)> {
             named(vec![
                 (
                     "valid-vram",
-                    token(0x7f00_0000_0000, 1 << 30, MemKind::Vram),
+                    token(0x7f00_0000_0000, 1 << 30, MemKind::Device),
                 ),
-                ("valid-dram", token(0x5555_0000_1000, 4096, MemKind::Dram)),
-                ("valid-to-the-top", token(1, u64::MAX - 1, MemKind::Dram)),
-                ("valid-empty", token(0, 0, MemKind::Vram)),
+                ("valid-dram", token(0x5555_0000_1000, 4096, MemKind::Host)),
+                ("valid-to-the-top", token(1, u64::MAX - 1, MemKind::Host)),
+                ("valid-empty", token(0, 0, MemKind::Device)),
                 (
                     "edge-overflow",
-                    patch(token(1, 0, MemKind::Dram), 20, &u64::MAX.to_le_bytes()),
+                    patch(token(1, 0, MemKind::Host), 20, &u64::MAX.to_le_bytes()),
                 ),
                 (
                     "edge-mem-kind",
-                    patch(token(4096, 4096, MemKind::Dram), 48, &[2]),
+                    patch(token(4096, 4096, MemKind::Host), 48, &[2]),
                 ),
                 (
                     "edge-reserved",
-                    patch(token(4096, 4096, MemKind::Dram), 50, &[1]),
+                    patch(token(4096, 4096, MemKind::Host), 50, &[1]),
                 ),
-                ("edge-long", longer(token(4096, 4096, MemKind::Vram))),
+                ("edge-long", longer(token(4096, 4096, MemKind::Device))),
             ]),
         ),
         (

@@ -20,6 +20,7 @@ mod tcpxsock;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tcpx_core::abi::HANDLE_MAX_SIZE;
+use tcpx_core::mem::MemKind;
 use tcpx_core::plan::{Plan, PlanConfig, Segment as PlanSegment, MAX_CHUNK_BYTES};
 use tcpx_core::wire::sock::{
     self, SockHandle, SockHello, SockRequestHeader, CHUNK_ALIGN, HANDLE_LEN, HANDLE_STAGE_OFF,
@@ -27,9 +28,9 @@ use tcpx_core::wire::sock::{
 };
 use tcpx_core::wire::{
     self, Ack, ConnInfo, ErrorMsg, Hello, Keepalive, Kind, Limits, ListenHandle, ListenHandles,
-    MemKind, Message, Notif, ReadAnnounce, ReadData, ReadRequest, RegionToken, Segment,
-    WriteAnnounce, HEADER_LEN, MAX_CHANNELS, MAX_ERROR_TEXT, MAX_INLINE, MAX_INLINE_WRITE,
-    MAX_NAME, MAX_NOTIF, MAX_SEGMENTS, VERSION,
+    Message, Notif, ReadAnnounce, ReadData, ReadRequest, RegionToken, Segment, WriteAnnounce,
+    HEADER_LEN, MAX_CHANNELS, MAX_ERROR_TEXT, MAX_INLINE, MAX_INLINE_WRITE, MAX_NAME, MAX_NOTIF,
+    MAX_SEGMENTS, VERSION,
 };
 
 /// One seed file.

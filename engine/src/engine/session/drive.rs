@@ -2,11 +2,11 @@
 //! room, completing them in order, launching the unpacks of device-memory receives, and
 //! failing the session on a plugin error.
 
-use tcpx_core::chunk::{Memory as ChunkMemory, RecvAction};
+use tcpx_core::chunk::RecvAction;
+use tcpx_core::mem::MemKind;
 use tcpx_core::ring::TCPX_REQUESTS;
 
 use super::{RxChunk, Session, TxChunk};
-use crate::engine::registry::Memory;
 use crate::engine::transfer::State;
 use crate::error::{Error, Result};
 use crate::net::RecvBuf;
@@ -133,9 +133,10 @@ impl Session {
             if slot.cursors[c].is_none() {
                 ch.rx_queue.pop_front();
             }
-            let memory = match (region.memory, ch.unpack) {
-                (Memory::Cuda { .. }, Some(_)) => ChunkMemory::Device,
-                _ => ChunkMemory::Host,
+            // Device memory lands in bounce pages only on an UNPACK device.
+            let memory = match (region.memory.kind(), ch.unpack) {
+                (MemKind::Device, Some(_)) => MemKind::Device,
+                _ => MemKind::Host,
             };
             let chunk = RxChunk {
                 req,
@@ -179,7 +180,7 @@ impl Session {
                         .payload_mut(seq)
                         .expect("the window names a live chunk");
                     if let Some(size) = self.net.test(&mut head.req)? {
-                        let host = ch.rx.get(seq).map(|e| e.memory()) == Some(ChunkMemory::Host);
+                        let host = ch.rx.get(seq).map(|e| e.memory()) == Some(MemKind::Host);
                         if let (Some(src), true) = (&ch.unpack, host) {
                             src.check_host_receive(tcpx_core::unpack::slot_of(seq))?;
                         }

@@ -318,7 +318,8 @@ impl Session {
         if ptr.is_null() || len == 0 {
             return Err(Error::Invalid("register: null pointer or zero length"));
         }
-        if matches!(memory, Memory::Cuda { .. }) && !self.cuda_ok {
+        let kind = memory.kind();
+        if kind == MemKind::Device && !self.cuda_ok {
             return Err(Error::Unsupported(
                 "the ncclNet plugin does not accept CUDA pointers on this machine",
             ));
@@ -345,14 +346,10 @@ impl Session {
                 _ => {}
             }
         }
-        let kind = match memory {
-            Memory::Host => MemKind::Host,
-            Memory::Cuda { .. } => MemKind::Cuda,
-        };
         // The first device registration opens the session's GPU, kept only if the
         // registration succeeds (so a failed one changes nothing). Whatever is dropped on the
         // way out is dropped before the caller's context is put back.
-        let _restore = (kind == MemKind::Cuda).then(CtxGuard::save);
+        let _restore = (kind == MemKind::Device).then(CtxGuard::save);
         let new_binding = match memory {
             Memory::Cuda { device } if self.binding.is_none() => Some(GpuBinding::open(device)?),
             _ => None,
@@ -366,7 +363,7 @@ impl Session {
         // TCPX registers CUDA memory only from a 4 KiB-aligned address, binds it to the GPU
         // current at the call, and takes an `int` size in v7.
         let align = match kind {
-            MemKind::Cuda => 4096,
+            MemKind::Device => 4096,
             MemKind::Host => 1,
         };
         let windows = Windows::plan(
@@ -376,7 +373,7 @@ impl Session {
             self.net.max_reg_bytes() as u64,
         );
         let current = match kind {
-            MemKind::Cuda => new_binding
+            MemKind::Device => new_binding
                 .as_ref()
                 .or(self.binding.as_ref())
                 .map(GpuBinding::enter)

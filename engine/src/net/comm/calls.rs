@@ -147,7 +147,7 @@ impl Net {
         let f = p.table.reg_mr.as_ref().ok_or_else(|| p.missing("regMr"))?;
         let mut mhandle = ptr::null_mut();
         let cp = c.ptr.as_ptr();
-        let ty = kind.ptr_type();
+        let ty = ptr_type(kind);
         // `cp` is the open comm that `comm` keeps alive (checked by `owns` to come from this
         // plugin, which `p` keeps loaded); `mhandle` is a local out-pointer; the memory at
         // `data..data+size` is the caller's contract (see `# Safety`).
@@ -187,7 +187,7 @@ impl Net {
             .reg_mr_dma_buf
             .ok_or_else(|| p.missing("regMrDmaBuf"))?;
         let mut mhandle = ptr::null_mut();
-        let (cp, ty) = (c.ptr.as_ptr(), kind.ptr_type());
+        let (cp, ty) = (c.ptr.as_ptr(), ptr_type(kind));
         // SAFETY: `cp` is the open comm that `comm` keeps alive (from this plugin, checked by
         // `owns`); `mhandle` is a local out-pointer; `data`, `size` and `fd` are the caller's
         // contract (see `# Safety`).

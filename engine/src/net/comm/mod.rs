@@ -22,7 +22,9 @@ use std::marker::PhantomData;
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
 
-use tcpx_core::abi::{v10, DevHandle, HANDLE_MAX_SIZE, NET_DEVICE_HOST, PTR_CUDA, PTR_HOST};
+use tcpx_core::abi::{ptr_type, v10, DevHandle, HANDLE_MAX_SIZE, NET_DEVICE_HOST};
+/// Which memory a registration covers (`regMr`'s `type`: [`ptr_type`]).
+pub use tcpx_core::mem::MemKind;
 
 use super::props::DeviceType;
 use super::table::{Connect, Irecv, Isend, RecvArgs, RegMr, MAX_RECVS};
@@ -297,39 +299,6 @@ impl Drop for MemReg {
 impl fmt::Debug for MemReg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "MemReg({:p} on {:p})", self.mhandle, self.comm.ptr)
-    }
-}
-
-/// Which memory a registration covers (`regMr`'s `type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MemKind {
-    Host,
-    Cuda,
-}
-
-impl MemKind {
-    /// `host` or `cuda`, as the `tcpx` command and the logs spell it.
-    pub fn name(self) -> &'static str {
-        match self {
-            MemKind::Host => "host",
-            MemKind::Cuda => "cuda",
-        }
-    }
-
-    /// The kind [`MemKind::name`] spells `s` (surrounding blanks ignored).
-    pub fn parse(s: &str) -> Option<MemKind> {
-        match s.trim() {
-            "host" => Some(MemKind::Host),
-            "cuda" => Some(MemKind::Cuda),
-            _ => None,
-        }
-    }
-
-    fn ptr_type(self) -> c_int {
-        match self {
-            MemKind::Host => PTR_HOST,
-            MemKind::Cuda => PTR_CUDA,
-        }
     }
 }
 

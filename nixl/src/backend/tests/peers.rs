@@ -553,7 +553,7 @@ fn an_inline_answer_of_the_wrong_size_fails_the_read_and_closes_the_conn() {
     let token = RegionToken {
         base: 0x1000_0000,
         len: 1 << 20,
-        mem: MemKind::Dram,
+        mem: MemKind::Host,
         device: 0,
         region: 7,
         key: 99,
