@@ -563,8 +563,14 @@ mod tests {
         assert_eq!(cut(256 << 10), (128 << 10, 2), "one chunk per channel");
         assert_eq!(cut(3_000_001), (376_832, 8), "a page multiple: 92 pages");
         // A configured size below the floor is kept.
-        assert_eq!(PlanConfig::new(4096, 1).sized_for(1 << 30).chunk_bytes, 4096);
-        assert_eq!(PlanConfig::new(32 << 10, 1).sized_for(1 << 20).chunk_bytes, 32 << 10);
+        assert_eq!(
+            PlanConfig::new(4096, 1).sized_for(1 << 30).chunk_bytes,
+            4096
+        );
+        assert_eq!(
+            PlanConfig::new(32 << 10, 1).sized_for(1 << 20).chunk_bytes,
+            32 << 10
+        );
         // Several segments: the total decides, each segment is cut with it.
         let segs = [seg(0, 0, 512 << 10), seg(1 << 20, 0, 512 << 10)];
         let p = Plan::new(&segs, cfg).unwrap();
