@@ -87,7 +87,11 @@ typedef struct tcpx_config_t {
                                  and CUDA registrations (TCPX binds comms and registrations to
                                  the calling thread's current GPU); -1 = the device current on
                                  the thread calling tcpx_listen() (default; env TCPX_GPU) */
-    uint32_t reserved;      /**< zero */
+    uint32_t split_chunks;  /**< a transfer shorter than this many chunks is cut into about
+                                 this many smaller ones (at least 128 KiB), 1..64, 1 = never;
+                                 a session uses the smaller of its two ends' values; 0 = the
+                                 default (8 on a host with >= 8 CPUs, else 1); env
+                                 TCPX_SPLIT_CHUNKS. Was `reserved` (zero) before wire v5. */
 } tcpx_config_t;
 
 /** One contiguous piece of a transfer. 32 bytes. */

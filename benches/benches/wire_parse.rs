@@ -66,6 +66,7 @@ fn parse_each_kind(c: &mut Criterion) {
             "listen_handles_4",
             emit(Message::ListenHandles(ListenHandles {
                 chunk_bytes: 512 * 1024,
+                split: 8,
                 handles: &handles,
             })),
         ),

@@ -81,8 +81,11 @@ pub struct tcpx_config_t {
     /// (TCPX binds comms and registrations to the calling thread's current GPU); -1 = the
     /// device current on the thread calling `tcpx_listen`.
     pub gpu: i32,
-    /// Zero.
-    pub reserved: u32,
+    /// A transfer shorter than this many chunks is cut into about this many smaller ones
+    /// (at least 128 KiB), 1..=64, 1 = never; a session uses the smaller of its two ends'
+    /// values. 0 = the default (8 on a host with at least 8 CPUs, else 1). Env
+    /// `TCPX_SPLIT_CHUNKS`.
+    pub split_chunks: u32,
 }
 
 /// One contiguous piece of a transfer (C layout of [`Segment`]).
@@ -242,6 +245,10 @@ fn config_from_c(c: &tcpx_config_t) -> Result<Config, Error> {
         },
         channels: c.channels as usize,
         chunk_bytes: c.chunk_bytes,
+        split_chunks: match c.split_chunks {
+            0 => tcpx::engine::default_split_chunks(),
+            n => u16::try_from(n).unwrap_or(u16::MAX),
+        },
         window: c.window as usize,
         max_transfers: c.max_transfers as usize,
         max_segments: c.max_segments as usize,
@@ -296,7 +303,7 @@ fn config_to_c(cfg: &Config) -> Result<tcpx_config_t, Error> {
         timeout_ms: u64::try_from(cfg.timeout.as_millis()).unwrap_or(u64::MAX),
         plugin: cfg.plugin.as_deref().map_or(std::ptr::null(), interned),
         gpu: cfg.gpu.unwrap_or(-1),
-        reserved: 0,
+        split_chunks: u32::from(cfg.split_chunks),
     })
 }
 

@@ -12,9 +12,8 @@ pub const MAX_SEGMENTS: usize = 1024;
 pub const MAX_CHUNK_BYTES: u32 = crate::unpack::MAX_RECV_BYTES as u32;
 /// Default chunk size (what GCP configures TCPX with).
 pub const DEFAULT_CHUNK_BYTES: u32 = 512 << 10;
-/// A transfer is cut into at least this many chunks while they stay at least
-/// [`MIN_SPLIT_CHUNK_BYTES`] ([`PlanConfig::sized_for`]).
-pub const SPLIT_CHUNKS: u64 = 8;
+/// Most chunks [`PlanConfig::split`] may ask a short transfer to be cut into.
+pub const MAX_SPLIT_CHUNKS: u16 = 64;
 /// The smallest chunk [`PlanConfig::sized_for`] cuts a transfer into: NCCL's default
 /// `NCCL_P2P_NET_CHUNKSIZE`, and with two channels a transfer up to 256 KiB stays one chunk
 /// per channel (which tcpxsock moves on the caller's thread, no helper hand-off).
@@ -45,6 +44,9 @@ pub struct PlanConfig {
     pub channels: u8,
     /// Channel of the first chunk, `< channels`; rotating it spreads small transfers.
     pub first_channel: u8,
+    /// A transfer shorter than this many chunks is cut into about this many smaller ones
+    /// ([`PlanConfig::sized_for`]), `1..=MAX_SPLIT_CHUNKS`; 1 never cuts below `chunk_bytes`.
+    pub split: u16,
 }
 
 impl PlanConfig {
@@ -54,7 +56,13 @@ impl PlanConfig {
             chunk_bytes,
             channels,
             first_channel: 0,
+            split: 1,
         }
+    }
+
+    /// The same config cutting short transfers into up to `split` chunks.
+    pub const fn with_split(self, split: u16) -> Self {
+        Self { split, ..self }
     }
 
     /// The same config with the round-robin starting at `first_channel`.
@@ -66,15 +74,19 @@ impl PlanConfig {
     }
 
     /// The config a transfer of `total_bytes` is planned with: chunks of `chunk_bytes`, or,
-    /// for a transfer shorter than [`SPLIT_CHUNKS`] of them, chunks of a page multiple near
-    /// `total_bytes / SPLIT_CHUNKS` (at least [`MIN_SPLIT_CHUNK_BYTES`]), so that a
-    /// mid-sized transfer moves in several pieces over every channel at once instead of one
-    /// or two large ones (on the H100 a 1 MiB NIXL transfer over tcpxsock: p50 180 -> 100 µs,
-    /// p99 960 -> 150 µs with 128 KiB chunks; 4 MiB and up keep 512 KiB, which is faster
-    /// there). Both peers compute it from the same segments, so they cut alike.
+    /// for a transfer shorter than `split` of them, chunks of a page multiple near
+    /// `total_bytes / split` (at least [`MIN_SPLIT_CHUNK_BYTES`]), so that a mid-sized
+    /// transfer moves in several pieces over every channel at once instead of one or two
+    /// large ones. Where cores are plenty that is faster (on the 16-core H100 VM, a 1 MiB
+    /// NIXL transfer over tcpxsock cut in eight 128 KiB chunks: p50 180 -> 100 µs, p99
+    /// 960 -> 150 µs); on two cores it is slower (1 MiB p50 about 1.5x), hence a per-session
+    /// setting. Both peers compute it from the same segments and split, so they cut alike.
     pub const fn sized_for(self, total_bytes: u64) -> Self {
+        if self.split <= 1 {
+            return self;
+        }
         let page = crate::unpack::PAGE_SIZE as u64;
-        let mut want = total_bytes.div_ceil(SPLIT_CHUNKS).div_ceil(page) * page;
+        let mut want = total_bytes.div_ceil(self.split as u64).div_ceil(page) * page;
         if want < MIN_SPLIT_CHUNK_BYTES {
             want = MIN_SPLIT_CHUNK_BYTES;
         }
@@ -107,6 +119,9 @@ impl PlanConfig {
                 channels: self.channels,
             });
         }
+        if self.split == 0 || self.split > MAX_SPLIT_CHUNKS {
+            return Err(PlanError::Split { split: self.split });
+        }
         Ok(())
     }
 }
@@ -136,6 +151,8 @@ pub enum PlanError {
     Channels { channels: u8 },
     /// `first_channel` is not below `channels`.
     FirstChannel { first_channel: u8, channels: u8 },
+    /// `split` is 0 or above [`MAX_SPLIT_CHUNKS`].
+    Split { split: u16 },
     /// A segment longer than [`MAX_TRANSFER_BYTES`].
     SegmentTooLong { segment: u32, len: u64 },
     /// `offset + len` of a segment does not fit in `u64`.
@@ -152,6 +169,9 @@ impl core::fmt::Display for PlanError {
             }
             Self::ChunkBytes { chunk_bytes } => {
                 write!(f, "chunk size {chunk_bytes} not in 1..={MAX_CHUNK_BYTES}")
+            }
+            Self::Split { split } => {
+                write!(f, "split {split} not in 1..={MAX_SPLIT_CHUNKS}")
             }
             Self::Channels { channels } => {
                 write!(f, "{channels} channels (1..={MAX_CHANNELS})")
@@ -548,7 +568,7 @@ mod tests {
 
     #[test]
     fn a_short_transfer_is_cut_in_smaller_chunks() {
-        let cfg = PlanConfig::new(512 << 10, 2);
+        let cfg = PlanConfig::new(512 << 10, 2).with_split(8);
         let cut = |total: u64| {
             let segs = [seg(0, 0, total)];
             let p = Plan::new(&segs, cfg).unwrap();
@@ -599,6 +619,16 @@ mod tests {
                 PlanError::FirstChannel {
                     first_channel: 4,
                     channels: 4,
+                },
+            ),
+            (
+                PlanConfig::new(1, 1).with_split(0),
+                PlanError::Split { split: 0 },
+            ),
+            (
+                PlanConfig::new(1, 1).with_split(MAX_SPLIT_CHUNKS + 1),
+                PlanError::Split {
+                    split: MAX_SPLIT_CHUNKS + 1,
                 },
             ),
         ];

@@ -414,3 +414,61 @@ fn a_reused_slot_keeps_its_place_behind_older_transfers() {
         );
     }
 }
+
+/// Short transfers are cut into up to `split_chunks` chunks (`PlanConfig::sized_for`). The
+/// ends here ask for different values: both must use the smaller one, or the receiver would
+/// post chunks the sender never cuts and the transfer would mix or hang.
+#[test]
+fn short_transfers_are_cut_alike_whatever_each_end_asked() {
+    for (sa, sb, want) in [(8u16, 3u16, 3u16), (1, 8, 1), (8, 8, 8)] {
+        let with = |split_chunks| Config {
+            channels: 2,
+            chunk_bytes: 512 * 1024,
+            split_chunks,
+            timeout: Duration::from_secs(20),
+            ..Config::default()
+        };
+        let (mut a, mut b) =
+            common::engine::loopback_pair_with(Default::default(), with(sa), with(sb));
+        assert_eq!(
+            (a.config().split_chunks, b.config().split_chunks),
+            (want, want),
+            "asked {sa} and {sb}"
+        );
+        let total = 6 << 20;
+        let mut src = pattern(total, u64::from(sa) * 10 + u64::from(sb));
+        let mut dst = vec![0u8; total];
+        // SAFETY: both buffers outlive the sessions' use of them (deregistered below).
+        let (sm, dm) = unsafe {
+            (
+                a.register(src.as_mut_ptr().cast(), total, Memory::Host)
+                    .unwrap(),
+                b.register(dst.as_mut_ptr().cast(), total, Memory::Host)
+                    .unwrap(),
+            )
+        };
+        // One segment of 1 MiB (cut into 128 KiB chunks with split 8), odd sizes around the
+        // cut, several segments whose total decides, and one past eight chunks (not cut).
+        let plans: [&[u64]; 5] = [
+            &[1 << 20],
+            &[1_000_001],
+            &[300_000, 4097, 700_000, 1],
+            &[(2 << 20) + 3],
+            &[(4 << 20) + 5],
+        ];
+        for lens in plans {
+            dst.iter_mut().for_each(|x| *x = 0);
+            let ax = a.post(Direction::Send, &segments(sm, lens)).unwrap();
+            let bx = b.post(Direction::Recv, &segments(dm, lens)).unwrap();
+            drive_both(&mut a, ax, &mut b, bx);
+            for s in segments(dm, lens) {
+                let r = s.offset as usize..(s.offset + s.len) as usize;
+                assert_eq!(dst[r.clone()], src[r], "split {want}, lens {lens:?}");
+            }
+            a.release(ax).unwrap();
+            b.release(bx).unwrap();
+        }
+        a.deregister(sm).unwrap();
+        b.deregister(dm).unwrap();
+    }
+}

@@ -27,9 +27,10 @@ use tcpx_core::wire::{MAX_CHANNELS, MAX_INLINE, MAX_INLINE_WRITE, MAX_NOTIF};
 use crate::error::Error;
 
 /// Option names and defaults, in the order `get_backend_options` reports them.
-pub const OPTIONS: [(&str, &str); 12] = [
+pub const OPTIONS: [(&str, &str); 13] = [
     ("channels", "2"),
     ("chunk_bytes", "524288"),
+    ("split_chunks", "auto"),
     ("window", "16"),
     ("plugin_path", ""),
     ("devices", "auto"),
@@ -44,9 +45,10 @@ pub const OPTIONS: [(&str, &str); 12] = [
 
 /// Each option's environment variable. `TCPX_DEVICE=n` (the engine's one-device form of
 /// `TCPX_DEVICES`) sets `devices` too.
-pub const ENV: [(&str, &str); 12] = [
+pub const ENV: [(&str, &str); 13] = [
     ("channels", "TCPX_CHANNELS"),
     ("chunk_bytes", "TCPX_CHUNK_BYTES"),
+    ("split_chunks", "TCPX_SPLIT_CHUNKS"),
     ("window", "TCPX_WINDOW"),
     ("plugin_path", "TCPX_PLUGIN"),
     ("devices", "TCPX_DEVICES"),
@@ -77,6 +79,10 @@ pub struct Config {
     pub channels: u16,
     /// Bytes per chunk on a channel.
     pub chunk_bytes: u32,
+    /// A transfer shorter than this many chunks is cut into about this many smaller ones
+    /// (`tcpx::engine::Config::split_chunks`); `auto` = 8 on a host with at least 8 CPUs,
+    /// else 1.
+    pub split_chunks: u16,
     /// Chunks in flight per channel.
     pub window: u16,
     /// ncclNet plugin to load; `None` = the built-in tcpxsock.
@@ -114,6 +120,7 @@ impl Default for Config {
         Self {
             channels: 2,
             chunk_bytes: 524_288,
+            split_chunks: tcpx::engine::default_split_chunks(),
             window: TCPX_REQUESTS as u16,
             plugin_path: None,
             devices: Devices::Auto,
@@ -270,6 +277,12 @@ impl Config {
         match key {
             "channels" => c.channels = number(key, value, 1, MAX_CHANNELS as u64)? as u16,
             "chunk_bytes" => c.chunk_bytes = size(key, value, CHUNK_BYTES.0, CHUNK_BYTES.1)? as u32,
+            "split_chunks" => {
+                c.split_chunks = match value.trim() {
+                    "auto" | "" => tcpx::engine::default_split_chunks(),
+                    v => number(key, v, 1, tcpx_core::plan::MAX_SPLIT_CHUNKS.into())? as u16,
+                }
+            }
             "window" => c.window = number(key, value, 1, TCPX_REQUESTS as u64)? as u16,
             "timeout_ms" => {
                 c.timeout = Duration::from_millis(number(key, value, 1, MAX_TIMEOUT_MS)?)
@@ -335,6 +348,7 @@ impl Config {
         vec![
             ("channels", self.channels.to_string()),
             ("chunk_bytes", self.chunk_bytes.to_string()),
+            ("split_chunks", self.split_chunks.to_string()),
             ("window", self.window.to_string()),
             ("plugin_path", path),
             ("devices", self.devices.to_string()),

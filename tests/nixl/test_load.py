@@ -37,6 +37,7 @@ from cuda_mem import gpu_reason  # noqa: E402
 DEFAULT_OPTIONS = {
     "channels": "2",
     "chunk_bytes": "524288",
+    "split_chunks": "auto",
     "window": "16",
     "plugin_path": "",
     "devices": "auto",
@@ -142,8 +143,12 @@ def test_backend_exists_with_dram_and_default_options():
     params = agent.get_backend_params("TCPX")
     gpu = os.environ.get("TCPX_GPU", "").strip() or ("0" if gpu_reason() is None else "")
     assert params["gpu"] == gpu
-    assert {k: v for k, v in params.items() if k not in ("listen_addr", "gpu")} == {
-        k: v for k, v in DEFAULT_OPTIONS.items() if k not in ("listen_addr", "gpu")
+    # split_chunks "auto": 8 where the process may run on at least 8 CPUs, else 1.
+    split = os.environ.get("TCPX_SPLIT_CHUNKS", "").strip() or ("8" if len(os.sched_getaffinity(0)) >= 8 else "1")
+    assert params["split_chunks"] == split
+    mine = ("listen_addr", "gpu", "split_chunks")
+    assert {k: v for k, v in params.items() if k not in mine} == {
+        k: v for k, v in DEFAULT_OPTIONS.items() if k not in mine
     }
     host, _, port = params["listen_addr"].rpartition(":")
     assert host and int(port) > 0

@@ -300,7 +300,7 @@ pub type ListenHandle = [u8; HANDLE_MAX_SIZE];
 pub(super) struct ListenHandlesFixed {
     hdr: Header,
     count: U16,
-    reserved: U16,
+    split: U16,
     chunk_bytes: U32,
 }
 
@@ -315,6 +315,9 @@ const_assert_eq!(size_of::<ListenHandle>(), 128);
 pub struct ListenHandles<'a> {
     /// Bytes per chunk, `1..=MAX_CHUNK_BYTES`.
     pub chunk_bytes: u32,
+    /// Most chunks the sender cuts a short transfer into, `1..=MAX_SPLIT_CHUNKS` (1: never
+    /// cut below `chunk_bytes`); a session uses the smaller of its two ends' values.
+    pub split: u16,
     /// `1..=MAX_CHANNELS` handles.
     pub handles: &'a [ListenHandle],
 }
@@ -329,9 +332,12 @@ impl<'a> ListenHandles<'a> {
             size_of::<ListenHandlesFixed>(),
             count * HANDLE_MAX_SIZE,
         )?;
-        if f.reserved.get() != 0 {
-            return Err(Error::NonZeroReserved(Field::Reserved));
-        }
+        let split = in_range(
+            Field::Split,
+            f.split.get().into(),
+            1,
+            crate::plan::MAX_SPLIT_CHUNKS.into(),
+        )? as u16;
         let chunk_bytes = in_range(
             Field::ChunkBytes,
             f.chunk_bytes.get().into(),
@@ -345,6 +351,7 @@ impl<'a> ListenHandles<'a> {
             })?;
         Ok(Self {
             chunk_bytes,
+            split,
             handles,
         })
     }
@@ -358,6 +365,12 @@ impl<'a> ListenHandles<'a> {
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, Error> {
         in_range(Field::Handles, self.handles.len() as u64, 1, MAX_CHANNELS)?;
         in_range(
+            Field::Split,
+            self.split.into(),
+            1,
+            crate::plan::MAX_SPLIT_CHUNKS.into(),
+        )?;
+        in_range(
             Field::ChunkBytes,
             self.chunk_bytes.into(),
             1,
@@ -368,7 +381,7 @@ impl<'a> ListenHandles<'a> {
         let fixed = ListenHandlesFixed {
             hdr: Header::new(Kind::ListenHandles, len as u32),
             count: U16::new(self.handles.len() as u16),
-            reserved: U16::ZERO,
+            split: U16::new(self.split),
             chunk_bytes: U32::new(self.chunk_bytes),
         };
         put(dst, fixed.as_bytes(), self.handles.as_bytes(), &[]);

@@ -49,9 +49,9 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"TCPX");
 /// Wire format version this code emits and the only one it accepts. 2: `ReadRequest` flags
 /// and `ReadData` (inline READs). 3: `WriteAnnounce` inline data (inline WRITEs),
 /// `ListenHandles` chunk size. 4: notifications up to [`MAX_NOTIF`] (16 MiB), `Limits` (what
-/// the answering side of a handshake accepts), `Keepalive`. 5: no new frame; a transfer
-/// shorter than eight chunks is cut into smaller ones (`plan::PlanConfig::sized_for`), so
-/// peers of version 4 would cut it differently and must not pair with this one.
+/// the answering side of a handshake accepts), `Keepalive`. 5: `ListenHandles` split (what
+/// was a reserved zero): a transfer shorter than `split` chunks is cut into smaller ones
+/// (`plan::PlanConfig::sized_for`), both peers using the smaller of their two values.
 pub const VERSION: u16 = 5;
 /// Bytes of the common [`Header`].
 pub const HEADER_LEN: usize = 12;
@@ -190,6 +190,8 @@ pub enum Field {
     Handles,
     /// Chunk size (`ListenHandles`).
     ChunkBytes,
+    /// Most chunks a short transfer is cut into (`ListenHandles`).
+    Split,
     /// Segment list (`WriteAnnounce`, `ReadRequest`).
     Segments,
     /// Flag bits (`WriteAnnounce`, `ReadRequest`).

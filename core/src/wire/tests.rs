@@ -135,6 +135,7 @@ impl Owned {
             }),
             Owned::ListenHandles(h) => Message::ListenHandles(ListenHandles {
                 chunk_bytes: 512 * 1024,
+                split: 8,
                 handles: h,
             }),
             Owned::WriteAnnounce {
@@ -356,6 +357,7 @@ fn max_sized_messages_round_trip() {
     let handles = [[1u8; 128]; MAX_CHANNELS];
     let l = Message::ListenHandles(ListenHandles {
         chunk_bytes: crate::plan::MAX_CHUNK_BYTES,
+        split: crate::plan::MAX_SPLIT_CHUNKS,
         handles: &handles,
     });
     assert_eq!(parse(&emit_vec(&l)), Ok(l));
@@ -587,6 +589,20 @@ fn error_length_mismatch() {
 
 #[test]
 fn error_out_of_range() {
+    // ListenHandles' split (bytes 14..16; a reserved zero before wire version 5).
+    for bad in [0u16, crate::plan::MAX_SPLIT_CHUNKS + 1] {
+        let mut l = sample_bytes(Kind::ListenHandles);
+        set_u16(&mut l, 14, bad);
+        assert_eq!(
+            parse(&l),
+            Err(Error::OutOfRange {
+                field: Field::Split,
+                value: bad.into(),
+                min: 1,
+                max: crate::plan::MAX_SPLIT_CHUNKS.into()
+            })
+        );
+    }
     let mut c = sample_bytes(Kind::ConnInfo);
     for bad in [0u16, 17] {
         set_u16(&mut c, 14, bad);
@@ -934,9 +950,6 @@ fn error_non_zero_reserved() {
     let mut t = sample_bytes(Kind::RegionToken);
     t[50] = 1;
     assert_eq!(parse(&t), Err(Error::NonZeroReserved(Field::Reserved)));
-    let mut l = sample_bytes(Kind::ListenHandles);
-    l[14] = 1;
-    assert_eq!(parse(&l), Err(Error::NonZeroReserved(Field::Reserved)));
     let mut w = sample_bytes(Kind::WriteAnnounce);
     set_u32(&mut w, 28, 4 | 1);
     assert_eq!(parse(&w), Err(Error::NonZeroReserved(Field::Flags)));

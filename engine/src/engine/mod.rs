@@ -12,7 +12,7 @@ mod session;
 pub mod topology;
 mod transfer;
 
-pub use config::Config;
+pub use config::{default_split_chunks, Config};
 pub use gpu::{check_registration, current_device, Copier};
 pub use registry::{MemId, Memory};
 pub use session::{Listener, Rendezvous, Session};

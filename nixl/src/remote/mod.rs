@@ -222,6 +222,7 @@ pub fn engine_config(config: &Config) -> EngineConfig {
         devices: config.devices,
         channels: config.channels.into(),
         chunk_bytes: config.chunk_bytes,
+        split_chunks: config.split_chunks,
         window: config.window.into(),
         timeout: config.timeout,
         // Every session of the agent, whichever thread opens it, is bound to the agent's GPU

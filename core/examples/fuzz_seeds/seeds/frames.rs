@@ -83,6 +83,7 @@ pub(super) fn wire_seeds() -> Vec<(Kind, Named)> {
     let listen = |n: usize, chunk_bytes| {
         emit(&Message::ListenHandles(ListenHandles {
             chunk_bytes,
+            split: 8,
             handles: &handles[..n],
         }))
     };
@@ -212,7 +213,8 @@ pub(super) fn wire_seeds() -> Vec<(Kind, Named)> {
                     "edge-chunk-above-max",
                     patch(listen(1, 4096), 16, &(MAX_CHUNK_BYTES + 1).to_le_bytes()),
                 ),
-                ("edge-reserved", patch(listen(2, 4096), 14, &[1])),
+                ("edge-split-0", patch(listen(2, 4096), 14, &[0, 0])),
+                ("edge-split-above-max", patch(listen(2, 4096), 14, &[65, 0])),
                 ("edge-mid-handle", fix_len(listen(2, 4096)[..200].to_vec())),
             ]),
         ),
@@ -416,6 +418,7 @@ pub(super) fn streams() -> Named {
         }),
         Message::ListenHandles(ListenHandles {
             chunk_bytes: 512 << 10,
+            split: 8,
             handles: &handles,
         }),
         Message::Limits(Limits { max_notif: 1 << 20 }),

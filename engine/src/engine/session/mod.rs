@@ -95,6 +95,9 @@ impl Listener {
                 peer.chunk_bytes, self.cfg.chunk_bytes
             )));
         }
+        // Short transfers are cut into up to `split_chunks` chunks: both ends use the smaller
+        // of the two values, so they cut alike whatever each was configured with.
+        self.cfg.split_chunks = self.cfg.split_chunks.min(peer.split);
         let mut handles: Vec<ConnectHandle> = peer
             .handles
             .iter()
@@ -257,6 +260,7 @@ impl Session {
         let handles: Vec<ListenHandle> = listens.iter().map(|l| *l.handle().as_bytes()).collect();
         let msg = ListenHandles {
             chunk_bytes: cfg.chunk_bytes,
+            split: cfg.split_chunks,
             handles: &handles,
         };
         let mut info = vec![0u8; msg.buffer_len()];
@@ -470,7 +474,8 @@ impl Session {
         ))?;
         let d = dir as usize;
         let cfg = PlanConfig::new(self.cfg.chunk_bytes, self.cfg.channels as u8)
-            .with_first_channel(self.next_first[d]);
+            .with_first_channel(self.next_first[d])
+            .with_split(self.cfg.split_chunks);
         let slot = &mut self.slots[index as usize];
         slot.segments.clear();
         slot.regions.clear();
