@@ -20,14 +20,15 @@ pub struct Config {
 #[pymethods]
 impl Config {
     #[new]
-    #[pyo3(signature = (*, from_env = true, channels = None, chunk_bytes = None, window = None,
-        max_transfers = None, max_segments = None, timeout_ms = None, gpu = None,
-        devices = None, plugin = None))]
+    #[pyo3(signature = (*, from_env = true, channels = None, chunk_bytes = None,
+        split_chunks = None, window = None, max_transfers = None, max_segments = None,
+        timeout_ms = None, gpu = None, devices = None, plugin = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         from_env: bool,
         channels: Option<usize>,
         chunk_bytes: Option<u32>,
+        split_chunks: Option<u16>,
         window: Option<usize>,
         max_transfers: Option<usize>,
         max_segments: Option<usize>,
@@ -46,6 +47,9 @@ impl Config {
         }
         if let Some(v) = chunk_bytes {
             c.chunk_bytes = v;
+        }
+        if let Some(v) = split_chunks {
+            c.split_chunks = v;
         }
         if let Some(v) = window {
             c.window = v;
@@ -82,6 +86,14 @@ impl Config {
     #[getter]
     fn chunk_bytes(&self) -> u32 {
         self.inner.chunk_bytes
+    }
+
+    /// A transfer shorter than this many chunks is cut into about this many smaller ones (at
+    /// least 128 KiB); 1 = never. A session uses the smaller of its two ends' values (its
+    /// `config` shows the one in use). Default: 8 on a host with at least 8 CPUs, else 1.
+    #[getter]
+    fn split_chunks(&self) -> u16 {
+        self.inner.split_chunks
     }
 
     /// In-flight chunks per channel and direction.
@@ -129,10 +141,11 @@ impl Config {
     fn __repr__(&self) -> String {
         let c = &self.inner;
         format!(
-            "tcpx.Config(channels={}, chunk_bytes={}, window={}, max_transfers={}, \
+            "tcpx.Config(channels={}, chunk_bytes={}, split_chunks={}, window={}, max_transfers={}, \
              max_segments={}, timeout_ms={}, gpu={}, devices={:?}, plugin={})",
             c.channels,
             c.chunk_bytes,
+            c.split_chunks,
             c.window,
             c.max_transfers,
             c.max_segments,

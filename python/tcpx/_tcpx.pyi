@@ -18,6 +18,7 @@ class Config:
         from_env: bool = True,
         channels: int | None = None,
         chunk_bytes: int | None = None,
+        split_chunks: int | None = None,
         window: int | None = None,
         max_transfers: int | None = None,
         max_segments: int | None = None,
@@ -30,6 +31,8 @@ class Config:
     def channels(self) -> int: ...
     @property
     def chunk_bytes(self) -> int: ...
+    @property
+    def split_chunks(self) -> int: ...
     @property
     def window(self) -> int: ...
     @property

@@ -46,6 +46,8 @@ def test_config_from_env_and_overrides(monkeypatch):
     assert tcpx.Config(from_env=False).channels == 2
     assert tcpx.Config(from_env=False, devices="all").devices == "all"
     assert "channels=3" in repr(tcpx.Config(channels=3))
+    assert tcpx.Config(split_chunks=4).split_chunks == 4
+    assert tcpx.Config(from_env=False).split_chunks in (1, 8)
 
 
 def test_config_errors(monkeypatch):
@@ -53,6 +55,8 @@ def test_config_errors(monkeypatch):
         tcpx.Config(channels=0)
     with pytest.raises(tcpx.ConfigError, match="chunk_bytes"):
         tcpx.Config(chunk_bytes=8 << 20)
+    with pytest.raises(tcpx.ConfigError, match="split_chunks"):
+        tcpx.Config(split_chunks=0)
     with pytest.raises(ValueError, match="window"):  # ConfigError is a ValueError
         tcpx.Config(window=17)
     with pytest.raises(tcpx.ConfigError, match="devices"):
