@@ -342,6 +342,33 @@ def read_log(text, cfg):
     return facts, problems
 
 
+STACK_DUMP_S = 60
+
+
+def dump_stacks(procs, d):
+    """Before a hung run is killed: every live rank's threads' stacks into rank<r>.stacks.txt,
+    by cuda-gdb (the GPU image has it, plain gdb not) or gdb, whichever is on PATH; nothing
+    where neither is, or with TCPX_NCCL_STACKS=0. Each attach is bounded."""
+    if os.environ.get("TCPX_NCCL_STACKS", "1") == "0":
+        return
+    dbg = shutil.which("cuda-gdb") or shutil.which("gdb")
+    if dbg is None:
+        return
+    for rank, p in enumerate(procs):
+        if p.poll() is not None:
+            continue
+        with open(d / f"rank{rank}.stacks.txt", "w") as f:
+            try:
+                subprocess.run(
+                    [dbg, "-p", str(p.pid), "-batch", "-ex", "thread apply all bt"],
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    timeout=STACK_DUMP_S,
+                )
+            except (subprocess.TimeoutExpired, OSError) as e:
+                f.write(f"\n{dbg} did not finish: {e}\n")
+
+
 def run_config(cfg, plugin, logdir, timeout_s=120, gpus=(0,), mode="check", bench_iters=(10, 200)):
     """Runs one configuration to the end or to the time bound; never raises for what the ranks
     do. Rank r runs on GPU gpus[r % len(gpus)]."""
@@ -396,6 +423,7 @@ def run_config(cfg, plugin, logdir, timeout_s=120, gpus=(0,), mode="check", benc
             deadline = min(deadline, now + GRACE_S)
         if now >= deadline:
             out.killed = True
+            dump_stacks(procs, d)
             for p in procs:
                 if p.poll() is None:
                     try:
