@@ -15,6 +15,21 @@ use super::endpoint::{process_cpu, Count, MIN_TRANSFER_TIMEOUT};
 use super::report::Row;
 use super::BenchResult;
 
+/// A baseline's row: `run` fills each slot with one iteration's time, first for the warm-ups,
+/// then for the iterations they call for, with the process's CPU time over the latter.
+fn timed(
+    size: u64,
+    count: Count,
+    mut run: impl FnMut(&mut [Duration]) -> BenchResult<()>,
+) -> BenchResult<Row> {
+    let mut warm = vec![Duration::ZERO; count.warmups(size)];
+    run(&mut warm)?;
+    let mut times = vec![Duration::ZERO; count.iters(size, &warm)];
+    let cpu = process_cpu();
+    run(&mut times)?;
+    Ok(Row::from_times(size, &times).with_cpu(process_cpu() - cpu))
+}
+
 /// The driver copy that moves what a `src` → `dst` transfer moves.
 pub(super) fn copy_name(src: MemKind, dst: MemKind) -> &'static str {
     match (src, dst) {
@@ -38,7 +53,7 @@ pub(super) fn copy_row(
     gpu.ctx
         .bind_to_thread()
         .map_err(cuda_err("cuCtxSetCurrent"))?;
-    let mut run = |times: &mut [Duration]| -> BenchResult<()> {
+    let run = |times: &mut [Duration]| -> BenchResult<()> {
         for t in times.iter_mut() {
             let t0 = Instant::now();
             // SAFETY: every range is the first `n` bytes of a buffer at least `n` long
@@ -64,12 +79,7 @@ pub(super) fn copy_row(
         }
         Ok(())
     };
-    let mut warm = vec![Duration::ZERO; count.warmups(size)];
-    run(&mut warm)?;
-    let mut times = vec![Duration::ZERO; count.iters(size, &warm)];
-    let cpu = process_cpu();
-    run(&mut times)?;
-    Ok(Row::from_times(size, &times).with_cpu(process_cpu() - cpu))
+    timed(size, count, run)
 }
 
 /// Plain TCP between two threads: the sender writes `src`, the receiver reads it all and
@@ -86,7 +96,7 @@ pub(super) fn tcp_pingpong(src: &[u8], dst: &mut [u8], count: Count) -> BenchRes
         s.set_read_timeout(Some(MIN_TRANSFER_TIMEOUT))
             .map_err(io("timeout"))?;
     }
-    let mut run = |times: &mut [Duration]| -> BenchResult<()> {
+    let run = |times: &mut [Duration]| -> BenchResult<()> {
         let now = Instant::now();
         let mut starts = vec![now; times.len()];
         let mut ends = vec![now; times.len()];
@@ -123,12 +133,7 @@ pub(super) fn tcp_pingpong(src: &[u8], dst: &mut [u8], count: Count) -> BenchRes
         Ok(())
     };
     let size = src.len() as u64;
-    let mut warm = vec![Duration::ZERO; count.warmups(size)];
-    run(&mut warm)?;
-    let mut times = vec![Duration::ZERO; count.iters(size, &warm)];
-    let cpu = process_cpu();
-    run(&mut times)?;
-    Ok(Row::from_times(size, &times).with_cpu(process_cpu() - cpu))
+    timed(size, count, run)
 }
 
 /// `iperf3 -c 127.0.0.1 -P streams` against a one-shot server of ours; GB/s received.
