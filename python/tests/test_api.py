@@ -78,7 +78,7 @@ def test_missing_plugin_is_a_plugin_error():
 def test_bad_conn_info_is_a_protocol_error_and_uses_the_listener_up():
     lst = tcpx.Listener(config())
     assert isinstance(lst.conn_info, bytes) and len(lst.conn_info) > 0
-    with pytest.raises(tcpx.ProtocolError, match="ConnInfo"):
+    with pytest.raises(tcpx.ProtocolError, match="peer conn info"):
         lst.connect(b"xyz")
     with pytest.raises(tcpx.InvalidError, match="already connected or closed"):
         lst.connect(b"xyz")

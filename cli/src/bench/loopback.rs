@@ -137,7 +137,7 @@ pub(super) fn loopback(o: &Options, cfg: Config) -> BenchResult<Report> {
     })
 }
 
-/// Two connected sessions; `ConnInfo` swapped in memory, connect/accept on two threads
+/// Two connected sessions; conn info swapped in memory, connect/accept on two threads
 /// because each side's handshake only finishes while the other's runs.
 pub(super) fn pair(net: &Net, cfg_a: &Config, cfg_b: &Config) -> BenchResult<(Session, Session)> {
     let la = Session::listen(net.clone(), cfg_a.clone()).map_err(err("listen"))?;

@@ -1,4 +1,4 @@
-//! A small TCP rendezvous that swaps `ConnInfo` bytes between two peers.
+//! A small TCP rendezvous that swaps conn info (a `ListenHandles` frame) between two peers.
 //!
 //! Sessions need each other's listen handles before they can connect; the CLI and the tests
 //! use this helper to carry them. Frames are a little-endian `u32` length and the bytes;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 
-/// Largest `ConnInfo` accepted from a peer.
+/// Largest conn info accepted from a peer.
 pub const MAX_INFO_BYTES: usize = 64 * 1024;
 
 /// Accepts one peer on `listener`, sends `ours`, returns the peer's bytes.
@@ -71,7 +71,7 @@ pub fn connect_exchange(
 fn exchange(mut s: TcpStream, ours: &[u8], deadline: Instant) -> Result<Vec<u8>, Error> {
     if ours.len() > MAX_INFO_BYTES {
         return Err(Error::Config(format!(
-            "bootstrap: ConnInfo of {} bytes exceeds {MAX_INFO_BYTES}",
+            "bootstrap: conn info of {} bytes exceeds {MAX_INFO_BYTES}",
             ours.len()
         )));
     }
@@ -88,7 +88,7 @@ fn exchange(mut s: TcpStream, ours: &[u8], deadline: Instant) -> Result<Vec<u8>,
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_INFO_BYTES {
         return Err(Error::Protocol(format!(
-            "bootstrap: peer announced {len} bytes of ConnInfo (max {MAX_INFO_BYTES})"
+            "bootstrap: peer announced {len} bytes of conn info (max {MAX_INFO_BYTES})"
         )));
     }
     let mut theirs = vec![0u8; len];

@@ -14,7 +14,7 @@ use tcpx_core::unpack::MAX_RECV_BYTES;
 
 use crate::error::Error;
 
-/// Most channels a session may open (one listen handle per channel travels in `ConnInfo`).
+/// Most channels a session may open (one listen handle per channel travels in the conn info).
 pub const MAX_CHANNELS: usize = 16;
 
 /// Engine tunables and capacities.

@@ -1,8 +1,8 @@
 //! `Session`: C channels (a send comm and a recv comm each) to one peer, the memory
 //! registry, transfer slots, and the polling loop that drives the channel windows.
 //!
-//! The handshake is symmetric: both sides `listen`, swap `ConnInfo` out of band, then each
-//! connects to the peer's handles while accepting the peer's connects. After setup, `post`,
+//! The handshake is symmetric: both sides `listen`, swap their conn info (`ListenHandles`) out
+//! of band, then each connects to the peer's handles while accepting the peer's connects. After setup, `post`,
 //! `poll` and `release` touch no allocator: every queue and table was sized from `Config`.
 
 use std::collections::VecDeque;
@@ -80,7 +80,7 @@ impl Listener {
     /// `Config::timeout`. The peer must do the same concurrently.
     pub fn connect(mut self, peer_info: &[u8]) -> Result<Session> {
         let peer = ListenHandles::parse(peer_info)
-            .map_err(|e| Error::Protocol(format!("peer ConnInfo: {e}")))?;
+            .map_err(|e| Error::Protocol(format!("peer conn info (listen handles): {e}")))?;
         let c = self.cfg.channels;
         if peer.handles.len() != c {
             return Err(Error::Config(format!(
@@ -265,7 +265,7 @@ impl Session {
         };
         let mut info = vec![0u8; msg.buffer_len()];
         msg.emit(&mut info)
-            .map_err(|e| Error::Protocol(format!("ConnInfo: {e}")))?;
+            .map_err(|e| Error::Protocol(format!("conn info (listen handles): {e}")))?;
         Ok(Listener {
             net,
             cfg,
@@ -276,7 +276,7 @@ impl Session {
         })
     }
 
-    /// Whole handshake with the `ConnInfo` carried by the TCP bootstrap: the side with
+    /// Whole handshake with the conn info carried by the TCP bootstrap: the side with
     /// `accept_on` waits for the peer, the other connects to `peer`.
     pub fn establish(net: Net, cfg: Config, rendezvous: Rendezvous<'_>) -> Result<Session> {
         let timeout = cfg.timeout;
