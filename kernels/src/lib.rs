@@ -1,4 +1,5 @@
-//! tcpx-kernels: the CUDA unpack kernel (an nvcc fatbin embedded at build time) and its launcher.
+//! tcpx-kernels: the workspace's one CUDA layer. First, the CUDA unpack kernel (an nvcc fatbin
+//! embedded at build time) and its launcher.
 //!
 //! A TCPX receive leaves its payload scattered over bounce pages and a fragment list in slot
 //! `k % 16` of the `netUnpackMeta` table; [`Kernels`] copies the fragments to their destination on
@@ -6,6 +7,11 @@
 //! bounce base, the slot and the destination. Launching never allocates.
 //!
 //! [`stage`] holds the other kernel the crate builds: the one tcpxsock stages CUDA sends with.
+//!
+//! The crate is the one CUDA layer of the workspace: besides the kernels it holds the host-side
+//! driver work the engine and tcpxsock share ([`driver`]: presence probe, context guard,
+//! primary contexts, the calling thread's device, pointer attributes) and owned CUDA memory
+//! ([`mem`]).
 
 use std::ffi::c_void;
 use std::fmt;
@@ -14,8 +20,11 @@ use std::sync::Arc;
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{result, CudaContext, CudaFunction, CudaStream, DriverError};
 
+pub mod driver;
 pub mod mem;
 pub mod stage;
+
+pub use driver::gpu_available;
 
 pub use tcpx_core::ring::TCPX_REQUESTS;
 pub use tcpx_core::unpack::{LoadMeta, NetUnpackMeta, ENTRIES_PER_SLOT};
@@ -83,6 +92,8 @@ pub enum Error {
     },
     /// The stream belongs to another context than the one the kernels were loaded into.
     WrongContext,
+    /// No usable CUDA driver or device (the reason [`gpu_available`] gives).
+    NoDriver(String),
     /// A size or offset outside the buffer it refers to.
     OutOfBounds {
         what: &'static str,
@@ -99,6 +110,7 @@ impl fmt::Display for Error {
                 "tcpx-kernels was built without nvcc (run scripts/install-nvcc.sh and rebuild)",
             ),
             Error::Cuda { what, source } => write!(f, "CUDA error in {what}: {source}"),
+            Error::NoDriver(why) => f.write_str(why),
             Error::WrongContext => {
                 f.write_str("stream is not in the context the unpack kernels were loaded into")
             }
@@ -134,30 +146,6 @@ pub(crate) trait Context<T> {
 impl<T> Context<T> for std::result::Result<T, DriverError> {
     fn context(self, what: &'static str) -> Result<T> {
         self.map_err(|source| Error::Cuda { what, source })
-    }
-}
-
-/// Probes for a usable CUDA driver and device without panicking.
-///
-/// cudarc panics on the first driver call when libcuda is missing; call this first and skip GPU
-/// work when it returns `Err(reason)`.
-///
-/// The answer is probed once per process and kept: the probe dlopens libcuda's candidate names
-/// (~0.9 ms without a driver), and registrations ask on every call.
-pub fn gpu_available() -> Result<(), String> {
-    static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    PROBE.get_or_init(probe_gpu).clone()
-}
-
-fn probe_gpu() -> Result<(), String> {
-    // SAFETY: only tries to dlopen libcuda under its usual names; no CUDA call is made.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err("no CUDA driver library (libcuda.so) found".into());
-    }
-    match CudaContext::device_count() {
-        Ok(n) if n > 0 => Ok(()),
-        Ok(_) => Err("CUDA driver present but no CUDA device".into()),
-        Err(e) => Err(format!("CUDA driver present but unusable: {e}")),
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! TCPX keeps its `netUnpackMeta` table (and our TCP emulation may keep its bounce pages) in
 //! pinned host memory mapped into the GPU, not write-combined, so the CPU can read it cheaply.
-//! Both types are set-up objects: allocate once, reuse.
+//! Both types are set-up objects: allocate once, reuse. Making one, or using it, binds its
+//! context to the calling thread; dropping one puts the dropping thread's context back.
 
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use cudarc::driver::sys::{self, CUdeviceptr};
 use cudarc::driver::{result, CudaContext};
 
+use crate::driver::with_context;
 use crate::{Context, Error, Result};
 
 fn check_range(what: &'static str, offset: usize, len: usize, size: usize) -> Result<()> {
@@ -35,6 +37,9 @@ pub struct DeviceBuffer {
 // SAFETY: the buffer owns a device allocation; nothing about it is tied to the creating thread
 // (every call binds the context first).
 unsafe impl Send for DeviceBuffer {}
+// SAFETY: shared access reads the address and length, or copies out of the allocation with the
+// driver (thread-safe) into the caller's memory; writes take `&mut self`.
+unsafe impl Sync for DeviceBuffer {}
 
 impl DeviceBuffer {
     /// Allocates `len` bytes (at least one) of uninitialised device memory.
@@ -103,11 +108,12 @@ impl DeviceBuffer {
 
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
-        // Errors cannot be returned from drop; a failed free leaks the allocation.
-        if self.ctx.bind_to_thread().is_ok() {
+        // Errors cannot be returned from drop; a failed free leaks the allocation. The
+        // dropping thread's context is put back: it may be an application's thread.
+        let _ = with_context(&self.ctx, |_| {
             // SAFETY: `ptr` came from cuMemAlloc in this context and is freed once.
             let _ = unsafe { result::free_sync(self.ptr) };
-        }
+        });
     }
 }
 
@@ -190,9 +196,10 @@ impl MappedHostBuffer {
 
 impl Drop for MappedHostBuffer {
     fn drop(&mut self) {
-        if self.ctx.bind_to_thread().is_ok() {
+        // As for DeviceBuffer: a failed free leaks, the dropping thread's context is put back.
+        let _ = with_context(&self.ctx, |_| {
             // SAFETY: `host` came from cuMemHostAlloc and is freed once.
             let _ = unsafe { result::free_host(self.host.cast::<c_void>()) };
-        }
+        });
     }
 }

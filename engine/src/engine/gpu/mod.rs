@@ -3,11 +3,21 @@
 //!
 //! Created at setup (the first device-memory registration); the hot path only launches,
 //! records and queries — no allocation, no blocking.
+//!
+//! The driver primitives (presence probe, [`CtxGuard`], primary-context retain, the calling
+//! thread's device, pointer attributes) are the shared CUDA layer's, `tcpx_kernels::driver`;
+//! this module keeps the engine's policy over them. Its contexts are retained per object
+//! (binding, GPU, copier: `driver::retain_primary`) and released with it, not kept in the
+//! process-wide table tcpxsock uses: [`Gpu`] and [`Copier`] turn event tracking off on their
+//! own `CudaContext`, which must not reach tcpxsock's.
 
 use std::sync::Arc;
 
 use cudarc::driver::{sys, CudaContext, CudaEvent, CudaStream};
 use tcpx_core::unpack::{LoadMeta, NetUnpackMeta, UnpackDevHandle, ENTRIES_PER_SLOT, PAGE_SIZE};
+use tcpx_kernels::driver::{
+    self, device_ordinal, is_backed, is_device, is_legacy_allocation, memory_type,
+};
 use tcpx_kernels::{Kernels, UnpackJob, UnpackList, MAX_LIST_ENTRIES};
 
 use super::registry::Memory;
@@ -177,43 +187,21 @@ impl UnpackSource {
 // moves with the session.
 unsafe impl Send for UnpackSource {}
 
-/// The calling thread's current CUDA context, put back when dropped. The engine's and the
-/// copiers' driver calls run on application threads (NIXL's `postXfer` and `checkXfer` among
-/// them), whose current context — their CUDA runtime device — must not change under them.
-/// Only made once the driver is known to be there.
-pub(crate) struct CtxGuard(cudarc::driver::sys::CUcontext);
-
-// SAFETY: a context handle may be made current on any thread; a guard restores the context
-// of the thread it was saved on only if it is dropped there, which is how it is used (a
-// `Session` holds one only while it is being dropped).
-unsafe impl Send for CtxGuard {}
-
-impl CtxGuard {
-    pub(crate) fn save() -> CtxGuard {
-        let current = cudarc::driver::result::ctx::get_current().ok().flatten();
-        CtxGuard(current.unwrap_or(std::ptr::null_mut()))
-    }
-}
-
-impl Drop for CtxGuard {
-    fn drop(&mut self) {
-        // SAFETY: a context the thread had current (or none: NULL unbinds); it outlives this
-        // call, since whoever made it current still holds it.
-        let _ = unsafe { cudarc::driver::result::ctx::set_current(self.0) };
-    }
-}
+/// The calling thread's current CUDA context, put back when dropped (the shared driver
+/// layer's guard). The engine's and the copiers' driver calls run on application threads
+/// (NIXL's `postXfer` and `checkXfer` among them), whose current context — their CUDA runtime
+/// device — must not change under them.
+pub(crate) use tcpx_kernels::driver::CtxGuard;
 
 /// The CUDA device the calling thread would report with `cudaGetDevice`: the device of its
 /// current context, else device 0 where a driver with devices exists (the runtime's default);
 /// `None` without a driver or device.
 pub fn current_device() -> Option<i32> {
-    tcpx_kernels::gpu_available().ok()?;
-    if let Ok(Some(_)) = cudarc::driver::result::ctx::get_current() {
-        let mut d: sys::CUdevice = 0;
-        // SAFETY: a pure query of the current context's device into a local.
-        if unsafe { sys::cuCtxGetDevice(&mut d) } == sys::CUresult::CUDA_SUCCESS {
-            return Some(d);
-        }
+    if !driver::present() {
+        return None;
+    }
+    if let Some(d) = driver::current_ordinal() {
+        return Some(d as i32);
     }
     (CudaContext::device_count().unwrap_or(0) > 0).then_some(0)
 }
@@ -248,8 +236,7 @@ impl GpuBinding {
                  machine has {n} GPU(s)"
             )));
         }
-        let _restore = CtxGuard::save();
-        let ctx = CudaContext::new(device as usize).map_err(cuda("CUDA context"))?;
+        let ctx = driver::retain_primary(device as usize).map_err(driver_err("CUDA context"))?;
         Ok(GpuBinding { device, ctx })
     }
 
@@ -275,62 +262,8 @@ impl GpuBinding {
 
     /// Makes the device current on the calling thread until the guard drops.
     pub(crate) fn enter(&self) -> Result<CtxGuard> {
-        let guard = CtxGuard::save();
-        self.ctx.bind_to_thread().map_err(cuda("cuCtxSetCurrent"))?;
-        Ok(guard)
+        CtxGuard::bind(&self.ctx).map_err(driver_err("cuCtxSetCurrent"))
     }
-}
-
-/// A pointer attribute of `p` as the driver reports it (a context must be current), read into
-/// a value of the attribute's type; `None` when the driver does not know `p`.
-fn pointer_attr<T: Copy>(p: u64, attr: sys::CUpointer_attribute, mut v: T) -> Option<T> {
-    // SAFETY: a pure query writing one value of the attribute's type, which callers pass.
-    let r = unsafe { sys::cuPointerGetAttribute((&mut v as *mut T).cast(), attr, p) };
-    (r == sys::CUresult::CUDA_SUCCESS).then_some(v)
-}
-
-fn memory_type(p: u64) -> Option<u32> {
-    pointer_attr(
-        p,
-        sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
-        0u32,
-    )
-}
-
-fn device_ordinal(p: u64) -> Option<i32> {
-    pointer_attr(
-        p,
-        sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
-        -1i32,
-    )
-}
-
-/// Whether `p` lies in a `cuMemAlloc` allocation (suitable for legacy CUDA IPC): one driver
-/// range per allocation, never continued by the next one.
-fn legacy_allocation(p: u64) -> bool {
-    // A boolean; read into a zeroed wider value, whatever width the driver writes.
-    pointer_attr(
-        p,
-        sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE,
-        0u64,
-    )
-    .is_some_and(|v| v != 0)
-}
-
-/// Whether `p` lies in address space backed by memory (reserved but unmapped address space
-/// is known to the driver too).
-fn backed(p: u64) -> bool {
-    pointer_attr(
-        p,
-        sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MAPPED,
-        0u64,
-    )
-    .is_some_and(|v| v != 0)
-}
-
-fn is_device(memory_type: u32) -> bool {
-    memory_type == sys::CUmemorytype::CU_MEMORYTYPE_DEVICE as u32
-        || memory_type == sys::CUmemorytype::CU_MEMORYTYPE_UNIFIED as u32
 }
 
 /// The end of the piece of memory holding `a`: for host memory and `cuMemAlloc` allocations,
@@ -339,30 +272,18 @@ fn is_device(memory_type: u32) -> bool {
 /// address space is known to the driver too), or the driver range's end where it reports no
 /// mapping.
 fn piece_end(a: u64) -> Option<u64> {
-    use sys::CUpointer_attribute as A;
-    let span = |base_attr: A, size_attr: A| {
-        let base = pointer_attr(a, base_attr, 0 as sys::CUdeviceptr)?;
-        let size = pointer_attr(a, size_attr, 0usize)?;
+    let holding = |(base, size): (u64, usize)| {
         let end = base.checked_add(size as u64)?;
         (base <= a && a < end).then_some(end)
     };
-    let range = || {
-        span(
-            A::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
-            A::CU_POINTER_ATTRIBUTE_RANGE_SIZE,
-        )
-    };
-    if !memory_type(a).is_some_and(is_device) || legacy_allocation(a) {
+    let range = || driver::range(a).and_then(holding);
+    if !memory_type(a).is_some_and(is_device) || is_legacy_allocation(a) {
         return range();
     }
-    if !backed(a) {
+    if !is_backed(a) {
         return Some(a);
     }
-    span(
-        A::CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR,
-        A::CU_POINTER_ATTRIBUTE_MAPPING_SIZE,
-    )
-    .or_else(range)
+    driver::mapping(a).and_then(holding).or_else(range)
 }
 
 /// Where the memory holding `p` ends: the end of its piece ([`piece_end`]), continued through
@@ -403,7 +324,7 @@ pub fn check_registration(ptr: u64, len: u64, memory: Memory) -> Result<()> {
     let _restore = CtxGuard::save();
     match memory {
         Memory::Host => {
-            if !matches!(cudarc::driver::result::ctx::get_current(), Ok(Some(_))) {
+            if !driver::current_context().is_ok_and(|c| !c.is_null()) {
                 return Ok(());
             }
             if memory_type(ptr).is_some_and(is_device) {
@@ -424,7 +345,8 @@ pub fn check_registration(ptr: u64, len: u64, memory: Memory) -> Result<()> {
                 )));
             }
             // Queries need a context; the caller's usually is the device's primary one.
-            let ctx = CudaContext::new(device as usize).map_err(cuda("CUDA context"))?;
+            let ctx =
+                driver::retain_primary(device as usize).map_err(driver_err("CUDA context"))?;
             ctx.bind_to_thread().map_err(cuda("cuCtxSetCurrent"))?;
             match memory_type(ptr) {
                 Some(t) if is_device(t) => {}
@@ -456,8 +378,8 @@ pub fn check_registration(ptr: u64, len: u64, memory: Memory) -> Result<()> {
             let ours = |a: u64| {
                 memory_type(a).is_some_and(is_device)
                     && device_ordinal(a) == Some(device)
-                    && !legacy_allocation(a)
-                    && backed(a)
+                    && !is_legacy_allocation(a)
+                    && is_backed(a)
             };
             if let Some(mapped) = mapped_end(ptr, end, ours).filter(|&m| end > m) {
                 return Err(Error::BadMemory(format!(
@@ -475,20 +397,7 @@ pub fn check_registration(ptr: u64, len: u64, memory: Memory) -> Result<()> {
 /// The host address of mapped host memory known to the device by `dev`; `dev` itself when
 /// the driver has no host alias for it. A context must be current.
 fn host_alias(dev: *const NetUnpackMeta) -> *const NetUnpackMeta {
-    let mut host: *mut std::ffi::c_void = std::ptr::null_mut();
-    // SAFETY: a pure query; `host` is a valid out-pointer of pointer size.
-    let r = unsafe {
-        sys::cuPointerGetAttribute(
-            (&mut host as *mut *mut std::ffi::c_void).cast(),
-            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_HOST_POINTER,
-            dev as u64,
-        )
-    };
-    if r == sys::CUresult::CUDA_SUCCESS && !host.is_null() {
-        host.cast()
-    } else {
-        dev
-    }
+    driver::host_pointer(dev as u64).map_or(dev, |host| host.cast_const().cast())
 }
 
 /// Bytes from device address `p` to the end of the memory mapped there (device memory,
@@ -500,7 +409,7 @@ fn mapped_len(p: u64) -> Option<u64> {
     // Device memory mapped in pieces continues; host memory and cuMemAlloc'd memory end with
     // their range.
     let piece =
-        |a: u64| memory_type(a).is_some_and(is_device) && !legacy_allocation(a) && backed(a);
+        |a: u64| memory_type(a).is_some_and(is_device) && !is_legacy_allocation(a) && is_backed(a);
     let end = mapped_end(p, until, piece)?;
     end.checked_sub(p)
 }
@@ -523,12 +432,21 @@ fn cuda(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
     move |e| Error::Gpu(format!("{what}: {e}"))
 }
 
+/// An error of the shared driver layer as ours, under `what` (a driver error's text as
+/// [`cuda`] writes it).
+fn driver_err(what: &'static str) -> impl Fn(tcpx_kernels::Error) -> Error {
+    move |e| match e {
+        tcpx_kernels::Error::Cuda { source, .. } => cuda(what)(source),
+        e => Error::Gpu(format!("{what}: {e}")),
+    }
+}
+
 impl Gpu {
     /// Context, stream, kernels and events for `channels` channels on `device`.
     pub fn open(device: i32, channels: usize) -> Result<Gpu> {
         tcpx_kernels::gpu_available().map_err(Error::Gpu)?;
         let _restore = CtxGuard::save();
-        let ctx = CudaContext::new(device as usize).map_err(cuda("CUDA context"))?;
+        let ctx = driver::retain_primary(device as usize).map_err(driver_err("CUDA context"))?;
         // SAFETY: the engine orders its own work with explicit events.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(cuda("CUDA stream"))?;
@@ -648,7 +566,7 @@ impl Copier {
     pub fn open(device: u32) -> Result<Copier> {
         tcpx_kernels::gpu_available().map_err(Error::Gpu)?;
         let _restore = CtxGuard::save();
-        let ctx = CudaContext::new(device as usize).map_err(cuda("CUDA context"))?;
+        let ctx = driver::retain_primary(device as usize).map_err(driver_err("CUDA context"))?;
         // SAFETY: the copier orders its own work: every copy is waited for before it returns.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(cuda("CUDA stream"))?;
@@ -684,11 +602,7 @@ impl Copier {
         if len == 0 {
             return Ok(());
         }
-        let _restore = CtxGuard::save();
-        self.stream
-            .context()
-            .bind_to_thread()
-            .map_err(cuda("CUDA context"))?;
+        let _restore = CtxGuard::bind(self.stream.context()).map_err(driver_err("CUDA context"))?;
         // SAFETY: per the contract; the copy is complete when the stream is synchronised.
         unsafe {
             cudarc::driver::sys::cuMemcpyAsync(dst, src, len, self.stream.cu_stream())

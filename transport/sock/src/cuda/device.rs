@@ -4,49 +4,27 @@ use std::sync::Arc;
 
 use cudarc::driver::{result, sys, CudaContext};
 
-use super::pinned::Pinned;
-use super::{cuda_err, with_ctx, with_this_ctx};
+use tcpx_kernels::mem::{DeviceBuffer, MappedHostBuffer};
+
+use super::pinned::pinned;
+use super::{cuda_err, driver_err, with_ctx, with_this_ctx};
 use crate::error::Result;
 
-/// Device memory of one GPU (`cuMemAlloc`), freed on drop.
-pub(crate) struct DeviceMem {
-    ptr: u64,
-    ctx: Arc<CudaContext>,
-}
-
-// SAFETY: a device allocation is not tied to a thread; it is freed once, by its owner.
-unsafe impl Send for DeviceMem {}
-// SAFETY: shared access only reads the address.
-unsafe impl Sync for DeviceMem {}
+/// Device memory of one GPU (`cuMemAlloc`, through the primary context), freed on drop with
+/// the dropping thread's context put back.
+pub(crate) struct DeviceMem(DeviceBuffer);
 
 impl DeviceMem {
     /// `len` bytes (not zeroed) on device `ordinal`.
     pub(crate) fn new(ordinal: usize, len: usize) -> Result<Self> {
         with_ctx(ordinal, |c| {
-            // SAFETY: a plain allocation in the bound context.
-            let ptr = unsafe { result::malloc_sync(len.max(1)) }
-                .map_err(|e| cuda_err("cuMemAlloc", e))?;
-            Ok(DeviceMem {
-                ptr,
-                ctx: c.clone(),
-            })
+            DeviceBuffer::new(c, len).map(DeviceMem).map_err(driver_err)
         })
     }
 
     /// Its device address.
     pub(crate) fn ptr(&self) -> u64 {
-        self.ptr
-    }
-}
-
-impl Drop for DeviceMem {
-    fn drop(&mut self) {
-        // Errors cannot be returned from drop; a failed free leaks.
-        let _ = with_this_ctx(&self.ctx, |_| {
-            // SAFETY: allocated by `new` and freed once; every copy into it was waited for.
-            let _ = unsafe { result::free_sync(self.ptr) };
-            Ok(())
-        });
+        self.0.ptr()
     }
 }
 
@@ -131,18 +109,18 @@ impl Drop for DeviceWriter {
 /// writer that copies them on (pinned, so each copy is a plain DMA).
 pub(crate) struct Landing {
     writer: DeviceWriter,
-    scratch: Pinned,
+    scratch: MappedHostBuffer,
     len: usize,
 }
 
-// SAFETY: owned by one helper thread; see DeviceWriter and Pinned.
+// SAFETY: owned by one helper thread; see DeviceWriter and MappedHostBuffer.
 unsafe impl Send for Landing {}
 
 impl Landing {
     /// `len` bytes of scratch and a writer, for device `ordinal`.
     pub(crate) fn new(ordinal: usize, len: usize) -> Result<Self> {
         let writer = DeviceWriter::new(ordinal)?;
-        let scratch = with_ctx(ordinal, |_| Pinned::new(len))?;
+        let scratch = with_ctx(ordinal, |c| pinned(c, len))?;
         Ok(Landing {
             writer,
             scratch,
@@ -153,7 +131,7 @@ impl Landing {
     /// The scratch and the writer that copies out of it.
     pub(crate) fn parts(&mut self) -> (&mut [u8], &DeviceWriter) {
         // SAFETY: `len` pinned bytes owned by this value, borrowed mutably with it.
-        let s = unsafe { core::slice::from_raw_parts_mut(self.scratch.host, self.len) };
+        let s = unsafe { core::slice::from_raw_parts_mut(self.scratch.host_ptr(), self.len) };
         (s, &self.writer)
     }
 

@@ -4,8 +4,9 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{result, sys, CudaContext};
 use tcpx_core::ring::TCPX_REQUESTS;
+use tcpx_kernels::mem::MappedHostBuffer;
 
-use super::pinned::Pinned;
+use super::pinned::pinned;
 use super::{cuda_err, kernels_err, with_this_ctx};
 use crate::error::{Error, Result};
 
@@ -19,9 +20,9 @@ pub(crate) struct StageLanes {
     kernels: Arc<tcpx_kernels::stage::StageKernels>,
     pub(super) lanes: usize,
     /// `lanes` [`tcpx_kernels::stage::Lane`]s.
-    ctl: Pinned,
+    ctl: MappedHostBuffer,
     /// progress[slot][lane], then the abort word.
-    words: Pinned,
+    words: MappedHostBuffer,
     streams: Vec<sys::CUstream>,
     piece: u64,
     idle_ns: u64,
@@ -76,8 +77,8 @@ impl StageLanes {
     /// a lane's kernel stops after `idle_ns` with nothing queued.
     pub(super) fn new(c: &Arc<CudaContext>, lanes: usize, idle_ns: u64) -> Result<Self> {
         let kernels = stage_kernels(c)?;
-        let ctl = Pinned::new(lanes * size_of::<tcpx_kernels::stage::Lane>())?;
-        let words = Pinned::new((TCPX_REQUESTS * lanes + 1) * 8)?;
+        let ctl = pinned(c, lanes * size_of::<tcpx_kernels::stage::Lane>())?;
+        let words = pinned(c, (TCPX_REQUESTS * lanes + 1) * 8)?;
         let mut d = StageLanes {
             ctx: c.clone(),
             kernels,
@@ -100,7 +101,7 @@ impl StageLanes {
 
     fn word(&self, i: usize) -> *mut u64 {
         debug_assert!(i <= TCPX_REQUESTS * self.lanes);
-        self.words.host.cast::<u64>().wrapping_add(i)
+        self.words.host_ptr().cast::<u64>().wrapping_add(i)
     }
 
     fn abort_index(&self) -> usize {
@@ -109,7 +110,7 @@ impl StageLanes {
 
     fn ctl(&self, lane: usize) -> *mut tcpx_kernels::stage::Lane {
         self.ctl
-            .host
+            .host_ptr()
             .cast::<tcpx_kernels::stage::Lane>()
             .wrapping_add(lane)
     }
@@ -138,7 +139,8 @@ impl StageLanes {
             return Err(Error::Internal("staging share outside the comm"));
         }
         let pw = self.progress_word(slot, lane);
-        share.progress = self.words.dev + (pw as usize - self.words.host as usize) as u64;
+        share.progress =
+            self.words.dev_ptr() + (pw as usize - self.words.host_ptr() as usize) as u64;
         let ctl = self.ctl(lane);
         // SAFETY: `ctl` is this lane's queue in the pinned allocation; the host is the only
         // writer of `tail`, `state` and queued shares; the ring entry at `tail` is finished (at
@@ -199,8 +201,8 @@ impl StageLanes {
     }
 
     fn launch(&self, lane: usize) -> Result<()> {
-        let lane_dev = self.ctl.dev + (lane * size_of::<tcpx_kernels::stage::Lane>()) as u64;
-        let abort = self.words.dev + 8 * self.abort_index() as u64;
+        let lane_dev = self.ctl.dev_ptr() + (lane * size_of::<tcpx_kernels::stage::Lane>()) as u64;
+        let abort = self.words.dev_ptr() + 8 * self.abort_index() as u64;
         with_this_ctx(&self.ctx, |_| {
             // SAFETY: the lane's queue and words are pinned memory of this value; its shares
             // name live memory (`queue`'s contract); one stream per lane keeps one kernel per

@@ -1,12 +1,14 @@
 //! Pinned, device-mapped host memory: the allocator for meta tables and bounce regions, and
-//! the plugin's own pinned buffers.
+//! the plugin's own pinned buffers (`tcpx_kernels::mem::MappedHostBuffer`).
 
 use core::ffi::c_void;
+use std::sync::Arc;
 
-use cudarc::driver::{result, sys};
+use cudarc::driver::{sys, CudaContext};
 use tcpx_core::unpack::PAGE_SIZE;
+use tcpx_kernels::mem::MappedHostBuffer;
 
-use super::{cuda_err, home_ordinal, with_ctx};
+use super::{cuda_err, driver_err, home_ordinal, with_ctx};
 use crate::error::{Error, Result};
 use crate::mem::{MappedAllocator, MappedRegion};
 
@@ -94,45 +96,8 @@ impl MappedAllocator for CudaMappedAllocator {
 /// The built-in allocator used when CUDA is present.
 pub(crate) static CUDA_ALLOCATOR: CudaMappedAllocator = CudaMappedAllocator;
 
-/// Pinned, device-mapped host memory of `len` bytes (zeroed), freed on drop.
-pub(super) struct Pinned {
-    pub(super) host: *mut u8,
-    pub(super) dev: u64,
-    /// The device whose context allocated it (bound again to free it).
-    ordinal: usize,
-}
-
-impl Pinned {
-    /// Allocates in the current context.
-    pub(super) fn new(len: usize) -> Result<Self> {
-        let flags = sys::CU_MEMHOSTALLOC_PORTABLE | sys::CU_MEMHOSTALLOC_DEVICEMAP;
-        // SAFETY: a plain pinned allocation.
-        let host = unsafe { result::malloc_host(len, flags) }
-            .map_err(|e| cuda_err("cuMemHostAlloc", e))?
-            .cast::<u8>();
-        let mut p = Pinned {
-            host,
-            dev: 0,
-            ordinal: home_ordinal(),
-        };
-        // SAFETY: the allocation just made.
-        unsafe { core::ptr::write_bytes(host, 0, len) };
-        let mut dev: sys::CUdeviceptr = 0;
-        // SAFETY: `host` was allocated with DEVICEMAP; flags must be 0.
-        unsafe { sys::cuMemHostGetDevicePointer_v2(&mut dev, host.cast(), 0) }
-            .result()
-            .map_err(|e| cuda_err("cuMemHostGetDevicePointer", e))?;
-        p.dev = dev;
-        Ok(p)
-    }
-}
-
-impl Drop for Pinned {
-    fn drop(&mut self) {
-        let _ = with_ctx(self.ordinal, |_| {
-            // SAFETY: allocated by `new`, freed once, no user left.
-            let _ = unsafe { result::free_host(self.host.cast()) };
-            Ok(())
-        });
-    }
+/// Pinned, device-mapped host memory of `len` bytes (zeroed) in the context `c` (current on
+/// the calling thread), freed on drop with the dropping thread's context put back.
+pub(super) fn pinned(c: &Arc<CudaContext>, len: usize) -> Result<MappedHostBuffer> {
+    MappedHostBuffer::new(c, len).map_err(driver_err)
 }

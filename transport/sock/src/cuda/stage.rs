@@ -4,9 +4,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use cudarc::driver::{result, sys, CudaContext};
+use tcpx_kernels::mem::MappedHostBuffer;
 
 use super::lanes::StageLanes;
-use super::pinned::Pinned;
+use super::pinned::pinned;
 use super::{cuda_err, with_ctx, with_this_ctx};
 use crate::config::StageKernel;
 use crate::error::{Error, Result};
@@ -25,7 +26,7 @@ use crate::error::{Error, Result};
 /// ring a request uses is [`crate::mem::StageRing`]'s business, under the comm's lock.
 pub(crate) struct SendStage {
     ctx: Arc<CudaContext>,
-    ring: Pinned,
+    ring: MappedHostBuffer,
     len: usize,
     stream: sys::CUstream,
     /// Per request slot.
@@ -73,7 +74,7 @@ impl SendStage {
         with_ctx(ordinal, |c| {
             let mut s = SendStage {
                 ctx: c.clone(),
-                ring: Pinned::new(len)?,
+                ring: pinned(c, len)?,
                 len,
                 stream: core::ptr::null_mut(),
                 done: [core::ptr::null_mut(); tcpx_core::ring::TCPX_REQUESTS],
@@ -141,7 +142,7 @@ impl SendStage {
         if off.checked_add(size).is_none_or(|end| end > self.len) {
             return Err(Error::Internal("staging copy outside the ring"));
         }
-        let at = self.ring.host.wrapping_add(off).cast_const();
+        let at = self.ring.host_ptr().wrapping_add(off).cast_const();
         // The kernel runs on the ring's GPU and moves 16-byte vectors; a source on another GPU
         // (the kernel would need peer access) or at another alignment goes to the copy engine.
         let kernel_ok = ordinal == self.ctx.ordinal() && (src as usize | off) % 16 == 0;
@@ -153,7 +154,7 @@ impl SendStage {
                 let lane = ((chunk_base + k) % n) as usize;
                 let share = tcpx_kernels::stage::Share {
                     src,
-                    dst: self.ring.dev + off as u64,
+                    dst: self.ring.dev_ptr() + off as u64,
                     size: size as u64,
                     chunk_bytes: chunk_bytes as u64,
                     first: k,
@@ -177,7 +178,7 @@ impl SendStage {
         with_this_ctx(&self.ctx, |_| {
             // SAFETY: per the contract.
             unsafe {
-                let dst = core::slice::from_raw_parts_mut(self.ring.host.add(off), size);
+                let dst = core::slice::from_raw_parts_mut(self.ring.host_ptr().add(off), size);
                 result::memcpy_dtoh_async(dst, src, self.stream)
                     .map_err(|e| cuda_err("cuMemcpyDtoHAsync", e))?;
                 result::event::record(self.done[req], self.stream)
