@@ -21,6 +21,11 @@ impl Span {
         }
     }
 
+    /// The offsets `[0, len)` of a buffer of `len` bytes (never wraps).
+    pub const fn from_len(len: u64) -> Span {
+        Span { base: 0, len }
+    }
+
     /// First byte.
     pub const fn base(self) -> u64 {
         self.base
@@ -65,6 +70,45 @@ impl Span {
             }),
             _ => None,
         }
+    }
+
+    /// The first `n` bytes and the rest, if `n` is at most the length.
+    pub const fn split_at(self, n: u64) -> Option<(Span, Span)> {
+        if n > self.len {
+            return None;
+        }
+        Some((
+            Span {
+                base: self.base,
+                len: n,
+            },
+            Span {
+                base: self.base + n,
+                len: self.len - n,
+            },
+        ))
+    }
+
+    /// The bytes both spans hold, if they overlap or touch (spans that only touch share the
+    /// empty span where they meet).
+    pub const fn intersect(self, other: Span) -> Option<Span> {
+        let base = if self.base > other.base {
+            self.base
+        } else {
+            other.base
+        };
+        let end = if self.end() < other.end() {
+            self.end()
+        } else {
+            other.end()
+        };
+        if base > end {
+            return None;
+        }
+        Some(Span {
+            base,
+            len: end - base,
+        })
     }
 }
 
@@ -112,5 +156,57 @@ mod tests {
         assert!(s.sub(1, 4096).is_none());
         assert!(s.sub(u64::MAX, 2).is_none(), "offset + len wraps");
         assert!(s.contains(sub.base(), sub.len()));
+    }
+
+    #[test]
+    fn from_len_is_the_offsets_of_a_buffer() {
+        let s = Span::from_len(u64::MAX);
+        assert_eq!((s.base(), s.len(), s.end()), (0, u64::MAX, u64::MAX));
+        assert!(Span::from_len(0).is_empty());
+        assert_eq!(Span::from_len(10).sub(4, 6).map(Span::end), Some(10));
+    }
+
+    #[test]
+    fn split_at_checks_the_length() {
+        let s = Span::new(100, 50).unwrap();
+        let (a, b) = s.split_at(20).unwrap();
+        assert_eq!((a.base(), a.len(), b.base(), b.len()), (100, 20, 120, 30));
+        let (a, b) = s.split_at(50).unwrap();
+        assert_eq!(
+            (a, b.base(), b.len()),
+            (s, 150, 0),
+            "the whole span: nothing left"
+        );
+        assert_eq!(s.split_at(0).map(|(a, _)| a.len()), Some(0));
+        assert!(s.split_at(51).is_none());
+        assert!(s.split_at(u64::MAX).is_none());
+        let top = Span::new(u64::MAX - 4, 4).unwrap();
+        assert_eq!(top.split_at(4).map(|(_, b)| b.base()), Some(u64::MAX));
+    }
+
+    #[test]
+    fn intersect_is_the_shared_bytes() {
+        let s = Span::new(100, 50).unwrap();
+        let t = Span::new(120, 100).unwrap();
+        let i = s.intersect(t).unwrap();
+        assert_eq!((i.base(), i.len()), (120, 30));
+        assert_eq!(t.intersect(s), Some(i), "symmetric");
+        assert_eq!(
+            s.intersect(Span::new(110, 5).unwrap()).map(Span::len),
+            Some(5)
+        );
+        let touch = s.intersect(Span::new(150, 7).unwrap()).unwrap();
+        assert_eq!((touch.base(), touch.len()), (150, 0), "touching: empty");
+        assert!(
+            s.intersect(Span::new(151, 7).unwrap()).is_none(),
+            "disjoint"
+        );
+        assert!(s.intersect(Span::new(0, 99).unwrap()).is_none(), "disjoint");
+        let top = Span::new(u64::MAX - 8, 8).unwrap();
+        assert_eq!(
+            top.intersect(Span::from_len(u64::MAX)),
+            Some(top),
+            "ends at the top of the address space"
+        );
     }
 }

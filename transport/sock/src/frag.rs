@@ -1,9 +1,16 @@
 //! Where each byte of a bounce receive lands (TCPX mode): in a bounce page, described by a
 //! `LoadMeta` entry of the request's slot, or straight in the posted buffer ("linear bytes":
 //! TCPX's header-split misses, which have no entry). Pure arithmetic, so every layout rule is
-//! checked here without sockets.
+//! checked here without sockets. Request bytes, page bytes and bounce bytes are [`Span`]s, so
+//! no range here is computed by hand.
 
+use tcpx_core::span::Span;
 use tcpx_core::unpack::{LoadMeta, ENTRIES_PER_SLOT, MAX_RECV_BYTES, PAGE_SIZE};
+
+use crate::error::{Error, Result};
+
+/// The bytes of one bounce page, by offset.
+const PAGE: Span = Span::from_len(PAGE_SIZE as u64);
 
 /// Largest in-page offset of the first fragment of a page, odd layouts.
 const MAX_ODD_START: usize = 63;
@@ -58,21 +65,30 @@ impl Layout {
 
     /// The linear bytes: `(start, len)`, a span in the middle of the request.
     pub(crate) fn linear(&self) -> (usize, usize) {
-        let len = self.shape.linear_bytes.min(self.size);
-        ((self.size - len) / 2, len)
+        let s = self.linear_span();
+        (s.base() as usize, s.len() as usize)
+    }
+
+    /// The linear bytes, a span in the middle of the request.
+    fn linear_span(&self) -> Span {
+        let request = Span::from_len(self.size as u64);
+        let len = self.shape.linear_bytes.min(self.size) as u64;
+        // Inside the request: `(size - len) / 2 + len <= size`.
+        request
+            .sub((request.len() - len) / 2, len)
+            .unwrap_or_default()
     }
 
     /// The fragments, in request order.
     pub(crate) fn frags(&self) -> Frags {
         Frags {
-            size: self.size,
-            linear: self.linear(),
+            rest: Span::from_len(self.size as u64),
+            linear: self.linear_span(),
             odd: self.shape.odd,
             // Never zero: xorshift would stay at zero.
             rng: self.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
-            pos: 0,
             page: 0,
-            off: PAGE_SIZE,
+            room: Span::default(),
             opened: false,
             in_page: 0,
         }
@@ -88,15 +104,15 @@ impl Layout {
 /// start a page at an odd offset and either fill it with one fragment up to a short tail or
 /// (three pages in four) split it into a short and a long fragment with a gap between.
 pub(crate) struct Frags {
-    size: usize,
-    linear: (usize, usize),
+    /// Request bytes still to place.
+    rest: Span,
+    /// The linear bytes (empty: none).
+    linear: Span,
     odd: bool,
     rng: u64,
-    /// Next request byte to place.
-    pos: usize,
-    /// Current page and its next free byte (`PAGE_SIZE`: the page is closed).
+    /// Current page and its bytes still free (empty: the page is closed).
     page: usize,
-    off: usize,
+    room: Span,
     opened: bool,
     /// Fragments placed in the current page.
     in_page: u8,
@@ -117,11 +133,14 @@ impl Frags {
         }
         self.opened = true;
         self.in_page = 0;
-        self.off = if self.odd {
+        let start = if self.odd {
             1 + 2 * self.rnd(MAX_ODD_START / 2 + 1)
         } else {
             0
         };
+        self.room = PAGE
+            .split_at(start as u64)
+            .map_or(Span::default(), |(_, room)| room);
     }
 
     /// Whether the current page holds two fragments (odd layouts, three pages in four, which
@@ -135,46 +154,48 @@ impl Iterator for Frags {
     type Item = Frag;
 
     fn next(&mut self) -> Option<Frag> {
-        let (lin_start, lin_len) = self.linear;
-        if lin_len > 0 && self.pos == lin_start {
-            self.pos += lin_len;
+        if !self.linear.is_empty() && self.rest.base() == self.linear.base() {
+            self.rest = self.rest.split_at(self.linear.len())?.1;
         }
-        if self.pos >= self.size {
+        if self.rest.is_empty() {
             return None;
         }
         // A fragment never covers linear bytes: it ends where they start.
-        let seg_end = if lin_len > 0 && self.pos < lin_start {
-            lin_start
+        let seg = if !self.linear.is_empty() && self.rest.base() < self.linear.base() {
+            self.rest.intersect(Span::from_len(self.linear.base()))?
         } else {
-            self.size
+            self.rest
         };
-        if !self.opened || self.off >= PAGE_SIZE {
+        if !self.opened || self.room.is_empty() {
             self.open_page();
         }
-        let room = PAGE_SIZE - self.off;
+        let room = self.room.len() as usize;
         let want = if !self.odd {
             room
         } else if self.split() && self.in_page == 0 {
             1 + self.rnd(MAX_ODD_SPLIT)
         } else {
-            room - self.rnd(MAX_ODD_TAIL + 1)
+            room.saturating_sub(self.rnd(MAX_ODD_TAIL + 1))
         };
-        let len = want.min(seg_end - self.pos);
+        let len = want.min(seg.len() as usize) as u64;
+        let (dst, rest) = self.rest.split_at(len)?;
+        let (at, room) = self.room.split_at(len)?;
         let f = Frag {
             page: self.page,
-            off: self.off,
-            len,
-            dst_off: self.pos,
+            off: at.base() as usize,
+            len: len as usize,
+            dst_off: dst.base() as usize,
         };
-        self.pos += len;
-        self.off += len;
+        self.rest = rest;
+        self.room = room;
         self.in_page += 1;
         if self.odd {
-            if self.split() && self.in_page == 1 {
-                self.off += self.rnd(MAX_ODD_GAP + 1);
+            self.room = if self.split() && self.in_page == 1 {
+                let gap = self.rnd(MAX_ODD_GAP + 1) as u64;
+                room.split_at(gap).map_or(Span::default(), |(_, r)| r)
             } else {
-                self.off = PAGE_SIZE;
-            }
+                Span::default()
+            };
         }
         Some(f)
     }
@@ -197,55 +218,103 @@ pub(crate) struct Piece {
     pub dest: Dest,
 }
 
-/// The pieces of request bytes `from..to` of a receive whose fragments are `frags` (in request
-/// order, not overlapping): bytes no fragment covers are linear bytes.
+/// The pieces of request bytes `from..to` (none when `to` is before `from`) of a receive whose
+/// fragments are `frags` (in request order, not overlapping): bytes no fragment covers are
+/// linear bytes.
 pub(crate) fn pieces(frags: &[LoadMeta], from: usize, to: usize) -> Pieces<'_> {
-    let i = frags.partition_point(|f| f.dst_off as usize + f.len as usize <= from);
+    let from = from as u64;
+    let i = frags.partition_point(|f| entry(f).is_some_and(|(dst, _)| dst.end() <= from));
     Pieces {
         frags,
         i,
-        pos: from,
-        end: to,
+        // `from + (to - from)` is `to`: never wraps.
+        rest: Span::new(from, (to as u64).saturating_sub(from)).unwrap_or_default(),
     }
+}
+
+/// An entry's request bytes and bounce bytes; `None` when either wraps.
+fn entry(f: &LoadMeta) -> Option<(Span, Span)> {
+    let len = u64::from(f.len);
+    Some((
+        Span::new(f.dst_off, len)?,
+        Span::new(u64::from(f.src_off), len)?,
+    ))
 }
 
 /// See [`pieces`].
 pub(crate) struct Pieces<'a> {
     frags: &'a [LoadMeta],
     i: usize,
-    pos: usize,
-    end: usize,
+    /// Request bytes still to place.
+    rest: Span,
+}
+
+impl Pieces<'_> {
+    /// The next piece; an error at an entry whose bytes wrap or that lies before the bytes
+    /// still to place (entries out of order), after which there are no more pieces.
+    pub(crate) fn try_next(&mut self) -> Result<Option<Piece>> {
+        match self.step() {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                self.rest = Span::default();
+                Err(e)
+            }
+        }
+    }
+
+    fn step(&mut self) -> Result<Option<Piece>> {
+        if self.rest.is_empty() {
+            return Ok(None);
+        }
+        let at = self.rest.base();
+        let (piece, dest) = match self.frags.get(self.i) {
+            Some(f) if f.dst_off <= at => {
+                let (dst, src) = entry(f).ok_or(Error::Internal("fragment entry wraps"))?;
+                // The entry's bytes from `at` on, as far as the range goes.
+                let piece = dst
+                    .intersect(self.rest)
+                    .ok_or(Error::Internal("fragment entries out of order"))?;
+                if piece.end() == dst.end() {
+                    self.i += 1;
+                }
+                // The same bytes of the entry's bounce bytes.
+                let offset = dst
+                    .offset_of(piece.base(), piece.len())
+                    .ok_or(Error::Internal("fragment entries out of order"))?;
+                let bounce = src
+                    .sub(offset, piece.len())
+                    .ok_or(Error::Internal("fragment entry wraps"))?;
+                (piece, Dest::Bounce(bounce.base() as usize))
+            }
+            // Up to the next entry, or to the end of the range.
+            next => {
+                let before = next.map_or(self.rest, |f| Span::from_len(f.dst_off));
+                let piece = self
+                    .rest
+                    .intersect(before)
+                    .ok_or(Error::Internal("fragment entries out of order"))?;
+                (piece, Dest::Linear)
+            }
+        };
+        self.rest = self
+            .rest
+            .split_at(piece.len())
+            .ok_or(Error::Internal("fragment entries out of order"))?
+            .1;
+        Ok(Some(Piece {
+            at: at as usize,
+            len: piece.len() as usize,
+            dest,
+        }))
+    }
 }
 
 impl Iterator for Pieces<'_> {
     type Item = Piece;
 
+    /// The next piece; the pieces end early at an entry [`Pieces::try_next`] refuses.
     fn next(&mut self) -> Option<Piece> {
-        if self.pos >= self.end {
-            return None;
-        }
-        let at = self.pos;
-        let p = match self.frags.get(self.i) {
-            Some(f) if f.dst_off as usize <= at => {
-                let fend = f.dst_off as usize + f.len as usize;
-                let len = fend.min(self.end) - at;
-                if at + len == fend {
-                    self.i += 1;
-                }
-                Piece {
-                    at,
-                    len,
-                    dest: Dest::Bounce(f.src_off as usize + (at - f.dst_off as usize)),
-                }
-            }
-            next => Piece {
-                at,
-                len: next.map_or(self.end, |f| (f.dst_off as usize).min(self.end)) - at,
-                dest: Dest::Linear,
-            },
-        };
-        self.pos += p.len;
-        Some(p)
+        self.try_next().ok().flatten()
     }
 }
 
@@ -434,5 +503,107 @@ mod tests {
                 assert_eq!(pos, to.max(from));
             }
         }
+    }
+
+    fn meta(src_off: u32, len: u32, dst_off: u64) -> LoadMeta {
+        LoadMeta {
+            src_off,
+            len,
+            dst_off,
+        }
+    }
+
+    fn all(p: &mut Pieces<'_>) -> Result<Vec<Piece>> {
+        let mut v = Vec::new();
+        while let Some(x) = p.try_next()? {
+            v.push(x);
+        }
+        Ok(v)
+    }
+
+    #[test]
+    fn pieces_refuse_wrapping_and_out_of_order_entries() {
+        // An entry whose request bytes wrap: refused, and the pieces end there.
+        let e = [meta(0, 10, 0), meta(100, 8, u64::MAX - 3)];
+        let mut p = pieces(&e, 0, usize::MAX);
+        assert_eq!(
+            p.try_next(),
+            Ok(Some(Piece {
+                at: 0,
+                len: 10,
+                dest: Dest::Bounce(0)
+            }))
+        );
+        assert_eq!(
+            p.try_next(),
+            Ok(Some(Piece {
+                at: 10,
+                len: (u64::MAX - 3 - 10) as usize,
+                dest: Dest::Linear
+            }))
+        );
+        assert_eq!(p.try_next(), Err(Error::Internal("fragment entry wraps")));
+        assert_eq!(p.try_next(), Ok(None), "nothing after an error");
+        assert_eq!(pieces(&e, 0, usize::MAX).count(), 2, "`next` ends early");
+
+        // Entries out of order: the second lies before bytes already placed.
+        let e = [meta(0, 10, 0), meta(4096, 4, 5)];
+        assert_eq!(
+            all(&mut pieces(&e, 0, 20)),
+            Err(Error::Internal("fragment entries out of order"))
+        );
+    }
+
+    #[test]
+    fn pieces_accept_entries_up_to_the_boundaries() {
+        // An entry ending exactly at the top of the request space.
+        let top = u64::MAX - 8;
+        let e = [meta(u32::MAX - 8, 8, top)];
+        let got = all(&mut pieces(&e, top as usize, usize::MAX)).unwrap();
+        assert_eq!(
+            got,
+            [Piece {
+                at: top as usize,
+                len: 8,
+                dest: Dest::Bounce(u32::MAX as usize - 8)
+            }]
+        );
+        // A range ending inside an entry, then one starting inside it.
+        let e = [meta(4096, 100, 0), meta(0, 50, 150)];
+        let got = all(&mut pieces(&e, 0, 60)).unwrap();
+        assert_eq!(
+            got,
+            [Piece {
+                at: 0,
+                len: 60,
+                dest: Dest::Bounce(4096)
+            }]
+        );
+        let got = all(&mut pieces(&e, 60, 200)).unwrap();
+        assert_eq!(
+            got,
+            [
+                Piece {
+                    at: 60,
+                    len: 40,
+                    dest: Dest::Bounce(4156)
+                },
+                Piece {
+                    at: 100,
+                    len: 50,
+                    dest: Dest::Linear
+                },
+                Piece {
+                    at: 150,
+                    len: 50,
+                    dest: Dest::Bounce(0)
+                },
+            ]
+        );
+        assert!(
+            all(&mut pieces(&e, 9, 3)).unwrap().is_empty(),
+            "`to` before `from`"
+        );
+        assert!(all(&mut pieces(&e, 200, 200)).unwrap().is_empty());
     }
 }

@@ -12,10 +12,68 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 
+use tcpx_core::span::Span;
 use tcpx_core::unpack::PAGE_SIZE;
 use tcpx_core::window::Window;
 
 use crate::error::{Error, Result};
+
+// Addresses, lengths and offsets convert between `usize` and `u64` without loss.
+const _: () = assert!(usize::BITS == u64::BITS);
+
+/// `len` bytes of raw memory at `ptr`: a [`Span`] of addresses with the pointer it came from.
+/// Every sub-range is checked against it, so a range past its end or wrapping around the
+/// address space is an error, never a pointer outside it. Says nothing about whether the bytes
+/// may be read or written: that stays the caller's contract.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawBuf {
+    ptr: *mut u8,
+    span: Span,
+}
+
+impl RawBuf {
+    /// The `len` bytes at `ptr`; refused when they would wrap around the address space.
+    pub(crate) fn new(ptr: *mut u8, len: usize) -> Result<Self> {
+        match Span::new(ptr as usize as u64, len as u64) {
+            Some(span) => Ok(RawBuf { ptr, span }),
+            None => Err(Error::Internal("byte range wraps around the address space")),
+        }
+    }
+
+    /// First byte.
+    pub(crate) fn ptr(self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// Length in bytes.
+    pub(crate) fn len(self) -> usize {
+        self.span.len() as usize
+    }
+
+    /// Whether it holds no byte.
+    pub(crate) fn is_empty(self) -> bool {
+        self.span.is_empty()
+    }
+
+    /// The first `n` bytes and the rest; refused when `n` is past the end.
+    pub(crate) fn split_at(self, n: usize) -> Result<(RawBuf, RawBuf)> {
+        let (a, b) = self
+            .span
+            .split_at(n as u64)
+            .ok_or(Error::Internal("split past the end of a byte range"))?;
+        Ok((
+            RawBuf {
+                ptr: self.ptr,
+                span: a,
+            },
+            RawBuf {
+                // In bounds: `n` is at most the length.
+                ptr: self.ptr.wrapping_add(n),
+                span: b,
+            },
+        ))
+    }
+}
 
 /// A zeroed region visible to the CPU at `host` and to the consumer (GPU) at `device`.
 #[derive(Debug, Clone, Copy)]
@@ -123,7 +181,11 @@ impl OwnedRegion {
             Some(g) => alloc.alloc_on(len, g)?,
             None => alloc.alloc(len)?,
         };
-        if region.host.is_null() || region.len < len || region.host as usize % PAGE_SIZE != 0 {
+        if region.host.is_null()
+            || region.len < len
+            || region.host as usize % PAGE_SIZE != 0
+            || RawBuf::new(region.host, region.len).is_err()
+        {
             return Err(Error::Internal("allocator returned an unusable region"));
         }
         Ok(OwnedRegion { region, alloc })
@@ -202,18 +264,19 @@ impl PagePool {
 /// taken (a send comm's CUDA staging ring): each takes one contiguous range, at the head, or
 /// from the start when the end has too little room; the oldest goes back first.
 pub(crate) struct StageRing {
-    cap: usize,
+    /// The ring's offsets, `[0, capacity)`.
+    ring: Span,
     /// Offset of every live range, oldest first (at most one per request slot); a range ends
     /// where `head` was when the next one was taken, so only starts are kept.
-    live: Window<usize, { tcpx_core::ring::TCPX_REQUESTS }>,
+    live: Window<u64, { tcpx_core::ring::TCPX_REQUESTS }>,
     /// Where the next range goes if it fits.
-    head: usize,
+    head: u64,
 }
 
 impl StageRing {
     pub(crate) fn new(cap: usize) -> Self {
         StageRing {
-            cap,
+            ring: Span::from_len(cap as u64),
             live: Window::new(),
             head: 0,
         }
@@ -221,33 +284,34 @@ impl StageRing {
 
     /// Bytes the ring holds.
     pub(crate) fn capacity(&self) -> usize {
-        self.cap
+        self.ring.len() as usize
     }
 
     /// Takes `len` (≥ 1) contiguous bytes; their offset, or `None` while too few are free.
     pub(crate) fn take(&mut self, len: usize) -> Option<usize> {
-        if len == 0 || len > self.cap || self.live.is_full() {
+        self.take_span(len).map(|s| s.base() as usize)
+    }
+
+    /// Takes `len` (≥ 1) contiguous bytes: their offsets in the ring, or `None` while too few
+    /// are free.
+    fn take_span(&mut self, len: usize) -> Option<Span> {
+        if len == 0 || self.live.is_full() {
             return None;
         }
-        let off = match self.live.head() {
-            None => 0,
+        let len = len as u64;
+        let got = match self.live.head() {
+            None => self.ring.sub(0, len),
             // Live bytes are [tail, head): room after head, else before tail.
-            Some((_, &tail)) if self.head > tail => {
-                if self.cap - self.head >= len {
-                    self.head
-                } else if tail >= len {
-                    0
-                } else {
-                    return None;
-                }
-            }
+            Some((_, &tail)) if self.head > tail => self
+                .ring
+                .sub(self.head, len)
+                .or_else(|| Span::from_len(tail).sub(0, len)),
             // Wrapped: live bytes are [tail, end) and [0, head); room is [head, tail).
-            Some((_, &tail)) if tail - self.head >= len => self.head,
-            Some(_) => return None,
-        };
-        self.live.push(off).ok()?;
-        self.head = off + len;
-        Some(off)
+            Some((_, &tail)) => Span::from_len(tail).sub(self.head, len),
+        }?;
+        self.live.push(got.base()).ok()?;
+        self.head = got.end();
+        Some(got)
     }
 
     /// Gives back the oldest range.
@@ -315,6 +379,70 @@ mod tests {
                 owner[off..off + len].fill(usize::MAX);
             }
         }
+    }
+
+    #[test]
+    fn stage_ring_refuses_out_of_range_lengths_and_takes_exact_fits() {
+        let mut r = StageRing::new(100);
+        assert_eq!(r.take(usize::MAX), None, "longer than the ring");
+        assert_eq!(r.take(usize::MAX - 50), None);
+        assert_eq!(r.take(100), Some(0), "the whole ring fits");
+        assert_eq!(r.take(1), None, "full");
+        r.give_oldest();
+        assert_eq!(r.take(60), Some(0));
+        assert_eq!(r.take(40), Some(60), "ends exactly at the end of the ring");
+        r.give_oldest();
+        assert_eq!(r.take(61), None, "the free start is 60 bytes");
+        assert_eq!(
+            r.take(usize::MAX),
+            None,
+            "head + len would wrap: refused, no overflow"
+        );
+        assert_eq!(r.take(60), Some(0), "exactly the free start");
+        assert_eq!(r.take(1), None, "wrapped and full: head meets the oldest");
+        r.give_oldest();
+        assert_eq!(r.take(usize::MAX), None, "refused, no overflow");
+        assert_eq!(r.take(40), Some(60), "exactly the room up to the end");
+
+        let mut empty = StageRing::new(0);
+        assert_eq!(empty.take(1), None, "a ring of no bytes");
+        assert_eq!(empty.capacity(), 0);
+    }
+
+    #[test]
+    fn raw_buf_sub_ranges_are_checked() {
+        let mut bytes = [0u8; 64];
+        let b = RawBuf::new(bytes.as_mut_ptr(), bytes.len()).unwrap();
+        assert_eq!(
+            (b.ptr(), b.len(), b.is_empty()),
+            (bytes.as_mut_ptr(), 64, false)
+        );
+        let (head, rest) = b.split_at(24).unwrap();
+        assert_eq!((head.ptr(), head.len()), (bytes.as_mut_ptr(), 24));
+        assert_eq!(
+            (rest.ptr(), rest.len()),
+            (bytes.as_mut_ptr().wrapping_add(24), 40)
+        );
+        let (all, none) = b.split_at(64).unwrap();
+        assert_eq!(all.len(), 64, "the whole range");
+        assert!(none.is_empty());
+        assert_eq!(none.ptr(), bytes.as_mut_ptr().wrapping_add(64));
+        assert_eq!(
+            b.split_at(65).unwrap_err(),
+            Error::Internal("split past the end of a byte range")
+        );
+        assert!(b.split_at(usize::MAX).is_err());
+        assert!(RawBuf::new(core::ptr::null_mut(), 0).unwrap().is_empty());
+
+        // Ranges that wrap around the address space are refused; the top byte is not.
+        let top = usize::MAX as *mut u8;
+        assert_eq!(
+            RawBuf::new(top, 2).unwrap_err(),
+            Error::Internal("byte range wraps around the address space")
+        );
+        assert!(RawBuf::new(bytes.as_mut_ptr(), usize::MAX).is_err());
+        let last = (usize::MAX - 1) as *mut u8;
+        assert_eq!(RawBuf::new(last, 1).map(RawBuf::len), Ok(1));
     }
 
     const MAX_TEST_LIVE: usize = tcpx_core::ring::TCPX_REQUESTS;

@@ -8,6 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::error::{Error, Result};
+use crate::mem::RawBuf;
 
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
@@ -200,26 +201,36 @@ pub fn recv_nb(fd: RawFd, buf: &mut [u8], sock: Sock) -> Result<Option<usize>> {
     }
 }
 
-/// Blocking send of `len` bytes at `ptr` (helper threads).
+/// Blocking send of `len` bytes at `ptr` (helper threads). A range that wraps around the address
+/// space is refused before anything is sent.
 ///
 /// # Safety
 /// `ptr..ptr+len` is readable for the duration of the call.
-pub unsafe fn send_all(fd: RawFd, mut ptr: *const u8, mut len: usize) -> Result<()> {
-    while len > 0 {
-        // SAFETY: the caller guarantees the range is readable.
-        let n = unsafe { libc::send(fd, ptr.cast(), len, libc::MSG_NOSIGNAL) };
+pub unsafe fn send_all(fd: RawFd, ptr: *const u8, len: usize) -> Result<()> {
+    let mut rest = RawBuf::new(ptr.cast_mut(), len)?;
+    while !rest.is_empty() {
+        // SAFETY: `rest` lies inside the range the caller guarantees readable.
+        let n = unsafe { libc::send(fd, rest.ptr().cast(), rest.len(), libc::MSG_NOSIGNAL) };
         if n < 0 {
             match errno() {
                 libc::EINTR => continue,
                 e => return Err(Error::from_errno("send on data socket", e)),
             }
         }
-        let n = n as usize;
-        // SAFETY: n <= len, so the pointer stays within the range.
-        ptr = unsafe { ptr.add(n) };
-        len -= n;
+        rest = sent_past(rest, n as usize)?;
     }
     Ok(())
+}
+
+/// What is left of `buf` once its first `n` bytes went through a socket; a count past its end
+/// is an error, never a pointer outside it.
+fn sent_past(buf: RawBuf, n: usize) -> Result<RawBuf> {
+    match buf.split_at(n) {
+        Ok((_, rest)) => Ok(rest),
+        Err(_) => Err(Error::Internal(
+            "socket call reported more bytes than asked",
+        )),
+    }
 }
 
 /// Blocking receive filling every iovec completely (helper threads).
@@ -244,24 +255,33 @@ pub unsafe fn recv_all_iov(fd: RawFd, iov: &mut [libc::iovec]) -> Result<()> {
                 e => return Err(Error::from_errno("recv on data socket", e)),
             }
         }
-        let mut n = n as usize;
-        while n > 0 {
-            let v = &mut iov[first];
-            if n >= v.iov_len {
-                n -= v.iov_len;
-                first += 1;
-            } else {
-                // SAFETY: advancing within the iovec's own range.
-                v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
-                v.iov_len -= n;
-                n = 0;
-            }
-        }
-        while first < iov.len() && iov[first].iov_len == 0 {
-            first += 1;
-        }
+        first += consume_iov(&mut iov[first..], n as usize)?;
     }
     Ok(())
+}
+
+/// Advances `iov` past `n` received bytes: the iovecs they filled, and the received part of the
+/// next one, whose base and length then describe what is left of it. Returns how many iovecs
+/// are done (filled, or empty after the filled ones); a count past their end is an error.
+fn consume_iov(iov: &mut [libc::iovec], mut n: usize) -> Result<usize> {
+    let mut done = 0;
+    while let Some(v) = iov.get_mut(done) {
+        let buf = RawBuf::new(v.iov_base.cast(), v.iov_len)?;
+        if n < buf.len() {
+            let rest = sent_past(buf, n)?;
+            v.iov_base = rest.ptr().cast();
+            v.iov_len = rest.len();
+            return Ok(done);
+        }
+        n -= buf.len();
+        done += 1;
+    }
+    if n > 0 {
+        return Err(Error::Internal(
+            "socket call reported more bytes than asked",
+        ));
+    }
+    Ok(done)
 }
 
 /// Wakes any thread blocked on the socket; errors are irrelevant at close.
@@ -282,4 +302,94 @@ pub fn random_u64() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     t ^ (u64::from(std::process::id()) << 32) ^ 0x9e37_79b9_7f4a_7c15
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iov(buf: &mut [u8]) -> libc::iovec {
+        libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        }
+    }
+
+    #[test]
+    fn consume_iov_advances_within_the_iovecs() {
+        let (mut a, mut b, mut c) = ([0u8; 8], [0u8; 0], [0u8; 16]);
+        let c_ptr = c.as_mut_ptr();
+        let mut v = [iov(&mut a), iov(&mut b), iov(&mut c)];
+        assert_eq!(consume_iov(&mut v, 3), Ok(0), "inside the first");
+        assert_eq!(v[0].iov_len, 5);
+        assert_eq!(
+            consume_iov(&mut v, 5),
+            Ok(2),
+            "the first filled exactly; the empty one after it is done too"
+        );
+        assert_eq!(consume_iov(&mut v[2..], 15), Ok(0));
+        assert_eq!(
+            (v[2].iov_base.cast(), v[2].iov_len),
+            (c_ptr.wrapping_add(15), 1)
+        );
+        assert_eq!(
+            consume_iov(&mut v[2..], 1),
+            Ok(1),
+            "the boundary: all filled"
+        );
+        assert_eq!(v[2].iov_len, 1, "a filled iovec is left as it was");
+    }
+
+    #[test]
+    fn consume_iov_refuses_counts_past_the_end_and_wrapping_iovecs() {
+        let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
+        let mut v = [iov(&mut a), iov(&mut b)];
+        assert_eq!(
+            consume_iov(&mut v, 9),
+            Err(Error::Internal(
+                "socket call reported more bytes than asked"
+            ))
+        );
+        assert_eq!(consume_iov(&mut v, usize::MAX).map_err(|_| ()), Err(()));
+        let mut w = [libc::iovec {
+            iov_base: usize::MAX as *mut libc::c_void,
+            iov_len: 2,
+        }];
+        assert_eq!(
+            consume_iov(&mut w, 1),
+            Err(Error::Internal("byte range wraps around the address space"))
+        );
+        assert_eq!(w[0].iov_len, 2, "left untouched");
+    }
+
+    #[test]
+    fn send_all_refuses_a_wrapping_range_before_sending() {
+        // SAFETY: the range is refused before any byte is read.
+        let r = unsafe { send_all(-1, usize::MAX as *const u8, 2) };
+        assert_eq!(
+            r,
+            Err(Error::Internal("byte range wraps around the address space"))
+        );
+        // SAFETY: no byte to read.
+        assert_eq!(unsafe { send_all(-1, core::ptr::null(), 0) }, Ok(()));
+    }
+
+    #[test]
+    fn send_all_and_recv_all_iov_move_every_byte() {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors.
+        let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        // SAFETY: fresh descriptors nobody else owns.
+        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let src: Vec<u8> = (0..100u8).collect();
+        // SAFETY: `src` is readable; 100 bytes fit in the socket buffer.
+        unsafe { send_all(a.as_raw_fd(), src.as_ptr(), src.len()) }.unwrap();
+        let (mut x, mut y) = ([0u8; 30], [0u8; 70]);
+        let mut v = [iov(&mut x), iov(&mut y)];
+        // SAFETY: both iovecs are writable arrays alive for the call.
+        unsafe { recv_all_iov(b.as_raw_fd(), &mut v) }.unwrap();
+        assert_eq!(&x[..], &src[..30]);
+        assert_eq!(&y[..], &src[30..]);
+    }
 }
