@@ -86,7 +86,8 @@ pub(crate) unsafe fn deliver(
     writer: Option<&DeviceWriter>,
 ) -> Result<()> {
     let place = |copies: Option<&Copies>| -> Result<()> {
-        for p in pieces(job.frags(), at, at + src.len()) {
+        let mut it = pieces(job.frags(), at, at + src.len());
+        while let Some(p) = it.try_next()? {
             let from = src[p.at - at..].as_ptr();
             let device = match p.dest {
                 Dest::Bounce(_) => job.device_bounce,
@@ -555,10 +556,11 @@ unsafe fn recv_frags(fd: i32, base: *mut u8, f: &FragJob, off: usize, len: usize
         iov_base: core::ptr::null_mut(),
         iov_len: 0,
     }; IOV_BATCH];
-    let mut it = pieces(f.frags(), off, off + len).peekable();
+    let mut it = pieces(f.frags(), off, off + len);
+    let mut next = it.try_next()?;
     loop {
         let mut k = 0;
-        while let Some(p) = it.peek() {
+        while let Some(p) = next {
             let dst = match p.dest {
                 Dest::Bounce(o) => f.bounce.wrapping_add(o),
                 Dest::Linear => base.wrapping_add(p.at),
@@ -580,7 +582,7 @@ unsafe fn recv_frags(fd: i32, base: *mut u8, f: &FragJob, off: usize, len: usize
                 };
                 k += 1;
             }
-            it.next();
+            next = it.try_next()?;
         }
         if k == 0 {
             return Ok(());
