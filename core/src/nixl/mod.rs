@@ -16,6 +16,9 @@
 //! - [`initiator`]: one posted transfer's parts ([`Flight`]): sent, answered, moved, settled,
 //!   and the answers a peer may send about them; which transfers go inline.
 //! - [`pace`]: keepalives, stall and stuck-writer detection, with time as an argument.
+//! - [`handshake`]: the frames that open a connection, one machine per role
+//!   ([`InitiatorHandshake`], [`TargetHandshake`]): what to send next, the peer's frames
+//!   checked in order, and what the driver needs to connect the engines.
 //!
 //! The unit tests drive an initiator and a target against each other in memory (`sim.rs`, a
 //! simulated pair also driven by the `control` fuzz target).
@@ -36,6 +39,7 @@ use crate::wire::{
     MAX_ERROR_TEXT,
 };
 
+pub mod handshake;
 pub mod initiator;
 pub mod pace;
 pub mod target;
@@ -45,6 +49,7 @@ mod hostile;
 #[cfg(test)]
 mod tests;
 
+pub use handshake::{HandshakeError, InitiatorHandshake, TargetHandshake, Transmit};
 pub use initiator::{Completion, Failure, Flight, Part};
 pub use target::{Finished, FixedStore, Job, JobStore, Jobs};
 

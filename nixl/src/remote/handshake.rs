@@ -1,5 +1,6 @@
-//! Opening conns: the initiator's and the target's handshakes (Hello, listen handles, Limits,
-//! engine connect) and the conn table of outgoing conns.
+//! Opening conns: the drivers of the initiator's and the target's handshakes (the protocol is
+//! `tcpx_core::nixl::handshake`'s; here the blocking socket reads and writes, their timeouts,
+//! the engine's listen and connect) and the conn table of outgoing conns.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -8,8 +9,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tcpx::engine::Session;
+use tcpx_core::nixl::handshake::{
+    self, HandshakeError, InitiatorHandshake, TargetHandshake, Transmit, EMIT_BUF,
+};
 use tcpx_core::nixl::pace::Stall;
-use tcpx_core::wire::{self, Hello, Limits, Message, HEADER_LEN, MAX_CONTROL_FRAME};
+use tcpx_core::wire::{self, HEADER_LEN, MAX_CONTROL_FRAME};
 
 use crate::error::Error;
 
@@ -18,40 +22,62 @@ use super::protocol::{JobQueue, Jobs};
 use super::{lock, now, Shared, FRAME_BUF, MAX_JOBS, TABLE_CAP};
 use crate::blob::PeerInfo;
 
-/// Reads one frame from a blocking stream (handshake only; read timeout set by the caller).
-fn read_frame(s: &mut TcpStream) -> Result<Vec<u8>, Error> {
+/// Bytes a handshake's frames take at first: a `Hello` and the largest `ListenHandles`, or
+/// the largest `ListenHandles` and `Limits`.
+const RX_CAP: usize = 4096;
+
+/// Reads the next handshake frame from a blocking stream onto the end of `rx` (every
+/// handshake frame read so far, in order: the handshake's outcome points into it) and returns
+/// where it starts. Its length is the handshake's to judge before the body is read (read
+/// timeout set by the caller).
+fn read_frame(s: &mut TcpStream, rx: &mut Vec<u8>) -> Result<usize, Error> {
     let io = |err| Error::Io {
         what: "control handshake read",
         err,
     };
-    let mut buf = vec![0u8; HEADER_LEN];
-    s.read_exact(&mut buf).map_err(io)?;
-    let wire = |err| Error::Wire {
-        what: "handshake frame",
-        err,
-    };
-    let len = wire::peek_frame_within(&buf, MAX_CONTROL_FRAME)
-        .map_err(|e| match e {
-            wire::Error::BadVersion(v) => Error::Mismatch(format!(
-                "the peer speaks wire version {v}, this agent {}: every agent must run the \
-                 same tcpx-nixl wire version",
-                wire::VERSION
-            )),
-            e => wire(e),
-        })?
+    let start = rx.len();
+    rx.resize(start + HEADER_LEN, 0);
+    s.read_exact(&mut rx[start..]).map_err(io)?;
+    let len = handshake::frame_len(&rx[start..])
+        .map_err(refused)?
         .unwrap_or(HEADER_LEN);
-    buf.resize(len, 0);
-    s.read_exact(&mut buf[HEADER_LEN..]).map_err(io)?;
-    Ok(buf)
+    rx.resize(start + len, 0);
+    s.read_exact(&mut rx[start + HEADER_LEN..]).map_err(io)?;
+    Ok(start)
 }
 
-pub(super) fn frame(msg: &Message<'_>) -> Result<Vec<u8>, Error> {
-    let mut buf = vec![0u8; msg.buffer_len()];
-    msg.emit(&mut buf).map_err(|err| Error::Wire {
+/// A handshake the protocol refused: a frame that does not parse is a malformed handshake
+/// frame, anything else (another wire version, frames out of order) a mismatch with the peer.
+fn refused(e: HandshakeError) -> Error {
+    match e {
+        HandshakeError::Frame(err) => Error::Wire {
+            what: "handshake frame",
+            err,
+        },
+        e => Error::Mismatch(e.to_string()),
+    }
+}
+
+/// Sends what the handshake says until it has nothing more to send: its frames, and our
+/// engine's `ListenHandles` frame (`conn_info`). A write failure is an [`Error::Io`] of `what`.
+fn transmit(
+    s: &mut TcpStream,
+    what: &'static str,
+    conn_info: &[u8],
+    mut poll: impl FnMut(&mut [u8]) -> Result<Option<Transmit>, wire::Error>,
+) -> Result<(), Error> {
+    let mut buf = [0u8; EMIT_BUF];
+    while let Some(t) = poll(&mut buf).map_err(|err| Error::Wire {
         what: "control message",
         err,
-    })?;
-    Ok(buf)
+    })? {
+        let bytes = match t {
+            Transmit::Frame(n) => &buf[..n],
+            Transmit::ListenHandles => conn_info,
+        };
+        s.write_all(bytes).map_err(|err| Error::Io { what, err })?;
+    }
+    Ok(())
 }
 
 /// Turns an I/O failure that means "the peer is not there any more" (timeout, EOF, reset)
@@ -129,28 +155,34 @@ impl Shared {
         let _ = s.set_nodelay(true);
         let net = Session::open_net(&self.engine_cfg).map_err(Error::Engine)?;
         let l = Session::listen(net, self.engine_cfg.clone()).map_err(Error::Engine)?;
-        let hello = frame(&Message::Hello(Hello {
-            channels: self.engine_cfg.channels as u16,
-            name: &self.agent,
-        }))?;
+        let mut hs = InitiatorHandshake::new(self.engine_cfg.channels as u16, &self.agent);
         // A peer that stops answering (read/write timeout) or goes away during the handshake
         // is a disconnected peer, like one that fails later: REMOTE_DISCONNECT, not BACKEND.
-        s.write_all(&hello)
-            .and_then(|_| s.write_all(l.conn_info()))
-            .map_err(io("sending Hello"))
-            .map_err(peer_gone)?;
-        let theirs = read_frame(&mut s).map_err(peer_gone)?;
-        let limits = read_frame(&mut s).map_err(peer_gone)?;
-        let limits = match wire::parse(&limits) {
-            Ok(Message::Limits(l)) => l,
-            _ => {
-                return Err(Error::Mismatch(format!(
-                    "agent {agent:?} did not answer the handshake with its Limits"
-                )))
+        transmit(&mut s, "sending Hello", l.conn_info(), |b| {
+            hs.poll_transmit(b)
+        })
+        .map_err(peer_gone)?;
+        let mut rx = Vec::with_capacity(RX_CAP);
+        let answered = loop {
+            if let Some(a) = hs.outcome() {
+                break a.clone();
             }
+            let at = read_frame(&mut s, &mut rx).map_err(peer_gone)?;
+            hs.handle_frame(&rx[at..]).map_err(|e| match e {
+                HandshakeError::Unanswered { .. } => {
+                    Error::Mismatch(format!("agent {agent:?} {e}"))
+                }
+                e => refused(e),
+            })?;
         };
-        let session = l.connect(&theirs).map_err(Error::Engine)?;
-        self.conn(agent.into(), true, s, session, limits.max_notif as usize)
+        let session = l.connect(&rx[answered.handles]).map_err(Error::Engine)?;
+        self.conn(
+            agent.into(),
+            true,
+            s,
+            session,
+            answered.limits.max_notif as usize,
+        )
     }
 
     fn conn(
@@ -238,25 +270,22 @@ impl Shared {
         s.set_read_timeout(Some(self.timeout)).map_err(io)?;
         s.set_write_timeout(Some(self.timeout)).map_err(io)?;
         let _ = s.set_nodelay(true);
-        let hello = read_frame(&mut s)?;
-        let name = match wire::parse(&hello) {
-            Ok(Message::Hello(h)) => Arc::<str>::from(h.name),
-            _ => {
-                return Err(Error::Mismatch(
-                    "control stream did not open with Hello".into(),
-                ))
+        let mut hs = TargetHandshake::new(self.max_notif);
+        let mut rx = Vec::with_capacity(RX_CAP);
+        let peer = loop {
+            if let Some(p) = hs.peer() {
+                break p.clone();
             }
+            let at = read_frame(&mut s, &mut rx)?;
+            hs.handle_frame(&rx[at..]).map_err(refused)?;
         };
-        let theirs = read_frame(&mut s)?;
         let net = Session::open_net(&self.engine_cfg).map_err(Error::Engine)?;
         let l = Session::listen(net, self.engine_cfg.clone()).map_err(Error::Engine)?;
-        let limits = frame(&Message::Limits(Limits {
-            max_notif: self.max_notif,
-        }))?;
-        s.write_all(l.conn_info())
-            .and_then(|_| s.write_all(&limits))
-            .map_err(io)?;
-        let session = l.connect(&theirs).map_err(Error::Engine)?;
+        transmit(&mut s, "control handshake", l.conn_info(), |b| {
+            hs.poll_transmit(b)
+        })?;
+        let session = l.connect(&rx[peer.handles]).map_err(Error::Engine)?;
+        let name = Arc::<str>::from(peer.name.as_str());
         let c = self.conn(name, false, s, session, 0)?;
         if self.stop.load(Ordering::Relaxed) {
             c.close("agent destroyed");
