@@ -302,6 +302,30 @@ mod tests {
     use crate::error::Status;
 
     #[test]
+    fn refused_handshakes_keep_their_statuses_and_texts() {
+        let v = refused(HandshakeError::Version(wire::VERSION + 1));
+        assert_eq!(v.status(), Status::Mismatch);
+        assert!(
+            v.to_string().contains(&format!(
+                "the peer speaks wire version {}, this agent {}: every agent must run the same \
+                 tcpx-nixl wire version",
+                wire::VERSION + 1,
+                wire::VERSION
+            )),
+            "{v}"
+        );
+        let f = refused(HandshakeError::Frame(wire::Error::BadMagic(0)));
+        assert_eq!(f.status(), Status::InvalidParam);
+        assert!(f.to_string().contains("bad magic"), "{f}");
+        let h = refused(HandshakeError::NoHello(wire::Kind::Ack));
+        assert_eq!(h.status(), Status::Mismatch);
+        assert_eq!(
+            h.to_string(),
+            "mismatch: control stream did not open with Hello"
+        );
+    }
+
+    #[test]
     fn handshake_io_failures_from_a_vanished_peer_are_disconnects() {
         use std::io::{Error as IoError, ErrorKind};
         for kind in [
