@@ -7,13 +7,14 @@
 //! bad count, length, reserved field, …). The same holds for tcpxsock's formats (`sock_*`),
 //! which have no common header: a handle or hello `edge-*` seed keeps the current magic and
 //! version, a request header one (any 8 bytes are a header) has the wrong length. The
-//! `machines` and `control` seeds are byte streams
+//! `machines`, `control` and `handshake` seeds are byte streams
 //! decoded by their targets; their builders below assert what each one means (a plan the
 //! planner accepts or refuses, frames that parse), so a format change fails the generator
 //! and the test that runs it.
 
 mod control;
 mod frames;
+mod handshake;
 mod machines;
 mod tcpxsock;
 
@@ -120,6 +121,13 @@ pub fn all() -> Vec<Seed> {
             });
         }
     }
+    for (name, bytes) in handshake() {
+        out.push(Seed {
+            target: "handshake",
+            name,
+            bytes,
+        });
+    }
     for (target, named) in sock_seeds() {
         for (name, bytes) in named {
             out.push(Seed {
@@ -148,5 +156,6 @@ fn kind_slug(kind: Kind) -> &'static str {
 
 use control::*;
 use frames::*;
+use handshake::*;
 use machines::*;
 use tcpxsock::*;
