@@ -61,6 +61,23 @@ unsafe fn ours<'a, T>(p: *mut c_void, what: &'static str) -> Result<&'a T> {
     unsafe { p.cast::<T>().as_ref() }.ok_or(Error::InvalidArgument(what))
 }
 
+/// Which of this plugin's comms a pointer names.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CommKind {
+    Send,
+    Recv,
+}
+
+/// The send and recv comms handed out and not yet closed, by address: `regMr` is given either
+/// kind through one `void*`, and learns here which it is (setup calls only; never the data
+/// path).
+static COMMS: std::sync::Mutex<std::collections::BTreeMap<usize, CommKind>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn comms() -> std::sync::MutexGuard<'static, std::collections::BTreeMap<usize, CommKind>> {
+    COMMS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn size_arg(size: c_int) -> Result<usize> {
     usize::try_from(size).map_err(|_| Error::InvalidArgument("negative size"))
 }
@@ -218,7 +235,9 @@ pub(crate) unsafe extern "C" fn connect(
         match stage.step() {
             Ok(true) => {
                 SockHandle::set_stage(hb, 0).map_err(not_ours)?;
-                *slot = Box::into_raw(stage.finish()?).cast();
+                let c = Box::into_raw(stage.finish()?);
+                comms().insert(c as usize, CommKind::Send);
+                *slot = c.cast();
                 Ok(())
             }
             Ok(false) => {
@@ -268,7 +287,9 @@ pub(crate) unsafe extern "C" fn accept(
                     _ => *d = core::ptr::null_mut(),
                 }
             }
-            *slot = Box::into_raw(c).cast();
+            let c = Box::into_raw(c);
+            comms().insert(c as usize, CommKind::Recv);
+            *slot = c.cast();
         }
         Ok(())
     })
@@ -318,6 +339,25 @@ pub(crate) unsafe extern "C" fn reg_mr(
                              GPU, which TCPX binds the registration to",
                         ));
                     }
+                }
+                // What CUDA transfers on this comm need (staging ring, landing streams) is
+                // made now, at setup: made at the first transfer instead, the driver calls
+                // can wait behind a kernel of this context that itself waits for that transfer
+                // (NCCL's kernels do), and neither ever moves.
+                let kind = comms().get(&(comm as usize)).copied();
+                match kind {
+                    Some(CommKind::Send) => {
+                        // SAFETY: the table holds only live comms of that kind (removed at
+                        // close).
+                        let c = unsafe { ours::<SendComm>(comm, "sendComm") }?;
+                        c.prepare_cuda(bound)?;
+                    }
+                    Some(CommKind::Recv) => {
+                        // SAFETY: as above.
+                        let c = unsafe { ours::<RecvComm>(comm, "recvComm") }?;
+                        c.prepare_cuda()?;
+                    }
+                    None => {}
                 }
                 bound
             }
@@ -467,6 +507,7 @@ pub(crate) unsafe extern "C" fn test(
 pub(crate) unsafe extern "C" fn close_send(comm: *mut c_void) -> NcclResult {
     guard(|| {
         if !comm.is_null() {
+            comms().remove(&(comm as usize));
             // SAFETY: send comms come from connect's Box::into_raw; closed once.
             unsafe { Box::from_raw(comm.cast::<SendComm>()) }.close();
         }
@@ -477,6 +518,7 @@ pub(crate) unsafe extern "C" fn close_send(comm: *mut c_void) -> NcclResult {
 pub(crate) unsafe extern "C" fn close_recv(comm: *mut c_void) -> NcclResult {
     guard(|| {
         if !comm.is_null() {
+            comms().remove(&(comm as usize));
             // SAFETY: recv comms come from accept's Box::into_raw; closed once.
             unsafe { Box::from_raw(comm.cast::<RecvComm>()) }.close();
         }

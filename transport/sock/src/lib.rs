@@ -89,6 +89,23 @@ pub unsafe fn recv_unpack_view(recv_comm: *mut c_void) -> Option<UnpackView> {
     unsafe { recv_comm.cast::<RecvComm>().as_ref() }?.unpack_view()
 }
 
+/// What a comm's CUDA transfers need that is made at its CUDA registrations: for a send comm,
+/// whether its staging ring exists; for a recv comm, how many of its helpers have their
+/// landing on device `gpu`.
+///
+/// # Safety
+/// `comm` is a live comm of this plugin: a send comm from `connect` when `send`, else a recv
+/// comm from `accept`.
+pub unsafe fn cuda_prepared(comm: *mut c_void, send: bool, gpu: usize) -> usize {
+    if send {
+        // SAFETY: per the contract, a live SendComm.
+        unsafe { comm.cast::<comm::SendComm>().as_ref() }.map_or(0, |c| c.staging_ready() as usize)
+    } else {
+        // SAFETY: per the contract, a live RecvComm.
+        unsafe { comm.cast::<RecvComm>().as_ref() }.map_or(0, |c| c.landings_on(gpu))
+    }
+}
+
 static LOGGER: AtomicUsize = AtomicUsize::new(0);
 
 fn set_logger(l: Logger) {

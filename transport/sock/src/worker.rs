@@ -161,8 +161,12 @@ pub(crate) struct Shared {
     pub chunk_bytes: usize,
     /// `Config::stream_bounce`.
     pub stream_bounce: bool,
-    /// The staging ring for CUDA sends (send comms only), made at the comm's first one.
+    /// The staging ring for CUDA sends (send comms only), made at the comm's first CUDA
+    /// registration.
     pub cuda_stage: OnceLock<SendStage>,
+    /// Per lane: its helper's way into device memory (recv comms whose CUDA receives need
+    /// device copies), made at the comm's first CUDA registration ([`Shared::prepare_landings`]).
+    landings: Vec<Mutex<Option<Landing>>>,
     exited: Mutex<usize>,
     exited_cv: Condvar,
 }
@@ -193,9 +197,35 @@ impl Shared {
             chunk_bytes,
             stream_bounce,
             cuda_stage: OnceLock::new(),
+            landings: (0..nsocks).map(|_| Mutex::new(None)).collect(),
             exited: Mutex::new(0),
             exited_cv: Condvar::new(),
         })
+    }
+
+    /// Gives every helper a [`Landing`] on device `gpu` where it has none (or one on another
+    /// device). Called at setup (a CUDA registration): a landing made at a helper's first device
+    /// receive instead makes driver calls (a stream, pinned memory) that can wait behind a
+    /// kernel of the same context, one that itself waits for the bytes this helper delivers.
+    pub(crate) fn prepare_landings(&self, gpu: usize) -> Result<()> {
+        for slot in &self.landings {
+            // A helper holds its slot only while it delivers a request, with a landing in hand.
+            let Ok(mut l) = slot.try_lock() else {
+                continue;
+            };
+            if l.as_ref().is_none_or(|l| l.ordinal() != gpu) {
+                *l = Some(Landing::new(gpu, SCRATCH)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// How many helpers have a landing on device `gpu` (tests).
+    pub(crate) fn landings_on(&self, gpu: usize) -> usize {
+        self.landings
+            .iter()
+            .filter(|l| lock(l).as_ref().is_some_and(|l| l.ordinal() == gpu))
+            .count()
     }
 
     /// The first error a helper thread hit, if any.
@@ -328,8 +358,6 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
     let n = shared.lanes.len() as u64;
     // Made at the helper's first bounce-page receive (host-memory comms never need it).
     let mut scratch = Vec::new();
-    // Made at the helper's first receive that needs device copies.
-    let mut landing: Option<Landing> = None;
     while let Some(job) = next_job(shared, me) {
         let sending = matches!(job.kind, JobKind::Send | JobKind::SendStaged(_));
         let key = trace::request_key(shared as *const Shared, job.req);
@@ -375,8 +403,10 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
                     unsafe { sys::recv_all_iov(fd, &mut iov)? };
                 }
                 JobKind::RecvFrags(f) if f.device() => {
+                    let mut landing = lock(&shared.landings[me]);
                     if landing.as_ref().is_none_or(|l| l.ordinal() != f.gpu) {
-                        landing = Some(Landing::new(f.gpu, SCRATCH)?);
+                        // Only a CUDA receive whose comm saw no CUDA registration gets here.
+                        *landing = Some(Landing::new(f.gpu, SCRATCH)?);
                     }
                     let l = landing.as_mut().ok_or(Error::Internal("no landing"))?;
                     let (buf, writer) = l.parts();

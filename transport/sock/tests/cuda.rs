@@ -680,6 +680,76 @@ fn device_bounce_region_with_odd_fragments_and_linear_bytes() {
     close_recv(r);
 }
 
+/// What CUDA transfers need is made at the CUDA registration, not at the first transfer:
+/// NCCL's kernels wait for receives while tcpxsock moves them, and a driver call made then
+/// (a stream, pinned memory) can wait behind such a kernel of the same context for good (four
+/// NCCL ranks on one H100 hung at their first all_to_all in `Landing::new`'s cuStreamCreate).
+/// A send comm gets its staging ring; a recv comm whose CUDA receives need device copies
+/// (linear bytes into the CUDA buffer here) gets every helper's landing; the transfer then
+/// makes none.
+#[test]
+fn cuda_transfer_resources_are_made_at_registration() {
+    setup();
+    let Some(_c) = gpu("cuda_transfer_resources_are_made_at_registration") else {
+        return;
+    };
+    let nsocks = tcpx_sock::config::current().nsocks;
+    let (h, l) = listen_with(tcpx_sock::Config {
+        linear_bytes: 3000,
+        ..tcpx_sock::config::current()
+    });
+    let (s, r, _) = connect_accept(h, l);
+    // SAFETY: `s` and `r` are live comms of this plugin (here and below).
+    let prepared = |c: Ptr, send: bool| unsafe { tcpx_sock::cuda_prepared(c.0, send, 0) };
+    assert_eq!((prepared(s, true), prepared(r, false)), (0, 0));
+    let len = 3 << 20;
+    let data = pattern(len, 4242);
+    // Host registrations make nothing.
+    let mut host = data.clone();
+    let hs = reg(s, host.as_mut_ptr().cast(), len, PTR_HOST).unwrap();
+    let hr = reg(r, host.as_mut_ptr().cast(), len, PTR_HOST).unwrap();
+    assert_eq!((prepared(s, true), prepared(r, false)), (0, 0));
+    dereg(s, hs);
+    dereg(r, hr);
+    let src = Dev::from(&data);
+    let dst = Dev::zeroed(len);
+    let smh = reg_cuda(s, src.ptr(), len).unwrap();
+    assert_eq!(
+        prepared(s, true),
+        1,
+        "the staging ring is made at the send comm's CUDA regMr"
+    );
+    let rmh = reg_cuda(r, dst.ptr(), len).unwrap();
+    assert_eq!(
+        prepared(r, false),
+        nsocks,
+        "every helper's landing is made at the CUDA regMr"
+    );
+    let rr = send_to_device(s, src.ptr(), smh, r, &dst, rmh, len);
+    let mut out = dst.read();
+    let lin = 3000.min(len) as u64;
+    assert_eq!(unpack_into(r, 0, &mut out), len as u64 - lin);
+    assert!(
+        out == data,
+        "linear bytes written by the helpers, the rest unpacked"
+    );
+    assert_eq!(consumed(r, rr), result::SUCCESS);
+    assert_eq!((prepared(s, true), prepared(r, false)), (1, nsocks));
+    dereg(s, smh);
+    dereg(r, rmh);
+    close_send(s);
+    close_recv(r);
+
+    // Receives that need no device copies (host bounce pages, no linear bytes) get no landing.
+    let (s, r, _) = pair();
+    let dst = Dev::zeroed(4096);
+    let rmh = reg_cuda(r, dst.ptr(), 4096).unwrap();
+    assert_eq!(prepared(r, false), 0);
+    dereg(r, rmh);
+    close_send(s);
+    close_recv(r);
+}
+
 #[test]
 fn pinned_regions_are_page_aligned_and_device_mapped() {
     use tcpx_sock::MappedAllocator;

@@ -164,6 +164,25 @@ impl RecvComm {
         true
     }
 
+    /// Makes what this comm's CUDA receives will need now, at a CUDA registration (setup): the
+    /// helpers' landings when those receives need device copies (bounce pages in device
+    /// memory, or linear bytes written into the CUDA buffer). Made at the first such receive
+    /// instead, their driver calls can wait behind a kernel that waits for that receive.
+    pub(crate) fn prepare_cuda(&self) -> Result<()> {
+        let Some(u) = self.unpack.as_ref() else {
+            return Ok(());
+        };
+        if !(u.bounce.is_device() || u.shape.linear_bytes > 0) {
+            return Ok(());
+        }
+        self.core.shared.prepare_landings(u.gpu.unwrap_or(0))
+    }
+
+    /// How many helpers have their landing on device `gpu` (tests).
+    pub(crate) fn landings_on(&self, gpu: usize) -> usize {
+        self.core.shared.landings_on(gpu)
+    }
+
     /// Whether the comm is in TCPX mode.
     pub(crate) fn tcpx(&self) -> bool {
         self.core.tcpx

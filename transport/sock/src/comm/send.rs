@@ -201,8 +201,21 @@ impl SendComm {
         Ok(Some(&self.reqs[idx]))
     }
 
-    /// The comm's staging ring, made at its first CUDA send (under the state lock, so once) on
-    /// the comm's GPU, else on the GPU of the first CUDA send's buffer.
+    /// Whether the staging ring exists (tests).
+    pub(crate) fn staging_ready(&self) -> bool {
+        self.core.shared.cuda_stage.get().is_some()
+    }
+
+    /// Makes the staging ring now, at a CUDA registration on device `ordinal` (setup), so the
+    /// comm's first CUDA send makes no driver call that could wait behind the caller's kernels.
+    pub(crate) fn prepare_cuda(&self, ordinal: usize) -> Result<()> {
+        let _st = lock(&self.st);
+        self.stage(ordinal).map(|_| ())
+    }
+
+    /// The comm's staging ring, made at its first CUDA registration (`prepare_cuda`) or, for
+    /// a CUDA send without one, at that send (under the state lock, so once) on the comm's
+    /// GPU, else on the GPU of the registration's (or send's) buffer.
     fn stage(&self, ordinal: usize) -> Result<&SendStage> {
         let sh = &self.core.shared;
         if sh.cuda_stage.get().is_none() {
