@@ -23,7 +23,7 @@
 
 use core::ffi::{c_char, c_void};
 use std::ffi::CString;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tcpx_core::abi::v7::Net;
 use tcpx_core::abi::{log_level, Logger, LOG_SUBSYS_NET};
@@ -110,6 +110,13 @@ static LOGGER: AtomicUsize = AtomicUsize::new(0);
 
 fn set_logger(l: Logger) {
     LOGGER.store(l.map_or(0, |f| f as usize), Ordering::Release);
+}
+
+/// [`log_warn`] the first time `told` is seen unset in this process.
+pub(crate) fn log_warn_once(told: &AtomicBool, msg: &str) {
+    if !told.swap(true, Ordering::Relaxed) {
+        log_warn(msg);
+    }
 }
 
 /// Sends a warning to NCCL's logger, if one was given to `init`.

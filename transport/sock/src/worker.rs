@@ -406,6 +406,13 @@ fn run(shared: &Shared, me: usize, sock: &TcpStream) -> Result<()> {
                     let mut landing = lock(&shared.landings[me]);
                     if landing.as_ref().is_none_or(|l| l.ordinal() != f.gpu) {
                         // Only a CUDA receive whose comm saw no CUDA registration gets here.
+                        static TOLD: AtomicBool = AtomicBool::new(false);
+                        crate::log_warn_once(
+                            &TOLD,
+                            "tcpxsock: a CUDA receive on a comm without a CUDA registration made \
+                             its helper's landing at the receive (register CUDA memory on the \
+                             comm first: a driver call there can wait behind a running kernel)",
+                        );
                         *landing = Some(Landing::new(f.gpu, SCRATCH)?);
                     }
                     let l = landing.as_mut().ok_or(Error::Internal("no landing"))?;

@@ -4,7 +4,7 @@ use core::ffi::c_void;
 use std::io::IoSlice;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tcpx_core::ring::{Release, Req, RequestRing, TCPX_REQUESTS};
@@ -133,7 +133,7 @@ impl SendComm {
                 }
                 // The ring exists before a range of it is taken, so a failure here leaves
                 // nothing taken.
-                let stage = self.stage(ord)?;
+                let stage = self.stage(ord, true)?;
                 // Ranges start 64-byte aligned, so the staging kernel can move vectors.
                 let take = size.next_multiple_of(64).min(st.ring.capacity());
                 let Some(off) = st.ring.take(take) else {
@@ -210,15 +210,24 @@ impl SendComm {
     /// comm's first CUDA send makes no driver call that could wait behind the caller's kernels.
     pub(crate) fn prepare_cuda(&self, ordinal: usize) -> Result<()> {
         let _st = lock(&self.st);
-        self.stage(ordinal).map(|_| ())
+        self.stage(ordinal, false).map(|_| ())
     }
 
     /// The comm's staging ring, made at its first CUDA registration (`prepare_cuda`) or, for
     /// a CUDA send without one, at that send (under the state lock, so once) on the comm's
     /// GPU, else on the GPU of the registration's (or send's) buffer.
-    fn stage(&self, ordinal: usize) -> Result<&SendStage> {
+    fn stage(&self, ordinal: usize, at_send: bool) -> Result<&SendStage> {
         let sh = &self.core.shared;
         if sh.cuda_stage.get().is_none() {
+            if at_send {
+                static TOLD: AtomicBool = AtomicBool::new(false);
+                crate::log_warn_once(
+                    &TOLD,
+                    "tcpxsock: a CUDA send on a comm without a CUDA registration made its \
+                     staging ring at the send (register CUDA memory on the comm first: a driver \
+                     call at a send can wait behind a running kernel)",
+                );
+            }
             let _ = sh.cuda_stage.set(SendStage::new(
                 self.gpu.unwrap_or(ordinal),
                 self.stage_bytes,
