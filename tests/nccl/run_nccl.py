@@ -209,6 +209,26 @@ def unavailable_reason():
     return None
 
 
+def parse_settings(items):
+    """`--set NAME=VALUE` items as knobs: only TCPX_SOCK_* and NCCL_* names (ValueError
+    otherwise, or without `=`)."""
+    out = []
+    for item in items or ():
+        name, eq, value = item.partition("=")
+        if not eq or not name.startswith(("TCPX_SOCK_", "NCCL_")):
+            raise ValueError(f"--set {item!r}: expected TCPX_SOCK_NAME=VALUE or NCCL_NAME=VALUE")
+        out.append((name, value))
+    return tuple(out)
+
+
+def with_settings(cfg, settings):
+    """A tcpxsock configuration with `settings` applied after its own knobs (they win); NCCL's
+    Socket baselines are left as they are."""
+    if not settings or cfg.transport != PLUGIN_NAME:
+        return cfg
+    return dataclasses.replace(cfg, knobs=cfg.knobs + tuple(settings))
+
+
 def config_env(cfg, rank, plugin, nccl_log, base=None):
     """The environment of one rank. Inherited NCCL_* and TCPX_SOCK_* are dropped so that every
     run is the configuration it names. NCCL logs into `nccl_log`, flushed line by line,
@@ -541,7 +561,18 @@ def main(argv=None):
     p.add_argument("--bw-iters", type=int, default=10, help="bench iterations at 64 MiB (256 MiB: half)")
     p.add_argument("--lat-iters", type=int, default=200, help="bench iterations at 4 KiB")
     p.add_argument("--list", action="store_true", help="list the configurations and exit")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a TCPX_SOCK_* or NCCL_* setting for every tcpxsock run, after the configuration's "
+        "own (repeatable; outcome.json records it): e.g. --set NCCL_NET_GDR_READ=0",
+    )
     args = p.parse_args(argv)
+    try:
+        settings = parse_settings(args.set)
+    except ValueError as e:
+        p.error(str(e))
 
     if args.list:
         for c in CHECKS + (PROBE, PAT_PROBE) + BENCH:
@@ -566,17 +597,17 @@ def main(argv=None):
             print(f"unknown configuration(s) {unknown}; --list shows them", file=sys.stderr)
             return 2
         for n in names:
-            out = run_config(by_name[n], args.plugin, logdir, args.timeout_s, gpus)
+            out = run_config(with_settings(by_name[n], settings), args.plugin, logdir, args.timeout_s, gpus)
             print(out.summary(), flush=True)
             if not out.ok:
                 failed.append(n)
         if args.probe:
-            out = run_config(PROBE, args.plugin, logdir, PROBE_TIMEOUT_S, gpus)
+            out = run_config(with_settings(PROBE, settings), args.plugin, logdir, PROBE_TIMEOUT_S, gpus)
             verdict = probe_verdict(out)
             print(out.summary() if verdict == "failed" else f"{PROBE.name}: {verdict} ({PROBE.why})", flush=True)
             if verdict == "failed":
                 failed.append(PROBE.name)
-            out = run_config(PAT_PROBE, args.plugin, logdir, args.timeout_s, gpus)
+            out = run_config(with_settings(PAT_PROBE, settings), args.plugin, logdir, args.timeout_s, gpus)
             verdict = pat_verdict(out)
             print(out.summary() if verdict == "failed" else f"{PAT_PROBE.name}: {verdict} ({PAT_PROBE.why})", flush=True)
             if verdict == "failed":
@@ -586,7 +617,13 @@ def main(argv=None):
         res, facts = {}, {}
         for cfg in BENCH:
             out = run_config(
-                cfg, args.plugin, logdir, args.timeout_s, gpus, "bench", (args.bw_iters, args.lat_iters)
+                with_settings(cfg, settings),
+                args.plugin,
+                logdir,
+                args.timeout_s,
+                gpus,
+                "bench",
+                (args.bw_iters, args.lat_iters),
             )
             print(out.summary(), flush=True)
             facts[cfg.transport] = out.facts

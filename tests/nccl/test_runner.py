@@ -216,3 +216,22 @@ def test_worker_plans_cover_the_sizes():
     quick = [c * (4 if d == "float32" else 1) for _, d, c in w.plan_ops("quick")]
     assert max(quick) == 64 << 20
     assert {op for op, _, _ in w.plan_ops("multi")} == ops
+
+
+def test_settings_reach_tcpxsock_runs_only_and_win(tmp_path):
+    settings = rn.parse_settings(["NCCL_NET_GDR_READ=0", "TCPX_SOCK_LINEAR_BYTES=0"])
+    assert settings == (("NCCL_NET_GDR_READ", "0"), ("TCPX_SOCK_LINEAR_BYTES", "0"))
+    odd = next(c for c in rn.CHECKS if c.name == "tcpxsock-simple-odd")
+    env = rn.config_env(rn.with_settings(odd, settings), 0, tmp_path / "p.so", tmp_path / "l", base={})
+    # After the configuration's own knobs (3000 linear bytes) and NCCL's GDR read default.
+    assert env["TCPX_SOCK_LINEAR_BYTES"] == "0" and env["NCCL_NET_GDR_READ"] == "0"
+    assert env["TCPX_SOCK_ODD_FRAGMENTS"] == "1"
+    assert rn.with_settings(SOCKET, settings) is SOCKET
+    env = rn.config_env(rn.with_settings(SOCKET, settings), 0, tmp_path / "p.so", tmp_path / "l", base={})
+    assert env["NCCL_NET_GDR_READ"] == "1" and "TCPX_SOCK_LINEAR_BYTES" not in env
+    for bad in ("FOO=1", "NCCL_PROTO", "PATH=/x"):
+        with pytest.raises(ValueError, match="expected TCPX_SOCK_NAME=VALUE"):
+            rn.parse_settings([bad])
+    with pytest.raises(SystemExit) as e:
+        rn.main(["--set", "FOO=1", "--list"])
+    assert e.value.code == 2
