@@ -309,6 +309,9 @@ impl Pieces<'_> {
     }
 }
 
+/// For tests only: the data path takes pieces with [`Pieces::try_next`], so that a refused
+/// entry fails the request instead of ending its pieces early.
+#[cfg(test)]
 impl Iterator for Pieces<'_> {
     type Item = Piece;
 
