@@ -232,6 +232,10 @@ pub(super) struct Conn {
     /// Initiator: when `checkXfer` last serviced the conn, in ns of the protocol's clock
     /// (`remote::now`; 0: never).
     pub(super) checked: AtomicU64,
+    /// Initiator (backend thread only): since when the backend thread has found the conn
+    /// left to `checkXfer` at every look, in ns of the protocol's clock (0: it services the
+    /// conn itself).
+    pub(super) left_since: AtomicU64,
     /// Target: the data of a READ answered inline, gathered before it is framed (reused; it
     /// grows to the largest inline READ once).
     pub(super) inline_buf: Mutex<Vec<u8>>,

@@ -256,6 +256,7 @@ impl Shared {
             refused_writes: AtomicU64::new(0),
             refused_notifs: AtomicU64::new(0),
             checked: AtomicU64::new(0),
+            left_since: AtomicU64::new(0),
             inline_buf: Mutex::new(Vec::new()),
         }))
     }
