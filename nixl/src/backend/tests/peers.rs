@@ -134,6 +134,55 @@ fn transfers_of_many_parts_wait_for_room_and_land_whole() {
 }
 
 #[test]
+fn a_transfer_left_unchecked_after_busy_polling_is_sent_by_the_backend_thread() {
+    let (a, b) = linked();
+    // Parts beyond the first two wait for room: someone must post them as earlier ones end.
+    a.remote.set_max_outstanding(2);
+    const N: usize = 3 * 1024 + 100; // four parts
+    const BYTES: usize = N * 128;
+    let mut src: Vec<u8> = (0..BYTES).map(|i| (i * 13 % 251) as u8).collect();
+    let mut dst = vec![0u8; BYTES];
+    let (s, t) = (src.as_mut_ptr() as u64, dst.as_mut_ptr() as u64);
+    let (ms, mt, rt) = dram_pair(&a, &b, s, t, BYTES as u64);
+    // Poll back to back for a while, so the backend thread leaves the conn to `checkXfer`
+    // and looks at it less and less often.
+    let (one_l, one_r) = (strided(s, ms, 0, 1), strided(t, rt, 0, 1));
+    let busy_until = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    while std::time::Instant::now() < busy_until {
+        let mut h = 0;
+        a.post_xfer(&args(Op::Write, &one_l, &one_r, "b"), &mut h)
+            .unwrap();
+        assert_eq!(finish(&a, h).unwrap(), Status::Success);
+        a.release_req(h).unwrap();
+    }
+    // Then stop checking: the parts that wait for room must still be sent, and the data
+    // land, with no `checkXfer` (the notification of a WRITE of several parts goes out from
+    // the check that reports it done, so this one has none).
+    let (wl, wr) = (strided(s, ms, 0, N), strided(t, rt, 0, N));
+    let mut hw = 0;
+    a.post_xfer(&args(Op::Write, &wl, &wr, "b"), &mut hw)
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let landed = |i: usize| {
+        // SAFETY: `dst` outlives the transfer; volatile reads of bytes the engine writes
+        // (only compared, never kept).
+        (0..64).all(|j| unsafe {
+            std::ptr::read_volatile(dst.as_ptr().add(i * 128 + j)) == src[i * 128 + j]
+        })
+    };
+    while !(0..N).all(landed) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unchecked WRITE never landed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(finish(&a, hw).unwrap(), Status::Success);
+    a.release_req(hw).unwrap();
+    undo_dram_pair(&a, &b, (ms, mt, rt));
+}
+
+#[test]
 fn a_refused_write_fails_alone_and_the_conn_keeps_serving() {
     let (a, b) = linked_with(&[("inline_write_bytes", "0")]);
     const N: usize = 8 << 20;
