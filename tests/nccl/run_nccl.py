@@ -365,6 +365,13 @@ def read_log(text, cfg):
 STACK_DUMP_S = 60
 
 
+def worker_timeout_s(timeout_s, ranks):
+    """The ranks' own collective timeout (PyTorch's watchdog, which aborts a rank): past this
+    run's bound and the stack dumps taken before its kill, so a hang is always ended by the
+    runner, named and with its stacks, never by a watchdog racing it."""
+    return timeout_s + ranks * STACK_DUMP_S + GRACE_S
+
+
 def dump_stacks(procs, d):
     """Before a hung run is killed: every live rank's threads' stacks into rank<r>.stacks.txt,
     by cuda-gdb (the GPU image has it, plain gdb not) or gdb, whichever is on PATH; nothing
@@ -413,7 +420,7 @@ def run_config(cfg, plugin, logdir, timeout_s=120, gpus=(0,), mode="check", benc
             "--store", str(store),
             "--mode", mode,
             "--result", str(d / f"rank{rank}.json"),
-            "--timeout-s", str(timeout_s),
+            "--timeout-s", str(worker_timeout_s(timeout_s, cfg.ranks)),
             "--bw-iters", str(bench_iters[0]),
             "--lat-iters", str(bench_iters[1]),
         ]

@@ -43,7 +43,9 @@ ops = []
 for n in range(5):
     print(f"NCCLTEST BEGIN {n} op=all_reduce dtype=float32 count={7 * (n + 1)} bytes=4", flush=True)
     if mode == "hang" and n == 2:
-        time.sleep(600)
+        # As PyTorch's watchdog does: abort the rank once its collective timeout has passed.
+        time.sleep(float(a.timeout_s))
+        os.abort()
     if mode == "crash" and n == 3 and rank == 1:
         print("RuntimeError: CUDA error: an illegal memory access was encountered", flush=True)
         sys.exit(1)
@@ -121,6 +123,9 @@ def test_four_ranks_each_a_host(fake):
 def test_a_hang_is_killed_at_the_bound_and_named(fake):
     out = fake("hang", TCPX, timeout_s=4)
     assert out.killed and not out.ok
+    # Killed by the runner (SIGKILL), not aborted by the ranks' own watchdog while their
+    # stacks were being taken.
+    assert out.returncodes == [-9, -9], out.summary()
     assert out.seconds < 20 + (2 * rn.STACK_DUMP_S if shutil.which("gdb") or shutil.which("cuda-gdb") else 0)
     # Before the kill, each hung rank's stacks were taken where a debugger is installed.
     if os.environ.get("TCPX_NCCL_STACKS", "1") != "0" and (shutil.which("cuda-gdb") or shutil.which("gdb")):
