@@ -157,6 +157,11 @@ impl<E: Copy, R, P: AsRef<[Part<E>]> + AsMut<[Part<E>]>> Flight<E, R, P> {
         self.inline_read = inline_read.filter(|_| self.op == Op::Read);
     }
 
+    /// The post's notification goes out as a `Notif` once every part settled (it has one, and
+    /// it did not travel in an announce).
+    pub fn notif_after(&self) -> bool {
+        self.notify && !self.notif_in_announce
+    }
     /// The transfer's direction.
     pub fn op(&self) -> Op {
         self.op
@@ -394,7 +399,7 @@ impl<E: Copy, R, P: AsRef<[Part<E>]> + AsMut<[Part<E>]>> Flight<E, R, P> {
         }
         self.done = true;
         Completion::Done {
-            notif_after: self.notify && !self.notif_in_announce,
+            notif_after: self.notif_after(),
         }
     }
 

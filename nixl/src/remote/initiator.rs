@@ -366,9 +366,13 @@ impl RemotePath {
                     .unwrap_or((Status::RemoteDisconnect, why));
             return Err(Error::Remote { status, reason });
         }
+        // Settled since the service above (an answer read by the backend thread): complete
+        // it here, as `drive` does.
+        let conn = f.conn.clone();
+        self.shared.complete(&conn, &mut f);
         match f.p.poll_complete() {
             Completion::Pending => {}
-            Completion::AlreadyDone => return Ok(Status::Success),
+            Completion::AlreadyDone | Completion::Done { .. } => return Ok(Status::Success),
             Completion::Failed => {
                 // `Failed` means a failure was recorded.
                 let (status, reason) =
@@ -376,20 +380,6 @@ impl RemotePath {
                         .cloned()
                         .unwrap_or((Status::Backend, String::new()));
                 return Err(Error::Remote { status, reason });
-            }
-            Completion::Done { notif_after: after } => {
-                self.shared.cost.observe(f.bytes, f.posted_at.elapsed());
-                let conn = f.conn.clone();
-                // Never write to the stream with the flight locked (post holds tx, then the
-                // flight); the buffer is the request's own, not used until its next post.
-                drop(f);
-                if after {
-                    let f = lock(fl);
-                    let sent = conn.send(&Message::Notif(Notif { msg: &f.notif }));
-                    drop(f);
-                    sent?;
-                }
-                return Ok(Status::Success);
             }
         }
         if f.conn.silent() {
@@ -510,12 +500,19 @@ impl Shared {
     }
 
     /// Initiator: finds the parts that finished (their engine transfers done and their
-    /// answers in), frees their places, and sends parts that waited for room.
+    /// answers in), frees their places, completes the flights whose every part settled (so
+    /// a notification sent after the data leaves now, whoever services the conn, not at the
+    /// application's next `checkXfer`), and sends parts that waited for room.
     pub(super) fn drive(&self, c: &Conn) -> bool {
         let mut scan = lock(&c.scan);
-        let Scan { listed: snap, gone } = &mut *scan;
+        let Scan {
+            listed: snap,
+            gone,
+            settled,
+        } = &mut *scan;
         snap.clear();
         gone.clear();
+        settled.clear();
         snap.extend(
             lock(&c.out)
                 .parts
@@ -546,7 +543,13 @@ impl Shared {
             }
             if f.p.parts()[k].settled() {
                 gone.push(id);
+                if completes(&f) {
+                    settled.push(fl.clone());
+                }
             }
+        }
+        for fl in settled.drain(..) {
+            self.complete(c, &mut lock(&fl));
         }
         let any = !gone.is_empty();
         if any {
@@ -584,8 +587,33 @@ impl Shared {
         true
     }
 
+    /// Completes a flight whose every part settled: its notification, if it goes after the
+    /// data, is sent first (a failure to send fails the flight, so `checkXfer` reports it);
+    /// then `checkXfer` finds it done. The flight stays locked throughout, so a repost (which
+    /// needs it done) cannot reset its notification before it is sent.
+    fn complete(&self, c: &Conn, f: &mut Flight) {
+        if !completes(f) {
+            return; // completed by another thread since it was listed
+        }
+        if f.p.notif_after() {
+            if let Err(e) = c.send(&Message::Notif(Notif { msg: &f.notif })) {
+                f.fail(e.status(), format!("sending the notification: {e}"));
+                return;
+            }
+        }
+        if let Completion::Done { .. } = f.p.poll_complete() {
+            self.cost.observe(f.bytes, f.posted_at.elapsed());
+        }
+    }
+
     /// The flight an answer names, if its part is still listed.
     pub(super) fn answered(&self, c: &Conn, xfer: u64) -> Option<Arc<Mutex<Flight>>> {
         lock(&c.out).parts.get(&xfer).map(|(f, _)| f.clone())
     }
+}
+
+/// Every part of the current post settled, without a failure, and nobody completed it yet
+/// (a released request is not completed: its notification is not sent).
+fn completes(f: &Flight) -> bool {
+    f.p.settled() && !f.p.is_done() && f.p.failure().is_none() && !f.p.released()
 }

@@ -156,8 +156,7 @@ fn a_transfer_left_unchecked_after_busy_polling_is_sent_by_the_backend_thread() 
         a.release_req(h).unwrap();
     }
     // Then stop checking: the parts that wait for room must still be sent, and the data
-    // land, with no `checkXfer` (the notification of a WRITE of several parts goes out from
-    // the check that reports it done, so this one has none).
+    // land, with no `checkXfer`.
     let (wl, wr) = (strided(s, ms, 0, N), strided(t, rt, 0, N));
     let mut hw = 0;
     a.post_xfer(&args(Op::Write, &wl, &wr, "b"), &mut hw)
@@ -179,6 +178,59 @@ fn a_transfer_left_unchecked_after_busy_polling_is_sent_by_the_backend_thread() 
     }
     assert_eq!(finish(&a, hw).unwrap(), Status::Success);
     a.release_req(hw).unwrap();
+    undo_dram_pair(&a, &b, (ms, mt, rt));
+}
+
+#[test]
+fn a_write_of_several_parts_notifies_its_peer_without_a_check() {
+    let (a, b) = linked();
+    a.remote.set_max_outstanding(2);
+    const N: usize = 3 * 1024 + 100; // four parts: the notification goes after the data
+    const BYTES: usize = N * 128;
+    let mut src: Vec<u8> = (0..BYTES).map(|i| (i * 31 % 253) as u8).collect();
+    let mut dst = vec![0u8; BYTES];
+    let (s, t) = (src.as_mut_ptr() as u64, dst.as_mut_ptr() as u64);
+    let (ms, mt, rt) = dram_pair(&a, &b, s, t, BYTES as u64);
+    let (wl, wr) = (strided(s, ms, 0, N), strided(t, rt, 0, N));
+    let mut w = args(Op::Write, &wl, &wr, "b");
+    w.notif = Some(b"landed");
+    for round in 0..2 {
+        let mut hw = 0;
+        a.post_xfer(&w, &mut hw).unwrap();
+        // No `checkXfer` until the peer has the notification.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let got = loop {
+            let got = notifs(&b);
+            if !got.is_empty() {
+                break got;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: no notification without a check"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        assert_eq!(got, [("a".to_owned(), b"landed".to_vec())], "round {round}");
+        // Sent after the data: all of it is in place when the notification is seen.
+        for i in 0..N {
+            let at = i * 128;
+            assert_eq!(
+                dst[at..at + 64],
+                src[at..at + 64],
+                "round {round}, descriptor {i}"
+            );
+        }
+        assert_eq!(a.check_xfer(hw).unwrap(), Status::Success);
+        assert_eq!(a.check_xfer(hw).unwrap(), Status::Success);
+        // Exactly once.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(
+            notifs(&b).is_empty(),
+            "round {round}: a second notification"
+        );
+        a.release_req(hw).unwrap();
+        dst.fill(0);
+    }
     undo_dram_pair(&a, &b, (ms, mt, rt));
 }
 
