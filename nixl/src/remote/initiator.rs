@@ -368,8 +368,7 @@ impl RemotePath {
         }
         // Settled since the service above (an answer read by the backend thread): complete
         // it here, as `drive` does.
-        let conn = f.conn.clone();
-        self.shared.complete(&conn, &mut f);
+        self.shared.complete(&mut f);
         match f.p.poll_complete() {
             Completion::Pending => {}
             Completion::AlreadyDone | Completion::Done { .. } => return Ok(Status::Success),
@@ -549,7 +548,7 @@ impl Shared {
             }
         }
         for fl in settled.drain(..) {
-            self.complete(c, &mut lock(&fl));
+            self.complete(&mut lock(&fl));
         }
         let any = !gone.is_empty();
         if any {
@@ -591,12 +590,13 @@ impl Shared {
     /// data, is sent first (a failure to send fails the flight, so `checkXfer` reports it);
     /// then `checkXfer` finds it done. The flight stays locked throughout, so a repost (which
     /// needs it done) cannot reset its notification before it is sent.
-    fn complete(&self, c: &Conn, f: &mut Flight) {
+    fn complete(&self, f: &mut Flight) {
         if !completes(f) {
             return; // completed by another thread since it was listed
         }
         if f.p.notif_after() {
-            if let Err(e) = c.send(&Message::Notif(Notif { msg: &f.notif })) {
+            let conn = f.conn.clone();
+            if let Err(e) = conn.send(&Message::Notif(Notif { msg: &f.notif })) {
                 f.fail(e.status(), format!("sending the notification: {e}"));
                 return;
             }
