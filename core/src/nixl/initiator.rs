@@ -162,6 +162,7 @@ impl<E: Copy, R, P: AsRef<[Part<E>]> + AsMut<[Part<E>]>> Flight<E, R, P> {
     pub fn notif_after(&self) -> bool {
         self.notify && !self.notif_in_announce
     }
+
     /// The transfer's direction.
     pub fn op(&self) -> Op {
         self.op

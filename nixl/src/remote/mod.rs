@@ -205,8 +205,8 @@ impl Shared {
     }
 
     /// How long the backend thread still leaves `c` to the application's `checkXfer` (`None`:
-    /// it services the conn itself).
-    /// Called by the backend thread only (it keeps the conn's `left_since`).
+    /// it services the conn itself). Called by the backend thread only: it keeps the conn's
+    /// `left_since`.
     fn left_to_checks(&self, c: &Conn, now_ns: u64) -> Option<Duration> {
         let at = c.checked.load(Ordering::Relaxed);
         if !c.initiator || at == 0 {
