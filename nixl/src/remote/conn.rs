@@ -163,8 +163,6 @@ impl Writer {
 pub(super) struct Scan {
     pub(super) listed: Vec<(u64, Arc<Mutex<Flight>>)>,
     pub(super) gone: Vec<u64>,
-    /// Flights whose every part settled in this pass: completed at its end.
-    pub(super) settled: Vec<Arc<Mutex<Flight>>>,
 }
 
 /// The read half of a control stream: bytes read and not yet handled.

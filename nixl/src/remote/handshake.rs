@@ -244,7 +244,6 @@ impl Shared {
             scan: Mutex::new(Scan {
                 listed: Vec::with_capacity(TABLE_CAP),
                 gone: Vec::with_capacity(TABLE_CAP),
-                settled: Vec::with_capacity(TABLE_CAP),
             }),
             jobs: Mutex::new(Jobs::new(
                 JobQueue(VecDeque::with_capacity(TABLE_CAP)),

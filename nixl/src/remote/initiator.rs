@@ -504,14 +504,9 @@ impl Shared {
     /// application's next `checkXfer`), and sends parts that waited for room.
     pub(super) fn drive(&self, c: &Conn) -> bool {
         let mut scan = lock(&c.scan);
-        let Scan {
-            listed: snap,
-            gone,
-            settled,
-        } = &mut *scan;
+        let Scan { listed: snap, gone } = &mut *scan;
         snap.clear();
         gone.clear();
-        settled.clear();
         snap.extend(
             lock(&c.out)
                 .parts
@@ -542,13 +537,8 @@ impl Shared {
             }
             if f.p.parts()[k].settled() {
                 gone.push(id);
-                if completes(&f) {
-                    settled.push(fl.clone());
-                }
+                self.complete(&mut f);
             }
-        }
-        for fl in settled.drain(..) {
-            self.complete(&mut lock(&fl));
         }
         let any = !gone.is_empty();
         if any {
@@ -592,7 +582,7 @@ impl Shared {
     /// needs it done) cannot reset its notification before it is sent.
     fn complete(&self, f: &mut Flight) {
         if !completes(f) {
-            return; // completed by another thread since it was listed
+            return; // parts still out, failed, released, or already completed
         }
         if f.p.notif_after() {
             let conn = f.conn.clone();
