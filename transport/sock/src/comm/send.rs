@@ -133,7 +133,16 @@ impl SendComm {
                 }
                 // The ring exists before a range of it is taken, so a failure here leaves
                 // nothing taken.
-                let stage = self.stage(ord, true)?;
+                if !self.staging_ready() {
+                    static TOLD: AtomicBool = AtomicBool::new(false);
+                    crate::log_warn_once(
+                        &TOLD,
+                        "tcpxsock: a CUDA send on a comm without a CUDA registration made its \
+                         staging ring at the send (register CUDA memory on the comm first: a \
+                         driver call at a send can wait behind a running kernel)",
+                    );
+                }
+                let stage = self.stage(ord)?;
                 // Ranges start 64-byte aligned, so the staging kernel can move vectors.
                 let take = size.next_multiple_of(64).min(st.ring.capacity());
                 let Some(off) = st.ring.take(take) else {
@@ -201,7 +210,7 @@ impl SendComm {
         Ok(Some(&self.reqs[idx]))
     }
 
-    /// Whether the staging ring exists (tests).
+    /// Whether the staging ring exists.
     pub(crate) fn staging_ready(&self) -> bool {
         self.core.shared.cuda_stage.get().is_some()
     }
@@ -210,24 +219,15 @@ impl SendComm {
     /// comm's first CUDA send makes no driver call that could wait behind the caller's kernels.
     pub(crate) fn prepare_cuda(&self, ordinal: usize) -> Result<()> {
         let _st = lock(&self.st);
-        self.stage(ordinal, false).map(|_| ())
+        self.stage(ordinal).map(|_| ())
     }
 
     /// The comm's staging ring, made at its first CUDA registration (`prepare_cuda`) or, for
     /// a CUDA send without one, at that send (under the state lock, so once) on the comm's
     /// GPU, else on the GPU of the registration's (or send's) buffer.
-    fn stage(&self, ordinal: usize, at_send: bool) -> Result<&SendStage> {
+    fn stage(&self, ordinal: usize) -> Result<&SendStage> {
         let sh = &self.core.shared;
         if sh.cuda_stage.get().is_none() {
-            if at_send {
-                static TOLD: AtomicBool = AtomicBool::new(false);
-                crate::log_warn_once(
-                    &TOLD,
-                    "tcpxsock: a CUDA send on a comm without a CUDA registration made its \
-                     staging ring at the send (register CUDA memory on the comm first: a driver \
-                     call at a send can wait behind a running kernel)",
-                );
-            }
             let _ = sh.cuda_stage.set(SendStage::new(
                 self.gpu.unwrap_or(ordinal),
                 self.stage_bytes,
