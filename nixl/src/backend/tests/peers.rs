@@ -41,6 +41,19 @@ fn finish(b: &Backend, h: ReqId) -> Result<Status, Error> {
     }
 }
 
+/// Waits until `poll` gives something, without calling `checkXfer`; bounded so a transfer
+/// that never finishes fails the test with `what`.
+fn wait_for<T>(what: &str, mut poll: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(v) = poll() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 fn notifs(b: &Backend) -> Vec<(String, Vec<u8>)> {
     let mut got = Vec::new();
     b.take_notifs(|from, m| {
@@ -161,7 +174,6 @@ fn a_transfer_left_unchecked_after_busy_polling_is_sent_by_the_backend_thread() 
     let mut hw = 0;
     a.post_xfer(&args(Op::Write, &wl, &wr, "b"), &mut hw)
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let landed = |i: usize| {
         // SAFETY: `dst` outlives the transfer; volatile reads of bytes the engine writes
         // (only compared, never kept).
@@ -169,13 +181,9 @@ fn a_transfer_left_unchecked_after_busy_polling_is_sent_by_the_backend_thread() 
             std::ptr::read_volatile(dst.as_ptr().add(i * 128 + j)) == src[i * 128 + j]
         })
     };
-    while !(0..N).all(landed) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the unchecked WRITE never landed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    wait_for("the unchecked WRITE never landed", || {
+        (0..N).all(landed).then_some(())
+    });
     assert_eq!(finish(&a, hw).unwrap(), Status::Success);
     a.release_req(hw).unwrap();
     undo_dram_pair(&a, &b, (ms, mt, rt));
@@ -198,18 +206,10 @@ fn a_write_of_several_parts_notifies_its_peer_without_a_check() {
         let mut hw = 0;
         a.post_xfer(&w, &mut hw).unwrap();
         // No `checkXfer` until the peer has the notification.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let got = loop {
-            let got = notifs(&b);
-            if !got.is_empty() {
-                break got;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "round {round}: no notification without a check"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        };
+        let got = wait_for(
+            &format!("round {round}: no notification without a check"),
+            || Some(notifs(&b)).filter(|g| !g.is_empty()),
+        );
         assert_eq!(got, [("a".to_owned(), b"landed".to_vec())], "round {round}");
         // Sent after the data: all of it is in place when the notification is seen.
         for i in 0..N {
