@@ -26,6 +26,11 @@ Peers beside UCX (`--peer mooncake,tcp`, or name them in --backends):
   Python like every other peer): WRITE sends a 9-byte header and the data, the target answers
   one byte; READ sends the header, the target answers the data. The machine's own floor and
   its scheduling noise (p99/p50) under the same harness.
+- TCP-POLL: the same ping-pong on non-blocking sockets, both sides waiting the way the NIXL
+  initiator polls (`--poll`: back to back, then yielding the core between tries): no thread
+  sleeps, so no wake-up is in its latency, as none is in a transfer whose threads stay on a
+  core; its p99/p50 is the scheduling noise such threads see on this machine (a timer
+  interrupt or another thread taking their core mid-transfer).
 
 `--rounds N` repeats every backend N times, interleaved (TCPX, UCX, ..., TCPX, UCX, ...),
 each round with fresh processes; the table shows the median of the rounds and the spread of
@@ -63,7 +68,7 @@ sys.path.insert(0, str(REPO / "tests" / "nixl"))  # cuda_mem: device memory with
 NOTIF = b"nixl-bench"
 BOUND_S = 300  # any single wait (metadata, one transfer, a reply) fails past this
 NIXL_BACKENDS = ("TCPX", "UCX")
-PEERS = {"ucx": "UCX", "mooncake": "MOONCAKE", "tcp": "TCP"}
+PEERS = {"ucx": "UCX", "mooncake": "MOONCAKE", "tcp": "TCP", "tcp-poll": "TCP-POLL"}
 TAIL_ITERS = 10_000  # --tail: iterations per point up to TAIL_MAX_BYTES
 TAIL_MAX_BYTES = 1 << 20
 # Percentiles reported per point, as (JSON key suffix, percent).
@@ -220,7 +225,14 @@ def backend_params(args, backend):
             "inline_read_bytes": str(args.inline_read_bytes),
             "inline_write_bytes": str(args.inline_write_bytes),
         }
+    if backend == "TCP-POLL":
+        return {"spin_s": poll_spin_s(args)}
     return {}
+
+
+def poll_spin_s(args):
+    """How long a polling side checks back to back before yielding the core (`--poll`)."""
+    return args.poll_spin_us / 1e6 if args.poll == "yield" else float("inf")
 
 
 def make_agent(name, backend, params):
@@ -250,21 +262,78 @@ def recv_exact(sock, view):
         got += n
 
 
-def tcp_serve(listener, buf):
+def polled(try_once, spin_s):
+    """Calls `try_once` until it does not raise BlockingIOError: back to back for `spin_s`,
+    then yielding the core between tries (the NIXL initiator's `--poll`); returns its value."""
+    t0 = None
+    while True:
+        try:
+            return try_once()
+        except BlockingIOError:
+            now = time.perf_counter()
+            if t0 is None:
+                t0 = now
+            elif now - t0 > BOUND_S:
+                raise TimeoutError(f"no progress on the socket in {BOUND_S}s") from None
+            elif now - t0 > spin_s:
+                os.sched_yield()
+
+
+def recv_polled(sock, view, spin_s):
+    """recv_exact on a non-blocking socket, waiting by `polled`."""
+    got = 0
+    while got < len(view):
+        n = polled(lambda: sock.recv_into(view[got:]), spin_s)
+        if n == 0:
+            raise ConnectionError("peer closed")
+        got += n
+
+
+def send_polled(sock, view, spin_s):
+    """sendall on a non-blocking socket, waiting by `polled`."""
+    sent = 0
+    while sent < len(view):
+        sent += polled(lambda: sock.send(view[sent:]), spin_s)
+
+
+class TcpIo:
+    """The TCP ping-pong's socket calls: blocking (TCP), or non-blocking and polled
+    (TCP-POLL, `spin_s` of back-to-back tries before yielding)."""
+
+    def __init__(self, sock, spin_s=None):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock, self.spin_s = sock, spin_s
+        if spin_s is not None:
+            sock.setblocking(False)
+
+    def recv(self, view):
+        if self.spin_s is None:
+            recv_exact(self.sock, view)
+        else:
+            recv_polled(self.sock, view, self.spin_s)
+
+    def send(self, data):
+        if self.spin_s is None:
+            self.sock.sendall(data)
+        else:
+            send_polled(self.sock, memoryview(data).cast("B"), self.spin_s)
+
+
+def tcp_serve(listener, buf, spin_s):
     """The TCP peer's target side: one connection, `W len` + data -> 1 byte, `R len` -> data."""
     conn, _ = listener.accept()
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    io = TcpIo(conn, spin_s)
     view = memoryview(buf.host).cast("B")
     head = bytearray(9)
     try:
         while True:
-            recv_exact(conn, memoryview(head))
+            io.recv(memoryview(head))
             op, n = head[0:1], struct.unpack("<Q", head[1:])[0]
             if op == b"W":
-                recv_exact(conn, view[:n])
-                conn.sendall(b"\x01")
+                io.recv(view[:n])
+                io.send(b"\x01")
             else:
-                conn.sendall(view[:n])
+                io.send(view[:n])
     except (ConnectionError, OSError):
         pass
     finally:
@@ -295,10 +364,11 @@ def run_target(args):
             raise SystemExit("Mooncake: register_memory failed")
         hello["rpc_port"] = engine.get_rpc_port()
         drain = lambda: len(engine.get_notifies())  # noqa: E731
-    else:  # TCP
+    else:  # TCP, TCP-POLL
         listener = socket.create_server(("127.0.0.1", 0))
         hello["tcp_port"] = listener.getsockname()[1]
-        threading.Thread(target=tcp_serve, args=(listener, buf), daemon=True).start()
+        spin_s = json.loads(args.params).get("spin_s")
+        threading.Thread(target=tcp_serve, args=(listener, buf, spin_s), daemon=True).start()
         drain = lambda: 0  # noqa: E731
     quit_ = threading.Event()
     expected = [None]
@@ -411,8 +481,7 @@ class NixlDriver:
         )
         self.reg = self.agent.register_memory([(local.addr, local.n, 0, "")], args.mem)
         self.target, self.mem, self.local = target, args.mem, local
-        # Yielding starts after poll_spin_us of back-to-back checks (never with "spin").
-        self.spin_s = args.poll_spin_us / 1e6 if args.poll == "yield" else float("inf")
+        self.spin_s = poll_spin_s(args)
         self.agent.fetch_remote_metadata(target.name, "127.0.0.1", target.port)
         deadline = time.monotonic() + BOUND_S
         while not self.agent.check_remote_metadata(target.name):
@@ -509,34 +578,34 @@ class MooncakeDriver:
 
 
 class TcpDriver:
-    """Initiator side of the plain TCP ping-pong."""
+    """Initiator side of the plain TCP ping-pong (blocking, or polled: TCP-POLL)."""
 
     notifies = False
 
     def __init__(self, args, backend, target, local):
         if args.mem != "DRAM":
-            raise SystemExit("--peer tcp: DRAM only")
+            raise SystemExit(f"--peer {backend.lower()}: DRAM only")
         self.sock = socket.create_connection(("127.0.0.1", target.buf["tcp_port"]))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.io = TcpIo(self.sock, poll_spin_s(args) if backend == "TCP-POLL" else None)
         self.view = memoryview(local.host).cast("B")
         self.one = memoryview(bytearray(1))
 
     def prepare(self, op, batch, size):
         n = size * batch
-        s, view, one = self.sock, self.view, self.one
+        io, view, one = self.io, self.view, self.one
         if op == "WRITE":
             head = b"W" + struct.pack("<Q", n)
 
             def call():
-                s.sendall(head)
-                s.sendall(view[:n])
-                recv_exact(s, one)
+                io.send(head)
+                io.send(view[:n])
+                io.recv(one)
         else:
             head = b"R" + struct.pack("<Q", n)
 
             def call():
-                s.sendall(head)
-                recv_exact(s, view[:n])
+                io.send(head)
+                io.recv(view[:n])
         self.call = call
 
     def once(self):
@@ -551,7 +620,8 @@ class TcpDriver:
         self.sock.close()
 
 
-DRIVERS = {"TCPX": NixlDriver, "UCX": NixlDriver, "MOONCAKE": MooncakeDriver, "TCP": TcpDriver}
+DRIVERS = {"TCPX": NixlDriver, "UCX": NixlDriver, "MOONCAKE": MooncakeDriver, "TCP": TcpDriver,
+           "TCP-POLL": TcpDriver}
 
 
 def bench_backend(args, backend, env, round_=0):
@@ -870,7 +940,7 @@ def parse_backends(args):
     out = []
     for n in names:
         if n not in DRIVERS:
-            raise SystemExit(f"--backends: unknown backend {n!r} (TCPX, UCX, MOONCAKE, TCP)")
+            raise SystemExit(f"--backends: unknown backend {n!r} ({', '.join(DRIVERS)})")
         if n not in out:
             out.append(n)
     return out
@@ -880,8 +950,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--role", choices=["initiator", "target"], default="initiator")
     p.add_argument("--backends", default="TCPX,UCX",
-                   help="comma list of TCPX, UCX, MOONCAKE, TCP")
-    p.add_argument("--peer", help="peers to add beside --backends: ucx, mooncake, tcp (comma list)")
+                   help="comma list of TCPX, UCX, MOONCAKE, TCP, TCP-POLL")
+    p.add_argument("--peer", help="peers to add beside --backends: ucx, mooncake, tcp, tcp-poll "
+                   "(comma list)")
     p.add_argument("--ops", default="WRITE,READ")
     p.add_argument("--sizes", default="4K,64K,1M,4M,16M,64M")
     p.add_argument("--batches", default="1,16")
@@ -890,8 +961,8 @@ def main():
                    help=f"{TAIL_ITERS} iterations per point up to {fmt_size(TAIL_MAX_BYTES)} "
                    "(unless --iters), so p99.9 has 10 samples beyond it")
     p.add_argument("--poll", choices=["spin", "yield"], default="yield",
-                   help="NIXL backends: check_xfer_state with sched_yield between checks once "
-                   "--poll-spin-us have passed (yield, the default: a thread the transfer needs "
+                   help="NIXL backends and TCP-POLL: check_xfer_state (the socket) with "
+                   "sched_yield between checks once --poll-spin-us have passed (yield, the default: a thread the transfer needs "
                    "gets this core at once instead of at the next scheduler tick, which on a "
                    "2-core machine is what p99 measures otherwise; docs/PERFORMANCE.md), or "
                    "back to back for as long as it takes (spin, as nixlbench does)")
@@ -943,8 +1014,9 @@ def main():
         mooncake_engine()  # before anything runs: say what is missing at once
         if args.mem != "DRAM":
             raise SystemExit("--peer mooncake: DRAM only (the non-CUDA engine)")
-    if "TCP" in args.backends and args.mem != "DRAM":
-        raise SystemExit("--peer tcp: DRAM only")
+    for b in ("TCP", "TCP-POLL"):
+        if b in args.backends and args.mem != "DRAM":
+            raise SystemExit(f"--peer {b.lower()}: DRAM only")
     if not pathlib.Path(args.tcpx_plugin).is_file() and "TCPX" in args.backends:
         raise SystemExit(f"no TCPX plugin at {args.tcpx_plugin}: build it (scripts/bench-nixl.sh)")
 

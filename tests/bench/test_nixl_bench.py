@@ -1,6 +1,6 @@
 """benches/nixl/nixl_bench.py as a command: its --json carries every point's latency
 distribution (p50, p90, p99, p99.9), CPU time per transfer, the load average and every raw
-sample; the peers beside UCX (`--peer tcp`, `--peer mooncake`) run the same workload with the
+sample; the peers beside UCX (`--peer tcp`, `tcp-poll`, `mooncake`) run the same workload with the
 data checked; and `--peer mooncake` without Mooncake installed fails at once, saying what to
 install. No timing is asserted.
 
@@ -100,6 +100,23 @@ def test_rounds_are_interleaved_and_summarised(tmp_path):
     (s,) = doc["summary"]
     assert s["rounds"] == 2 and s["gbps_spread"] >= 0
     assert err.count("== TCP (round") == 2, err
+
+
+@pytest.mark.parametrize("poll", ["yield", "spin"])
+def test_polled_tcp_peer_moves_checked_data(tmp_path, poll):
+    """TCP-POLL: the ping-pong on non-blocking sockets, polled as `--poll` says; a 1 MiB
+    WRITE and READ go through partial sends and receives, and the data is checked."""
+    rc, doc, err = run_bench(
+        tmp_path, "--peer", "tcp-poll", "--backends", "", "--ops", "WRITE,READ",
+        "--sizes", "4K,1M", "--batches", "1", "--iters", "20", "--poll", poll,
+    )
+    assert rc == 0, err
+    assert doc["config"]["backends"] == ["TCP-POLL"]
+    assert [(r["op"], r["size"]) for r in doc["results"]] == [
+        ("WRITE", 4096), ("WRITE", 1 << 20), ("READ", 4096), ("READ", 1 << 20)]
+    for r in doc["results"]:
+        check_point(r, 20)
+        assert not r["notified"]
 
 
 def mooncake_blocked(tmp_path):

@@ -2,7 +2,7 @@
 //! and the engine side (session, registrations on it).
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,7 @@ use crate::registry::{MdId, Region};
 
 use super::initiator::Flight;
 use super::protocol::{error_text, log_refusal, Finished, Jobs};
-use super::{lock, now, FRAME_BUF};
+use super::{lock, now, FRAME_BUF, READ_CHUNK};
 
 /// What handling one frame came to.
 pub(super) enum Handled {
@@ -171,6 +171,28 @@ pub(super) struct Reader {
     /// Target: a frame at the front of `buf` waits for room (in the notification queue, or
     /// among the jobs) before it is handled; nothing more is read from the peer meanwhile.
     pub(super) held: bool,
+    /// What one read takes from the socket before it joins `buf`: made once per conn, as a
+    /// buffer zeroed on every pass costs the backend thread a 16 KiB memset each time.
+    scratch: Box<[u8]>,
+}
+
+impl Reader {
+    pub(super) fn new() -> Self {
+        Reader {
+            buf: Vec::with_capacity(FRAME_BUF),
+            held: false,
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
+        }
+    }
+
+    /// Appends what one read of `stream` returns, at most `max` bytes (and [`READ_CHUNK`]);
+    /// `Ok(0)` is the end of the stream.
+    pub(super) fn read_from(&mut self, stream: &TcpStream, max: usize) -> std::io::Result<usize> {
+        let n = max.min(self.scratch.len());
+        let got = (&*stream).read(&mut self.scratch[..n])?;
+        self.buf.extend_from_slice(&self.scratch[..got]);
+        Ok(got)
+    }
 }
 
 /// Initiator: the transfers it has sent on a conn and not yet seen finish, and those waiting

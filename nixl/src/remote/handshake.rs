@@ -19,7 +19,7 @@ use crate::error::Error;
 
 use super::conn::{Conn, Engine, Outstanding, Reader, Scan, Writer};
 use super::protocol::{JobQueue, Jobs};
-use super::{lock, now, Shared, FRAME_BUF, MAX_JOBS, TABLE_CAP};
+use super::{lock, now, Shared, MAX_JOBS, TABLE_CAP};
 use crate::blob::PeerInfo;
 
 /// Bytes a handshake's frames take at first: a `Hello` and the largest `ListenHandles`, or
@@ -226,10 +226,7 @@ impl Shared {
                 resolved: Vec::with_capacity(TABLE_CAP),
                 sink: None,
             }),
-            rx: Mutex::new(Reader {
-                buf: Vec::with_capacity(FRAME_BUF),
-                held: false,
-            }),
+            rx: Mutex::new(Reader::new()),
             max_frame,
             peer_max_notif,
             dead: Mutex::new(None),

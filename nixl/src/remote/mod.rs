@@ -82,6 +82,8 @@ pub const ENGINE_TRANSFERS: usize = 2 * MAX_OUTSTANDING;
 /// Bytes read from one control stream per pass of the backend thread, so one busy peer
 /// cannot hold the thread.
 const READ_PER_PASS: usize = 256 * 1024;
+/// Bytes one read of a control stream takes at most.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// An initiator conn that `checkXfer` serviced less than this long ago is left to the
 /// application's polling by the backend thread: both servicing it only contend for its locks

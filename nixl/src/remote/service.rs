@@ -1,7 +1,7 @@
 //! One pass over a conn: read and handle its frames, drive its session, the role's own work, and
 //! closing a conn whose peer stopped making progress.
 
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tcpx::engine::Direction;
@@ -37,7 +37,6 @@ impl Shared {
         let mut fatal: Option<String> = None;
         {
             let mut rx = lock(&c.rx);
-            let mut tmp = [0u8; 16 * 1024];
             let mut budget = READ_PER_PASS;
             loop {
                 // Handle every whole frame, unless one waits for room.
@@ -69,12 +68,9 @@ impl Shared {
                 if held || eof || budget == 0 || fatal.is_some() {
                     break;
                 }
-                match (&c.stream).read(&mut tmp[..budget.min(16 * 1024)]) {
+                match rx.read_from(&c.stream, budget) {
                     Ok(0) => eof = true,
-                    Ok(n) => {
-                        rx.buf.extend_from_slice(&tmp[..n]);
-                        budget -= n;
-                    }
+                    Ok(n) => budget -= n,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(e) => {
