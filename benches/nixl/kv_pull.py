@@ -40,9 +40,8 @@ move device memory by itself: with VRAM, cuda_copy and cuda_ipc are added to UCX
 default is UCX_TLS=tcp,cuda_copy,cuda_ipc; the document records the value. Where UCX still
 refuses, its points say "refused: <UCX's message>".
 
-The process leaves with os._exit after its output is flushed (the child processes too): the
-wheel's UCX libraries can crash in their exit handlers (libnl-route's destructor, SIGSEGV)
-when stdin is not a terminal, which would turn a finished run into a failed one.
+The process leaves with os._exit after its output is flushed (the child processes too), as
+nixl_bench.py does: see `run_and_leave` there.
 
 Importable: tests/nixl/test_kv_pull.py drives `Prefill` and `Decode` directly.
 """
@@ -66,7 +65,9 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))  # nixl_bench: sizes, ports, the plugin folder
 sys.path.insert(0, str(REPO / "tests" / "nixl"))  # cuda_mem: device memory without torch
 
-from nixl_bench import backend_params, fmt_size, parse_size, plugin_env  # noqa: E402
+from nixl_bench import (  # noqa: E402
+    backend_params, fmt_size, parse_size, plugin_env, run_and_leave,
+)
 
 BOUND_S = 300  # any single wait (metadata, one request, a reply) fails past this
 HEADER = 8  # each block starts with its region and block id (two little-endian u32)
@@ -948,26 +949,5 @@ def main():
     return 1 if bad or bad_notifs else 0
 
 
-def leave(code):
-    """Flushes and leaves without the interpreter's exit handlers (see the docstring)."""
-    for f in (sys.stdout, sys.stderr):
-        try:
-            f.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
-
-
 if __name__ == "__main__":
-    try:
-        code = main()
-    except SystemExit as e:  # argparse's errors and --help, skip_vram
-        code = e.code if isinstance(e.code, int) or e.code is None else 1
-        if code == 1 and not isinstance(e.code, int):
-            print(e.code, file=sys.stderr)
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-        code = 1
-    leave(code or 0)
+    run_and_leave(main)

@@ -1070,5 +1070,33 @@ def main():
         print(f"wrote {args.json}", file=sys.stderr)
 
 
+def run_and_leave(main):
+    """Runs `main` and leaves with its exit status through os._exit once the output is
+    flushed, skipping the interpreter's exit handlers: the wheel's UCX libraries can crash in
+    theirs (libnl-route's destructor, SIGSEGV) when stdin is not a terminal, which would turn
+    a finished run into a failed one. An exception is printed and leaves with status 1.
+    With --trace (TCPX_SOCK_TRACE) the interpreter exits as usual: tcpxsock writes its trace
+    file in an exit handler (a traced run with UCX loaded may then crash after it)."""
+    try:
+        code = main()
+    except SystemExit as e:  # argparse's errors and --help, our own stops
+        code = e.code if isinstance(e.code, int) or e.code is None else 1
+        if code == 1 and not isinstance(e.code, int):
+            print(e.code, file=sys.stderr)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except (OSError, ValueError):
+            pass
+    if os.environ.get("TCPX_SOCK_TRACE"):
+        sys.exit(code or 0)
+    os._exit(code or 0)
+
+
 if __name__ == "__main__":
-    main()
+    run_and_leave(main)
