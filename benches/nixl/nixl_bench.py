@@ -253,10 +253,15 @@ def make_agent(name, backend, params):
 # --------------------------------------------------------------------------------- target
 
 
-def recv_exact(sock, view):
+def recv_exact(sock, view, spin_s=None):
+    """Fills `view` from `sock`: blocking, or (`spin_s` given) on a non-blocking socket
+    waiting by `polled`."""
     got = 0
     while got < len(view):
-        n = sock.recv_into(view[got:])
+        if spin_s is None:
+            n = sock.recv_into(view[got:])
+        else:
+            n = polled(lambda: sock.recv_into(view[got:]), spin_s)
         if n == 0:
             raise ConnectionError("peer closed")
         got += n
@@ -279,16 +284,6 @@ def polled(try_once, spin_s):
                 os.sched_yield()
 
 
-def recv_polled(sock, view, spin_s):
-    """recv_exact on a non-blocking socket, waiting by `polled`."""
-    got = 0
-    while got < len(view):
-        n = polled(lambda: sock.recv_into(view[got:]), spin_s)
-        if n == 0:
-            raise ConnectionError("peer closed")
-        got += n
-
-
 def send_polled(sock, view, spin_s):
     """sendall on a non-blocking socket, waiting by `polled`."""
     sent = 0
@@ -307,10 +302,7 @@ class TcpIo:
             sock.setblocking(False)
 
     def recv(self, view):
-        if self.spin_s is None:
-            recv_exact(self.sock, view)
-        else:
-            recv_polled(self.sock, view, self.spin_s)
+        recv_exact(self.sock, view, self.spin_s)
 
     def send(self, data):
         if self.spin_s is None:
